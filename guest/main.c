@@ -1,0 +1,216 @@
+/*
+ * Test guest main program, running at CPL3. The kernel command line selects a mode:
+ *   mode=hello    print who we are, the memory map we were given, a result line; exit 0
+ *   mode=memtest  write and verify a pattern over the RAM the memory map reports (first 1 GiB)
+ *   mode=echo     read a line from the serial port and report it back
+ *   mode=fault    execute ud2: the CPL0 exception stub reports vector 6 and exits 0x7f
+ *   mode=hang     spin forever (the host's stop path must end it)
+ *   mode=reset    pulse the i8042 reset line
+ * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include "io.h"
+
+struct hvm_start_info {
+  uint32_t magic, version, flags, nr_modules;
+  uint64_t modlist_paddr, cmdline_paddr, rsdp_paddr, memmap_paddr;
+  uint32_t memmap_entries, reserved;
+};
+struct hvm_memmap_entry {
+  uint64_t addr, size;
+  uint32_t type, reserved;
+};
+#define HVM_START_MAGIC 0x336ec578u
+#define MAPPED_LIMIT (1ull << 30) /* start.S maps the first 1 GiB */
+
+extern char __image_start[], __image_end[];
+
+static int streq_prefix(const char *s, const char *p) {
+  while (*p)
+    if (*s++ != *p++) return 0;
+  return 1;
+}
+
+/* Value of "key=" in the command line, copied into out (up to a space). */
+static int cmdline_get(const char *cmdline, const char *key, char *out, size_t outlen) {
+  const char *s = cmdline;
+  while (s && *s) {
+    while (*s == ' ') s++;
+    if (streq_prefix(s, key)) {
+      s += __builtin_strlen(key);
+      size_t i = 0;
+      while (*s && *s != ' ' && i + 1 < outlen) out[i++] = *s++;
+      out[i] = 0;
+      return 1;
+    }
+    while (*s && *s != ' ') s++;
+  }
+  return 0;
+}
+
+static int streq(const char *a, const char *b) {
+  while (*a && *a == *b) a++, b++;
+  return *a == *b;
+}
+
+static uint32_t current_cpl(void) {
+  uint16_t cs;
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  return cs & 3;
+}
+
+static void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d) {
+  __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(0));
+}
+
+static void result_begin(const char *mode) {
+  serial_puts("TSVMM-RESULT {\"mode\":\"");
+  serial_puts(mode);
+  serial_puts("\",\"cpl\":");
+  serial_put_dec(current_cpl());
+}
+static void result_num(const char *key, uint64_t v) {
+  serial_puts(",\"");
+  serial_puts(key);
+  serial_puts("\":");
+  serial_put_dec(v);
+}
+static void result_str(const char *key, const char *v) {
+  serial_puts(",\"");
+  serial_puts(key);
+  serial_puts("\":\"");
+  for (; *v; v++) {
+    if (*v == '"' || *v == '\\') serial_putc('\\');
+    if ((unsigned char)*v >= 0x20) serial_putc(*v);
+  }
+  serial_putc('"');
+}
+static void result_end(int ok) {
+  serial_puts(ok ? ",\"ok\":true}\n" : ",\"ok\":false}\n");
+}
+
+static void print_memmap(const struct hvm_start_info *si) {
+  const struct hvm_memmap_entry *m = (const void *)(uintptr_t)si->memmap_paddr;
+  serial_puts(",\"memmap\":[");
+  for (uint32_t i = 0; i < si->memmap_entries; i++) {
+    if (i) serial_putc(',');
+    serial_puts("[");
+    serial_put_dec(m[i].addr);
+    serial_putc(',');
+    serial_put_dec(m[i].size);
+    serial_putc(',');
+    serial_put_dec(m[i].type);
+    serial_puts("]");
+  }
+  serial_puts("]");
+}
+
+static uint64_t ram_bytes(const struct hvm_start_info *si) {
+  const struct hvm_memmap_entry *m = (const void *)(uintptr_t)si->memmap_paddr;
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < si->memmap_entries; i++)
+    if (m[i].type == 1) total += m[i].size;
+  return total;
+}
+
+/* Pattern test over usable RAM above the image, within the mapped first 1 GiB; one word per 256 bytes. */
+static int memtest(const struct hvm_start_info *si, uint64_t *tested) {
+  const struct hvm_memmap_entry *m = (const void *)(uintptr_t)si->memmap_paddr;
+  uint64_t lo_floor = ((uint64_t)(uintptr_t)__image_end + 0xfff) & ~0xfffull;
+  *tested = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (uint32_t i = 0; i < si->memmap_entries; i++) {
+      if (m[i].type != 1) continue;
+      uint64_t a = m[i].addr < lo_floor ? lo_floor : m[i].addr;
+      uint64_t end = m[i].addr + m[i].size;
+      if (end > MAPPED_LIMIT) end = MAPPED_LIMIT;
+      for (; a + 8 <= end; a += 256) {
+        volatile uint64_t *p = (volatile uint64_t *)(uintptr_t)a;
+        uint64_t pat = a * 0x9e3779b97f4a7c15ull;
+        if (pass == 0) {
+          *p = pat;
+          *tested += 8;
+        } else if (*p != pat) {
+          return 0;
+        }
+      }
+    }
+  }
+  return 1;
+}
+
+int guest_main(const struct hvm_start_info *si) {
+  static char mode[32];
+  const char *cmdline = "";
+  if (si->magic != HVM_START_MAGIC) {
+    serial_puts("TSVMM-RESULT {\"ok\":false,\"error\":\"bad hvm_start_info magic\"}\n");
+    return 2;
+  }
+  if (si->cmdline_paddr) cmdline = (const char *)(uintptr_t)si->cmdline_paddr;
+  if (!cmdline_get(cmdline, "mode=", mode, sizeof mode)) __builtin_memcpy(mode, "hello", 6);
+
+  serial_puts("tsvmm test guest: mode ");
+  serial_puts(mode);
+  serial_puts("\n");
+
+  if (streq(mode, "hello")) {
+    uint32_t a, b, c, d;
+    char vendor[13];
+    cpuid(0, &a, &b, &c, &d);
+    __builtin_memcpy(vendor, &b, 4);
+    __builtin_memcpy(vendor + 4, &d, 4);
+    __builtin_memcpy(vendor + 8, &c, 4);
+    vendor[12] = 0;
+    cpuid(1, &a, &b, &c, &d);
+    result_begin(mode);
+    result_str("cmdline", cmdline);
+    result_str("vendor", vendor);
+    result_num("apic_id", b >> 24);
+    result_num("hypervisor", (c >> 31) & 1);
+    result_num("ram", ram_bytes(si));
+    print_memmap(si);
+    result_end(current_cpl() == 3);
+    return current_cpl() == 3 ? 0 : 1;
+  }
+  if (streq(mode, "memtest")) {
+    uint64_t tested;
+    int ok = memtest(si, &tested);
+    result_begin(mode);
+    result_num("bytes", tested);
+    result_end(ok);
+    return ok ? 0 : 1;
+  }
+  if (streq(mode, "echo")) {
+    static char line[128];
+    size_t n = 0;
+    serial_puts("READY\n");
+    for (;;) {
+      int ch = serial_getc();
+      if (ch == '\n' || ch == '\r') break;
+      if (n + 1 < sizeof line) line[n++] = (char)ch;
+    }
+    line[n] = 0;
+    result_begin(mode);
+    result_str("line", line);
+    result_end(1);
+    return 0;
+  }
+  if (streq(mode, "fault")) {
+    __asm__ volatile("ud2");
+    return 1;
+  }
+  if (streq(mode, "hang")) {
+    serial_puts("hanging\n");
+    for (;;) __asm__ volatile("pause");
+  }
+  if (streq(mode, "reset")) {
+    outb(0x64, 0xfe);
+    for (;;) {
+    }
+  }
+  result_begin(mode);
+  result_str("error", "unknown mode");
+  result_end(0);
+  return 3;
+}

@@ -1,0 +1,331 @@
+// tsvmm native shim: the system calls the VMM needs, nothing more.
+//
+// Policy (which ioctl, which struct layout, what an error means for the VM) lives in TypeScript;
+// this file only turns JavaScript values into syscall arguments and errno into JavaScript errors.
+// Struct layouts are built by the caller in ArrayBuffers; pointers inside them come from addressOf().
+
+#include <napi.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+// The one V8 detail: N-API has no SharedArrayBuffer over foreign memory, and guest memory must be one
+// SharedArrayBuffer seen by every worker (Atomics included). See mmapShared().
+#include <v8.h>
+
+namespace {
+
+Napi::Error ErrnoError(Napi::Env env, const char* op, int err) {
+  const char* name = strerrorname_np(err);
+  std::string msg = std::string(op) + ": " + strerror(err) + " (" + (name ? name : "E?") + ")";
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("syscall", Napi::String::New(env, op));
+  return e;
+}
+
+#define THROW_ERRNO(env, op, ret)                        \
+  do {                                                   \
+    ErrnoError(env, op, errno).ThrowAsJavaScriptException(); \
+    return ret;                                          \
+  } while (0)
+
+#define THROW_TYPE(env, msg, ret)                                 \
+  do {                                                            \
+    Napi::TypeError::New(env, msg).ThrowAsJavaScriptException(); \
+    return ret;                                                   \
+  } while (0)
+
+int ArgInt(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int32Value(); }
+
+// A pointer and length for any ArrayBuffer, SharedArrayBuffer (via a view) or typed array / DataView.
+bool BufferOf(Napi::Value v, void** ptr, size_t* len) {
+  if (v.IsTypedArray()) {
+    auto ta = v.As<Napi::TypedArray>();
+    auto ab = ta.ArrayBuffer();
+    *ptr = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
+    *len = ta.ByteLength();
+    return true;
+  }
+  if (v.IsDataView()) {
+    auto dv = v.As<Napi::DataView>();
+    *ptr = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
+    *len = dv.ByteLength();
+    return true;
+  }
+  if (v.IsArrayBuffer()) {
+    auto ab = v.As<Napi::ArrayBuffer>();
+    *ptr = ab.Data();
+    *len = ab.ByteLength();
+    return true;
+  }
+  return false;
+}
+
+// Integer argument that may come as a Number or a BigInt (addresses do).
+uint64_t ArgU64(Napi::Value v) {
+  if (v.IsBigInt()) {
+    bool lossless;
+    return v.As<Napi::BigInt>().Uint64Value(&lossless);
+  }
+  return static_cast<uint64_t>(v.As<Napi::Number>().Int64Value());
+}
+
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  std::string path = info[0].As<Napi::String>();
+  int fd = open(path.c_str(), ArgInt(info, 1) | O_CLOEXEC);
+  if (fd < 0) THROW_ERRNO(env, ("open " + path).c_str(), env.Null());
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (close(ArgInt(info, 0)) < 0) THROW_ERRNO(env, "close", env.Null());
+  return env.Undefined();
+}
+
+// ioctl(fd, request, arg?, name?) -> result. arg: number/bigint (passed by value) or a buffer (passed by pointer).
+Napi::Value Ioctl(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  int fd = ArgInt(info, 0);
+  unsigned long req = static_cast<unsigned long>(ArgU64(info[1]));
+  unsigned long arg = 0;
+  if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+    void* p;
+    size_t n;
+    if (BufferOf(info[2], &p, &n))
+      arg = reinterpret_cast<unsigned long>(p);
+    else if (info[2].IsNumber() || info[2].IsBigInt())
+      arg = static_cast<unsigned long>(ArgU64(info[2]));
+    else
+      THROW_TYPE(env, "ioctl: arg must be a number, bigint or buffer", env.Null());
+  }
+  int r = ioctl(fd, req, arg);
+  if (r < 0) {
+    std::string name = info.Length() > 3 && info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "ioctl";
+    THROW_ERRNO(env, name.c_str(), env.Null());
+  }
+  return Napi::Number::New(env, r);
+}
+
+// read/write(fd, buffer) -> bytes, or -errno for EAGAIN/EINTR (normal on non-blocking fds), throws otherwise.
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "read: buffer expected", env.Null());
+  ssize_t r = read(ArgInt(info, 0), p, n);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EINTR) return Napi::Number::New(env, -errno);
+    THROW_ERRNO(env, "read", env.Null());
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "write: buffer expected", env.Null());
+  ssize_t r = write(ArgInt(info, 0), p, n);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EINTR) return Napi::Number::New(env, -errno);
+    THROW_ERRNO(env, "write", env.Null());
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  std::string name = info[0].As<Napi::String>();
+  int fd = memfd_create(name.c_str(), static_cast<unsigned>(ArgInt(info, 1)) | MFD_CLOEXEC);
+  if (fd < 0) THROW_ERRNO(env, "memfd_create", env.Null());
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (ftruncate(ArgInt(info, 0), static_cast<off_t>(ArgU64(info[1]))) < 0) THROW_ERRNO(env, "ftruncate", env.Null());
+  return env.Undefined();
+}
+
+struct Mapping {
+  void* addr;
+  size_t len;
+};
+
+// mmapShared(fd, length) -> { buffer: SharedArrayBuffer, address: bigint }
+// MAP_SHARED over fd; the mapping is removed when the last SharedArrayBuffer referring to it (in any thread) dies.
+Napi::Value MmapShared(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  int fd = ArgInt(info, 0);
+  size_t len = static_cast<size_t>(ArgU64(info[1]));
+  void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (addr == MAP_FAILED) THROW_ERRNO(env, "mmap", env.Null());
+
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
+      addr, len, [](void* data, size_t length, void*) { munmap(data, length); }, nullptr);
+  v8::Local<v8::SharedArrayBuffer> sab = v8::SharedArrayBuffer::New(isolate, std::move(store));
+  // napi_value is a v8::Local's slot pointer in Node (v8impl::JsValueFromV8LocalValue does the same cast).
+  napi_value raw = reinterpret_cast<napi_value>(*v8::Local<v8::Value>(sab));
+
+  auto out = Napi::Object::New(env);
+  out.Set("buffer", Napi::Value(env, raw));
+  out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr))));
+  return out;
+}
+
+// mmap(fd, length, prot, flags, offset) -> ArrayBuffer (thread-local view; unmapped when collected).
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  size_t len = static_cast<size_t>(ArgU64(info[1]));
+  void* addr = mmap(nullptr, len, ArgInt(info, 2), ArgInt(info, 3), ArgInt(info, 0), static_cast<off_t>(ArgU64(info[4])));
+  if (addr == MAP_FAILED) THROW_ERRNO(env, "mmap", env.Null());
+  auto* m = new Mapping{addr, len};
+  return Napi::ArrayBuffer::New(env, addr, len, [](Napi::Env, void*, Mapping* mp) {
+    munmap(mp->addr, mp->len);
+    delete mp;
+  }, m);
+}
+
+// remapAnonymous(address, length): mmap anonymous zero pages over an existing mapping (MAP_FIXED), so the
+// file behind it (guest memory's memfd) is released now while JavaScript views of it stay valid.
+Napi::Value RemapAnonymous(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* addr = reinterpret_cast<void*>(static_cast<uintptr_t>(ArgU64(info[0])));
+  size_t len = static_cast<size_t>(ArgU64(info[1]));
+  void* r = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) THROW_ERRNO(env, "mmap(MAP_FIXED)", env.Null());
+  return env.Undefined();
+}
+
+Napi::Value AddressOf(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[0], &p, &n)) THROW_TYPE(env, "addressOf: buffer expected", env.Null());
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)));
+}
+
+Napi::Value Eventfd(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  int fd = eventfd(static_cast<unsigned>(ArgInt(info, 0)), ArgInt(info, 1) | EFD_CLOEXEC);
+  if (fd < 0) THROW_ERRNO(env, "eventfd", env.Null());
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value EpollCreate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  int fd = epoll_create1(EPOLL_CLOEXEC);
+  if (fd < 0) THROW_ERRNO(env, "epoll_create1", env.Null());
+  return Napi::Number::New(env, fd);
+}
+
+// epollCtl(epfd, op, fd, events, data:number)
+Napi::Value EpollCtl(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  epoll_event ev{};
+  ev.events = static_cast<uint32_t>(info[3].As<Napi::Number>().Uint32Value());
+  ev.data.u64 = ArgU64(info[4]);
+  if (epoll_ctl(ArgInt(info, 0), ArgInt(info, 1), ArgInt(info, 2), &ev) < 0) THROW_ERRNO(env, "epoll_ctl", env.Null());
+  return env.Undefined();
+}
+
+// epollWait(epfd, out: Uint32Array (3 words per event: events, data lo, data hi), timeoutMs) -> count (0 on EINTR)
+Napi::Value EpollWait(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "epollWait: buffer expected", env.Null());
+  int max = static_cast<int>(n / sizeof(epoll_event));
+  if (max < 1) THROW_TYPE(env, "epollWait: buffer too small", env.Null());
+  int r = epoll_wait(ArgInt(info, 0), static_cast<epoll_event*>(p), max, ArgInt(info, 2));
+  if (r < 0) {
+    if (errno == EINTR) return Napi::Number::New(env, 0);
+    THROW_ERRNO(env, "epoll_wait", env.Null());
+  }
+  return Napi::Number::New(env, r);
+}
+
+Napi::Value ThreadSelf(const Napi::CallbackInfo& info) {
+  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(pthread_self()));
+}
+
+Napi::Value ThreadKill(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  int err = pthread_kill(static_cast<pthread_t>(ArgU64(info[0])), ArgInt(info, 1));
+  if (err != 0) {
+    errno = err;
+    THROW_ERRNO(env, "pthread_kill", env.Null());
+  }
+  return env.Undefined();
+}
+
+void NoopHandler(int) {}
+
+// signalNoop(signo): a handler that does nothing and does not restart system calls, so that
+// pthread_kill() makes a thread blocked in KVM_RUN return EINTR.
+Napi::Value SignalNoop(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  struct sigaction sa {};
+  sa.sa_handler = NoopHandler;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(ArgInt(info, 0), &sa, nullptr) < 0) THROW_ERRNO(env, "sigaction", env.Null());
+  return env.Undefined();
+}
+
+// unblockSignal(signo): make sure the calling thread can receive the kick signal.
+Napi::Value UnblockSignal(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, ArgInt(info, 0));
+  int err = pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  if (err != 0) {
+    errno = err;
+    THROW_ERRNO(env, "pthread_sigmask", env.Null());
+  }
+  return env.Undefined();
+}
+
+Napi::Value SigRtMin(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), SIGRTMIN); }
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("open", Napi::Function::New(env, Open));
+  exports.Set("close", Napi::Function::New(env, Close));
+  exports.Set("ioctl", Napi::Function::New(env, Ioctl));
+  exports.Set("read", Napi::Function::New(env, Read));
+  exports.Set("write", Napi::Function::New(env, Write));
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
+  exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
+  exports.Set("mmapShared", Napi::Function::New(env, MmapShared));
+  exports.Set("mmap", Napi::Function::New(env, Mmap));
+  exports.Set("remapAnonymous", Napi::Function::New(env, RemapAnonymous));
+  exports.Set("addressOf", Napi::Function::New(env, AddressOf));
+  exports.Set("eventfd", Napi::Function::New(env, Eventfd));
+  exports.Set("epollCreate", Napi::Function::New(env, EpollCreate));
+  exports.Set("epollCtl", Napi::Function::New(env, EpollCtl));
+  exports.Set("epollWait", Napi::Function::New(env, EpollWait));
+  exports.Set("threadSelf", Napi::Function::New(env, ThreadSelf));
+  exports.Set("threadKill", Napi::Function::New(env, ThreadKill));
+  exports.Set("signalNoop", Napi::Function::New(env, SignalNoop));
+  exports.Set("unblockSignal", Napi::Function::New(env, UnblockSignal));
+  exports.Set("sigRtMin", Napi::Function::New(env, SigRtMin));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(tsvmm_native, Init)

@@ -1,0 +1,132 @@
+// The tsvmm launcher. Bad input gets one line naming what to fix and a non-zero exit, never a stack trace.
+import { createWriteStream, readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { Vm, type VmExit } from './vmm/vm.js';
+import { UserError } from './errors.js';
+import { isNativeError } from './native.js';
+
+const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
+                 [--serial stdio|file:PATH|none]
+       tsvmm --help | --version
+
+Boots a bzImage or a PVH ELF kernel on KVM.
+  --kernel FILE    bzImage, or an ELF vmlinux with a PVH entry note
+  --initrd FILE    initial ramdisk
+  --cmdline STR    kernel command line
+  --mem SIZE       guest memory, e.g. 512M or 2G (default 512M)
+  --cpus N         number of vCPUs (default 1)
+  --serial WHERE   serial console: stdio (default), file:PATH, or none
+
+Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
+2 for bad usage, 130/143 when interrupted.`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function fail(msg: string, code = 2): number {
+  process.stderr.write(`tsvmm: ${msg}\n`);
+  return code;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    process.stdout.write(USAGE + '\n');
+    return argv.length === 0 ? 2 : 0;
+  }
+  if (argv[0] === '--version' || argv[0] === '-V') {
+    process.stdout.write(`tsvmm ${version()}\n`);
+    return 0;
+  }
+  const [cmd, ...rest] = argv;
+  if (cmd !== 'run') return fail(`unknown command "${cmd}" (try: tsvmm --help)`);
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: rest,
+      options: {
+        kernel: { type: 'string' },
+        initrd: { type: 'string' },
+        cmdline: { type: 'string' },
+        mem: { type: 'string' },
+        cpus: { type: 'string' },
+        serial: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    return fail(`${(e as Error).message.split('\n')[0]} (try: tsvmm --help)`);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  if (!values.kernel) return fail('run: --kernel FILE is required');
+  let cpus: number | undefined;
+  if (values.cpus !== undefined) {
+    if (!/^\d+$/.test(values.cpus)) return fail(`--cpus: "${values.cpus}" is not a whole number`);
+    cpus = Number(values.cpus);
+  }
+  const serial = values.serial ?? 'stdio';
+  if (!(serial === 'stdio' || serial === 'none' || (serial.startsWith('file:') && serial.length > 5)))
+    return fail(`--serial: "${serial}" is not stdio, none or file:PATH`);
+
+  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus });
+  let out: NodeJS.WritableStream | undefined;
+  if (serial === 'stdio') out = process.stdout;
+  else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));
+  if (out) vm.serial.pipe(out, { end: out !== process.stdout });
+  else vm.serial.resume();
+
+  try {
+    await vm.start();
+  } catch (e) {
+    if (e instanceof UserError) return fail(e.message);
+    if (isNativeError(e)) return fail(`${e.message}`, 1);
+    throw e;
+  }
+
+  const stdinIsTty = serial === 'stdio' && process.stdin.isTTY;
+  if (serial === 'stdio') {
+    if (stdinIsTty) process.stdin.setRawMode(true);
+    process.stdin.on('data', (d: Buffer) => {
+      // Ctrl-A x quits, as in QEMU's -nographic console
+      if (stdinIsTty && d.includes(0x01) && d.includes(0x78)) void vm.stop();
+      else vm.sendSerial(d);
+    });
+  }
+  let signalled = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled = sig === 'SIGINT' ? 130 : 143;
+    void vm.stop();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const exit: VmExit = await vm.exited;
+  if (stdinIsTty) process.stdin.setRawMode(false);
+  process.stdin.pause();
+  process.stdin.unref?.();
+  process.removeListener('SIGINT', onSignal);
+  process.removeListener('SIGTERM', onSignal);
+  process.stderr.write(`tsvmm: ${describe(exit)}\n`);
+  if (signalled) return signalled;
+  if (exit.reason === 'crash') return 1;
+  return exit.reason === 'poweroff' ? exit.status & 0xff : 0;
+}
+
+function describe(e: VmExit): string {
+  switch (e.reason) {
+    case 'poweroff':
+      return `guest powered off (status ${e.status})`;
+    case 'reset':
+      return `guest reset (${e.detail}); VM ended`;
+    case 'crash':
+      return `VM crashed: ${e.detail}`;
+    case 'stopped':
+      return `VM stopped (${e.detail})`;
+  }
+}

@@ -1,0 +1,4 @@
+// The embeddable VMM: `import { Vm } from 'tsvmm'`.
+export { Vm, type VmExit, type VmConfig } from './vmm/vm.js';
+export { UserError } from './errors.js';
+export { parseSize } from './vmm/config.js';

@@ -1,0 +1,56 @@
+// Typed access to the native syscall shim (native/tsvmm.cc). Loaded once per thread (workers too).
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+export interface NativeError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+export interface Native {
+  open(path: string, flags: number): number;
+  close(fd: number): void;
+  /** arg: a number/bigint passed by value, or a buffer passed by pointer. `name` labels the error. */
+  ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer, name?: string): number;
+  /** Bytes moved, or -errno for EAGAIN/EINTR. */
+  read(fd: number, buf: ArrayBufferView | ArrayBuffer): number;
+  write(fd: number, buf: ArrayBufferView | ArrayBuffer): number;
+  memfdCreate(name: string, flags: number): number;
+  ftruncate(fd: number, size: number | bigint): void;
+  mmapShared(fd: number, length: number): { buffer: SharedArrayBuffer; address: bigint };
+  mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer;
+  /** Replace [address, address+length) with anonymous zero pages: releases the file behind a mapping early. */
+  remapAnonymous(address: bigint, length: number): void;
+  addressOf(buf: ArrayBufferView | ArrayBuffer): bigint;
+  eventfd(initval: number, flags: number): number;
+  epollCreate(): number;
+  epollCtl(epfd: number, op: number, fd: number, events: number, data: number): void;
+  /** out: 3 Uint32 words per event (events, data lo, data hi). Returns count; 0 on EINTR. */
+  epollWait(epfd: number, out: Uint32Array, timeoutMs: number): number;
+  threadSelf(): bigint;
+  threadKill(thread: bigint, signo: number): void;
+  signalNoop(signo: number): void;
+  unblockSignal(signo: number): void;
+  sigRtMin(): number;
+}
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+
+export const native: Native = require(join(root, 'build', 'Release', 'tsvmm_native.node'));
+
+export const O_RDWR = 2;
+export const O_NONBLOCK = 0o4000;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+export const EFD_NONBLOCK = 0o4000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLLIN = 1;
+
+export function isNativeError(e: unknown): e is NativeError {
+  return e instanceof Error && typeof (e as NativeError).code === 'string' && typeof (e as NativeError).errno === 'number';
+}

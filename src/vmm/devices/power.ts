@@ -1,0 +1,44 @@
+// Ways a guest ends or resets the machine through port I/O.
+import type { BusDevice } from '../bus.js';
+
+export type PowerEvent = { reason: 'poweroff'; status: number; detail: string } | { reason: 'reset'; detail: string };
+
+/**
+ * isa-debug-exit compatible port (QEMU's `-device isa-debug-exit,iobase=0xf4,iosize=4`): a write of N
+ * powers the machine off with status N. The test guest uses it under tsvmm and under QEMU alike
+ * (QEMU reports (N << 1) | 1 as its exit code).
+ */
+export class DebugExit implements BusDevice {
+  constructor(private readonly onEvent: (e: PowerEvent) => void) {}
+  read(): number {
+    return 0xffffffff;
+  }
+  write(_offset: number, _size: number, value: number): void {
+    this.onEvent({ reason: 'poweroff', status: value >>> 0, detail: `debug-exit port written with ${value >>> 0}` });
+  }
+}
+
+/** i8042 keyboard controller, only as far as the pulse-reset command (0xFE to port 0x64) that Linux uses. */
+export class I8042 implements BusDevice {
+  constructor(private readonly onEvent: (e: PowerEvent) => void) {}
+  read(offset: number): number {
+    // status (0x64): output buffer empty, input buffer empty; data (0x60): nothing
+    return offset === 4 ? 0x00 : 0x00;
+  }
+  write(offset: number, _size: number, value: number): void {
+    if (offset === 4 && (value & 0xff) === 0xfe) this.onEvent({ reason: 'reset', detail: 'i8042 reset pulse' });
+  }
+}
+
+/** Reset control register at 0xCF9 (PIIX/ICH): bit 2 with bit 1 requests a reset. */
+export class ResetControl implements BusDevice {
+  private value = 0;
+  constructor(private readonly onEvent: (e: PowerEvent) => void) {}
+  read(): number {
+    return this.value;
+  }
+  write(_offset: number, _size: number, value: number): void {
+    this.value = value & 0x0a;
+    if (value & 0x04) this.onEvent({ reason: 'reset', detail: 'reset control register (0xcf9)' });
+  }
+}

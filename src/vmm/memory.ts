@@ -1,0 +1,99 @@
+// Guest RAM: one memfd, mapped shared once, seen by every thread as the same SharedArrayBuffer.
+// The memory table maps guest-physical ranges to offsets in that buffer. It is fixed when the VM is
+// built, so any thread reads it without locks (workers get a copy of the plain numbers).
+import { native } from '../native.js';
+
+export interface MemoryRegion {
+  /** guest-physical start */
+  gpa: number;
+  size: number;
+  /** offset of gpa in the shared buffer */
+  offset: number;
+}
+
+/** Serializable description a worker needs to translate guest addresses. */
+export interface MemoryTableData {
+  regions: MemoryRegion[];
+}
+
+/** Guest-physical → buffer-offset translation. Pure: used on every thread. */
+export class MemoryTable {
+  readonly regions: readonly MemoryRegion[];
+  constructor(regions: MemoryRegion[]) {
+    this.regions = [...regions].sort((a, b) => a.gpa - b.gpa);
+    for (let i = 1; i < this.regions.length; i++) {
+      const p = this.regions[i - 1];
+      if (p.gpa + p.size > this.regions[i].gpa) throw new Error('memory regions overlap');
+    }
+  }
+
+  /** Offset in the shared buffer of [gpa, gpa+len), or -1 when any byte of it is not RAM or it spans regions. */
+  translate(gpa: number, len: number): number {
+    if (!(gpa >= 0) || !(len >= 0)) return -1;
+    for (const r of this.regions) {
+      if (gpa >= r.gpa && gpa + len <= r.gpa + r.size) return r.offset + (gpa - r.gpa);
+    }
+    return -1;
+  }
+
+  get totalSize(): number {
+    return this.regions.reduce((s, r) => s + r.size, 0);
+  }
+
+  toJSON(): MemoryTableData {
+    return { regions: this.regions.map((r) => ({ ...r })) };
+  }
+}
+
+export class GuestMemory {
+  readonly table: MemoryTable;
+  readonly buffer: SharedArrayBuffer;
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  /** host virtual address of buffer[0], for KVM_SET_USER_MEMORY_REGION */
+  readonly hostAddress: bigint;
+  private memfd: number;
+
+  constructor(regions: MemoryRegion[]) {
+    this.table = new MemoryTable(regions);
+    const size = this.table.totalSize;
+    this.memfd = native.memfdCreate('tsvmm-guest-ram', 0);
+    try {
+      native.ftruncate(this.memfd, size);
+      const m = native.mmapShared(this.memfd, size);
+      this.buffer = m.buffer;
+      this.hostAddress = m.address;
+    } catch (e) {
+      native.close(this.memfd);
+      throw e;
+    }
+    this.bytes = new Uint8Array(this.buffer);
+    this.view = new DataView(this.buffer);
+  }
+
+  get fd(): number {
+    return this.memfd;
+  }
+
+  /** A view of guest memory at gpa; throws if the range is not entirely RAM (VMM-side callers only). */
+  slice(gpa: number, len: number): Uint8Array {
+    const off = this.table.translate(gpa, len);
+    if (off < 0) throw new Error(`guest range 0x${gpa.toString(16)}+0x${len.toString(16)} is not RAM`);
+    return this.bytes.subarray(off, off + len);
+  }
+
+  write(gpa: number, data: Uint8Array): void {
+    this.slice(gpa, data.length).set(data);
+  }
+
+  /**
+   * Close the memfd and swap the mapping for anonymous pages, so nothing of the guest survives stop()
+   * even while JavaScript still holds views (they now read zeros; the mapping goes when they are collected).
+   */
+  release(): void {
+    if (this.memfd < 0) return;
+    native.remapAnonymous(this.hostAddress, this.table.totalSize);
+    native.close(this.memfd);
+    this.memfd = -1;
+  }
+}

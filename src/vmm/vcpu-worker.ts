@@ -1,0 +1,48 @@
+// One thread per vCPU: KVM_RUN in a loop; device accesses go to the device thread through the mailbox.
+import { parentPort, workerData } from 'node:worker_threads';
+import { native, PROT_READ, PROT_WRITE, MAP_SHARED, isNativeError } from '../native.js';
+import { KVM, RUN } from './kvm-abi.js';
+import { handleExit, type VcpuStop } from './exit.js';
+import { mailboxCall } from './mailbox.js';
+import { CONTROL_STOP } from './vcpu-control.js';
+
+export interface VcpuWorkerData {
+  index: number;
+  vcpuFd: number;
+  runSize: number;
+  kickSignal: number;
+  mailbox: Int32Array;
+  control: Int32Array;
+}
+
+const d = workerData as VcpuWorkerData;
+const port = parentPort!;
+
+native.unblockSignal(d.kickSignal);
+const run = new DataView(native.mmap(d.vcpuFd, d.runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));
+const access = (space: 'pio' | 'mmio', write: boolean, addr: number, size: number, value: bigint) => mailboxCall(d.mailbox, space, write, addr, size, value);
+
+port.postMessage({ type: 'ready', thread: native.threadSelf() });
+
+let stop: VcpuStop | undefined;
+let exits = 0;
+while (!stop) {
+  if (Atomics.load(d.control, CONTROL_STOP)) {
+    stop = { reason: 'stopped' };
+    break;
+  }
+  try {
+    native.ioctl(d.vcpuFd, KVM.RUN, 0, 'KVM_RUN');
+  } catch (e) {
+    if (isNativeError(e) && (e.code === 'EINTR' || e.code === 'EAGAIN')) {
+      // kicked (or immediate_exit set): look at the control word again
+      run.setUint8(RUN.immediate_exit, 0);
+      continue;
+    }
+    stop = { reason: 'crash', detail: (e as Error).message };
+    break;
+  }
+  exits++;
+  stop = handleExit(run, access);
+}
+port.postMessage({ type: 'stopped', stop, exits });

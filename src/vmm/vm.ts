@@ -1,0 +1,292 @@
+// A virtual machine: KVM objects, guest memory, boot, vCPU threads and the device models.
+// The main thread owns every device model; vCPU threads reach them through mailboxes (see mailbox.ts).
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { PassThrough } from 'node:stream';
+import { Worker } from 'node:worker_threads';
+import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
+import { UserError } from '../errors.js';
+import { KVM, CAP, RUN } from './kvm-abi.js';
+import { openKvm, requireCaps, checkExtension, supportedCpuid, VmFd, VcpuFd } from './kvm.js';
+import { GuestMemory } from './memory.js';
+import { Bus } from './bus.js';
+import { newMailbox, MailboxServer } from './mailbox.js';
+import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
+import { vcpuCpuid } from './cpuid.js';
+import type { VcpuStop } from './exit.js';
+import { resolveCpus, resolveMemory, type VmConfig } from './config.js';
+import { Uart8250 } from './devices/uart8250.js';
+import { DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
+import { PciHost, PCI_CONFIG_ADDRESS } from './devices/pci.js';
+import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR } from '../boot/layout.js';
+import { loadKernel, type BootEntry } from '../boot/loader.js';
+import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
+import { workerUrl } from '../worker-url.js';
+import type { VcpuWorkerData } from './vcpu-worker.js';
+
+export type { VmConfig } from './config.js';
+
+export interface VmExit {
+  /** poweroff: the guest turned the machine off; reset: it asked for a reboot (tsvmm ends the VM);
+   * crash: KVM or the VMM could not go on; stopped: stop() was called. */
+  reason: 'poweroff' | 'reset' | 'crash' | 'stopped';
+  /** the guest's power-off status (debug-exit value), else 0 */
+  status: number;
+  detail: string;
+}
+
+export const COM1_PORT = 0x3f8;
+export const COM1_IRQ = 4;
+export const DEBUG_EXIT_PORT = 0xf4;
+const I8042_PORT = 0x60;
+
+interface VcpuThread {
+  fd: VcpuFd;
+  worker?: Worker;
+  thread?: bigint;
+  run?: DataView;
+  server?: MailboxServer;
+  exited?: Promise<void>;
+}
+
+export class Vm extends EventEmitter {
+  /** Everything the guest writes to its serial console (COM1). */
+  readonly serial = new PassThrough();
+  readonly pio = new Bus('pio');
+  readonly mmio = new Bus('mmio');
+  readonly exited: Promise<VmExit>;
+  boot?: BootEntry;
+
+  private resolveExit!: (e: VmExit) => void;
+  private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
+  private kvmFd = -1;
+  private vmFd?: VmFd;
+  private mem?: GuestMemory;
+  private vcpus: VcpuThread[] = [];
+  private control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
+  private kickSignal = native.sigRtMin() + 3;
+  private uart?: Uart8250;
+  private serialPending: number[] = [];
+  readonly config: Readonly<VmConfig>;
+
+  constructor(config: VmConfig) {
+    super();
+    this.config = { ...config };
+    this.exited = new Promise((r) => (this.resolveExit = r));
+  }
+
+  get memory(): GuestMemory {
+    if (!this.mem) throw new Error('VM not started');
+    return this.mem;
+  }
+
+  get vm(): VmFd {
+    if (!this.vmFd) throw new Error('VM not started');
+    return this.vmFd;
+  }
+
+  get running(): boolean {
+    return this.state === 'running';
+  }
+
+  /** Send bytes to the guest's serial console input. */
+  sendSerial(data: string | Uint8Array): void {
+    this.uart?.push(typeof data === 'string' ? new TextEncoder().encode(data) : data);
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== 'new') throw new Error('a Vm can be started once');
+    this.state = 'starting';
+    try {
+      await this.build();
+    } catch (e) {
+      await this.teardown();
+      this.state = 'stopped';
+      throw e;
+    }
+    this.state = 'running';
+  }
+
+  /** Stop the VM (if running) and release everything it holds. Resolves with how it ended. */
+  async stop(): Promise<VmExit> {
+    if (this.state === 'new') {
+      this.state = 'stopped';
+      this.resolveExit({ reason: 'stopped', status: 0, detail: 'never started' });
+    } else this.finish({ reason: 'stopped', status: 0, detail: 'stopped by the host' });
+    return this.exited;
+  }
+
+  private readInput(what: string, v: string | Uint8Array): Uint8Array {
+    if (typeof v !== 'string') return v;
+    try {
+      return readFileSync(v);
+    } catch (e) {
+      throw new UserError(`${what}: cannot read ${v}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    }
+  }
+
+  private async build(): Promise<void> {
+    const cfg = this.config;
+    const memSize = resolveMemory(cfg.memory);
+    const kernel = this.readInput('--kernel', cfg.kernel);
+    const initrd = cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
+
+    this.kvmFd = openKvm(cfg.kvmDevice);
+    requireCaps(this.kvmFd);
+    const cpus = resolveCpus(cfg.cpus, checkExtension(this.kvmFd, CAP.MAX_VCPUS) || checkExtension(this.kvmFd, CAP.NR_VCPUS) || 1);
+
+    const vm = (this.vmFd = VmFd.create(this.kvmFd));
+    vm.setTssAddr(TSS_ADDR);
+    vm.setIdentityMapAddr(IDENTITY_MAP_ADDR);
+    vm.createIrqchip();
+    vm.createPit2();
+
+    const mem = (this.mem = new GuestMemory(ramRegions(memSize)));
+    mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
+
+    this.boot = loadKernel(
+      { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
+      { kernel, initrd, cmdline: cfg.cmdline ?? '', memSize, cpus },
+    );
+
+    this.attachDevices();
+
+    const supported = supportedCpuid(this.kvmFd);
+    for (let i = 0; i < cpus; i++) {
+      const fd = new VcpuFd(vm.createVcpu(i));
+      this.vcpus.push({ fd });
+      fd.setCpuid(vcpuCpuid(supported, i, cpus));
+      fd.setMsrs(BOOT_MSRS);
+      const lapic = fd.getLapic();
+      setupLapic(lapic);
+      fd.setLapic(lapic);
+      const fpu = fd.getFpu();
+      setupFpu(fpu);
+      fd.setFpu(fpu);
+      if (i === 0) {
+        // the boot processor enters the kernel; the others wait for INIT/SIPI from it
+        const sregs = fd.getSregs();
+        setupSregs(sregs, this.boot.mode);
+        fd.setSregs(sregs);
+        fd.setRegs(bootRegs(this.boot.entry, this.boot.mode, this.boot.pointer));
+      }
+    }
+
+    native.signalNoop(this.kickSignal);
+    const runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
+    await Promise.all(this.vcpus.map((v, i) => this.spawnVcpu(v, i, runSize)));
+  }
+
+  private attachDevices(): void {
+    const power = (e: PowerEvent) => this.finish(e.reason === 'poweroff' ? { reason: 'poweroff', status: e.status, detail: e.detail } : { reason: 'reset', status: 0, detail: e.detail });
+    this.uart = new Uart8250(
+      (bytes) => this.serialOut(bytes),
+      (level) => this.vmFd?.irqLine(COM1_IRQ, level),
+    );
+    this.pio.register(COM1_PORT, 8, this.uart, 'com1');
+    this.pio.register(DEBUG_EXIT_PORT, 4, new DebugExit(power), 'debug-exit');
+    this.pio.register(I8042_PORT, 5, new I8042(power), 'i8042');
+    this.pio.register(PCI_CONFIG_ADDRESS, 8, new PciHost(new ResetControl(power)), 'pci-host');
+  }
+
+  /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */
+  private serialOut(bytes: Uint8Array): void {
+    if (this.serialPending.length === 0) setImmediate(() => this.flushSerial());
+    for (const b of bytes) this.serialPending.push(b);
+  }
+
+  private flushSerial(): void {
+    if (this.serialPending.length === 0) return;
+    const chunk = Buffer.from(this.serialPending);
+    this.serialPending = [];
+    if (!this.serial.writableEnded) this.serial.write(chunk);
+  }
+
+  private spawnVcpu(v: VcpuThread, index: number, runSize: number): Promise<void> {
+    const mailbox = newMailbox();
+    v.server = new MailboxServer(
+      mailbox,
+      (space, write, addr, size, value) => {
+        const bus = space === 'pio' ? this.pio : this.mmio;
+        if (write) {
+          bus.write(addr, size, value);
+          return 0n;
+        }
+        return bus.read(addr, size);
+      },
+      (e) => this.finish({ reason: 'crash', status: 0, detail: `device model error: ${(e as Error).stack ?? e}` }),
+    );
+    v.run = new DataView(native.mmap(v.fd.fd, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));
+    const data: VcpuWorkerData = { index, vcpuFd: v.fd.fd, runSize, kickSignal: this.kickSignal, mailbox, control: this.control };
+    const worker = (v.worker = new Worker(workerUrl('./vcpu-worker.js', import.meta.url), { workerData: data, name: `vcpu${index}` }));
+    v.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
+    return new Promise((resolve, reject) => {
+      worker.on('message', (m: { type: string; thread?: bigint; stop?: VcpuStop }) => {
+        if (m.type === 'ready') {
+          v.thread = m.thread;
+          resolve();
+        } else if (m.type === 'stopped' && m.stop && m.stop.reason !== 'stopped') {
+          this.finish({ reason: m.stop.reason, status: 0, detail: `vcpu${index}: ${m.stop.detail}` });
+        }
+      });
+      worker.once('error', (e) => {
+        reject(e);
+        this.finish({ reason: 'crash', status: 0, detail: `vcpu${index} thread failed: ${e.message}` });
+      });
+      worker.once('exit', () => reject(new Error(`vcpu${index} thread exited during start-up`)));
+    });
+  }
+
+  private finishing = false;
+
+  /** End the VM once, whoever asks first (guest power-off, a vCPU error, stop()). */
+  private finish(exit: VmExit): void {
+    if (this.finishing) return;
+    this.finishing = true;
+    const run = async () => {
+      // a VM still starting is torn down by start() itself
+      while (this.state === 'starting') await new Promise((r) => setTimeout(r, 5));
+      this.state = 'stopping';
+      await this.teardown();
+      this.state = 'stopped';
+      this.resolveExit(exit);
+      this.emit('exit', exit);
+    };
+    void run();
+  }
+
+  /** Kick every vCPU out of KVM_RUN until its thread has ended. */
+  private async stopVcpus(): Promise<void> {
+    Atomics.store(this.control, CONTROL_STOP, 1);
+    const pending = this.vcpus.filter((v) => v.worker);
+    let done = false;
+    const all = Promise.all(pending.map((v) => v.exited)).then(() => (done = true));
+    while (!done) {
+      for (const v of pending) {
+        v.run?.setUint8(RUN.immediate_exit, 1);
+        if (v.thread !== undefined) {
+          try {
+            native.threadKill(v.thread, this.kickSignal);
+          } catch {
+            // thread already gone
+          }
+        }
+      }
+      await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
+    }
+  }
+
+  private async teardown(): Promise<void> {
+    await this.stopVcpus();
+    await Promise.all(this.vcpus.map((v) => v.server?.close()));
+    this.flushSerial();
+    this.serial.end();
+    for (const v of this.vcpus) v.fd.close();
+    this.vcpus = [];
+    this.vmFd?.close();
+    this.vmFd = undefined;
+    this.mem?.release();
+    if (this.kvmFd >= 0) native.close(this.kvmFd);
+    this.kvmFd = -1;
+  }
+}

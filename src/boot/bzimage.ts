@@ -5,6 +5,7 @@ import { writeE820, type E820Entry } from './e820.js';
 export const BOOT_PARAMS_SIZE = 4096;
 const HDR = 0x1f1;
 export const BP = {
+  acpi_rsdp_addr: 0x070,
   e820_entries: 0x1e8,
   setup_sects: 0x1f1,
   boot_flag: 0x1fe,
@@ -80,7 +81,7 @@ export function parseBzImage(b: Uint8Array): BzImage {
 /** Build the zero page for a 64-bit entry. */
 export function buildBootParams(
   bz: BzImage,
-  o: { cmdlineAddr: number; cmdlineLen: number; initrdAddr?: number; initrdSize?: number; e820: E820Entry[] },
+  o: { cmdlineAddr: number; cmdlineLen: number; initrdAddr?: number; initrdSize?: number; e820: E820Entry[]; rsdpAddr?: number },
 ): Uint8Array {
   if (o.e820.length > E820_MAX_ENTRIES_ZEROPAGE) throw new Error('too many e820 entries');
   if (bz.cmdlineSize && o.cmdlineLen > bz.cmdlineSize) throw new Error(`kernel command line longer than the kernel accepts (${bz.cmdlineSize} bytes)`);
@@ -93,6 +94,7 @@ export function buildBootParams(
   v.setUint32(BP.cmd_line_ptr, o.cmdlineAddr, true);
   v.setUint32(BP.ramdisk_image, o.initrdAddr ?? 0, true);
   v.setUint32(BP.ramdisk_size, o.initrdSize ?? 0, true);
+  v.setBigUint64(BP.acpi_rsdp_addr, BigInt(o.rsdpAddr ?? 0), true);
   bp[BP.e820_entries] = o.e820.length;
   writeE820(v, BP.e820_table, o.e820);
   return bp;

@@ -1,5 +1,5 @@
 // The e820 memory map handed to the guest (boot_params for bzImage, the PVH memmap for PVH).
-import { EBDA_START, BIOS_END, MPTABLE_ADDR, HIGH_RAM_START, ramLayout } from './layout.js';
+import { EBDA_START, BIOS_END, ACPI_ADDR, HIGH_RAM_START, ramLayout } from './layout.js';
 
 export const E820_RAM = 1;
 export const E820_RESERVED = 2;
@@ -16,7 +16,7 @@ export function e820Map(memSize: number): E820Entry[] {
   const map: E820Entry[] = [
     { addr: 0, size: EBDA_START, type: E820_RAM },
     { addr: EBDA_START, size: 0xa0000 - EBDA_START, type: E820_RESERVED },
-    { addr: MPTABLE_ADDR, size: BIOS_END - MPTABLE_ADDR, type: E820_RESERVED },
+    { addr: ACPI_ADDR, size: BIOS_END - ACPI_ADDR, type: E820_RESERVED }, // ACPI and MP tables
     { addr: BIOS_END, size: lowSize - BIOS_END, type: E820_RAM },
   ];
   if (highSize > 0) map.push({ addr: HIGH_RAM_START, size: highSize, type: E820_RAM });

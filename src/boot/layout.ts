@@ -16,7 +16,8 @@ export const PD_ADDR = 0xb000;
 export const CMDLINE_ADDR = 0x20000;
 export const CMDLINE_MAX = 4096;
 export const EBDA_START = 0x9fc00;
-/** MP floating pointer and configuration table live in the BIOS area, where Linux scans for them. */
+/** ACPI tables (RSDP first) and the MP tables live in the BIOS area, where a guest scans for them. */
+export const ACPI_ADDR = 0xe0000;
 export const MPTABLE_ADDR = 0xf0000;
 export const BIOS_END = 0x100000;
 export const KERNEL_LOAD_ADDR = 0x100000;

@@ -3,7 +3,8 @@ import { isElf } from './elf.js';
 import { isBzImage, parseBzImage, buildBootParams } from './bzimage.js';
 import { loadPvhKernel, writeStartInfo, writeModule, writeMemmap, HVM_START_INFO_SIZE } from './pvh.js';
 import { e820Map } from './e820.js';
-import { buildMpTable } from './mptable.js';
+import { buildMpTable, ioapicId } from './mptable.js';
+import { buildAcpi } from './acpi.js';
 import { writeGdt, writePageTables, type EntryMode } from './cpu-state.js';
 import * as L from './layout.js';
 import { UserError } from '../errors.js';
@@ -51,8 +52,12 @@ export function loadKernel(mem: BootMemory, spec: BootSpec): BootEntry {
   writeGdt(dataView(mem.slice(L.GDT_ADDR, 0x40)), 0, L.IDT_ADDR - L.GDT_ADDR);
   const pt = mem.slice(L.PML4_ADDR, PD_SPAN);
   writePageTables(dataView(pt), (gpa) => gpa - L.PML4_ADDR);
+  // Both descriptions of the platform: ACPI for current kernels, the MP table for those without ACPI.
   const mp = buildMpTable(spec.cpus, L.MPTABLE_ADDR);
   mem.slice(L.MPTABLE_ADDR, mp.length).set(mp);
+  const acpi = buildAcpi(L.ACPI_ADDR, spec.cpus, ioapicId(spec.cpus));
+  if (L.ACPI_ADDR + acpi.bytes.length > L.MPTABLE_ADDR) throw new Error('ACPI tables overflow their area');
+  mem.slice(L.ACPI_ADDR, acpi.bytes.length).set(acpi.bytes);
   mem.slice(L.CMDLINE_ADDR, cmdline.length).set(cmdline);
   const e820 = e820Map(spec.memSize);
 
@@ -84,6 +89,7 @@ export function loadKernel(mem: BootMemory, spec: BootSpec): BootEntry {
       nrModules,
       memmapAddr: L.PVH_MEMMAP_ADDR,
       memmapEntries: e820.length,
+      rsdpAddr: acpi.rsdpAddr,
     });
     return { mode: 'pvh32', entry: loaded.entry, pointer: L.PVH_START_INFO_ADDR, kernelFormat: 'pvh-elf' };
   }
@@ -103,7 +109,7 @@ export function loadKernel(mem: BootMemory, spec: BootSpec): BootEntry {
       initrdAddr = placeHigh(spec.initrd.length, kernelEnd, Math.min(mem.lowSize, bz.initrdAddrMax + 1));
       mem.slice(initrdAddr, spec.initrd.length).set(spec.initrd);
     }
-    const bp = buildBootParams(bz, { cmdlineAddr: L.CMDLINE_ADDR, cmdlineLen: cmdline.length - 1, initrdAddr, initrdSize: spec.initrd?.length, e820 });
+    const bp = buildBootParams(bz, { cmdlineAddr: L.CMDLINE_ADDR, cmdlineLen: cmdline.length - 1, initrdAddr, initrdSize: spec.initrd?.length, e820, rsdpAddr: acpi.rsdpAddr });
     mem.slice(L.BOOT_PARAMS_ADDR, bp.length).set(bp);
     return { mode: 'long64', entry: L.KERNEL_LOAD_ADDR + 0x200, pointer: L.BOOT_PARAMS_ADDR, kernelFormat: 'bzimage' };
   }

@@ -16,7 +16,8 @@ import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
 import { resolveCpus, resolveMemory, type VmConfig } from './config.js';
 import { Uart8250 } from './devices/uart8250.js';
-import { DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
+import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
+import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP } from '../boot/acpi.js';
 import { PciHost, PCI_CONFIG_ADDRESS } from './devices/pci.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
@@ -187,6 +188,7 @@ export class Vm extends EventEmitter {
     this.pio.register(DEBUG_EXIT_PORT, 4, new DebugExit(power), 'debug-exit');
     this.pio.register(I8042_PORT, 5, new I8042(power), 'i8042');
     this.pio.register(PCI_CONFIG_ADDRESS, 8, new PciHost(new ResetControl(power)), 'pci-host');
+    this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
   }
 
   /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */

@@ -42,3 +42,21 @@ export class ResetControl implements BusDevice {
     if (value & 0x04) this.onEvent({ reason: 'reset', detail: 'reset control register (0xcf9)' });
   }
 }
+
+/**
+ * ACPI hardware-reduced sleep control/status registers (FADT SLEEP_CONTROL_REG / SLEEP_STATUS_REG):
+ * writing SLP_EN with the \_S5 sleep type powers the machine off.
+ */
+export class AcpiSleep implements BusDevice {
+  constructor(
+    private readonly s5SlpTyp: number,
+    private readonly onEvent: (e: PowerEvent) => void,
+  ) {}
+  read(): number {
+    return 0;
+  }
+  write(offset: number, _size: number, value: number): void {
+    if (offset !== 0) return; // status register: write-1-to-clear of nothing
+    if (value & 0x20 && ((value >> 2) & 7) === this.s5SlpTyp) this.onEvent({ reason: 'poweroff', status: 0, detail: 'ACPI S5 (soft off)' });
+  }
+}

@@ -1,0 +1,71 @@
+// ACPI tables: our own checks of the bytes, then a third-party decoder (iasl -d from acpica-tools).
+import { describe, it, expect, beforeAll } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildAcpi, type AcpiImage } from '../src/boot/acpi.js';
+import { which } from './helpers/env.js';
+
+const sum = (b: Uint8Array) => b.reduce((s, x) => (s + x) & 0xff, 0);
+
+describe('ACPI tables', () => {
+  const acpi: AcpiImage = buildAcpi(0xe0000, 4, 4);
+
+  it('links RSDP → XSDT → FADT/MADT and FADT → DSDT at the addresses they were placed', () => {
+    const rsdp = new DataView(acpi.tables.RSDP.bytes.buffer);
+    expect(sum(acpi.tables.RSDP.bytes.subarray(0, 20))).toBe(0);
+    expect(sum(acpi.tables.RSDP.bytes)).toBe(0);
+    expect(Number(rsdp.getBigUint64(24, true))).toBe(acpi.tables.XSDT.addr);
+    const xsdt = new DataView(acpi.tables.XSDT.bytes.buffer);
+    expect([Number(xsdt.getBigUint64(36, true)), Number(xsdt.getBigUint64(44, true))]).toEqual([acpi.tables.FACP.addr, acpi.tables.APIC.addr]);
+    const fadt = new DataView(acpi.tables.FACP.bytes.buffer);
+    expect(Number(fadt.getBigUint64(140, true))).toBe(acpi.tables.DSDT.addr);
+    for (const t of ['XSDT', 'FACP', 'DSDT', 'APIC']) expect(sum(acpi.tables[t].bytes)).toBe(0);
+    for (const t of Object.values(acpi.tables)) expect(acpi.bytes.subarray(t.addr - 0xe0000, t.addr - 0xe0000 + t.bytes.length)).toEqual(t.bytes);
+  });
+
+  describe('decoded by iasl -d', () => {
+    let dir: string;
+    const dsl: Record<string, string> = {};
+    beforeAll(() => {
+      if (!which('iasl')) throw new Error('iasl not found: install acpica-tools (.ci/run does)');
+      dir = mkdtempSync(join(tmpdir(), 'tsvmm-acpi-'));
+      // the RSDP is a pointer structure, not a table: iasl decodes tables only (checked above instead)
+      for (const [name, t] of Object.entries(acpi.tables).filter(([n]) => n !== 'RSDP')) {
+        const f = join(dir, `${name.toLowerCase()}.dat`);
+        writeFileSync(f, t.bytes);
+        execFileSync('iasl', ['-d', f], { cwd: dir, stdio: 'pipe' });
+        dsl[name] = readFileSync(join(dir, `${name.toLowerCase()}.dsl`), 'utf8');
+      }
+      rmSync(dir, { recursive: true });
+    });
+
+    it('finds no checksum or structure complaints', () => {
+      for (const text of Object.values(dsl)) expect(text).not.toMatch(/Incorrect checksum|Invalid|ERROR|Warning/i);
+    });
+    it('MADT: one enabled local APIC per vCPU, the IOAPIC, LINT1 NMI', () => {
+      const m = dsl.APIC;
+      expect(m.match(/Subtable Type : 00 \[Processor Local APIC\]/g)).toHaveLength(4);
+      expect(m).toMatch(/Local Apic Address : FEE00000/);
+      expect(m).toMatch(/Subtable Type : 01 \[I\/O APIC\][\s\S]*I\/O Apic ID : 04[\s\S]*Address : FEC00000/);
+      expect(m).toMatch(/Interrupt Input LINT : 01/);
+      expect(m.match(/Processor Enabled : 1/g)).toHaveLength(4);
+    });
+    it('FADT: hardware-reduced, reset register 0xCF9 ← 6, sleep control/status registers', () => {
+      const f = dsl.FACP;
+      expect(f).toMatch(/Hardware Reduced \(V5\) : 1/);
+      expect(f).toMatch(/Reset Register Supported \(V2\) : 1/);
+      expect(f).toMatch(/Reset Register :[\s\S]*?Address : 0000000000000CF9/);
+      expect(f).toMatch(/Value to cause reset : 06/);
+      expect(f).toMatch(/Sleep Control Register :[\s\S]*?Address : 0000000000000600/);
+      expect(f).toMatch(/Sleep Status Register :[\s\S]*?Address : 0000000000000601/);
+    });
+    it('DSDT: \\_S5 with SLP_TYP 5', () => {
+      expect(dsl.DSDT).toMatch(/Name \(_S5, Package \(0x04\)[\s\S]*0x05,/);
+    });
+    it('XSDT decodes with its pointers', () => {
+      expect(dsl.XSDT).toMatch(/ACPI Table Address   0 : 00000000000E0070/);
+    });
+  });
+});

@@ -6,7 +6,7 @@ import { UserError } from './errors.js';
 import { isNativeError } from './native.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
-                 [--serial stdio|file:PATH|none]
+                 [--serial stdio|file:PATH|none] [--kvm-device PATH]
        tsvmm --help | --version
 
 Boots a bzImage or a PVH ELF kernel on KVM.
@@ -16,6 +16,7 @@ Boots a bzImage or a PVH ELF kernel on KVM.
   --mem SIZE       guest memory, e.g. 512M or 2G (default 512M)
   --cpus N         number of vCPUs (default 1)
   --serial WHERE   serial console: stdio (default), file:PATH, or none
+  --kvm-device P   KVM device node (default /dev/kvm)
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
 2 for bad usage, 130/143 when interrupted.`;
@@ -52,6 +53,7 @@ export async function main(argv: string[]): Promise<number> {
         mem: { type: 'string' },
         cpus: { type: 'string' },
         serial: { type: 'string' },
+        'kvm-device': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -74,7 +76,7 @@ export async function main(argv: string[]): Promise<number> {
   if (!(serial === 'stdio' || serial === 'none' || (serial.startsWith('file:') && serial.length > 5)))
     return fail(`--serial: "${serial}" is not stdio, none or file:PATH`);
 
-  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus });
+  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'] });
   let out: NodeJS.WritableStream | undefined;
   if (serial === 'stdio') out = process.stdout;
   else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));

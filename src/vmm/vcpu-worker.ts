@@ -19,7 +19,8 @@ const d = workerData as VcpuWorkerData;
 const port = parentPort!;
 
 native.unblockSignal(d.kickSignal);
-const run = new DataView(native.mmap(d.vcpuFd, d.runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));
+const runBuffer = native.mmap(d.vcpuFd, d.runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
+const run = new DataView(runBuffer);
 const access = (space: 'pio' | 'mmio', write: boolean, addr: number, size: number, value: bigint) => mailboxCall(d.mailbox, space, write, addr, size, value);
 
 port.postMessage({ type: 'ready', thread: native.threadSelf() });
@@ -45,4 +46,6 @@ while (!stop) {
   exits++;
   stop = handleExit(run, access);
 }
+// Drop our kvm_run mapping now: it holds the vCPU (and so the whole VM) alive until this isolate's GC.
+native.remapAnonymous(native.addressOf(runBuffer), d.runSize);
 port.postMessage({ type: 'stopped', stop, exits });

@@ -46,6 +46,7 @@ interface VcpuThread {
   worker?: Worker;
   thread?: bigint;
   run?: DataView;
+  runSize?: number;
   server?: MailboxServer;
   exited?: Promise<void>;
 }
@@ -219,6 +220,7 @@ export class Vm extends EventEmitter {
       (e) => this.finish({ reason: 'crash', status: 0, detail: `device model error: ${(e as Error).stack ?? e}` }),
     );
     v.run = new DataView(native.mmap(v.fd.fd, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));
+    v.runSize = runSize;
     const data: VcpuWorkerData = { index, vcpuFd: v.fd.fd, runSize, kickSignal: this.kickSignal, mailbox, control: this.control };
     const worker = (v.worker = new Worker(workerUrl('./vcpu-worker.js', import.meta.url), { workerData: data, name: `vcpu${index}` }));
     v.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
@@ -283,7 +285,11 @@ export class Vm extends EventEmitter {
     await Promise.all(this.vcpus.map((v) => v.server?.close()));
     this.flushSerial();
     this.serial.end();
-    for (const v of this.vcpus) v.fd.close();
+    for (const v of this.vcpus) {
+      // our kvm_run mapping would keep the vCPU, and with it the VM, alive until a GC
+      if (v.run && v.runSize) native.remapAnonymous(native.addressOf(v.run.buffer as ArrayBuffer), v.runSize);
+      v.fd.close();
+    }
     this.vcpus = [];
     this.vmFd?.close();
     this.vmFd = undefined;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job, from a fresh clone: install what the host needs, build, boot the test guest on KVM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-host.sh
+[ -d node_modules ] || npm ci
+npm run --silent build
+make -s -C guest
+echo "== booting the test guest on KVM (PVH entry, then CPL3); its console follows"
+node bin/tsvmm.js run --kernel guest/out/testguest.elf --mem 256M --cpus 2 --cmdline "mode=hello"

@@ -50,3 +50,17 @@ void guest_exit(uint32_t status) {
   for (;;) {
   }
 }
+
+/* gcc may emit calls to these even in freestanding code */
+void *memcpy(void *dst, const void *src, unsigned long n) {
+  char *d = dst;
+  const char *s = src;
+  while (n--) *d++ = *s++;
+  return dst;
+}
+
+void *memset(void *dst, int c, unsigned long n) {
+  char *d = dst;
+  while (n--) *d++ = (char)c;
+  return dst;
+}

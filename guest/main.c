@@ -6,6 +6,8 @@
  *   mode=fault    execute ud2: the CPL0 exception stub reports vector 6 and exits 0x7f
  *   mode=hang     spin forever (the host's stop path must end it)
  *   mode=reset    pulse the i8042 reset line
+ *   mode=smp      count the CPUs in the ACPI MADT, start the APs (INIT-SIPI-SIPI), report how many came up
+ *   mode=mmio     after a byte on the serial port, access MMIO_TEST_BASE (see the mmio mode below)
  * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
  */
 #include <stddef.h>
@@ -25,6 +27,62 @@ struct hvm_memmap_entry {
 #define MAPPED_LIMIT (1ull << 30) /* start.S maps the first 1 GiB */
 
 extern char __image_start[], __image_end[];
+extern char ap_trampoline[], ap_trampoline_end[];
+extern volatile uint32_t ap_count;
+#define TRAMPOLINE_BASE 0x8000
+#define LAPIC_ICR_LO ((volatile uint32_t *)0xfee00300)
+#define LAPIC_ICR_HI ((volatile uint32_t *)0xfee00310)
+/* Unbacked guest-physical address inside the 1 GiB identity map (tests use at most 512 MiB of RAM). */
+#define MMIO_TEST_BASE 0x30000000ull
+
+static inline uint64_t rdtsc(void) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return ((uint64_t)hi << 32) | lo;
+}
+
+static int mem_eq(const void *a, const char *b, size_t n) {
+  const char *p = a;
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != b[i]) return 0;
+  return 1;
+}
+
+/* The RSDP from the start info, or found the BIOS way in 0xE0000-0xFFFFF. */
+static const uint8_t *find_rsdp(const struct hvm_start_info *si) {
+  if (si->rsdp_paddr) return (const uint8_t *)(uintptr_t)si->rsdp_paddr;
+  for (uintptr_t a = 0xe0000; a < 0x100000; a += 16)
+    if (mem_eq((const void *)a, "RSD PTR ", 8)) return (const uint8_t *)a;
+  return 0;
+}
+
+/* Enabled processors in the MADT, or 0 when there is no ACPI. */
+static uint32_t madt_cpus(const struct hvm_start_info *si) {
+  const uint8_t *rsdp = find_rsdp(si);
+  if (!rsdp) return 0;
+  int x = rsdp[15] >= 2;
+  const uint8_t *sdt = x ? (const uint8_t *)(uintptr_t)*(const uint64_t *)(rsdp + 24) : (const uint8_t *)(uintptr_t)*(const uint32_t *)(rsdp + 16);
+  uint32_t len = *(const uint32_t *)(sdt + 4);
+  for (uint32_t o = 36; o < len; o += x ? 8 : 4) {
+    const uint8_t *t = x ? (const uint8_t *)(uintptr_t)*(const uint64_t *)(sdt + o) : (const uint8_t *)(uintptr_t)*(const uint32_t *)(sdt + o);
+    if (!mem_eq(t, "APIC", 4)) continue;
+    uint32_t tlen = *(const uint32_t *)(t + 4), n = 0;
+    for (uint32_t e = 44; e + 2 <= tlen && t[e + 1] >= 2; e += t[e + 1])
+      if (t[e] == 0 && (*(const uint32_t *)(t + e + 4) & 1)) n++;
+    return n;
+  }
+  return 0;
+}
+
+static void lapic_ipi(uint32_t lo) {
+  *LAPIC_ICR_HI = 0;
+  *LAPIC_ICR_LO = lo;
+}
+
+static void spin_cycles(uint64_t cycles) {
+  uint64_t t = rdtsc();
+  while (rdtsc() - t < cycles) __asm__ volatile("pause");
+}
 
 static int streq_prefix(const char *s, const char *p) {
   while (*p)
@@ -193,6 +251,40 @@ int guest_main(const struct hvm_start_info *si) {
     line[n] = 0;
     result_begin(mode);
     result_str("line", line);
+    result_end(1);
+    return 0;
+  }
+  if (streq(mode, "smp")) {
+    uint32_t cpus = madt_cpus(si);
+    size_t n = (size_t)(ap_trampoline_end - ap_trampoline);
+    __builtin_memcpy((void *)TRAMPOLINE_BASE, ap_trampoline, n);
+    /* to all but self: INIT, then two STARTUPs at the trampoline (the MP spec's sequence) */
+    lapic_ipi(0x000c4500);
+    spin_cycles(10000000);
+    for (int i = 0; i < 2; i++) {
+      lapic_ipi(0x000c4600 | (TRAMPOLINE_BASE >> 12));
+      spin_cycles(1000000);
+    }
+    uint64_t t0 = rdtsc();
+    while (ap_count + 1 < cpus && rdtsc() - t0 < 20000000000ull) __asm__ volatile("pause");
+    result_begin(mode);
+    result_num("cpus", cpus);
+    result_num("cpus_up", ap_count + 1);
+    result_end(cpus > 0 && ap_count + 1 == cpus);
+    return cpus > 0 && ap_count + 1 == cpus ? 0 : 1;
+  }
+  if (streq(mode, "mmio")) {
+    volatile uint32_t *r32 = (volatile uint32_t *)MMIO_TEST_BASE;
+    serial_puts("MMIO-READY\n");
+    serial_getc();
+    r32[0] = 0x11111111;
+    r32[0] = 0x22222222;
+    *(volatile uint64_t *)(MMIO_TEST_BASE + 0x10) = 0x1122334455667788ull;
+    *(volatile uint8_t *)(MMIO_TEST_BASE + 0x20) = 0x5a;
+    uint32_t got = r32[1];
+    for (int i = 0; i < 16; i++) r32[0x100 / 4] = 1; /* the host may have an ioeventfd here */
+    result_begin(mode);
+    result_num("read", got);
     result_end(1);
     return 0;
   }

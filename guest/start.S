@@ -144,6 +144,81 @@ gp_handler:
 	add $8, %rsp                   /* error code */
 	iretq
 
+/*
+ * Application processors. The BSP (at CPL3) copies ap_trampoline to TRAMPOLINE_BASE and sends
+ * INIT-SIPI-SIPI with vector TRAMPOLINE_BASE >> 12. Each AP goes real mode → protected mode → long mode
+ * with the BSP's page tables, takes a stack, drops to CPL3 and announces itself in ap_count.
+ * Addresses inside the trampoline are computed relative to where it runs, not where it is linked.
+ */
+#define TRAMPOLINE_BASE 0x8000
+#define T(x) ((x) - ap_trampoline + TRAMPOLINE_BASE)
+	.globl ap_trampoline, ap_trampoline_end, ap_count
+	.code16
+ap_trampoline:
+	cli
+	xor %ax, %ax
+	mov %ax, %ds
+	lgdtl T(tgdt_ptr)
+	mov %cr0, %eax
+	or $1, %eax
+	mov %eax, %cr0
+	ljmpl $0x08, $T(ap_pm32)
+	.code32
+ap_pm32:
+	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	mov %cr4, %eax
+	or $0x20, %eax
+	mov %eax, %cr4
+	mov $pml4, %eax
+	mov %eax, %cr3
+	mov $0xc0000080, %ecx
+	rdmsr
+	or $0x100, %eax
+	wrmsr
+	mov %cr0, %eax
+	or $0x80000000, %eax
+	mov %eax, %cr0
+	ljmp $0x18, $ap_start64
+	.balign 8
+tgdt:
+	.quad 0
+	.quad 0x00cf9a000000ffff       /* 0x08 code32 */
+	.quad 0x00cf92000000ffff       /* 0x10 data */
+	.quad 0x00af9a000000ffff       /* 0x18 code64 */
+tgdt_ptr:
+	.word tgdt_ptr - tgdt - 1
+	.long T(tgdt)
+ap_trampoline_end:
+
+	.code64
+ap_start64:
+	lgdt gdt_ptr
+	mov $KDATA, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	lidt idt_ptr
+	/* a stack of our own: slot = ap_next++ */
+	mov $1, %eax
+	lock xadd %eax, ap_next
+	and $7, %eax
+	shl $12, %rax
+	add $ap_stacks + 4096, %rax
+	mov %rax, %rsp                 /* INIT left %rsp at 0: build the iret frame on the new stack */
+	push $UDATA
+	push %rax
+	push $0x3002
+	push $UCODE
+	push $ap_user
+	iretq
+ap_user:
+	lock incl ap_count
+1:	pause
+	jmp 1b
+
 /* Exception stubs: report "EXCEPTION <vector>" on COM1 (no LSR polling: emulated, keep it short), exit 0x7f. */
 	.balign 16
 exc_stubs:
@@ -228,13 +303,26 @@ pml4:
 	.fill 511, 8, 0
 pdpt:
 	.quad pd + 0x7
-	.fill 511, 8, 0
+	.quad 0, 0
+	.quad pd_hi + 0x7              /* 3-4 GiB: only the IOAPIC and local APIC pages */
+	.fill 508, 8, 0
 pd:                                    /* identity map of the first 1 GiB, 2 MiB pages, user-accessible */
 	.set i, 0
 	.rept 512
 	.quad (i << 21) + 0x87
 	.set i, i + 1
 	.endr
+pd_hi:
+	.fill 502, 8, 0
+	.quad 0xfec00000 + 0x9f        /* 0xFEC00000: present, rw, user, PWT, PCD, 2 MiB */
+	.quad 0xfee00000 + 0x9f        /* 0xFEE00000: the local APIC */
+	.fill 8, 8, 0
+
+	.balign 4
+ap_count:
+	.long 0
+ap_next:
+	.long 0
 
 	.bss
 	.balign 16
@@ -250,3 +338,6 @@ kstack_top:
 ustack:
 	.skip 65536
 ustack_top:
+	.balign 4096
+ap_stacks:
+	.skip 8 * 4096

@@ -2,6 +2,8 @@
 // reset, SMP, and stop() of a guest that never ends.
 import { describe, it, expect } from 'vitest';
 import { runGuest } from './helpers/vm.js';
+import { Vm } from '../src/index.js';
+import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TEST_GUEST, guestResult, haveKvm } from './helpers/env.js';
 import { e820Map } from '../src/boot/e820.js';
 
@@ -52,10 +54,40 @@ describe.runIf(haveKvm())('test guest under tsvmm', () => {
     expect(exit).toMatchObject({ reason: 'reset', detail: 'i8042 reset pulse' });
   });
 
-  it('runs with two vCPUs (the APs wait for SIPI, the BSP runs the guest)', async () => {
-    const { output, exit } = await runGuest({ kernel: TEST_GUEST, cmdline: 'mode=hello', memory: '64M', cpus: 2 });
-    expect(guestResult(output)).toMatchObject({ ok: true });
+  it.each([1, 2, 4])('starts %i vCPUs: the guest counts them in the MADT and brings its APs up with INIT-SIPI-SIPI', async (cpus) => {
+    const { output, exit } = await runGuest({ kernel: TEST_GUEST, cmdline: 'mode=smp', memory: '64M', cpus });
+    expect(guestResult(output), output).toMatchObject({ mode: 'smp', cpus, cpus_up: cpus, ok: true });
     expect(exit.status).toBe(0);
+  });
+
+  it('dispatches CPL3 MMIO to a bus device and lets an ioeventfd absorb writes without an exit', async () => {
+    const BASE = 0x30000000;
+    const seen: string[] = [];
+    const vm = new Vm({ kernel: TEST_GUEST, cmdline: 'mode=mmio', memory: '64M' });
+    vm.mmio.register(BASE, 0x1000, {
+      read: (off, size) => (seen.push(`r${off}/${size}`), 0xcafe0000 + off),
+      write: (off, size, v) => void seen.push(`w${off}/${size}=${v.toString(16)}`),
+    }, 'test-device');
+    let out = '';
+    const efd = native.eventfd(0, EFD_NONBLOCK);
+    vm.serial.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('MMIO-READY') && !out.includes('go')) {
+        vm.vm.ioeventfd({ fd: efd, addr: BASE + 0x100, len: 4 });
+        out += 'go';
+        vm.sendSerial('g');
+      }
+    });
+    await vm.start();
+    const exit = await vm.exited;
+    const counter = new BigUint64Array(1);
+    expect(native.read(efd, counter)).toBe(8);
+    native.close(efd);
+    expect(exit.status).toBe(0);
+    expect(guestResult(out)).toMatchObject({ mode: 'mmio', read: 0xcafe0004, ok: true });
+    // the 8-byte store arrives as two 4-byte halves; the ioeventfd writes never reach the device
+    expect(seen).toEqual(['w0/4=11111111', 'w0/4=22222222', 'w16/4=55667788', 'w20/4=11223344', 'w32/1=5a', 'r4/4']);
+    expect(counter[0]).toBe(16n);
   });
 
   it('stops a guest that never ends', async () => {

@@ -19,6 +19,9 @@ struct hvm_start_info {
   uint64_t modlist_paddr, cmdline_paddr, rsdp_paddr, memmap_paddr;
   uint32_t memmap_entries, reserved;
 };
+struct hvm_modlist_entry {
+  uint64_t paddr, size, cmdline_paddr, reserved;
+};
 struct hvm_memmap_entry {
   uint64_t addr, size;
   uint32_t type, reserved;
@@ -227,6 +230,15 @@ int guest_main(const struct hvm_start_info *si) {
     result_num("apic_id", b >> 24);
     result_num("hypervisor", (c >> 31) & 1);
     result_num("ram", ram_bytes(si));
+    if (si->nr_modules) {
+      /* the initrd: its size and a byte sum the host can recompute */
+      const struct hvm_modlist_entry *m = (const void *)(uintptr_t)si->modlist_paddr;
+      const uint8_t *p = (const uint8_t *)(uintptr_t)m->paddr;
+      uint32_t sum = 0;
+      for (uint64_t i = 0; i < m->size; i++) sum += p[i];
+      result_num("initrd_size", m->size);
+      result_num("initrd_sum", sum);
+    }
     print_memmap(si);
     result_end(current_cpl() == 3);
     return current_cpl() == 3 ? 0 : 1;

@@ -4,7 +4,7 @@ import { describe, it, expect } from 'vitest';
 import { runGuest } from './helpers/vm.js';
 import { Vm } from '../src/index.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
-import { TEST_GUEST, guestResult, haveKvm } from './helpers/env.js';
+import { TEST_GUEST, TEST_GUEST_BZIMAGE, guestResult, haveKvm } from './helpers/env.js';
 import { e820Map } from '../src/boot/e820.js';
 
 const MiB = 1024 * 1024;
@@ -17,6 +17,32 @@ describe.runIf(haveKvm())('test guest under tsvmm', () => {
     expect(r).toMatchObject({ mode: 'hello', cpl: 3, ok: true, cmdline: 'mode=hello' });
     expect(r!.memmap).toEqual(e820Map(256 * MiB).map((e) => [e.addr, e.size, e.type]));
     expect(exit).toMatchObject({ reason: 'poweroff', status: 0 });
+  });
+
+  it.each([
+    ['PVH ELF', TEST_GUEST],
+    ['bzImage (64-bit boot protocol)', TEST_GUEST_BZIMAGE],
+  ])('loads an initrd next to the %s and hands it over intact', async (_name, kernel) => {
+    const initrd = new Uint8Array(3 * MiB + 123);
+    for (let i = 0; i < initrd.length; i++) initrd[i] = (i * 7 + (i >> 11)) & 0xff;
+    const sum = initrd.reduce((s, b) => (s + b) >>> 0, 0);
+    const { output, exit } = await runGuest({ kernel, initrd, cmdline: 'mode=hello extra=words', memory: '128M' });
+    const r = guestResult(output);
+    expect(r, output).toMatchObject({ mode: 'hello', cpl: 3, ok: true, cmdline: 'mode=hello extra=words', initrd_size: initrd.length, initrd_sum: sum });
+    expect(r!.memmap).toEqual(e820Map(128 * MiB).map((e) => [e.addr, e.size, e.type]));
+    expect(exit).toMatchObject({ reason: 'poweroff', status: 0 });
+  });
+
+  it('splits RAM around the PCI hole: 4 GiB of guest memory is 3 GiB low plus 1 GiB above 4 GiB', async () => {
+    const { output } = await runGuest({ kernel: TEST_GUEST, cmdline: 'mode=hello', memory: '4G' });
+    const r = guestResult(output);
+    expect(r!.memmap).toEqual(e820Map(4096 * MiB).map((e) => [e.addr, e.size, e.type]));
+    expect((r!.memmap as number[][]).at(-1)).toEqual([4096 * MiB, 1024 * MiB, 1]);
+  });
+
+  it('boots the bzImage build with two vCPUs', async () => {
+    const { output } = await runGuest({ kernel: TEST_GUEST_BZIMAGE, cmdline: 'mode=smp', memory: '64M', cpus: 2 });
+    expect(guestResult(output)).toMatchObject({ mode: 'smp', cpus: 2, cpus_up: 2, ok: true });
   });
 
   it('reads and writes every page of its RAM (memory table and KVM slots agree)', async () => {

@@ -1,6 +1,6 @@
 // Initial CPU state for the two entry protocols: GDT and page tables in guest memory, and the
 // register/segment values (struct kvm_regs / kvm_sregs) the first instruction expects.
-import { GDT_ADDR, IDT_ADDR, PML4_ADDR, PDPT_ADDR, PD_ADDR } from './layout.js';
+import { GDT_ADDR, IDT_ADDR, PML4_ADDR, PDPT_ADDR, PD_ADDR, BOOT_STACK_TOP } from './layout.js';
 
 export type EntryMode = 'pvh32' | 'long64';
 
@@ -125,6 +125,7 @@ export function bootRegs(entry: number, mode: EntryMode, pointer: number): BigUi
   r[REG.rflags] = 0x2n;
   // PVH: %ebx = hvm_start_info; Linux 64-bit boot protocol: %rsi = boot_params
   r[mode === 'pvh32' ? REG.rbx : REG.rsi] = BigInt(pointer);
+  if (mode === 'long64') r[REG.rsp] = r[REG.rbp] = BigInt(BOOT_STACK_TOP);
   return r;
 }
 

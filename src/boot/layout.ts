@@ -9,6 +9,8 @@ export const PVH_START_INFO_ADDR = 0x6000;
 export const PVH_MEMMAP_ADDR = 0x6040;
 export const PVH_MODLIST_ADDR = 0x6800;
 export const BOOT_PARAMS_ADDR = 0x7000;
+/** a small stack for entry code (the 64-bit protocol promises none; Linux sets its own) */
+export const BOOT_STACK_TOP = 0x8ff0;
 export const PML4_ADDR = 0x9000;
 export const PDPT_ADDR = 0xa000;
 /** four page directories of 2 MiB pages: identity map of the first 4 GiB */

@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const TEST_GUEST = join(ROOT, 'guest', 'out', 'testguest.elf');
+export const TEST_GUEST_BZIMAGE = join(ROOT, 'guest', 'out', 'testguest.bzImage');
 export const CLI = join(ROOT, 'bin', 'tsvmm.js');
 
 export function haveKvm(): boolean {

@@ -64,3 +64,9 @@ void *memset(void *dst, int c, unsigned long n) {
   while (n--) *d++ = (char)c;
   return dst;
 }
+
+unsigned long strlen(const char *s) {
+  unsigned long n = 0;
+  while (s[n]) n++;
+  return n;
+}

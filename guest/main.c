@@ -8,6 +8,7 @@
  *   mode=reset    pulse the i8042 reset line
  *   mode=smp      count the CPUs in the ACPI MADT, start the APs (INIT-SIPI-SIPI), report how many came up
  *   mode=mmio     after a byte on the serial port, access MMIO_TEST_BASE (see the mmio mode below)
+ *   mode=irq      enable interrupts, print "IRQ n" for each vector-0x40 interrupt, report after irqs=N
  * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
  */
 #include <stddef.h>
@@ -32,6 +33,7 @@ struct hvm_memmap_entry {
 extern char __image_start[], __image_end[];
 extern char ap_trampoline[], ap_trampoline_end[];
 extern volatile uint32_t ap_count;
+extern volatile uint32_t irq_count;
 #define TRAMPOLINE_BASE 0x8000
 #define LAPIC_ICR_LO ((volatile uint32_t *)0xfee00300)
 #define LAPIC_ICR_HI ((volatile uint32_t *)0xfee00310)
@@ -299,6 +301,33 @@ int guest_main(const struct hvm_start_info *si) {
     result_num("read", got);
     result_end(1);
     return 0;
+  }
+  if (streq(mode, "irq")) {
+    static char nbuf[8];
+    uint32_t want = 5, seen = 0;
+    if (cmdline_get(cmdline, "irqs=", nbuf, sizeof nbuf)) {
+      want = 0;
+      for (char *p = nbuf; *p >= '0' && *p <= '9'; p++) want = want * 10 + (uint32_t)(*p - '0');
+    }
+    *(volatile uint32_t *)0xfee000f0 = 0x1ff; /* local APIC SVR: software-enable, spurious vector 0xff */
+    serial_puts("IRQ-READY\n");
+    __asm__ volatile("sti");
+    uint64_t t0 = rdtsc();
+    while (seen < want && rdtsc() - t0 < 60000000000ull) {
+      if (irq_count != seen) {
+        seen = irq_count;
+        t0 = rdtsc();
+        serial_puts("IRQ ");
+        serial_put_dec(seen);
+        serial_putc('\n');
+      }
+      __asm__ volatile("pause");
+    }
+    __asm__ volatile("cli");
+    result_begin(mode);
+    result_num("irqs", irq_count);
+    result_end(irq_count == want);
+    return irq_count == want ? 0 : 1;
   }
   if (streq(mode, "fault")) {
     __asm__ volatile("ud2");

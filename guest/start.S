@@ -85,6 +85,14 @@ start64:
 	add $16, %rax
 	dec %ecx
 	jnz 1b
+	/* vector 0x40: the test interrupt (MSI from the host), counted by irq_handler */
+	mov $idt + 0x40 * 16, %rdi
+	mov $irq_handler, %rax
+	mov %ax, (%rdi)
+	movw $KCODE, 2(%rdi)
+	movw $0x8e00, 4(%rdi)
+	shr $16, %rax
+	mov %ax, 6(%rdi)
 	/* vector 13 (#GP) gets the port I/O emulator instead of the reporting stub */
 	mov $idt + 13 * 16, %rdi
 	mov $gp_handler, %rax
@@ -130,6 +138,10 @@ gp_handler:
 	je 22f
 	cmp $0xef, %cl
 	je 23f
+	cmp $0xfb, %cl                 /* sti/cli: IOPL=3 allows them at CPL3, kvm_pvm does not */
+	je 25f
+	cmp $0xfa, %cl
+	je 26f
 	pop %rcx
 	mov $13, %bl
 	jmp exc_common
@@ -143,6 +155,20 @@ gp_handler:
 24:	incq 16(%rsp)
 	pop %rcx
 	add $8, %rsp                   /* error code */
+	iretq
+25:	orq $0x200, 32(%rsp)           /* IF in the interrupted RFLAGS */
+	jmp 24b
+26:	andq $~0x200, 32(%rsp)
+	jmp 24b
+
+/* Vector 0x40: count, acknowledge at the local APIC, return. */
+	.globl irq_count
+irq_handler:
+	incl irq_count
+	push %rax
+	mov $0xfee000b0, %eax          /* EOI */
+	movl $0, (%rax)
+	pop %rax
 	iretq
 
 /*
@@ -295,7 +321,7 @@ gdt_ptr:
 	.word gdt_end - gdt - 1
 	.quad gdt
 idt_ptr:
-	.word 32 * 16 - 1
+	.word 256 * 16 - 1
 	.quad idt
 
 	.balign 4096
@@ -322,6 +348,8 @@ pd_hi:
 	.balign 4
 ap_count:
 	.long 0
+irq_count:
+	.long 0
 ap_next:
 	.long 0
 
@@ -331,7 +359,7 @@ tss:
 	.skip 104
 	.balign 16
 idt:
-	.skip 32 * 16
+	.skip 256 * 16
 	.balign 4096
 kstack:
 	.skip 8192

@@ -4,6 +4,7 @@ import { describe, it, expect } from 'vitest';
 import { runGuest } from './helpers/vm.js';
 import { Vm } from '../src/index.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
+import { msiFor } from '../src/vmm/irq-routing.js';
 import { TEST_GUEST, TEST_GUEST_BZIMAGE, guestResult, haveKvm } from './helpers/env.js';
 import { e820Map } from '../src/boot/e820.js';
 
@@ -50,6 +51,38 @@ describe.runIf(haveKvm())('test guest under tsvmm', () => {
     const r = guestResult(output);
     expect(r).toMatchObject({ mode: 'memtest', ok: true });
     expect(Number(r!.bytes)).toBeGreaterThan((60 * MiB) / 256 * 8 * 0.9);
+    expect(exit.status).toBe(0);
+  });
+
+  it('takes interrupts from an irqfd through an MSI route and from KVM_SIGNAL_MSI', async () => {
+    const vm = new Vm({ kernel: TEST_GUEST, cmdline: 'mode=irq irqs=5', memory: '64M' });
+    const efd = native.eventfd(0, EFD_NONBLOCK);
+    let out = '';
+    let gsi = -1;
+    const delivered: number[] = [];
+    const one = new BigUint64Array([1n]);
+    const fire = (n: number) => {
+      // interrupts 1-3 through the irqfd (no vCPU exit, no ioctl), 4-5 through KVM_SIGNAL_MSI
+      if (n <= 3) native.write(efd, one);
+      else delivered.push(vm.vm.signalMsi(msiFor(0, 0x40).addressLo, 0, 0x40));
+    };
+    vm.serial.on('data', (d: Buffer) => {
+      const before = out;
+      out += d.toString();
+      if (!before.includes('IRQ-READY') && out.includes('IRQ-READY')) {
+        gsi = vm.irqRoutes.addMsi(msiFor(0, 0x40));
+        vm.vm.irqfd(efd, gsi);
+        fire(1);
+      }
+      for (let n = 1; n < 5; n++) if (!before.includes(`IRQ ${n}\n`) && out.includes(`IRQ ${n}\n`)) fire(n + 1);
+    });
+    await vm.start();
+    const exit = await vm.exited;
+    native.close(efd);
+    expect(gsi).toBeGreaterThanOrEqual(24);
+    expect(out).toMatch(/IRQ 1\nIRQ 2\nIRQ 3\nIRQ 4\nIRQ 5\n/);
+    expect(guestResult(out)).toMatchObject({ mode: 'irq', irqs: 5, ok: true });
+    expect(delivered).toEqual([1, 1]);
     expect(exit.status).toBe(0);
   });
 

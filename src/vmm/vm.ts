@@ -9,6 +9,7 @@ import { UserError } from '../errors.js';
 import { KVM, CAP, RUN } from './kvm-abi.js';
 import { openKvm, requireCaps, checkExtension, supportedCpuid, VmFd, VcpuFd } from './kvm.js';
 import { GuestMemory } from './memory.js';
+import { GsiRouter } from './irq-routing.js';
 import { Bus } from './bus.js';
 import { newMailbox, MailboxServer } from './mailbox.js';
 import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
@@ -64,6 +65,7 @@ export class Vm extends EventEmitter {
   private kvmFd = -1;
   private vmFd?: VmFd;
   private mem?: GuestMemory;
+  private router?: GsiRouter;
   private vcpus: VcpuThread[] = [];
   private control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
   private kickSignal = native.sigRtMin() + 3;
@@ -85,6 +87,12 @@ export class Vm extends EventEmitter {
   get vm(): VmFd {
     if (!this.vmFd) throw new Error('VM not started');
     return this.vmFd;
+  }
+
+  /** MSI routes for irqfds (devices allocate one GSI per interrupt vector). */
+  get irqRoutes(): GsiRouter {
+    if (!this.router) throw new Error('VM not started');
+    return this.router;
   }
 
   get running(): boolean {
@@ -142,6 +150,7 @@ export class Vm extends EventEmitter {
     vm.setIdentityMapAddr(IDENTITY_MAP_ADDR);
     vm.createIrqchip();
     vm.createPit2();
+    this.router = new GsiRouter(vm, checkExtension(this.kvmFd, CAP.IRQ_ROUTING) || 1024);
 
     const mem = (this.mem = new GuestMemory(ramRegions(memSize)));
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));

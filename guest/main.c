@@ -8,6 +8,7 @@
  *   mode=reset    pulse the i8042 reset line
  *   mode=smp      count the CPUs in the ACPI MADT, start the APs (INIT-SIPI-SIPI), report how many came up
  *   mode=mmio     after a byte on the serial port, access MMIO_TEST_BASE (see the mmio mode below)
+ *   mode=dirty    after a byte on the serial port, write one byte in each page of [16 MiB, 17 MiB), then spin
  *   mode=irq      enable interrupts, print "IRQ n" for each vector-0x40 interrupt, report after irqs=N
  * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
  */
@@ -328,6 +329,13 @@ int guest_main(const struct hvm_start_info *si) {
     result_num("irqs", irq_count);
     result_end(irq_count == want);
     return irq_count == want ? 0 : 1;
+  }
+  if (streq(mode, "dirty")) {
+    serial_puts("DIRTY-READY\n");
+    serial_getc();
+    for (uintptr_t a = 16u << 20; a < 17u << 20; a += 4096) *(volatile uint8_t *)a = 0xd1;
+    serial_puts("DIRTY-DONE\n");
+    for (;;) __asm__ volatile("pause");
   }
   if (streq(mode, "fault")) {
     __asm__ volatile("ud2");

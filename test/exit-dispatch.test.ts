@@ -70,6 +70,16 @@ describe('exit dispatcher', () => {
     handleExit(run, recorder(0xbeefn).access);
     expect(run.getUint16(RUN.mmio_data, true)).toBe(0xbeef);
   });
+  it('names the rip of a crash when KVM synced the registers', () => {
+    const run = runArea();
+    run.setUint32(RUN.exit_reason, EXIT.FAIL_ENTRY, true);
+    run.setBigUint64(RUN.fail_entry_reason, 0x21n, true);
+    expect(handleExit(run, recorder().access)).toEqual({ reason: 'crash', detail: 'VM entry failed, hardware reason 0x21' });
+    run.setBigUint64(RUN.kvm_valid_regs, 1n, true);
+    run.setBigUint64(RUN.sync_regs + 16 * 8, 0xffffffff81000000n, true);
+    expect(handleExit(run, recorder().access)).toEqual({ reason: 'crash', detail: 'VM entry failed, hardware reason 0x21 at rip 0xffffffff81000000' });
+  });
+
   it('maps terminal exits to how the VM ends', () => {
     const run = runArea();
     run.setUint32(RUN.exit_reason, EXIT.SHUTDOWN, true);

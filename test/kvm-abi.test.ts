@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KVM, SIZEOF, RUN, EXIT, CAP } from '../src/vmm/kvm-abi.js';
+import { KVM, SIZEOF, RUN, EXIT, CAP, SYNC_X86_REGS } from '../src/vmm/kvm-abi.js';
 
 const ioctls = Object.keys(KVM);
 const sizes = Object.keys(SIZEOF);
@@ -25,6 +25,9 @@ const runFields: Array<[keyof typeof RUN, string]> = [
   ['internal_ndata', 'internal.ndata'],
   ['internal_data', 'internal.data'],
   ['fail_entry_reason', 'fail_entry.hardware_entry_failure_reason'],
+  ['kvm_valid_regs', 'kvm_valid_regs'],
+  ['kvm_dirty_regs', 'kvm_dirty_regs'],
+  ['sync_regs', 's.regs'],
 ];
 
 let real: Record<string, number>;
@@ -41,6 +44,7 @@ beforeAll(() => {
     ...runFields.map(([k, f]) => `printf("run.${k} %zu\\n", offsetof(struct kvm_run, ${f}));`),
     ...Object.keys(EXIT).map((k) => `printf("exit.${k} %d\\n", KVM_EXIT_${k});`),
     ...Object.keys(CAP).map((k) => `printf("cap.${k} %d\\n", KVM_CAP_${k});`),
+    'printf("sync.X86_REGS %d\\n", KVM_SYNC_X86_REGS);',
     'return 0; }',
   ];
   writeFileSync(join(dir, 'abi.c'), lines.join('\n'));
@@ -59,4 +63,5 @@ describe('KVM ABI matches <linux/kvm.h>', () => {
   it.each(runFields.map(([k]) => k))('kvm_run offset %s', (k) => expect(RUN[k]).toBe(real[`run.${k}`]));
   it.each(Object.keys(EXIT))('KVM_EXIT_%s', (k) => expect(EXIT[k as keyof typeof EXIT]).toBe(real[`exit.${k}`]));
   it.each(Object.keys(CAP))('KVM_CAP_%s', (k) => expect(CAP[k as keyof typeof CAP]).toBe(real[`cap.${k}`]));
+  it('KVM_SYNC_X86_REGS', () => expect(SYNC_X86_REGS).toBe(real['sync.X86_REGS']));
 });

@@ -1,5 +1,5 @@
 // Decoding of struct kvm_run after KVM_RUN returns: what the vCPU wants from the VMM.
-import { EXIT, RUN, SYSTEM_EVENT } from './kvm-abi.js';
+import { EXIT, RUN, SYSTEM_EVENT, SYNC_X86_REGS } from './kvm-abi.js';
 
 export type VcpuExit =
   | { kind: 'pio'; write: boolean; port: number; size: number; count: number; dataOffset: number }
@@ -70,11 +70,26 @@ export type VcpuStop =
 
 export type BusAccess = (space: 'pio' | 'mmio', write: boolean, addr: number, size: number, value: bigint) => bigint;
 
+/** Where the vCPU stood, when KVM synced its registers into kvm_run (KVM_CAP_SYNC_REGS). */
+export function syncedRip(run: DataView): bigint | undefined {
+  if (!(run.getBigUint64(RUN.kvm_valid_regs, true) & BigInt(SYNC_X86_REGS))) return undefined;
+  return run.getBigUint64(RUN.sync_regs + 16 * 8, true);
+}
+
 /**
  * Serve one exit: device accesses go to `access`; anything that ends the vCPU returns a VcpuStop.
  * Pure apart from `access`, so the dispatcher is unit-tested with a synthetic kvm_run.
  */
 export function handleExit(run: DataView, access: BusAccess): VcpuStop | undefined {
+  const stop = dispatch(run, access);
+  if (stop?.reason === 'crash') {
+    const rip = syncedRip(run);
+    if (rip !== undefined) return { reason: 'crash', detail: `${stop.detail} at rip 0x${rip.toString(16)}` };
+  }
+  return stop;
+}
+
+function dispatch(run: DataView, access: BusAccess): VcpuStop | undefined {
   const e = decodeExit(run);
   switch (e.kind) {
     case 'pio': {

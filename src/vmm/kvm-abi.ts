@@ -129,7 +129,13 @@ export const RUN = {
   internal_ndata: 36,
   internal_data: 40,
   fail_entry_reason: 32,
+  kvm_valid_regs: 288,
+  kvm_dirty_regs: 296,
+  /** struct kvm_sync_regs: regs (struct kvm_regs) first */
+  sync_regs: 304,
 } as const;
+
+export const SYNC_X86_REGS = 1;
 
 export const IOEVENTFD_FLAG = { DATAMATCH: 1, PIO: 2, DEASSIGN: 4 } as const;
 export const IRQ_ROUTING = { IRQCHIP: 1, MSI: 2 } as const;

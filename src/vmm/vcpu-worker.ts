@@ -1,7 +1,7 @@
 // One thread per vCPU: KVM_RUN in a loop; device accesses go to the device thread through the mailbox.
 import { parentPort, workerData } from 'node:worker_threads';
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED, isNativeError } from '../native.js';
-import { KVM, RUN } from './kvm-abi.js';
+import { KVM, RUN, SYNC_X86_REGS } from './kvm-abi.js';
 import { handleExit, type VcpuStop } from './exit.js';
 import { mailboxCall } from './mailbox.js';
 import { CONTROL_STOP } from './vcpu-control.js';
@@ -10,6 +10,8 @@ export interface VcpuWorkerData {
   index: number;
   vcpuFd: number;
   runSize: number;
+  /** KVM_CAP_SYNC_REGS: have KVM copy the registers into kvm_run at each exit (crash reports name the rip) */
+  syncRegs: boolean;
   kickSignal: number;
   mailbox: Int32Array;
   control: Int32Array;
@@ -21,6 +23,7 @@ const port = parentPort!;
 native.unblockSignal(d.kickSignal);
 const runBuffer = native.mmap(d.vcpuFd, d.runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
 const run = new DataView(runBuffer);
+if (d.syncRegs) run.setBigUint64(RUN.kvm_valid_regs, BigInt(SYNC_X86_REGS), true);
 const access = (space: 'pio' | 'mmio', write: boolean, addr: number, size: number, value: bigint) => mailboxCall(d.mailbox, space, write, addr, size, value);
 
 port.postMessage({ type: 'ready', thread: native.threadSelf() });

@@ -6,7 +6,7 @@ import { PassThrough } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
 import { UserError } from '../errors.js';
-import { KVM, CAP, RUN } from './kvm-abi.js';
+import { KVM, CAP, RUN, MEM_LOG_DIRTY_PAGES, SYNC_X86_REGS } from './kvm-abi.js';
 import { openKvm, requireCaps, checkExtension, supportedCpuid, VmFd, VcpuFd } from './kvm.js';
 import { GuestMemory } from './memory.js';
 import { GsiRouter } from './irq-routing.js';
@@ -97,6 +97,24 @@ export class Vm extends EventEmitter {
 
   get running(): boolean {
     return this.state === 'running';
+  }
+
+  /** Start tracking guest writes to RAM, per 4 KiB page (for live migration and snapshots). */
+  enableDirtyLog(): void {
+    const mem = this.memory;
+    mem.table.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset), MEM_LOG_DIRTY_PAGES));
+  }
+
+  /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses. */
+  takeDirtyPages(): number[] {
+    const pages: number[] = [];
+    this.memory.table.regions.forEach((r, slot) => {
+      const bitmap = this.vm.getDirtyLog(slot, r.size / 4096);
+      bitmap.forEach((byte, i) => {
+        for (let bit = 0; byte && bit < 8; bit++, byte >>= 1) if (byte & 1) pages.push(r.gpa + (i * 8 + bit) * 4096);
+      });
+    });
+    return pages;
   }
 
   /** Send bytes to the guest's serial console input. */
@@ -230,7 +248,8 @@ export class Vm extends EventEmitter {
     );
     v.run = new DataView(native.mmap(v.fd.fd, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));
     v.runSize = runSize;
-    const data: VcpuWorkerData = { index, vcpuFd: v.fd.fd, runSize, kickSignal: this.kickSignal, mailbox, control: this.control };
+    const syncRegs = (checkExtension(this.kvmFd, CAP.SYNC_REGS) & SYNC_X86_REGS) !== 0;
+    const data: VcpuWorkerData = { index, vcpuFd: v.fd.fd, runSize, syncRegs, kickSignal: this.kickSignal, mailbox, control: this.control };
     const worker = (v.worker = new Worker(workerUrl('./vcpu-worker.js', import.meta.url), { workerData: data, name: `vcpu${index}` }));
     v.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
     return new Promise((resolve, reject) => {

@@ -1,0 +1,74 @@
+// The native shim: errors name the operation and errno; shared memory is shared across threads.
+import { describe, it, expect } from 'vitest';
+import { Worker } from 'node:worker_threads';
+import { native, EFD_NONBLOCK, EPOLLIN, EPOLL_CTL_ADD } from '../src/native.js';
+import { GuestMemory, MemoryTable } from '../src/vmm/memory.js';
+
+describe('native shim', () => {
+  it('throws errors carrying the errno name and the operation', () => {
+    try {
+      native.open('/nonexistent/file', 0);
+      expect.unreachable();
+    } catch (e) {
+      expect(e).toMatchObject({ code: 'ENOENT', errno: 2, syscall: 'open /nonexistent/file' });
+      expect((e as Error).message).toBe('open /nonexistent/file: No such file or directory (ENOENT)');
+    }
+    expect(() => native.ioctl(-1, 0xae00, 0, 'KVM_GET_API_VERSION')).toThrow(/^KVM_GET_API_VERSION: Bad file descriptor \(EBADF\)$/);
+  });
+
+  it('reports EAGAIN on an empty non-blocking eventfd as -11, and wakes epoll when written', () => {
+    const efd = native.eventfd(0, EFD_NONBLOCK);
+    const ep = native.epollCreate();
+    native.epollCtl(ep, EPOLL_CTL_ADD, efd, EPOLLIN, 42);
+    const buf = new BigUint64Array(1);
+    expect(native.read(efd, buf)).toBe(-11);
+    const events = new Uint32Array(3 * 4);
+    expect(native.epollWait(ep, events, 0)).toBe(0);
+    native.write(efd, new BigUint64Array([3n]));
+    expect(native.epollWait(ep, events, 1000)).toBe(1);
+    expect(events[0] & EPOLLIN).toBe(EPOLLIN);
+    expect(events[1]).toBe(42);
+    expect(native.read(efd, buf)).toBe(8);
+    expect(buf[0]).toBe(3n);
+    native.close(ep);
+    native.close(efd);
+  });
+
+  it('maps guest memory once and shares it with workers, Atomics included', async () => {
+    const mem = new GuestMemory([{ gpa: 0, size: 1 << 20, offset: 0 }, { gpa: 4 * 2 ** 30, size: 1 << 20, offset: 1 << 20 }]);
+    expect(mem.buffer).toBeInstanceOf(SharedArrayBuffer);
+    mem.write(4 * 2 ** 30 + 16, new Uint8Array([1, 2, 3]));
+    const worker = new Worker(
+      `const { workerData, parentPort } = require('node:worker_threads');
+       const a = new Int32Array(workerData.buffer);
+       const seen = new Uint8Array(workerData.buffer)[workerData.off + 17];
+       Atomics.store(a, 0, 1234); Atomics.notify(a, 0);
+       parentPort.postMessage(seen);`,
+      { eval: true, workerData: { buffer: mem.buffer, off: mem.table.translate(4 * 2 ** 30, 1) } },
+    );
+    const seen = await new Promise((r) => worker.once('message', r));
+    expect(seen).toBe(2);
+    expect(Atomics.load(new Int32Array(mem.buffer), 0)).toBe(1234);
+    await worker.terminate();
+    mem.release();
+    expect(mem.bytes[17 + (1 << 20)]).toBe(0); // anonymous pages now, not the guest's
+  });
+});
+
+describe('memory table', () => {
+  const t = new MemoryTable([{ gpa: 0, size: 0x1000, offset: 0 }, { gpa: 0x10000, size: 0x2000, offset: 0x1000 }]);
+  it('translates ranges wholly inside one region', () => {
+    expect(t.translate(0, 0x1000)).toBe(0);
+    expect(t.translate(0x10010, 0x10)).toBe(0x1010);
+    expect(t.translate(0x11fff, 1)).toBe(0x2fff);
+  });
+  it('refuses ranges outside RAM, across regions, or with bad numbers', () => {
+    expect(t.translate(0xfff, 2)).toBe(-1);
+    expect(t.translate(0x12000, 1)).toBe(-1);
+    expect(t.translate(0x5000, 1)).toBe(-1);
+    expect(t.translate(-1, 1)).toBe(-1);
+    expect(t.translate(NaN, 1)).toBe(-1);
+    expect(t.translate(0, -1)).toBe(-1);
+    expect(() => new MemoryTable([{ gpa: 0, size: 0x2000, offset: 0 }, { gpa: 0x1000, size: 0x1000, offset: 0 }])).toThrow(/overlap/);
+  });
+});

@@ -1,0 +1,279 @@
+// Split virtqueue (virtio 1.x §2.7), device side, over guest memory shared as one SharedArrayBuffer.
+//
+// Every guest-controlled value is checked before use: ring placement, available index, descriptor
+// index, chain length (bounded by the table size, so loops end), buffer addresses and lengths (each
+// buffer must lie wholly in guest RAM), indirect tables (only when negotiated, never nested, never
+// combined with NEXT, a whole number of descriptors), and readable-before-writable order. A violation
+// marks the queue broken: it stops processing and the device reports DEVICE_NEEDS_RESET. Nothing here
+// throws on guest input, and nothing reads or writes outside guest RAM.
+//
+// Ordering: the available index is read with Atomics.load and the used index published with
+// Atomics.store; in the JavaScript memory model these are sequentially consistent, so descriptor reads
+// follow the index read and used-element writes precede the index write, as the spec's barriers require.
+
+import type { MemoryTable } from '../vmm/memory.js';
+
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+export const MAX_QUEUE_SIZE = 32768;
+
+/** What a queue needs to know about guest memory: bytes, aligned views of them, and the table. */
+export interface GuestView {
+  u8: Uint8Array;
+  u16: Uint16Array;
+  u32: Uint32Array;
+  table: MemoryTable;
+}
+
+export function guestView(buffer: SharedArrayBuffer, table: MemoryTable): GuestView {
+  return { u8: new Uint8Array(buffer), u16: new Uint16Array(buffer), u32: new Uint32Array(buffer), table };
+}
+
+/** Ring addresses and size as the driver programmed them (guest-physical). */
+export interface QueueConfig {
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+export interface QueueFeatures {
+  eventIdx: boolean;
+  indirect: boolean;
+}
+
+/**
+ * One descriptor chain, in reusable storage (no allocation per chain). Buffers are [offset, len] in the
+ * guest-memory SharedArrayBuffer; readable ones come first.
+ */
+export class Chain {
+  head = 0;
+  count = 0;
+  readable = 0;
+  readableBytes = 0;
+  writableBytes = 0;
+  readonly offsets: Float64Array;
+  readonly lens: Uint32Array;
+  constructor(capacity: number) {
+    this.offsets = new Float64Array(capacity);
+    this.lens = new Uint32Array(capacity);
+  }
+  get writable(): number {
+    return this.count - this.readable;
+  }
+}
+
+export type BrokenReason =
+  | 'ring outside guest memory'
+  | 'ring misaligned'
+  | 'bad queue size'
+  | 'available index jumped'
+  | 'descriptor index out of range'
+  | 'descriptor chain too long'
+  | 'buffer outside guest memory'
+  | 'indirect descriptor not negotiated'
+  | 'nested indirect table'
+  | 'indirect with next'
+  | 'bad indirect table size'
+  | 'readable after writable'
+  | 'used ring overflow';
+
+export class SplitQueue {
+  readonly size: number;
+  /** buffer offsets of the three areas (element arrays indexed directly) */
+  private readonly descOff: number;
+  private readonly availOff: number;
+  private readonly usedOff: number;
+  private lastAvail = 0;
+  private usedIdx = 0;
+  /** used index last published to the guest (for EVENT_IDX notification decisions) */
+  private publishedUsed = 0;
+  private signalledUsed = 0;
+  broken: BrokenReason | undefined;
+  readonly chain: Chain;
+
+  /** Validate the driver's ring placement. Returns the queue, or the reason it cannot be used. */
+  static create(mem: GuestView, cfg: QueueConfig, features: QueueFeatures, maxSize: number): SplitQueue | BrokenReason {
+    const n = cfg.size;
+    if (!Number.isInteger(n) || n < 1 || n > maxSize || (n & (n - 1)) !== 0) return 'bad queue size';
+    if (cfg.desc % 16 || cfg.avail % 2 || cfg.used % 4) return 'ring misaligned';
+    const evt = features.eventIdx ? 2 : 0;
+    const desc = mem.table.translate(cfg.desc, 16 * n);
+    const avail = mem.table.translate(cfg.avail, 4 + 2 * n + evt);
+    const used = mem.table.translate(cfg.used, 4 + 8 * n + evt);
+    if (desc < 0 || avail < 0 || used < 0) return 'ring outside guest memory';
+    return new SplitQueue(mem, n, desc, avail, used, features);
+  }
+
+  private constructor(
+    private readonly mem: GuestView,
+    size: number,
+    descOff: number,
+    availOff: number,
+    usedOff: number,
+    readonly features: QueueFeatures,
+  ) {
+    this.size = size;
+    this.descOff = descOff;
+    this.availOff = availOff;
+    this.usedOff = usedOff;
+    // a chain has fewer than `size` direct descriptors and then at most one indirect table, which we
+    // bound by the queue size too: 2 * size buffers at most
+    this.chain = new Chain(2 * size);
+  }
+
+  /** Restore ring positions (device reset keeps none; migration and vhost-user restore them). */
+  setIndices(lastAvail: number, usedIdx: number): void {
+    this.lastAvail = lastAvail & 0xffff;
+    this.usedIdx = this.publishedUsed = this.signalledUsed = usedIdx & 0xffff;
+  }
+
+  get nextAvail(): number {
+    return this.lastAvail;
+  }
+
+  get nextUsed(): number {
+    return this.usedIdx;
+  }
+
+  private availIdx(): number {
+    return Atomics.load(this.mem.u16, (this.availOff / 2) + 1);
+  }
+
+  /** Entries the driver has made available and we have not taken (0 when broken). */
+  pending(): number {
+    if (this.broken) return 0;
+    const n = (this.availIdx() - this.lastAvail) & 0xffff;
+    if (n > this.size) {
+      this.broken = 'available index jumped';
+      return 0;
+    }
+    return n;
+  }
+
+  private fail(reason: BrokenReason): false {
+    this.broken = reason;
+    return false;
+  }
+
+  /**
+   * Take the next available chain into `this.chain`. Returns false when there is none or the queue
+   * broke on it (check `broken`).
+   */
+  pop(): boolean {
+    if (this.pending() === 0) return false;
+    const mem = this.mem;
+    const head = mem.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
+    if (head >= this.size) return this.fail('descriptor index out of range');
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+
+    const c = this.chain;
+    c.head = head;
+    c.count = 0;
+    c.readable = 0;
+    c.readableBytes = 0;
+    c.writableBytes = 0;
+    let tableOff = this.descOff;
+    let tableLen = this.size;
+    let indirect = false;
+    let i = head;
+    let seen = 0;
+    let sawWritable = false;
+    for (;;) {
+      if (++seen > tableLen) return this.fail('descriptor chain too long');
+      const d = tableOff + i * 16;
+      const w = d / 4;
+      const addr = mem.u32[w] + mem.u32[w + 1] * 4294967296;
+      const len = mem.u32[w + 2];
+      const flags = mem.u16[(d / 2) + 6];
+      const next = mem.u16[(d / 2) + 7];
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.features.indirect) return this.fail('indirect descriptor not negotiated');
+        if (indirect) return this.fail('nested indirect table');
+        if (flags & VIRTQ_DESC_F_NEXT) return this.fail('indirect with next');
+        if (len === 0 || len % 16 || len / 16 > this.size) return this.fail('bad indirect table size');
+        if (addr % 16) return this.fail('ring misaligned');
+        const off = mem.table.translate(addr, len);
+        if (off < 0) return this.fail('buffer outside guest memory');
+        indirect = true;
+        tableOff = off;
+        tableLen = len / 16;
+        i = 0;
+        seen = 0;
+        continue;
+      }
+      const off = mem.table.translate(addr, len);
+      if (off < 0) return this.fail('buffer outside guest memory');
+      if (flags & VIRTQ_DESC_F_WRITE) {
+        sawWritable = true;
+        c.writableBytes += len;
+      } else {
+        if (sawWritable) return this.fail('readable after writable');
+        c.readable++;
+        c.readableBytes += len;
+      }
+      c.offsets[c.count] = off;
+      c.lens[c.count] = len;
+      c.count++;
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return true;
+      i = next;
+      if (i >= tableLen) return this.fail('descriptor index out of range');
+    }
+  }
+
+  /** Put back the chain just popped (no buffer for it yet, e.g. RX with nothing to receive). */
+  unpop(): void {
+    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+  }
+
+  /** Record a used element; published to the guest by flush(). */
+  addUsed(head: number, len: number): void {
+    const e = (this.usedOff / 4) + 1 + 2 * (this.usedIdx % this.size);
+    this.mem.u32[e] = head;
+    this.mem.u32[e + 1] = len;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+  }
+
+  /** Publish used elements added since the last flush (one index store per batch). */
+  flush(): void {
+    if (this.usedIdx === this.publishedUsed) return;
+    Atomics.store(this.mem.u16, (this.usedOff / 2) + 1, this.usedIdx);
+    this.publishedUsed = this.usedIdx;
+  }
+
+  /**
+   * Should the guest be interrupted for what was published since the last interrupt? With EVENT_IDX:
+   * only if used_event lies in the new range (virtio 1.x §2.7.10); without: unless NO_INTERRUPT.
+   */
+  needsInterrupt(): boolean {
+    const newIdx = this.publishedUsed;
+    const old = this.signalledUsed;
+    if (newIdx === old) return false;
+    let notify: boolean;
+    if (this.features.eventIdx) {
+      const usedEvent = Atomics.load(this.mem.u16, (this.availOff / 2) + 2 + this.size);
+      notify = ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+    } else {
+      notify = !(Atomics.load(this.mem.u16, this.availOff / 2) & VIRTQ_AVAIL_F_NO_INTERRUPT);
+    }
+    this.signalledUsed = newIdx;
+    return notify;
+  }
+
+  /**
+   * Ask the driver to kick (enable) or not (disable, while we poll). After enabling, callers must
+   * check pending() again: the driver may have added buffers before it saw the request.
+   */
+  setKicks(enable: boolean): void {
+    if (this.features.eventIdx) {
+      // avail_event = the next index we will read: the driver kicks when it passes it
+      if (enable) Atomics.store(this.mem.u16, this.usedOff / 2 + 2 + 4 * this.size, this.lastAvail);
+    } else {
+      const f = this.usedOff / 2;
+      Atomics.store(this.mem.u16, f, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+    }
+  }
+}

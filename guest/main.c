@@ -9,12 +9,15 @@
  *   mode=smp      count the CPUs in the ACPI MADT, start the APs (INIT-SIPI-SIPI), report how many came up
  *   mode=mmio     after a byte on the serial port, access MMIO_TEST_BASE (see the mmio mode below)
  *   mode=dirty    after a byte on the serial port, write one byte in each page of [16 MiB, 17 MiB), then spin
+ *   mode=net-tx   count=N size=S [dst=MAC]: send N frames of S bytes through virtio-net, report
+ *   mode=net-rx   count=N: receive and verify N frames (see virtio_net.c for the pattern), report
  *   mode=irq      enable interrupts, print "IRQ n" for each vector-0x40 interrupt, report after irqs=N
  * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include "io.h"
+#include "virtio_net.h"
 
 struct hvm_start_info {
   uint32_t magic, version, flags, nr_modules;
@@ -78,6 +81,22 @@ static uint32_t madt_cpus(const struct hvm_start_info *si) {
     return n;
   }
   return 0;
+}
+
+static uint64_t parse_u64(const char *s) {
+  uint64_t v = 0;
+  for (; *s >= '0' && *s <= '9'; s++) v = v * 10 + (uint64_t)(*s - '0');
+  return v;
+}
+
+static int hexval(char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; }
+
+static void parse_mac(const char *s, uint8_t *out) {
+  for (int i = 0; i < 6; i++, s += 3) {
+    int h = hexval(s[0]), l = hexval(s[1]);
+    if (h < 0 || l < 0) return;
+    out[i] = (uint8_t)(h * 16 + l);
+  }
 }
 
 static void lapic_ipi(uint32_t lo) {
@@ -336,6 +355,56 @@ int guest_main(const struct hvm_start_info *si) {
     for (uintptr_t a = 16u << 20; a < 17u << 20; a += 4096) *(volatile uint8_t *)a = 0xd1;
     serial_puts("DIRTY-DONE\n");
     for (;;) __asm__ volatile("pause");
+  }
+  if (streq(mode, "net-tx") || streq(mode, "net-rx")) {
+    static char arg[32];
+    uint32_t count = 1000, size = 1514;
+    uint8_t dst[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    if (cmdline_get(cmdline, "count=", arg, sizeof arg)) count = (uint32_t)parse_u64(arg);
+    if (cmdline_get(cmdline, "size=", arg, sizeof arg)) size = (uint32_t)parse_u64(arg);
+    if (cmdline_get(cmdline, "dst=", arg, sizeof arg)) parse_mac(arg, dst);
+    if (!net_init(0)) {
+      result_begin(mode);
+      result_str("error", net_error);
+      result_end(0);
+      return 1;
+    }
+    const uint8_t *m = net_mac();
+    char macs[18];
+    for (int i = 0; i < 6; i++) {
+      macs[3 * i] = "0123456789abcdef"[m[i] >> 4];
+      macs[3 * i + 1] = "0123456789abcdef"[m[i] & 15];
+      macs[3 * i + 2] = i < 5 ? ':' : 0;
+    }
+    serial_puts("NET-START\n");
+    uint64_t t0 = rdtsc();
+    if (streq(mode, "net-tx")) {
+      uint64_t sent = net_tx(count, size, dst);
+      uint64_t cycles = rdtsc() - t0;
+      result_begin(mode);
+      result_str("mac", macs);
+      result_num("features_lo", (uint32_t)net_features());
+      result_num("sent", sent);
+      result_num("size", size < 60 ? 60 : size);
+      result_num("cycles", cycles);
+      result_num("status", (uint32_t)net_status());
+      result_end(sent == count);
+      return sent == count ? 0 : 1;
+    }
+    struct rx_result rr;
+    net_rx(count, 30000000000ull, &rr);
+    uint64_t cycles = rdtsc() - t0;
+    result_begin(mode);
+    result_str("mac", macs);
+    result_num("received", rr.received);
+    result_num("bad", rr.bad);
+    result_num("bytes", rr.bytes);
+    result_num("first_seq", rr.first_seq);
+    result_num("last_seq", rr.last_seq);
+    result_num("cycles", cycles);
+    result_num("status", (uint32_t)net_status());
+    result_end(rr.received == count && rr.bad == 0);
+    return rr.received == count && rr.bad == 0 ? 0 : 1;
   }
   if (streq(mode, "fault")) {
     __asm__ volatile("ud2");

@@ -44,7 +44,7 @@ pvh_start32:
 
 	.text
 	.code64
-	.globl start64, gdt_ptr, pml4, kstack_top
+	.globl start64, gdt_ptr, pml4, kstack_top, pdpt, pd_hi
 start64:
 	mov $KDATA, %ax
 	mov %ax, %ds

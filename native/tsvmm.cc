@@ -48,25 +48,33 @@ Napi::Error ErrnoError(Napi::Env env, const char* op, int err) {
 
 int ArgInt(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int32Value(); }
 
-// A pointer and length for any ArrayBuffer, SharedArrayBuffer (via a view) or typed array / DataView.
-bool BufferOf(Napi::Value v, void** ptr, size_t* len) {
-  if (v.IsTypedArray()) {
-    auto ta = v.As<Napi::TypedArray>();
-    auto ab = ta.ArrayBuffer();
-    *ptr = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
-    *len = ta.ByteLength();
+// napi_value is the address of a v8::Local's slot in Node (v8impl::V8LocalValueFromJsValue does this).
+v8::Local<v8::Value> ToV8(napi_value v) {
+  v8::Local<v8::Value> local;
+  memcpy(static_cast<void*>(&local), &v, sizeof(v));
+  return local;
+}
+
+// A pointer and length for any ArrayBuffer, SharedArrayBuffer, typed array or DataView — through V8,
+// because N-API refuses views of a SharedArrayBuffer, and guest memory is one.
+bool BufferOf(Napi::Value value, void** ptr, size_t* len) {
+  v8::Local<v8::Value> v = ToV8(value);
+  if (v->IsArrayBufferView()) {
+    auto view = v.As<v8::ArrayBufferView>();
+    *ptr = static_cast<uint8_t*>(view->Buffer()->Data()) + view->ByteOffset();
+    *len = view->ByteLength();
     return true;
   }
-  if (v.IsDataView()) {
-    auto dv = v.As<Napi::DataView>();
-    *ptr = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
-    *len = dv.ByteLength();
+  if (v->IsArrayBuffer()) {
+    auto ab = v.As<v8::ArrayBuffer>();
+    *ptr = ab->Data();
+    *len = ab->ByteLength();
     return true;
   }
-  if (v.IsArrayBuffer()) {
-    auto ab = v.As<Napi::ArrayBuffer>();
-    *ptr = ab.Data();
-    *len = ab.ByteLength();
+  if (v->IsSharedArrayBuffer()) {
+    auto sab = v.As<v8::SharedArrayBuffer>();
+    *ptr = sab->Data();
+    *len = sab->ByteLength();
     return true;
   }
   return false;
@@ -142,6 +150,59 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   if (r < 0) {
     if (errno == EAGAIN || errno == EINTR) return Napi::Number::New(env, -errno);
     THROW_ERRNO(env, "write", env.Null());
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+// readv/writev(fd, iov: Float64Array of [buffer index, offset, length] triples, count, buf0[, buf1])
+// -> bytes, or -errno for EAGAIN/EINTR. Packets go between the kernel and guest memory (or a scratch
+// buffer) with no copy here; every triple is bounds-checked against its buffer.
+constexpr int kMaxIov = 1024;
+
+bool BuildIov(const Napi::CallbackInfo& info, struct iovec* iov, int* n) {
+  void* tp;
+  size_t tl;
+  if (!BufferOf(info[1], &tp, &tl)) return false;
+  const double* t = static_cast<const double*>(tp);
+  int count = ArgInt(info, 2);
+  if (count < 0 || count > kMaxIov || static_cast<size_t>(count) * 3 * sizeof(double) > tl) return false;
+  void* base[2] = {nullptr, nullptr};
+  size_t blen[2] = {0, 0};
+  for (int b = 0; b < 2; b++)
+    if (info.Length() > static_cast<size_t>(3 + b) && !info[3 + b].IsUndefined()) BufferOf(info[3 + b], &base[b], &blen[b]);
+  for (int i = 0; i < count; i++) {
+    int b = static_cast<int>(t[3 * i]);
+    double off = t[3 * i + 1], len = t[3 * i + 2];
+    if (b < 0 || b > 1 || !base[b] || off < 0 || len < 0 || off + len > static_cast<double>(blen[b])) return false;
+    iov[i].iov_base = static_cast<uint8_t*>(base[b]) + static_cast<size_t>(off);
+    iov[i].iov_len = static_cast<size_t>(len);
+  }
+  *n = count;
+  return true;
+}
+
+Napi::Value Readv(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  struct iovec iov[kMaxIov];
+  int n;
+  if (!BuildIov(info, iov, &n)) THROW_TYPE(env, "readv: bad iovec table", env.Null());
+  ssize_t r = readv(ArgInt(info, 0), iov, n);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EINTR) return Napi::Number::New(env, -errno);
+    THROW_ERRNO(env, "readv", env.Null());
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Value Writev(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  struct iovec iov[kMaxIov];
+  int n;
+  if (!BuildIov(info, iov, &n)) THROW_TYPE(env, "writev: bad iovec table", env.Null());
+  ssize_t r = writev(ArgInt(info, 0), iov, n);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EINTR || errno == EIO || errno == EINVAL) return Napi::Number::New(env, -errno);
+    THROW_ERRNO(env, "writev", env.Null());
   }
   return Napi::Number::New(env, static_cast<double>(r));
 }
@@ -308,6 +369,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ioctl", Napi::Function::New(env, Ioctl));
   exports.Set("read", Napi::Function::New(env, Read));
   exports.Set("write", Napi::Function::New(env, Write));
+  exports.Set("readv", Napi::Function::New(env, Readv));
+  exports.Set("writev", Napi::Function::New(env, Writev));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared));

@@ -3,10 +3,12 @@ import { createWriteStream, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Vm, type VmExit } from './vmm/vm.js';
 import { UserError } from './errors.js';
+import { parseNetArg } from './vmm/config.js';
 import { isNativeError } from './native.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
+                 [--net DRIVER,key=value,...]...
        tsvmm --help | --version
 
 Boots a bzImage or a PVH ELF kernel on KVM.
@@ -17,6 +19,8 @@ Boots a bzImage or a PVH ELF kernel on KVM.
   --cpus N         number of vCPUs (default 1)
   --serial WHERE   serial console: stdio (default), file:PATH, or none
   --kvm-device P   KVM device node (default /dev/kvm)
+  --net SPEC       a virtio-net device (repeatable), e.g. tap,ifname=tap0[,queues=N][,mac=MAC]
+                   [,threads=N][,busy-poll=USEC]; DRIVER is tap or the path of a driver module
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
 2 for bad usage, 130/143 when interrupted.`;
@@ -54,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
         cpus: { type: 'string' },
         serial: { type: 'string' },
         'kvm-device': { type: 'string' },
+        net: { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -76,7 +81,14 @@ export async function main(argv: string[]): Promise<number> {
   if (!(serial === 'stdio' || serial === 'none' || (serial.startsWith('file:') && serial.length > 5)))
     return fail(`--serial: "${serial}" is not stdio, none or file:PATH`);
 
-  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'] });
+  let net;
+  try {
+    net = (values.net ?? []).map(parseNetArg);
+  } catch (e) {
+    if (e instanceof UserError) return fail(e.message);
+    throw e;
+  }
+  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net });
   let out: NodeJS.WritableStream | undefined;
   if (serial === 'stdio') out = process.stdout;
   else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));

@@ -17,6 +17,12 @@ export interface Native {
   /** Bytes moved, or -errno for EAGAIN/EINTR. */
   read(fd: number, buf: ArrayBufferView | ArrayBuffer): number;
   write(fd: number, buf: ArrayBufferView | ArrayBuffer): number;
+  /**
+   * iov: [buffer index (0 = buf0, 1 = buf1), offset, length] triples, bounds-checked natively.
+   * Returns bytes, or -errno for EAGAIN/EINTR (writev also for EIO/EINVAL: a packet the kernel refused).
+   */
+  readv(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
+  writev(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, size: number | bigint): void;
   mmapShared(fd: number, length: number): { buffer: SharedArrayBuffer; address: bigint };

@@ -79,7 +79,9 @@ export type BrokenReason =
   | 'indirect with next'
   | 'bad indirect table size'
   | 'readable after writable'
-  | 'used ring overflow';
+  | 'used ring overflow'
+  | 'device-readable receive buffer'
+  | 'receive buffer too small for the header';
 
 export class SplitQueue {
   readonly size: number;
@@ -222,6 +224,11 @@ export class SplitQueue {
       i = next;
       if (i >= tableLen) return this.fail('descriptor index out of range');
     }
+  }
+
+  /** Device-specific rules (e.g. receive buffers must be writable) break the queue here too. */
+  markBroken(reason: BrokenReason): void {
+    this.broken ??= reason;
   }
 
   /** Put back the chain just popped (no buffer for it yet, e.g. RX with nothing to receive). */

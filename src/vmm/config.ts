@@ -11,8 +11,51 @@ export interface VmConfig {
   /** bytes, or a size string such as "512M" (default 512 MiB) */
   memory?: number | string;
   cpus?: number;
-  /** where Vm.serial is sent by the CLI; the library always exposes it as a stream */
   kvmDevice?: string;
+  /** network devices (virtio-net over PCI), each served by dataplane threads and a driver */
+  net?: NetConfig[];
+}
+
+export interface NetConfig {
+  /** a built-in driver name (tap) or the path of a driver module */
+  driver: string;
+  /** driver options, e.g. { ifname: 'tap0' } */
+  options?: Record<string, string>;
+  /** default: 52:54:00:xx:xx:xx derived from the device index */
+  mac?: string;
+  /** queue pairs (default 1) */
+  queues?: number;
+  /** dataplane threads for this device (default: one per queue pair) */
+  threads?: number;
+  /** busy-poll for this many µs before sleeping (default 0) */
+  busyPollUs?: number;
+}
+
+/** Parse "--net tap,ifname=tap0,queues=2,mac=52:54:00:12:34:56". */
+export function parseNetArg(s: string): NetConfig {
+  const [driver, ...kv] = s.split(',');
+  if (!driver) throw new UserError('--net: a driver name is required (e.g. --net tap,ifname=tap0)');
+  const options: Record<string, string> = {};
+  const net: NetConfig = { driver, options };
+  for (const item of kv) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw new UserError(`--net: "${item}" is not key=value`);
+    const k = item.slice(0, eq);
+    const v = item.slice(eq + 1);
+    if (k === 'mac') net.mac = v;
+    else if (k === 'queues' || k === 'threads' || k === 'busy-poll') {
+      if (!/^\d+$/.test(v)) throw new UserError(`--net: ${k}=${v} is not a whole number`);
+      if (k === 'queues') net.queues = Number(v);
+      else if (k === 'threads') net.threads = Number(v);
+      else net.busyPollUs = Number(v);
+    } else options[k] = v;
+  }
+  if (net.queues !== undefined) {
+    if (net.queues < 1 || net.queues > 16) throw new UserError('--net: queues must be 1..16');
+    options.queues = String(net.queues);
+  }
+  if (net.threads !== undefined && net.threads < 1) throw new UserError('--net: threads must be at least 1');
+  return net;
 }
 
 export const DEFAULT_MEMORY = 512 * 1024 * 1024;

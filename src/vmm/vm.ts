@@ -15,12 +15,17 @@ import { newMailbox, MailboxServer } from './mailbox.js';
 import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
 import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
-import { resolveCpus, resolveMemory, type VmConfig } from './config.js';
+import { resolveCpus, resolveMemory, type VmConfig, type NetConfig } from './config.js';
+import { createDriver } from '../drivers/registry.js';
+import { VirtioNet, parseMac } from '../virtio-net/device.js';
+import { VirtioPciDevice } from '../virtio/pci-transport.js';
+import { PCI_CMD_MEM, PCI_CMD_MASTER } from './devices/pci.js';
+import type { NetDriver } from '../drivers/api.js';
 import { Uart8250 } from './devices/uart8250.js';
 import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
 import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP } from '../boot/acpi.js';
 import { PciHost, PCI_CONFIG_ADDRESS } from './devices/pci.js';
-import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR } from '../boot/layout.js';
+import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, MMIO_HOLE_START } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
 import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
 import { workerUrl } from '../worker-url.js';
@@ -35,6 +40,13 @@ export interface VmExit {
   /** the guest's power-off status (debug-exit value), else 0 */
   status: number;
   detail: string;
+}
+
+/** A network device as the VM holds it. */
+export interface NetDevice {
+  net: VirtioNet;
+  pci: VirtioPciDevice;
+  driver: NetDriver;
 }
 
 export const COM1_PORT = 0x3f8;
@@ -70,6 +82,10 @@ export class Vm extends EventEmitter {
   private control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
   private kickSignal = native.sigRtMin() + 3;
   private uart?: Uart8250;
+  private pciHost?: PciHost;
+  /** next free address for BARs, in the 32-bit MMIO hole */
+  private mmioNext = MMIO_HOLE_START;
+  readonly netDevices: NetDevice[] = [];
   private serialPending: number[] = [];
   readonly config: Readonly<VmConfig>;
 
@@ -179,6 +195,7 @@ export class Vm extends EventEmitter {
     );
 
     this.attachDevices();
+    for (const [i, n] of (cfg.net ?? []).entries()) await this.attachNet(n, i);
 
     const supported = supportedCpuid(this.kvmFd);
     for (let i = 0; i < cpus; i++) {
@@ -215,8 +232,34 @@ export class Vm extends EventEmitter {
     this.pio.register(COM1_PORT, 8, this.uart, 'com1');
     this.pio.register(DEBUG_EXIT_PORT, 4, new DebugExit(power), 'debug-exit');
     this.pio.register(I8042_PORT, 5, new I8042(power), 'i8042');
-    this.pio.register(PCI_CONFIG_ADDRESS, 8, new PciHost(new ResetControl(power)), 'pci-host');
+    this.pciHost = new PciHost(new ResetControl(power));
+    this.pio.register(PCI_CONFIG_ADDRESS, 8, this.pciHost, 'pci-host');
     this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
+  }
+
+  private async attachNet(n: NetConfig, index: number): Promise<void> {
+    let mac: Uint8Array;
+    try {
+      mac = n.mac ? parseMac(n.mac) : new Uint8Array([0x52, 0x54, 0x00, 0x75, 0x76, index & 0xff]);
+    } catch (e) {
+      throw new UserError(`--net: ${(e as Error).message}`);
+    }
+    const driver = await createDriver(n.driver, { ...(n.options ?? {}), ...(n.queues ? { queues: String(n.queues) } : {}) });
+    try {
+      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs });
+      const pci = new VirtioPciDevice(net, { mmio: this.mmio, vm: this.vm, router: this.irqRoutes }, 0x020000);
+      this.pciHost!.add(pci);
+      // firmware's part: place the BAR and turn on decoding and bus mastering
+      const size = 0x8000;
+      this.mmioNext = Math.ceil(this.mmioNext / size) * size;
+      pci.config.assignBar(0, this.mmioNext);
+      this.mmioNext += size;
+      pci.config.command = PCI_CMD_MEM | PCI_CMD_MASTER;
+      this.netDevices.push({ net, pci, driver });
+    } catch (e) {
+      driver.close();
+      throw e;
+    }
   }
 
   /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */
@@ -310,6 +353,11 @@ export class Vm extends EventEmitter {
 
   private async teardown(): Promise<void> {
     await this.stopVcpus();
+    // devices stop their dataplane threads before guest memory goes
+    for (const d of this.netDevices.splice(0)) {
+      await d.pci.close();
+      d.driver.close();
+    }
     await Promise.all(this.vcpus.map((v) => v.server?.close()));
     this.flushSerial();
     this.serial.end();

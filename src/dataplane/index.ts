@@ -1,0 +1,74 @@
+// Main-thread handle on the dataplane threads of one device: start them with the queues the driver set
+// up, read their counters, stop them (a wake eventfd: a thread blocked in epoll_wait does not honour
+// Worker.terminate()).
+import { Worker } from 'node:worker_threads';
+import { native, EFD_NONBLOCK } from '../native.js';
+import { workerUrl } from '../worker-url.js';
+import { CONTROL_STOP, CONTROL_WORDS } from './control.js';
+import type { DataplaneWorkerData, WorkerPair } from './worker.js';
+
+export type DataplaneConfig = Omit<DataplaneWorkerData, 'pairs' | 'wakeFd' | 'control'>;
+
+interface Thread {
+  worker: Worker;
+  wakeFd: number;
+  control: Int32Array;
+  exited: Promise<void>;
+}
+
+const ONE = new BigUint64Array([1n]);
+
+/** A file path the worker (plain Node, compiled JavaScript) can import. */
+export function runtimeModulePath(p: string): string {
+  return p.endsWith('.ts') ? p.replace(/\/src\//, '/dist/').replace(/\.ts$/, '.js') : p;
+}
+
+export class Dataplane {
+  private threads: Thread[] = [];
+
+  constructor(private readonly onBroken: (reason: string) => void) {}
+
+  get threadCount(): number {
+    return this.threads.length;
+  }
+
+  /** One thread per entry of `groups` (each a list of queue pairs it serves). */
+  async start(cfg: DataplaneConfig, groups: WorkerPair[][]): Promise<void> {
+    await Promise.all(groups.map((pairs, i) => this.spawn(cfg, pairs, i)));
+  }
+
+  private spawn(cfg: DataplaneConfig, pairs: WorkerPair[], index: number): Promise<void> {
+    const wakeFd = native.eventfd(0, EFD_NONBLOCK);
+    const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
+    const data: DataplaneWorkerData = { ...cfg, driverModule: runtimeModulePath(cfg.driverModule), pairs, wakeFd, control };
+    const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
+    const exited = new Promise<void>((r) => worker.once('exit', () => r()));
+    this.threads.push({ worker, wakeFd, control, exited });
+    return new Promise((resolve, reject) => {
+      worker.on('message', (m: { type: string; reason?: string; message?: string }) => {
+        if (m.type === 'ready') resolve();
+        else if (m.type === 'broken') this.onBroken(m.reason ?? 'queue broken');
+        else if (m.type === 'error') {
+          reject(new Error(m.message));
+          this.onBroken(`dataplane thread failed: ${m.message}`);
+        }
+      });
+      worker.once('error', (e) => {
+        reject(e);
+        this.onBroken(`dataplane thread failed: ${e.message}`);
+      });
+      worker.once('exit', () => reject(new Error('dataplane thread exited during start-up')));
+    });
+  }
+
+  /** Stop every thread; resolves once none can touch guest memory. */
+  async stop(): Promise<void> {
+    const threads = this.threads.splice(0);
+    for (const t of threads) {
+      Atomics.store(t.control, CONTROL_STOP, 1);
+      native.write(t.wakeFd, ONE);
+    }
+    await Promise.all(threads.map((t) => t.exited));
+    for (const t of threads) native.close(t.wakeFd);
+  }
+}

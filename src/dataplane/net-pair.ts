@@ -1,0 +1,242 @@
+// One virtio-net queue pair on a dataplane thread: guest TX ring → driver, driver → guest RX ring.
+// All virtio knowledge on the data path is here (header translation in virtio-net/header.ts); the
+// driver sees packets as buffer lists with neutral metadata.
+import { SplitQueue, type GuestView } from '../virtio/queue.js';
+import { NET_HDR_LEN, parseTxHeader, writeRxHeader, type TxPolicy } from '../virtio-net/header.js';
+import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
+import { native } from '../native.js';
+import { STAT } from './stats.js';
+import type { RxFilter } from './rx-filter.js';
+
+/** Packets per driver call on transmit (Linux vhost-net's batch). */
+export const TX_BATCH = 64;
+/** largest frame a guest may hand us: 64 KiB of GSO payload plus headers */
+export const MAX_TX_FRAME = 65535 + 14 + 4;
+
+export interface PairOptions {
+  mergeable: boolean;
+  /** largest frame the guest can receive (its buffers must hold it, or with MRG_RXBUF several do) */
+  maxRxFrame: number;
+  txPolicy: TxPolicy;
+  rxCallFd: number;
+  txCallFd: number;
+  rxStats: Float64Array;
+  txStats: Float64Array;
+  filter: RxFilter;
+}
+
+const ONE = new BigUint64Array([1n]);
+
+export class NetQueuePair {
+  private readonly txBatch: PacketBatch;
+  private readonly txHeads: Uint16Array;
+  private readonly rxBatch: PacketBatch;
+  private readonly rxHeads: Uint16Array;
+  /** bytes each popped RX chain can take */
+  private readonly rxCap: Float64Array;
+  private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  private readonly u8: Uint8Array;
+
+  constructor(
+    private readonly mem: GuestView,
+    private readonly memBuffer: SharedArrayBuffer,
+    readonly rxq: SplitQueue,
+    readonly txq: SplitQueue,
+    readonly driver: DriverQueue,
+    private readonly o: PairOptions,
+  ) {
+    this.u8 = mem.u8;
+    const maxChain = 2 * txq.size;
+    this.txBatch = newPacketBatch(TX_BATCH, Math.max(4, Math.ceil(maxChain / 8)));
+    // iov capacity: room for a whole batch of typical packets, and for one packet of the longest chain
+    (this.txBatch as { iov: Float64Array }).iov = new Float64Array(3 * Math.max(TX_BATCH * 8, maxChain + 1));
+    this.txHeads = new Uint16Array(TX_BATCH);
+    // RX: one packet per driver call, spread over as many chains as MRG_RXBUF allows
+    const rxChains = o.mergeable ? Math.min(rxq.size, Math.ceil(o.maxRxFrame / 64) + 1) : 1;
+    this.rxBatch = newPacketBatch(1, 1);
+    (this.rxBatch as { iov: Float64Array }).iov = new Float64Array(3 * (rxChains * 2 * rxq.size + 1));
+    this.rxHeads = new Uint16Array(rxChains);
+    this.rxCap = new Float64Array(rxChains);
+  }
+
+  // ---- guest → wire
+
+  /** Move up to `budget` packets from the TX ring to the driver. Returns packets taken from the ring. */
+  processTx(budget: number): number {
+    const q = this.txq;
+    const b = this.txBatch;
+    const st = this.o.txStats;
+    let done = 0;
+    while (done < budget && !q.broken) {
+      b.count = 0;
+      let iovUsed = 0;
+      while (b.count < TX_BATCH && done < budget && q.pop()) {
+        done++;
+        const c = q.chain;
+        const len = c.readableBytes - NET_HDR_LEN;
+        // a TX chain is device-readable only and holds a header and a frame of sane size
+        if (c.writable > 0 || len < 14 || len > MAX_TX_FRAME || iovUsed + c.count > b.iov.length / 3) {
+          this.dropTx(c.head);
+          continue;
+        }
+        this.gather(c.offsets, c.lens, c.count);
+        const slot = b.count;
+        if (!parseTxHeader(this.hdr, 0, len, this.o.txPolicy, b.meta, slot * META_WORDS)) {
+          this.dropTx(c.head);
+          continue;
+        }
+        // the frame: the readable buffers after the header
+        b.iovStart[slot] = iovUsed;
+        let skip = NET_HDR_LEN;
+        for (let i = 0; i < c.readable; i++) {
+          let off = c.offsets[i];
+          let l = c.lens[i];
+          if (skip) {
+            const s = Math.min(skip, l);
+            off += s;
+            l -= s;
+            skip -= s;
+          }
+          if (l === 0) continue;
+          b.iov[3 * iovUsed] = 0;
+          b.iov[3 * iovUsed + 1] = off;
+          b.iov[3 * iovUsed + 2] = l;
+          iovUsed++;
+        }
+        b.iovStart[slot + 1] = iovUsed;
+        b.len[slot] = len;
+        this.txHeads[slot] = c.head;
+        b.count++;
+      }
+      if (b.count === 0) break;
+      const before = this.driver.drops;
+      const sent = this.driver.transmit(b, this.memBuffer);
+      let bytes = 0;
+      for (let i = 0; i < b.count; i++) {
+        q.addUsed(this.txHeads[i], 0);
+        if (i < sent) bytes += b.len[i];
+      }
+      // what the driver could not take is dropped, as a full NIC queue drops
+      st[STAT.DROPS] += b.count - sent + (this.driver.drops - before);
+      st[STAT.PACKETS] += sent;
+      st[STAT.BYTES] += bytes;
+      st[STAT.BATCHES]++;
+      q.flush();
+      this.interrupt(q, this.o.txCallFd, st);
+      if (b.count < TX_BATCH) break;
+    }
+    q.flush();
+    return done;
+  }
+
+  private dropTx(head: number): void {
+    this.txq.addUsed(head, 0);
+    this.o.txStats[STAT.DROPS]++;
+  }
+
+  /** Copy the first NET_HDR_LEN readable bytes (the header may straddle buffers) into this.hdr. */
+  private gather(offsets: Float64Array, lens: Uint32Array, count: number): void {
+    let need = NET_HDR_LEN;
+    let at = 0;
+    for (let i = 0; i < count && need; i++) {
+      const n = Math.min(need, lens[i]);
+      this.hdr.set(this.u8.subarray(offsets[i], offsets[i] + n), at);
+      at += n;
+      need -= n;
+    }
+  }
+
+  private interrupt(q: SplitQueue, fd: number, st: Float64Array): void {
+    if (fd >= 0 && q.needsInterrupt()) {
+      native.write(fd, ONE);
+      st[STAT.INTERRUPTS]++;
+    }
+  }
+
+  // ---- wire → guest
+
+  /** set by processRx: the ring ran out of buffers (wait for an RX kick rather than the driver) */
+  starved = false;
+
+  /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
+  processRx(budget: number): number {
+    const q = this.rxq;
+    const b = this.rxBatch;
+    const st = this.o.rxStats;
+    const need = this.o.maxRxFrame + NET_HDR_LEN;
+    let delivered = 0;
+    this.starved = false;
+    for (let attempts = 0; attempts < budget && !q.broken; attempts++) {
+      // buffers for one frame: one chain, or with MRG_RXBUF as many as the largest frame needs
+      let chains = 0;
+      let cap = 0;
+      let iovUsed = 0;
+      let hdrOff = 0;
+      while (cap < need && chains < this.rxHeads.length && q.pop()) {
+        const c = q.chain;
+        if (c.readable > 0) return this.breakRx('device-readable receive buffer');
+        if (chains === 0 && c.lens[0] < NET_HDR_LEN) return this.breakRx('receive buffer too small for the header');
+        if (chains === 0) hdrOff = c.offsets[0];
+        this.rxHeads[chains] = c.head;
+        this.rxCap[chains] = c.writableBytes;
+        for (let i = 0; i < c.count; i++) {
+          const skip = chains === 0 && i === 0 ? NET_HDR_LEN : 0; // header space, written after the frame arrives
+          const l = c.lens[i] - skip;
+          if (l === 0) continue;
+          b.iov[3 * iovUsed] = 0;
+          b.iov[3 * iovUsed + 1] = c.offsets[i] + skip;
+          b.iov[3 * iovUsed + 2] = l;
+          iovUsed++;
+        }
+        cap += c.writableBytes;
+        chains++;
+        if (!this.o.mergeable) break;
+      }
+      if (chains === 0) {
+        this.starved = true;
+        break;
+      }
+      b.iovStart[0] = 0;
+      b.iovStart[1] = iovUsed;
+      b.count = 1;
+      const got = iovUsed > 0 ? this.driver.receive(b, this.memBuffer) : 0;
+      if (got === 0) {
+        for (let i = 0; i < chains; i++) q.unpop();
+        break;
+      }
+      const len = b.len[0];
+      // (the destination MAC is checked where it lies whole in the first segment, which is every layout
+      // drivers use; a first segment under 6 bytes skips the filter rather than gather)
+      if (len < 14 || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.o.filter.accepts(this.u8, b.iov[1]))) {
+        // a runt, a frame larger than the buffers (truncated), or not for us: the buffers stay the
+        // guest's for the next frame
+        for (let i = 0; i < chains; i++) q.unpop();
+        st[STAT.DROPS]++;
+        continue;
+      }
+      // the chains the frame (with its header) filled, and the bytes in each
+      let left = len + NET_HDR_LEN;
+      let used = 0;
+      while (left > 0) {
+        const n = Math.min(left, this.rxCap[used]);
+        q.addUsed(this.rxHeads[used], n);
+        left -= n;
+        used++;
+      }
+      for (let i = used; i < chains; i++) q.unpop();
+      writeRxHeader(this.u8, hdrOff, b.meta, 0, used);
+      delivered++;
+      st[STAT.PACKETS]++;
+      st[STAT.BYTES] += len;
+      st[STAT.BATCHES]++;
+    }
+    q.flush();
+    this.interrupt(q, this.o.rxCallFd, st);
+    return delivered;
+  }
+
+  private breakRx(reason: 'device-readable receive buffer' | 'receive buffer too small for the header'): number {
+    this.rxq.markBroken(reason);
+    return 0;
+  }
+}

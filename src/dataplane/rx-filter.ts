@@ -1,0 +1,82 @@
+// Receive filtering state set by the control queue (main thread) and read per packet by the dataplane
+// threads: a few shared words and a MAC table. Writers change it rarely; a reader seeing a change one
+// packet late is harmless, so plain loads suffice.
+
+const W_PROMISC = 0;
+const W_ALLMULTI = 1;
+const W_ALLUNI = 2;
+const W_NOMULTI = 3;
+const W_NOUNI = 4;
+const W_NOBCAST = 5;
+const W_UNI_COUNT = 6;
+const W_MULTI_COUNT = 7;
+const WORDS = 8;
+export const MAC_TABLE_MAX = 64;
+const MAC_OFF = WORDS * 4; // primary MAC (8 bytes reserved), then the unicast and multicast tables
+const TABLE_OFF = MAC_OFF + 8;
+export const RX_FILTER_BYTES = TABLE_OFF + 2 * MAC_TABLE_MAX * 6;
+
+export const RX_MODE = { PROMISC: 0, ALLMULTI: 1, ALLUNI: 2, NOMULTI: 3, NOUNI: 4, NOBCAST: 5 } as const;
+
+export class RxFilter {
+  readonly words: Int32Array;
+  readonly bytes: Uint8Array;
+  constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(RX_FILTER_BYTES)) {
+    this.words = new Int32Array(buffer, 0, WORDS);
+    this.bytes = new Uint8Array(buffer);
+  }
+
+  /** Device reset state: promiscuous, as QEMU starts (drivers turn it off through the control queue). */
+  reset(mac: Uint8Array): void {
+    this.words.fill(0);
+    this.words[W_PROMISC] = 1;
+    this.setMac(mac);
+  }
+
+  setMode(mode: number, on: boolean): void {
+    this.words[mode] = on ? 1 : 0;
+  }
+
+  setMac(mac: Uint8Array): void {
+    this.bytes.set(mac.subarray(0, 6), MAC_OFF);
+  }
+
+  get mac(): Uint8Array {
+    return this.bytes.slice(MAC_OFF, MAC_OFF + 6);
+  }
+
+  /** Replace the unicast and multicast tables; false if either is longer than we keep. */
+  setTables(uni: Uint8Array[], multi: Uint8Array[]): boolean {
+    if (uni.length > MAC_TABLE_MAX || multi.length > MAC_TABLE_MAX) return false;
+    uni.forEach((m, i) => this.bytes.set(m, TABLE_OFF + 6 * i));
+    multi.forEach((m, i) => this.bytes.set(m, TABLE_OFF + 6 * (MAC_TABLE_MAX + i)));
+    this.words[W_UNI_COUNT] = uni.length;
+    this.words[W_MULTI_COUNT] = multi.length;
+    return true;
+  }
+
+  private inTable(p: Uint8Array, o: number, first: number, count: number): boolean {
+    const b = this.bytes;
+    for (let i = 0; i < count; i++) {
+      const t = TABLE_OFF + 6 * (first + i);
+      if (b[t] === p[o] && b[t + 1] === p[o + 1] && b[t + 2] === p[o + 2] && b[t + 3] === p[o + 3] && b[t + 4] === p[o + 4] && b[t + 5] === p[o + 5]) return true;
+    }
+    return false;
+  }
+
+  /** Does a frame whose destination MAC is at p[o..o+6) reach the guest? */
+  accepts(p: Uint8Array, o: number): boolean {
+    const w = this.words;
+    if (w[W_PROMISC]) return true;
+    if (p[o] & 1) {
+      const bcast = p[o] === 0xff && p[o + 1] === 0xff && p[o + 2] === 0xff && p[o + 3] === 0xff && p[o + 4] === 0xff && p[o + 5] === 0xff;
+      if (bcast) return !w[W_NOBCAST];
+      if (w[W_NOMULTI]) return false;
+      return w[W_ALLMULTI] !== 0 || this.inTable(p, o, MAC_TABLE_MAX, w[W_MULTI_COUNT]);
+    }
+    if (w[W_NOUNI]) return false;
+    const b = this.bytes;
+    if (b[MAC_OFF] === p[o] && b[MAC_OFF + 1] === p[o + 1] && b[MAC_OFF + 2] === p[o + 2] && b[MAC_OFF + 3] === p[o + 3] && b[MAC_OFF + 4] === p[o + 4] && b[MAC_OFF + 5] === p[o + 5]) return true;
+    return w[W_ALLUNI] !== 0 || this.inTable(p, o, 0, w[W_UNI_COUNT]);
+  }
+}

@@ -1,0 +1,32 @@
+// Per-queue counters, written by the dataplane thread that owns the queue and read by anyone (the main
+// thread, the CLI, benchmarks) while traffic runs. One writer per slot; readers may see a counter a few
+// packets stale, never a torn one that matters (Float64 slots, written whole).
+
+export const STAT = { PACKETS: 0, BYTES: 1, DROPS: 2, KICKS: 3, INTERRUPTS: 4, BATCHES: 5 } as const;
+export const STAT_WORDS = 6;
+
+export interface QueueStats {
+  packets: number;
+  bytes: number;
+  drops: number;
+  kicks: number;
+  interrupts: number;
+  /** mean packets per driver call */
+  meanBatch: number;
+}
+
+export function newStatsBuffer(queues: number): SharedArrayBuffer {
+  return new SharedArrayBuffer(queues * STAT_WORDS * 8);
+}
+
+export function readStats(buf: SharedArrayBuffer, queue: number): QueueStats {
+  const s = new Float64Array(buf, queue * STAT_WORDS * 8, STAT_WORDS);
+  return {
+    packets: s[STAT.PACKETS],
+    bytes: s[STAT.BYTES],
+    drops: s[STAT.DROPS],
+    kicks: s[STAT.KICKS],
+    interrupts: s[STAT.INTERRUPTS],
+    meanBatch: s[STAT.BATCHES] ? s[STAT.PACKETS] / s[STAT.BATCHES] : 0,
+  };
+}

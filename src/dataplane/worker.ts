@@ -1,0 +1,174 @@
+// A dataplane thread: serves one or more queue pairs. Sleeps in epoll on the queues' kick eventfds
+// (KVM ioeventfds: the guest's notifications arrive without a vCPU exit), the drivers' fds and a wake
+// eventfd; works in passes with a per-pass budget per queue so one cannot starve another; interrupts the
+// guest by writing irqfds. Busy-polls for a bounded time when asked, yielding to epoll when idle.
+import { parentPort, workerData } from 'node:worker_threads';
+import { pathToFileURL } from 'node:url';
+import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
+import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
+import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
+import { NetQueuePair } from './net-pair.js';
+import { RxFilter } from './rx-filter.js';
+import { STAT, STAT_WORDS } from './stats.js';
+import { CONTROL_STOP } from './control.js';
+import type { TxPolicy } from '../virtio-net/header.js';
+import type { DriverModule } from '../drivers/api.js';
+
+export interface WorkerQueue extends QueueConfig {
+  kickFd: number;
+  callFd: number;
+  /** index of this queue's counters in the stats buffer */
+  statsSlot: number;
+  /** ring position to start from (0 on activation; the last used index when threads restart) */
+  startIdx: number;
+}
+
+export interface WorkerPair {
+  rx: WorkerQueue;
+  tx: WorkerQueue;
+  driverInit: unknown;
+}
+
+export interface DataplaneWorkerData {
+  memory: SharedArrayBuffer;
+  table: MemoryTableData;
+  pairs: WorkerPair[];
+  driverModule: string;
+  eventIdx: boolean;
+  indirect: boolean;
+  mergeable: boolean;
+  maxRxFrame: number;
+  txPolicy: TxPolicy;
+  filter: SharedArrayBuffer;
+  stats: SharedArrayBuffer;
+  wakeFd: number;
+  control: Int32Array;
+  /** busy-poll this long (µs) before sleeping; 0 = always sleep when idle */
+  busyPollUs: number;
+}
+
+/** packets per queue per pass */
+export const PASS_BUDGET = 256;
+const EPOLL_CTL_MOD = 3;
+
+const d = workerData as DataplaneWorkerData;
+const port = parentPort!;
+
+async function main(): Promise<void> {
+  const mem = guestView(d.memory, new MemoryTable(d.table.regions));
+  const driverMod = (await import(pathToFileURL(d.driverModule).href)) as DriverModule;
+  const filter = new RxFilter(d.filter);
+  const features = { eventIdx: d.eventIdx, indirect: d.indirect };
+  const stats = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);
+
+  const pairs: NetQueuePair[] = [];
+  for (const p of d.pairs) {
+    const rxq = SplitQueue.create(mem, p.rx, features, 32768);
+    const txq = SplitQueue.create(mem, p.tx, features, 32768);
+    if (typeof rxq === 'string' || typeof txq === 'string') {
+      port.postMessage({ type: 'broken', reason: typeof rxq === 'string' ? rxq : txq });
+      return;
+    }
+    rxq.setIndices(p.rx.startIdx, p.rx.startIdx);
+    txq.setIndices(p.tx.startIdx, p.tx.startIdx);
+    pairs.push(
+      new NetQueuePair(mem, d.memory, rxq, txq, driverMod.openQueue(p.driverInit), {
+        mergeable: d.mergeable,
+        maxRxFrame: d.maxRxFrame,
+        txPolicy: d.txPolicy,
+        rxCallFd: p.rx.callFd,
+        txCallFd: p.tx.callFd,
+        rxStats: stats(p.rx.statsSlot),
+        txStats: stats(p.tx.statsSlot),
+        filter,
+      }),
+    );
+  }
+
+  // epoll data: 0 = wake; for pair i: 1 + 3i = TX kick, 2 + 3i = RX kick, 3 + 3i = driver readable
+  const ep = native.epollCreate();
+  native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
+  const driverArmed: boolean[] = [];
+  pairs.forEach((p, i) => {
+    if (d.pairs[i].tx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].tx.kickFd, EPOLLIN, 1 + 3 * i);
+    if (d.pairs[i].rx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].rx.kickFd, EPOLLIN, 2 + 3 * i);
+    if (p.driver.pollFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, p.driver.pollFd, EPOLLIN, 3 + 3 * i);
+    driverArmed.push(true);
+  });
+  // A driver fd stays in epoll only while the RX ring has buffers: otherwise a level-triggered
+  // readable fd would wake us for frames we cannot place.
+  const armDriver = (i: number, on: boolean) => {
+    const fd = pairs[i].driver.pollFd;
+    if (fd < 0 || driverArmed[i] === on) return;
+    native.epollCtl(ep, EPOLL_CTL_MOD, fd, on ? EPOLLIN : 0, 3 + 3 * i);
+    driverArmed[i] = on;
+  };
+
+  const events = new Uint32Array(3 * 64);
+  const counter = new BigUint64Array(1);
+  const brokenReported = new Set<number>();
+  port.postMessage({ type: 'ready' });
+
+  let lastWork = process.hrtime.bigint();
+  const busyNs = BigInt(d.busyPollUs) * 1000n;
+  for (;;) {
+    if (Atomics.load(d.control, CONTROL_STOP)) break;
+    // while busy-polling, look without sleeping; afterwards ask for kicks and sleep
+    const polling = busyNs > 0n && process.hrtime.bigint() - lastWork < busyNs;
+    if (!polling) {
+      for (const p of pairs) {
+        p.txq.setKicks(true);
+        p.rxq.setKicks(true);
+      }
+    }
+    // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
+    const anyPending = pairs.some((p) => p.txq.pending() > 0);
+    const n = native.epollWait(ep, events, polling || anyPending ? 0 : -1);
+    for (let k = 0; k < n; k++) {
+      const tag = events[3 * k + 1];
+      if (tag === 0) {
+        native.read(d.wakeFd, counter);
+        continue;
+      }
+      const i = Math.floor((tag - 1) / 3);
+      const kind = (tag - 1) % 3;
+      if (kind === 0 || kind === 1) {
+        native.read(kind === 0 ? d.pairs[i].tx.kickFd : d.pairs[i].rx.kickFd, counter);
+        const st = new Float64Array(d.stats, (kind === 0 ? d.pairs[i].tx.statsSlot : d.pairs[i].rx.statsSlot) * STAT_WORDS * 8, STAT_WORDS);
+        st[STAT.KICKS]++;
+      }
+    }
+    if (!polling && busyNs === 0n) {
+      for (const p of pairs) {
+        p.txq.setKicks(false);
+        p.rxq.setKicks(false);
+      }
+    }
+    // passes until every queue is idle or has used its budget; then sleep again (or poll)
+    let work = 0;
+    for (let pass = 0; pass < 64; pass++) {
+      let passWork = 0;
+      pairs.forEach((p, i) => {
+        passWork += p.processTx(PASS_BUDGET);
+        passWork += p.processRx(PASS_BUDGET);
+        armDriver(i, !p.starved);
+        for (const q of [p.txq, p.rxq]) {
+          if (q.broken && !brokenReported.has(i)) {
+            brokenReported.add(i);
+            port.postMessage({ type: 'broken', reason: q.broken });
+          }
+        }
+      });
+      work += passWork;
+      if (passWork === 0) break;
+    }
+    if (work > 0) lastWork = process.hrtime.bigint();
+  }
+  native.close(ep);
+  for (const p of pairs) p.driver.close();
+}
+
+main().then(
+  () => port.postMessage({ type: 'stopped' }),
+  (e: unknown) => port.postMessage({ type: 'error', message: (e as Error).stack ?? String(e) }),
+);

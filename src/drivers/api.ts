@@ -1,0 +1,135 @@
+// The packet-level driver API: what a network backend (tap, AF_XDP, a plugin) implements.
+//
+// A driver moves packets between guest memory and its wire. It sees buffers (segments of a shared
+// buffer), lengths and neutral offload metadata (checksum to complete, segmentation to perform); it
+// never sees a descriptor, a ring or a virtio header. The dataplane (src/dataplane/) owns all virtio
+// knowledge and calls the driver from its worker thread.
+//
+// A driver has two halves, because resources are opened with the VMM's privileges on the main thread
+// and used on a dataplane thread:
+//   - `create(options)` runs on the main thread and returns a NetDriver: capabilities, and for each
+//     queue pair a structured-cloneable `queueInit` (file descriptors are plain numbers: same process);
+//   - `openQueue(init)` runs in the dataplane worker and returns the DriverQueue the data path calls.
+//
+// Minimal example (a driver that drops what it sends and never receives), as a module that
+// `--net ./my-driver.js,...` would load:
+//
+//   export function create(options) {
+//     return { name: 'null', caps: { queuePairs: 1, mtu: 1500, offloads: NO_OFFLOADS },
+//              queueInit: () => ({}), setGuestOffloads() {}, close() {} };
+//   }
+//   export function openQueue() {
+//     return { pollFd: -1, transmit: (b) => b.count, receive: () => 0, close() {} };
+//   }
+
+/** Words of offload metadata per packet, in PacketBatch.meta. */
+export const META = {
+  FLAGS: 0,
+  /** where checksumming starts (bytes from the Ethernet header), and where the result goes after that */
+  CSUM_START: 1,
+  CSUM_OFFSET: 2,
+  /** GSO_* below, possibly | GSO_ECN */
+  GSO_TYPE: 3,
+  /** payload bytes per segment */
+  GSO_SIZE: 4,
+  /** length of the headers before the payload (a hint; 0 if unknown) */
+  HDR_LEN: 5,
+} as const;
+export const META_WORDS = 6;
+
+/** META.FLAGS: TX: the checksum at CSUM_START/CSUM_OFFSET must be completed; RX: it is incomplete. */
+export const META_NEEDS_CSUM = 1;
+/** META.FLAGS (RX): the packet's checksums were verified. */
+export const META_CSUM_VALID = 2;
+
+export const GSO_NONE = 0;
+export const GSO_TCPV4 = 1;
+export const GSO_UDP = 3;
+export const GSO_TCPV6 = 4;
+export const GSO_ECN = 0x80;
+
+export interface Offloads {
+  /** the driver completes partial checksums on transmit */
+  txCsum: boolean;
+  /** the driver segments TCP/IPv4 and TCP/IPv6 GSO packets on transmit */
+  txTso4: boolean;
+  txTso6: boolean;
+  txTsoEcn: boolean;
+  /** the driver may deliver packets with partial checksums / as GSO packets on receive */
+  rxCsum: boolean;
+  rxTso4: boolean;
+  rxTso6: boolean;
+  rxTsoEcn: boolean;
+}
+
+export const NO_OFFLOADS: Offloads = { txCsum: false, txTso4: false, txTso6: false, txTsoEcn: false, rxCsum: false, rxTso4: false, rxTso6: false, rxTsoEcn: false };
+
+export interface DriverCapabilities {
+  queuePairs: number;
+  /** largest L3 packet the wire carries */
+  mtu: number;
+  offloads: Offloads;
+  /** the MAC address of the backend port, if it has one to suggest */
+  mac?: string;
+}
+
+/**
+ * Packets in flight between the dataplane and a driver, in preallocated storage.
+ * Packet i's segments are iov triples [buffer, offset, length] from iovStart[i] to iovStart[i + 1];
+ * buffer 0 is guest memory, buffer 1 the batch's scratch buffer (headers a driver may build there).
+ */
+export interface PacketBatch {
+  count: number;
+  readonly iov: Float64Array;
+  readonly iovStart: Uint32Array;
+  /** META_WORDS per packet */
+  readonly meta: Int32Array;
+  /** TX: bytes in the packet; RX: bytes the driver wrote (set by receive) */
+  readonly len: Uint32Array;
+}
+
+export interface DriverQueue {
+  /** readable when packets may be waiting to be received (-1: the driver never receives by fd) */
+  readonly pollFd: number;
+  /**
+   * Send packets [0, batch.count). Returns how many were consumed (sent, or dropped by the wire —
+   * count those in `drops`); the dataplane offers the rest again later (the wire was full).
+   */
+  transmit(batch: PacketBatch, guestMemory: SharedArrayBuffer): number;
+  /**
+   * Receive into the buffers of packets [0, batch.count), each large enough for one packet of the
+   * negotiated size. Fills len[] and meta[]; returns how many packets arrived (0: nothing waiting).
+   */
+  receive(batch: PacketBatch, guestMemory: SharedArrayBuffer): number;
+  /** packets the wire refused */
+  readonly drops: number;
+  close(): void;
+}
+
+export interface NetDriver {
+  readonly name: string;
+  readonly caps: DriverCapabilities;
+  /** The module the dataplane worker imports to call openQueue (a file URL or path). */
+  readonly module: string;
+  /** Per-queue-pair data for openQueue (structured-cloneable). */
+  queueInit(pair: number): unknown;
+  /** What the guest accepts on receive, after feature negotiation (tap: TUNSETOFFLOAD). */
+  setGuestOffloads(o: Pick<Offloads, 'rxCsum' | 'rxTso4' | 'rxTso6' | 'rxTsoEcn'>): void;
+  close(): void;
+}
+
+export interface DriverModule {
+  create(options: Record<string, string>): NetDriver;
+  openQueue(init: unknown): DriverQueue;
+}
+
+/** Allocate a batch for up to `packets` packets of up to `segments` segments each. */
+export function newPacketBatch(packets: number, segments: number): PacketBatch {
+  return {
+    count: 0,
+    iov: new Float64Array(packets * segments * 3),
+    iovStart: new Uint32Array(packets + 1),
+    meta: new Int32Array(packets * META_WORDS),
+    len: new Uint32Array(packets),
+  };
+}

@@ -1,0 +1,144 @@
+// tap backend: one /dev/net/tun queue fd per queue pair (IFF_MULTI_QUEUE), the kernel's vnet header for
+// offloads, readv/writev between the kernel and guest memory with no copy in between.
+//
+// The tap header happens to share its layout with virtio's, but this driver only ever builds it from,
+// and parses it into, the driver API's neutral metadata.
+import { fileURLToPath } from 'node:url';
+import { native, O_RDWR, O_NONBLOCK, isNativeError } from '../../native.js';
+import { UserError } from '../../errors.js';
+import { META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, type DriverQueue, type NetDriver, type PacketBatch, type Offloads } from '../api.js';
+import * as T from './tun.js';
+
+export interface TapInit {
+  fd: number;
+}
+
+const MAX_SEGMENTS = 1024;
+
+function openQueueFd(ifname: string, devPath: string): number {
+  let fd: number;
+  try {
+    fd = native.open(devPath, O_RDWR | O_NONBLOCK);
+  } catch (e) {
+    if (isNativeError(e) && e.code === 'ENOENT') throw new UserError(`--net tap: ${devPath} does not exist: load the tun module`);
+    if (isNativeError(e) && (e.code === 'EACCES' || e.code === 'EPERM')) throw new UserError(`--net tap: no permission to open ${devPath}: run as root or with CAP_NET_ADMIN`);
+    throw e;
+  }
+  const ifr = new Uint8Array(T.SIZEOF_IFREQ);
+  ifr.set(new TextEncoder().encode(ifname));
+  new DataView(ifr.buffer).setUint16(T.IFNAMSIZ, T.IFF_TAP | T.IFF_NO_PI | T.IFF_VNET_HDR | T.IFF_MULTI_QUEUE, true);
+  try {
+    native.ioctl(fd, T.TUNSETIFF, ifr, 'TUNSETIFF');
+    native.ioctl(fd, T.TUNSETVNETHDRSZ, new Int32Array([T.TAP_HDR_LEN]), 'TUNSETVNETHDRSZ');
+  } catch (e) {
+    native.close(fd);
+    if (isNativeError(e) && e.code === 'EPERM') throw new UserError(`--net tap: no permission to create or attach tap ${ifname}: run as root or with CAP_NET_ADMIN`);
+    if (isNativeError(e) && e.code === 'EINVAL') throw new UserError(`--net tap: ${ifname} exists but is not a multi-queue tap with a vnet header (delete it, or create it with "ip tuntap add ${ifname} mode tap multi_queue vnet_hdr")`);
+    if (isNativeError(e) && e.code === 'EBUSY') throw new UserError(`--net tap: ${ifname} is in use by another process`);
+    throw e;
+  }
+  return fd;
+}
+
+export function create(options: Record<string, string>): NetDriver {
+  const ifname = options.ifname;
+  if (!ifname) throw new UserError('--net tap: ifname=NAME is required');
+  if (ifname.length >= T.IFNAMSIZ || !/^[A-Za-z0-9_.-]+$/.test(ifname)) throw new UserError(`--net tap: "${ifname}" is not a valid interface name (at most 15 letters, digits, _ . -)`);
+  const queues = Number(options.queues ?? '1');
+  const fds: number[] = [];
+  try {
+    for (let i = 0; i < queues; i++) fds.push(openQueueFd(ifname, options.dev ?? '/dev/net/tun'));
+  } catch (e) {
+    fds.forEach((fd) => native.close(fd));
+    throw e;
+  }
+  const all: Offloads = { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
+  return {
+    name: 'tap',
+    caps: { queuePairs: queues, mtu: 1500, offloads: all },
+    module: fileURLToPath(import.meta.url),
+    queueInit: (pair: number): TapInit => ({ fd: fds[pair] }),
+    setGuestOffloads(o) {
+      // what the kernel may hand us for the guest: partial checksums, TSO frames
+      const flags = (o.rxCsum ? T.TUN_F_CSUM : 0) | (o.rxCsum && o.rxTso4 ? T.TUN_F_TSO4 : 0) | (o.rxCsum && o.rxTso6 ? T.TUN_F_TSO6 : 0) | (o.rxCsum && o.rxTsoEcn ? T.TUN_F_TSO_ECN : 0);
+      for (const fd of fds) native.ioctl(fd, T.TUNSETOFFLOAD, flags, 'TUNSETOFFLOAD');
+    },
+    close() {
+      for (const fd of fds.splice(0)) native.close(fd);
+    },
+  };
+}
+
+/** Worker side: one tap queue fd. */
+class TapQueue implements DriverQueue {
+  drops = 0;
+  private readonly hdr = new ArrayBuffer(T.TAP_HDR_LEN);
+  private readonly hdrView = new DataView(this.hdr);
+  private readonly iov = new Float64Array(3 * (MAX_SEGMENTS + 1));
+
+  constructor(readonly pollFd: number) {
+    // the first segment of every packet is our header
+    this.iov[0] = 1;
+    this.iov[1] = 0;
+    this.iov[2] = T.TAP_HDR_LEN;
+  }
+
+  private segments(b: PacketBatch, i: number): number {
+    const from = b.iovStart[i];
+    const n = b.iovStart[i + 1] - from;
+    if (n > MAX_SEGMENTS) return -1;
+    this.iov.set(b.iov.subarray(3 * from, 3 * (from + n)), 3);
+    return n + 1;
+  }
+
+  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
+    const h = this.hdrView;
+    for (let i = 0; i < b.count; i++) {
+      const m = i * META_WORDS;
+      const needsCsum = (b.meta[m + META.FLAGS] & META_NEEDS_CSUM) !== 0;
+      h.setUint8(0, needsCsum ? T.TAP_HDR_F_NEEDS_CSUM : 0);
+      h.setUint8(1, b.meta[m + META.GSO_TYPE]);
+      h.setUint16(2, b.meta[m + META.HDR_LEN], true);
+      h.setUint16(4, b.meta[m + META.GSO_SIZE], true);
+      h.setUint16(6, needsCsum ? b.meta[m + META.CSUM_START] : 0, true);
+      h.setUint16(8, needsCsum ? b.meta[m + META.CSUM_OFFSET] : 0, true);
+      h.setUint16(10, 0, true);
+      const n = this.segments(b, i);
+      if (n < 0) {
+        this.drops++;
+        continue;
+      }
+      const r = native.writev(this.pollFd, this.iov, n, mem, this.hdr);
+      if (r === -11) return i; // EAGAIN: the tap's queue is full, offer the rest later
+      if (r < 0) this.drops++; // the kernel refused this packet (bad offload metadata, link down)
+    }
+    return b.count;
+  }
+
+  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+    const h = this.hdrView;
+    for (let i = 0; i < b.count; i++) {
+      const n = this.segments(b, i);
+      const r = native.readv(this.pollFd, this.iov, n, mem, this.hdr);
+      if (r < 0) return i;
+      const m = i * META_WORDS;
+      const flags = h.getUint8(0);
+      b.len[i] = Math.max(0, r - T.TAP_HDR_LEN);
+      b.meta[m + META.FLAGS] = (flags & T.TAP_HDR_F_NEEDS_CSUM ? META_NEEDS_CSUM : 0) | (flags & T.TAP_HDR_F_DATA_VALID ? META_CSUM_VALID : 0);
+      b.meta[m + META.GSO_TYPE] = h.getUint8(1);
+      b.meta[m + META.HDR_LEN] = h.getUint16(2, true);
+      b.meta[m + META.GSO_SIZE] = h.getUint16(4, true);
+      b.meta[m + META.CSUM_START] = h.getUint16(6, true);
+      b.meta[m + META.CSUM_OFFSET] = h.getUint16(8, true);
+    }
+    return b.count;
+  }
+
+  close(): void {
+    // the fd belongs to the NetDriver on the main thread, which closes it
+  }
+}
+
+export function openQueue(init: unknown): DriverQueue {
+  return new TapQueue((init as TapInit).fd);
+}

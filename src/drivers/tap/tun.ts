@@ -1,0 +1,19 @@
+// /dev/net/tun interface (linux/if_tun.h): ioctls, flags, and the vnet header the tap prepends.
+export const TUNSETIFF = 0x400454ca;
+export const TUNSETOFFLOAD = 0x400454d0;
+export const TUNSETVNETHDRSZ = 0x400454d8;
+export const IFF_TAP = 0x0002;
+export const IFF_NO_PI = 0x1000;
+export const IFF_VNET_HDR = 0x4000;
+export const IFF_MULTI_QUEUE = 0x0100;
+export const TUN_F_CSUM = 0x01;
+export const TUN_F_TSO4 = 0x02;
+export const TUN_F_TSO6 = 0x04;
+export const TUN_F_TSO_ECN = 0x08;
+export const IFNAMSIZ = 16;
+export const SIZEOF_IFREQ = 40;
+
+/** The tap's header (struct virtio_net_hdr_mrg_rxbuf; 12 bytes as set by TUNSETVNETHDRSZ). */
+export const TAP_HDR_LEN = 12;
+export const TAP_HDR_F_NEEDS_CSUM = 1;
+export const TAP_HDR_F_DATA_VALID = 2;

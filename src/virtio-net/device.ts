@@ -1,0 +1,302 @@
+// virtio-net device model (main thread): configuration space, features offered from what the driver
+// can honour, the control queue (slow path, on vCPU exits), and the dataplane threads it starts when
+// the guest driver is ready.
+import type { GuestMemory } from '../vmm/memory.js';
+import { SplitQueue, guestView, type GuestView } from '../virtio/queue.js';
+import { VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
+import type { NetDriver } from '../drivers/api.js';
+import { Dataplane } from '../dataplane/index.js';
+import { RxFilter, RX_MODE } from '../dataplane/rx-filter.js';
+import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
+import type { WorkerPair } from '../dataplane/worker.js';
+import { F, bit, has } from './features.js';
+import { txPolicy } from './header.js';
+import { native } from '../native.js';
+
+export const VIRTIO_ID_NET = 1;
+export const NET_STATUS_LINK_UP = 1;
+const CTRL = { RX: 0, MAC: 1, MQ: 4 } as const;
+const CTRL_MAC_TABLE_SET = 0;
+const CTRL_MAC_ADDR_SET = 1;
+const CTRL_MQ_VQ_PAIRS_SET = 0;
+const ACK_OK = 0;
+const ACK_ERR = 1;
+const CTRL_MAX_BYTES = 4096;
+const ONE = new BigUint64Array([1n]);
+
+export interface NetDeviceOptions {
+  driver: NetDriver;
+  mac: Uint8Array;
+  /** queue pairs offered (≤ the driver's) */
+  queuePairs: number;
+  /** dataplane threads (queue pairs are spread over them); default one per pair */
+  threads?: number;
+  queueSize?: number;
+  busyPollUs?: number;
+}
+
+export function parseMac(s: string): Uint8Array {
+  const m = /^([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})$/i.exec(s);
+  if (!m) throw new Error(`"${s}" is not a MAC address (like 52:54:00:12:34:56)`);
+  const mac = new Uint8Array(m.slice(1).map((h) => parseInt(h, 16)));
+  if (mac[0] & 1) throw new Error(`${s} is a multicast address`);
+  return mac;
+}
+
+export function formatMac(mac: Uint8Array): string {
+  return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+export class VirtioNet implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID_NET;
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  readonly features: bigint;
+  readonly configSize = 12;
+  readonly filter = new RxFilter();
+  readonly stats: SharedArrayBuffer;
+  private readonly config = new Uint8Array(12);
+  private readonly dataplane: Dataplane;
+  private readonly view: GuestView;
+  private active?: Activation;
+  private ctrlq?: SplitQueue;
+  private ctrlQueue?: ActiveQueue;
+  private activePairs = 1;
+  private restarting: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly memory: GuestMemory,
+    private readonly opts: NetDeviceOptions,
+  ) {
+    const pairs = opts.queuePairs;
+    this.numQueues = 2 * pairs + 1;
+    this.maxQueueSize = opts.queueSize ?? 256;
+    const o = opts.driver.caps.offloads;
+    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC);
+    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.MRG_RXBUF) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR);
+    if (pairs > 1) f |= bit(F.MQ);
+    // offer only what the driver honours: TX offloads need the driver to checksum/segment, RX ones
+    // need it to be able to hand us partial checksums and GSO frames
+    if (o.txCsum) {
+      f |= bit(F.CSUM);
+      if (o.txTso4) f |= bit(F.HOST_TSO4);
+      if (o.txTso6) f |= bit(F.HOST_TSO6);
+      if (o.txTsoEcn && (o.txTso4 || o.txTso6)) f |= bit(F.HOST_ECN);
+    }
+    if (o.rxCsum) {
+      f |= bit(F.GUEST_CSUM);
+      if (o.rxTso4) f |= bit(F.GUEST_TSO4);
+      if (o.rxTso6) f |= bit(F.GUEST_TSO6);
+      if (o.rxTsoEcn && (o.rxTso4 || o.rxTso6)) f |= bit(F.GUEST_ECN);
+    }
+    this.features = f;
+    const v = new DataView(this.config.buffer);
+    this.config.set(opts.mac);
+    v.setUint16(6, NET_STATUS_LINK_UP, true);
+    v.setUint16(8, pairs, true);
+    v.setUint16(10, opts.driver.caps.mtu, true);
+    this.filter.reset(opts.mac);
+    this.stats = newStatsBuffer(2 * pairs);
+    this.view = guestView(memory.buffer, memory.table);
+    this.dataplane = new Dataplane((reason) => this.active?.needsReset(reason));
+  }
+
+  get mac(): Uint8Array {
+    return this.config.slice(0, 6);
+  }
+
+  get threadCount(): number {
+    return this.dataplane.threadCount;
+  }
+
+  /** Counters of queue pair `pair` (rx, tx). */
+  queueStats(pair: number): { rx: QueueStats; tx: QueueStats } {
+    return { rx: readStats(this.stats, 2 * pair), tx: readStats(this.stats, 2 * pair + 1) };
+  }
+
+  readConfig(offset: number, size: number): number {
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) v = v * 256 + (this.config[offset + i] ?? 0);
+    return v >>> 0;
+  }
+
+  writeConfig(): void {
+    // read-only for VERSION_1 drivers (the MAC changes through the control queue)
+  }
+
+  private get ctrlIndex(): number {
+    return this.numQueues - 1;
+  }
+
+  kickedByExit(queue: number): boolean {
+    return queue === this.ctrlIndex;
+  }
+
+  async activate(a: Activation): Promise<void> {
+    await this.restarting;
+    this.active = a;
+    const features = a.features;
+    this.opts.driver.setGuestOffloads({
+      rxCsum: has(features, F.GUEST_CSUM),
+      rxTso4: has(features, F.GUEST_TSO4),
+      rxTso6: has(features, F.GUEST_TSO6),
+      rxTsoEcn: has(features, F.GUEST_ECN),
+    });
+    this.ctrlQueue = a.queues.find((q) => q.index === this.ctrlIndex);
+    if (this.ctrlQueue && has(features, F.CTRL_VQ)) {
+      const q = SplitQueue.create(this.view, this.ctrlQueue, this.queueFeatures(features), this.maxQueueSize);
+      if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
+      this.ctrlq = q;
+    }
+    // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
+    this.activePairs = 1;
+    await this.startDataplane(false);
+  }
+
+  private queueFeatures(features: bigint) {
+    return { eventIdx: has(features, F.EVENT_IDX), indirect: has(features, F.INDIRECT_DESC) };
+  }
+
+  /**
+   * Start threads for the active pairs. A restart (the driver changed the number of pairs) resumes each
+   * ring where it stood: every chain a stopped thread took was completed or put back, so the next
+   * available entry is the one after the last used, whose index is in guest memory.
+   */
+  private async startDataplane(resume: boolean): Promise<void> {
+    const a = this.active;
+    if (!a) return;
+    const start = (q: ActiveQueue) => {
+      if (!resume) return 0;
+      const off = this.memory.table.translate(q.used + 2, 2);
+      return off < 0 ? 0 : this.memory.view.getUint16(off, true);
+    };
+    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q) }]));
+    const pairs: WorkerPair[] = [];
+    for (let p = 0; p < this.activePairs; p++) {
+      const rx = byIndex.get(2 * p);
+      const tx = byIndex.get(2 * p + 1);
+      if (!rx || !tx) continue; // a pair the driver did not enable is not served
+      pairs.push({ rx: { ...rx, statsSlot: 2 * p }, tx: { ...tx, statsSlot: 2 * p + 1 }, driverInit: this.opts.driver.queueInit(p) });
+    }
+    if (pairs.length === 0) return;
+    const threads = Math.min(this.opts.threads ?? pairs.length, pairs.length);
+    const groups: WorkerPair[][] = Array.from({ length: threads }, () => []);
+    pairs.forEach((p, i) => groups[i % threads].push(p));
+    const features = a.features;
+    const guestTso = has(features, F.GUEST_TSO4) || has(features, F.GUEST_TSO6);
+    await this.dataplane.start(
+      {
+        memory: this.memory.buffer,
+        table: this.memory.table.toJSON(),
+        driverModule: this.opts.driver.module,
+        ...this.queueFeatures(features),
+        mergeable: has(features, F.MRG_RXBUF),
+        maxRxFrame: guestTso ? 65535 + 14 + 4 : this.opts.driver.caps.mtu + 14 + 4,
+        txPolicy: txPolicy(features),
+        filter: this.filter.buffer,
+        stats: this.stats,
+        busyPollUs: this.opts.busyPollUs ?? 0,
+      },
+      groups,
+    );
+  }
+
+  // ---- control queue (virtio 1.x §5.1.6.5), handled on the vCPU exit of its notification
+
+  kick(queue: number): void {
+    if (queue !== this.ctrlIndex || !this.ctrlq) return;
+    const q = this.ctrlq;
+    const mem = this.view.u8;
+    while (q.pop()) {
+      const c = q.chain;
+      if (c.writable < 1 || c.readableBytes < 2 || c.readableBytes > CTRL_MAX_BYTES) {
+        q.addUsed(c.head, 0);
+        continue;
+      }
+      const cmd = new Uint8Array(c.readableBytes);
+      let at = 0;
+      for (let i = 0; i < c.readable; i++) {
+        cmd.set(mem.subarray(c.offsets[i], c.offsets[i] + c.lens[i]), at);
+        at += c.lens[i];
+      }
+      const ack = this.control(cmd[0], cmd[1], cmd.subarray(2));
+      // the ack is the last writable byte
+      const last = c.count - 1;
+      if (c.lens[last] === 0) {
+        q.addUsed(c.head, 0);
+        continue;
+      }
+      mem[c.offsets[last] + c.lens[last] - 1] = ack;
+      q.addUsed(c.head, 1);
+    }
+    q.flush();
+    if (q.broken) this.active?.needsReset(`control queue: ${q.broken}`);
+    if (this.ctrlQueue && this.ctrlQueue.callFd >= 0 && q.needsInterrupt()) native.write(this.ctrlQueue.callFd, ONE);
+  }
+
+  /** One control command; returns the ack byte. */
+  control(cls: number, cmd: number, data: Uint8Array): number {
+    const features = this.active?.features ?? 0n;
+    if (cls === CTRL.RX && has(features, F.CTRL_RX)) {
+      if (cmd > RX_MODE.NOBCAST || data.length !== 1) return ACK_ERR;
+      this.filter.setMode(cmd, data[0] !== 0);
+      return ACK_OK;
+    }
+    if (cls === CTRL.MAC && cmd === CTRL_MAC_ADDR_SET && has(features, F.CTRL_MAC_ADDR)) {
+      if (data.length !== 6 || data[0] & 1) return ACK_ERR;
+      this.config.set(data, 0);
+      this.filter.setMac(data);
+      return ACK_OK;
+    }
+    if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) {
+      const tables: Uint8Array[][] = [];
+      let o = 0;
+      const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+      for (let t = 0; t < 2; t++) {
+        if (o + 4 > data.length) return ACK_ERR;
+        const n = dv.getUint32(o, true);
+        o += 4;
+        if (n > 1024 || o + 6 * n > data.length) return ACK_ERR;
+        tables.push(Array.from({ length: n }, (_, i) => data.slice(o + 6 * i, o + 6 * i + 6)));
+        o += 6 * n;
+      }
+      if (o !== data.length) return ACK_ERR;
+      // tables longer than we keep: fall back to accepting that class of address wholesale
+      if (!this.filter.setTables(tables[0], tables[1])) {
+        if (tables[0].length > 64) this.filter.setMode(RX_MODE.ALLUNI, true);
+        if (tables[1].length > 64) this.filter.setMode(RX_MODE.ALLMULTI, true);
+        this.filter.setTables(tables[0].slice(0, 64), tables[1].slice(0, 64));
+      }
+      return ACK_OK;
+    }
+    if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {
+      if (data.length !== 2) return ACK_ERR;
+      const n = data[0] | (data[1] << 8);
+      if (n < 1 || n > this.opts.queuePairs) return ACK_ERR;
+      if (n !== this.activePairs) {
+        this.activePairs = n;
+        // the threads restart with the new set of pairs; ring positions carry over (see restart)
+        this.restarting = this.restart();
+      }
+      return ACK_OK;
+    }
+    return ACK_ERR;
+  }
+
+  private async restart(): Promise<void> {
+    await this.restarting;
+    await this.dataplane.stop();
+    await this.startDataplane(true);
+  }
+
+  async reset(): Promise<void> {
+    await this.restarting;
+    await this.dataplane.stop();
+    this.active = undefined;
+    this.ctrlq = undefined;
+    this.ctrlQueue = undefined;
+    this.activePairs = 1;
+    this.config.set(this.opts.mac);
+    this.filter.reset(this.opts.mac);
+  }
+}

@@ -1,0 +1,404 @@
+// virtio-pci modern transport (virtio 1.x §4.1): configuration space with the virtio capabilities and
+// MSI-X, one 64-bit memory BAR holding common/ISR/device configuration, the notification area and the
+// MSI-X table. Queue notifications are KVM ioeventfds and MSI-X vectors are irqfds through GSI routes,
+// so on the data path neither kicks nor interrupts pass through a vCPU exit or this thread. Register
+// accesses (the slow path) arrive here on vCPU exits.
+import { native, EFD_NONBLOCK } from '../native.js';
+import type { Bus, BusDevice } from '../vmm/bus.js';
+import type { VmFd } from '../vmm/kvm.js';
+import type { GsiRouter } from '../vmm/irq-routing.js';
+import { PciConfigSpace, type PciDevice } from '../vmm/devices/pci.js';
+import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from './device.js';
+
+export interface PciPlatform {
+  mmio: Bus;
+  vm: VmFd;
+  router: GsiRouter;
+}
+
+export const BAR_SIZE = 0x8000;
+export const COMMON_OFF = 0x0000;
+export const ISR_OFF = 0x1000;
+export const DEVICE_OFF = 0x2000;
+export const NOTIFY_OFF = 0x3000;
+export const NOTIFY_MULTIPLIER = 4;
+export const MSIX_TABLE_OFF = 0x4000;
+export const MSIX_PBA_OFF = 0x6000;
+export const NO_VECTOR = 0xffff;
+const COMMON_LEN = 0x38;
+const PCI_CAP_ID_VNDR = 0x09;
+const PCI_CAP_ID_MSIX = 0x11;
+const MSIX_ENABLE = 0x8000;
+const MSIX_FUNCTION_MASK = 0x4000;
+
+interface QueueRegs {
+  size: number;
+  msixVector: number;
+  enable: number;
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+interface Vector {
+  efd: number;
+  gsi?: number;
+  assigned: boolean;
+}
+
+function u64Write(old: number, offsetInField: number, size: number, value: number): number {
+  // 32-bit halves of a 64-bit field (drivers write them separately, §4.1.3.1)
+  const lo = offsetInField === 0 ? (size >= 4 ? value >>> 0 : old % 2 ** 32) : old % 2 ** 32;
+  const hi = offsetInField === 4 ? value >>> 0 : Math.floor(old / 2 ** 32);
+  return hi * 2 ** 32 + lo;
+}
+
+export class VirtioPciDevice implements PciDevice, BusDevice {
+  readonly config: PciConfigSpace;
+  private readonly msixCap: number;
+  private readonly vectors: Vector[];
+  private readonly msixTable: Uint32Array;
+  private readonly kickFds: number[];
+  private readonly queues: QueueRegs[];
+  private barAddr: number | undefined;
+  private dfSelect = 0;
+  private gfSelect = 0;
+  private driverFeatures = 0n;
+  private msixConfig = NO_VECTOR;
+  private status = 0;
+  private generation = 0;
+  private queueSelect = 0;
+  private isr = 0;
+  private resetting: Promise<void> | undefined;
+  /** why the device stopped trusting the driver, if it did */
+  brokenReason: string | undefined;
+
+  constructor(
+    readonly device: VirtioDevice,
+    private readonly platform: PciPlatform,
+    classCode: number,
+  ) {
+    this.config = new PciConfigSpace({
+      vendor: 0x1af4,
+      device: 0x1040 + device.deviceType,
+      revision: 1,
+      classCode,
+      subsystemVendor: 0x1af4,
+      subsystem: 0x40 + device.deviceType,
+    });
+    this.config.addBar(0, { size: BAR_SIZE, is64: true, onMap: (a) => this.onBarMap(a) });
+    const cap = (type: number, offset: number, length: number, extra?: number) => {
+      const body = new Uint8Array(extra === undefined ? 14 : 18);
+      const v = new DataView(body.buffer);
+      body[0] = body.length + 2; // cap_len
+      body[1] = type;
+      body[2] = 0; // BAR 0
+      v.setUint32(6, offset, true);
+      v.setUint32(10, length, true);
+      if (extra !== undefined) v.setUint32(14, extra, true);
+      this.config.addCapability(PCI_CAP_ID_VNDR, body);
+    };
+    cap(1, COMMON_OFF, COMMON_LEN);
+    cap(2, NOTIFY_OFF, NOTIFY_MULTIPLIER * device.numQueues, NOTIFY_MULTIPLIER);
+    cap(3, ISR_OFF, 1);
+    cap(4, DEVICE_OFF, Math.max(device.configSize, 4));
+
+    const nvec = device.numQueues + 1;
+    const msix = new Uint8Array(10);
+    const mv = new DataView(msix.buffer);
+    mv.setUint16(0, nvec - 1, true);
+    mv.setUint32(2, MSIX_TABLE_OFF | 0, true); // BIR 0
+    mv.setUint32(6, MSIX_PBA_OFF | 0, true);
+    const writable = new Uint8Array(12);
+    writable[3] = 0xc0; // enable and function mask
+    this.msixCap = this.config.addCapability(PCI_CAP_ID_MSIX, msix, writable);
+    this.config.onWrite = (off, size) => {
+      if (off <= this.msixCap + 3 && off + size > this.msixCap + 2) this.syncVectors();
+    };
+
+    this.msixTable = new Uint32Array(nvec * 4);
+    for (let i = 0; i < nvec; i++) this.msixTable[i * 4 + 3] = 1; // masked
+    this.vectors = Array.from({ length: nvec }, () => ({ efd: native.eventfd(0, EFD_NONBLOCK), assigned: false }));
+    this.kickFds = Array.from({ length: device.numQueues }, () => native.eventfd(0, EFD_NONBLOCK));
+    this.queues = Array.from({ length: device.numQueues }, () => this.freshQueue());
+  }
+
+  private freshQueue(): QueueRegs {
+    return { size: this.device.maxQueueSize, msixVector: NO_VECTOR, enable: 0, desc: 0, avail: 0, used: 0 };
+  }
+
+  get deviceStatus(): number {
+    return this.status;
+  }
+
+  // ---- BAR placement: the MMIO range, and an ioeventfd per queue notify address
+
+  private onBarMap(addr: number | undefined): void {
+    if (this.barAddr !== undefined) {
+      this.platform.mmio.unregister(this, this.barAddr);
+      this.setIoeventfds(this.barAddr, true);
+    }
+    this.barAddr = addr;
+    if (addr !== undefined) {
+      this.platform.mmio.register(addr, BAR_SIZE, this, `virtio-pci-${this.device.deviceType}`);
+      this.setIoeventfds(addr, false);
+    }
+  }
+
+  private setIoeventfds(bar: number, deassign: boolean): void {
+    this.kickFds.forEach((fd, q) => {
+      if (this.device.kickedByExit?.(q)) return;
+      // len 0: any access width (KVM_CAP_IOEVENTFD_ANY_LENGTH); drivers write 16-bit queue indices
+      this.platform.vm.ioeventfd({ fd, addr: bar + NOTIFY_OFF + q * NOTIFY_MULTIPLIER, len: 0, deassign });
+    });
+  }
+
+  // ---- MSI-X: a GSI route and an irqfd per unmasked vector
+
+  private msixControl(): number {
+    return this.config.read(this.msixCap + 2, 2);
+  }
+
+  private syncVectors(): void {
+    const ctrl = this.msixControl();
+    const on = (ctrl & MSIX_ENABLE) !== 0 && (ctrl & MSIX_FUNCTION_MASK) === 0;
+    this.vectors.forEach((v, i) => {
+      const t = i * 4;
+      const active = on && (this.msixTable[t + 3] & 1) === 0 && this.msixTable[t] !== 0;
+      if (active) {
+        const msg = { addressLo: this.msixTable[t], addressHi: this.msixTable[t + 1], data: this.msixTable[t + 2] };
+        if (v.gsi === undefined) v.gsi = this.platform.router.addMsi(msg);
+        else this.platform.router.updateMsi(v.gsi, msg);
+        // re-assigning an irqfd whose eventfd was written meanwhile injects at once: a masked vector's
+        // interrupt stays pending until unmasked, as MSI-X requires
+        if (!v.assigned) this.platform.vm.irqfd(v.efd, v.gsi);
+        v.assigned = true;
+      } else if (v.assigned && v.gsi !== undefined) {
+        this.platform.vm.irqfd(v.efd, v.gsi, true);
+        v.assigned = false;
+      }
+    });
+  }
+
+  private signalVector(vector: number): void {
+    const v = this.vectors[vector];
+    if (v) native.write(v.efd, ONE);
+  }
+
+  // ---- BAR register accesses (vCPU exits)
+
+  read(offset: number, size: number): number {
+    if (offset < COMMON_OFF + COMMON_LEN) return this.readCommon(offset, size);
+    if (offset === ISR_OFF) {
+      const v = this.isr;
+      this.isr = 0;
+      return v;
+    }
+    if (offset >= DEVICE_OFF && offset < DEVICE_OFF + this.device.configSize) return this.device.readConfig(offset - DEVICE_OFF, size);
+    if (offset >= MSIX_TABLE_OFF && offset < MSIX_TABLE_OFF + this.msixTable.length * 4 && size === 4 && offset % 4 === 0)
+      return this.msixTable[(offset - MSIX_TABLE_OFF) / 4];
+    return 0; // notify area, PBA (no pending bits kept: see syncVectors), holes
+  }
+
+  write(offset: number, size: number, value: number): void {
+    if (offset < COMMON_OFF + COMMON_LEN) return this.writeCommon(offset, size, value);
+    if (offset >= DEVICE_OFF && offset < DEVICE_OFF + this.device.configSize) return this.device.writeConfig(offset - DEVICE_OFF, size, value);
+    if (offset >= NOTIFY_OFF && offset < NOTIFY_OFF + NOTIFY_MULTIPLIER * this.device.numQueues) {
+      const q = (offset - NOTIFY_OFF) / NOTIFY_MULTIPLIER;
+      if (Number.isInteger(q) && this.status & STATUS.DRIVER_OK) this.device.kick?.(q);
+      return;
+    }
+    if (offset >= MSIX_TABLE_OFF && offset < MSIX_TABLE_OFF + this.msixTable.length * 4 && size === 4 && offset % 4 === 0) {
+      this.msixTable[(offset - MSIX_TABLE_OFF) / 4] = value >>> 0;
+      this.syncVectors();
+    }
+  }
+
+  private q(): QueueRegs | undefined {
+    return this.queues[this.queueSelect];
+  }
+
+  private readCommon(off: number, size: number): number {
+    const q = this.q();
+    switch (off) {
+      case 0x00:
+        return this.dfSelect;
+      case 0x04:
+        return this.dfSelect < 2 ? Number((this.device.features >> BigInt(32 * this.dfSelect)) & 0xffffffffn) : 0;
+      case 0x08:
+        return this.gfSelect;
+      case 0x0c:
+        return this.gfSelect < 2 ? Number((this.driverFeatures >> BigInt(32 * this.gfSelect)) & 0xffffffffn) : 0;
+      case 0x10:
+        return this.msixConfig;
+      case 0x12:
+        return this.device.numQueues;
+      case 0x14:
+        return size === 1 ? this.status : this.status | (this.generation << 8);
+      case 0x15:
+        return this.generation;
+      case 0x16:
+        return this.queueSelect;
+      case 0x18:
+        return q ? q.size : 0;
+      case 0x1a:
+        return q ? q.msixVector : NO_VECTOR;
+      case 0x1c:
+        return q ? q.enable : 0;
+      case 0x1e:
+        return q ? this.queueSelect : 0; // queue_notify_off: queue i notifies at i * multiplier
+      case 0x20:
+      case 0x24:
+        return q ? half(q.desc, off - 0x20) : 0;
+      case 0x28:
+      case 0x2c:
+        return q ? half(q.avail, off - 0x28) : 0;
+      case 0x30:
+      case 0x34:
+        return q ? half(q.used, off - 0x30) : 0;
+    }
+    return 0;
+  }
+
+  private writeCommon(off: number, size: number, value: number): void {
+    const q = this.q();
+    // queue registers may change only while the queue is disabled and the device not live
+    const queueWritable = q !== undefined && !q.enable && !(this.status & STATUS.DRIVER_OK);
+    switch (off) {
+      case 0x00:
+        this.dfSelect = value >>> 0;
+        return;
+      case 0x08:
+        this.gfSelect = value >>> 0;
+        return;
+      case 0x0c: {
+        if (this.gfSelect > 1 || this.status & STATUS.FEATURES_OK) return;
+        const shift = BigInt(32 * this.gfSelect);
+        this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(value >>> 0) << shift);
+        return;
+      }
+      case 0x10:
+        this.msixConfig = value & 0xffff;
+        return;
+      case 0x14:
+        this.writeStatus(value & 0xff);
+        return;
+      case 0x16:
+        this.queueSelect = value & 0xffff;
+        return;
+      case 0x18:
+        if (queueWritable) q!.size = value & 0xffff;
+        return;
+      case 0x1a:
+        // a vector we do not have reads back as NO_VECTOR, telling the driver it failed (§4.1.5.1.2)
+        if (q) q.msixVector = (value & 0xffff) < this.vectors.length ? value & 0xffff : NO_VECTOR;
+        return;
+      case 0x1c:
+        if (q && (value & 1) && !(this.status & STATUS.DRIVER_OK)) q.enable = 1;
+        return;
+      case 0x20:
+      case 0x24:
+        if (queueWritable) q!.desc = u64Write(q!.desc, off - 0x20, size, value);
+        return;
+      case 0x28:
+      case 0x2c:
+        if (queueWritable) q!.avail = u64Write(q!.avail, off - 0x28, size, value);
+        return;
+      case 0x30:
+      case 0x34:
+        if (queueWritable) q!.used = u64Write(q!.used, off - 0x30, size, value);
+        return;
+    }
+  }
+
+  private writeStatus(value: number): void {
+    if (value === 0) {
+      this.reset();
+      return;
+    }
+    if (this.resetting) return;
+    const added = value & ~this.status;
+    let next = value;
+    if (added & STATUS.FEATURES_OK) {
+      const ok = (this.driverFeatures & ~this.device.features) === 0n && (this.driverFeatures >> BigInt(VIRTIO_F_VERSION_1)) & 1n;
+      if (!ok) next &= ~STATUS.FEATURES_OK; // the driver re-reads status and gives up
+    }
+    if (added & STATUS.DRIVER_OK && !(next & STATUS.FEATURES_OK)) next &= ~STATUS.DRIVER_OK;
+    this.status = (this.status & STATUS.NEEDS_RESET) | next;
+    if (added & STATUS.DRIVER_OK && this.status & STATUS.DRIVER_OK) this.activate();
+  }
+
+  private activate(): void {
+    const queues: ActiveQueue[] = [];
+    this.queues.forEach((q, index) => {
+      if (!q.enable) return;
+      queues.push({
+        index,
+        size: q.size,
+        desc: q.desc,
+        avail: q.avail,
+        used: q.used,
+        kickFd: this.device.kickedByExit?.(index) ? -1 : this.kickFds[index],
+        callFd: q.msixVector < this.vectors.length ? this.vectors[q.msixVector].efd : -1,
+      });
+    });
+    this.device
+      .activate({
+        features: this.driverFeatures,
+        queues,
+        needsReset: (reason) => this.needsReset(reason),
+        configChanged: () => this.configChanged(),
+      })
+      .catch((e: unknown) => this.needsReset(`activation failed: ${(e as Error).message}`));
+  }
+
+  /** The device stops trusting the driver: DEVICE_NEEDS_RESET and a configuration interrupt. */
+  needsReset(reason: string): void {
+    this.brokenReason ??= reason;
+    if (!(this.status & STATUS.DRIVER_OK)) return;
+    this.status |= STATUS.NEEDS_RESET;
+    this.configChanged();
+  }
+
+  configChanged(): void {
+    this.generation = (this.generation + 1) & 0xff;
+    this.isr |= 2;
+    if (this.msixConfig !== NO_VECTOR) this.signalVector(this.msixConfig);
+  }
+
+  private reset(): void {
+    if (this.resetting) return;
+    this.resetting = this.device
+      .reset()
+      .catch(() => undefined)
+      .then(() => {
+        this.status = 0;
+        this.driverFeatures = 0n;
+        this.dfSelect = this.gfSelect = 0;
+        this.msixConfig = NO_VECTOR;
+        this.queueSelect = 0;
+        this.isr = 0;
+        this.brokenReason = undefined;
+        this.queues.forEach((_, i) => (this.queues[i] = this.freshQueue()));
+        // clear kicks that arrived for the old rings
+        for (const fd of this.kickFds) native.read(fd, SCRATCH);
+        this.resetting = undefined;
+      });
+  }
+
+  /** Close the eventfds (VM teardown; the VM's fds are closed with it). */
+  async close(): Promise<void> {
+    await this.resetting;
+    await this.device.reset();
+    if (this.barAddr !== undefined) this.platform.mmio.unregister(this, this.barAddr);
+    for (const v of this.vectors) native.close(v.efd);
+    for (const fd of this.kickFds) native.close(fd);
+  }
+}
+
+const ONE = new BigUint64Array([1n]);
+const SCRATCH = new BigUint64Array(1);
+
+function half(v: number, offsetInField: number): number {
+  return offsetInField === 0 ? v % 2 ** 32 : Math.floor(v / 2 ** 32);
+}

@@ -398,6 +398,8 @@ int guest_main(const struct hvm_start_info *si) {
     result_str("mac", macs);
     result_num("received", rr.received);
     result_num("bad", rr.bad);
+    result_num("other", rr.other);
+    result_num("out_of_order", rr.out_of_order);
     result_num("bytes", rr.bytes);
     result_num("first_seq", rr.first_seq);
     result_num("last_seq", rr.last_seq);

@@ -165,9 +165,10 @@ static void fill_frame(uint8_t *f, uint32_t len, uint32_t seq, const uint8_t *ds
   for (uint32_t i = 26; i < len; i++) f[i] = (uint8_t)(seq + i);
 }
 
-/* 1 if the frame carries our pattern intact */
+/* 1 if the frame carries our pattern intact, 0 if it is damaged, -1 if it is someone else's */
 int net_check_frame(const uint8_t *f, uint32_t len, uint32_t *seq) {
-  if (len < 26 || f[12] != (ETHERTYPE >> 8) || f[13] != (ETHERTYPE & 0xff)) return 0;
+  if (len < 14 || f[12] != (ETHERTYPE >> 8) || f[13] != (ETHERTYPE & 0xff)) return -1;
+  if (len < 26) return 0;
   if (*(const uint32_t *)(f + 14) != FRAME_MAGIC || *(const uint32_t *)(f + 22) != len) return 0;
   uint32_t s = *(const uint32_t *)(f + 18);
   for (uint32_t i = 26; i < len; i++)
@@ -230,7 +231,7 @@ static void post_rx(void) {
 }
 
 void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
-  res->received = res->bad = 0;
+  res->received = res->bad = res->other = res->out_of_order = 0;
   res->bytes = 0;
   res->first_seq = res->last_seq = 0;
   post_rx();
@@ -244,13 +245,17 @@ void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
       rxr.last_used++;
       rxr.in_flight--;
       uint32_t seq;
-      if (id < QSIZE && len > HDR_LEN && net_check_frame(rxbuf[id] + HDR_LEN, len - HDR_LEN, &seq)) {
+      int r = id < QSIZE && len > HDR_LEN ? net_check_frame(rxbuf[id] + HDR_LEN, len - HDR_LEN, &seq) : 0;
+      if (r > 0) {
         if (!res->received) res->first_seq = seq;
+        else if (seq != res->last_seq + 1) res->out_of_order++;
         res->last_seq = seq;
         res->received++;
         res->bytes += len - HDR_LEN;
-      } else {
+      } else if (r == 0) {
         res->bad++;
+      } else {
+        res->other++;
       }
       last = rdtsc_();
     }

@@ -2,7 +2,7 @@
 #include <stdint.h>
 
 struct rx_result {
-  uint32_t received, bad, first_seq, last_seq;
+  uint32_t received, bad, other, out_of_order, first_seq, last_seq;
   uint64_t bytes;
 };
 

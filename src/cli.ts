@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { Vm, type VmExit } from './vmm/vm.js';
 import { UserError } from './errors.js';
 import { parseNetArg } from './vmm/config.js';
+import { formatMac } from './virtio-net/device.js';
 import { isNativeError } from './native.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
@@ -19,6 +20,7 @@ Boots a bzImage or a PVH ELF kernel on KVM.
   --cpus N         number of vCPUs (default 1)
   --serial WHERE   serial console: stdio (default), file:PATH, or none
   --kvm-device P   KVM device node (default /dev/kvm)
+  --stats          when the VM ends, print per-queue network counters as a JSON line (stderr)
   --net SPEC       a virtio-net device (repeatable), e.g. tap,ifname=tap0[,queues=N][,mac=MAC]
                    [,threads=N][,busy-poll=USEC]; DRIVER is tap or the path of a driver module
 
@@ -59,6 +61,7 @@ export async function main(argv: string[]): Promise<number> {
         serial: { type: 'string' },
         'kvm-device': { type: 'string' },
         net: { type: 'string', multiple: true },
+        stats: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -120,7 +123,16 @@ export async function main(argv: string[]): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
+  const nets = [...vm.netDevices];
   const exit: VmExit = await vm.exited;
+  if (values.stats) {
+    const devices = nets.map((d) => ({
+      mac: formatMac(d.net.mac),
+      threads: d.net.threadsStarted,
+      pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
+    }));
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices })}\n`);
+  }
   if (stdinIsTty) process.stdin.setRawMode(false);
   process.stdin.pause();
   process.stdin.unref?.();

@@ -109,6 +109,9 @@ export class VirtioNet implements VirtioDevice {
     return this.dataplane.threadCount;
   }
 
+  /** most dataplane threads this device ran at once (for tests and reports) */
+  threadsStarted = 0;
+
   /** Counters of queue pair `pair` (rx, tx). */
   queueStats(pair: number): { rx: QueueStats; tx: QueueStats } {
     return { rx: readStats(this.stats, 2 * pair), tx: readStats(this.stats, 2 * pair + 1) };
@@ -184,6 +187,7 @@ export class VirtioNet implements VirtioDevice {
     pairs.forEach((p, i) => groups[i % threads].push(p));
     const features = a.features;
     const guestTso = has(features, F.GUEST_TSO4) || has(features, F.GUEST_TSO6);
+    this.threadsStarted = Math.max(this.threadsStarted, threads);
     await this.dataplane.start(
       {
         memory: this.memory.buffer,

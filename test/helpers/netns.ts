@@ -1,0 +1,101 @@
+// A network namespace per test file, created and deleted by the test: taps and packet tools live in
+// it, and nothing is ever sent outside it.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { CLI, ROOT } from './env.js';
+
+export const PKT = join(ROOT, 'test', 'helpers', 'pkt.py');
+
+export class NetNs {
+  readonly name: string;
+  constructor(tag: string) {
+    this.name = `tsvmm-${tag}-${process.pid}`;
+    this.ip('netns', 'add', this.name);
+    this.exec('ip', 'link', 'set', 'lo', 'up');
+  }
+
+  private ip(...args: string[]): string {
+    return execFileSync('ip', args, { encoding: 'utf8' });
+  }
+
+  exec(...cmd: string[]): string {
+    return execFileSync('ip', ['netns', 'exec', this.name, ...cmd], { encoding: 'utf8' });
+  }
+
+  /** A multi-queue tap with a vnet header, up, without IPv6 chatter. */
+  addTap(name: string): void {
+    this.exec('ip', 'tuntap', 'add', name, 'mode', 'tap', 'multi_queue', 'vnet_hdr');
+    this.exec('sysctl', '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`);
+    this.exec('ip', 'link', 'set', name, 'up');
+  }
+
+  spawn(cmd: string[]): ChildProcess {
+    return spawn('ip', ['netns', 'exec', this.name, ...cmd], { stdio: ['pipe', 'pipe', 'pipe'] });
+  }
+
+  delete(): void {
+    try {
+      this.ip('netns', 'del', this.name);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+export interface Running {
+  proc: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  /** resolves when `text` has appeared on stdout */
+  waitFor(text: string, timeoutMs?: number): Promise<void>;
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+}
+
+function track(proc: ChildProcess): Running {
+  let out = '';
+  let err = '';
+  const waiters: Array<{ text: string; resolve: () => void }> = [];
+  proc.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    for (const w of waiters.splice(0)) (out.includes(w.text) ? w.resolve : () => waiters.push(w))();
+  });
+  proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => proc.on('close', (code) => resolve({ code, stdout: out, stderr: err })));
+  return {
+    proc,
+    stdout: () => out,
+    stderr: () => err,
+    waitFor(text, timeoutMs = 30_000) {
+      if (out.includes(text)) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`timed out waiting for "${text}"; stdout: ${out.slice(-500)} stderr: ${err.slice(-500)}`)), timeoutMs);
+        waiters.push({ text, resolve: () => (clearTimeout(t), resolve()) });
+        done.then(() => reject(new Error(`process ended before "${text}"; stdout: ${out.slice(-800)} stderr: ${err.slice(-800)}`)));
+      });
+    },
+    done,
+  };
+}
+
+/** tsvmm run inside the namespace. */
+export function runVm(ns: NetNs, args: string[]): Running {
+  return track(ns.spawn([process.execPath, CLI, 'run', ...args]));
+}
+
+/** The packet tool inside the namespace. */
+export function pkt(ns: NetNs, args: string[]): Running {
+  return track(ns.spawn(['python3', PKT, ...args]));
+}
+
+/** Last JSON object printed on a line. */
+export function lastJson(text: string): Record<string, unknown> {
+  const line = text.trim().split('\n').reverse().find((l) => l.startsWith('{'));
+  if (!line) throw new Error(`no JSON in: ${text.slice(-300)}`);
+  return JSON.parse(line) as Record<string, unknown>;
+}
+
+export function stats(stderr: string): { net: Array<{ mac: string; threads: number; pairs: Array<{ rx: Record<string, number>; tx: Record<string, number> }> }> } {
+  const m = /^TSVMM-STATS (\{.*\})$/m.exec(stderr);
+  if (!m) throw new Error(`no TSVMM-STATS in: ${stderr.slice(-300)}`);
+  return JSON.parse(m[1]);
+}

@@ -48,6 +48,35 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
     expect(r.code).toBe(0);
   });
 
+  it('runs the same guest driver unmodified against QEMU\'s virtio-net-pci (tap, vhost=off)', async () => {
+    ns.exec('ip', 'tuntap', 'add', 'tapq', 'mode', 'tap', 'vnet_hdr');
+    ns.exec('sysctl', '-qw', 'net.ipv6.conf.tapq.disable_ipv6=1');
+    ns.exec('ip', 'link', 'set', 'tapq', 'up');
+    const qemu = (cmdline: string) =>
+      ns.spawn(['qemu-system-x86_64', '-accel', 'kvm', '-machine', 'q35', '-cpu', 'host,-arch-capabilities', '-m', '128', '-nographic', '-no-reboot', '-monitor', 'none',
+        '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-kernel', TEST_GUEST, '-append', cmdline,
+        '-netdev', 'tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off', '-device', `virtio-net-pci,netdev=n0,mac=${GUEST_MAC},disable-legacy=on`]);
+    const collect = (p: ReturnType<typeof ns.spawn>) => {
+      let out = '';
+      p.stdout!.on('data', (d: Buffer) => (out += d.toString('latin1')));
+      return { out: () => out, done: new Promise<number | null>((r) => p.on('close', r)) };
+    };
+    // guest → host
+    const cap = pkt(ns, ['capture', 'tapq', '300', '60']);
+    await cap.waitFor('READY');
+    const tx = collect(qemu(`mode=net-tx count=300 size=600 dst=${HOST_MAC}`));
+    expect(await tx.done).toBe(1);
+    expect(guestResult(tx.out()), tx.out()).toMatchObject({ mode: 'net-tx', sent: 300, ok: true, mac: GUEST_MAC });
+    expect(lastJson((await cap.done).stdout)).toMatchObject({ frames: 300, bad: 0, in_order: true, sizes: [600] });
+    // host → guest
+    const rxp = qemu('mode=net-rx count=300');
+    const rx = collect(rxp);
+    for (let i = 0; i < 600 && !rx.out().includes('NET-RX-READY'); i++) await new Promise((r) => setTimeout(r, 100));
+    await pkt(ns, ['send', 'tapq', '300', '1200', HOST_MAC, GUEST_MAC]).done;
+    expect(await rx.done).toBe(1);
+    expect(guestResult(rx.out()), rx.out()).toMatchObject({ mode: 'net-rx', received: 300, bad: 0, out_of_order: 0, ok: true });
+  });
+
   it('delivers host frames to the guest, verified there', async () => {
     const count = 2000;
     const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-rx count=${count}`]);

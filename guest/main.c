@@ -363,7 +363,22 @@ int guest_main(const struct hvm_start_info *si) {
     if (cmdline_get(cmdline, "count=", arg, sizeof arg)) count = (uint32_t)parse_u64(arg);
     if (cmdline_get(cmdline, "size=", arg, sizeof arg)) size = (uint32_t)parse_u64(arg);
     if (cmdline_get(cmdline, "dst=", arg, sizeof arg)) parse_mac(arg, dst);
-    if (!net_init(0)) {
+    uint64_t want = 0;
+    int pairs = 1, hostile = 0;
+    if (cmdline_get(cmdline, "pairs=", arg, sizeof arg)) pairs = (int)parse_u64(arg);
+    if (pairs > 1) want |= NET_F_MQ | NET_F_CTRL_VQ;
+    if (cmdline_get(cmdline, "mrg=", arg, sizeof arg) && arg[0] == '1') want |= NET_F_MRG_RXBUF;
+    if (cmdline_get(cmdline, "eventidx=", arg, sizeof arg) && arg[0] == '0') want |= NET_NO_EVENT_IDX;
+    uint8_t newmac[6];
+    int setmac = cmdline_get(cmdline, "setmac=", arg, sizeof arg);
+    if (setmac) parse_mac(arg, newmac);
+    int promisc = -1;
+    if (cmdline_get(cmdline, "promisc=", arg, sizeof arg)) promisc = arg[0] == '1';
+    if (setmac || promisc >= 0) want |= NET_F_CTRL_VQ | NET_F_CTRL_RX | NET_F_CTRL_MAC_ADDR;
+    if (cmdline_get(cmdline, "hostile=", arg, sizeof arg)) hostile = (int)parse_u64(arg);
+    if (hostile == 4 || hostile == 5) want |= 1ull << 28; /* INDIRECT_DESC: reach the indirect-table checks */
+    if (cmdline_get(cmdline, "rxbuf=", arg, sizeof arg)) net_set_rx_buf_len((uint32_t)parse_u64(arg));
+    if (!net_init(want)) {
       result_begin(mode);
       result_str("error", net_error);
       result_end(0);
@@ -376,6 +391,28 @@ int guest_main(const struct hvm_start_info *si) {
       macs[3 * i + 1] = "0123456789abcdef"[m[i] & 15];
       macs[3 * i + 2] = i < 5 ? ':' : 0;
     }
+    int acks = 0, nacks = 0;
+    if (pairs > 1) {
+      uint16_t n = (uint16_t)pairs;
+      if (net_ctrl(4, 0, &n, 2) == 0) acks++; else nacks++; /* MQ VQ_PAIRS_SET */
+    }
+    if (promisc >= 0) {
+      uint8_t on = (uint8_t)promisc;
+      if (net_ctrl(0, 0, &on, 1) == 0) acks++; else nacks++; /* RX PROMISC */
+    }
+    if (setmac) {
+      if (net_ctrl(1, 1, newmac, 6) == 0) acks++; else nacks++;
+    } /* MAC ADDR_SET */
+    if (hostile) {
+      net_hostile(hostile);
+      uint64_t t0h = rdtsc();
+      while (!(net_status() & 0x40) && rdtsc() - t0h < 20000000000ull) __asm__ volatile("pause");
+      result_begin(mode);
+      result_num("hostile", (uint32_t)hostile);
+      result_num("status", (uint32_t)net_status());
+      result_end((net_status() & 0x40) != 0);
+      return (net_status() & 0x40) ? 0 : 1;
+    }
     serial_puts("NET-START\n");
     uint64_t t0 = rdtsc();
     if (streq(mode, "net-tx")) {
@@ -384,6 +421,9 @@ int guest_main(const struct hvm_start_info *si) {
       result_begin(mode);
       result_str("mac", macs);
       result_num("features_lo", (uint32_t)net_features());
+      result_num("pairs", net_pairs());
+      result_num("acks", (uint32_t)acks);
+      result_num("nacks", (uint32_t)nacks);
       result_num("sent", sent);
       result_num("size", size < 60 ? 60 : size);
       result_num("cycles", cycles);
@@ -399,6 +439,9 @@ int guest_main(const struct hvm_start_info *si) {
     result_num("received", rr.received);
     result_num("bad", rr.bad);
     result_num("other", rr.other);
+    result_num("max_buffers", rr.max_buffers);
+    result_num("acks", (uint32_t)acks);
+    result_num("nacks", (uint32_t)nacks);
     result_num("out_of_order", rr.out_of_order);
     result_num("bytes", rr.bytes);
     result_num("first_seq", rr.first_seq);

@@ -24,6 +24,10 @@
 #define F_MAC (1ull << 5)
 #define F_MRG_RXBUF (1ull << 15)
 #define F_STATUS (1ull << 16)
+#define F_CTRL_VQ (1ull << 17)
+#define F_CTRL_RX (1ull << 18)
+#define F_MQ (1ull << 22)
+#define F_CTRL_MAC_ADDR (1ull << 23)
 #define F_INDIRECT (1ull << 28)
 #define F_EVENT_IDX (1ull << 29)
 #define F_VERSION_1 (1ull << 32)
@@ -56,9 +60,18 @@ struct ring {
   volatile uint16_t *notify;
 };
 
-static struct ring rxr, txr;
-static uint8_t rxbuf[QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
-static uint8_t txbuf[QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
+#define MAX_PAIRS 2
+static struct ring rxq[MAX_PAIRS], txq[MAX_PAIRS], ctrlr;
+static uint8_t rxbufs[MAX_PAIRS][QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
+static uint8_t txbufs[MAX_PAIRS][QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
+static uint8_t ctrlbuf[2][64] __attribute__((aligned(64)));
+#define rxr rxq[0]
+#define txr txq[0]
+#define rxbuf rxbufs[0]
+#define txbuf txbufs[0]
+static void reclaim_tx_ring(struct ring *r);
+static uint16_t num_pairs = 1;
+static uint32_t rx_buf_len = BUF_SIZE;
 
 static volatile uint8_t *common, *devcfg;
 static uint8_t mac[6];
@@ -110,6 +123,9 @@ static void setup_queue(uint16_t index, struct ring *r, uint64_t notify_base, ui
 
 const char *net_error = "";
 
+static uint64_t notify_base_;
+static uint32_t notify_mult_;
+
 int net_init(uint64_t want) {
   int dev = pci_find(VIRTIO_VENDOR, VIRTIO_NET_MODERN);
   if (dev < 0) return net_error = "no virtio-net device", 0;
@@ -126,7 +142,8 @@ int net_init(uint64_t want) {
     CW32(0x00) = i;
     offered |= (uint64_t)CW32(0x04) << (32 * i);
   }
-  features = offered & (want | F_VERSION_1 | F_EVENT_IDX | F_MAC | F_STATUS);
+  features = offered & (want | F_VERSION_1 | F_MAC | F_STATUS);
+  if (!(want & NET_NO_EVENT_IDX)) features |= offered & F_EVENT_IDX;
   if (!(features & F_VERSION_1)) return net_error = "device lacks VERSION_1", 0;
   for (uint32_t i = 0; i < 2; i++) {
     CW32(0x08) = i;
@@ -135,11 +152,22 @@ int net_init(uint64_t want) {
   CW8(0x14) = S_ACK | S_DRIVER | S_FEATURES_OK;
   if (!(CW8(0x14) & S_FEATURES_OK)) return net_error = "features refused", 0;
   for (int i = 0; i < 6; i++) mac[i] = devcfg[i];
-  setup_queue(0, &rxr, notify_base, mult);
-  setup_queue(1, &txr, notify_base, mult);
+  uint16_t max_pairs = (features & F_MQ) ? *(volatile uint16_t *)(devcfg + 8) : 1;
+  num_pairs = max_pairs < MAX_PAIRS ? max_pairs : MAX_PAIRS;
+  for (uint16_t p = 0; p < num_pairs; p++) {
+    setup_queue((uint16_t)(2 * p), &rxq[p], notify_base, mult);
+    setup_queue((uint16_t)(2 * p + 1), &txq[p], notify_base, mult);
+  }
+  /* the control queue comes after all max_pairs pairs */
+  if (features & F_CTRL_VQ) setup_queue((uint16_t)(2 * max_pairs), &ctrlr, notify_base, mult);
+  notify_base_ = notify_base;
+  notify_mult_ = mult;
   CW8(0x14) = S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
   return 1;
 }
+
+uint16_t net_pairs(void) { return num_pairs; }
+void net_set_rx_buf_len(uint32_t len) { rx_buf_len = len < 64 ? 64 : len > BUF_SIZE ? BUF_SIZE : len; }
 
 uint64_t net_features(void) { return features; }
 const uint8_t *net_mac(void) { return mac; }
@@ -153,6 +181,61 @@ static void publish(struct ring *r, uint16_t qindex, uint16_t old) {
   uint16_t n = r->next_avail;
   int kick = (features & F_EVENT_IDX) ? (uint16_t)(n - r->used.avail_event - 1) < (uint16_t)(n - old) : !(r->used.flags & 1);
   if (kick) *r->notify = qindex;
+}
+
+/* One control-queue command: class, command, data (device-readable), ack (device-writable). */
+int net_ctrl(uint8_t cls, uint8_t cmd, const void *data, uint32_t len) {
+  if (!(features & F_CTRL_VQ) || len > 60) return -1;
+  ctrlbuf[0][0] = cls;
+  ctrlbuf[0][1] = cmd;
+  for (uint32_t i = 0; i < len; i++) ctrlbuf[0][2 + i] = ((const uint8_t *)data)[i];
+  ctrlbuf[1][0] = 0xee;
+  /* descriptors 0 and 1 every time: one command in flight at most */
+  ctrlr.desc[0] = (struct desc){(uint64_t)(uintptr_t)ctrlbuf[0], 2 + len, D_NEXT, 1};
+  ctrlr.desc[1] = (struct desc){(uint64_t)(uintptr_t)ctrlbuf[1], 1, D_WRITE, 0};
+  uint16_t old = ctrlr.next_avail;
+  ctrlr.avail_ring[old % QSIZE] = 0;
+  ctrlr.next_avail++;
+  publish(&ctrlr, (uint16_t)(2 * ((features & F_MQ) ? *(volatile uint16_t *)(devcfg + 8) : 1)), old);
+  uint64_t t0 = rdtsc_();
+  while (ctrlr.used.idx == ctrlr.last_used && rdtsc_() - t0 < 20000000000ull) __asm__ volatile("pause");
+  if (ctrlr.used.idx == ctrlr.last_used) return -2;
+  ctrlr.last_used++;
+  return ctrlbuf[1][0];
+}
+
+/*
+ * Hostile driver: make one malformed chain available on TX queue 0 and kick. The device must refuse it
+ * (DEVICE_NEEDS_RESET) without harm to the host. kind: 1 loop, 2 address outside RAM, 3 length past
+ * the end of RAM, 4 indirect table inside an indirect table, 5 indirect table of a bad size,
+ * 6 available index far ahead.
+ */
+void net_hostile(int kind) {
+  uint16_t s0 = txr.next_avail % QSIZE, s1 = (uint16_t)((s0 + 1) % QSIZE);
+  static struct desc table[4] __attribute__((aligned(16)));
+  switch (kind) {
+    case 1:
+      txr.desc[s0] = (struct desc){(uint64_t)(uintptr_t)txbuf[0], 64, D_NEXT, s1};
+      txr.desc[s1] = (struct desc){(uint64_t)(uintptr_t)txbuf[1], 64, D_NEXT, s0};
+      break;
+    case 2:
+      txr.desc[s0] = (struct desc){0x7000000000ull, 1500, 0, 0};
+      break;
+    case 3:
+      txr.desc[s0] = (struct desc){(uint64_t)(uintptr_t)txbuf[0], 0xfffffff0u, 0, 0};
+      break;
+    case 4:
+      table[0] = (struct desc){(uint64_t)(uintptr_t)table, 32, 4 /* INDIRECT */, 0};
+      txr.desc[s0] = (struct desc){(uint64_t)(uintptr_t)table, 32, 4, 0};
+      break;
+    case 5:
+      txr.desc[s0] = (struct desc){(uint64_t)(uintptr_t)table, 24, 4, 0};
+      break;
+  }
+  uint16_t old = txr.next_avail;
+  txr.avail_ring[s0] = s0;
+  txr.next_avail = (uint16_t)(txr.next_avail + (kind == 6 ? 1000 : 1));
+  publish(&txr, 1, old);
 }
 
 static void fill_frame(uint8_t *f, uint32_t len, uint32_t seq, const uint8_t *dst) {
@@ -177,43 +260,54 @@ int net_check_frame(const uint8_t *f, uint32_t len, uint32_t *seq) {
   return 1;
 }
 
-static void reclaim_tx(void) {
-  while (txr.last_used != txr.used.idx) {
+static void reclaim_tx_ring(struct ring *r) {
+  while (r->last_used != r->used.idx) {
     barrier();
-    txr.last_used++;
-    txr.in_flight--;
+    r->last_used++;
+    r->in_flight--;
   }
 }
 
-uint64_t net_tx(uint32_t count, uint32_t len, const uint8_t *dst) {
+static uint64_t net_tx_one(struct ring *tr, uint8_t (*tb)[BUF_SIZE], uint16_t qindex, uint32_t first, uint32_t stride, uint32_t count, uint32_t len,
+                           const uint8_t *dst) {
   uint32_t sent = 0;
   if (len < 60) len = 60;
   if (len > BUF_SIZE - HDR_LEN) len = BUF_SIZE - HDR_LEN;
-  /* prebuild a descriptor per slot: header + frame in one buffer */
+  /* a descriptor per slot: header + frame in one buffer */
   for (uint32_t i = 0; i < QSIZE; i++) {
-    txr.desc[i].addr = (uint64_t)(uintptr_t)txbuf[i];
-    txr.desc[i].flags = 0;
-    for (int k = 0; k < HDR_LEN; k++) txbuf[i][k] = 0;
+    tr->desc[i].addr = (uint64_t)(uintptr_t)tb[i];
+    tr->desc[i].flags = 0;
+    for (int k = 0; k < HDR_LEN; k++) tb[i][k] = 0;
   }
   while (sent < count) {
-    reclaim_tx();
-    uint16_t old = txr.next_avail;
-    while (sent < count && txr.in_flight < QSIZE) {
-      uint16_t slot = txr.next_avail % QSIZE;
-      fill_frame(txbuf[slot] + HDR_LEN, len, sent, dst);
-      txr.desc[slot].len = HDR_LEN + len;
-      txr.avail_ring[slot] = slot;
-      txr.next_avail++;
-      txr.in_flight++;
+    reclaim_tx_ring(tr);
+    uint16_t old = tr->next_avail;
+    while (sent < count && tr->in_flight < QSIZE) {
+      uint16_t slot = tr->next_avail % QSIZE;
+      fill_frame(tb[slot] + HDR_LEN, len, first + sent * stride, dst);
+      tr->desc[slot].len = HDR_LEN + len;
+      tr->avail_ring[slot] = slot;
+      tr->next_avail++;
+      tr->in_flight++;
       sent++;
     }
-    if (txr.next_avail != old) publish(&txr, 1, old);
+    if (tr->next_avail != old) publish(tr, qindex, old);
     __asm__ volatile("pause");
   }
   /* wait until the device has taken everything */
   uint64_t t0 = rdtsc_();
-  while (txr.in_flight && rdtsc_() - t0 < 20000000000ull) reclaim_tx();
-  return sent - txr.in_flight;
+  while (tr->in_flight && rdtsc_() - t0 < 20000000000ull) reclaim_tx_ring(tr);
+  return sent - tr->in_flight;
+}
+
+/* Send `count` frames; with several pairs, frame k goes out on pair k % pairs (one pair after the other). */
+uint64_t net_tx(uint32_t count, uint32_t len, const uint8_t *dst) {
+  uint64_t total = 0;
+  for (uint16_t p = 0; p < num_pairs; p++) {
+    uint32_t n = count / num_pairs + (p < count % num_pairs ? 1 : 0);
+    total += net_tx_one(&txq[p], txbufs[p], (uint16_t)(2 * p + 1), p, num_pairs, n, len, dst);
+  }
+  return total;
 }
 
 static void post_rx(void) {
@@ -221,7 +315,7 @@ static void post_rx(void) {
   while (rxr.in_flight < QSIZE) {
     uint16_t slot = rxr.next_avail % QSIZE;
     rxr.desc[slot].addr = (uint64_t)(uintptr_t)rxbuf[slot];
-    rxr.desc[slot].len = BUF_SIZE;
+    rxr.desc[slot].len = rx_buf_len;
     rxr.desc[slot].flags = D_WRITE;
     rxr.avail_ring[slot] = slot;
     rxr.next_avail++;
@@ -230,13 +324,17 @@ static void post_rx(void) {
   if (rxr.next_avail != old) publish(&rxr, 0, old);
 }
 
+static uint8_t reasm[65536 + 64];
+
 void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
   res->received = res->bad = res->other = res->out_of_order = 0;
   res->bytes = 0;
   res->first_seq = res->last_seq = 0;
+  res->max_buffers = 0;
   post_rx();
   serial_puts("NET-RX-READY\n");
   uint64_t last = rdtsc_();
+  uint32_t have = 0, want_bufs = 0, got_bufs = 0; /* mergeable reassembly state */
   while (res->received < count && rdtsc_() - last < idle_cycles) {
     while (rxr.last_used != rxr.used.idx && res->received < count) {
       barrier();
@@ -244,20 +342,47 @@ void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
       uint32_t id = rxr.used.ring[u].id, len = rxr.used.ring[u].len;
       rxr.last_used++;
       rxr.in_flight--;
+      last = rdtsc_();
+      if (id >= QSIZE || len > rx_buf_len) {
+        res->bad++;
+        continue;
+      }
+      const uint8_t *b = rxbuf[id];
+      if (got_bufs == 0) {
+        /* first buffer of a frame: the header says how many buffers it spans (MRG_RXBUF) */
+        if (len < HDR_LEN) {
+          res->bad++;
+          continue;
+        }
+        want_bufs = (features & F_MRG_RXBUF) ? (uint32_t)(b[10] | (b[11] << 8)) : 1;
+        if (want_bufs == 0) want_bufs = 1;
+        if (want_bufs > res->max_buffers) res->max_buffers = want_bufs;
+        have = 0;
+        b += HDR_LEN;
+        len -= HDR_LEN;
+      }
+      if (have + len > sizeof reasm) {
+        res->bad++;
+        got_bufs = 0;
+        continue;
+      }
+      for (uint32_t i = 0; i < len; i++) reasm[have + i] = b[i];
+      have += len;
+      if (++got_bufs < want_bufs) continue;
+      got_bufs = 0;
       uint32_t seq;
-      int r = id < QSIZE && len > HDR_LEN ? net_check_frame(rxbuf[id] + HDR_LEN, len - HDR_LEN, &seq) : 0;
+      int r = net_check_frame(reasm, have, &seq);
       if (r > 0) {
         if (!res->received) res->first_seq = seq;
         else if (seq != res->last_seq + 1) res->out_of_order++;
         res->last_seq = seq;
         res->received++;
-        res->bytes += len - HDR_LEN;
+        res->bytes += have;
       } else if (r == 0) {
         res->bad++;
       } else {
         res->other++;
       }
-      last = rdtsc_();
     }
     post_rx();
     __asm__ volatile("pause");

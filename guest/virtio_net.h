@@ -2,12 +2,22 @@
 #include <stdint.h>
 
 struct rx_result {
-  uint32_t received, bad, other, out_of_order, first_seq, last_seq;
+  uint32_t received, bad, other, out_of_order, first_seq, last_seq, max_buffers;
   uint64_t bytes;
 };
 
 extern const char *net_error;
+#define NET_F_MRG_RXBUF (1ull << 15)
+#define NET_F_CTRL_VQ (1ull << 17)
+#define NET_F_CTRL_RX (1ull << 18)
+#define NET_F_MQ (1ull << 22)
+#define NET_F_CTRL_MAC_ADDR (1ull << 23)
+#define NET_NO_EVENT_IDX (1ull << 63) /* not a feature: ask net_init to leave EVENT_IDX off */
 int net_init(uint64_t want_features);
+uint16_t net_pairs(void);
+void net_set_rx_buf_len(uint32_t len);
+int net_ctrl(uint8_t cls, uint8_t cmd, const void *data, uint32_t len);
+void net_hostile(int kind);
 uint64_t net_features(void);
 const uint8_t *net_mac(void);
 int net_status(void);

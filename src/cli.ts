@@ -129,6 +129,7 @@ export async function main(argv: string[]): Promise<number> {
     const devices = nets.map((d) => ({
       mac: formatMac(d.net.mac),
       threads: d.net.threadsStarted,
+      broken: d.pci.brokenReason ?? null,
       pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
     }));
     process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices })}\n`);

@@ -234,6 +234,8 @@ export class VirtioNet implements VirtioDevice {
       q.addUsed(c.head, 1);
     }
     q.flush();
+    // ask for the next command's notification (EVENT_IDX: avail_event past what we took)
+    q.setKicks(true);
     if (q.broken) this.active?.needsReset(`control queue: ${q.broken}`);
     if (this.ctrlQueue && this.ctrlQueue.callFd >= 0 && q.needsInterrupt()) native.write(this.ctrlQueue.callFd, ONE);
   }

@@ -11,16 +11,7 @@
 //     queue pair a structured-cloneable `queueInit` (file descriptors are plain numbers: same process);
 //   - `openQueue(init)` runs in the dataplane worker and returns the DriverQueue the data path calls.
 //
-// Minimal example (a driver that drops what it sends and never receives), as a module that
-// `--net ./my-driver.js,...` would load:
-//
-//   export function create(options) {
-//     return { name: 'null', caps: { queuePairs: 1, mtu: 1500, offloads: NO_OFFLOADS },
-//              queueInit: () => ({}), setGuestOffloads() {}, close() {} };
-//   }
-//   export function openQueue() {
-//     return { pollFd: -1, transmit: (b) => b.count, receive: () => 0, close() {} };
-//   }
+// A complete minimal driver: examples/drivers/null-driver.mjs; the guide: docs/DRIVERS.md.
 
 /** Words of offload metadata per packet, in PacketBatch.meta. */
 export const META = {
@@ -93,7 +84,7 @@ export interface DriverQueue {
   readonly pollFd: number;
   /**
    * Send packets [0, batch.count). Returns how many were consumed (sent, or dropped by the wire —
-   * count those in `drops`); the dataplane offers the rest again later (the wire was full).
+   * count those in `drops`); the dataplane drops and counts the rest (a full wire drops, as a NIC does).
    */
   transmit(batch: PacketBatch, guestMemory: SharedArrayBuffer): number;
   /**

@@ -432,7 +432,9 @@ int guest_main(const struct hvm_start_info *si) {
       return sent == count ? 0 : 1;
     }
     struct rx_result rr;
-    net_rx(count, 30000000000ull, &rr);
+    uint64_t idle = 30000000000ull; /* cycles without a frame before giving up (idle=N: N million) */
+    if (cmdline_get(cmdline, "idle=", arg, sizeof arg)) idle = parse_u64(arg) * 1000000ull;
+    net_rx(count, idle, &rr);
     uint64_t cycles = rdtsc() - t0;
     result_begin(mode);
     result_str("mac", macs);
@@ -444,6 +446,7 @@ int guest_main(const struct hvm_start_info *si) {
     result_num("nacks", (uint32_t)nacks);
     result_num("out_of_order", rr.out_of_order);
     result_num("bytes", rr.bytes);
+    result_num("span_cycles", rr.received > 1 ? rr.last_tsc - rr.first_tsc : 0);
     result_num("first_seq", rr.first_seq);
     result_num("last_seq", rr.last_seq);
     result_num("cycles", cycles);

@@ -373,8 +373,13 @@ void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
       uint32_t seq;
       int r = net_check_frame(reasm, have, &seq);
       if (r > 0) {
-        if (!res->received) res->first_seq = seq;
-        else if (seq != res->last_seq + 1) res->out_of_order++;
+        res->last_tsc = rdtsc_();
+        if (!res->received) {
+          res->first_seq = seq;
+          res->first_tsc = res->last_tsc;
+        } else if (seq != res->last_seq + 1) {
+          res->out_of_order++;
+        }
         res->last_seq = seq;
         res->received++;
         res->bytes += have;

@@ -3,7 +3,7 @@
 
 struct rx_result {
   uint32_t received, bad, other, out_of_order, first_seq, last_seq, max_buffers;
-  uint64_t bytes;
+  uint64_t bytes, first_tsc, last_tsc;
 };
 
 extern const char *net_error;

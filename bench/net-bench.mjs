@@ -1,0 +1,170 @@
+// virtio-net throughput: the same test guest under QEMU (-accel kvm, virtio-net-pci, -netdev tap with
+// vhost=off: QEMU's own userspace virtio-net) and under tsvmm (in-process dataplane thread, tap driver),
+// same tap set-up, alternating runs in one invocation. This host's CPUs are paused by their own host for
+// 3-68 % of the time, so only same-run ratios mean anything: each figure is the median of the rounds,
+// with the spread.
+//
+//   node bench/net-bench.mjs [--json] [--rounds N] [--quick]
+//
+// Guest → host: the guest sends N frames as fast as its ring allows and reports the TSC cycles it took.
+// Host → guest: bench/pktgen.c offers N frames on the tap; the guest reports how many arrived intact and
+// the TSC cycles from the first to the last. CPU seconds per million packets: the VMM process's user +
+// system time between the guest's NET-START line and its result line (guest time on the vCPU included,
+// for both VMMs alike).
+import { execFileSync, spawn } from 'node:child_process';
+import { readFileSync, mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const OUT = join(ROOT, 'bench', 'out');
+const GUEST = join(ROOT, 'guest', 'out', 'testguest.elf');
+const GUEST_MAC = '52:54:00:75:76:00';
+const HOST_MAC = '02:00:00:00:00:02';
+const args = process.argv.slice(2);
+const json = args.includes('--json');
+const quick = args.includes('--quick');
+const rounds = Number(args[args.indexOf('--rounds') + 1]) || (quick ? 1 : 3);
+const log = (...m) => (json ? process.stderr : process.stdout).write(m.join(' ') + '\n');
+
+function sh(cmd, a, opts = {}) {
+  return execFileSync(cmd, a, { encoding: 'utf8', ...opts });
+}
+
+// ---- set-up: helpers, guest, namespace with one tap per VMM
+mkdirSync(OUT, { recursive: true });
+sh('gcc', ['-O2', '-o', join(OUT, 'tsc-hz'), join(ROOT, 'bench', 'tsc-hz.c')]);
+sh('gcc', ['-O2', '-o', join(OUT, 'pktgen'), join(ROOT, 'bench', 'pktgen.c')]);
+sh('make', ['-s', '-C', join(ROOT, 'guest')]);
+const tscHz = Number(sh(join(OUT, 'tsc-hz'), []).trim());
+const NS = `tsvmm-bench-${process.pid}`;
+const inNs = (...c) => ['ip', 'netns', 'exec', NS, ...c];
+sh('ip', ['netns', 'add', NS]);
+process.on('exit', () => {
+  try {
+    execFileSync('ip', ['netns', 'del', NS]);
+  } catch {}
+});
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
+for (const [tap, mq] of [['tapb', true], ['tapq', false]]) {
+  sh('ip', ['netns', 'exec', NS, 'ip', 'tuntap', 'add', tap, 'mode', 'tap', ...(mq ? ['multi_queue'] : []), 'vnet_hdr']);
+  sh('ip', ['netns', 'exec', NS, 'sysctl', '-qw', `net.ipv6.conf.${tap}.disable_ipv6=1`]);
+  sh('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', tap, 'up']);
+}
+
+function vmmCommand(vmm, cmdline) {
+  if (vmm === 'tsvmm')
+    return inNs(process.execPath, join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', GUEST, '--mem', '256M', '--net', 'tap,ifname=tapb', '--cmdline', cmdline);
+  return inNs('qemu-system-x86_64', '-accel', 'kvm', '-machine', 'q35', '-cpu', 'host,-arch-capabilities', '-m', '256', '-nographic', '-no-reboot',
+    '-monitor', 'none', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-kernel', GUEST, '-append', cmdline,
+    '-netdev', 'tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off', '-device', `virtio-net-pci,netdev=n0,mac=${GUEST_MAC},disable-legacy=on`);
+}
+
+const CLK = 100; // USER_HZ
+function cpuSeconds(pid) {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Run one guest; `during` runs once the guest prints `readyLine`. */
+function runGuest(vmm, cmdline, readyLine, during) {
+  return new Promise((resolve, reject) => {
+    const [cmd, ...a] = vmmCommand(vmm, cmdline);
+    const p = spawn(cmd, a, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let cpuStart = NaN;
+    let cpuEnd = NaN;
+    let ran = false;
+    const timer = setTimeout(() => p.kill('SIGKILL'), 300_000);
+    p.stdout.on('data', (d) => {
+      out += d.toString('latin1');
+      if (Number.isNaN(cpuStart) && out.includes('NET-START')) cpuStart = cpuSeconds(p.pid);
+      if (!ran && out.includes(readyLine)) {
+        ran = true;
+        Promise.resolve(during?.()).catch(reject);
+      }
+      if (Number.isNaN(cpuEnd) && out.includes('TSVMM-RESULT')) cpuEnd = cpuSeconds(p.pid);
+    });
+    p.stderr.on('data', (d) => (out += d.toString('latin1')));
+    p.on('close', () => {
+      clearTimeout(timer);
+      const m = /TSVMM-RESULT (\{.*\})/.exec(out);
+      if (!m) return reject(new Error(`${vmm}: no result line:\n${out.slice(-2000)}`));
+      resolve({ result: JSON.parse(m[1]), cpu: cpuEnd - cpuStart });
+    });
+  });
+}
+
+const scenarios = quick
+  ? [
+      { name: 'tx64', dir: 'tx', size: 60, count: 50000 },
+      { name: 'tx1500', dir: 'tx', size: 1514, count: 20000 },
+      { name: 'rx64', dir: 'rx', size: 60, count: 50000 },
+      { name: 'rx1500', dir: 'rx', size: 1514, count: 20000 },
+    ]
+  : [
+      { name: 'tx64', dir: 'tx', size: 60, count: 400000 },
+      { name: 'tx1500', dir: 'tx', size: 1514, count: 200000 },
+      { name: 'rx64', dir: 'rx', size: 60, count: 200000 },
+      { name: 'rx1500', dir: 'rx', size: 1514, count: 100000 },
+    ];
+
+async function measure(vmm, s) {
+  if (s.dir === 'tx') {
+    const { result, cpu } = await runGuest(vmm, `mode=net-tx count=${s.count} size=${s.size} dst=${HOST_MAC}`, 'NET-START');
+    if (!result.ok) throw new Error(`${vmm} ${s.name}: ${JSON.stringify(result)}`);
+    const seconds = result.cycles / tscHz;
+    return { pps: result.sent / seconds, gbps: (result.sent * s.size * 8) / seconds / 1e9, cpuPerMpkt: cpu / (result.sent / 1e6), loss: 0 };
+  }
+  const tap = vmm === 'tsvmm' ? 'tapb' : 'tapq';
+  let offered = 0;
+  const { result, cpu } = await runGuest(vmm, `mode=net-rx count=${s.count} idle=3000`, 'NET-RX-READY', () => {
+    const o = JSON.parse(sh('ip', ['netns', 'exec', NS, join(OUT, 'pktgen'), tap, String(s.count), String(s.size), HOST_MAC, GUEST_MAC]));
+    offered = o.sent / o.seconds;
+  });
+  const seconds = result.span_cycles / tscHz;
+  const pps = result.received > 1 ? result.received / seconds : 0;
+  return { pps, gbps: (pps * s.size * 8) / 1e9, cpuPerMpkt: cpu / (result.received / 1e6), loss: 1 - result.received / s.count, offeredPps: offered, bad: result.bad };
+}
+
+const samples = {};
+for (let r = 0; r < rounds; r++) {
+  const order = r % 2 === 0 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu'];
+  for (const s of scenarios) {
+    for (const vmm of order) {
+      const m = await measure(vmm, s);
+      ((samples[s.name] ??= {})[vmm] ??= []).push(m);
+      log(`round ${r + 1} ${s.name.padEnd(7)} ${vmm.padEnd(6)} ${(m.pps / 1e3).toFixed(1).padStart(8)} kpps ${m.gbps.toFixed(3).padStart(7)} Gbit/s  cpu ${m.cpuPerMpkt.toFixed(2)} s/Mpkt${m.loss ? `  loss ${(m.loss * 100).toFixed(1)} %` : ''}${m.offeredPps ? `  offered ${(m.offeredPps / 1e3).toFixed(0)} kpps` : ''}`);
+    }
+  }
+}
+
+const median = (a) => {
+  const s = [...a].sort((x, y) => x - y);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const summary = {};
+for (const [name, byVmm] of Object.entries(samples)) {
+  const stat = (vmm, key) => {
+    const v = byVmm[vmm].map((m) => m[key]);
+    return { median: median(v), min: Math.min(...v), max: Math.max(...v) };
+  };
+  const q = stat('qemu', 'pps');
+  const t = stat('tsvmm', 'pps');
+  summary[name] = {
+    qemu: { pps: q, gbps: stat('qemu', 'gbps'), cpuPerMpkt: stat('qemu', 'cpuPerMpkt'), loss: stat('qemu', 'loss') },
+    tsvmm: { pps: t, gbps: stat('tsvmm', 'gbps'), cpuPerMpkt: stat('tsvmm', 'cpuPerMpkt'), loss: stat('tsvmm', 'loss') },
+    ratio: t.median / q.median,
+  };
+}
+const report = { rounds, tscHz, quick, scenarios, summary, latency: null, tso: null, notMeasured: ['ping-pong latency (guest mode not written yet)', '64 KiB TSO Gbit/s (guest TSO mode not written yet)'] };
+if (json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+else {
+  log('\nmedian of', rounds, 'rounds (min-max); ratio = tsvmm / QEMU');
+  for (const [name, s] of Object.entries(summary))
+    log(`${name.padEnd(7)} qemu ${(s.qemu.pps.median / 1e3).toFixed(1)} kpps (${(s.qemu.pps.min / 1e3).toFixed(0)}-${(s.qemu.pps.max / 1e3).toFixed(0)})  tsvmm ${(s.tsvmm.pps.median / 1e3).toFixed(1)} kpps (${(s.tsvmm.pps.min / 1e3).toFixed(0)}-${(s.tsvmm.pps.max / 1e3).toFixed(0)})  ratio ${s.ratio.toFixed(2)}  cpu s/Mpkt qemu ${s.qemu.cpuPerMpkt.median.toFixed(2)} tsvmm ${s.tsvmm.cpuPerMpkt.median.toFixed(2)}`);
+}

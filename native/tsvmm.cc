@@ -119,7 +119,13 @@ Napi::Value Ioctl(const Napi::CallbackInfo& info) {
     else
       THROW_TYPE(env, "ioctl: arg must be a number, bigint or buffer", env.Null());
   }
-  int r = ioctl(fd, req, arg);
+  // EINTR is retried (a profiler's or a kick's signal must not fail set-up ioctls) unless the caller
+  // wants to see it: KVM_RUN returns EINTR on purpose when its thread is kicked.
+  bool interruptible = info.Length() > 4 && info[4].ToBoolean();
+  int r;
+  do {
+    r = ioctl(fd, req, arg);
+  } while (r < 0 && errno == EINTR && !interruptible);
   if (r < 0) {
     std::string name = info.Length() > 3 && info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "ioctl";
     THROW_ERRNO(env, name.c_str(), env.Null());

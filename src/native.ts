@@ -12,8 +12,11 @@ export interface NativeError extends Error {
 export interface Native {
   open(path: string, flags: number): number;
   close(fd: number): void;
-  /** arg: a number/bigint passed by value, or a buffer passed by pointer. `name` labels the error. */
-  ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer, name?: string): number;
+  /**
+   * arg: a number/bigint passed by value, or a buffer passed by pointer. `name` labels the error.
+   * EINTR is retried unless `interruptible` (KVM_RUN, which a kick interrupts on purpose).
+   */
+  ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer, name?: string, interruptible?: boolean): number;
   /** Bytes moved, or -errno for EAGAIN/EINTR. */
   read(fd: number, buf: ArrayBufferView | ArrayBuffer): number;
   write(fd: number, buf: ArrayBufferView | ArrayBuffer): number;

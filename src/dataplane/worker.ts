@@ -122,7 +122,12 @@ async function main(): Promise<void> {
       }
     }
     // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
-    const anyPending = pairs.some((p) => p.txq.pending() > 0);
+    // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes)
+    let anyPending = false;
+    pairs.forEach((p, i) => {
+      if (p.txq.pending() > 0) anyPending = true;
+      if (p.rxq.pending() > 0) armDriver(i, true);
+    });
     const n = native.epollWait(ep, events, polling || anyPending ? 0 : -1);
     for (let k = 0; k < n; k++) {
       const tag = events[3 * k + 1];

@@ -36,7 +36,7 @@ while (!stop) {
     break;
   }
   try {
-    native.ioctl(d.vcpuFd, KVM.RUN, 0, 'KVM_RUN');
+    native.ioctl(d.vcpuFd, KVM.RUN, 0, 'KVM_RUN', true);
   } catch (e) {
     if (isNativeError(e) && (e.code === 'EINTR' || e.code === 'EAGAIN')) {
       // kicked (or immediate_exit set): look at the control word again

@@ -136,13 +136,14 @@ export class NetQueuePair {
 
   /** Copy the first NET_HDR_LEN readable bytes (the header may straddle buffers) into this.hdr. */
   private gather(offsets: Float64Array, lens: Uint32Array, count: number): void {
-    let need = NET_HDR_LEN;
+    const u8 = this.u8;
+    const hdr = this.hdr;
     let at = 0;
-    for (let i = 0; i < count && need; i++) {
-      const n = Math.min(need, lens[i]);
-      this.hdr.set(this.u8.subarray(offsets[i], offsets[i] + n), at);
+    for (let i = 0; i < count && at < NET_HDR_LEN; i++) {
+      const off = offsets[i];
+      const n = Math.min(NET_HDR_LEN - at, lens[i]);
+      for (let k = 0; k < n; k++) hdr[at + k] = u8[off + k];
       at += n;
-      need -= n;
     }
   }
 

@@ -4,7 +4,7 @@
 // 3-68 % of the time, so only same-run ratios mean anything: each figure is the median of the rounds,
 // with the spread.
 //
-//   node bench/net-bench.mjs [--json] [--rounds N] [--quick]
+//   node bench/net-bench.mjs [--json] [--rounds N] [--quick] [--only tsvmm|qemu]
 //
 // Guest → host: the guest sends N frames as fast as its ring allows and reports the TSC cycles it took.
 // Host → guest: bench/pktgen.c offers N frames on the tap; the guest reports how many arrived intact and
@@ -25,6 +25,8 @@ const args = process.argv.slice(2);
 const json = args.includes('--json');
 const quick = args.includes('--quick');
 const rounds = Number(args[args.indexOf('--rounds') + 1]) || (quick ? 1 : 3);
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+if (only && only !== 'tsvmm' && only !== 'qemu') throw new Error('--only takes tsvmm or qemu');
 const log = (...m) => (json ? process.stderr : process.stdout).write(m.join(' ') + '\n');
 
 function sh(cmd, a, opts = {}) {
@@ -133,7 +135,7 @@ async function measure(vmm, s) {
 
 const samples = {};
 for (let r = 0; r < rounds; r++) {
-  const order = r % 2 === 0 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu'];
+  const order = only ? [only] : r % 2 === 0 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu'];
   for (const s of scenarios) {
     for (const vmm of order) {
       const m = await measure(vmm, s);
@@ -153,18 +155,21 @@ for (const [name, byVmm] of Object.entries(samples)) {
     const v = byVmm[vmm].map((m) => m[key]);
     return { median: median(v), min: Math.min(...v), max: Math.max(...v) };
   };
-  const q = stat('qemu', 'pps');
-  const t = stat('tsvmm', 'pps');
-  summary[name] = {
-    qemu: { pps: q, gbps: stat('qemu', 'gbps'), cpuPerMpkt: stat('qemu', 'cpuPerMpkt'), loss: stat('qemu', 'loss') },
-    tsvmm: { pps: t, gbps: stat('tsvmm', 'gbps'), cpuPerMpkt: stat('tsvmm', 'cpuPerMpkt'), loss: stat('tsvmm', 'loss') },
-    ratio: t.median / q.median,
-  };
+  const of = (vmm) => (byVmm[vmm] ? { pps: stat(vmm, 'pps'), gbps: stat(vmm, 'gbps'), cpuPerMpkt: stat(vmm, 'cpuPerMpkt'), loss: stat(vmm, 'loss') } : undefined);
+  const q = of('qemu');
+  const t = of('tsvmm');
+  summary[name] = { qemu: q, tsvmm: t, ratio: q && t ? t.pps.median / q.pps.median : undefined };
 }
 const report = { rounds, tscHz, quick, scenarios, summary, latency: null, tso: null, notMeasured: ['ping-pong latency (guest mode not written yet)', '64 KiB TSO Gbit/s (guest TSO mode not written yet)'] };
 if (json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
 else {
-  log('\nmedian of', rounds, 'rounds (min-max); ratio = tsvmm / QEMU');
-  for (const [name, s] of Object.entries(summary))
+  log('\nmedian of', rounds, only ? 'round(s)' : 'rounds (min-max); ratio = tsvmm / QEMU');
+  for (const [name, s] of Object.entries(summary)) {
+    if (!s.qemu || !s.tsvmm) {
+      const v = s.qemu ?? s.tsvmm;
+      log(`${name.padEnd(7)} ${only} ${(v.pps.median / 1e3).toFixed(1)} kpps  ${v.gbps.median.toFixed(3)} Gbit/s${v.loss.median ? `  (${(v.loss.median * 100).toFixed(0)} % of offered frames lost)` : ''}`);
+      continue;
+    }
     log(`${name.padEnd(7)} qemu ${(s.qemu.pps.median / 1e3).toFixed(1)} kpps (${(s.qemu.pps.min / 1e3).toFixed(0)}-${(s.qemu.pps.max / 1e3).toFixed(0)})  tsvmm ${(s.tsvmm.pps.median / 1e3).toFixed(1)} kpps (${(s.tsvmm.pps.min / 1e3).toFixed(0)}-${(s.tsvmm.pps.max / 1e3).toFixed(0)})  ratio ${s.ratio.toFixed(2)}  cpu s/Mpkt qemu ${s.qemu.cpuPerMpkt.median.toFixed(2)} tsvmm ${s.tsvmm.cpuPerMpkt.median.toFixed(2)}`);
+  }
 }

@@ -158,6 +158,8 @@ export class NetQueuePair {
 
   /** set by processRx: the ring ran out of buffers (wait for an RX kick rather than the driver) */
   starved = false;
+  /** entries that were available (and not enough) when the ring starved */
+  starvedPending = 0;
 
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   processRx(budget: number): number {
@@ -193,8 +195,13 @@ export class NetQueuePair {
         chains++;
         if (!this.o.mergeable) break;
       }
-      if (chains === 0) {
+      // Never read a frame we may not be able to place: the tap truncates to the buffers it is given.
+      // With MRG_RXBUF wait for enough buffers for the largest frame; a single chain must be big enough
+      // by itself (the spec asks drivers for 1526-byte buffers then), else frames that don't fit drop.
+      if (chains === 0 || (this.o.mergeable && cap < need)) {
+        for (let i = 0; i < chains; i++) q.unpop();
         this.starved = true;
+        this.starvedPending = chains;
         break;
       }
       b.iovStart[0] = 0;

@@ -118,7 +118,7 @@ async function main(): Promise<void> {
     if (!polling) {
       for (const p of pairs) {
         p.txq.setKicks(true);
-        p.rxq.setKicks(true);
+        p.rxq.setKicks(true, p.starved);
       }
     }
     // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
@@ -126,7 +126,7 @@ async function main(): Promise<void> {
     let anyPending = false;
     pairs.forEach((p, i) => {
       if (p.txq.pending() > 0) anyPending = true;
-      if (p.rxq.pending() > 0) armDriver(i, true);
+      if (p.starved ? p.rxq.pending() > p.starvedPending : p.rxq.pending() > 0) armDriver(i, true);
     });
     const n = native.epollWait(ep, events, polling || anyPending ? 0 : -1);
     for (let k = 0; k < n; k++) {

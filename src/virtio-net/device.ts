@@ -136,24 +136,29 @@ export class VirtioNet implements VirtioDevice {
   }
 
   async activate(a: Activation): Promise<void> {
-    await this.restarting;
+    // Synchronous part first: a driver may notify the control queue right after DRIVER_OK, and that
+    // vCPU exit can reach us before any awaited step below.
     this.active = a;
     const features = a.features;
+    this.ctrlQueue = a.queues.find((q) => q.index === this.ctrlIndex);
+    if (this.ctrlQueue && has(features, F.CTRL_VQ)) {
+      const q = SplitQueue.create(this.view, this.ctrlQueue, this.queueFeatures(features), this.maxQueueSize);
+      if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
+      this.ctrlq = q;
+      this.kick(this.ctrlIndex);
+    }
     this.opts.driver.setGuestOffloads({
       rxCsum: has(features, F.GUEST_CSUM),
       rxTso4: has(features, F.GUEST_TSO4),
       rxTso6: has(features, F.GUEST_TSO6),
       rxTsoEcn: has(features, F.GUEST_ECN),
     });
-    this.ctrlQueue = a.queues.find((q) => q.index === this.ctrlIndex);
-    if (this.ctrlQueue && has(features, F.CTRL_VQ)) {
-      const q = SplitQueue.create(this.view, this.ctrlQueue, this.queueFeatures(features), this.maxQueueSize);
-      if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
-      this.ctrlq = q;
-    }
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
     this.activePairs = 1;
-    await this.startDataplane(false);
+    // a reset or a change of pairs waits for this start (restarting chains every thread change)
+    const prev = this.restarting;
+    this.restarting = prev.then(() => this.startDataplane(false));
+    await this.restarting;
   }
 
   private queueFeatures(features: bigint) {
@@ -282,21 +287,21 @@ export class VirtioNet implements VirtioDevice {
       if (n !== this.activePairs) {
         this.activePairs = n;
         // the threads restart with the new set of pairs; ring positions carry over (see restart)
-        this.restarting = this.restart();
+        this.restarting = this.restart(this.restarting);
       }
       return ACK_OK;
     }
     return ACK_ERR;
   }
 
-  private async restart(): Promise<void> {
-    await this.restarting;
+  private async restart(prev: Promise<void>): Promise<void> {
+    await prev.catch(() => undefined);
     await this.dataplane.stop();
     await this.startDataplane(true);
   }
 
   async reset(): Promise<void> {
-    await this.restarting;
+    await this.restarting.catch(() => undefined);
     await this.dataplane.stop();
     this.active = undefined;
     this.ctrlq = undefined;

@@ -366,22 +366,36 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     if (this.msixConfig !== NO_VECTOR) this.signalVector(this.msixConfig);
   }
 
+  private clearState(): void {
+    this.status = 0;
+    this.driverFeatures = 0n;
+    this.dfSelect = this.gfSelect = 0;
+    this.msixConfig = NO_VECTOR;
+    this.queueSelect = 0;
+    this.isr = 0;
+    this.brokenReason = undefined;
+    this.queues.forEach((_, i) => (this.queues[i] = this.freshQueue()));
+    // clear kicks that arrived for the old rings
+    for (const fd of this.kickFds) native.read(fd, SCRATCH);
+  }
+
+  /**
+   * Device reset. A device that never went live has nothing running: its state clears at once (the
+   * driver's next write must find it reset). A live one keeps reporting its old status until its
+   * threads have stopped; the driver polls for 0 (§4.1.4.3.2).
+   */
   private reset(): void {
     if (this.resetting) return;
+    if (!(this.status & STATUS.DRIVER_OK)) {
+      this.clearState();
+      void this.device.reset();
+      return;
+    }
     this.resetting = this.device
       .reset()
       .catch(() => undefined)
       .then(() => {
-        this.status = 0;
-        this.driverFeatures = 0n;
-        this.dfSelect = this.gfSelect = 0;
-        this.msixConfig = NO_VECTOR;
-        this.queueSelect = 0;
-        this.isr = 0;
-        this.brokenReason = undefined;
-        this.queues.forEach((_, i) => (this.queues[i] = this.freshQueue()));
-        // clear kicks that arrived for the old rings
-        for (const fd of this.kickFds) native.read(fd, SCRATCH);
+        this.clearState();
         this.resetting = undefined;
       });
   }

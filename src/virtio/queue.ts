@@ -274,10 +274,11 @@ export class SplitQueue {
    * Ask the driver to kick (enable) or not (disable, while we poll). After enabling, callers must
    * check pending() again: the driver may have added buffers before it saw the request.
    */
-  setKicks(enable: boolean): void {
+  setKicks(enable: boolean, afterPending = false): void {
     if (this.features.eventIdx) {
-      // avail_event = the next index we will read: the driver kicks when it passes it
-      if (enable) Atomics.store(this.mem.u16, this.usedOff / 2 + 2 + 4 * this.size, this.lastAvail);
+      // avail_event = the next index we will read: the driver kicks when it passes it. `afterPending`:
+      // we cannot use what is already there yet (too little room), so ask for the next addition.
+      if (enable) Atomics.store(this.mem.u16, this.usedOff / 2 + 2 + 4 * this.size, afterPending ? this.availIdx() : this.lastAvail);
     } else {
       const f = this.usedOff / 2;
       Atomics.store(this.mem.u16, f, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);

@@ -99,6 +99,15 @@ static void parse_mac(const char *s, uint8_t *out) {
   }
 }
 
+static void parse_ip(const char *s, uint8_t *out) {
+  for (int i = 0; i < 4; i++) {
+    uint32_t v = 0;
+    while (*s >= '0' && *s <= '9') v = v * 10 + (uint32_t)(*s++ - '0');
+    out[i] = (uint8_t)v;
+    if (*s == '.') s++;
+  }
+}
+
 static void lapic_ipi(uint32_t lo) {
   *LAPIC_ICR_HI = 0;
   *LAPIC_ICR_LO = lo;
@@ -355,6 +364,36 @@ int guest_main(const struct hvm_start_info *si) {
     for (uintptr_t a = 16u << 20; a < 17u << 20; a += 4096) *(volatile uint8_t *)a = 0xd1;
     serial_puts("DIRTY-DONE\n");
     for (;;) __asm__ volatile("pause");
+  }
+  if (streq(mode, "net-tso")) {
+    /* count=N payload=BYTES mss=M dst=MAC sip=a.b.c.d dip=a.b.c.d */
+    static char arg[32];
+    uint32_t count = 1, payload = 65495, mss = 1448;
+    uint8_t dst[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, sip[4] = {10, 99, 0, 2}, dip[4] = {10, 99, 1, 2};
+    if (cmdline_get(cmdline, "count=", arg, sizeof arg)) count = (uint32_t)parse_u64(arg);
+    if (cmdline_get(cmdline, "payload=", arg, sizeof arg)) payload = (uint32_t)parse_u64(arg);
+    if (cmdline_get(cmdline, "mss=", arg, sizeof arg)) mss = (uint32_t)parse_u64(arg);
+    if (cmdline_get(cmdline, "dst=", arg, sizeof arg)) parse_mac(arg, dst);
+    if (cmdline_get(cmdline, "sip=", arg, sizeof arg)) parse_ip(arg, sip);
+    if (cmdline_get(cmdline, "dip=", arg, sizeof arg)) parse_ip(arg, dip);
+    if (!net_init(NET_F_CSUM | NET_F_HOST_TSO4)) {
+      result_begin(mode);
+      result_str("error", net_error);
+      result_end(0);
+      return 1;
+    }
+    serial_puts("NET-START\n");
+    uint64_t t0 = rdtsc();
+    uint32_t sent = net_tso(count, payload, mss, dst, sip, dip);
+    uint64_t cycles = rdtsc() - t0;
+    result_begin(mode);
+    result_num("features_lo", (uint32_t)net_features());
+    result_num("sent", sent);
+    result_num("payload", payload);
+    result_num("cycles", cycles);
+    result_num("status", (uint32_t)net_status());
+    result_end(sent == count);
+    return sent == count ? 0 : 1;
   }
   if (streq(mode, "net-tx") || streq(mode, "net-rx")) {
     static char arg[32];

@@ -18,6 +18,9 @@ uint16_t net_pairs(void);
 void net_set_rx_buf_len(uint32_t len);
 int net_ctrl(uint8_t cls, uint8_t cmd, const void *data, uint32_t len);
 void net_hostile(int kind);
+#define NET_F_CSUM (1ull << 0)
+#define NET_F_HOST_TSO4 (1ull << 11)
+uint32_t net_tso(uint32_t count, uint32_t payload, uint32_t mss, const uint8_t *dst, const uint8_t *sip, const uint8_t *dip);
 uint64_t net_features(void);
 const uint8_t *net_mac(void);
 int net_status(void);

@@ -163,4 +163,37 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
     expect(await bad('tap,ifname=tap0,mac=01:00:00:00:00:01')).toMatch(/multicast/);
     expect(await bad('./nonexistent-driver.mjs')).toMatch(/cannot load driver module/);
   });
+
+  it('sends a 64 KiB TSO frame that leaves as MSS-sized segments with valid checksums', async () => {
+    // the tap's namespace routes the guest's frame to a second namespace over a veth without
+    // segmentation offload, so the host kernel segments it in software
+    const far = new NetNs('far');
+    try {
+      ns.exec('ip', 'tuntap', 'add', 'tapt', 'mode', 'tap', 'multi_queue', 'vnet_hdr');
+      ns.exec('ip', 'addr', 'add', '10.99.0.1/24', 'dev', 'tapt');
+      ns.exec('ip', 'link', 'set', 'tapt', 'up');
+      ns.exec('ip', 'link', 'add', 'vA', 'type', 'veth', 'peer', 'name', 'vB', 'netns', far.name);
+      ns.exec('ip', 'addr', 'add', '10.99.1.1/24', 'dev', 'vA');
+      ns.exec('ip', 'link', 'set', 'vA', 'up');
+      far.exec('ip', 'addr', 'add', '10.99.1.2/24', 'dev', 'vB');
+      far.exec('ip', 'link', 'set', 'vB', 'up');
+      ns.exec('sysctl', '-qw', 'net.ipv4.ip_forward=1');
+      ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.rp_filter=0');
+      ns.exec('sysctl', '-qw', 'net.ipv4.conf.tapt.rp_filter=0');
+      ns.exec('ethtool', '-K', 'vA', 'tso', 'off', 'gso', 'off', 'tx', 'off');
+      const tapMac = ns.exec('cat', '/sys/class/net/tapt/address').trim();
+      const payload = 65495;
+      const check = pkt(far, ['tcpcheck', 'vB', '46', '30', String(payload)]);
+      await check.waitFor('READY');
+      const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'tap,ifname=tapt', '--cmdline', `mode=net-tso count=1 payload=${payload} mss=1448 dst=${tapMac} sip=10.99.0.2 dip=10.99.1.2`]).done;
+      const g = guestResult(r.stdout);
+      expect(g, r.stdout + r.stderr).toMatchObject({ mode: 'net-tso', sent: 1, ok: true });
+      // CSUM (bit 0) and HOST_TSO4 (bit 11) were offered by the tap driver and negotiated
+      expect((g!.features_lo as number) & 0x801).toBe(0x801);
+      expect(stats(r.stderr).net[0].pairs[0].tx).toMatchObject({ packets: 1, bytes: 14 + 20 + 20 + payload, drops: 0 });
+      expect(lastJson((await check.done).stdout)).toEqual({ segments: 46, bytes: payload, max_payload: 1448, bad_ip_csum: 0, bad_tcp_csum: 0, bad_payload: 0 });
+    } finally {
+      far.delete();
+    }
+  });
 });

@@ -4,6 +4,9 @@
   pkt.py capture IFACE COUNT TIMEOUT_S   print one JSON object: the test-pattern frames seen on IFACE
   pkt.py send IFACE COUNT SIZE SRC DST   send COUNT test-pattern frames of SIZE bytes, then print JSON
   pkt.py raw IFACE HEX                   send one frame given in hex
+  pkt.py tcpcheck IFACE SEGMENTS TIMEOUT PAYLOAD
+                                         capture TCP/IPv4 segments to port 5001 (the guest's TSO frames,
+                                         segmented by the host), check every checksum and the payload
 
 Pattern (the test guest's): dst src 0x88b5 | "TSVS" | seq u32 | length u32 | byte i = (seq + i) & 0xff
 """
@@ -85,6 +88,52 @@ def main():
                     raise
             sent += 1
         print(json.dumps({'sent': sent}), flush=True)
+    elif cmd == 'tcpcheck':
+        want, timeout, payload = int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+        s.settimeout(0.5)
+        segs = []
+        end = time.time() + timeout
+        print('READY', flush=True)
+        while len(segs) < want and time.time() < end:
+            try:
+                f, addr = s.recvfrom(70000)
+            except socket.timeout:
+                continue
+            if addr[2] == socket.PACKET_OUTGOING or len(f) < 54 or f[12:14] != b'\x08\x00' or f[23] != 6:
+                continue
+            if struct.unpack('!H', f[36:38])[0] != 5001:
+                continue
+            segs.append(f)
+
+        def csum(b):
+            if len(b) % 2:
+                b += b'\0'
+            t = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+            while t >> 16:
+                t = (t & 0xFFFF) + (t >> 16)
+            return t
+
+        bad_ip = bad_tcp = bad_payload = 0
+        sizes = []
+        for f in segs:
+            ip = f[14:34]
+            tot = struct.unpack('!H', ip[2:4])[0]
+            tcp = f[34:14 + tot]
+            if csum(ip) != 0xFFFF:
+                bad_ip += 1
+            pseudo = ip[12:20] + struct.pack('!BBH', 0, 6, len(tcp))
+            if csum(pseudo + tcp) != 0xFFFF:
+                bad_tcp += 1
+            data = tcp[(tcp[12] >> 4) * 4:]
+            sizes.append(len(data))
+            off = struct.unpack('!I', tcp[4:8])[0] - 1000
+            for j, b in enumerate(data):
+                k, i = divmod(off + j, payload)
+                if b != (i * 7 + k) & 0xFF:
+                    bad_payload += 1
+                    break
+        print(json.dumps({'segments': len(segs), 'bytes': sum(sizes), 'max_payload': max(sizes) if sizes else 0,
+                          'bad_ip_csum': bad_ip, 'bad_tcp_csum': bad_tcp, 'bad_payload': bad_payload}), flush=True)
     elif cmd == 'raw':
         s.send(bytes.fromhex(sys.argv[3]))
         print(json.dumps({'sent': 1}), flush=True)

@@ -4,7 +4,7 @@
 import { Worker } from 'node:worker_threads';
 import { native, EFD_NONBLOCK } from '../native.js';
 import { workerUrl } from '../worker-url.js';
-import { CONTROL_STOP, CONTROL_WORDS } from './control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS } from './control.js';
 import type { DataplaneWorkerData, WorkerPair } from './worker.js';
 
 export type DataplaneConfig = Omit<DataplaneWorkerData, 'pairs' | 'wakeFd' | 'control'>;
@@ -59,6 +59,27 @@ export class Dataplane {
       });
       worker.once('exit', () => reject(new Error('dataplane thread exited during start-up')));
     });
+  }
+
+  /** Hold every thread off the queues (for a snapshot or migration); resolves once all have stopped. */
+  async pause(): Promise<void> {
+    for (const t of this.threads) {
+      Atomics.store(t.control, CONTROL_PAUSE, 1);
+      native.write(t.wakeFd, ONE);
+    }
+    for (const t of this.threads) {
+      while (!Atomics.load(t.control, CONTROL_PAUSED)) {
+        const w = Atomics.waitAsync(t.control, CONTROL_PAUSED, 0, 1000);
+        if (w.async) await w.value;
+      }
+    }
+  }
+
+  resume(): void {
+    for (const t of this.threads) {
+      Atomics.store(t.control, CONTROL_PAUSE, 0);
+      native.write(t.wakeFd, ONE);
+    }
   }
 
   /** Stop every thread; resolves once none can touch guest memory. */

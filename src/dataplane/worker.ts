@@ -10,7 +10,7 @@ import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
 import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
 import { STAT, STAT_WORDS } from './stats.js';
-import { CONTROL_STOP } from './control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED } from './control.js';
 import type { TxPolicy } from '../virtio-net/header.js';
 import type { DriverModule } from '../drivers/api.js';
 
@@ -109,9 +109,23 @@ async function main(): Promise<void> {
   const brokenReported = new Set<number>();
   port.postMessage({ type: 'ready' });
 
+  // while paused, only the wake eventfd can wake us
+  const wakeOnly = native.epollCreate();
+  native.epollCtl(wakeOnly, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
+  const pauseIfAsked = () => {
+    if (!Atomics.load(d.control, CONTROL_PAUSE)) return;
+    Atomics.store(d.control, CONTROL_PAUSED, 1);
+    Atomics.notify(d.control, CONTROL_PAUSED);
+    while (Atomics.load(d.control, CONTROL_PAUSE) && !Atomics.load(d.control, CONTROL_STOP)) {
+      if (native.epollWait(wakeOnly, events, -1) > 0) native.read(d.wakeFd, counter);
+    }
+    Atomics.store(d.control, CONTROL_PAUSED, 0);
+  };
+
   let lastWork = process.hrtime.bigint();
   const busyNs = BigInt(d.busyPollUs) * 1000n;
   for (;;) {
+    pauseIfAsked();
     if (Atomics.load(d.control, CONTROL_STOP)) break;
     // while busy-polling, look without sleeping; afterwards ask for kicks and sleep
     const polling = busyNs > 0n && process.hrtime.bigint() - lastWork < busyNs;
@@ -170,6 +184,7 @@ async function main(): Promise<void> {
     if (work > 0) lastWork = process.hrtime.bigint();
   }
   native.close(ep);
+  native.close(wakeOnly);
   for (const p of pairs) p.driver.close();
 }
 

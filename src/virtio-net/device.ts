@@ -112,7 +112,16 @@ export class VirtioNet implements VirtioDevice {
   /** most dataplane threads this device ran at once (for tests and reports) */
   threadsStarted = 0;
 
-  /** Counters of queue pair `pair` (rx, tx). */
+  /** Hold the dataplane threads off the rings (guest memory stays as it is) until resume(). */
+  pause(): Promise<void> {
+    return this.dataplane.pause();
+  }
+
+  resume(): void {
+    this.dataplane.resume();
+  }
+
+  /** Counters of queue pair `pair` (rx, tx), live while traffic runs. */
   queueStats(pair: number): { rx: QueueStats; tx: QueueStats } {
     return { rx: readStats(this.stats, 2 * pair), tx: readStats(this.stats, 2 * pair + 1) };
   }

@@ -417,6 +417,17 @@ int guest_main(const struct hvm_start_info *si) {
     if (cmdline_get(cmdline, "hostile=", arg, sizeof arg)) hostile = (int)parse_u64(arg);
     if (hostile == 4 || hostile == 5) want |= 1ull << 28; /* INDIRECT_DESC: reach the indirect-table checks */
     if (cmdline_get(cmdline, "rxbuf=", arg, sizeof arg)) net_set_rx_buf_len((uint32_t)parse_u64(arg));
+    int use_irq = cmdline_get(cmdline, "irq=", arg, sizeof arg) && arg[0] == '1';
+    if (use_irq) {
+      if (!net_use_msix(0x40)) {
+        result_begin(mode);
+        result_str("error", "no MSI-X capability");
+        result_end(0);
+        return 1;
+      }
+      *(volatile uint32_t *)0xfee000f0 = 0x1ff; /* local APIC on */
+      __asm__ volatile("sti");
+    }
     if (!net_init(want)) {
       result_begin(mode);
       result_str("error", net_error);
@@ -481,6 +492,7 @@ int guest_main(const struct hvm_start_info *si) {
     result_num("bad", rr.bad);
     result_num("other", rr.other);
     result_num("max_buffers", rr.max_buffers);
+    result_num("irqs", irq_count);
     result_num("acks", (uint32_t)acks);
     result_num("nacks", (uint32_t)nacks);
     result_num("out_of_order", rr.out_of_order);

@@ -106,12 +106,14 @@ static int find_caps(int dev, uint64_t *notify_base, uint32_t *notify_mult) {
   return have == 7;
 }
 
+static uint16_t rx_vector = 0xffff; /* MSI-X vector for RX queue 0, when the guest takes interrupts */
+
 static void setup_queue(uint16_t index, struct ring *r, uint64_t notify_base, uint32_t mult) {
   CW16(0x16) = index;
   uint16_t max = CW16(0x18);
   uint16_t size = max < QSIZE ? max : QSIZE;
   CW16(0x18) = size;
-  CW16(0x1a) = 0xffff; /* no MSI-X vector: we poll */
+  CW16(0x1a) = index == 0 ? rx_vector : 0xffff; /* no MSI-X vector: we poll (unless net_use_msix) */
   CW32(0x20) = (uint32_t)(uintptr_t)r->desc;
   CW32(0x24) = 0;
   CW32(0x28) = (uint32_t)(uintptr_t)&r->avail_flags;
@@ -126,6 +128,35 @@ const char *net_error = "";
 
 static uint64_t notify_base_;
 static uint32_t notify_mult_;
+
+static int msix_dev = -1;
+static uint8_t msix_cap;
+
+/*
+ * Interrupts for RX queue 0 through MSI-X vector 0, delivered as `vector` to local APIC 0. Call before
+ * net_init: the vector is bound to the queue during set-up, as drivers do.
+ */
+int net_use_msix(uint8_t vector) {
+  int dev = pci_find(VIRTIO_VENDOR, VIRTIO_NET_MODERN);
+  if (dev < 0) return 0;
+  for (uint8_t p = pci_read8((uint32_t)dev, 0x34); p; p = pci_read8((uint32_t)dev, p + 1u)) {
+    if (pci_read8((uint32_t)dev, p) != 0x11) continue;
+    uint32_t table = pci_read32((uint32_t)dev, p + 4u);
+    uint64_t base = pci_bar((uint32_t)dev, (int)(table & 7)) + (table & ~7u);
+    pci_write16((uint32_t)dev, 0x04, 0x06);
+    volatile uint32_t *t = map_mmio(base, 16);
+    t[0] = 0xfee00000u; /* destination: local APIC 0 */
+    t[1] = 0;
+    t[2] = vector;      /* fixed delivery, edge */
+    t[3] = 0;           /* unmasked */
+    pci_write16((uint32_t)dev, p + 2u, (uint16_t)(pci_read16((uint32_t)dev, p + 2u) | 0x8000)); /* MSI-X enable */
+    msix_dev = dev;
+    msix_cap = p;
+    rx_vector = 0;
+    return 1;
+  }
+  return 0;
+}
 
 int net_init(uint64_t want) {
   int dev = pci_find(VIRTIO_VENDOR, VIRTIO_NET_MODERN);
@@ -456,6 +487,8 @@ void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
         res->other++;
       }
     }
+    /* EVENT_IDX: interrupt me when the next entry is used */
+    rxr.used_event = rxr.last_used;
     post_rx();
     __asm__ volatile("pause");
   }

@@ -14,6 +14,7 @@ extern const char *net_error;
 #define NET_F_CTRL_MAC_ADDR (1ull << 23)
 #define NET_NO_EVENT_IDX (1ull << 63) /* not a feature: ask net_init to leave EVENT_IDX off */
 int net_init(uint64_t want_features);
+int net_use_msix(uint8_t vector);
 uint16_t net_pairs(void);
 void net_set_rx_buf_len(uint32_t len);
 int net_ctrl(uint8_t cls, uint8_t cmd, const void *data, uint32_t len);

@@ -11,6 +11,8 @@
  *   mode=dirty    after a byte on the serial port, write one byte in each page of [16 MiB, 17 MiB), then spin
  *   mode=net-tx   count=N size=S [dst=MAC]: send N frames of S bytes through virtio-net, report
  *   mode=net-rx   count=N: receive and verify N frames (see virtio_net.c for the pattern), report
+ *   mode=net-pingpong count=N size=S dst=MAC: N round trips through a host reflector, p50/p99 in cycles
+ *   mode=net-macswap count=N: forward N received frames back with their MAC addresses swapped
  *   mode=irq      enable interrupts, print "IRQ n" for each vector-0x40 interrupt, report after irqs=N
  * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
  */
@@ -395,7 +397,7 @@ int guest_main(const struct hvm_start_info *si) {
     result_end(sent == count);
     return sent == count ? 0 : 1;
   }
-  if (streq(mode, "net-tx") || streq(mode, "net-rx")) {
+  if (streq(mode, "net-tx") || streq(mode, "net-rx") || streq(mode, "net-pingpong") || streq(mode, "net-macswap")) {
     static char arg[32];
     uint32_t count = 1000, size = 1514;
     uint8_t dst[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
@@ -465,6 +467,34 @@ int guest_main(const struct hvm_start_info *si) {
     }
     serial_puts("NET-START\n");
     uint64_t t0 = rdtsc();
+    if (streq(mode, "net-pingpong")) {
+      static uint32_t rtt[100000];
+      if (count > 100000) count = 100000;
+      uint32_t ok = net_pingpong(count, size, dst, rtt);
+      /* percentiles of the answered ones (insertion sort is fine at this size) */
+      uint32_t n = 0;
+      for (uint32_t i = 0; i < count; i++)
+        if (rtt[i]) rtt[n++] = rtt[i];
+      for (uint32_t i = 1; i < n; i++) {
+        uint32_t v = rtt[i], j = i;
+        while (j > 0 && rtt[j - 1] > v) rtt[j] = rtt[j - 1], j--;
+        rtt[j] = v;
+      }
+      result_begin(mode);
+      result_num("answered", ok);
+      result_num("p50_cycles", n ? rtt[n / 2] : 0);
+      result_num("p99_cycles", n ? rtt[(n * 99) / 100] : 0);
+      result_num("min_cycles", n ? rtt[0] : 0);
+      result_end(ok == count);
+      return ok == count ? 0 : 1;
+    }
+    if (streq(mode, "net-macswap")) {
+      uint32_t fwd = net_macswap(count, 30000000000ull);
+      result_begin(mode);
+      result_num("forwarded", fwd);
+      result_end(fwd == count);
+      return fwd == count ? 0 : 1;
+    }
     if (streq(mode, "net-tx")) {
       uint64_t sent = net_tx(count, size, dst);
       uint64_t cycles = rdtsc() - t0;

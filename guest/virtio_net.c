@@ -408,6 +408,72 @@ uint32_t net_tso(uint32_t count, uint32_t payload, uint32_t mss, const uint8_t *
   return done;
 }
 
+/* Take one received frame (polling); returns its length (0 when none arrived within `cycles`). */
+static uint32_t rx_one(uint64_t cycles, uint8_t **frame);
+
+/*
+ * Ping-pong: send frame k, wait for a frame carrying seq k back (a reflector swaps the MACs), record
+ * the round trip in TSC cycles. rtt[] gets `count` samples (0 for a lost one).
+ */
+uint32_t net_pingpong(uint32_t count, uint32_t len, const uint8_t *dst, uint32_t *rtt) {
+  uint32_t ok = 0;
+  if (len < 60) len = 60;
+  for (uint32_t i = 0; i < QSIZE; i++) txr.desc[i].addr = (uint64_t)(uintptr_t)txbuf[i], txr.desc[i].flags = 0;
+  for (uint32_t k = 0; k < count; k++) {
+    reclaim_tx_ring(&txr);
+    uint16_t slot = txr.next_avail % QSIZE, old = txr.next_avail;
+    for (int i = 0; i < HDR_LEN; i++) txbuf[slot][i] = 0;
+    fill_frame(txbuf[slot] + HDR_LEN, len, k, dst);
+    txr.desc[slot].len = HDR_LEN + len;
+    txr.avail_ring[slot] = slot;
+    txr.next_avail++;
+    txr.in_flight++;
+    uint64_t t0 = rdtsc_();
+    publish(&txr, 1, old);
+    rtt[k] = 0;
+    for (;;) {
+      uint8_t *f;
+      uint32_t n = rx_one(2600000000ull, &f);
+      if (!n) break;
+      uint32_t seq;
+      if (net_check_frame(f, n, &seq) > 0 && seq == k) {
+        rtt[k] = (uint32_t)(rdtsc_() - t0);
+        ok++;
+        break;
+      }
+    }
+  }
+  return ok;
+}
+
+/* macswap forwarding: every frame received goes back out with its MAC addresses swapped. */
+uint32_t net_macswap(uint32_t count, uint64_t idle_cycles) {
+  uint32_t fwd = 0;
+  for (uint32_t i = 0; i < QSIZE; i++) txr.desc[i].addr = (uint64_t)(uintptr_t)txbuf[i], txr.desc[i].flags = 0;
+  serial_puts("NET-RX-READY\n");
+  while (fwd < count) {
+    uint8_t *f;
+    uint32_t n = rx_one(idle_cycles, &f);
+    if (!n) break;
+    while (txr.in_flight >= QSIZE) reclaim_tx_ring(&txr);
+    reclaim_tx_ring(&txr);
+    uint16_t slot = txr.next_avail % QSIZE, old = txr.next_avail;
+    uint8_t *o = txbuf[slot];
+    for (int i = 0; i < HDR_LEN; i++) o[i] = 0;
+    for (int i = 0; i < 6; i++) o[HDR_LEN + i] = f[6 + i], o[HDR_LEN + 6 + i] = f[i];
+    for (uint32_t i = 12; i < n && i < BUF_SIZE - HDR_LEN; i++) o[HDR_LEN + i] = f[i];
+    txr.desc[slot].len = HDR_LEN + n;
+    txr.avail_ring[slot] = slot;
+    txr.next_avail++;
+    txr.in_flight++;
+    publish(&txr, 1, old);
+    fwd++;
+  }
+  uint64_t t0 = rdtsc_();
+  while (txr.in_flight && rdtsc_() - t0 < 20000000000ull) reclaim_tx_ring(&txr);
+  return fwd;
+}
+
 static void post_rx(void) {
   uint16_t old = rxr.next_avail;
   while (rxr.in_flight < QSIZE) {
@@ -423,6 +489,29 @@ static void post_rx(void) {
 }
 
 static uint8_t reasm[65536 + 64];
+
+static uint32_t rx_one(uint64_t cycles, uint8_t **frame) {
+  static int posted;
+  if (!posted) post_rx(), posted = 1;
+  uint64_t t0 = rdtsc_();
+  while (rxr.last_used == rxr.used.idx)
+    if (rdtsc_() - t0 > cycles) return 0;
+  barrier();
+  uint16_t u = rxr.last_used % QSIZE;
+  uint32_t id = rxr.used.ring[u].id, len = rxr.used.ring[u].len;
+  rxr.last_used++;
+  rxr.in_flight--;
+  /* copy out, so the buffer can go straight back to the device */
+  uint32_t n = 0;
+  if (id < QSIZE && len > HDR_LEN && len <= rx_buf_len) {
+    n = len - HDR_LEN;
+    for (uint32_t i = 0; i < n; i++) reasm[i] = rxbuf[id][HDR_LEN + i];
+  }
+  rxr.used_event = rxr.last_used;
+  post_rx();
+  *frame = reasm;
+  return n ? n : rx_one(cycles, frame);
+}
 
 void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
   res->received = res->bad = res->other = res->out_of_order = 0;

@@ -15,6 +15,8 @@ extern const char *net_error;
 #define NET_NO_EVENT_IDX (1ull << 63) /* not a feature: ask net_init to leave EVENT_IDX off */
 int net_init(uint64_t want_features);
 int net_use_msix(uint8_t vector);
+uint32_t net_pingpong(uint32_t count, uint32_t len, const uint8_t *dst, uint32_t *rtt);
+uint32_t net_macswap(uint32_t count, uint64_t idle_cycles);
 uint16_t net_pairs(void);
 void net_set_rx_buf_len(uint32_t len);
 int net_ctrl(uint8_t cls, uint8_t cmd, const void *data, uint32_t len);

@@ -2,7 +2,11 @@
 // real tap in a namespace this test creates and deletes, and frames checked byte for byte on the host.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createHash } from 'node:crypto';
-import { NetNs, runVm, pkt, lastJson, stats } from './helpers/netns.js';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NetNs, runVm, runInNs, pkt, lastJson, stats } from './helpers/netns.js';
 import { ROOT, TEST_GUEST, guestResult, haveKvm, which } from './helpers/env.js';
 
 const GUEST_MAC = '52:54:00:75:76:00';
@@ -99,8 +103,37 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
     // every interrupt the dataplane raised reached the guest's handler, and EVENT_IDX kept them fewer
     // than the frames
     expect(signalled).toBeGreaterThan(0);
-    expect(g!.irqs).toBe(signalled);
+    // (the last one may land after the guest printed its count)
+    expect(g!.irqs as number).toBeLessThanOrEqual(signalled);
+    expect(g!.irqs as number).toBeGreaterThanOrEqual(signalled - 1);
     expect(signalled).toBeLessThan(1000);
+  });
+
+  it('forwards frames back with swapped MACs (macswap mode)', async () => {
+    const cap = pkt(ns, ['capture', 'tap0', '500', '30']);
+    await cap.waitFor('READY');
+    const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--net', 'tap,ifname=tap0', '--cmdline', 'mode=net-macswap count=500']);
+    await vm.waitFor('NET-RX-READY');
+    await pkt(ns, ['send', 'tap0', '500', '300', HOST_MAC, GUEST_MAC]).done;
+    const r = await vm.done;
+    expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ forwarded: 500, ok: true });
+    const h = createHash('sha256');
+    for (let s = 0; s < 500; s++) h.update(patternFrame(s, 300, GUEST_MAC, HOST_MAC));
+    expect(lastJson((await cap.done).stdout)).toMatchObject({ frames: 500, bad: 0, in_order: true, dsts: [HOST_MAC], sha256: h.digest('hex') });
+  });
+
+  it('answers every ping-pong round trip through a host reflector', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-reflect-'));
+    const bin = join(dir, 'reflect');
+    execFileSync('gcc', ['-O2', '-o', bin, join(ROOT, 'bench', 'reflect.c')]);
+    const refl = runInNs(ns, [bin, 'tap0', '1000', '30']);
+    await refl.waitFor('READY');
+    const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-pingpong count=1000 size=60 dst=${HOST_MAC}`]).done;
+    const g = guestResult(r.stdout);
+    expect(g, r.stdout + r.stderr).toMatchObject({ answered: 1000, ok: true });
+    expect(g!.p50_cycles as number).toBeGreaterThan(0);
+    expect(lastJson((await refl.done).stdout)).toEqual({ reflected: 1000 });
+    rmSync(dir, { recursive: true });
   });
 
   it('carries mergeable receive buffers: a 1514-byte frame spread over 512-byte buffers', async () => {

@@ -82,6 +82,11 @@ export function runVm(ns: NetNs, args: string[]): Running {
   return track(ns.spawn([process.execPath, CLI, 'run', ...args]));
 }
 
+/** Any command inside the namespace. */
+export function runInNs(ns: NetNs, cmd: string[]): Running {
+  return track(ns.spawn(cmd));
+}
+
 /** The packet tool inside the namespace. */
 export function pkt(ns: NetNs, args: string[]): Running {
   return track(ns.spawn(['python3', PKT, ...args]));

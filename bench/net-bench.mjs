@@ -37,6 +37,7 @@ function sh(cmd, a, opts = {}) {
 mkdirSync(OUT, { recursive: true });
 sh('gcc', ['-O2', '-o', join(OUT, 'tsc-hz'), join(ROOT, 'bench', 'tsc-hz.c')]);
 sh('gcc', ['-O2', '-o', join(OUT, 'pktgen'), join(ROOT, 'bench', 'pktgen.c')]);
+sh('gcc', ['-O2', '-o', join(OUT, 'reflect'), join(ROOT, 'bench', 'reflect.c')]);
 sh('make', ['-s', '-C', join(ROOT, 'guest')]);
 const tscHz = Number(sh(join(OUT, 'tsc-hz'), []).trim());
 const NS = `tsvmm-bench-${process.pid}`;
@@ -107,22 +108,43 @@ const scenarios = quick
       { name: 'tx1500', dir: 'tx', size: 1514, count: 20000 },
       { name: 'rx64', dir: 'rx', size: 60, count: 50000 },
       { name: 'rx1500', dir: 'rx', size: 1514, count: 20000 },
+      { name: 'pingpong', dir: 'pp', size: 60, count: 2000 },
+      { name: 'tso', dir: 'tso', size: 65549, count: 200 },
     ]
   : [
       { name: 'tx64', dir: 'tx', size: 60, count: 400000 },
       { name: 'tx1500', dir: 'tx', size: 1514, count: 200000 },
       { name: 'rx64', dir: 'rx', size: 60, count: 200000 },
       { name: 'rx1500', dir: 'rx', size: 1514, count: 100000 },
+      { name: 'pingpong', dir: 'pp', size: 60, count: 10000 },
+      { name: 'tso', dir: 'tso', size: 65549, count: 2000 },
     ];
 
+const tapOf = (vmm) => (vmm === 'tsvmm' ? 'tapb' : 'tapq');
+
 async function measure(vmm, s) {
+  if (s.dir === 'pp') {
+    const refl = spawn('ip', ['netns', 'exec', NS, join(OUT, 'reflect'), tapOf(vmm), String(s.count), '30'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((r) => refl.stdout.once('data', r));
+    const { result } = await runGuest(vmm, `mode=net-pingpong count=${s.count} size=${s.size} dst=${HOST_MAC}`, 'NET-START');
+    refl.kill();
+    const us = (c) => (c / tscHz) * 1e6;
+    return { pps: s.count / ((result.p50_cycles * s.count) / tscHz), gbps: 0, cpuPerMpkt: NaN, loss: 1 - result.answered / s.count, p50us: us(result.p50_cycles), p99us: us(result.p99_cycles) };
+  }
+  if (s.dir === 'tso') {
+    const mac = sh('ip', ['netns', 'exec', NS, 'cat', `/sys/class/net/${tapOf(vmm)}/address`]).trim();
+    const { result, cpu } = await runGuest(vmm, `mode=net-tso count=${s.count} dst=${mac} sip=10.99.0.2 dip=10.99.1.2`, 'NET-START');
+    if (!result.ok) throw new Error(`${vmm} tso: ${JSON.stringify(result)}`);
+    const seconds = result.cycles / tscHz;
+    return { pps: result.sent / seconds, gbps: (result.sent * (result.payload + 54) * 8) / seconds / 1e9, cpuPerMpkt: cpu / (result.sent / 1e6), loss: 0 };
+  }
   if (s.dir === 'tx') {
     const { result, cpu } = await runGuest(vmm, `mode=net-tx count=${s.count} size=${s.size} dst=${HOST_MAC}`, 'NET-START');
     if (!result.ok) throw new Error(`${vmm} ${s.name}: ${JSON.stringify(result)}`);
     const seconds = result.cycles / tscHz;
     return { pps: result.sent / seconds, gbps: (result.sent * s.size * 8) / seconds / 1e9, cpuPerMpkt: cpu / (result.sent / 1e6), loss: 0 };
   }
-  const tap = vmm === 'tsvmm' ? 'tapb' : 'tapq';
+  const tap = tapOf(vmm);
   let offered = 0;
   const { result, cpu } = await runGuest(vmm, `mode=net-rx count=${s.count} idle=3000`, 'NET-RX-READY', () => {
     const o = JSON.parse(sh('ip', ['netns', 'exec', NS, join(OUT, 'pktgen'), tap, String(s.count), String(s.size), HOST_MAC, GUEST_MAC]));
@@ -140,6 +162,10 @@ for (let r = 0; r < rounds; r++) {
     for (const vmm of order) {
       const m = await measure(vmm, s);
       ((samples[s.name] ??= {})[vmm] ??= []).push(m);
+      if (s.dir === 'pp') {
+        log(`round ${r + 1} ${s.name.padEnd(8)} ${vmm.padEnd(6)} p50 ${m.p50us.toFixed(1)} µs  p99 ${m.p99us.toFixed(1)} µs${m.loss ? `  unanswered ${(m.loss * 100).toFixed(1)} %` : ''}`);
+        continue;
+      }
       log(`round ${r + 1} ${s.name.padEnd(7)} ${vmm.padEnd(6)} ${(m.pps / 1e3).toFixed(1).padStart(8)} kpps ${m.gbps.toFixed(3).padStart(7)} Gbit/s  cpu ${m.cpuPerMpkt.toFixed(2)} s/Mpkt${m.loss ? `  loss ${(m.loss * 100).toFixed(1)} %` : ''}${m.offeredPps ? `  offered ${(m.offeredPps / 1e3).toFixed(0)} kpps` : ''}`);
     }
   }
@@ -155,16 +181,29 @@ for (const [name, byVmm] of Object.entries(samples)) {
     const v = byVmm[vmm].map((m) => m[key]);
     return { median: median(v), min: Math.min(...v), max: Math.max(...v) };
   };
+  if (name === 'pingpong') {
+    const of = (vmm) => (byVmm[vmm] ? { p50us: stat(vmm, 'p50us'), p99us: stat(vmm, 'p99us'), loss: stat(vmm, 'loss') } : undefined);
+    const q = of('qemu');
+    const t = of('tsvmm');
+    // a latency ratio: below 1 means tsvmm answers faster
+    summary[name] = { qemu: q, tsvmm: t, ratio: q && t ? t.p50us.median / q.p50us.median : undefined, ratioP99: q && t ? t.p99us.median / q.p99us.median : undefined };
+    continue;
+  }
   const of = (vmm) => (byVmm[vmm] ? { pps: stat(vmm, 'pps'), gbps: stat(vmm, 'gbps'), cpuPerMpkt: stat(vmm, 'cpuPerMpkt'), loss: stat(vmm, 'loss') } : undefined);
   const q = of('qemu');
   const t = of('tsvmm');
-  summary[name] = { qemu: q, tsvmm: t, ratio: q && t ? t.pps.median / q.pps.median : undefined };
+  summary[name] = { qemu: q, tsvmm: t, ratio: q && t ? (name === 'tso' ? t.gbps.median / q.gbps.median : t.pps.median / q.pps.median) : undefined };
 }
-const report = { rounds, tscHz, quick, scenarios, summary, latency: null, tso: null, notMeasured: ['ping-pong latency (guest mode not written yet)', '64 KiB TSO Gbit/s (guest TSO mode not written yet)'] };
+const report = { rounds, tscHz, quick, scenarios, summary };
 if (json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
 else {
   log('\nmedian of', rounds, only ? 'round(s)' : 'rounds (min-max); ratio = tsvmm / QEMU');
   for (const [name, s] of Object.entries(summary)) {
+    if (name === 'pingpong') {
+      const f = (v) => `p50 ${v.p50us.median.toFixed(1)} µs p99 ${v.p99us.median.toFixed(1)} µs`;
+      log(`pingpong ${s.qemu ? `qemu ${f(s.qemu)}  ` : ''}${s.tsvmm ? `tsvmm ${f(s.tsvmm)}` : ''}${s.ratio ? `  p50 ratio ${s.ratio.toFixed(2)} (lower is better)` : ''}`);
+      continue;
+    }
     if (!s.qemu || !s.tsvmm) {
       const v = s.qemu ?? s.tsvmm;
       log(`${name.padEnd(7)} ${only} ${(v.pps.median / 1e3).toFixed(1)} kpps  ${v.gbps.median.toFixed(3)} Gbit/s${v.loss.median ? `  (${(v.loss.median * 100).toFixed(0)} % of offered frames lost)` : ''}`);

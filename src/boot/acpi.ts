@@ -2,7 +2,8 @@
 // Debian's 6.12 kernel has no MP-table parser (CONFIG_X86_MPPARSE off), so this is how a stock Linux
 // finds its CPUs, local APICs and IOAPIC, powers off (sleep control register + \_S5) and resets
 // (FADT reset register). Checked against a third-party decoder (iasl -d) in test/acpi.test.ts.
-import { IOAPIC_ADDR, LAPIC_ADDR } from './layout.js';
+import { IOAPIC_ADDR, LAPIC_ADDR, MMIO_HOLE_START } from './layout.js';
+import * as aml from './aml.js';
 
 export const ACPI_SLEEP_CONTROL_PORT = 0x600;
 export const ACPI_SLEEP_STATUS_PORT = 0x601;
@@ -70,14 +71,35 @@ export function buildFadt(dsdtAddr: number): Uint8Array {
   return sdt('FACP', 6, body);
 }
 
-/** DSDT: the \_S5 sleep package (SLP_TYPa = 5) so Linux can power off. */
+/** The 32-bit window the PCI host bridge decodes for BARs (IOAPIC and LAPIC pages above it). */
+export const PCI_MMIO_WINDOW = { start: MMIO_HOLE_START, end: IOAPIC_ADDR - 1 };
+
+/**
+ * DSDT: the PCI host bridge (PNP0A03, bus 0, configuration mechanism #1 at 0xCF8, its I/O and memory
+ * windows: with ACPI, Linux finds PCI only through such a device) and \_S5 (SLP_TYPa = 5, power-off).
+ */
 export function buildDsdt(): Uint8Array {
-  const aml = new Uint8Array([
-    0x08, 0x5f, 0x53, 0x35, 0x5f, // NameOp "_S5_"
-    0x12, 0x07, 0x04, // PackageOp, PkgLength 7, 4 elements
-    0x0a, ACPI_S5_SLP_TYP, 0x00, 0x00, 0x00, // BytePrefix 5, Zero, Zero, Zero
+  const pci0 = aml.device('PCI0', [
+    ...aml.name('_HID', aml.eisaId('PNP0A03')),
+    ...aml.name('_UID', aml.integer(0)),
+    ...aml.name('_SEG', aml.integer(0)),
+    ...aml.name('_BBN', aml.integer(0)),
+    ...aml.name(
+      '_CRS',
+      aml.resourceTemplate([
+        aml.wordRange('bus', 0, 0),
+        aml.ioPort(0xcf8, 0xcf8, 1, 8),
+        aml.wordRange('io', 0x0000, 0x0cf7),
+        aml.wordRange('io', 0x0d00, 0xffff),
+        aml.dwordMemory(PCI_MMIO_WINDOW.start, PCI_MMIO_WINDOW.end),
+      ]),
+    ),
   ]);
-  return sdt('DSDT', 2, aml);
+  const body = [
+    ...aml.scope('\\_SB_', pci0),
+    ...aml.name('_S5_', aml.pkg([aml.integer(ACPI_S5_SLP_TYP), aml.integer(0), aml.integer(0), aml.integer(0)])),
+  ];
+  return sdt('DSDT', 2, new Uint8Array(body));
 }
 
 export function buildMadt(cpus: number, ioapicId: number): Uint8Array {

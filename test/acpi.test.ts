@@ -69,7 +69,7 @@ describe('ACPI tables', () => {
       expect(d).toMatch(/Scope \(\\_SB\)\s*\{\s*Device \(PCI0\)/);
       expect(d).toMatch(/Name \(_HID, EisaId \("PNP0A03"\)/);
       expect(d).toMatch(/WordBusNumber \(ResourceProducer, MinFixed, MaxFixed, PosDecode,[\s\S]*?0x0000,[\s\S]*?0x0000,[\s\S]*?0x0000,[\s\S]*?0x0000,[\s\S]*?0x0001,/);
-      expect(d).toMatch(/IO \(Decode16,\s*0x0CF8,\s*0x0CF8,\s*0x01,\s*0x08,/);
+      expect(d).toMatch(/IO \(Decode16,[\s\S]*?0x0CF8,[\s\S]*?0x0CF8,[\s\S]*?0x01,[\s\S]*?0x08,/);
       expect(d).toMatch(/WordIO \(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,[\s\S]*?0x0D00,[\s\S]*?0xFFFF,[\s\S]*?0xF300,/);
       expect(d).toMatch(/DWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,[\s\S]*?0xC0000000,[\s\S]*?0xFEBFFFFF,[\s\S]*?0x3EC00000,/);
     });

@@ -3,6 +3,7 @@
 #   vmlinuz          Debian's cloud kernel (bzImage), for the 64-bit boot protocol
 #   vmlinux          the same kernel uncompressed (ELF with a PVH note), for PVH entry
 #   initramfs.cpio.gz  busybox, the virtio-net modules, iperf3 and an /init that reports and powers off
+#   modules/         the decompressed modules other images need (KVM for the nested harness, tun, virtio)
 # Cached by kernel package version; TSVMM_LINUX_PKG overrides the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,8 @@ fi
 [ -n "$pkg" ] || { echo "guest-linux: cannot resolve $meta from apt" >&2; exit 1; }
 
 out=.cache/linux
-if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ -f "$out/initramfs.cpio.gz" ]; then
+LAYOUT=2
+if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ "$(cat "$out/LAYOUT" 2>/dev/null)" = "$LAYOUT" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   echo "guest-linux: $pkg already built in $out"
   exit 0
 fi
@@ -57,7 +59,13 @@ chmod +x "$ir/init"
 (cd "$ir" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initramfs.cpio.gz"
 rm -rf "$out/deb" "$ir"
 # keep only what the tests use from the package tree
+mkdir -p "$out/modules"
+for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/net/tun virt/lib/irqbypass \
+         arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/iommu/virtio-iommu; do
+  xz -dc "$out/root/lib/modules/$kver/kernel/$m.ko.xz" > "$out/modules/$(basename "$m").ko"
+done
 rm -rf "$out/root"
 echo "$pkg" > "$out/PACKAGE"
+echo "$LAYOUT" > "$out/LAYOUT"
 echo "$kver" > "$out/KERNEL_VERSION"
 echo "guest-linux: built $pkg ($kver) in $out"

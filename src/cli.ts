@@ -20,12 +20,13 @@ Boots a bzImage or a PVH ELF kernel on KVM.
   --cpus N         number of vCPUs (default 1)
   --serial WHERE   serial console: stdio (default), file:PATH, or none
   --kvm-device P   KVM device node (default /dev/kvm)
+  --timeout SECS   stop the VM after SECS seconds (exit status 124), whatever the guest is doing
   --stats          when the VM ends, print per-queue network counters as a JSON line (stderr)
   --net SPEC       a virtio-net device (repeatable), e.g. tap,ifname=tap0[,queues=N][,mac=MAC]
                    [,threads=N][,busy-poll=USEC]; DRIVER is tap or the path of a driver module
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
-2 for bad usage, 130/143 when interrupted.`;
+2 for bad usage, 124 when --timeout stopped it, 130/143 when interrupted.`;
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -62,6 +63,7 @@ export async function main(argv: string[]): Promise<number> {
         'kvm-device': { type: 'string' },
         net: { type: 'string', multiple: true },
         stats: { type: 'boolean' },
+        timeout: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -79,6 +81,11 @@ export async function main(argv: string[]): Promise<number> {
   if (values.cpus !== undefined) {
     if (!/^\d+$/.test(values.cpus)) return fail(`--cpus: "${values.cpus}" is not a whole number`);
     cpus = Number(values.cpus);
+  }
+  let timeoutSecs: number | undefined;
+  if (values.timeout !== undefined) {
+    if (!/^\d+(\.\d+)?$/.test(values.timeout) || Number(values.timeout) <= 0) return fail(`--timeout: "${values.timeout}" is not a positive number of seconds`);
+    timeoutSecs = Number(values.timeout);
   }
   const serial = values.serial ?? 'stdio';
   if (!(serial === 'stdio' || serial === 'none' || (serial.startsWith('file:') && serial.length > 5)))
@@ -122,9 +129,18 @@ export async function main(argv: string[]): Promise<number> {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  let timedOut = false;
+  const timer =
+    timeoutSecs === undefined
+      ? undefined
+      : setTimeout(() => {
+          timedOut = true;
+          void vm.stop();
+        }, timeoutSecs * 1000);
 
   const nets = [...vm.netDevices];
   const exit: VmExit = await vm.exited;
+  if (timer) clearTimeout(timer);
   if (values.stats) {
     const devices = nets.map((d) => ({
       mac: formatMac(d.net.mac),
@@ -139,8 +155,9 @@ export async function main(argv: string[]): Promise<number> {
   process.stdin.unref?.();
   process.removeListener('SIGINT', onSignal);
   process.removeListener('SIGTERM', onSignal);
-  process.stderr.write(`tsvmm: ${describe(exit)}\n`);
+  process.stderr.write(`tsvmm: ${timedOut ? `time limit of ${timeoutSecs} s reached; ` : ''}${describe(exit)}\n`);
   if (signalled) return signalled;
+  if (timedOut) return 124;
   if (exit.reason === 'crash') return 1;
   return exit.reason === 'poweroff' ? exit.status & 0xff : 0;
 }

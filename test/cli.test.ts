@@ -44,6 +44,7 @@ describe('tsvmm CLI', () => {
     [['run', '--kernel', TEST_GUEST, '--cpus', 'two'], /--cpus: "two" is not a whole number/],
     [['run', '--kernel', TEST_GUEST, '--cpus', '0'], /--cpus: must be a whole number of at least 1/],
     [['run', '--kernel', TEST_GUEST, '--serial', 'tcp:1234'], /--serial: "tcp:1234"/],
+    [['run', '--kernel', TEST_GUEST, '--timeout', 'soon'], /--timeout: "soon" is not a positive number/],
     [['run', '--kernel', TEST_GUEST, '--kvm-device', '/nonexistent/kvm'], /\/nonexistent\/kvm does not exist/],
   ])('rejects %j with one clear line', (args, pattern) => {
     expectOneLineError(tsvmm(args as string[]), pattern as RegExp);
@@ -70,6 +71,13 @@ describe('tsvmm CLI', () => {
     expect(r.stderr).toBe('tsvmm: guest powered off (status 0)\n');
     const f = tsvmm(['run', '--kernel', TEST_GUEST, '--cmdline', 'mode=fault', '--mem', '64M']);
     expect(f.status).toBe(0x7f);
+  });
+
+  it.runIf(haveKvm())('stops a wedged guest at --timeout with status 124', () => {
+    const r = tsvmm(['run', '--kernel', TEST_GUEST, '--cmdline', 'mode=hang', '--mem', '64M', '--cpus', '2', '--timeout', '1']);
+    expect(r.status).toBe(124);
+    expect(r.stdout).toContain('hanging');
+    expect(r.stderr).toBe('tsvmm: time limit of 1 s reached; VM stopped (stopped by the host)\n');
   });
 
   it.runIf(haveKvm())('writes the console to a file with --serial file:PATH', () => {

@@ -64,6 +64,13 @@ describe('ACPI tables', () => {
     it('DSDT: \\_S5 with SLP_TYP 5', () => {
       expect(dsl.DSDT).toMatch(/Name \(_S5, Package \(0x04\)[\s\S]*0x05,/);
     });
+    it('DSDT: COM1 at 0x3F8 with IRQ 4', () => {
+      expect(dsl.DSDT).toMatch(/Device \(COM1\)[\s\S]*EisaId \("PNP0501"\)[\s\S]*IO \(Decode16,[\s\S]*?0x03F8,[\s\S]*?0x03F8,[\s\S]*?IRQNoFlags \(\)\s*\{4\}/);
+    });
+    it('FADT: no CMOS RTC, no VGA', () => {
+      expect(dsl.FACP).toMatch(/CMOS RTC Not Present \(V5\) : 1/);
+      expect(dsl.FACP).toMatch(/VGA Not Present \(V4\) : 1/);
+    });
     it('DSDT: the PCI host bridge with its bus, I/O and memory windows', () => {
       const d = dsl.DSDT;
       expect(d).toMatch(/Scope \(\\_SB\)\s*\{\s*Device \(PCI0\)/);

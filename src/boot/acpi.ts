@@ -62,7 +62,9 @@ export function buildFadt(dsdtAddr: number): Uint8Array {
   v.setUint32(at(112), (1 << 0) | (1 << 10) | (1 << 20), true);
   gasIo(v, at(116), ACPI_RESET_PORT, 8);
   v.setUint8(at(128), ACPI_RESET_VALUE);
-  v.setUint16(at(109), 1 << 2, true); // IAPC_BOOT_ARCH: VGA not present
+  // IAPC_BOOT_ARCH: VGA not present, CMOS RTC not present (guests take wall time from kvmclock;
+  // without this Linux's rtc_cmos probe spins on the update-in-progress bit of a port nobody answers)
+  v.setUint16(at(109), (1 << 2) | (1 << 5), true);
   v.setUint8(at(131), 0); // FADT minor version (6.0)
   v.setBigUint64(at(140), BigInt(dsdtAddr), true); // X_DSDT
   gasIo(v, at(244), ACPI_SLEEP_CONTROL_PORT, 8);
@@ -76,7 +78,8 @@ export const PCI_MMIO_WINDOW = { start: MMIO_HOLE_START, end: IOAPIC_ADDR - 1 };
 
 /**
  * DSDT: the PCI host bridge (PNP0A03, bus 0, configuration mechanism #1 at 0xCF8, its I/O and memory
- * windows: with ACPI, Linux finds PCI only through such a device) and \_S5 (SLP_TYPa = 5, power-off).
+ * windows: with ACPI, Linux finds PCI only through such a device), COM1 (PNP0501 at 0x3F8, IRQ 4: a
+ * hardware-reduced platform has no legacy serial ports unless described), and \_S5 (SLP_TYPa = 5).
  */
 export function buildDsdt(): Uint8Array {
   const pci0 = aml.device('PCI0', [
@@ -95,8 +98,13 @@ export function buildDsdt(): Uint8Array {
       ]),
     ),
   ]);
+  const com1 = aml.device('COM1', [
+    ...aml.name('_HID', aml.eisaId('PNP0501')),
+    ...aml.name('_UID', aml.integer(1)),
+    ...aml.name('_CRS', aml.resourceTemplate([aml.ioPort(0x3f8, 0x3f8, 0, 8), aml.irq(4)])),
+  ]);
   const body = [
-    ...aml.scope('\\_SB_', pci0),
+    ...aml.scope('\\_SB_', [...pci0, ...com1]),
     ...aml.name('_S5_', aml.pkg([aml.integer(ACPI_S5_SLP_TYP), aml.integer(0), aml.integer(0), aml.integer(0)])),
   ];
   return sdt('DSDT', 2, new Uint8Array(body));

@@ -114,6 +114,12 @@ export function ioPort(min: number, max: number, align: number, len: number): By
   return [0x47, 0x01, ...u16(min), ...u16(max), align, len];
 }
 
+/** IRQNoFlags(): one ISA interrupt (edge, active high). */
+export function irq(n: number): Bytes {
+  const mask = 1 << n;
+  return [0x22, mask & 0xff, (mask >> 8) & 0xff];
+}
+
 /** ResourceTemplate(): the descriptors, an end tag, as a buffer. */
 export function resourceTemplate(descriptors: Bytes[]): Bytes {
   return buffer([...descriptors.flat(), 0x79, 0x00]);

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the nested-virtualization images into .cache/nested/ (cached by input hash):
+#   l1.cpio.gz  L1: busybox, KVM modules (kvm-amd), tun, node with its libraries, the built project, the
+#               L2 kernel and initramfs, and an /init that runs tsvmm against L2 once per scenario
+#   l2.cpio.gz  L2: busybox, virtio-net modules, iperf3 and ethtool with their libraries, a test blob,
+#               and an /init that checks what Linux found and moves traffic, printing L2-CHECK lines
+# L1 runs under QEMU software emulation with emulated AMD SVM (see test/nested.test.ts).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+bash scripts/guest-linux.sh >/dev/null
+[ -f dist/cli.js ] || npm run --silent build
+[ -f build/Release/tsvmm_native.node ] || npm run --silent build:native
+LIN=$ROOT/.cache/linux
+OUT=$ROOT/.cache/nested
+mkdir -p "$OUT"
+
+key=$( (cat "$LIN/PACKAGE" test/nested/build-images.sh test/nested/l1-init.sh test/nested/l2-init.sh build/Release/tsvmm_native.node "$(command -v node)"; find dist -type f -name '*.js' | sort | xargs cat) | sha256sum | cut -c1-16)
+if [ -f "$OUT/KEY" ] && [ "$(cat "$OUT/KEY")" = "$key" ] && [ -f "$OUT/l1.cpio.gz" ]; then
+  echo "nested: images up to date ($key)"
+  exit 0
+fi
+
+copy_with_libs() { # binary destination-root
+  local bin=$1 dst=$2
+  mkdir -p "$dst$(dirname "$bin")"
+  cp -L "$bin" "$dst$bin"
+  for lib in $(ldd "$bin" | awk '/=>/{print $3} /ld-linux/{print $1}'); do
+    mkdir -p "$dst$(dirname "$lib")" && cp -L "$lib" "$dst$lib"
+  done
+}
+
+# a deterministic 4 MiB blob both sides know
+head -c $((4 << 20)) /dev/urandom > "$OUT/blob"
+
+# ---- L2
+L2=$(mktemp -d)
+mkdir -p "$L2"/{bin,dev,proc,sys,tmp,lib/modules,data,etc}
+cp /bin/busybox "$L2/bin/busybox"
+for m in failover net_failover virtio_net; do cp "$LIN/modules/$m.ko" "$L2/lib/modules/"; done
+copy_with_libs "$(command -v iperf3)" "$L2"
+copy_with_libs "$(command -v ethtool)" "$L2"
+cp "$OUT/blob" "$L2/data/blob"
+cp test/nested/l2-init.sh "$L2/init"
+chmod +x "$L2/init"
+(cd "$L2" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/l2.cpio.gz"
+rm -rf "$L2"
+
+# ---- L1
+L1=$(mktemp -d)
+mkdir -p "$L1"/{bin,dev,proc,sys,tmp,lib/modules,data,l2,tsvmm/build/Release,etc}
+cp /bin/busybox "$L1/bin/busybox"
+for m in irqbypass kvm kvm-amd tun; do cp "$LIN/modules/$m.ko" "$L1/lib/modules/"; done
+copy_with_libs "$(command -v node)" "$L1"
+copy_with_libs "$(command -v iperf3)" "$L1"
+cp -r package.json bin dist "$L1/tsvmm/"
+cp build/Release/tsvmm_native.node "$L1/tsvmm/build/Release/"
+cp "$LIN/vmlinuz" "$L1/l2/vmlinuz"
+cp "$OUT/l2.cpio.gz" "$L1/l2/initrd.gz"
+cp "$OUT/blob" "$L1/data/blob"
+cp test/nested/l1-init.sh "$L1/init"
+chmod +x "$L1/init"
+(cd "$L1" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/l1.cpio.gz"
+rm -rf "$L1"
+cp "$LIN/vmlinuz" "$OUT/vmlinuz"
+echo "$key" > "$OUT/KEY"
+echo "nested: built $(du -h "$OUT/l1.cpio.gz" | cut -f1) L1 image ($key)"

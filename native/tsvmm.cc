@@ -15,6 +15,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -213,6 +214,13 @@ Napi::Value Writev(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
+Napi::Value Socket(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  int fd = socket(ArgInt(info, 0), ArgInt(info, 1) | SOCK_CLOEXEC, ArgInt(info, 2));
+  if (fd < 0) THROW_ERRNO(env, "socket", env.Null());
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   std::string name = info[0].As<Napi::String>();
@@ -377,6 +385,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("write", Napi::Function::New(env, Write));
   exports.Set("readv", Napi::Function::New(env, Readv));
   exports.Set("writev", Napi::Function::New(env, Writev));
+  exports.Set("socket", Napi::Function::New(env, Socket));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared));

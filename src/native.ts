@@ -26,6 +26,7 @@ export interface Native {
    */
   readv(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
   writev(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
+  socket(domain: number, type: number, protocol: number): number;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, size: number | bigint): void;
   mmapShared(fd: number, length: number): { buffer: SharedArrayBuffer; address: bigint };

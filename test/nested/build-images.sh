@@ -15,7 +15,7 @@ LIN=$ROOT/.cache/linux
 OUT=$ROOT/.cache/nested
 mkdir -p "$OUT"
 
-key=$( (cat "$LIN/PACKAGE" test/nested/build-images.sh test/nested/l1-init.sh test/nested/l2-init.sh build/Release/tsvmm_native.node "$(command -v node)"; find dist -type f -name '*.js' | sort | xargs cat) | sha256sum | cut -c1-16)
+key=$( (cat "$LIN/PACKAGE" test/nested/build-images.sh test/nested/l1-init.sh test/nested/l2-init.sh test/nested/mktap.mjs test/nested/pingas.cgi build/Release/tsvmm_native.node "$(command -v node)"; find dist -type f -name '*.js' | sort | xargs cat) | sha256sum | cut -c1-16)
 if [ -f "$OUT/KEY" ] && [ "$(cat "$OUT/KEY")" = "$key" ] && [ -f "$OUT/l1.cpio.gz" ]; then
   echo "nested: images up to date ($key)"
   exit 0
@@ -54,10 +54,12 @@ for m in irqbypass kvm kvm-amd tun; do cp "$LIN/modules/$m.ko" "$L1/lib/modules/
 copy_with_libs "$(command -v node)" "$L1"
 copy_with_libs "$(command -v iperf3)" "$L1"
 cp -r package.json bin dist "$L1/tsvmm/"
+cp test/nested/mktap.mjs "$L1/tsvmm/mktap.mjs"
 cp build/Release/tsvmm_native.node "$L1/tsvmm/build/Release/"
 cp "$LIN/vmlinuz" "$L1/l2/vmlinuz"
 cp "$OUT/l2.cpio.gz" "$L1/l2/initrd.gz"
 cp "$OUT/blob" "$L1/data/blob"
+mkdir -p "$L1/data/cgi-bin" && cp test/nested/pingas.cgi "$L1/data/cgi-bin/pingas"
 cp test/nested/l1-init.sh "$L1/init"
 chmod +x "$L1/init"
 (cd "$L1" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/l1.cpio.gz"

@@ -5,9 +5,10 @@
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-export PATH=/bin:/usr/bin
-check() { if [ "$2" = 0 ]; then echo "L2-CHECK $1 PASS $3"; else echo "L2-CHECK $1 FAIL $3"; fi; }
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 arg() { sed -n "s/.*tsvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+scn=$(arg scenario)
+check() { if [ "$2" = 0 ]; then echo "L2-CHECK $scn/$1 PASS $3"; else echo "L2-CHECK $scn/$1 FAIL $3"; fi; }
 echo "L2-INIT $(cut -d' ' -f1 /proc/uptime)"
 if [ "$(arg wedge)" = 1 ]; then echo "L2-WEDGE"; while :; do :; done; fi
 cpus=$(arg cpus)
@@ -36,17 +37,39 @@ ip link set eth0 up
 ip addr add 10.0.2.2/24 dev eth0
 sleep 1
 [ "$(cat /sys/class/net/eth0/carrier)" = 1 ]; check link-up $?
+# L1 fetches /data/blob from here while the other checks run (the L2 → L1 direction)
+httpd -p 8080 -h /data
 for s in 56 1400 8000; do ping -c 3 -W 10 -s $s 10.0.2.1 >/dev/null; check "ping-$s" $?; done
 wget -q -O /tmp/dl http://10.0.2.1/blob
 [ "$(md5sum < /tmp/dl)" = "$(md5sum < /data/blob)" ]; check file-l1-to-l2 $?
-nc 10.0.2.1 5555 < /data/blob; check file-l2-to-l1-sent $?
 if [ "$queues" = 2 ]; then
+  # the driver starts with both pairs; go down to one and back (MQ VQ_PAIRS_SET through the control
+  # queue, the dataplane restarting with the rings where they stood)
+  ethtool -L eth0 combined 1; check ethtool-combined-1 $?
+  ping -c 2 -W 10 10.0.2.1 >/dev/null; check ping-one-pair $?
   ethtool -L eth0 combined 2; check ethtool-combined-2 $?
-  ethtool -l eth0 | grep -A4 Current | grep -q "Combined:.*2"; check two-pairs-active $?
+  cur=$(ethtool -l eth0 2>&1 | sed -n '/Current/,$p' | sed -n 's/^Combined:[[:space:]]*//p')
+  [ "$cur" = 2 ]; check two-pairs-active $? "combined=$cur"
   iperf3 -c 10.0.2.1 -t 4 -P 8 >/tmp/ip 2>&1; check iperf3-parallel $? "$(grep SUM /tmp/ip | tail -1)"
 else
   iperf3 -c 10.0.2.1 -t 3 >/tmp/ip 2>&1; check iperf3-l2-to-l1 $? "$(grep -m1 sender /tmp/ip)"
   iperf3 -c 10.0.2.1 -t 3 -R >/tmp/ip 2>&1; check iperf3-l1-to-l2 $? "$(grep -m1 receiver /tmp/ip)"
+  # control queue: a new MAC address (CTRL_MAC_ADDR), frames to the old one filtered unless promiscuous
+  old=$(cat /sys/class/net/eth0/address)
+  ip link set eth0 address 02:aa:bb:cc:dd:ee; check mac-change $?
+  sleep 1
+  ping -c 3 -W 10 10.0.2.1 >/dev/null; check new-mac-reaches $?
+  rx() { cat /sys/class/net/eth0/statistics/rx_packets; }
+  r0=$(rx); wget -q -O /dev/null "http://10.0.2.1/cgi-bin/pingas?mac=$old&n=20"; r1=$(rx)
+  [ $((r1 - r0)) -lt 15 ]; check old-mac-filtered $? "rx+=$((r1 - r0))"
+  ip link set eth0 promisc on
+  r0=$(rx); wget -q -O /dev/null "http://10.0.2.1/cgi-bin/pingas?mac=$old&n=20"; r1=$(rx)
+  [ $((r1 - r0)) -ge 20 ]; check promisc-on-receives-old-mac $? "rx+=$((r1 - r0))"
+  ip link set eth0 promisc off
+  r0=$(rx); wget -q -O /dev/null "http://10.0.2.1/cgi-bin/pingas?mac=$old&n=20"; r1=$(rx)
+  [ $((r1 - r0)) -lt 15 ]; check promisc-off-filters-again $? "rx+=$((r1 - r0))"
 fi
+# give L1's download of our blob time to finish before we go
+sleep 3
 echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"
 poweroff -f

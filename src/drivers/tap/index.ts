@@ -40,17 +40,47 @@ function openQueueFd(ifname: string, devPath: string): number {
   return fd;
 }
 
+function ifreq(ifname: string): Uint8Array {
+  const ifr = new Uint8Array(T.SIZEOF_IFREQ);
+  ifr.set(new TextEncoder().encode(ifname));
+  return ifr;
+}
+
+/** Interface flags, or undefined when there is no such interface (in this namespace). */
+function linkFlags(sock: number, ifname: string): number | undefined {
+  const ifr = ifreq(ifname);
+  try {
+    native.ioctl(sock, T.SIOCGIFFLAGS, ifr, 'SIOCGIFFLAGS');
+  } catch (e) {
+    if (isNativeError(e) && e.code === 'ENODEV') return undefined;
+    throw e;
+  }
+  return new DataView(ifr.buffer).getUint16(T.IFNAMSIZ, true);
+}
+
+function setUp(sock: number, ifname: string, flags: number): void {
+  const ifr = ifreq(ifname);
+  new DataView(ifr.buffer).setUint16(T.IFNAMSIZ, flags | T.IFF_UP, true);
+  native.ioctl(sock, T.SIOCSIFFLAGS, ifr, 'SIOCSIFFLAGS');
+}
+
 export function create(options: Record<string, string>): NetDriver {
   const ifname = options.ifname;
   if (!ifname) throw new UserError('--net tap: ifname=NAME is required');
   if (ifname.length >= T.IFNAMSIZ || !/^[A-Za-z0-9_.-]+$/.test(ifname)) throw new UserError(`--net tap: "${ifname}" is not a valid interface name (at most 15 letters, digits, _ . -)`);
   const queues = Number(options.queues ?? '1');
   const fds: number[] = [];
+  const sock = native.socket(T.AF_INET, T.SOCK_DGRAM, 0);
   try {
+    const existed = linkFlags(sock, ifname) !== undefined;
     for (let i = 0; i < queues; i++) fds.push(openQueueFd(ifname, options.dev ?? '/dev/net/tun'));
+    // a tap we created is ours to bring up (one that existed is left as its owner set it)
+    if (!existed) setUp(sock, ifname, linkFlags(sock, ifname) ?? 0);
   } catch (e) {
     fds.forEach((fd) => native.close(fd));
     throw e;
+  } finally {
+    native.close(sock);
   }
   const all: Offloads = { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
   return {
@@ -112,10 +142,21 @@ class TapQueue implements DriverQueue {
         continue;
       }
       const r = native.writev(this.pollFd, this.iov, n, mem, this.hdr);
-      if (r === -11) return i; // EAGAIN: the tap's queue is full, offer the rest later
-      if (r < 0) this.drops++; // the kernel refused this packet (bad offload metadata, link down)
+      if (r === -11) return i; // EAGAIN: the tap's queue is full
+      if (r < 0) this.refused(-r); // the kernel refused this packet (bad offload metadata, link down)
     }
     return b.count;
+  }
+
+  private reported = false;
+
+  private refused(errno: number): void {
+    this.drops++;
+    if (this.reported) return;
+    // once per queue: a refused packet is data-path information the operator can act on
+    this.reported = true;
+    const why = errno === 5 ? 'EIO: is the tap interface up?' : errno === 22 ? 'EINVAL: the kernel rejected the packet or its offload header' : `errno ${errno}`;
+    process.stderr.write(`tsvmm: tap queue fd ${this.pollFd}: a packet was refused (${why}); counting drops\n`);
   }
 
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {

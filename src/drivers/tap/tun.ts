@@ -17,3 +17,10 @@ export const SIZEOF_IFREQ = 40;
 export const TAP_HDR_LEN = 12;
 export const TAP_HDR_F_NEEDS_CSUM = 1;
 export const TAP_HDR_F_DATA_VALID = 2;
+
+export const TUNSETPERSIST = 0x400454cb;
+export const SIOCGIFFLAGS = 0x8913;
+export const SIOCSIFFLAGS = 0x8914;
+export const IFF_UP = 0x1;
+export const AF_INET = 2;
+export const SOCK_DGRAM = 2;

@@ -15,7 +15,7 @@ LIN=$ROOT/.cache/linux
 OUT=$ROOT/.cache/nested
 mkdir -p "$OUT"
 
-key=$( (cat "$LIN/PACKAGE" test/nested/build-images.sh test/nested/l1-init.sh test/nested/l2-init.sh test/nested/mktap.mjs test/nested/pingas.cgi build/Release/tsvmm_native.node "$(command -v node)"; find dist -type f -name '*.js' | sort | xargs cat) | sha256sum | cut -c1-16)
+key=$( (cat "$LIN/PACKAGE" test/nested/build-images.sh test/nested/l1-init.sh test/nested/scenarios.sh test/nested/l2-init.sh test/nested/mktap.mjs test/nested/pingas.cgi build/Release/tsvmm_native.node "$(command -v node)"; find dist -type f -name '*.js' | sort | xargs cat) | sha256sum | cut -c1-16)
 if [ -f "$OUT/KEY" ] && [ "$(cat "$OUT/KEY")" = "$key" ] && [ -f "$OUT/l1.cpio.gz" ]; then
   echo "nested: images up to date ($key)"
   exit 0
@@ -61,6 +61,7 @@ cp "$OUT/l2.cpio.gz" "$L1/l2/initrd.gz"
 cp "$OUT/blob" "$L1/data/blob"
 mkdir -p "$L1/data/cgi-bin" && cp test/nested/pingas.cgi "$L1/data/cgi-bin/pingas"
 cp test/nested/l1-init.sh "$L1/init"
+cp test/nested/scenarios.sh "$L1/scenarios.sh"
 chmod +x "$L1/init"
 (cd "$L1" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/l1.cpio.gz"
 rm -rf "$L1"

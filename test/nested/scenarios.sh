@@ -1,0 +1,50 @@
+#!/bin/sh
+# The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
+# against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
+# a network namespace (test/nested.test.ts). Environment:
+#   RUNS         scenarios, space-separated: basic mq wedge
+#   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
+#   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
+#   WORK         scratch directory
+stage() { echo "STAGE $1 $(cut -d' ' -f1 /proc/uptime)"; }
+check() { if [ "$2" = 0 ]; then echo "L1-CHECK $1 PASS $3"; else echo "L1-CHECK $1 FAIL $3"; fi; }
+httpd -f -p 80 -h "$DATA_DIR" &
+httpd_pid=$!
+iperf3 -s >/dev/null 2>&1 &
+iperf_pid=$!
+
+# the tap L2's traffic arrives on (busybox's ip cannot make a multi-queue vnet_hdr tap)
+node "$MKTAP" tap0
+ip addr add 10.0.2.1/24 dev tap0
+ip link set tap0 up
+[ -e /sys/class/net/tap0 ]; check tap-created $?
+
+scenario() { # name cpus queues extra-l2-args tsvmm-timeout
+  name=$1
+  rm -f "$WORK/recv"
+  # the L2 → L1 direction: fetch L2's blob as soon as its web server answers
+  (for i in $(seq 300); do wget -q -O "$WORK/recv.part" http://10.0.2.2:8080/blob 2>/dev/null && mv "$WORK/recv.part" "$WORK/recv" && break; sleep 1; done) &
+  fetcher=$!
+  stage "tsvmm-start-$name"
+  node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
+    --net tap,ifname=tap0,queues=$3 --cmdline "console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $4"
+  rc=$?
+  stage "tsvmm-end-$name"
+  echo "L1-RESULT $name exit=$rc"
+  left=0
+  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
+  [ "$left" = 0 ]; check "$name/no-tsvmm-left" $? "processes=$left"
+  if [ "$name" != wedge ]; then
+    [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
+  fi
+  kill $fetcher 2>/dev/null
+}
+
+for r in $RUNS; do
+  case $r in
+    basic) scenario basic 1 1 "" 900 ;;
+    mq) scenario mq 2 2 "" 900 ;;
+    wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
+  esac
+done
+kill $httpd_pid $iperf_pid 2>/dev/null

@@ -419,6 +419,7 @@ int guest_main(const struct hvm_start_info *si) {
     if (cmdline_get(cmdline, "hostile=", arg, sizeof arg)) hostile = (int)parse_u64(arg);
     if (hostile == 4 || hostile == 5) want |= 1ull << 28; /* INDIRECT_DESC: reach the indirect-table checks */
     if (cmdline_get(cmdline, "rxbuf=", arg, sizeof arg)) net_set_rx_buf_len((uint32_t)parse_u64(arg));
+    if (cmdline_get(cmdline, "rxsplit=", arg, sizeof arg) && arg[0] == '1') net_set_rx_split(1);
     int use_irq = cmdline_get(cmdline, "irq=", arg, sizeof arg) && arg[0] == '1';
     if (use_irq) {
       if (!net_use_msix(0x40)) {

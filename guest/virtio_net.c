@@ -474,14 +474,24 @@ uint32_t net_macswap(uint32_t count, uint64_t idle_cycles) {
   return fwd;
 }
 
+static int rx_split; /* post each buffer as two descriptors, splitting the 12-byte header 6 + rest */
+
+void net_set_rx_split(int on) { rx_split = on; }
+
 static void post_rx(void) {
   uint16_t old = rxr.next_avail;
-  while (rxr.in_flight < QSIZE) {
-    uint16_t slot = rxr.next_avail % QSIZE;
-    rxr.desc[slot].addr = (uint64_t)(uintptr_t)rxbuf[slot];
-    rxr.desc[slot].len = rx_buf_len;
-    rxr.desc[slot].flags = D_WRITE;
-    rxr.avail_ring[slot] = slot;
+  uint16_t limit = rx_split ? QSIZE / 2 : QSIZE;
+  while (rxr.in_flight < limit) {
+    uint16_t k = rxr.next_avail % limit;
+    uint16_t head = rx_split ? (uint16_t)(2 * k) : k;
+    uint64_t buf = (uint64_t)(uintptr_t)rxbuf[head];
+    if (rx_split) {
+      rxr.desc[head] = (struct desc){buf, 6, D_WRITE | D_NEXT, (uint16_t)(head + 1)};
+      rxr.desc[head + 1] = (struct desc){buf + 6, rx_buf_len - 6, D_WRITE, 0};
+    } else {
+      rxr.desc[head] = (struct desc){buf, rx_buf_len, D_WRITE, 0};
+    }
+    rxr.avail_ring[rxr.next_avail % QSIZE] = head;
     rxr.next_avail++;
     rxr.in_flight++;
   }

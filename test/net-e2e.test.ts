@@ -144,6 +144,15 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
     expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ received: 300, bad: 0, out_of_order: 0, max_buffers: 3, bytes: 300 * 1514, ok: true });
   });
 
+  it('writes the header into receive chains that split it across descriptors (any layout)', async () => {
+    const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'tap,ifname=tap0', '--cmdline', 'mode=net-rx count=200 rxsplit=1']);
+    await vm.waitFor('NET-RX-READY');
+    await pkt(ns, ['send', 'tap0', '200', '1400', HOST_MAC, GUEST_MAC]).done;
+    const r = await vm.done;
+    expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ received: 200, bad: 0, ok: true });
+    expect(stats(r.stderr).net[0].broken).toBeNull();
+  });
+
   it('runs two queue pairs on two dataplane threads at once', async () => {
     const count = 4000;
     const cap = pkt(ns, ['capture', 'tap0', String(count), '30']);

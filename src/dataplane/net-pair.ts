@@ -35,6 +35,9 @@ export class NetQueuePair {
   /** bytes each popped RX chain can take */
   private readonly rxCap: Float64Array;
   private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  /** where the RX header goes: up to NET_HDR_LEN pieces (offset, length) in the first chain */
+  private readonly hdrAt = new Float64Array(NET_HDR_LEN);
+  private readonly hdrLen = new Uint8Array(NET_HDR_LEN);
   private readonly u8: Uint8Array;
 
   constructor(
@@ -174,20 +177,30 @@ export class NetQueuePair {
       let chains = 0;
       let cap = 0;
       let iovUsed = 0;
-      let hdrOff = 0;
+      let hdrPieces = 0;
       while (cap < need && chains < this.rxHeads.length && q.pop()) {
         const c = q.chain;
         if (c.readable > 0) return this.breakRx('device-readable receive buffer');
-        if (chains === 0 && c.lens[0] < NET_HDR_LEN) return this.breakRx('receive buffer too small for the header');
-        if (chains === 0) hdrOff = c.offsets[0];
+        if (chains === 0 && c.writableBytes < NET_HDR_LEN) return this.breakRx('receive buffer too small for the header');
         this.rxHeads[chains] = c.head;
         this.rxCap[chains] = c.writableBytes;
+        // the first NET_HDR_LEN bytes of the first chain are header space (written once the frame is
+        // in, and possibly spread over several buffers: any layout is legal); the rest takes the frame
+        let skip = chains === 0 ? NET_HDR_LEN : 0;
         for (let i = 0; i < c.count; i++) {
-          const skip = chains === 0 && i === 0 ? NET_HDR_LEN : 0; // header space, written after the frame arrives
-          const l = c.lens[i] - skip;
+          let off = c.offsets[i];
+          let l = c.lens[i];
+          if (skip > 0) {
+            const h = Math.min(skip, l);
+            this.hdrAt[hdrPieces] = off;
+            this.hdrLen[hdrPieces++] = h;
+            off += h;
+            l -= h;
+            skip -= h;
+          }
           if (l === 0) continue;
           b.iov[3 * iovUsed] = 0;
-          b.iov[3 * iovUsed + 1] = c.offsets[i] + skip;
+          b.iov[3 * iovUsed + 1] = off;
           b.iov[3 * iovUsed + 2] = l;
           iovUsed++;
         }
@@ -232,7 +245,11 @@ export class NetQueuePair {
         used++;
       }
       for (let i = used; i < chains; i++) q.unpop();
-      writeRxHeader(this.u8, hdrOff, b.meta, 0, used);
+      writeRxHeader(this.hdr, 0, b.meta, 0, used);
+      for (let k = 0, at = 0; k < hdrPieces; k++) {
+        const dst = this.hdrAt[k];
+        for (let j = 0; j < this.hdrLen[k]; j++) this.u8[dst + j] = this.hdr[at++];
+      }
       delivered++;
       st[STAT.PACKETS]++;
       st[STAT.BYTES] += len;

@@ -136,6 +136,16 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
     rmSync(dir, { recursive: true });
   });
 
+  it('busy-polls when asked (busy-poll=USEC) and still delivers everything both ways', async () => {
+    const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'tap,ifname=tap0,busy-poll=200', '--cmdline', 'mode=net-rx count=1000']);
+    await vm.waitFor('NET-RX-READY');
+    await pkt(ns, ['send', 'tap0', '1000', '800', HOST_MAC, GUEST_MAC]).done;
+    const r = await vm.done;
+    expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ received: 1000, bad: 0, ok: true });
+    const tx = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'tap,ifname=tap0,busy-poll=200', '--cmdline', `mode=net-tx count=1000 size=800 dst=${HOST_MAC}`]).done;
+    expect(stats(tx.stderr).net[0].pairs[0].tx).toMatchObject({ packets: 1000, drops: 0 });
+  });
+
   it('carries mergeable receive buffers: a 1514-byte frame spread over 512-byte buffers', async () => {
     const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--net', 'tap,ifname=tap0', '--cmdline', 'mode=net-rx count=300 mrg=1 rxbuf=512']);
     await vm.waitFor('NET-RX-READY');

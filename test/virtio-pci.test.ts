@@ -145,6 +145,19 @@ describe('virtio-pci modern transport', () => {
     expect(calls.slice(-2)).toEqual(['reroute 24 fee00000/70', 'irqfd 24']);
   });
 
+  it('leaves a BAR the guest places over another device undecoded instead of failing', () => {
+    const { dev, mmio } = fakes();
+    const other = { read: () => 0, write: () => {} };
+    mmio.register(0xd0000000, 0x1000, other, 'other');
+    dev.config.write(0x10, 4, 0xd0000000);
+    dev.config.write(0x14, 4, 0);
+    expect(dev.barConflicts).toBe(1);
+    expect(mmio.find(0xd0000000)?.name).toBe('other');
+    expect(mmio.find(0xc0000000)).toBeUndefined(); // the old placement is gone too
+    dev.config.write(0x10, 4, 0xc8000000); // a free place decodes again
+    expect(mmio.find(0xc8000000)?.name).toBe('virtio-pci-1');
+  });
+
   it('delivers notifications of exit-kicked queues to the device, only when live', async () => {
     const { calls, w } = fakes();
     w(NOTIFY_OFF + 8, 2, 2);

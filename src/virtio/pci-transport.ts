@@ -133,23 +133,47 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 
   // ---- BAR placement: the MMIO range, and an ioeventfd per queue notify address
 
+  /**
+   * The guest places the BAR (a PCI configuration write). A placement that cannot be decoded — over
+   * another device's range, or where KVM refuses the notify ioeventfds — leaves the BAR undecoded, as
+   * a conflicting BAR is on real hardware: the guest's doing must never end the VM.
+   */
   private onBarMap(addr: number | undefined): void {
     if (this.barAddr !== undefined) {
       this.platform.mmio.unregister(this, this.barAddr);
       this.setIoeventfds(this.barAddr, true);
+      this.barAddr = undefined;
+    }
+    if (addr === undefined) return;
+    try {
+      this.platform.mmio.register(addr, BAR_SIZE, this, `virtio-pci-${this.device.deviceType}`);
+    } catch {
+      this.barConflicts++;
+      return;
+    }
+    try {
+      this.setIoeventfds(addr, false);
+    } catch {
+      this.setIoeventfds(addr, true, true);
+      this.platform.mmio.unregister(this, addr);
+      this.barConflicts++;
+      return;
     }
     this.barAddr = addr;
-    if (addr !== undefined) {
-      this.platform.mmio.register(addr, BAR_SIZE, this, `virtio-pci-${this.device.deviceType}`);
-      this.setIoeventfds(addr, false);
-    }
   }
 
-  private setIoeventfds(bar: number, deassign: boolean): void {
+  /** BAR placements refused (overlaps): visible for diagnostics and tests. */
+  barConflicts = 0;
+
+  private setIoeventfds(bar: number, deassign: boolean, bestEffort = false): void {
     this.kickFds.forEach((fd, q) => {
       if (this.device.kickedByExit?.(q)) return;
       // len 0: any access width (KVM_CAP_IOEVENTFD_ANY_LENGTH); drivers write 16-bit queue indices
-      this.platform.vm.ioeventfd({ fd, addr: bar + NOTIFY_OFF + q * NOTIFY_MULTIPLIER, len: 0, deassign });
+      try {
+        this.platform.vm.ioeventfd({ fd, addr: bar + NOTIFY_OFF + q * NOTIFY_MULTIPLIER, len: 0, deassign });
+      } catch (e) {
+        if (!bestEffort) throw e;
+      }
     });
   }
 
@@ -160,6 +184,15 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   }
 
   private syncVectors(): void {
+    try {
+      this.applyVectors();
+    } catch (e) {
+      // KVM refused a route or an irqfd for what the guest programmed: the device stops trusting it
+      this.needsReset(`MSI-X programming refused: ${(e as Error).message}`);
+    }
+  }
+
+  private applyVectors(): void {
     const ctrl = this.msixControl();
     const on = (ctrl & MSIX_ENABLE) !== 0 && (ctrl & MSIX_FUNCTION_MASK) === 0;
     this.vectors.forEach((v, i) => {

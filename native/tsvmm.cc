@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -221,6 +222,137 @@ Napi::Value Socket(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+bool UnixAddr(const std::string& path, sockaddr_un* sa) {
+  if (path.size() >= sizeof(sa->sun_path)) return false;
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  memcpy(sa->sun_path, path.c_str(), path.size());
+  return true;
+}
+
+// bindUnix(fd, path), connectUnix(fd, path) -> 0 or -errno (EINPROGRESS, ECONNREFUSED, ENOENT are normal)
+Napi::Value BindUnix(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  sockaddr_un sa;
+  if (!UnixAddr(info[1].As<Napi::String>(), &sa)) THROW_TYPE(env, "bindUnix: path too long", env.Null());
+  if (bind(ArgInt(info, 0), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) THROW_ERRNO(env, "bind", env.Null());
+  return env.Undefined();
+}
+
+Napi::Value ConnectUnix(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  sockaddr_un sa;
+  if (!UnixAddr(info[1].As<Napi::String>(), &sa)) THROW_TYPE(env, "connectUnix: path too long", env.Null());
+  if (connect(ArgInt(info, 0), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, 0);
+}
+
+Napi::Value Listen(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (listen(ArgInt(info, 0), ArgInt(info, 1)) < 0) THROW_ERRNO(env, "listen", env.Null());
+  return env.Undefined();
+}
+
+// accept(fd) -> new fd, or -errno (EAGAIN on a non-blocking socket with nobody waiting)
+Napi::Value Accept(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  int fd = accept4(ArgInt(info, 0), nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, fd);
+}
+
+// recvmsg(fd, buffer, fdsOut: Int32Array) -> bytes (0 = peer closed) or -errno; received descriptors
+// go to fdsOut, -1 terminated (extras beyond its length are closed)
+Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  void* fp;
+  size_t fl;
+  if (!BufferOf(info[1], &p, &n) || !BufferOf(info[2], &fp, &fl)) THROW_TYPE(env, "recvmsg: buffers expected", env.Null());
+  int32_t* fds = static_cast<int32_t*>(fp);
+  size_t maxfds = fl / sizeof(int32_t);
+  iovec iov{p, n};
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 32)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctl;
+  msg.msg_controllen = sizeof ctl;
+  ssize_t r = recvmsg(ArgInt(info, 0), &msg, MSG_CMSG_CLOEXEC);
+  if (r < 0) return Napi::Number::New(env, -errno);
+  size_t got = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int* in = reinterpret_cast<int*>(CMSG_DATA(c));
+    for (size_t i = 0; i < k; i++) {
+      if (got + 1 < maxfds) fds[got++] = in[i];
+      else close(in[i]);
+    }
+  }
+  if (got < maxfds) fds[got] = -1;
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+// sendmsg(fd, buffer, fds?: number[]) -> bytes or -errno
+Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "sendmsg: buffer expected", env.Null());
+  iovec iov{p, n};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * 32)];
+  if (info.Length() > 2 && info[2].IsArray()) {
+    auto arr = info[2].As<Napi::Array>();
+    uint32_t k = arr.Length();
+    if (k > 32) THROW_TYPE(env, "sendmsg: at most 32 descriptors", env.Null());
+    if (k) {
+      msg.msg_control = ctl;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * k);
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * k);
+      for (uint32_t i = 0; i < k; i++) reinterpret_cast<int*>(CMSG_DATA(c))[i] = arr.Get(i).As<Napi::Number>().Int32Value();
+    }
+  }
+  ssize_t r = sendmsg(ArgInt(info, 0), &msg, MSG_NOSIGNAL);
+  if (r < 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+// reserveShared(length) -> { buffer: SharedArrayBuffer, address } over an inaccessible reservation:
+// regions of other processes' memory are then mapped into it with mmapFixed, so that memory shared by a
+// vhost-user frontend is one buffer for the dataplane. Unmapped parts must never be touched.
+Napi::Value ReserveShared(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  size_t len = static_cast<size_t>(ArgU64(info[0]));
+  void* addr = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (addr == MAP_FAILED) THROW_ERRNO(env, "mmap(reserve)", env.Null());
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
+      addr, len, [](void* data, size_t length, void*) { munmap(data, length); }, nullptr);
+  v8::Local<v8::SharedArrayBuffer> sab = v8::SharedArrayBuffer::New(isolate, std::move(store));
+  napi_value raw = reinterpret_cast<napi_value>(*v8::Local<v8::Value>(sab));
+  auto out = Napi::Object::New(env);
+  out.Set("buffer", Napi::Value(env, raw));
+  out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr))));
+  return out;
+}
+
+// mmapFixed(address, length, fd, offset): map fd shared, read/write, exactly at address
+Napi::Value MmapFixed(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* addr = reinterpret_cast<void*>(static_cast<uintptr_t>(ArgU64(info[0])));
+  void* r = mmap(addr, static_cast<size_t>(ArgU64(info[1])), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, ArgInt(info, 2), static_cast<off_t>(ArgU64(info[3])));
+  if (r == MAP_FAILED) THROW_ERRNO(env, "mmap(MAP_FIXED)", env.Null());
+  return env.Undefined();
+}
+
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   std::string name = info[0].As<Napi::String>();
@@ -386,6 +518,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readv", Napi::Function::New(env, Readv));
   exports.Set("writev", Napi::Function::New(env, Writev));
   exports.Set("socket", Napi::Function::New(env, Socket));
+  exports.Set("bindUnix", Napi::Function::New(env, BindUnix));
+  exports.Set("connectUnix", Napi::Function::New(env, ConnectUnix));
+  exports.Set("listen", Napi::Function::New(env, Listen));
+  exports.Set("accept", Napi::Function::New(env, Accept));
+  exports.Set("recvmsg", Napi::Function::New(env, Recvmsg));
+  exports.Set("sendmsg", Napi::Function::New(env, Sendmsg));
+  exports.Set("reserveShared", Napi::Function::New(env, ReserveShared));
+  exports.Set("mmapFixed", Napi::Function::New(env, MmapFixed));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared));

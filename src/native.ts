@@ -27,6 +27,19 @@ export interface Native {
   readv(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
   writev(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
   socket(domain: number, type: number, protocol: number): number;
+  bindUnix(fd: number, path: string): void;
+  /** 0, or -errno */
+  connectUnix(fd: number, path: string): number;
+  listen(fd: number, backlog: number): void;
+  /** a new fd, or -errno (EAGAIN when nobody is waiting on a non-blocking socket) */
+  accept(fd: number): number;
+  /** bytes (0: the peer closed) or -errno; descriptors received go to fdsOut, -1 terminated */
+  recvmsg(fd: number, buf: ArrayBufferView | ArrayBuffer, fdsOut: Int32Array): number;
+  /** bytes or -errno; `fds` travel as SCM_RIGHTS */
+  sendmsg(fd: number, buf: ArrayBufferView | ArrayBuffer, fds?: number[]): number;
+  /** an inaccessible reservation as one SharedArrayBuffer, to map other memory into (mmapFixed) */
+  reserveShared(length: number): { buffer: SharedArrayBuffer; address: bigint };
+  mmapFixed(address: bigint, length: number, fd: number, offset: number | bigint): void;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, size: number | bigint): void;
   mmapShared(fd: number, length: number): { buffer: SharedArrayBuffer; address: bigint };
@@ -60,6 +73,9 @@ export const EFD_NONBLOCK = 0o4000;
 export const EPOLL_CTL_ADD = 1;
 export const EPOLL_CTL_DEL = 2;
 export const EPOLLIN = 1;
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
 
 export function isNativeError(e: unknown): e is NativeError {
   return e instanceof Error && typeof (e as NativeError).code === 'string' && typeof (e as NativeError).errno === 'number';

@@ -1,7 +1,10 @@
 // The native shim: errors name the operation and errno; shared memory is shared across threads.
 import { describe, it, expect } from 'vitest';
 import { Worker } from 'node:worker_threads';
-import { native, EFD_NONBLOCK, EPOLLIN, EPOLL_CTL_ADD } from '../src/native.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native, EFD_NONBLOCK, EPOLLIN, EPOLL_CTL_ADD, AF_UNIX, SOCK_STREAM } from '../src/native.js';
 import { GuestMemory, MemoryTable } from '../src/vmm/memory.js';
 
 describe('native shim', () => {
@@ -52,6 +55,49 @@ describe('native shim', () => {
     await worker.terminate();
     mem.release();
     expect(mem.bytes[17 + (1 << 20)]).toBe(0); // anonymous pages now, not the guest's
+  });
+});
+
+describe('native shim: unix sockets and foreign memory (the vhost-user plumbing)', () => {
+  it('passes file descriptors over a unix socket', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-unix-'));
+    const path = join(dir, 'sock');
+    const srv = native.socket(AF_UNIX, SOCK_STREAM, 0);
+    native.bindUnix(srv, path);
+    native.listen(srv, 4);
+    const cli = native.socket(AF_UNIX, SOCK_STREAM, 0);
+    expect(native.connectUnix(cli, path)).toBe(0);
+    const conn = native.accept(srv);
+    expect(conn).toBeGreaterThan(0);
+    const efd = native.eventfd(0, EFD_NONBLOCK);
+    expect(native.sendmsg(cli, new Uint8Array([1, 2, 3]), [efd])).toBe(3);
+    const buf = new Uint8Array(16);
+    const fds = new Int32Array(8);
+    expect(native.recvmsg(conn, buf, fds)).toBe(3);
+    expect([...buf.subarray(0, 3)]).toEqual([1, 2, 3]);
+    const got = fds[0];
+    expect(got).toBeGreaterThan(0);
+    expect(fds[1]).toBe(-1);
+    // the received descriptor is the same eventfd
+    native.write(got, new BigUint64Array([5n]));
+    const v = new BigUint64Array(1);
+    native.read(efd, v);
+    expect(v[0]).toBe(5n);
+    native.close(cli);
+    expect(native.recvmsg(conn, buf, fds)).toBe(0); // peer closed
+    for (const fd of [got, efd, conn, srv]) native.close(fd);
+    rmSync(dir, { recursive: true });
+  });
+
+  it('maps another file into a reserved shared buffer at a chosen offset', () => {
+    const res = native.reserveShared(4 << 20);
+    const mfd = native.memfdCreate('region', 0);
+    native.ftruncate(mfd, 1 << 20);
+    native.mmapFixed(res.address + BigInt(2 << 20), 1 << 20, mfd, 0);
+    const other = native.mmapShared(mfd, 1 << 20);
+    new Uint8Array(other.buffer)[100] = 0x5a;
+    expect(new Uint8Array(res.buffer)[(2 << 20) + 100]).toBe(0x5a);
+    native.close(mfd);
   });
 });
 

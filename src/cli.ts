@@ -5,14 +5,20 @@ import { Vm, type VmExit } from './vmm/vm.js';
 import { UserError } from './errors.js';
 import { parseNetArg } from './vmm/config.js';
 import { formatMac } from './virtio-net/device.js';
+import { createDriver } from './drivers/registry.js';
+import { VhostUserBackend } from './vhost-user/backend.js';
+import { VhostUserServer } from './vhost-user/server.js';
+import type { NetDriver } from './drivers/api.js';
 import { isNativeError } from './native.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
                  [--net DRIVER,key=value,...]...
+       tsvmm vhost-user --socket PATH [--client] --net DRIVER,key=value,... [--timeout SECS] [--stats]
        tsvmm --help | --version
 
-Boots a bzImage or a PVH ELF kernel on KVM.
+run boots a bzImage or a PVH ELF kernel on KVM. vhost-user serves tsvmm's dataplane and a driver to a
+vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --kernel FILE    bzImage, or an ELF vmlinux with a PVH entry note
   --initrd FILE    initial ramdisk
   --cmdline STR    kernel command line
@@ -48,6 +54,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const [cmd, ...rest] = argv;
+  if (cmd === 'vhost-user') return vhostUser(rest);
   if (cmd !== 'run') return fail(`unknown command "${cmd}" (try: tsvmm --help)`);
   let values;
   try {
@@ -173,4 +180,54 @@ function describe(e: VmExit): string {
     case 'stopped':
       return `VM stopped (${e.detail})`;
   }
+}
+
+/** tsvmm vhost-user: the same dataplane and drivers, for a frontend that owns the rings. */
+async function vhostUser(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { socket: { type: 'string' }, client: { type: 'boolean' }, net: { type: 'string' }, timeout: { type: 'string' }, stats: { type: 'boolean' } },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    return fail(`${(e as Error).message.split('\n')[0]} (try: tsvmm --help)`);
+  }
+  if (!values.socket) return fail('vhost-user: --socket PATH is required');
+  if (!values.net) return fail('vhost-user: --net DRIVER,... is required');
+  let driver: NetDriver;
+  let net;
+  try {
+    net = parseNetArg(values.net);
+    driver = await createDriver(net.driver, { ...(net.options ?? {}), ...(net.queues ? { queues: String(net.queues) } : {}) });
+  } catch (e) {
+    if (e instanceof UserError) return fail(e.message);
+    throw e;
+  }
+  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs });
+  const server = new VhostUserServer(backend, { path: values.socket, client: values.client, log: (l) => process.stderr.write(`tsvmm: ${l}\n`) });
+  let code = 0;
+  const stop = (c: number) => () => {
+    code = c;
+    server.stop();
+  };
+  process.once('SIGINT', stop(130));
+  process.once('SIGTERM', stop(143));
+  const timer = values.timeout ? setTimeout(stop(0), Number(values.timeout) * 1000) : undefined;
+  try {
+    await server.run();
+  } catch (e) {
+    if (isNativeError(e)) return fail(`vhost-user: ${e.message}`, 1);
+    throw e;
+  } finally {
+    if (timer) clearTimeout(timer);
+    driver.close();
+  }
+  if (values.stats) {
+    const pairs = Array.from({ length: Math.min(net.queues ?? 1, driver.caps.queuePairs) }, (_, p) => backend.queueStats(p));
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ vhostUser: { connections: server.connections, errors: backend.errors, pairs } })}\n`);
+  }
+  return code;
 }

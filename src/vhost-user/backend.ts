@@ -1,0 +1,303 @@
+// A vhost-user net backend: the frontend (QEMU, DPDK's virtio-user) owns the rings and the guest
+// memory; this only fills in what tsvmm's own device fills in — the memory table, ring addresses,
+// kick and call eventfds, features — and hands it to the same dataplane threads and drivers.
+import { native } from '../native.js';
+import { Dataplane } from '../dataplane/index.js';
+import { RxFilter } from '../dataplane/rx-filter.js';
+import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
+import type { WorkerPair, WorkerQueue } from '../dataplane/worker.js';
+import type { NetDriver } from '../drivers/api.js';
+import { F, bit, has } from '../virtio-net/features.js';
+import { txPolicy } from '../virtio-net/header.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
+import { FrontendMemory } from './memory.js';
+import * as P from './protocol.js';
+
+interface Vring {
+  num: number;
+  desc: number;
+  avail: number;
+  used: number;
+  base: number;
+  kickFd: number;
+  callFd: number;
+  enabled: boolean;
+}
+
+export interface BackendOptions {
+  queuePairs: number;
+  busyPollUs?: number;
+}
+
+export interface Handled {
+  reply?: Uint8Array;
+  /** the frontend broke the protocol: close the connection */
+  close?: string;
+}
+
+const MAX_QUEUE = 32768;
+
+export class VhostUserBackend {
+  readonly features: bigint;
+  readonly protocolFeatures: bigint;
+  private acked = 0n;
+  private ackedProtocol = 0n;
+  private memory?: FrontendMemory;
+  private readonly vrings: Vring[];
+  private readonly running = new Map<number, Dataplane>();
+  private readonly filter = new RxFilter();
+  readonly stats: SharedArrayBuffer;
+  /** problems the dataplane reported (a broken ring) */
+  readonly errors: string[] = [];
+
+  constructor(
+    private readonly driver: NetDriver,
+    private readonly opts: BackendOptions,
+  ) {
+    const o = driver.caps.offloads;
+    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(F.MRG_RXBUF) | bit(P.F_PROTOCOL_FEATURES);
+    if (opts.queuePairs > 1) f |= bit(F.MQ);
+    if (o.txCsum) {
+      f |= bit(F.CSUM);
+      if (o.txTso4) f |= bit(F.HOST_TSO4);
+      if (o.txTso6) f |= bit(F.HOST_TSO6);
+    }
+    if (o.rxCsum) {
+      f |= bit(F.GUEST_CSUM);
+      if (o.rxTso4) f |= bit(F.GUEST_TSO4);
+      if (o.rxTso6) f |= bit(F.GUEST_TSO6);
+    }
+    this.features = f;
+    this.protocolFeatures = (1n << BigInt(P.PROTOCOL_F.MQ)) | (1n << BigInt(P.PROTOCOL_F.REPLY_ACK));
+    this.vrings = Array.from({ length: 2 * opts.queuePairs }, () => this.freshRing());
+    this.filter.reset(new Uint8Array(6));
+    this.stats = newStatsBuffer(2 * opts.queuePairs);
+  }
+
+  private freshRing(): Vring {
+    return { num: 0, desc: 0, avail: 0, used: 0, base: 0, kickFd: -1, callFd: -1, enabled: false };
+  }
+
+  queueStats(pair: number): { rx: QueueStats; tx: QueueStats } {
+    return { rx: readStats(this.stats, 2 * pair), tx: readStats(this.stats, 2 * pair + 1) };
+  }
+
+  get activePairs(): number {
+    return this.running.size;
+  }
+
+  /** One message; replies per the protocol (and REPLY_ACK when asked). */
+  async handle(m: P.Message): Promise<Handled> {
+    const fail = (why: string): Handled => {
+      for (const fd of m.fds) native.close(fd);
+      return { close: why };
+    };
+    const p = m.payload;
+    const ack = (ok: boolean): Handled => {
+      if (m.flags & P.FLAG_NEED_REPLY && this.ackedProtocol & (1n << BigInt(P.PROTOCOL_F.REPLY_ACK))) return { reply: P.encodeReply(m.request, P.u64Payload(ok ? 0n : 1n)) };
+      return ok ? {} : { close: `request ${m.request} failed` };
+    };
+    const ring = (i: number) => (i >= 0 && i < this.vrings.length ? this.vrings[i] : undefined);
+    switch (m.request) {
+      case P.REQ.GET_FEATURES:
+        return { reply: P.encodeReply(m.request, P.u64Payload(this.features)) };
+      case P.REQ.SET_FEATURES: {
+        if (p.byteLength < 8) return fail('short SET_FEATURES');
+        const f = p.getBigUint64(0, true);
+        if (f & ~this.features) return fail('features we did not offer');
+        this.acked = f;
+        return ack(true);
+      }
+      case P.REQ.GET_PROTOCOL_FEATURES:
+        return { reply: P.encodeReply(m.request, P.u64Payload(this.protocolFeatures)) };
+      case P.REQ.SET_PROTOCOL_FEATURES: {
+        if (p.byteLength < 8) return fail('short SET_PROTOCOL_FEATURES');
+        const f = p.getBigUint64(0, true);
+        if (f & ~this.protocolFeatures) return fail('protocol features we did not offer');
+        this.ackedProtocol = f;
+        return ack(true);
+      }
+      case P.REQ.GET_QUEUE_NUM:
+        return { reply: P.encodeReply(m.request, P.u64Payload(BigInt(this.opts.queuePairs))) };
+      case P.REQ.SET_OWNER:
+        return ack(true);
+      case P.REQ.RESET_OWNER:
+        await this.stopAll();
+        return ack(true);
+      case P.REQ.SET_MEM_TABLE: {
+        const regions = P.parseMemTable(p);
+        if (!regions) return fail('malformed SET_MEM_TABLE');
+        await this.stopAll();
+        this.memory?.release();
+        this.memory = undefined;
+        const mem = FrontendMemory.map(regions, m.fds);
+        if (typeof mem === 'string') return fail(`SET_MEM_TABLE: ${mem}`);
+        this.memory = mem;
+        await this.startReady();
+        return ack(true);
+      }
+      case P.REQ.SET_VRING_NUM:
+      case P.REQ.SET_VRING_BASE:
+      case P.REQ.SET_VRING_ENABLE: {
+        if (p.byteLength < 8) return fail('short vring state');
+        const i = p.getUint32(0, true);
+        const num = p.getUint32(4, true);
+        const r = ring(i);
+        if (!r) return fail(`ring ${i} does not exist`);
+        if (m.request === P.REQ.SET_VRING_NUM) {
+          if (num < 1 || num > MAX_QUEUE || num & (num - 1)) return fail(`ring ${i}: bad size ${num}`);
+          r.num = num;
+        } else if (m.request === P.REQ.SET_VRING_BASE) r.base = num & 0xffff;
+        else {
+          r.enabled = num === 1;
+          if (!r.enabled) await this.stopPair(i >> 1);
+        }
+        await this.startReady();
+        return ack(true);
+      }
+      case P.REQ.SET_VRING_ADDR: {
+        const a = P.parseVringAddr(p);
+        if (!a) return fail('malformed SET_VRING_ADDR');
+        const r = ring(a.index);
+        if (!r) return fail(`ring ${a.index} does not exist`);
+        r.desc = a.desc;
+        r.avail = a.avail;
+        r.used = a.used;
+        await this.startReady();
+        return ack(true);
+      }
+      case P.REQ.GET_VRING_BASE: {
+        if (p.byteLength < 8) return fail('short GET_VRING_BASE');
+        const i = p.getUint32(0, true);
+        const r = ring(i);
+        if (!r) return fail(`ring ${i} does not exist`);
+        // the ring stops; where it stood is the used index (every chain taken was completed or put back)
+        await this.stopPair(i >> 1);
+        const base = this.usedIndex(r);
+        r.kickFd = this.closeFd(r.kickFd);
+        r.callFd = this.closeFd(r.callFd);
+        r.base = base;
+        return { reply: P.encodeReply(m.request, P.vringState(i, base)) };
+      }
+      case P.REQ.SET_VRING_KICK:
+      case P.REQ.SET_VRING_CALL:
+      case P.REQ.SET_VRING_ERR: {
+        if (p.byteLength < 8) return fail('short vring fd message');
+        const v = Number(p.getBigUint64(0, true));
+        const r = ring(v & P.VRING_INDEX_MASK);
+        const nofd = (v & P.VRING_NOFD) !== 0;
+        if (!r || (!nofd && m.fds.length !== 1) || (nofd && m.fds.length !== 0)) return fail('bad vring fd message');
+        const fd = nofd ? -1 : m.fds[0];
+        if (m.request === P.REQ.SET_VRING_ERR) {
+          if (fd >= 0) native.close(fd);
+          return ack(true);
+        }
+        if (m.request === P.REQ.SET_VRING_KICK) {
+          await this.stopPair((v & P.VRING_INDEX_MASK) >> 1);
+          r.kickFd = this.closeFd(r.kickFd);
+          r.kickFd = fd;
+          // without PROTOCOL_FEATURES a ring is enabled by its kick fd (vhost-user.rst, "Starting and stopping rings")
+          if (!(this.acked & bit(P.F_PROTOCOL_FEATURES))) r.enabled = true;
+        } else {
+          r.callFd = this.closeFd(r.callFd);
+          r.callFd = fd;
+        }
+        await this.startReady();
+        return ack(true);
+      }
+      case P.REQ.SET_LOG_BASE:
+      case P.REQ.SET_LOG_FD:
+        // LOG_SHMFD is not offered: a frontend that sends these anyway broke the protocol
+        return fail('dirty logging was not negotiated');
+      default:
+        for (const fd of m.fds) native.close(fd);
+        return ack(false);
+    }
+  }
+
+  private closeFd(fd: number): number {
+    if (fd >= 0) native.close(fd);
+    return -1;
+  }
+
+  private usedIndex(r: Vring): number {
+    if (!this.memory) return r.base;
+    const gpa = this.memory.vaToGpa(r.used + 2, 2);
+    const off = gpa < 0 ? -1 : this.memory.table.translate(gpa, 2);
+    return off < 0 ? r.base : new DataView(this.memory.buffer).getUint16(off, true);
+  }
+
+  private ready(r: Vring): boolean {
+    return r.enabled && r.num > 0 && r.kickFd >= 0 && r.desc !== 0 && !!this.memory;
+  }
+
+  private workerQueue(r: Vring, slot: number): WorkerQueue | undefined {
+    const mem = this.memory!;
+    const desc = mem.vaToGpa(r.desc, 16 * r.num);
+    const avail = mem.vaToGpa(r.avail, 6 + 2 * r.num);
+    const used = mem.vaToGpa(r.used, 6 + 8 * r.num);
+    if (desc < 0 || avail < 0 || used < 0) return undefined;
+    return { size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: r.base };
+  }
+
+  /** Start every pair whose two rings are ready and not yet running. */
+  private async startReady(): Promise<void> {
+    for (let pair = 0; pair < this.opts.queuePairs; pair++) {
+      if (this.running.has(pair)) continue;
+      const rx = this.vrings[2 * pair];
+      const tx = this.vrings[2 * pair + 1];
+      if (!this.ready(rx) || !this.ready(tx)) continue;
+      const wrx = this.workerQueue(rx, 2 * pair);
+      const wtx = this.workerQueue(tx, 2 * pair + 1);
+      if (!wrx || !wtx) {
+        this.errors.push(`pair ${pair}: ring outside the frontend's memory`);
+        continue;
+      }
+      const dp = new Dataplane((reason) => this.errors.push(`pair ${pair}: ${reason}`));
+      this.running.set(pair, dp);
+      const f = this.acked;
+      const guestTso = has(f, F.GUEST_TSO4) || has(f, F.GUEST_TSO6);
+      const mem = this.memory!;
+      const wp: WorkerPair = { rx: wrx, tx: wtx, driverInit: this.driver.queueInit(pair) };
+      await dp.start(
+        {
+          memory: mem.buffer,
+          table: mem.table.toJSON(),
+          driverModule: this.driver.module,
+          eventIdx: has(f, F.EVENT_IDX),
+          indirect: has(f, F.INDIRECT_DESC),
+          mergeable: has(f, F.MRG_RXBUF),
+          maxRxFrame: guestTso ? 65535 + 14 + 4 : this.driver.caps.mtu + 14 + 4,
+          txPolicy: txPolicy(f),
+          filter: this.filter.buffer,
+          stats: this.stats,
+          busyPollUs: this.opts.busyPollUs ?? 0,
+        },
+        [[wp]],
+      );
+    }
+  }
+
+  private async stopPair(pair: number): Promise<void> {
+    const dp = this.running.get(pair);
+    if (!dp) return;
+    this.running.delete(pair);
+    await dp.stop();
+  }
+
+  private async stopAll(): Promise<void> {
+    await Promise.all([...this.running.keys()].map((p) => this.stopPair(p)));
+  }
+
+  /** The connection is gone: stop the threads, drop the frontend's memory and descriptors. */
+  async close(): Promise<void> {
+    await this.stopAll();
+    for (const r of this.vrings) {
+      this.closeFd(r.kickFd);
+      this.closeFd(r.callFd);
+    }
+    this.vrings.forEach((_, i) => (this.vrings[i] = this.freshRing()));
+    this.memory?.release();
+    this.memory = undefined;
+  }
+}

@@ -1,0 +1,62 @@
+// The frontend's memory, as vhost-user hands it over (up to 8 regions, each an fd), mapped once into
+// one reserved range so the dataplane sees a single SharedArrayBuffer and a memory table, exactly as
+// for tsvmm's own guests. Ring addresses arrive as the frontend's virtual addresses: vaToGpa() turns
+// them into guest-physical ones for the table.
+import { native } from '../native.js';
+import { MemoryTable } from '../vmm/memory.js';
+import type { MemoryRegionDesc } from './protocol.js';
+
+const PAGE = 4096;
+
+export class FrontendMemory {
+  private released = false;
+
+  private constructor(
+    readonly buffer: SharedArrayBuffer,
+    readonly address: bigint,
+    readonly table: MemoryTable,
+    readonly regions: ReadonlyArray<MemoryRegionDesc & { offset: number }>,
+    private readonly total: number,
+  ) {}
+
+  /** Map the regions (consuming their fds). Returns the memory, or why it cannot be used. */
+  static map(regions: MemoryRegionDesc[], fds: number[]): FrontendMemory | string {
+    try {
+      if (fds.length !== regions.length) return `${regions.length} regions but ${fds.length} descriptors`;
+      let total = 0;
+      const placed = regions.map((r) => {
+        if (r.size <= 0 || r.size % PAGE || r.mmapOffset % PAGE || !Number.isSafeInteger(r.gpa + r.size) || !Number.isSafeInteger(r.uaddr + r.size))
+          throw new Error('region not page-aligned or out of range');
+        const offset = total;
+        total += r.size;
+        return { ...r, offset };
+      });
+      let table: MemoryTable;
+      try {
+        table = new MemoryTable(placed.map((r) => ({ gpa: r.gpa, size: r.size, offset: r.offset })));
+      } catch {
+        return 'regions overlap';
+      }
+      const res = native.reserveShared(total);
+      placed.forEach((r, i) => native.mmapFixed(res.address + BigInt(r.offset), r.size, fds[i], r.mmapOffset));
+      return new FrontendMemory(res.buffer, res.address, table, placed, total);
+    } catch (e) {
+      return (e as Error).message;
+    } finally {
+      for (const fd of fds) native.close(fd);
+    }
+  }
+
+  /** Guest-physical address of the frontend virtual range [va, va+len), or -1 if it is not all mapped. */
+  vaToGpa(va: number, len: number): number {
+    for (const r of this.regions) if (va >= r.uaddr && va + len <= r.uaddr + r.size) return r.gpa + (va - r.uaddr);
+    return -1;
+  }
+
+  /** Drop the frontend's pages now (views of the buffer then read zeros). */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    native.remapAnonymous(this.address, this.total);
+  }
+}

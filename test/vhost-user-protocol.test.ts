@@ -1,0 +1,117 @@
+// The vhost-user front door against a hostile or broken frontend, in-process: malformed and
+// out-of-order messages get a closed connection (never a crash), and the backend serves the next one.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native, AF_UNIX, SOCK_STREAM } from '../src/native.js';
+import { createDriver } from '../src/drivers/registry.js';
+import { VhostUserBackend } from '../src/vhost-user/backend.js';
+import { VhostUserServer } from '../src/vhost-user/server.js';
+import { REQ, FLAG_VERSION, FLAG_NEED_REPLY, HDR_SIZE } from '../src/vhost-user/protocol.js';
+import { ROOT } from './helpers/env.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function message(request: number, payload: Uint8Array = new Uint8Array(0), flags = FLAG_VERSION, size = payload.length): Uint8Array {
+  const m = new Uint8Array(HDR_SIZE + payload.length);
+  const v = new DataView(m.buffer);
+  v.setUint32(0, request, true);
+  v.setUint32(4, flags, true);
+  v.setUint32(8, size, true);
+  m.set(payload, HDR_SIZE);
+  return m;
+}
+
+const u64 = (v: bigint) => {
+  const p = new Uint8Array(8);
+  new DataView(p.buffer).setBigUint64(0, v, true);
+  return p;
+};
+
+describe('vhost-user protocol robustness', () => {
+  let dir: string;
+  let sock: string;
+  let server: VhostUserServer;
+  let running: Promise<void>;
+  const logs: string[] = [];
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tsvmm-vup-'));
+    sock = join(dir, 'vu.sock');
+    const driver = await createDriver(join(ROOT, 'examples', 'drivers', 'null-driver.mjs'), {});
+    server = new VhostUserServer(new VhostUserBackend(driver, { queuePairs: 1 }), { path: sock, log: (l) => logs.push(l) });
+    running = server.run();
+    for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(10);
+  });
+  afterAll(async () => {
+    server.stop();
+    await running;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Connect, send, and read until the backend replies or closes. */
+  async function exchange(msgs: Uint8Array[], fds: number[][] = []): Promise<{ replies: DataView[]; closed: boolean }> {
+    const fd = native.socket(AF_UNIX, SOCK_STREAM, 0);
+    expect(native.connectUnix(fd, sock)).toBe(0);
+    const replies: DataView[] = [];
+    let closed = false;
+    msgs.forEach((m, i) => native.sendmsg(fd, m, fds[i]));
+    const buf = new Uint8Array(512);
+    const got = new Int32Array(4);
+    const epDeadline = Date.now() + 2000;
+    // non-blocking reads through a short poll: the server runs on this same event loop
+    const ep = native.epollCreate();
+    native.epollCtl(ep, 1, fd, 1, 0);
+    const ev = new Uint32Array(3);
+    while (Date.now() < epDeadline) {
+      await sleep(20);
+      if (native.epollWait(ep, ev, 0) === 0) continue;
+      const n = native.recvmsg(fd, buf, got);
+      if (n <= 0) {
+        closed = true;
+        break;
+      }
+      for (let o = 0; o + HDR_SIZE <= n; ) {
+        const size = new DataView(buf.buffer, o + 8, 4).getUint32(0, true);
+        replies.push(new DataView(buf.buffer.slice(o + HDR_SIZE, o + HDR_SIZE + size)));
+        o += HDR_SIZE + size;
+      }
+      if (replies.length >= msgs.length) break;
+    }
+    native.close(ep);
+    native.close(fd);
+    return { replies, closed };
+  }
+
+  it('answers GET_FEATURES and acknowledges on request (REPLY_ACK)', async () => {
+    const r = await exchange([
+      message(REQ.GET_FEATURES),
+      message(REQ.GET_PROTOCOL_FEATURES),
+      message(REQ.SET_PROTOCOL_FEATURES, u64(1n << 3n)),
+      message(REQ.SET_OWNER, new Uint8Array(0), FLAG_VERSION | FLAG_NEED_REPLY),
+    ]);
+    expect(r.replies).toHaveLength(3);
+    expect((r.replies[0].getBigUint64(0, true) >> 32n) & 1n).toBe(1n); // VERSION_1
+    expect(r.replies[1].getBigUint64(0, true) & (1n << 3n)).toBe(1n << 3n); // REPLY_ACK offered
+    expect(r.replies[2].getBigUint64(0, true)).toBe(0n); // SET_OWNER acknowledged: success
+  });
+
+  it.each([
+    ['a truncated SET_FEATURES', [message(REQ.SET_FEATURES, new Uint8Array(3))]],
+    ['features never offered', [message(REQ.SET_FEATURES, u64(1n << 60n))]],
+    ['a ring that does not exist', [message(REQ.SET_VRING_NUM, new Uint8Array([9, 0, 0, 0, 0, 1, 0, 0]))]],
+    ['a ring size that is no power of two', [message(REQ.SET_VRING_NUM, new Uint8Array([0, 0, 0, 0, 3, 0, 0, 0]))]],
+    ['a memory table with no regions', [message(REQ.SET_MEM_TABLE, new Uint8Array(8))]],
+    ['a memory table whose descriptors are missing', [message(REQ.SET_MEM_TABLE, (() => { const p = new Uint8Array(8 + 32); p[0] = 1; p[16] = 0x10; return p; })())]],
+    ['dirty logging that was not negotiated', [message(REQ.SET_LOG_BASE, new Uint8Array(16))]],
+    ['a kick without its descriptor', [message(REQ.SET_VRING_KICK, u64(0n))]],
+    ['a payload larger than any message', [message(REQ.GET_FEATURES, new Uint8Array(0), FLAG_VERSION, 1 << 20)]],
+  ])('closes the connection on %s, and serves the next frontend', async (_what, msgs) => {
+    const bad = await exchange(msgs as Uint8Array[]);
+    expect(bad.closed).toBe(true);
+    const good = await exchange([message(REQ.GET_QUEUE_NUM)]);
+    expect(good.replies).toHaveLength(1);
+    expect(good.replies[0].getBigUint64(0, true)).toBe(1n);
+  });
+});

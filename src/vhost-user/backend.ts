@@ -237,7 +237,11 @@ export class VhostUserBackend {
     const avail = mem.vaToGpa(r.avail, 6 + 2 * r.num);
     const used = mem.vaToGpa(r.used, 6 + 8 * r.num);
     if (desc < 0 || avail < 0 || used < 0) return undefined;
-    return { size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: r.base };
+    // A frontend that reconnects to a new backend may send base 0 (DPDK's virtio-user does) while its
+    // used ring says where the old backend stopped; that is the true position (every chain the old one
+    // took was completed), as DPDK's vhost library also concludes.
+    const usedNow = this.usedIndex(r);
+    return { size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: usedNow };
   }
 
   /** Start every pair whose two rings are ready and not yet running. */

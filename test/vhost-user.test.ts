@@ -106,6 +106,19 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend wit
     expect(put - got).toBeLessThanOrEqual(256);
   });
 
+  it('serves the null driver: testpmd transmits into it and receives the frames it generates', async () => {
+    const sock = join(dir, 'null.sock');
+    const b = await backend(sock, 'null,size=128');
+    const t = await testpmd(`net_virtio_user0,path=${sock},queues=1`, ['--forward-mode=rxonly'], 1);
+    b.proc.kill('SIGINT');
+    const r = await b.done;
+    const st = (stats(r.stderr) as unknown as { vhostUser: { pairs: Array<{ rx: { packets: number; bytes: number } }> } }).vhostUser.pairs[0].rx;
+    const got = testpmdStats(t.out).rx;
+    expect(got).toBeGreaterThan(10_000);
+    expect(st.packets).toBeGreaterThanOrEqual(got);
+    expect(st.bytes).toBe(st.packets * 128);
+  });
+
   it('answers a packed-ring request by negotiating it away, and keeps serving the next frontend', async () => {
     const sock = join(dir, 'packed.sock');
     const b = await backend(sock, 'tap,ifname=tapvup');

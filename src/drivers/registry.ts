@@ -6,6 +6,7 @@ import type { DriverModule, NetDriver } from './api.js';
 
 const BUILTIN: Record<string, string> = {
   tap: './tap/index.js',
+  null: './null/index.js',
 };
 
 export function builtinDrivers(): string[] {

@@ -222,6 +222,20 @@ Napi::Value Socket(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// { buffer: SharedArrayBuffer over [addr, addr+len), address }: unmapped when the last reference dies.
+Napi::Object SharedMapping(Napi::Env env, void* addr, size_t len) {
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
+      addr, len, [](void* data, size_t length, void*) { munmap(data, length); }, nullptr);
+  v8::Local<v8::SharedArrayBuffer> sab = v8::SharedArrayBuffer::New(isolate, std::move(store));
+  // napi_value is a v8::Local's slot pointer in Node (v8impl::JsValueFromV8LocalValue does the same cast).
+  napi_value raw = reinterpret_cast<napi_value>(*v8::Local<v8::Value>(sab));
+  auto out = Napi::Object::New(env);
+  out.Set("buffer", Napi::Value(env, raw));
+  out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr))));
+  return out;
+}
+
 bool UnixAddr(const std::string& path, sockaddr_un* sa) {
   if (path.size() >= sizeof(sa->sun_path)) return false;
   memset(sa, 0, sizeof *sa);
@@ -333,15 +347,7 @@ Napi::Value ReserveShared(const Napi::CallbackInfo& info) {
   size_t len = static_cast<size_t>(ArgU64(info[0]));
   void* addr = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (addr == MAP_FAILED) THROW_ERRNO(env, "mmap(reserve)", env.Null());
-  v8::Isolate* isolate = v8::Isolate::GetCurrent();
-  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
-      addr, len, [](void* data, size_t length, void*) { munmap(data, length); }, nullptr);
-  v8::Local<v8::SharedArrayBuffer> sab = v8::SharedArrayBuffer::New(isolate, std::move(store));
-  napi_value raw = reinterpret_cast<napi_value>(*v8::Local<v8::Value>(sab));
-  auto out = Napi::Object::New(env);
-  out.Set("buffer", Napi::Value(env, raw));
-  out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr))));
-  return out;
+  return SharedMapping(env, addr, len);
 }
 
 // mmapFixed(address, length, fd, offset): map fd shared, read/write, exactly at address
@@ -380,18 +386,7 @@ Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   size_t len = static_cast<size_t>(ArgU64(info[1]));
   void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (addr == MAP_FAILED) THROW_ERRNO(env, "mmap", env.Null());
-
-  v8::Isolate* isolate = v8::Isolate::GetCurrent();
-  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
-      addr, len, [](void* data, size_t length, void*) { munmap(data, length); }, nullptr);
-  v8::Local<v8::SharedArrayBuffer> sab = v8::SharedArrayBuffer::New(isolate, std::move(store));
-  // napi_value is a v8::Local's slot pointer in Node (v8impl::JsValueFromV8LocalValue does the same cast).
-  napi_value raw = reinterpret_cast<napi_value>(*v8::Local<v8::Value>(sab));
-
-  auto out = Napi::Object::New(env);
-  out.Set("buffer", Napi::Value(env, raw));
-  out.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(addr))));
-  return out;
+  return SharedMapping(env, addr, len);
 }
 
 // mmap(fd, length, prot, flags, offset) -> ArrayBuffer (thread-local view; unmapped when collected).

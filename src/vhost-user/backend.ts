@@ -192,8 +192,10 @@ export class VhostUserBackend {
           if (fd >= 0) native.close(fd);
           return ack(true);
         }
+        // a running pair's thread uses these descriptors: stop it before they change (frontends do
+        // replace call fds on a live ring, e.g. QEMU when the guest switches interrupt modes)
+        await this.stopPair((v & P.VRING_INDEX_MASK) >> 1);
         if (m.request === P.REQ.SET_VRING_KICK) {
-          await this.stopPair((v & P.VRING_INDEX_MASK) >> 1);
           r.kickFd = this.closeFd(r.kickFd);
           r.kickFd = fd;
           // without PROTOCOL_FEATURES a ring is enabled by its kick fd (vhost-user.rst, "Starting and stopping rings")

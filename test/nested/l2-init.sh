@@ -31,7 +31,8 @@ bit 15; check feature-mrg-rxbuf $?
 bit 0 && bit 11 && bit 12; check feature-csum-tso $?
 bit 17; check feature-ctrl-vq $?
 vecs=$(grep -c "$dev-" /proc/interrupts)
-[ "$vecs" -ge 3 ]; check msix-vectors $? "vectors=$vecs"
+# (over vhost-user, QEMU 7.2 under TCG needs INTx: vectors=0, see MACHINE.md)
+[ "$scn" = vhostuser ] || { [ "$vecs" -ge 3 ]; check msix-vectors $? "vectors=$vecs"; }
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.2/24 dev eth0
@@ -55,6 +56,8 @@ else
   iperf3 -c 10.0.2.1 -t 3 >/tmp/ip 2>&1; check iperf3-l2-to-l1 $? "$(grep -m1 sender /tmp/ip)"
   iperf3 -c 10.0.2.1 -t 3 -R >/tmp/ip 2>&1; check iperf3-l1-to-l2 $? "$(grep -m1 receiver /tmp/ip)"
   # control queue: a new MAC address (CTRL_MAC_ADDR), frames to the old one filtered unless promiscuous
+  # (tsvmm's own device only: over vhost-user the frontend owns the control queue)
+  [ "$scn" = vhostuser ] && { echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"; sleep 3; poweroff -f; }
   old=$(cat /sys/class/net/eth0/address)
   ip link set eth0 address 02:aa:bb:cc:dd:ee; check mac-change $?
   sleep 1

@@ -70,7 +70,7 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend wit
     const t = await testpmd(`net_virtio_user0,path=${sock},${opts}`, ['--forward-mode=txonly', ...(queues > 1 ? [`--rxq=${queues}`, `--txq=${queues}`] : [])], 2);
     expect(t.code, t.out.slice(-1500)).toBe(0);
     const sent = testpmdStats(t.out).tx;
-    expect(sent).toBeGreaterThan(10_000);
+    expect(sent).toBeGreaterThan(1000);
     await sleep(300);
     const tapRx = Number(/RX:\s+bytes\s+packets[^\n]*\n\s*(\d+)\s+(\d+)/.exec(ns.exec('ip', '-s', 'link', 'show', tap))![2]);
     b.proc.kill('SIGINT');
@@ -114,7 +114,7 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend wit
     const r = await b.done;
     const st = (stats(r.stderr) as unknown as { vhostUser: { pairs: Array<{ rx: { packets: number; bytes: number } }> } }).vhostUser.pairs[0].rx;
     const got = testpmdStats(t.out).rx;
-    expect(got).toBeGreaterThan(10_000);
+    expect(got).toBeGreaterThan(1000);
     expect(st.packets).toBeGreaterThanOrEqual(got);
     expect(st.bytes).toBe(st.packets * 128);
   });

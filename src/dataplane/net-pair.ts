@@ -50,14 +50,12 @@ export class NetQueuePair {
   ) {
     this.u8 = mem.u8;
     const maxChain = 2 * txq.size;
-    this.txBatch = newPacketBatch(TX_BATCH, Math.max(4, Math.ceil(maxChain / 8)));
-    // iov capacity: room for a whole batch of typical packets, and for one packet of the longest chain
-    (this.txBatch as { iov: Float64Array }).iov = new Float64Array(3 * Math.max(TX_BATCH * 8, maxChain + 1));
+    // room for a whole batch of typical packets, and for one packet of the longest chain
+    this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
     this.txHeads = new Uint16Array(TX_BATCH);
     // RX: one packet per driver call, spread over as many chains as MRG_RXBUF allows
     const rxChains = o.mergeable ? Math.min(rxq.size, Math.ceil(o.maxRxFrame / 64) + 1) : 1;
-    this.rxBatch = newPacketBatch(1, 1);
-    (this.rxBatch as { iov: Float64Array }).iov = new Float64Array(3 * (rxChains * 2 * rxq.size + 1));
+    this.rxBatch = newPacketBatch(1, rxChains * 2 * rxq.size + 1);
     this.rxHeads = new Uint16Array(rxChains);
     this.rxCap = new Float64Array(rxChains);
   }

@@ -62,6 +62,8 @@ async function main(): Promise<void> {
   const stats = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);
 
   const pairs: NetQueuePair[] = [];
+  /** per pair: the TX and RX counters (kicks are counted here, the rest by NetQueuePair) */
+  const kickStats: Array<[Float64Array, Float64Array]> = [];
   for (const p of d.pairs) {
     const rxq = SplitQueue.create(mem, p.rx, features, 32768);
     const txq = SplitQueue.create(mem, p.tx, features, 32768);
@@ -69,6 +71,7 @@ async function main(): Promise<void> {
       port.postMessage({ type: 'broken', reason: typeof rxq === 'string' ? rxq : txq });
       return;
     }
+    kickStats.push([stats(p.tx.statsSlot), stats(p.rx.statsSlot)]);
     rxq.setIndices(p.rx.startIdx, p.rx.startIdx);
     txq.setIndices(p.tx.startIdx, p.tx.startIdx);
     pairs.push(
@@ -153,8 +156,7 @@ async function main(): Promise<void> {
       const kind = (tag - 1) % 3;
       if (kind === 0 || kind === 1) {
         native.read(kind === 0 ? d.pairs[i].tx.kickFd : d.pairs[i].rx.kickFd, counter);
-        const st = new Float64Array(d.stats, (kind === 0 ? d.pairs[i].tx.statsSlot : d.pairs[i].rx.statsSlot) * STAT_WORDS * 8, STAT_WORDS);
-        st[STAT.KICKS]++;
+        kickStats[i][kind][STAT.KICKS]++;
       }
     }
     if (!polling && busyNs === 0n) {

@@ -114,11 +114,11 @@ export interface DriverModule {
   openQueue(init: unknown): DriverQueue;
 }
 
-/** Allocate a batch for up to `packets` packets of up to `segments` segments each. */
+/** Allocate a batch for up to `packets` packets holding `segments` segments in all. */
 export function newPacketBatch(packets: number, segments: number): PacketBatch {
   return {
     count: 0,
-    iov: new Float64Array(packets * segments * 3),
+    iov: new Float64Array(segments * 3),
     iovStart: new Uint32Array(packets + 1),
     meta: new Int32Array(packets * META_WORDS),
     len: new Uint32Array(packets),

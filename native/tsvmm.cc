@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -359,6 +360,14 @@ Napi::Value MmapFixed(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// fileSize(fd) -> st_size (a mapping past the end of a file faults on access, so callers check)
+Napi::Value FileSize(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  struct stat st;
+  if (fstat(ArgInt(info, 0), &st) < 0) THROW_ERRNO(env, "fstat", env.Null());
+  return Napi::Number::New(env, static_cast<double>(st.st_size));
+}
+
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   std::string name = info[0].As<Napi::String>();
@@ -521,6 +530,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg));
   exports.Set("reserveShared", Napi::Function::New(env, ReserveShared));
   exports.Set("mmapFixed", Napi::Function::New(env, MmapFixed));
+  exports.Set("fileSize", Napi::Function::New(env, FileSize));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared));

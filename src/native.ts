@@ -40,6 +40,8 @@ export interface Native {
   /** an inaccessible reservation as one SharedArrayBuffer, to map other memory into (mmapFixed) */
   reserveShared(length: number): { buffer: SharedArrayBuffer; address: bigint };
   mmapFixed(address: bigint, length: number, fd: number, offset: number | bigint): void;
+  /** st_size of what fd refers to */
+  fileSize(fd: number): number;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, size: number | bigint): void;
   mmapShared(fd: number, length: number): { buffer: SharedArrayBuffer; address: bigint };

@@ -97,6 +97,22 @@ describe('vhost-user protocol robustness', () => {
     expect(r.replies[2].getBigUint64(0, true)).toBe(0n); // SET_OWNER acknowledged: success
   });
 
+  it('refuses a memory region larger than the file behind it (touching it would fault the VMM)', async () => {
+    const mfd = native.memfdCreate('small', 0);
+    native.ftruncate(mfd, 1 << 20);
+    const p = new Uint8Array(8 + 32);
+    const v = new DataView(p.buffer);
+    v.setUint32(0, 1, true);
+    v.setBigUint64(16, BigInt(4 << 20), true); // 4 MiB claimed over a 1 MiB memfd
+    v.setBigUint64(24, 0x7f0000000000n, true);
+    const bad = await exchange([message(REQ.SET_MEM_TABLE, p)], [[mfd]]);
+    native.close(mfd);
+    expect(bad.closed).toBe(true);
+    expect(logs.some((l) => l.includes('past the end of its file'))).toBe(true);
+    const good = await exchange([message(REQ.GET_QUEUE_NUM)]);
+    expect(good.replies).toHaveLength(1);
+  });
+
   it.each([
     ['a truncated SET_FEATURES', [message(REQ.SET_FEATURES, new Uint8Array(3))]],
     ['features never offered', [message(REQ.SET_FEATURES, u64(1n << 60n))]],

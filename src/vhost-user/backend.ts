@@ -130,7 +130,8 @@ export class VhostUserBackend {
         await this.stopAll();
         this.memory?.release();
         this.memory = undefined;
-        const mem = FrontendMemory.map(regions, m.fds);
+        // map() takes the descriptors over (and closes them), whatever it decides
+        const mem = FrontendMemory.map(regions, m.fds.splice(0));
         if (typeof mem === 'string') return fail(`SET_MEM_TABLE: ${mem}`);
         this.memory = mem;
         await this.startReady();

@@ -37,6 +37,10 @@ export class FrontendMemory {
       } catch {
         return 'regions overlap';
       }
+      // a region past the end of its file would fault (SIGBUS) the first time the dataplane touched it
+      placed.forEach((r, i) => {
+        if (r.mmapOffset + r.size > native.fileSize(fds[i])) throw new Error('region extends past the end of its file');
+      });
       const res = native.reserveShared(total);
       placed.forEach((r, i) => native.mmapFixed(res.address + BigInt(r.offset), r.size, fds[i], r.mmapOffset));
       return new FrontendMemory(res.buffer, res.address, table, placed, total);

@@ -137,31 +137,22 @@ Napi::Value Ioctl(const Napi::CallbackInfo& info) {
 }
 
 // read/write(fd, buffer) -> bytes, or -errno for EAGAIN/EINTR (normal on non-blocking fds), throws otherwise.
-Napi::Value Read(const Napi::CallbackInfo& info) {
+template <typename Op>
+Napi::Value Transfer(const Napi::CallbackInfo& info, const char* name, Op op) {
   auto env = info.Env();
   void* p;
   size_t n;
-  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "read: buffer expected", env.Null());
-  ssize_t r = read(ArgInt(info, 0), p, n);
+  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "read/write: buffer expected", env.Null());
+  ssize_t r = op(ArgInt(info, 0), p, n);
   if (r < 0) {
     if (errno == EAGAIN || errno == EINTR) return Napi::Number::New(env, -errno);
-    THROW_ERRNO(env, "read", env.Null());
+    THROW_ERRNO(env, name, env.Null());
   }
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
-Napi::Value Write(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  void* p;
-  size_t n;
-  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "write: buffer expected", env.Null());
-  ssize_t r = write(ArgInt(info, 0), p, n);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EINTR) return Napi::Number::New(env, -errno);
-    THROW_ERRNO(env, "write", env.Null());
-  }
-  return Napi::Number::New(env, static_cast<double>(r));
-}
+Napi::Value Read(const Napi::CallbackInfo& info) { return Transfer(info, "read", [](int fd, void* p, size_t n) { return read(fd, p, n); }); }
+Napi::Value Write(const Napi::CallbackInfo& info) { return Transfer(info, "write", [](int fd, void* p, size_t n) { return write(fd, p, n); }); }
 
 // readv/writev(fd, iov: Float64Array of [buffer index, offset, length] triples, count, buf0[, buf1])
 // -> bytes, or -errno for EAGAIN/EINTR. Packets go between the kernel and guest memory (or a scratch

@@ -28,10 +28,6 @@ export class Dataplane {
 
   constructor(private readonly onBroken: (reason: string) => void) {}
 
-  get threadCount(): number {
-    return this.threads.length;
-  }
-
   /** One thread per entry of `groups` (each a list of queue pairs it serves). */
   async start(cfg: DataplaneConfig, groups: WorkerPair[][]): Promise<void> {
     await Promise.all(groups.map((pairs, i) => this.spawn(cfg, pairs, i)));

@@ -101,22 +101,18 @@ export class VhostUserBackend {
     switch (m.request) {
       case P.REQ.GET_FEATURES:
         return { reply: P.encodeReply(m.request, P.u64Payload(this.features)) };
-      case P.REQ.SET_FEATURES: {
-        if (p.byteLength < 8) return fail('short SET_FEATURES');
+      case P.REQ.SET_FEATURES:
+      case P.REQ.SET_PROTOCOL_FEATURES: {
+        const protocol = m.request === P.REQ.SET_PROTOCOL_FEATURES;
+        if (p.byteLength < 8) return fail('short feature message');
         const f = p.getBigUint64(0, true);
-        if (f & ~this.features) return fail('features we did not offer');
-        this.acked = f;
+        if (f & ~(protocol ? this.protocolFeatures : this.features)) return fail('features we did not offer');
+        if (protocol) this.ackedProtocol = f;
+        else this.acked = f;
         return ack(true);
       }
       case P.REQ.GET_PROTOCOL_FEATURES:
         return { reply: P.encodeReply(m.request, P.u64Payload(this.protocolFeatures)) };
-      case P.REQ.SET_PROTOCOL_FEATURES: {
-        if (p.byteLength < 8) return fail('short SET_PROTOCOL_FEATURES');
-        const f = p.getBigUint64(0, true);
-        if (f & ~this.protocolFeatures) return fail('protocol features we did not offer');
-        this.ackedProtocol = f;
-        return ack(true);
-      }
       case P.REQ.GET_QUEUE_NUM:
         return { reply: P.encodeReply(m.request, P.u64Payload(BigInt(this.opts.queuePairs))) };
       case P.REQ.SET_OWNER:

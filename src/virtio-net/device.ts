@@ -105,10 +105,6 @@ export class VirtioNet implements VirtioDevice {
     return this.config.slice(0, 6);
   }
 
-  get threadCount(): number {
-    return this.dataplane.threadCount;
-  }
-
   /** most dataplane threads this device ran at once (for tests and reports) */
   threadsStarted = 0;
 

@@ -137,10 +137,6 @@ export class SplitQueue {
     return this.lastAvail;
   }
 
-  get nextUsed(): number {
-    return this.usedIdx;
-  }
-
   private availIdx(): number {
     return Atomics.load(this.mem.u16, (this.availOff / 2) + 1);
   }

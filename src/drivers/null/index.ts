@@ -31,6 +31,13 @@ class NullQueue implements DriverQueue {
   /** a running sum over every byte transmitted: the read is real, the result is kept */
   sink = 0;
   private readonly frame: Uint8Array;
+  private u8?: Uint8Array;
+
+  /** one view of the (fixed) memory buffer, made on first use */
+  private view(mem: SharedArrayBuffer): Uint8Array {
+    if (this.u8?.buffer !== mem) this.u8 = new Uint8Array(mem);
+    return this.u8;
+  }
 
   constructor(private readonly init: NullInit) {
     this.frame = new Uint8Array(init.size);
@@ -42,7 +49,7 @@ class NullQueue implements DriverQueue {
   }
 
   transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const u8 = new Uint8Array(mem);
+    const u8 = this.view(mem);
     let s = this.sink;
     for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[b.count]; t += 3) {
       const off = b.iov[t + 1];
@@ -55,7 +62,7 @@ class NullQueue implements DriverQueue {
 
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     if (!this.init.rx) return 0;
-    const u8 = new Uint8Array(mem);
+    const u8 = this.view(mem);
     for (let p = 0; p < b.count; p++) {
       let left = this.init.size;
       let at = 0;

@@ -113,6 +113,19 @@ describe('vhost-user protocol robustness', () => {
     expect(good.replies).toHaveLength(1);
   });
 
+  it('refuses a dirty log larger than the file behind it', async () => {
+    const lfd = native.memfdCreate('small-log', 0);
+    native.ftruncate(lfd, 4096);
+    const p = new Uint8Array(16);
+    new DataView(p.buffer).setBigUint64(0, 1n << 20n, true); // 1 MiB claimed over 4 KiB
+    const bad = await exchange([message(REQ.SET_PROTOCOL_FEATURES, u64(1n << 1n)), message(REQ.SET_LOG_BASE, p)], [[], [lfd]]);
+    native.close(lfd);
+    expect(bad.closed).toBe(true);
+    expect(logs.some((l) => l.includes('log extends past the end of its file'))).toBe(true);
+    const good = await exchange([message(REQ.GET_QUEUE_NUM)]);
+    expect(good.replies).toHaveLength(1);
+  });
+
   it.each([
     ['a truncated SET_FEATURES', [message(REQ.SET_FEATURES, new Uint8Array(3))]],
     ['features never offered', [message(REQ.SET_FEATURES, u64(1n << 60n))]],

@@ -7,6 +7,7 @@ import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '
 import { native } from '../native.js';
 import { STAT } from './stats.js';
 import type { RxFilter } from './rx-filter.js';
+import type { DirtyLog } from '../virtio/dirty-log.js';
 
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
@@ -23,6 +24,8 @@ export interface PairOptions {
   rxStats: Float64Array;
   txStats: Float64Array;
   filter: RxFilter;
+  /** while migrating: every byte written into guest buffers is logged */
+  log?: DirtyLog;
 }
 
 const ONE = new BigUint64Array([1n]);
@@ -224,6 +227,8 @@ export class NetQueuePair {
         break;
       }
       const len = b.len[0];
+      // the driver wrote into guest memory whatever happens to the frame next: log it all
+      if (this.o.log !== undefined) this.logWritten(b.iov, iovUsed, len);
       // (the destination MAC is checked where it lies whole in the first segment, which is every layout
       // drivers use; a first segment under 6 bytes skips the filter rather than gather)
       if (len < 14 || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.o.filter.accepts(this.u8, b.iov[1]))) {
@@ -247,6 +252,7 @@ export class NetQueuePair {
       for (let k = 0, at = 0; k < hdrPieces; k++) {
         const dst = this.hdrAt[k];
         for (let j = 0; j < this.hdrLen[k]; j++) this.u8[dst + j] = this.hdr[at++];
+        this.o.log?.markOffset(dst, this.hdrLen[k]);
       }
       delivered++;
       st[STAT.PACKETS]++;
@@ -256,6 +262,15 @@ export class NetQueuePair {
     q.flush();
     this.interrupt(q, this.o.rxCallFd, st);
     return delivered;
+  }
+
+  /** Log the first `len` bytes of the segments iov[0..count). */
+  private logWritten(iov: Float64Array, count: number, len: number): void {
+    for (let k = 0; k < count && len > 0; k++) {
+      const n = Math.min(len, iov[3 * k + 2]);
+      this.o.log!.markOffset(iov[3 * k + 1], n);
+      len -= n;
+    }
   }
 
   private breakRx(reason: 'device-readable receive buffer' | 'receive buffer too small for the header'): number {

@@ -7,6 +7,7 @@ import { pathToFileURL } from 'node:url';
 import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
 import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
+import { DirtyLog } from '../virtio/dirty-log.js';
 import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
 import { STAT, STAT_WORDS } from './stats.js';
@@ -21,6 +22,8 @@ export interface WorkerQueue extends QueueConfig {
   statsSlot: number;
   /** ring position to start from (0 on activation; the last used index when threads restart) */
   startIdx: number;
+  /** where the used ring is logged when dirty logging is on (vhost's log_guest_addr; default: `used`) */
+  usedLogGpa?: number;
 }
 
 export interface WorkerPair {
@@ -45,6 +48,8 @@ export interface DataplaneWorkerData {
   control: Int32Array;
   /** busy-poll this long (µs) before sleeping; 0 = always sleep when idle */
   busyPollUs: number;
+  /** dirty-page log (live migration): every write into guest memory sets its page's bit */
+  dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
 }
 
 /** packets per queue per pass */
@@ -60,6 +65,7 @@ async function main(): Promise<void> {
   const filter = new RxFilter(d.filter);
   const features = { eventIdx: d.eventIdx, indirect: d.indirect };
   const stats = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);
+  const log = d.dirtyLog && new DirtyLog(d.dirtyLog.buffer, d.dirtyLog.offset, d.dirtyLog.size, mem.table.regions);
 
   const pairs: NetQueuePair[] = [];
   /** per pair: the TX and RX counters (kicks are counted here, the rest by NetQueuePair) */
@@ -74,6 +80,8 @@ async function main(): Promise<void> {
     kickStats.push([stats(p.tx.statsSlot), stats(p.rx.statsSlot)]);
     rxq.setIndices(p.rx.startIdx, p.rx.startIdx);
     txq.setIndices(p.tx.startIdx, p.tx.startIdx);
+    rxq.setDirtyLog(log, p.rx.usedLogGpa ?? p.rx.used);
+    txq.setDirtyLog(log, p.tx.usedLogGpa ?? p.tx.used);
     pairs.push(
       new NetQueuePair(mem, d.memory, rxq, txq, driverMod.openQueue(p.driverInit), {
         mergeable: d.mergeable,
@@ -84,6 +92,7 @@ async function main(): Promise<void> {
         rxStats: stats(p.rx.statsSlot),
         txStats: stats(p.tx.statsSlot),
         filter,
+        log,
       }),
     );
   }

@@ -22,6 +22,16 @@ interface Vring {
   kickFd: number;
   callFd: number;
   enabled: boolean;
+  /** guest-physical address to log used-ring writes at (VHOST_VRING_F_LOG), if the frontend gave one */
+  logGpa: number | undefined;
+}
+
+/** the frontend's dirty log, mapped (LOG_SHMFD) */
+interface MappedLog {
+  buffer: SharedArrayBuffer;
+  address: bigint;
+  offset: number;
+  size: number;
 }
 
 export interface BackendOptions {
@@ -36,6 +46,12 @@ export interface Handled {
 }
 
 const MAX_QUEUE = 32768;
+/** VHOST_F_LOG_ALL: log every write into guest memory (live migration) */
+export const F_LOG_ALL = 26;
+/** vhost_vring_addr.flags bit: log_guest_addr is valid */
+const VRING_F_LOG = 1;
+/** a bit per 4 KiB page: 1 GiB of log covers 32 TiB of guest memory */
+const MAX_LOG = 1 << 30;
 
 export class VhostUserBackend {
   readonly features: bigint;
@@ -43,6 +59,8 @@ export class VhostUserBackend {
   private acked = 0n;
   private ackedProtocol = 0n;
   private memory?: FrontendMemory;
+  private log?: MappedLog;
+  private logFd = -1;
   private readonly vrings: Vring[];
   private readonly running = new Map<number, Dataplane>();
   private readonly filter = new RxFilter();
@@ -55,7 +73,7 @@ export class VhostUserBackend {
     private readonly opts: BackendOptions,
   ) {
     const o = driver.caps.offloads;
-    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(F.MRG_RXBUF) | bit(P.F_PROTOCOL_FEATURES);
+    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(F.MRG_RXBUF) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL);
     if (opts.queuePairs > 1) f |= bit(F.MQ);
     if (o.txCsum) {
       f |= bit(F.CSUM);
@@ -68,14 +86,14 @@ export class VhostUserBackend {
       if (o.rxTso6) f |= bit(F.GUEST_TSO6);
     }
     this.features = f;
-    this.protocolFeatures = (1n << BigInt(P.PROTOCOL_F.MQ)) | (1n << BigInt(P.PROTOCOL_F.REPLY_ACK));
+    this.protocolFeatures = (1n << BigInt(P.PROTOCOL_F.MQ)) | (1n << BigInt(P.PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(P.PROTOCOL_F.LOG_SHMFD));
     this.vrings = Array.from({ length: 2 * opts.queuePairs }, () => this.freshRing());
     this.filter.reset(new Uint8Array(6));
     this.stats = newStatsBuffer(2 * opts.queuePairs);
   }
 
   private freshRing(): Vring {
-    return { num: 0, desc: 0, avail: 0, used: 0, base: 0, kickFd: -1, callFd: -1, enabled: false };
+    return { num: 0, desc: 0, avail: 0, used: 0, base: 0, kickFd: -1, callFd: -1, enabled: false, logGpa: undefined };
   }
 
   queueStats(pair: number): { rx: QueueStats; tx: QueueStats } {
@@ -108,7 +126,13 @@ export class VhostUserBackend {
         const f = p.getBigUint64(0, true);
         if (f & ~(protocol ? this.protocolFeatures : this.features)) return fail('features we did not offer');
         if (protocol) this.ackedProtocol = f;
-        else this.acked = f;
+        else if (f !== this.acked) {
+          // running threads were started with the old features (e.g. LOG_ALL switched on for migration)
+          const wasRunning = this.running.size > 0;
+          await this.stopAll();
+          this.acked = f;
+          if (wasRunning) await this.startReady();
+        }
         return ack(true);
       }
       case P.REQ.GET_PROTOCOL_FEATURES:
@@ -157,6 +181,9 @@ export class VhostUserBackend {
         if (!a) return fail('malformed SET_VRING_ADDR');
         const r = ring(a.index);
         if (!r) return fail(`ring ${a.index} does not exist`);
+        // a live ring moving (or starting to log) restarts its pair with the new addresses
+        await this.stopPair(a.index >> 1);
+        r.logGpa = a.flags & VRING_F_LOG ? a.log : undefined;
         r.desc = a.desc;
         r.avail = a.avail;
         r.used = a.used;
@@ -204,14 +231,57 @@ export class VhostUserBackend {
         await this.startReady();
         return ack(true);
       }
-      case P.REQ.SET_LOG_BASE:
-      case P.REQ.SET_LOG_FD:
-        // LOG_SHMFD is not offered: a frontend that sends these anyway broke the protocol
-        return fail('dirty logging was not negotiated');
+      case P.REQ.SET_LOG_BASE: {
+        if (!(this.ackedProtocol & (1n << BigInt(P.PROTOCOL_F.LOG_SHMFD)))) return fail('dirty logging was not negotiated');
+        if (p.byteLength < 16 || m.fds.length !== 1) return fail('malformed SET_LOG_BASE');
+        const size = Number(p.getBigUint64(0, true));
+        const offset = Number(p.getBigUint64(8, true));
+        const fd = m.fds.splice(0)[0];
+        let mapped: MappedLog | string;
+        try {
+          mapped = this.mapLog(fd, size, offset);
+        } finally {
+          native.close(fd);
+        }
+        if (typeof mapped === 'string') return fail(`SET_LOG_BASE: ${mapped}`);
+        // the threads log into the new area from their restart on
+        await this.stopAll();
+        this.releaseLog();
+        this.log = mapped;
+        await this.startReady();
+        // the frontend waits for this reply (whatever REPLY_ACK says): the log is in use once it comes
+        return { reply: P.encodeReply(m.request, P.u64Payload(0n)) };
+      }
+      case P.REQ.SET_LOG_FD: {
+        // an eventfd the backend may signal after logging; writes land in the shared log synchronously,
+        // so nothing needs signalling, but the descriptor is the frontend's to replace
+        if (m.fds.length !== 1) return fail('SET_LOG_FD without its descriptor');
+        this.logFd = this.closeFd(this.logFd);
+        this.logFd = m.fds[0];
+        return ack(true);
+      }
       default:
         for (const fd of m.fds) native.close(fd);
         return ack(false);
     }
+  }
+
+  private mapLog(fd: number, size: number, offset: number): MappedLog | string {
+    if (!Number.isSafeInteger(size) || size <= 0 || size > MAX_LOG) return `log size ${size} out of range`;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > MAX_LOG) return `log offset ${offset} out of range`;
+    // a log past the end of its file would fault (SIGBUS) the first time a thread set a bit there
+    if (offset + size > native.fileSize(fd)) return 'log extends past the end of its file';
+    try {
+      const m = native.mmapShared(fd, offset + size);
+      return { buffer: m.buffer, address: m.address, offset, size };
+    } catch (e) {
+      return (e as Error).message;
+    }
+  }
+
+  private releaseLog(): void {
+    if (this.log) native.remapAnonymous(this.log.address, this.log.offset + this.log.size);
+    this.log = undefined;
   }
 
   private closeFd(fd: number): number {
@@ -240,7 +310,7 @@ export class VhostUserBackend {
     // used ring says where the old backend stopped; that is the true position (every chain the old one
     // took was completed), as DPDK's vhost library also concludes.
     const usedNow = this.usedIndex(r);
-    return { size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: usedNow };
+    return { size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: usedNow, usedLogGpa: r.logGpa };
   }
 
   /** Start every pair whose two rings are ready and not yet running. */
@@ -275,6 +345,8 @@ export class VhostUserBackend {
           filter: this.filter.buffer,
           stats: this.stats,
           busyPollUs: this.opts.busyPollUs ?? 0,
+          // migration: the frontend switched LOG_ALL on and gave us its log
+          dirtyLog: has(f, F_LOG_ALL) && this.log ? { buffer: this.log.buffer, offset: this.log.offset, size: this.log.size } : undefined,
         },
         [[wp]],
       );
@@ -302,5 +374,9 @@ export class VhostUserBackend {
     this.vrings.forEach((_, i) => (this.vrings[i] = this.freshRing()));
     this.memory?.release();
     this.memory = undefined;
+    this.releaseLog();
+    this.logFd = this.closeFd(this.logFd);
+    this.acked = 0n;
+    this.ackedProtocol = 0n;
   }
 }

@@ -12,6 +12,7 @@
 // follow the index read and used-element writes precede the index write, as the spec's barriers require.
 
 import type { MemoryTable } from '../vmm/memory.js';
+import type { DirtyLog } from './dirty-log.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -96,6 +97,9 @@ export class SplitQueue {
   private signalledUsed = 0;
   broken: BrokenReason | undefined;
   readonly chain: Chain;
+  /** while migrating: every used-ring write is logged, at the ring's log address */
+  private log: DirtyLog | undefined;
+  private usedLogGpa = 0;
 
   /** Validate the driver's ring placement. Returns the queue, or the reason it cannot be used. */
   static create(mem: GuestView, cfg: QueueConfig, features: QueueFeatures, maxSize: number): SplitQueue | BrokenReason {
@@ -131,6 +135,12 @@ export class SplitQueue {
   setIndices(lastAvail: number, usedIdx: number): void {
     this.lastAvail = lastAvail & 0xffff;
     this.usedIdx = this.publishedUsed = this.signalledUsed = usedIdx & 0xffff;
+  }
+
+  /** Log used-ring writes from now on (`usedLogGpa`: where the used ring is, for the log). */
+  setDirtyLog(log: DirtyLog | undefined, usedLogGpa: number): void {
+    this.log = log;
+    this.usedLogGpa = usedLogGpa;
   }
 
   get nextAvail(): number {
@@ -234,9 +244,11 @@ export class SplitQueue {
 
   /** Record a used element; published to the guest by flush(). */
   addUsed(head: number, len: number): void {
-    const e = (this.usedOff / 4) + 1 + 2 * (this.usedIdx % this.size);
+    const slot = this.usedIdx % this.size;
+    const e = (this.usedOff / 4) + 1 + 2 * slot;
     this.mem.u32[e] = head;
     this.mem.u32[e + 1] = len;
+    if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 4 + 8 * slot, 8);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
   }
 
@@ -245,6 +257,7 @@ export class SplitQueue {
     if (this.usedIdx === this.publishedUsed) return;
     Atomics.store(this.mem.u16, (this.usedOff / 2) + 1, this.usedIdx);
     this.publishedUsed = this.usedIdx;
+    if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 2, 2);
   }
 
   /**
@@ -274,10 +287,14 @@ export class SplitQueue {
     if (this.features.eventIdx) {
       // avail_event = the next index we will read: the driver kicks when it passes it. `afterPending`:
       // we cannot use what is already there yet (too little room), so ask for the next addition.
-      if (enable) Atomics.store(this.mem.u16, this.usedOff / 2 + 2 + 4 * this.size, afterPending ? this.availIdx() : this.lastAvail);
+      if (enable) {
+        Atomics.store(this.mem.u16, this.usedOff / 2 + 2 + 4 * this.size, afterPending ? this.availIdx() : this.lastAvail);
+        if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 4 + 8 * this.size, 2);
+      }
     } else {
       const f = this.usedOff / 2;
       Atomics.store(this.mem.u16, f, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+      if (this.log !== undefined) this.log.markGpa(this.usedLogGpa, 2);
     }
   }
 }

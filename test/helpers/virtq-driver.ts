@@ -12,8 +12,9 @@ export class TestMemory {
   readonly view: GuestView;
   readonly dv: DataView;
   private bump: number;
-  constructor(readonly size = 1 << 20, readonly base = 0) {
-    this.buffer = new SharedArrayBuffer(size);
+  /** `buffer`: memory to use (e.g. a shared mapping handed to a vhost-user backend), else a fresh one */
+  constructor(readonly size = 1 << 20, readonly base = 0, buffer?: SharedArrayBuffer) {
+    this.buffer = buffer ?? new SharedArrayBuffer(size);
     this.view = guestView(this.buffer, new MemoryTable([{ gpa: base, size, offset: 0 }]));
     this.dv = new DataView(this.buffer);
     this.bump = base + 0x10000;

@@ -1,0 +1,144 @@
+// A vhost-user *frontend* for tests: what QEMU or DPDK's virtio-user does, in a few calls — memory in a
+// memfd handed over by SET_MEM_TABLE, split rings driven with TestDriver, kicks through eventfds — so
+// backend behaviour that needs exact control (which page was written when) can be checked directly.
+import { expect } from 'vitest';
+import { native, AF_UNIX, SOCK_STREAM, EFD_NONBLOCK } from '../../src/native.js';
+import { REQ, FLAG_VERSION, HDR_SIZE } from '../../src/vhost-user/protocol.js';
+import { TestDriver, TestMemory } from './virtq-driver.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export const u64 = (v: bigint): Uint8Array => {
+  const p = new Uint8Array(8);
+  new DataView(p.buffer).setBigUint64(0, v, true);
+  return p;
+};
+
+/** the frontend's virtual address of guest-physical `base` (any value: the backend only translates it) */
+const UADDR = 0x7f1200000000;
+
+export class TestFrontend {
+  readonly fd: number;
+  private readonly ep: number;
+  readonly mem: TestMemory;
+  private readonly memfd: number;
+  readonly rings: TestDriver[] = [];
+  readonly kicks: number[] = [];
+  readonly calls: number[] = [];
+
+  /** Connect to `sock`; guest memory is `size` bytes at guest-physical `base`. */
+  constructor(sock: string, size = 2 << 20, readonly base = 0x100000) {
+    this.fd = native.socket(AF_UNIX, SOCK_STREAM, 0);
+    expect(native.connectUnix(this.fd, sock)).toBe(0);
+    this.ep = native.epollCreate();
+    native.epollCtl(this.ep, 1, this.fd, 1, 0);
+    this.memfd = native.memfdCreate('test-frontend', 0);
+    native.ftruncate(this.memfd, size);
+    this.mem = new TestMemory(size, base, native.mmapShared(this.memfd, size).buffer);
+  }
+
+  send(request: number, payload: Uint8Array = new Uint8Array(0), fds: number[] = []): void {
+    const m = new Uint8Array(HDR_SIZE + payload.length);
+    const v = new DataView(m.buffer);
+    v.setUint32(0, request, true);
+    v.setUint32(4, FLAG_VERSION, true);
+    v.setUint32(8, payload.length, true);
+    m.set(payload, HDR_SIZE);
+    expect(native.sendmsg(this.fd, m, fds)).toBe(m.length);
+  }
+
+  /** Send and wait for the reply's payload (the backend runs on this event loop: poll, don't block). */
+  async call(request: number, payload?: Uint8Array, fds: number[] = []): Promise<DataView> {
+    this.send(request, payload, fds);
+    const ev = new Uint32Array(3);
+    const buf = new Uint8Array(4096);
+    for (const end = Date.now() + 5000; Date.now() < end; ) {
+      await sleep(5);
+      if (native.epollWait(this.ep, ev, 0) === 0) continue;
+      const n = native.recvmsg(this.fd, buf, new Int32Array(4));
+      if (n <= 0) throw new Error(`backend closed the connection on request ${request}`);
+      const v = new DataView(buf.buffer, 0, n);
+      expect(v.getUint32(0, true)).toBe(request);
+      return new DataView(buf.buffer.slice(HDR_SIZE, n));
+    }
+    throw new Error(`no reply to request ${request}`);
+  }
+
+  /** Features, memory table and `pairs` queue pairs of `size` entries, enabled. */
+  async setup(features: bigint, protocolFeatures: bigint, pairs = 1, size = 256): Promise<void> {
+    await this.call(REQ.GET_FEATURES);
+    this.send(REQ.SET_FEATURES, u64(features));
+    await this.call(REQ.GET_PROTOCOL_FEATURES);
+    this.send(REQ.SET_PROTOCOL_FEATURES, u64(protocolFeatures));
+    this.send(REQ.SET_OWNER);
+    const t = new Uint8Array(8 + 32);
+    const v = new DataView(t.buffer);
+    v.setUint32(0, 1, true);
+    v.setBigUint64(8, BigInt(this.base), true);
+    v.setBigUint64(16, BigInt(this.mem.size), true);
+    v.setBigUint64(24, BigInt(UADDR), true);
+    this.send(REQ.SET_MEM_TABLE, t, [this.memfd]);
+    for (let i = 0; i < 2 * pairs; i++) {
+      // each ring from a fresh page: a test can then tell which ring's pages were written
+      this.mem.alloc(1, 4096);
+      const r = new TestDriver(this.mem, size);
+      this.rings.push(r);
+      this.send(REQ.SET_VRING_NUM, state(i, size));
+      this.setAddr(i);
+      this.send(REQ.SET_VRING_BASE, state(i, 0));
+      this.kicks.push(native.eventfd(0, EFD_NONBLOCK));
+      this.calls.push(native.eventfd(0, EFD_NONBLOCK));
+      this.send(REQ.SET_VRING_KICK, u64(BigInt(i)), [this.kicks[i]]);
+      this.send(REQ.SET_VRING_CALL, u64(BigInt(i)), [this.calls[i]]);
+      this.send(REQ.SET_VRING_ENABLE, state(i, 1));
+    }
+    // a round trip: everything above has been handled once this returns
+    await this.call(REQ.GET_QUEUE_NUM);
+  }
+
+  /** SET_VRING_ADDR for ring i; `logGpa` asks for used-ring logging there (VHOST_VRING_F_LOG). */
+  setAddr(i: number, logGpa?: number): void {
+    const c = this.rings[i].cfg;
+    const a = new Uint8Array(40);
+    const v = new DataView(a.buffer);
+    v.setUint32(0, i, true);
+    v.setUint32(4, logGpa === undefined ? 0 : 1, true);
+    v.setBigUint64(8, BigInt(this.va(c.desc)), true);
+    v.setBigUint64(16, BigInt(this.va(c.used)), true);
+    v.setBigUint64(24, BigInt(this.va(c.avail)), true);
+    v.setBigUint64(32, BigInt(logGpa ?? 0), true);
+    this.send(REQ.SET_VRING_ADDR, a);
+  }
+
+  private va(gpa: number): number {
+    return UADDR + (gpa - this.base);
+  }
+
+  kick(i: number): void {
+    native.write(this.kicks[i], u64(1n));
+  }
+
+  /** Wait until ring i's used index reaches `idx`. */
+  async usedReaches(i: number, idx: number): Promise<void> {
+    const r = this.rings[i];
+    for (const end = Date.now() + 5000; Date.now() < end; await sleep(5)) {
+      if (this.mem.dv.getUint16(r.cfg.used - this.base + 2, true) === (idx & 0xffff)) return;
+    }
+    throw new Error(`ring ${i}: used index never reached ${idx}`);
+  }
+
+  close(): void {
+    native.close(this.fd);
+    native.close(this.ep);
+    native.close(this.memfd);
+    for (const fd of [...this.kicks, ...this.calls]) native.close(fd);
+  }
+}
+
+function state(index: number, num: number): Uint8Array {
+  const p = new Uint8Array(8);
+  const v = new DataView(p.buffer);
+  v.setUint32(0, index, true);
+  v.setUint32(4, num, true);
+  return p;
+}

@@ -30,7 +30,10 @@ export class MemoryTable {
   /** Offset in the shared buffer of [gpa, gpa+len), or -1 when any byte of it is not RAM or it spans regions. */
   translate(gpa: number, len: number): number {
     if (!(gpa >= 0) || !(len >= 0)) return -1;
-    for (const r of this.regions) {
+    // (an indexed loop: this runs for every descriptor, and for-of allocates an iterator)
+    const rs = this.regions;
+    for (let i = 0; i < rs.length; i++) {
+      const r = rs[i];
       if (gpa >= r.gpa && gpa + len <= r.gpa + r.size) return r.offset + (gpa - r.gpa);
     }
     return -1;

@@ -1,7 +1,8 @@
 // null driver, for benchmarks: discards what the guest transmits and generates what it receives,
 // touching every byte as a real backend does when it copies frames to and from its own buffers (DPDK's
 // vhost library copies into mbufs), so comparisons with it are fair. Options: size=BYTES (generated
-// frames, default 64), rx=0 to generate nothing.
+// frames, default 64), rx=0 to generate nothing, loop=1 to receive (copies of) what was transmitted
+// instead — the backend half of the io-forwarding loopback benchmark, as DPDK's vhost testpmd in io mode.
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../../errors.js';
 import { NO_OFFLOADS, type DriverQueue, type NetDriver, type PacketBatch } from '../api.js';
@@ -9,7 +10,12 @@ import { NO_OFFLOADS, type DriverQueue, type NetDriver, type PacketBatch } from 
 interface NullInit {
   size: number;
   rx: boolean;
+  loop: boolean;
 }
+
+/** loop mode: frames held between transmit and receive (more are dropped, as by a full NIC queue) */
+const LOOP_SLOTS = 512;
+const LOOP_SLOT_BYTES = 9018;
 
 export function create(options: Record<string, string>): NetDriver {
   const size = Number(options.size ?? '64');
@@ -19,7 +25,7 @@ export function create(options: Record<string, string>): NetDriver {
     name: 'null',
     caps: { queuePairs: queues, mtu: 9000, offloads: NO_OFFLOADS },
     module: fileURLToPath(import.meta.url),
-    queueInit: (): NullInit => ({ size, rx: options.rx !== '0' }),
+    queueInit: (): NullInit => ({ size, rx: options.rx !== '0', loop: options.loop === '1' }),
     setGuestOffloads() {},
     close() {},
   };
@@ -28,14 +34,26 @@ export function create(options: Record<string, string>): NetDriver {
 class NullQueue implements DriverQueue {
   readonly pollFd = -1;
   drops = 0;
-  /** a running sum over every byte transmitted: the read is real, the result is kept */
+  /** where transmitted frames are copied to (one frame at a time: the copy is the work) */
+  private readonly mbuf = new Uint8Array(LOOP_SLOT_BYTES);
+  /** keeps a byte of each copy, so the copies have an observable result */
   sink = 0;
   private readonly frame: Uint8Array;
   private u8?: Uint8Array;
+  /** loop mode: a ring of held frames */
+  private readonly held?: Uint8Array;
+  private readonly heldLen = new Uint32Array(LOOP_SLOTS);
+  private heldHead = 0;
+  private heldCount = 0;
 
   /** one view of the (fixed) memory buffer, made on first use */
+  private mem?: SharedArrayBuffer;
   private view(mem: SharedArrayBuffer): Uint8Array {
-    if (this.u8?.buffer !== mem) this.u8 = new Uint8Array(mem);
+    // (compare the buffer we were given, not u8.buffer: that getter is slow on shared memory)
+    if (this.mem !== mem || !this.u8) {
+      this.mem = mem;
+      this.u8 = new Uint8Array(mem);
+    }
     return this.u8;
   }
 
@@ -46,21 +64,70 @@ class NullQueue implements DriverQueue {
     this.frame[12] = 0x88;
     this.frame[13] = 0xb5;
     for (let i = 14; i < init.size; i++) this.frame[i] = i & 0xff;
+    if (init.loop) this.held = new Uint8Array(LOOP_SLOTS * LOOP_SLOT_BYTES);
   }
 
   transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
     const u8 = this.view(mem);
-    let s = this.sink;
-    for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[b.count]; t += 3) {
-      const off = b.iov[t + 1];
-      const end = off + b.iov[t + 2];
-      for (let i = off; i < end; i++) s = (s + u8[i]) | 0;
+    if (this.held) return this.hold(b, u8);
+    // every frame is copied out of guest memory, as DPDK's vhost copies into an mbuf (a memcpy)
+    const mbuf = this.mbuf;
+    for (let p = 0; p < b.count; p++) {
+      let at = 0;
+      for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
+        const off = b.iov[t + 1];
+        const n = Math.min(b.iov[t + 2], mbuf.length - at);
+        mbuf.set(u8.subarray(off, off + n), at);
+        at += n;
+      }
+      this.sink = (this.sink + mbuf[0]) | 0;
     }
-    this.sink = s;
     return b.count;
   }
 
+  /** loop mode: copy frames into the held ring, as many as fit */
+  private hold(b: PacketBatch, u8: Uint8Array): number {
+    const held = this.held!;
+    let p = 0;
+    for (; p < b.count && this.heldCount < LOOP_SLOTS; p++) {
+      const slot = (this.heldHead + this.heldCount) % LOOP_SLOTS;
+      let at = slot * LOOP_SLOT_BYTES;
+      const end = at + LOOP_SLOT_BYTES;
+      for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
+        const off = b.iov[t + 1];
+        const n = Math.min(b.iov[t + 2], end - at);
+        held.set(u8.subarray(off, off + n), at);
+        at += n;
+      }
+      this.heldLen[slot] = at - slot * LOOP_SLOT_BYTES;
+      this.heldCount++;
+    }
+    return p;
+  }
+
+  /** loop mode: the oldest held frame into the guest's buffers */
+  private unhold(b: PacketBatch, u8: Uint8Array): number {
+    if (this.heldCount === 0) return 0;
+    const held = this.held!;
+    const slot = this.heldHead;
+    let at = slot * LOOP_SLOT_BYTES;
+    let left = this.heldLen[slot];
+    for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && left > 0; t += 3) {
+      const off = b.iov[t + 1];
+      const n = Math.min(left, b.iov[t + 2]);
+      u8.set(held.subarray(at, at + n), off);
+      at += n;
+      left -= n;
+    }
+    b.len[0] = this.heldLen[slot] - left;
+    b.meta.fill(0, 0, 6);
+    this.heldHead = (this.heldHead + 1) % LOOP_SLOTS;
+    this.heldCount--;
+    return 1;
+  }
+
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+    if (this.held) return this.unhold(b, this.view(mem));
     if (!this.init.rx) return 0;
     const u8 = this.view(mem);
     for (let p = 0; p < b.count; p++) {

@@ -78,7 +78,7 @@ let runs = 0;
 /** testpmd, interactive (commands on stdin), main lcore on `mainCpu`, forwarding lcore on `fwdCpu`. */
 function testpmd(vdev, mainCpu, fwdCpu) {
   return start('stdbuf', ['-oL', 'dpdk-testpmd', '--no-huge', '-m', '1024', '--no-pci', `--file-prefix=vub${process.pid}-${++runs}`,
-    `--lcores=0@${mainCpu},1@${fwdCpu}`, `--vdev=${vdev}`, '--', '-i', '--total-num-mbufs=32768', '--txd=1024', '--rxd=1024']);
+    `--lcores=0@${mainCpu},1@${fwdCpu}`, `--vdev=${vdev}`, '--', '-i', '--disable-link-check', '--total-num-mbufs=32768', '--txd=1024', '--rxd=1024']);
 }
 
 async function quit(t) {
@@ -110,7 +110,7 @@ async function measure(side, modeName, size) {
   let backend;
   if (side === 'dpdk') {
     backend = testpmd(`net_vhost0,iface=${sock},queues=1`, 0, 1);
-    await backend.until(/testpmd> /);
+    await backend.until(/Port 0: [0-9A-F:]{17}/);
     backend.send(`set fwd ${mode.dpdk}`);
     if (mode.dpdk === 'txonly') backend.send(`set txpkts ${size}`);
     backend.send('start');
@@ -121,7 +121,7 @@ async function measure(side, modeName, size) {
   for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(25);
   const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1`, 1, 0);
   try {
-    await virtio.until(/testpmd> /);
+    await virtio.until(/Port 0: [0-9A-F:]{17}/);
     virtio.send(`set fwd ${mode.virtio}`);
     if (mode.virtio === 'txonly') virtio.send(`set txpkts ${size}`);
     if (mode.txFirst) virtio.send(`set txpkts ${size}`);

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -17,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -502,6 +504,62 @@ Napi::Value UnblockSignal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- AF_XDP and BPF: the attribute and option structs are built in TypeScript (src/drivers/af-xdp/abi.ts)
+
+// bpf(cmd, attr): the bpf() system call over a caller-built union bpf_attr. Result (an fd or 0) or -errno.
+Napi::Value Bpf(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "bpf: attr must be a buffer", env.Null());
+  long r = syscall(__NR_bpf, ArgInt(info, 0), p, n);
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
+// setsockopt(fd, level, name, value buffer): 0 or -errno
+Napi::Value Setsockopt(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[3], &p, &n)) THROW_TYPE(env, "setsockopt: value must be a buffer", env.Null());
+  int r = setsockopt(ArgInt(info, 0), ArgInt(info, 1), ArgInt(info, 2), p, static_cast<socklen_t>(n));
+  return Napi::Number::New(env, r < 0 ? -errno : 0);
+}
+
+// getsockopt(fd, level, name, out buffer): the option's length, or -errno
+Napi::Value Getsockopt(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[3], &p, &n)) THROW_TYPE(env, "getsockopt: out must be a buffer", env.Null());
+  socklen_t len = static_cast<socklen_t>(n);
+  int r = getsockopt(ArgInt(info, 0), ArgInt(info, 1), ArgInt(info, 2), p, &len);
+  return Napi::Number::New(env, r < 0 ? -errno : static_cast<double>(len));
+}
+
+// bindRaw(fd, sockaddr buffer): bind with a caller-built address (sockaddr_xdp, sockaddr_ll). 0 or -errno
+Napi::Value BindRaw(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[1], &p, &n)) THROW_TYPE(env, "bindRaw: address must be a buffer", env.Null());
+  int r = bind(ArgInt(info, 0), static_cast<sockaddr*>(p), static_cast<socklen_t>(n));
+  return Napi::Number::New(env, r < 0 ? -errno : 0);
+}
+
+// kick(fd, flags): sendto(fd, NULL, 0, flags) — the AF_XDP transmit wake-up. Bytes or -errno.
+Napi::Value Kick(const Napi::CallbackInfo& info) {
+  ssize_t r = sendto(ArgInt(info, 0), nullptr, 0, ArgInt(info, 1), nullptr, 0);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : static_cast<double>(r));
+}
+
+// poll(fd, events, timeoutMs): revents, 0 on timeout, or -errno
+Napi::Value Poll(const Napi::CallbackInfo& info) {
+  pollfd p{ArgInt(info, 0), static_cast<short>(ArgInt(info, 1)), 0};
+  int r = poll(&p, 1, ArgInt(info, 2));
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : (r == 0 ? 0 : p.revents));
+}
+
 Napi::Value SigRtMin(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), SIGRTMIN); }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -537,6 +595,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("signalNoop", Napi::Function::New(env, SignalNoop));
   exports.Set("unblockSignal", Napi::Function::New(env, UnblockSignal));
   exports.Set("sigRtMin", Napi::Function::New(env, SigRtMin));
+  exports.Set("bpf", Napi::Function::New(env, Bpf));
+  exports.Set("setsockopt", Napi::Function::New(env, Setsockopt));
+  exports.Set("getsockopt", Napi::Function::New(env, Getsockopt));
+  exports.Set("bindRaw", Napi::Function::New(env, BindRaw));
+  exports.Set("kick", Napi::Function::New(env, Kick));
+  exports.Set("poll", Napi::Function::New(env, Poll));
   return exports;
 }
 

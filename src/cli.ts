@@ -146,6 +146,7 @@ export async function main(argv: string[]): Promise<number> {
         }, timeoutSecs * 1000);
 
   const nets = [...vm.netDevices];
+  for (const d of nets) if (d.driver.describe) process.stderr.write(`tsvmm: net ${formatMac(d.net.mac)}: ${d.driver.name} ${d.driver.describe}\n`);
   const exit: VmExit = await vm.exited;
   if (timer) clearTimeout(timer);
   if (values.stats) {
@@ -206,6 +207,7 @@ async function vhostUser(argv: string[]): Promise<number> {
     if (e instanceof UserError) return fail(e.message);
     throw e;
   }
+  if (driver.describe) process.stderr.write(`tsvmm: net: ${driver.name} ${driver.describe}\n`);
   const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs });
   const server = new VhostUserServer(backend, { path: values.socket, client: values.client, log: (l) => process.stderr.write(`tsvmm: ${l}\n`) });
   let code = 0;

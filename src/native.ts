@@ -58,6 +58,18 @@ export interface Native {
   threadKill(thread: bigint, signo: number): void;
   signalNoop(signo: number): void;
   unblockSignal(signo: number): void;
+  /** the bpf() system call over a caller-built bpf_attr: result (fd or 0) or -errno */
+  bpf(cmd: number, attr: ArrayBufferView): number;
+  /** 0 or -errno */
+  setsockopt(fd: number, level: number, name: number, value: ArrayBufferView): number;
+  /** the option's length, or -errno */
+  getsockopt(fd: number, level: number, name: number, out: ArrayBufferView): number;
+  /** bind with a caller-built address: 0 or -errno */
+  bindRaw(fd: number, addr: ArrayBufferView): number;
+  /** sendto(fd, NULL, 0, flags): the AF_XDP transmit wake-up; bytes or -errno */
+  kick(fd: number, flags: number): number;
+  /** poll one fd: revents, 0 on timeout, or -errno */
+  poll(fd: number, events: number, timeoutMs: number): number;
   sigRtMin(): number;
 }
 

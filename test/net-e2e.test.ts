@@ -6,24 +6,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetNs, runVm, runInNs, pkt, lastJson, stats } from './helpers/netns.js';
+import { NetNs, runVm, runInNs, pkt, lastJson, stats, patternFrame } from './helpers/netns.js';
 import { ROOT, TEST_GUEST, guestResult, haveKvm, which } from './helpers/env.js';
 
 const GUEST_MAC = '52:54:00:75:76:00';
 const HOST_MAC = '02:00:00:00:00:02';
-
-/** The test pattern frame (the guest's fill_frame, pkt.py's frame). */
-function patternFrame(seq: number, size: number, src: string, dst: string): Buffer {
-  const f = Buffer.alloc(size);
-  Buffer.from(dst.replace(/:/g, ''), 'hex').copy(f, 0);
-  Buffer.from(src.replace(/:/g, ''), 'hex').copy(f, 6);
-  f.writeUInt16BE(0x88b5, 12);
-  f.writeUInt32LE(0x53565354, 14);
-  f.writeUInt32LE(seq, 18);
-  f.writeUInt32LE(size, 22);
-  for (let i = 26; i < size; i++) f[i] = (seq + i) & 0xff;
-  return f;
-}
 
 describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with the tap driver', () => {
   let ns: NetNs;

@@ -99,6 +99,8 @@ export interface DriverQueue {
 
 export interface NetDriver {
   readonly name: string;
+  /** one line on what the backend runs as (mode, attachment), for the user */
+  readonly describe?: string;
   readonly caps: DriverCapabilities;
   /** The module the dataplane worker imports to call openQueue (a file URL or path). */
   readonly module: string;

@@ -7,6 +7,7 @@ import type { DriverModule, NetDriver } from './api.js';
 const BUILTIN: Record<string, string> = {
   tap: './tap/index.js',
   null: './null/index.js',
+  'af-xdp': './af-xdp/index.js',
 };
 
 export function builtinDrivers(): string[] {

@@ -47,7 +47,11 @@ export function parseNetArg(s: string): NetConfig {
       if (!/^\d+$/.test(v)) throw new UserError(`--net: ${k}=${v} is not a whole number`);
       if (k === 'queues') net.queues = Number(v);
       else if (k === 'threads') net.threads = Number(v);
-      else net.busyPollUs = Number(v);
+      else {
+        net.busyPollUs = Number(v);
+        // drivers that can poll their device too (AF_XDP socket busy polling) see it as well
+        options[k] = v;
+      }
     } else options[k] = v;
   }
   if (net.queues !== undefined) {

@@ -104,3 +104,16 @@ export function stats(stderr: string): { net: Array<{ mac: string; threads: numb
   if (!m) throw new Error(`no TSVMM-STATS in: ${stderr.slice(-300)}`);
   return JSON.parse(m[1]);
 }
+
+/** The test pattern frame (the guest's fill_frame, pkt.py's frame). */
+export function patternFrame(seq: number, size: number, src: string, dst: string): Buffer {
+  const f = Buffer.alloc(size);
+  Buffer.from(dst.replace(/:/g, ''), 'hex').copy(f, 0);
+  Buffer.from(src.replace(/:/g, ''), 'hex').copy(f, 6);
+  f.writeUInt16BE(0x88b5, 12);
+  f.writeUInt32LE(0x53565354, 14);
+  f.writeUInt32LE(seq, 18);
+  f.writeUInt32LE(size, 22);
+  for (let i = 26; i < size; i++) f[i] = (seq + i) & 0xff;
+  return f;
+}

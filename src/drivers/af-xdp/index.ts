@@ -61,7 +61,9 @@ export function create(options: Record<string, string>): NetDriver {
     caps: { queuePairs: queues, mtu, offloads: NO_OFFLOADS },
     module: fileURLToPath(import.meta.url),
     // what the kernel gave: copy or zero-copy, and where the XDP program runs
-    describe: `${ifname}: ${queues} AF_XDP socket${queues > 1 ? 's' : ''}, ${modes} mode, XDP ${xdp.attachMode}`,
+    describe:
+      `${ifname}: ${queues} AF_XDP socket${queues > 1 ? 's' : ''}, ${modes} mode, XDP ${xdp.attachMode}` +
+      (rxQueues > queues ? `; frames the interface receives on its other ${rxQueues - queues} queue(s) bypass tsvmm (ethtool -L ${ifname} combined ${queues}, or queues=${rxQueues})` : ''),
     queueInit: (pair: number): XskInit => sockets[pair],
     setGuestOffloads() {},
     close() {

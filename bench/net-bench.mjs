@@ -4,7 +4,11 @@
 // 3-68 % of the time, so only same-run ratios mean anything: each figure is the median of the rounds,
 // with the spread.
 //
-//   node bench/net-bench.mjs [--json] [--rounds N] [--quick] [--only tsvmm|qemu]
+//   node bench/net-bench.mjs [--json] [--rounds N] [--quick] [--only NAME] [--compare qemu|af-xdp]
+//
+// --compare qemu (default): QEMU against tsvmm with the tap driver. --compare af-xdp: tsvmm with the tap
+// driver (`tsvmm`) against tsvmm with the AF_XDP driver on a veth pair (`tsvmm-xdp`, copy mode; the
+// host end is the veth peer). No TSO row for AF_XDP: it offers the guest no offloads.
 //
 // Guest → host: the guest sends N frames as fast as its ring allows and reports the TSC cycles it took.
 // Host → guest: bench/pktgen.c offers N frames on the tap; the guest reports how many arrived intact and
@@ -25,8 +29,12 @@ const args = process.argv.slice(2);
 const json = args.includes('--json');
 const quick = args.includes('--quick');
 const rounds = Number(args[args.indexOf('--rounds') + 1]) || (quick ? 1 : 3);
+const compare = args.includes('--compare') ? args[args.indexOf('--compare') + 1] : 'qemu';
+if (compare !== 'qemu' && compare !== 'af-xdp') throw new Error('--compare takes qemu or af-xdp');
+/** the baseline and the one measured against it (ratio = B / A) */
+const [A, B] = compare === 'qemu' ? ['qemu', 'tsvmm'] : ['tsvmm', 'tsvmm-xdp'];
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
-if (only && only !== 'tsvmm' && only !== 'qemu') throw new Error('--only takes tsvmm or qemu');
+if (only && only !== A && only !== B) throw new Error(`--only takes ${A} or ${B}`);
 const log = (...m) => (json ? process.stderr : process.stdout).write(m.join(' ') + '\n');
 
 function sh(cmd, a, opts = {}) {
@@ -54,10 +62,17 @@ for (const [tap, mq] of [['tapb', true], ['tapq', false]]) {
   sh('ip', ['netns', 'exec', NS, 'sysctl', '-qw', `net.ipv6.conf.${tap}.disable_ipv6=1`]);
   sh('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', tap, 'up']);
 }
+if (compare === 'af-xdp') {
+  sh('ip', ['netns', 'exec', NS, 'ip', 'link', 'add', 'vxb0', 'type', 'veth', 'peer', 'name', 'vxb1']);
+  for (const i of ['vxb0', 'vxb1']) {
+    sh('ip', ['netns', 'exec', NS, 'sysctl', '-qw', `net.ipv6.conf.${i}.disable_ipv6=1`]);
+    sh('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', i, 'up']);
+  }
+}
 
 function vmmCommand(vmm, cmdline) {
-  if (vmm === 'tsvmm')
-    return inNs(process.execPath, join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', GUEST, '--mem', '256M', '--net', 'tap,ifname=tapb', '--cmdline', cmdline);
+  if (vmm === 'tsvmm' || vmm === 'tsvmm-xdp')
+    return inNs(process.execPath, join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', GUEST, '--mem', '256M', '--net', vmm === 'tsvmm' ? 'tap,ifname=tapb' : 'af-xdp,ifname=vxb0', '--cmdline', cmdline);
   return inNs('qemu-system-x86_64', '-accel', 'kvm', '-machine', 'q35', '-cpu', 'host,-arch-capabilities', '-m', '256', '-nographic', '-no-reboot',
     '-monitor', 'none', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-kernel', GUEST, '-append', cmdline,
     '-netdev', 'tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off', '-device', `virtio-net-pci,netdev=n0,mac=${GUEST_MAC},disable-legacy=on`);
@@ -120,7 +135,8 @@ const scenarios = quick
       { name: 'tso', dir: 'tso', size: 65549, count: 2000 },
     ];
 
-const tapOf = (vmm) => (vmm === 'tsvmm' ? 'tapb' : 'tapq');
+/** the host end of each VMM's link: its tap, or the veth peer of the AF_XDP interface */
+const tapOf = (vmm) => ({ tsvmm: 'tapb', qemu: 'tapq', 'tsvmm-xdp': 'vxb1' })[vmm];
 
 async function measure(vmm, s) {
   if (s.dir === 'pp') {
@@ -157,16 +173,16 @@ async function measure(vmm, s) {
 
 const samples = {};
 for (let r = 0; r < rounds; r++) {
-  const order = only ? [only] : r % 2 === 0 ? ['qemu', 'tsvmm'] : ['tsvmm', 'qemu'];
-  for (const s of scenarios) {
+  const order = only ? [only] : r % 2 === 0 ? [A, B] : [B, A];
+  for (const s of scenarios.filter((x) => !(x.dir === 'tso' && compare === 'af-xdp'))) {
     for (const vmm of order) {
       const m = await measure(vmm, s);
       ((samples[s.name] ??= {})[vmm] ??= []).push(m);
       if (s.dir === 'pp') {
-        log(`round ${r + 1} ${s.name.padEnd(8)} ${vmm.padEnd(6)} p50 ${m.p50us.toFixed(1)} µs  p99 ${m.p99us.toFixed(1)} µs${m.loss ? `  unanswered ${(m.loss * 100).toFixed(1)} %` : ''}`);
+        log(`round ${r + 1} ${s.name.padEnd(8)} ${vmm.padEnd(9)} p50 ${m.p50us.toFixed(1)} µs  p99 ${m.p99us.toFixed(1)} µs${m.loss ? `  unanswered ${(m.loss * 100).toFixed(1)} %` : ''}`);
         continue;
       }
-      log(`round ${r + 1} ${s.name.padEnd(7)} ${vmm.padEnd(6)} ${(m.pps / 1e3).toFixed(1).padStart(8)} kpps ${m.gbps.toFixed(3).padStart(7)} Gbit/s  cpu ${m.cpuPerMpkt.toFixed(2)} s/Mpkt${m.loss ? `  loss ${(m.loss * 100).toFixed(1)} %` : ''}${m.offeredPps ? `  offered ${(m.offeredPps / 1e3).toFixed(0)} kpps` : ''}`);
+      log(`round ${r + 1} ${s.name.padEnd(7)} ${vmm.padEnd(9)} ${(m.pps / 1e3).toFixed(1).padStart(8)} kpps ${m.gbps.toFixed(3).padStart(7)} Gbit/s  cpu ${m.cpuPerMpkt.toFixed(2)} s/Mpkt${m.loss ? `  loss ${(m.loss * 100).toFixed(1)} %` : ''}${m.offeredPps ? `  offered ${(m.offeredPps / 1e3).toFixed(0)} kpps` : ''}`);
     }
   }
 }
@@ -183,32 +199,34 @@ for (const [name, byVmm] of Object.entries(samples)) {
   };
   if (name === 'pingpong') {
     const of = (vmm) => (byVmm[vmm] ? { p50us: stat(vmm, 'p50us'), p99us: stat(vmm, 'p99us'), loss: stat(vmm, 'loss') } : undefined);
-    const q = of('qemu');
-    const t = of('tsvmm');
-    // a latency ratio: below 1 means tsvmm answers faster
-    summary[name] = { qemu: q, tsvmm: t, ratio: q && t ? t.p50us.median / q.p50us.median : undefined, ratioP99: q && t ? t.p99us.median / q.p99us.median : undefined };
+    const q = of(A);
+    const t = of(B);
+    // a latency ratio: below 1 means B answers faster
+    summary[name] = { [A]: q, [B]: t, ratio: q && t ? t.p50us.median / q.p50us.median : undefined, ratioP99: q && t ? t.p99us.median / q.p99us.median : undefined };
     continue;
   }
   const of = (vmm) => (byVmm[vmm] ? { pps: stat(vmm, 'pps'), gbps: stat(vmm, 'gbps'), cpuPerMpkt: stat(vmm, 'cpuPerMpkt'), loss: stat(vmm, 'loss') } : undefined);
-  const q = of('qemu');
-  const t = of('tsvmm');
-  summary[name] = { qemu: q, tsvmm: t, ratio: q && t ? (name === 'tso' ? t.gbps.median / q.gbps.median : t.pps.median / q.pps.median) : undefined };
+  const q = of(A);
+  const t = of(B);
+  summary[name] = { [A]: q, [B]: t, ratio: q && t ? (name === 'tso' ? t.gbps.median / q.gbps.median : t.pps.median / q.pps.median) : undefined };
 }
-const report = { rounds, tscHz, quick, scenarios, summary };
+const report = { compare: [A, B], rounds, tscHz, quick, scenarios, summary };
 if (json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
 else {
-  log('\nmedian of', rounds, only ? 'round(s)' : 'rounds (min-max); ratio = tsvmm / QEMU');
+  log('\nmedian of', rounds, only ? 'round(s)' : `rounds (min-max); ratio = ${B} / ${A}`);
   for (const [name, s] of Object.entries(summary)) {
     if (name === 'pingpong') {
       const f = (v) => `p50 ${v.p50us.median.toFixed(1)} µs p99 ${v.p99us.median.toFixed(1)} µs`;
-      log(`pingpong ${s.qemu ? `qemu ${f(s.qemu)}  ` : ''}${s.tsvmm ? `tsvmm ${f(s.tsvmm)}` : ''}${s.ratio ? `  p50 ratio ${s.ratio.toFixed(2)} (lower is better)` : ''}`);
+      log(`pingpong ${s[A] ? `${A} ${f(s[A])}  ` : ''}${s[B] ? `${B} ${f(s[B])}` : ''}${s.ratio ? `  p50 ratio ${s.ratio.toFixed(2)} (lower is better)` : ''}`);
       continue;
     }
-    if (!s.qemu || !s.tsvmm) {
-      const v = s.qemu ?? s.tsvmm;
+    if (!s[A] || !s[B]) {
+      const v = s[A] ?? s[B];
       log(`${name.padEnd(7)} ${only} ${(v.pps.median / 1e3).toFixed(1)} kpps  ${v.gbps.median.toFixed(3)} Gbit/s${v.loss.median ? `  (${(v.loss.median * 100).toFixed(0)} % of offered frames lost)` : ''}`);
       continue;
     }
-    log(`${name.padEnd(7)} qemu ${(s.qemu.pps.median / 1e3).toFixed(1)} kpps (${(s.qemu.pps.min / 1e3).toFixed(0)}-${(s.qemu.pps.max / 1e3).toFixed(0)})  tsvmm ${(s.tsvmm.pps.median / 1e3).toFixed(1)} kpps (${(s.tsvmm.pps.min / 1e3).toFixed(0)}-${(s.tsvmm.pps.max / 1e3).toFixed(0)})  ratio ${s.ratio.toFixed(2)}  cpu s/Mpkt qemu ${s.qemu.cpuPerMpkt.median.toFixed(2)} tsvmm ${s.tsvmm.cpuPerMpkt.median.toFixed(2)}`);
+    const a = s[A];
+    const b = s[B];
+    log(`${name.padEnd(7)} ${A} ${(a.pps.median / 1e3).toFixed(1)} kpps (${(a.pps.min / 1e3).toFixed(0)}-${(a.pps.max / 1e3).toFixed(0)})  ${B} ${(b.pps.median / 1e3).toFixed(1)} kpps (${(b.pps.min / 1e3).toFixed(0)}-${(b.pps.max / 1e3).toFixed(0)})  ratio ${s.ratio.toFixed(2)}  cpu s/Mpkt ${A} ${a.cpuPerMpkt.median.toFixed(2)} ${B} ${b.cpuPerMpkt.median.toFixed(2)}`);
   }
 }

@@ -7,12 +7,41 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { CLI, ROOT, which } from './helpers/env.js';
 import { NetNs, runInNs, stats, type Running } from './helpers/netns.js';
 
 const NESTED = join(ROOT, '.cache', 'nested');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** QMP: connect, leave negotiation mode, run the commands, return their results. */
+function qmp(path: string, commands: object[]): Promise<unknown[]> {
+  return new Promise((resolve, reject) => {
+    const c = connect(path);
+    let buf = '';
+    const results: unknown[] = [];
+    const queue = [{ execute: 'qmp_capabilities' }, ...commands];
+    c.on('data', (d) => {
+      buf += d.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(buf.slice(0, nl)) as { QMP?: unknown; return?: unknown; error?: { desc: string }; event?: string };
+        buf = buf.slice(nl + 1);
+        if (msg.event) continue;
+        if (msg.error) return reject(new Error(msg.error.desc));
+        if (msg.return !== undefined) results.push(msg.return);
+        const next = queue.shift();
+        if (next) c.write(JSON.stringify(next) + '\n');
+        else {
+          c.end();
+          resolve(results.slice(1));
+        }
+      }
+    });
+    c.on('error', reject);
+  });
+}
 
 describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virtio_net through QEMU (TCG) over vhost-user to tsvmm', () => {
   let ns: NetNs;
@@ -23,6 +52,9 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
   let backendErr = '';
   let fileOk = false;
   let restartedAt = 0;
+  let destQemu: Running | undefined;
+  let migration = 'not started';
+  let destErr = '';
 
   beforeAll(async () => {
     execFileSync('bash', [join(ROOT, 'test', 'nested', 'build-images.sh')], { stdio: 'pipe', timeout: 600_000 });
@@ -31,19 +63,28 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     const data = join(work, 'data');
     mkdirSync(join(data, 'cgi-bin'), { recursive: true });
     copyFileSync(join(NESTED, 'blob'), join(data, 'blob'));
-    ns.exec('env', `TSVMM_DIR=${ROOT}`, process.execPath, join(ROOT, 'test', 'nested', 'mktap.mjs'), 'tap0');
-    ns.exec('ip', 'addr', 'add', '10.0.2.1/24', 'dev', 'tap0');
-    ns.exec('ip', 'link', 'set', 'tap0', 'up');
+    // two taps on a bridge: tap0 for the first backend, tap1 for the migration destination's
+    ns.exec('ip', 'link', 'add', 'br0', 'type', 'bridge');
+    for (const tap of ['tap0', 'tap1']) {
+      ns.exec('env', `TSVMM_DIR=${ROOT}`, process.execPath, join(ROOT, 'test', 'nested', 'mktap.mjs'), tap);
+      ns.exec('ip', 'link', 'set', tap, 'master', 'br0');
+      ns.exec('ip', 'link', 'set', tap, 'up');
+    }
+    ns.exec('ip', 'addr', 'add', '10.0.2.1/24', 'dev', 'br0');
+    ns.exec('ip', 'link', 'set', 'br0', 'up');
     procs.push(runInNs(ns, ['busybox', 'httpd', '-f', '-p', '80', '-h', data]));
     procs.push(runInNs(ns, ['iperf3', '-s']));
     const sock = join(work, 'vu.sock');
-    const startBackend = async () => {
-      const b = runInNs(ns, [process.execPath, CLI, 'vhost-user', '--socket', sock, '--net', 'tap,ifname=tap0', '--stats']);
+    const startBackend = async (path = sock, tap = 'tap0') => {
+      const b = runInNs(ns, [process.execPath, CLI, 'vhost-user', '--socket', path, '--net', `tap,ifname=${tap}`, '--stats']);
       procs.push(b);
-      for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(50);
+      for (let i = 0; i < 100 && !existsSync(path); i++) await sleep(50);
       return b;
     };
     const first = await startBackend();
+    // the migration destination's backend
+    const sock2 = join(work, 'vu2.sock');
+    const destBackend = await startBackend(sock2, 'tap1');
     // the guest → host direction: fetch the guest's blob as soon as its web server answers
     const fetcher = (async () => {
       for (let i = 0; i < 300 && !fileOk; i++) {
@@ -55,15 +96,16 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
         }
       }
     })();
-    const qemu = runInNs(ns, ['qemu-system-x86_64', '-accel', 'tcg', '-machine', 'q35', '-cpu', 'max', '-m', '512', '-smp', '1',
+    const qemuArgs = (chardev: string, extra: string[]) => ['qemu-system-x86_64', '-accel', 'tcg', '-machine', 'q35', '-cpu', 'max', '-m', '512', '-smp', '1',
       '-object', 'memory-backend-memfd,id=mem,size=512M,share=on', '-machine', 'memory-backend=mem',
-      // reconnect: QEMU keeps running when the backend goes away and connects to the next one
-      '-chardev', `socket,id=c0,path=${sock},reconnect=1`, '-netdev', 'vhost-user,id=n0,chardev=c0',
+      '-chardev', chardev, '-netdev', 'vhost-user,id=n0,chardev=c0',
       // QEMU 7.2 under TCG crashes with vhost-user and MSI-X: INTx (vectors=0), see MACHINE.md
       '-device', 'virtio-net-pci,netdev=n0,vectors=0,mac=52:54:00:75:76:00',
       '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
       '-kernel', join(ROOT, '.cache', 'linux', 'vmlinuz'), '-initrd', join(NESTED, 'l2.cpio.gz'),
-      '-append', 'console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=vhostuser tsvmm.cpus=1 tsvmm.queues=1']);
+      '-append', 'console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=vhostuser tsvmm.cpus=1 tsvmm.queues=1', ...extra];
+    // reconnect: QEMU keeps running when the backend goes away and connects to the next one
+    const qemu = runInNs(ns, qemuArgs(`socket,id=c0,path=${sock},reconnect=1`, ['-qmp', `unix:${join(work, 'qmp1.sock')},server=on,wait=off`]));
     procs.push(qemu);
     const killer = setTimeout(() => qemu.proc.kill('SIGKILL'), 400_000);
     // backend restart mid-run: killed outright (a crash: no goodbye to QEMU), a new one on the same
@@ -77,10 +119,35 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
       writeFileSync(join(data, 'restarted'), 'yes\n');
     });
     restart.catch(() => {});
+    // live migration to a second QEMU whose vhost-user backend is a second tsvmm, while the guest keeps
+    // downloading (the source backend logs its writes into QEMU's dirty log; a page it wrote after QEMU
+    // sent it would reach the destination stale, and a download's md5 would not match)
+    const migrate = qemu.waitFor('L2-MIGRATE-READY', 380_000).then(async () => {
+      const dest = runInNs(ns, qemuArgs(`socket,id=c0,path=${sock2},reconnect=1`, ['-incoming', `unix:${join(work, 'mig.sock')}`]));
+      procs.push(dest);
+      destQemu = dest;
+      for (let i = 0; i < 200 && !existsSync(join(work, 'mig.sock')); i++) await sleep(50);
+      await sleep(3000); // the guest downloads over the source for a while first
+      const qmpPath = join(work, 'qmp1.sock');
+      await qmp(qmpPath, [{ execute: 'migrate', arguments: { uri: `unix:${join(work, 'mig.sock')}` } }]);
+      for (let i = 0; i < 600; i++) {
+        const [st] = await qmp(qmpPath, [{ execute: 'query-migrate' }]);
+        migration = (st as { status?: string }).status ?? '?';
+        if (migration === 'completed' || migration === 'failed') break;
+        await sleep(500);
+      }
+      writeFileSync(join(data, 'migrated'), 'yes\n');
+      await qmp(qmpPath, [{ execute: 'quit' }]).catch(() => {});
+    });
+    migrate.catch((e) => (migration = `error: ${(e as Error).message}`));
     const q = await qemu.done;
+    await migrate;
+    const d = destQemu ? await destQemu.done : undefined;
     clearTimeout(killer);
-    consoleOut = (q.stdout + q.stderr).replace(/\r/g, '');
-    qemuCode = q.code;
+    consoleOut = (q.stdout + q.stderr + (d ? d.stdout + d.stderr : '')).replace(/\r/g, '');
+    qemuCode = d ? d.code : q.code;
+    destBackend.proc.kill('SIGINT');
+    destErr = (await destBackend.done).stderr;
     await Promise.race([fetcher, sleep(5000)]);
     backend.proc.kill('SIGINT');
     backendErr = (await backend.done).stderr;
@@ -92,16 +159,26 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  const context = () => `console tail:\n${consoleOut.split('\n').slice(-20).join('\n')}\nbackend: ${backendErr.slice(-800)}`;
+  const context = () => `migration: ${migration}\nconsole tail:\n${consoleOut.split('\n').slice(-20).join('\n')}\nbackend: ${backendErr.slice(-800)}\ndestination backend: ${destErr.slice(-800)}`;
 
   it.each([
     'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'link-up',
     'ping-56', 'ping-1400', 'ping-8000', 'file-l1-to-l2', 'iperf3-l2-to-l1', 'iperf3-l1-to-l2',
     'traffic-after-backend-restart', 'link-after-backend-restart', 'ping-after-backend-restart', 'file-after-backend-restart',
+    'downloads-during-migration', 'downloads-intact-across-migration', 'ping-after-migration', 'file-after-migration',
   ])('L2-CHECK %s', (name) => {
     const m = new RegExp(`^L2-CHECK vhostuser/${name} (PASS|FAIL)(.*)$`, 'm').exec(consoleOut);
     expect(m, `no L2-CHECK ${name}; ${context()}`).not.toBeNull();
     expect(m![1], `${name}:${m![2]}; ${context()}`).toBe('PASS');
+  });
+
+  it('migrated live to a second QEMU and a second tsvmm backend, which served it', () => {
+    expect(migration, context()).toBe('completed');
+    const vu = (stats(destErr) as unknown as { vhostUser: { connections: number; errors: string[]; pairs: Array<{ rx: { packets: number }; tx: { packets: number } }> } }).vhostUser;
+    expect(vu.errors).toEqual([]);
+    expect(vu.connections).toBe(1);
+    expect(vu.pairs[0].rx.packets).toBeGreaterThan(20);
+    expect(vu.pairs[0].tx.packets).toBeGreaterThan(20);
   });
 
   it('moved a 4 MiB file from the guest (md5 equal) and the guest powered off (QEMU exit 0)', () => {

@@ -72,6 +72,21 @@ else
     ping -c 3 -W 10 -s 1400 10.0.2.1 >/dev/null; check ping-after-backend-restart $?
     wget -q -O /tmp/dl2 http://10.0.2.1/blob
     [ "$(md5sum < /tmp/dl2)" = "$(md5sum < /data/blob)" ]; check file-after-backend-restart $?
+    # live migration: the host moves this VM to another QEMU (and tsvmm backend) while it downloads
+    # in a loop; it publishes /migrated once the destination runs
+    echo "L2-MIGRATE-READY $(cut -d' ' -f1 /proc/uptime)"
+    n=0; bad=0; t=0; sum=$(md5sum < /data/blob)
+    until timeout 5 wget -q -O /tmp/r http://10.0.2.1/migrated 2>/dev/null; do
+      if timeout 20 wget -q -O /tmp/dl3 http://10.0.2.1/blob 2>/dev/null; then
+        n=$((n + 1)); [ "$(md5sum < /tmp/dl3)" = "$sum" ] || bad=$((bad + 1))
+      fi
+      t=$((t + 1)); [ $t -ge 300 ] && break
+    done
+    [ $n -ge 2 ]; check downloads-during-migration $? "downloads=$n"
+    [ $bad = 0 ] && [ $n -ge 1 ]; check downloads-intact-across-migration $? "downloads=$n bad=$bad"
+    ping -c 3 -W 10 -s 1400 10.0.2.1 >/dev/null; check ping-after-migration $?
+    wget -q -O /tmp/dl4 http://10.0.2.1/blob
+    [ "$(md5sum < /tmp/dl4)" = "$sum" ]; check file-after-migration $?
     echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"; sleep 3; poweroff -f
   fi
   old=$(cat /sys/class/net/eth0/address)

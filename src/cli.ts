@@ -208,8 +208,9 @@ async function vhostUser(argv: string[]): Promise<number> {
     throw e;
   }
   if (driver.describe) process.stderr.write(`tsvmm: net: ${driver.name} ${driver.describe}\n`);
-  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs });
-  const server = new VhostUserServer(backend, { path: values.socket, client: values.client, log: (l) => process.stderr.write(`tsvmm: ${l}\n`) });
+  const log = (l: string) => process.stderr.write(`tsvmm: ${l}\n`);
+  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs, log });
+  const server = new VhostUserServer(backend, { path: values.socket, client: values.client, log });
   let code = 0;
   const stop = (c: number) => () => {
     code = c;

@@ -69,11 +69,11 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('AF_XDP driver on a
     expect(xdpAttached('vx0')).toBe(false);
   });
 
-  it('runs two queue pairs: a socket per interface queue, traffic on both', async () => {
+  it('runs two queue pairs: a socket per interface queue, traffic on both (with socket busy polling)', async () => {
     const count = 2000;
     const cap = pkt(ns, ['capture', 'mq1', String(count), '30']);
     await cap.waitFor('READY');
-    const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'af-xdp,ifname=mq0,queues=2', '--cmdline', `mode=net-tx count=${count} size=400 pairs=2 dst=${HOST_MAC}`]).done;
+    const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'af-xdp,ifname=mq0,queues=2,busy-poll=50', '--cmdline', `mode=net-tx count=${count} size=400 pairs=2 dst=${HOST_MAC}`]).done;
     expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ pairs: 2, sent: count, ok: true });
     expect(r.stderr).toMatch(/2 AF_XDP sockets/);
     expect(stats(r.stderr).net[0].pairs.map((p) => p.tx.packets)).toEqual([count / 2, count / 2]);

@@ -174,6 +174,9 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
 
   it('migrated live to a second QEMU and a second tsvmm backend, which served it', () => {
     expect(migration, context()).toBe('completed');
+    // QEMU switched the source backend's dirty logging on for the migration
+    expect(backendErr, context()).toMatch(/dirty logging on/);
+    expect(backendErr, context()).toMatch(/dirty log of \d+ bytes from the frontend/);
     const vu = (stats(destErr) as unknown as { vhostUser: { connections: number; errors: string[]; pairs: Array<{ rx: { packets: number }; tx: { packets: number } }> } }).vhostUser;
     expect(vu.errors).toEqual([]);
     expect(vu.connections).toBe(1);

@@ -37,6 +37,8 @@ interface MappedLog {
 export interface BackendOptions {
   queuePairs: number;
   busyPollUs?: number;
+  /** a line for the operator on events worth knowing (dirty logging switched on or off) */
+  log?: (line: string) => void;
 }
 
 export interface Handled {
@@ -130,6 +132,7 @@ export class VhostUserBackend {
           // running threads were started with the old features (e.g. LOG_ALL switched on for migration)
           const wasRunning = this.running.size > 0;
           await this.stopAll();
+          if (has(f, F_LOG_ALL) !== has(this.acked, F_LOG_ALL)) this.opts.log?.(`vhost-user: dirty logging ${has(f, F_LOG_ALL) ? 'on' : 'off'}`);
           this.acked = f;
           if (wasRunning) await this.startReady();
         }
@@ -248,6 +251,7 @@ export class VhostUserBackend {
         await this.stopAll();
         this.releaseLog();
         this.log = mapped;
+        this.opts.log?.(`vhost-user: dirty log of ${size} bytes from the frontend (migration)${has(this.acked, F_LOG_ALL) ? '; logging' : ''}`);
         await this.startReady();
         // the frontend waits for this reply (whatever REPLY_ACK says): the log is in use once it comes
         return { reply: P.encodeReply(m.request, P.u64Payload(0n)) };

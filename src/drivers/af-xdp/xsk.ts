@@ -67,7 +67,10 @@ export function openXsk(o: XskOptions): XskInit {
     const mode = bind(fd, o);
     if (o.busyPollUs > 0) {
       // the kernel polls the device from our sendto/poll calls instead of waiting for its interrupt
-      for (const [opt, v] of [[A.SO_PREFER_BUSY_POLL, 1], [A.SO_BUSY_POLL, o.busyPollUs], [A.SO_BUSY_POLL_BUDGET, 64]]) native.setsockopt(fd, A.SOL_SOCKET, opt, new Int32Array([v]));
+      for (const [opt, v, name] of [[A.SO_PREFER_BUSY_POLL, 1, 'SO_PREFER_BUSY_POLL'], [A.SO_BUSY_POLL, o.busyPollUs, 'SO_BUSY_POLL'], [A.SO_BUSY_POLL_BUDGET, 64, 'SO_BUSY_POLL_BUDGET']] as const) {
+        const r = native.setsockopt(fd, A.SOL_SOCKET, opt, new Int32Array([v]));
+        if (r < 0) throw new XskBindError(`${o.ifname}: busy-poll: ${name} refused (${errnoName(-r)})`);
+      }
     }
     const m = setQueueSocket(o.mapFd, o.queue, fd);
     if (m < 0) throw new Error(`steering queue ${o.queue} to its socket: ${errnoName(-m)}`);

@@ -7,7 +7,7 @@ import { workerUrl } from '../worker-url.js';
 import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS } from './control.js';
 import type { DataplaneWorkerData, WorkerPair } from './worker.js';
 
-export type DataplaneConfig = Omit<DataplaneWorkerData, 'pairs' | 'wakeFd' | 'control'>;
+export type DataplaneConfig = Omit<DataplaneWorkerData, 'pairs' | 'wakeFd' | 'control' | 'threadIndex'>;
 
 interface Thread {
   worker: Worker;
@@ -36,7 +36,7 @@ export class Dataplane {
   private spawn(cfg: DataplaneConfig, pairs: WorkerPair[], index: number): Promise<void> {
     const wakeFd = native.eventfd(0, EFD_NONBLOCK);
     const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
-    const data: DataplaneWorkerData = { ...cfg, driverModule: runtimeModulePath(cfg.driverModule), pairs, wakeFd, control };
+    const data: DataplaneWorkerData = { ...cfg, driverModule: runtimeModulePath(cfg.driverModule), pairs, wakeFd, control, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
     const exited = new Promise<void>((r) => worker.once('exit', () => r()));
     this.threads.push({ worker, wakeFd, control, exited });

@@ -52,13 +52,13 @@ export class NetQueuePair {
     private readonly o: PairOptions,
   ) {
     this.u8 = mem.u8;
-    const maxChain = 2 * txq.size;
+    const maxChain = txq.chain.offsets.length;
     // room for a whole batch of typical packets, and for one packet of the longest chain
     this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
     this.txHeads = new Uint16Array(TX_BATCH);
     // RX: one packet per driver call, spread over as many chains as MRG_RXBUF allows
     const rxChains = o.mergeable ? Math.min(rxq.size, Math.ceil(o.maxRxFrame / 64) + 1) : 1;
-    this.rxBatch = newPacketBatch(1, rxChains * 2 * rxq.size + 1);
+    this.rxBatch = newPacketBatch(1, rxChains * rxq.chain.offsets.length + 1);
     this.rxHeads = new Uint16Array(rxChains);
     this.rxCap = new Float64Array(rxChains);
   }

@@ -8,6 +8,7 @@ import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
 import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
 import { DirtyLog } from '../virtio/dirty-log.js';
+import { IommuReader } from '../viommu/table.js';
 import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
 import { STAT, STAT_WORDS } from './stats.js';
@@ -50,6 +51,10 @@ export interface DataplaneWorkerData {
   busyPollUs: number;
   /** dirty-page log (live migration): every write into guest memory sets its page's bit */
   dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
+  /** behind the vIOMMU: its table, this device's endpoint id, and a quiescence slot per thread */
+  iommu?: { buffer: SharedArrayBuffer; endpoint: number; slots: number[] };
+  /** which of the device's threads this is */
+  threadIndex: number;
 }
 
 /** packets per queue per pass */
@@ -60,7 +65,9 @@ const d = workerData as DataplaneWorkerData;
 const port = parentPort!;
 
 async function main(): Promise<void> {
-  const mem = guestView(d.memory, new MemoryTable(d.table.regions));
+  const iommu = d.iommu && new IommuReader(d.iommu.buffer, d.iommu.endpoint, d.iommu.slots[d.threadIndex]);
+  iommu?.enter();
+  const mem = guestView(d.memory, new MemoryTable(d.table.regions), iommu);
   const driverMod = (await import(pathToFileURL(d.driverModule).href)) as DriverModule;
   const filter = new RxFilter(d.filter);
   const features = { eventIdx: d.eventIdx, indirect: d.indirect };
@@ -126,6 +133,7 @@ async function main(): Promise<void> {
   native.epollCtl(wakeOnly, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
   const pauseIfAsked = () => {
     if (!Atomics.load(d.control, CONTROL_PAUSE)) return;
+    iommu?.idle();
     Atomics.store(d.control, CONTROL_PAUSED, 1);
     Atomics.notify(d.control, CONTROL_PAUSED);
     while (Atomics.load(d.control, CONTROL_PAUSE) && !Atomics.load(d.control, CONTROL_STOP)) {
@@ -157,7 +165,11 @@ async function main(): Promise<void> {
     });
     // busy-polling looks at the rings directly; the fds (kicks are off, a driver's fd, stop/pause) are
     // looked at every 32nd spin only: an epoll_wait per spin would cost more than the work it finds
-    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, polling || anyPending ? 0 : -1);
+    const sleeping = !polling && !anyPending;
+    // (about to sleep: we hold no translation, an UNMAP need not wait for us)
+    if (sleeping) iommu?.idle();
+    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, sleeping ? -1 : 0);
+    if (iommu?.enter()) for (const p of pairs) for (const q of [p.txq, p.rxq]) q.remapRings();
     for (let k = 0; k < n; k++) {
       const tag = events[3 * k + 1];
       if (tag === 0) {
@@ -197,6 +209,7 @@ async function main(): Promise<void> {
     }
     if (work > 0) lastWork = process.hrtime.bigint();
   }
+  iommu?.idle();
   native.close(ep);
   native.close(wakeOnly);
   for (const p of pairs) p.driver.close();

@@ -13,6 +13,7 @@
 
 import type { MemoryTable } from '../vmm/memory.js';
 import type { DirtyLog } from './dirty-log.js';
+import { MAP_READ, MAP_WRITE, type IommuReader } from '../viommu/table.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -20,17 +21,45 @@ export const VIRTQ_DESC_F_INDIRECT = 4;
 export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export const MAX_QUEUE_SIZE = 32768;
+/** pieces a chain may have beyond one per descriptor when buffers cross IOMMU mappings */
+export const IOMMU_EXTRA_PIECES = 256;
 
-/** What a queue needs to know about guest memory: bytes, aligned views of them, and the table. */
+/**
+ * What a queue needs to know about guest memory: bytes, aligned views of them, the table, and — when
+ * the device sits behind the vIOMMU (VIRTIO_F_ACCESS_PLATFORM) — the translation of its addresses.
+ */
 export interface GuestView {
   u8: Uint8Array;
   u16: Uint16Array;
   u32: Uint32Array;
   table: MemoryTable;
+  iommu?: IommuReader;
 }
 
-export function guestView(buffer: SharedArrayBuffer, table: MemoryTable): GuestView {
-  return { u8: new Uint8Array(buffer), u16: new Uint16Array(buffer), u32: new Uint32Array(buffer), table };
+export function guestView(buffer: SharedArrayBuffer, table: MemoryTable, iommu?: IommuReader): GuestView {
+  return { u8: new Uint8Array(buffer), u16: new Uint16Array(buffer), u32: new Uint32Array(buffer), table, iommu };
+}
+
+/**
+ * Offset in guest memory of the device-visible range [addr, addr+len) that must be contiguous (a ring,
+ * an indirect table); -1 when it is not RAM, not mapped for `access`, or not contiguous behind the
+ * IOMMU.
+ */
+export function dmaContiguous(mem: GuestView, addr: number, len: number, access: number): number {
+  const io = mem.iommu;
+  if (!io) return mem.table.translate(addr, len);
+  let first = -1;
+  let next = -1;
+  for (let done = 0; done < len; ) {
+    if (!io.translate(addr + done, len - done, access as 1 | 2)) return -1;
+    const piece = io.hit.len;
+    const off = mem.table.translate(io.hit.gpa, piece);
+    if (off < 0 || (next >= 0 && off !== next)) return -1;
+    if (first < 0) first = off;
+    next = off + piece;
+    done += piece;
+  }
+  return first;
 }
 
 /** Ring addresses and size as the driver programmed them (guest-physical). */
@@ -82,14 +111,17 @@ export type BrokenReason =
   | 'readable after writable'
   | 'used ring overflow'
   | 'device-readable receive buffer'
-  | 'receive buffer too small for the header';
+  | 'receive buffer too small for the header'
+  | 'IOMMU fault';
 
 export class SplitQueue {
   readonly size: number;
-  /** buffer offsets of the three areas (element arrays indexed directly) */
-  private readonly descOff: number;
-  private readonly availOff: number;
-  private readonly usedOff: number;
+  /** buffer offsets of the three areas (element arrays indexed directly; behind the IOMMU they are
+   * looked up again whenever its mappings change: remapRings) */
+  private descOff: number;
+  private availOff: number;
+  private usedOff: number;
+  private cfg?: QueueConfig;
   private lastAvail = 0;
   private usedIdx = 0;
   /** used index last published to the guest (for EVENT_IDX notification decisions) */
@@ -107,11 +139,34 @@ export class SplitQueue {
     if (!Number.isInteger(n) || n < 1 || n > maxSize || (n & (n - 1)) !== 0) return 'bad queue size';
     if (cfg.desc % 16 || cfg.avail % 2 || cfg.used % 4) return 'ring misaligned';
     const evt = features.eventIdx ? 2 : 0;
-    const desc = mem.table.translate(cfg.desc, 16 * n);
-    const avail = mem.table.translate(cfg.avail, 4 + 2 * n + evt);
-    const used = mem.table.translate(cfg.used, 4 + 8 * n + evt);
-    if (desc < 0 || avail < 0 || used < 0) return 'ring outside guest memory';
-    return new SplitQueue(mem, n, desc, avail, used, features);
+    const desc = dmaContiguous(mem, cfg.desc, 16 * n, MAP_READ);
+    const avail = dmaContiguous(mem, cfg.avail, 4 + 2 * n + evt, MAP_READ);
+    const used = dmaContiguous(mem, cfg.used, 4 + 8 * n + evt, MAP_WRITE);
+    if (desc < 0 || avail < 0 || used < 0) return mem.iommu ? 'IOMMU fault' : 'ring outside guest memory';
+    const q = new SplitQueue(mem, n, desc, avail, used, features);
+    q.cfg = cfg;
+    return q;
+  }
+
+  /**
+   * The IOMMU's mappings changed: translate the rings again (the guest may have moved them, or unmapped
+   * them: that is a fault, and the queue stops rather than touch memory it may no longer use).
+   */
+  remapRings(): void {
+    const cfg = this.cfg;
+    if (!cfg || this.broken) return;
+    const evt = this.features.eventIdx ? 2 : 0;
+    const n = this.size;
+    const desc = dmaContiguous(this.mem, cfg.desc, 16 * n, MAP_READ);
+    const avail = dmaContiguous(this.mem, cfg.avail, 4 + 2 * n + evt, MAP_READ);
+    const used = dmaContiguous(this.mem, cfg.used, 4 + 8 * n + evt, MAP_WRITE);
+    if (desc < 0 || avail < 0 || used < 0) {
+      this.broken = 'IOMMU fault';
+      return;
+    }
+    this.descOff = desc;
+    this.availOff = avail;
+    this.usedOff = used;
   }
 
   private constructor(
@@ -127,8 +182,9 @@ export class SplitQueue {
     this.availOff = availOff;
     this.usedOff = usedOff;
     // a chain has fewer than `size` direct descriptors and then at most one indirect table, which we
-    // bound by the queue size too: 2 * size buffers at most
-    this.chain = new Chain(2 * size);
+    // bound by the queue size too: 2 * size buffers at most; behind an IOMMU a buffer may cross
+    // mappings and become several pieces: room for that too (more breaks the queue)
+    this.chain = new Chain(2 * size + (mem.iommu ? IOMMU_EXTRA_PIECES : 0));
   }
 
   /** Restore ring positions (device reset keeps none; migration and vhost-user restore them). */
@@ -204,8 +260,8 @@ export class SplitQueue {
         if (flags & VIRTQ_DESC_F_NEXT) return this.fail('indirect with next');
         if (len === 0 || len % 16 || len / 16 > this.size) return this.fail('bad indirect table size');
         if (addr % 16) return this.fail('ring misaligned');
-        const off = mem.table.translate(addr, len);
-        if (off < 0) return this.fail('buffer outside guest memory');
+        const off = dmaContiguous(mem, addr, len, MAP_READ);
+        if (off < 0) return this.fail(mem.iommu ? 'IOMMU fault' : 'buffer outside guest memory');
         indirect = true;
         tableOff = off;
         tableLen = len / 16;
@@ -213,23 +269,48 @@ export class SplitQueue {
         seen = 0;
         continue;
       }
-      const off = mem.table.translate(addr, len);
-      if (off < 0) return this.fail('buffer outside guest memory');
-      if (flags & VIRTQ_DESC_F_WRITE) {
+      const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
+      if (writable) {
         sawWritable = true;
         c.writableBytes += len;
       } else {
         if (sawWritable) return this.fail('readable after writable');
-        c.readable++;
         c.readableBytes += len;
       }
-      c.offsets[c.count] = off;
-      c.lens[c.count] = len;
-      c.count++;
+      const before = c.count;
+      if (mem.iommu && len > 0) {
+        if (!this.pieces(addr, len, writable ? MAP_WRITE : MAP_READ)) return false;
+      } else {
+        const off = mem.table.translate(addr, len);
+        if (off < 0) return this.fail('buffer outside guest memory');
+        if (c.count >= c.offsets.length) return this.fail('descriptor chain too long');
+        c.offsets[c.count] = off;
+        c.lens[c.count] = len;
+        c.count++;
+      }
+      if (!writable) c.readable += c.count - before;
       if (!(flags & VIRTQ_DESC_F_NEXT)) return true;
       i = next;
       if (i >= tableLen) return this.fail('descriptor index out of range');
     }
+  }
+
+  /** Behind the IOMMU: append the pieces of [addr, addr+len) (one per mapping it crosses). */
+  private pieces(addr: number, len: number, access: 1 | 2): boolean {
+    const c = this.chain;
+    const io = this.mem.iommu!;
+    for (let done = 0; done < len; ) {
+      if (!io.translate(addr + done, len - done, access)) return this.fail('IOMMU fault');
+      const piece = io.hit.len;
+      const off = this.mem.table.translate(io.hit.gpa, piece);
+      if (off < 0) return this.fail('buffer outside guest memory');
+      if (c.count >= c.offsets.length) return this.fail('descriptor chain too long');
+      c.offsets[c.count] = off;
+      c.lens[c.count] = piece;
+      c.count++;
+      done += piece;
+    }
+    return true;
   }
 
   /** Device-specific rules (e.g. receive buffers must be writable) break the queue here too. */

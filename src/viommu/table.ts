@@ -1,0 +1,307 @@
+// The vIOMMU's translation state in shared memory: which domain each endpoint is attached to, and each
+// domain's mappings (IOVA range → guest-physical, read/write permission). The virtio-iommu device
+// (main thread) is the only writer; dataplane threads read it directly — translating an address is a
+// lookup here, not a message to anybody.
+//
+// Consistency without locks: a sequence counter (odd while the writer is changing the table) that a
+// reader samples before and after its lookup, retrying if it moved. Readers also publish, per thread,
+// the generation they work under (`enter`) and that they hold no translation (`idle`): an UNMAP is
+// complete only once every thread has moved past it (`quiescent`), so no thread can still use a
+// mapping the guest was told is gone.
+//
+// Layout (one SharedArrayBuffer):
+//   Int32 words: [0] sequence, [1] mapping count, [2] faults, [3..3+THREADS) thread generations (0 = idle)
+//   Int32 endpoint → domain table at ENDPOINTS_AT: ENDPOINT_NONE, ENDPOINT_BYPASS or a domain id
+//   Float64 mappings at MAPPINGS_AT, sorted by (domain, start): domain, start, end (inclusive), phys, flags
+//   Float64 fault ring at FAULTS_AT: endpoint, address, flags (the last FAULT_RING faults)
+
+export const MAP_READ = 1;
+export const MAP_WRITE = 2;
+export const MAP_MMIO = 4;
+
+export const ENDPOINT_NONE = -1;
+export const ENDPOINT_BYPASS = -2;
+
+export const MAX_THREADS = 64;
+export const MAX_ENDPOINTS = 65536;
+export const MAX_MAPPINGS = 65536;
+const FAULT_RING = 64;
+const MAP_WORDS = 5;
+
+const SEQ = 0;
+const COUNT = 1;
+const FAULTS = 2;
+const THREADS_AT = 3;
+// (rounded up to 8 bytes: the mapping array after the endpoint table is Float64)
+const ENDPOINTS_AT = 8 * Math.ceil((THREADS_AT + MAX_THREADS) / 2);
+const MAPPINGS_AT = ENDPOINTS_AT + 4 * MAX_ENDPOINTS;
+const FAULTS_AT = MAPPINGS_AT + 8 * MAP_WORDS * MAX_MAPPINGS;
+const TOTAL = FAULTS_AT + 8 * 3 * FAULT_RING;
+
+/** IOVAs are kept exact as doubles: the device advertises this input range (48 bits, as x86 page tables) */
+export const INPUT_END = 2 ** 48 - 1;
+
+export type Access = typeof MAP_READ | typeof MAP_WRITE;
+
+export interface Fault {
+  endpoint: number;
+  address: number;
+  /** MAP_READ or MAP_WRITE: what was attempted */
+  access: number;
+}
+
+class Views {
+  readonly i32: Int32Array;
+  readonly endpoints: Int32Array;
+  readonly maps: Float64Array;
+  readonly faults: Float64Array;
+  constructor(readonly buffer: SharedArrayBuffer) {
+    this.i32 = new Int32Array(buffer, 0, THREADS_AT + MAX_THREADS);
+    this.endpoints = new Int32Array(buffer, ENDPOINTS_AT, MAX_ENDPOINTS);
+    this.maps = new Float64Array(buffer, MAPPINGS_AT, MAP_WORDS * MAX_MAPPINGS);
+    this.faults = new Float64Array(buffer, FAULTS_AT, 3 * FAULT_RING);
+  }
+
+  /** Index of the first mapping of `domain` ending at or after `addr` (binary search). */
+  lowerBound(domain: number, addr: number, count: number): number {
+    const m = this.maps;
+    let lo = 0;
+    let hi = count;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const d = m[mid * MAP_WORDS];
+      if (d < domain || (d === domain && m[mid * MAP_WORDS + 2] < addr)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+}
+
+/** The writer's side: the virtio-iommu device on the main thread. */
+export class IommuTable {
+  readonly buffer = new SharedArrayBuffer(TOTAL);
+  private readonly v = new Views(this.buffer);
+  /** thread slots handed out */
+  private threads = 0;
+
+  constructor() {
+    this.v.endpoints.fill(ENDPOINT_NONE);
+    // generations start at 2: a thread slot of 0 means "idle"
+    Atomics.store(this.v.i32, SEQ, 2);
+  }
+
+  private begin(): void {
+    Atomics.add(this.v.i32, SEQ, 1);
+  }
+
+  private end(): void {
+    Atomics.add(this.v.i32, SEQ, 1);
+  }
+
+  get generation(): number {
+    return Atomics.load(this.v.i32, SEQ);
+  }
+
+  get count(): number {
+    return Atomics.load(this.v.i32, COUNT);
+  }
+
+  /** A slot for one more reader thread (its quiescence is tracked there). */
+  newThreadSlot(): number {
+    if (this.threads >= MAX_THREADS) throw new Error('too many dataplane threads for the vIOMMU');
+    return this.threads++;
+  }
+
+  endpointDomain(endpoint: number): number {
+    return this.v.endpoints[endpoint];
+  }
+
+  /** Attach (domain ≥ 0), put in bypass (ENDPOINT_BYPASS) or detach (ENDPOINT_NONE) an endpoint. */
+  setEndpoint(endpoint: number, domain: number): void {
+    this.begin();
+    this.v.endpoints[endpoint] = domain;
+    this.end();
+  }
+
+  /** Endpoints attached to `domain`. */
+  endpointsOf(domain: number): number[] {
+    const out: number[] = [];
+    this.v.endpoints.forEach((d, e) => d === domain && out.push(e));
+    return out;
+  }
+
+  /** Add [start, end] → phys. False when it overlaps an existing mapping of the domain, or the table is full. */
+  map(domain: number, start: number, end: number, phys: number, flags: number): boolean {
+    const n = this.count;
+    if (n >= MAX_MAPPINGS) return false;
+    const m = this.v.maps;
+    const i = this.v.lowerBound(domain, start, n);
+    if (i < n && m[i * MAP_WORDS] === domain && m[i * MAP_WORDS + 1] <= end) return false;
+    this.begin();
+    m.copyWithin((i + 1) * MAP_WORDS, i * MAP_WORDS, n * MAP_WORDS);
+    m[i * MAP_WORDS] = domain;
+    m[i * MAP_WORDS + 1] = start;
+    m[i * MAP_WORDS + 2] = end;
+    m[i * MAP_WORDS + 3] = phys;
+    m[i * MAP_WORDS + 4] = flags;
+    Atomics.store(this.v.i32, COUNT, n + 1);
+    this.end();
+    return true;
+  }
+
+  /**
+   * Remove the mappings of `domain` wholly inside [start, end] (virtio-iommu: a mapping may not be
+   * split). Returns how many went, or -1 when a mapping straddles the range's edge (nothing removed).
+   */
+  unmap(domain: number, start: number, end: number): number {
+    const n = this.count;
+    const m = this.v.maps;
+    const first = this.v.lowerBound(domain, start, n);
+    let last = first;
+    while (last < n && m[last * MAP_WORDS] === domain && m[last * MAP_WORDS + 1] <= end) last++;
+    if (last > first && (m[first * MAP_WORDS + 1] < start || m[(last - 1) * MAP_WORDS + 2] > end)) return -1;
+    if (last === first) return 0;
+    this.begin();
+    m.copyWithin(first * MAP_WORDS, last * MAP_WORDS, n * MAP_WORDS);
+    Atomics.store(this.v.i32, COUNT, n - (last - first));
+    this.end();
+    return last - first;
+  }
+
+  /** Drop every mapping of `domain` (the domain is gone). */
+  dropDomain(domain: number): void {
+    this.unmap(domain, 0, INPUT_END);
+  }
+
+  /**
+   * Resolves once every reader thread is idle or works under a generation at least `generation`: no
+   * translation made before it can still be in use.
+   */
+  async quiescent(generation: number, timeoutMs = 5000): Promise<boolean> {
+    const end = Date.now() + timeoutMs;
+    for (let t = 0; t < this.threads; t++) {
+      for (;;) {
+        const g = Atomics.load(this.v.i32, THREADS_AT + t);
+        if (g === 0 || g >= generation) break;
+        if (Date.now() > end) return false;
+        const w = Atomics.waitAsync(this.v.i32, THREADS_AT + t, g, 5);
+        if (w.async) await w.value;
+      }
+    }
+    return true;
+  }
+
+  /** Faults recorded since the start, and the newest of them (up to the ring's size). */
+  faults(): { total: number; recent: Fault[] } {
+    const total = Atomics.load(this.v.i32, FAULTS);
+    const recent: Fault[] = [];
+    for (let k = Math.max(0, total - FAULT_RING); k < total; k++) {
+      const f = (k % FAULT_RING) * 3;
+      recent.push({ endpoint: this.v.faults[f], address: this.v.faults[f + 1], access: this.v.faults[f + 2] });
+    }
+    return { total, recent };
+  }
+}
+
+/** Where a translation lands: `gpa`, and how many bytes from the IOVA the mapping covers contiguously. */
+export interface Hit {
+  gpa: number;
+  len: number;
+}
+
+/**
+ * A reader thread's view for one endpoint: translate() an IOVA range piece by piece, with a one-entry
+ * cache valid while the table's sequence has not moved.
+ */
+export class IommuReader {
+  private readonly v: Views;
+  private cacheSeq = -1;
+  private cDomain = -1;
+  private cStart = 0;
+  private cEnd = -1;
+  private cPhys = 0;
+  private cFlags = 0;
+  /** set by translate(): the guest-physical address and the contiguous length from it */
+  readonly hit: Hit = { gpa: 0, len: 0 };
+
+  constructor(
+    buffer: SharedArrayBuffer,
+    readonly endpoint: number,
+    private readonly slot: number,
+  ) {
+    this.v = new Views(buffer);
+  }
+
+  private entered = 0;
+
+  /**
+   * A dataplane pass begins: publish the generation we work under. True when the mappings changed
+   * since the last pass (what was translated once, like ring addresses, must be translated again).
+   */
+  enter(): boolean {
+    // mid-change (odd): every lookup we complete will see the change's result, the next generation
+    const s = Atomics.load(this.v.i32, SEQ);
+    const g = s + (s & 1);
+    Atomics.store(this.v.i32, THREADS_AT + this.slot, g);
+    const moved = g !== this.entered;
+    this.entered = g;
+    return moved;
+  }
+
+  /** The thread holds no translation (it is about to sleep). */
+  idle(): void {
+    Atomics.store(this.v.i32, THREADS_AT + this.slot, 0);
+    Atomics.notify(this.v.i32, THREADS_AT + this.slot);
+  }
+
+  /**
+   * Translate the first piece of [iova, iova+len) for `access`: on success `hit` holds the
+   * guest-physical address and how many bytes of the range one mapping covers (≤ len), and true is
+   * returned. False: no mapping, or one without the permission: a fault, recorded.
+   */
+  translate(iova: number, len: number, access: Access): boolean {
+    for (;;) {
+      const s1 = Atomics.load(this.v.i32, SEQ);
+      if (s1 & 1) continue;
+      const r = this.lookup(iova, len, access, s1);
+      if (Atomics.load(this.v.i32, SEQ) === s1) {
+        if (!r) this.fault(iova, access);
+        return r;
+      }
+    }
+  }
+
+  private lookup(iova: number, len: number, access: Access, seq: number): boolean {
+    const domain = this.v.endpoints[this.endpoint];
+    if (domain === ENDPOINT_BYPASS) {
+      this.hit.gpa = iova;
+      this.hit.len = len;
+      return true;
+    }
+    if (domain < 0) return false;
+    if (!(seq === this.cacheSeq && domain === this.cDomain && iova >= this.cStart && iova <= this.cEnd)) {
+      const n = Atomics.load(this.v.i32, COUNT);
+      const i = this.v.lowerBound(domain, iova, n);
+      const m = this.v.maps;
+      if (i >= n || m[i * MAP_WORDS] !== domain || m[i * MAP_WORDS + 1] > iova) return false;
+      this.cacheSeq = seq;
+      this.cDomain = domain;
+      this.cStart = m[i * MAP_WORDS + 1];
+      this.cEnd = m[i * MAP_WORDS + 2];
+      this.cPhys = m[i * MAP_WORDS + 3];
+      this.cFlags = m[i * MAP_WORDS + 4];
+    }
+    if (!(this.cFlags & access)) return false;
+    this.hit.gpa = this.cPhys + (iova - this.cStart);
+    this.hit.len = Math.min(len, this.cEnd - iova + 1);
+    return true;
+  }
+
+  private fault(iova: number, access: Access): void {
+    const k = Atomics.add(this.v.i32, FAULTS, 1);
+    const f = (k % FAULT_RING) * 3;
+    this.v.faults[f] = this.endpoint;
+    this.v.faults[f + 1] = iova;
+    this.v.faults[f + 2] = access;
+  }
+}

@@ -29,7 +29,9 @@ vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --timeout SECS   stop the VM after SECS seconds (exit status 124), whatever the guest is doing
   --stats          when the VM ends, print per-queue network counters as a JSON line (stderr)
   --net SPEC       a virtio-net device (repeatable), e.g. tap,ifname=tap0[,queues=N][,mac=MAC]
-                   [,threads=N][,busy-poll=USEC]; DRIVER is tap or the path of a driver module
+                   [,threads=N][,busy-poll=USEC]; DRIVER is tap, af-xdp, null or the path of a
+                   driver module
+  --viommu         a virtio-iommu translating the network devices' DMA (VIRTIO_F_ACCESS_PLATFORM)
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
 2 for bad usage, 124 when --timeout stopped it, 130/143 when interrupted.`;
@@ -71,6 +73,7 @@ export async function main(argv: string[]): Promise<number> {
         net: { type: 'string', multiple: true },
         stats: { type: 'boolean' },
         timeout: { type: 'string' },
+        viommu: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -105,7 +108,7 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UserError) return fail(e.message);
     throw e;
   }
-  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net });
+  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu });
   let out: NodeJS.WritableStream | undefined;
   if (serial === 'stdio') out = process.stdout;
   else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));
@@ -156,7 +159,8 @@ export async function main(argv: string[]): Promise<number> {
       broken: d.pci.brokenReason ?? null,
       pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
     }));
-    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices })}\n`);
+    const iommu = vm.iommu && { requests: Object.fromEntries(vm.iommu.handled), faults: vm.iommu.table.faults().total, mappings: vm.iommu.table.count };
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices, ...(iommu ? { iommu } : {}) })}\n`);
   }
   if (stdinIsTty) process.stdin.setRawMode(false);
   process.stdin.pause();

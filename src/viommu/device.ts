@@ -75,6 +75,16 @@ export class VirtioIommu implements VirtioDevice {
     this.resetEndpoints();
   }
 
+  /** Translate for one more endpoint (a device plugged in behind this IOMMU). */
+  addEndpoint(endpoint: number): void {
+    if (!this.opts.endpoints.includes(endpoint)) this.opts.endpoints.push(endpoint);
+    this.table.setEndpoint(endpoint, ENDPOINT_NONE);
+  }
+
+  get endpoints(): readonly number[] {
+    return this.opts.endpoints;
+  }
+
   private get bypassUnattached(): boolean {
     return this.config[36] === 1 && (this.active ? (this.active.features & bit(IOMMU_F.BYPASS_CONFIG)) !== 0n : false);
   }

@@ -2,7 +2,8 @@
 // can honour, the control queue (slow path, on vCPU exits), and the dataplane threads it starts when
 // the guest driver is ready.
 import type { GuestMemory } from '../vmm/memory.js';
-import { SplitQueue, guestView, type GuestView } from '../virtio/queue.js';
+import { SplitQueue, guestView, dmaContiguous, type GuestView } from '../virtio/queue.js';
+import { MAP_READ } from '../viommu/table.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
@@ -12,6 +13,7 @@ import type { WorkerPair } from '../dataplane/worker.js';
 import { F, bit, has } from './features.js';
 import { txPolicy } from './header.js';
 import { native } from '../native.js';
+import { IommuReader, type IommuTable } from '../viommu/table.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
@@ -33,7 +35,12 @@ export interface NetDeviceOptions {
   threads?: number;
   queueSize?: number;
   busyPollUs?: number;
+  /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
+  iommu?: { table: IommuTable; endpoint: number };
 }
+
+/** VIRTIO_F_ACCESS_PLATFORM: the device's addresses go through the platform's IOMMU */
+export const VIRTIO_F_ACCESS_PLATFORM = 33;
 
 export function parseMac(s: string): Uint8Array {
   const m = /^([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})$/i.exec(s);
@@ -57,7 +64,7 @@ export class VirtioNet implements VirtioDevice {
   readonly stats: SharedArrayBuffer;
   private readonly config = new Uint8Array(12);
   private readonly dataplane: Dataplane;
-  private readonly view: GuestView;
+  private view: GuestView;
   private active?: Activation;
   private ctrlq?: SplitQueue;
   private ctrlQueue?: ActiveQueue;
@@ -89,6 +96,8 @@ export class VirtioNet implements VirtioDevice {
       if (o.rxTso6) f |= bit(F.GUEST_TSO6);
       if (o.rxTsoEcn && (o.rxTso4 || o.rxTso6)) f |= bit(F.GUEST_ECN);
     }
+    // behind the vIOMMU the driver must know its addresses are translated
+    if (opts.iommu) f |= bit(VIRTIO_F_ACCESS_PLATFORM);
     this.features = f;
     const v = new DataView(this.config.buffer);
     this.config.set(opts.mac);
@@ -97,8 +106,23 @@ export class VirtioNet implements VirtioDevice {
     v.setUint16(10, opts.driver.caps.mtu, true);
     this.filter.reset(opts.mac);
     this.stats = newStatsBuffer(2 * pairs);
-    this.view = guestView(memory.buffer, memory.table);
+    this.plainView = this.view = guestView(memory.buffer, memory.table);
+    if (opts.iommu) {
+      // a quiescence slot per possible dataplane thread, and one for this (main) thread's control
+      // queue, which translates only while it handles a kick
+      this.iommuSlots = Array.from({ length: pairs }, () => opts.iommu!.table.newThreadSlot());
+      this.ctrlReader = new IommuReader(opts.iommu.table.buffer, opts.iommu.endpoint, opts.iommu.table.newThreadSlot());
+    }
     this.dataplane = new Dataplane((reason) => this.active?.needsReset(reason));
+  }
+
+  private readonly plainView: GuestView;
+  private iommuSlots: number[] = [];
+  private ctrlReader?: IommuReader;
+
+  /** the driver negotiated ACCESS_PLATFORM: every address it gives us is an IOVA */
+  private get translated(): boolean {
+    return !!this.opts.iommu && !!this.active && has(this.active.features, VIRTIO_F_ACCESS_PLATFORM);
   }
 
   get mac(): Uint8Array {
@@ -145,13 +169,17 @@ export class VirtioNet implements VirtioDevice {
     // vCPU exit can reach us before any awaited step below.
     this.active = a;
     const features = a.features;
+    this.view = this.translated ? guestView(this.memory.buffer, this.memory.table, this.ctrlReader) : this.plainView;
+    this.ctrlReader?.enter();
     this.ctrlQueue = a.queues.find((q) => q.index === this.ctrlIndex);
     if (this.ctrlQueue && has(features, F.CTRL_VQ)) {
       const q = SplitQueue.create(this.view, this.ctrlQueue, this.queueFeatures(features), this.maxQueueSize);
+      this.ctrlReader?.idle();
       if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
       this.ctrlq = q;
       this.kick(this.ctrlIndex);
     }
+    this.ctrlReader?.idle();
     this.opts.driver.setGuestOffloads({
       rxCsum: has(features, F.GUEST_CSUM),
       rxTso4: has(features, F.GUEST_TSO4),
@@ -180,7 +208,7 @@ export class VirtioNet implements VirtioDevice {
     if (!a) return;
     const start = (q: ActiveQueue) => {
       if (!resume) return 0;
-      const off = this.memory.table.translate(q.used + 2, 2);
+      const off = dmaContiguous(this.view, q.used + 2, 2, MAP_READ);
       return off < 0 ? 0 : this.memory.view.getUint16(off, true);
     };
     const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q) }]));
@@ -210,6 +238,7 @@ export class VirtioNet implements VirtioDevice {
         filter: this.filter.buffer,
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
+        iommu: this.translated ? { buffer: this.opts.iommu!.table.buffer, endpoint: this.opts.iommu!.endpoint, slots: this.iommuSlots } : undefined,
       },
       groups,
     );
@@ -221,6 +250,8 @@ export class VirtioNet implements VirtioDevice {
     if (queue !== this.ctrlIndex || !this.ctrlq) return;
     const q = this.ctrlq;
     const mem = this.view.u8;
+    // behind the vIOMMU: the mappings may have changed since the last command (the ring's too)
+    if (this.translated && this.ctrlReader!.enter()) q.remapRings();
     while (q.pop()) {
       const c = q.chain;
       if (c.writable < 1 || c.readableBytes < 2 || c.readableBytes > CTRL_MAX_BYTES) {
@@ -248,6 +279,8 @@ export class VirtioNet implements VirtioDevice {
     q.setKicks(true);
     if (q.broken) this.active?.needsReset(`control queue: ${q.broken}`);
     if (this.ctrlQueue && this.ctrlQueue.callFd >= 0 && q.needsInterrupt()) native.write(this.ctrlQueue.callFd, ONE);
+    // (this thread holds no translation between kicks: an UNMAP need not wait for it)
+    this.ctrlReader?.idle();
   }
 
   /** One control command; returns the ack byte. */
@@ -309,6 +342,7 @@ export class VirtioNet implements VirtioDevice {
     await this.restarting.catch(() => undefined);
     await this.dataplane.stop();
     this.active = undefined;
+    this.view = this.plainView;
     this.ctrlq = undefined;
     this.ctrlQueue = undefined;
     this.activePairs = 1;

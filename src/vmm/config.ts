@@ -14,6 +14,8 @@ export interface VmConfig {
   kvmDevice?: string;
   /** network devices (virtio-net over PCI), each served by dataplane threads and a driver */
   net?: NetConfig[];
+  /** a virtio-iommu that translates every network device's DMA (they offer VIRTIO_F_ACCESS_PLATFORM) */
+  viommu?: boolean;
 }
 
 export interface NetConfig {

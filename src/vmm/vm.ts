@@ -17,6 +17,8 @@ import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
 import { resolveCpus, resolveMemory, type VmConfig, type NetConfig } from './config.js';
 import { createDriver } from '../drivers/registry.js';
+import { VirtioIommu } from '../viommu/device.js';
+import type { VirtioDevice } from '../virtio/device.js';
 import { VirtioNet, parseMac } from '../virtio-net/device.js';
 import { VirtioPciDevice } from '../virtio/pci-transport.js';
 import { PCI_CMD_MEM, PCI_CMD_MASTER } from './devices/pci.js';
@@ -195,6 +197,7 @@ export class Vm extends EventEmitter {
     );
 
     this.attachDevices();
+    if (cfg.viommu) this.attachIommu();
     for (const [i, n] of (cfg.net ?? []).entries()) await this.attachNet(n, i);
 
     const supported = supportedCpuid(this.kvmFd);
@@ -246,20 +249,38 @@ export class Vm extends EventEmitter {
     }
     const driver = await createDriver(n.driver, { ...(n.options ?? {}), ...(n.queues ? { queues: String(n.queues) } : {}) });
     try {
-      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs });
-      const pci = new VirtioPciDevice(net, { mmio: this.mmio, vm: this.vm, router: this.irqRoutes }, 0x020000);
-      this.pciHost!.add(pci);
-      // firmware's part: place the BAR and turn on decoding and bus mastering
-      const size = 0x8000;
-      this.mmioNext = Math.ceil(this.mmioNext / size) * size;
-      pci.config.assignBar(0, this.mmioNext);
-      this.mmioNext += size;
-      pci.config.command = PCI_CMD_MEM | PCI_CMD_MASTER;
+      // behind the vIOMMU its endpoint id is its PCI requester id (bus 0, this slot, function 0)
+      const slot = this.pciHost!.freeSlot();
+      const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
+      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, iommu });
+      const pci = this.plugVirtio(net, 0x020000, slot);
+      if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
       this.netDevices.push({ net, pci, driver });
     } catch (e) {
       driver.close();
       throw e;
     }
+  }
+
+  /** A virtio device on the PCI bus, with firmware's part done: BAR placed, decoding and bus mastering on. */
+  private plugVirtio(dev: VirtioDevice, classCode: number, slot?: number): VirtioPciDevice {
+    const pci = new VirtioPciDevice(dev, { mmio: this.mmio, vm: this.vm, router: this.irqRoutes }, classCode);
+    this.pciHost!.add(pci, slot);
+    const size = 0x8000;
+    this.mmioNext = Math.ceil(this.mmioNext / size) * size;
+    pci.config.assignBar(0, this.mmioNext);
+    this.mmioNext += size;
+    pci.config.command = PCI_CMD_MEM | PCI_CMD_MASTER;
+    return pci;
+  }
+
+  /** the virtio-iommu (--viommu), plugged before the devices it translates for */
+  iommu?: VirtioIommu;
+  private iommuPci?: VirtioPciDevice;
+
+  private attachIommu(): void {
+    this.iommu = new VirtioIommu(this.memory, { endpoints: [] });
+    this.iommuPci = this.plugVirtio(this.iommu, 0x088000);
   }
 
   /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */
@@ -358,6 +379,7 @@ export class Vm extends EventEmitter {
       await d.pci.close();
       d.driver.close();
     }
+    await this.iommuPci?.close();
     await Promise.all(this.vcpus.map((v) => v.server?.close()));
     this.flushSerial();
     this.serial.end();

@@ -177,6 +177,13 @@ export class PciHost implements BusDevice {
     this.slots[0] = { config: bridge };
   }
 
+  /** The slot add() would use next. */
+  freeSlot(): number {
+    const s = this.slots.findIndex((d, i) => i > 0 && !d);
+    if (s <= 0) throw new Error('no free PCI slot');
+    return s;
+  }
+
   /** Plug a device into the first free slot (or `slot`); returns the slot number. */
   add(dev: PciDevice, slot?: number): number {
     const s = slot ?? this.slots.findIndex((d, i) => i > 0 && !d);

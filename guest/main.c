@@ -19,7 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "io.h"
+#include "pci.h"
 #include "virtio_net.h"
+#include "viommu.h"
 
 struct hvm_start_info {
   uint32_t magic, version, flags, nr_modules;
@@ -431,6 +433,29 @@ int guest_main(const struct hvm_start_info *si) {
       *(volatile uint32_t *)0xfee000f0 = 0x1ff; /* local APIC on */
       __asm__ volatile("sti");
     }
+    /* iommu=static|strict: the net device sits behind the virtio-iommu (tsvmm --viommu) */
+    int iommu = 0;
+    if (cmdline_get(cmdline, "iommu=", arg, sizeof arg)) iommu = streq(arg, "strict") ? 2 : streq(arg, "static") ? 1 : -1;
+    if (iommu) {
+      const char *err = 0;
+      int slot = pci_find(0x1af4, 0x1041);
+      if (iommu < 0) err = "iommu= takes static or strict";
+      else if (!iommu_init()) err = iommu_error;
+      else if (slot < 0 || !iommu_attach(1, iommu_endpoint(slot))) err = "ATTACH refused";
+      else if (iommu == 1) {
+        /* static: all of the first GiB, identity, once */
+        iommu_map_async(1, 0, 0, 1ull << 30, IOMMU_READ | IOMMU_WRITE);
+        if (iommu_sync()) err = "MAP refused";
+      }
+      if (err) {
+        result_begin(mode);
+        result_str("error", err);
+        result_end(0);
+        return 1;
+      }
+      net_set_iommu(iommu == 2, 1);
+      if (cmdline_get(cmdline, "iommu_forget=", arg, sizeof arg) && arg[0] == '1') net_iommu_forget_once();
+    }
     if (!net_init(want)) {
       result_begin(mode);
       result_str("error", net_error);
@@ -506,6 +531,8 @@ int guest_main(const struct hvm_start_info *si) {
       result_num("acks", (uint32_t)acks);
       result_num("nacks", (uint32_t)nacks);
       result_num("sent", sent);
+      result_num("iommu_requests", iommu_requests);
+      result_num("iommu_failures", iommu_failures);
       result_num("size", size < 60 ? 60 : size);
       result_num("cycles", cycles);
       result_num("status", (uint32_t)net_status());
@@ -520,6 +547,8 @@ int guest_main(const struct hvm_start_info *si) {
     result_begin(mode);
     result_str("mac", macs);
     result_num("received", rr.received);
+    result_num("iommu_requests", iommu_requests);
+    result_num("iommu_failures", iommu_failures);
     result_num("bad", rr.bad);
     result_num("other", rr.other);
     result_num("max_buffers", rr.max_buffers);

@@ -11,6 +11,8 @@
 #include "io.h"
 #include "pci.h"
 #include "virtio_net.h"
+#include "virtio_pci.h"
+#include "viommu.h"
 
 #define VIRTIO_VENDOR 0x1af4
 #define VIRTIO_NET_MODERN 0x1041
@@ -32,6 +34,7 @@
 #define F_INDIRECT (1ull << 28)
 #define F_EVENT_IDX (1ull << 29)
 #define F_VERSION_1 (1ull << 32)
+#define F_ACCESS_PLATFORM (1ull << 33)
 
 #define S_ACK 1
 #define S_DRIVER 2
@@ -59,6 +62,8 @@ struct ring {
   } used __attribute__((aligned(4096)));
   uint16_t next_avail, last_used, in_flight;
   volatile uint16_t *notify;
+  /* strict IOMMU mode: slot i's buffer is mapped at iova_base + i * 4096 while the device has it */
+  uint64_t iova_base;
 };
 
 #define MAX_PAIRS 2
@@ -71,6 +76,37 @@ static uint8_t ctrlbuf[2][64] __attribute__((aligned(64)));
 #define rxbuf rxbufs[0]
 #define txbuf txbufs[0]
 static void reclaim_tx_ring(struct ring *r);
+
+/*
+ * Behind the vIOMMU: static — every address is identity-mapped once by the caller, nothing to do here;
+ * strict — rings are mapped at set-up, and each buffer is mapped (at its slot's own IOVA page) just
+ * before the device gets it and unmapped once the device gave it back, in batches per burst.
+ */
+static int iommu_mode; /* 0 none, 1 static, 2 strict */
+static uint32_t iommu_domain;
+void net_set_iommu(int strict, uint32_t domain) {
+  iommu_mode = strict ? 2 : 1;
+  iommu_domain = domain;
+}
+#define PAGE 4096ull
+static int forget_once; /* a buggy driver: hand the device one buffer it never mapped */
+void net_iommu_forget_once(void) { forget_once = 1; }
+static uint64_t dma_addr(struct ring *r, uint16_t slot, const void *buf, uint32_t access) {
+  uint64_t a = (uint64_t)(uintptr_t)buf;
+  if (iommu_mode != 2) return a;
+  uint64_t iova = r->iova_base + slot * PAGE;
+  if (forget_once) forget_once = 0;
+  else iommu_map_async(iommu_domain, iova, a & ~(PAGE - 1), PAGE, access);
+  return iova + (a & (PAGE - 1));
+}
+static void dma_done(struct ring *r, uint16_t slot) {
+  if (iommu_mode == 2) iommu_unmap_async(iommu_domain, r->iova_base + slot * PAGE, PAGE);
+}
+static void dma_map_identity(const void *p, uint64_t len) {
+  uint64_t a = (uint64_t)(uintptr_t)p & ~(PAGE - 1);
+  uint64_t end = ((uint64_t)(uintptr_t)p + len + PAGE - 1) & ~(PAGE - 1);
+  if (iommu_mode == 2) iommu_map_async(iommu_domain, a, a, end - a, IOMMU_READ | IOMMU_WRITE);
+}
 static uint16_t num_pairs = 1;
 static uint32_t rx_buf_len = BUF_SIZE;
 
@@ -91,19 +127,13 @@ static inline uint64_t rdtsc_(void) {
 #define CW8(off) (*(volatile uint8_t *)(common + (off)))
 
 static int find_caps(int dev, uint64_t *notify_base, uint32_t *notify_mult) {
-  int have = 0;
-  for (uint8_t p = pci_read8((uint32_t)dev, 0x34); p; p = pci_read8((uint32_t)dev, p + 1u)) {
-    if (pci_read8((uint32_t)dev, p) != 0x09) continue;
-    uint8_t type = pci_read8((uint32_t)dev, p + 3u);
-    uint8_t bar = pci_read8((uint32_t)dev, p + 4u);
-    uint32_t off = pci_read32((uint32_t)dev, p + 8u);
-    uint32_t len = pci_read32((uint32_t)dev, p + 12u);
-    uint64_t base = pci_bar((uint32_t)dev, bar) + off;
-    if (type == 1) common = map_mmio(base, len), have |= 1;
-    if (type == 2) *notify_base = (uint64_t)(uintptr_t)map_mmio(base, len), *notify_mult = pci_read32((uint32_t)dev, p + 16u), have |= 2;
-    if (type == 4) devcfg = map_mmio(base, len), have |= 4;
-  }
-  return have == 7;
+  struct virtio_caps c;
+  if (!virtio_find_caps(dev, &c)) return 0;
+  common = c.common;
+  devcfg = c.devcfg;
+  *notify_base = c.notify_base;
+  *notify_mult = c.notify_mult;
+  return 1;
 }
 
 static uint16_t rx_vector = 0xffff; /* MSI-X vector for RX queue 0, when the guest takes interrupts */
@@ -120,6 +150,9 @@ static void setup_queue(uint16_t index, struct ring *r, uint64_t notify_base, ui
   CW32(0x2c) = 0;
   CW32(0x30) = (uint32_t)(uintptr_t)&r->used;
   CW32(0x34) = 0;
+  /* strict IOMMU: the ring itself stays mapped (identity) while the queue lives */
+  dma_map_identity(r, sizeof *r);
+  r->iova_base = 0x100000000ull + (uint64_t)index * 0x1000000ull;
   r->notify = (volatile uint16_t *)(uintptr_t)(notify_base + (uint64_t)CW16(0x1e) * mult);
   CW16(0x1c) = 1;
 }
@@ -174,7 +207,8 @@ int net_init(uint64_t want) {
     CW32(0x00) = i;
     offered |= (uint64_t)CW32(0x04) << (32 * i);
   }
-  features = offered & (want | F_VERSION_1 | F_MAC | F_STATUS);
+  features = offered & (want | F_VERSION_1 | F_MAC | F_STATUS | (iommu_mode ? F_ACCESS_PLATFORM : 0));
+  if (iommu_mode && !(features & F_ACCESS_PLATFORM)) return net_error = "device not behind the IOMMU (no ACCESS_PLATFORM)", 0;
   if (!(want & NET_NO_EVENT_IDX)) features |= offered & F_EVENT_IDX;
   if (!(features & F_VERSION_1)) return net_error = "device lacks VERSION_1", 0;
   for (uint32_t i = 0; i < 2; i++) {
@@ -192,6 +226,9 @@ int net_init(uint64_t want) {
   }
   /* the control queue comes after all max_pairs pairs */
   if (features & F_CTRL_VQ) setup_queue((uint16_t)(2 * max_pairs), &ctrlr, notify_base, mult);
+  dma_map_identity(ctrlbuf, sizeof ctrlbuf);
+  /* the mappings must exist before DRIVER_OK: the device translates the rings then */
+  if (iommu_mode == 2 && iommu_sync()) return net_error = "the IOMMU refused the ring mappings", 0;
   notify_base_ = notify_base;
   notify_mult_ = mult;
   CW8(0x14) = S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
@@ -293,11 +330,15 @@ int net_check_frame(const uint8_t *f, uint32_t len, uint32_t *seq) {
 }
 
 static void reclaim_tx_ring(struct ring *r) {
+  int any = 0;
   while (r->last_used != r->used.idx) {
     barrier();
+    dma_done(r, (uint16_t)r->used.ring[r->last_used % QSIZE].id);
     r->last_used++;
     r->in_flight--;
+    any = 1;
   }
+  if (any && iommu_mode == 2) iommu_sync();
 }
 
 static uint64_t net_tx_one(struct ring *tr, uint8_t (*tb)[BUF_SIZE], uint16_t qindex, uint32_t first, uint32_t stride, uint32_t count, uint32_t len,
@@ -317,13 +358,17 @@ static uint64_t net_tx_one(struct ring *tr, uint8_t (*tb)[BUF_SIZE], uint16_t qi
     while (sent < count && tr->in_flight < QSIZE) {
       uint16_t slot = tr->next_avail % QSIZE;
       fill_frame(tb[slot] + HDR_LEN, len, first + sent * stride, dst);
+      tr->desc[slot].addr = dma_addr(tr, slot, tb[slot], IOMMU_READ);
       tr->desc[slot].len = HDR_LEN + len;
       tr->avail_ring[slot] = slot;
       tr->next_avail++;
       tr->in_flight++;
       sent++;
     }
-    if (tr->next_avail != old) publish(tr, qindex, old);
+    if (tr->next_avail != old) {
+      if (iommu_mode == 2) iommu_sync(); /* the burst's buffers are mapped before the device sees them */
+      publish(tr, qindex, old);
+    }
     __asm__ volatile("pause");
   }
   /* wait until the device has taken everything */
@@ -484,7 +529,7 @@ static void post_rx(void) {
   while (rxr.in_flight < limit) {
     uint16_t k = rxr.next_avail % limit;
     uint16_t head = rx_split ? (uint16_t)(2 * k) : k;
-    uint64_t buf = (uint64_t)(uintptr_t)rxbuf[head];
+    uint64_t buf = dma_addr(&rxr, head, rxbuf[head], IOMMU_WRITE);
     if (rx_split) {
       rxr.desc[head] = (struct desc){buf, 6, D_WRITE | D_NEXT, (uint16_t)(head + 1)};
       rxr.desc[head + 1] = (struct desc){buf + 6, rx_buf_len - 6, D_WRITE, 0};
@@ -495,6 +540,8 @@ static void post_rx(void) {
     rxr.next_avail++;
     rxr.in_flight++;
   }
+  /* strict: the unmaps of what was consumed and the maps of what is posted, one batch */
+  if (iommu_mode == 2) iommu_sync();
   if (rxr.next_avail != old) publish(&rxr, 0, old);
 }
 
@@ -511,6 +558,7 @@ static uint32_t rx_one(uint64_t cycles, uint8_t **frame) {
   uint32_t id = rxr.used.ring[u].id, len = rxr.used.ring[u].len;
   rxr.last_used++;
   rxr.in_flight--;
+  if (id < QSIZE) dma_done(&rxr, (uint16_t)id);
   /* copy out, so the buffer can go straight back to the device */
   uint32_t n = 0;
   if (id < QSIZE && len > HDR_LEN && len <= rx_buf_len) {
@@ -539,6 +587,7 @@ void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
       uint32_t id = rxr.used.ring[u].id, len = rxr.used.ring[u].len;
       rxr.last_used++;
       rxr.in_flight--;
+      if (id < QSIZE) dma_done(&rxr, (uint16_t)id);
       last = rdtsc_();
       if (id >= QSIZE || len > rx_buf_len) {
         res->bad++;

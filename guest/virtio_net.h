@@ -14,6 +14,9 @@ extern const char *net_error;
 #define NET_F_CTRL_MAC_ADDR (1ull << 23)
 #define NET_NO_EVENT_IDX (1ull << 63) /* not a feature: ask net_init to leave EVENT_IDX off */
 int net_init(uint64_t want_features);
+/* before net_init: the device sits behind the vIOMMU, in `domain`; strict: map each buffer per use */
+void net_set_iommu(int strict, uint32_t domain);
+void net_iommu_forget_once(void);
 int net_use_msix(uint8_t vector);
 uint32_t net_pingpong(uint32_t count, uint32_t len, const uint8_t *dst, uint32_t *rtt);
 uint32_t net_macswap(uint32_t count, uint64_t idle_cycles);

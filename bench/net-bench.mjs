@@ -8,7 +8,9 @@
 //
 // --compare qemu (default): QEMU against tsvmm with the tap driver. --compare af-xdp: tsvmm with the tap
 // driver (`tsvmm`) against tsvmm with the AF_XDP driver on a veth pair (`tsvmm-xdp`, copy mode; the
-// host end is the veth peer). No TSO row for AF_XDP: it offers the guest no offloads.
+// host end is the veth peer). No TSO row for AF_XDP: it offers the guest no offloads. --compare
+// viommu: tsvmm without an IOMMU, with --viommu and the guest mapping all RAM once (`tsvmm-static`),
+// and with the guest mapping each buffer before use and unmapping it after (`tsvmm-strict`).
 //
 // Guest → host: the guest sends N frames as fast as its ring allows and reports the TSC cycles it took.
 // Host → guest: bench/pktgen.c offers N frames on the tap; the guest reports how many arrived intact and
@@ -30,11 +32,12 @@ const json = args.includes('--json');
 const quick = args.includes('--quick');
 const rounds = Number(args[args.indexOf('--rounds') + 1]) || (quick ? 1 : 3);
 const compare = args.includes('--compare') ? args[args.indexOf('--compare') + 1] : 'qemu';
-if (compare !== 'qemu' && compare !== 'af-xdp') throw new Error('--compare takes qemu or af-xdp');
-/** the baseline and the one measured against it (ratio = B / A) */
-const [A, B] = compare === 'qemu' ? ['qemu', 'tsvmm'] : ['tsvmm', 'tsvmm-xdp'];
+/** what runs, the first being the baseline the others' ratios are taken against */
+const VARIANTS = { qemu: ['qemu', 'tsvmm'], 'af-xdp': ['tsvmm', 'tsvmm-xdp'], viommu: ['tsvmm', 'tsvmm-static', 'tsvmm-strict'] }[compare];
+if (!VARIANTS) throw new Error('--compare takes qemu, af-xdp or viommu');
+const A = VARIANTS[0];
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
-if (only && only !== A && only !== B) throw new Error(`--only takes ${A} or ${B}`);
+if (only && !VARIANTS.includes(only)) throw new Error(`--only takes ${VARIANTS.join(' or ')}`);
 const log = (...m) => (json ? process.stderr : process.stdout).write(m.join(' ') + '\n');
 
 function sh(cmd, a, opts = {}) {
@@ -73,6 +76,8 @@ if (compare === 'af-xdp') {
 function vmmCommand(vmm, cmdline) {
   if (vmm === 'tsvmm' || vmm === 'tsvmm-xdp')
     return inNs(process.execPath, join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', GUEST, '--mem', '256M', '--net', vmm === 'tsvmm' ? 'tap,ifname=tapb' : 'af-xdp,ifname=vxb0', '--cmdline', cmdline);
+  if (vmm === 'tsvmm-static' || vmm === 'tsvmm-strict')
+    return inNs(process.execPath, join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', GUEST, '--mem', '256M', '--viommu', '--net', 'tap,ifname=tapb', '--cmdline', `${cmdline} iommu=${vmm.slice(6)}`);
   return inNs('qemu-system-x86_64', '-accel', 'kvm', '-machine', 'q35', '-cpu', 'host,-arch-capabilities', '-m', '256', '-nographic', '-no-reboot',
     '-monitor', 'none', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-kernel', GUEST, '-append', cmdline,
     '-netdev', 'tap,id=n0,ifname=tapq,script=no,downscript=no,vhost=off', '-device', `virtio-net-pci,netdev=n0,mac=${GUEST_MAC},disable-legacy=on`);
@@ -136,7 +141,7 @@ const scenarios = quick
     ];
 
 /** the host end of each VMM's link: its tap, or the veth peer of the AF_XDP interface */
-const tapOf = (vmm) => ({ tsvmm: 'tapb', qemu: 'tapq', 'tsvmm-xdp': 'vxb1' })[vmm];
+const tapOf = (vmm) => ({ tsvmm: 'tapb', 'tsvmm-static': 'tapb', 'tsvmm-strict': 'tapb', qemu: 'tapq', 'tsvmm-xdp': 'vxb1' })[vmm];
 
 async function measure(vmm, s) {
   if (s.dir === 'pp') {
@@ -172,17 +177,20 @@ async function measure(vmm, s) {
 }
 
 const samples = {};
+// the viommu comparison: no ping-pong (its guest path maps nothing) and no TSO (ditto); no TSO on AF_XDP
+const skip = (x) => (x.dir === 'tso' && compare !== 'qemu') || (x.dir === 'pp' && compare === 'viommu');
 for (let r = 0; r < rounds; r++) {
-  const order = only ? [only] : r % 2 === 0 ? [A, B] : [B, A];
-  for (const s of scenarios.filter((x) => !(x.dir === 'tso' && compare === 'af-xdp'))) {
+  // alternate who goes first, round by round
+  const order = only ? [only] : VARIANTS.map((_, i) => VARIANTS[(i + r) % VARIANTS.length]);
+  for (const s of scenarios.filter((x) => !skip(x))) {
     for (const vmm of order) {
       const m = await measure(vmm, s);
       ((samples[s.name] ??= {})[vmm] ??= []).push(m);
       if (s.dir === 'pp') {
-        log(`round ${r + 1} ${s.name.padEnd(8)} ${vmm.padEnd(9)} p50 ${m.p50us.toFixed(1)} µs  p99 ${m.p99us.toFixed(1)} µs${m.loss ? `  unanswered ${(m.loss * 100).toFixed(1)} %` : ''}`);
+        log(`round ${r + 1} ${s.name.padEnd(8)} ${vmm.padEnd(12)} p50 ${m.p50us.toFixed(1)} µs  p99 ${m.p99us.toFixed(1)} µs${m.loss ? `  unanswered ${(m.loss * 100).toFixed(1)} %` : ''}`);
         continue;
       }
-      log(`round ${r + 1} ${s.name.padEnd(7)} ${vmm.padEnd(9)} ${(m.pps / 1e3).toFixed(1).padStart(8)} kpps ${m.gbps.toFixed(3).padStart(7)} Gbit/s  cpu ${m.cpuPerMpkt.toFixed(2)} s/Mpkt${m.loss ? `  loss ${(m.loss * 100).toFixed(1)} %` : ''}${m.offeredPps ? `  offered ${(m.offeredPps / 1e3).toFixed(0)} kpps` : ''}`);
+      log(`round ${r + 1} ${s.name.padEnd(7)} ${vmm.padEnd(12)} ${(m.pps / 1e3).toFixed(1).padStart(8)} kpps ${m.gbps.toFixed(3).padStart(7)} Gbit/s  cpu ${m.cpuPerMpkt.toFixed(2)} s/Mpkt${m.loss ? `  loss ${(m.loss * 100).toFixed(1)} %` : ''}${m.offeredPps ? `  offered ${(m.offeredPps / 1e3).toFixed(0)} kpps` : ''}`);
     }
   }
 }
@@ -197,36 +205,29 @@ for (const [name, byVmm] of Object.entries(samples)) {
     const v = byVmm[vmm].map((m) => m[key]);
     return { median: median(v), min: Math.min(...v), max: Math.max(...v) };
   };
-  if (name === 'pingpong') {
-    const of = (vmm) => (byVmm[vmm] ? { p50us: stat(vmm, 'p50us'), p99us: stat(vmm, 'p99us'), loss: stat(vmm, 'loss') } : undefined);
-    const q = of(A);
-    const t = of(B);
-    // a latency ratio: below 1 means B answers faster
-    summary[name] = { [A]: q, [B]: t, ratio: q && t ? t.p50us.median / q.p50us.median : undefined, ratioP99: q && t ? t.p99us.median / q.p99us.median : undefined };
-    continue;
-  }
-  const of = (vmm) => (byVmm[vmm] ? { pps: stat(vmm, 'pps'), gbps: stat(vmm, 'gbps'), cpuPerMpkt: stat(vmm, 'cpuPerMpkt'), loss: stat(vmm, 'loss') } : undefined);
-  const q = of(A);
-  const t = of(B);
-  summary[name] = { [A]: q, [B]: t, ratio: q && t ? (name === 'tso' ? t.gbps.median / q.gbps.median : t.pps.median / q.pps.median) : undefined };
+  const pp = name === 'pingpong';
+  const of = (vmm) =>
+    byVmm[vmm] ? (pp ? { p50us: stat(vmm, 'p50us'), p99us: stat(vmm, 'p99us'), loss: stat(vmm, 'loss') } : { pps: stat(vmm, 'pps'), gbps: stat(vmm, 'gbps'), cpuPerMpkt: stat(vmm, 'cpuPerMpkt'), loss: stat(vmm, 'loss') }) : undefined;
+  const row = Object.fromEntries(VARIANTS.map((v) => [v, of(v)]));
+  const base = row[A];
+  // ratio of each variant to the baseline: rates (Gbit/s for TSO), or for ping-pong the p50 latency
+  // (below 1: faster)
+  const ratios = Object.fromEntries(
+    VARIANTS.slice(1).filter((v) => row[v] && base).map((v) => [v, pp ? row[v].p50us.median / base.p50us.median : name === 'tso' ? row[v].gbps.median / base.gbps.median : row[v].pps.median / base.pps.median]),
+  );
+  summary[name] = { ...row, ratios, ratio: ratios[VARIANTS[1]], ...(pp && row[VARIANTS[1]] && base ? { ratioP99: row[VARIANTS[1]].p99us.median / base.p99us.median } : {}) };
 }
-const report = { compare: [A, B], rounds, tscHz, quick, scenarios, summary };
+const report = { compare: VARIANTS, rounds, tscHz, quick, scenarios, summary };
 if (json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
 else {
-  log('\nmedian of', rounds, only ? 'round(s)' : `rounds (min-max); ratio = ${B} / ${A}`);
+  log('\nmedian of', rounds, only ? 'round(s)' : `rounds (min-max); ratios against ${A}`);
   for (const [name, s] of Object.entries(summary)) {
-    if (name === 'pingpong') {
-      const f = (v) => `p50 ${v.p50us.median.toFixed(1)} µs p99 ${v.p99us.median.toFixed(1)} µs`;
-      log(`pingpong ${s[A] ? `${A} ${f(s[A])}  ` : ''}${s[B] ? `${B} ${f(s[B])}` : ''}${s.ratio ? `  p50 ratio ${s.ratio.toFixed(2)} (lower is better)` : ''}`);
-      continue;
-    }
-    if (!s[A] || !s[B]) {
-      const v = s[A] ?? s[B];
-      log(`${name.padEnd(7)} ${only} ${(v.pps.median / 1e3).toFixed(1)} kpps  ${v.gbps.median.toFixed(3)} Gbit/s${v.loss.median ? `  (${(v.loss.median * 100).toFixed(0)} % of offered frames lost)` : ''}`);
-      continue;
-    }
-    const a = s[A];
-    const b = s[B];
-    log(`${name.padEnd(7)} ${A} ${(a.pps.median / 1e3).toFixed(1)} kpps (${(a.pps.min / 1e3).toFixed(0)}-${(a.pps.max / 1e3).toFixed(0)})  ${B} ${(b.pps.median / 1e3).toFixed(1)} kpps (${(b.pps.min / 1e3).toFixed(0)}-${(b.pps.max / 1e3).toFixed(0)})  ratio ${s.ratio.toFixed(2)}  cpu s/Mpkt ${A} ${a.cpuPerMpkt.median.toFixed(2)} ${B} ${b.cpuPerMpkt.median.toFixed(2)}`);
+    const parts = VARIANTS.filter((v) => s[v]).map((v) => {
+      const x = s[v];
+      const r = s.ratios[v] !== undefined ? ` [${s.ratios[v].toFixed(2)}]` : '';
+      if (name === 'pingpong') return `${v} p50 ${x.p50us.median.toFixed(1)} µs p99 ${x.p99us.median.toFixed(1)} µs${r}`;
+      return `${v} ${(x.pps.median / 1e3).toFixed(1)} kpps (${(x.pps.min / 1e3).toFixed(0)}-${(x.pps.max / 1e3).toFixed(0)}) cpu ${x.cpuPerMpkt.median.toFixed(2)} s/Mpkt${x.loss.median ? ` loss ${(x.loss.median * 100).toFixed(0)} %` : ''}${r}`;
+    });
+    log(`${name.padEnd(8)} ${parts.join('  ')}`);
   }
 }

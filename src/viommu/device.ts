@@ -174,12 +174,17 @@ export class VirtioIommu implements VirtioDevice {
     const q = this.reqq;
     if (!q) return;
     const u8 = this.view.u8;
+    // The whole batch the guest queued is applied to the table first; its completions are published
+    // after one wait for the dataplane threads to be past the batch's last UNMAP (or ATTACH/DETACH):
+    // a guest batching its unmaps pays for one quiescence, not one per request.
+    const done: Array<{ head: number; len: number; status: number; out: Array<[number, number]>; reply: Uint8Array }> = [];
+    let waitFor = 0;
     while (q.pop()) {
       const c = q.chain;
       const head = c.head;
       // the request: the readable buffers, gathered; the reply: the writable ones
       if (c.readableBytes < 4 || c.readableBytes > 128 || c.writableBytes < 4) {
-        q.addUsed(head, 0);
+        done.push({ head, len: 0, status: -1, out: [], reply: new Uint8Array(0) });
         continue;
       }
       const req = new Uint8Array(c.readableBytes);
@@ -194,27 +199,30 @@ export class VirtioIommu implements VirtioDevice {
       const type = req[0];
       const needs = REQ_LEN[type];
       let status: number;
-      let waitFor: number | undefined;
       if (needs === undefined) status = S.UNSUPP;
       else if (req.length < needs || (type === T.PROBE ? writable < PROBE_SIZE + 4 : writable < 4)) status = S.INVAL;
       else {
         const r = this.request(type, new DataView(req.buffer), reply);
         status = r.status;
-        waitFor = r.waitFor;
+        if (r.waitFor !== undefined) waitFor = Math.max(waitFor, r.waitFor);
       }
       this.handled.set(type, (this.handled.get(type) ?? 0) + 1);
-      // UNMAP: the guest may reuse the memory once it sees OK; first, every thread must be past it
-      if (waitFor !== undefined && !(await this.table.quiescent(waitFor))) status = S.DEVERR;
-      reply[writable - 4] = status;
-      // (reply bytes go into the writable buffers in order)
-      let at = 0;
-      for (const [off, len] of out) {
-        u8.set(reply.subarray(at, at + len), off);
-        at += len;
-      }
-      q.addUsed(head, writable);
-      q.flush();
+      done.push({ head, len: writable, status, out, reply });
     }
+    // the guest may reuse unmapped memory once it sees OK: first, every thread must be past the batch
+    const quiet = waitFor === 0 || (await this.table.quiescent(waitFor));
+    for (const d of done) {
+      if (d.status >= 0) {
+        d.reply[d.len - 4] = quiet ? d.status : S.DEVERR;
+        let at = 0;
+        for (const [off, len] of d.out) {
+          u8.set(d.reply.subarray(at, at + len), off);
+          at += len;
+        }
+      }
+      q.addUsed(d.head, d.len);
+    }
+    q.flush();
     if (q.broken) this.active?.needsReset(`request queue: ${q.broken}`);
     this.interrupt(0, q);
   }

@@ -41,11 +41,12 @@ describe('e820', () => {
       { addr: 0x9fc00, size: 0x400, type: E820_RESERVED },
       { addr: 0xe0000, size: 0x20000, type: E820_RESERVED },
       { addr: 0x100000, size: 511 * MiB, type: E820_RAM },
+      { addr: 0xe0000000, size: MiB, type: E820_RESERVED }, // PCI ECAM (MCFG)
     ]);
   });
   it('moves RAM above the 3 GiB PCI hole to 4 GiB', () => {
     const map = e820Map(4 * 1024 * MiB);
-    expect(map.at(-2)).toEqual({ addr: 0x100000, size: 3 * 1024 * MiB - 0x100000, type: E820_RAM });
+    expect(map.at(-3)).toEqual({ addr: 0x100000, size: 3 * 1024 * MiB - 0x100000, type: E820_RAM });
     expect(map.at(-1)).toEqual({ addr: 4 * 1024 * MiB, size: 1024 * MiB, type: E820_RAM });
   });
   it('packs 20-byte entries (boot_params) and 24-byte ones (PVH memmap)', () => {
@@ -73,7 +74,7 @@ describe('boot_params (zero page)', () => {
     expect(v.getBigUint64(0x070, true)).toBe(0xe0000n); // acpi_rsdp_addr
   });
   it('holds the e820 table at 0x2d0 with its count at 0x1e8', () => {
-    expect(bp[0x1e8]).toBe(4);
+    expect(bp[0x1e8]).toBe(5);
     expect(v.getBigUint64(0x2d0 + 3 * 20, true)).toBe(0x100000n);
     expect(v.getUint32(0x2d0 + 3 * 20 + 16, true)).toBe(E820_RAM);
   });
@@ -108,7 +109,7 @@ describe('PVH start info', () => {
     expect(v.getUint32(48, true)).toBe(4);
   });
   it('writes the memmap as 24-byte entries', () => {
-    const v = new DataView(new ArrayBuffer(96));
+    const v = new DataView(new ArrayBuffer(120));
     writeMemmap(v, 0, e820Map(64 * MiB));
     expect(v.getBigUint64(72, true)).toBe(0x100000n);
     expect(v.getBigUint64(80, true)).toBe(BigInt(63 * MiB));

@@ -69,3 +69,19 @@ describe('PCI host bridge', () => {
     expect(seen).toEqual([6]);
   });
 });
+
+describe('PCI ECAM (MCFG)', () => {
+  it('maps each slot\'s configuration space at bus 0, 32 KiB per device, 4 KiB per function', async () => {
+    const { PciHost, PciEcam, PciConfigSpace } = await import('../src/vmm/devices/pci.js');
+    const host = new PciHost();
+    const dev = { config: new PciConfigSpace({ vendor: 0x1af4, device: 0x1041, classCode: 0x020000 }) };
+    const slot = host.add(dev);
+    const ecam = new PciEcam(host);
+    expect(ecam.read(slot << 15, 4)).toBe(0x10411af4);
+    expect(ecam.read(0, 2)).toBe(0x1b36); // the host bridge at 00:00.0
+    expect(ecam.read((slot << 15) | (1 << 12), 4)).toBe(0xffffffff); // function 1: nothing there
+    expect(ecam.read(9 << 15, 2)).toBe(0xffff); // an empty slot
+    ecam.write((slot << 15) + 4, 2, 0x6);
+    expect(host.configOf(slot)!.read(4, 2) & 0x6).toBe(0x6); // the same space as mechanism #1's
+  });
+});

@@ -2,7 +2,7 @@
 // Debian's 6.12 kernel has no MP-table parser (CONFIG_X86_MPPARSE off), so this is how a stock Linux
 // finds its CPUs, local APICs and IOAPIC, powers off (sleep control register + \_S5) and resets
 // (FADT reset register). Checked against a third-party decoder (iasl -d) in test/acpi.test.ts.
-import { IOAPIC_ADDR, LAPIC_ADDR, MMIO_HOLE_START } from './layout.js';
+import { IOAPIC_ADDR, LAPIC_ADDR, MMIO_HOLE_START, PCI_ECAM_BASE, PCI_ECAM_SIZE } from './layout.js';
 import * as aml from './aml.js';
 
 export const ACPI_SLEEP_CONTROL_PORT = 0x600;
@@ -73,8 +73,56 @@ export function buildFadt(dsdtAddr: number): Uint8Array {
   return sdt('FACP', 6, body);
 }
 
-/** The 32-bit window the PCI host bridge decodes for BARs (IOAPIC and LAPIC pages above it). */
-export const PCI_MMIO_WINDOW = { start: MMIO_HOLE_START, end: IOAPIC_ADDR - 1 };
+/** The 32-bit window the PCI host bridge decodes for BARs (ECAM, IOAPIC and LAPIC pages above it). */
+export const PCI_MMIO_WINDOW = { start: MMIO_HOLE_START, end: PCI_ECAM_BASE - 1 };
+
+/** MCFG: where PCI Express configuration space (ECAM) is, for segment 0, bus 0. */
+export function buildMcfg(): Uint8Array {
+  const body = new Uint8Array(8 + 16);
+  const v = new DataView(body.buffer);
+  v.setBigUint64(8, BigInt(PCI_ECAM_BASE), true);
+  v.setUint16(16, 0, true); // segment
+  v.setUint8(18, 0); // start bus
+  v.setUint8(19, PCI_ECAM_SIZE / (1 << 20) - 1); // end bus
+  return sdt('MCFG', 1, body);
+}
+
+/** What the VIOT describes: the virtio-iommu's PCI function and the requester ids it translates. */
+export interface ViotSpec {
+  iommuBdf: number;
+  endpoints: number[];
+}
+
+/**
+ * VIOT (ACPI 6.4 §5.2.32, Linux drivers/acpi/viot.c): a virtio-pci IOMMU node, and a PCI range node per
+ * translated function whose endpoint id is its requester id (what our virtio-iommu's ATTACH expects).
+ */
+export function buildViot(spec: ViotSpec): Uint8Array {
+  const iommuNode = 48; // offset of the IOMMU node from the table's start: right after the header
+  const nodes = 1 + spec.endpoints.length;
+  const body = new Uint8Array(12 + 16 + 24 * spec.endpoints.length);
+  const v = new DataView(body.buffer);
+  const at = (off: number) => off - 36;
+  v.setUint16(at(36), nodes, true);
+  v.setUint16(at(38), iommuNode, true); // the first node
+  // virtio-pci IOMMU node: type 3, length 16, segment, BDF
+  v.setUint8(at(48), 3);
+  v.setUint16(at(50), 16, true);
+  v.setUint16(at(52), 0, true);
+  v.setUint16(at(54), spec.iommuBdf, true);
+  spec.endpoints.forEach((bdf, i) => {
+    const o = 64 + 24 * i;
+    v.setUint8(at(o), 1); // PCI range node
+    v.setUint16(at(o + 2), 24, true);
+    v.setUint32(at(o + 4), bdf, true); // endpoint id of the first BDF in the range
+    v.setUint16(at(o + 8), 0, true); // segments 0..0
+    v.setUint16(at(o + 10), 0, true);
+    v.setUint16(at(o + 12), bdf, true); // BDF range: this one function
+    v.setUint16(at(o + 14), bdf, true);
+    v.setUint16(at(o + 16), iommuNode, true); // translated by the IOMMU node
+  });
+  return sdt('VIOT', 0, body);
+}
 
 /**
  * DSDT: the PCI host bridge (PNP0A03, bus 0, configuration mechanism #1 at 0xCF8, its I/O and memory
@@ -154,23 +202,29 @@ export interface AcpiImage {
 const align16 = (x: number) => (x + 15) & ~15;
 
 /** Lay out RSDP and tables contiguously from `base`, each 16-byte aligned. */
-export function buildAcpi(base: number, cpus: number, ioapicId: number): AcpiImage {
+export function buildAcpi(base: number, cpus: number, ioapicId: number, viot?: ViotSpec): AcpiImage {
   const dsdt = buildDsdt();
   const madt = buildMadt(cpus, ioapicId);
-  const order = ['RSDP', 'XSDT', 'FACP', 'DSDT', 'APIC'] as const;
-  const sizes = { RSDP: 36, XSDT: 36 + 8 * 2, FACP: 276, DSDT: dsdt.length, APIC: madt.length };
-  const addr = {} as Record<(typeof order)[number], number>;
+  const mcfg = buildMcfg();
+  const viotTable = viot && buildViot(viot);
+  // the tables the XSDT lists (the DSDT is reached through the FADT)
+  const listed = ['FACP', 'APIC', 'MCFG', ...(viotTable ? ['VIOT'] : [])];
+  const order = ['RSDP', 'XSDT', 'FACP', 'DSDT', 'APIC', 'MCFG', ...(viotTable ? ['VIOT'] : [])];
+  const sizes: Record<string, number> = { RSDP: 36, XSDT: 36 + 8 * listed.length, FACP: 276, DSDT: dsdt.length, APIC: madt.length, MCFG: mcfg.length, VIOT: viotTable?.length ?? 0 };
+  const addr: Record<string, number> = {};
   let cursor = base;
   for (const name of order) {
     addr[name] = cursor;
     cursor = align16(cursor + sizes[name]);
   }
-  const built = {
+  const built: Record<string, Uint8Array> = {
     RSDP: buildRsdp(addr.XSDT),
-    XSDT: buildXsdt([addr.FACP, addr.APIC]),
+    XSDT: buildXsdt(listed.map((n) => addr[n])),
     FACP: buildFadt(addr.DSDT),
     DSDT: dsdt,
     APIC: madt,
+    MCFG: mcfg,
+    ...(viotTable ? { VIOT: viotTable } : {}),
   };
   const bytes = new Uint8Array(cursor - base);
   const tables: AcpiImage['tables'] = {};

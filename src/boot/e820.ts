@@ -1,5 +1,5 @@
 // The e820 memory map handed to the guest (boot_params for bzImage, the PVH memmap for PVH).
-import { EBDA_START, BIOS_END, ACPI_ADDR, HIGH_RAM_START, ramLayout } from './layout.js';
+import { EBDA_START, BIOS_END, ACPI_ADDR, HIGH_RAM_START, PCI_ECAM_BASE, PCI_ECAM_SIZE, ramLayout } from './layout.js';
 
 export const E820_RAM = 1;
 export const E820_RESERVED = 2;
@@ -18,6 +18,8 @@ export function e820Map(memSize: number): E820Entry[] {
     { addr: EBDA_START, size: 0xa0000 - EBDA_START, type: E820_RESERVED },
     { addr: ACPI_ADDR, size: BIOS_END - ACPI_ADDR, type: E820_RESERVED }, // ACPI and MP tables
     { addr: BIOS_END, size: lowSize - BIOS_END, type: E820_RAM },
+    // PCI configuration space (ECAM): Linux uses MCFG's window only if the firmware reserved it
+    { addr: PCI_ECAM_BASE, size: PCI_ECAM_SIZE, type: E820_RESERVED },
   ];
   if (highSize > 0) map.push({ addr: HIGH_RAM_START, size: highSize, type: E820_RAM });
   return map;

@@ -27,6 +27,9 @@ export const KERNEL_LOAD_ADDR = 0x100000;
 /** Start of the 32-bit PCI/MMIO hole; RAM above it moves to 4 GiB. */
 export const MMIO_HOLE_START = 3 * GiB;
 export const HIGH_RAM_START = 4 * GiB;
+/** PCI Express enhanced configuration (ECAM, MCFG): bus 0 only, 4 KiB per function; reserved in e820 */
+export const PCI_ECAM_BASE = 0xe0000000;
+export const PCI_ECAM_SIZE = 1 << 20;
 export const IOAPIC_ADDR = 0xfec00000;
 export const LAPIC_ADDR = 0xfee00000;
 export const TSS_ADDR = 0xfffbd000;

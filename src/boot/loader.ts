@@ -4,7 +4,7 @@ import { isBzImage, parseBzImage, buildBootParams } from './bzimage.js';
 import { loadPvhKernel, writeStartInfo, writeModule, writeMemmap, HVM_START_INFO_SIZE } from './pvh.js';
 import { e820Map } from './e820.js';
 import { buildMpTable, ioapicId } from './mptable.js';
-import { buildAcpi } from './acpi.js';
+import { buildAcpi, type ViotSpec } from './acpi.js';
 import { writeGdt, writePageTables, type EntryMode } from './cpu-state.js';
 import * as L from './layout.js';
 import { UserError } from '../errors.js';
@@ -21,6 +21,8 @@ export interface BootSpec {
   cmdline: string;
   memSize: number;
   cpus: number;
+  /** a virtio-iommu and the PCI functions it translates: described to the guest by ACPI VIOT */
+  viot?: ViotSpec;
 }
 
 export interface BootEntry {
@@ -55,7 +57,7 @@ export function loadKernel(mem: BootMemory, spec: BootSpec): BootEntry {
   // Both descriptions of the platform: ACPI for current kernels, the MP table for those without ACPI.
   const mp = buildMpTable(spec.cpus, L.MPTABLE_ADDR);
   mem.slice(L.MPTABLE_ADDR, mp.length).set(mp);
-  const acpi = buildAcpi(L.ACPI_ADDR, spec.cpus, ioapicId(spec.cpus));
+  const acpi = buildAcpi(L.ACPI_ADDR, spec.cpus, ioapicId(spec.cpus), spec.viot);
   if (L.ACPI_ADDR + acpi.bytes.length > L.MPTABLE_ADDR) throw new Error('ACPI tables overflow their area');
   mem.slice(L.ACPI_ADDR, acpi.bytes.length).set(acpi.bytes);
   mem.slice(L.CMDLINE_ADDR, cmdline.length).set(cmdline);

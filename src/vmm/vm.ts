@@ -26,8 +26,8 @@ import type { NetDriver } from '../drivers/api.js';
 import { Uart8250 } from './devices/uart8250.js';
 import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
 import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP } from '../boot/acpi.js';
-import { PciHost, PCI_CONFIG_ADDRESS } from './devices/pci.js';
-import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, MMIO_HOLE_START } from '../boot/layout.js';
+import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
+import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, MMIO_HOLE_START, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
 import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
 import { workerUrl } from '../worker-url.js';
@@ -191,14 +191,16 @@ export class Vm extends EventEmitter {
     const mem = (this.mem = new GuestMemory(ramRegions(memSize)));
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
 
-    this.boot = loadKernel(
-      { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
-      { kernel, initrd, cmdline: cfg.cmdline ?? '', memSize, cpus },
-    );
-
+    // devices first: the ACPI tables the loader writes describe them (VIOT: who is behind the IOMMU)
     this.attachDevices();
     if (cfg.viommu) this.attachIommu();
     for (const [i, n] of (cfg.net ?? []).entries()) await this.attachNet(n, i);
+    const viot = this.iommu && this.iommuPci ? { iommuBdf: this.iommuSlot << 3, endpoints: [...this.iommu.endpoints] } : undefined;
+
+    this.boot = loadKernel(
+      { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
+      { kernel, initrd, cmdline: cfg.cmdline ?? '', memSize, cpus, viot },
+    );
 
     const supported = supportedCpuid(this.kvmFd);
     for (let i = 0; i < cpus; i++) {
@@ -237,6 +239,7 @@ export class Vm extends EventEmitter {
     this.pio.register(I8042_PORT, 5, new I8042(power), 'i8042');
     this.pciHost = new PciHost(new ResetControl(power));
     this.pio.register(PCI_CONFIG_ADDRESS, 8, this.pciHost, 'pci-host');
+    this.mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, new PciEcam(this.pciHost), 'pci-ecam');
     this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
   }
 
@@ -278,9 +281,12 @@ export class Vm extends EventEmitter {
   iommu?: VirtioIommu;
   private iommuPci?: VirtioPciDevice;
 
+  private iommuSlot = 0;
+
   private attachIommu(): void {
     this.iommu = new VirtioIommu(this.memory, { endpoints: [] });
-    this.iommuPci = this.plugVirtio(this.iommu, 0x088000);
+    this.iommuSlot = this.pciHost!.freeSlot();
+    this.iommuPci = this.plugVirtio(this.iommu, 0x088000, this.iommuSlot);
   }
 
   /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */

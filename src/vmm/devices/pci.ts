@@ -192,6 +192,11 @@ export class PciHost implements BusDevice {
     return s;
   }
 
+  /** The configuration space of slot `dev` on bus 0, if a device is there. */
+  configOf(dev: number): PciConfigSpace | undefined {
+    return this.slots[dev]?.config;
+  }
+
   private target(): PciConfigSpace | undefined {
     if (!(this.address & 0x80000000)) return undefined;
     const bus = (this.address >>> 16) & 0xff;
@@ -218,5 +223,29 @@ export class PciHost implements BusDevice {
       return;
     }
     this.target()?.write((this.address & 0xfc) + (offset - 4), size, value);
+  }
+}
+
+/**
+ * PCI Express enhanced configuration access (ECAM, described by MCFG): the same configuration spaces
+ * as mechanism #1, memory-mapped, 4 KiB per function (bus 0 only; only function 0 exists).
+ */
+export class PciEcam implements BusDevice {
+  constructor(private readonly host: PciHost) {}
+
+  private space(offset: number): PciConfigSpace | undefined {
+    const dev = (offset >>> 15) & 0x1f;
+    const fn = (offset >>> 12) & 0x7;
+    return fn === 0 ? this.host.configOf(dev) : undefined;
+  }
+
+  read(offset: number, size: number): number {
+    const cfg = this.space(offset);
+    // (no function there: all ones; past the 256 bytes a conventional function has: the same)
+    return cfg ? cfg.read(offset & 0xfff, size) : size === 4 ? 0xffffffff : (1 << (8 * size)) - 1;
+  }
+
+  write(offset: number, size: number, value: number): void {
+    this.space(offset)?.write(offset & 0xfff, size, value);
   }
 }

@@ -10,7 +10,8 @@
 // mapping the guest was told is gone.
 //
 // Layout (one SharedArrayBuffer):
-//   Int32 words: [0] sequence, [1] mapping count, [2] faults, [3..3+THREADS) thread generations (0 = idle)
+//   Int32 words: [0] sequence, [1] mapping count, [2] faults, [3] reader threads, [4..4+THREADS) their
+//   generations (0 = idle)
 //   Int32 endpoint → domain table at ENDPOINTS_AT: ENDPOINT_NONE, ENDPOINT_BYPASS or a domain id
 //   Float64 mappings at MAPPINGS_AT, sorted by (domain, start): domain, start, end (inclusive), phys, flags
 //   Float64 fault ring at FAULTS_AT: endpoint, address, flags (the last FAULT_RING faults)
@@ -31,7 +32,8 @@ const MAP_WORDS = 5;
 const SEQ = 0;
 const COUNT = 1;
 const FAULTS = 2;
-const THREADS_AT = 3;
+const THREAD_COUNT = 3;
+const THREADS_AT = 4;
 // (rounded up to 8 bytes: the mapping array after the endpoint table is Float64)
 const ENDPOINTS_AT = 8 * Math.ceil((THREADS_AT + MAX_THREADS) / 2);
 const MAPPINGS_AT = ENDPOINTS_AT + 4 * MAX_ENDPOINTS;
@@ -77,17 +79,30 @@ class Views {
   }
 }
 
-/** The writer's side: the virtio-iommu device on the main thread. */
+/** The writer's side: the virtio-iommu device (its request thread, or the main thread). */
 export class IommuTable {
-  readonly buffer = new SharedArrayBuffer(TOTAL);
-  private readonly v = new Views(this.buffer);
-  /** thread slots handed out */
-  private threads = 0;
+  readonly buffer: SharedArrayBuffer;
+  private readonly v: Views;
 
-  constructor() {
+  /** A new, empty table; or (`buffer`) the writer's handle on one made elsewhere, for another thread. */
+  constructor(buffer?: SharedArrayBuffer) {
+    this.buffer = buffer ?? new SharedArrayBuffer(TOTAL);
+    this.v = new Views(this.buffer);
+    if (!buffer) this.clear();
+  }
+
+  /** No endpoint attached, no mapping (device reset). */
+  clear(): void {
+    this.begin();
     this.v.endpoints.fill(ENDPOINT_NONE);
-    // generations start at 2: a thread slot of 0 means "idle"
-    Atomics.store(this.v.i32, SEQ, 2);
+    Atomics.store(this.v.i32, COUNT, 0);
+    this.end();
+    // generations start at 2 (above the first change): a thread slot of 0 means "idle"
+    if (Atomics.load(this.v.i32, SEQ) < 2) Atomics.store(this.v.i32, SEQ, 2);
+  }
+
+  private get threads(): number {
+    return Atomics.load(this.v.i32, THREAD_COUNT);
   }
 
   private begin(): void {
@@ -108,8 +123,9 @@ export class IommuTable {
 
   /** A slot for one more reader thread (its quiescence is tracked there). */
   newThreadSlot(): number {
-    if (this.threads >= MAX_THREADS) throw new Error('too many dataplane threads for the vIOMMU');
-    return this.threads++;
+    const n = Atomics.add(this.v.i32, THREAD_COUNT, 1);
+    if (n >= MAX_THREADS) throw new Error('too many dataplane threads for the vIOMMU');
+    return n;
   }
 
   endpointDomain(endpoint: number): number {
@@ -186,6 +202,20 @@ export class IommuTable {
         if (Date.now() > end) return false;
         const w = Atomics.waitAsync(this.v.i32, THREADS_AT + t, g, 5);
         if (w.async) await w.value;
+      }
+    }
+    return true;
+  }
+
+  /** quiescent(), blocking (a request thread may wait; a few µs when the dataplane threads are busy). */
+  quiescentSync(generation: number, timeoutMs = 5000): boolean {
+    const end = Date.now() + timeoutMs;
+    for (let t = 0; t < this.threads; t++) {
+      for (;;) {
+        const g = Atomics.load(this.v.i32, THREADS_AT + t);
+        if (g === 0 || g >= generation) break;
+        if (Date.now() > end) return false;
+        Atomics.wait(this.v.i32, THREADS_AT + t, g, 1);
       }
     }
     return true;

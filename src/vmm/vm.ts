@@ -284,7 +284,7 @@ export class Vm extends EventEmitter {
   private iommuSlot = 0;
 
   private attachIommu(): void {
-    this.iommu = new VirtioIommu(this.memory, { endpoints: [] });
+    this.iommu = new VirtioIommu(this.memory, { endpoints: [], thread: true });
     this.iommuSlot = this.pciHost!.freeSlot();
     this.iommuPci = this.plugVirtio(this.iommu, 0x088000, this.iommuSlot);
   }

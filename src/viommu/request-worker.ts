@@ -1,0 +1,60 @@
+// The virtio-iommu request thread: sleeps in epoll on the request queue's ioeventfd (the guest's
+// notification never leaves the kernel as a vCPU exit) and a wake eventfd; handles each batch of
+// requests against the shared table (requests.ts), waiting with Atomics.wait for the dataplane threads
+// where an UNMAP needs it; interrupts the guest through the queue's irqfd when asked.
+import { parentPort, workerData } from 'node:worker_threads';
+import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
+import { MemoryTable, type MemoryRegion } from '../vmm/memory.js';
+import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
+import { IommuTable } from './table.js';
+import { IommuRequests } from './requests.js';
+
+export interface RequestWorkerData {
+  memory: SharedArrayBuffer;
+  regions: MemoryRegion[];
+  table: SharedArrayBuffer;
+  state: SharedArrayBuffer;
+  endpoints: number[];
+  queue: QueueConfig;
+  kickFd: number;
+  callFd: number;
+  wakeFd: number;
+  /** [0] stop */
+  control: Int32Array;
+}
+
+const d = workerData as RequestWorkerData;
+const port = parentPort!;
+const ONE = new BigUint64Array([1n]);
+
+function main(): void {
+  const view = guestView(d.memory, new MemoryTable(d.regions));
+  const q = SplitQueue.create(view, d.queue, { eventIdx: false, indirect: false }, 256);
+  if (typeof q === 'string') {
+    port.postMessage({ type: 'broken', reason: q });
+    port.postMessage({ type: 'ready' });
+    return;
+  }
+  const requests = new IommuRequests(new IommuTable(d.table), d.endpoints, new Int32Array(d.state));
+  const ep = native.epollCreate();
+  native.epollCtl(ep, EPOLL_CTL_ADD, d.kickFd, EPOLLIN, 1);
+  native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
+  const events = new Uint32Array(3 * 4);
+  const counter = new BigUint64Array(1);
+  port.postMessage({ type: 'ready' });
+  let reported = false;
+  while (!Atomics.load(d.control, 0)) {
+    // requests the guest queued before we slept are handled first; then wait for the next kick
+    requests.drain(q, view.u8);
+    if (q.broken && !reported) {
+      reported = true;
+      port.postMessage({ type: 'broken', reason: q.broken });
+    }
+    if (d.callFd >= 0 && q.needsInterrupt()) native.write(d.callFd, ONE);
+    const n = native.epollWait(ep, events, -1);
+    for (let k = 0; k < n; k++) native.read(events[3 * k + 1] === 1 ? d.kickFd : d.wakeFd, counter);
+  }
+  native.close(ep);
+}
+
+main();

@@ -37,7 +37,7 @@ head -c $((4 << 20)) /dev/urandom > "$OUT/blob"
 L2=$(mktemp -d)
 mkdir -p "$L2"/{bin,dev,proc,sys,tmp,lib/modules,data,etc}
 cp /bin/busybox "$L2/bin/busybox"
-for m in failover net_failover virtio_net; do cp "$LIN/modules/$m.ko" "$L2/lib/modules/"; done
+for m in failover net_failover virtio_net virtio-iommu; do cp "$LIN/modules/$m.ko" "$L2/lib/modules/"; done
 copy_with_libs "$(command -v iperf3)" "$L2"
 copy_with_libs "$(command -v ethtool)" "$L2"
 cp "$OUT/blob" "$L2/data/blob"

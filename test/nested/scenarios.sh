@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge
+#   RUNS         scenarios, space-separated: basic mq wedge iommu-lazy iommu-strict
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
 #   WORK         scratch directory
@@ -19,7 +19,7 @@ ip addr add 10.0.2.1/24 dev tap0
 ip link set tap0 up
 [ -e /sys/class/net/tap0 ]; check tap-created $?
 
-scenario() { # name cpus queues extra-l2-args tsvmm-timeout
+scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   name=$1
   rm -f "$WORK/recv"
   # the L2 → L1 direction: fetch L2's blob as soon as its web server answers
@@ -27,7 +27,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout
   fetcher=$!
   stage "tsvmm-start-$name"
   node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
-    --net tap,ifname=tap0,queues=$3 --cmdline "console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $4"
+    --net tap,ifname=tap0,queues=$3 $6 --cmdline "console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $4"
   rc=$?
   stage "tsvmm-end-$name"
   echo "L1-RESULT $name exit=$rc"
@@ -45,6 +45,9 @@ for r in $RUNS; do
     basic) scenario basic 1 1 "" 900 ;;
     mq) scenario mq 2 2 "" 900 ;;
     wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
+    # the net device behind tsvmm's virtio-iommu (VIOT), Linux's lazy and strict DMA domains
+    iommu-lazy) scenario iommu-lazy 1 1 "tsvmm.iommu=1 iommu.strict=0" 900 --viommu ;;
+    iommu-strict) scenario iommu-strict 1 1 "tsvmm.iommu=1 iommu.strict=1" 900 --viommu ;;
   esac
 done
 kill $httpd_pid $iperf_pid 2>/dev/null

@@ -190,24 +190,10 @@ export class IommuTable {
   }
 
   /**
-   * Resolves once every reader thread is idle or works under a generation at least `generation`: no
-   * translation made before it can still be in use.
+   * Returns once every reader thread is idle or works under a generation at least `generation`: no
+   * translation made before it can still be in use. Blocks (the request thread waits; a few µs when the
+   * dataplane threads are busy); false after `timeoutMs`.
    */
-  async quiescent(generation: number, timeoutMs = 5000): Promise<boolean> {
-    const end = Date.now() + timeoutMs;
-    for (let t = 0; t < this.threads; t++) {
-      for (;;) {
-        const g = Atomics.load(this.v.i32, THREADS_AT + t);
-        if (g === 0 || g >= generation) break;
-        if (Date.now() > end) return false;
-        const w = Atomics.waitAsync(this.v.i32, THREADS_AT + t, g, 5);
-        if (w.async) await w.value;
-      }
-    }
-    return true;
-  }
-
-  /** quiescent(), blocking (a request thread may wait; a few µs when the dataplane threads are busy). */
   quiescentSync(generation: number, timeoutMs = 5000): boolean {
     const end = Date.now() + timeoutMs;
     for (let t = 0; t < this.threads; t++) {

@@ -71,6 +71,11 @@ export class Dataplane {
     }
   }
 
+  /** Wake every thread (something it waits for changed, e.g. an IOTLB update a queue missed). */
+  wake(): void {
+    for (const t of this.threads) native.write(t.wakeFd, ONE);
+  }
+
   resume(): void {
     for (const t of this.threads) {
       Atomics.store(t.control, CONTROL_PAUSE, 0);

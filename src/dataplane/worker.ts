@@ -52,7 +52,7 @@ export interface DataplaneWorkerData {
   /** dirty-page log (live migration): every write into guest memory sets its page's bit */
   dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
   /** behind the vIOMMU: its table, this device's endpoint id, and a quiescence slot per thread */
-  iommu?: { buffer: SharedArrayBuffer; endpoint: number; slots: number[] };
+  iommu?: { buffer: SharedArrayBuffer; endpoint: number; slots: number[]; missesWait?: boolean };
   /** which of the device's threads this is */
   threadIndex: number;
 }
@@ -87,6 +87,7 @@ async function main(): Promise<void> {
     kickStats.push([stats(p.tx.statsSlot), stats(p.rx.statsSlot)]);
     rxq.setIndices(p.rx.startIdx, p.rx.startIdx);
     txq.setIndices(p.tx.startIdx, p.tx.startIdx);
+    rxq.missesWait = txq.missesWait = !!d.iommu?.missesWait;
     rxq.setDirtyLog(log, p.rx.usedLogGpa ?? p.rx.used);
     txq.setDirtyLog(log, p.tx.usedLogGpa ?? p.tx.used);
     pairs.push(

@@ -11,6 +11,8 @@ import { F, bit, has } from '../virtio-net/features.js';
 import { txPolicy } from '../virtio-net/header.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
 import { FrontendMemory } from './memory.js';
+import { IommuTable, IommuReader, MAP_READ, MAP_WRITE } from '../viommu/table.js';
+import { guestView, dmaContiguous } from '../virtio/queue.js';
 import * as P from './protocol.js';
 
 interface Vring {
@@ -50,6 +52,10 @@ export interface Handled {
 const MAX_QUEUE = 32768;
 /** VHOST_F_LOG_ALL: log every write into guest memory (live migration) */
 export const F_LOG_ALL = 26;
+/** VIRTIO_F_ACCESS_PLATFORM: ring and buffer addresses are IOVAs, translated through the frontend's IOTLB */
+export const F_ACCESS_PLATFORM = 33;
+/** the IOTLB's single domain and endpoint in the translation table */
+const IOTLB_DOMAIN = 0;
 /** vhost_vring_addr.flags bit: log_guest_addr is valid */
 const VRING_F_LOG = 1;
 /** a bit per 4 KiB page: 1 GiB of log covers 32 TiB of guest memory */
@@ -63,6 +69,14 @@ export class VhostUserBackend {
   private memory?: FrontendMemory;
   private log?: MappedLog;
   private logFd = -1;
+  /** the channel for requests to the frontend (IOTLB misses) */
+  private backendFd = -1;
+  /**
+   * With ACCESS_PLATFORM: the frontend's IOTLB (IOVA → guest-physical, with permissions), in the same
+   * shared table the vIOMMU uses, read by the dataplane threads directly; a miss is sent to the
+   * frontend, and the queue that missed waits for the update.
+   */
+  private iotlb?: { table: IommuTable; reader: IommuReader; slots: number[]; missesSeen: number; timer: NodeJS.Timeout };
   private readonly vrings: Vring[];
   private readonly running = new Map<number, Dataplane>();
   private readonly filter = new RxFilter();
@@ -75,7 +89,7 @@ export class VhostUserBackend {
     private readonly opts: BackendOptions,
   ) {
     const o = driver.caps.offloads;
-    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(F.MRG_RXBUF) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL);
+    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(F.MRG_RXBUF) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F_ACCESS_PLATFORM);
     if (opts.queuePairs > 1) f |= bit(F.MQ);
     if (o.txCsum) {
       f |= bit(F.CSUM);
@@ -88,7 +102,7 @@ export class VhostUserBackend {
       if (o.rxTso6) f |= bit(F.GUEST_TSO6);
     }
     this.features = f;
-    this.protocolFeatures = (1n << BigInt(P.PROTOCOL_F.MQ)) | (1n << BigInt(P.PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(P.PROTOCOL_F.LOG_SHMFD));
+    this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);
     this.vrings = Array.from({ length: 2 * opts.queuePairs }, () => this.freshRing());
     this.filter.reset(new Uint8Array(6));
     this.stats = newStatsBuffer(2 * opts.queuePairs);
@@ -134,6 +148,7 @@ export class VhostUserBackend {
           await this.stopAll();
           if (has(f, F_LOG_ALL) !== has(this.acked, F_LOG_ALL)) this.opts.log?.(`vhost-user: dirty logging ${has(f, F_LOG_ALL) ? 'on' : 'off'}`);
           this.acked = f;
+          this.setIotlb(has(f, F_ACCESS_PLATFORM));
           if (wasRunning) await this.startReady();
         }
         return ack(true);
@@ -256,6 +271,20 @@ export class VhostUserBackend {
         // the frontend waits for this reply (whatever REPLY_ACK says): the log is in use once it comes
         return { reply: P.encodeReply(m.request, P.u64Payload(0n)) };
       }
+      case P.REQ.SET_BACKEND_REQ_FD: {
+        if (m.fds.length !== 1) return fail('SET_BACKEND_REQ_FD without its descriptor');
+        this.backendFd = this.closeFd(this.backendFd);
+        this.backendFd = m.fds[0];
+        return ack(true);
+      }
+      case P.REQ.IOTLB_MSG: {
+        const msg = P.parseIotlb(p);
+        if (!msg) return fail('malformed IOTLB_MSG');
+        if (!this.iotlb) return fail('IOTLB message without ACCESS_PLATFORM');
+        const r = await this.iotlbMessage(msg);
+        if (typeof r === 'string') return fail(`IOTLB_MSG: ${r}`);
+        return ack(r);
+      }
       case P.REQ.SET_LOG_FD: {
         // an eventfd the backend may signal after logging; writes land in the shared log synchronously,
         // so nothing needs signalling, but the descriptor is the frontend's to replace
@@ -293,10 +322,83 @@ export class VhostUserBackend {
     return -1;
   }
 
+  /** ACCESS_PLATFORM switched on or off: the IOTLB table exists exactly while it is negotiated. */
+  private setIotlb(on: boolean): void {
+    if (on && !this.iotlb) {
+      const table = new IommuTable();
+      table.setEndpoint(0, IOTLB_DOMAIN);
+      const reader = new IommuReader(table.buffer, 0, table.newThreadSlot());
+      const slots = Array.from({ length: this.opts.queuePairs }, () => table.newThreadSlot());
+      // misses the dataplane threads recorded go to the frontend; look often (a queue waits meanwhile)
+      const timer = setInterval(() => this.sendMisses(), 1);
+      timer.unref();
+      this.iotlb = { table, reader, slots, missesSeen: 0, timer };
+    } else if (!on && this.iotlb) {
+      clearInterval(this.iotlb.timer);
+      this.iotlb = undefined;
+    }
+  }
+
+  /** UPDATE: the frontend's virtual range becomes guest-physical pieces; INVALIDATE: entries go. */
+  private async iotlbMessage(msg: P.IotlbMsg): Promise<boolean | string> {
+    const t = this.iotlb!;
+    const end = msg.iova + msg.size - 1;
+    if (!Number.isSafeInteger(end) || msg.size <= 0) return 'range out of bounds';
+    if (msg.type === P.IOTLB.UPDATE) {
+      if (!this.memory) return 'update before the memory table';
+      const perm = msg.perm & (MAP_READ | MAP_WRITE);
+      t.table.invalidate(IOTLB_DOMAIN, msg.iova, end);
+      // one table entry per frontend memory region the range crosses
+      for (let done = 0; done < msg.size; ) {
+        const at = msg.uaddr + done;
+        const region = this.memory.regions.find((r) => at >= r.uaddr && at < r.uaddr + r.size);
+        if (!region) return 'update outside the frontend memory';
+        const n = Math.min(msg.size - done, region.uaddr + region.size - at);
+        t.table.map(IOTLB_DOMAIN, msg.iova + done, msg.iova + done + n - 1, region.gpa + (at - region.uaddr), perm);
+        done += n;
+      }
+    } else if (msg.type === P.IOTLB.INVALIDATE) {
+      t.table.invalidate(IOTLB_DOMAIN, msg.iova, end);
+      // the frontend may reuse the range once we answer: no thread may still hold a translation of it
+      if (!t.table.quiescentSync(t.table.generation)) return false;
+    } else return `message type ${msg.type}`;
+    // queues that waited for this retry (their threads see the table moved); rings may be ready now
+    for (const dp of this.running.values()) dp.wake();
+    await this.startReady();
+    return true;
+  }
+
+  /** Ask the frontend for the translations the dataplane threads (or a ring) missed. */
+  private sendMisses(extra: Array<{ iova: number; access: number }> = []): void {
+    const t = this.iotlb;
+    if (!t || this.backendFd < 0) return;
+    const { total, recent } = t.table.faults();
+    const fresh = recent.slice(Math.max(0, recent.length - (total - t.missesSeen)));
+    t.missesSeen = total;
+    const asked = new Set<number>();
+    for (const f of [...fresh.map((x) => ({ iova: x.address, access: x.access })), ...extra]) {
+      const page = Math.floor(f.iova / 4096);
+      if (asked.has(page)) continue;
+      asked.add(page);
+      native.sendmsg(this.backendFd, P.encodeIotlbRequest({ iova: f.iova, size: 0, uaddr: 0, perm: f.access === MAP_WRITE ? 2 : 1, type: P.IOTLB.MISS }));
+    }
+  }
+
+  /** Offset in the shared buffer of a ring range (IOVA with ACCESS_PLATFORM, else frontend address). */
+  private ringOffset(addr: number, len: number, access: number): number {
+    const mem = this.memory!;
+    if (this.iotlb) {
+      const off = dmaContiguous(guestView(mem.buffer, mem.table, this.iotlb.reader), addr, len, access);
+      if (off < 0) this.sendMisses([{ iova: addr, access }]);
+      return off;
+    }
+    const gpa = mem.vaToGpa(addr, len);
+    return gpa < 0 ? -1 : mem.table.translate(gpa, len);
+  }
+
   private usedIndex(r: Vring): number {
     if (!this.memory) return r.base;
-    const gpa = this.memory.vaToGpa(r.used + 2, 2);
-    const off = gpa < 0 ? -1 : this.memory.table.translate(gpa, 2);
+    const off = this.ringOffset(r.used + 2, 2, MAP_READ);
     return off < 0 ? r.base : new DataView(this.memory.buffer).getUint16(off, true);
   }
 
@@ -306,6 +408,12 @@ export class VhostUserBackend {
 
   private workerQueue(r: Vring, slot: number): WorkerQueue | undefined {
     const mem = this.memory!;
+    if (this.iotlb) {
+      // rings by IOVA: the threads translate them; start only once the frontend has given them all
+      const ok = [this.ringOffset(r.desc, 16 * r.num, MAP_READ), this.ringOffset(r.avail, 6 + 2 * r.num, MAP_READ), this.ringOffset(r.used, 6 + 8 * r.num, MAP_WRITE)].every((o) => o >= 0);
+      if (!ok) return undefined;
+      return { size: r.num, desc: r.desc, avail: r.avail, used: r.used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: this.usedIndex(r), usedLogGpa: r.logGpa };
+    }
     const desc = mem.vaToGpa(r.desc, 16 * r.num);
     const avail = mem.vaToGpa(r.avail, 6 + 2 * r.num);
     const used = mem.vaToGpa(r.used, 6 + 8 * r.num);
@@ -327,7 +435,8 @@ export class VhostUserBackend {
       const wrx = this.workerQueue(rx, 2 * pair);
       const wtx = this.workerQueue(tx, 2 * pair + 1);
       if (!wrx || !wtx) {
-        this.errors.push(`pair ${pair}: ring outside the frontend's memory`);
+        // (behind the IOTLB: misses were sent, the update will start the pair)
+        if (!this.iotlb) this.errors.push(`pair ${pair}: ring outside the frontend's memory`);
         continue;
       }
       const dp = new Dataplane((reason) => this.errors.push(`pair ${pair}: ${reason}`));
@@ -349,6 +458,7 @@ export class VhostUserBackend {
           filter: this.filter.buffer,
           stats: this.stats,
           busyPollUs: this.opts.busyPollUs ?? 0,
+          iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true } : undefined,
           // migration: the frontend switched LOG_ALL on and gave us its log
           dirtyLog: has(f, F_LOG_ALL) && this.log ? { buffer: this.log.buffer, offset: this.log.offset, size: this.log.size } : undefined,
         },
@@ -380,6 +490,8 @@ export class VhostUserBackend {
     this.memory = undefined;
     this.releaseLog();
     this.logFd = this.closeFd(this.logFd);
+    this.backendFd = this.closeFd(this.backendFd);
+    this.setIotlb(false);
     this.acked = 0n;
     this.ackedProtocol = 0n;
   }

@@ -22,7 +22,45 @@ export const REQ = {
   SET_VRING_ENABLE: 18,
   SEND_RARP: 19,
   NET_SET_MTU: 20,
+  SET_BACKEND_REQ_FD: 21,
+  IOTLB_MSG: 22,
 } as const;
+
+/** backend → frontend requests, on the channel SET_BACKEND_REQ_FD gave */
+export const BACKEND_REQ = { IOTLB_MSG: 1 } as const;
+
+/** struct vhost_iotlb_msg (<linux/vhost_types.h>): type and permission values */
+export const IOTLB = { MISS: 1, UPDATE: 2, INVALIDATE: 3, ACCESS_FAIL: 4 } as const;
+export const IOTLB_MSG_SIZE = 32;
+
+export interface IotlbMsg {
+  iova: number;
+  size: number;
+  uaddr: number;
+  /** VHOST_ACCESS_RO 1 (device reads), WO 2, RW 3 */
+  perm: number;
+  type: number;
+}
+
+export function parseIotlb(p: DataView): IotlbMsg | undefined {
+  if (p.byteLength < 26) return undefined;
+  return { iova: u64(p, 0), size: u64(p, 8), uaddr: u64(p, 16), perm: p.getUint8(24), type: p.getUint8(25) };
+}
+
+/** A backend request carrying an IOTLB message (a MISS), with NEED_REPLY unset. */
+export function encodeIotlbRequest(m: IotlbMsg): Uint8Array {
+  const out = new Uint8Array(HDR_SIZE + IOTLB_MSG_SIZE);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, BACKEND_REQ.IOTLB_MSG, true);
+  v.setUint32(4, FLAG_VERSION, true);
+  v.setUint32(8, IOTLB_MSG_SIZE, true);
+  v.setBigUint64(HDR_SIZE, BigInt(m.iova), true);
+  v.setBigUint64(HDR_SIZE + 8, BigInt(m.size), true);
+  v.setBigUint64(HDR_SIZE + 16, BigInt(m.uaddr), true);
+  v.setUint8(HDR_SIZE + 24, m.perm);
+  v.setUint8(HDR_SIZE + 25, m.type);
+  return out;
+}
 
 export const HDR_SIZE = 12;
 export const FLAG_VERSION = 0x1;
@@ -36,7 +74,7 @@ export const VRING_NOFD = 0x100;
 export const VRING_INDEX_MASK = 0xff;
 
 export const F_PROTOCOL_FEATURES = 30;
-export const PROTOCOL_F = { MQ: 0, LOG_SHMFD: 1, RARP: 2, REPLY_ACK: 3, MTU: 4 } as const;
+export const PROTOCOL_F = { MQ: 0, LOG_SHMFD: 1, RARP: 2, REPLY_ACK: 3, MTU: 4, BACKEND_REQ: 5 } as const;
 
 export interface Message {
   request: number;

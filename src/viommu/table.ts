@@ -184,6 +184,24 @@ export class IommuTable {
     return last - first;
   }
 
+  /**
+   * Remove every mapping of `domain` that overlaps [start, end], whole (an IOTLB invalidation: cached
+   * entries go, they are not split). Returns how many went.
+   */
+  invalidate(domain: number, start: number, end: number): number {
+    const n = this.count;
+    const m = this.v.maps;
+    const first = this.v.lowerBound(domain, start, n);
+    let last = first;
+    while (last < n && m[last * MAP_WORDS] === domain && m[last * MAP_WORDS + 1] <= end) last++;
+    if (last === first) return 0;
+    this.begin();
+    m.copyWithin(first * MAP_WORDS, last * MAP_WORDS, n * MAP_WORDS);
+    Atomics.store(this.v.i32, COUNT, n - (last - first));
+    this.end();
+    return last - first;
+  }
+
   /** Drop every mapping of `domain` (the domain is gone). */
   dropDomain(domain: number): void {
     this.unmap(domain, 0, INPUT_END);

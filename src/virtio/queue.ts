@@ -129,6 +129,14 @@ export class SplitQueue {
   private signalledUsed = 0;
   broken: BrokenReason | undefined;
   readonly chain: Chain;
+  /**
+   * Behind a vhost-user frontend's IOTLB, a translation that fails is a miss the frontend will fill,
+   * not a fault: the queue stalls (the chain stays available) until the table changes.
+   */
+  missesWait = false;
+  /** a miss stopped this queue; cleared when the table changes (remapRings) */
+  stalled = false;
+  private popStart = 0;
   /** while migrating: every used-ring write is logged, at the ring's log address */
   private log: DirtyLog | undefined;
   private usedLogGpa = 0;
@@ -155,13 +163,15 @@ export class SplitQueue {
   remapRings(): void {
     const cfg = this.cfg;
     if (!cfg || this.broken) return;
+    this.stalled = false;
     const evt = this.features.eventIdx ? 2 : 0;
     const n = this.size;
     const desc = dmaContiguous(this.mem, cfg.desc, 16 * n, MAP_READ);
     const avail = dmaContiguous(this.mem, cfg.avail, 4 + 2 * n + evt, MAP_READ);
     const used = dmaContiguous(this.mem, cfg.used, 4 + 8 * n + evt, MAP_WRITE);
     if (desc < 0 || avail < 0 || used < 0) {
-      this.broken = 'IOMMU fault';
+      if (this.missesWait) this.stalled = true;
+      else this.broken = 'IOMMU fault';
       return;
     }
     this.descOff = desc;
@@ -209,7 +219,7 @@ export class SplitQueue {
 
   /** Entries the driver has made available and we have not taken (0 when broken). */
   pending(): number {
-    if (this.broken) return 0;
+    if (this.broken || this.stalled) return 0;
     const n = (this.availIdx() - this.lastAvail) & 0xffff;
     if (n > this.size) {
       this.broken = 'available index jumped';
@@ -219,6 +229,12 @@ export class SplitQueue {
   }
 
   private fail(reason: BrokenReason): false {
+    if (reason === 'IOMMU fault' && this.missesWait) {
+      // an IOTLB miss: the chain goes back; retried once the frontend's update arrives
+      this.lastAvail = this.popStart;
+      this.stalled = true;
+      return false;
+    }
     this.broken = reason;
     return false;
   }
@@ -232,6 +248,7 @@ export class SplitQueue {
     const mem = this.mem;
     const head = mem.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
     if (head >= this.size) return this.fail('descriptor index out of range');
+    this.popStart = this.lastAvail;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
 
     const c = this.chain;

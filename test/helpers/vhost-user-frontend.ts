@@ -26,6 +26,12 @@ export class TestFrontend {
   readonly kicks: number[] = [];
   readonly calls: number[] = [];
 
+  /**
+   * With ACCESS_PLATFORM the rings are given by IOVA: `iovaOffset` is added to guest-physical
+   * addresses to make them (and the frontend must answer the backend's IOTLB misses).
+   */
+  iovaOffset?: number;
+
   /** Connect to `sock`; guest memory is `size` bytes at guest-physical `base`. */
   constructor(sock: string, size = 2 << 20, readonly base = 0x100000) {
     this.fd = native.socket(AF_UNIX, SOCK_STREAM, 0);
@@ -37,19 +43,19 @@ export class TestFrontend {
     this.mem = new TestMemory(size, base, native.mmapShared(this.memfd, size).buffer);
   }
 
-  send(request: number, payload: Uint8Array = new Uint8Array(0), fds: number[] = []): void {
+  send(request: number, payload: Uint8Array = new Uint8Array(0), fds: number[] = [], flags = FLAG_VERSION): void {
     const m = new Uint8Array(HDR_SIZE + payload.length);
     const v = new DataView(m.buffer);
     v.setUint32(0, request, true);
-    v.setUint32(4, FLAG_VERSION, true);
+    v.setUint32(4, flags, true);
     v.setUint32(8, payload.length, true);
     m.set(payload, HDR_SIZE);
     expect(native.sendmsg(this.fd, m, fds)).toBe(m.length);
   }
 
   /** Send and wait for the reply's payload (the backend runs on this event loop: poll, don't block). */
-  async call(request: number, payload?: Uint8Array, fds: number[] = []): Promise<DataView> {
-    this.send(request, payload, fds);
+  async call(request: number, payload?: Uint8Array, fds: number[] = [], flags = FLAG_VERSION): Promise<DataView> {
+    this.send(request, payload, fds, flags);
     const ev = new Uint32Array(3);
     const buf = new Uint8Array(4096);
     for (const end = Date.now() + 5000; Date.now() < end; ) {
@@ -65,12 +71,14 @@ export class TestFrontend {
   }
 
   /** Features, memory table and `pairs` queue pairs of `size` entries, enabled. */
-  async setup(features: bigint, protocolFeatures: bigint, pairs = 1, size = 256): Promise<void> {
+  async setup(features: bigint, protocolFeatures: bigint, pairs = 1, size = 256, backendFd?: number): Promise<void> {
     await this.call(REQ.GET_FEATURES);
     this.send(REQ.SET_FEATURES, u64(features));
     await this.call(REQ.GET_PROTOCOL_FEATURES);
     this.send(REQ.SET_PROTOCOL_FEATURES, u64(protocolFeatures));
     this.send(REQ.SET_OWNER);
+    // the channel the backend asks us things on (IOTLB misses)
+    if (backendFd !== undefined) this.send(REQ.SET_BACKEND_REQ_FD, new Uint8Array(0), [backendFd]);
     const t = new Uint8Array(8 + 32);
     const v = new DataView(t.buffer);
     v.setUint32(0, 1, true);
@@ -110,7 +118,13 @@ export class TestFrontend {
     this.send(REQ.SET_VRING_ADDR, a);
   }
 
+  /** the address a device sees for `gpa`: an IOVA behind the IOTLB, else the frontend's own address */
   private va(gpa: number): number {
+    return this.iovaOffset !== undefined ? gpa + this.iovaOffset : this.uaddr(gpa);
+  }
+
+  /** the frontend's virtual address of guest-physical `gpa` */
+  uaddr(gpa: number): number {
     return UADDR + (gpa - this.base);
   }
 

@@ -52,16 +52,21 @@ export interface DataplaneWorkerData {
   /** dirty-page log (live migration): every write into guest memory sets its page's bit */
   dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
   /** behind the vIOMMU: its table, this device's endpoint id, and a quiescence slot per thread */
-  iommu?: { buffer: SharedArrayBuffer; endpoint: number; slots: number[]; missesWait?: boolean };
+  /** missesWait: a failed translation stalls the queue (an IOTLB miss the frontend will fill), and
+   * missFd is written so whoever asks the frontend knows at once */
+  iommu?: { buffer: SharedArrayBuffer; endpoint: number; slots: number[]; missesWait?: boolean; missFd?: number };
   /** which of the device's threads this is */
   threadIndex: number;
 }
 
+/** how long a queue stalled on an IOTLB miss waits for the update before it tries again (ms) */
+const STALL_RETRY_MS = 200;
 /** packets per queue per pass */
 export const PASS_BUDGET = 256;
 const EPOLL_CTL_MOD = 3;
 
 const d = workerData as DataplaneWorkerData;
+const ONE = new BigUint64Array([1n]);
 const port = parentPort!;
 
 async function main(): Promise<void> {
@@ -169,8 +174,12 @@ async function main(): Promise<void> {
     const sleeping = !polling && !anyPending;
     // (about to sleep: we hold no translation, an UNMAP need not wait for us)
     if (sleeping) iommu?.idle();
-    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, sleeping ? -1 : 0);
-    if (iommu?.enter()) for (const p of pairs) for (const q of [p.txq, p.rxq]) q.remapRings();
+    // a queue stalled on an IOTLB miss retries after a while even if no update came (the answer may
+    // have been lost, or refused): it then misses again and the question is asked again
+    const stalled = d.iommu?.missesWait && pairs.some((p) => p.txq.stalled || p.rxq.stalled);
+    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, sleeping ? (stalled ? STALL_RETRY_MS : -1) : 0);
+    const moved = iommu?.enter();
+    if (moved || (stalled && n === 0)) for (const p of pairs) for (const q of [p.txq, p.rxq]) q.remapRings();
     for (let k = 0; k < n; k++) {
       const tag = events[3 * k + 1];
       if (tag === 0) {
@@ -199,6 +208,10 @@ async function main(): Promise<void> {
         passWork += p.processRx(PASS_BUDGET);
         armDriver(i, !p.starved);
         for (const q of [p.txq, p.rxq]) {
+          if (q.stalled && !q.stallSignalled && d.iommu?.missFd !== undefined) {
+            q.stallSignalled = true;
+            native.write(d.iommu.missFd, ONE);
+          }
           if (q.broken && !brokenReported.has(i)) {
             brokenReported.add(i);
             port.postMessage({ type: 'broken', reason: q.broken });

@@ -1,7 +1,7 @@
 // A vhost-user net backend: the frontend (QEMU, DPDK's virtio-user) owns the rings and the guest
 // memory; this only fills in what tsvmm's own device fills in — the memory table, ring addresses,
 // kick and call eventfds, features — and hands it to the same dataplane threads and drivers.
-import { native } from '../native.js';
+import { native, EFD_NONBLOCK } from '../native.js';
 import { Dataplane } from '../dataplane/index.js';
 import { RxFilter } from '../dataplane/rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
@@ -76,13 +76,15 @@ export class VhostUserBackend {
    * shared table the vIOMMU uses, read by the dataplane threads directly; a miss is sent to the
    * frontend, and the queue that missed waits for the update.
    */
-  private iotlb?: { table: IommuTable; reader: IommuReader; slots: number[]; missesSeen: number; timer: NodeJS.Timeout };
+  private iotlb?: { table: IommuTable; reader: IommuReader; slots: number[]; missesSeen: number; timer: NodeJS.Timeout; asked: Map<number, number> };
   private readonly vrings: Vring[];
   private readonly running = new Map<number, Dataplane>();
   private readonly filter = new RxFilter();
   readonly stats: SharedArrayBuffer;
   /** problems the dataplane reported (a broken ring) */
   readonly errors: string[] = [];
+  /** an eventfd the dataplane threads write when they need the frontend asked something (IOTLB misses) */
+  readonly eventFd = native.eventfd(0, EFD_NONBLOCK);
 
   constructor(
     private readonly driver: NetDriver,
@@ -329,10 +331,11 @@ export class VhostUserBackend {
       table.setEndpoint(0, IOTLB_DOMAIN);
       const reader = new IommuReader(table.buffer, 0, table.newThreadSlot());
       const slots = Array.from({ length: this.opts.queuePairs }, () => table.newThreadSlot());
-      // misses the dataplane threads recorded go to the frontend; look often (a queue waits meanwhile)
-      const timer = setInterval(() => this.sendMisses(), 1);
+      // misses the dataplane threads record go to the frontend when they signal eventFd (the server's
+      // epoll wakes for it); a slow look now and then catches anything else
+      const timer = setInterval(() => this.sendMisses(), 50);
       timer.unref();
-      this.iotlb = { table, reader, slots, missesSeen: 0, timer };
+      this.iotlb = { table, reader, slots, missesSeen: 0, timer, asked: new Map() };
     } else if (!on && this.iotlb) {
       clearInterval(this.iotlb.timer);
       this.iotlb = undefined;
@@ -342,8 +345,11 @@ export class VhostUserBackend {
   /** UPDATE: the frontend's virtual range becomes guest-physical pieces; INVALIDATE: entries go. */
   private async iotlbMessage(msg: P.IotlbMsg): Promise<boolean | string> {
     const t = this.iotlb!;
+    if (process.env.TSVMM_DEBUG_IOTLB) process.stderr.write(`IOTLB ${msg.type === 2 ? 'UPDATE' : msg.type === 3 ? 'INVAL' : msg.type} iova=${msg.iova.toString(16)} size=${msg.size.toString(16)} perm=${msg.perm}\n`);
     const end = msg.iova + msg.size - 1;
     if (!Number.isSafeInteger(end) || msg.size <= 0) return 'range out of bounds';
+    // (whatever we asked about in this range is answered, or to be asked afresh)
+    for (const page of t.asked.keys()) if (page * 4096 <= end && page * 4096 + 4095 >= msg.iova) t.asked.delete(page);
     if (msg.type === P.IOTLB.UPDATE) {
       if (!this.memory) return 'update before the memory table';
       const perm = msg.perm & (MAP_READ | MAP_WRITE);
@@ -368,6 +374,12 @@ export class VhostUserBackend {
     return true;
   }
 
+  /** eventFd fired: a dataplane thread stalled on a miss. */
+  onEvent(): void {
+    native.read(this.eventFd, new BigUint64Array(1));
+    this.sendMisses();
+  }
+
   /** Ask the frontend for the translations the dataplane threads (or a ring) missed. */
   private sendMisses(extra: Array<{ iova: number; access: number }> = []): void {
     const t = this.iotlb;
@@ -375,11 +387,15 @@ export class VhostUserBackend {
     const { total, recent } = t.table.faults();
     const fresh = recent.slice(Math.max(0, recent.length - (total - t.missesSeen)));
     t.missesSeen = total;
-    const asked = new Set<number>();
+    const now = Date.now();
     for (const f of [...fresh.map((x) => ({ iova: x.address, access: x.access })), ...extra]) {
+      // one question per page until it is answered: a thread retrying (woken by another update) must
+      // not repeat it — by the time a repeat arrives the guest may have unmapped the page, and the
+      // frontend would report a translation fault. Unanswered for 100 ms: ask again.
       const page = Math.floor(f.iova / 4096);
-      if (asked.has(page)) continue;
-      asked.add(page);
+      if (now - (t.asked.get(page) ?? -Infinity) < 100) continue;
+      t.asked.set(page, now);
+      if (process.env.TSVMM_DEBUG_IOTLB) process.stderr.write(`IOTLB MISS iova=${f.iova.toString(16)} access=${f.access}\n`);
       native.sendmsg(this.backendFd, P.encodeIotlbRequest({ iova: f.iova, size: 0, uaddr: 0, perm: f.access === MAP_WRITE ? 2 : 1, type: P.IOTLB.MISS }));
     }
   }
@@ -458,7 +474,7 @@ export class VhostUserBackend {
           filter: this.filter.buffer,
           stats: this.stats,
           busyPollUs: this.opts.busyPollUs ?? 0,
-          iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true } : undefined,
+          iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true, missFd: this.eventFd } : undefined,
           // migration: the frontend switched LOG_ALL on and gave us its log
           dirtyLog: has(f, F_LOG_ALL) && this.log ? { buffer: this.log.buffer, offset: this.log.offset, size: this.log.size } : undefined,
         },

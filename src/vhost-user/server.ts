@@ -44,6 +44,8 @@ export class VhostUserServer {
       native.listen(this.listenFd, 4);
       native.epollCtl(this.ep, EPOLL_CTL_ADD, this.listenFd, EPOLLIN, 0);
     }
+    // the backend's own events (a dataplane thread needs the frontend asked something) wake us too
+    native.epollCtl(this.ep, EPOLL_CTL_ADD, this.backend.eventFd, EPOLLIN, 2);
     const events = new Uint32Array(3 * 8);
     const hdr = new Uint8Array(HDR_SIZE);
     const fds = new Int32Array(33);
@@ -52,7 +54,9 @@ export class VhostUserServer {
         if (this.o.client && this.conn < 0) await this.connect();
         const n = native.epollWait(this.ep, events, 20);
         for (let k = 0; k < n && !this.stopped; k++) {
-          if (events[3 * k + 1] === 0) this.accept();
+          const tag = events[3 * k + 1];
+          if (tag === 0) this.accept();
+          else if (tag === 2) this.backend.onEvent();
           else await this.serveOne(hdr, fds);
         }
         await yieldToLoop();

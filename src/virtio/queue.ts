@@ -136,6 +136,8 @@ export class SplitQueue {
   missesWait = false;
   /** a miss stopped this queue; cleared when the table changes (remapRings) */
   stalled = false;
+  /** whoever watches for stalls has been told about this one */
+  stallSignalled = false;
   private popStart = 0;
   /** while migrating: every used-ring write is logged, at the ring's log address */
   private log: DirtyLog | undefined;
@@ -163,7 +165,7 @@ export class SplitQueue {
   remapRings(): void {
     const cfg = this.cfg;
     if (!cfg || this.broken) return;
-    this.stalled = false;
+    this.stalled = this.stallSignalled = false;
     const evt = this.features.eventIdx ? 2 : 0;
     const n = this.size;
     const desc = dmaContiguous(this.mem, cfg.desc, 16 * n, MAP_READ);

@@ -19,6 +19,10 @@ n=$(grep -c ^processor /proc/cpuinfo)
 dmesg | grep -q "ACPI: Using ACPI (MADT)"; check acpi-madt $?
 dmesg | grep -q "IOAPIC\[0\]"; check ioapic $?
 dmesg | grep -q "PCI Root Bridge \[PCI0\]"; check acpi-pci-root $?
+if [ "$(arg iommu)" = intel ]; then
+  # QEMU's intel-iommu in front of a vhost-user net device (the backend's IOTLB path)
+  dmesg | grep -q "DMAR: IOMMU enabled\|DMAR-IR\|Intel(R) Virtualization Technology for Directed I/O"; check intel-iommu-enabled $? "$(dmesg | grep -m1 DMAR)"
+fi
 if [ "$(arg iommu)" = 1 ]; then
   # tsvmm --viommu: the virtio-iommu driver first (its PCI function is in VIOT, with the net function
   # behind it); a net function virtio-pci bound before the IOMMU existed is bound again, behind it
@@ -46,10 +50,15 @@ bit 29; check feature-event-idx $?
 bit 15; check feature-mrg-rxbuf $?
 bit 0 && bit 11 && bit 12; check feature-csum-tso $?
 bit 17; check feature-ctrl-vq $?
-[ "$(arg iommu)" = 1 ] && { bit 33; check feature-access-platform $?; }
+[ -n "$(arg iommu)" ] && { bit 33; check feature-access-platform $?; }
+if [ "$(arg iommu)" = intel ]; then
+  netpci=$(basename "$(dirname "$(readlink -f /sys/class/net/eth0/device)")")
+  grp=/sys/bus/pci/devices/$netpci/iommu_group
+  [ -e $grp ] && [ "$(cat $grp/type)" = DMA ]; check net-behind-iommu $? "$(cat $grp/type 2>/dev/null)"
+fi
 vecs=$(grep -c "$dev-" /proc/interrupts)
 # (over vhost-user, QEMU 7.2 under TCG needs INTx: vectors=0, see MACHINE.md)
-[ "$scn" = vhostuser ] || { [ "$vecs" -ge 3 ]; check msix-vectors $? "vectors=$vecs"; }
+case $scn in vhostuser*) ;; *) [ "$vecs" -ge 3 ]; check msix-vectors $? "vectors=$vecs" ;; esac
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.2/24 dev eth0
@@ -74,6 +83,7 @@ else
   iperf3 -c 10.0.2.1 -t 3 -R >/tmp/ip 2>&1; check iperf3-l1-to-l2 $? "$(grep -m1 receiver /tmp/ip)"
   # control queue: a new MAC address (CTRL_MAC_ADDR), frames to the old one filtered unless promiscuous
   # (tsvmm's own device only: over vhost-user the frontend owns the control queue)
+  [ "$scn" = vhostuser-iommu ] && { echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"; sleep 3; poweroff -f; }
   if [ "$scn" = vhostuser ]; then
     # the host now kills the backend as a crash would and starts a new one; QEMU reconnects and the
     # new backend resumes the rings. The host publishes /restarted only once the new one runs, so

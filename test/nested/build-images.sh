@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+# Tests that need the images build them in their set-up, possibly at the same moment (vitest runs test
+# files in parallel): one build at a time, the others then find it up to date. (Two writers of the same
+# cpio once left a corrupt initramfs: "junk within compressed archive".)
+mkdir -p .cache
+exec 9>.cache/nested.lock
+flock 9
 bash scripts/guest-linux.sh >/dev/null
 [ -f dist/cli.js ] || npm run --silent build
 [ -f build/Release/tsvmm_native.node ] || npm run --silent build:native

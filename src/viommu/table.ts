@@ -170,18 +170,10 @@ export class IommuTable {
    * split). Returns how many went, or -1 when a mapping straddles the range's edge (nothing removed).
    */
   unmap(domain: number, start: number, end: number): number {
-    const n = this.count;
+    const [first, last] = this.overlapping(domain, start, end);
     const m = this.v.maps;
-    const first = this.v.lowerBound(domain, start, n);
-    let last = first;
-    while (last < n && m[last * MAP_WORDS] === domain && m[last * MAP_WORDS + 1] <= end) last++;
     if (last > first && (m[first * MAP_WORDS + 1] < start || m[(last - 1) * MAP_WORDS + 2] > end)) return -1;
-    if (last === first) return 0;
-    this.begin();
-    m.copyWithin(first * MAP_WORDS, last * MAP_WORDS, n * MAP_WORDS);
-    Atomics.store(this.v.i32, COUNT, n - (last - first));
-    this.end();
-    return last - first;
+    return this.remove(first, last);
   }
 
   /**
@@ -189,14 +181,26 @@ export class IommuTable {
    * entries go, they are not split). Returns how many went.
    */
   invalidate(domain: number, start: number, end: number): number {
+    const [first, last] = this.overlapping(domain, start, end);
+    return this.remove(first, last);
+  }
+
+  /** The index range of `domain`'s mappings that overlap [start, end]. */
+  private overlapping(domain: number, start: number, end: number): [number, number] {
     const n = this.count;
     const m = this.v.maps;
     const first = this.v.lowerBound(domain, start, n);
     let last = first;
     while (last < n && m[last * MAP_WORDS] === domain && m[last * MAP_WORDS + 1] <= end) last++;
+    return [first, last];
+  }
+
+  /** Remove mappings [first, last) (one change for the readers). */
+  private remove(first: number, last: number): number {
     if (last === first) return 0;
+    const n = this.count;
     this.begin();
-    m.copyWithin(first * MAP_WORDS, last * MAP_WORDS, n * MAP_WORDS);
+    this.v.maps.copyWithin(first * MAP_WORDS, last * MAP_WORDS, n * MAP_WORDS);
     Atomics.store(this.v.i32, COUNT, n - (last - first));
     this.end();
     return last - first;

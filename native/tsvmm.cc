@@ -504,6 +504,19 @@ Napi::Value UnblockSignal(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// copy(dst, dstOffset, src, srcOffset, length): memmove between any two buffers (guest memory, a
+// UMEM, a driver's own), bounds-checked. A packet copy without making a view per segment.
+Napi::Value Copy(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void *d, *s;
+  size_t dn, sn;
+  if (!BufferOf(info[0], &d, &dn) || !BufferOf(info[2], &s, &sn)) THROW_TYPE(env, "copy: buffers expected", env.Null());
+  double doff = info[1].As<Napi::Number>().DoubleValue(), soff = info[3].As<Napi::Number>().DoubleValue(), len = info[4].As<Napi::Number>().DoubleValue();
+  if (!(doff >= 0 && soff >= 0 && len >= 0 && doff + len <= dn && soff + len <= sn)) THROW_TYPE(env, "copy: range outside a buffer", env.Null());
+  memmove(static_cast<uint8_t*>(d) + static_cast<size_t>(doff), static_cast<uint8_t*>(s) + static_cast<size_t>(soff), static_cast<size_t>(len));
+  return env.Undefined();
+}
+
 // ---- AF_XDP and BPF: the attribute and option structs are built in TypeScript (src/drivers/af-xdp/abi.ts)
 
 // bpf(cmd, attr): the bpf() system call over a caller-built union bpf_attr. Result (an fd or 0) or -errno.
@@ -595,6 +608,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("signalNoop", Napi::Function::New(env, SignalNoop));
   exports.Set("unblockSignal", Napi::Function::New(env, UnblockSignal));
   exports.Set("sigRtMin", Napi::Function::New(env, SigRtMin));
+  exports.Set("copy", Napi::Function::New(env, Copy));
   exports.Set("bpf", Napi::Function::New(env, Bpf));
   exports.Set("setsockopt", Napi::Function::New(env, Setsockopt));
   exports.Set("getsockopt", Napi::Function::New(env, Getsockopt));

@@ -58,6 +58,8 @@ export interface Native {
   threadKill(thread: bigint, signo: number): void;
   signalNoop(signo: number): void;
   unblockSignal(signo: number): void;
+  /** memmove between two buffers (any kind, shared ones included), bounds-checked */
+  copy(dst: ArrayBufferView | ArrayBufferLike, dstOffset: number, src: ArrayBufferView | ArrayBufferLike, srcOffset: number, length: number): void;
   /** the bpf() system call over a caller-built bpf_attr: result (fd or 0) or -errno */
   bpf(cmd: number, attr: ArrayBufferView): number;
   /** 0 or -errno */

@@ -118,3 +118,16 @@ describe('memory table', () => {
     expect(() => new MemoryTable([{ gpa: 0, size: 0x2000, offset: 0 }, { gpa: 0x1000, size: 0x1000, offset: 0 }])).toThrow(/overlap/);
   });
 });
+
+describe('native copy', () => {
+  it('moves bytes between any two buffers (shared included) and refuses ranges outside either', async () => {
+    const { native } = await import('../src/native.js');
+    const dst = new Uint8Array(new SharedArrayBuffer(16));
+    const src = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
+    native.copy(dst, 4, src, 2, 8);
+    expect([...dst]).toEqual([0, 0, 0, 0, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0, 0, 0]);
+    expect(() => native.copy(dst, 10, src, 0, 8)).toThrow(/outside a buffer/);
+    expect(() => native.copy(dst, 0, src, 12, 8)).toThrow(/outside a buffer/);
+    expect(() => native.copy(dst, -1, src, 0, 1)).toThrow(/outside a buffer/);
+  });
+});

@@ -225,7 +225,7 @@ export class XskQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const off = b.iov[t + 1];
         const n = b.iov[t + 2];
-        this.umem.set(u8.subarray(off, off + n), at);
+        native.copy(this.umem, at, u8, off, n);
         at += n;
       }
       const d = (this.txProd & (RING - 1)) * 4;
@@ -263,7 +263,7 @@ export class XskQueue implements DriverQueue {
     let left = len;
     for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && left > 0; t += 3) {
       const n = Math.min(left, b.iov[t + 2]);
-      u8.set(this.umem.subarray(from, from + n), b.iov[t + 1]);
+      native.copy(u8, b.iov[t + 1], this.umem, from, n);
       from += n;
       left -= n;
     }

@@ -4,6 +4,7 @@
 // frames, default 64), rx=0 to generate nothing, loop=1 to receive (copies of) what was transmitted
 // instead — the backend half of the io-forwarding loopback benchmark, as DPDK's vhost testpmd in io mode.
 import { fileURLToPath } from 'node:url';
+import { native } from '../../native.js';
 import { UserError } from '../../errors.js';
 import { NO_OFFLOADS, type DriverQueue, type NetDriver, type PacketBatch } from '../api.js';
 
@@ -77,7 +78,7 @@ class NullQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const off = b.iov[t + 1];
         const n = Math.min(b.iov[t + 2], mbuf.length - at);
-        mbuf.set(u8.subarray(off, off + n), at);
+        native.copy(mbuf, at, u8, off, n);
         at += n;
       }
       this.sink = (this.sink + mbuf[0]) | 0;
@@ -96,7 +97,7 @@ class NullQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const off = b.iov[t + 1];
         const n = Math.min(b.iov[t + 2], end - at);
-        held.set(u8.subarray(off, off + n), at);
+        native.copy(held, at, u8, off, n);
         at += n;
       }
       this.heldLen[slot] = at - slot * LOOP_SLOT_BYTES;
@@ -115,7 +116,7 @@ class NullQueue implements DriverQueue {
     for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && left > 0; t += 3) {
       const off = b.iov[t + 1];
       const n = Math.min(left, b.iov[t + 2]);
-      u8.set(held.subarray(at, at + n), off);
+      native.copy(u8, off, held, at, n);
       at += n;
       left -= n;
     }
@@ -135,8 +136,7 @@ class NullQueue implements DriverQueue {
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
         const n = Math.min(left, b.iov[t + 2]);
-        if (at === 0 && n === this.frame.length) u8.set(this.frame, b.iov[t + 1]);
-        else u8.set(this.frame.subarray(at, at + n), b.iov[t + 1]);
+        native.copy(u8, b.iov[t + 1], this.frame, at, n);
         at += n;
         left -= n;
       }

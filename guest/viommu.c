@@ -17,11 +17,6 @@
 #define T_MAP 3
 #define T_UNMAP 4
 
-struct desc {
-  uint64_t addr;
-  uint32_t len;
-  uint16_t flags, next;
-};
 static struct {
   struct desc desc[RQ] __attribute__((aligned(4096)));
   volatile uint16_t avail_flags, avail_idx, avail_ring[RQ], used_event;

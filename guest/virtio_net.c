@@ -45,11 +45,6 @@
 #define D_NEXT 1
 #define D_WRITE 2
 
-struct desc {
-  uint64_t addr;
-  uint32_t len;
-  uint16_t flags, next;
-};
 struct ring {
   struct desc desc[QSIZE] __attribute__((aligned(4096)));
   volatile uint16_t avail_flags, avail_idx, avail_ring[QSIZE], used_event;

@@ -2,6 +2,13 @@
 #pragma once
 #include <stdint.h>
 
+/* a split-ring descriptor (virtio 1.x §2.7.5), as every driver here lays out its rings */
+struct desc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags, next;
+};
+
 struct virtio_caps {
   volatile uint8_t *common, *devcfg;
   uint64_t notify_base;

@@ -14,14 +14,28 @@ import { NetNs, runInNs, stats, type Running } from './helpers/netns.js';
 
 const NESTED = join(ROOT, '.cache', 'nested');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+// the guest's whole run (boot, checks, backend restart, migration) takes ~45 s here, alone or beside
+// the nested test; the deadline leaves room for a host that pauses these CPUs most of the time
+const DEADLINE_MS = 600_000;
 
-/** QMP: connect, leave negotiation mode, run the commands, return their results. */
-function qmp(path: string, commands: object[]): Promise<unknown[]> {
+/** QMP: connect, leave negotiation mode, run the commands, return their results. Rejects when QEMU
+ *  closes the socket or does not answer within `timeoutMs` (a dead or wedged QEMU must not hang the hook). */
+function qmp(path: string, commands: object[], timeoutMs = 15_000): Promise<unknown[]> {
   return new Promise((resolve, reject) => {
     const c = connect(path);
     let buf = '';
+    let settled = false;
     const results: unknown[] = [];
     const queue = [{ execute: 'qmp_capabilities' }, ...commands];
+    const finish = (err: Error | null) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      c.destroy();
+      if (err) reject(err);
+      else resolve(results.slice(1));
+    };
+    const timer = setTimeout(() => finish(new Error(`QMP ${path}: no answer in ${timeoutMs} ms`)), timeoutMs);
     c.on('data', (d) => {
       buf += d.toString();
       let nl;
@@ -29,17 +43,15 @@ function qmp(path: string, commands: object[]): Promise<unknown[]> {
         const msg = JSON.parse(buf.slice(0, nl)) as { QMP?: unknown; return?: unknown; error?: { desc: string }; event?: string };
         buf = buf.slice(nl + 1);
         if (msg.event) continue;
-        if (msg.error) return reject(new Error(msg.error.desc));
+        if (msg.error) return finish(new Error(msg.error.desc));
         if (msg.return !== undefined) results.push(msg.return);
         const next = queue.shift();
         if (next) c.write(JSON.stringify(next) + '\n');
-        else {
-          c.end();
-          resolve(results.slice(1));
-        }
+        else return finish(null);
       }
     });
-    c.on('error', reject);
+    c.on('error', (e) => finish(e));
+    c.on('close', () => finish(new Error(`QMP ${path}: closed before answering`)));
   });
 }
 
@@ -55,6 +67,8 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
   let destQemu: Running | undefined;
   let migration = 'not started';
   let destErr = '';
+  const steps: string[] = [];
+  let step = (what: string) => void steps.push(what);
 
   beforeAll(async () => {
     execFileSync('bash', [join(ROOT, 'test', 'nested', 'build-images.sh')], { stdio: 'pipe', timeout: 600_000 });
@@ -88,12 +102,12 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     // the guest → host direction: fetch the guest's blob as soon as its web server answers
     const fetcher = (async () => {
       for (let i = 0; i < 300 && !fileOk; i++) {
-        try {
-          ns.exec('busybox', 'wget', '-q', '-O', join(work, 'recv'), 'http://10.0.2.2:8080/blob');
+        // asynchronously and bounded: a synchronous wget whose connection stalls (the guest went away
+        // mid-transfer) would block this event loop, and with it every timer here, until TCP gives up
+        const wget = runInNs(ns, ['timeout', '60', 'busybox', 'wget', '-q', '-O', join(work, 'recv'), 'http://10.0.2.2:8080/blob']);
+        if ((await wget.done).code === 0) {
           fileOk = createHash('md5').update(readFileSync(join(work, 'recv'))).digest('hex') === createHash('md5').update(readFileSync(join(data, 'blob'))).digest('hex');
-        } catch {
-          await sleep(1000);
-        }
+        } else await sleep(1000);
       }
     })();
     const qemuArgs = (chardev: string, extra: string[]) => ['qemu-system-x86_64', '-accel', 'tcg', '-machine', 'q35', '-cpu', 'max', '-m', '512', '-smp', '1',
@@ -107,42 +121,70 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     // reconnect: QEMU keeps running when the backend goes away and connects to the next one
     const qemu = runInNs(ns, qemuArgs(`socket,id=c0,path=${sock},reconnect=1`, ['-qmp', `unix:${join(work, 'qmp1.sock')},server=on,wait=off`]));
     procs.push(qemu);
-    const killer = setTimeout(() => qemu.proc.kill('SIGKILL'), 400_000);
+    qemu.waitFor('L2-CHECK', DEADLINE_MS).then(() => step('the guest reports'), () => {});
+    // one deadline for the whole run: every QEMU (source and migration destination) is killed then, so
+    // a wedged guest or a migration that never ends fails the checks below with the console, not the hook
+    const t0 = Date.now();
+    step = (what: string) => {
+      steps.push(`${((Date.now() - t0) / 1000).toFixed(1)}s ${what}`);
+      // (also as it happens: a CI log then shows how far a run got)
+      process.stderr.write(`vhost-user-linux: ${steps[steps.length - 1]}\n`);
+    };
+    const killer = setTimeout(() => {
+      step('deadline: killing QEMU');
+      qemu.proc.kill('SIGKILL');
+      destQemu?.proc.kill('SIGKILL');
+    }, DEADLINE_MS);
     // backend restart mid-run: killed outright (a crash: no goodbye to QEMU), a new one on the same
     // socket, and /restarted published for the guest once it serves
     let backend = first;
-    const restart = qemu.waitFor('L2-KILL-BACKEND', 380_000).then(async () => {
+    const restart = qemu.waitFor('L2-KILL-BACKEND', DEADLINE_MS).then(async () => {
+      step('killing the backend');
       first.proc.kill('SIGKILL');
       await first.done;
       restartedAt = Date.now();
       backend = await startBackend();
       writeFileSync(join(data, 'restarted'), 'yes\n');
+      step('backend restarted');
     });
     restart.catch(() => {});
     // live migration to a second QEMU whose vhost-user backend is a second tsvmm, while the guest keeps
     // downloading (the source backend logs its writes into QEMU's dirty log; a page it wrote after QEMU
     // sent it would reach the destination stale, and a download's md5 would not match)
-    const migrate = qemu.waitFor('L2-MIGRATE-READY', 380_000).then(async () => {
+    const migrate = qemu.waitFor('L2-MIGRATE-READY', DEADLINE_MS).then(async () => {
+      step('starting the destination');
       const dest = runInNs(ns, qemuArgs(`socket,id=c0,path=${sock2},reconnect=1`, ['-incoming', `unix:${join(work, 'mig.sock')}`]));
       procs.push(dest);
       destQemu = dest;
       for (let i = 0; i < 200 && !existsSync(join(work, 'mig.sock')); i++) await sleep(50);
       await sleep(3000); // the guest downloads over the source for a while first
       const qmpPath = join(work, 'qmp1.sock');
+      step('migrate');
       await qmp(qmpPath, [{ execute: 'migrate', arguments: { uri: `unix:${join(work, 'mig.sock')}` } }]);
-      for (let i = 0; i < 600; i++) {
+      for (let i = 0; i < 400; i++) {
         const [st] = await qmp(qmpPath, [{ execute: 'query-migrate' }]);
         migration = (st as { status?: string }).status ?? '?';
         if (migration === 'completed' || migration === 'failed') break;
         await sleep(500);
       }
+      step(`migration ${migration}`);
+      if (migration !== 'completed') {
+        // the destination would wait for its state forever
+        dest.proc.kill('SIGKILL');
+        return;
+      }
       writeFileSync(join(data, 'migrated'), 'yes\n');
       await qmp(qmpPath, [{ execute: 'quit' }]).catch(() => {});
     });
-    migrate.catch((e) => (migration = `error: ${(e as Error).message}`));
+    const migrated = migrate.catch((e) => {
+      migration = `error: ${(e as Error).message}`;
+      destQemu?.proc.kill('SIGKILL');
+    });
     const q = await qemu.done;
-    await migrate;
+    step(`source QEMU exited (${q.code})`);
+    await migrated;
     const d = destQemu ? await destQemu.done : undefined;
+    if (d) step(`destination QEMU exited (${d.code})`);
     clearTimeout(killer);
     consoleOut = (q.stdout + q.stderr + (d ? d.stdout + d.stderr : '')).replace(/\r/g, '');
     qemuCode = d ? d.code : q.code;
@@ -151,7 +193,7 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     await Promise.race([fetcher, sleep(5000)]);
     backend.proc.kill('SIGINT');
     backendErr = (await backend.done).stderr;
-  }, 900_000);
+  }, DEADLINE_MS + 600_000); // + building the images when they are not cached
 
   afterAll(() => {
     for (const p of procs) p.proc.kill('SIGKILL');
@@ -159,7 +201,7 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  const context = () => `migration: ${migration}\nconsole tail:\n${consoleOut.split('\n').slice(-20).join('\n')}\nbackend: ${backendErr.slice(-800)}\ndestination backend: ${destErr.slice(-800)}`;
+  const context = () => `steps: ${steps.join('; ')}\nmigration: ${migration}\nconsole tail:\n${consoleOut.split('\n').slice(-20).join('\n')}\nbackend: ${backendErr.slice(-800)}\ndestination backend: ${destErr.slice(-800)}`;
 
   it.each([
     'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'link-up',

@@ -159,7 +159,7 @@ export async function main(argv: string[]): Promise<number> {
       broken: d.pci.brokenReason ?? null,
       pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
     }));
-    const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faults().total, mappings: vm.iommu.table.count };
+    const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count };
     process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices, ...(iommu ? { iommu } : {}) })}\n`);
   }
   if (stdinIsTty) process.stdin.setRawMode(false);

@@ -61,12 +61,12 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
     return got;
   }
 
-  async function iotlb(type: number, iova: number, size: number, perm: number): Promise<number> {
+  async function iotlb(type: number, iova: number | bigint, size: number | bigint, perm: number): Promise<number> {
     const p = new Uint8Array(32);
     const v = new DataView(p.buffer);
     v.setBigUint64(0, BigInt(iova), true);
     v.setBigUint64(8, BigInt(size), true);
-    v.setBigUint64(16, BigInt(type === IOTLB.UPDATE ? fe.uaddr(iova - IOVA_OFFSET) : 0), true);
+    v.setBigUint64(16, BigInt(type === IOTLB.UPDATE ? fe.uaddr(Number(iova) - IOVA_OFFSET) : 0), true);
     v.setUint8(24, perm);
     v.setUint8(25, type);
     // with REPLY_ACK: 0 = done
@@ -149,6 +149,26 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
     const asked = await serveMisses(1);
     expect(asked).toContainEqual([tx + IOVA_OFFSET, 1]);
     await fe.usedReaches(TX, 3);
+    expect(logs.filter((l) => /closed|fail/i.test(l))).toEqual([]);
+  });
+
+  it('takes an invalidation of everything (QEMU sends one reaching 2^64 - 1 for a guest device-TLB flush)', async () => {
+    const tx = fe.mem.alloc(4096, 4096);
+    fe.rings[TX].add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
+    fe.kick(TX);
+    await serveMisses(1);
+    await fe.usedReaches(TX, 4);
+    // as QEMU's intel-iommu splits it around the interrupt window: [0, 0xfee00000) and the rest
+    expect(await iotlb(IOTLB.INVALIDATE, 0, 0xfee00000, 0)).toBe(0);
+    expect(await iotlb(IOTLB.INVALIDATE, 0xfef00000n, 2n ** 64n - 0xfef00000n, 0)).toBe(0);
+    // every entry went, the rings' too: they are asked for again, then the same buffer
+    fe.rings[TX].add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
+    fe.kick(TX);
+    const asked: Array<[number, number]> = [];
+    for (let i = 0; i < 5 && !asked.some(([a]) => a === tx + IOVA_OFFSET); i++) asked.push(...(await serveMisses(3)));
+    expect(asked).toContainEqual([tx + IOVA_OFFSET, 1]);
+    expect(asked.length).toBeGreaterThan(1);
+    await fe.usedReaches(TX, 5);
     expect(logs.filter((l) => /closed|fail/i.test(l))).toEqual([]);
   });
 });

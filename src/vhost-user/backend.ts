@@ -11,7 +11,7 @@ import { F, bit, has } from '../virtio-net/features.js';
 import { txPolicy } from '../virtio-net/header.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
 import { FrontendMemory } from './memory.js';
-import { IommuTable, IommuReader, MAP_READ, MAP_WRITE } from '../viommu/table.js';
+import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE } from '../viommu/table.js';
 import { guestView, dmaContiguous } from '../virtio/queue.js';
 import * as P from './protocol.js';
 
@@ -56,6 +56,16 @@ export const F_LOG_ALL = 26;
 export const F_ACCESS_PLATFORM = 33;
 /** the IOTLB's single domain and endpoint in the translation table */
 const IOTLB_DOMAIN = 0;
+/** Did an IOTLB change after `generation` touch `iova`? (`changes` is oldest first) */
+function changedSince(changes: Array<{ start: number; end: number; generation: number }>, iova: number, generation: number): boolean {
+  for (let i = changes.length - 1; i >= 0 && changes[i].generation > generation; i--) {
+    if (changes[i].start <= iova && changes[i].end >= iova) return true;
+  }
+  return false;
+}
+
+/** IOTLB changes remembered to recognise stale misses (more than a ring's worth in flight) */
+const CHANGES_KEPT = 1024;
 /** vhost_vring_addr.flags bit: log_guest_addr is valid */
 const VRING_F_LOG = 1;
 /** a bit per 4 KiB page: 1 GiB of log covers 32 TiB of guest memory */
@@ -76,7 +86,16 @@ export class VhostUserBackend {
    * shared table the vIOMMU uses, read by the dataplane threads directly; a miss is sent to the
    * frontend, and the queue that missed waits for the update.
    */
-  private iotlb?: { table: IommuTable; reader: IommuReader; slots: number[]; missesSeen: number; timer: NodeJS.Timeout; asked: Map<number, number> };
+  private iotlb?: {
+    table: IommuTable;
+    reader: IommuReader;
+    slots: number[];
+    missesSeen: number;
+    timer: NodeJS.Timeout;
+    asked: Map<number, number>;
+    /** the latest UPDATE/INVALIDATE ranges and the table generation after each (oldest first) */
+    changes: Array<{ start: number; end: number; generation: number }>;
+  };
   private readonly vrings: Vring[];
   private readonly running = new Map<number, Dataplane>();
   private readonly filter = new RxFilter();
@@ -335,7 +354,7 @@ export class VhostUserBackend {
       // epoll wakes for it); a slow look now and then catches anything else
       const timer = setInterval(() => this.sendMisses(), 50);
       timer.unref();
-      this.iotlb = { table, reader, slots, missesSeen: 0, timer, asked: new Map() };
+      this.iotlb = { table, reader, slots, missesSeen: 0, timer, asked: new Map(), changes: [] };
     } else if (!on && this.iotlb) {
       clearInterval(this.iotlb.timer);
       this.iotlb = undefined;
@@ -346,8 +365,14 @@ export class VhostUserBackend {
   private async iotlbMessage(msg: P.IotlbMsg): Promise<boolean | string> {
     const t = this.iotlb!;
     if (process.env.TSVMM_DEBUG_IOTLB) process.stderr.write(`IOTLB ${msg.type === 2 ? 'UPDATE' : msg.type === 3 ? 'INVAL' : msg.type} iova=${msg.iova.toString(16)} size=${msg.size.toString(16)} perm=${msg.perm}\n`);
-    const end = msg.iova + msg.size - 1;
-    if (!Number.isSafeInteger(end) || msg.size <= 0) return 'range out of bounds';
+    if (msg.size <= 0) return 'empty range';
+    const last = msg.last ?? BigInt(msg.iova) + BigInt(msg.size) - 1n;
+    // the table holds IOVAs up to INPUT_END: an update beyond is refused; an invalidation reaching
+    // beyond (QEMU's intel-iommu turns a guest's device-TLB "flush all" into one for 2^64 - 1 bytes)
+    // covers what the table can hold
+    if (msg.type === P.IOTLB.UPDATE && last > BigInt(INPUT_END)) return 'range out of bounds';
+    if (msg.iova > INPUT_END) return true;
+    const end = Number(last > BigInt(INPUT_END) ? BigInt(INPUT_END) : last);
     // (whatever we asked about in this range is answered, or to be asked afresh)
     for (const page of t.asked.keys()) if (page * 4096 <= end && page * 4096 + 4095 >= msg.iova) t.asked.delete(page);
     if (msg.type === P.IOTLB.UPDATE) {
@@ -368,6 +393,8 @@ export class VhostUserBackend {
       // the frontend may reuse the range once we answer: no thread may still hold a translation of it
       if (!t.table.quiescentSync(t.table.generation)) return false;
     } else return `message type ${msg.type}`;
+    t.changes.push({ start: msg.iova, end, generation: t.table.generation });
+    if (t.changes.length > CHANGES_KEPT) t.changes.splice(0, t.changes.length - CHANGES_KEPT);
     // queues that waited for this retry (their threads see the table moved); rings may be ready now
     for (const dp of this.running.values()) dp.wake();
     await this.startReady();
@@ -384,16 +411,20 @@ export class VhostUserBackend {
   private sendMisses(extra: Array<{ iova: number; access: number }> = []): void {
     const t = this.iotlb;
     if (!t || this.backendFd < 0) return;
-    const { total, recent } = t.table.faults();
-    const fresh = recent.slice(Math.max(0, recent.length - (total - t.missesSeen)));
-    t.missesSeen = total;
+    const { next, faults: fresh } = t.table.faultsSince(t.missesSeen);
+    t.missesSeen = next;
     const now = Date.now();
-    for (const f of [...fresh.map((x) => ({ iova: x.address, access: x.access })), ...extra]) {
+    for (const f of [...fresh.map((x) => ({ iova: x.address, access: x.access, generation: x.generation })), ...extra.map((x) => ({ ...x, generation: t.table.generation }))]) {
       // one question per page until it is answered: a thread retrying (woken by another update) must
       // not repeat it — by the time a repeat arrives the guest may have unmapped the page, and the
       // frontend would report a translation fault. Unanswered for 100 ms: ask again.
       const page = Math.floor(f.iova / 4096);
       if (now - (t.asked.get(page) ?? -Infinity) < 100) continue;
+      // a fault recorded before an update or invalidation of its page and read after it is stale: the
+      // thread has retried since (or will), and asking now could reach the frontend after the guest
+      // unmapped the page (a translation failure there)
+      if (changedSince(t.changes, f.iova, f.generation)) continue;
+      if (t.reader.translate(f.iova, 1, f.access === MAP_WRITE ? MAP_WRITE : MAP_READ, false)) continue;
       t.asked.set(page, now);
       if (process.env.TSVMM_DEBUG_IOTLB) process.stderr.write(`IOTLB MISS iova=${f.iova.toString(16)} access=${f.access}\n`);
       native.sendmsg(this.backendFd, P.encodeIotlbRequest({ iova: f.iova, size: 0, uaddr: 0, perm: f.access === MAP_WRITE ? 2 : 1, type: P.IOTLB.MISS }));

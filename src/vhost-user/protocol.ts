@@ -36,6 +36,9 @@ export const IOTLB_MSG_SIZE = 32;
 export interface IotlbMsg {
   iova: number;
   size: number;
+  /** the range's last byte, exact (iova and size are doubles: an invalidation of "everything" can
+   * reach 2^64 - 1, beyond what a double holds exactly); not sent */
+  last?: bigint;
   uaddr: number;
   /** VHOST_ACCESS_RO 1 (device reads), WO 2, RW 3 */
   perm: number;
@@ -44,7 +47,9 @@ export interface IotlbMsg {
 
 export function parseIotlb(p: DataView): IotlbMsg | undefined {
   if (p.byteLength < 26) return undefined;
-  return { iova: u64(p, 0), size: u64(p, 8), uaddr: u64(p, 16), perm: p.getUint8(24), type: p.getUint8(25) };
+  const iova = p.getBigUint64(0, true);
+  const size = p.getBigUint64(8, true);
+  return { iova: Number(iova), size: Number(size), last: iova + size - 1n, uaddr: u64(p, 16), perm: p.getUint8(24), type: p.getUint8(25) };
 }
 
 /** A backend request carrying an IOTLB message (a MISS), with NEED_REPLY unset. */

@@ -191,9 +191,8 @@ export class VirtioIommu implements VirtioDevice {
   reportFaults(): void {
     const q = this.eventq;
     if (!q) return;
-    const { total, recent } = this.table.faults();
-    const fresh = recent.slice(Math.max(0, recent.length - (total - this.faultsReported)));
-    this.faultsReported = total;
+    const { next, faults: fresh } = this.table.faultsSince(this.faultsReported);
+    this.faultsReported = next;
     let sent = 0;
     for (const f of fresh) {
       if (!q.pop()) break;

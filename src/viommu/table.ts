@@ -14,7 +14,10 @@
 //   generations (0 = idle)
 //   Int32 endpoint → domain table at ENDPOINTS_AT: ENDPOINT_NONE, ENDPOINT_BYPASS or a domain id
 //   Float64 mappings at MAPPINGS_AT, sorted by (domain, start): domain, start, end (inclusive), phys, flags
-//   Float64 fault ring at FAULTS_AT: endpoint, address, flags (the last FAULT_RING faults)
+//   Float64 fault ring at FAULTS_AT: endpoint, address, flags, generation (the last FAULT_RING faults)
+//   Int32 fault stamps at STAMPS_AT: fault number + 1 once that fault's entry is complete (a reader
+//   that saw the count move must not read the slot before the writer has filled it: it would report
+//   the fault FAULT_RING faults older, an address the guest may long have unmapped)
 
 export const MAP_READ = 1;
 export const MAP_WRITE = 2;
@@ -38,7 +41,9 @@ const THREADS_AT = 4;
 const ENDPOINTS_AT = 8 * Math.ceil((THREADS_AT + MAX_THREADS) / 2);
 const MAPPINGS_AT = ENDPOINTS_AT + 4 * MAX_ENDPOINTS;
 const FAULTS_AT = MAPPINGS_AT + 8 * MAP_WORDS * MAX_MAPPINGS;
-const TOTAL = FAULTS_AT + 8 * 3 * FAULT_RING;
+const FAULT_WORDS = 4;
+const STAMPS_AT = FAULTS_AT + 8 * FAULT_WORDS * FAULT_RING;
+const TOTAL = STAMPS_AT + 4 * FAULT_RING;
 
 /** IOVAs are kept exact as doubles: the device advertises this input range (48 bits, as x86 page tables) */
 export const INPUT_END = 2 ** 48 - 1;
@@ -50,6 +55,8 @@ export interface Fault {
   address: number;
   /** MAP_READ or MAP_WRITE: what was attempted */
   access: number;
+  /** the table's generation the failed lookup saw (a later change may have answered it) */
+  generation: number;
 }
 
 class Views {
@@ -57,11 +64,13 @@ class Views {
   readonly endpoints: Int32Array;
   readonly maps: Float64Array;
   readonly faults: Float64Array;
+  readonly stamps: Int32Array;
   constructor(readonly buffer: SharedArrayBuffer) {
     this.i32 = new Int32Array(buffer, 0, THREADS_AT + MAX_THREADS);
     this.endpoints = new Int32Array(buffer, ENDPOINTS_AT, MAX_ENDPOINTS);
     this.maps = new Float64Array(buffer, MAPPINGS_AT, MAP_WORDS * MAX_MAPPINGS);
-    this.faults = new Float64Array(buffer, FAULTS_AT, 3 * FAULT_RING);
+    this.faults = new Float64Array(buffer, FAULTS_AT, FAULT_WORDS * FAULT_RING);
+    this.stamps = new Int32Array(buffer, STAMPS_AT, FAULT_RING);
   }
 
   /** Index of the first mapping of `domain` ending at or after `addr` (binary search). */
@@ -229,15 +238,34 @@ export class IommuTable {
     return true;
   }
 
-  /** Faults recorded since the start, and the newest of them (up to the ring's size). */
-  faults(): { total: number; recent: Fault[] } {
+  /** Faults recorded since the start. */
+  get faultCount(): number {
+    return Atomics.load(this.v.i32, FAULTS);
+  }
+
+  /**
+   * The faults numbered `from` on that are complete, in order, and the number to continue from next
+   * time. A fault whose entry is still being written ends the list (it comes next time); faults the
+   * ring has already overwritten (more than FAULT_RING behind) are skipped.
+   */
+  faultsSince(from: number): { next: number; faults: Fault[] } {
     const total = Atomics.load(this.v.i32, FAULTS);
-    const recent: Fault[] = [];
-    for (let k = Math.max(0, total - FAULT_RING); k < total; k++) {
-      const f = (k % FAULT_RING) * 3;
-      recent.push({ endpoint: this.v.faults[f], address: this.v.faults[f + 1], access: this.v.faults[f + 2] });
+    const faults: Fault[] = [];
+    let k = Math.max(from, total - FAULT_RING);
+    for (; k < total; k++) {
+      const slot = k % FAULT_RING;
+      const stamp = (k + 1) | 0;
+      const s1 = Atomics.load(this.v.stamps, slot);
+      if (s1 !== stamp) {
+        if (s1 - stamp > 0) continue; // overwritten by a later fault
+        break; // not written yet
+      }
+      const f = slot * FAULT_WORDS;
+      const w = this.v.faults;
+      const fault = { endpoint: w[f], address: w[f + 1], access: w[f + 2], generation: w[f + 3] };
+      if (Atomics.load(this.v.stamps, slot) === stamp) faults.push(fault);
     }
-    return { total, recent };
+    return { next: k, faults };
   }
 }
 
@@ -295,15 +323,16 @@ export class IommuReader {
   /**
    * Translate the first piece of [iova, iova+len) for `access`: on success `hit` holds the
    * guest-physical address and how many bytes of the range one mapping covers (≤ len), and true is
-   * returned. False: no mapping, or one without the permission: a fault, recorded.
+   * returned. False: no mapping, or one without the permission: a fault, recorded (unless
+   * `recordFault` is false: a question, not an access).
    */
-  translate(iova: number, len: number, access: Access): boolean {
+  translate(iova: number, len: number, access: Access, recordFault = true): boolean {
     for (;;) {
       const s1 = Atomics.load(this.v.i32, SEQ);
       if (s1 & 1) continue;
       const r = this.lookup(iova, len, access, s1);
       if (Atomics.load(this.v.i32, SEQ) === s1) {
-        if (!r) this.fault(iova, access);
+        if (!r && recordFault) this.fault(iova, access, s1);
         return r;
       }
     }
@@ -335,11 +364,16 @@ export class IommuReader {
     return true;
   }
 
-  private fault(iova: number, access: Access): void {
+  private fault(iova: number, access: Access, generation: number): void {
     const k = Atomics.add(this.v.i32, FAULTS, 1);
-    const f = (k % FAULT_RING) * 3;
+    const slot = k % FAULT_RING;
+    Atomics.store(this.v.stamps, slot, 0);
+    const f = slot * FAULT_WORDS;
     this.v.faults[f] = this.endpoint;
     this.v.faults[f + 1] = iova;
     this.v.faults[f + 2] = access;
+    this.v.faults[f + 3] = generation;
+    // (a sequentially consistent store: the entry's writes are visible to whoever loads the stamp)
+    Atomics.store(this.v.stamps, slot, (k + 1) | 0);
   }
 }

@@ -54,7 +54,8 @@ bit 17; check feature-ctrl-vq $?
 if [ "$(arg iommu)" = intel ]; then
   netpci=$(basename "$(dirname "$(readlink -f /sys/class/net/eth0/device)")")
   grp=/sys/bus/pci/devices/$netpci/iommu_group
-  [ -e $grp ] && [ "$(cat $grp/type)" = DMA ]; check net-behind-iommu $? "$(cat $grp/type 2>/dev/null)"
+  want=DMA; grep -q "iommu.strict=0" /proc/cmdline && want=DMA-FQ
+  [ -e $grp ] && [ "$(cat $grp/type)" = $want ]; check net-behind-iommu $? "$(cat $grp/type 2>/dev/null)"
 fi
 vecs=$(grep -c "$dev-" /proc/interrupts)
 # (over vhost-user, QEMU 7.2 under TCG needs INTx: vectors=0, see MACHINE.md)

@@ -234,7 +234,7 @@ async function vhostUser(argv: string[]): Promise<number> {
   }
   if (values.stats) {
     const pairs = Array.from({ length: Math.min(net.queues ?? 1, driver.caps.queuePairs) }, (_, p) => backend.queueStats(p));
-    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ vhostUser: { connections: server.connections, errors: backend.errors, pairs } })}\n`);
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ vhostUser: { connections: server.connections, errors: backend.errors, pairs, iotlb: backend.iotlbCounts } })}\n`);
   }
   return code;
 }

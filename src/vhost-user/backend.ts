@@ -102,6 +102,8 @@ export class VhostUserBackend {
   readonly stats: SharedArrayBuffer;
   /** problems the dataplane reported (a broken ring) */
   readonly errors: string[] = [];
+  /** IOTLB traffic over the backend's life: misses asked, updates and invalidations received */
+  readonly iotlbCounts = { misses: 0, updates: 0, invalidations: 0 };
   /** an eventfd the dataplane threads write when they need the frontend asked something (IOTLB misses) */
   readonly eventFd = native.eventfd(0, EFD_NONBLOCK);
 
@@ -393,6 +395,8 @@ export class VhostUserBackend {
       // the frontend may reuse the range once we answer: no thread may still hold a translation of it
       if (!t.table.quiescentSync(t.table.generation)) return false;
     } else return `message type ${msg.type}`;
+    if (msg.type === P.IOTLB.UPDATE) this.iotlbCounts.updates++;
+    else this.iotlbCounts.invalidations++;
     t.changes.push({ start: msg.iova, end, generation: t.table.generation });
     if (t.changes.length > CHANGES_KEPT) t.changes.splice(0, t.changes.length - CHANGES_KEPT);
     // queues that waited for this retry (their threads see the table moved); rings may be ready now
@@ -427,6 +431,7 @@ export class VhostUserBackend {
       if (t.reader.translate(f.iova, 1, f.access === MAP_WRITE ? MAP_WRITE : MAP_READ, false)) continue;
       t.asked.set(page, now);
       if (process.env.TSVMM_DEBUG_IOTLB) process.stderr.write(`IOTLB MISS iova=${f.iova.toString(16)} access=${f.access}\n`);
+      this.iotlbCounts.misses++;
       native.sendmsg(this.backendFd, P.encodeIotlbRequest({ iova: f.iova, size: 0, uaddr: 0, perm: f.access === MAP_WRITE ? 2 : 1, type: P.IOTLB.MISS }));
     }
   }

@@ -18,9 +18,10 @@ import { NetNs } from './helpers/netns.js';
 
 const NESTED = join(ROOT, '.cache', 'nested');
 // The vIOMMU scenarios hung once in five full runs (no L2 output at all after tsvmm started, in
-// iommu-lazy; the issue-7 note has the details): until that is understood they run when asked,
-// TSVMM_NESTED_IOMMU=1, so a hang cannot take the other scenarios' results down with it.
-const IOMMU_SCENARIOS = process.env.TSVMM_NESTED_IOMMU === '1';
+// iommu-lazy; not seen again in the next runs, 4 of them iommu-lazy alone): they run by default, each
+// bounded by tsvmm's --timeout (scenarios.sh) so that a hang fails only its own checks, with tsvmm's
+// stats in the console. TSVMM_NESTED_IOMMU=0 leaves them out.
+const IOMMU_SCENARIOS = process.env.TSVMM_NESTED_IOMMU !== '0';
 const SCENARIOS = ['basic', 'mq', 'wedge', ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : [])];
 const LIMIT_S = 600;
 

@@ -63,7 +63,7 @@ export function setData(run: DataView, offset: number, size: number, value: bigi
 
 /** How a vCPU loop ends. */
 export type VcpuStop =
-  | { reason: 'stopped' }
+  | { reason: 'stopped'; detail?: string }
   | { reason: 'reset'; detail: string }
   | { reason: 'poweroff'; detail: string }
   | { reason: 'crash'; detail: string };

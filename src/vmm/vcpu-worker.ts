@@ -2,7 +2,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED, isNativeError } from '../native.js';
 import { KVM, RUN, SYNC_X86_REGS } from './kvm-abi.js';
-import { handleExit, type VcpuStop } from './exit.js';
+import { handleExit, syncedRip, type VcpuStop } from './exit.js';
 import { mailboxCall } from './mailbox.js';
 import { CONTROL_STOP } from './vcpu-control.js';
 
@@ -32,7 +32,9 @@ let stop: VcpuStop | undefined;
 let exits = 0;
 while (!stop) {
   if (Atomics.load(d.control, CONTROL_STOP)) {
-    stop = { reason: 'stopped' };
+    // where the guest was (a VM stopped at a time limit is often a hung guest: this says where)
+    const rip = exits > 0 ? syncedRip(run) : undefined;
+    stop = { reason: 'stopped', detail: rip === undefined ? undefined : `rip 0x${rip.toString(16)}` };
     break;
   }
   try {

@@ -329,6 +329,8 @@ export class Vm extends EventEmitter {
           resolve();
         } else if (m.type === 'stopped' && m.stop && m.stop.reason !== 'stopped') {
           this.finish({ reason: m.stop.reason, status: 0, detail: `vcpu${index}: ${m.stop.detail}` });
+        } else if (m.type === 'stopped' && m.stop?.detail) {
+          this.stoppedAt[index] = `vcpu${index} at ${m.stop.detail}`;
         }
       });
       worker.once('error', (e) => {
@@ -340,6 +342,8 @@ export class Vm extends EventEmitter {
   }
 
   private finishing = false;
+  /** where each vCPU was when stop() ended it */
+  private readonly stoppedAt: string[] = [];
 
   /** End the VM once, whoever asks first (guest power-off, a vCPU error, stop()). */
   private finish(exit: VmExit): void {
@@ -351,6 +355,7 @@ export class Vm extends EventEmitter {
       this.state = 'stopping';
       await this.teardown();
       this.state = 'stopped';
+      if (exit.reason === 'stopped' && this.stoppedAt.length) exit = { ...exit, detail: `${exit.detail}; ${this.stoppedAt.filter(Boolean).join(', ')}` };
       this.resolveExit(exit);
       this.emit('exit', exit);
     };

@@ -52,7 +52,7 @@ export class IommuRequests {
    * wait for the dataplane threads to be past the batch's last UNMAP (or ATTACH/DETACH) — a guest that
    * batches its unmaps pays for one quiescence, not one per request.
    */
-  drain(q: SplitQueue, u8: Uint8Array): void {
+  drain(q: SplitQueue, u8: Uint8Array): number {
     const done: Array<{ head: number; len: number; status: number; out: Array<[number, number]>; reply: Uint8Array }> = [];
     let waitFor = 0;
     while (q.pop()) {
@@ -99,6 +99,7 @@ export class IommuRequests {
       q.addUsed(d.head, d.len);
     }
     q.flush();
+    return done.length;
   }
 
   /** One request (its readable part in `v`); the reply's leading bytes (PROBE properties) into `reply`. */

@@ -30,11 +30,29 @@ export const STATE = {
   WORDS: 8,
 } as const;
 
+/** requests one drain handles at most before publishing (the largest queue a driver may set up) */
+const BATCH_MAX = 1024;
+
+/** A u64 request field as a double (the values that matter, IOVAs and addresses, fit in 53 bits). */
+const u64 = (v: DataView, at: number) => v.getUint32(at, true) + v.getUint32(at + 4, true) * 4294967296;
+
 export class IommuRequests {
   /** domains attached in bypass mode (ATTACH_F_BYPASS): no mappings allowed in them */
   private readonly domainBypass = new Set<number>();
   /** endpoint → bypass domain it is attached to (the table only says "bypass") */
   private readonly bypassOwner = new Map<number, number>();
+  // A guest in strict mode sends a MAP and an UNMAP per packet: a batch is handled in storage made
+  // once, no allocation per request.
+  private readonly req = new Uint8Array(128);
+  private readonly reqView = new DataView(this.req.buffer);
+  /** the reply's leading bytes (a PROBE's properties; zeros for the others) */
+  private readonly reply = new Uint8Array(PROBE_SIZE);
+  private readonly heads = new Uint16Array(BATCH_MAX);
+  private readonly lens = new Uint32Array(BATCH_MAX);
+  /** where each request's status byte lies in guest memory (-1: a malformed chain, no reply) */
+  private readonly statusAt = new Float64Array(BATCH_MAX);
+  /** set by request(): the table generation the batch's completion must wait for (0: none) */
+  private waitFor = 0;
 
   constructor(
     private readonly table: IommuTable,
@@ -50,127 +68,142 @@ export class IommuRequests {
   /**
    * Handle every request available on `q` (guest memory `u8`), then publish the completions: after one
    * wait for the dataplane threads to be past the batch's last UNMAP (or ATTACH/DETACH) — a guest that
-   * batches its unmaps pays for one quiescence, not one per request.
+   * batches its unmaps pays for one quiescence, not one per request. Replies are written as each
+   * request is handled; the guest reads them only once the used index moves, after that wait (and a
+   * wait that times out turns every status into DEVERR first). Returns the requests handled.
    */
   drain(q: SplitQueue, u8: Uint8Array): number {
-    const done: Array<{ head: number; len: number; status: number; out: Array<[number, number]>; reply: Uint8Array }> = [];
+    let n = 0;
     let waitFor = 0;
-    while (q.pop()) {
+    while (n < BATCH_MAX && q.pop()) {
       const c = q.chain;
-      const head = c.head;
+      this.heads[n] = c.head;
       // the request: the readable buffers, gathered; the reply: the writable ones
-      if (c.readableBytes < 4 || c.readableBytes > 128 || c.writableBytes < 4) {
-        done.push({ head, len: 0, status: -1, out: [], reply: new Uint8Array(0) });
+      if (c.readableBytes < 4 || c.readableBytes > this.req.length || c.writableBytes < 4) {
+        this.lens[n] = 0;
+        this.statusAt[n++] = -1;
         continue;
       }
-      const req = new Uint8Array(c.readableBytes);
       for (let i = 0, at = 0; i < c.readable; i++) {
-        req.set(u8.subarray(c.offsets[i], c.offsets[i] + c.lens[i]), at);
+        this.req.set(u8.subarray(c.offsets[i], c.offsets[i] + c.lens[i]), at);
         at += c.lens[i];
       }
-      const out: Array<[number, number]> = [];
-      for (let i = c.readable; i < c.count; i++) out.push([c.offsets[i], c.lens[i]]);
       const writable = c.writableBytes;
-      const reply = new Uint8Array(writable);
-      const type = req[0];
+      const type = this.req[0];
       const needs = REQ_LEN[type];
+      const isProbe = type === T.PROBE;
+      if (isProbe) this.reply.fill(0);
       let status: number;
+      this.waitFor = 0;
       if (needs === undefined) status = S.UNSUPP;
-      else if (req.length < needs || (type === T.PROBE ? writable < PROBE_SIZE + 4 : writable < 4)) status = S.INVAL;
+      else if (c.readableBytes < needs || (isProbe ? writable < PROBE_SIZE + 4 : writable < 4)) status = S.INVAL;
       else {
-        const r = this.request(type, new DataView(req.buffer), reply);
-        status = r.status;
-        if (r.waitFor !== undefined) waitFor = Math.max(waitFor, r.waitFor);
+        status = this.request(type, this.reqView, this.reply);
+        if (this.waitFor > waitFor) waitFor = this.waitFor;
       }
       if (type >= 1 && type <= 5) Atomics.add(this.state, STATE.HANDLED + type - 1, 1);
-      done.push({ head, len: writable, status, out, reply });
+      // the writable buffers: the reply's leading bytes (zeros but for a PROBE's properties), then the
+      // tail: status and three reserved bytes
+      let at = 0;
+      this.statusAt[n] = -1;
+      for (let i = c.readable; i < c.count; i++) {
+        const off = c.offsets[i];
+        for (let k = 0; k < c.lens[i]; k++, at++) {
+          const tail = at - (writable - 4);
+          u8[off + k] = tail < 0 ? (isProbe && at < PROBE_SIZE ? this.reply[at] : 0) : tail === 0 ? status : 0;
+          if (tail === 0) this.statusAt[n] = off + k;
+        }
+      }
+      this.lens[n++] = writable;
     }
     // the guest may reuse unmapped memory once it sees OK: first, every thread must be past the batch
     const quiet = waitFor === 0 || this.table.quiescentSync(waitFor);
-    for (const d of done) {
-      if (d.status >= 0) {
-        d.reply[d.len - 4] = quiet ? d.status : S.DEVERR;
-        let at = 0;
-        for (const [off, len] of d.out) {
-          u8.set(d.reply.subarray(at, at + len), off);
-          at += len;
-        }
-      }
-      q.addUsed(d.head, d.len);
+    for (let i = 0; i < n; i++) {
+      if (!quiet && this.statusAt[i] >= 0) u8[this.statusAt[i]] = S.DEVERR;
+      q.addUsed(this.heads[i], this.lens[i]);
     }
     q.flush();
-    return done.length;
+    return n;
   }
 
-  /** One request (its readable part in `v`); the reply's leading bytes (PROBE properties) into `reply`. */
-  request(type: number, v: DataView, reply: Uint8Array): { status: number; waitFor?: number } {
-    const known = (e: number) => this.endpoints.includes(e);
+  private known(endpoint: number): boolean {
+    return this.endpoints.includes(endpoint);
+  }
+
+  /**
+   * One request (its readable part in `v`); a PROBE's properties into `reply`. Returns the status; a
+   * request whose completion must wait for the dataplane threads sets `waitFor`.
+   */
+  request(type: number, v: DataView, reply: Uint8Array): number {
     const domainOk = (d: number) => d >= 0 && d < 2 ** DOMAIN_BITS;
     switch (type) {
       case T.ATTACH: {
         const domain = v.getUint32(4, true);
         const endpoint = v.getUint32(8, true);
         const flags = v.getUint32(12, true);
-        if (!known(endpoint)) return { status: S.NOENT };
-        if (!domainOk(domain)) return { status: S.RANGE };
-        if (flags & ~ATTACH_F_BYPASS || (flags & ATTACH_F_BYPASS && !this.state[STATE.BYPASS_CONFIG])) return { status: S.INVAL };
+        if (!this.known(endpoint)) return S.NOENT;
+        if (!domainOk(domain)) return S.RANGE;
+        if (flags & ~ATTACH_F_BYPASS || (flags & ATTACH_F_BYPASS && !this.state[STATE.BYPASS_CONFIG])) return S.INVAL;
         const bypass = (flags & ATTACH_F_BYPASS) !== 0;
         // a domain is either a bypass domain or a mapping one, for every endpoint in it
-        if (bypass !== this.domainBypass.has(domain) && this.domainInUse(domain)) return { status: S.INVAL };
+        if (bypass !== this.domainBypass.has(domain) && this.domainInUse(domain)) return S.INVAL;
         const previous = this.attachedDomain(endpoint);
         if (bypass) this.domainBypass.add(domain);
         this.table.setEndpoint(endpoint, bypass ? ENDPOINT_BYPASS : domain);
         this.bypassOwner.set(endpoint, bypass ? domain : -1);
         if (previous >= 0 && previous !== domain) this.forgetIfUnused(previous);
         // moving an endpoint changes its translations: like an UNMAP, wait until the threads are past it
-        return { status: S.OK, waitFor: this.table.generation };
+        this.waitFor = this.table.generation;
+        return S.OK;
       }
       case T.DETACH: {
         const domain = v.getUint32(4, true);
         const endpoint = v.getUint32(8, true);
-        if (!known(endpoint)) return { status: S.NOENT };
-        if (this.attachedDomain(endpoint) !== domain) return { status: S.INVAL };
+        if (!this.known(endpoint)) return S.NOENT;
+        if (this.attachedDomain(endpoint) !== domain) return S.INVAL;
         this.table.setEndpoint(endpoint, this.bypassUnattached ? ENDPOINT_BYPASS : ENDPOINT_NONE);
         this.bypassOwner.set(endpoint, -1);
         this.forgetIfUnused(domain);
-        return { status: S.OK, waitFor: this.table.generation };
+        this.waitFor = this.table.generation;
+        return S.OK;
       }
       case T.MAP: {
         const domain = v.getUint32(4, true);
-        const start = Number(v.getBigUint64(8, true));
-        const end = Number(v.getBigUint64(16, true));
-        const phys = Number(v.getBigUint64(24, true));
+        const start = u64(v, 8);
+        const end = u64(v, 16);
+        const phys = u64(v, 24);
         const flags = v.getUint32(32, true);
-        if (!this.domainInUse(domain)) return { status: S.NOENT };
-        if (this.domainBypass.has(domain)) return { status: S.INVAL };
-        if (flags & ~(MAP_READ | MAP_WRITE | MAP_MMIO) || flags & MAP_MMIO) return { status: S.INVAL };
-        if (end < start || end > INPUT_END || start % 4096 || (end + 1) % 4096 || phys % 4096) return { status: S.RANGE };
-        return { status: this.table.map(domain, start, end, phys, flags) ? S.OK : S.INVAL };
+        if (!this.domainInUse(domain)) return S.NOENT;
+        if (this.domainBypass.has(domain)) return S.INVAL;
+        if (flags & ~(MAP_READ | MAP_WRITE | MAP_MMIO) || flags & MAP_MMIO) return S.INVAL;
+        if (end < start || end > INPUT_END || start % 4096 || (end + 1) % 4096 || phys % 4096 || phys > Number.MAX_SAFE_INTEGER) return S.RANGE;
+        return this.table.map(domain, start, end, phys, flags) ? S.OK : S.INVAL;
       }
       case T.UNMAP: {
         const domain = v.getUint32(4, true);
-        const start = Number(v.getBigUint64(8, true));
-        const end = Number(v.getBigUint64(16, true));
-        if (!this.domainInUse(domain)) return { status: S.NOENT };
-        if (end < start) return { status: S.INVAL };
+        const start = u64(v, 8);
+        const end = u64(v, 16);
+        if (!this.domainInUse(domain)) return S.NOENT;
+        if (end < start) return S.INVAL;
         const n = this.table.unmap(domain, start, Math.min(end, INPUT_END));
-        if (n < 0) return { status: S.RANGE };
-        return { status: S.OK, waitFor: this.table.generation };
+        if (n < 0) return S.RANGE;
+        this.waitFor = this.table.generation;
+        return S.OK;
       }
       case T.PROBE: {
         const endpoint = v.getUint32(4, true);
-        if (!known(endpoint)) return { status: S.NOENT };
+        if (!this.known(endpoint)) return S.NOENT;
         // one property: the MSI doorbell window is reserved (interrupts, not DMA)
-        const p = new DataView(reply.buffer);
+        const p = new DataView(reply.buffer, reply.byteOffset);
         p.setUint16(0, PROBE_T_RESV_MEM, true);
         p.setUint16(2, 20, true);
         p.setUint8(4, RESV_MEM_T_MSI);
         p.setBigUint64(8, BigInt(MSI_START), true);
         p.setBigUint64(16, BigInt(MSI_END), true);
-        return { status: S.OK };
+        return S.OK;
       }
     }
-    return { status: S.UNSUPP };
+    return S.UNSUPP;
   }
 
   /** the domain an endpoint is attached to (bypass domains included), or -1 */

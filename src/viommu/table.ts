@@ -311,13 +311,18 @@ export class IommuReader {
     Atomics.store(this.v.i32, THREADS_AT + this.slot, g);
     const moved = g !== this.entered;
     this.entered = g;
+    // an UNMAP may be waiting for us to move past its generation (quiescentSync): wake it now rather
+    // than at its wait's timeout (only when the table moved: nobody waits otherwise)
+    if (moved) Atomics.notify(this.v.i32, THREADS_AT + this.slot);
     return moved;
   }
 
   /** The thread holds no translation (it is about to sleep). */
   idle(): void {
     Atomics.store(this.v.i32, THREADS_AT + this.slot, 0);
-    Atomics.notify(this.v.i32, THREADS_AT + this.slot);
+    // a writer waits for us only after changing the table past what we entered under (notify is not
+    // free: it takes the engine's waiter-list lock, and this runs before every sleep)
+    if (Atomics.load(this.v.i32, SEQ) > this.entered) Atomics.notify(this.v.i32, THREADS_AT + this.slot);
   }
 
   /**

@@ -202,6 +202,9 @@ async function main(): Promise<void> {
     // passes until every queue is idle or has used its budget; then sleep again (or poll)
     let work = 0;
     for (let pass = 0; pass < 64; pass++) {
+      // each pass publishes the generation it works under: an UNMAP waiting for this thread
+      // (quiescentSync) completes after one pass, not after all 64 of a busy period
+      if (pass > 0 && iommu?.enter()) for (const p of pairs) for (const q of [p.txq, p.rxq]) q.remapRings();
       let passWork = 0;
       pairs.forEach((p, i) => {
         passWork += p.processTx(PASS_BUDGET);

@@ -118,6 +118,7 @@ async function nested() {
   let out = '';
   l1.stdout.on('data', (d) => (out += d));
   await new Promise((r) => l1.on('close', r));
+  writeFileSync(join(ROOT, 'bench', 'out', 'iotlb-nested.log'), out);
   const runs = { basic: [], 'iommu-strict': [] };
   // one segment per scenario run, in order
   const segments = out.replace(/\r/g, '').split(/STAGE tsvmm-start-/).slice(1);
@@ -128,6 +129,8 @@ async function nested() {
       return m ? Number(m[1]) * { K: 1e-3, M: 1, G: 1e3 }[m[2]] : NaN;
     };
     const fails = seg.match(/L[12]-CHECK \S+ FAIL.*/g) ?? [];
+    // a guest that printed nothing (tsvmm stopped it at its time limit) failed too
+    if (!/L2-CHECK/.test(seg)) fails.push(`no L2 output; ${/tsvmm: time limit.*/.exec(seg)?.[0] ?? 'no tsvmm exit line'}`);
     runs[scn]?.push({ txMbps: rate('iperf3-l2-to-l1'), rxMbps: rate('iperf3-l1-to-l2'), fails });
     log(`nested ${scn}: guest→host ${rate('iperf3-l2-to-l1').toFixed(1)} Mbit/s, host→guest ${rate('iperf3-l1-to-l2').toFixed(1)} Mbit/s${fails.length ? `; FAILED: ${fails.join('; ')}` : ''}`);
   }
@@ -151,8 +154,10 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 function summarise(none, strict) {
   const s = {};
   for (const dirn of ['txMbps', 'rxMbps']) {
-    const ratios = strict.map((x, i) => x[dirn] / none[i][dirn]);
-    s[dirn] = { none: median(none.map((x) => x[dirn])), strict: median(strict.map((x) => x[dirn])), ratioMedian: median(ratios), ratioMin: Math.min(...ratios), ratioMax: Math.max(...ratios) };
+    // (rounds where either side failed have no ratio: they are listed, with why, in the output)
+    const ratios = strict.map((x, i) => x[dirn] / none[i][dirn]).filter(Number.isFinite);
+    if (!ratios.length) ratios.push(NaN);
+    s[dirn] = { none: median(none.map((x) => x[dirn]).filter(Number.isFinite)), strict: median(strict.map((x) => x[dirn]).filter(Number.isFinite)), ratioMedian: median(ratios), ratioMin: Math.min(...ratios), ratioMax: Math.max(...ratios) };
   }
   return s;
 }

@@ -19,7 +19,7 @@ fi
 [ -n "$pkg" ] || { echo "guest-linux: cannot resolve $meta from apt" >&2; exit 1; }
 
 out=.cache/linux
-LAYOUT=2
+LAYOUT=3
 if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ "$(cat "$out/LAYOUT" 2>/dev/null)" = "$LAYOUT" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   echo "guest-linux: $pkg already built in $out"
   exit 0
@@ -30,6 +30,8 @@ deb=$(ls "$out"/deb/*.deb)
 dpkg-deb -x "$deb" "$out/root"
 kver=$(ls "$out/root/lib/modules")
 cp "$out/root/boot/vmlinuz-$kver" "$out/vmlinuz"
+# (symbols for the rips tsvmm prints when it stops a hung guest)
+cp "$out/root/boot/System.map-$kver" "$out/System.map"
 node scripts/extract-vmlinux.mjs "$out/vmlinuz" "$out/vmlinux"
 
 # initramfs

@@ -10,7 +10,7 @@
 // scenarios run directly, the L1 side in a namespace on the host.
 import { describe, it, expect, beforeAll } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, haveKvm, isKvmPvm, which } from './helpers/env.js';
@@ -55,6 +55,8 @@ interface Run {
   stats: Map<string, { threads: number; pairs: Array<{ rx: { packets: number }; tx: { packets: number } }> }>;
   iommu: Map<string, { requests: Record<string, number>; faults: number }>;
   stages: Array<[string, number]>;
+  /** scenarios whose L2 hung before its init and were run again: tsvmm's line naming the vCPUs' rips */
+  hangs: Array<[string, string]>;
 }
 
 let run: Run | undefined;
@@ -67,7 +69,7 @@ function failureContext(r: Run | undefined): string {
 }
 
 function parse(consoleText: string, seconds: number): Run {
-  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), stats: new Map(), iommu: new Map(), stages: [] };
+  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [] };
   let scenario = '';
   // the console carries terminal resets (ESC c, ESC [ ... ) and CR CR LF line ends through two ttys
   const clean = consoleText.replace(/\x1b(c|\[[0-9;?]*[A-Za-z])/g, '');
@@ -79,6 +81,7 @@ function parse(consoleText: string, seconds: number): Run {
       if (s) scenario = s[1];
     } else if ((m = /^(L[12])-CHECK (\S+) (PASS|FAIL) ?(.*)$/.exec(line))) r.checks.set(`${m[1]} ${m[2]}`, { pass: m[3] === 'PASS', detail: m[4] });
     else if ((m = /^L1-RESULT ([\w-]+) exit=(\d+)/.exec(line))) r.exits.set(m[1], Number(m[2]));
+    else if ((m = /^L1-HANG ([\w-]+) (.*)$/.exec(line))) r.hangs.push([m[1], m[2]]);
     else if ((m = /^TSVMM-STATS (\{.*\})/.exec(line))) {
       const st = JSON.parse(m[1]);
       r.stats.set(scenario, st.net[0]);
@@ -113,6 +116,23 @@ async function collect(p: ChildProcess): Promise<{ out: string; seconds: number 
 
 function report(r: Run): void {
   process.stdout.write(`nested: ${r.seconds.toFixed(0)} s in all; stages (uptime, s): ${r.stages.map(([n, t]) => `${n}@${t}`).join(' ')}\n`);
+  // a hang before L2's init, run again by scenarios.sh: said loudly, with where L2 was (L2 boots with
+  // nokaslr, so its rips are System.map's addresses)
+  for (const [scn, line] of r.hangs) process.stdout.write(`nested: WARNING: ${scn} hung before L2's init and was run again; ${line}${symbolize(line)}\n`);
+}
+
+/** The kernel symbols nearest below the rips in `line`, from the L2 kernel's System.map. */
+function symbolize(line: string): string {
+  const map = join(ROOT, '.cache', 'linux', 'System.map');
+  if (!existsSync(map)) return '';
+  const syms = readFileSync(map, 'utf8').split('\n').map((l) => l.split(' ')).filter((f) => f.length === 3 && /^[tT]$/.test(f[1])).map((f) => [BigInt(`0x${f[0]}`), f[2]] as const);
+  const named = [...line.matchAll(/rip 0x([0-9a-f]+)/g)].map(([, hex]) => {
+    const rip = BigInt(`0x${hex}`);
+    let best: readonly [bigint, string] | undefined;
+    for (const s of syms) if (s[0] <= rip && (!best || s[0] > best[0])) best = s;
+    return best ? `${best[1]}+0x${(rip - best[0]).toString(16)}` : '?';
+  });
+  return named.length ? ` (${named.join(', ')})` : '';
 }
 
 /** The same tests for both ways of running the scenarios. */

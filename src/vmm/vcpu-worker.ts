@@ -30,17 +30,21 @@ port.postMessage({ type: 'ready', thread: native.threadSelf() });
 
 let stop: VcpuStop | undefined;
 let exits = 0;
+/** KVM_RUN has returned at least once (kicked out included): kvm_run holds the registers then */
+let ran = false;
 while (!stop) {
   if (Atomics.load(d.control, CONTROL_STOP)) {
     // where the guest was (a VM stopped at a time limit is often a hung guest: this says where)
-    const rip = exits > 0 ? syncedRip(run) : undefined;
+    const rip = ran ? syncedRip(run) : undefined;
     stop = { reason: 'stopped', detail: rip === undefined ? undefined : `rip 0x${rip.toString(16)}` };
     break;
   }
   try {
     native.ioctl(d.vcpuFd, KVM.RUN, 0, 'KVM_RUN', true);
+    ran = true;
   } catch (e) {
     if (isNativeError(e) && (e.code === 'EINTR' || e.code === 'EAGAIN')) {
+      ran = true;
       // kicked (or immediate_exit set): look at the control word again
       run.setUint8(RUN.immediate_exit, 0);
       continue;

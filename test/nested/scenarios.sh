@@ -26,9 +26,22 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   (for i in $(seq 300); do wget -q -O "$WORK/recv.part" http://10.0.2.2:8080/blob 2>/dev/null && mv "$WORK/recv.part" "$WORK/recv" && break; sleep 1; done) &
   fetcher=$!
   stage "tsvmm-start-$name"
-  node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
-    --net tap,ifname=tap0,queues=$3 $6 --cmdline "console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $4"
-  rc=$?
+  # (nokaslr: a hung L2's rip, which tsvmm prints when it stops it, then names a symbol in System.map)
+  { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
+      --net tap,ifname=tap0,queues=$3 $6 --cmdline "console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $4"
+    echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  rc=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm.out")
+  # an L2 that never reached its init (no L2-INIT line) and was stopped at the time limit hung in early
+  # boot: seen about once in 20 runs of the vIOMMU scenarios here, cause not found (TCG L1 or
+  # tsvmm). Reported (L1-HANG, with where its vCPUs were) and run once more; a second hang fails.
+  if [ "$rc" = 124 ] && [ "$name" != wedge ] && ! grep -q "^L2-INIT" "$WORK/tsvmm.out" && [ "$retrying" != 1 ]; then
+    echo "L1-HANG $name $(grep -m1 'time limit' "$WORK/tsvmm.out")"
+    kill $fetcher 2>/dev/null
+    retrying=1
+    scenario "$@"
+    retrying=0
+    return
+  fi
   stage "tsvmm-end-$name"
   echo "L1-RESULT $name exit=$rc"
   left=0

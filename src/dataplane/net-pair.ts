@@ -164,6 +164,8 @@ export class NetQueuePair {
   starved = false;
   /** entries that were available (and not enough) when the ring starved */
   starvedPending = 0;
+  /** set by processRx: the driver had nothing to receive although there were buffers */
+  dry = false;
 
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   processRx(budget: number): number {
@@ -173,6 +175,7 @@ export class NetQueuePair {
     const need = this.o.maxRxFrame + NET_HDR_LEN;
     let delivered = 0;
     this.starved = false;
+    this.dry = false;
     for (let attempts = 0; attempts < budget && !q.broken; attempts++) {
       // buffers for one frame: one chain, or with MRG_RXBUF as many as the largest frame needs
       let chains = 0;
@@ -224,6 +227,7 @@ export class NetQueuePair {
       const got = iovUsed > 0 ? this.driver.receive(b, this.memBuffer) : 0;
       if (got === 0) {
         for (let i = 0; i < chains; i++) q.unpop();
+        this.dry = true;
         break;
       }
       const len = b.len[0];

@@ -167,7 +167,14 @@ async function main(): Promise<void> {
     let anyPending = false;
     pairs.forEach((p, i) => {
       if (p.txq.pending() > 0) anyPending = true;
-      if (p.starved ? p.rxq.pending() > p.starvedPending : p.rxq.pending() > 0) armDriver(i, true);
+      if (p.starved ? p.rxq.pending() > p.starvedPending : p.rxq.pending() > 0) {
+        armDriver(i, true);
+        // a driver without an fd (one that generates frames) cannot wake us: receive buffers are work
+        // now, unless it just had nothing to give — else a ring refilled in that window, or left
+        // pending by the thread before a restart (whose kick that thread took), waits for a kick that
+        // never comes
+        if (p.driver.pollFd < 0 && !p.dry) anyPending = true;
+      }
     });
     // busy-polling looks at the rings directly; the fds (kicks are off, a driver's fd, stop/pause) are
     // looked at every 32nd spin only: an epoll_wait per spin would cost more than the work it finds

@@ -3,7 +3,7 @@
 // the guest driver is ready.
 import type { GuestMemory } from '../vmm/memory.js';
 import { SplitQueue, guestView, dmaContiguous, type GuestView } from '../virtio/queue.js';
-import { MAP_READ } from '../viommu/table.js';
+import { MAP_READ, MAP_WRITE } from '../viommu/table.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
@@ -70,6 +70,8 @@ export class VirtioNet implements VirtioDevice {
   private ctrlQueue?: ActiveQueue;
   private activePairs = 1;
   private restarting: Promise<void> = Promise.resolve();
+  /** a dirty-page log every device write into guest memory is marked in (Vm.enableDirtyLog) */
+  private dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
 
   constructor(
     private readonly memory: GuestMemory,
@@ -133,6 +135,18 @@ export class VirtioNet implements VirtioDevice {
   threadsStarted = 0;
 
   /** Hold the dataplane threads off the rings (guest memory stays as it is) until resume(). */
+  /**
+   * Mark every write the dataplane makes into guest memory (used rings, received frames) in `log`
+   * from now on (KVM's dirty log sees only the vCPUs' writes); undefined stops. Running threads
+   * restart to take it, rings where they stood; resolves once they log.
+   */
+  async setDirtyLog(log: { buffer: SharedArrayBuffer; offset: number; size: number } | undefined): Promise<void> {
+    this.dirtyLog = log;
+    if (!this.active) return;
+    this.restarting = this.restart(this.restarting);
+    await this.restarting;
+  }
+
   pause(): Promise<void> {
     return this.dataplane.pause();
   }
@@ -211,7 +225,12 @@ export class VirtioNet implements VirtioDevice {
       const off = dmaContiguous(this.view, q.used + 2, 2, MAP_READ);
       return off < 0 ? 0 : this.memory.view.getUint16(off, true);
     };
-    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q) }]));
+    // the log is indexed by guest-physical page: behind the vIOMMU the used ring's IOVA is translated
+    const usedLogGpa = (q: ActiveQueue) => {
+      const io = this.view.iommu;
+      return io && io.translate(q.used, 1, MAP_WRITE, false) ? io.hit.gpa : q.used;
+    };
+    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q), usedLogGpa: usedLogGpa(q) }]));
     const pairs: WorkerPair[] = [];
     for (let p = 0; p < this.activePairs; p++) {
       const rx = byIndex.get(2 * p);
@@ -238,6 +257,7 @@ export class VirtioNet implements VirtioDevice {
         filter: this.filter.buffer,
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
+        dirtyLog: this.dirtyLog,
         iommu: this.translated ? { buffer: this.opts.iommu!.table.buffer, endpoint: this.opts.iommu!.endpoint, slots: this.iommuSlots } : undefined,
       },
       groups,

@@ -117,22 +117,42 @@ export class Vm extends EventEmitter {
     return this.state === 'running';
   }
 
-  /** Start tracking guest writes to RAM, per 4 KiB page (for live migration and snapshots). */
-  enableDirtyLog(): void {
+  /**
+   * Start tracking guest writes to RAM, per 4 KiB page (for live migration and snapshots): the vCPUs'
+   * in KVM's dirty log, the devices' (network dataplane threads) in a log of tsvmm's own. Resolves once
+   * both are on.
+   */
+  async enableDirtyLog(): Promise<void> {
     const mem = this.memory;
     mem.table.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset), MEM_LOG_DIRTY_PAGES));
+    if (!this.deviceLog) {
+      const end = Math.max(...mem.table.regions.map((r) => r.gpa + r.size));
+      const size = Math.ceil(end / 4096 / 8);
+      this.deviceLog = new Uint8Array(new SharedArrayBuffer(size));
+    }
+    const log = { buffer: this.deviceLog.buffer as SharedArrayBuffer, offset: 0, size: this.deviceLog.length };
+    await Promise.all(this.netDevices.map((d) => d.net.setDirtyLog(log)));
   }
 
-  /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses. */
+  /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses, ascending. */
   takeDirtyPages(): number[] {
-    const pages: number[] = [];
+    const pages = new Set<number>();
     this.memory.table.regions.forEach((r, slot) => {
       const bitmap = this.vm.getDirtyLog(slot, r.size / 4096);
       bitmap.forEach((byte, i) => {
-        for (let bit = 0; byte && bit < 8; bit++, byte >>= 1) if (byte & 1) pages.push(r.gpa + (i * 8 + bit) * 4096);
+        for (let bit = 0; byte && bit < 8; bit++, byte >>= 1) if (byte & 1) pages.add(r.gpa + (i * 8 + bit) * 4096);
       });
     });
-    return pages;
+    // the devices' log: taken and cleared a byte at a time (the threads keep setting bits meanwhile)
+    const dev = this.deviceLog;
+    if (dev) {
+      for (let i = 0; i < dev.length; i++) {
+        if (dev[i] === 0) continue;
+        let byte = Atomics.exchange(dev, i, 0);
+        for (let bit = 0; byte && bit < 8; bit++, byte >>= 1) if (byte & 1) pages.add((i * 8 + bit) * 4096);
+      }
+    }
+    return [...pages].sort((a, b) => a - b);
   }
 
   /** Send bytes to the guest's serial console input. */
@@ -342,6 +362,8 @@ export class Vm extends EventEmitter {
   }
 
   private finishing = false;
+  /** the devices' dirty-page log (one bit per guest-physical page), once enableDirtyLog was called */
+  private deviceLog?: Uint8Array;
   /** where each vCPU was when stop() ended it */
   private readonly stoppedAt: string[] = [];
 

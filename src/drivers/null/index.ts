@@ -3,6 +3,8 @@
 // vhost library copies into mbufs), so comparisons with it are fair. Options: size=BYTES (generated
 // frames, default 64), rx=0 to generate nothing, loop=1 to receive (copies of) what was transmitted
 // instead — the backend half of the io-forwarding loopback benchmark, as DPDK's vhost testpmd in io mode.
+// Generated frames are broadcasts with a pattern, and a frame counter in bytes 14..17 (so successive
+// frames differ, as real traffic does: what lands in a buffer is never what was there).
 import { fileURLToPath } from 'node:url';
 import { native } from '../../native.js';
 import { UserError } from '../../errors.js';
@@ -35,6 +37,8 @@ export function create(options: Record<string, string>): NetDriver {
 class NullQueue implements DriverQueue {
   readonly pollFd = -1;
   drops = 0;
+  /** frames generated so far (written into each) */
+  private generated = 0;
   /** where transmitted frames are copied to (one frame at a time: the copy is the work) */
   private readonly mbuf = new Uint8Array(LOOP_SLOT_BYTES);
   /** keeps a byte of each copy, so the copies have an observable result */
@@ -131,7 +135,13 @@ class NullQueue implements DriverQueue {
     if (this.held) return this.unhold(b, this.view(mem));
     if (!this.init.rx) return 0;
     const u8 = this.view(mem);
+    const f = this.frame;
     for (let p = 0; p < b.count; p++) {
+      const n = ++this.generated;
+      f[14] = n;
+      f[15] = n >>> 8;
+      f[16] = n >>> 16;
+      f[17] = n >>> 24;
       let left = this.init.size;
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {

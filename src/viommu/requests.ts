@@ -33,6 +33,8 @@ export const STATE = {
 /** requests one drain handles at most before publishing (the largest queue a driver may set up) */
 const BATCH_MAX = 1024;
 
+const domainOk = (d: number) => d >= 0 && d < 2 ** DOMAIN_BITS;
+
 /** A u64 request field as a double (the values that matter, IOVAs and addresses, fit in 53 bits). */
 const u64 = (v: DataView, at: number) => v.getUint32(at, true) + v.getUint32(at + 4, true) * 4294967296;
 
@@ -135,7 +137,6 @@ export class IommuRequests {
    * request whose completion must wait for the dataplane threads sets `waitFor`.
    */
   request(type: number, v: DataView, reply: Uint8Array): number {
-    const domainOk = (d: number) => d >= 0 && d < 2 ** DOMAIN_BITS;
     switch (type) {
       case T.ATTACH: {
         const domain = v.getUint32(4, true);

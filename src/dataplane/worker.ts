@@ -148,6 +148,12 @@ async function main(): Promise<void> {
     Atomics.store(d.control, CONTROL_PAUSED, 0);
   };
 
+  // every queue this thread serves, once (the loop below must not build arrays per pass)
+  const queues = pairs.flatMap((p) => [p.txq, p.rxq]);
+  /** the IOMMU's mappings changed (or a stalled queue retries): translate the rings again */
+  const remapAll = () => {
+    for (const q of queues) q.remapRings();
+  };
   let lastWork = process.hrtime.bigint();
   let spins = 0;
   const busyNs = BigInt(d.busyPollUs) * 1000n;
@@ -183,10 +189,11 @@ async function main(): Promise<void> {
     if (sleeping) iommu?.idle();
     // a queue stalled on an IOTLB miss retries after a while even if no update came (the answer may
     // have been lost, or refused): it then misses again and the question is asked again
-    const stalled = d.iommu?.missesWait && pairs.some((p) => p.txq.stalled || p.rxq.stalled);
+    let stalled = false;
+    if (d.iommu?.missesWait) for (const q of queues) stalled ||= q.stalled;
     const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, sleeping ? (stalled ? STALL_RETRY_MS : -1) : 0);
     const moved = iommu?.enter();
-    if (moved || (stalled && n === 0)) for (const p of pairs) for (const q of [p.txq, p.rxq]) q.remapRings();
+    if (moved || (stalled && n === 0)) remapAll();
     for (let k = 0; k < n; k++) {
       const tag = events[3 * k + 1];
       if (tag === 0) {
@@ -211,13 +218,14 @@ async function main(): Promise<void> {
     for (let pass = 0; pass < 64; pass++) {
       // each pass publishes the generation it works under: an UNMAP waiting for this thread
       // (quiescentSync) completes after one pass, not after all 64 of a busy period
-      if (pass > 0 && iommu?.enter()) for (const p of pairs) for (const q of [p.txq, p.rxq]) q.remapRings();
+      if (pass > 0 && iommu?.enter()) remapAll();
       let passWork = 0;
       pairs.forEach((p, i) => {
         passWork += p.processTx(PASS_BUDGET);
         passWork += p.processRx(PASS_BUDGET);
         armDriver(i, !p.starved);
-        for (const q of [p.txq, p.rxq]) {
+        for (let k = 2 * i; k < 2 * i + 2; k++) {
+          const q = queues[k];
           if (q.stalled && !q.stallSignalled && d.iommu?.missFd !== undefined) {
             q.stallSignalled = true;
             native.write(d.iommu.missFd, ONE);

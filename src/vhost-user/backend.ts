@@ -387,7 +387,13 @@ export class VhostUserBackend {
         const region = this.memory.regions.find((r) => at >= r.uaddr && at < r.uaddr + r.size);
         if (!region) return 'update outside the frontend memory';
         const n = Math.min(msg.size - done, region.uaddr + region.size - at);
-        t.table.map(IOTLB_DOMAIN, msg.iova + done, msg.iova + done + n - 1, region.gpa + (at - region.uaddr), perm);
+        const [start, end, gpa] = [msg.iova + done, msg.iova + done + n - 1, region.gpa + (at - region.uaddr)];
+        // the table is a cache of the frontend's IOTLB: full (a frontend that never invalidates),
+        // it is emptied and refills by misses — nothing it held was revoked, so no thread need wait
+        if (!t.table.map(IOTLB_DOMAIN, start, end, gpa, perm)) {
+          t.table.dropDomain(IOTLB_DOMAIN);
+          if (!t.table.map(IOTLB_DOMAIN, start, end, gpa, perm)) return 'update the table cannot hold';
+        }
         done += n;
       }
     } else if (msg.type === P.IOTLB.INVALIDATE) {

@@ -137,10 +137,14 @@ export class Vm extends EventEmitter {
   /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses, ascending. */
   takeDirtyPages(): number[] {
     const pages = new Set<number>();
+    /** the pages of one bitmap byte whose first page starts at `gpa` */
+    const addByte = (byte: number, gpa: number) => {
+      for (let bit = 0; byte; bit++, byte >>= 1) if (byte & 1) pages.add(gpa + bit * 4096);
+    };
     this.memory.table.regions.forEach((r, slot) => {
       const bitmap = this.vm.getDirtyLog(slot, r.size / 4096);
       bitmap.forEach((byte, i) => {
-        for (let bit = 0; byte && bit < 8; bit++, byte >>= 1) if (byte & 1) pages.add(r.gpa + (i * 8 + bit) * 4096);
+        addByte(byte, r.gpa + i * 8 * 4096);
       });
     });
     // the devices' log: taken and cleared a byte at a time (the threads keep setting bits meanwhile)
@@ -148,8 +152,7 @@ export class Vm extends EventEmitter {
     if (dev) {
       for (let i = 0; i < dev.length; i++) {
         if (dev[i] === 0) continue;
-        let byte = Atomics.exchange(dev, i, 0);
-        for (let bit = 0; byte && bit < 8; bit++, byte >>= 1) if (byte & 1) pages.add((i * 8 + bit) * 4096);
+        addByte(Atomics.exchange(dev, i, 0), i * 8 * 4096);
       }
     }
     return [...pages].sort((a, b) => a - b);

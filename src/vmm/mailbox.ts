@@ -43,6 +43,9 @@ export function mailboxCall(mb: Int32Array, space: 'pio' | 'mmio', write: boolea
   return out;
 }
 
+/** requests served back to back before the serving loop lets the rest of the event loop run */
+const YIELD_EVERY = 16;
+
 export type MailboxHandler = (space: 'pio' | 'mmio', write: boolean, addr: number, size: number, value: bigint) => bigint;
 
 /** Device-thread side: answer requests until close(). */
@@ -60,12 +63,22 @@ export class MailboxServer {
 
   private async serve(): Promise<void> {
     const mb = this.mb;
+    let inARow = 0;
     while (!this.closed) {
       const s = Atomics.load(mb, STATE);
       if (s !== REQUEST) {
+        inARow = 0;
         const w = Atomics.waitAsync(mb, STATE, s);
         if (w.async) await w.value;
         continue;
+      }
+      // A guest that polls a register makes its next request before we look again: without this the
+      // loop never awaits, and the event loop it runs on starves — a device's thread start (promise
+      // work after DRIVER_OK) or a 'broken' message from a dataplane thread waits for the polling to
+      // stop (seen in CI: a hostile guest polling for DEVICE_NEEDS_RESET that never came).
+      if (++inARow % YIELD_EVERY === 0) {
+        await new Promise((r) => setImmediate(r));
+        if (this.closed) break;
       }
       let result = 0n;
       try {

@@ -481,6 +481,16 @@ int guest_main(const struct hvm_start_info *si) {
     if (setmac) {
       if (net_ctrl(1, 1, newmac, 6) == 0) acks++; else nacks++;
     } /* MAC ADDR_SET */
+    /* ctrlloop=N: N more control commands (RX PROMISC off/on), ~1M cycles apart (for the dirty-log test) */
+    if (cmdline_get(cmdline, "ctrlloop=", arg, sizeof arg)) {
+      uint32_t n = (uint32_t)parse_u64(arg);
+      serial_puts("CTRL-LOOP\n");
+      for (uint32_t i = 0; i < n; i++) {
+        uint8_t on = (uint8_t)(i & 1);
+        if (net_ctrl(0, 0, &on, 1) == 0) acks++; else nacks++;
+        for (uint64_t t = rdtsc(); rdtsc() - t < 1000000;) __asm__ volatile("pause");
+      }
+    }
     if (hostile) {
       net_hostile(hostile);
       uint64_t t0h = rdtsc();

@@ -46,6 +46,12 @@
 #define D_WRITE 2
 
 struct ring {
+  /* the driver's own bookkeeping first: the used ring's page then holds only what the device writes
+     (the dirty-log test tells the device's writes from the vCPU's by that) */
+  uint16_t next_avail, last_used, in_flight;
+  volatile uint16_t *notify;
+  /* strict IOMMU mode: slot i's buffer is mapped at iova_base + i * 4096 while the device has it */
+  uint64_t iova_base;
   struct desc desc[QSIZE] __attribute__((aligned(4096)));
   volatile uint16_t avail_flags, avail_idx, avail_ring[QSIZE], used_event;
   struct {
@@ -55,10 +61,6 @@ struct ring {
     } ring[QSIZE];
     volatile uint16_t avail_event;
   } used __attribute__((aligned(4096)));
-  uint16_t next_avail, last_used, in_flight;
-  volatile uint16_t *notify;
-  /* strict IOMMU mode: slot i's buffer is mapped at iova_base + i * 4096 while the device has it */
-  uint64_t iova_base;
 };
 
 #define MAX_PAIRS 2

@@ -14,6 +14,7 @@ import { F, bit, has } from './features.js';
 import { txPolicy } from './header.js';
 import { native } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
+import { DirtyLog } from '../virtio/dirty-log.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
@@ -72,6 +73,8 @@ export class VirtioNet implements VirtioDevice {
   private restarting: Promise<void> = Promise.resolve();
   /** a dirty-page log every device write into guest memory is marked in (Vm.enableDirtyLog) */
   private dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
+  /** the same log, for this (main) thread's own writes: the control queue's acks and used ring */
+  private ctrlLog?: DirtyLog;
 
   constructor(
     private readonly memory: GuestMemory,
@@ -142,6 +145,8 @@ export class VirtioNet implements VirtioDevice {
    */
   async setDirtyLog(log: { buffer: SharedArrayBuffer; offset: number; size: number } | undefined): Promise<void> {
     this.dirtyLog = log;
+    this.ctrlLog = log && new DirtyLog(log.buffer, log.offset, log.size, this.memory.table.regions);
+    this.logCtrlUsed();
     if (!this.active) return;
     this.restarting = this.restart(this.restarting);
     await this.restarting;
@@ -191,6 +196,7 @@ export class VirtioNet implements VirtioDevice {
       this.ctrlReader?.idle();
       if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
       this.ctrlq = q;
+      this.logCtrlUsed();
       this.kick(this.ctrlIndex);
     }
     this.ctrlReader?.idle();
@@ -206,6 +212,17 @@ export class VirtioNet implements VirtioDevice {
     const prev = this.restarting;
     this.restarting = prev.then(() => this.startDataplane(false));
     await this.restarting;
+  }
+
+  /** Where a queue's used ring is in the dirty log, which is indexed by guest-physical page: behind the vIOMMU its IOVA is translated. */
+  private usedLogGpa(q: ActiveQueue): number {
+    const io = this.view.iommu;
+    return io && io.translate(q.used, 1, MAP_WRITE, false) ? io.hit.gpa : q.used;
+  }
+
+  /** The control queue's used-ring writes go to the dirty log while there is one. */
+  private logCtrlUsed(): void {
+    if (this.ctrlq && this.ctrlQueue) this.ctrlq.setDirtyLog(this.ctrlLog, this.usedLogGpa(this.ctrlQueue));
   }
 
   private queueFeatures(features: bigint) {
@@ -225,12 +242,7 @@ export class VirtioNet implements VirtioDevice {
       const off = dmaContiguous(this.view, q.used + 2, 2, MAP_READ);
       return off < 0 ? 0 : this.memory.view.getUint16(off, true);
     };
-    // the log is indexed by guest-physical page: behind the vIOMMU the used ring's IOVA is translated
-    const usedLogGpa = (q: ActiveQueue) => {
-      const io = this.view.iommu;
-      return io && io.translate(q.used, 1, MAP_WRITE, false) ? io.hit.gpa : q.used;
-    };
-    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q), usedLogGpa: usedLogGpa(q) }]));
+    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q), usedLogGpa: this.usedLogGpa(q) }]));
     const pairs: WorkerPair[] = [];
     for (let p = 0; p < this.activePairs; p++) {
       const rx = byIndex.get(2 * p);
@@ -292,6 +304,7 @@ export class VirtioNet implements VirtioDevice {
         continue;
       }
       mem[c.offsets[last] + c.lens[last] - 1] = ack;
+      this.ctrlLog?.markOffset(c.offsets[last] + c.lens[last] - 1, 1);
       q.addUsed(c.head, 1);
     }
     q.flush();

@@ -64,6 +64,10 @@ function changedSince(changes: Array<{ start: number; end: number; generation: n
   return false;
 }
 
+/** TSVMM_DEBUG_VRING=1: one stderr line per control message and ring (re)start (where each ring
+ *  stands, and the last used entries with their buffers), for chasing a frontend's ring-state problems */
+const trace = process.env.TSVMM_DEBUG_VRING ? (s: string) => process.stderr.write(`vring: ${s}\n`) : undefined;
+
 /** IOTLB changes remembered to recognise stale misses (more than a ring's worth in flight) */
 const CHANGES_KEPT = 1024;
 /** vhost_vring_addr.flags bit: log_guest_addr is valid */
@@ -155,6 +159,7 @@ export class VhostUserBackend {
       return ok ? {} : { close: `request ${m.request} failed` };
     };
     const ring = (i: number) => (i >= 0 && i < this.vrings.length ? this.vrings[i] : undefined);
+    trace?.(`message ${m.request} ${p.byteLength >= 8 ? p.getBigUint64(0, true).toString(16) : ''} (pairs running: ${this.running.size})`);
     switch (m.request) {
       case P.REQ.GET_FEATURES:
         return { reply: P.encodeReply(m.request, P.u64Payload(this.features)) };
@@ -242,6 +247,7 @@ export class VhostUserBackend {
         r.kickFd = this.closeFd(r.kickFd);
         r.callFd = this.closeFd(r.callFd);
         r.base = base;
+        trace?.(`ring ${i} stopped at ${base}; ${this.ringDump(r)}`);
         return { reply: P.encodeReply(m.request, P.vringState(i, base)) };
       }
       case P.REQ.SET_VRING_KICK:
@@ -460,6 +466,26 @@ export class VhostUserBackend {
     return off < 0 ? r.base : new DataView(this.memory.buffer).getUint16(off, true);
   }
 
+  /** (tracing) the avail index and the last 24 used entries: index:head/len@buffer address */
+  private ringDump(r: Vring): string {
+    const mem = this.memory;
+    if (!mem) return '';
+    const dv = new DataView(mem.buffer);
+    const a = this.ringOffset(r.avail + 2, 2, MAP_READ);
+    const u = this.ringOffset(r.used, 4 + 8 * r.num, MAP_READ);
+    const d = this.ringOffset(r.desc, 16 * r.num, MAP_READ);
+    if (a < 0 || u < 0 || d < 0) return 'rings not translatable';
+    const idx = dv.getUint16(u + 2, true);
+    const out: string[] = [];
+    for (let k = idx - 24; k < idx; k++) {
+      const slot = (k & 0xffff) % r.num;
+      const head = dv.getUint32(u + 4 + 8 * slot, true);
+      const buf = head < r.num ? dv.getBigUint64(d + 16 * head, true).toString(16) : '?';
+      out.push(`${k & 0xffff}:${head}/${dv.getUint32(u + 8 + 8 * slot, true)}@${buf}`);
+    }
+    return `avail ${dv.getUint16(a, true)}, used ${out.join(' ')}`;
+  }
+
   private ready(r: Vring): boolean {
     return r.enabled && r.num > 0 && r.kickFd >= 0 && r.desc !== 0 && !!this.memory;
   }
@@ -480,6 +506,7 @@ export class VhostUserBackend {
     // used ring says where the old backend stopped; that is the true position (every chain the old one
     // took was completed), as DPDK's vhost library also concludes.
     const usedNow = this.usedIndex(r);
+    trace?.(`ring starts at used ${usedNow} (frontend base ${r.base}); ${this.ringDump(r)}`);
     return { size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: usedNow, usedLogGpa: r.logGpa };
   }
 

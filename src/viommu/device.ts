@@ -13,6 +13,8 @@ import { VIRTIO_F_VERSION_1, type Activation, type ActiveQueue, type VirtioDevic
 import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_WRITE } from './table.js';
 import { IommuRequests, STATE, PROBE_SIZE, DOMAIN_BITS, handledCounts } from './requests.js';
 import type { RequestWorkerData } from './request-worker.js';
+import { CONTROL_LOG, CONTROL_STOP, CONTROL_WORDS, type LogMessage } from './request-control.js';
+import { DirtyLog } from '../virtio/dirty-log.js';
 
 export { T, S, PROBE_SIZE } from './requests.js';
 
@@ -50,6 +52,9 @@ export class VirtioIommu implements VirtioDevice {
   private faultsReported = 0;
   private faultTimer?: NodeJS.Timeout;
   private worker?: { w: Worker; wakeFd: number; control: Int32Array; exited: Promise<void> };
+  /** the dirty-page log (Vm.enableDirtyLog): the request thread's and this thread's writes are marked */
+  private dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
+  private mainLog?: DirtyLog;
 
   constructor(
     private readonly memory: Pick<GuestMemory, 'buffer' | 'table'>,
@@ -113,6 +118,7 @@ export class VirtioIommu implements VirtioDevice {
       const q = SplitQueue.create(this.view, eq, feats, this.maxQueueSize);
       if (typeof q === 'string') return a.needsReset(`event queue: ${q}`);
       this.eventq = q;
+      q.setDirtyLog(this.mainLog, eq.used);
     }
     // faults are recorded by the dataplane threads; report them to the guest as they come
     this.faultTimer = setInterval(() => this.reportFaults(), 50);
@@ -122,13 +128,49 @@ export class VirtioIommu implements VirtioDevice {
     const q = SplitQueue.create(this.view, rq, feats, this.maxQueueSize);
     if (typeof q === 'string') return a.needsReset(`request queue: ${q}`);
     this.reqq = q;
+    q.setDirtyLog(this.mainLog, rq.used);
     this.requests = new IommuRequests(this.table, this.opts.endpoints, this.state);
     this.kick(0);
   }
 
+  /**
+   * Mark every write into guest memory (replies, fault events, used rings) in `log` from now on
+   * (undefined: stop). The request thread takes it between batches; resolves once it does.
+   */
+  async setDirtyLog(log: { buffer: SharedArrayBuffer; offset: number; size: number } | undefined): Promise<void> {
+    this.dirtyLog = log;
+    this.mainLog = log && new DirtyLog(log.buffer, log.offset, log.size, this.memory.table.regions);
+    for (const [q, index] of [[this.reqq, 0], [this.eventq, 1]] as const) {
+      const cfg = this.queues.find((x) => x.index === index);
+      if (q && cfg) q.setDirtyLog(this.mainLog, cfg.used);
+    }
+    const t = this.worker;
+    if (!t) return;
+    const m: LogMessage = { dirtyLog: log };
+    t.w.postMessage(m);
+    Atomics.store(t.control, CONTROL_LOG, 1);
+    native.write(t.wakeFd, ONE);
+    let gone = false;
+    void t.exited.then(() => (gone = true));
+    while (Atomics.load(t.control, CONTROL_LOG) && !gone) {
+      const w = Atomics.waitAsync(t.control, CONTROL_LOG, 1, 1000);
+      if (w.async) await w.value;
+    }
+  }
+
+  private async stopThread(): Promise<void> {
+    const t = this.worker;
+    this.worker = undefined;
+    if (!t) return;
+    Atomics.store(t.control, CONTROL_STOP, 1);
+    native.write(t.wakeFd, ONE);
+    await t.exited;
+    native.close(t.wakeFd);
+  }
+
   private async startThread(rq: ActiveQueue): Promise<void> {
     const wakeFd = native.eventfd(0, EFD_NONBLOCK);
-    const control = new Int32Array(new SharedArrayBuffer(4));
+    const control = new Int32Array(new SharedArrayBuffer(4 * CONTROL_WORDS));
     const data: RequestWorkerData = {
       memory: this.memory.buffer,
       regions: this.memory.table.toJSON().regions,
@@ -142,6 +184,12 @@ export class VirtioIommu implements VirtioDevice {
       control,
     };
     const w = new Worker(workerUrl('./request-worker.js', import.meta.url), { workerData: data, name: 'viommu' });
+    // a log set before the thread existed (a guest that activated the device after enableDirtyLog)
+    if (this.dirtyLog) {
+      const m: LogMessage = { dirtyLog: this.dirtyLog };
+      w.postMessage(m);
+      Atomics.store(control, CONTROL_LOG, 1);
+    }
     const exited = new Promise<void>((r) => w.once('exit', () => r()));
     this.worker = { w, wakeFd, control, exited };
     await new Promise<void>((resolve, reject) => {
@@ -158,14 +206,7 @@ export class VirtioIommu implements VirtioDevice {
 
   async reset(): Promise<void> {
     if (this.faultTimer) clearInterval(this.faultTimer);
-    const t = this.worker;
-    this.worker = undefined;
-    if (t) {
-      Atomics.store(t.control, 0, 1);
-      native.write(t.wakeFd, ONE);
-      await t.exited;
-      native.close(t.wakeFd);
-    }
+    await this.stopThread();
     this.reqq = this.eventq = undefined;
     this.requests = undefined;
     this.active = undefined;
@@ -177,7 +218,7 @@ export class VirtioIommu implements VirtioDevice {
 
   kick(queue: number): void {
     if (queue !== 0 || !this.reqq || !this.requests) return;
-    this.requests.drain(this.reqq, this.view.u8);
+    this.requests.drain(this.reqq, this.view.u8, this.mainLog);
     if (this.reqq.broken) this.active?.needsReset(`request queue: ${this.reqq.broken}`);
     this.interrupt(0, this.reqq);
   }
@@ -210,6 +251,7 @@ export class VirtioIommu implements VirtioDevice {
       for (let i = 0, at = 0; i < c.count && at < 24; i++) {
         const n = Math.min(c.lens[i], 24 - at);
         this.view.u8.set(ev.subarray(at, at + n), c.offsets[i]);
+        this.mainLog?.markOffset(c.offsets[i], n);
         at += n;
       }
       q.addUsed(c.head, 24);

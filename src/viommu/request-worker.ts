@@ -2,12 +2,14 @@
 // notification never leaves the kernel as a vCPU exit) and a wake eventfd; handles each batch of
 // requests against the shared table (requests.ts), waiting with Atomics.wait for the dataplane threads
 // where an UNMAP needs it; interrupts the guest through the queue's irqfd when asked.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, workerData, receiveMessageOnPort } from 'node:worker_threads';
 import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryRegion } from '../vmm/memory.js';
 import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
 import { IommuTable } from './table.js';
 import { IommuRequests } from './requests.js';
+import { DirtyLog } from '../virtio/dirty-log.js';
+import { CONTROL_LOG, CONTROL_STOP, type LogMessage } from './request-control.js';
 
 export interface RequestWorkerData {
   memory: SharedArrayBuffer;
@@ -19,9 +21,10 @@ export interface RequestWorkerData {
   kickFd: number;
   callFd: number;
   wakeFd: number;
-  /** [0] stop */
+  /** CONTROL_WORDS words (request-control.ts) */
   control: Int32Array;
 }
+
 
 const d = workerData as RequestWorkerData;
 /**
@@ -42,6 +45,16 @@ function main(): void {
     port.postMessage({ type: 'ready' });
     return;
   }
+  let log: DirtyLog | undefined;
+  /** the device changed the dirty log (a message waits on the port): take it, then say so */
+  const takeLog = () => {
+    const m = receiveMessageOnPort(port)?.message as LogMessage | undefined;
+    const l = m?.dirtyLog;
+    log = l && new DirtyLog(l.buffer, l.offset, l.size, d.regions);
+    q.setDirtyLog(log, d.queue.used);
+    Atomics.store(d.control, CONTROL_LOG, 0);
+    Atomics.notify(d.control, CONTROL_LOG);
+  };
   const requests = new IommuRequests(new IommuTable(d.table), d.endpoints, new Int32Array(d.state));
   const ep = native.epollCreate();
   native.epollCtl(ep, EPOLL_CTL_ADD, d.kickFd, EPOLLIN, 1);
@@ -53,9 +66,10 @@ function main(): void {
   // (performance.now: a double; hrtime.bigint would allocate a BigInt per look while polling)
   const pollMs = POLL_US / 1000;
   let lastWork = -Infinity;
-  while (!Atomics.load(d.control, 0)) {
+  while (!Atomics.load(d.control, CONTROL_STOP)) {
+    if (Atomics.load(d.control, CONTROL_LOG)) takeLog();
     // requests the guest queued before we slept are handled first; then wait for the next kick
-    if (requests.drain(q, view.u8) > 0) lastWork = performance.now();
+    if (requests.drain(q, view.u8, log) > 0) lastWork = performance.now();
     if (q.broken && !reported) {
       reported = true;
       port.postMessage({ type: 'broken', reason: q.broken });

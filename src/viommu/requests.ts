@@ -1,6 +1,7 @@
 // The virtio-iommu request queue's work, apart from the device model so it can run on its own thread:
 // ATTACH, DETACH, MAP, UNMAP, PROBE against the shared table, with the spec's statuses, and a batch's
 // completions published only once no dataplane thread can still use what it unmapped.
+import type { DirtyLog } from '../virtio/dirty-log.js';
 import type { SplitQueue } from '../virtio/queue.js';
 import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_READ, MAP_WRITE, MAP_MMIO } from './table.js';
 
@@ -74,7 +75,7 @@ export class IommuRequests {
    * request is handled; the guest reads them only once the used index moves, after that wait (and a
    * wait that times out turns every status into DEVERR first). Returns the requests handled.
    */
-  drain(q: SplitQueue, u8: Uint8Array): number {
+  drain(q: SplitQueue, u8: Uint8Array, log?: DirtyLog): number {
     let n = 0;
     let waitFor = 0;
     while (n < BATCH_MAX && q.pop()) {
@@ -115,13 +116,17 @@ export class IommuRequests {
           u8[off + k] = tail < 0 ? (isProbe && at < PROBE_SIZE ? this.reply[at] : 0) : tail === 0 ? status : 0;
           if (tail === 0) this.statusAt[n] = off + k;
         }
+        log?.markOffset(off, c.lens[i]);
       }
       this.lens[n++] = writable;
     }
     // the guest may reuse unmapped memory once it sees OK: first, every thread must be past the batch
     const quiet = waitFor === 0 || this.table.quiescentSync(waitFor);
     for (let i = 0; i < n; i++) {
-      if (!quiet && this.statusAt[i] >= 0) u8[this.statusAt[i]] = S.DEVERR;
+      if (!quiet && this.statusAt[i] >= 0) {
+        u8[this.statusAt[i]] = S.DEVERR;
+        log?.markOffset(this.statusAt[i], 1);
+      }
       q.addUsed(this.heads[i], this.lens[i]);
     }
     q.flush();

@@ -119,8 +119,8 @@ export class Vm extends EventEmitter {
 
   /**
    * Start tracking guest writes to RAM, per 4 KiB page (for live migration and snapshots): the vCPUs'
-   * in KVM's dirty log, the devices' (network dataplane threads) in a log of tsvmm's own. Resolves once
-   * both are on.
+   * in KVM's dirty log, the devices' (net dataplane threads and control queue, the vIOMMU's request
+   * thread and event queue) in a log of tsvmm's own. Resolves once both are on.
    */
   async enableDirtyLog(): Promise<void> {
     const mem = this.memory;
@@ -131,7 +131,7 @@ export class Vm extends EventEmitter {
       this.deviceLog = new Uint8Array(new SharedArrayBuffer(size));
     }
     const log = { buffer: this.deviceLog.buffer as SharedArrayBuffer, offset: 0, size: this.deviceLog.length };
-    await Promise.all(this.netDevices.map((d) => d.net.setDirtyLog(log)));
+    await Promise.all([...this.netDevices.map((d) => d.net.setDirtyLog(log)), this.iommu?.setDirtyLog(log)]);
   }
 
   /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses, ascending. */

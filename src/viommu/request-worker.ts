@@ -25,7 +25,6 @@ export interface RequestWorkerData {
   control: Int32Array;
 }
 
-
 const d = workerData as RequestWorkerData;
 /**
  * After a request, the thread keeps looking at the queue this long (µs) with the guest's

@@ -7,7 +7,7 @@ import { pathToFileURL } from 'node:url';
 import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
 import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
-import { DirtyLog } from '../virtio/dirty-log.js';
+import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader } from '../viommu/table.js';
 import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
@@ -50,7 +50,7 @@ export interface DataplaneWorkerData {
   /** busy-poll this long (µs) before sleeping; 0 = always sleep when idle */
   busyPollUs: number;
   /** dirty-page log (live migration): every write into guest memory sets its page's bit */
-  dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
+  dirtyLog?: DirtyLogArea;
   /** behind the vIOMMU: its table, this device's endpoint id, and a quiescence slot per thread */
   /** missesWait: a failed translation stalls the queue (an IOTLB miss the frontend will fill), and
    * missFd is written so whoever asks the frontend knows at once */
@@ -77,7 +77,7 @@ async function main(): Promise<void> {
   const filter = new RxFilter(d.filter);
   const features = { eventIdx: d.eventIdx, indirect: d.indirect };
   const stats = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);
-  const log = d.dirtyLog && new DirtyLog(d.dirtyLog.buffer, d.dirtyLog.offset, d.dirtyLog.size, mem.table.regions);
+  const log = d.dirtyLog && new DirtyLog(d.dirtyLog, mem.table.regions);
 
   const pairs: NetQueuePair[] = [];
   /** per pair: the TX and RX counters (kicks are counted here, the rest by NetQueuePair) */

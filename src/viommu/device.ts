@@ -14,7 +14,7 @@ import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_WRITE } from
 import { IommuRequests, STATE, PROBE_SIZE, DOMAIN_BITS, handledCounts } from './requests.js';
 import type { RequestWorkerData } from './request-worker.js';
 import { CONTROL_LOG, CONTROL_STOP, CONTROL_WORDS, type LogMessage } from './request-control.js';
-import { DirtyLog } from '../virtio/dirty-log.js';
+import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 
 export { T, S, PROBE_SIZE } from './requests.js';
 
@@ -53,7 +53,7 @@ export class VirtioIommu implements VirtioDevice {
   private faultTimer?: NodeJS.Timeout;
   private worker?: { w: Worker; wakeFd: number; control: Int32Array; exited: Promise<void> };
   /** the dirty-page log (Vm.enableDirtyLog): the request thread's and this thread's writes are marked */
-  private dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
+  private dirtyLog?: DirtyLogArea;
   private mainLog?: DirtyLog;
 
   constructor(
@@ -137,9 +137,9 @@ export class VirtioIommu implements VirtioDevice {
    * Mark every write into guest memory (replies, fault events, used rings) in `log` from now on
    * (undefined: stop). The request thread takes it between batches; resolves once it does.
    */
-  async setDirtyLog(log: { buffer: SharedArrayBuffer; offset: number; size: number } | undefined): Promise<void> {
+  async setDirtyLog(log: DirtyLogArea | undefined): Promise<void> {
     this.dirtyLog = log;
-    this.mainLog = log && new DirtyLog(log.buffer, log.offset, log.size, this.memory.table.regions);
+    this.mainLog = log && new DirtyLog(log, this.memory.table.regions);
     for (const [q, index] of [[this.reqq, 0], [this.eventq, 1]] as const) {
       const cfg = this.queues.find((x) => x.index === index);
       if (q && cfg) q.setDirtyLog(this.mainLog, cfg.used);

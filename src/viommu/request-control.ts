@@ -1,6 +1,7 @@
 // The words the virtio-iommu device and its request thread share in `control` (an Int32Array over
 // shared memory), and the message that goes with CONTROL_LOG. A module of its own: the device must not
 // import the thread's module, which runs the thread when loaded.
+import type { DirtyLogArea } from '../virtio/dirty-log.js';
 
 /** set by the device: the thread stops */
 export const CONTROL_STOP = 0;
@@ -10,5 +11,5 @@ export const CONTROL_WORDS = 2;
 
 /** the dirty-page log the thread's writes (replies, used ring) go to from now on, or none */
 export interface LogMessage {
-  dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
+  dirtyLog?: DirtyLogArea;
 }

@@ -49,7 +49,7 @@ function main(): void {
   const takeLog = () => {
     const m = receiveMessageOnPort(port)?.message as LogMessage | undefined;
     const l = m?.dirtyLog;
-    log = l && new DirtyLog(l.buffer, l.offset, l.size, d.regions);
+    log = l && new DirtyLog(l, d.regions);
     q.setDirtyLog(log, d.queue.used);
     Atomics.store(d.control, CONTROL_LOG, 0);
     Atomics.notify(d.control, CONTROL_LOG);

@@ -14,7 +14,7 @@ import { F, bit, has } from './features.js';
 import { txPolicy } from './header.js';
 import { native } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
-import { DirtyLog } from '../virtio/dirty-log.js';
+import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
@@ -72,7 +72,7 @@ export class VirtioNet implements VirtioDevice {
   private activePairs = 1;
   private restarting: Promise<void> = Promise.resolve();
   /** a dirty-page log every device write into guest memory is marked in (Vm.enableDirtyLog) */
-  private dirtyLog?: { buffer: SharedArrayBuffer; offset: number; size: number };
+  private dirtyLog?: DirtyLogArea;
   /** the same log, for this (main) thread's own writes: the control queue's acks and used ring */
   private ctrlLog?: DirtyLog;
 
@@ -143,9 +143,9 @@ export class VirtioNet implements VirtioDevice {
    * from now on (KVM's dirty log sees only the vCPUs' writes); undefined stops. Running threads
    * restart to take it, rings where they stood; resolves once they log.
    */
-  async setDirtyLog(log: { buffer: SharedArrayBuffer; offset: number; size: number } | undefined): Promise<void> {
+  async setDirtyLog(log: DirtyLogArea | undefined): Promise<void> {
     this.dirtyLog = log;
-    this.ctrlLog = log && new DirtyLog(log.buffer, log.offset, log.size, this.memory.table.regions);
+    this.ctrlLog = log && new DirtyLog(log, this.memory.table.regions);
     this.logCtrlUsed();
     if (!this.active) return;
     this.restarting = this.restart(this.restarting);

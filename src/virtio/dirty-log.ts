@@ -7,6 +7,13 @@ import type { MemoryRegion } from '../vmm/memory.js';
 
 export const LOG_PAGE_SHIFT = 12;
 
+/** where a log lies: a shared bitmap (the frontend's log fd mapped, or the VMM's own), as threads are handed it */
+export interface DirtyLogArea {
+  buffer: SharedArrayBuffer;
+  offset: number;
+  size: number;
+}
+
 export class DirtyLog {
   private readonly bits: Uint8Array;
   /** pages the log covers (writes beyond it are not logged: the frontend sized it for its memory) */
@@ -14,9 +21,9 @@ export class DirtyLog {
   /** regions by buffer offset, to turn an offset back into a guest-physical address */
   private readonly byOffset: MemoryRegion[];
 
-  constructor(log: SharedArrayBuffer, logOffset: number, logSize: number, regions: readonly MemoryRegion[]) {
-    this.bits = new Uint8Array(log, logOffset, logSize);
-    this.pages = logSize * 8;
+  constructor(area: DirtyLogArea, regions: readonly MemoryRegion[]) {
+    this.bits = new Uint8Array(area.buffer, area.offset, area.size);
+    this.pages = area.size * 8;
     this.byOffset = [...regions].sort((a, b) => a.offset - b.offset);
   }
 

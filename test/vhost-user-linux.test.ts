@@ -4,7 +4,7 @@
 // tsvmm's tap driver carries the traffic to this namespace (web server, iperf3, the file check).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
@@ -17,6 +17,17 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // the guest's whole run (boot, checks, backend restart, migration) takes ~45 s here, alone or beside
 // the nested test; the deadline leaves room for a host that pauses these CPUs most of the time
 const DEADLINE_MS = 600_000;
+/**
+ * The guest's memory: 512 MiB less 64 KiB, deliberately not a multiple of 256 KiB. QEMU 7.2 (Debian 12)
+ * loses vCPU writes in a live migration under TCG when a RAM block's size is such a multiple: the fast
+ * path of its dirty-bitmap sync clears bits without resetting the TCG TLB, so later stores to a page
+ * already dirty once go unrecorded and the destination gets the page stale (fixed in QEMU 9.0, commit
+ * 03bfc2188f "physmem: Fix migration dirty bitmap coherency with TCG memory access"). Measured here with
+ * the hand-over comparison below: with 512 MiB, 4 of 10 runs had 1–13 kernel pages differ at the
+ * hand-over (none of them written by the backend) and the guest broke on the destination; any other
+ * size takes QEMU's page-by-page path, which resets the TLB.
+ */
+const GUEST_MEM = '524224K';
 
 /** QMP: connect, leave negotiation mode, run the commands, return their results. Rejects when QEMU
  *  closes the socket or does not answer within `timeoutMs` (a dead or wedged QEMU must not hang the hook). */
@@ -55,6 +66,48 @@ function qmp(path: string, commands: object[], timeoutMs = 15_000): Promise<unkn
   });
 }
 
+/**
+ * The pages of two QEMUs' guest memory (their memory-backend-memfd, opened through /proc) that differ:
+ * gpa (q35 below 4 GiB: file offset = guest-physical address), the first differing byte and how many
+ * bytes differ, with 32 bytes from there on each side.
+ */
+function memoryDiff(srcPid: number, dstPid: number): string[] {
+  const memfd = (pid: number) => {
+    for (const f of readdirSync(`/proc/${pid}/fd`)) {
+      if (readlinkSync(`/proc/${pid}/fd/${f}`).startsWith('/memfd:memory-backend-memfd')) return openSync(`/proc/${pid}/fd/${f}`, 'r');
+    }
+    throw new Error(`QEMU ${pid} has no memfd guest memory`);
+  };
+  const a = memfd(srcPid);
+  const b = memfd(dstPid);
+  try {
+    const size = fstatSync(a).size;
+    if (fstatSync(b).size !== size) return [`memory sizes differ: ${size} and ${fstatSync(b).size}`];
+    const A = Buffer.alloc(1 << 20);
+    const B = Buffer.alloc(1 << 20);
+    const out: string[] = [];
+    for (let off = 0; off < size; off += A.length) {
+      const n = readSync(a, A, 0, A.length, off);
+      if (readSync(b, B, 0, B.length, off) !== n) return [...out, `short read at ${off.toString(16)}`];
+      if (A.subarray(0, n).equals(B.subarray(0, n))) continue;
+      for (let p = 0; p < n; p += 4096) {
+        const x = A.subarray(p, p + 4096);
+        const y = B.subarray(p, p + 4096);
+        if (x.equals(y)) continue;
+        let first = 0;
+        while (x[first] === y[first]) first++;
+        let bytes = 0;
+        for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) bytes++;
+        out.push(`page ${(off + p).toString(16)} +${first.toString(16)} (${bytes} bytes): source ${x.subarray(first, first + 32).toString('hex')} destination ${y.subarray(first, first + 32).toString('hex')}`);
+      }
+    }
+    return out;
+  } finally {
+    closeSync(a);
+    closeSync(b);
+  }
+}
+
 /** What one run of the guest's scenario left behind. */
 interface Run {
   consoleOut: string;
@@ -66,27 +119,22 @@ interface Run {
   fileOk: boolean;
   restartedAt: number;
   migration: string;
+  /** pages that differed between the stopped source and the not yet started destination */
+  handover: string[] | undefined;
   steps: string[];
 }
 
-/**
- * Issue 5, open: about one run in eight here, the guest is corrupt right after it resumes on the
- * migration destination (a kernel oops, or virtio_net reporting "id N is not a head" on both queues at
- * once: its own bookkeeping of the rings is older than the rings). Both ends' rings were compared at
- * the hand-over in such a run (TSVMM_DEBUG_VRING) and were identical; the cause is not found yet.
- */
+/** a guest kernel that found its own state corrupt (the console line that says so) */
 const DEST_BROKE = /\b(Oops|BUG:|Kernel panic)|is not a head/;
 
 describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virtio_net through QEMU (TCG) over vhost-user to tsvmm', () => {
   let run: Run;
-  /** the first run's evidence when the destination broke in it and the scenario ran again */
-  let retried = '';
   const cleanups: Array<() => void> = [];
 
   /** The whole scenario once, in a namespace of its own. */
-  async function scenario(attempt: number): Promise<Run> {
+  async function scenario(): Promise<Run> {
     const procs: Running[] = [];
-    const ns = new NetNs(`vul${attempt}`);
+    const ns = new NetNs('vul');
     const work = mkdtempSync(join(tmpdir(), 'tsvmm-vul-'));
     cleanups.push(() => {
       for (const p of procs) p.proc.kill('SIGKILL');
@@ -97,6 +145,7 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     let restartedAt = 0;
     let destQemu: Running | undefined;
     let migration = 'not started';
+    let handover: string[] | undefined;
     const steps: string[] = [];
     let step = (what: string) => void steps.push(what);
     const data = join(work, 'data');
@@ -135,8 +184,8 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
         } else await sleep(1000);
       }
     })();
-    const qemuArgs = (chardev: string, extra: string[]) => ['qemu-system-x86_64', '-accel', 'tcg', '-machine', 'q35', '-cpu', 'max', '-m', '512', '-smp', '1',
-      '-object', 'memory-backend-memfd,id=mem,size=512M,share=on', '-machine', 'memory-backend=mem',
+    const qemuArgs = (chardev: string, extra: string[]) => ['qemu-system-x86_64', '-accel', 'tcg', '-machine', 'q35', '-cpu', 'max', '-m', GUEST_MEM, '-smp', '1',
+      '-object', `memory-backend-memfd,id=mem,size=${GUEST_MEM},share=on`, '-machine', 'memory-backend=mem',
       '-chardev', chardev, '-netdev', 'vhost-user,id=n0,chardev=c0',
       // QEMU 7.2 under TCG crashes with vhost-user and MSI-X: INTx (vectors=0), see MACHINE.md
       '-device', 'virtio-net-pci,netdev=n0,vectors=0,mac=52:54:00:75:76:00',
@@ -178,7 +227,9 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     // sent it would reach the destination stale, and a download's md5 would not match)
     const migrate = qemu.waitFor('L2-MIGRATE-READY', DEADLINE_MS).then(async () => {
       step('starting the destination');
-      const dest = runInNs(ns, qemuArgs(`socket,id=c0,path=${sock2},reconnect=1`, ['-incoming', `unix:${join(work, 'mig.sock')}`]));
+      // (-S: it stays stopped after the migration until the memory comparison below is done)
+      const destQmp = join(work, 'qmp2.sock');
+      const dest = runInNs(ns, qemuArgs(`socket,id=c0,path=${sock2},reconnect=1`, ['-incoming', `unix:${join(work, 'mig.sock')}`, '-S', '-qmp', `unix:${destQmp},server=on,wait=off`]));
       procs.push(dest);
       destQemu = dest;
       // a destination guest that broke (see DEST_BROKE) may hang rather than power off: stop it a few
@@ -207,6 +258,16 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
         dest.proc.kill('SIGKILL');
         return;
       }
+      // The hand-over: the source is stopped for good, the destination has all its state and has not run.
+      // Their memories must be equal page for page: a page the source's backend wrote but did not log
+      // (or that QEMU lost) differs here, long before it could corrupt the guest.
+      try {
+        handover = memoryDiff(qemu.proc.pid!, dest.proc.pid!);
+      } catch (e) {
+        handover = [`not compared: ${(e as Error).message}`];
+      }
+      step(`hand-over: ${handover.length} pages differ`);
+      await qmp(destQmp, [{ execute: 'cont' }]);
       writeFileSync(join(data, 'migrated'), 'yes\n');
       await qmp(qmpPath, [{ execute: 'quit' }]).catch(() => {});
     });
@@ -226,20 +287,13 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
     await Promise.race([fetcher, sleep(5000)]);
     backend.proc.kill('SIGINT');
     const backendErr = (await backend.done).stderr;
-    return { consoleOut, destConsole: d ? d.stdout.replace(/\r/g, '') : '', qemuCode: d ? d.code : q.code, backendErr, destErr, fileOk, restartedAt, migration, steps };
+    return { consoleOut, destConsole: d ? d.stdout.replace(/\r/g, '') : '', qemuCode: d ? d.code : q.code, backendErr, destErr, fileOk, restartedAt, migration, handover, steps };
   }
 
   beforeAll(async () => {
     execFileSync('bash', [join(ROOT, 'test', 'nested', 'build-images.sh')], { stdio: 'pipe', timeout: 600_000 });
-    run = await scenario(1);
-    if (run.migration === 'completed' && DEST_BROKE.test(run.destConsole)) {
-      // the known failure of issue 5: said loudly, kept for the report, and the scenario runs once more
-      // (a second occurrence fails the checks below)
-      retried = `first run: the destination guest broke after migration (issue 5); ${describe(run)}`;
-      process.stderr.write(`vhost-user-linux: KNOWN ISSUE (issue 5): the destination guest broke after the migration; running the scenario once more\n${describe(run)}\n`);
-      run = await scenario(2);
-    }
-  }, 2 * DEADLINE_MS + 600_000); // two runs at most, + building the images when they are not cached
+    run = await scenario();
+  }, DEADLINE_MS + 600_000); // + building the images when they are not cached
 
   afterAll(() => {
     for (const c of cleanups) c();
@@ -247,10 +301,10 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
 
   /** A run's steps, console tail and backend logs, for failure messages. */
   function describe(r: Run): string {
-    return `steps: ${r.steps.join('; ')}\nmigration: ${r.migration}\nconsole tail:\n${r.consoleOut.split('\n').slice(-20).join('\n')}\nbackend: ${r.backendErr.slice(-800)}\ndestination backend: ${r.destErr.slice(-800)}`;
+    return `steps: ${r.steps.join('; ')}\nmigration: ${r.migration}\nhand-over: ${r.handover?.slice(0, 20).join('\n') || 'equal'}\nconsole tail:\n${r.consoleOut.split('\n').slice(-20).join('\n')}\nbackend: ${r.backendErr.slice(-800)}\ndestination backend: ${r.destErr.slice(-800)}`;
   }
 
-  const context = () => describe(run) + (retried ? `\n(ran twice) ${retried}` : '');
+  const context = () => describe(run);
 
   it.each([
     'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'link-up',
@@ -265,6 +319,10 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox'))('Linux virti
 
   it('migrated live to a second QEMU and a second tsvmm backend, which served it', () => {
     expect(run.migration, context()).toBe('completed');
+    // every page the source's vCPU or backend wrote reached the destination (the backend's writes through
+    // QEMU's dirty log), and the guest found nothing corrupt after it resumed there
+    expect(run.handover, context()).toEqual([]);
+    expect(run.destConsole, context()).not.toMatch(DEST_BROKE);
     // QEMU switched the source backend's dirty logging on for the migration
     expect(run.backendErr, context()).toMatch(/dirty logging on/);
     expect(run.backendErr, context()).toMatch(/dirty log of \d+ bytes from the frontend/);

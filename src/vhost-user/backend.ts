@@ -68,6 +68,13 @@ function changedSince(changes: Array<{ start: number; end: number; generation: n
  *  stands, and the last used entries with their buffers), for chasing a frontend's ring-state problems */
 const trace = process.env.TSVMM_DEBUG_VRING ? (s: string) => process.stderr.write(`vring: ${s}\n`) : undefined;
 
+/** (tracing) the guest-physical addresses of the pages whose bits are set in a log bitmap */
+function pagesIn(bits: Uint8Array): string {
+  const out: string[] = [];
+  for (let p = 0; p < bits.length * 8; p++) if (bits[p >> 3] & (1 << (p & 7))) out.push((p * 4096).toString(16));
+  return out.join(' ');
+}
+
 /** IOTLB changes remembered to recognise stale misses (more than a ring's worth in flight) */
 const CHANGES_KEPT = 1024;
 /** vhost_vring_addr.flags bit: log_guest_addr is valid */
@@ -248,6 +255,10 @@ export class VhostUserBackend {
         r.callFd = this.closeFd(r.callFd);
         r.base = base;
         trace?.(`ring ${i} stopped at ${base}; ${this.ringDump(r)}`);
+        if (trace && this.written && this.log) {
+          trace(`pages written while logging: ${pagesIn(new Uint8Array(this.written))}`);
+          trace(`pages in the frontend's log not yet collected: ${pagesIn(new Uint8Array(this.log.buffer, this.log.offset, this.log.size))}`);
+        }
         return { reply: P.encodeReply(m.request, P.vringState(i, base)) };
       }
       case P.REQ.SET_VRING_KICK:
@@ -326,6 +337,14 @@ export class VhostUserBackend {
         for (const fd of m.fds) native.close(fd);
         return ack(false);
     }
+  }
+
+  /** (tracing) every page logged over the connection, kept (the frontend clears its log as it reads) */
+  private written?: SharedArrayBuffer;
+  private writtenLog(): SharedArrayBuffer | undefined {
+    if (!trace || !this.log) return undefined;
+    if (this.written?.byteLength !== this.log.size) this.written = new SharedArrayBuffer(this.log.size);
+    return this.written;
   }
 
   private mapLog(fd: number, size: number, offset: number): MappedLog | string {
@@ -545,7 +564,7 @@ export class VhostUserBackend {
           busyPollUs: this.opts.busyPollUs ?? 0,
           iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true, missFd: this.eventFd } : undefined,
           // migration: the frontend switched LOG_ALL on and gave us its log
-          dirtyLog: has(f, F_LOG_ALL) && this.log ? { buffer: this.log.buffer, offset: this.log.offset, size: this.log.size } : undefined,
+          dirtyLog: has(f, F_LOG_ALL) && this.log ? { buffer: this.log.buffer, offset: this.log.offset, size: this.log.size, copy: this.writtenLog() } : undefined,
         },
         [[wp]],
       );

@@ -12,10 +12,13 @@ export interface DirtyLogArea {
   buffer: SharedArrayBuffer;
   offset: number;
   size: number;
+  /** (tracing) a second bitmap of the same size, set alike and never cleared */
+  copy?: SharedArrayBuffer;
 }
 
 export class DirtyLog {
   private readonly bits: Uint8Array;
+  private readonly copy?: Uint8Array;
   /** pages the log covers (writes beyond it are not logged: the frontend sized it for its memory) */
   private readonly pages: number;
   /** regions by buffer offset, to turn an offset back into a guest-physical address */
@@ -23,6 +26,7 @@ export class DirtyLog {
 
   constructor(area: DirtyLogArea, regions: readonly MemoryRegion[]) {
     this.bits = new Uint8Array(area.buffer, area.offset, area.size);
+    this.copy = area.copy && new Uint8Array(area.copy);
     this.pages = area.size * 8;
     this.byOffset = [...regions].sort((a, b) => a.offset - b.offset);
   }
@@ -33,6 +37,7 @@ export class DirtyLog {
     const first = Math.floor(gpa / 4096);
     const last = Math.min(Math.floor((gpa + len - 1) / 4096), this.pages - 1);
     for (let p = first; p <= last; p++) Atomics.or(this.bits, p >>> 3, 1 << (p & 7));
+    if (this.copy) for (let p = first; p <= last; p++) Atomics.or(this.copy, p >>> 3, 1 << (p & 7));
   }
 
   /** The shared-buffer range [off, off+len) was written (one region: the dataplane's buffers never span two). */

@@ -172,11 +172,19 @@ export class NetQueuePair {
     const q = this.rxq;
     const b = this.rxBatch;
     const st = this.o.rxStats;
-    const need = this.o.maxRxFrame + NET_HDR_LEN;
+    const largest = this.o.maxRxFrame + NET_HDR_LEN;
+    const driver = this.driver;
     let delivered = 0;
     this.starved = false;
     this.dry = false;
     for (let attempts = 0; attempts < budget && !q.broken; attempts++) {
+      // room for the frame that is waiting when the driver can tell its length, else for the largest
+      const next = driver.nextLength ? driver.nextLength() : -1;
+      if (next === 0) {
+        this.dry = true;
+        break;
+      }
+      const need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
       // buffers for one frame: one chain, or with MRG_RXBUF as many as the largest frame needs
       let chains = 0;
       let cap = 0;
@@ -224,7 +232,7 @@ export class NetQueuePair {
       b.iovStart[0] = 0;
       b.iovStart[1] = iovUsed;
       b.count = 1;
-      const got = iovUsed > 0 ? this.driver.receive(b, this.memBuffer) : 0;
+      const got = iovUsed > 0 ? driver.receive(b, this.memBuffer) : 0;
       if (got === 0) {
         for (let i = 0; i < chains; i++) q.unpop();
         this.dry = true;

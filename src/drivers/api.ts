@@ -92,6 +92,12 @@ export interface DriverQueue {
    * negotiated size. Fills len[] and meta[]; returns how many packets arrived (0: nothing waiting).
    */
   receive(batch: PacketBatch, guestMemory: SharedArrayBuffer): number;
+  /**
+   * Optional: the length of the frame receive() would deliver next, for a driver that knows it before
+   * copying (a generated frame, an AF_XDP descriptor); 0 when nothing is waiting, -1 when unknown. The
+   * dataplane then takes only the guest buffers that frame needs instead of room for the largest one.
+   */
+  nextLength?(): number;
   /** packets the wire refused */
   readonly drops: number;
   close(): void;

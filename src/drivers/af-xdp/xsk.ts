@@ -248,13 +248,19 @@ export class XskQueue implements DriverQueue {
     return sent;
   }
 
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  nextLength(): number {
     const rx = this.rx;
     if (this.rxCons === Atomics.load(rx.producer, 0)) {
       // nothing waiting; a driver that sleeps with an empty fill ring must be woken to refill it
       if (this.fill.needsWakeup) native.poll(this.pollFd, A.POLLIN, 0);
       return 0;
     }
+    return rx.u32[(this.rxCons & (RING - 1)) * 4 + 2];
+  }
+
+  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+    if (this.nextLength() === 0) return 0;
+    const rx = this.rx;
     const u8 = this.view(mem);
     const d = (this.rxCons & (RING - 1)) * 4;
     const addr = rx.u32[d] + rx.u32[d + 1] * 4294967296;

@@ -131,6 +131,11 @@ class NullQueue implements DriverQueue {
     return 1;
   }
 
+  nextLength(): number {
+    if (this.held) return this.heldCount > 0 ? this.heldLen[this.heldHead] : 0;
+    return this.init.rx ? this.init.size : 0;
+  }
+
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     if (this.held) return this.unhold(b, this.view(mem));
     if (!this.init.rx) return 0;

@@ -185,7 +185,7 @@ export class NetQueuePair {
         break;
       }
       const need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
-      // buffers for one frame: one chain, or with MRG_RXBUF as many as the largest frame needs
+      // buffers for one frame: one chain, or with MRG_RXBUF as many as `need` takes
       let chains = 0;
       let cap = 0;
       let iovUsed = 0;
@@ -221,7 +221,7 @@ export class NetQueuePair {
         if (!this.o.mergeable) break;
       }
       // Never read a frame we may not be able to place: the tap truncates to the buffers it is given.
-      // With MRG_RXBUF wait for enough buffers for the largest frame; a single chain must be big enough
+      // With MRG_RXBUF wait for enough buffers for `need` (the largest frame, or the known next one); a single chain must be big enough
       // by itself (the spec asks drivers for 1526-byte buffers then), else frames that don't fit drop.
       if (chains === 0 || (this.o.mergeable && cap < need)) {
         for (let i = 0; i < chains; i++) q.unpop();

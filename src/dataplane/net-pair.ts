@@ -221,8 +221,9 @@ export class NetQueuePair {
         if (!this.o.mergeable) break;
       }
       // Never read a frame we may not be able to place: the tap truncates to the buffers it is given.
-      // With MRG_RXBUF wait for enough buffers for `need` (the largest frame, or the known next one); a single chain must be big enough
-      // by itself (the spec asks drivers for 1526-byte buffers then), else frames that don't fit drop.
+      // With MRG_RXBUF wait for enough buffers for `need` (the largest frame, or the known next one); a
+      // single chain must be big enough by itself (the spec asks drivers for 1526-byte buffers then),
+      // else frames that don't fit drop.
       if (chains === 0 || (this.o.mergeable && cap < need)) {
         for (let i = 0; i < chains; i++) q.unpop();
         this.starved = true;

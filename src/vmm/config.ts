@@ -85,9 +85,15 @@ export function resolveMemory(mem: number | string | undefined): number {
   return bytes;
 }
 
-export function resolveCpus(cpus: number | undefined, hostMax: number): number {
+/** The vCPU count asked for, checked before KVM is opened (a bad flag is reported as such on any host). */
+export function requestedCpus(cpus: number | undefined): number {
   const n = cpus ?? 1;
   if (!Number.isInteger(n) || n < 1) throw new UserError(`--cpus: must be a whole number of at least 1`);
+  return n;
+}
+
+export function resolveCpus(cpus: number | undefined, hostMax: number): number {
+  const n = requestedCpus(cpus);
   const max = Math.min(MAX_CPUS, hostMax);
   if (n > max) throw new UserError(`--cpus: this KVM allows at most ${max} vCPUs`);
   return n;

@@ -15,7 +15,7 @@ import { newMailbox, MailboxServer } from './mailbox.js';
 import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
 import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
-import { resolveCpus, resolveMemory, type VmConfig, type NetConfig } from './config.js';
+import { requestedCpus, resolveCpus, resolveMemory, type VmConfig, type NetConfig } from './config.js';
 import { createDriver } from '../drivers/registry.js';
 import { VirtioIommu } from '../viommu/device.js';
 import type { VirtioDevice } from '../virtio/device.js';
@@ -197,6 +197,7 @@ export class Vm extends EventEmitter {
   private async build(): Promise<void> {
     const cfg = this.config;
     const memSize = resolveMemory(cfg.memory);
+    requestedCpus(cfg.cpus);
     const kernel = this.readInput('--kernel', cfg.kernel);
     const initrd = cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
 

@@ -65,8 +65,14 @@ let setupError: Error | undefined;
 function failureContext(r: Run | undefined): string {
   if (!r) return `harness did not run: ${setupError?.message}`;
   const lastStage = r.stages.at(-1);
-  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; last console lines:\n${r.console.split('\n').slice(-25).join('\n')}`;
+  const lines = r.console.split('\n');
+  // a kernel's oops or panic says what happened in its first lines, which the last 25 often miss
+  const first = lines.findIndex((l) => KERNEL_TROUBLE.test(l));
+  const trouble = first >= 0 && first < lines.length - 25 ? `first kernel trouble report:\n${lines.slice(first, first + 30).join('\n')}\n` : '';
+  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${trouble}last console lines:\n${lines.slice(-25).join('\n')}`;
 }
+
+const KERNEL_TROUBLE = /\] (BUG:|Oops|WARNING:|Kernel panic|general protection|watchdog:|rcu: INFO|INFO: task .* blocked)/;
 
 function parse(consoleText: string, seconds: number): Run {
   const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [] };

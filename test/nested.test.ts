@@ -10,7 +10,7 @@
 // scenarios run directly, the L1 side in a namespace on the host.
 import { describe, it, expect, beforeAll } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, haveKvm, isKvmPvm, which } from './helpers/env.js';
@@ -23,7 +23,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // stats in the console. TSVMM_NESTED_IOMMU=0 leaves them out.
 const IOMMU_SCENARIOS = process.env.TSVMM_NESTED_IOMMU !== '0';
 const SCENARIOS = ['basic', 'mq', 'wedge', ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : [])];
-const LIMIT_S = 600;
+const LIMIT_S = 900;
 
 const L2_COMMON = ['cpus', 'acpi-madt', 'ioapic', 'acpi-pci-root', 'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'msix-vectors', 'link-up', 'ping-56', 'ping-1400', 'ping-8000', 'file-l1-to-l2'];
 const EXPECTED: Array<[string, string]> = [
@@ -52,6 +52,8 @@ interface Run {
   seconds: number;
   checks: Map<string, { pass: boolean; detail: string }>;
   exits: Map<string, number>;
+  /** how tsvmm said each scenario's VM ended ("tsvmm: guest powered off (status 0)") */
+  ends: Map<string, string>;
   stats: Map<string, { threads: number; pairs: Array<{ rx: { packets: number }; tx: { packets: number } }> }>;
   iommu: Map<string, { requests: Record<string, number>; faults: number }>;
   stages: Array<[string, number]>;
@@ -67,15 +69,23 @@ function failureContext(r: Run | undefined): string {
   const lastStage = r.stages.at(-1);
   const lines = r.console.split('\n');
   // a kernel's oops or panic says what happened in its first lines, which the last 25 often miss
-  const first = lines.findIndex((l) => KERNEL_TROUBLE.test(l));
-  const trouble = first >= 0 && first < lines.length - 25 ? `first kernel trouble report:\n${lines.slice(first, first + 30).join('\n')}\n` : '';
-  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${trouble}last console lines:\n${lines.slice(-25).join('\n')}`;
+  const trouble = troubleReport(lines.slice(0, -25));
+  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${trouble ? `first kernel trouble report:\n${trouble}\n` : ''}last console lines:\n${lines.slice(-25).join('\n')}`;
 }
 
 const KERNEL_TROUBLE = /\] (BUG:|Oops|WARNING:|Kernel panic|general protection|watchdog:|rcu: INFO|INFO: task .* blocked)/;
 
+/** The first oops/panic/warning in `lines` and the 30 lines from it, or '' if there is none. */
+function troubleReport(lines: string[]): string {
+  const first = lines.findIndex((l) => KERNEL_TROUBLE.test(l));
+  return first < 0 ? '' : lines.slice(first, first + 30).join('\n');
+}
+
+/** L1's kernel panicked: its panic ends with its KASLR offset (L2 boots with nokaslr: "disabled"). */
+const L1_PANIC = /Kernel Offset: 0x[0-9a-f]+ from/;
+
 function parse(consoleText: string, seconds: number): Run {
-  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [] };
+  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), ends: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [] };
   let scenario = '';
   // the console carries terminal resets (ESC c, ESC [ ... ) and CR CR LF line ends through two ttys
   const clean = consoleText.replace(/\x1b(c|\[[0-9;?]*[A-Za-z])/g, '');
@@ -86,7 +96,10 @@ function parse(consoleText: string, seconds: number): Run {
       const s = /^tsvmm-start-([\w-]+)/.exec(m[1]);
       if (s) scenario = s[1];
     } else if ((m = /^(L[12])-CHECK (\S+) (PASS|FAIL) ?(.*)$/.exec(line))) r.checks.set(`${m[1]} ${m[2]}`, { pass: m[3] === 'PASS', detail: m[4] });
-    else if ((m = /^L1-RESULT ([\w-]+) exit=(\d+)/.exec(line))) r.exits.set(m[1], Number(m[2]));
+    else if ((m = /^L1-RESULT ([\w-]+) exit=(\d+) ?(.*)$/.exec(line))) {
+      r.exits.set(m[1], Number(m[2]));
+      r.ends.set(m[1], m[3]);
+    }
     else if ((m = /^L1-HANG ([\w-]+) (.*)$/.exec(line))) r.hangs.push([m[1], m[2]]);
     else if ((m = /^TSVMM-STATS (\{.*\})/.exec(line))) {
       const st = JSON.parse(m[1]);
@@ -121,7 +134,10 @@ async function collect(p: ChildProcess): Promise<{ out: string; seconds: number 
 }
 
 function report(r: Run): void {
-  process.stdout.write(`nested: ${r.seconds.toFixed(0)} s in all; stages (uptime, s): ${r.stages.map(([n, t]) => `${n}@${t}`).join(' ')}\n`);
+  // the whole console, for what the failure texts leave out
+  const saved = join(NESTED, 'last-console.log');
+  writeFileSync(saved, r.console);
+  process.stdout.write(`nested: ${r.seconds.toFixed(0)} s in all (console: ${saved}); stages (uptime, s): ${r.stages.map(([n, t]) => `${n}@${t}`).join(' ')}\n`);
   // a hang before L2's init, run again by scenarios.sh: said loudly, with where L2 was (L2 boots with
   // nokaslr, so its rips are System.map's addresses)
   for (const [scn, line] of r.hangs) process.stdout.write(`nested: WARNING: ${scn} hung before L2's init and was run again; ${line}${symbolize(line)}\n`);
@@ -155,7 +171,10 @@ function scenarioTests(get: () => Run | undefined): void {
   });
 
   it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : [])]) expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
+    for (const scn of ['basic', 'mq', ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : [])]) {
+      expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
+      expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
+    }
   });
 
   it.runIf(IOMMU_SCENARIOS)('behind the vIOMMU, Linux mapped and unmapped per use in both modes, with no fault', () => {
@@ -189,21 +208,38 @@ function scenarioTests(get: () => Run | undefined): void {
   });
 }
 
+/** Boot L1 (QEMU software emulation, emulated AMD SVM) running `scenarios`; its console when it ends. */
+function bootL1(scenarios: string[]): Promise<{ out: string; seconds: number }> {
+  return collect(spawn('qemu-system-x86_64', [
+    '-accel', 'tcg,thread=multi', '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', '2048',
+    '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
+    '-kernel', join(NESTED, 'vmlinuz'), '-initrd', join(NESTED, 'l1.cpio.gz'),
+    '-append', `console=ttyS0 quiet panic=-1 tsvmm.run=${scenarios.join(',')}`,
+  ], { stdio: ['ignore', 'pipe', 'pipe'] }));
+}
+
 // (any host without hardware KVM: kvm_pvm, or none at all — the L1 brings its own, emulated)
 describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) under tsvmm inside an L1 with emulated AMD SVM', () => {
   beforeAll(async () => {
     setupError = buildImages();
     if (setupError) return;
-    const qemu = spawn('qemu-system-x86_64', [
-      '-accel', 'tcg,thread=multi', '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', '2048',
-      '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
-      '-kernel', join(NESTED, 'vmlinuz'), '-initrd', join(NESTED, 'l1.cpio.gz'),
-      '-append', `console=ttyS0 quiet panic=-1 tsvmm.run=${SCENARIOS.join(',')}`,
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const { out, seconds } = await collect(qemu);
+    let { out, seconds } = await bootL1(SCENARIOS);
     run = parse(out, seconds);
+    // L1's own kernel (Debian's, kvm_amd on QEMU 7.2's emulated SVM) panicked once in a CI run, in
+    // KVM_RUN on tsvmm's vCPU thread, 58 s into iommu-strict (its first lines were not kept; tsvmm, a
+    // process in L1, cannot panic L1's kernel without a bug in that kernel or in QEMU's emulation).
+    // Said loudly, with the panic, and the scenarios it did not finish run once more in a fresh L1; a
+    // second panic fails them.
+    if (L1_PANIC.test(out) && !run.stages.some(([n]) => n === 'l1-done')) {
+      const left = SCENARIOS.filter((s) => !run!.exits.has(s));
+      process.stdout.write(`nested: WARNING: L1's kernel panicked (${run.stages.at(-1)?.join(' at uptime ')} s); booting a fresh L1 for ${left.join(',')}. The panic:\n${troubleReport(out.split('\n'))}\n`);
+      const again = await bootL1(left);
+      out += `\n${again.out}`;
+      seconds += again.seconds;
+      run = parse(out, seconds);
+    }
     report(run);
-  }, (LIMIT_S + 660) * 1000);
+  }, (2 * LIMIT_S + 660) * 1000);
 
   scenarioTests(() => run);
 });

@@ -82,9 +82,14 @@ export function syncedRip(run: DataView): bigint | undefined {
  */
 export function handleExit(run: DataView, access: BusAccess): VcpuStop | undefined {
   const stop = dispatch(run, access);
-  if (stop?.reason === 'crash') {
+  // a crash, and a triple fault (a guest that could not even take its double fault), say where the
+  // guest was: the stack pointer too for the triple fault, whose usual cause is a bad stack
+  if (stop?.reason === 'crash' || (stop?.reason === 'reset' && stop.detail === 'triple fault')) {
     const rip = syncedRip(run);
-    if (rip !== undefined) return { reason: 'crash', detail: `${stop.detail} at rip 0x${rip.toString(16)}` };
+    if (rip !== undefined) {
+      const rsp = stop.reason === 'reset' ? ` rsp 0x${run.getBigUint64(RUN.sync_regs + 6 * 8, true).toString(16)}` : '';
+      return { reason: stop.reason, detail: `${stop.detail} at rip 0x${rip.toString(16)}${rsp}` };
+    }
   }
   return stop;
 }

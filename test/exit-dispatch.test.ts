@@ -88,6 +88,8 @@ describe('exit dispatcher', () => {
     run.setBigUint64(RUN.sync_regs + 16 * 8, 0xffffffff81000000n, true);
     run.setBigUint64(RUN.sync_regs + 6 * 8, 0xffffc90000003ff8n, true);
     expect(handleExit(run, recorder().access)).toEqual({ reason: 'reset', detail: 'triple fault at rip 0xffffffff81000000 rsp 0xffffc90000003ff8' });
+    run.setBigUint64(RUN.sync_regs + 16 * 8, 0xfff0n, true); // AMD: KVM reset the vCPU first
+    expect(handleExit(run, recorder().access)).toEqual({ reason: 'reset', detail: 'triple fault' });
     run.setBigUint64(RUN.kvm_valid_regs, 0n, true);
     run.setUint32(RUN.exit_reason, EXIT.SYSTEM_EVENT, true);
     run.setUint32(RUN.system_event_type, 1, true);

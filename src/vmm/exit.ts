@@ -83,10 +83,12 @@ export function syncedRip(run: DataView): bigint | undefined {
 export function handleExit(run: DataView, access: BusAccess): VcpuStop | undefined {
   const stop = dispatch(run, access);
   // a crash, and a triple fault (a guest that could not even take its double fault), say where the
-  // guest was: the stack pointer too for the triple fault, whose usual cause is a bad stack
+  // guest was: the stack pointer too for the triple fault, whose usual cause is a bad stack. (Not on
+  // AMD: KVM puts the vCPU through INIT before it reports the shutdown, so the registers are the reset
+  // vector's, rip 0xfff0, and say nothing.)
   if (stop?.reason === 'crash' || (stop?.reason === 'reset' && stop.detail === 'triple fault')) {
     const rip = syncedRip(run);
-    if (rip !== undefined) {
+    if (rip !== undefined && !(stop.reason === 'reset' && rip === 0xfff0n)) {
       const rsp = stop.reason === 'reset' ? ` rsp 0x${run.getBigUint64(RUN.sync_regs + 6 * 8, true).toString(16)}` : '';
       return { reason: stop.reason, detail: `${stop.detail} at rip 0x${rip.toString(16)}${rsp}` };
     }

@@ -21,7 +21,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // iommu-lazy; not seen again in the next runs, 4 of them iommu-lazy alone): they run by default, each
 // bounded by tsvmm's --timeout (scenarios.sh) so that a hang fails only its own checks, with tsvmm's
 // stats in the console. TSVMM_NESTED_IOMMU=0 leaves them out. Also seen (2026-12-02), in strict mode
-// only: L2 ending in a triple fault with no oops before it, 2 of ~60 runs (0 of 20 with L1's KVM
+// only: L2 ending in a triple fault with no oops before it, 2 of ~20 runs (0 of 20 more with L1's KVM
 // tracepoints on); its cause (tsvmm's device, or the nested emulation under the ~1000 exits/s of Linux's
 // synchronous virtio-iommu requests) is not known, so it fails the test rather than being retried.
 const IOMMU_SCENARIOS = process.env.TSVMM_NESTED_IOMMU !== '0';

@@ -71,6 +71,16 @@ const port = parentPort!;
 
 async function main(): Promise<void> {
   const iommu = d.iommu && new IommuReader(d.iommu.buffer, d.iommu.endpoint, d.iommu.slots[d.threadIndex]);
+  // however this thread ends (its stop, a broken ring at the start, an exception), it holds no
+  // translation afterwards: an UNMAP waits for it with no time limit
+  try {
+    await serve(iommu);
+  } finally {
+    iommu?.idle();
+  }
+}
+
+async function serve(iommu: IommuReader | undefined): Promise<void> {
   iommu?.enter();
   const mem = guestView(d.memory, new MemoryTable(d.table.regions), iommu);
   const driverMod = (await import(pathToFileURL(d.driverModule).href)) as DriverModule;
@@ -241,7 +251,6 @@ async function main(): Promise<void> {
     }
     if (work > 0) lastWork = process.hrtime.bigint();
   }
-  iommu?.idle();
   native.close(ep);
   native.close(wakeOnly);
   for (const p of pairs) p.driver.close();

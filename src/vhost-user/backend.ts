@@ -11,7 +11,7 @@ import { F, bit, has } from '../virtio-net/features.js';
 import { txPolicy } from '../virtio-net/header.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
 import { FrontendMemory } from './memory.js';
-import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE } from '../viommu/table.js';
+import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE, sayWaitIsSlow } from '../viommu/table.js';
 import { guestView, dmaContiguous } from '../virtio/queue.js';
 import * as P from './protocol.js';
 
@@ -115,6 +115,7 @@ export class VhostUserBackend {
   readonly errors: string[] = [];
   /** IOTLB traffic over the backend's life: misses asked, updates and invalidations received */
   readonly iotlbCounts = { misses: 0, updates: 0, invalidations: 0 };
+  private readonly slowInvalidation = sayWaitIsSlow('vhost-user IOTLB invalidation');
   /** an eventfd the dataplane threads write when they need the frontend asked something (IOTLB misses) */
   readonly eventFd = native.eventfd(0, EFD_NONBLOCK);
 
@@ -424,7 +425,7 @@ export class VhostUserBackend {
     } else if (msg.type === P.IOTLB.INVALIDATE) {
       t.table.invalidate(IOTLB_DOMAIN, msg.iova, end);
       // the frontend may reuse the range once we answer: no thread may still hold a translation of it
-      if (!t.table.quiescentSync(t.table.generation)) return false;
+      t.table.quiescentSync(t.table.generation, this.slowInvalidation);
     } else return `message type ${msg.type}`;
     if (msg.type === P.IOTLB.UPDATE) this.iotlbCounts.updates++;
     else this.iotlbCounts.invalidations++;

@@ -10,7 +10,7 @@ import { native, EFD_NONBLOCK } from '../native.js';
 import { workerUrl } from '../worker-url.js';
 import { SplitQueue, guestView, type GuestView } from '../virtio/queue.js';
 import { VIRTIO_F_VERSION_1, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
-import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_WRITE } from './table.js';
+import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_WRITE, sayWaitIsSlow } from './table.js';
 import { IommuRequests, STATE, PROBE_SIZE, DOMAIN_BITS, handledCounts } from './requests.js';
 import type { RequestWorkerData } from './request-worker.js';
 import { CONTROL_LOG, CONTROL_STOP, CONTROL_WORDS, type LogMessage } from './request-control.js';
@@ -129,7 +129,7 @@ export class VirtioIommu implements VirtioDevice {
     if (typeof q === 'string') return a.needsReset(`request queue: ${q}`);
     this.reqq = q;
     q.setDirtyLog(this.mainLog, rq.used);
-    this.requests = new IommuRequests(this.table, this.opts.endpoints, this.state);
+    this.requests = new IommuRequests(this.table, this.opts.endpoints, this.state, sayWaitIsSlow('virtio-iommu'));
     this.kick(0);
   }
 

@@ -52,8 +52,6 @@ export class IommuRequests {
   private readonly reply = new Uint8Array(PROBE_SIZE);
   private readonly heads = new Uint16Array(BATCH_MAX);
   private readonly lens = new Uint32Array(BATCH_MAX);
-  /** where each request's status byte lies in guest memory (-1: a malformed chain, no reply) */
-  private readonly statusAt = new Float64Array(BATCH_MAX);
   /** set by request(): the table generation the batch's completion must wait for (0: none) */
   private waitFor = 0;
 
@@ -62,6 +60,8 @@ export class IommuRequests {
     private readonly endpoints: readonly number[],
     /** STATE words (an Int32Array over shared memory) */
     private readonly state: Int32Array,
+    /** told of a quiescence wait past a second (a loaded host, or a stuck dataplane thread) */
+    private readonly onSlowWait?: (thread: number, ms: number) => void,
   ) {}
 
   private get bypassUnattached(): boolean {
@@ -72,8 +72,8 @@ export class IommuRequests {
    * Handle every request available on `q` (guest memory `u8`), then publish the completions: after one
    * wait for the dataplane threads to be past the batch's last UNMAP (or ATTACH/DETACH) — a guest that
    * batches its unmaps pays for one quiescence, not one per request. Replies are written as each
-   * request is handled; the guest reads them only once the used index moves, after that wait (and a
-   * wait that times out turns every status into DEVERR first). Returns the requests handled.
+   * request is handled; the guest reads them only once the used index moves, after that wait. Returns
+   * the requests handled.
    */
   drain(q: SplitQueue, u8: Uint8Array, log?: DirtyLog): number {
     let n = 0;
@@ -84,7 +84,7 @@ export class IommuRequests {
       // the request: the readable buffers, gathered; the reply: the writable ones
       if (c.readableBytes < 4 || c.readableBytes > this.req.length || c.writableBytes < 4) {
         this.lens[n] = 0;
-        this.statusAt[n++] = -1;
+        n++;
         continue;
       }
       for (let i = 0, at = 0; i < c.readable; i++) {
@@ -108,27 +108,20 @@ export class IommuRequests {
       // the writable buffers: the reply's leading bytes (zeros but for a PROBE's properties), then the
       // tail: status and three reserved bytes
       let at = 0;
-      this.statusAt[n] = -1;
       for (let i = c.readable; i < c.count; i++) {
         const off = c.offsets[i];
         for (let k = 0; k < c.lens[i]; k++, at++) {
           const tail = at - (writable - 4);
           u8[off + k] = tail < 0 ? (isProbe && at < PROBE_SIZE ? this.reply[at] : 0) : tail === 0 ? status : 0;
-          if (tail === 0) this.statusAt[n] = off + k;
         }
         log?.markOffset(off, c.lens[i]);
       }
       this.lens[n++] = writable;
     }
-    // the guest may reuse unmapped memory once it sees OK: first, every thread must be past the batch
-    const quiet = waitFor === 0 || this.table.quiescentSync(waitFor);
-    for (let i = 0; i < n; i++) {
-      if (!quiet && this.statusAt[i] >= 0) {
-        u8[this.statusAt[i]] = S.DEVERR;
-        log?.markOffset(this.statusAt[i], 1);
-      }
-      q.addUsed(this.heads[i], this.lens[i]);
-    }
+    // the guest may reuse unmapped memory once it sees the completion: first, every thread must be
+    // past the batch, however long that takes
+    if (waitFor !== 0) this.table.quiescentSync(waitFor, this.onSlowWait);
+    for (let i = 0; i < n; i++) q.addUsed(this.heads[i], this.lens[i]);
     q.flush();
     return n;
   }

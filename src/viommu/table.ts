@@ -223,19 +223,26 @@ export class IommuTable {
   /**
    * Returns once every reader thread is idle or works under a generation at least `generation`: no
    * translation made before it can still be in use. Blocks (the request thread waits; a few µs when the
-   * dataplane threads are busy); false after `timeoutMs`.
+   * dataplane threads are busy) with no time limit: completing an UNMAP, or acknowledging a vhost-user
+   * invalidation, while a thread may still write through the old mapping lets the guest reuse memory
+   * the device then writes (Linux ignores an UNMAP's error status and frees the pages all the same). A
+   * thread that is not scheduled for a while on a loaded host is slow, not gone; one that ends marks
+   * itself idle. `onSlow` hears once of a wait past `slowMs` (which thread, for how long so far).
    */
-  quiescentSync(generation: number, timeoutMs = 5000): boolean {
-    const end = Date.now() + timeoutMs;
+  quiescentSync(generation: number, onSlow?: (thread: number, ms: number) => void, slowMs = 1000): void {
+    const start = Date.now();
+    let said = false;
     for (let t = 0; t < this.threads; t++) {
       for (;;) {
         const g = Atomics.load(this.v.i32, THREADS_AT + t);
         if (g === 0 || g >= generation) break;
-        if (Date.now() > end) return false;
+        if (!said && onSlow && Date.now() - start > slowMs) {
+          said = true;
+          onSlow(t, Date.now() - start);
+        }
         Atomics.wait(this.v.i32, THREADS_AT + t, g, 1);
       }
     }
-    return true;
   }
 
   /** Faults recorded since the start. */
@@ -267,6 +274,11 @@ export class IommuTable {
     }
     return { next: k, faults };
   }
+}
+
+/** An `onSlow` for quiescentSync that says so on stderr, once per wait (`who`: which device waited). */
+export function sayWaitIsSlow(who: string): (thread: number, ms: number) => void {
+  return (thread, ms) => process.stderr.write(`tsvmm: ${who}: waiting over ${ms} ms for dataplane thread ${thread} to leave the old mappings (a loaded host, or a stuck thread)\n`);
 }
 
 /** Where a translation lands: `gpa`, and how many bytes from the IOVA the mapping covers contiguously. */

@@ -15,6 +15,8 @@ for m in irqbypass kvm kvm-amd tun; do insmod /lib/modules/$m.ko || echo "STAGE-
 mkdir -p /dev/net
 [ -c /dev/net/tun ] || mknod /dev/net/tun c 10 200
 ip link set lo up
+# one idle VM for L1's whole life, so tsvmm's VMs flip no kernel static keys (see pin-kvm-keys.mjs)
+TSVMM_DIR=/tsvmm node /tsvmm/pin-kvm-keys.mjs &
 stage kvm-loaded
 # the rest is shared with hardware-KVM hosts
 export RUNS="$(sed -n 's/.*tsvmm\.run=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')"

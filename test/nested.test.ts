@@ -218,7 +218,8 @@ function bootL1(scenarios: string[]): Promise<{ out: string; seconds: number }> 
     '-accel', 'tcg,thread=multi', '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', '2048',
     '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
     '-kernel', join(NESTED, 'vmlinuz'), '-initrd', join(NESTED, 'l1.cpio.gz'),
-    '-append', `console=ttyS0 quiet panic=-1 tsvmm.run=${scenarios.join(',')}`,
+    // (maxcpus=1: the second CPU comes online once L1 has pinned KVM's static keys, see l1-init.sh)
+    '-append', `console=ttyS0 quiet panic=-1 maxcpus=1 tsvmm.run=${scenarios.join(',')}`,
   ], { stdio: ['ignore', 'pipe', 'pipe'] }));
 }
 

@@ -15,8 +15,14 @@ for m in irqbypass kvm kvm-amd tun; do insmod /lib/modules/$m.ko || echo "STAGE-
 mkdir -p /dev/net
 [ -c /dev/net/tun ] || mknod /dev/net/tun c 10 200
 ip link set lo up
-# one idle VM for L1's whole life, so tsvmm's VMs flip no kernel static keys (see pin-kvm-keys.mjs)
-TSVMM_DIR=/tsvmm node /tsvmm/pin-kvm-keys.mjs &
+# one idle VM for L1's whole life, so tsvmm's VMs flip no kernel static keys (see pin-kvm-keys.mjs);
+# made while L1 runs on one CPU (booted with maxcpus=1): its own flips then patch code no other CPU
+# runs (the first VM's flip panicked L1 once too), and the second CPU comes online afterwards
+TSVMM_DIR=/tsvmm node /tsvmm/pin-kvm-keys.mjs > /tmp/pinned &
+until grep -q kvm-keys-pinned /tmp/pinned 2>/dev/null; do sleep 0.2; done
+cat /tmp/pinned
+for c in /sys/devices/system/cpu/cpu[1-9]*/online; do [ -e "$c" ] && echo 1 > "$c"; done
+echo "STAGE cpus-online-$(cat /sys/devices/system/cpu/online) $(cut -d' ' -f1 /proc/uptime)"
 stage kvm-loaded
 # the rest is shared with hardware-KVM hosts
 export RUNS="$(sed -n 's/.*tsvmm\.run=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')"

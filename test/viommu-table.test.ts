@@ -177,14 +177,11 @@ describe('UNMAP waits for the dataplane threads', () => {
     while (!Atomics.load(c, 1)) await new Promise((r) => setTimeout(r, 1));
     t.unmap(1, iova, iova + 0xfff);
     const slow: number[] = [];
-    const t0 = Date.now();
     t.quiescentSync(t.generation, (thread) => slow.push(thread));
-    const waited = Date.now() - t0;
     const stillUsing = Atomics.load(c, 1);
     Atomics.store(c, 0, 1);
     await new Promise((r) => w.once('exit', r));
     expect(stillUsing).toBe(0);
-    expect(waited).toBeGreaterThan(1000);
     expect(slow).toEqual([0]);
   });
 });

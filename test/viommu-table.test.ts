@@ -164,6 +164,29 @@ describe('UNMAP waits for the dataplane threads', () => {
     expect(overlapping).toBeGreaterThan(0);
   });
 
+  it('a thread waking while the guest unmaps translates its rings again (enter() publishes no stale generation)', async () => {
+    // (the thread read the generation, the guest's UNMAP then completed finding it idle, and the thread
+    // published the generation it read: it went on with its rings' old translations, `moved` false)
+    const t = new IommuTable();
+    t.setEndpoint(1, 1);
+    const ring = 0x200000;
+    t.map(1, ring, ring + 0xfff, 0x9000, RW);
+    const c = new Int32Array(new SharedArrayBuffer(4));
+    const w = new Worker(new URL('./helpers/iommu-enter-race-worker.mjs', import.meta.url), { workerData: { buffer: t.buffer, slot: t.newThreadSlot(), control: c.buffer } });
+    const said: unknown[] = [];
+    const next = () => new Promise((r) => w.once('message', (m) => r(said.push(m))));
+    await next();
+    expect(said[0]).toBe('between read and publish');
+    t.unmap(1, ring, ring + 0xfff);
+    t.quiescentSync(t.generation); // the thread is idle: this returns at once, and the guest reuses the page
+    const answer = next();
+    Atomics.store(c, 0, 1);
+    Atomics.notify(c, 0);
+    await answer;
+    await new Promise((r) => w.once('exit', r));
+    expect(said[1]).toEqual({ moved: true });
+  });
+
   it('waits as long as a thread holds the old mapping, past any time limit, and says it is slow', async () => {
     // (a thread not scheduled for seconds on a loaded host: the wait used to give up after 5 s and let
     // the guest reuse memory the thread was about to write)

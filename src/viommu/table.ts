@@ -317,10 +317,17 @@ export class IommuReader {
    * since the last pass (what was translated once, like ring addresses, must be translated again).
    */
   enter(): boolean {
-    // mid-change (odd): every lookup we complete will see the change's result, the next generation
-    const s = Atomics.load(this.v.i32, SEQ);
-    const g = s + (s & 1);
-    Atomics.store(this.v.i32, THREADS_AT + this.slot, g);
+    // mid-change (odd): every lookup we complete will see the change's result, the next generation.
+    // Published, the generation is read once more: a change that ended between our read and our store
+    // may have found this slot idle and completed (its writer did not wait for us); working under the
+    // generation before it, we would keep the rings' old translations (`moved` false). Rare: retry.
+    let s: number;
+    let g: number;
+    do {
+      s = Atomics.load(this.v.i32, SEQ);
+      g = s + (s & 1);
+      Atomics.store(this.v.i32, THREADS_AT + this.slot, g);
+    } while (Atomics.load(this.v.i32, SEQ) !== s);
     const moved = g !== this.entered;
     this.entered = g;
     // an UNMAP may be waiting for us to move past its generation (quiescentSync): wake it now rather

@@ -2,8 +2,9 @@
 //
 // kvm_pvm cannot run a stock kernel, so tsvmm runs inside L1: Debian's kernel under QEMU software
 // emulation with emulated AMD SVM, where kvm_amd gives a real /dev/kvm. There tsvmm boots L2 (the same
-// kernel, as a bzImage) five times: `basic` (1 vCPU, 1 pair), `mq` (2 vCPUs, 2 pairs), `wedge` (a
-// guest that never ends, stopped by tsvmm's --timeout), and `iommu-lazy` / `iommu-strict` (tsvmm
+// kernel, as a bzImage) six times: `basic` (1 vCPU, 1 pair), `mq` (2 vCPUs, 2 pairs), `wedge` (a
+// guest that never ends, stopped by tsvmm's --timeout), `triple` (a guest that ends in a triple fault
+// on purpose: the harness must say where one happened), and `iommu-lazy` / `iommu-strict` (tsvmm
 // --viommu: Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1). Images: test/nested/build-images.sh; the L1
 // side (test/nested/scenarios.sh) and the L2 init print STAGE / L1-CHECK / L2-CHECK lines, each of
 // which becomes a test here. On a hardware-KVM host (kvm_intel or kvm_amd, no kvm_pvm) the same
@@ -24,9 +25,10 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // only: L2 ending in a triple fault with no oops before it, 2 of ~20 runs, and once in CI after L2 soft
 // lockups of 21 s. Then an UNMAP's wait for the dataplane threads gave up after 5 s and let the guest
 // reuse memory a thread might still write; it no longer does, and no triple fault came in ~15 loaded
-// runs since. Not proven to be the cause: a triple fault fails the test rather than being retried.
+// runs since. Not proven to be the cause: a triple fault fails the test rather than being retried, and
+// its failure text says in which L2 function it happened (KVM's trace in L1, see scenarios.sh).
 const IOMMU_SCENARIOS = process.env.TSVMM_NESTED_IOMMU !== '0';
-const SCENARIOS = ['basic', 'mq', 'wedge', ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : [])];
+const SCENARIOS = ['basic', 'mq', 'wedge', 'triple', ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : [])];
 const LIMIT_S = 900;
 
 const L2_COMMON = ['cpus', 'acpi-madt', 'ioapic', 'acpi-pci-root', 'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'msix-vectors', 'link-up', 'ping-56', 'ping-1400', 'ping-8000', 'file-l1-to-l2'];
@@ -42,6 +44,7 @@ const EXPECTED: Array<[string, string]> = [
   ['L1', 'mq/no-tsvmm-left'],
   ['L1', 'mq/file-l2-to-l1'],
   ['L1', 'wedge/no-tsvmm-left'],
+  ['L1', 'triple/no-tsvmm-left'],
   ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : []).flatMap((scn): Array<[string, string]> => [
     ...[...L2_COMMON.slice(0, 4), 'viommu-probed', 'net-behind-iommu', 'iommu-domain-type', ...L2_COMMON.slice(4), 'feature-access-platform', 'iperf3-l2-to-l1', 'iperf3-l1-to-l2'].map(
       (c): [string, string] => ['L2', `${scn}/${c}`],
@@ -63,6 +66,11 @@ interface Run {
   stages: Array<[string, number]>;
   /** scenarios whose L2 hung before its init and were run again: tsvmm's line naming the vCPUs' rips */
   hangs: Array<[string, string]>;
+  /** where a hung L2's vCPUs were, per scenario: "0x… is function+0x…; …" */
+  hangWhere: Map<string, string>;
+  /** scenarios whose L2 ended in a triple fault: KVM's trace of it in L1 (the injected exceptions, then
+   * the shutdown exit with its rip), and where the rip is ("0x… is function+0x…") */
+  triples: Map<string, { trace: string[]; where: string }>;
 }
 
 let run: Run | undefined;
@@ -74,7 +82,13 @@ function failureContext(r: Run | undefined): string {
   const lines = r.console.split('\n');
   // a kernel's oops or panic says what happened in its first lines, which the last 25 often miss
   const trouble = troubleReport(lines.slice(0, -25));
-  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${trouble ? `first kernel trouble report:\n${trouble}\n` : ''}last console lines:\n${lines.slice(-25).join('\n')}`;
+  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${tripleReport(r)}${trouble ? `first kernel trouble report:\n${trouble}\n` : ''}last console lines:\n${lines.slice(-25).join('\n')}`;
+}
+
+/** Where each L2 that ended in a triple fault was (the `triple` scenario's on purpose excepted); or ''. */
+function tripleReport(r: Run): string {
+  const report = [...r.triples].filter(([scn]) => scn !== 'triple').map(([scn, t]) => `  ${scn}: at ${t.where || '(rip unknown)'}; KVM's trace in L1:\n${t.trace.map((l) => `    ${l}`).join('\n')}`);
+  return report.length ? `L2 ended in a triple fault:\n${report.join('\n')}\n` : '';
 }
 
 const KERNEL_TROUBLE = /\] (BUG:|Oops|WARNING:|Kernel panic|general protection|watchdog:|rcu: INFO|INFO: task .* blocked)/;
@@ -89,7 +103,8 @@ function troubleReport(lines: string[]): string {
 const L1_PANIC = /Kernel Offset: 0x[0-9a-f]+ from/;
 
 function parse(consoleText: string, seconds: number): Run {
-  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), ends: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [] };
+  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), ends: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [], hangWhere: new Map(), triples: new Map() };
+  const triple = (scn: string) => r.triples.get(scn) ?? r.triples.set(scn, { trace: [], where: '' }).get(scn)!;
   let scenario = '';
   // the console carries terminal resets (ESC c, ESC [ ... ) and CR CR LF line ends through two ttys
   const clean = consoleText.replace(/\x1b(c|\[[0-9;?]*[A-Za-z])/g, '');
@@ -105,6 +120,9 @@ function parse(consoleText: string, seconds: number): Run {
       r.ends.set(m[1], m[3]);
     }
     else if ((m = /^L1-HANG ([\w-]+) (.*)$/.exec(line))) r.hangs.push([m[1], m[2]]);
+    else if ((m = /^L1-HANG-WHERE ([\w-]+) ?(.*)$/.exec(line))) r.hangWhere.set(m[1], m[2]);
+    else if ((m = /^L1-KVM-TRACE ([\w-]+) (.*)$/.exec(line))) triple(m[1]).trace.push(m[2].trim());
+    else if ((m = /^L1-TRIPLE ([\w-]+) ?(.*)$/.exec(line))) triple(m[1]).where = m[2];
     else if ((m = /^TSVMM-STATS (\{.*\})/.exec(line))) {
       const st = JSON.parse(m[1]);
       r.stats.set(scenario, st.net[0]);
@@ -142,23 +160,10 @@ function report(r: Run): void {
   const saved = join(NESTED, 'last-console.log');
   writeFileSync(saved, r.console);
   process.stdout.write(`nested: ${r.seconds.toFixed(0)} s in all (console: ${saved}); stages (uptime, s): ${r.stages.map(([n, t]) => `${n}@${t}`).join(' ')}\n`);
-  // a hang before L2's init, run again by scenarios.sh: said loudly, with where L2 was (L2 boots with
-  // nokaslr, so its rips are System.map's addresses)
-  for (const [scn, line] of r.hangs) process.stdout.write(`nested: WARNING: ${scn} hung before L2's init and was run again; ${line}${symbolize(line)}\n`);
-}
-
-/** The kernel symbols nearest below the rips in `line`, from the L2 kernel's System.map. */
-function symbolize(line: string): string {
-  const map = join(ROOT, '.cache', 'linux', 'System.map');
-  if (!existsSync(map)) return '';
-  const syms = readFileSync(map, 'utf8').split('\n').map((l) => l.split(' ')).filter((f) => f.length === 3 && /^[tT]$/.test(f[1])).map((f) => [BigInt(`0x${f[0]}`), f[2]] as const);
-  const named = [...line.matchAll(/rip 0x([0-9a-f]+)/g)].map(([, hex]) => {
-    const rip = BigInt(`0x${hex}`);
-    let best: readonly [bigint, string] | undefined;
-    for (const s of syms) if (s[0] <= rip && (!best || s[0] > best[0])) best = s;
-    return best ? `${best[1]}+0x${(rip - best[0]).toString(16)}` : '?';
-  });
-  return named.length ? ` (${named.join(', ')})` : '';
+  // a hang before L2's init, run again by scenarios.sh: said loudly, with where L2 was
+  for (const [scn, line] of r.hangs) process.stdout.write(`nested: WARNING: ${scn} hung before L2's init and was run again; ${line} (${r.hangWhere.get(scn) ?? 'where: unknown'})\n`);
+  const triples = tripleReport(r);
+  if (triples) process.stdout.write(`nested: ${triples}`);
 }
 
 /** The same tests for both ways of running the scenarios. */
@@ -198,6 +203,13 @@ function scenarioTests(get: () => Run | undefined): void {
   it('a wedged L2 was stopped by tsvmm --timeout (exit 124)', () => {
     expect(get()?.console, failureContext(get())).toContain('L2-WEDGE');
     expect(get()?.exits.get('wedge'), failureContext(get())).toBe(124);
+  });
+
+  it('an L2 ending in a triple fault is reported with the function it was in', () => {
+    // (Linux booted with reboot=t restarts by loading an empty IDT and raising int3)
+    const r = get();
+    expect(r?.ends.get('triple'), failureContext(r)).toMatch(/^tsvmm: guest reset \(vcpu0: triple fault/);
+    expect(r?.triples.get('triple')?.where, failureContext(r)).toMatch(/^0x[0-9a-f]{16} is \w*machine_emergency_restart\+0x[0-9a-f]+$/);
   });
 
   it('two queue pairs ran on two dataplane threads with traffic on both (per-queue counters)', () => {

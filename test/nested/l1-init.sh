@@ -12,6 +12,15 @@ check() { if [ "$2" = 0 ]; then echo "L1-CHECK $1 PASS $3"; else echo "L1-CHECK 
 stage l1-init
 for m in irqbypass kvm kvm-amd tun; do insmod /lib/modules/$m.ko || echo "STAGE-FAIL insmod-$m"; done
 [ -c /dev/kvm ]; check kvm-device $?
+# L2 ending in a triple fault: AMD's KVM resets the vCPU before it reports the shutdown, so tsvmm cannot
+# say where L2 was; KVM's own trace of that exit keeps the rip (and the exceptions KVM injected before)
+T=/sys/kernel/tracing
+if mount -t tracefs nodev $T 2>/dev/null && echo 'exit_reason == 127' > $T/events/kvm/kvm_exit/filter &&
+   echo 1 > $T/events/kvm/kvm_exit/enable && echo 1 > $T/events/kvm/kvm_inj_exception/enable; then
+  export KVM_TRACE=$T
+else
+  echo "STAGE-FAIL kvm-trace"
+fi
 mkdir -p /dev/net
 [ -c /dev/net/tun ] || mknod /dev/net/tun c 10 200
 ip link set lo up

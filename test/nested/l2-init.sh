@@ -10,7 +10,19 @@ arg() { sed -n "s/.*tsvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 scn=$(arg scenario)
 check() { if [ "$2" = 0 ]; then echo "L2-CHECK $scn/$1 PASS $3"; else echo "L2-CHECK $scn/$1 FAIL $3"; fi; }
 echo "L2-INIT $(cut -d' ' -f1 /proc/uptime)"
+# (l2_symbols in scenarios.sh: which functions hold these rips; kallsyms lists addresses as 16 hex digits)
+if [ -n "$(arg symbols)" ]; then
+  for r in $(arg symbols | tr ',' ' '); do
+    h=${r#0x}
+    while [ ${#h} -lt 16 ]; do h=0$h; done
+    set -- $(awk -v r="$h" '($2 == "t" || $2 == "T") && ($1 "") <= r && ($1 "") > best { best = $1; name = $3 } END { print best, name }' /proc/kallsyms)
+    if [ -n "$2" ]; then echo "L2-SYMBOL 0x$h is $2+0x$(printf '%x' $((0x$h - 0x$1)))"; else echo "L2-SYMBOL 0x$h is ?"; fi
+  done
+  poweroff -f
+fi
 if [ "$(arg wedge)" = 1 ]; then echo "L2-WEDGE"; while :; do :; done; fi
+# (booted with reboot=t: Linux restarts by loading an empty IDT and raising int3, a triple fault)
+if [ "$(arg triple)" = 1 ]; then echo "L2-TRIPLE"; reboot -f; sleep 60; fi
 cpus=$(arg cpus)
 queues=$(arg queues)
 

@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge iommu-lazy iommu-strict
+#   RUNS         scenarios, space-separated: basic mq wedge triple iommu-lazy iommu-strict
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
 #   WORK         scratch directory
@@ -19,6 +19,15 @@ ip addr add 10.0.2.1/24 dev tap0
 ip link set tap0 up
 [ -e /sys/class/net/tap0 ]; check tap-created $?
 
+# Names the L2 kernel's functions at the given rips ("0x… is name+0x…", one line each): a short L2
+# boot with no device looks them up in its /proc/kallsyms. (nokaslr: the kernel's text is at the same
+# addresses in every boot; Debian ships a placeholder for System.map.)
+l2_symbols() { # 0xrip ...
+  node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 256M --cpus 1 --timeout 90 \
+    --cmdline "console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=symbols tsvmm.symbols=$(echo $* | tr ' ' ',')" 2>&1 |
+    sed -n 's/^L2-SYMBOL //p' | tr -d '\r'
+}
+
 scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   name=$1
   rm -f "$WORK/recv" "$DATA_DIR/l2-blob-received"
@@ -26,8 +35,9 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   # for that before it powers off)
   (for i in $(seq 300); do wget -q -O "$WORK/recv.part" http://10.0.2.2:8080/blob 2>/dev/null && mv "$WORK/recv.part" "$WORK/recv" && touch "$DATA_DIR/l2-blob-received" && break; sleep 1; done) &
   fetcher=$!
+  [ -n "$KVM_TRACE" ] && : > "$KVM_TRACE/trace"
   stage "tsvmm-start-$name"
-  # (nokaslr: a hung L2's rip, which tsvmm prints when it stops it, then names a symbol in System.map)
+  # (nokaslr: the rips of a hung or triple-faulting L2 name the same functions in another boot)
   { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
       --net tap,ifname=tap0,queues=$3 $6 --cmdline "console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $4"
     echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
@@ -36,7 +46,9 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   # boot: seen about once in 20 runs of the vIOMMU scenarios here, cause not found (TCG L1 or
   # tsvmm). Reported (L1-HANG, with where its vCPUs were) and run once more; a second hang fails.
   if [ "$rc" = 124 ] && [ "$name" != wedge ] && ! grep -q "^L2-INIT" "$WORK/tsvmm.out" && [ "$retrying" != 1 ]; then
-    echo "L1-HANG $name $(grep -m1 'time limit' "$WORK/tsvmm.out")"
+    line=$(grep -m1 'time limit' "$WORK/tsvmm.out")
+    echo "L1-HANG $name $line"
+    echo "L1-HANG-WHERE $name $(l2_symbols $(echo "$line" | grep -o 'rip 0x[0-9a-f]*' | cut -d' ' -f2) | tr '\n' ';')"
     kill $fetcher 2>/dev/null
     retrying=1
     scenario "$@"
@@ -44,12 +56,23 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
     return
   fi
   stage "tsvmm-end-$name"
-  # (with how tsvmm said the VM ended: a triple fault also exits 0)
-  echo "L1-RESULT $name exit=$rc $(grep -m1 '^tsvmm: ' "$WORK/tsvmm.out")"
+  # a triple fault: where L2 was. tsvmm says so where KVM leaves the registers; AMD's KVM resets the vCPU
+  # first, and then KVM's trace of its shutdown exit in L1 has the rip (KVM_TRACE: l1-init.sh), after
+  # the exceptions KVM injected before it
+  if grep -q 'triple fault' "$WORK/tsvmm.out"; then
+    rip=$(sed -n 's/.*triple fault at rip \(0x[0-9a-f]*\).*/\1/p' "$WORK/tsvmm.out" | head -1)
+    if [ -n "$KVM_TRACE" ]; then
+      grep -v '^#' "$KVM_TRACE/trace" | tail -20 | sed "s/^/L1-KVM-TRACE $name /"
+      [ -n "$rip" ] || rip=$(sed -n 's/.* reason shutdown rip \(0x[0-9a-f]*\) .*/\1/p' "$KVM_TRACE/trace" | tail -1)
+    fi
+    echo "L1-TRIPLE $name ${rip:+$(l2_symbols $rip)}"
+  fi
+  # (with how tsvmm said the VM ended, its last line: a triple fault also exits 0; warnings come before)
+  echo "L1-RESULT $name exit=$rc $(grep '^tsvmm: ' "$WORK/tsvmm.out" | tail -1)"
   left=0
   for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
   [ "$left" = 0 ]; check "$name/no-tsvmm-left" $? "processes=$left"
-  if [ "$name" != wedge ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   kill $fetcher 2>/dev/null
@@ -60,6 +83,8 @@ for r in $RUNS; do
     basic) scenario basic 1 1 "" 900 ;;
     mq) scenario mq 2 2 "" 900 ;;
     wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
+    # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
+    triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
     # the net device behind tsvmm's virtio-iommu (VIOT), Linux's lazy and strict DMA domains. (~40 s
     # each on an idle host, over 100 s for strict on a loaded one; bounded below the harness's limit:
     # one of these once hung before L2's init printed anything, and a hang must fail its own scenario,

@@ -199,12 +199,13 @@ describe('UNMAP waits for the dataplane threads', () => {
     await new Promise((r) => w.once('message', r));
     while (!Atomics.load(c, 1)) await new Promise((r) => setTimeout(r, 1));
     t.unmap(1, iova, iova + 0xfff);
-    const slow: number[] = [];
-    t.quiescentSync(t.generation, (thread) => slow.push(thread));
+    const slow: Array<[number, boolean]> = [];
+    t.quiescentSync(t.generation, (thread, _ms, done) => slow.push([thread, done]));
     const stillUsing = Atomics.load(c, 1);
     Atomics.store(c, 0, 1);
     await new Promise((r) => w.once('exit', r));
     expect(stillUsing).toBe(0);
-    expect(slow).toEqual([0]);
+    // (said as it passed a second, and when it ended)
+    expect(slow).toEqual([[0, false], [0, true]]);
   });
 });

@@ -3,7 +3,7 @@
 // completions published only once no dataplane thread can still use what it unmapped.
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import type { SplitQueue } from '../virtio/queue.js';
-import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_READ, MAP_WRITE, MAP_MMIO } from './table.js';
+import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_READ, MAP_WRITE, MAP_MMIO, type SlowWait } from './table.js';
 
 export const T = { ATTACH: 1, DETACH: 2, MAP: 3, UNMAP: 4, PROBE: 5 } as const;
 export const S = { OK: 0, IOERR: 1, UNSUPP: 2, DEVERR: 3, INVAL: 4, RANGE: 5, NOENT: 6, FAULT: 7, NOMEM: 8 } as const;
@@ -61,7 +61,7 @@ export class IommuRequests {
     /** STATE words (an Int32Array over shared memory) */
     private readonly state: Int32Array,
     /** told of a quiescence wait past a second (a loaded host, or a stuck dataplane thread) */
-    private readonly onSlowWait?: (thread: number, ms: number) => void,
+    private readonly onSlowWait?: SlowWait,
   ) {}
 
   private get bypassUnattached(): boolean {

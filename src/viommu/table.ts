@@ -227,22 +227,24 @@ export class IommuTable {
    * invalidation, while a thread may still write through the old mapping lets the guest reuse memory
    * the device then writes (Linux ignores an UNMAP's error status and frees the pages all the same). A
    * thread that is not scheduled for a while on a loaded host is slow, not gone; one that ends marks
-   * itself idle. `onSlow` hears once of a wait past `slowMs` (which thread, for how long so far).
+   * itself idle. `onSlow` hears of a wait past `slowMs` twice: once it passes it (which thread, for how
+   * long so far, `done` false), and when it ends (how long in all, `done` true).
    */
-  quiescentSync(generation: number, onSlow?: (thread: number, ms: number) => void, slowMs = 1000): void {
+  quiescentSync(generation: number, onSlow?: SlowWait, slowMs = 1000): void {
     const start = Date.now();
-    let said = false;
+    let slowThread = -1;
     for (let t = 0; t < this.threads; t++) {
       for (;;) {
         const g = Atomics.load(this.v.i32, THREADS_AT + t);
         if (g === 0 || g >= generation) break;
-        if (!said && onSlow && Date.now() - start > slowMs) {
-          said = true;
-          onSlow(t, Date.now() - start);
+        if (slowThread < 0 && onSlow && Date.now() - start > slowMs) {
+          slowThread = t;
+          onSlow(t, Date.now() - start, false);
         }
         Atomics.wait(this.v.i32, THREADS_AT + t, g, 1);
       }
     }
+    if (slowThread >= 0) onSlow!(slowThread, Date.now() - start, true);
   }
 
   /** Faults recorded since the start. */
@@ -276,9 +278,20 @@ export class IommuTable {
   }
 }
 
-/** An `onSlow` for quiescentSync that says so on stderr, once per wait (`who`: which device waited). */
-export function sayWaitIsSlow(who: string): (thread: number, ms: number) => void {
-  return (thread, ms) => process.stderr.write(`tsvmm: ${who}: waiting over ${ms} ms for dataplane thread ${thread} to leave the old mappings (a loaded host, or a stuck thread)\n`);
+/** Told of a quiescence wait past its `slowMs`: as it passes it (`done` false), and when it ends. */
+export type SlowWait = (thread: number, ms: number, done: boolean) => void;
+
+/**
+ * An `onSlow` for quiescentSync that says so on stderr (`who`: which device waited): that it waits, and
+ * how long it waited in all (how long an UNMAP can take on a loaded host is worth knowing).
+ */
+export function sayWaitIsSlow(who: string): SlowWait {
+  return (thread, ms, done) =>
+    process.stderr.write(
+      done
+        ? `tsvmm: ${who}: waited ${ms} ms in all for the dataplane threads to leave the old mappings\n`
+        : `tsvmm: ${who}: waiting over ${ms} ms for dataplane thread ${thread} to leave the old mappings (a loaded host, or a stuck thread)\n`,
+    );
 }
 
 /** Where a translation lands: `gpa`, and how many bytes from the IOVA the mapping covers contiguously. */

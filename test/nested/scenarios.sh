@@ -48,7 +48,8 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   if [ "$rc" = 124 ] && [ "$name" != wedge ] && ! grep -q "^L2-INIT" "$WORK/tsvmm.out" && [ "$retrying" != 1 ]; then
     line=$(grep -m1 'time limit' "$WORK/tsvmm.out")
     echo "L1-HANG $name $line"
-    echo "L1-HANG-WHERE $name $(l2_symbols $(echo "$line" | grep -o 'rip 0x[0-9a-f]*' | cut -d' ' -f2) | tr '\n' ';')"
+    rips=$(echo "$line" | grep -o 'rip 0x[0-9a-f]*' | cut -d' ' -f2)
+    [ -n "$rips" ] && echo "L1-HANG-WHERE $name $(l2_symbols $rips | tr '\n' ';')"
     kill $fetcher 2>/dev/null
     retrying=1
     scenario "$@"

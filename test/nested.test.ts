@@ -209,6 +209,9 @@ function scenarioTests(get: () => Run | undefined): void {
     // (Linux booted with reboot=t restarts by loading an empty IDT and raising int3)
     const r = get();
     expect(r?.ends.get('triple'), failureContext(r)).toMatch(/^tsvmm: guest reset \(vcpu0: triple fault/);
+    // (directly on an AMD host, no: KVM resets the vCPU before it reports the shutdown, and the harness
+    // does not trace the host's KVM; in L1 it does)
+    if (hardwareKvm && readFileSync('/proc/cpuinfo', 'utf8').includes('AuthenticAMD')) return;
     expect(r?.triples.get('triple')?.where, failureContext(r)).toMatch(/^0x[0-9a-f]{16} is \w*machine_emergency_restart\+0x[0-9a-f]+$/);
   });
 

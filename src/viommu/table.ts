@@ -19,6 +19,8 @@
 //   that saw the count move must not read the slot before the writer has filled it: it would report
 //   the fault FAULT_RING faults older, an address the guest may long have unmapped)
 
+import { writeSync } from 'node:fs';
+
 export const MAP_READ = 1;
 export const MAP_WRITE = 2;
 export const MAP_MMIO = 4;
@@ -286,8 +288,11 @@ export type SlowWait = (thread: number, ms: number, done: boolean) => void;
  * how long it waited in all (how long an UNMAP can take on a loaded host is worth knowing).
  */
 export function sayWaitIsSlow(who: string): SlowWait {
+  // (written to fd 2 at once: the request and dataplane threads never return to their event loop, where
+  // a worker's process.stderr would send all but its first write; the rest came out when the VM ended)
   return (thread, ms, done) =>
-    process.stderr.write(
+    writeSync(
+      2,
       done
         ? `tsvmm: ${who}: waited ${ms} ms in all for the dataplane threads to leave the old mappings\n`
         : `tsvmm: ${who}: waiting over ${ms} ms for dataplane thread ${thread} to leave the old mappings (a loaded host, or a stuck thread)\n`,

@@ -3,6 +3,7 @@
 //
 // The tap header happens to share its layout with virtio's, but this driver only ever builds it from,
 // and parses it into, the driver API's neutral metadata.
+import { writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { native, O_RDWR, O_NONBLOCK, isNativeError } from '../../native.js';
 import { UserError } from '../../errors.js';
@@ -156,7 +157,9 @@ class TapQueue implements DriverQueue {
     // once per queue: a refused packet is data-path information the operator can act on
     this.reported = true;
     const why = errno === 5 ? 'EIO: is the tap interface up?' : errno === 22 ? 'EINVAL: the kernel rejected the packet or its offload header' : `errno ${errno}`;
-    process.stderr.write(`tsvmm: tap queue fd ${this.pollFd}: a packet was refused (${why}); counting drops\n`);
+    // (fd 2 directly: a dataplane thread never returns to its event loop, which a worker's process.stderr
+    // needs for every write after its first)
+    writeSync(2, `tsvmm: tap queue fd ${this.pollFd}: a packet was refused (${why}); counting drops\n`);
   }
 
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {

@@ -81,9 +81,11 @@ async function main(): Promise<void> {
 }
 
 async function serve(iommu: IommuReader | undefined): Promise<void> {
-  iommu?.enter();
   const mem = guestView(d.memory, new MemoryTable(d.table.regions), iommu);
   const driverMod = (await import(pathToFileURL(d.driverModule).href)) as DriverModule;
+  // translations from here on (the rings first): published only now, so that an UNMAP does not wait
+  // for the driver's module to load (over a second in the nested harness)
+  iommu?.enter();
   const filter = new RxFilter(d.filter);
   const features = { eventIdx: d.eventIdx, indirect: d.indirect };
   const stats = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);

@@ -66,8 +66,8 @@ interface Run {
   stages: Array<[string, number]>;
   /** scenarios whose L2 hung before its init and were run again: tsvmm's line naming the vCPUs' rips */
   hangs: Array<[string, string]>;
-  /** where a hung L2's vCPUs were, per scenario: "0x… is function+0x…; …" */
-  hangWhere: Map<string, string>;
+  /** where the vCPUs of an L2 stopped at its time limit were, per scenario: "0x… is function+0x…; …" */
+  stoppedAt: Map<string, string>;
   /** scenarios whose L2 ended in a triple fault: KVM's trace of it in L1 (the injected exceptions, then
    * the shutdown exit with its rip), and where the rip is ("0x… is function+0x…") */
   triples: Map<string, { trace: string[]; where: string }>;
@@ -82,7 +82,7 @@ function failureContext(r: Run | undefined): string {
   const lines = r.console.split('\n');
   // a kernel's oops or panic says what happened in its first lines, which the last 25 often miss
   const trouble = troubleReport(lines.slice(0, -25));
-  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${tripleReport(r)}${trouble ? `first kernel trouble report:\n${trouble}\n` : ''}last console lines:\n${lines.slice(-25).join('\n')}`;
+  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${tripleReport(r)}${[...r.stoppedAt].map(([scn, where]) => `${scn} stopped at its time limit in ${where}\n`).join('')}${trouble ? `first kernel trouble report:\n${trouble}\n` : ''}last console lines:\n${lines.slice(-25).join('\n')}`;
 }
 
 /** Where each L2 that ended in a triple fault was (the `triple` scenario's on purpose excepted); or ''. */
@@ -103,7 +103,7 @@ function troubleReport(lines: string[]): string {
 const L1_PANIC = /Kernel Offset: 0x[0-9a-f]+ from/;
 
 function parse(consoleText: string, seconds: number): Run {
-  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), ends: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [], hangWhere: new Map(), triples: new Map() };
+  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), ends: new Map(), stats: new Map(), iommu: new Map(), stages: [], hangs: [], stoppedAt: new Map(), triples: new Map() };
   const triple = (scn: string) => r.triples.get(scn) ?? r.triples.set(scn, { trace: [], where: '' }).get(scn)!;
   let scenario = '';
   // the console carries terminal resets (ESC c, ESC [ ... ) and CR CR LF line ends through two ttys
@@ -120,7 +120,7 @@ function parse(consoleText: string, seconds: number): Run {
       r.ends.set(m[1], m[3]);
     }
     else if ((m = /^L1-HANG ([\w-]+) (.*)$/.exec(line))) r.hangs.push([m[1], m[2]]);
-    else if ((m = /^L1-HANG-WHERE ([\w-]+) ?(.*)$/.exec(line))) r.hangWhere.set(m[1], m[2]);
+    else if ((m = /^L1-STOPPED-AT ([\w-]+) ?(.*)$/.exec(line))) r.stoppedAt.set(m[1], m[2]);
     else if ((m = /^L1-KVM-TRACE ([\w-]+) (.*)$/.exec(line))) triple(m[1]).trace.push(m[2].trim());
     else if ((m = /^L1-TRIPLE ([\w-]+) ?(.*)$/.exec(line))) triple(m[1]).where = m[2];
     else if ((m = /^TSVMM-STATS (\{.*\})/.exec(line))) {
@@ -161,7 +161,7 @@ function report(r: Run): void {
   writeFileSync(saved, r.console);
   process.stdout.write(`nested: ${r.seconds.toFixed(0)} s in all (console: ${saved}); stages (uptime, s): ${r.stages.map(([n, t]) => `${n}@${t}`).join(' ')}\n`);
   // a hang before L2's init, run again by scenarios.sh: said loudly, with where L2 was
-  for (const [scn, line] of r.hangs) process.stdout.write(`nested: WARNING: ${scn} hung before L2's init and was run again; ${line} (${r.hangWhere.get(scn) ?? 'where: unknown'})\n`);
+  for (const [scn, line] of r.hangs) process.stdout.write(`nested: WARNING: ${scn} hung before L2's init and was run again; ${line} (${r.stoppedAt.get(scn) ?? 'where: unknown'})\n`);
   const triples = tripleReport(r);
   if (triples) process.stdout.write(`nested: ${triples}`);
 }

@@ -10,12 +10,15 @@ arg() { sed -n "s/.*tsvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 scn=$(arg scenario)
 check() { if [ "$2" = 0 ]; then echo "L2-CHECK $scn/$1 PASS $3"; else echo "L2-CHECK $scn/$1 FAIL $3"; fi; }
 echo "L2-INIT $(cut -d' ' -f1 /proc/uptime)"
-# (l2_symbols in scenarios.sh: which functions hold these rips; kallsyms lists addresses as 16 hex digits)
+# (l2_symbols in scenarios.sh: which functions hold these rips. The modules the scenario loaded are
+# loaded first, in its order: with nokaslr they land where they did there. kallsyms lists addresses as
+# 16 hex digits, a module's symbols with [module] after the name.)
 if [ -n "$(arg symbols)" ]; then
+  for m in $(arg modules | tr ',' ' '); do insmod /lib/modules/$m.ko; done
   for r in $(arg symbols | tr ',' ' '); do
     h=${r#0x}
     while [ ${#h} -lt 16 ]; do h=0$h; done
-    set -- $(awk -v r="$h" '($2 == "t" || $2 == "T") && ($1 "") <= r && ($1 "") > best { best = $1; name = $3 } END { print best, name }' /proc/kallsyms)
+    set -- $(awk -v r="$h" '($2 == "t" || $2 == "T") && ($1 "") <= r && ($1 "") > best { best = $1; name = $3 $4 } END { print best, name }' /proc/kallsyms)
     if [ -n "$2" ]; then echo "L2-SYMBOL 0x$h is $2+0x$(printf '%x' $((0x$h - 0x$1)))"; else echo "L2-SYMBOL 0x$h is ?"; fi
   done
   poweroff -f

@@ -24,7 +24,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // stats in the console. TSVMM_NESTED_IOMMU=0 leaves them out. Also seen (2026-12-02), in strict mode
 // only: L2 ending in a triple fault with no oops before it, 2 of ~20 runs, and once in CI after L2 soft
 // lockups of 21 s. Then an UNMAP's wait for the dataplane threads gave up after 5 s and let the guest
-// reuse memory a thread might still write; it no longer does, and no triple fault came in ~60 loaded
+// reuse memory a thread might still write; it no longer does, and no triple fault came in ~70 loaded
 // strict runs since (one of them stopped at its time limit mid-traffic, cause not found). Not proven
 // to be the cause: a triple fault fails the test rather than being retried, and its failure text says
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.

@@ -10,11 +10,14 @@ arg() { sed -n "s/.*tsvmm\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 scn=$(arg scenario)
 check() { if [ "$2" = 0 ]; then echo "L2-CHECK $scn/$1 PASS $3"; else echo "L2-CHECK $scn/$1 FAIL $3"; fi; }
 echo "L2-INIT $(cut -d' ' -f1 /proc/uptime)"
+# the net device's modules, loaded in this order (after virtio-iommu when behind the vIOMMU)
+NET_MODULES="failover net_failover virtio_net"
 # (l2_symbols in scenarios.sh: which functions hold these rips. The modules the scenario loaded are
-# loaded first, in its order: with nokaslr they land where they did there. kallsyms lists addresses as
-# 16 hex digits, a module's symbols with [module] after the name.)
+# loaded first, in its order — booted with its arguments — so that with nokaslr they land where they
+# did there. kallsyms lists addresses as 16 hex digits, a module's symbols with [module] after the name.)
 if [ -n "$(arg symbols)" ]; then
-  for m in $(arg modules | tr ',' ' '); do insmod /lib/modules/$m.ko; done
+  [ "$(arg iommu)" = 1 ] && insmod /lib/modules/virtio-iommu.ko
+  for m in $NET_MODULES; do insmod /lib/modules/$m.ko; done
   for r in $(arg symbols | tr ',' ' '); do
     h=${r#0x}
     while [ ${#h} -lt 16 ]; do h=0$h; done
@@ -54,7 +57,7 @@ if [ "$(arg iommu)" = 1 ]; then
   want=DMA; grep -q "iommu.strict=0" /proc/cmdline && want=DMA-FQ
   [ "$(cat $grp/type 2>/dev/null)" = $want ]; check iommu-domain-type $? "$(cat $grp/type 2>/dev/null)"
 fi
-for m in failover net_failover virtio_net; do insmod /lib/modules/$m.ko; done
+for m in $NET_MODULES; do insmod /lib/modules/$m.ko; done
 sleep 1
 [ -e /sys/class/net/eth0 ]; check virtio-net-bound $?
 dev=$(basename "$(readlink /sys/class/net/eth0/device)")

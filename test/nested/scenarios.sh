@@ -20,19 +20,17 @@ ip link set tap0 up
 [ -e /sys/class/net/tap0 ]; check tap-created $?
 
 # Names the L2 kernel's functions at the given rips ("0x… is name+0x…", one line each): a short L2
-# boot with no device loads the modules the scenario loaded, in its order, and looks the rips up in its
-# /proc/kallsyms. (nokaslr: the kernel's text, and modules loaded alike, are at the same addresses in
+# boot with no device, given the scenario's L2 arguments, loads the modules the scenario loaded, in its
+# order, and looks the rips up in its /proc/kallsyms. (nokaslr: the kernel's text, and modules loaded alike, are at the same addresses in
 # every boot under tsvmm — not under other hypervisors, whose CPUs get other mitigation thunks in the
 # module area; Debian ships a placeholder for System.map.)
-l2_symbols() { # modules(comma-separated) 0xrip ...
-  mods=$1
+l2_symbols() { # "scenario's extra L2 arguments" 0xrip ...
+  l2args=$1
   shift
   node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 256M --cpus 1 --timeout 90 \
-    --cmdline "console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=symbols tsvmm.modules=$mods tsvmm.symbols=$(echo $* | tr ' ' ',')" 2>&1 |
+    --cmdline "console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=symbols $l2args tsvmm.symbols=$(echo $* | tr ' ' ',')" 2>&1 |
     sed -n 's/^L2-SYMBOL //p' | tr -d '\r'
 }
-# the modules l2-init.sh loads, in its order
-l2_modules() { case "$1" in *iommu*) echo virtio-iommu,failover,net_failover,virtio_net ;; *) echo failover,net_failover,virtio_net ;; esac; }
 
 scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   name=$1
@@ -55,7 +53,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   line=$(grep -m1 'time limit' "$WORK/tsvmm.out")
   rips=$(echo "$line" | grep -o 'rip 0x[0-9a-f]*' | cut -d' ' -f2)
   if [ "$rc" = 124 ] && [ "$name" != wedge ] && [ -n "$rips" ]; then
-    echo "L1-STOPPED-AT $name $(l2_symbols "$(l2_modules $name)" $rips | tr '\n' ';')"
+    echo "L1-STOPPED-AT $name $(l2_symbols "$4" $rips | tr '\n' ';')"
   fi
   if [ "$rc" = 124 ] && [ "$name" != wedge ] && ! grep -q "^L2-INIT" "$WORK/tsvmm.out" && [ "$retrying" != 1 ]; then
     echo "L1-HANG $name $line"
@@ -75,7 +73,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
       grep -v '^#' "$KVM_TRACE/trace" | tail -20 | sed "s/^/L1-KVM-TRACE $name /"
       [ -n "$rip" ] || rip=$(sed -n 's/.* reason shutdown rip \(0x[0-9a-f]*\) .*/\1/p' "$KVM_TRACE/trace" | tail -1)
     fi
-    echo "L1-TRIPLE $name ${rip:+$(l2_symbols "$(l2_modules $name)" $rip)}"
+    echo "L1-TRIPLE $name ${rip:+$(l2_symbols "$4" $rip)}"
   fi
   # (with how tsvmm said the VM ended, its last line: a triple fault also exits 0; warnings come before)
   echo "L1-RESULT $name exit=$rc $(grep '^tsvmm: ' "$WORK/tsvmm.out" | tail -1)"
@@ -101,9 +99,9 @@ for r in $RUNS; do
     # with tsvmm's stats, not take the others along)
     iommu-lazy) scenario iommu-lazy 1 1 "tsvmm.iommu=1 iommu.strict=0" 240 --viommu ;;
     iommu-strict) scenario iommu-strict 1 1 "tsvmm.iommu=1 iommu.strict=1" 240 --viommu ;;
-    # (by hand, not a test: name rips of an L2 that loaded the given scenario's modules, as
-    # tsvmm.run=where:iommu-strict:0xffffffffc03b75b0:0x…)
-    where:*) echo "L1-WHERE $r $(l2_symbols "$(l2_modules "$(echo $r | cut -d: -f2)")" $(echo $r | cut -d: -f3- | tr ':' ' ') | tr '\n' ';')" ;;
+    # (by hand, not a test: name rips of an L2 booted with the given argument, as
+    # tsvmm.run=where:tsvmm.iommu=1:0xffffffffc03b75b0:0x… for a vIOMMU scenario's, where::0x… else)
+    where:*) echo "L1-WHERE $r $(l2_symbols "$(echo $r | cut -d: -f2)" $(echo $r | cut -d: -f3- | tr ':' ' ') | tr '\n' ';')" ;;
   esac
 done
 kill $httpd_pid $iperf_pid 2>/dev/null

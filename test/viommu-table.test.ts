@@ -118,6 +118,20 @@ describe('virtqueue behind the vIOMMU', () => {
     expect(t.faultCount).toBe(1);
   });
 
+  it('translates a zero-length buffer\'s address like any other: never used as guest-physical', () => {
+    const { drv, q, t } = setup();
+    t.map(1, 0x100000, 0x100fff, 0x60000, RW);
+    // mapped: an empty piece where the mapping leads (0x100010 is not RAM as a guest-physical address)
+    drv.add([{ addr: 0x100000, len: 16 }, { addr: 0x100010, len: 0, write: true }]);
+    expect(q.pop()).toBe(true);
+    expect([q.chain.count, q.chain.offsets[1], q.chain.lens[1]]).toEqual([2, 0x60010, 0]);
+    // unmapped, though RAM at that guest-physical address: a fault
+    drv.add([{ addr: 0x100000, len: 16 }, { addr: 0x50000, len: 0, write: true }]);
+    expect(q.pop()).toBe(false);
+    expect(q.broken).toBe('IOMMU fault');
+    expect(t.faultsSince(0).faults.at(-1)).toMatchObject({ endpoint: 1, address: 0x50000, access: MAP_WRITE });
+  });
+
   it('refuses device writes into a read-only mapping', () => {
     const { drv, q, t } = setup();
     t.map(1, 0x100000, 0x100fff, 0x60000, MAP_READ);

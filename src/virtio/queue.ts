@@ -267,18 +267,17 @@ export class SplitQueue {
     let sawWritable = false;
     for (;;) {
       if (++seen > tableLen) return this.fail('descriptor chain too long');
-      const d = tableOff + i * 16;
-      const w = d / 4;
-      const addr = mem.u32[w] + mem.u32[w + 1] * 4294967296;
-      const len = mem.u32[w + 2];
-      const flags = mem.u16[(d / 2) + 6];
-      const next = mem.u16[(d / 2) + 7];
+      this.readDesc(tableOff + i * 16);
+      const addr = this.dAddr;
+      const len = this.dLen;
+      const flags = this.dFlags;
+      const next = this.dNext;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         if (!this.features.indirect) return this.fail('indirect descriptor not negotiated');
         if (indirect) return this.fail('nested indirect table');
         if (flags & VIRTQ_DESC_F_NEXT) return this.fail('indirect with next');
         if (len === 0 || len % 16 || len / 16 > this.size) return this.fail('bad indirect table size');
-        if (addr % 16) return this.fail('ring misaligned');
+        // (the spec asks no alignment of an indirect table: readDesc reads one anywhere)
         const off = dmaContiguous(mem, addr, len, MAP_READ);
         if (off < 0) return this.fail(mem.iommu ? 'IOMMU fault' : 'buffer outside guest memory');
         indirect = true;
@@ -297,7 +296,7 @@ export class SplitQueue {
         c.readableBytes += len;
       }
       const before = c.count;
-      if (mem.iommu && len > 0) {
+      if (mem.iommu) {
         if (!this.pieces(addr, len, writable ? MAP_WRITE : MAP_READ)) return false;
       } else {
         const off = mem.table.translate(addr, len);
@@ -314,11 +313,16 @@ export class SplitQueue {
     }
   }
 
-  /** Behind the IOMMU: append the pieces of [addr, addr+len) (one per mapping it crosses). */
+  /**
+   * Behind the IOMMU: append the pieces of [addr, addr+len) (one per mapping it crosses). A
+   * zero-length buffer is translated too (one empty piece): its address is an IOVA like any other,
+   * and must be mapped for the access, as without the IOMMU it must lie in RAM.
+   */
   private pieces(addr: number, len: number, access: 1 | 2): boolean {
     const c = this.chain;
     const io = this.mem.iommu!;
-    for (let done = 0; done < len; ) {
+    let done = 0;
+    do {
       if (!io.translate(addr + done, len - done, access)) return this.fail('IOMMU fault');
       const piece = io.hit.len;
       const off = this.mem.table.translate(io.hit.gpa, piece);
@@ -328,8 +332,36 @@ export class SplitQueue {
       c.lens[c.count] = piece;
       c.count++;
       done += piece;
-    }
+    } while (done < len);
     return true;
+  }
+
+  /** the fields of the descriptor readDesc() read last (each read from guest memory once) */
+  private dAddr = 0;
+  private dLen = 0;
+  private dFlags = 0;
+  private dNext = 0;
+
+  /**
+   * Read the 16-byte descriptor at buffer offset `d`: with aligned views when it is 4-byte aligned
+   * (the ring's table always is, checked in create), else byte by byte (an indirect table may lie
+   * anywhere).
+   */
+  private readDesc(d: number): void {
+    const mem = this.mem;
+    if (d % 4 === 0) {
+      const w = d / 4;
+      this.dAddr = mem.u32[w] + mem.u32[w + 1] * 4294967296;
+      this.dLen = mem.u32[w + 2];
+      this.dFlags = mem.u16[(d / 2) + 6];
+      this.dNext = mem.u16[(d / 2) + 7];
+      return;
+    }
+    const u8 = mem.u8;
+    this.dAddr = le32(u8, d) + le32(u8, d + 4) * 4294967296;
+    this.dLen = le32(u8, d + 8);
+    this.dFlags = u8[d + 12] | (u8[d + 13] << 8);
+    this.dNext = u8[d + 14] | (u8[d + 15] << 8);
   }
 
   /** Device-specific rules (e.g. receive buffers must be writable) break the queue here too. */
@@ -397,4 +429,9 @@ export class SplitQueue {
       if (this.log !== undefined) this.log.markGpa(this.usedLogGpa, 2);
     }
   }
+}
+
+/** A little-endian 32-bit value at any byte offset. */
+function le32(u8: Uint8Array, at: number): number {
+  return (u8[at] | (u8[at + 1] << 8) | (u8[at + 2] << 16) | (u8[at + 3] << 24)) >>> 0;
 }

@@ -3,7 +3,8 @@
 #   vmlinuz          Debian's cloud kernel (bzImage), for the 64-bit boot protocol
 #   vmlinux          the same kernel uncompressed (ELF with a PVH note), for PVH entry
 #   initramfs.cpio.gz  busybox, the virtio-net modules, iperf3 and an /init that reports and powers off
-#   modules/         the decompressed modules other images need (KVM for the nested harness, tun, virtio)
+#   modules/         the decompressed modules other images need (KVM for the nested harness and the L1 suite,
+#                    tun, veth, virtio-net, virtio-iommu, virtio-blk)
 # Cached by kernel package version; TSVMM_LINUX_PKG overrides the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ fi
 [ -n "$pkg" ] || { echo "guest-linux: cannot resolve $meta from apt" >&2; exit 1; }
 
 out=.cache/linux
-LAYOUT=3
+LAYOUT=4
 if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ "$(cat "$out/LAYOUT" 2>/dev/null)" = "$LAYOUT" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   echo "guest-linux: $pkg already built in $out"
   exit 0
@@ -63,7 +64,7 @@ rm -rf "$out/deb" "$ir"
 # keep only what the tests use from the package tree
 mkdir -p "$out/modules"
 for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/net/tun virt/lib/irqbypass \
-         arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/iommu/virtio-iommu; do
+         arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/iommu/virtio-iommu drivers/block/virtio_blk drivers/net/veth; do
   xz -dc "$out/root/lib/modules/$kver/kernel/$m.ko.xz" > "$out/modules/$(basename "$m").ko"
 done
 rm -rf "$out/root"

@@ -1,0 +1,48 @@
+#!/bin/busybox sh
+# L1's /init (QEMU software emulation with emulated AMD SVM; see scripts/l1/boot.mjs): loads KVM, mounts
+# the system image (the host's /usr and /etc) as the root to run in and the project image at the
+# checkout's own path, then runs the job (.l1-job.sh in the checkout) there and powers off.
+# Kernel command line: tsvmm.project=PATH (where the checkout is on the host and in L1).
+# Console (ttyS0): the job's output; ttyS1: the job's results channel (/dev/ttyS1, the test reporter).
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+export PATH=/bin
+say() { echo "L1: $* (uptime $(cut -d' ' -f1 /sysroot/proc/uptime) s)"; }
+fail() { echo "L1-FAILED: $*"; poweroff -f; }
+for m in irqbypass kvm kvm-amd tun veth virtio_blk; do insmod /lib/modules/$m.ko || fail "insmod $m"; done
+[ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd"
+project=$(sed -n 's/.*tsvmm\.project=\([^ ]*\).*/\1/p' /proc/cmdline)
+R=/sysroot
+# (the disks are QEMU snapshots: what L1 writes is thrown away when it ends)
+mount -t ext4 /dev/vda $R || fail "mount the system image"
+mkdir -p "$R$project" && mount -t ext4 /dev/vdb "$R$project" || fail "mount the project image"
+mount --move /dev $R/dev
+mount --move /proc $R/proc
+mount --move /sys $R/sys
+mount -t tmpfs tmp $R/tmp
+mount -t tmpfs run $R/run
+mkdir -p $R/dev/pts $R/dev/shm $R/dev/net
+mount -t devpts devpts $R/dev/pts
+mount -t tmpfs shm $R/dev/shm
+mount -t bpf bpf $R/sys/fs/bpf 2>/dev/null
+mount -t tracefs nodev $R/sys/kernel/tracing 2>/dev/null
+[ -c $R/dev/net/tun ] || mknod $R/dev/net/tun c 10 200
+echo tsvmm-l1 > $R/proc/sys/kernel/hostname
+in_root() { chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
+  TSVMM_IN_L1=1 LANG=C.UTF-8 "$@"; }
+in_root /usr/sbin/ip link set lo up
+say "KVM loaded, disks mounted"
+# One idle VM for L1's whole life, so that the VMs the job makes and ends flip no kernel static keys;
+# made while L1 runs on one CPU (booted with maxcpus=1), the second CPU coming online afterwards. Both
+# against QEMU 7.2's multi-threaded TCG running the int3 of a finished code patch (an L1 panic):
+# test/nested/pin-kvm-keys.mjs says more.
+in_root /bin/sh -c "TSVMM_DIR=$project exec node $project/test/nested/pin-kvm-keys.mjs" > /tmp/pinned &
+until grep -q kvm-keys-pinned /tmp/pinned 2>/dev/null; do sleep 0.2; done
+for c in $R/sys/devices/system/cpu/cpu[1-9]*/online; do [ -e "$c" ] && echo 1 > "$c"; done
+say "KVM keys pinned, CPUs $(cat $R/sys/devices/system/cpu/online) online; running the job"
+in_root /bin/bash -c "cd $project && exec bash .l1-job.sh"
+echo "L1-JOB-EXIT $?"
+sync
+poweroff -f

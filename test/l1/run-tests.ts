@@ -1,0 +1,108 @@
+// Runs test files inside an L1 (scripts/l1/boot.mjs) and collects what its reporter (test/l1/reporter.ts)
+// sends back: per file, its tests by path with their outcome; and, when L1 ends early, which tests were
+// running then.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+// @ts-expect-error: a plain ES module of the project's scripts, without types
+import { runInL1 } from '../../scripts/l1/boot.mjs';
+import type { L1Error, L1Event } from './protocol.js';
+
+export interface L1Test {
+  path: string[];
+  state: string;
+  ms?: number;
+  errors: L1Error[];
+}
+
+export interface L1File {
+  tests: Map<string, L1Test>;
+  /** errors of the file itself or of a suite's hooks (path '' for the file) */
+  errors: Array<{ path: string[]; errors: L1Error[] }>;
+  /** tests that started and did not end */
+  running: Set<string>;
+  ended: boolean;
+}
+
+export interface L1Outcome {
+  files: Map<string, L1File>;
+  /** why L1 ended before every file did ('' if it did not) */
+  cutShort: string;
+  unhandled: L1Error[];
+  seconds: number;
+}
+
+const key = (path: string[]) => path.join('\u0000');
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+/** The whole console of the last run, for what the failure texts leave out. */
+export const CONSOLE_LOG = join(ROOT, '.cache', 'l1', 'last-console.log');
+
+/** Lines a kernel writes when it dies, and where its report begins. */
+const KERNEL_TROUBLE = /\] (BUG:|Oops|Kernel panic|general protection|watchdog:)/;
+
+function jobScript(files: string[]): string {
+  return [
+    'set -u',
+    `export CI=${process.env.CI ?? ''} TSVMM_L1_RESULTS=/dev/ttyS1`,
+    'stty -F /dev/ttyS1 raw -echo 2>/dev/null',
+    `exec node node_modules/vitest/vitest.mjs run --reporter=default --reporter=./test/l1/reporter.ts ${files.join(' ')}`,
+    '',
+  ].join('\n');
+}
+
+export async function runTestsInL1(files: string[], say: (line: string) => void): Promise<L1Outcome> {
+  const t0 = Date.now();
+  const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(0)} s`;
+  const out: L1Outcome = { files: new Map(), cutShort: '', unhandled: [], seconds: 0 };
+  for (const f of files) out.files.set(f, { tests: new Map(), errors: [], running: new Set(), ended: false });
+  let ended = false;
+  const onResult = (line: string) => {
+    let e: L1Event;
+    try {
+      e = JSON.parse(line) as L1Event;
+    } catch {
+      return; // (a line the kernel's console interleaved; the reporter writes whole lines)
+    }
+    if (e.t === 'end') {
+      ended = true;
+      out.unhandled.push(...e.errors);
+      return;
+    }
+    const f = out.files.get(e.file);
+    if (!f) return;
+    if (e.t === 'start') f.running.add(key(e.path));
+    else if (e.t === 'test') {
+      f.running.delete(key(e.path));
+      f.tests.set(key(e.path), { path: e.path, state: e.state, ms: e.ms, errors: e.errors });
+      const mark = e.state === 'passed' ? '✓' : e.state === 'failed' ? '✗' : '-';
+      say(`in L1 [${elapsed()}]: ${mark} ${e.file} > ${e.path.join(' > ')}${e.ms !== undefined ? ` (${(e.ms / 1000).toFixed(1)} s)` : ''}`);
+    } else if (e.t === 'suite') f.errors.push({ path: e.path, errors: e.errors });
+    else if (e.t === 'module') {
+      f.ended = true;
+      if (e.errors.length) f.errors.push({ path: [], errors: e.errors });
+    }
+  };
+  let consoleText = '';
+  try {
+    const r = await runInL1(jobScript(files), {
+      onStep: (s: string) => say(`in L1 [${elapsed()}]: ${s}`),
+      onResult,
+      limitS: 3000,
+    });
+    consoleText = r.console;
+    out.seconds = r.seconds;
+    if (!ended) {
+      const lines = consoleText.split('\n');
+      const first = lines.findIndex((l) => KERNEL_TROUBLE.test(l));
+      out.cutShort = `L1 ended before the test run did (job exit status ${r.status ?? 'none'}, after ${r.seconds.toFixed(0)} s)` +
+        (first >= 0 ? `; L1's kernel reported:\n${lines.slice(first, first + 30).join('\n')}` : '') +
+        `\nlast console lines:\n${lines.slice(-30).join('\n')}`;
+    }
+  } catch (err) {
+    out.cutShort = `L1 could not be started: ${(err as { stderr?: Buffer }).stderr?.toString().slice(-2000) ?? err}`;
+  } finally {
+    mkdirSync(join(ROOT, '.cache', 'l1'), { recursive: true });
+    writeFileSync(CONSOLE_LOG, consoleText);
+  }
+  return out;
+}

@@ -70,16 +70,25 @@ export class NetQueuePair {
     const q = this.txq;
     const b = this.txBatch;
     const st = this.o.txStats;
+    const segments = b.iov.length / 3;
     let done = 0;
     while (done < budget && !q.broken) {
       b.count = 0;
       let iovUsed = 0;
+      /** the segment array is full: the batch ends, and the chain that did not fit starts the next */
+      let full = false;
       while (b.count < TX_BATCH && done < budget && q.pop()) {
-        done++;
         const c = q.chain;
+        if (b.count > 0 && iovUsed + c.count > segments) {
+          q.unpop();
+          full = true;
+          break;
+        }
+        done++;
         const len = c.readableBytes - NET_HDR_LEN;
-        // a TX chain is device-readable only and holds a header and a frame of sane size
-        if (c.writable > 0 || len < 14 || len > MAX_TX_FRAME || iovUsed + c.count > b.iov.length / 3) {
+        // a TX chain is device-readable only and holds a header and a frame of sane size (alone it
+        // always fits: the array holds the longest chain)
+        if (c.writable > 0 || len < 14 || len > MAX_TX_FRAME || c.count > segments) {
           this.dropTx(c.head);
           continue;
         }
@@ -127,7 +136,7 @@ export class NetQueuePair {
       st[STAT.BATCHES]++;
       q.flush();
       this.interrupt(q, this.o.txCallFd, st);
-      if (b.count < TX_BATCH) break;
+      if (b.count < TX_BATCH && !full) break;
     }
     q.flush();
     return done;

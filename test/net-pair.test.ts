@@ -91,3 +91,38 @@ describe('NetQueuePair transmit', () => {
     expect(tx.takeUsed().map((u) => u.id)).toEqual([0, 1, 2, 3, 4, 5]);
   });
 });
+
+describe('NetQueuePair receive', () => {
+  it('publishes (and signals) the frames it delivered before a bad buffer broke the ring', () => {
+    const call = native.eventfd(0, EFD_NONBLOCK);
+    try {
+      const { mem, rx, rxq, driver, pair, rxStats } = setup({ rxCallFd: call });
+      driver.frame = frame(60);
+      const good = rx.add([{ addr: mem.alloc(2048), len: 2048, write: true }]);
+      rx.add([{ addr: mem.alloc(2048), len: 2048 }]); // device-readable: not a receive buffer
+      expect(pair.processRx(8)).toBe(1);
+      expect(rxq.broken).toBe('device-readable receive buffer');
+      expect(rxStats[STAT.PACKETS]).toBe(1);
+      expect(rx.takeUsed()).toEqual([{ id: good, len: 72 }]);
+      const n = new BigUint64Array(1);
+      expect(native.read(call, n)).toBe(8);
+      // nothing to offer any more: the driver's fd is not to be watched
+      expect(pair.starved).toBe(true);
+      expect(pair.processRx(8)).toBe(0);
+      expect(pair.starved).toBe(true);
+    } finally {
+      native.close(call);
+    }
+  });
+
+  it('publishes what it delivered before a buffer too small for the header broke the ring', () => {
+    const { mem, rx, rxq, driver, pair } = setup();
+    driver.frame = frame(60);
+    const good = rx.add([{ addr: mem.alloc(2048), len: 2048, write: true }]);
+    rx.add([{ addr: mem.alloc(8), len: 8, write: true }]);
+    expect(pair.processRx(8)).toBe(1);
+    expect(rxq.broken).toBe('receive buffer too small for the header');
+    expect(rx.takeUsed()).toEqual([{ id: good, len: 72 }]);
+  });
+
+});

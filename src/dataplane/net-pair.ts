@@ -201,8 +201,9 @@ export class NetQueuePair {
       let hdrPieces = 0;
       while (cap < need && chains < this.rxHeads.length && q.pop()) {
         const c = q.chain;
-        if (c.readable > 0) return this.breakRx('device-readable receive buffer');
-        if (chains === 0 && c.writableBytes < NET_HDR_LEN) return this.breakRx('receive buffer too small for the header');
+        if (c.readable > 0) q.markBroken('device-readable receive buffer');
+        else if (chains === 0 && c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
+        if (q.broken) break;
         this.rxHeads[chains] = c.head;
         this.rxCap[chains] = c.writableBytes;
         // the first NET_HDR_LEN bytes of the first chain are header space (written once the frame is
@@ -229,6 +230,8 @@ export class NetQueuePair {
         chains++;
         if (!this.o.mergeable) break;
       }
+      // a broken ring takes no more frames; what was delivered before is still published below
+      if (q.broken) break;
       // Never read a frame we may not be able to place: the tap truncates to the buffers it is given.
       // With MRG_RXBUF wait for enough buffers for `need` (the largest frame, or the known next one); a
       // single chain must be big enough by itself (the spec asks drivers for 1526-byte buffers then),
@@ -283,6 +286,8 @@ export class NetQueuePair {
     }
     q.flush();
     this.interrupt(q, this.o.rxCallFd, st);
+    // a broken ring has no buffers to offer: reported as starved, so the driver's fd is not watched
+    if (q.broken) this.starved = true;
     return delivered;
   }
 
@@ -293,10 +298,5 @@ export class NetQueuePair {
       this.o.log!.markOffset(iov[3 * k + 1], n);
       len -= n;
     }
-  }
-
-  private breakRx(reason: 'device-readable receive buffer' | 'receive buffer too small for the header'): number {
-    this.rxq.markBroken(reason);
-    return 0;
   }
 }

@@ -125,4 +125,16 @@ describe('NetQueuePair receive', () => {
     expect(rx.takeUsed()).toEqual([{ id: good, len: 72 }]);
   });
 
+  it('writes the header whole after empty buffers at the start of a chain', () => {
+    const { mem, rx, driver, pair } = setup();
+    driver.frame = frame(60);
+    const buf = mem.alloc(2048);
+    mem.bytes(buf, 12).fill(0xee);
+    rx.add([...Array.from({ length: 16 }, () => ({ addr: mem.alloc(16), len: 0, write: true })), { addr: buf, len: 2048, write: true }]);
+    expect(pair.processRx(8)).toBe(1);
+    // no offload, one buffer: a zero header but for num_buffers = 1
+    expect([...mem.bytes(buf, 12)]).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    expect([...mem.bytes(buf + 12, 60)]).toEqual([...frame(60)]);
+  });
+
 });

@@ -212,7 +212,8 @@ export class NetQueuePair {
         for (let i = 0; i < c.count; i++) {
           let off = c.offsets[i];
           let l = c.lens[i];
-          if (skip > 0) {
+          // (an empty buffer takes no header piece: there are NET_HDR_LEN slots, one per byte at most)
+          if (skip > 0 && l > 0) {
             const h = Math.min(skip, l);
             this.hdrAt[hdrPieces] = off;
             this.hdrLen[hdrPieces++] = h;

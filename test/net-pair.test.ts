@@ -137,4 +137,33 @@ describe('NetQueuePair receive', () => {
     expect([...mem.bytes(buf + 12, 60)]).toEqual([...frame(60)]);
   });
 
+  it('holds its receive segments to what the largest frame can use, whatever the ring size', () => {
+    // 32768 entries with MRG_RXBUF: room for every piece of 1025 chains would be 67 M segments (1.6 GB)
+    const { pair } = setup({ size: 32768, mergeable: true, maxRxFrame: 65535 + 14 + 4 });
+    const iov = (pair as unknown as { rxBatch: PacketBatch }).rxBatch.iov;
+    expect(iov.length / 3).toBeLessThanOrEqual(65553 + 2 * 32768 + 1);
+  });
+
+  it('places a frame over chains of 1-byte buffers without overrunning its segments', () => {
+    // MRG_RXBUF, 25 chains of 64 one-byte buffers (indirect): the header over 12 of them, and the
+    // frame in as many pieces as it has bytes, the most any frame can take
+    const { mem, rx, driver, pair } = setup({ size: 1024, mergeable: true, maxRxFrame: 1514 });
+    driver.frame = frame(1514);
+    const bytes: number[] = [];
+    for (let n = 0; n < 25; n++) {
+      const table = mem.alloc(16 * 64);
+      for (let k = 0; k < 64; k++) {
+        const a = mem.alloc(1, 1);
+        bytes.push(a);
+        rx.writeDesc(k, a, 1, F_WRITE | (k < 63 ? F_NEXT : 0), k + 1, table);
+      }
+      rx.writeDesc(n, table, 16 * 64, F_INDIRECT, 0);
+      rx.publish(n);
+    }
+    expect(pair.processRx(1)).toBe(1);
+    const at = (k: number) => mem.bytes(bytes[k], 1)[0];
+    expect(Array.from({ length: 1514 }, (_, k) => at(12 + k))).toEqual([...frame(1514)]);
+    expect(at(10)).toBe(24); // num_buffers: ceil(1526 / 64)
+    expect(rx.takeUsed().map((u) => u.len)).toEqual([...Array(23).fill(64), 1526 - 23 * 64]);
+  });
 });

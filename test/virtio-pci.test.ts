@@ -110,6 +110,22 @@ describe('virtio-pci modern transport', () => {
     expect(r(0x18, 2)).toBe(128);
   });
 
+  it('holds a queue size the driver writes to the maximum it offers', async () => {
+    const { r, w, activations } = fakes();
+    w(0x08, 1);
+    w(0x0c, 1);
+    w(0x14, 1 | 2 | 8, 1);
+    w(0x16, 0, 2);
+    w(0x18, 32768, 2);
+    expect(r(0x18, 2)).toBe(256);
+    w(0x18, 0xffff, 2);
+    expect(r(0x18, 2)).toBe(256);
+    w(0x1c, 1, 2);
+    w(0x14, 1 | 2 | 8 | 4, 1);
+    await tick();
+    expect(activations[0].queues[0].size).toBe(256);
+  });
+
   it('resets when 0 is written: a live device reports its old status until its threads stopped', async () => {
     const { r, w, resets } = fakes();
     w(0x08, 1);

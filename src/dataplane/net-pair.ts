@@ -56,9 +56,13 @@ export class NetQueuePair {
     // room for a whole batch of typical packets, and for one packet of the longest chain
     this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
     this.txHeads = new Uint16Array(TX_BATCH);
-    // RX: one packet per driver call, spread over as many chains as MRG_RXBUF allows
+    // RX: one packet per driver call, spread over as many chains as MRG_RXBUF allows. Its segments:
+    // every piece that takes frame bytes holds one or more, and chains are taken only while they hold
+    // less than the largest frame, so all the chains but the last give fewer than maxRxFrame pieces
     const rxChains = o.mergeable ? Math.min(rxq.size, Math.ceil(o.maxRxFrame / 64) + 1) : 1;
-    this.rxBatch = newPacketBatch(1, rxChains * rxq.chain.offsets.length + 1);
+    const chainPieces = rxq.chain.offsets.length;
+    const rxSegments = o.mergeable ? Math.min(rxChains * chainPieces, o.maxRxFrame + chainPieces) : chainPieces;
+    this.rxBatch = newPacketBatch(1, rxSegments + 1);
     this.rxHeads = new Uint16Array(rxChains);
     this.rxCap = new Float64Array(rxChains);
   }

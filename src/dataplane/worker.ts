@@ -6,7 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
-import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
+import { SplitQueue, guestView, MAX_QUEUE_SIZE, type QueueConfig } from '../virtio/queue.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader } from '../viommu/table.js';
 import { NetQueuePair } from './net-pair.js';
@@ -95,8 +95,9 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
   /** per pair: the TX and RX counters (kicks are counted here, the rest by NetQueuePair) */
   const kickStats: Array<[Float64Array, Float64Array]> = [];
   for (const p of d.pairs) {
-    const rxq = SplitQueue.create(mem, p.rx, features, 32768);
-    const txq = SplitQueue.create(mem, p.tx, features, 32768);
+    // (the transport holds a guest's sizes to its device's maximum; this is the protocol's)
+    const rxq = SplitQueue.create(mem, p.rx, features, MAX_QUEUE_SIZE);
+    const txq = SplitQueue.create(mem, p.tx, features, MAX_QUEUE_SIZE);
     if (typeof rxq === 'string' || typeof txq === 'string') {
       port.postMessage({ type: 'broken', reason: typeof rxq === 'string' ? rxq : txq });
       return;

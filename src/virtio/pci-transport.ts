@@ -320,7 +320,8 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         this.queueSelect = value & 0xffff;
         return;
       case 0x18:
-        if (queueWritable) q!.size = value & 0xffff;
+        // the driver may only reduce the size the device offers (§4.1.4.3): more is held to that maximum
+        if (queueWritable) q!.size = Math.min(value & 0xffff, this.device.maxQueueSize);
         return;
       case 0x1a:
         // a vector we do not have reads back as NO_VECTOR, telling the driver it failed (§4.1.5.1.2)

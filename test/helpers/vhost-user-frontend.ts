@@ -32,15 +32,37 @@ export class TestFrontend {
    */
   iovaOffset?: number;
 
-  /** Connect to `sock`; guest memory is `size` bytes at guest-physical `base`. */
-  constructor(sock: string, size = 2 << 20, readonly base = 0x100000) {
+  /**
+   * Connect to `sock`; guest memory is `size` bytes at guest-physical `base`. `layout.regionSize`: the
+   * memory table claims this much (a sparse file; the test touches only the first `size` bytes);
+   * `layout.splitAt`: the table gives the memory as two regions split at this offset, the upper one first.
+   */
+  constructor(sock: string, size = 2 << 20, readonly base = 0x100000, private readonly layout: { regionSize?: number; splitAt?: number } = {}) {
     this.fd = native.socket(AF_UNIX, SOCK_STREAM, 0);
     expect(native.connectUnix(this.fd, sock)).toBe(0);
     this.ep = native.epollCreate();
     native.epollCtl(this.ep, 1, this.fd, 1, 0);
     this.memfd = native.memfdCreate('test-frontend', 0);
-    native.ftruncate(this.memfd, size);
+    native.ftruncate(this.memfd, layout.regionSize ?? size);
     this.mem = new TestMemory(size, base, native.mmapShared(this.memfd, size).buffer);
+  }
+
+  /** SET_MEM_TABLE's payload and descriptors for the memory (see `layout`) */
+  private memTable(): [Uint8Array, number[]] {
+    const size = this.layout.regionSize ?? this.mem.size;
+    const split = this.layout.splitAt;
+    // [guest-physical, size, file offset] per region
+    const regions = split === undefined ? [[this.base, size, 0]] : [[this.base + split, size - split, split], [this.base, split, 0]];
+    const t = new Uint8Array(8 + 32 * regions.length);
+    const v = new DataView(t.buffer);
+    v.setUint32(0, regions.length, true);
+    regions.forEach(([gpa, len, offset], i) => {
+      v.setBigUint64(8 + 32 * i, BigInt(gpa), true);
+      v.setBigUint64(16 + 32 * i, BigInt(len), true);
+      v.setBigUint64(24 + 32 * i, BigInt(this.uaddr(gpa)), true);
+      v.setBigUint64(32 + 32 * i, BigInt(offset), true);
+    });
+    return [t, regions.map(() => this.memfd)];
   }
 
   send(request: number, payload: Uint8Array = new Uint8Array(0), fds: number[] = [], flags = FLAG_VERSION): void {
@@ -79,13 +101,7 @@ export class TestFrontend {
     this.send(REQ.SET_OWNER);
     // the channel the backend asks us things on (IOTLB misses)
     if (backendFd !== undefined) this.send(REQ.SET_BACKEND_REQ_FD, new Uint8Array(0), [backendFd]);
-    const t = new Uint8Array(8 + 32);
-    const v = new DataView(t.buffer);
-    v.setUint32(0, 1, true);
-    v.setBigUint64(8, BigInt(this.base), true);
-    v.setBigUint64(16, BigInt(this.mem.size), true);
-    v.setBigUint64(24, BigInt(UADDR), true);
-    this.send(REQ.SET_MEM_TABLE, t, [this.memfd]);
+    this.send(REQ.SET_MEM_TABLE, ...this.memTable());
     for (let i = 0; i < 2 * pairs; i++) {
       // each ring from a fresh page: a test can then tell which ring's pages were written
       this.mem.alloc(1, 4096);

@@ -1,0 +1,91 @@
+// `tsvmm vhost-user --net null` as a child process, for tests of what a frontend can do to it: the
+// lines it writes on stderr, whether it is still running, and how many descriptors it holds.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI } from './env.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** the server's own lines when a connection starts and ends (not a report of anything wrong) */
+const ROUTINE = /frontend connected|frontend gone|^tsvmm: net: /;
+
+export class CliBackend {
+  readonly sock: string;
+  private readonly dir: string;
+  private readonly proc: ChildProcess;
+  /** every stderr line so far */
+  readonly lines: string[] = [];
+  private partial = '';
+  exitCode: number | null | undefined;
+  readonly exited: Promise<void>;
+
+  private constructor(net: string) {
+    this.dir = mkdtempSync(join(tmpdir(), 'tsvmm-vuh-'));
+    this.sock = join(this.dir, 'vu.sock');
+    this.proc = spawn(process.execPath, [CLI, 'vhost-user', '--socket', this.sock, '--net', net], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc.stderr!.setEncoding('utf8');
+    this.proc.stderr!.on('data', (s: string) => {
+      const parts = (this.partial + s).split('\n');
+      this.partial = parts.pop()!;
+      this.lines.push(...parts);
+    });
+    this.exited = new Promise((r) => this.proc.once('exit', (code) => ((this.exitCode = code), r())));
+  }
+
+  /** Start one (`net`: the --net argument) and wait for its socket. */
+  static async start(net = 'null'): Promise<CliBackend> {
+    const b = new CliBackend(net);
+    for (let i = 0; i < 500 && !existsSync(b.sock) && b.exitCode === undefined; i++) await sleep(10);
+    if (!existsSync(b.sock)) throw new Error(`backend did not start: ${b.lines.join(' | ')}`);
+    return b;
+  }
+
+  get pid(): number {
+    return this.proc.pid!;
+  }
+
+  get running(): boolean {
+    return this.exitCode === undefined;
+  }
+
+  /** descriptors the process holds now */
+  fdCount(): number {
+    return readdirSync(`/proc/${this.pid}/fd`).length;
+  }
+
+  /** lines that report something (the routine connect and disconnect lines left out) from line `from` on */
+  reports(from = 0): string[] {
+    return this.lines.slice(from).filter((l) => !ROUTINE.test(l));
+  }
+
+  /** Wait until `n` connections have ended (the server says so when it is ready for the next one). */
+  async connectionsEnded(n: number): Promise<void> {
+    for (let i = 0; i < 1000 && this.running; i++) {
+      if (this.lines.filter((l) => l.includes('frontend gone')).length >= n) return;
+      await sleep(10);
+    }
+    throw new Error(`connection ${n} never ended; stderr: ${this.lines.join(' | ')}`);
+  }
+
+  /** Wait for a stderr line matching `re`. */
+  async line(re: RegExp): Promise<string> {
+    for (let i = 0; i < 1000 && this.running; i++) {
+      const l = this.lines.find((x) => re.test(x));
+      if (l) return l;
+      await sleep(10);
+    }
+    throw new Error(`no line matching ${re}; stderr: ${this.lines.join(' | ')}`);
+  }
+
+  /** SIGTERM (SIGKILL if that does not end it: a test must not hang on a wedged backend) */
+  async stop(): Promise<number | null | undefined> {
+    if (this.running) this.proc.kill('SIGTERM');
+    const killer = setTimeout(() => this.proc.kill('SIGKILL'), 10_000);
+    await this.exited;
+    clearTimeout(killer);
+    rmSync(this.dir, { recursive: true, force: true });
+    return this.exitCode;
+  }
+}

@@ -14,7 +14,8 @@ export interface TapInit {
   fd: number;
 }
 
-const MAX_SEGMENTS = 1024;
+/** segments of a packet one readv/writev takes: the kernel's 1024 (UIO_MAXIOV), less our header */
+const MAX_SEGMENTS = 1023;
 
 function openQueueFd(ifname: string, devPath: string): number {
   let fd: number;
@@ -162,15 +163,42 @@ class TapQueue implements DriverQueue {
     writeSync(2, `tsvmm: tap queue fd ${this.pollFd}: a packet was refused (${why}); counting drops\n`);
   }
 
+  /** bytes the segments receiveSegments() copied can hold */
+  private room = 0;
+
+  /**
+   * Packet i's first MAX_SEGMENTS segments after our header segment (more cannot go to one readv);
+   * sets `room`. Returns the segment count, header included.
+   */
+  private receiveSegments(b: PacketBatch, i: number): number {
+    const from = 3 * b.iovStart[i];
+    const to = Math.min(3 * b.iovStart[i + 1], from + 3 * MAX_SEGMENTS);
+    const iov = this.iov;
+    const src = b.iov;
+    let room = 0;
+    for (let k = from, j = 3; k < to; k += 3, j += 3) {
+      iov[j] = src[k];
+      iov[j + 1] = src[k + 1];
+      iov[j + 2] = src[k + 2];
+      room += src[k + 2];
+    }
+    this.room = room;
+    return (to - from) / 3 + 1;
+  }
+
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     const h = this.hdrView;
     for (let i = 0; i < b.count; i++) {
-      const n = this.segments(b, i);
+      const n = this.receiveSegments(b, i);
       const r = native.readv(this.pollFd, this.iov, n, mem, this.hdr);
       if (r < 0) return i;
       const m = i * META_WORDS;
       const flags = h.getUint8(0);
-      b.len[i] = Math.max(0, r - T.TAP_HDR_LEN);
+      const len = Math.max(0, r - T.TAP_HDR_LEN);
+      // offered more segments than readv took, a frame that filled those may not have arrived whole:
+      // it is reported empty (the dataplane drops it, and the buffers stay the guest's)
+      const cut = b.iovStart[i + 1] - b.iovStart[i] > MAX_SEGMENTS && len >= this.room;
+      b.len[i] = cut ? 0 : len;
       b.meta[m + META.FLAGS] = (flags & T.TAP_HDR_F_NEEDS_CSUM ? META_NEEDS_CSUM : 0) | (flags & T.TAP_HDR_F_DATA_VALID ? META_CSUM_VALID : 0);
       b.meta[m + META.GSO_TYPE] = h.getUint8(1);
       b.meta[m + META.HDR_LEN] = h.getUint16(2, true);

@@ -1,0 +1,126 @@
+// The tap driver's queue on a real tap (in a namespace this file creates and deletes), driven directly
+// with packet batches: what it does with more segments than one readv/writev takes.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NetNs, PKT } from './helpers/netns.js';
+import { native, AF_UNIX, SOCK_STREAM } from '../src/native.js';
+import { openQueue } from '../src/drivers/tap/index.js';
+import { newPacketBatch, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
+
+const TAP = 'tdrv0';
+const POLLIN = 1;
+
+/** Opens a queue of the tap inside the namespace and sends its fd to the unix socket at argv[1]. */
+const OPEN_QUEUE = `
+import fcntl, os, socket, struct, sys
+fd = os.open('/dev/net/tun', os.O_RDWR | os.O_NONBLOCK)
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', sys.argv[2].encode(), 0x0002 | 0x1000 | 0x4000 | 0x0100))
+fcntl.ioctl(fd, 0x400454d8, struct.pack('i', 12))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+socket.send_fds(s, [b'q'], [fd])
+`;
+
+/** A frame for the tap to deliver: broadcast, an ethertype of its own, then byte i = i & 0xff. */
+function frame(len: number): Uint8Array {
+  const f = new Uint8Array(len);
+  for (let i = 0; i < len; i++) f[i] = i & 0xff;
+  f.fill(0xff, 0, 6);
+  f.set([0x02, 0, 0, 0, 0, 1], 6);
+  f.set([0x88, 0xb5], 12);
+  return f;
+}
+
+/** One packet of `segments` segments of `size` bytes each, laid out back to back from offset 0. */
+function batch(segments: number, size: number): PacketBatch {
+  const b = newPacketBatch(1, segments);
+  for (let k = 0; k < segments; k++) b.iov.set([0, k * size, size], 3 * k);
+  b.iovStart[0] = 0;
+  b.iovStart[1] = segments;
+  b.count = 1;
+  return b;
+}
+
+describe('tap driver queue', () => {
+  let ns: NetNs;
+  let fd = -1;
+  let q: DriverQueue;
+  const mem = new SharedArrayBuffer(1 << 20);
+
+  beforeAll(() => {
+    ns = new NetNs('tapdrv');
+    ns.addTap(TAP);
+    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-tapdrv-'));
+    const path = join(dir, 'sock');
+    const srv = native.socket(AF_UNIX, SOCK_STREAM, 0);
+    try {
+      native.bindUnix(srv, path);
+      native.listen(srv, 1);
+      ns.exec('python3', '-c', OPEN_QUEUE, path, TAP);
+      const conn = native.accept(srv);
+      const fds = new Int32Array(2);
+      native.recvmsg(conn, new Uint8Array(1), fds);
+      native.close(conn);
+      fd = fds[0];
+    } finally {
+      native.close(srv);
+      rmSync(dir, { recursive: true });
+    }
+    q = openQueue({ fd });
+  });
+
+  afterAll(() => {
+    if (fd >= 0) native.close(fd);
+    ns?.delete();
+  });
+
+  /** The tap transmits `f` (from the namespace's side): it is then the one frame waiting on the queue. */
+  function arrive(f: Uint8Array): void {
+    const scratch = new Uint8Array(70000);
+    while (native.read(fd, scratch) > 0);
+    execFileSync('ip', ['netns', 'exec', ns.name, 'python3', PKT, 'raw', TAP, Buffer.from(f).toString('hex')]);
+    expect(native.poll(fd, POLLIN, 10_000) & POLLIN).toBe(POLLIN);
+  }
+
+  it('receives a frame into the first segments of a packet offered more than readv takes', () => {
+    const f = frame(60);
+    arrive(f);
+    const b = batch(1100, 8);
+    expect(q.receive(b, mem)).toBe(1);
+    expect(b.len[0]).toBe(60);
+    expect([...new Uint8Array(mem, 0, 60)]).toEqual([...f]);
+  });
+
+  it('consumes and reports empty a frame those first segments cannot hold whole', () => {
+    arrive(frame(1500));
+    const b = batch(1100, 1); // the first 1023 segments hold 1023 bytes
+    expect(q.receive(b, mem)).toBe(1);
+    expect(b.len[0]).toBe(0);
+    expect(q.receive(batch(1, 2048), mem)).toBe(0); // nothing left waiting
+  });
+
+  it('receives a frame into a packet offered one segment more than readv takes beside its header', () => {
+    const f = frame(1500);
+    arrive(f);
+    const b = batch(1024, 2);
+    expect(q.receive(b, mem)).toBe(1);
+    expect(b.len[0]).toBe(1500);
+    expect([...new Uint8Array(mem, 0, 1500)]).toEqual([...f]);
+  });
+
+  it('counts as a drop a packet to send in more segments than writev takes, and sends the next', () => {
+    const b = newPacketBatch(2, 1100);
+    for (let k = 0; k < 1024; k++) b.iov.set([0, k, 1], 3 * k);
+    b.iov.set([0, 0, 60], 3 * 1024);
+    new Uint8Array(mem).set(frame(60));
+    b.iovStart.set([0, 1024, 1025]);
+    b.len.set([1024, 60]);
+    b.count = 2;
+    const before = q.drops;
+    expect(q.transmit(b, mem)).toBe(2);
+    expect(q.drops).toBe(before + 1);
+  });
+});

@@ -117,9 +117,12 @@ Napi::Value Ioctl(const Napi::CallbackInfo& info) {
   if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
     void* p;
     size_t n;
-    if (BufferOf(info[2], &p, &n))
+    if (BufferOf(info[2], &p, &n)) {
+      // SAFETY: for a request that encodes a direction the kernel reads and/or writes _IOC_SIZE(req)
+      // bytes at the pointer: the buffer must hold them (a larger one is fine: variable-length structs)
+      if (_IOC_DIR(req) != _IOC_NONE && n < _IOC_SIZE(req)) THROW_TYPE(env, "ioctl: buffer smaller than the request's size", env.Null());
       arg = reinterpret_cast<unsigned long>(p);
-    else if (info[2].IsNumber() || info[2].IsBigInt())
+    } else if (info[2].IsNumber() || info[2].IsBigInt())
       arg = static_cast<unsigned long>(ArgU64(info[2]));
     else
       THROW_TYPE(env, "ioctl: arg must be a number, bigint or buffer", env.Null());
@@ -164,7 +167,8 @@ constexpr int kMaxIov = 1024;
 bool BuildIov(const Napi::CallbackInfo& info, struct iovec* iov, int* n) {
   void* tp;
   size_t tl;
-  if (!BufferOf(info[1], &tp, &tl)) return false;
+  // (a Float64Array: its data is aligned for double)
+  if (!ToV8(info[1])->IsFloat64Array() || !BufferOf(info[1], &tp, &tl)) return false;
   const double* t = static_cast<const double*>(tp);
   int count = ArgInt(info, 2);
   if (count < 0 || count > kMaxIov || static_cast<size_t>(count) * 3 * sizeof(double) > tl) return false;
@@ -173,9 +177,13 @@ bool BuildIov(const Napi::CallbackInfo& info, struct iovec* iov, int* n) {
   for (int b = 0; b < 2; b++)
     if (info.Length() > static_cast<size_t>(3 + b) && !info[3 + b].IsUndefined()) BufferOf(info[3 + b], &base[b], &blen[b]);
   for (int i = 0; i < count; i++) {
-    int b = static_cast<int>(t[3 * i]);
-    double off = t[3 * i + 1], len = t[3 * i + 2];
-    if (b < 0 || b > 1 || !base[b] || off < 0 || len < 0 || off + len > static_cast<double>(blen[b])) return false;
+    double which = t[3 * i], off = t[3 * i + 1], len = t[3 * i + 2];
+    // every test is written to fail on NaN (a NaN compares false), so only numbers in range are cast
+    if (!(which == 0 || which == 1)) return false;
+    int b = static_cast<int>(which);
+    if (!base[b] || !(off >= 0 && len >= 0 && off + len <= static_cast<double>(blen[b]))) return false;
+    // SAFETY: 0 <= off, 0 <= len and off + len <= blen[b], and casting truncates toward zero: the
+    // range [base + off, base + off + len) lies inside buffer b
     iov[i].iov_base = static_cast<uint8_t*>(base[b]) + static_cast<size_t>(off);
     iov[i].iov_len = static_cast<size_t>(len);
   }

@@ -58,6 +58,47 @@ describe('native shim', () => {
   });
 });
 
+describe('native shim: memory safety of what it is handed', () => {
+  it('refuses iovec entries with NaN, out-of-range or negative fields before any system call', () => {
+    const efd = native.eventfd(0, EFD_NONBLOCK);
+    const mem = new SharedArrayBuffer(64);
+    const scratch = new ArrayBuffer(64);
+    native.write(efd, new BigUint64Array([1n]));
+    for (const bad of [
+      [0, NaN, 8],
+      [0, 0, NaN],
+      [NaN, 0, 8],
+      [0.5, 0, 8],
+      [2, 0, 8],
+      [-1, 0, 8],
+      [0, -8, 8],
+      [0, 60, 8],
+      [0, Infinity, 8],
+      [0, 0, Infinity],
+    ]) {
+      expect(() => native.readv(efd, new Float64Array(bad), 1, mem, scratch), `readv ${bad}`).toThrow(new TypeError('readv: bad iovec table'));
+      expect(() => native.writev(efd, new Float64Array(bad), 1, mem, scratch), `writev ${bad}`).toThrow(new TypeError('writev: bad iovec table'));
+    }
+    // (the eventfd's count is untouched: none of those reached the kernel)
+    expect(native.readv(efd, new Float64Array([1, 8, 8]), 1, mem, scratch)).toBe(8);
+    expect(new BigUint64Array(scratch, 8, 1)[0]).toBe(1n);
+    native.close(efd);
+  });
+
+  it('refuses an ioctl buffer shorter than the size its request encodes', () => {
+    const fd = native.open('/dev/null', 0);
+    // _IOR('x', 1, 64 bytes) with 8 bytes: the kernel could write 56 bytes past the buffer
+    const req = (2 << 30) | (64 << 16) | (0x78 << 8) | 1;
+    const big = new Uint8Array(16).fill(0xaa);
+    expect(() => native.ioctl(fd, req, big.subarray(0, 8), 'IOR64')).toThrow(new TypeError("ioctl: buffer smaller than the request's size"));
+    // long enough: it reaches the kernel, which has no such request for /dev/null
+    expect(() => native.ioctl(fd, req, new Uint8Array(64), 'IOR64')).toThrow(/^IOR64: Inappropriate ioctl for device \(ENOTTY\)$/);
+    // requests that encode no direction or size (legacy socket ones) take any buffer
+    expect(() => native.ioctl(fd, 0x8913, new Uint8Array(1), 'SIOCGIFFLAGS')).toThrow(/ENOTTY/);
+    native.close(fd);
+  });
+});
+
 describe('native shim: unix sockets and foreign memory (the vhost-user plumbing)', () => {
   it('passes file descriptors over a unix socket', () => {
     const dir = mkdtempSync(join(tmpdir(), 'tsvmm-unix-'));

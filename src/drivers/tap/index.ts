@@ -195,8 +195,9 @@ class TapQueue implements DriverQueue {
       const m = i * META_WORDS;
       const flags = h.getUint8(0);
       const len = Math.max(0, r - T.TAP_HDR_LEN);
-      // offered more segments than readv took, a frame that filled those may not have arrived whole:
-      // it is reported empty (the dataplane drops it, and the buffers stay the guest's)
+      // the tap cuts a frame to the segments it is given and returns what it copied: when the packet
+      // had more segments than readv took, a frame that filled those may have been cut, and is reported
+      // empty (the dataplane drops it, and the buffers stay the guest's)
       const cut = b.iovStart[i + 1] - b.iovStart[i] > MAX_SEGMENTS && len >= this.room;
       b.len[i] = cut ? 0 : len;
       b.meta[m + META.FLAGS] = (flags & T.TAP_HDR_F_NEEDS_CSUM ? META_NEEDS_CSUM : 0) | (flags & T.TAP_HDR_F_DATA_VALID ? META_CSUM_VALID : 0);

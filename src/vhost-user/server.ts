@@ -3,7 +3,7 @@
 // (epoll with a short timeout, then yield), so dataplane thread events still reach this thread.
 import { existsSync, unlinkSync } from 'node:fs';
 import { native, AF_UNIX, SOCK_STREAM, EPOLLIN, EPOLL_CTL_ADD, EPOLL_CTL_DEL } from '../native.js';
-import { HDR_SIZE, MAX_PAYLOAD, parseMessage } from './protocol.js';
+import { MessageReader, errnoName } from './reader.js';
 import type { VhostUserBackend } from './backend.js';
 
 export interface ServerOptions {
@@ -14,11 +14,13 @@ export interface ServerOptions {
 }
 
 const yieldToLoop = () => new Promise((r) => setImmediate(r));
+const POLLOUT = 4;
 
 export class VhostUserServer {
   private stopped = false;
   private listenFd = -1;
   private conn = -1;
+  private reader?: MessageReader;
   private readonly ep = native.epollCreate();
   /** connections served so far (for tests and logs) */
   connections = 0;
@@ -47,8 +49,6 @@ export class VhostUserServer {
     // the backend's own events (a dataplane thread needs the frontend asked something) wake us too
     native.epollCtl(this.ep, EPOLL_CTL_ADD, this.backend.eventFd, EPOLLIN, 2);
     const events = new Uint32Array(3 * 8);
-    const hdr = new Uint8Array(HDR_SIZE);
-    const fds = new Int32Array(33);
     try {
       while (!this.stopped) {
         if (this.o.client && this.conn < 0) await this.connect();
@@ -56,8 +56,8 @@ export class VhostUserServer {
         for (let k = 0; k < n && !this.stopped; k++) {
           const tag = events[3 * k + 1];
           if (tag === 0) this.accept();
-          else if (tag === 2) this.backend.onEvent();
-          else await this.serveOne(hdr, fds);
+          else if (tag === 2) await this.backendEvent();
+          else await this.serveOne();
         }
         await yieldToLoop();
       }
@@ -95,51 +95,68 @@ export class VhostUserServer {
 
   private adopt(fd: number): void {
     this.conn = fd;
+    this.reader = new MessageReader(fd);
     this.connections++;
     native.epollCtl(this.ep, EPOLL_CTL_ADD, fd, EPOLLIN, 1);
     this.log(`vhost-user: frontend connected (${this.connections})`);
   }
 
-  private async drop(): Promise<void> {
+  /** End the connection; `why` (the frontend's fault) is said on stderr. */
+  private async drop(why?: string): Promise<void> {
     if (this.conn < 0) return;
+    if (why) this.log(`vhost-user: ${why}; connection closed`);
     native.epollCtl(this.ep, EPOLL_CTL_DEL, this.conn, 0, 0);
     native.close(this.conn);
     this.conn = -1;
-    await this.backend.close();
+    this.reader?.discard();
+    this.reader = undefined;
+    try {
+      await this.backend.close();
+    } catch (e) {
+      this.log(`vhost-user: releasing the frontend's resources failed: ${firstLine(e)}`);
+    }
     this.log('vhost-user: frontend gone; the backend waits for the next one');
   }
 
-  /** Read one message (its descriptors arrive with the header), let the backend answer it. */
-  private async serveOne(hdr: Uint8Array, fds: Int32Array): Promise<void> {
-    const r = native.recvmsg(this.conn, hdr, fds);
-    if (r === -11) return;
-    if (r !== HDR_SIZE) return this.drop();
-    const got: number[] = [];
-    for (let i = 0; i < fds.length && fds[i] >= 0; i++) got.push(fds[i]);
-    const size = new DataView(hdr.buffer).getUint32(8, true);
-    if (size > MAX_PAYLOAD) {
-      for (const fd of got) native.close(fd);
-      this.log('vhost-user: message too large; connection closed');
-      return this.drop();
+  /** The socket is readable: take a message if it is whole, and let the backend answer it. */
+  private async serveOne(): Promise<void> {
+    const m = this.reader!.read();
+    if (!m) return;
+    if ('ended' in m) return this.drop(m.why);
+    let close: string | undefined;
+    try {
+      const h = await this.backend.handle(m);
+      if (h.reply) close = this.reply(h.reply);
+      close = h.close ?? close;
+    } catch (e) {
+      close = `request ${m.request}: ${firstLine(e)}`;
+    } finally {
+      for (const fd of m.fds.splice(0)) native.close(fd);
     }
-    const msg = new Uint8Array(HDR_SIZE + size);
-    msg.set(hdr);
-    let have = 0;
-    while (have < size) {
-      const n = native.read(this.conn, msg.subarray(HDR_SIZE + have));
-      if (n <= 0) {
-        for (const fd of got) native.close(fd);
-        return this.drop();
-      }
-      have += n;
-    }
-    const m = parseMessage(msg, got);
-    if (!m) return this.drop();
-    const h = await this.backend.handle(m);
-    if (h.reply) native.sendmsg(this.conn, h.reply);
-    if (h.close) {
-      this.log(`vhost-user: ${h.close}; connection closed`);
-      await this.drop();
+    if (close) await this.drop(close);
+  }
+
+  /** Send a reply; why the connection must end if it cannot be sent now. */
+  private reply(r: Uint8Array): string | undefined {
+    // a frontend that leaves its replies unread would fill the socket, and a blocking send would stall
+    // this thread: it gets its connection closed instead
+    const ready = native.poll(this.conn, POLLOUT, 0);
+    if (!(ready > 0 && ready & POLLOUT)) return ready > 0 ? 'the frontend is gone' : 'the frontend does not read its replies';
+    const n = native.sendmsg(this.conn, r);
+    if (n === r.length) return undefined;
+    return n < 0 ? `sending a reply: ${errnoName(-n)}` : 'reply cut short';
+  }
+
+  /** A dataplane thread needs the frontend asked something. */
+  private async backendEvent(): Promise<void> {
+    try {
+      this.backend.onEvent();
+    } catch (e) {
+      await this.drop(`asking the frontend: ${firstLine(e)}`);
     }
   }
+}
+
+function firstLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0];
 }

@@ -2,7 +2,7 @@
 // memory; this only fills in what tsvmm's own device fills in — the memory table, ring addresses,
 // kick and call eventfds, features — and hands it to the same dataplane threads and drivers.
 import { native, EFD_NONBLOCK } from '../native.js';
-import { Dataplane } from '../dataplane/index.js';
+import { Dataplane, type DataplaneConfig } from '../dataplane/index.js';
 import { RxFilter } from '../dataplane/rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import type { WorkerPair, WorkerQueue } from '../dataplane/worker.js';
@@ -14,6 +14,7 @@ import { FrontendMemory } from './memory.js';
 import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE, sayWaitIsSlow } from '../viommu/table.js';
 import { guestView, dmaContiguous } from '../virtio/queue.js';
 import * as P from './protocol.js';
+import * as V from './validate.js';
 
 interface Vring {
   num: number;
@@ -155,12 +156,24 @@ export class VhostUserBackend {
     return this.running.size;
   }
 
-  /** One message; replies per the protocol (and REPLY_ACK when asked). */
+  /**
+   * One message; replies per the protocol (and REPLY_ACK when asked). Whatever goes wrong is the
+   * connection's end, never an exception; descriptors the message brought and nothing kept are closed.
+   */
   async handle(m: P.Message): Promise<Handled> {
-    const fail = (why: string): Handled => {
-      for (const fd of m.fds) native.close(fd);
-      return { close: why };
-    };
+    try {
+      if (m.fds.length > 0 && !P.TAKES_FDS.has(m.request)) return { close: `request ${m.request} came with ${m.fds.length} descriptors and takes none` };
+      return await this.dispatch(m);
+    } catch (e) {
+      return { close: `request ${m.request}: ${(e instanceof Error ? e.message : String(e)).split('\n')[0]}` };
+    } finally {
+      for (const fd of m.fds.splice(0)) native.close(fd);
+    }
+  }
+
+  /** handle(): a handler keeps a descriptor by taking it out of m.fds */
+  private async dispatch(m: P.Message): Promise<Handled> {
+    const fail = (why: string): Handled => ({ close: why });
     const p = m.payload;
     const ack = (ok: boolean): Handled => {
       if (m.flags & P.FLAG_NEED_REPLY && this.ackedProtocol & (1n << BigInt(P.PROTOCOL_F.REPLY_ACK))) return { reply: P.encodeReply(m.request, P.u64Payload(ok ? 0n : 1n)) };
@@ -235,6 +248,8 @@ export class VhostUserBackend {
         if (!a) return fail('malformed SET_VRING_ADDR');
         const r = ring(a.index);
         if (!r) return fail(`ring ${a.index} does not exist`);
+        const misaligned = V.ringMisalignment(a);
+        if (misaligned) return fail(`ring ${a.index}: ${misaligned}`);
         // a live ring moving (or starting to log) restarts its pair with the new addresses
         await this.stopPair(a.index >> 1);
         r.logGpa = a.flags & VRING_F_LOG ? a.log : undefined;
@@ -270,11 +285,12 @@ export class VhostUserBackend {
         const r = ring(v & P.VRING_INDEX_MASK);
         const nofd = (v & P.VRING_NOFD) !== 0;
         if (!r || (!nofd && m.fds.length !== 1) || (nofd && m.fds.length !== 0)) return fail('bad vring fd message');
-        const fd = nofd ? -1 : m.fds[0];
-        if (m.request === P.REQ.SET_VRING_ERR) {
-          if (fd >= 0) native.close(fd);
-          return ack(true);
-        }
+        // (SET_VRING_ERR's descriptor is not used: handle() closes it)
+        if (m.request === P.REQ.SET_VRING_ERR) return ack(true);
+        const kind = m.request === P.REQ.SET_VRING_KICK ? 'kick' : 'call';
+        const unfit = nofd ? undefined : V.eventfdProblem(m.fds[0]);
+        if (unfit) return fail(`ring ${v & P.VRING_INDEX_MASK}: the ${kind} descriptor is ${unfit}`);
+        const fd = nofd ? -1 : m.fds.splice(0)[0];
         // a running pair's thread uses these descriptors: stop it before they change (frontends do
         // replace call fds on a live ring, e.g. QEMU when the guest switches interrupt modes)
         await this.stopPair((v & P.VRING_INDEX_MASK) >> 1);
@@ -315,7 +331,7 @@ export class VhostUserBackend {
       case P.REQ.SET_BACKEND_REQ_FD: {
         if (m.fds.length !== 1) return fail('SET_BACKEND_REQ_FD without its descriptor');
         this.backendFd = this.closeFd(this.backendFd);
-        this.backendFd = m.fds[0];
+        this.backendFd = m.fds.splice(0)[0];
         return ack(true);
       }
       case P.REQ.IOTLB_MSG: {
@@ -331,11 +347,10 @@ export class VhostUserBackend {
         // so nothing needs signalling, but the descriptor is the frontend's to replace
         if (m.fds.length !== 1) return fail('SET_LOG_FD without its descriptor');
         this.logFd = this.closeFd(this.logFd);
-        this.logFd = m.fds[0];
+        this.logFd = m.fds.splice(0)[0];
         return ack(true);
       }
       default:
-        for (const fd of m.fds) native.close(fd);
         return ack(false);
     }
   }
@@ -544,32 +559,55 @@ export class VhostUserBackend {
         if (!this.iotlb) this.errors.push(`pair ${pair}: ring outside the frontend's memory`);
         continue;
       }
-      const dp = new Dataplane((reason) => this.errors.push(`pair ${pair}: ${reason}`));
-      this.running.set(pair, dp);
-      const f = this.acked;
-      const guestTso = has(f, F.GUEST_TSO4) || has(f, F.GUEST_TSO6);
-      const mem = this.memory!;
       const wp: WorkerPair = { rx: wrx, tx: wtx, driverInit: this.driver.queueInit(pair) };
-      await dp.start(
-        {
-          memory: mem.buffer,
-          table: mem.table.toJSON(),
-          driverModule: this.driver.module,
-          eventIdx: has(f, F.EVENT_IDX),
-          indirect: has(f, F.INDIRECT_DESC),
-          mergeable: has(f, F.MRG_RXBUF),
-          maxRxFrame: guestTso ? 65535 + 14 + 4 : this.driver.caps.mtu + 14 + 4,
-          txPolicy: txPolicy(f),
-          filter: this.filter.buffer,
-          stats: this.stats,
-          busyPollUs: this.opts.busyPollUs ?? 0,
-          iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true, missFd: this.eventFd } : undefined,
-          // migration: the frontend switched LOG_ALL on and gave us its log
-          dirtyLog: has(f, F_LOG_ALL) && this.log ? { buffer: this.log.buffer, offset: this.log.offset, size: this.log.size, copy: this.writtenLog() } : undefined,
-        },
-        [[wp]],
-      );
+      await this.startPair(pair, wp);
     }
+  }
+
+  /**
+   * Start a pair's thread. A thread that cannot start (a ring its queue code refuses, memory it cannot
+   * view) throws, with the reason it gave: the connection ends. A ring that breaks later is said once.
+   */
+  private async startPair(pair: number, wp: WorkerPair): Promise<void> {
+    let started = false;
+    let failure: string | undefined;
+    const dp = new Dataplane((reason) => {
+      const line = `pair ${pair}: ${reason.split('\n')[0]}`;
+      this.errors.push(line);
+      if (started) this.opts.log?.(`vhost-user: ${line}`);
+      else failure ??= line;
+    });
+    this.running.set(pair, dp);
+    try {
+      await dp.start(this.dataplaneConfig(pair), [[wp]]);
+      started = true;
+    } catch (e) {
+      this.running.delete(pair);
+      await dp.stop();
+      throw new Error(failure ?? `pair ${pair}: ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
+
+  private dataplaneConfig(pair: number): DataplaneConfig {
+    const f = this.acked;
+    const guestTso = has(f, F.GUEST_TSO4) || has(f, F.GUEST_TSO6);
+    const mem = this.memory!;
+    return {
+      memory: mem.buffer,
+      table: mem.table.toJSON(),
+      driverModule: this.driver.module,
+      eventIdx: has(f, F.EVENT_IDX),
+      indirect: has(f, F.INDIRECT_DESC),
+      mergeable: has(f, F.MRG_RXBUF),
+      maxRxFrame: guestTso ? 65535 + 14 + 4 : this.driver.caps.mtu + 14 + 4,
+      txPolicy: txPolicy(f),
+      filter: this.filter.buffer,
+      stats: this.stats,
+      busyPollUs: this.opts.busyPollUs ?? 0,
+      iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true, missFd: this.eventFd } : undefined,
+      // migration: the frontend switched LOG_ALL on and gave us its log
+      dirtyLog: has(f, F_LOG_ALL) && this.log ? { buffer: this.log.buffer, offset: this.log.offset, size: this.log.size, copy: this.writtenLog() } : undefined,
+    };
   }
 
   private async stopPair(pair: number): Promise<void> {

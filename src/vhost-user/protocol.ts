@@ -26,6 +26,17 @@ export const REQ = {
   IOTLB_MSG: 22,
 } as const;
 
+/** the requests that carry descriptors; any other arriving with some is malformed */
+export const TAKES_FDS: ReadonlySet<number> = new Set([
+  REQ.SET_MEM_TABLE,
+  REQ.SET_LOG_BASE,
+  REQ.SET_LOG_FD,
+  REQ.SET_VRING_KICK,
+  REQ.SET_VRING_CALL,
+  REQ.SET_VRING_ERR,
+  REQ.SET_BACKEND_REQ_FD,
+]);
+
 /** backend → frontend requests, on the channel SET_BACKEND_REQ_FD gave */
 export const BACKEND_REQ = { IOTLB_MSG: 1 } as const;
 

@@ -3,7 +3,7 @@
 // for tsvmm's own guests. Ring addresses arrive as the frontend's virtual addresses: vaToGpa() turns
 // them into guest-physical ones for the table.
 import { native } from '../native.js';
-import { MemoryTable } from '../vmm/memory.js';
+import { MemoryTable, type MemoryRegion } from '../vmm/memory.js';
 import type { MemoryRegionDesc } from './protocol.js';
 
 const PAGE = 4096;
@@ -23,17 +23,20 @@ export class FrontendMemory {
   static map(regions: MemoryRegionDesc[], fds: number[]): FrontendMemory | string {
     try {
       if (fds.length !== regions.length) return `${regions.length} regions but ${fds.length} descriptors`;
+      // laid out in guest-physical order, so that regions adjacent there are adjacent in the buffer too
+      const order = regions.map((_, i) => i).sort((a, b) => regions[a].gpa - regions[b].gpa);
+      const placed = regions.map((r) => ({ ...r, offset: 0 }));
       let total = 0;
-      const placed = regions.map((r) => {
+      for (const i of order) {
+        const r = regions[i];
         if (r.size <= 0 || r.size % PAGE || r.mmapOffset % PAGE || !Number.isSafeInteger(r.gpa + r.size) || !Number.isSafeInteger(r.uaddr + r.size))
           throw new Error('region not page-aligned or out of range');
-        const offset = total;
+        placed[i].offset = total;
         total += r.size;
-        return { ...r, offset };
-      });
+      }
       let table: MemoryTable;
       try {
-        table = new MemoryTable(placed.map((r) => ({ gpa: r.gpa, size: r.size, offset: r.offset })));
+        table = new MemoryTable(joinAdjacent(order.map((i) => placed[i])));
       } catch {
         return 'regions overlap';
       }
@@ -63,4 +66,19 @@ export class FrontendMemory {
     this.released = true;
     native.remapAnonymous(this.address, this.total);
   }
+}
+
+/**
+ * The memory table's entries: regions that follow each other in guest-physical addresses (and so, as
+ * laid out, in the buffer) become one, so a buffer that crosses from one into the next (legal, and
+ * common where a frontend splits its RAM) translates to one contiguous range. `sorted`: by address.
+ */
+function joinAdjacent(sorted: ReadonlyArray<{ gpa: number; size: number; offset: number }>): MemoryRegion[] {
+  const out: MemoryRegion[] = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last && last.gpa + last.size === r.gpa && last.offset + last.size === r.offset) last.size += r.size;
+    else out.push({ gpa: r.gpa, size: r.size, offset: r.offset });
+  }
+  return out;
 }

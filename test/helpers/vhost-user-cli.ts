@@ -1,7 +1,7 @@
 // `tsvmm vhost-user --net null` as a child process, for tests of what a frontend can do to it: the
 // lines it writes on stderr, whether it is still running, and how many descriptors it holds.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI } from './env.js';
@@ -34,12 +34,21 @@ export class CliBackend {
     this.exited = new Promise((r) => this.proc.once('exit', (code) => ((this.exitCode = code), r())));
   }
 
-  /** Start one (`net`: the --net argument) and wait for its socket. */
+  /** Start one (`net`: the --net argument) and wait until its socket listens. */
   static async start(net = 'null'): Promise<CliBackend> {
     const b = new CliBackend(net);
-    for (let i = 0; i < 500 && !existsSync(b.sock) && b.exitCode === undefined; i++) await sleep(10);
-    if (!existsSync(b.sock)) throw new Error(`backend did not start: ${b.lines.join(' | ')}`);
+    for (let i = 0; i < 500 && !b.listening() && b.exitCode === undefined; i++) await sleep(10);
+    if (!b.listening()) throw new Error(`backend did not start: ${b.lines.join(' | ')}`);
     return b;
+  }
+
+  /** The socket exists from bind() on, but takes connections only from listen() on (/proc/net/unix:
+   * flag __SO_ACCEPTCON, 0x10000) */
+  private listening(): boolean {
+    if (!existsSync(this.sock)) return false;
+    return readFileSync('/proc/net/unix', 'utf8')
+      .split('\n')
+      .some((l) => l.endsWith(` ${this.sock}`) && (parseInt(l.split(/\s+/)[3], 16) & 0x10000) !== 0);
   }
 
   get pid(): number {

@@ -238,6 +238,26 @@ describe('vhost-user backend with a hostile frontend', () => {
     expect(b.reports()).toEqual([]);
   });
 
+  // skipped until the dataplane breaks such a ring: the change is in src/dataplane/net-pair.ts (issue 15
+  // item 8); without it the thread drops a generated frame into the same buffer over and over, at ~80 %
+  // of a CPU
+  it.skip('breaks the RX ring of a frontend whose receive buffers can hold no frame (13-25 bytes, no MRG_RXBUF)', async () => {
+    b = await CliBackend.start();
+    const f = new TestFrontend(b.sock);
+    await f.setup(FEATURES, 0n);
+    const from = b.lines.length;
+    for (let i = 0; i < 8; i++) f.rings[RX].add([{ addr: f.mem.alloc(64), len: NET_HDR_LEN + 8, write: true }]);
+    f.kick(RX);
+    await b.line(/pair 0: .*receive buffer/);
+    expect(b.reports(from)).toEqual([expect.stringMatching(/receive buffer too small for any frame/)]);
+    // the ring is broken, the connection and its TX ring are not
+    sendFrame(f, f.mem.alloc(4096, 4096));
+    await f.usedReaches(TX, 1);
+    f.close();
+    await b.connectionsEnded(1);
+    await servesAFrontend(b, 2);
+  });
+
   it('moves frames through buffers that span two guest-physically contiguous memory regions', async () => {
     b = await CliBackend.start();
     const split = 1 << 20;

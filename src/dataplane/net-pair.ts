@@ -9,6 +9,9 @@ import { STAT } from './stats.js';
 import type { RxFilter } from './rx-filter.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 
+/** the smallest frame there is: an Ethernet header */
+const ETH_HLEN = 14;
+
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
 /** largest frame a guest may hand us: 64 KiB of GSO payload plus headers */
@@ -207,6 +210,8 @@ export class NetQueuePair {
         const c = q.chain;
         if (c.readable > 0) q.markBroken('device-readable receive buffer');
         else if (chains === 0 && c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
+        // without MRG_RXBUF one chain takes one whole frame: one that holds no Ethernet header never can
+        else if (!this.o.mergeable && c.writableBytes < NET_HDR_LEN + ETH_HLEN) q.markBroken('receive buffer too small for any frame');
         if (q.broken) break;
         this.rxHeads[chains] = c.head;
         this.rxCap[chains] = c.writableBytes;

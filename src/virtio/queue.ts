@@ -112,6 +112,7 @@ export type BrokenReason =
   | 'used ring overflow'
   | 'device-readable receive buffer'
   | 'receive buffer too small for the header'
+  | 'receive buffer too small for any frame'
   | 'IOMMU fault';
 
 export class SplitQueue {

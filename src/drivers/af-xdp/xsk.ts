@@ -37,7 +37,7 @@ export interface XskInit {
   mode: 'copy' | 'zerocopy';
   /**
    * Chunk ownership that must outlive a dataplane thread (threads restart, e.g. when the guest
-   * changes its queue count): [0] rings primed, [1] free transmit chunks, then the free list.
+   * changes its queue count): [0] rings primed (by openXsk), [1] free transmit chunks, then the free list.
    */
   state: SharedArrayBuffer;
 }
@@ -72,9 +72,10 @@ export function openXsk(o: XskOptions): XskInit {
         if (r < 0) throw new XskBindError(`${o.ifname}: busy-poll: ${name} refused (${errnoName(-r)})`);
       }
     }
+    const state = primeRings(fd);
     const m = setQueueSocket(o.mapFd, o.queue, fd);
     if (m < 0) throw new Error(`steering queue ${o.queue} to its socket: ${errnoName(-m)}`);
-    return { fd, umem: umem.buffer, mode, state: new SharedArrayBuffer(8 * (2 + FRAMES / 2)) };
+    return { fd, umem: umem.buffer, mode, state };
   } catch (e) {
     native.close(fd);
     throw e;
@@ -84,6 +85,36 @@ export function openXsk(o: XskOptions): XskInit {
 }
 
 export class XskBindError extends Error {}
+
+/**
+ * Receive chunks go to the kernel (the fill ring) and transmit chunks to the free list before the
+ * queue's frames are steered to the socket: frames that arrive while the dataplane thread is still
+ * starting wait in the RX ring instead of being dropped for an empty fill ring.
+ */
+function primeRings(fd: number): SharedArrayBuffer {
+  const fill = new Ring(fd, A.XDP_UMEM_PGOFF_FILL_RING, ringOffsets(fd), 64, 8);
+  let prod = fill.producer[0];
+  for (let i = 0; i < FRAMES / 2 && i < RING; i++, prod = (prod + 1) >>> 0) {
+    fill.u32[(prod & (RING - 1)) * 2] = i * CHUNK;
+    fill.u32[(prod & (RING - 1)) * 2 + 1] = 0;
+  }
+  Atomics.store(fill.producer, 0, prod);
+  const sab = new SharedArrayBuffer(8 * (2 + FRAMES / 2));
+  const state = new Float64Array(sab);
+  let free = 0;
+  for (let i = FRAMES / 2; i < FRAMES; i++) state[2 + free++] = i * CHUNK;
+  state[0] = 1;
+  state[1] = free;
+  return sab;
+}
+
+/** xdp_mmap_offsets: rx, tx, fill, completion (32 bytes each) */
+function ringOffsets(fd: number): DataView {
+  const off = new DataView(new ArrayBuffer(A.SIZEOF_MMAP_OFFSETS));
+  const r = native.getsockopt(fd, A.SOL_XDP, A.XDP_MMAP_OFFSETS, off);
+  if (r < 0) throw new Error(`AF_XDP ring offsets: ${errnoName(-r)}`);
+  return off;
+}
 
 function bind(fd: number, o: XskOptions): 'copy' | 'zerocopy' {
   const attempt = (flags: number) => {
@@ -151,10 +182,7 @@ export class XskQueue implements DriverQueue {
     this.pollFd = fd;
     this.mode = init.mode;
     this.umem = new Uint8Array(init.umem);
-    const off = new DataView(new ArrayBuffer(A.SIZEOF_MMAP_OFFSETS));
-    const r = native.getsockopt(fd, A.SOL_XDP, A.XDP_MMAP_OFFSETS, off);
-    if (r < 0) throw new Error(`AF_XDP ring offsets: ${errnoName(-r)}`);
-    // xdp_mmap_offsets: rx, tx, fill, completion (32 bytes each)
+    const off = ringOffsets(fd);
     this.rx = new Ring(fd, A.XDP_PGOFF_RX_RING, off, 0, A.SIZEOF_XDP_DESC);
     this.tx = new Ring(fd, A.XDP_PGOFF_TX_RING, off, 32, A.SIZEOF_XDP_DESC);
     this.fill = new Ring(fd, A.XDP_UMEM_PGOFF_FILL_RING, off, 64, 8);
@@ -166,14 +194,6 @@ export class XskQueue implements DriverQueue {
     this.state = new Float64Array(init.state, 0, 2);
     this.txFree = new Float64Array(init.state, 16, FRAMES / 2);
     this.txFreeCount = this.state[1];
-    if (!this.state[0]) {
-      // first use: receive chunks to the kernel, transmit chunks to the free list
-      for (let i = 0; i < FRAMES / 2 && i < RING; i++) this.putFill(i * CHUNK);
-      Atomics.store(this.fill.producer, 0, this.fillProd);
-      for (let i = FRAMES / 2; i < FRAMES; i++) this.txFree[this.txFreeCount++] = i * CHUNK;
-      this.state[0] = 1;
-      this.state[1] = this.txFreeCount;
-    }
   }
 
   private putFill(addr: number): void {

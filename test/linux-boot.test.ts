@@ -1,11 +1,11 @@
 // A stock Debian kernel under tsvmm (images from `npm run guest:linux`).
 //
-// On kvm_pvm (this project's usual host) guest CPL0 code is emulated and a stock kernel dies long before
-// user space (KVM cannot emulate cmpxchg16b), so the test checks what can be reached: the PVH-booted
-// vmlinux prints its banner, an e820 map equal to tsvmm's layout, and finds tsvmm's ACPI tables, IOAPIC
-// and vCPUs. (The bzImage cannot be used there: its decompressor, emulated too, dies on a BMI2 shlx that
-// KVM's emulator lacks.) On a hardware-KVM host the bzImage with the initramfs must reach /init, see
-// every vCPU and power off through ACPI.
+// Everywhere: the PVH-booted vmlinux prints its banner, an e820 map equal to tsvmm's layout, and finds
+// tsvmm's ACPI tables, IOAPIC and vCPUs. With hardware KVM (or nested SVM in the emulated L1) the bzImage
+// with the initramfs must also reach /init, see every vCPU and power off through ACPI. On kvm_pvm guest
+// CPL0 code is emulated and a stock kernel dies long before user space (KVM cannot emulate cmpxchg16b;
+// the bzImage's decompressor dies earlier, on a BMI2 shlx KVM's emulator lacks), so that test is left out
+// there and says so in its name.
 import { describe, it, expect } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,8 +27,8 @@ function requireImages(): string {
 
 const hex = (n: number) => '0x' + n.toString(16).padStart(16, '0');
 
-describe.runIf(haveKvm())(`stock Linux under tsvmm (${isKvmPvm() ? 'kvm_pvm: banner, e820, ACPI, CPUs' : 'hardware KVM: boot to /init'})`, () => {
-  it.runIf(isKvmPvm())('PVH vmlinux: banner, e820 map matching tsvmm, ACPI tables, IOAPIC and vCPUs', { timeout: 300_000 }, async () => {
+describe.runIf(haveKvm())('stock Linux under tsvmm', () => {
+  it('PVH vmlinux: banner, e820 map matching tsvmm, ACPI tables, IOAPIC and vCPUs', { timeout: 300_000 }, async () => {
     const kver = requireImages();
     const { output, exit } = await runGuest(
       { kernel: VMLINUX, memory: MEM, cpus: CPUS, cmdline: 'earlyprintk=ttyS0 console=ttyS0 loglevel=8' },
@@ -45,7 +45,7 @@ describe.runIf(haveKvm())(`stock Linux under tsvmm (${isKvmPvm() ? 'kvm_pvm: ban
     expect(exit.reason).toBe('stopped');
   });
 
-  it.runIf(!isKvmPvm())('bzImage + initramfs boots to /init with every vCPU and powers off through ACPI', { timeout: 300_000 }, async () => {
+  it.skipIf(isKvmPvm())(`bzImage + initramfs boots to /init with every vCPU and powers off through ACPI${isKvmPvm() ? ' (not on kvm_pvm: its emulator cannot run a stock kernel\'s CPL0 code)' : ''}`, { timeout: 300_000 }, async () => {
     const kver = requireImages();
     const { output, exit } = await runGuest(
       { kernel: VMLINUZ, initrd: INITRD, memory: MEM, cpus: CPUS, cmdline: 'console=ttyS0 tsvmm.poweroff' },

@@ -10,12 +10,14 @@
 // which becomes a test here. On a hardware-KVM host (kvm_intel or kvm_amd, no kvm_pvm) the same
 // scenarios run directly, the L1 side in a namespace on the host.
 import { describe, it, expect, beforeAll } from 'vitest';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, haveKvm, isKvmPvm, which } from './helpers/env.js';
 import { NetNs } from './helpers/netns.js';
+// @ts-expect-error: a plain ES module of the project's scripts, without types
+import { spawnQemuLocked } from '../scripts/l1/boot.mjs';
 
 const NESTED = join(ROOT, '.cache', 'nested');
 // The vIOMMU scenarios hung once in five full runs (no L2 output at all after tsvmm started, in
@@ -144,12 +146,13 @@ function buildImages(): Error | undefined {
   }
 }
 
-/** Collect a process's console until it ends (or the limit kills it). */
-async function collect(p: ChildProcess): Promise<{ out: string; seconds: number }> {
-  const t0 = Date.now();
+/** Collect a process's console until it ends (or the limit, counted once `started`, kills it). */
+async function collect(p: ChildProcess, started: Promise<unknown> = Promise.resolve()): Promise<{ out: string; seconds: number }> {
   let out = '';
   p.stdout!.on('data', (d: Buffer) => (out += d.toString('latin1')));
   p.stderr!.on('data', (d: Buffer) => (out += d.toString('latin1')));
+  await started;
+  const t0 = Date.now();
   const timer = setTimeout(() => p.kill('SIGKILL'), LIMIT_S * 1000);
   await new Promise((r) => p.on('close', r));
   clearTimeout(timer);
@@ -229,14 +232,16 @@ function scenarioTests(get: () => Run | undefined): void {
 }
 
 /** Boot L1 (QEMU software emulation, emulated AMD SVM) running `scenarios`; its console when it ends. */
+// (under the host-wide L1 lock: the L1 of the KVM test files, test/in-l1.test.ts, may be running)
 function bootL1(scenarios: string[]): Promise<{ out: string; seconds: number }> {
-  return collect(spawn('qemu-system-x86_64', [
+  const { proc, started } = spawnQemuLocked([
     '-accel', 'tcg,thread=multi', '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', '2048',
     '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
     '-kernel', join(NESTED, 'vmlinuz'), '-initrd', join(NESTED, 'l1.cpio.gz'),
     // (maxcpus=1: the second CPU comes online once L1 has pinned KVM's static keys, see l1-init.sh)
     '-append', `console=ttyS0 quiet panic=-1 maxcpus=1 tsvmm.run=${scenarios.join(',')}`,
-  ], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  ]);
+  return collect(proc, started);
 }
 
 // (any host without hardware KVM: kvm_pvm, or none at all — the L1 brings its own, emulated)
@@ -265,7 +270,7 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
   scenarioTests(() => run);
 });
 
-describe.runIf(hardwareKvm)('stock Linux (L2) under tsvmm directly on hardware KVM', () => {
+describe.runIf(hardwareKvm)(`stock Linux (L2) under tsvmm directly on hardware KVM${hardwareKvm ? '' : ' (needs kvm_intel or kvm_amd: on this host the same scenarios run in the emulated L1 above)'}`, () => {
   // Written for VMX/SVM hosts and not run on this machine (kvm_pvm): the L1 side of the scenarios runs
   // in a namespace on the host, with busybox's applets for its web server and tools.
   let direct: Run | undefined;

@@ -53,8 +53,10 @@ export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, 
     const results = join(work, 'results');
     writeFileSync(results, '');
     const img = (name) => join(CACHE, 'l1', name);
+    // (multi-threaded TCG: single-threaded, an L2 with two vCPUs boots too slowly to test; TSVMM_L1_TCG=single
+    // is there to tell an emulation fault from a tsvmm one)
     const { proc, started } = spawnQemuLocked([
-      '-accel', 'tcg,thread=multi', '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', String(memMiB),
+      '-accel', `tcg,thread=${process.env.TSVMM_L1_TCG ?? 'multi'}`, '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', String(memMiB),
       '-nographic', '-no-reboot', '-monitor', 'none', '-nic', 'none',
       '-serial', 'stdio', '-serial', `file:${results}`,
       '-kernel', join(CACHE, 'linux', 'vmlinuz'), '-initrd', img('init.cpio.gz'),

@@ -23,6 +23,8 @@ mount --move /proc $R/proc
 mount --move /sys $R/sys
 mount -t tmpfs tmp $R/tmp
 mount -t tmpfs run $R/run
+# /var is not on the system image: what programs keep there (DPDK's runtime directory, /var/tmp) lives in RAM
+mkdir -p $R/var && mount -t tmpfs var $R/var && mkdir -p $R/var/tmp $R/var/lib $R/var/log && ln -s /run $R/var/run
 mkdir -p $R/dev/pts $R/dev/shm $R/dev/net
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs shm $R/dev/shm

@@ -15,4 +15,4 @@ step "2/3 virtio-net through tsvmm's dataplane thread and a tap in a namespace (
 node bench/net-bench.mjs --quick --only tsvmm
 step "3/3 a stock Debian Linux guest ($(cat .cache/linux/KERNEL_VERSION)) under tsvmm: its own virtio_net driver, ping and iperf3 to the tap's host end"
 bash scripts/demo-linux.sh
-step "done"
+

@@ -25,9 +25,12 @@ if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ "$(cat "$o
   echo "guest-linux: $pkg already built in $out"
   exit 0
 fi
+say() { echo "guest-linux [$SECONDS s]: $*"; }
+say "downloading $pkg (apt)"
 rm -rf "$out" && mkdir -p "$out/deb"
 (cd "$out/deb" && apt-get download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
 deb=$(ls "$out"/deb/*.deb)
+say "unpacking $(basename "$deb") ($(du -h "$deb" | cut -f1))"
 dpkg-deb -x "$deb" "$out/root"
 kver=$(ls "$out/root/lib/modules")
 cp "$out/root/boot/vmlinuz-$kver" "$out/vmlinuz"
@@ -35,7 +38,7 @@ cp "$out/root/boot/vmlinuz-$kver" "$out/vmlinuz"
 cp "$out/root/boot/System.map-$kver" "$out/System.map"
 node scripts/extract-vmlinux.mjs "$out/vmlinuz" "$out/vmlinux"
 
-# initramfs
+say "building the initramfs and the module set"
 ir="$out/initramfs"
 mkdir -p "$ir"/{bin,sbin,dev,proc,sys,tmp,lib/modules,etc,usr/bin}
 cp /bin/busybox "$ir/bin/busybox"
@@ -71,4 +74,4 @@ rm -rf "$out/root"
 echo "$pkg" > "$out/PACKAGE"
 echo "$LAYOUT" > "$out/LAYOUT"
 echo "$kver" > "$out/KERNEL_VERSION"
-echo "guest-linux: built $pkg ($kver) in $out"
+say "built $pkg ($kver) in $out"

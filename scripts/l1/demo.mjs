@@ -6,14 +6,17 @@ import { runInL1 } from './boot.mjs';
 const t0 = Date.now();
 const say = (what) => process.stdout.write(`tsvmm demo [${((Date.now() - t0) / 1000).toFixed(0)} s]: ${what}\n`);
 let line = '';
+let jobStarted = false;
 const onConsole = (text) => {
   line += text;
   const lines = line.split('\n');
   line = lines.pop();
-  // (L1's own bookkeeping lines stay out of the demo's output)
-  for (const l of lines) if (!/^L1(-JOB-EXIT|:)/.test(l)) process.stdout.write(`${l}\n`);
+  for (const l of lines) {
+    // (the firmware's and L1's own lines before the job, and L1's bookkeeping, stay out of the output)
+    if (/^L1: .*running the job/.test(l)) jobStarted = true;
+    if (jobStarted && !/^L1(-JOB-EXIT|:)/.test(l)) process.stdout.write(`${Buffer.from(l, 'latin1').toString('utf8')}\n`);
+  }
 };
 const r = await runInL1('exec bash scripts/demo-steps.sh\n', { onConsole, onStep: say, limitS: 3600 });
-if (r.status === 0) say(`the demo ended well (L1 ran ${r.seconds.toFixed(0)} s)`);
-else say(r.status === undefined ? `L1 ended before the demo did (after ${r.seconds.toFixed(0)} s): see its console above` : `the demo failed in L1 (exit status ${r.status})`);
+if (r.status !== 0) say(r.status === undefined ? `L1 ended before the demo did (after ${r.seconds.toFixed(0)} s): see its console above` : `the demo failed in L1 (exit status ${r.status})`);
 process.exit(r.status ?? 1);

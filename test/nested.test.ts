@@ -270,7 +270,11 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
   scenarioTests(() => run);
 });
 
-describe.runIf(hardwareKvm)(`stock Linux (L2) under tsvmm directly on hardware KVM${hardwareKvm ? '' : ' (needs kvm_intel or kvm_amd: on this host the same scenarios run in the emulated L1 above)'}`, () => {
+// (declared only where it can run: elsewhere its twin above runs the same checks, and one line says so)
+if (!hardwareKvm) {
+  process.stdout.write('nested: the hardware-KVM variant of these scenarios (L1 side in a namespace on the host) needs kvm_intel or kvm_amd; on this host its twin runs them inside the emulated L1\n');
+}
+if (hardwareKvm) describe('stock Linux (L2) under tsvmm directly on hardware KVM', () => {
   // Written for VMX/SVM hosts and not run on this machine (kvm_pvm): the L1 side of the scenarios runs
   // in a namespace on the host, with busybox's applets for its web server and tools.
   let direct: Run | undefined;

@@ -17,7 +17,6 @@ project=$(sed -n 's/.*tsvmm\.project=\([^ ]*\).*/\1/p' /proc/cmdline)
 R=/sysroot
 # (the disks are QEMU snapshots: what L1 writes is thrown away when it ends)
 mount -t ext4 /dev/vda $R || fail "mount the system image"
-mkdir -p "$R$project" && mount -t ext4 /dev/vdb "$R$project" || fail "mount the project image"
 mount --move /dev $R/dev
 mount --move /proc $R/proc
 mount --move /sys $R/sys
@@ -31,6 +30,8 @@ mount -t tmpfs shm $R/dev/shm
 mount -t bpf bpf $R/sys/fs/bpf 2>/dev/null
 mount -t tracefs nodev $R/sys/kernel/tracing 2>/dev/null
 [ -c $R/dev/net/tun ] || mknod $R/dev/net/tun c 10 200
+# the checkout last: it may live under /tmp, /run or /var (a CI clone), which the mounts above replace
+mkdir -p "$R$project" && mount -t ext4 /dev/vdb "$R$project" || fail "mount the project image"
 echo tsvmm-l1 > $R/proc/sys/kernel/hostname
 in_root() { chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
   TSVMM_IN_L1=1 LANG=C.UTF-8 "$@"; }
@@ -40,8 +41,12 @@ say "KVM loaded, disks mounted"
 # made while L1 runs on one CPU (booted with maxcpus=1), the second CPU coming online afterwards. Both
 # against QEMU 7.2's multi-threaded TCG running the int3 of a finished code patch (an L1 panic):
 # test/nested/pin-kvm-keys.mjs says more.
-in_root /bin/sh -c "TSVMM_DIR=$project exec node $project/test/nested/pin-kvm-keys.mjs" > /tmp/pinned &
-until grep -q kvm-keys-pinned /tmp/pinned 2>/dev/null; do sleep 0.2; done
+in_root /bin/sh -c "TSVMM_DIR=$project exec node $project/test/nested/pin-kvm-keys.mjs" > /tmp/pinned 2>&1 &
+n=0
+until grep -q kvm-keys-pinned /tmp/pinned 2>/dev/null; do
+  n=$((n + 1)); [ $n -lt 600 ] || fail "pinning KVM's keys (test/nested/pin-kvm-keys.mjs) did not finish in 120 s: $(cat /tmp/pinned)"
+  sleep 0.2
+done
 for c in $R/sys/devices/system/cpu/cpu[1-9]*/online; do [ -e "$c" ] && echo 1 > "$c"; done
 say "KVM keys pinned, CPUs $(cat $R/sys/devices/system/cpu/online) online; running the job"
 in_root /bin/bash -c "cd $project && exec bash .l1-job.sh"

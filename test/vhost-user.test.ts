@@ -12,6 +12,20 @@ import { NetNs, runInNs, stats, type Running } from './helpers/netns.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Frames a tap in `ns` has taken from its writer (0 while it does not exist). */
+function tapTook(ns: NetNs, tap: string): number {
+  try {
+    return JSON.parse(execFileSync('ip', ['-n', ns.name, '-j', '-s', 'link', 'show', tap], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }))[0].stats64.rx.packets;
+  } catch {
+    return 0;
+  }
+}
+
+/** Until the tap has taken `n` frames (or 60 s: a loaded host is slow, not wrong). */
+async function untilTapTook(ns: NetNs, tap: string, n: number): Promise<void> {
+  for (const end = Date.now() + 60_000; Date.now() < end && tapTook(ns, tap) < n; ) await sleep(100);
+}
+
 function testpmdStats(out: string): { rx: number; tx: number } {
   const m = /Accumulated forward statistics[\s\S]*?RX-packets:\s*(\d+)[\s\S]*?TX-packets:\s*(\d+)/.exec(out);
   if (!m) throw new Error(`no testpmd statistics in:\n${out.slice(-1500)}`);
@@ -135,7 +149,7 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend wit
     expect(first.out).not.toMatch(/Segmentation fault/);
   });
 
-  it('reconnects: the backend (client mode) restarts while testpmd (server mode) keeps running, and traffic resumes', async () => {
+  it('reconnects: the backend (client mode) restarts while testpmd (server mode) keeps running, and traffic resumes', { timeout: 180_000 }, async () => {
     const sock = join(dir, 'reconnect.sock');
     const t = runInNs(ns, ['stdbuf', '-oL', 'dpdk-testpmd', '--no-huge', '-m', '512', '--no-pci', `--file-prefix=tsvmm${process.pid}-${++runs}`,
       `--vdev=net_virtio_user0,path=${sock},queues=1,server=1`, '--', '--total-num-mbufs=16384', '--auto-start', '--forward-mode=txonly']);
@@ -143,15 +157,16 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend wit
     for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
     const first = runInNs(ns, [process.execPath, CLI, 'vhost-user', '--client', '--socket', sock, '--net', 'tap,ifname=tapvrc', '--stats']);
     spawned.push(first);
-    await sleep(2500);
+    await untilTapTook(ns, 'tapvrc', 2000);
     first.proc.kill('SIGTERM');
     const r1 = await first.done;
+    const took1 = tapTook(ns, 'tapvrc'); // (0 if the tap went with the first backend)
     const taken1 = (stats(r1.stderr) as unknown as { vhostUser: { pairs: Array<{ tx: { packets: number } }> } }).vhostUser.pairs[0].tx.packets;
     expect(taken1, r1.stderr).toBeGreaterThan(1000);
     // a new backend process: the rings' positions come back from the frontend (SET_VRING_BASE)
     const second = runInNs(ns, [process.execPath, CLI, 'vhost-user', '--client', '--socket', sock, '--net', 'tap,ifname=tapvrc', '--stats']);
     spawned.push(second);
-    await sleep(2500);
+    await untilTapTook(ns, 'tapvrc', took1 + 2000);
     second.proc.kill('SIGTERM');
     const r2 = await second.done;
     const vu2 = (stats(r2.stderr) as unknown as { vhostUser: { errors: string[]; pairs: Array<{ tx: { packets: number } }> } }).vhostUser;

@@ -31,7 +31,7 @@ mount -t bpf bpf $R/sys/fs/bpf 2>/dev/null
 mount -t tracefs nodev $R/sys/kernel/tracing 2>/dev/null
 [ -c $R/dev/net/tun ] || mknod $R/dev/net/tun c 10 200
 # the checkout last: it may live under /tmp, /run or /var (a CI clone), which the mounts above replace
-mkdir -p "$R$project" && mount -t ext4 /dev/vdb "$R$project" || fail "mount the project image"
+mkdir -p "$R$project" && mount -t ext4 $R/dev/vdb "$R$project" || fail "mount the project image"
 echo tsvmm-l1 > $R/proc/sys/kernel/hostname
 in_root() { chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
   TSVMM_IN_L1=1 LANG=C.UTF-8 "$@"; }

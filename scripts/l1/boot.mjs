@@ -14,8 +14,11 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CACHE = join(ROOT, '.cache');
-/** The lock every L1 on this host is started under (also test/nested.test.ts's). */
-export const L1_LOCK = join(CACHE, 'l1-qemu.lock');
+/**
+ * The lock every L1 on this host is started under (also test/nested.test.ts's), in the host's temporary
+ * directory rather than the checkout's cache: every checkout and worktree on the host shares the CPUs.
+ */
+export const L1_LOCK = join(tmpdir(), 'tsvmm-l1-qemu.lock');
 
 /** `[qemu args]` run as `flock L1_LOCK qemu ...`; `started` resolves once the lock is held. */
 export function spawnQemuLocked(args, opts = {}) {

@@ -1,6 +1,7 @@
 // virtio-net pieces without a VM: the TX header rules, the RX header, the RX filter, --net parsing.
 import { describe, it, expect } from 'vitest';
-import { parseTxHeader, writeRxHeader, txPolicy } from '../src/virtio-net/header.js';
+import { parseTxHeader, writeRxHeader } from '../src/dataplane/net-header.js';
+import { txPolicy } from '../src/virtio-net/features.js';
 import { RxFilter, RX_MODE } from '../src/dataplane/rx-filter.js';
 import { META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, GSO_TCPV4, GSO_TCPV6, GSO_ECN } from '../src/drivers/api.js';
 import { F, bit } from '../src/virtio-net/features.js';

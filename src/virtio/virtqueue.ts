@@ -176,8 +176,11 @@ export interface Virtqueue {
   /** whoever watches for stalls has been told about this one */
   stallSignalled: boolean;
 
-  /** Chains the driver has made available and we have not taken (0 when broken or stalled). */
-  pending(): number;
+  /**
+   * Chains the driver has made available and we have not taken (0 when broken or stalled); counting
+   * stops at `limit` (a packed ring counts by walking its descriptors' flags).
+   */
+  pending(limit?: number): number;
   /** Take the next available chain into `chain`. False when there is none or the queue broke on it. */
   pop(): boolean;
   /**

@@ -45,6 +45,7 @@ export class PackedTestDriver {
     return wrap ? P_AVAIL : P_USED;
   }
   private takeId(): number {
+    if (this.slotsOf.size >= this.size) throw new Error('every buffer id is in use');
     while (this.slotsOf.has(this.nextId)) this.nextId = (this.nextId + 1) % this.size;
     const id = this.nextId;
     this.nextId = (this.nextId + 1) % this.size;

@@ -238,6 +238,21 @@ describe('vhost-user backend with a hostile frontend', () => {
     expect(b.reports()).toEqual([]);
   });
 
+  it('answers GET_VRING_BASE with where its thread stood, whatever the used index in memory says', async () => {
+    b = await CliBackend.start();
+    const f = new TestFrontend(b.sock);
+    await f.setup(FEATURES, 0n);
+    for (let i = 0; i < 3; i++) sendFrame(f, f.mem.alloc(4096, 4096));
+    await f.usedReaches(TX, 3);
+    // the used ring is the frontend's (and its guest's) memory: a scribbled index tells nothing
+    f.mem.dv.setUint16(f.rings[TX].cfg.used - f.base + 2, 0x1234, true);
+    const base = await f.call(REQ.GET_VRING_BASE, u64(BigInt(TX)));
+    expect(base.getUint32(4, true)).toBe(3);
+    f.close();
+    await b.connectionsEnded(1);
+    expect(b.reports()).toEqual([]);
+  });
+
   // (before the ring was broken for it, the thread dropped a generated frame into the same buffer over
   // and over, at ~80 % of a CPU)
   it('breaks the RX ring of a frontend whose receive buffers can hold no frame (13-25 bytes, no MRG_RXBUF)', async () => {

@@ -17,7 +17,6 @@ interface Thread {
   exited: Promise<void>;
 }
 
-
 /** A file path the worker (plain Node, compiled JavaScript) can import. */
 export function runtimeModulePath(p: string): string {
   return p.endsWith('.ts') ? p.replace(/\/src\//, '/dist/').replace(/\.ts$/, '.js') : p;

@@ -32,7 +32,6 @@ export interface PairOptions {
   log?: DirtyLog;
 }
 
-
 export class NetQueuePair {
   private readonly txBatch: PacketBatch;
   private readonly txHeads: Uint16Array;

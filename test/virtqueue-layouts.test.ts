@@ -59,6 +59,16 @@ for (const L of layouts) {
       expect(q.broken).toBeUndefined();
     });
 
+    it('pops into chains the caller owns, each keeping its buffers', () => {
+      const { mem, drv, q } = setup();
+      const [a, b] = [mem.alloc(32), mem.alloc(64)];
+      const ida = drv.add([{ addr: a, len: 32 }]);
+      const idb = drv.add([{ addr: b, len: 64, write: true }]);
+      const [ca, cb] = [q.newChain(), q.newChain()];
+      expect(q.pop(ca) && q.pop(cb)).toBe(true);
+      expect([ca.head, ca.offsets[0], ca.readableBytes, cb.head, cb.offsets[0], cb.writableBytes]).toEqual([ida, a, 32, idb, b, 64]);
+    });
+
     it('follows an indirect table', () => {
       const { mem, drv, q } = setup();
       const bufs = [0, 1, 2, 3].map(() => ({ addr: mem.alloc(64), len: 64 }));

@@ -105,9 +105,13 @@ export class PackedQueue implements Virtqueue {
     this.histPos = new Uint16Array(size);
     this.histWrap = new Uint8Array(size);
     this.histId = new Uint16Array(size);
+    this.chain = this.newChain();
+  }
+
+  newChain(): Chain {
     // as the split ring: fewer than `size` ring descriptors, then at most one indirect table of at most
     // `size` entries; behind an IOMMU room for buffers crossing mappings
-    this.chain = new Chain(2 * size + (mem.iommu ? IOMMU_EXTRA_PIECES : 0));
+    return new Chain(2 * this.size + (this.mem.iommu ? IOMMU_EXTRA_PIECES : 0));
   }
 
   remapRings(): void {
@@ -200,7 +204,7 @@ export class PackedQueue implements Virtqueue {
     return false;
   }
 
-  pop(): boolean {
+  pop(into: Chain = this.chain): boolean {
     if (this.broken || this.stalled) return false;
     const size = this.size;
     let pos = this.nextAvail;
@@ -209,7 +213,7 @@ export class PackedQueue implements Virtqueue {
     if (!PackedQueue.isAvail(flags, wrap)) return false;
     this.popStart = pos;
     this.popStartWrap = wrap;
-    const c = this.chain;
+    const c = into;
     c.reset(0);
     let id = 0;
     for (let taken = 1; ; taken++) {
@@ -224,7 +228,7 @@ export class PackedQueue implements Virtqueue {
       }
       if (flags & PACKED_DESC_F_INDIRECT) {
         if (flags & PACKED_DESC_F_NEXT) return this.fail('indirect with next');
-        if (!this.indirect(addr, len)) return false;
+        if (!this.indirect(c, addr, len)) return false;
       } else {
         const bad = c.add(this.mem, addr, len, (flags & PACKED_DESC_F_WRITE) !== 0);
         if (bad) return this.fail(bad);
@@ -253,7 +257,7 @@ export class PackedQueue implements Virtqueue {
   }
 
   /** An indirect table's descriptors, in order (NEXT is not used in a packed table, §2.8.7). */
-  private indirect(addr: number, len: number): boolean {
+  private indirect(c: Chain, addr: number, len: number): boolean {
     if (!this.features.indirect) return this.fail('indirect descriptor not negotiated');
     if (len === 0 || len % 16 || len / 16 > this.size) return this.fail('bad indirect table size');
     const mem = this.mem;
@@ -264,7 +268,7 @@ export class PackedQueue implements Virtqueue {
       // (the spec asks no alignment of an indirect table: read byte by byte)
       const flags = u8[d + 14] | (u8[d + 15] << 8);
       if (flags & PACKED_DESC_F_INDIRECT) return this.fail('nested indirect table');
-      const bad = this.chain.add(mem, le32(u8, d) + le32(u8, d + 4) * 4294967296, le32(u8, d + 8), (flags & PACKED_DESC_F_WRITE) !== 0);
+      const bad = c.add(mem, le32(u8, d) + le32(u8, d + 4) * 4294967296, le32(u8, d + 8), (flags & PACKED_DESC_F_WRITE) !== 0);
       if (bad) return this.fail(bad);
     }
     return true;

@@ -97,10 +97,14 @@ export class SplitQueue implements Virtqueue {
     this.descOff = descOff;
     this.availOff = availOff;
     this.usedOff = usedOff;
+    this.chain = this.newChain();
+  }
+
+  newChain(): Chain {
     // a chain has fewer than `size` direct descriptors and then at most one indirect table, which we
     // bound by the queue size too: 2 * size buffers at most; behind an IOMMU a buffer may cross
     // mappings and become several pieces: room for that too (more breaks the queue)
-    this.chain = new Chain(2 * size + (mem.iommu ? IOMMU_EXTRA_PIECES : 0));
+    return new Chain(2 * this.size + (this.mem.iommu ? IOMMU_EXTRA_PIECES : 0));
   }
 
   /** Restore ring positions (device reset keeps none; migration and vhost-user restore them). */
@@ -146,10 +150,10 @@ export class SplitQueue implements Virtqueue {
   }
 
   /**
-   * Take the next available chain into `this.chain`. Returns false when there is none or the queue
+   * Take the next available chain into `into` (default: `this.chain`). Returns false when there is none or the queue
    * broke on it (check `broken`).
    */
-  pop(): boolean {
+  pop(into: Chain = this.chain): boolean {
     if (this.pending() === 0) return false;
     const mem = this.mem;
     const head = mem.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
@@ -157,7 +161,7 @@ export class SplitQueue implements Virtqueue {
     this.popStart = this.lastAvail;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
 
-    const c = this.chain;
+    const c = into;
     c.reset(head);
     let tableOff = this.descOff;
     let tableLen = this.size;

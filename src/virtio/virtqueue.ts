@@ -162,7 +162,7 @@ export interface Virtqueue {
   readonly layout: 'split' | 'packed';
   readonly size: number;
   readonly features: QueueFeatures;
-  /** the chain pop() filled last */
+  /** the queue's own chain: where pop() puts a chain unless given another */
   readonly chain: Chain;
   /** why the queue stopped (a guest violation); undefined while it works */
   readonly broken: BrokenReason | undefined;
@@ -181,8 +181,13 @@ export interface Virtqueue {
    * stops at `limit` (a packed ring counts by walking its descriptors' flags).
    */
   pending(limit?: number): number;
-  /** Take the next available chain into `chain`. False when there is none or the queue broke on it. */
-  pop(): boolean;
+  /**
+   * Take the next available chain into `into` (caller-owned, from newChain(); default `chain`). False
+   * when there is none or the queue broke on it.
+   */
+  pop(into?: Chain): boolean;
+  /** storage for a chain of this queue (room for the longest chain it accepts) */
+  newChain(): Chain;
   /**
    * Give back the last `n` chains popped and not used (no buffer for them yet, a frame that did not
    * fit): the next pop() returns the first of them again.

@@ -8,7 +8,7 @@ import { native, ONE, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
 import { guestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
-import { MAX_QUEUE_SIZE, type QueueConfig, type RingState } from '../virtio/virtqueue.js';
+import { MAX_QUEUE_SIZE, type QueueConfig, type RingState, type Virtqueue } from '../virtio/virtqueue.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader } from '../viommu/table.js';
 import { NetQueuePair } from './net-pair.js';
@@ -82,8 +82,14 @@ async function main(): Promise<void> {
     await serve(iommu);
   } finally {
     iommu?.idle();
+    // where each ring stands, for the next start and vhost-user's GET_VRING_BASE: after a stop every
+    // chain taken was used or given back (after an exception it is still the best there is)
+    port.postMessage({ type: 'ring-states', states: served.map(([index, q]) => [index, q.getState()]) });
   }
 }
+
+/** the queues this thread serves, by their index in the device */
+const served: Array<[number, Virtqueue]> = [];
 
 async function serve(iommu: IommuReader | undefined): Promise<void> {
   const mem = guestView(d.memory, new MemoryTable(d.table.regions), iommu);
@@ -108,6 +114,7 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
       return;
     }
     kickStats.push([stats(p.tx.statsSlot), stats(p.rx.statsSlot)]);
+    served.push([p.rx.index, rxq], [p.tx.index, txq]);
     rxq.setState(p.rx.start);
     txq.setState(p.tx.start);
     rxq.missesWait = txq.missesWait = !!d.iommu?.missesWait;
@@ -259,8 +266,6 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     }
     if (work > 0) lastWork = process.hrtime.bigint();
   }
-  // where each ring stands: every chain taken was used or given back (the next start, GET_VRING_BASE)
-  port.postMessage({ type: 'ring-states', states: pairs.flatMap((p, i) => [[d.pairs[i].rx.index, p.rxq.getState()], [d.pairs[i].tx.index, p.txq.getState()]]) });
   native.close(ep);
   native.close(wakeOnly);
   for (const p of pairs) p.driver.close();

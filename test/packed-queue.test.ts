@@ -4,6 +4,7 @@ import { describe, it, expect } from 'vitest';
 import { PackedQueue, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE } from '../src/virtio/packed-queue.js';
 import { IommuTable, IommuReader, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
 import { guestView } from '../src/virtio/dma.js';
+import { decodeRingBase, encodeRingBase } from '../src/virtio/virtqueue.js';
 import { TestMemory } from './helpers/virtq-driver.js';
 import { PackedTestDriver, P_AVAIL, P_USED, P_NEXT, P_WRITE, P_INDIRECT } from './helpers/packed-driver.js';
 
@@ -207,5 +208,15 @@ describe('packed virtqueue', () => {
     drv.add([{ addr: 0x200000, len: 64, write: true }]);
     expect(q.pop()).toBe(false);
     expect(q.broken).toBe('IOMMU fault');
+  });
+});
+
+describe('ring state as a vhost-user vring base', () => {
+  it('packs both positions and wrap counters for packed rings, the avail index alone for split ones', () => {
+    const s = { nextAvail: 0x1234, nextUsed: 0x0567, availWrap: false, usedWrap: true };
+    expect(encodeRingBase(s, true)).toBe(0x85671234);
+    expect(decodeRingBase(encodeRingBase(s, true), true)).toEqual(s);
+    expect(encodeRingBase({ ...s, nextAvail: 0xfffe }, false)).toBe(0xfffe);
+    expect(decodeRingBase(0xfffe, false)).toEqual({ nextAvail: 0xfffe, nextUsed: 0xfffe, availWrap: true, usedWrap: true });
   });
 });

@@ -220,7 +220,7 @@ export class VhostUserBackend {
         if (m.request === P.REQ.SET_VRING_NUM) {
           if (num < 1 || num > MAX_QUEUE_SIZE || num & (num - 1)) return fail(`ring ${i}: bad size ${num}`);
           r.num = num;
-        } else if (m.request === P.REQ.SET_VRING_BASE) r.base = num & 0xffff;
+        } else if (m.request === P.REQ.SET_VRING_BASE) r.base = has(this.acked, F.RING_PACKED) ? num : num & 0xffff; // (packed: both positions and their wrap counters)
         else {
           r.enabled = num === 1;
           if (!r.enabled) await this.stopPair(i >> 1);

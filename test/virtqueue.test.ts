@@ -1,4 +1,6 @@
-// The device side of the split virtqueue: chains, used ring, notifications, and hostile rings.
+// The device side of the split virtqueue: what only it has (its used ring, used_event/avail_event,
+// NO_INTERRUPT/NO_NOTIFY, a jumping available index); the contract on both layouts is in
+// virtqueue-layouts.test.ts.
 import { describe, it, expect } from 'vitest';
 import { SplitQueue } from '../src/virtio/split-queue.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';

@@ -1,5 +1,5 @@
 // One virtio-net queue pair on a dataplane thread: guest TX ring → driver, driver → guest RX ring.
-// All virtio knowledge on the data path is here (header translation in virtio-net/header.ts); the
+// All virtio knowledge on the data path is here (header translation in net-header.ts); the
 // driver sees packets as buffer lists with neutral metadata.
 import type { GuestView } from '../virtio/dma.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';

@@ -92,6 +92,8 @@ export const EPOLLIN = 1;
 export const AF_UNIX = 1;
 export const SOCK_STREAM = 1;
 export const SOCK_NONBLOCK = 0o4000;
+/** what a write() adds to an eventfd's counter to signal it once (a kick, an interrupt, a wake-up) */
+export const ONE = new BigUint64Array([1n]);
 
 export function isNativeError(e: unknown): e is NativeError {
   return e instanceof Error && typeof (e as NativeError).code === 'string' && typeof (e as NativeError).errno === 'number';

@@ -1,11 +1,11 @@
 // The queue-pair engine without a thread or a backend: a scripted guest ring on one side, a recording
 // driver on the other.
 import { describe, it, expect } from 'vitest';
-import { SplitQueue } from '../src/virtio/queue.js';
+import { SplitQueue } from '../src/virtio/split-queue.js';
 import { NetQueuePair } from '../src/dataplane/net-pair.js';
 import { RxFilter } from '../src/dataplane/rx-filter.js';
 import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
-import { txPolicy } from '../src/virtio-net/header.js';
+import { txPolicy } from '../src/virtio-net/features.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, EFD_NONBLOCK, O_RDWR } from '../src/native.js';
 import { REQ, FLAG_VERSION, HDR_SIZE, F_PROTOCOL_FEATURES } from '../src/vhost-user/protocol.js';
-import { NET_HDR_LEN } from '../src/virtio-net/header.js';
+import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
 import { TestFrontend, u64 } from './helpers/vhost-user-frontend.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 
@@ -233,6 +233,21 @@ describe('vhost-user backend with a hostile frontend', () => {
     await f.usedReaches(TX, 1);
     const base = await f.call(REQ.GET_VRING_BASE, u64(BigInt(TX)));
     expect(base.getUint32(4, true)).toBe(1);
+    f.close();
+    await b.connectionsEnded(1);
+    expect(b.reports()).toEqual([]);
+  });
+
+  it('answers GET_VRING_BASE with where its thread stood, whatever the used index in memory says', async () => {
+    b = await CliBackend.start();
+    const f = new TestFrontend(b.sock);
+    await f.setup(FEATURES, 0n);
+    for (let i = 0; i < 3; i++) sendFrame(f, f.mem.alloc(4096, 4096));
+    await f.usedReaches(TX, 3);
+    // the used ring is the frontend's (and its guest's) memory: a scribbled index tells nothing
+    f.mem.dv.setUint16(f.rings[TX].cfg.used - f.base + 2, 0x1234, true);
+    const base = await f.call(REQ.GET_VRING_BASE, u64(BigInt(TX)));
+    expect(base.getUint32(4, true)).toBe(3);
     f.close();
     await b.connectionsEnded(1);
     expect(b.reports()).toEqual([]);

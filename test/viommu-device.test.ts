@@ -4,7 +4,8 @@
 import { describe, it, expect } from 'vitest';
 import { VirtioIommu, T, S, PROBE_SIZE, IOMMU_F } from '../src/viommu/device.js';
 import { IommuReader, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
-import { SplitQueue, guestView } from '../src/virtio/queue.js';
+import { SplitQueue } from '../src/virtio/split-queue.js';
+import { guestView } from '../src/virtio/dma.js';
 import { TestDriver, TestMemory } from './helpers/virtq-driver.js';
 
 const NET = 0x18; // endpoint: 00:03.0

@@ -4,7 +4,8 @@
 import { describe, it, expect } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { IommuTable, IommuReader, MAP_READ, MAP_WRITE, ENDPOINT_BYPASS, ENDPOINT_NONE } from '../src/viommu/table.js';
-import { SplitQueue, guestView } from '../src/virtio/queue.js';
+import { SplitQueue } from '../src/virtio/split-queue.js';
+import { guestView } from '../src/virtio/dma.js';
 import { TestDriver, TestMemory } from './helpers/virtq-driver.js';
 
 const RW = MAP_READ | MAP_WRITE;

@@ -1,11 +1,17 @@
-// virtio-net pieces without a VM: the TX header rules, the RX header, the RX filter, --net parsing.
+// virtio-net pieces without a VM: the TX header rules, the RX header, the RX filter, --net parsing,
+// the feature offer.
 import { describe, it, expect } from 'vitest';
-import { parseTxHeader, writeRxHeader, txPolicy } from '../src/virtio-net/header.js';
+import { parseTxHeader, writeRxHeader } from '../src/dataplane/net-header.js';
+import { txPolicy } from '../src/virtio-net/features.js';
 import { RxFilter, RX_MODE } from '../src/dataplane/rx-filter.js';
 import { META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, GSO_TCPV4, GSO_TCPV6, GSO_ECN } from '../src/drivers/api.js';
-import { F, bit } from '../src/virtio-net/features.js';
+import { F, bit, has, netFeatureOffer } from '../src/virtio-net/features.js';
+import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';
+import { GuestMemory } from '../src/vmm/memory.js';
+import { VhostUserBackend } from '../src/vhost-user/backend.js';
+import { native } from '../src/native.js';
 import { parseNetArg } from '../src/vmm/config.js';
-import { parseMac, formatMac } from '../src/virtio-net/device.js';
+import { parseMac, formatMac, VirtioNet } from '../src/virtio-net/device.js';
 
 function hdr(o: { flags?: number; gso?: number; hdrLen?: number; gsoSize?: number; start?: number; offset?: number }): Uint8Array {
   const h = new Uint8Array(12);
@@ -93,5 +99,42 @@ describe('--net parsing', () => {
     expect(() => parseNetArg('tap,queues=0')).toThrow(/1..16/);
     expect(formatMac(parseMac('52:54:00:AB:cd:0e'))).toBe('52:54:00:ab:cd:0e');
     expect(() => parseMac('52:54:00:ab:cd')).toThrow(/not a MAC/);
+  });
+});
+
+describe('the virtio-net feature offer', () => {
+  const driver: NetDriver = {
+    name: 'caps-only',
+    caps: { queuePairs: 2, mtu: 1500, offloads: { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true } },
+    module: '/nonexistent.mjs',
+    queueInit: () => undefined,
+    setGuestOffloads: () => undefined,
+    close: () => undefined,
+  };
+  /** the bits a net device offers whatever its transport: the offer built from the driver */
+  const netBits = netFeatureOffer({ offloads: { ...NO_OFFLOADS, ...driver.caps.offloads } }, 2);
+
+  it('is the same over virtio-pci and vhost-user for the same driver (ECN included), packed rings not yet', async () => {
+    const mem = new GuestMemory([{ gpa: 0, size: 1 << 20, offset: 0 }]);
+    const backend = new VhostUserBackend(driver, { queuePairs: 2 });
+    try {
+      const dev = new VirtioNet(mem, { driver, mac: parseMac('52:54:00:12:34:56'), queuePairs: 2 });
+      for (const f of [dev.features, backend.features]) {
+        expect(f & netBits).toBe(netBits);
+        expect([has(f, F.GUEST_ECN), has(f, F.HOST_ECN), has(f, F.MQ), has(f, F.RING_PACKED)]).toEqual([true, true, true, false]);
+      }
+    } finally {
+      await backend.close();
+      native.close(backend.eventFd);
+      mem.release();
+    }
+  });
+
+  it('offers only the offloads a driver honours', () => {
+    const none = netFeatureOffer({ offloads: NO_OFFLOADS }, 1);
+    for (const b of [F.CSUM, F.GUEST_CSUM, F.HOST_TSO4, F.GUEST_TSO4, F.HOST_ECN, F.GUEST_ECN, F.MQ]) expect(has(none, b)).toBe(false);
+    // ECN only with segmentation to go with it
+    const ecnAlone = netFeatureOffer({ offloads: { ...NO_OFFLOADS, txCsum: true, txTsoEcn: true, rxCsum: true, rxTsoEcn: true } }, 1);
+    expect([has(ecnAlone, F.HOST_ECN), has(ecnAlone, F.GUEST_ECN)]).toEqual([false, false]);
   });
 });

@@ -2,7 +2,7 @@
 // status machine and reset, queue registers, MSI-X vectors becoming GSI routes and irqfds.
 import { describe, it, expect } from 'vitest';
 import { Bus } from '../src/vmm/bus.js';
-import { VirtioPciDevice, BAR_SIZE, NOTIFY_OFF } from '../src/virtio/pci-transport.js';
+import { VirtioPciDevice, BAR_SIZE, NOTIFY_OFF } from '../src/vmm/devices/virtio-pci.js';
 import { STATUS, type Activation, type VirtioDevice } from '../src/virtio/device.js';
 import { PCI_CMD_MEM } from '../src/vmm/devices/pci.js';
 import type { VmFd } from '../src/vmm/kvm.js';

@@ -2,10 +2,11 @@
 // up, read their counters, stop them (a wake eventfd: a thread blocked in epoll_wait does not honour
 // Worker.terminate()).
 import { Worker } from 'node:worker_threads';
-import { native, EFD_NONBLOCK } from '../native.js';
+import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { workerUrl } from '../worker-url.js';
 import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS } from './control.js';
 import type { DataplaneWorkerData, WorkerPair } from './worker.js';
+import type { RingState } from '../virtio/virtqueue.js';
 
 export type DataplaneConfig = Omit<DataplaneWorkerData, 'pairs' | 'wakeFd' | 'control' | 'threadIndex'>;
 
@@ -16,8 +17,6 @@ interface Thread {
   exited: Promise<void>;
 }
 
-const ONE = new BigUint64Array([1n]);
-
 /** A file path the worker (plain Node, compiled JavaScript) can import. */
 export function runtimeModulePath(p: string): string {
   return p.endsWith('.ts') ? p.replace(/\/src\//, '/dist/').replace(/\.ts$/, '.js') : p;
@@ -25,6 +24,8 @@ export function runtimeModulePath(p: string): string {
 
 export class Dataplane {
   private threads: Thread[] = [];
+  /** where each queue (by its index) stood when its thread last stopped */
+  readonly ringStates = new Map<number, RingState>();
 
   constructor(private readonly onBroken: (reason: string) => void) {}
 
@@ -41,8 +42,9 @@ export class Dataplane {
     const exited = new Promise<void>((r) => worker.once('exit', () => r()));
     this.threads.push({ worker, wakeFd, control, exited });
     return new Promise((resolve, reject) => {
-      worker.on('message', (m: { type: string; reason?: string; message?: string }) => {
+      worker.on('message', (m: { type: string; reason?: string; message?: string; states?: Array<[number, RingState]> }) => {
         if (m.type === 'ready') resolve();
+        else if (m.type === 'ring-states') for (const [i, st] of m.states ?? []) this.ringStates.set(i, st);
         else if (m.type === 'broken') this.onBroken(m.reason ?? 'queue broken');
         else if (m.type === 'error') {
           reject(new Error(m.message));

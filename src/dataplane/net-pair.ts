@@ -1,10 +1,11 @@
 // One virtio-net queue pair on a dataplane thread: guest TX ring → driver, driver → guest RX ring.
-// All virtio knowledge on the data path is here (header translation in virtio-net/header.ts); the
+// All virtio knowledge on the data path is here (header translation in net-header.ts); the
 // driver sees packets as buffer lists with neutral metadata.
-import { SplitQueue, type GuestView } from '../virtio/queue.js';
-import { NET_HDR_LEN, parseTxHeader, writeRxHeader, type TxPolicy } from '../virtio-net/header.js';
+import type { GuestView } from '../virtio/dma.js';
+import type { Virtqueue } from '../virtio/virtqueue.js';
+import { MAX_GSO_FRAME, NET_HDR_LEN, parseTxHeader, writeRxHeader, type TxPolicy } from './net-header.js';
 import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
-import { native } from '../native.js';
+import { native, ONE } from '../native.js';
 import { STAT } from './stats.js';
 import type { RxFilter } from './rx-filter.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
@@ -15,7 +16,7 @@ const ETH_HLEN = 14;
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
 /** largest frame a guest may hand us: 64 KiB of GSO payload plus headers */
-export const MAX_TX_FRAME = 65535 + 14 + 4;
+export const MAX_TX_FRAME = MAX_GSO_FRAME;
 
 export interface PairOptions {
   mergeable: boolean;
@@ -30,8 +31,6 @@ export interface PairOptions {
   /** while migrating: every byte written into guest buffers is logged */
   log?: DirtyLog;
 }
-
-const ONE = new BigUint64Array([1n]);
 
 export class NetQueuePair {
   private readonly txBatch: PacketBatch;
@@ -49,8 +48,8 @@ export class NetQueuePair {
   constructor(
     private readonly mem: GuestView,
     private readonly memBuffer: SharedArrayBuffer,
-    readonly rxq: SplitQueue,
-    readonly txq: SplitQueue,
+    readonly rxq: Virtqueue,
+    readonly txq: Virtqueue,
     readonly driver: DriverQueue,
     private readonly o: PairOptions,
   ) {
@@ -87,7 +86,7 @@ export class NetQueuePair {
       while (b.count < TX_BATCH && done < budget && q.pop()) {
         const c = q.chain;
         if (b.count > 0 && iovUsed + c.count > segments) {
-          q.unpop();
+          q.rewind(1);
           full = true;
           break;
         }
@@ -167,7 +166,7 @@ export class NetQueuePair {
     }
   }
 
-  private interrupt(q: SplitQueue, fd: number, st: Float64Array): void {
+  private interrupt(q: Virtqueue, fd: number, st: Float64Array): void {
     if (fd >= 0 && q.needsInterrupt()) {
       native.write(fd, ONE);
       st[STAT.INTERRUPTS]++;
@@ -247,7 +246,7 @@ export class NetQueuePair {
       // single chain must be big enough by itself (the spec asks drivers for 1526-byte buffers then),
       // else frames that don't fit drop.
       if (chains === 0 || (this.o.mergeable && cap < need)) {
-        for (let i = 0; i < chains; i++) q.unpop();
+        q.rewind(chains);
         this.starved = true;
         this.starvedPending = chains;
         break;
@@ -257,7 +256,7 @@ export class NetQueuePair {
       b.count = 1;
       const got = iovUsed > 0 ? driver.receive(b, this.memBuffer) : 0;
       if (got === 0) {
-        for (let i = 0; i < chains; i++) q.unpop();
+        q.rewind(chains);
         this.dry = true;
         break;
       }
@@ -269,7 +268,7 @@ export class NetQueuePair {
       if (len < 14 || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.o.filter.accepts(this.u8, b.iov[1]))) {
         // a runt, a frame larger than the buffers (truncated), or not for us: the buffers stay the
         // guest's for the next frame
-        for (let i = 0; i < chains; i++) q.unpop();
+        q.rewind(chains);
         st[STAT.DROPS]++;
         continue;
       }
@@ -282,7 +281,7 @@ export class NetQueuePair {
         left -= n;
         used++;
       }
-      for (let i = used; i < chains; i++) q.unpop();
+      q.rewind(chains - used);
       writeRxHeader(this.hdr, 0, b.meta, 0, used);
       for (let k = 0, at = 0; k < hdrPieces; k++) {
         const dst = this.hdrAt[k];

@@ -4,27 +4,31 @@
 // guest by writing irqfds. Busy-polls for a bounded time when asked, yielding to epoll when idle.
 import { parentPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
-import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
+import { native, ONE, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
-import { SplitQueue, guestView, MAX_QUEUE_SIZE, type QueueConfig } from '../virtio/queue.js';
+import { guestView } from '../virtio/dma.js';
+import { createQueue } from '../virtio/queues.js';
+import { MAX_QUEUE_SIZE, type QueueConfig, type RingState, type Virtqueue } from '../virtio/virtqueue.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader } from '../viommu/table.js';
 import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
 import { STAT, STAT_WORDS } from './stats.js';
 import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED } from './control.js';
-import type { TxPolicy } from '../virtio-net/header.js';
+import type { TxPolicy } from './net-header.js';
 import type { DriverModule } from '../drivers/api.js';
 
 export interface WorkerQueue extends QueueConfig {
+  /** the queue's number in its device: the key of its ring state when the thread stops */
+  index: number;
   kickFd: number;
   callFd: number;
   /** index of this queue's counters in the stats buffer */
   statsSlot: number;
-  /** ring position to start from (0 on activation; the last used index when threads restart) */
-  startIdx: number;
-  /** where the used ring is logged when dirty logging is on (vhost's log_guest_addr; default: `used`) */
-  usedLogGpa?: number;
+  /** ring position to start from (RING_START on activation; where the ring stood when threads restart) */
+  start: RingState;
+  /** where the rings are logged when dirty logging is on (vhost's log_guest_addr; default: `desc`, `used`) */
+  ringLogGpa?: { desc: number; used: number };
 }
 
 export interface WorkerPair {
@@ -40,6 +44,8 @@ export interface DataplaneWorkerData {
   driverModule: string;
   eventIdx: boolean;
   indirect: boolean;
+  packed: boolean;
+  inOrder: boolean;
   mergeable: boolean;
   maxRxFrame: number;
   txPolicy: TxPolicy;
@@ -66,7 +72,6 @@ export const PASS_BUDGET = 256;
 const EPOLL_CTL_MOD = 3;
 
 const d = workerData as DataplaneWorkerData;
-const ONE = new BigUint64Array([1n]);
 const port = parentPort!;
 
 async function main(): Promise<void> {
@@ -77,8 +82,14 @@ async function main(): Promise<void> {
     await serve(iommu);
   } finally {
     iommu?.idle();
+    // where each ring stands, for the next start and vhost-user's GET_VRING_BASE: after a stop every
+    // chain taken was used or given back (after an exception it is still the best there is)
+    port.postMessage({ type: 'ring-states', states: served.map(([index, q]) => [index, q.getState()]) });
   }
 }
+
+/** the queues this thread serves, by their index in the device */
+const served: Array<[number, Virtqueue]> = [];
 
 async function serve(iommu: IommuReader | undefined): Promise<void> {
   const mem = guestView(d.memory, new MemoryTable(d.table.regions), iommu);
@@ -87,7 +98,7 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
   // for the driver's module to load (over a second in the nested harness)
   iommu?.enter();
   const filter = new RxFilter(d.filter);
-  const features = { eventIdx: d.eventIdx, indirect: d.indirect };
+  const features = { eventIdx: d.eventIdx, indirect: d.indirect, packed: d.packed, inOrder: d.inOrder };
   const stats = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);
   const log = d.dirtyLog && new DirtyLog(d.dirtyLog, mem.table.regions);
 
@@ -96,18 +107,19 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
   const kickStats: Array<[Float64Array, Float64Array]> = [];
   for (const p of d.pairs) {
     // (the transport holds a guest's sizes to its device's maximum; this is the protocol's)
-    const rxq = SplitQueue.create(mem, p.rx, features, MAX_QUEUE_SIZE);
-    const txq = SplitQueue.create(mem, p.tx, features, MAX_QUEUE_SIZE);
+    const rxq = createQueue(mem, p.rx, features, MAX_QUEUE_SIZE);
+    const txq = createQueue(mem, p.tx, features, MAX_QUEUE_SIZE);
     if (typeof rxq === 'string' || typeof txq === 'string') {
       port.postMessage({ type: 'broken', reason: typeof rxq === 'string' ? rxq : txq });
       return;
     }
     kickStats.push([stats(p.tx.statsSlot), stats(p.rx.statsSlot)]);
-    rxq.setIndices(p.rx.startIdx, p.rx.startIdx);
-    txq.setIndices(p.tx.startIdx, p.tx.startIdx);
+    served.push([p.rx.index, rxq], [p.tx.index, txq]);
+    rxq.setState(p.rx.start);
+    txq.setState(p.tx.start);
     rxq.missesWait = txq.missesWait = !!d.iommu?.missesWait;
-    rxq.setDirtyLog(log, p.rx.usedLogGpa ?? p.rx.used);
-    txq.setDirtyLog(log, p.tx.usedLogGpa ?? p.tx.used);
+    rxq.setDirtyLog(log, p.rx.ringLogGpa ?? p.rx);
+    txq.setDirtyLog(log, p.tx.ringLogGpa ?? p.tx);
     pairs.push(
       new NetQueuePair(mem, d.memory, rxq, txq, driverMod.openQueue(p.driverInit), {
         mergeable: d.mergeable,

@@ -7,12 +7,11 @@ import { RxFilter } from '../dataplane/rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import type { WorkerPair, WorkerQueue } from '../dataplane/worker.js';
 import type { NetDriver } from '../drivers/api.js';
-import { F, bit, has } from '../virtio-net/features.js';
-import { txPolicy } from '../virtio-net/header.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
+import { F, bit, has, netDataplaneFeatures, netFeatureOffer } from '../virtio-net/features.js';
 import { FrontendMemory } from './memory.js';
 import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE, sayWaitIsSlow } from '../viommu/table.js';
-import { guestView, dmaContiguous } from '../virtio/queue.js';
+import { guestView, dmaContiguous, type DmaAccess } from '../virtio/dma.js';
+import { MAX_QUEUE_SIZE, decodeRingBase, encodeRingBase, type RingState } from '../virtio/virtqueue.js';
 import * as P from './protocol.js';
 import * as V from './validate.js';
 
@@ -50,11 +49,8 @@ export interface Handled {
   close?: string;
 }
 
-const MAX_QUEUE = 32768;
 /** VHOST_F_LOG_ALL: log every write into guest memory (live migration) */
 export const F_LOG_ALL = 26;
-/** VIRTIO_F_ACCESS_PLATFORM: ring and buffer addresses are IOVAs, translated through the frontend's IOTLB */
-export const F_ACCESS_PLATFORM = 33;
 /** the IOTLB's single domain and endpoint in the translation table */
 const IOTLB_DOMAIN = 0;
 /** Did an IOTLB change after `generation` touch `iova`? (`changes` is oldest first) */
@@ -124,19 +120,8 @@ export class VhostUserBackend {
     private readonly driver: NetDriver,
     private readonly opts: BackendOptions,
   ) {
-    const o = driver.caps.offloads;
-    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(F.MRG_RXBUF) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F_ACCESS_PLATFORM);
-    if (opts.queuePairs > 1) f |= bit(F.MQ);
-    if (o.txCsum) {
-      f |= bit(F.CSUM);
-      if (o.txTso4) f |= bit(F.HOST_TSO4);
-      if (o.txTso6) f |= bit(F.HOST_TSO6);
-    }
-    if (o.rxCsum) {
-      f |= bit(F.GUEST_CSUM);
-      if (o.rxTso4) f |= bit(F.GUEST_TSO4);
-      if (o.rxTso6) f |= bit(F.GUEST_TSO6);
-    }
+    // the net device's offer (from what the driver honours) and what the vhost-user protocol adds
+    let f = netFeatureOffer(driver.caps, opts.queuePairs) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
     this.features = f;
     this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);
     this.vrings = Array.from({ length: 2 * opts.queuePairs }, () => this.freshRing());
@@ -197,7 +182,7 @@ export class VhostUserBackend {
           await this.stopAll();
           if (has(f, F_LOG_ALL) !== has(this.acked, F_LOG_ALL)) this.opts.log?.(`vhost-user: dirty logging ${has(f, F_LOG_ALL) ? 'on' : 'off'}`);
           this.acked = f;
-          this.setIotlb(has(f, F_ACCESS_PLATFORM));
+          this.setIotlb(has(f, F.ACCESS_PLATFORM));
           if (wasRunning) await this.startReady();
         }
         return ack(true);
@@ -233,9 +218,9 @@ export class VhostUserBackend {
         const r = ring(i);
         if (!r) return fail(`ring ${i} does not exist`);
         if (m.request === P.REQ.SET_VRING_NUM) {
-          if (num < 1 || num > MAX_QUEUE || num & (num - 1)) return fail(`ring ${i}: bad size ${num}`);
+          if (num < 1 || num > MAX_QUEUE_SIZE || num & (num - 1)) return fail(`ring ${i}: bad size ${num}`);
           r.num = num;
-        } else if (m.request === P.REQ.SET_VRING_BASE) r.base = num & 0xffff;
+        } else if (m.request === P.REQ.SET_VRING_BASE) r.base = has(this.acked, F.RING_PACKED) ? num : num & 0xffff; // (packed: both positions and their wrap counters)
         else {
           r.enabled = num === 1;
           if (!r.enabled) await this.stopPair(i >> 1);
@@ -264,9 +249,9 @@ export class VhostUserBackend {
         const i = p.getUint32(0, true);
         const r = ring(i);
         if (!r) return fail(`ring ${i} does not exist`);
-        // the ring stops; where it stood is the used index (every chain taken was completed or put back)
+        // the ring stops; its thread says where it stood (stopPair keeps it in r.base)
         await this.stopPair(i >> 1);
-        const base = this.usedIndex(r);
+        const base = r.base;
         r.kickFd = this.closeFd(r.kickFd);
         r.callFd = this.closeFd(r.callFd);
         r.base = base;
@@ -484,7 +469,7 @@ export class VhostUserBackend {
   }
 
   /** Offset in the shared buffer of a ring range (IOVA with ACCESS_PLATFORM, else frontend address). */
-  private ringOffset(addr: number, len: number, access: number): number {
+  private ringOffset(addr: number, len: number, access: DmaAccess): number {
     const mem = this.memory!;
     if (this.iotlb) {
       const off = dmaContiguous(guestView(mem.buffer, mem.table, this.iotlb.reader), addr, len, access);
@@ -493,6 +478,22 @@ export class VhostUserBackend {
     }
     const gpa = mem.vaToGpa(addr, len);
     return gpa < 0 ? -1 : mem.table.translate(gpa, len);
+  }
+
+  /**
+   * Where a ring starts. Split: at its used index in memory — a frontend that reconnects to a new
+   * backend may send base 0 (DPDK's virtio-user does) while its used ring says where the old backend
+   * stopped; that is the true position (every chain the old one took was completed), as DPDK's vhost
+   * library also concludes. Packed rings keep no index in memory: the frontend's base.
+   */
+  private startState(r: Vring): RingState {
+    if (has(this.acked, F.RING_PACKED)) return decodeRingBase(r.base, true);
+    return decodeRingBase(this.usedIndex(r), false);
+  }
+
+  /** Where the rings are logged: the used ring at the frontend's log address when it gave one. */
+  private ringLogGpa(r: Vring, desc: number, used: number): { desc: number; used: number } {
+    return { desc, used: r.logGpa ?? used };
   }
 
   private usedIndex(r: Vring): number {
@@ -531,18 +532,15 @@ export class VhostUserBackend {
       // rings by IOVA: the threads translate them; start only once the frontend has given them all
       const ok = [this.ringOffset(r.desc, 16 * r.num, MAP_READ), this.ringOffset(r.avail, 6 + 2 * r.num, MAP_READ), this.ringOffset(r.used, 6 + 8 * r.num, MAP_WRITE)].every((o) => o >= 0);
       if (!ok) return undefined;
-      return { size: r.num, desc: r.desc, avail: r.avail, used: r.used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: this.usedIndex(r), usedLogGpa: r.logGpa };
+      return { index: slot, size: r.num, desc: r.desc, avail: r.avail, used: r.used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, start: this.startState(r), ringLogGpa: this.ringLogGpa(r, r.desc, r.used) };
     }
     const desc = mem.vaToGpa(r.desc, 16 * r.num);
     const avail = mem.vaToGpa(r.avail, 6 + 2 * r.num);
     const used = mem.vaToGpa(r.used, 6 + 8 * r.num);
     if (desc < 0 || avail < 0 || used < 0) return undefined;
-    // A frontend that reconnects to a new backend may send base 0 (DPDK's virtio-user does) while its
-    // used ring says where the old backend stopped; that is the true position (every chain the old one
-    // took was completed), as DPDK's vhost library also concludes.
-    const usedNow = this.usedIndex(r);
-    trace?.(`ring starts at used ${usedNow} (frontend base ${r.base}); ${this.ringDump(r)}`);
-    return { size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, startIdx: usedNow, usedLogGpa: r.logGpa };
+    const start = this.startState(r);
+    trace?.(`ring starts at used ${start.nextUsed} (frontend base ${r.base}); ${this.ringDump(r)}`);
+    return { index: slot, size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, start, ringLogGpa: this.ringLogGpa(r, desc, used) };
   }
 
   /** Start every pair whose two rings are ready and not yet running. */
@@ -590,17 +588,12 @@ export class VhostUserBackend {
 
   private dataplaneConfig(pair: number): DataplaneConfig {
     const f = this.acked;
-    const guestTso = has(f, F.GUEST_TSO4) || has(f, F.GUEST_TSO6);
     const mem = this.memory!;
     return {
       memory: mem.buffer,
       table: mem.table.toJSON(),
       driverModule: this.driver.module,
-      eventIdx: has(f, F.EVENT_IDX),
-      indirect: has(f, F.INDIRECT_DESC),
-      mergeable: has(f, F.MRG_RXBUF),
-      maxRxFrame: guestTso ? 65535 + 14 + 4 : this.driver.caps.mtu + 14 + 4,
-      txPolicy: txPolicy(f),
+      ...netDataplaneFeatures(f, this.driver.caps),
       filter: this.filter.buffer,
       stats: this.stats,
       busyPollUs: this.opts.busyPollUs ?? 0,
@@ -610,11 +603,14 @@ export class VhostUserBackend {
     };
   }
 
+  /** Stop a pair's thread; its rings' bases become where the thread left them. */
   private async stopPair(pair: number): Promise<void> {
     const dp = this.running.get(pair);
     if (!dp) return;
     this.running.delete(pair);
     await dp.stop();
+    const packed = has(this.acked, F.RING_PACKED);
+    for (const [i, s] of dp.ringStates) if (this.vrings[i]) this.vrings[i].base = encodeRingBase(s, packed);
   }
 
   private async stopAll(): Promise<void> {

@@ -6,9 +6,11 @@
 // exit (unit tests drive it so). Faults the dataplane threads recorded go to the guest on the event queue.
 import { Worker } from 'node:worker_threads';
 import type { GuestMemory } from '../vmm/memory.js';
-import { native, EFD_NONBLOCK } from '../native.js';
+import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { workerUrl } from '../worker-url.js';
-import { SplitQueue, guestView, type GuestView } from '../virtio/queue.js';
+import { guestView, type GuestView } from '../virtio/dma.js';
+import { createQueue } from '../virtio/queues.js';
+import type { Virtqueue } from '../virtio/virtqueue.js';
 import { VIRTIO_F_VERSION_1, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_WRITE, sayWaitIsSlow } from './table.js';
 import { IommuRequests, STATE, PROBE_SIZE, DOMAIN_BITS, handledCounts } from './requests.js';
@@ -22,7 +24,6 @@ export const VIRTIO_ID_IOMMU = 23;
 export const IOMMU_F = { INPUT_RANGE: 0, DOMAIN_RANGE: 1, MAP_UNMAP: 2, BYPASS: 3, PROBE: 4, MMIO: 5, BYPASS_CONFIG: 6 } as const;
 const FAULT_R_MAPPING = 2;
 const FAULT_F_ADDRESS = 0x100;
-const ONE = new BigUint64Array([1n]);
 const bit = (n: number) => 1n << BigInt(n);
 
 export interface IommuOptions {
@@ -46,8 +47,8 @@ export class VirtioIommu implements VirtioDevice {
   private readonly view: GuestView;
   private active?: Activation;
   private requests?: IommuRequests;
-  private reqq?: SplitQueue;
-  private eventq?: SplitQueue;
+  private reqq?: Virtqueue;
+  private eventq?: Virtqueue;
   private queues: ActiveQueue[] = [];
   private faultsReported = 0;
   private faultTimer?: NodeJS.Timeout;
@@ -115,20 +116,20 @@ export class VirtioIommu implements VirtioDevice {
     const rq = a.queues.find((q) => q.index === 0);
     const eq = a.queues.find((q) => q.index === 1);
     if (eq) {
-      const q = SplitQueue.create(this.view, eq, feats, this.maxQueueSize);
+      const q = createQueue(this.view, eq, feats, this.maxQueueSize);
       if (typeof q === 'string') return a.needsReset(`event queue: ${q}`);
       this.eventq = q;
-      q.setDirtyLog(this.mainLog, eq.used);
+      q.setDirtyLog(this.mainLog, eq);
     }
     // faults are recorded by the dataplane threads; report them to the guest as they come
     this.faultTimer = setInterval(() => this.reportFaults(), 50);
     this.faultTimer.unref();
     if (!rq) return;
     if (this.opts.thread && rq.kickFd >= 0) return this.startThread(rq);
-    const q = SplitQueue.create(this.view, rq, feats, this.maxQueueSize);
+    const q = createQueue(this.view, rq, feats, this.maxQueueSize);
     if (typeof q === 'string') return a.needsReset(`request queue: ${q}`);
     this.reqq = q;
-    q.setDirtyLog(this.mainLog, rq.used);
+    q.setDirtyLog(this.mainLog, rq);
     this.requests = new IommuRequests(this.table, this.opts.endpoints, this.state, sayWaitIsSlow('virtio-iommu'));
     this.kick(0);
   }
@@ -142,7 +143,7 @@ export class VirtioIommu implements VirtioDevice {
     this.mainLog = log && new DirtyLog(log, this.memory.table.regions);
     for (const [q, index] of [[this.reqq, 0], [this.eventq, 1]] as const) {
       const cfg = this.queues.find((x) => x.index === index);
-      if (q && cfg) q.setDirtyLog(this.mainLog, cfg.used);
+      if (q && cfg) q.setDirtyLog(this.mainLog, cfg);
     }
     const t = this.worker;
     if (!t) return;
@@ -223,7 +224,7 @@ export class VirtioIommu implements VirtioDevice {
     this.interrupt(0, this.reqq);
   }
 
-  private interrupt(index: number, q: SplitQueue): void {
+  private interrupt(index: number, q: Virtqueue): void {
     const fd = this.queues.find((x) => x.index === index)?.callFd ?? -1;
     if (fd >= 0 && q.needsInterrupt()) native.write(fd, ONE);
   }

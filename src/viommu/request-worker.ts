@@ -3,9 +3,11 @@
 // requests against the shared table (requests.ts), waiting with Atomics.wait for the dataplane threads
 // where an UNMAP needs it; interrupts the guest through the queue's irqfd when asked.
 import { parentPort, workerData, receiveMessageOnPort } from 'node:worker_threads';
-import { native, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
+import { native, ONE, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryRegion } from '../vmm/memory.js';
-import { SplitQueue, guestView, type QueueConfig } from '../virtio/queue.js';
+import { guestView } from '../virtio/dma.js';
+import { createQueue } from '../virtio/queues.js';
+import type { QueueConfig } from '../virtio/virtqueue.js';
 import { IommuTable, sayWaitIsSlow } from './table.js';
 import { IommuRequests } from './requests.js';
 import { DirtyLog } from '../virtio/dirty-log.js';
@@ -34,11 +36,10 @@ const d = workerData as RequestWorkerData;
  */
 const POLL_US = 200;
 const port = parentPort!;
-const ONE = new BigUint64Array([1n]);
 
 function main(): void {
   const view = guestView(d.memory, new MemoryTable(d.regions));
-  const q = SplitQueue.create(view, d.queue, { eventIdx: false, indirect: false }, 256);
+  const q = createQueue(view, d.queue, { eventIdx: false, indirect: false }, 256);
   if (typeof q === 'string') {
     port.postMessage({ type: 'broken', reason: q });
     port.postMessage({ type: 'ready' });
@@ -50,7 +51,7 @@ function main(): void {
     const m = receiveMessageOnPort(port)?.message as LogMessage | undefined;
     const l = m?.dirtyLog;
     log = l && new DirtyLog(l, d.regions);
-    q.setDirtyLog(log, d.queue.used);
+    q.setDirtyLog(log, d.queue);
     Atomics.store(d.control, CONTROL_LOG, 0);
     Atomics.notify(d.control, CONTROL_LOG);
   };

@@ -2,7 +2,7 @@
 // ATTACH, DETACH, MAP, UNMAP, PROBE against the shared table, with the spec's statuses, and a batch's
 // completions published only once no dataplane thread can still use what it unmapped.
 import type { DirtyLog } from '../virtio/dirty-log.js';
-import type { SplitQueue } from '../virtio/queue.js';
+import type { Virtqueue } from '../virtio/virtqueue.js';
 import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_READ, MAP_WRITE, MAP_MMIO, type SlowWait } from './table.js';
 
 export const T = { ATTACH: 1, DETACH: 2, MAP: 3, UNMAP: 4, PROBE: 5 } as const;
@@ -75,7 +75,7 @@ export class IommuRequests {
    * request is handled; the guest reads them only once the used index moves, after that wait. Returns
    * the requests handled.
    */
-  drain(q: SplitQueue, u8: Uint8Array, log?: DirtyLog): number {
+  drain(q: Virtqueue, u8: Uint8Array, log?: DirtyLog): number {
     let n = 0;
     let waitFor = 0;
     while (n < BATCH_MAX && q.pop()) {

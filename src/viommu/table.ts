@@ -20,6 +20,7 @@
 //   the fault FAULT_RING faults older, an address the guest may long have unmapped)
 
 import { writeSync } from 'node:fs';
+import type { DmaTranslator } from '../virtio/dma.js';
 
 export const MAP_READ = 1;
 export const MAP_WRITE = 2;
@@ -309,7 +310,7 @@ export interface Hit {
  * A reader thread's view for one endpoint: translate() an IOVA range piece by piece, with a one-entry
  * cache valid while the table's sequence has not moved.
  */
-export class IommuReader {
+export class IommuReader implements DmaTranslator {
   private readonly v: Views;
   private cacheSeq = -1;
   private cDomain = -1;

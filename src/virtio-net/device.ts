@@ -2,17 +2,17 @@
 // can honour, the control queue (slow path, on vCPU exits), and the dataplane threads it starts when
 // the guest driver is ready.
 import type { GuestMemory } from '../vmm/memory.js';
-import { SplitQueue, guestView, dmaContiguous, type GuestView } from '../virtio/queue.js';
-import { MAP_READ, MAP_WRITE } from '../viommu/table.js';
-import { VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
+import { guestView, DMA_WRITE, type GuestView } from '../virtio/dma.js';
+import { createQueue } from '../virtio/queues.js';
+import { RING_START, type RingState, type Virtqueue } from '../virtio/virtqueue.js';
+import { type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
 import { RxFilter, RX_MODE } from '../dataplane/rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import type { WorkerPair } from '../dataplane/worker.js';
-import { F, bit, has } from './features.js';
-import { txPolicy } from './header.js';
-import { native } from '../native.js';
+import { F, bit, has, netDataplaneFeatures, netFeatureOffer, queueFeatures } from './features.js';
+import { native, ONE } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 
@@ -25,7 +25,6 @@ const CTRL_MQ_VQ_PAIRS_SET = 0;
 const ACK_OK = 0;
 const ACK_ERR = 1;
 const CTRL_MAX_BYTES = 4096;
-const ONE = new BigUint64Array([1n]);
 
 export interface NetDeviceOptions {
   driver: NetDriver;
@@ -39,9 +38,6 @@ export interface NetDeviceOptions {
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
   iommu?: { table: IommuTable; endpoint: number };
 }
-
-/** VIRTIO_F_ACCESS_PLATFORM: the device's addresses go through the platform's IOMMU */
-export const VIRTIO_F_ACCESS_PLATFORM = 33;
 
 export function parseMac(s: string): Uint8Array {
   const m = /^([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})$/i.exec(s);
@@ -67,7 +63,7 @@ export class VirtioNet implements VirtioDevice {
   private readonly dataplane: Dataplane;
   private view: GuestView;
   private active?: Activation;
-  private ctrlq?: SplitQueue;
+  private ctrlq?: Virtqueue;
   private ctrlQueue?: ActiveQueue;
   private activePairs = 1;
   private restarting: Promise<void> = Promise.resolve();
@@ -83,26 +79,10 @@ export class VirtioNet implements VirtioDevice {
     const pairs = opts.queuePairs;
     this.numQueues = 2 * pairs + 1;
     this.maxQueueSize = opts.queueSize ?? 256;
-    const o = opts.driver.caps.offloads;
-    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC);
-    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.MRG_RXBUF) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR);
-    if (pairs > 1) f |= bit(F.MQ);
-    // offer only what the driver honours: TX offloads need the driver to checksum/segment, RX ones
-    // need it to be able to hand us partial checksums and GSO frames
-    if (o.txCsum) {
-      f |= bit(F.CSUM);
-      if (o.txTso4) f |= bit(F.HOST_TSO4);
-      if (o.txTso6) f |= bit(F.HOST_TSO6);
-      if (o.txTsoEcn && (o.txTso4 || o.txTso6)) f |= bit(F.HOST_ECN);
-    }
-    if (o.rxCsum) {
-      f |= bit(F.GUEST_CSUM);
-      if (o.rxTso4) f |= bit(F.GUEST_TSO4);
-      if (o.rxTso6) f |= bit(F.GUEST_TSO6);
-      if (o.rxTsoEcn && (o.rxTso4 || o.rxTso6)) f |= bit(F.GUEST_ECN);
-    }
+    let f = netFeatureOffer(opts.driver.caps, pairs);
+    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR);
     // behind the vIOMMU the driver must know its addresses are translated
-    if (opts.iommu) f |= bit(VIRTIO_F_ACCESS_PLATFORM);
+    if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);
     this.features = f;
     const v = new DataView(this.config.buffer);
     this.config.set(opts.mac);
@@ -127,7 +107,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** the driver negotiated ACCESS_PLATFORM: every address it gives us is an IOVA */
   private get translated(): boolean {
-    return !!this.opts.iommu && !!this.active && has(this.active.features, VIRTIO_F_ACCESS_PLATFORM);
+    return !!this.opts.iommu && !!this.active && has(this.active.features, F.ACCESS_PLATFORM);
   }
 
   get mac(): Uint8Array {
@@ -192,7 +172,7 @@ export class VirtioNet implements VirtioDevice {
     this.ctrlReader?.enter();
     this.ctrlQueue = a.queues.find((q) => q.index === this.ctrlIndex);
     if (this.ctrlQueue && has(features, F.CTRL_VQ)) {
-      const q = SplitQueue.create(this.view, this.ctrlQueue, this.queueFeatures(features), this.maxQueueSize);
+      const q = createQueue(this.view, this.ctrlQueue, queueFeatures(features), this.maxQueueSize);
       this.ctrlReader?.idle();
       if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
       this.ctrlq = q;
@@ -214,35 +194,32 @@ export class VirtioNet implements VirtioDevice {
     await this.restarting;
   }
 
-  /** Where a queue's used ring is in the dirty log, which is indexed by guest-physical page: behind the vIOMMU its IOVA is translated. */
-  private usedLogGpa(q: ActiveQueue): number {
+  /** Where a ring is in the dirty log, which is indexed by guest-physical page: behind the vIOMMU its IOVA is translated. */
+  private logGpa(addr: number): number {
     const io = this.view.iommu;
-    return io && io.translate(q.used, 1, MAP_WRITE, false) ? io.hit.gpa : q.used;
+    return io && io.translate(addr, 1, DMA_WRITE, false) ? io.hit.gpa : addr;
   }
 
   /** The control queue's used-ring writes go to the dirty log while there is one. */
   private logCtrlUsed(): void {
-    if (this.ctrlq && this.ctrlQueue) this.ctrlq.setDirtyLog(this.ctrlLog, this.usedLogGpa(this.ctrlQueue));
+    if (this.ctrlq && this.ctrlQueue) this.ctrlq.setDirtyLog(this.ctrlLog, this.ringLogGpa(this.ctrlQueue));
   }
 
-  private queueFeatures(features: bigint) {
-    return { eventIdx: has(features, F.EVENT_IDX), indirect: has(features, F.INDIRECT_DESC) };
+  private ringLogGpa(q: ActiveQueue): { desc: number; used: number } {
+    return { desc: this.logGpa(q.desc), used: this.logGpa(q.used) };
   }
 
   /**
-   * Start threads for the active pairs. A restart (the driver changed the number of pairs) resumes each
-   * ring where it stood: every chain a stopped thread took was completed or put back, so the next
-   * available entry is the one after the last used, whose index is in guest memory.
+   * Start threads for the active pairs. A restart (the driver changed the number of pairs, a dirty log
+   * came or went) resumes each ring where its stopped thread left it (every chain that thread took was
+   * used or given back); a ring no thread served yet starts at the beginning.
    */
   private async startDataplane(resume: boolean): Promise<void> {
     const a = this.active;
     if (!a) return;
-    const start = (q: ActiveQueue) => {
-      if (!resume) return 0;
-      const off = dmaContiguous(this.view, q.used + 2, 2, MAP_READ);
-      return off < 0 ? 0 : this.memory.view.getUint16(off, true);
-    };
-    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q), usedLogGpa: this.usedLogGpa(q) }]));
+    if (!resume) this.dataplane.ringStates.clear();
+    const start = (q: ActiveQueue): RingState => this.dataplane.ringStates.get(q.index) ?? RING_START;
+    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, start: start(q), ringLogGpa: this.ringLogGpa(q) }]));
     const pairs: WorkerPair[] = [];
     for (let p = 0; p < this.activePairs; p++) {
       const rx = byIndex.get(2 * p);
@@ -254,18 +231,13 @@ export class VirtioNet implements VirtioDevice {
     const threads = Math.min(this.opts.threads ?? pairs.length, pairs.length);
     const groups: WorkerPair[][] = Array.from({ length: threads }, () => []);
     pairs.forEach((p, i) => groups[i % threads].push(p));
-    const features = a.features;
-    const guestTso = has(features, F.GUEST_TSO4) || has(features, F.GUEST_TSO6);
     this.threadsStarted = Math.max(this.threadsStarted, threads);
     await this.dataplane.start(
       {
         memory: this.memory.buffer,
         table: this.memory.table.toJSON(),
         driverModule: this.opts.driver.module,
-        ...this.queueFeatures(features),
-        mergeable: has(features, F.MRG_RXBUF),
-        maxRxFrame: guestTso ? 65535 + 14 + 4 : this.opts.driver.caps.mtu + 14 + 4,
-        txPolicy: txPolicy(features),
+        ...netDataplaneFeatures(a.features, this.opts.driver.caps),
         filter: this.filter.buffer,
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,

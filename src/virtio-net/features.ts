@@ -1,4 +1,11 @@
-// virtio-net feature bits (linux/virtio_net.h) and the transport bits the device offers.
+// virtio-net feature bits (linux/virtio_net.h), the feature offer made from what a driver can honour,
+// and what the negotiated features mean for the dataplane: one source for the virtio-pci device
+// (src/virtio-net/device.ts) and the vhost-user backend (src/vhost-user/backend.ts).
+import type { DriverCapabilities } from '../drivers/api.js';
+import { FRAME_OVERHEAD, MAX_GSO_FRAME, type TxPolicy } from '../dataplane/net-header.js';
+import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
+import type { QueueFeatures } from '../virtio/virtqueue.js';
+
 export const F = {
   CSUM: 0,
   GUEST_CSUM: 1,
@@ -17,10 +24,61 @@ export const F = {
   MQ: 22,
   CTRL_MAC_ADDR: 23,
   // transport
-  INDIRECT_DESC: 28,
-  EVENT_IDX: 29,
-  VERSION_1: 32,
+  INDIRECT_DESC: VIRTIO_F_INDIRECT_DESC,
+  EVENT_IDX: VIRTIO_F_EVENT_IDX,
+  VERSION_1: VIRTIO_F_VERSION_1,
+  ACCESS_PLATFORM: VIRTIO_F_ACCESS_PLATFORM,
+  RING_PACKED: VIRTIO_F_RING_PACKED,
+  IN_ORDER: VIRTIO_F_IN_ORDER,
 } as const;
 
 export const bit = (n: number): bigint => 1n << BigInt(n);
 export const has = (features: bigint, n: number): boolean => (features & bit(n)) !== 0n;
+
+/**
+ * The features a virtio-net device offers over a driver with capabilities `caps`: the transport and
+ * data-path bits every device has, MQ for more than one pair, and only the offloads the driver
+ * honours (TX offloads need it to checksum/segment, RX ones to take partial checksums and GSO frames).
+ * Device-model extras (MAC, the control queue...) and transport extras (vhost-user's) are the caller's.
+ * Packed rings are not offered yet.
+ */
+export function netFeatureOffer(caps: Pick<DriverCapabilities, 'offloads'>, queuePairs: number): bigint {
+  const o = caps.offloads;
+  let f = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC) | bit(F.MRG_RXBUF);
+  if (queuePairs > 1) f |= bit(F.MQ);
+  if (o.txCsum) {
+    f |= bit(F.CSUM);
+    if (o.txTso4) f |= bit(F.HOST_TSO4);
+    if (o.txTso6) f |= bit(F.HOST_TSO6);
+    if (o.txTsoEcn && (o.txTso4 || o.txTso6)) f |= bit(F.HOST_ECN);
+  }
+  if (o.rxCsum) {
+    f |= bit(F.GUEST_CSUM);
+    if (o.rxTso4) f |= bit(F.GUEST_TSO4);
+    if (o.rxTso6) f |= bit(F.GUEST_TSO6);
+    if (o.rxTsoEcn && (o.rxTso4 || o.rxTso6)) f |= bit(F.GUEST_ECN);
+  }
+  return f;
+}
+
+/** Which TX offloads the negotiated features allow the guest to ask for. */
+export function txPolicy(features: bigint): TxPolicy {
+  return { csum: has(features, F.CSUM), tso4: has(features, F.HOST_TSO4), tso6: has(features, F.HOST_TSO6), ecn: has(features, F.HOST_ECN) };
+}
+
+/** The queue layout and checks the negotiated features ask for. */
+export function queueFeatures(features: bigint): Required<QueueFeatures> {
+  return { eventIdx: has(features, F.EVENT_IDX), indirect: has(features, F.INDIRECT_DESC), packed: has(features, F.RING_PACKED), inOrder: has(features, F.IN_ORDER) };
+}
+
+/** What the negotiated features mean for the net dataplane threads (the per-device part of their configuration). */
+export function netDataplaneFeatures(features: bigint, caps: Pick<DriverCapabilities, 'mtu'>) {
+  const guestTso = has(features, F.GUEST_TSO4) || has(features, F.GUEST_TSO6);
+  return {
+    ...queueFeatures(features),
+    mergeable: has(features, F.MRG_RXBUF),
+    // the guest takes GSO frames: its buffers (or, with MRG_RXBUF, several) must hold the largest
+    maxRxFrame: guestTso ? MAX_GSO_FRAME : caps.mtu + FRAME_OVERHEAD,
+    txPolicy: txPolicy(features),
+  };
+}

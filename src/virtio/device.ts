@@ -1,6 +1,6 @@
 // What a virtio device model provides to a transport (virtio-pci here; vhost-user feeds the same
 // dataplane by other means), and what the transport hands it when the driver sets DRIVER_OK.
-import type { QueueConfig } from './queue.js';
+import type { QueueConfig } from './virtqueue.js';
 
 export const STATUS = {
   ACKNOWLEDGE: 1,
@@ -14,6 +14,10 @@ export const STATUS = {
 export const VIRTIO_F_VERSION_1 = 32;
 export const VIRTIO_F_INDIRECT_DESC = 28;
 export const VIRTIO_F_EVENT_IDX = 29;
+/** the device's addresses go through the platform's IOMMU (they are IOVAs) */
+export const VIRTIO_F_ACCESS_PLATFORM = 33;
+export const VIRTIO_F_RING_PACKED = 34;
+export const VIRTIO_F_IN_ORDER = 35;
 
 export interface ActiveQueue extends QueueConfig {
   index: number;

@@ -3,7 +3,7 @@
 // received frames — so the migration source re-sends pages the dataplane changed behind the vCPUs'
 // (or the frontend's) back. The bitmap is shared memory (the vhost-user frontend's log fd, or the
 // VMM's own); bits are set with an atomic OR because the frontend clears them concurrently.
-import type { MemoryRegion } from '../vmm/memory.js';
+import type { GuestRegion } from './dma.js';
 
 export const LOG_PAGE_SHIFT = 12;
 
@@ -22,9 +22,9 @@ export class DirtyLog {
   /** pages the log covers (writes beyond it are not logged: the frontend sized it for its memory) */
   private readonly pages: number;
   /** regions by buffer offset, to turn an offset back into a guest-physical address */
-  private readonly byOffset: MemoryRegion[];
+  private readonly byOffset: GuestRegion[];
 
-  constructor(area: DirtyLogArea, regions: readonly MemoryRegion[]) {
+  constructor(area: DirtyLogArea, regions: readonly GuestRegion[]) {
     this.bits = new Uint8Array(area.buffer, area.offset, area.size);
     this.copy = area.copy && new Uint8Array(area.copy);
     this.pages = area.size * 8;

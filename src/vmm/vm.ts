@@ -20,7 +20,7 @@ import { createDriver } from '../drivers/registry.js';
 import { VirtioIommu } from '../viommu/device.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { VirtioNet, parseMac } from '../virtio-net/device.js';
-import { VirtioPciDevice } from '../virtio/pci-transport.js';
+import { VirtioPciDevice } from './devices/virtio-pci.js';
 import { PCI_CMD_MEM, PCI_CMD_MASTER } from './devices/pci.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Uart8250 } from './devices/uart8250.js';

@@ -1,7 +1,8 @@
 // A virtio split-ring *driver* in plain memory, to drive the device-side queue in unit tests the way a
 // guest would (and the way a hostile guest would, by writing raw descriptors).
 import { MemoryTable } from '../../src/vmm/memory.js';
-import { guestView, type GuestView, type QueueConfig } from '../../src/virtio/queue.js';
+import { guestView, type GuestView } from '../../src/virtio/dma.js';
+import type { QueueConfig } from '../../src/virtio/virtqueue.js';
 
 export const F_NEXT = 1;
 export const F_WRITE = 2;
@@ -72,6 +73,18 @@ export class TestDriver {
     this.nextDesc = (head + bufs.length) % this.size;
     this.publish(head);
     return head;
+  }
+  /** Make a chain of raw descriptors available (NEXT links each to the following one). Returns its head. */
+  raw(descs: Array<{ addr: number; len: number; flags: number }>): number {
+    const head = this.nextDesc;
+    descs.forEach((d, k) => this.writeDesc((head + k) % this.size, d.addr, d.len, d.flags, (head + k + 1) % this.size));
+    this.nextDesc = (head + descs.length) % this.size;
+    this.publish(head);
+    return head;
+  }
+  /** Entry `k` of an indirect table (NEXT, if in `flags`, links it to entry k + 1). */
+  writeTableEntry(table: number, k: number, addr: number, len: number, flags: number): void {
+    this.writeDesc(k, addr, len, flags, k + 1, table);
   }
   /** Add one indirect descriptor pointing at a table holding `bufs`. */
   addIndirect(bufs: Array<{ addr: number; len: number; write?: boolean }>): number {

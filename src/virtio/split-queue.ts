@@ -1,121 +1,24 @@
 // Split virtqueue (virtio 1.x §2.7), device side, over guest memory shared as one SharedArrayBuffer.
-//
-// Every guest-controlled value is checked before use: ring placement, available index, descriptor
-// index, chain length (bounded by the table size, so loops end), buffer addresses and lengths (each
-// buffer must lie wholly in guest RAM), indirect tables (only when negotiated, never nested, never
-// combined with NEXT, a whole number of descriptors), and readable-before-writable order. A violation
-// marks the queue broken: it stops processing and the device reports DEVICE_NEEDS_RESET. Nothing here
-// throws on guest input, and nothing reads or writes outside guest RAM.
+// The guest-input contract is Virtqueue's (src/virtio/virtqueue.ts). Split specifics checked here: ring
+// placement and alignment, a power-of-two size, the available index (it may not run more than a ring
+// ahead of us), head and next indices within their table.
 //
 // Ordering: the available index is read with Atomics.load and the used index published with
 // Atomics.store; in the JavaScript memory model these are sequentially consistent, so descriptor reads
 // follow the index read and used-element writes precede the index write, as the spec's barriers require.
 
-import type { MemoryTable } from '../vmm/memory.js';
 import type { DirtyLog } from './dirty-log.js';
-import { MAP_READ, MAP_WRITE, type IommuReader } from '../viommu/table.js';
+import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
+import { Chain, IOMMU_EXTRA_PIECES, le32, type BrokenReason, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from './virtqueue.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
 export const VIRTQ_DESC_F_INDIRECT = 4;
 export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
-export const MAX_QUEUE_SIZE = 32768;
-/** pieces a chain may have beyond one per descriptor when buffers cross IOMMU mappings */
-export const IOMMU_EXTRA_PIECES = 256;
 
-/**
- * What a queue needs to know about guest memory: bytes, aligned views of them, the table, and — when
- * the device sits behind the vIOMMU (VIRTIO_F_ACCESS_PLATFORM) — the translation of its addresses.
- */
-export interface GuestView {
-  u8: Uint8Array;
-  u16: Uint16Array;
-  u32: Uint32Array;
-  table: MemoryTable;
-  iommu?: IommuReader;
-}
-
-export function guestView(buffer: SharedArrayBuffer, table: MemoryTable, iommu?: IommuReader): GuestView {
-  return { u8: new Uint8Array(buffer), u16: new Uint16Array(buffer), u32: new Uint32Array(buffer), table, iommu };
-}
-
-/**
- * Offset in guest memory of the device-visible range [addr, addr+len) that must be contiguous (a ring,
- * an indirect table); -1 when it is not RAM, not mapped for `access`, or not contiguous behind the
- * IOMMU.
- */
-export function dmaContiguous(mem: GuestView, addr: number, len: number, access: number): number {
-  const io = mem.iommu;
-  if (!io) return mem.table.translate(addr, len);
-  let first = -1;
-  let next = -1;
-  for (let done = 0; done < len; ) {
-    if (!io.translate(addr + done, len - done, access as 1 | 2)) return -1;
-    const piece = io.hit.len;
-    const off = mem.table.translate(io.hit.gpa, piece);
-    if (off < 0 || (next >= 0 && off !== next)) return -1;
-    if (first < 0) first = off;
-    next = off + piece;
-    done += piece;
-  }
-  return first;
-}
-
-/** Ring addresses and size as the driver programmed them (guest-physical). */
-export interface QueueConfig {
-  size: number;
-  desc: number;
-  avail: number;
-  used: number;
-}
-
-export interface QueueFeatures {
-  eventIdx: boolean;
-  indirect: boolean;
-}
-
-/**
- * One descriptor chain, in reusable storage (no allocation per chain). Buffers are [offset, len] in the
- * guest-memory SharedArrayBuffer; readable ones come first.
- */
-export class Chain {
-  head = 0;
-  count = 0;
-  readable = 0;
-  readableBytes = 0;
-  writableBytes = 0;
-  readonly offsets: Float64Array;
-  readonly lens: Uint32Array;
-  constructor(capacity: number) {
-    this.offsets = new Float64Array(capacity);
-    this.lens = new Uint32Array(capacity);
-  }
-  get writable(): number {
-    return this.count - this.readable;
-  }
-}
-
-export type BrokenReason =
-  | 'ring outside guest memory'
-  | 'ring misaligned'
-  | 'bad queue size'
-  | 'available index jumped'
-  | 'descriptor index out of range'
-  | 'descriptor chain too long'
-  | 'buffer outside guest memory'
-  | 'indirect descriptor not negotiated'
-  | 'nested indirect table'
-  | 'indirect with next'
-  | 'bad indirect table size'
-  | 'readable after writable'
-  | 'used ring overflow'
-  | 'device-readable receive buffer'
-  | 'receive buffer too small for the header'
-  | 'receive buffer too small for any frame'
-  | 'IOMMU fault';
-
-export class SplitQueue {
+export class SplitQueue implements Virtqueue {
+  readonly layout = 'split';
   readonly size: number;
   /** buffer offsets of the three areas (element arrays indexed directly; behind the IOMMU they are
    * looked up again whenever its mappings change: remapRings) */
@@ -150,9 +53,9 @@ export class SplitQueue {
     if (!Number.isInteger(n) || n < 1 || n > maxSize || (n & (n - 1)) !== 0) return 'bad queue size';
     if (cfg.desc % 16 || cfg.avail % 2 || cfg.used % 4) return 'ring misaligned';
     const evt = features.eventIdx ? 2 : 0;
-    const desc = dmaContiguous(mem, cfg.desc, 16 * n, MAP_READ);
-    const avail = dmaContiguous(mem, cfg.avail, 4 + 2 * n + evt, MAP_READ);
-    const used = dmaContiguous(mem, cfg.used, 4 + 8 * n + evt, MAP_WRITE);
+    const desc = dmaContiguous(mem, cfg.desc, 16 * n, DMA_READ);
+    const avail = dmaContiguous(mem, cfg.avail, 4 + 2 * n + evt, DMA_READ);
+    const used = dmaContiguous(mem, cfg.used, 4 + 8 * n + evt, DMA_WRITE);
     if (desc < 0 || avail < 0 || used < 0) return mem.iommu ? 'IOMMU fault' : 'ring outside guest memory';
     const q = new SplitQueue(mem, n, desc, avail, used, features);
     q.cfg = cfg;
@@ -169,9 +72,9 @@ export class SplitQueue {
     this.stalled = this.stallSignalled = false;
     const evt = this.features.eventIdx ? 2 : 0;
     const n = this.size;
-    const desc = dmaContiguous(this.mem, cfg.desc, 16 * n, MAP_READ);
-    const avail = dmaContiguous(this.mem, cfg.avail, 4 + 2 * n + evt, MAP_READ);
-    const used = dmaContiguous(this.mem, cfg.used, 4 + 8 * n + evt, MAP_WRITE);
+    const desc = dmaContiguous(this.mem, cfg.desc, 16 * n, DMA_READ);
+    const avail = dmaContiguous(this.mem, cfg.avail, 4 + 2 * n + evt, DMA_READ);
+    const used = dmaContiguous(this.mem, cfg.used, 4 + 8 * n + evt, DMA_WRITE);
     if (desc < 0 || avail < 0 || used < 0) {
       if (this.missesWait) this.stalled = true;
       else this.broken = 'IOMMU fault';
@@ -194,26 +97,30 @@ export class SplitQueue {
     this.descOff = descOff;
     this.availOff = availOff;
     this.usedOff = usedOff;
+    this.chain = this.newChain();
+  }
+
+  newChain(): Chain {
     // a chain has fewer than `size` direct descriptors and then at most one indirect table, which we
     // bound by the queue size too: 2 * size buffers at most; behind an IOMMU a buffer may cross
     // mappings and become several pieces: room for that too (more breaks the queue)
-    this.chain = new Chain(2 * size + (mem.iommu ? IOMMU_EXTRA_PIECES : 0));
+    return new Chain(2 * this.size + (this.mem.iommu ? IOMMU_EXTRA_PIECES : 0));
   }
 
   /** Restore ring positions (device reset keeps none; migration and vhost-user restore them). */
-  setIndices(lastAvail: number, usedIdx: number): void {
-    this.lastAvail = lastAvail & 0xffff;
-    this.usedIdx = this.publishedUsed = this.signalledUsed = usedIdx & 0xffff;
+  setState(s: RingState): void {
+    this.lastAvail = s.nextAvail & 0xffff;
+    this.usedIdx = this.publishedUsed = this.signalledUsed = s.nextUsed & 0xffff;
   }
 
-  /** Log used-ring writes from now on (`usedLogGpa`: where the used ring is, for the log). */
-  setDirtyLog(log: DirtyLog | undefined, usedLogGpa: number): void {
+  getState(): RingState {
+    return { nextAvail: this.lastAvail, nextUsed: this.usedIdx, availWrap: true, usedWrap: true };
+  }
+
+  /** Log used-ring writes from now on (`ring.used`: where the used ring is, for the log). */
+  setDirtyLog(log: DirtyLog | undefined, ring: { desc: number; used: number }): void {
     this.log = log;
-    this.usedLogGpa = usedLogGpa;
-  }
-
-  get nextAvail(): number {
-    return this.lastAvail;
+    this.usedLogGpa = ring.used;
   }
 
   private availIdx(): number {
@@ -243,10 +150,10 @@ export class SplitQueue {
   }
 
   /**
-   * Take the next available chain into `this.chain`. Returns false when there is none or the queue
+   * Take the next available chain into `into` (default: `this.chain`). Returns false when there is none or the queue
    * broke on it (check `broken`).
    */
-  pop(): boolean {
+  pop(into: Chain = this.chain): boolean {
     if (this.pending() === 0) return false;
     const mem = this.mem;
     const head = mem.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
@@ -254,18 +161,13 @@ export class SplitQueue {
     this.popStart = this.lastAvail;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
 
-    const c = this.chain;
-    c.head = head;
-    c.count = 0;
-    c.readable = 0;
-    c.readableBytes = 0;
-    c.writableBytes = 0;
+    const c = into;
+    c.reset(head);
     let tableOff = this.descOff;
     let tableLen = this.size;
     let indirect = false;
     let i = head;
     let seen = 0;
-    let sawWritable = false;
     for (;;) {
       if (++seen > tableLen) return this.fail('descriptor chain too long');
       this.readDesc(tableOff + i * 16);
@@ -279,7 +181,7 @@ export class SplitQueue {
         if (flags & VIRTQ_DESC_F_NEXT) return this.fail('indirect with next');
         if (len === 0 || len % 16 || len / 16 > this.size) return this.fail('bad indirect table size');
         // (the spec asks no alignment of an indirect table: readDesc reads one anywhere)
-        const off = dmaContiguous(mem, addr, len, MAP_READ);
+        const off = dmaContiguous(mem, addr, len, DMA_READ);
         if (off < 0) return this.fail(mem.iommu ? 'IOMMU fault' : 'buffer outside guest memory');
         indirect = true;
         tableOff = off;
@@ -288,53 +190,12 @@ export class SplitQueue {
         seen = 0;
         continue;
       }
-      const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-      if (writable) {
-        sawWritable = true;
-        c.writableBytes += len;
-      } else {
-        if (sawWritable) return this.fail('readable after writable');
-        c.readableBytes += len;
-      }
-      const before = c.count;
-      if (mem.iommu) {
-        if (!this.pieces(addr, len, writable ? MAP_WRITE : MAP_READ)) return false;
-      } else {
-        const off = mem.table.translate(addr, len);
-        if (off < 0) return this.fail('buffer outside guest memory');
-        if (c.count >= c.offsets.length) return this.fail('descriptor chain too long');
-        c.offsets[c.count] = off;
-        c.lens[c.count] = len;
-        c.count++;
-      }
-      if (!writable) c.readable += c.count - before;
+      const bad = c.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (bad) return this.fail(bad);
       if (!(flags & VIRTQ_DESC_F_NEXT)) return true;
       i = next;
       if (i >= tableLen) return this.fail('descriptor index out of range');
     }
-  }
-
-  /**
-   * Behind the IOMMU: append the pieces of [addr, addr+len) (one per mapping it crosses). A
-   * zero-length buffer is translated too (one empty piece): its address is an IOVA like any other,
-   * and must be mapped for the access, as without the IOMMU it must lie in RAM.
-   */
-  private pieces(addr: number, len: number, access: 1 | 2): boolean {
-    const c = this.chain;
-    const io = this.mem.iommu!;
-    let done = 0;
-    do {
-      if (!io.translate(addr + done, len - done, access)) return this.fail('IOMMU fault');
-      const piece = io.hit.len;
-      const off = this.mem.table.translate(io.hit.gpa, piece);
-      if (off < 0) return this.fail('buffer outside guest memory');
-      if (c.count >= c.offsets.length) return this.fail('descriptor chain too long');
-      c.offsets[c.count] = off;
-      c.lens[c.count] = piece;
-      c.count++;
-      done += piece;
-    } while (done < len);
-    return true;
   }
 
   /** the fields of the descriptor readDesc() read last (each read from guest memory once) */
@@ -370,9 +231,9 @@ export class SplitQueue {
     this.broken ??= reason;
   }
 
-  /** Put back the chain just popped (no buffer for it yet, e.g. RX with nothing to receive). */
-  unpop(): void {
-    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+  /** Give back the last `n` chains popped (each took one available entry). */
+  rewind(n: number): void {
+    this.lastAvail = (this.lastAvail - n) & 0xffff;
   }
 
   /** Record a used element; published to the guest by flush(). */
@@ -430,9 +291,4 @@ export class SplitQueue {
       if (this.log !== undefined) this.log.markGpa(this.usedLogGpa, 2);
     }
   }
-}
-
-/** A little-endian 32-bit value at any byte offset. */
-function le32(u8: Uint8Array, at: number): number {
-  return (u8[at] | (u8[at + 1] << 8) | (u8[at + 2] << 16) | (u8[at + 3] << 24)) >>> 0;
 }

@@ -3,12 +3,12 @@
 // MSI-X table. Queue notifications are KVM ioeventfds and MSI-X vectors are irqfds through GSI routes,
 // so on the data path neither kicks nor interrupts pass through a vCPU exit or this thread. Register
 // accesses (the slow path) arrive here on vCPU exits.
-import { native, EFD_NONBLOCK } from '../native.js';
-import type { Bus, BusDevice } from '../vmm/bus.js';
-import type { VmFd } from '../vmm/kvm.js';
-import type { GsiRouter } from '../vmm/irq-routing.js';
-import { PciConfigSpace, type PciDevice } from '../vmm/devices/pci.js';
-import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from './device.js';
+import { native, ONE, EFD_NONBLOCK } from '../../native.js';
+import type { Bus, BusDevice } from '../bus.js';
+import type { VmFd } from '../kvm.js';
+import type { GsiRouter } from '../irq-routing.js';
+import { PciConfigSpace, type PciDevice } from './pci.js';
+import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from '../../virtio/device.js';
 
 export interface PciPlatform {
   mmio: Bus;
@@ -444,7 +444,6 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   }
 }
 
-const ONE = new BigUint64Array([1n]);
 const SCRATCH = new BigUint64Array(1);
 
 function half(v: number, offsetInField: number): number {

@@ -2,9 +2,12 @@
 // The guest writes the TX header: every field is checked against what was negotiated and the packet,
 // and a packet whose header does not hold up is dropped (virtio 1.x §5.1.6.2.2), not passed on.
 import { META, META_NEEDS_CSUM, META_CSUM_VALID, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_ECN } from '../drivers/api.js';
-import { F, has } from './features.js';
 
 export const NET_HDR_LEN = 12;
+/** the largest frame a GSO packet makes: 64 KiB of IP packet, an Ethernet header and a VLAN tag */
+export const MAX_GSO_FRAME = 65535 + 14 + 4;
+/** Ethernet header and VLAN tag: what a frame holds beyond its MTU-sized packet */
+export const FRAME_OVERHEAD = 14 + 4;
 export const HDR_F_NEEDS_CSUM = 1;
 export const HDR_F_DATA_VALID = 2;
 
@@ -14,10 +17,6 @@ export interface TxPolicy {
   tso4: boolean;
   tso6: boolean;
   ecn: boolean;
-}
-
-export function txPolicy(features: bigint): TxPolicy {
-  return { csum: has(features, F.CSUM), tso4: has(features, F.HOST_TSO4), tso6: has(features, F.HOST_TSO6), ecn: has(features, F.HOST_ECN) };
 }
 
 /**

@@ -61,9 +61,14 @@ export interface DataplaneWorkerData {
 
 /** how long a queue stalled on an IOTLB miss waits for the update before it tries again (ms) */
 const STALL_RETRY_MS = 200;
+/** how long a queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
+const BLOCKED_RETRY_MS = 1;
 /** packets per queue per pass */
 export const PASS_BUDGET = 256;
 const EPOLL_CTL_MOD = 3;
+const EPOLLOUT = 4;
+const EPOLLERR = 8;
+const EPOLLHUP = 16;
 
 const d = workerData as DataplaneWorkerData;
 const ONE = new BigUint64Array([1n]);
@@ -126,20 +131,23 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
   // epoll data: 0 = wake; for pair i: 1 + 3i = TX kick, 2 + 3i = RX kick, 3 + 3i = driver readable
   const ep = native.epollCreate();
   native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
-  const driverArmed: boolean[] = [];
+  /** per pair: the events its driver's fd is watched for */
+  const driverEvents: number[] = [];
   pairs.forEach((p, i) => {
     if (d.pairs[i].tx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].tx.kickFd, EPOLLIN, 1 + 3 * i);
     if (d.pairs[i].rx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].rx.kickFd, EPOLLIN, 2 + 3 * i);
     if (p.driver.pollFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, p.driver.pollFd, EPOLLIN, 3 + 3 * i);
-    driverArmed.push(true);
+    driverEvents.push(EPOLLIN);
   });
-  // A driver fd stays in epoll only while the RX ring has buffers: otherwise a level-triggered
-  // readable fd would wake us for frames we cannot place.
-  const armDriver = (i: number, on: boolean) => {
-    const fd = pairs[i].driver.pollFd;
-    if (fd < 0 || driverArmed[i] === on) return;
-    native.epollCtl(ep, EPOLL_CTL_MOD, fd, on ? EPOLLIN : 0, 3 + 3 * i);
-    driverArmed[i] = on;
+  // A driver fd is watched for readable only while the RX ring has buffers (otherwise a level-triggered
+  // readable fd would wake us for frames we cannot place), and for writable only while TX waits for
+  // the driver to take more (a writable fd almost always is).
+  const armDriver = (i: number, rx: boolean) => {
+    const p = pairs[i];
+    const want = (rx ? EPOLLIN : 0) | (p.txBlocked ? EPOLLOUT : 0);
+    if (p.driver.pollFd < 0 || driverEvents[i] === want) return;
+    native.epollCtl(ep, EPOLL_CTL_MOD, p.driver.pollFd, want, 3 + 3 * i);
+    driverEvents[i] = want;
   };
 
   const events = new Uint32Array(3 * 64);
@@ -177,7 +185,8 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     const polling = busyNs > 0n && process.hrtime.bigint() - lastWork < busyNs;
     if (!polling) {
       for (const p of pairs) {
-        p.txq.setKicks(true);
+        // (a TX queue waiting for its driver is not looked at: its kicks would only wake us)
+        p.txq.setKicks(!p.txBlocked);
         p.rxq.setKicks(true, p.starved);
       }
     }
@@ -185,7 +194,7 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes)
     let anyPending = false;
     pairs.forEach((p, i) => {
-      if (p.txq.pending() > 0) anyPending = true;
+      if (!p.txBlocked && p.txq.pending() > 0) anyPending = true;
       if (p.starved ? p.rxq.pending() > p.starvedPending : p.rxq.pending() > 0) {
         armDriver(i, true);
         // a driver without an fd (one that generates frames) cannot wake us: receive buffers are work
@@ -204,7 +213,12 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     // have been lost, or refused): it then misses again and the question is asked again
     let stalled = false;
     if (d.iommu?.missesWait) for (const q of queues) stalled ||= q.stalled;
-    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, sleeping ? (stalled ? STALL_RETRY_MS : -1) : 0);
+    // a TX queue whose driver has no fd to wait on tries again after a while
+    let blindWait = false;
+    for (const p of pairs) blindWait ||= p.txBlocked && p.driver.pollFd < 0;
+    const timeout = !sleeping ? 0 : blindWait ? BLOCKED_RETRY_MS : stalled ? STALL_RETRY_MS : -1;
+    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, timeout);
+    if (blindWait) for (const p of pairs) if (p.driver.pollFd < 0) p.txBlocked = false;
     const moved = iommu?.enter();
     if (moved || (stalled && n === 0)) remapAll();
     for (let k = 0; k < n; k++) {
@@ -218,6 +232,9 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
       if (kind === 0 || kind === 1) {
         native.read(kind === 0 ? d.pairs[i].tx.kickFd : d.pairs[i].rx.kickFd, counter);
         kickStats[i][kind][STAT.KICKS]++;
+      } else if (events[3 * k] & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        // the driver can take packets again (or its fd failed: transmit finds out and says so)
+        pairs[i].txBlocked = false;
       }
     }
     if (!polling && busyNs === 0n) {

@@ -153,11 +153,11 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
   const events = new Uint32Array(3 * 64);
   const counter = new BigUint64Array(1);
   const brokenReported = new Set<number>();
-  port.postMessage({ type: 'ready' });
-
   // while paused, only the wake eventfd can wake us
   const wakeOnly = native.epollCreate();
   native.epollCtl(wakeOnly, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
+  // (our epoll descriptors are closed by the main thread once we have exited, however we end)
+  port.postMessage({ type: 'ready', fds: [ep, wakeOnly] });
   const pauseIfAsked = () => {
     if (!Atomics.load(d.control, CONTROL_PAUSE)) return;
     iommu?.idle();
@@ -271,8 +271,6 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     }
     if (work > 0) lastWork = process.hrtime.bigint();
   }
-  native.close(ep);
-  native.close(wakeOnly);
   for (const p of pairs) p.driver.close();
 }
 

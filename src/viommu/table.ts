@@ -231,22 +231,68 @@ export class IommuTable {
    * thread that is not scheduled for a while on a loaded host is slow, not gone; one that ends marks
    * itself idle. `onSlow` hears of a wait past `slowMs` twice: once it passes it (which thread, for how
    * long so far, `done` false), and when it ends (how long in all, `done` true).
+   *
+   * A thread that stays behind past `stuck.limitMs` is stuck (a plugin driver that never returns), not
+   * slow: `stuck.onStuck` is told once per such thread, and the wait goes on until whoever owns that
+   * thread has ended it and released its slot (`releaseThreadSlot`): the guarantee holds, the harm is
+   * bounded by the limit.
    */
-  quiescentSync(generation: number, onSlow?: SlowWait, slowMs = 1000): void {
+  quiescentSync(generation: number, onSlow?: SlowWait, slowMs = 1000, stuck?: StuckPolicy): void {
     const start = Date.now();
     let slowThread = -1;
     for (let t = 0; t < this.threads; t++) {
+      let told = false;
       for (;;) {
         const g = Atomics.load(this.v.i32, THREADS_AT + t);
         if (g === 0 || g >= generation) break;
-        if (slowThread < 0 && onSlow && Date.now() - start > slowMs) {
+        const ms = Date.now() - start;
+        if (slowThread < 0 && onSlow && ms > slowMs) {
           slowThread = t;
-          onSlow(t, Date.now() - start, false);
+          onSlow(t, ms, false);
+        }
+        if (stuck && !told && ms > stuck.limitMs) {
+          told = true;
+          stuck.onStuck(t, ms);
         }
         Atomics.wait(this.v.i32, THREADS_AT + t, g, 1);
       }
     }
     if (slowThread >= 0) onSlow!(slowThread, Date.now() - start, true);
+  }
+
+  /**
+   * quiescentSync for a thread that must keep its event loop (the vhost-user control loop): waits
+   * without blocking it once a first few milliseconds have passed, and gives up after `limitMs`.
+   * Resolves with the threads still behind then (empty: quiescent); the caller ends those threads and
+   * releases their slots before it acts as if they were idle.
+   */
+  async quiescentAsync(generation: number, limitMs: number, onSlow?: SlowWait, slowMs = 1000): Promise<number[]> {
+    const start = Date.now();
+    let slowThread = -1;
+    const behind: number[] = [];
+    for (let t = 0; t < this.threads; t++) {
+      for (;;) {
+        const g = Atomics.load(this.v.i32, THREADS_AT + t);
+        if (g === 0 || g >= generation) break;
+        const ms = Date.now() - start;
+        if (ms > limitMs) {
+          behind.push(t);
+          break;
+        }
+        if (slowThread < 0 && onSlow && ms > slowMs) {
+          slowThread = t;
+          onSlow(t, ms, false);
+        }
+        // (a busy thread moves on within microseconds: that wait blocks; a longer one yields)
+        if (ms < SYNC_WAIT_MS) Atomics.wait(this.v.i32, THREADS_AT + t, g, 1);
+        else {
+          const w = Atomics.waitAsync(this.v.i32, THREADS_AT + t, g, Math.min(50, limitMs - ms + 1));
+          if (w.async) await w.value;
+        }
+      }
+    }
+    if (slowThread >= 0) onSlow!(slowThread, Date.now() - start, true);
+    return behind;
   }
 
   /** Faults recorded since the start. */
@@ -282,6 +328,37 @@ export class IommuTable {
 
 /** Told of a quiescence wait past its `slowMs`: as it passes it (`done` false), and when it ends. */
 export type SlowWait = (thread: number, ms: number, done: boolean) => void;
+
+/** What quiescentSync does about a thread behind for longer than `limitMs`: tells `onStuck`, once. */
+export interface StuckPolicy {
+  limitMs: number;
+  onStuck(thread: number, ms: number): void;
+}
+
+/** how long quiescentAsync blocks before it waits without blocking */
+const SYNC_WAIT_MS = 20;
+
+/**
+ * How long a dataplane thread may keep an UNMAP, an IOTLB invalidation or a stop waiting before it is
+ * taken for stuck and ended (TSVMM_STUCK_THREAD_MS). 10 s by default: a thread that is merely slow must
+ * never be ended (its device breaks), and inside the emulated L1 of this project's tests waits of
+ * about 1.3 s were seen for threads that were only not scheduled; a thread stuck in a plugin driver
+ * holds the guest's or the frontend's request that long at most.
+ */
+export function stuckThreadMs(): number {
+  const v = Number(process.env.TSVMM_STUCK_THREAD_MS);
+  return Number.isFinite(v) && v > 0 ? v : 10_000;
+}
+
+/**
+ * The thread that used `slot` of the table in `buffer` has exited (it was ended: it could not mark
+ * itself idle): it holds no translation. A quiescence wait for it ends.
+ */
+export function releaseThreadSlot(buffer: SharedArrayBuffer, slot: number): void {
+  const i32 = new Int32Array(buffer, 0, THREADS_AT + MAX_THREADS);
+  Atomics.store(i32, THREADS_AT + slot, 0);
+  Atomics.notify(i32, THREADS_AT + slot);
+}
 
 /**
  * An `onSlow` for quiescentSync that says so on stderr (`who`: which device waited): that it waits, and

@@ -16,6 +16,8 @@ export interface CliOptions {
   netns?: string;
   /** more arguments (e.g. --stats) */
   args?: string[];
+  /** more environment variables */
+  env?: Record<string, string>;
 }
 
 export class CliBackend {
@@ -34,7 +36,7 @@ export class CliBackend {
     const cmd = [process.execPath, CLI, 'vhost-user', '--socket', this.sock, '--net', net, ...(o.args ?? [])];
     // (ip netns exec execs the command: the child's pid is the backend's)
     if (o.netns) cmd.unshift('ip', 'netns', 'exec', o.netns);
-    this.proc = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...o.env } });
     this.proc.stderr!.setEncoding('utf8');
     this.proc.stderr!.on('data', (s: string) => {
       const parts = (this.partial + s).split('\n');

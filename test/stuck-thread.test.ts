@@ -4,8 +4,17 @@
 // count it, and the backend serves the next frontend. The CLI backend runs as a child process (a
 // backend that blocks must not block the test), with a plugin driver whose transmit never returns.
 import { describe, it, expect, afterEach } from 'vitest';
+import { existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { native, EFD_NONBLOCK } from '../src/native.js';
+import { VirtioIommu, T, S, IOMMU_F } from '../src/viommu/device.js';
+import { VirtioNet } from '../src/virtio-net/device.js';
+import type { GuestMemory } from '../src/vmm/memory.js';
+import type { DriverModule } from '../src/drivers/api.js';
+import { TestDriver, TestMemory } from './helpers/virtq-driver.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 import { TestFrontend } from './helpers/vhost-user-frontend.js';
 import { REQ, F_PROTOCOL_FEATURES, PROTOCOL_F, FLAG_VERSION, FLAG_NEED_REPLY, IOTLB } from '../src/vhost-user/protocol.js';
@@ -154,5 +163,72 @@ describe('a dataplane thread stuck while the vIOMMU unmaps (the table)', () => {
     expect(readerGone).toBe(true);
     expect(said[0]).toMatchObject({ stuck: slot });
     expect(ms).toBeGreaterThanOrEqual(LIMIT_MS);
+  }, 30_000);
+});
+
+describe('a dataplane thread stuck while the guest unmaps (a net device behind the virtio-iommu)', () => {
+  it('completes the UNMAP after the limit, once the device\'s threads have been ended; the device needs a reset', async () => {
+    process.env.TSVMM_STUCK_THREAD_MS = String(LIMIT_MS);
+    const NET = 0x18;
+    const SIZE = 1 << 20;
+    const mem = new TestMemory(SIZE, 0);
+    const memory = { buffer: mem.buffer, table: mem.view.table, view: new DataView(mem.buffer) } as unknown as GuestMemory;
+    const kicks = [0, 1, 2].map(() => native.eventfd(0, EFD_NONBLOCK));
+    const flag = join(tmpdir(), `tsvmm-stuck-${process.pid}`);
+    // the VMM's wiring (Vm): the request thread's "stuck" goes to the device owning that thread
+    const iommu = new VirtioIommu(memory, { endpoints: [NET], thread: true });
+    const driver = ((await import(STUCK_DRIVER)) as DriverModule).create({ flag });
+    const net = new VirtioNet(memory, { driver, mac: new Uint8Array([2, 0, 0, 0, 0, 9]), queuePairs: 1, iommu: { table: iommu.table, endpoint: NET } });
+    iommu.onStuckThread = (slot, ms) => net.endStuckThread(slot, ms);
+    try {
+      const rq = new TestDriver(mem, 64);
+      const eq = new TestDriver(mem, 16);
+      const features = (1n << 32n) | (1n << BigInt(IOMMU_F.MAP_UNMAP));
+      const none = () => {};
+      await iommu.activate({ features, queues: [{ index: 0, ...rq.cfg, kickFd: kicks[0], callFd: -1 }, { index: 1, ...eq.cfg, kickFd: -1, callFd: -1 }], needsReset: none, configChanged: none });
+      /** one request through the request thread; resolves with its status */
+      const send = async (type: number, fields: (v: DataView) => void, len: number): Promise<number> => {
+        const req = mem.alloc(len);
+        const v = new DataView(mem.buffer, req, len);
+        v.setUint8(0, type);
+        fields(v);
+        const out = mem.alloc(4);
+        rq.add([{ addr: req, len }, { addr: out, len: 4, write: true }]);
+        native.write(kicks[0], new BigUint64Array([1n]));
+        for (const end = Date.now() + 5000; Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
+          if (rq.takeUsed().length) return mem.bytes(out, 4)[0];
+        }
+        throw new Error(`request ${type} not completed`);
+      };
+      // the guest: its net device in domain 1, all memory mapped at IOVA = guest-physical
+      expect(await send(T.ATTACH, (v) => (v.setUint32(4, 1, true), v.setUint32(8, NET, true)), 20)).toBe(S.OK);
+      expect(await send(T.MAP, (v) => (v.setUint32(4, 1, true), v.setBigUint64(8, 0n, true), v.setBigUint64(16, BigInt(SIZE - 1), true), v.setBigUint64(24, 0n, true), v.setUint32(32, 3, true)), 36)).toBe(S.OK);
+      const rx = new TestDriver(mem, 64);
+      const tx = new TestDriver(mem, 64);
+      const resets: string[] = [];
+      await net.activate({
+        features: (1n << 32n) | (1n << 33n),
+        queues: [{ index: 0, ...rx.cfg, kickFd: kicks[1], callFd: -1 }, { index: 1, ...tx.cfg, kickFd: kicks[2], callFd: -1 }],
+        needsReset: (r) => resets.push(r),
+        configChanged: none,
+      });
+      // a frame to send: the thread gets stuck in the driver, holding its translations
+      const at = mem.alloc(NET_HDR_LEN + 60);
+      tx.add([{ addr: at, len: NET_HDR_LEN + 60 }]);
+      native.write(kicks[2], new BigUint64Array([1n]));
+      for (let i = 0; i < 500 && !existsSync(flag); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(existsSync(flag)).toBe(true);
+      const t0 = Date.now();
+      expect(await send(T.UNMAP, (v) => (v.setUint32(4, 1, true), v.setBigUint64(8, 0n, true), v.setBigUint64(16, BigInt(SIZE - 1), true)), 28)).toBe(S.OK);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(LIMIT_MS);
+      expect(net.stuckThreads).toBe(1);
+      expect(resets).toEqual([expect.stringMatching(/stuck during an UNMAP/)]);
+    } finally {
+      await net.reset();
+      await iommu.reset();
+      kicks.forEach((fd) => native.close(fd));
+      rmSync(flag, { force: true });
+      delete process.env.TSVMM_STUCK_THREAD_MS;
+    }
   }, 30_000);
 });

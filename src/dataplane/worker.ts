@@ -77,7 +77,8 @@ const port = parentPort!;
 async function main(): Promise<void> {
   const iommu = d.iommu && new IommuReader(d.iommu.buffer, d.iommu.endpoint, d.iommu.slots[d.threadIndex]);
   // however this thread ends (its stop, a broken ring at the start, an exception), it holds no
-  // translation afterwards: an UNMAP waits for it with no time limit
+  // translation afterwards: an UNMAP waits for it as long as it takes (ended from outside, when stuck,
+  // it cannot say so: the main thread releases its slot once it has exited)
   try {
     await serve(iommu);
   } finally {

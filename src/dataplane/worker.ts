@@ -129,7 +129,7 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     );
   }
 
-  // epoll data: 0 = wake; for pair i: 1 + 3i = TX kick, 2 + 3i = RX kick, 3 + 3i = driver readable
+  // epoll data: 0 = wake; for pair i: 1 + 3i = TX kick, 2 + 3i = RX kick, 3 + 3i = driver readable/writable
   const ep = native.epollCreate();
   native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
   /** per pair: the events its driver's fd is watched for */

@@ -157,6 +157,7 @@ export async function main(argv: string[]): Promise<number> {
       mac: formatMac(d.net.mac),
       threads: d.net.threadsStarted,
       broken: d.pci.brokenReason ?? null,
+      stuckThreads: d.net.stuckThreads,
       pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
     }));
     const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count };
@@ -234,7 +235,7 @@ async function vhostUser(argv: string[]): Promise<number> {
   }
   if (values.stats) {
     const pairs = Array.from({ length: Math.min(net.queues ?? 1, driver.caps.queuePairs) }, (_, p) => backend.queueStats(p));
-    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ vhostUser: { connections: server.connections, errors: backend.errors, pairs, iotlb: backend.iotlbCounts } })}\n`);
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ vhostUser: { connections: server.connections, errors: backend.errors, pairs, iotlb: backend.iotlbCounts, stuckThreads: backend.stuckThreads } })}\n`);
   }
   return code;
 }

@@ -6,6 +6,7 @@ import { NetQueuePair } from '../src/dataplane/net-pair.js';
 import { RxFilter } from '../src/dataplane/rx-filter.js';
 import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
 import { txPolicy } from '../src/virtio-net/features.js';
+import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';
@@ -17,9 +18,17 @@ class RecordingDriver implements DriverQueue {
   /** per transmit call: the segment count of each packet */
   readonly sent: number[][] = [];
   frame: Uint8Array | undefined;
-  transmit(b: PacketBatch): number {
+  /** packets one transmit takes before its wire is full (it then sets wouldBlock) */
+  take = Infinity;
+  wouldBlock = false;
+  /** the first byte of each frame taken */
+  readonly taken: number[] = [];
+  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
     this.sent.push(Array.from({ length: b.count }, (_, i) => b.iovStart[i + 1] - b.iovStart[i]));
-    return b.count;
+    const n = Math.min(b.count, this.take);
+    this.wouldBlock = n < b.count;
+    for (let i = 0; i < n; i++) this.taken.push(new Uint8Array(mem)[b.iov[3 * b.iovStart[i] + 1]]);
+    return n;
   }
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     const f = this.frame;
@@ -89,6 +98,33 @@ describe('NetQueuePair transmit', () => {
     expect(driver.sent.map((b) => b.length)).toEqual([5, 1]);
     expect(driver.sent.flat()).toEqual(Array(chains).fill(99));
     expect(tx.takeUsed().map((u) => u.id)).toEqual([0, 1, 2, 3, 4, 5]);
+  });
+
+  it('leaves in the ring, in order, what a driver that would block did not take, and sends it once it can', () => {
+    const { mem, tx, driver, pair, txStats } = setup();
+    const add = (id: number, valid = true) => {
+      const at = mem.alloc(NET_HDR_LEN + 60);
+      mem.bytes(at + NET_HDR_LEN, 60).fill(id);
+      tx.add([{ addr: at, len: NET_HDR_LEN + 60, write: !valid }]);
+    };
+    for (let id = 0; id < 5; id++) add(id);
+    add(5, false); // device-writable: dropped, and it ends the batch before it
+    add(6);
+    add(7);
+    driver.take = 3;
+    expect(pair.processTx(256)).toBe(3);
+    expect(tx.takeUsed().map((u) => u.id)).toEqual([0, 1, 2]);
+    expect(txStats[STAT.WAITS]).toBe(1);
+    expect(txStats[STAT.DROPS]).toBe(0);
+    expect(pair.processTx(256)).toBe(0); // waits for the driver's fd
+    driver.take = Infinity;
+    pair.txBlocked = false;
+    expect(pair.processTx(256)).toBe(5);
+    expect(driver.taken).toEqual([0, 1, 2, 3, 4, 6, 7]);
+    expect(tx.takeUsed().map((u) => u.id)).toEqual([3, 4, 5, 6, 7]);
+    expect(txStats[STAT.DROPS]).toBe(1);
+    expect(txStats[STAT.PACKETS]).toBe(7);
+    expect(txStats[STAT.WAITS]).toBe(1);
   });
 });
 

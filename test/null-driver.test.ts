@@ -61,6 +61,37 @@ describe('null driver', () => {
     used.forEach((u, i) => expect(Buffer.from(fe.mem.bytes(rxBufs[u.id] + NET_HDR_LEN, frames[i].length))).toEqual(Buffer.from(frames[i])));
   });
 
+  it('loop=1 with its held frames full leaves the rest in the guest\'s TX ring until receive drains them', async () => {
+    const { fe, backend } = await connect({ loop: '1' });
+    const send = (from: number, to: number) => {
+      for (let id = from; id < to; id++) {
+        const at = fe.mem.alloc(NET_HDR_LEN + 60);
+        new DataView(fe.mem.buffer).setUint16(at - fe.mem.base + NET_HDR_LEN, id, true);
+        fe.rings[TX].add([{ addr: at, len: NET_HDR_LEN + 60 }]);
+      }
+      fe.kick(TX);
+    };
+    // 512 frames fill what the driver holds (two rings' worth); 100 more must wait
+    send(0, 256);
+    await fe.usedReaches(TX, 256);
+    send(256, 512);
+    await fe.usedReaches(TX, 512);
+    send(512, 612);
+    await sleep(200);
+    expect(fe.mem.dv.getUint16(fe.rings[TX].cfg.used - fe.mem.base + 2, true)).toBe(512);
+    expect(backend.queueStats(0).tx.waits).toBeGreaterThan(0);
+    expect(backend.queueStats(0).tx.drops).toBe(0);
+    // receive buffers drain the held frames, and the waiting ones follow
+    const rxBufs = Array.from({ length: 256 }, () => fe.mem.alloc(2048));
+    for (const b of rxBufs) fe.rings[RX].add([{ addr: b, len: 2048, write: true }]);
+    fe.kick(RX);
+    await fe.usedReaches(RX, 256);
+    await fe.usedReaches(TX, 612);
+    const ids = fe.rings[RX].takeUsed().map((u) => new DataView(fe.mem.buffer).getUint16(rxBufs[u.id] - fe.mem.base + NET_HDR_LEN, true));
+    expect(ids).toEqual(Array.from({ length: 256 }, (_, i) => i));
+    expect(backend.queueStats(0).tx).toMatchObject({ packets: 612, drops: 0 });
+  });
+
   it('generates whole frames of the size asked for, and counts what it discards', async () => {
     const { fe, backend } = await connect({ size: '1000' });
     const buf = fe.mem.alloc(2048);

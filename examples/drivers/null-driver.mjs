@@ -21,8 +21,11 @@ export function create(options) {
 
 export function openQueue() {
   return {
-    pollFd: -1, // nothing to wait for: we never receive
+    pollFd: -1, // nothing to wait for: we never receive, and always take everything we are given
     drops: 0,
+    // a driver whose wire is full takes what it can, sets this and returns the count: the rest stay in
+    // the guest's ring until pollFd is writable (without an fd: a millisecond later)
+    wouldBlock: false,
     // batch.count packets; packet i is batch.iov triples [buffer, offset, length] from
     // batch.iovStart[i] to batch.iovStart[i + 1], batch.len[i] bytes in all
     transmit(batch) {

@@ -1,8 +1,10 @@
 // Main-thread handle on the dataplane threads of one device: start them with the queues the driver set
 // up, read their counters, stop them (a wake eventfd: a thread blocked in epoll_wait does not honour
-// Worker.terminate()).
+// Worker.terminate()). A thread that does not come back (stuck in a plugin driver's JavaScript) is
+// ended with Worker.terminate() after a limit: `stop()` is bounded, and `terminate()` ends them at once.
 import { Worker } from 'node:worker_threads';
 import { native, ONE, EFD_NONBLOCK } from '../native.js';
+import { releaseThreadSlot, stuckThreadMs } from '../viommu/table.js';
 import { workerUrl } from '../worker-url.js';
 import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS } from './control.js';
 import type { DataplaneWorkerData, WorkerPair } from './worker.js';
@@ -15,6 +17,10 @@ interface Thread {
   wakeFd: number;
   control: Int32Array;
   exited: Promise<void>;
+  /** descriptors the thread made (its epoll sets): closed here once it has exited */
+  ownFds: number[];
+  /** its vIOMMU quiescence slot (table, slot), released here when it is ended before it could */
+  slot?: [SharedArrayBuffer, number];
 }
 
 /** A file path the worker (plain Node, compiled JavaScript) can import. */
@@ -40,11 +46,15 @@ export class Dataplane {
     const data: DataplaneWorkerData = { ...cfg, driverModule: runtimeModulePath(cfg.driverModule), pairs, wakeFd, control, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
     const exited = new Promise<void>((r) => worker.once('exit', () => r()));
-    this.threads.push({ worker, wakeFd, control, exited });
+    const slot: [SharedArrayBuffer, number] | undefined = cfg.iommu && [cfg.iommu.buffer, cfg.iommu.slots[index]];
+    const thread: Thread = { worker, wakeFd, control, exited, ownFds: [], slot };
+    this.threads.push(thread);
     return new Promise((resolve, reject) => {
-      worker.on('message', (m: { type: string; reason?: string; message?: string; states?: Array<[number, RingState]> }) => {
-        if (m.type === 'ready') resolve();
-        else if (m.type === 'ring-states') for (const [i, st] of m.states ?? []) this.ringStates.set(i, st);
+      worker.on('message', (m: { type: string; reason?: string; message?: string; fds?: number[]; states?: Array<[number, RingState]> }) => {
+        if (m.type === 'ready') {
+          thread.ownFds = m.fds ?? [];
+          resolve();
+        } else if (m.type === 'ring-states') for (const [i, st] of m.states ?? []) this.ringStates.set(i, st);
         else if (m.type === 'broken') this.onBroken(m.reason ?? 'queue broken');
         else if (m.type === 'error') {
           reject(new Error(m.message));
@@ -85,14 +95,58 @@ export class Dataplane {
     }
   }
 
-  /** Stop every thread; resolves once none can touch guest memory. */
-  async stop(): Promise<void> {
+  /** the vIOMMU quiescence slots of the threads running */
+  get slots(): number[] {
+    return this.threads.flatMap((t) => (t.slot ? [t.slot[1]] : []));
+  }
+
+  /**
+   * Stop every thread; resolves once none can touch guest memory, with how many had to be ended
+   * because they did not stop within the stuck-thread limit (stuckThreadMs).
+   */
+  async stop(): Promise<number> {
     const threads = this.threads.splice(0);
     for (const t of threads) {
       Atomics.store(t.control, CONTROL_STOP, 1);
       native.write(t.wakeFd, ONE);
     }
-    await Promise.all(threads.map((t) => t.exited));
-    for (const t of threads) native.close(t.wakeFd);
+    let timer: NodeJS.Timeout | undefined;
+    const limit = new Promise<void>((r) => (timer = setTimeout(r, stuckThreadMs())));
+    let ended = 0;
+    await Promise.all(
+      threads.map(async (t) => {
+        let gone = false;
+        await Promise.race([t.exited.then(() => (gone = true)), limit]);
+        if (gone) return;
+        ended++;
+        await end(t);
+      }),
+    );
+    clearTimeout(timer);
+    for (const t of threads) release(t);
+    return ended;
   }
+
+  /** End every thread now (Worker.terminate()), whatever it is doing; resolves once all have exited. */
+  async terminate(): Promise<void> {
+    const threads = this.threads.splice(0);
+    await Promise.all(threads.map(end));
+    for (const t of threads) release(t);
+  }
+}
+
+/**
+ * End a thread that does not stop by itself and wait until it has exited: only then does it hold no
+ * translation and touch no memory; what it would have released on its way out is released here.
+ */
+async function end(t: Thread): Promise<void> {
+  await t.worker.terminate();
+  await t.exited;
+  if (t.slot) releaseThreadSlot(t.slot[0], t.slot[1]);
+}
+
+/** A thread has exited: the descriptors it used go. */
+function release(t: Thread): void {
+  native.close(t.wakeFd);
+  for (const fd of t.ownFds.splice(0)) native.close(fd);
 }

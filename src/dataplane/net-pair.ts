@@ -71,8 +71,15 @@ export class NetQueuePair {
 
   // ---- guest → wire
 
+  /**
+   * The driver could take no more (`wouldBlock`): what it did not take went back to the ring, and
+   * processTx does nothing until the thread clears this (the driver's fd became writable).
+   */
+  txBlocked = false;
+
   /** Move up to `budget` packets from the TX ring to the driver. Returns packets taken from the ring. */
   processTx(budget: number): number {
+    if (this.txBlocked) return 0;
     const q = this.txq;
     const b = this.txBatch;
     const st = this.o.txStats;
@@ -81,29 +88,34 @@ export class NetQueuePair {
     while (done < budget && !q.broken) {
       b.count = 0;
       let iovUsed = 0;
-      /** the segment array is full: the batch ends, and the chain that did not fit starts the next */
-      let full = false;
+      /** the batch ended early: the next chain did not fit in the segment array, or is to be dropped */
+      let cut = false;
       while (b.count < TX_BATCH && done < budget && q.pop()) {
         const c = q.chain;
         if (b.count > 0 && iovUsed + c.count > segments) {
           q.rewind(1);
-          full = true;
+          cut = true;
           break;
         }
-        done++;
         const len = c.readableBytes - NET_HDR_LEN;
         // a TX chain is device-readable only and holds a header and a frame of sane size (alone it
         // always fits: the array holds the longest chain)
-        if (c.writable > 0 || len < 14 || len > MAX_TX_FRAME || c.count > segments) {
-          this.dropTx(c.head);
-          continue;
-        }
-        this.gather(c.offsets, c.lens, c.count);
+        const bad = c.writable > 0 || len < 14 || len > MAX_TX_FRAME || c.count > segments;
+        if (!bad) this.gather(c.offsets, c.lens, c.count);
         const slot = b.count;
-        if (!parseTxHeader(this.hdr, 0, len, this.o.txPolicy, b.meta, slot * META_WORDS)) {
+        if (bad || !parseTxHeader(this.hdr, 0, len, this.o.txPolicy, b.meta, slot * META_WORDS)) {
+          // a chain to drop ends the batch before it: the chains a batch took from the ring are then
+          // exactly its packets, so those the driver leaves can go back in order
+          if (b.count > 0) {
+            q.rewind(1);
+            cut = true;
+            break;
+          }
+          done++;
           this.dropTx(c.head);
           continue;
         }
+        done++;
         // the frame: the readable buffers after the header
         b.iovStart[slot] = iovUsed;
         let skip = NET_HDR_LEN;
@@ -130,19 +142,29 @@ export class NetQueuePair {
       if (b.count === 0) break;
       const before = this.driver.drops;
       const sent = this.driver.transmit(b, this.memBuffer);
+      // the wire is full for now: what it did not take stays the guest's, in the ring, in order, and
+      // the thread waits until the driver can take more (as vhost-net and Cloud Hypervisor do on EAGAIN)
+      const blocked = sent < b.count && this.driver.wouldBlock === true;
+      const taken = blocked ? sent : b.count;
       let bytes = 0;
-      for (let i = 0; i < b.count; i++) {
+      for (let i = 0; i < taken; i++) {
         q.addUsed(this.txHeads[i], 0);
         if (i < sent) bytes += b.len[i];
       }
-      // what the driver could not take is dropped, as a full NIC queue drops
-      st[STAT.DROPS] += b.count - sent + (this.driver.drops - before);
+      if (blocked) {
+        q.rewind(b.count - taken);
+        done -= b.count - taken;
+        this.txBlocked = true;
+        st[STAT.WAITS]++;
+      }
+      // otherwise what the driver did not take is dropped, as a full NIC queue drops
+      st[STAT.DROPS] += taken - sent + (this.driver.drops - before);
       st[STAT.PACKETS] += sent;
       st[STAT.BYTES] += bytes;
       st[STAT.BATCHES]++;
       q.flush();
       this.interrupt(q, this.o.txCallFd, st);
-      if (b.count < TX_BATCH && !full) break;
+      if (blocked || (b.count < TX_BATCH && !cut)) break;
     }
     q.flush();
     return done;

@@ -2,8 +2,8 @@
 // thread, the CLI, benchmarks) while traffic runs. One writer per slot; readers may see a counter a few
 // packets stale, never a torn one that matters (Float64 slots, written whole).
 
-export const STAT = { PACKETS: 0, BYTES: 1, DROPS: 2, KICKS: 3, INTERRUPTS: 4, BATCHES: 5 } as const;
-export const STAT_WORDS = 6;
+export const STAT = { PACKETS: 0, BYTES: 1, DROPS: 2, KICKS: 3, INTERRUPTS: 4, BATCHES: 5, WAITS: 6 } as const;
+export const STAT_WORDS = 7;
 
 export interface QueueStats {
   packets: number;
@@ -11,6 +11,8 @@ export interface QueueStats {
   drops: number;
   kicks: number;
   interrupts: number;
+  /** TX: times the driver could take no more (its wire was full) and the queue waited for it */
+  waits: number;
   /** mean packets per driver call */
   meanBatch: number;
 }
@@ -27,6 +29,7 @@ export function readStats(buf: SharedArrayBuffer, queue: number): QueueStats {
     drops: s[STAT.DROPS],
     kicks: s[STAT.KICKS],
     interrupts: s[STAT.INTERRUPTS],
+    waits: s[STAT.WAITS],
     meanBatch: s[STAT.BATCHES] ? s[STAT.PACKETS] / s[STAT.BATCHES] : 0,
   };
 }

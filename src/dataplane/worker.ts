@@ -67,9 +67,14 @@ export interface DataplaneWorkerData {
 
 /** how long a queue stalled on an IOTLB miss waits for the update before it tries again (ms) */
 const STALL_RETRY_MS = 200;
+/** how long a queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
+const BLOCKED_RETRY_MS = 1;
 /** packets per queue per pass */
 export const PASS_BUDGET = 256;
 const EPOLL_CTL_MOD = 3;
+const EPOLLOUT = 4;
+const EPOLLERR = 8;
+const EPOLLHUP = 16;
 
 const d = workerData as DataplaneWorkerData;
 const port = parentPort!;
@@ -77,7 +82,8 @@ const port = parentPort!;
 async function main(): Promise<void> {
   const iommu = d.iommu && new IommuReader(d.iommu.buffer, d.iommu.endpoint, d.iommu.slots[d.threadIndex]);
   // however this thread ends (its stop, a broken ring at the start, an exception), it holds no
-  // translation afterwards: an UNMAP waits for it with no time limit
+  // translation afterwards: an UNMAP waits for it as long as it takes (ended from outside, when stuck,
+  // it cannot say so: the main thread releases its slot once it has exited)
   try {
     await serve(iommu);
   } finally {
@@ -135,33 +141,36 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     );
   }
 
-  // epoll data: 0 = wake; for pair i: 1 + 3i = TX kick, 2 + 3i = RX kick, 3 + 3i = driver readable
+  // epoll data: 0 = wake; for pair i: 1 + 3i = TX kick, 2 + 3i = RX kick, 3 + 3i = driver readable/writable
   const ep = native.epollCreate();
   native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
-  const driverArmed: boolean[] = [];
+  /** per pair: the events its driver's fd is watched for */
+  const driverEvents: number[] = [];
   pairs.forEach((p, i) => {
     if (d.pairs[i].tx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].tx.kickFd, EPOLLIN, 1 + 3 * i);
     if (d.pairs[i].rx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].rx.kickFd, EPOLLIN, 2 + 3 * i);
     if (p.driver.pollFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, p.driver.pollFd, EPOLLIN, 3 + 3 * i);
-    driverArmed.push(true);
+    driverEvents.push(EPOLLIN);
   });
-  // A driver fd stays in epoll only while the RX ring has buffers: otherwise a level-triggered
-  // readable fd would wake us for frames we cannot place.
-  const armDriver = (i: number, on: boolean) => {
-    const fd = pairs[i].driver.pollFd;
-    if (fd < 0 || driverArmed[i] === on) return;
-    native.epollCtl(ep, EPOLL_CTL_MOD, fd, on ? EPOLLIN : 0, 3 + 3 * i);
-    driverArmed[i] = on;
+  // A driver fd is watched for readable only while the RX ring has buffers (otherwise a level-triggered
+  // readable fd would wake us for frames we cannot place), and for writable only while TX waits for
+  // the driver to take more (a writable fd almost always is).
+  const armDriver = (i: number, rx: boolean) => {
+    const p = pairs[i];
+    const want = (rx ? EPOLLIN : 0) | (p.txBlocked ? EPOLLOUT : 0);
+    if (p.driver.pollFd < 0 || driverEvents[i] === want) return;
+    native.epollCtl(ep, EPOLL_CTL_MOD, p.driver.pollFd, want, 3 + 3 * i);
+    driverEvents[i] = want;
   };
 
   const events = new Uint32Array(3 * 64);
   const counter = new BigUint64Array(1);
   const brokenReported = new Set<number>();
-  port.postMessage({ type: 'ready' });
-
   // while paused, only the wake eventfd can wake us
   const wakeOnly = native.epollCreate();
   native.epollCtl(wakeOnly, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
+  // (our epoll descriptors are closed by the main thread once we have exited, however we end)
+  port.postMessage({ type: 'ready', fds: [ep, wakeOnly] });
   const pauseIfAsked = () => {
     if (!Atomics.load(d.control, CONTROL_PAUSE)) return;
     iommu?.idle();
@@ -189,7 +198,8 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     const polling = busyNs > 0n && process.hrtime.bigint() - lastWork < busyNs;
     if (!polling) {
       for (const p of pairs) {
-        p.txq.setKicks(true);
+        // (a TX queue waiting for its driver is not looked at: its kicks would only wake us)
+        p.txq.setKicks(!p.txBlocked);
         p.rxq.setKicks(true, p.starved);
       }
     }
@@ -197,7 +207,7 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes)
     let anyPending = false;
     pairs.forEach((p, i) => {
-      if (p.txq.pending() > 0) anyPending = true;
+      if (!p.txBlocked && p.txq.pending() > 0) anyPending = true;
       if (p.starved ? p.rxq.pending() > p.starvedPending : p.rxq.pending() > 0) {
         armDriver(i, true);
         // a driver without an fd (one that generates frames) cannot wake us: receive buffers are work
@@ -216,7 +226,12 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     // have been lost, or refused): it then misses again and the question is asked again
     let stalled = false;
     if (d.iommu?.missesWait) for (const q of queues) stalled ||= q.stalled;
-    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, sleeping ? (stalled ? STALL_RETRY_MS : -1) : 0);
+    // a TX queue whose driver has no fd to wait on tries again after a while
+    let blindWait = false;
+    for (const p of pairs) blindWait ||= p.txBlocked && p.driver.pollFd < 0;
+    const timeout = !sleeping ? 0 : blindWait ? BLOCKED_RETRY_MS : stalled ? STALL_RETRY_MS : -1;
+    const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, timeout);
+    if (blindWait) for (const p of pairs) if (p.driver.pollFd < 0) p.txBlocked = false;
     const moved = iommu?.enter();
     if (moved || (stalled && n === 0)) remapAll();
     for (let k = 0; k < n; k++) {
@@ -230,6 +245,9 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
       if (kind === 0 || kind === 1) {
         native.read(kind === 0 ? d.pairs[i].tx.kickFd : d.pairs[i].rx.kickFd, counter);
         kickStats[i][kind][STAT.KICKS]++;
+      } else if (events[3 * k] & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        // the driver can take packets again (or its fd failed: transmit finds out and says so)
+        pairs[i].txBlocked = false;
       }
     }
     if (!polling && busyNs === 0n) {
@@ -266,8 +284,6 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     }
     if (work > 0) lastWork = process.hrtime.bigint();
   }
-  native.close(ep);
-  native.close(wakeOnly);
   for (const p of pairs) p.driver.close();
 }
 

@@ -80,13 +80,24 @@ export interface PacketBatch {
 }
 
 export interface DriverQueue {
-  /** readable when packets may be waiting to be received (-1: the driver never receives by fd) */
+  /**
+   * readable when packets may be waiting to be received, writable when transmit may take packets again
+   * after `wouldBlock` (-1: the driver has no fd to wait on)
+   */
   readonly pollFd: number;
   /**
-   * Send packets [0, batch.count). Returns how many were consumed (sent, or dropped by the wire —
-   * count those in `drops`); the dataplane drops and counts the rest (a full wire drops, as a NIC does).
+   * Send packets [0, batch.count), in order. Returns how many were consumed (sent, or dropped by the
+   * wire — count those in `drops`). When it returns fewer and has set `wouldBlock`, the rest stay in
+   * the guest's ring, in order, and are offered again once `pollFd` is writable; without `wouldBlock`
+   * the dataplane drops and counts the rest.
    */
   transmit(batch: PacketBatch, guestMemory: SharedArrayBuffer): number;
+  /**
+   * Set by transmit: true when it stopped because the wire can take nothing more now (a tap's EAGAIN,
+   * a full AF_XDP ring), false otherwise. The dataplane then waits until `pollFd` is writable
+   * (EPOLLOUT) — or, for a driver without an fd, a millisecond — before it calls transmit again.
+   */
+  readonly wouldBlock?: boolean;
   /**
    * Receive into the buffers of packets [0, batch.count), each large enough for one packet of the
    * negotiated size. Fills len[] and meta[]; returns how many packets arrived (0: nothing waiting).

@@ -9,7 +9,7 @@ import type { WorkerPair, WorkerQueue } from '../dataplane/worker.js';
 import type { NetDriver } from '../drivers/api.js';
 import { F, bit, has, netDataplaneFeatures, netFeatureOffer } from '../virtio-net/features.js';
 import { FrontendMemory } from './memory.js';
-import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE, sayWaitIsSlow } from '../viommu/table.js';
+import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE, sayWaitIsSlow, stuckThreadMs } from '../viommu/table.js';
 import { guestView, dmaContiguous, type DmaAccess } from '../virtio/dma.js';
 import { MAX_QUEUE_SIZE, decodeRingBase, encodeRingBase, type RingState } from '../virtio/virtqueue.js';
 import * as P from './protocol.js';
@@ -112,6 +112,10 @@ export class VhostUserBackend {
   readonly errors: string[] = [];
   /** IOTLB traffic over the backend's life: misses asked, updates and invalidations received */
   readonly iotlbCounts = { misses: 0, updates: 0, invalidations: 0 };
+  /** dataplane threads ended because they kept a request or a stop waiting past the stuck-thread limit */
+  stuckThreads = 0;
+  /** why the connection ends after the request being handled (a thread was stuck during it) */
+  private endAfter?: string;
   private readonly slowInvalidation = sayWaitIsSlow('vhost-user IOTLB invalidation');
   /** an eventfd the dataplane threads write when they need the frontend asked something (IOTLB misses) */
   readonly eventFd = native.eventfd(0, EFD_NONBLOCK);
@@ -325,7 +329,11 @@ export class VhostUserBackend {
         if (!this.iotlb) return fail('IOTLB message without ACCESS_PLATFORM');
         const r = await this.iotlbMessage(msg);
         if (typeof r === 'string') return fail(`IOTLB_MSG: ${r}`);
-        return ack(r);
+        // (a thread stuck during the invalidation was ended: the request completes, then the connection)
+        const done = ack(r);
+        if (this.endAfter) done.close = this.endAfter;
+        this.endAfter = undefined;
+        return done;
       }
       case P.REQ.SET_LOG_FD: {
         // an eventfd the backend may signal after logging; writes land in the shared log synchronously,
@@ -424,8 +432,24 @@ export class VhostUserBackend {
       }
     } else if (msg.type === P.IOTLB.INVALIDATE) {
       t.table.invalidate(IOTLB_DOMAIN, msg.iova, end);
-      // the frontend may reuse the range once we answer: no thread may still hold a translation of it
-      t.table.quiescentSync(t.table.generation, this.slowInvalidation);
+      // the frontend may reuse the range once we answer: no thread may still hold a translation of it.
+      // A thread that keeps us waiting past the limit is stuck (in its driver): it is ended, and once it
+      // has exited it holds nothing; its pair stops and the connection ends after the answer
+      const limit = stuckThreadMs();
+      const behind = await t.table.quiescentAsync(t.table.generation, limit, this.slowInvalidation);
+      for (const slot of behind) {
+        const pair = t.slots.indexOf(slot);
+        const dp = this.running.get(pair);
+        // (not a thread of ours to end: wait for it as long as it takes)
+        if (!dp) {
+          t.table.quiescentSync(t.table.generation, this.slowInvalidation);
+          continue;
+        }
+        this.running.delete(pair);
+        await dp.terminate();
+        this.stuckThreads++;
+        this.endAfter = `pair ${pair}: its dataplane thread kept an IOTLB invalidation waiting over ${limit} ms (TSVMM_STUCK_THREAD_MS): it was ended, the invalidation completed`;
+      }
     } else return `message type ${msg.type}`;
     if (msg.type === P.IOTLB.UPDATE) this.iotlbCounts.updates++;
     else this.iotlbCounts.invalidations++;
@@ -608,7 +632,11 @@ export class VhostUserBackend {
     const dp = this.running.get(pair);
     if (!dp) return;
     this.running.delete(pair);
-    await dp.stop();
+    const ended = await dp.stop();
+    if (ended > 0) {
+      this.stuckThreads += ended;
+      this.opts.log?.(`vhost-user: pair ${pair}: its dataplane thread did not stop within ${stuckThreadMs()} ms (TSVMM_STUCK_THREAD_MS): it was ended`);
+    }
     const packed = has(this.acked, F.RING_PACKED);
     for (const [i, s] of dp.ringStates) if (this.vrings[i]) this.vrings[i].base = encodeRingBase(s, packed);
   }

@@ -53,6 +53,12 @@ export class VirtioIommu implements VirtioDevice {
   private faultsReported = 0;
   private faultTimer?: NodeJS.Timeout;
   private worker?: { w: Worker; wakeFd: number; control: Int32Array; exited: Promise<void> };
+  /**
+   * The request thread has waited past the stuck-thread limit for the dataplane thread with this
+   * quiescence slot (set by the VM: the thread's device ends it and releases the slot; until then the
+   * request stays incomplete).
+   */
+  onStuckThread?: (slot: number, ms: number) => Promise<void>;
   /** the dirty-page log (Vm.enableDirtyLog): the request thread's and this thread's writes are marked */
   private dirtyLog?: DirtyLogArea;
   private mainLog?: DirtyLog;
@@ -194,9 +200,10 @@ export class VirtioIommu implements VirtioDevice {
     const exited = new Promise<void>((r) => w.once('exit', () => r()));
     this.worker = { w, wakeFd, control, exited };
     await new Promise<void>((resolve, reject) => {
-      w.on('message', (m: { type: string; reason?: string }) => {
+      w.on('message', (m: { type: string; reason?: string; thread?: number; ms?: number }) => {
         if (m.type === 'ready') resolve();
         else if (m.type === 'broken') this.active?.needsReset(`request queue: ${m.reason}`);
+        else if (m.type === 'stuck') void this.onStuckThread?.(m.thread!, m.ms!);
       });
       w.once('error', (e) => {
         reject(e);

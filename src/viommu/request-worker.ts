@@ -8,7 +8,7 @@ import { MemoryTable, type MemoryRegion } from '../vmm/memory.js';
 import { guestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
 import type { QueueConfig } from '../virtio/virtqueue.js';
-import { IommuTable, sayWaitIsSlow } from './table.js';
+import { IommuTable, sayWaitIsSlow, stuckThreadMs } from './table.js';
 import { IommuRequests } from './requests.js';
 import { DirtyLog } from '../virtio/dirty-log.js';
 import { CONTROL_LOG, CONTROL_STOP, type LogMessage } from './request-control.js';
@@ -55,7 +55,10 @@ function main(): void {
     Atomics.store(d.control, CONTROL_LOG, 0);
     Atomics.notify(d.control, CONTROL_LOG);
   };
-  const requests = new IommuRequests(new IommuTable(d.table), d.endpoints, new Int32Array(d.state), sayWaitIsSlow('virtio-iommu'));
+  // a dataplane thread stuck past the limit is the main thread's to end (it owns the workers): asked
+  // here, and the wait goes on until that thread has exited and its slot is released
+  const stuck = { limitMs: stuckThreadMs(), onStuck: (thread: number, ms: number) => port.postMessage({ type: 'stuck', thread, ms }) };
+  const requests = new IommuRequests(new IommuTable(d.table), d.endpoints, new Int32Array(d.state), sayWaitIsSlow('virtio-iommu'), stuck);
   const ep = native.epollCreate();
   native.epollCtl(ep, EPOLL_CTL_ADD, d.kickFd, EPOLLIN, 1);
   native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);

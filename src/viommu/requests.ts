@@ -3,7 +3,7 @@
 // completions published only once no dataplane thread can still use what it unmapped.
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
-import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_READ, MAP_WRITE, MAP_MMIO, type SlowWait } from './table.js';
+import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_READ, MAP_WRITE, MAP_MMIO, type SlowWait, type StuckPolicy } from './table.js';
 
 export const T = { ATTACH: 1, DETACH: 2, MAP: 3, UNMAP: 4, PROBE: 5 } as const;
 export const S = { OK: 0, IOERR: 1, UNSUPP: 2, DEVERR: 3, INVAL: 4, RANGE: 5, NOENT: 6, FAULT: 7, NOMEM: 8 } as const;
@@ -62,6 +62,8 @@ export class IommuRequests {
     private readonly state: Int32Array,
     /** told of a quiescence wait past a second (a loaded host, or a stuck dataplane thread) */
     private readonly onSlowWait?: SlowWait,
+    /** told of a dataplane thread behind past the stuck-thread limit (whoever owns it ends it) */
+    private readonly stuck?: StuckPolicy,
   ) {}
 
   private get bypassUnattached(): boolean {
@@ -120,7 +122,7 @@ export class IommuRequests {
     }
     // the guest may reuse unmapped memory once it sees the completion: first, every thread must be
     // past the batch, however long that takes
-    if (waitFor !== 0) this.table.quiescentSync(waitFor, this.onSlowWait);
+    if (waitFor !== 0) this.table.quiescentSync(waitFor, this.onSlowWait, 1000, this.stuck);
     for (let i = 0; i < n; i++) q.addUsed(this.heads[i], this.lens[i]);
     q.flush();
     return n;

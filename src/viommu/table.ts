@@ -19,8 +19,10 @@
 //   that saw the count move must not read the slot before the writer has filled it: it would report
 //   the fault FAULT_RING faults older, an address the guest may long have unmapped)
 
-import { writeSync } from 'node:fs';
 import type { DmaTranslator } from '../virtio/dma.js';
+import { quiescentSync, quiescentAsync, type ReaderWords, type SlowWait, type StuckPolicy } from './quiescence.js';
+
+export { sayWaitIsSlow, stuckThreadMs, type SlowWait, type StuckPolicy } from './quiescence.js';
 
 export const MAP_READ = 1;
 export const MAP_WRITE = 2;
@@ -95,11 +97,14 @@ class Views {
 export class IommuTable {
   readonly buffer: SharedArrayBuffer;
   private readonly v: Views;
+  /** the reader threads' generation words, for the quiescence waits */
+  private readonly readerWords: ReaderWords;
 
   /** A new, empty table; or (`buffer`) the writer's handle on one made elsewhere, for another thread. */
   constructor(buffer?: SharedArrayBuffer) {
     this.buffer = buffer ?? new SharedArrayBuffer(TOTAL);
     this.v = new Views(this.buffer);
+    this.readerWords = { i32: this.v.i32, at: THREADS_AT, count: () => this.threads };
     if (!buffer) this.clear();
   }
 
@@ -225,29 +230,16 @@ export class IommuTable {
 
   /**
    * Returns once every reader thread is idle or works under a generation at least `generation`: no
-   * translation made before it can still be in use. Blocks (the request thread waits; a few µs when the
-   * dataplane threads are busy) with no time limit: completing an UNMAP, or acknowledging a vhost-user
-   * invalidation, while a thread may still write through the old mapping lets the guest reuse memory
-   * the device then writes (Linux ignores an UNMAP's error status and frees the pages all the same). A
-   * thread that is not scheduled for a while on a loaded host is slow, not gone; one that ends marks
-   * itself idle. `onSlow` hears of a wait past `slowMs` twice: once it passes it (which thread, for how
-   * long so far, `done` false), and when it ends (how long in all, `done` true).
+   * translation made before it can still be in use (quiescence.ts: how, and why with no time limit
+   * unless a thread is stuck).
    */
-  quiescentSync(generation: number, onSlow?: SlowWait, slowMs = 1000): void {
-    const start = Date.now();
-    let slowThread = -1;
-    for (let t = 0; t < this.threads; t++) {
-      for (;;) {
-        const g = Atomics.load(this.v.i32, THREADS_AT + t);
-        if (g === 0 || g >= generation) break;
-        if (slowThread < 0 && onSlow && Date.now() - start > slowMs) {
-          slowThread = t;
-          onSlow(t, Date.now() - start, false);
-        }
-        Atomics.wait(this.v.i32, THREADS_AT + t, g, 1);
-      }
-    }
-    if (slowThread >= 0) onSlow!(slowThread, Date.now() - start, true);
+  quiescentSync(generation: number, onSlow?: SlowWait, slowMs = 1000, stuck?: StuckPolicy): void {
+    quiescentSync(this.readerWords, generation, onSlow, slowMs, stuck);
+  }
+
+  /** quiescentSync without blocking the event loop, giving up after `limitMs` (quiescence.ts). */
+  quiescentAsync(generation: number, limitMs: number, onSlow?: SlowWait, slowMs = 1000): Promise<number[]> {
+    return quiescentAsync(this.readerWords, generation, limitMs, onSlow, slowMs);
   }
 
   /** Faults recorded since the start. */
@@ -281,23 +273,14 @@ export class IommuTable {
   }
 }
 
-/** Told of a quiescence wait past its `slowMs`: as it passes it (`done` false), and when it ends. */
-export type SlowWait = (thread: number, ms: number, done: boolean) => void;
-
 /**
- * An `onSlow` for quiescentSync that says so on stderr (`who`: which device waited): that it waits, and
- * how long it waited in all (how long an UNMAP can take on a loaded host is worth knowing).
+ * The thread that used `slot` of the table in `buffer` has exited (it was ended: it could not mark
+ * itself idle): it holds no translation. A quiescence wait for it ends.
  */
-export function sayWaitIsSlow(who: string): SlowWait {
-  // (written to fd 2 at once: the request and dataplane threads never return to their event loop, where
-  // a worker's process.stderr would send all but its first write; the rest came out when the VM ended)
-  return (thread, ms, done) =>
-    writeSync(
-      2,
-      done
-        ? `tsvmm: ${who}: waited ${ms} ms in all for the dataplane threads to leave the old mappings\n`
-        : `tsvmm: ${who}: waiting over ${ms} ms for dataplane thread ${thread} to leave the old mappings (a loaded host, or a stuck thread)\n`,
-    );
+export function releaseThreadSlot(buffer: SharedArrayBuffer, slot: number): void {
+  const i32 = new Int32Array(buffer, 0, THREADS_AT + MAX_THREADS);
+  Atomics.store(i32, THREADS_AT + slot, 0);
+  Atomics.notify(i32, THREADS_AT + slot);
 }
 
 /** Where a translation lands: `gpa`, and how many bytes from the IOVA the mapping covers contiguously. */

@@ -6,6 +6,8 @@ import { guestView, DMA_WRITE, type GuestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
 import { RING_START, type RingState, type Virtqueue } from '../virtio/virtqueue.js';
 import { type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
+import { writeSync } from 'node:fs';
+import { stuckThreadMs } from '../viommu/table.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
 import { RxFilter, RX_MODE } from '../dataplane/rx-filter.js';
@@ -339,13 +341,37 @@ export class VirtioNet implements VirtioDevice {
 
   private async restart(prev: Promise<void>): Promise<void> {
     await prev.catch(() => undefined);
-    await this.dataplane.stop();
+    this.stopped(await this.dataplane.stop());
     await this.startDataplane(true);
+  }
+
+  /** dataplane threads ended because they kept an UNMAP or a stop waiting past the stuck-thread limit */
+  stuckThreads = 0;
+
+  /** `ended` threads did not stop within the limit and were ended: the device can no longer run */
+  private stopped(ended: number): void {
+    if (ended === 0) return;
+    this.stuckThreads += ended;
+    writeSync(2, `tsvmm: net ${formatMac(this.opts.mac)}: a dataplane thread did not stop within ${stuckThreadMs()} ms (TSVMM_STUCK_THREAD_MS): it was ended\n`);
+    this.active?.needsReset('a dataplane thread was stuck and had to be ended');
+  }
+
+  /**
+   * The vIOMMU has waited `ms` for the thread with quiescence `slot` to leave the old mappings: if it
+   * is one of ours, every thread of this device is ended (once they have exited they hold nothing, and
+   * the UNMAP completes) and the device needs a reset. Resolves once they have exited.
+   */
+  async endStuckThread(slot: number, ms: number): Promise<void> {
+    if (!this.dataplane.slots.includes(slot)) return;
+    await this.dataplane.terminate();
+    this.stuckThreads++;
+    writeSync(2, `tsvmm: net ${formatMac(this.opts.mac)}: a dataplane thread kept an UNMAP waiting ${ms} ms (past TSVMM_STUCK_THREAD_MS): the device's threads were ended, it needs a reset\n`);
+    this.active?.needsReset('a dataplane thread was stuck during an UNMAP and was ended');
   }
 
   async reset(): Promise<void> {
     await this.restarting.catch(() => undefined);
-    await this.dataplane.stop();
+    this.stopped(await this.dataplane.stop());
     this.active = undefined;
     this.view = this.plainView;
     this.ctrlq = undefined;

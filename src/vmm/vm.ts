@@ -309,6 +309,10 @@ export class Vm extends EventEmitter {
 
   private attachIommu(): void {
     this.iommu = new VirtioIommu(this.memory, { endpoints: [], thread: true });
+    // an UNMAP waiting past the stuck-thread limit for a dataplane thread: its device ends its threads
+    this.iommu.onStuckThread = async (slot, ms) => {
+      await Promise.all(this.netDevices.map((d) => d.net.endStuckThread(slot, ms)));
+    };
     this.iommuSlot = this.pciHost!.freeSlot();
     this.iommuPci = this.plugVirtio(this.iommu, 0x088000, this.iommuSlot);
   }

@@ -11,6 +11,15 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** the server's own lines when a connection starts and ends (not a report of anything wrong) */
 const ROUTINE = /frontend connected|frontend gone|^tsvmm: net: /;
 
+export interface CliOptions {
+  /** run it inside this network namespace (where its tap is) */
+  netns?: string;
+  /** more arguments (e.g. --stats) */
+  args?: string[];
+  /** more environment variables */
+  env?: Record<string, string>;
+}
+
 export class CliBackend {
   readonly sock: string;
   private readonly dir: string;
@@ -21,10 +30,13 @@ export class CliBackend {
   exitCode: number | null | undefined;
   readonly exited: Promise<void>;
 
-  private constructor(net: string) {
+  private constructor(net: string, o: CliOptions) {
     this.dir = mkdtempSync(join(tmpdir(), 'tsvmm-vuh-'));
     this.sock = join(this.dir, 'vu.sock');
-    this.proc = spawn(process.execPath, [CLI, 'vhost-user', '--socket', this.sock, '--net', net], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const cmd = [process.execPath, CLI, 'vhost-user', '--socket', this.sock, '--net', net, ...(o.args ?? [])];
+    // (ip netns exec execs the command: the child's pid is the backend's)
+    if (o.netns) cmd.unshift('ip', 'netns', 'exec', o.netns);
+    this.proc = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...o.env } });
     this.proc.stderr!.setEncoding('utf8');
     this.proc.stderr!.on('data', (s: string) => {
       const parts = (this.partial + s).split('\n');
@@ -35,8 +47,8 @@ export class CliBackend {
   }
 
   /** Start one (`net`: the --net argument) and wait until its socket listens. */
-  static async start(net = 'null'): Promise<CliBackend> {
-    const b = new CliBackend(net);
+  static async start(net = 'null', o: CliOptions = {}): Promise<CliBackend> {
+    const b = new CliBackend(net, o);
     for (let i = 0; i < 500 && !b.listening() && b.exitCode === undefined; i++) await sleep(10);
     if (!b.listening()) throw new Error(`backend did not start: ${b.lines.join(' | ')}`);
     return b;
@@ -46,7 +58,8 @@ export class CliBackend {
    * flag __SO_ACCEPTCON, 0x10000) */
   private listening(): boolean {
     if (!existsSync(this.sock)) return false;
-    return readFileSync('/proc/net/unix', 'utf8')
+    // (the process's own view: /proc/net/unix lists the sockets of the reader's network namespace)
+    return readFileSync(`/proc/${this.pid}/net/unix`, 'utf8')
       .split('\n')
       .some((l) => l.endsWith(` ${this.sock}`) && (parseInt(l.split(/\s+/)[3], 16) & 0x10000) !== 0);
   }

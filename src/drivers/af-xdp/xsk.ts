@@ -225,6 +225,8 @@ export class XskQueue implements DriverQueue {
     this.state[1] = this.txFreeCount;
   }
 
+  wouldBlock = false;
+
   transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
     const u8 = this.view(mem);
     this.reclaim();
@@ -258,6 +260,9 @@ export class XskQueue implements DriverQueue {
     }
     Atomics.store(tx.producer, 0, this.txProd);
     this.state[1] = this.txFreeCount;
+    // the TX ring is full, or every transmit chunk is still the kernel's: the rest wait in the guest's
+    // ring until the socket is writable (the kernel has taken some)
+    this.wouldBlock = sent < b.count;
     // copy mode sends from sendto() itself, 32 frames per call (-EAGAIN: more to go); zero-copy
     // drivers only need the call when they sleep
     for (let tries = 0; tries < 16 && (this.mode === 'copy' || tx.needsWakeup); tries++) {

@@ -16,7 +16,7 @@ interface NullInit {
   loop: boolean;
 }
 
-/** loop mode: frames held between transmit and receive (more are dropped, as by a full NIC queue) */
+/** loop mode: frames held between transmit and receive (more wait in the guest's ring: wouldBlock) */
 const LOOP_SLOTS = 512;
 const LOOP_SLOT_BYTES = 9018;
 
@@ -37,6 +37,8 @@ export function create(options: Record<string, string>): NetDriver {
 class NullQueue implements DriverQueue {
   readonly pollFd = -1;
   drops = 0;
+  /** loop mode: the held ring is full (receive drains it; with no fd, the dataplane tries again soon) */
+  wouldBlock = false;
   /** frames generated so far (written into each) */
   private generated = 0;
   /** where transmitted frames are copied to (one frame at a time: the copy is the work) */
@@ -93,6 +95,7 @@ class NullQueue implements DriverQueue {
   /** loop mode: copy frames into the held ring, as many as fit */
   private hold(b: PacketBatch, u8: Uint8Array): number {
     const held = this.held!;
+    this.wouldBlock = this.heldCount + b.count > LOOP_SLOTS;
     let p = 0;
     for (; p < b.count && this.heldCount < LOOP_SLOTS; p++) {
       const slot = (this.heldHead + this.heldCount) % LOOP_SLOTS;

@@ -71,11 +71,17 @@ export function create(options: Record<string, string>): NetDriver {
   if (!ifname) throw new UserError('--net tap: ifname=NAME is required');
   if (ifname.length >= T.IFNAMSIZ || !/^[A-Za-z0-9_.-]+$/.test(ifname)) throw new UserError(`--net tap: "${ifname}" is not a valid interface name (at most 15 letters, digits, _ . -)`);
   const queues = Number(options.queues ?? '1');
+  // sndbuf: what a queue's frames may hold in the kernel before writes would block (QEMU's tap option
+  // of the name): the flow control that makes a slow wire push back on the guest instead of a qdisc
+  // dropping its frames. The kernel's default is no limit.
+  const sndbuf = options.sndbuf === undefined ? undefined : Number(options.sndbuf);
+  if (sndbuf !== undefined && !(Number.isInteger(sndbuf) && sndbuf >= 4096 && sndbuf <= 0x7fffffff)) throw new UserError('--net tap: sndbuf must be a byte count from 4096 to 2147483647');
   const fds: number[] = [];
   const sock = native.socket(T.AF_INET, T.SOCK_DGRAM, 0);
   try {
     const existed = linkFlags(sock, ifname) !== undefined;
     for (let i = 0; i < queues; i++) fds.push(openQueueFd(ifname, options.dev ?? '/dev/net/tun'));
+    if (sndbuf !== undefined) for (const fd of fds) native.ioctl(fd, T.TUNSETSNDBUF, new Int32Array([sndbuf]), 'TUNSETSNDBUF');
     // a tap we created is ours to bring up (one that existed is left as its owner set it)
     if (!existed) setUp(sock, ifname, linkFlags(sock, ifname) ?? 0);
   } catch (e) {
@@ -126,8 +132,11 @@ class TapQueue implements DriverQueue {
     return (to - from) / 3 + 1;
   }
 
+  wouldBlock = false;
+
   transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
     const h = this.hdrView;
+    this.wouldBlock = false;
     for (let i = 0; i < b.count; i++) {
       const m = i * META_WORDS;
       const needsCsum = (b.meta[m + META.FLAGS] & META_NEEDS_CSUM) !== 0;
@@ -144,7 +153,12 @@ class TapQueue implements DriverQueue {
         continue;
       }
       const r = native.writev(this.pollFd, this.iov, n, mem, this.hdr);
-      if (r === -11) return i; // EAGAIN: the tap's queue is full
+      if (r === -11) {
+        // EAGAIN: the frames written before still hold the queue's send buffer (they wait in a qdisc or
+        // a bridge port's queue); the tap's fd becomes writable once they are gone
+        this.wouldBlock = true;
+        return i;
+      }
       if (r < 0) this.refused(-r); // the kernel refused this packet (bad offload metadata, link down)
     }
     return b.count;

@@ -19,6 +19,8 @@ export const TAP_HDR_F_NEEDS_CSUM = 1;
 export const TAP_HDR_F_DATA_VALID = 2;
 
 export const TUNSETPERSIST = 0x400454cb;
+/** bytes a queue's frames may hold in the kernel before writes return EAGAIN (default: no limit) */
+export const TUNSETSNDBUF = 0x400454d4;
 export const SIOCGIFFLAGS = 0x8913;
 export const SIOCSIFFLAGS = 0x8914;
 export const IFF_UP = 0x1;

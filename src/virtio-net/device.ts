@@ -240,7 +240,7 @@ export class VirtioNet implements VirtioDevice {
     const start = (q: ActiveQueue) => {
       if (!resume) return 0;
       const off = dmaContiguous(this.view, q.used + 2, 2, MAP_READ);
-      return off < 0 ? 0 : this.memory.view.getUint16(off, true);
+      return off < 0 ? 0 : this.view.bytes.u16(off);
     };
     const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, startIdx: start(q), usedLogGpa: this.usedLogGpa(q) }]));
     const pairs: WorkerPair[] = [];
@@ -281,7 +281,7 @@ export class VirtioNet implements VirtioDevice {
   kick(queue: number): void {
     if (queue !== this.ctrlIndex || !this.ctrlq) return;
     const q = this.ctrlq;
-    const mem = this.view.u8;
+    const mem = this.view.bytes;
     // behind the vIOMMU: the mappings may have changed since the last command (the ring's too)
     if (this.translated && this.ctrlReader!.enter()) q.remapRings();
     while (q.pop()) {
@@ -293,7 +293,7 @@ export class VirtioNet implements VirtioDevice {
       const cmd = new Uint8Array(c.readableBytes);
       let at = 0;
       for (let i = 0; i < c.readable; i++) {
-        cmd.set(mem.subarray(c.offsets[i], c.offsets[i] + c.lens[i]), at);
+        mem.copyOut(c.offsets[i], cmd, at, c.lens[i]);
         at += c.lens[i];
       }
       const ack = this.control(cmd[0], cmd[1], cmd.subarray(2));
@@ -303,7 +303,7 @@ export class VirtioNet implements VirtioDevice {
         q.addUsed(c.head, 0);
         continue;
       }
-      mem[c.offsets[last] + c.lens[last] - 1] = ack;
+      mem.setU8(c.offsets[last] + c.lens[last] - 1, ack);
       this.ctrlLog?.markOffset(c.offsets[last] + c.lens[last] - 1, 1);
       q.addUsed(c.head, 1);
     }

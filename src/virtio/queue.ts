@@ -13,6 +13,7 @@
 
 import type { MemoryTable } from '../vmm/memory.js';
 import type { DirtyLog } from './dirty-log.js';
+import { guestBytes, type GuestBytes, type Window } from './guest-bytes.js';
 import { MAP_READ, MAP_WRITE, type IommuReader } from '../viommu/table.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -25,19 +26,18 @@ export const MAX_QUEUE_SIZE = 32768;
 export const IOMMU_EXTRA_PIECES = 256;
 
 /**
- * What a queue needs to know about guest memory: bytes, aligned views of them, the table, and — when
- * the device sits behind the vIOMMU (VIRTIO_F_ACCESS_PLATFORM) — the translation of its addresses.
+ * What a queue needs to know about guest memory: its bytes (as windows: guest-bytes.ts), the table,
+ * and — when the device sits behind the vIOMMU (VIRTIO_F_ACCESS_PLATFORM) — the translation of its
+ * addresses.
  */
 export interface GuestView {
-  u8: Uint8Array;
-  u16: Uint16Array;
-  u32: Uint32Array;
+  bytes: GuestBytes;
   table: MemoryTable;
   iommu?: IommuReader;
 }
 
 export function guestView(buffer: SharedArrayBuffer, table: MemoryTable, iommu?: IommuReader): GuestView {
-  return { u8: new Uint8Array(buffer), u16: new Uint16Array(buffer), u32: new Uint32Array(buffer), table, iommu };
+  return { bytes: guestBytes(buffer), table, iommu };
 }
 
 /**
@@ -117,11 +117,15 @@ export type BrokenReason =
 
 export class SplitQueue {
   readonly size: number;
-  /** buffer offsets of the three areas (element arrays indexed directly; behind the IOMMU they are
-   * looked up again whenever its mappings change: remapRings) */
-  private descOff: number;
-  private availOff: number;
-  private usedOff: number;
+  /** the three areas: each in one window of guest memory (a ring is far smaller than the windows'
+   * overlap), at a byte offset in that window, indexed directly; behind the IOMMU they are looked up
+   * again whenever its mappings change: remapRings */
+  private descW!: Window;
+  private availW!: Window;
+  private usedW!: Window;
+  private descOff = 0;
+  private availOff = 0;
+  private usedOff = 0;
   private cfg?: QueueConfig;
   private lastAvail = 0;
   private usedIdx = 0;
@@ -177,9 +181,18 @@ export class SplitQueue {
       else this.broken = 'IOMMU fault';
       return;
     }
-    this.descOff = desc;
-    this.availOff = avail;
-    this.usedOff = used;
+    this.placeRings(desc, avail, used);
+  }
+
+  /** Keep each ring area as (window, offset in it), from its offset in the buffer. */
+  private placeRings(desc: number, avail: number, used: number): void {
+    const b = this.mem.bytes;
+    this.descW = b.window(desc);
+    this.availW = b.window(avail);
+    this.usedW = b.window(used);
+    this.descOff = desc - this.descW.base;
+    this.availOff = avail - this.availW.base;
+    this.usedOff = used - this.usedW.base;
   }
 
   private constructor(
@@ -191,9 +204,7 @@ export class SplitQueue {
     readonly features: QueueFeatures,
   ) {
     this.size = size;
-    this.descOff = descOff;
-    this.availOff = availOff;
-    this.usedOff = usedOff;
+    this.placeRings(descOff, availOff, usedOff);
     // a chain has fewer than `size` direct descriptors and then at most one indirect table, which we
     // bound by the queue size too: 2 * size buffers at most; behind an IOMMU a buffer may cross
     // mappings and become several pieces: room for that too (more breaks the queue)
@@ -217,7 +228,7 @@ export class SplitQueue {
   }
 
   private availIdx(): number {
-    return Atomics.load(this.mem.u16, (this.availOff / 2) + 1);
+    return Atomics.load(this.availW.u16, (this.availOff / 2) + 1);
   }
 
   /** Entries the driver has made available and we have not taken (0 when broken). */
@@ -249,7 +260,7 @@ export class SplitQueue {
   pop(): boolean {
     if (this.pending() === 0) return false;
     const mem = this.mem;
-    const head = mem.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
+    const head = this.availW.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
     if (head >= this.size) return this.fail('descriptor index out of range');
     this.popStart = this.lastAvail;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
@@ -260,6 +271,7 @@ export class SplitQueue {
     c.readable = 0;
     c.readableBytes = 0;
     c.writableBytes = 0;
+    let tableW = this.descW;
     let tableOff = this.descOff;
     let tableLen = this.size;
     let indirect = false;
@@ -268,7 +280,7 @@ export class SplitQueue {
     let sawWritable = false;
     for (;;) {
       if (++seen > tableLen) return this.fail('descriptor chain too long');
-      this.readDesc(tableOff + i * 16);
+      this.readDesc(tableW, tableOff + i * 16);
       const addr = this.dAddr;
       const len = this.dLen;
       const flags = this.dFlags;
@@ -282,7 +294,8 @@ export class SplitQueue {
         const off = dmaContiguous(mem, addr, len, MAP_READ);
         if (off < 0) return this.fail(mem.iommu ? 'IOMMU fault' : 'buffer outside guest memory');
         indirect = true;
-        tableOff = off;
+        tableW = mem.bytes.window(off);
+        tableOff = off - tableW.base;
         tableLen = len / 16;
         i = 0;
         seen = 0;
@@ -344,21 +357,21 @@ export class SplitQueue {
   private dNext = 0;
 
   /**
-   * Read the 16-byte descriptor at buffer offset `d`: with aligned views when it is 4-byte aligned
-   * (the ring's table always is, checked in create), else byte by byte (an indirect table may lie
-   * anywhere).
+   * Read the 16-byte descriptor at offset `d` in window `win`: with aligned views when it is 4-byte
+   * aligned (the ring's table always is, checked in create; windows start aligned), else byte by byte
+   * (an indirect table may lie anywhere).
    */
-  private readDesc(d: number): void {
-    const mem = this.mem;
+  private readDesc(win: Window, d: number): void {
     if (d % 4 === 0) {
       const w = d / 4;
-      this.dAddr = mem.u32[w] + mem.u32[w + 1] * 4294967296;
-      this.dLen = mem.u32[w + 2];
-      this.dFlags = mem.u16[(d / 2) + 6];
-      this.dNext = mem.u16[(d / 2) + 7];
+      const u32 = win.u32;
+      this.dAddr = u32[w] + u32[w + 1] * 4294967296;
+      this.dLen = u32[w + 2];
+      this.dFlags = win.u16[(d / 2) + 6];
+      this.dNext = win.u16[(d / 2) + 7];
       return;
     }
-    const u8 = mem.u8;
+    const u8 = win.u8;
     this.dAddr = le32(u8, d) + le32(u8, d + 4) * 4294967296;
     this.dLen = le32(u8, d + 8);
     this.dFlags = u8[d + 12] | (u8[d + 13] << 8);
@@ -379,8 +392,8 @@ export class SplitQueue {
   addUsed(head: number, len: number): void {
     const slot = this.usedIdx % this.size;
     const e = (this.usedOff / 4) + 1 + 2 * slot;
-    this.mem.u32[e] = head;
-    this.mem.u32[e + 1] = len;
+    this.usedW.u32[e] = head;
+    this.usedW.u32[e + 1] = len;
     if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 4 + 8 * slot, 8);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
   }
@@ -388,7 +401,7 @@ export class SplitQueue {
   /** Publish used elements added since the last flush (one index store per batch). */
   flush(): void {
     if (this.usedIdx === this.publishedUsed) return;
-    Atomics.store(this.mem.u16, (this.usedOff / 2) + 1, this.usedIdx);
+    Atomics.store(this.usedW.u16, (this.usedOff / 2) + 1, this.usedIdx);
     this.publishedUsed = this.usedIdx;
     if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 2, 2);
   }
@@ -403,10 +416,10 @@ export class SplitQueue {
     if (newIdx === old) return false;
     let notify: boolean;
     if (this.features.eventIdx) {
-      const usedEvent = Atomics.load(this.mem.u16, (this.availOff / 2) + 2 + this.size);
+      const usedEvent = Atomics.load(this.availW.u16, (this.availOff / 2) + 2 + this.size);
       notify = ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
     } else {
-      notify = !(Atomics.load(this.mem.u16, this.availOff / 2) & VIRTQ_AVAIL_F_NO_INTERRUPT);
+      notify = !(Atomics.load(this.availW.u16, this.availOff / 2) & VIRTQ_AVAIL_F_NO_INTERRUPT);
     }
     this.signalledUsed = newIdx;
     return notify;
@@ -421,12 +434,12 @@ export class SplitQueue {
       // avail_event = the next index we will read: the driver kicks when it passes it. `afterPending`:
       // we cannot use what is already there yet (too little room), so ask for the next addition.
       if (enable) {
-        Atomics.store(this.mem.u16, this.usedOff / 2 + 2 + 4 * this.size, afterPending ? this.availIdx() : this.lastAvail);
+        Atomics.store(this.usedW.u16, this.usedOff / 2 + 2 + 4 * this.size, afterPending ? this.availIdx() : this.lastAvail);
         if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 4 + 8 * this.size, 2);
       }
     } else {
       const f = this.usedOff / 2;
-      Atomics.store(this.mem.u16, f, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+      Atomics.store(this.usedW.u16, f, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
       if (this.log !== undefined) this.log.markGpa(this.usedLogGpa, 2);
     }
   }

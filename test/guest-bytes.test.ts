@@ -1,0 +1,59 @@
+// Guest memory seen through overlapping windows (src/virtio/guest-bytes.ts): every access lands on the
+// right byte of the one buffer, whatever window it goes through, and memory larger than a typed array
+// (a sparse 6 GiB memfd) is read and written above 4 GiB.
+import { describe, it, expect } from 'vitest';
+import { native } from '../src/native.js';
+import { GuestBytes, WINDOW_OVERLAP, WINDOW_SPAN } from '../src/virtio/guest-bytes.js';
+
+describe('guest bytes', () => {
+  it('small windows: each offset in the window of its first byte, structures up to the overlap whole in it', () => {
+    const buf = new SharedArrayBuffer(256 * 1024);
+    const g = new GuestBytes(buf, 64 * 1024, 4096);
+    const plain = new DataView(buf);
+    for (const off of [0, 65535 - 3, 65536 - 2, 65536, 131072 + 4095, 256 * 1024 - 8]) {
+      g.setU32(off, 0x11223344 + off);
+      expect(plain.getUint32(off, true)).toBe((0x11223344 + off) >>> 0);
+      expect(g.u32(off)).toBe((0x11223344 + off) >>> 0);
+      const w = g.window(off);
+      expect(off - w.base + 4096 <= w.u8.length || off + 4096 > buf.byteLength).toBe(true);
+    }
+    g.setU16(65535, 0xabcd);
+    expect(plain.getUint16(65535, true)).toBe(0xabcd);
+    plain.setBigUint64(65532, 0x1234_5678_9abcn, true);
+    expect(g.u64(65532)).toBe(0x1234_5678_9abc);
+    // a range longer than the overlap across a boundary: a view of its own, and copies
+    const src = Uint8Array.from({ length: 10000 }, (_, i) => i & 0xff);
+    g.copyIn(60000, src);
+    expect([...g.view(60000, 10000)]).toEqual([...src]);
+    const out = new Uint8Array(10000);
+    g.copyOut(60000, out, 0, 10000);
+    expect(out).toEqual(src);
+  });
+
+  it('a 6 GiB memfd: bytes above 4 GiB through windows and copies', () => {
+    const size = 6 * 2 ** 30;
+    const fd = native.memfdCreate('guest-bytes-test', 0);
+    try {
+      native.ftruncate(fd, size);
+      const m = native.mmapShared(fd, size);
+      expect(() => new Uint8Array(m.buffer)).toThrow();
+      const g = new GuestBytes(m.buffer);
+      const high = 5 * WINDOW_SPAN + 12345;
+      g.setU32(high, 0xdeadbeef);
+      expect(new DataView(m.buffer, high, 4).getUint32(0, true)).toBe(0xdeadbeef);
+      // the last window ends with the buffer
+      const last = g.window(size - 8);
+      expect(last.base + last.u8.length).toBe(size);
+      g.setU32(size - 4, 7);
+      expect(g.u32(size - 4)).toBe(7);
+      // the window of an offset reaches WINDOW_OVERLAP past the next boundary
+      const edge = 4 * WINDOW_SPAN;
+      expect(g.window(edge - 1).u8.length).toBe(WINDOW_SPAN + WINDOW_OVERLAP);
+      g.copyIn(edge - 3, Uint8Array.of(1, 2, 3, 4, 5, 6));
+      expect([...g.view(edge - 3, 6)]).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(g.u8(edge)).toBe(4);
+    } finally {
+      native.close(fd);
+    }
+  });
+});

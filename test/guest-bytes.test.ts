@@ -4,6 +4,8 @@
 import { describe, it, expect } from 'vitest';
 import { native } from '../src/native.js';
 import { GuestBytes, WINDOW_OVERLAP, WINDOW_SPAN } from '../src/virtio/guest-bytes.js';
+import { GuestMemory } from '../src/vmm/memory.js';
+import { ramRegions, GiB } from '../src/boot/layout.js';
 
 describe('guest bytes', () => {
   it('small windows: each offset in the window of its first byte, structures up to the overlap whole in it', () => {
@@ -54,6 +56,24 @@ describe('guest bytes', () => {
       expect(g.u8(edge)).toBe(4);
     } finally {
       native.close(fd);
+    }
+  });
+
+  it('the 64 GiB of RAM of a VM (--mem 64G, sparse): the table and windows reach its last byte', () => {
+    const mem = new GuestMemory(ramRegions(64 * GiB));
+    try {
+      expect(mem.buffer.byteLength).toBe(64 * GiB);
+      // the top of RAM is at 65 GiB guest-physical (3 GiB below the hole, 61 GiB above 4 GiB)
+      const top = 65 * GiB - 16;
+      mem.write(top, Uint8Array.of(9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6));
+      const off = mem.table.translate(top, 16);
+      expect(off).toBe(64 * GiB - 16);
+      expect(mem.bytes.u32(off)).toBe(0x06070809);
+      expect([...mem.slice(60 * GiB - 2, 4)]).toEqual([0, 0, 0, 0]);
+      mem.write(60 * GiB - 2, Uint8Array.of(1, 2, 3, 4));
+      expect(mem.bytes.u16(mem.table.translate(60 * GiB, 2))).toBe(0x0403);
+    } finally {
+      mem.release();
     }
   });
 });

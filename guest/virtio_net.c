@@ -239,7 +239,7 @@ uint16_t net_pairs(void) { return num_pairs; }
 /*
  * Packet buffers at guest-physical `gib` GiB (receive) and `gib` GiB + 256 MiB (transmit), which the
  * VMM must back with RAM: that GiB is identity-mapped with 2 MiB pages through one more page
- * directory (start.S maps only the first GiB).
+ * directory (start.S maps only the first GiB; its tables are user-writable, so this runs at CPL3).
  */
 extern uint64_t pdpt[512];
 static uint64_t pd_high[512] __attribute__((aligned(4096)));
@@ -247,7 +247,9 @@ int net_set_high_buffers(uint32_t gib) {
   if (gib < 4 || gib >= 512) return 0;
   for (uint64_t i = 0; i < 512; i++) pd_high[i] = ((uint64_t)gib << 30) + (i << 21) + 0x87;
   pdpt[gib] = (uint64_t)(uintptr_t)pd_high + 0x7;
-  __asm__ volatile("mov %%cr3, %%rax\n\tmov %%rax, %%cr3" ::: "rax", "memory");
+  /* (no TLB flush, which CPL3 could not do: the entry was not present, and x86 caches no
+   * translation through a not-present entry) */
+  __asm__ volatile("" ::: "memory");
   rxbufs = (uint8_t(*)[QSIZE][BUF_SIZE])(uintptr_t)((uint64_t)gib << 30);
   txbufs = (uint8_t(*)[QSIZE][BUF_SIZE])(uintptr_t)(((uint64_t)gib << 30) + (256ull << 20));
   return 1;

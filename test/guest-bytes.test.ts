@@ -5,6 +5,8 @@ import { describe, it, expect } from 'vitest';
 import { native } from '../src/native.js';
 import { GuestBytes, WINDOW_OVERLAP, WINDOW_SPAN } from '../src/virtio/guest-bytes.js';
 import { GuestMemory } from '../src/vmm/memory.js';
+import { SplitQueue } from '../src/virtio/queue.js';
+import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';
 import { ramRegions, GiB } from '../src/boot/layout.js';
 
 describe('guest bytes', () => {
@@ -75,5 +77,43 @@ describe('guest bytes', () => {
     } finally {
       mem.release();
     }
+  });
+
+  it('a split queue whose rings and indirect table straddle window boundaries (64 KiB windows)', () => {
+    const mem = new TestMemory(1 << 20);
+    mem.view.bytes = new GuestBytes(mem.buffer, 0x10000, 0x2000);
+    const drv = new TestDriver(mem, 64, true);
+    // desc ends at a boundary, avail and used cross one, all in windows other than the first
+    Object.assign(drv.cfg, { desc: 0x20000 - 1024, avail: 0x30000 - 60, used: 0x40000 - 200 });
+    const q = SplitQueue.create(mem.view, drv.cfg, { eventIdx: true, indirect: true }, 256);
+    if (typeof q === 'string') throw new Error(q);
+    const heads: number[] = [];
+    for (let k = 0; k < 70; k++) {
+      const a = 0x50000 + 256 * k;
+      heads.push(drv.add([{ addr: a, len: 100 }, { addr: a + 100, len: 28, write: true }]));
+      expect(q.pop()).toBe(true);
+      expect([q.chain.head, q.chain.count, q.chain.readable, q.chain.offsets[0], q.chain.offsets[1], q.chain.lens[1]]).toEqual([heads[k], 2, 1, a, a + 100, 28]);
+      q.addUsed(q.chain.head, 28 + k);
+      q.flush();
+      expect(drv.takeUsed()).toEqual([{ id: heads[k], len: 28 + k }]);
+    }
+    // an indirect table across the boundary at 0x60000
+    const table = 0x60000 - 24;
+    drv.writeDesc(0, 0x70000, 10, F_NEXT, 1, table);
+    drv.writeDesc(1, 0x70100, 20, F_NEXT, 2, table);
+    drv.writeDesc(2, 0x70200, 30, F_WRITE, 0, table);
+    drv.writeDesc(5, table, 48, F_INDIRECT, 0);
+    drv.publish(5);
+    expect(q.pop()).toBe(true);
+    expect([...q.chain.offsets.subarray(0, 3)]).toEqual([0x70000, 0x70100, 0x70200]);
+    expect([q.chain.readable, q.chain.writableBytes]).toEqual([2, 30]);
+    // EVENT_IDX fields at the ends of the rings (in the windows of their rings' first bytes)
+    q.setKicks(true);
+    expect(drv.availEvent).toBe(71);
+    drv.usedEvent = 70;
+    q.addUsed(5, 30);
+    q.flush();
+    expect(q.needsInterrupt()).toBe(true);
+    expect(q.broken).toBeUndefined();
   });
 });

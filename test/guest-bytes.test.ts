@@ -87,6 +87,8 @@ describe('guest bytes', () => {
     Object.assign(drv.cfg, { desc: 0x20000 - 1024, avail: 0x30000 - 60, used: 0x40000 - 200 });
     const q = SplitQueue.create(mem.view, drv.cfg, { eventIdx: true, indirect: true }, 256);
     if (typeof q === 'string') throw new Error(q);
+    // a ring that might not fit in one window's overlap (16 KiB of descriptors > 8 KiB) is refused
+    expect(SplitQueue.create(mem.view, { ...drv.cfg, size: 1024 }, { eventIdx: true, indirect: true }, 1024)).toBe('bad queue size');
     const heads: number[] = [];
     for (let k = 0; k < 70; k++) {
       const a = 0x50000 + 256 * k;

@@ -152,6 +152,9 @@ export class SplitQueue {
   static create(mem: GuestView, cfg: QueueConfig, features: QueueFeatures, maxSize: number): SplitQueue | BrokenReason {
     const n = cfg.size;
     if (!Number.isInteger(n) || n < 1 || n > maxSize || (n & (n - 1)) !== 0) return 'bad queue size';
+    // every ring area and indirect table (at most 16 * n bytes) must fit in a window's overlap, so that
+    // each lies whole in the window of its first byte (guest-bytes.ts)
+    if (16 * n > mem.bytes.overlap) return 'bad queue size';
     if (cfg.desc % 16 || cfg.avail % 2 || cfg.used % 4) return 'ring misaligned';
     const evt = features.eventIdx ? 2 : 0;
     const desc = dmaContiguous(mem, cfg.desc, 16 * n, MAP_READ);

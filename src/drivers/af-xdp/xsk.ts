@@ -174,7 +174,6 @@ export class XskQueue implements DriverQueue {
   private txProd = 0;
   private rxCons = 0;
   private fillProd = 0;
-  private mem?: SharedArrayBuffer;
 
   constructor(init: XskInit) {
     const fd = init.fd;

@@ -13,6 +13,7 @@
  *   mode=net-rx   count=N: receive and verify N frames (see virtio_net.c for the pattern), report
  *   mode=net-pingpong count=N size=S dst=MAC: N round trips through a host reflector, p50/p99 in cycles
  *   mode=net-macswap count=N: forward N received frames back with their MAC addresses swapped
+ *                 (the net modes take highbufs=N: packet buffers at N GiB, N >= 4, for a VM with that much RAM)
  *   mode=irq      enable interrupts, print "IRQ n" for each vector-0x40 interrupt, report after irqs=N
  * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
  */
@@ -422,6 +423,15 @@ int guest_main(const struct hvm_start_info *si) {
     if (hostile == 4 || hostile == 5) want |= 1ull << 28; /* INDIRECT_DESC: reach the indirect-table checks */
     if (cmdline_get(cmdline, "rxbuf=", arg, sizeof arg)) net_set_rx_buf_len((uint32_t)parse_u64(arg));
     if (cmdline_get(cmdline, "rxsplit=", arg, sizeof arg) && arg[0] == '1') net_set_rx_split(1);
+    /* highbufs=N: packet buffers at N GiB (RX) and N GiB + 256 MiB (TX), for guests with that much RAM */
+    uint32_t highbufs = 0;
+    if (cmdline_get(cmdline, "highbufs=", arg, sizeof arg)) highbufs = (uint32_t)parse_u64(arg);
+    if (highbufs && !net_set_high_buffers(highbufs)) {
+      result_begin(mode);
+      result_str("error", "highbufs= takes a GiB number from 4 to 511");
+      result_end(0);
+      return 1;
+    }
     int use_irq = cmdline_get(cmdline, "irq=", arg, sizeof arg) && arg[0] == '1';
     if (use_irq) {
       if (!net_use_msix(0x40)) {
@@ -541,6 +551,7 @@ int guest_main(const struct hvm_start_info *si) {
       result_num("acks", (uint32_t)acks);
       result_num("nacks", (uint32_t)nacks);
       result_num("sent", sent);
+      result_num("highbufs", highbufs);
       result_num("iommu_requests", iommu_requests);
       result_num("iommu_failures", iommu_failures);
       result_num("size", size < 60 ? 60 : size);
@@ -557,6 +568,7 @@ int guest_main(const struct hvm_start_info *si) {
     result_begin(mode);
     result_str("mac", macs);
     result_num("received", rr.received);
+    result_num("highbufs", highbufs);
     result_num("iommu_requests", iommu_requests);
     result_num("iommu_failures", iommu_failures);
     result_num("bad", rr.bad);

@@ -65,8 +65,11 @@ struct ring {
 
 #define MAX_PAIRS 2
 static struct ring rxq[MAX_PAIRS], txq[MAX_PAIRS], ctrlr;
-static uint8_t rxbufs[MAX_PAIRS][QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
-static uint8_t txbufs[MAX_PAIRS][QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
+static uint8_t rxbufs_low[MAX_PAIRS][QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
+static uint8_t txbufs_low[MAX_PAIRS][QSIZE][BUF_SIZE] __attribute__((aligned(4096)));
+/* the packet buffers: in the image, or above 4 GiB (net_set_high_buffers) */
+static uint8_t (*rxbufs)[QSIZE][BUF_SIZE] = rxbufs_low;
+static uint8_t (*txbufs)[QSIZE][BUF_SIZE] = txbufs_low;
 static uint8_t ctrlbuf[2][64] __attribute__((aligned(64)));
 #define rxr rxq[0]
 #define txr txq[0]
@@ -233,6 +236,25 @@ int net_init(uint64_t want) {
 }
 
 uint16_t net_pairs(void) { return num_pairs; }
+/*
+ * Packet buffers at guest-physical `gib` GiB (receive) and `gib` GiB + 256 MiB (transmit), which the
+ * VMM must back with RAM: that GiB is identity-mapped with 2 MiB pages through one more page
+ * directory (start.S maps only the first GiB; its tables are user-writable, so this runs at CPL3).
+ */
+extern uint64_t pdpt[512];
+static uint64_t pd_high[512] __attribute__((aligned(4096)));
+int net_set_high_buffers(uint32_t gib) {
+  if (gib < 4 || gib >= 512) return 0;
+  for (uint64_t i = 0; i < 512; i++) pd_high[i] = ((uint64_t)gib << 30) + (i << 21) + 0x87;
+  pdpt[gib] = (uint64_t)(uintptr_t)pd_high + 0x7;
+  /* (no TLB flush, which CPL3 could not do: the entry was not present, and x86 caches no
+   * translation through a not-present entry) */
+  __asm__ volatile("" ::: "memory");
+  rxbufs = (uint8_t(*)[QSIZE][BUF_SIZE])(uintptr_t)((uint64_t)gib << 30);
+  txbufs = (uint8_t(*)[QSIZE][BUF_SIZE])(uintptr_t)(((uint64_t)gib << 30) + (256ull << 20));
+  return 1;
+}
+
 void net_set_rx_buf_len(uint32_t len) { rx_buf_len = len < 64 ? 64 : len > BUF_SIZE ? BUF_SIZE : len; }
 
 uint64_t net_features(void) { return features; }

@@ -23,6 +23,7 @@ uint32_t net_macswap(uint32_t count, uint64_t idle_cycles);
 uint16_t net_pairs(void);
 void net_set_rx_buf_len(uint32_t len);
 void net_set_rx_split(int on);
+int net_set_high_buffers(uint32_t gib);
 int net_ctrl(uint8_t cls, uint8_t cmd, const void *data, uint32_t len);
 void net_hostile(int kind);
 #define NET_F_CSUM (1ull << 0)

@@ -388,13 +388,14 @@ struct Mapping {
   size_t len;
 };
 
-// mmapShared(fd, length) -> { buffer: SharedArrayBuffer, address: bigint }
-// MAP_SHARED over fd; the mapping is removed when the last SharedArrayBuffer referring to it (in any thread) dies.
+// mmapShared(fd, length[, offset]) -> { buffer: SharedArrayBuffer, address: bigint }
+// MAP_SHARED over fd from offset (a multiple of the page size; mmap checks); the mapping is removed when the last SharedArrayBuffer referring to it (in any thread) dies.
 Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   int fd = ArgInt(info, 0);
   size_t len = static_cast<size_t>(ArgU64(info[1]));
-  void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  off_t offset = info.Length() > 2 && !info[2].IsUndefined() ? static_cast<off_t>(ArgU64(info[2])) : 0;
+  void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
   if (addr == MAP_FAILED) THROW_ERRNO(env, "mmap", env.Null());
   return SharedMapping(env, addr, len);
 }

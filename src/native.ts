@@ -44,7 +44,7 @@ export interface Native {
   fileSize(fd: number): number;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, size: number | bigint): void;
-  mmapShared(fd: number, length: number): { buffer: SharedArrayBuffer; address: bigint };
+  mmapShared(fd: number, length: number, offset?: number): { buffer: SharedArrayBuffer; address: bigint };
   mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer;
   /** Replace [address, address+length) with anonymous zero pages: releases the file behind a mapping early. */
   remapAnonymous(address: bigint, length: number): void;

@@ -54,7 +54,7 @@ describe('native shim', () => {
     expect(Atomics.load(new Int32Array(mem.buffer), 0)).toBe(1234);
     await worker.terminate();
     mem.release();
-    expect(mem.bytes[17 + (1 << 20)]).toBe(0); // anonymous pages now, not the guest's
+    expect(mem.bytes.u8(17 + (1 << 20))).toBe(0); // anonymous pages now, not the guest's
   });
 });
 

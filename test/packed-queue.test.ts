@@ -5,6 +5,7 @@ import { PackedQueue, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVEN
 import { IommuTable, IommuReader, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
 import { guestView } from '../src/virtio/dma.js';
 import { decodeRingBase, encodeRingBase } from '../src/virtio/virtqueue.js';
+import { GuestBytes } from '../src/virtio/guest-bytes.js';
 import { TestMemory } from './helpers/virtq-driver.js';
 import { PackedTestDriver, P_AVAIL, P_USED, P_NEXT, P_WRITE, P_INDIRECT } from './helpers/packed-driver.js';
 
@@ -208,6 +209,50 @@ describe('packed virtqueue', () => {
     drv.add([{ addr: 0x200000, len: 64, write: true }]);
     expect(q.pop()).toBe(false);
     expect(q.broken).toBe('IOMMU fault');
+  });
+
+  it('reads and writes a ring, its event suppression areas and an indirect table across window boundaries (64 KiB windows)', () => {
+    const mem = new TestMemory(1 << 20);
+    mem.view.bytes = new GuestBytes(mem.buffer, 0x10000, 0x2000);
+    const drv = new PackedTestDriver(mem, 64, true);
+    // the ring (1 KiB) across the boundary at 0x20000; the driver area ends at the one at 0x30000, the
+    // device area starts at the one at 0x40000 (each in a window other than the first)
+    Object.assign(drv.cfg, { desc: 0x20000 - 512, avail: 0x30000 - 4, used: 0x40000 });
+    const features = { eventIdx: true, indirect: true, packed: true };
+    const q = PackedQueue.create(mem.view, drv.cfg, features, 1024);
+    if (typeof q === 'string') throw new Error(q);
+    // a ring that might not fit in one window's overlap (more than 8 KiB of descriptors) is refused
+    expect(PackedQueue.create(mem.view, { ...drv.cfg, size: 513 }, features, 1024)).toBe('bad queue size');
+    expect(typeof PackedQueue.create(mem.view, { ...drv.cfg, size: 512 }, features, 1024)).not.toBe('string');
+    // 70 two-descriptor chains: every slot written and used on both sides of the boundary, over two laps
+    for (let k = 0; k < 70; k++) {
+      const a = 0x50000 + 256 * k;
+      const id = drv.add([{ addr: a, len: 100 }, { addr: a + 100, len: 28, write: true }]);
+      expect(q.pop()).toBe(true);
+      expect([q.chain.head, q.chain.count, q.chain.readable, q.chain.offsets[0], q.chain.offsets[1], q.chain.lens[1]]).toEqual([id, 2, 1, a, a + 100, 28]);
+      q.addUsed(q.chain.head, 28 + k);
+      q.flush();
+      expect(drv.takeUsed()).toEqual([{ id, len: 28 + k }]);
+    }
+    // an indirect table across the boundary at 0x60000 (8-byte aligned: the spec asks no alignment)
+    const table = 0x60000 - 24;
+    drv.writeTableEntry(table, 0, 0x70000, 10, 0);
+    drv.writeTableEntry(table, 1, 0x70100, 20, 0);
+    drv.writeTableEntry(table, 2, 0x70200, 30, P_WRITE);
+    const id = drv.raw([{ addr: table, len: 48, flags: P_INDIRECT }]);
+    expect(q.pop()).toBe(true);
+    expect([q.chain.head, ...q.chain.offsets.subarray(0, 3)]).toEqual([id, 0x70000, 0x70100, 0x70200]);
+    expect([q.chain.readable, q.chain.readableBytes, q.chain.writableBytes]).toEqual([2, 30, 30]);
+    // event suppression through the windows of those areas: kicks wanted at the next slot (140 % 64,
+    // plus the indirect chain's one, in the ring's third lap: wrap counter 1)
+    q.setKicks(true);
+    expect(drv.deviceEvent).toEqual({ flags: RING_EVENT_FLAGS_DESC, offWrap: 0x8000 | 13 });
+    drv.setDriverEvent(RING_EVENT_FLAGS_DISABLE);
+    q.addUsed(id, 30);
+    q.flush();
+    expect(q.needsInterrupt()).toBe(false);
+    expect(drv.takeUsed()).toEqual([{ id, len: 30 }]);
+    expect(q.broken).toBeUndefined();
   });
 });
 

@@ -3,6 +3,7 @@
 // exception, never an access outside guest memory.
 import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
+import { GuestBytes } from '../src/virtio/guest-bytes.js';
 import type { QueueConfig, Virtqueue } from '../src/virtio/virtqueue.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';
 import { PackedTestDriver, P_NEXT, P_WRITE, P_INDIRECT } from './helpers/packed-driver.js';
@@ -32,16 +33,27 @@ const layouts: Layout[] = [
   { name: 'packed', NEXT: P_NEXT, WRITE: P_WRITE, INDIRECT: P_INDIRECT, driver: (m, n) => new PackedTestDriver(m, n) },
 ];
 
-for (const L of layouts) {
+// Each layout twice: with the memory's real windows (1 GiB: all of the test memory in the first), and
+// with a window every 256 bytes reaching 128 bytes into the next (the largest ring or table here: 8
+// descriptors), so that rings, tables and buffers cross window boundaries and anything read through
+// the wrong window is out of its reach (the driver writes through a view of the whole buffer, the queue
+// through its windows: src/virtio/guest-bytes.ts).
+const windowings = [
+  { name: '', span: 0, overlap: 0 },
+  { name: ', 256-byte windows', span: 0x100, overlap: 0x80 },
+];
+
+for (const L of layouts) for (const W of windowings) {
   const setup = (o: { size?: number; indirect?: boolean; mem?: TestMemory } = {}) => {
     const mem = o.mem ?? new TestMemory();
+    if (W.span) mem.view.bytes = new GuestBytes(mem.buffer, W.span, W.overlap);
     const drv = L.driver(mem, o.size ?? 8);
     const q = createQueue(mem.view, drv.cfg, { eventIdx: false, indirect: o.indirect ?? true, packed: L.name === 'packed' }, 256);
     if (typeof q === 'string') throw new Error(q);
     return { mem, drv, q };
   };
 
-  describe(`${L.name} virtqueue`, () => {
+  describe(`${L.name} virtqueue${W.name}`, () => {
     it('is the layout the features asked for', () => {
       expect(setup().q.layout).toBe(L.name);
     });
@@ -156,7 +168,7 @@ for (const L of layouts) {
     });
   });
 
-  describe(`${L.name} virtqueue against a hostile driver`, () => {
+  describe(`${L.name} virtqueue against a hostile driver${W.name}`, () => {
     function hostile(write: (drv: RingDriver, mem: TestMemory) => void, opts: { indirect?: boolean; size?: number } = {}) {
       const { mem, drv, q } = setup(opts);
       write(drv, mem);

@@ -2,6 +2,7 @@
 // All virtio knowledge on the data path is here (header translation in net-header.ts); the
 // driver sees packets as buffer lists with neutral metadata.
 import type { GuestView } from '../virtio/dma.js';
+import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
 import { MAX_GSO_FRAME, NET_HDR_LEN, parseTxHeader, writeRxHeader, type TxPolicy } from './net-header.js';
 import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
@@ -43,7 +44,7 @@ export class NetQueuePair {
   /** where the RX header goes: up to NET_HDR_LEN pieces (offset, length) in the first chain */
   private readonly hdrAt = new Float64Array(NET_HDR_LEN);
   private readonly hdrLen = new Uint8Array(NET_HDR_LEN);
-  private readonly u8: Uint8Array;
+  private readonly bytes: GuestBytes;
 
   constructor(
     private readonly mem: GuestView,
@@ -53,7 +54,7 @@ export class NetQueuePair {
     readonly driver: DriverQueue,
     private readonly o: PairOptions,
   ) {
-    this.u8 = mem.u8;
+    this.bytes = mem.bytes;
     const maxChain = txq.chain.offsets.length;
     // room for a whole batch of typical packets, and for one packet of the longest chain
     this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
@@ -177,15 +178,21 @@ export class NetQueuePair {
 
   /** Copy the first NET_HDR_LEN readable bytes (the header may straddle buffers) into this.hdr. */
   private gather(offsets: Float64Array, lens: Uint32Array, count: number): void {
-    const u8 = this.u8;
     const hdr = this.hdr;
     let at = 0;
     for (let i = 0; i < count && at < NET_HDR_LEN; i++) {
-      const off = offsets[i];
+      const w = this.bytes.window(offsets[i]);
+      const off = offsets[i] - w.base;
       const n = Math.min(NET_HDR_LEN - at, lens[i]);
-      for (let k = 0; k < n; k++) hdr[at + k] = u8[off + k];
+      for (let k = 0; k < n; k++) hdr[at + k] = w.u8[off + k];
       at += n;
     }
+  }
+
+  /** Does the frame whose destination MAC is at buffer offset `off` pass the RX filter? */
+  private accepts(off: number): boolean {
+    const w = this.bytes.window(off);
+    return this.o.filter.accepts(w.u8, off - w.base);
   }
 
   private interrupt(q: Virtqueue, fd: number, st: Float64Array): void {
@@ -287,7 +294,7 @@ export class NetQueuePair {
       if (this.o.log !== undefined) this.logWritten(b.iov, iovUsed, len);
       // (the destination MAC is checked where it lies whole in the first segment, which is every layout
       // drivers use; a first segment under 6 bytes skips the filter rather than gather)
-      if (len < 14 || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.o.filter.accepts(this.u8, b.iov[1]))) {
+      if (len < 14 || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.accepts(b.iov[1]))) {
         // a runt, a frame larger than the buffers (truncated), or not for us: the buffers stay the
         // guest's for the next frame
         q.rewind(chains);
@@ -307,7 +314,8 @@ export class NetQueuePair {
       writeRxHeader(this.hdr, 0, b.meta, 0, used);
       for (let k = 0, at = 0; k < hdrPieces; k++) {
         const dst = this.hdrAt[k];
-        for (let j = 0; j < this.hdrLen[k]; j++) this.u8[dst + j] = this.hdr[at++];
+        const w = this.bytes.window(dst);
+        for (let j = 0, l = dst - w.base; j < this.hdrLen[k]; j++) w.u8[l + j] = this.hdr[at++];
         this.o.log?.markOffset(dst, this.hdrLen[k]);
       }
       delivered++;

@@ -12,6 +12,7 @@ import { FrontendMemory } from './memory.js';
 import { IommuTable, IommuReader, INPUT_END, MAP_READ, MAP_WRITE, sayWaitIsSlow, stuckThreadMs } from '../viommu/table.js';
 import { guestView, dmaContiguous, type DmaAccess } from '../virtio/dma.js';
 import { MAX_QUEUE_SIZE, decodeRingBase, encodeRingBase, type RingState } from '../virtio/virtqueue.js';
+import { guestBytes } from '../virtio/guest-bytes.js';
 import * as P from './protocol.js';
 import * as V from './validate.js';
 
@@ -523,27 +524,27 @@ export class VhostUserBackend {
   private usedIndex(r: Vring): number {
     if (!this.memory) return r.base;
     const off = this.ringOffset(r.used + 2, 2, MAP_READ);
-    return off < 0 ? r.base : new DataView(this.memory.buffer).getUint16(off, true);
+    return off < 0 ? r.base : guestBytes(this.memory.buffer).u16(off);
   }
 
   /** (tracing) the avail index and the last 24 used entries: index:head/len@buffer address */
   private ringDump(r: Vring): string {
     const mem = this.memory;
     if (!mem) return '';
-    const dv = new DataView(mem.buffer);
+    const g = guestBytes(mem.buffer);
     const a = this.ringOffset(r.avail + 2, 2, MAP_READ);
     const u = this.ringOffset(r.used, 4 + 8 * r.num, MAP_READ);
     const d = this.ringOffset(r.desc, 16 * r.num, MAP_READ);
     if (a < 0 || u < 0 || d < 0) return 'rings not translatable';
-    const idx = dv.getUint16(u + 2, true);
+    const idx = g.u16(u + 2);
     const out: string[] = [];
     for (let k = idx - 24; k < idx; k++) {
       const slot = (k & 0xffff) % r.num;
-      const head = dv.getUint32(u + 4 + 8 * slot, true);
-      const buf = head < r.num ? dv.getBigUint64(d + 16 * head, true).toString(16) : '?';
-      out.push(`${k & 0xffff}:${head}/${dv.getUint32(u + 8 + 8 * slot, true)}@${buf}`);
+      const head = g.u32(u + 4 + 8 * slot);
+      const buf = head < r.num ? g.u64(d + 16 * head).toString(16) : '?';
+      out.push(`${k & 0xffff}:${head}/${g.u32(u + 8 + 8 * slot)}@${buf}`);
     }
-    return `avail ${dv.getUint16(a, true)}, used ${out.join(' ')}`;
+    return `avail ${g.u16(a)}, used ${out.join(' ')}`;
   }
 
   private ready(r: Vring): boolean {

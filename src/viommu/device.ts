@@ -226,7 +226,7 @@ export class VirtioIommu implements VirtioDevice {
 
   kick(queue: number): void {
     if (queue !== 0 || !this.reqq || !this.requests) return;
-    this.requests.drain(this.reqq, this.view.u8, this.mainLog);
+    this.requests.drain(this.reqq, this.view.bytes, this.mainLog);
     if (this.reqq.broken) this.active?.needsReset(`request queue: ${this.reqq.broken}`);
     this.interrupt(0, this.reqq);
   }
@@ -258,7 +258,7 @@ export class VirtioIommu implements VirtioDevice {
       v.setBigUint64(16, BigInt(f.address), true);
       for (let i = 0, at = 0; i < c.count && at < 24; i++) {
         const n = Math.min(c.lens[i], 24 - at);
-        this.view.u8.set(ev.subarray(at, at + n), c.offsets[i]);
+        this.view.bytes.copyIn(c.offsets[i], ev, at, n);
         this.mainLog?.markOffset(c.offsets[i], n);
         at += n;
       }

@@ -72,7 +72,7 @@ function main(): void {
   while (!Atomics.load(d.control, CONTROL_STOP)) {
     if (Atomics.load(d.control, CONTROL_LOG)) takeLog();
     // requests the guest queued before we slept are handled first; then wait for the next kick
-    if (requests.drain(q, view.u8, log) > 0) lastWork = performance.now();
+    if (requests.drain(q, view.bytes, log) > 0) lastWork = performance.now();
     if (q.broken && !reported) {
       reported = true;
       port.postMessage({ type: 'broken', reason: q.broken });

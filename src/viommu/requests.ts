@@ -3,6 +3,7 @@
 // completions published only once no dataplane thread can still use what it unmapped.
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
+import type { GuestBytes } from '../virtio/guest-bytes.js';
 import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_READ, MAP_WRITE, MAP_MMIO, type SlowWait, type StuckPolicy } from './table.js';
 
 export const T = { ATTACH: 1, DETACH: 2, MAP: 3, UNMAP: 4, PROBE: 5 } as const;
@@ -71,13 +72,13 @@ export class IommuRequests {
   }
 
   /**
-   * Handle every request available on `q` (guest memory `u8`), then publish the completions: after one
+   * Handle every request available on `q` (guest memory `bytes`), then publish the completions: after one
    * wait for the dataplane threads to be past the batch's last UNMAP (or ATTACH/DETACH) — a guest that
    * batches its unmaps pays for one quiescence, not one per request. Replies are written as each
    * request is handled; the guest reads them only once the used index moves, after that wait. Returns
    * the requests handled.
    */
-  drain(q: Virtqueue, u8: Uint8Array, log?: DirtyLog): number {
+  drain(q: Virtqueue, bytes: GuestBytes, log?: DirtyLog): number {
     let n = 0;
     let waitFor = 0;
     while (n < BATCH_MAX && q.pop()) {
@@ -90,7 +91,7 @@ export class IommuRequests {
         continue;
       }
       for (let i = 0, at = 0; i < c.readable; i++) {
-        this.req.set(u8.subarray(c.offsets[i], c.offsets[i] + c.lens[i]), at);
+        bytes.copyOut(c.offsets[i], this.req, at, c.lens[i]);
         at += c.lens[i];
       }
       const writable = c.writableBytes;
@@ -114,7 +115,7 @@ export class IommuRequests {
         const off = c.offsets[i];
         for (let k = 0; k < c.lens[i]; k++, at++) {
           const tail = at - (writable - 4);
-          u8[off + k] = tail < 0 ? (isProbe && at < PROBE_SIZE ? this.reply[at] : 0) : tail === 0 ? status : 0;
+          bytes.setU8(off + k, tail < 0 ? (isProbe && at < PROBE_SIZE ? this.reply[at] : 0) : tail === 0 ? status : 0);
         }
         log?.markOffset(off, c.lens[i]);
       }

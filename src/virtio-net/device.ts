@@ -255,7 +255,7 @@ export class VirtioNet implements VirtioDevice {
   kick(queue: number): void {
     if (queue !== this.ctrlIndex || !this.ctrlq) return;
     const q = this.ctrlq;
-    const mem = this.view.u8;
+    const mem = this.view.bytes;
     // behind the vIOMMU: the mappings may have changed since the last command (the ring's too)
     if (this.translated && this.ctrlReader!.enter()) q.remapRings();
     while (q.pop()) {
@@ -267,7 +267,7 @@ export class VirtioNet implements VirtioDevice {
       const cmd = new Uint8Array(c.readableBytes);
       let at = 0;
       for (let i = 0; i < c.readable; i++) {
-        cmd.set(mem.subarray(c.offsets[i], c.offsets[i] + c.lens[i]), at);
+        mem.copyOut(c.offsets[i], cmd, at, c.lens[i]);
         at += c.lens[i];
       }
       const ack = this.control(cmd[0], cmd[1], cmd.subarray(2));
@@ -277,7 +277,7 @@ export class VirtioNet implements VirtioDevice {
         q.addUsed(c.head, 0);
         continue;
       }
-      mem[c.offsets[last] + c.lens[last] - 1] = ack;
+      mem.setU8(c.offsets[last] + c.lens[last] - 1, ack);
       this.ctrlLog?.markOffset(c.offsets[last] + c.lens[last] - 1, 1);
       q.addUsed(c.head, 1);
     }

@@ -3,6 +3,7 @@
 // (src/viommu/table.ts's IommuReader implements DmaTranslator): guest-physical ranges as offsets in
 // the one SharedArrayBuffer, and — for a device behind an IOMMU (VIRTIO_F_ACCESS_PLATFORM) — the
 // translation of the addresses the driver gives it (IOVAs) into guest-physical ones.
+import { guestBytes, type GuestBytes } from './guest-bytes.js';
 
 /** DMA access kinds, as the IOMMU's mapping permissions name them */
 export const DMA_READ = 1;
@@ -34,17 +35,18 @@ export interface DmaTranslator {
   translate(iova: number, len: number, access: DmaAccess, recordFault?: boolean): boolean;
 }
 
-/** Guest memory as a queue sees it: bytes, aligned views of them, the map and the translator if any. */
+/**
+ * Guest memory as a queue sees it: its bytes (as windows: guest-bytes.ts; the buffer may be larger
+ * than any one typed array), the map and the translator if any.
+ */
 export interface GuestView {
-  u8: Uint8Array;
-  u16: Uint16Array;
-  u32: Uint32Array;
+  bytes: GuestBytes;
   table: GuestMemoryMap;
   iommu?: DmaTranslator;
 }
 
 export function guestView(buffer: SharedArrayBuffer, table: GuestMemoryMap, iommu?: DmaTranslator): GuestView {
-  return { u8: new Uint8Array(buffer), u16: new Uint16Array(buffer), u32: new Uint32Array(buffer), table, iommu };
+  return { bytes: guestBytes(buffer), table, iommu };
 }
 
 /**

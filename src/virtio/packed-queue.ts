@@ -19,6 +19,7 @@
 import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
 import { Chain, IOMMU_EXTRA_PIECES, le32, type BrokenReason, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from './virtqueue.js';
+import type { Window } from './guest-bytes.js';
 
 export const PACKED_DESC_F_NEXT = 1;
 export const PACKED_DESC_F_WRITE = 2;
@@ -33,11 +34,17 @@ export const RING_EVENT_FLAGS_DESC = 2;
 export class PackedQueue implements Virtqueue {
   readonly layout = 'packed';
   readonly size: number;
-  private descOff: number;
+  /** the three areas, each as (window, byte offset in it): the ring and its two 4-byte event
+   * suppression structures, each far smaller than the windows' overlap, so each lies whole in the window
+   * of its first byte (guest-bytes.ts); behind the IOMMU looked up again by remapRings */
+  private descW!: Window;
+  private descOff = 0;
   /** driver event suppression (read: may we interrupt) */
-  private driverOff: number;
+  private driverW!: Window;
+  private driverOff = 0;
   /** device event suppression (written: do we want kicks) */
-  private deviceOff: number;
+  private deviceW!: Window;
+  private deviceOff = 0;
   private cfg?: QueueConfig;
   private nextAvail = 0;
   private availWrap = true;
@@ -76,6 +83,9 @@ export class PackedQueue implements Virtqueue {
     const n = cfg.size;
     // (packed sizes need not be powers of two)
     if (!Number.isInteger(n) || n < 1 || n > maxSize) return 'bad queue size';
+    // the ring and any indirect table (at most 16 * n bytes) must fit in a window's overlap, so that
+    // each lies whole in the window of its first byte (guest-bytes.ts)
+    if (16 * n > mem.bytes.overlap) return 'bad queue size';
     if (cfg.desc % 16 || cfg.avail % 4 || cfg.used % 4) return 'ring misaligned';
     const offs = PackedQueue.translateRings(mem, cfg);
     if (!offs) return mem.iommu ? 'IOMMU fault' : 'ring outside guest memory';
@@ -99,7 +109,7 @@ export class PackedQueue implements Virtqueue {
     readonly features: QueueFeatures,
   ) {
     this.size = size;
-    [this.descOff, this.driverOff, this.deviceOff] = offs;
+    this.placeRings(offs);
     this.slots = new Uint16Array(size);
     this.inUse = new Uint8Array(size);
     this.histPos = new Uint16Array(size);
@@ -124,7 +134,18 @@ export class PackedQueue implements Virtqueue {
       else this.broken = 'IOMMU fault';
       return;
     }
-    [this.descOff, this.driverOff, this.deviceOff] = offs;
+    this.placeRings(offs);
+  }
+
+  /** Keep each area as (window, offset in it), from its offset in the buffer. */
+  private placeRings([desc, driver, device]: [number, number, number]): void {
+    const b = this.mem.bytes;
+    this.descW = b.window(desc);
+    this.driverW = b.window(driver);
+    this.deviceW = b.window(device);
+    this.descOff = desc - this.descW.base;
+    this.driverOff = driver - this.driverW.base;
+    this.deviceOff = device - this.deviceW.base;
   }
 
   setState(s: RingState): void {
@@ -150,7 +171,7 @@ export class PackedQueue implements Virtqueue {
 
   /** flags of the ring descriptor in `slot` */
   private flagsAt(slot: number): number {
-    return Atomics.load(this.mem.u16, (this.descOff / 2) + 8 * slot + 7);
+    return Atomics.load(this.descW.u16, (this.descOff / 2) + 8 * slot + 7);
   }
 
   private static isAvail(flags: number, wrap: boolean): boolean {
@@ -219,9 +240,10 @@ export class PackedQueue implements Virtqueue {
     for (let taken = 1; ; taken++) {
       if (taken > size) return this.fail('descriptor chain too long');
       const d = this.descOff + 16 * pos;
-      const addr = this.mem.u32[d / 4] + this.mem.u32[d / 4 + 1] * 4294967296;
-      const len = this.mem.u32[d / 4 + 2];
-      id = this.mem.u16[d / 2 + 6];
+      const u32 = this.descW.u32;
+      const addr = u32[d / 4] + u32[d / 4 + 1] * 4294967296;
+      const len = u32[d / 4 + 2];
+      id = this.descW.u16[d / 2 + 6];
       if (++pos === size) {
         pos = 0;
         wrap = !wrap;
@@ -263,8 +285,10 @@ export class PackedQueue implements Virtqueue {
     const mem = this.mem;
     const off = dmaContiguous(mem, addr, len, DMA_READ);
     if (off < 0) return this.fail(mem.iommu ? 'IOMMU fault' : 'buffer outside guest memory');
-    const u8 = mem.u8;
-    for (let d = off; d < off + len; d += 16) {
+    const w = mem.bytes.window(off);
+    const u8 = w.u8;
+    const start = off - w.base;
+    for (let d = start; d < start + len; d += 16) {
       // (the spec asks no alignment of an indirect table: read byte by byte)
       const flags = u8[d + 14] | (u8[d + 15] << 8);
       if (flags & PACKED_DESC_F_INDIRECT) return this.fail('nested indirect table');
@@ -296,14 +320,14 @@ export class PackedQueue implements Virtqueue {
     this.inUse[head] = 0;
     const slot = this.nextUsed;
     const d = this.descOff + 16 * slot;
-    const mem = this.mem;
-    mem.u32[d / 4 + 2] = len;
-    mem.u16[d / 2 + 6] = head;
+    const w = this.descW;
+    w.u32[d / 4 + 2] = len;
+    w.u16[d / 2 + 6] = head;
     const flags = (this.usedWrap ? PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED : 0) | (len > 0 ? PACKED_DESC_F_WRITE : 0);
     if (this.batchSlot < 0) {
       this.batchSlot = slot;
       this.batchFlags = flags;
-    } else Atomics.store(mem.u16, d / 2 + 7, flags);
+    } else Atomics.store(w.u16, d / 2 + 7, flags);
     if (this.log !== undefined) this.log.markGpa(this.descLogGpa + 16 * slot, 16);
     this.nextUsed += this.slots[head];
     if (this.nextUsed >= this.size) {
@@ -314,7 +338,7 @@ export class PackedQueue implements Virtqueue {
 
   flush(): void {
     if (this.batchSlot < 0) return;
-    Atomics.store(this.mem.u16, (this.descOff / 2) + 8 * this.batchSlot + 7, this.batchFlags);
+    Atomics.store(this.descW.u16, (this.descOff / 2) + 8 * this.batchSlot + 7, this.batchFlags);
     this.batchSlot = -1;
     this.publishedUsed = this.nextUsed;
     this.publishedWrap = this.usedWrap;
@@ -332,10 +356,10 @@ export class PackedQueue implements Virtqueue {
     const neu = this.publishedUsed;
     let old = this.signalledUsed;
     this.signalledUsed = neu;
-    const flags = Atomics.load(this.mem.u16, (this.driverOff / 2) + 1);
+    const flags = Atomics.load(this.driverW.u16, (this.driverOff / 2) + 1);
     if (flags === RING_EVENT_FLAGS_DISABLE) return false;
     if (flags !== RING_EVENT_FLAGS_DESC || !this.features.eventIdx) return true;
-    const offWrap = Atomics.load(this.mem.u16, this.driverOff / 2);
+    const offWrap = Atomics.load(this.driverW.u16, this.driverOff / 2);
     let off = offWrap & 0x7fff;
     if (neu <= old) old -= this.size;
     if (this.publishedWrap !== (offWrap >> 15 === 1)) off -= this.size;
@@ -343,7 +367,7 @@ export class PackedQueue implements Virtqueue {
   }
 
   setKicks(enable: boolean, afterPending = false): void {
-    const u16 = this.mem.u16;
+    const u16 = this.deviceW.u16;
     const at = this.deviceOff / 2;
     if (enable && this.features.eventIdx) {
       // kick when the driver makes the next chain available (or, `afterPending`, the one after those there now)

@@ -10,6 +10,7 @@
 import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
 import { Chain, IOMMU_EXTRA_PIECES, le32, type BrokenReason, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from './virtqueue.js';
+import type { Window } from './guest-bytes.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -20,11 +21,15 @@ export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export class SplitQueue implements Virtqueue {
   readonly layout = 'split';
   readonly size: number;
-  /** buffer offsets of the three areas (element arrays indexed directly; behind the IOMMU they are
-   * looked up again whenever its mappings change: remapRings) */
-  private descOff: number;
-  private availOff: number;
-  private usedOff: number;
+  /** the three areas: each in one window of guest memory (a ring is far smaller than the windows'
+   * overlap), at a byte offset in that window, indexed directly; behind the IOMMU they are looked up
+   * again whenever its mappings change: remapRings */
+  private descW!: Window;
+  private availW!: Window;
+  private usedW!: Window;
+  private descOff = 0;
+  private availOff = 0;
+  private usedOff = 0;
   private cfg?: QueueConfig;
   private lastAvail = 0;
   private usedIdx = 0;
@@ -51,6 +56,9 @@ export class SplitQueue implements Virtqueue {
   static create(mem: GuestView, cfg: QueueConfig, features: QueueFeatures, maxSize: number): SplitQueue | BrokenReason {
     const n = cfg.size;
     if (!Number.isInteger(n) || n < 1 || n > maxSize || (n & (n - 1)) !== 0) return 'bad queue size';
+    // every ring area and indirect table (at most 16 * n bytes) must fit in a window's overlap, so that
+    // each lies whole in the window of its first byte (guest-bytes.ts)
+    if (16 * n > mem.bytes.overlap) return 'bad queue size';
     if (cfg.desc % 16 || cfg.avail % 2 || cfg.used % 4) return 'ring misaligned';
     const evt = features.eventIdx ? 2 : 0;
     const desc = dmaContiguous(mem, cfg.desc, 16 * n, DMA_READ);
@@ -80,9 +88,18 @@ export class SplitQueue implements Virtqueue {
       else this.broken = 'IOMMU fault';
       return;
     }
-    this.descOff = desc;
-    this.availOff = avail;
-    this.usedOff = used;
+    this.placeRings(desc, avail, used);
+  }
+
+  /** Keep each ring area as (window, offset in it), from its offset in the buffer. */
+  private placeRings(desc: number, avail: number, used: number): void {
+    const b = this.mem.bytes;
+    this.descW = b.window(desc);
+    this.availW = b.window(avail);
+    this.usedW = b.window(used);
+    this.descOff = desc - this.descW.base;
+    this.availOff = avail - this.availW.base;
+    this.usedOff = used - this.usedW.base;
   }
 
   private constructor(
@@ -94,9 +111,7 @@ export class SplitQueue implements Virtqueue {
     readonly features: QueueFeatures,
   ) {
     this.size = size;
-    this.descOff = descOff;
-    this.availOff = availOff;
-    this.usedOff = usedOff;
+    this.placeRings(descOff, availOff, usedOff);
     this.chain = this.newChain();
   }
 
@@ -124,7 +139,7 @@ export class SplitQueue implements Virtqueue {
   }
 
   private availIdx(): number {
-    return Atomics.load(this.mem.u16, (this.availOff / 2) + 1);
+    return Atomics.load(this.availW.u16, (this.availOff / 2) + 1);
   }
 
   /** Entries the driver has made available and we have not taken (0 when broken). */
@@ -156,13 +171,14 @@ export class SplitQueue implements Virtqueue {
   pop(into: Chain = this.chain): boolean {
     if (this.pending() === 0) return false;
     const mem = this.mem;
-    const head = mem.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
+    const head = this.availW.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
     if (head >= this.size) return this.fail('descriptor index out of range');
     this.popStart = this.lastAvail;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
 
     const c = into;
     c.reset(head);
+    let tableW = this.descW;
     let tableOff = this.descOff;
     let tableLen = this.size;
     let indirect = false;
@@ -170,7 +186,7 @@ export class SplitQueue implements Virtqueue {
     let seen = 0;
     for (;;) {
       if (++seen > tableLen) return this.fail('descriptor chain too long');
-      this.readDesc(tableOff + i * 16);
+      this.readDesc(tableW, tableOff + i * 16);
       const addr = this.dAddr;
       const len = this.dLen;
       const flags = this.dFlags;
@@ -184,7 +200,8 @@ export class SplitQueue implements Virtqueue {
         const off = dmaContiguous(mem, addr, len, DMA_READ);
         if (off < 0) return this.fail(mem.iommu ? 'IOMMU fault' : 'buffer outside guest memory');
         indirect = true;
-        tableOff = off;
+        tableW = mem.bytes.window(off);
+        tableOff = off - tableW.base;
         tableLen = len / 16;
         i = 0;
         seen = 0;
@@ -205,21 +222,21 @@ export class SplitQueue implements Virtqueue {
   private dNext = 0;
 
   /**
-   * Read the 16-byte descriptor at buffer offset `d`: with aligned views when it is 4-byte aligned
-   * (the ring's table always is, checked in create), else byte by byte (an indirect table may lie
-   * anywhere).
+   * Read the 16-byte descriptor at offset `d` in window `win`: with aligned views when it is 4-byte
+   * aligned (the ring's table always is, checked in create; windows start aligned), else byte by byte
+   * (an indirect table may lie anywhere).
    */
-  private readDesc(d: number): void {
-    const mem = this.mem;
+  private readDesc(win: Window, d: number): void {
     if (d % 4 === 0) {
       const w = d / 4;
-      this.dAddr = mem.u32[w] + mem.u32[w + 1] * 4294967296;
-      this.dLen = mem.u32[w + 2];
-      this.dFlags = mem.u16[(d / 2) + 6];
-      this.dNext = mem.u16[(d / 2) + 7];
+      const u32 = win.u32;
+      this.dAddr = u32[w] + u32[w + 1] * 4294967296;
+      this.dLen = u32[w + 2];
+      this.dFlags = win.u16[(d / 2) + 6];
+      this.dNext = win.u16[(d / 2) + 7];
       return;
     }
-    const u8 = mem.u8;
+    const u8 = win.u8;
     this.dAddr = le32(u8, d) + le32(u8, d + 4) * 4294967296;
     this.dLen = le32(u8, d + 8);
     this.dFlags = u8[d + 12] | (u8[d + 13] << 8);
@@ -240,8 +257,8 @@ export class SplitQueue implements Virtqueue {
   addUsed(head: number, len: number): void {
     const slot = this.usedIdx % this.size;
     const e = (this.usedOff / 4) + 1 + 2 * slot;
-    this.mem.u32[e] = head;
-    this.mem.u32[e + 1] = len;
+    this.usedW.u32[e] = head;
+    this.usedW.u32[e + 1] = len;
     if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 4 + 8 * slot, 8);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
   }
@@ -249,7 +266,7 @@ export class SplitQueue implements Virtqueue {
   /** Publish used elements added since the last flush (one index store per batch). */
   flush(): void {
     if (this.usedIdx === this.publishedUsed) return;
-    Atomics.store(this.mem.u16, (this.usedOff / 2) + 1, this.usedIdx);
+    Atomics.store(this.usedW.u16, (this.usedOff / 2) + 1, this.usedIdx);
     this.publishedUsed = this.usedIdx;
     if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 2, 2);
   }
@@ -264,10 +281,10 @@ export class SplitQueue implements Virtqueue {
     if (newIdx === old) return false;
     let notify: boolean;
     if (this.features.eventIdx) {
-      const usedEvent = Atomics.load(this.mem.u16, (this.availOff / 2) + 2 + this.size);
+      const usedEvent = Atomics.load(this.availW.u16, (this.availOff / 2) + 2 + this.size);
       notify = ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
     } else {
-      notify = !(Atomics.load(this.mem.u16, this.availOff / 2) & VIRTQ_AVAIL_F_NO_INTERRUPT);
+      notify = !(Atomics.load(this.availW.u16, this.availOff / 2) & VIRTQ_AVAIL_F_NO_INTERRUPT);
     }
     this.signalledUsed = newIdx;
     return notify;
@@ -282,12 +299,12 @@ export class SplitQueue implements Virtqueue {
       // avail_event = the next index we will read: the driver kicks when it passes it. `afterPending`:
       // we cannot use what is already there yet (too little room), so ask for the next addition.
       if (enable) {
-        Atomics.store(this.mem.u16, this.usedOff / 2 + 2 + 4 * this.size, afterPending ? this.availIdx() : this.lastAvail);
+        Atomics.store(this.usedW.u16, this.usedOff / 2 + 2 + 4 * this.size, afterPending ? this.availIdx() : this.lastAvail);
         if (this.log !== undefined) this.log.markGpa(this.usedLogGpa + 4 + 8 * this.size, 2);
       }
     } else {
       const f = this.usedOff / 2;
-      Atomics.store(this.mem.u16, f, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+      Atomics.store(this.usedW.u16, f, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
       if (this.log !== undefined) this.log.markGpa(this.usedLogGpa, 2);
     }
   }

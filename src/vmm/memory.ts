@@ -2,6 +2,7 @@
 // The memory table maps guest-physical ranges to offsets in that buffer. It is fixed when the VM is
 // built, so any thread reads it without locks (workers get a copy of the plain numbers).
 import { native } from '../native.js';
+import { guestBytes, type GuestBytes } from '../virtio/guest-bytes.js';
 
 export interface MemoryRegion {
   /** guest-physical start */
@@ -51,8 +52,8 @@ export class MemoryTable {
 export class GuestMemory {
   readonly table: MemoryTable;
   readonly buffer: SharedArrayBuffer;
-  readonly bytes: Uint8Array;
-  readonly view: DataView;
+  /** the buffer's bytes, as windows (it may be larger than any one typed array) */
+  readonly bytes: GuestBytes;
   /** host virtual address of buffer[0], for KVM_SET_USER_MEMORY_REGION */
   readonly hostAddress: bigint;
   private memfd: number;
@@ -70,8 +71,7 @@ export class GuestMemory {
       native.close(this.memfd);
       throw e;
     }
-    this.bytes = new Uint8Array(this.buffer);
-    this.view = new DataView(this.buffer);
+    this.bytes = guestBytes(this.buffer);
   }
 
   get fd(): number {
@@ -82,7 +82,7 @@ export class GuestMemory {
   slice(gpa: number, len: number): Uint8Array {
     const off = this.table.translate(gpa, len);
     if (off < 0) throw new Error(`guest range 0x${gpa.toString(16)}+0x${len.toString(16)} is not RAM`);
-    return this.bytes.subarray(off, off + len);
+    return this.bytes.view(off, len);
   }
 
   write(gpa: number, data: Uint8Array): void {

@@ -35,21 +35,24 @@ export class TestFrontend {
   /**
    * Connect to `sock`; guest memory is `size` bytes at guest-physical `base`. `layout.regionSize`: the
    * memory table claims this much (a sparse file; the test touches only the first `size` bytes);
-   * `layout.splitAt`: the table gives the memory as two regions split at this offset, the upper one first.
+   * `layout.splitAt`: the table gives the memory as two regions split at this offset, the upper one first;
+   * `layout.touchAt`: the `size` bytes the test uses (rings, buffers) start this far into the region
+   * (page-aligned), e.g. above 4 GiB of a larger sparse region.
    */
-  constructor(sock: string, size = 2 << 20, readonly base = 0x100000, private readonly layout: { regionSize?: number; splitAt?: number } = {}) {
+  constructor(sock: string, size = 2 << 20, readonly base = 0x100000, private readonly layout: { regionSize?: number; splitAt?: number; touchAt?: number } = {}) {
     this.fd = native.socket(AF_UNIX, SOCK_STREAM, 0);
     expect(native.connectUnix(this.fd, sock)).toBe(0);
     this.ep = native.epollCreate();
     native.epollCtl(this.ep, 1, this.fd, 1, 0);
     this.memfd = native.memfdCreate('test-frontend', 0);
     native.ftruncate(this.memfd, layout.regionSize ?? size);
-    this.mem = new TestMemory(size, base, native.mmapShared(this.memfd, size).buffer);
+    const at = layout.touchAt ?? 0;
+    this.mem = new TestMemory(size, base + at, native.mmapShared(this.memfd, size, at).buffer);
   }
 
   /** SET_MEM_TABLE's payload and descriptors for the memory (see `layout`) */
   private memTable(): [Uint8Array, number[]] {
-    const size = this.layout.regionSize ?? this.mem.size;
+    const size = this.layout.regionSize ?? this.mem.size + (this.layout.touchAt ?? 0);
     const split = this.layout.splitAt;
     // [guest-physical, size, file offset] per region
     const regions = split === undefined ? [[this.base, size, 0]] : [[this.base + split, size - split, split], [this.base, split, 0]];
@@ -152,7 +155,7 @@ export class TestFrontend {
   async usedReaches(i: number, idx: number): Promise<void> {
     const r = this.rings[i];
     for (const end = Date.now() + 5000; Date.now() < end; await sleep(5)) {
-      if (this.mem.dv.getUint16(r.cfg.used - this.base + 2, true) === (idx & 0xffff)) return;
+      if (this.mem.dv.getUint16(r.cfg.used - this.mem.base + 2, true) === (idx & 0xffff)) return;
     }
     throw new Error(`ring ${i}: used index never reached ${idx}`);
   }

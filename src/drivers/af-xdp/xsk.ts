@@ -174,8 +174,6 @@ export class XskQueue implements DriverQueue {
   private txProd = 0;
   private rxCons = 0;
   private fillProd = 0;
-  private mem?: SharedArrayBuffer;
-  private u8?: Uint8Array;
 
   constructor(init: XskInit) {
     const fd = init.fd;
@@ -203,14 +201,6 @@ export class XskQueue implements DriverQueue {
     this.fillProd = (this.fillProd + 1) >>> 0;
   }
 
-  private view(mem: SharedArrayBuffer): Uint8Array {
-    if (this.mem !== mem || !this.u8) {
-      this.mem = mem;
-      this.u8 = new Uint8Array(mem);
-    }
-    return this.u8;
-  }
-
   /** Take back transmit chunks the kernel is done with. */
   private reclaim(): void {
     const c = this.comp;
@@ -228,7 +218,7 @@ export class XskQueue implements DriverQueue {
   wouldBlock = false;
 
   transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const u8 = this.view(mem);
+    // (guest memory goes to native.copy as the buffer itself: it may be larger than a typed array)
     this.reclaim();
     const tx = this.tx;
     // room in the TX ring: the kernel's consumer index says what it took
@@ -247,7 +237,7 @@ export class XskQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const off = b.iov[t + 1];
         const n = b.iov[t + 2];
-        native.copy(this.umem, at, u8, off, n);
+        native.copy(this.umem, at, mem, off, n);
         at += n;
       }
       const d = (this.txProd & (RING - 1)) * 4;
@@ -286,7 +276,6 @@ export class XskQueue implements DriverQueue {
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     if (this.nextLength() === 0) return 0;
     const rx = this.rx;
-    const u8 = this.view(mem);
     const d = (this.rxCons & (RING - 1)) * 4;
     const addr = rx.u32[d] + rx.u32[d + 1] * 4294967296;
     const len = rx.u32[d + 2];
@@ -294,7 +283,7 @@ export class XskQueue implements DriverQueue {
     let left = len;
     for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && left > 0; t += 3) {
       const n = Math.min(left, b.iov[t + 2]);
-      native.copy(u8, b.iov[t + 1], this.umem, from, n);
+      native.copy(mem, b.iov[t + 1], this.umem, from, n);
       from += n;
       left -= n;
     }

@@ -46,23 +46,11 @@ class NullQueue implements DriverQueue {
   /** keeps a byte of each copy, so the copies have an observable result */
   sink = 0;
   private readonly frame: Uint8Array;
-  private u8?: Uint8Array;
   /** loop mode: a ring of held frames */
   private readonly held?: Uint8Array;
   private readonly heldLen = new Uint32Array(LOOP_SLOTS);
   private heldHead = 0;
   private heldCount = 0;
-
-  /** one view of the (fixed) memory buffer, made on first use */
-  private mem?: SharedArrayBuffer;
-  private view(mem: SharedArrayBuffer): Uint8Array {
-    // (compare the buffer we were given, not u8.buffer: that getter is slow on shared memory)
-    if (this.mem !== mem || !this.u8) {
-      this.mem = mem;
-      this.u8 = new Uint8Array(mem);
-    }
-    return this.u8;
-  }
 
   constructor(private readonly init: NullInit) {
     this.frame = new Uint8Array(init.size);
@@ -75,8 +63,8 @@ class NullQueue implements DriverQueue {
   }
 
   transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const u8 = this.view(mem);
-    if (this.held) return this.hold(b, u8);
+    // (guest memory is passed to native.copy as the buffer itself: it may be larger than a typed array)
+    if (this.held) return this.hold(b, mem);
     // every frame is copied out of guest memory, as DPDK's vhost copies into an mbuf (a memcpy)
     const mbuf = this.mbuf;
     for (let p = 0; p < b.count; p++) {
@@ -84,7 +72,7 @@ class NullQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const off = b.iov[t + 1];
         const n = Math.min(b.iov[t + 2], mbuf.length - at);
-        native.copy(mbuf, at, u8, off, n);
+        native.copy(mbuf, at, mem, off, n);
         at += n;
       }
       this.sink = (this.sink + mbuf[0]) | 0;
@@ -93,7 +81,7 @@ class NullQueue implements DriverQueue {
   }
 
   /** loop mode: copy frames into the held ring, as many as fit */
-  private hold(b: PacketBatch, u8: Uint8Array): number {
+  private hold(b: PacketBatch, mem: SharedArrayBuffer): number {
     const held = this.held!;
     this.wouldBlock = this.heldCount + b.count > LOOP_SLOTS;
     let p = 0;
@@ -104,7 +92,7 @@ class NullQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const off = b.iov[t + 1];
         const n = Math.min(b.iov[t + 2], end - at);
-        native.copy(held, at, u8, off, n);
+        native.copy(held, at, mem, off, n);
         at += n;
       }
       this.heldLen[slot] = at - slot * LOOP_SLOT_BYTES;
@@ -114,7 +102,7 @@ class NullQueue implements DriverQueue {
   }
 
   /** loop mode: the oldest held frame into the guest's buffers */
-  private unhold(b: PacketBatch, u8: Uint8Array): number {
+  private unhold(b: PacketBatch, mem: SharedArrayBuffer): number {
     if (this.heldCount === 0) return 0;
     const held = this.held!;
     const slot = this.heldHead;
@@ -123,7 +111,7 @@ class NullQueue implements DriverQueue {
     for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && left > 0; t += 3) {
       const off = b.iov[t + 1];
       const n = Math.min(left, b.iov[t + 2]);
-      native.copy(u8, off, held, at, n);
+      native.copy(mem, off, held, at, n);
       at += n;
       left -= n;
     }
@@ -140,9 +128,8 @@ class NullQueue implements DriverQueue {
   }
 
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
-    if (this.held) return this.unhold(b, this.view(mem));
+    if (this.held) return this.unhold(b, mem);
     if (!this.init.rx) return 0;
-    const u8 = this.view(mem);
     const f = this.frame;
     for (let p = 0; p < b.count; p++) {
       const n = ++this.generated;
@@ -154,7 +141,7 @@ class NullQueue implements DriverQueue {
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
         const n = Math.min(left, b.iov[t + 2]);
-        native.copy(u8, b.iov[t + 1], this.frame, at, n);
+        native.copy(mem, b.iov[t + 1], this.frame, at, n);
         at += n;
         left -= n;
       }

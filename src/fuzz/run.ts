@@ -61,7 +61,7 @@ export async function fuzz(targets: FuzzTarget[], o: RunOptions): Promise<Findin
         o.log(`FINDING in ${t.name}: ${f.error}\n  case: ${(f.counterexample ?? '').slice(0, 2000)}\n  replay: npm run fuzz -- --replay ${f.file}`);
         continue;
       }
-      const now = { fds: openFds(), memory: memoryNow() };
+      const now = await settled(baseline.get(t.name)?.fds);
       const first = baseline.get(t.name);
       if (!first) baseline.set(t.name, now);
       else if (now.fds > first.fds + FD_SLACK || now.memory > first.memory + MEMORY_SLACK) {
@@ -74,6 +74,17 @@ export async function fuzz(targets: FuzzTarget[], o: RunOptions): Promise<Findin
     }
   }
   return findings;
+}
+
+/** Descriptors and memory now; descriptors looked at again for a while when more than `fds` (threads
+ * a target stopped close theirs a little later). */
+async function settled(fds: number | undefined): Promise<{ fds: number; memory: number }> {
+  let n = openFds();
+  for (let i = 0; i < 20 && fds !== undefined && n > fds; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    n = openFds();
+  }
+  return { fds: n, memory: memoryNow() };
 }
 
 /** Run the case a replay file names (and shrink it further if it still fails). */

@@ -1,7 +1,8 @@
 // Every fuzz target, in the order a run gives them turns.
 import type { FuzzTarget } from '../target.js';
 import { NetPairTarget } from './net-pair.js';
+import { VhostHandlersTarget } from './vhost-handlers.js';
 
 export async function allTargets(): Promise<FuzzTarget[]> {
-  return [new NetPairTarget()];
+  return [new NetPairTarget(), new VhostHandlersTarget()];
 }

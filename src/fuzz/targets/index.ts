@@ -3,7 +3,8 @@ import type { FuzzTarget } from '../target.js';
 import { NetPairTarget } from './net-pair.js';
 import { VhostHandlersTarget } from './vhost-handlers.js';
 import { VhostReaderTarget } from './vhost-reader.js';
+import { CtrlqTarget } from './ctrlq.js';
 
 export async function allTargets(): Promise<FuzzTarget[]> {
-  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget()];
+  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget()];
 }

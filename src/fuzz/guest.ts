@@ -245,3 +245,16 @@ export class ScriptedRing {
 export function align(v: number, a: number): number {
   return Math.ceil(v / a) * a;
 }
+
+/** `total` bytes cut at the given points into buffer sizes (a zero-length cut only where the script asks) */
+export function cutInto(total: number, cuts: number[]): number[] {
+  const points = [...new Set(cuts.filter((x) => x > 0 && x < total))].sort((a, b) => a - b);
+  const out: number[] = [];
+  let prev = 0;
+  for (const p of points) {
+    out.push(p - prev);
+    prev = p;
+  }
+  out.push(total - prev);
+  return out;
+}

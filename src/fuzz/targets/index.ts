@@ -4,7 +4,8 @@ import { NetPairTarget } from './net-pair.js';
 import { VhostHandlersTarget } from './vhost-handlers.js';
 import { VhostReaderTarget } from './vhost-reader.js';
 import { CtrlqTarget } from './ctrlq.js';
+import { IommuTarget } from './iommu.js';
 
 export async function allTargets(): Promise<FuzzTarget[]> {
-  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget()];
+  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget(), new IommuTarget()];
 }

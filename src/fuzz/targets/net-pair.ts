@@ -13,7 +13,7 @@ import { NetQueuePair } from '../../dataplane/net-pair.js';
 import { RxFilter } from '../../dataplane/rx-filter.js';
 import { newStatsBuffer } from '../../dataplane/stats.js';
 import { META_WORDS, type DriverQueue, type PacketBatch } from '../../drivers/api.js';
-import { ScriptedMemory, ScriptedRing, RAM_A, RAM_B, GPA_B, type Desc, type InFlight } from '../guest.js';
+import { ScriptedMemory, ScriptedRing, cutInto, RAM_A, RAM_B, GPA_B, type Desc, type InFlight } from '../guest.js';
 import { check, type FuzzTarget } from '../target.js';
 
 const HDR = 12;
@@ -202,7 +202,7 @@ export class NetPairTarget implements FuzzTarget {
         rxRing.add(bufs, table === undefined ? undefined : table + (16 - (table % 16)) % 16);
       } else if (op.k === 'addTx') {
         const frame = this.txBytes(op.frame, op.plainHdr ? undefined : op.hdr);
-        const sizes = this.cut(frame.length, op.cuts);
+        const sizes = cutInto(frame.length, op.cuts);
         const bufs = this.place(placer, sizes, false);
         if (!bufs || bufs.length > txRing.size) continue;
         let at = 0;
@@ -250,19 +250,6 @@ export class NetPairTarget implements FuzzTarget {
     if (hdr) b.set(hdr);
     for (let k = 0; k < len; k++) b[HDR + k] = (k * 13 + len) & 0xff;
     return b;
-  }
-
-  /** `total` bytes cut at the given points into buffer sizes */
-  private cut(total: number, cuts: number[]): number[] {
-    const points = [...new Set(cuts.filter((x) => x < total))].sort((a, b) => a - b);
-    const out: number[] = [];
-    let prev = 0;
-    for (const p of points) {
-      out.push(p - prev);
-      prev = p;
-    }
-    out.push(total - prev);
-    return out;
   }
 
   /** RX used entries: each frame whole, in the order received, with num_buffers = its chains */

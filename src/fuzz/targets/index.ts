@@ -5,7 +5,8 @@ import { VhostHandlersTarget } from './vhost-handlers.js';
 import { VhostReaderTarget } from './vhost-reader.js';
 import { CtrlqTarget } from './ctrlq.js';
 import { IommuTarget } from './iommu.js';
+import { PciTarget } from './pci.js';
 
 export async function allTargets(): Promise<FuzzTarget[]> {
-  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget(), new IommuTarget()];
+  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget(), new IommuTarget(), new PciTarget()];
 }

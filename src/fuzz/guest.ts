@@ -27,10 +27,13 @@ export class ScriptedMemory {
   /** per byte of the buffer: 1 where the device may write */
   private readonly writable = new Uint8Array(this.buffer.byteLength);
 
+  /** guards painted, RAM zeroed (copied in: filling shared memory byte by byte is ten times slower) */
+  private readonly pristine = new Uint8Array(this.buffer.byteLength).fill(CANARY);
+
   /** A fresh session: RAM zeroed, guards painted, nothing writable. */
   reset(): void {
-    this.u8.fill(CANARY);
-    for (const r of this.table.regions) this.u8.fill(0, r.offset, r.offset + r.size);
+    if (this.pristine[GUARD] === CANARY) for (const r of this.table.regions) this.pristine.fill(0, r.offset, r.offset + r.size);
+    this.u8.set(this.pristine);
     this.writable.fill(0);
   }
 

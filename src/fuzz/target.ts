@@ -27,3 +27,16 @@ export function openFds(): number {
   // (readdir of /proc/self/fd counts the directory's own descriptor too: constant, harmless)
   return readdirSync('/proc/self/fd').length;
 }
+
+/**
+ * Descriptors open now, looked at again for up to 0.5 s while more than `before`: a thread another
+ * case or target stopped closes its own a little after it ended.
+ */
+export async function openFdsSettled(before: number): Promise<number> {
+  let n = openFds();
+  for (let i = 0; i < 50 && n > before; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    n = openFds();
+  }
+  return n;
+}

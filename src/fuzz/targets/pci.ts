@@ -15,7 +15,7 @@ import { VirtioPciDevice, BAR_SIZE, DEVICE_OFF, NOTIFY_OFF, MSIX_TABLE_OFF, ISR_
 import { STATUS, VIRTIO_F_VERSION_1, type Activation, type VirtioDevice } from '../../virtio/device.js';
 import { Bus } from '../../vmm/bus.js';
 import type { PciPlatform } from '../../virtio/pci-transport.js';
-import { check, openFds, type FuzzTarget } from '../target.js';
+import { check, openFds, openFdsSettled, type FuzzTarget } from '../target.js';
 
 /** A device that checks what the transport does with it. */
 class CheckedDevice implements VirtioDevice {
@@ -178,7 +178,7 @@ export class PciTarget implements FuzzTarget {
       await pci.close();
     }
     this.counts.activations += dev.activations;
-    const after = openFds();
+    const after = await openFdsSettled(before);
     check(after <= before, () => `the transport left ${after - before} descriptors open`);
   }
 }

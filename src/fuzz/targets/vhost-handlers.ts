@@ -12,7 +12,7 @@ import * as P from '../../vhost-user/protocol.js';
 import { create as nullDriver } from '../../drivers/null/index.js';
 import { F_LOG_ALL, F_ACCESS_PLATFORM } from '../../vhost-user/backend.js';
 import { FdFactory, FD_KINDS, type FdKind } from '../fds.js';
-import { check, openFds, type FuzzTarget } from '../target.js';
+import { check, openFds, openFdsSettled, type FuzzTarget } from '../target.js';
 
 /** the frontend's memory: where its regions are in its address space */
 const UADDR = 0x7f0000000000;
@@ -107,7 +107,7 @@ export type Session = typeof sessionArb extends fc.Arbitrary<infer T> ? T : neve
 export class VhostHandlersTarget implements FuzzTarget {
   readonly name = 'vhost-handlers';
   readonly about = "one frontend's session: random vhost-user messages with random descriptors, then the connection's end";
-  readonly weight = 4;
+  readonly weight = 3;
   readonly counts = { sessions: 0, messages: 0, closedByBackend: 0, whileRunning: 0 };
   private readonly fds = new FdFactory();
   private readonly backend = new VhostUserBackend(nullDriver({ rx: '0' }), { queuePairs: 1 });
@@ -138,13 +138,7 @@ export class VhostHandlersTarget implements FuzzTarget {
     }
     await this.backend.close();
     check(this.backend.activePairs === 0, 'a dataplane thread runs after the session ended');
-    // (a stopped thread's own descriptors close a little after it ends: more than before is looked at
-    // again for a while, and fewer is a previous session's finishing)
-    let after = openFds();
-    for (let i = 0; i < 100 && after > before; i++) {
-      await new Promise((r) => setTimeout(r, 5));
-      after = openFds();
-    }
+    const after = await openFdsSettled(before);
     check(after <= before, () => `the session left ${after - before} descriptors open`);
   }
 

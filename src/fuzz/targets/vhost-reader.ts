@@ -15,7 +15,7 @@ import { MessageReader } from '../../vhost-user/reader.js';
 import { HDR_SIZE, MAX_PAYLOAD } from '../../vhost-user/protocol.js';
 import { native, AF_UNIX, SOCK_STREAM } from '../../native.js';
 import { FdFactory, FD_KINDS, type FdKind } from '../fds.js';
-import { check, openFds, type FuzzTarget } from '../target.js';
+import { check, openFds, openFdsSettled, type FuzzTarget } from '../target.js';
 
 const piece = fc.oneof(
   // a message whose header tells the truth
@@ -52,11 +52,11 @@ export class VhostReaderTarget implements FuzzTarget {
     native.listen(this.listenFd, 4);
   }
 
-  property(): fc.IRawProperty<[Stream]> {
-    return fc.property(streamArb, (s) => this.run(s));
+  property(): fc.IAsyncPropertyWithHooks<[Stream]> {
+    return fc.asyncProperty(streamArb, (s) => this.run(s));
   }
 
-  run(s: Stream): void {
+  async run(s: Stream): Promise<void> {
     const before = openFds();
     this.counts.sessions++;
     // the stream, and the messages (and where framing breaks) a correct reader finds in it
@@ -133,7 +133,7 @@ export class VhostReaderTarget implements FuzzTarget {
       native.close(server);
       if (!s.closes) native.close(client);
     }
-    const after = openFds();
+    const after = await openFdsSettled(before);
     check(after <= before, () => `the session left ${after - before} descriptors open`);
   }
 

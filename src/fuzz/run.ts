@@ -45,7 +45,14 @@ export async function fuzz(targets: FuzzTarget[], o: RunOptions): Promise<Findin
   const roundMs = o.roundMs ?? Math.min(20_000, Math.max(200, (o.seconds * 1000) / 4));
   const baseline = new Map<string, { fds: number; memory: number }>();
   const failed = new Set<string>();
+  const started = Date.now();
+  let progressAt = started;
   for (let round = 0; Date.now() < end; round++) {
+    // a line a minute, so a long run shows where it stands
+    if (Date.now() - progressAt >= 60_000) {
+      progressAt = Date.now();
+      o.log(`fuzz: ${((progressAt - started) / 1000).toFixed(0)} s: ${targets.map((t) => `${t.name} ${Object.values(t.counts)[0]}`).join(', ')}`);
+    }
     for (const [i, t] of targets.entries()) {
       const left = end - Date.now();
       if (left <= 0) break;

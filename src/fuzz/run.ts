@@ -83,11 +83,14 @@ export async function fuzz(targets: FuzzTarget[], o: RunOptions): Promise<Findin
   return findings;
 }
 
-/** Descriptors and memory now; descriptors looked at again for a while when more than `fds` (threads
- * a target stopped close theirs a little later). */
+/**
+ * Descriptors and memory now; descriptors looked at again for up to 10 s while more than `fds`: a
+ * stopped worker thread's own descriptors (its event loop's) close after its exit event, later still
+ * on a loaded host.
+ */
 async function settled(fds: number | undefined): Promise<{ fds: number; memory: number }> {
   let n = openFds();
-  for (let i = 0; i < 20 && fds !== undefined && n > fds; i++) {
+  for (let i = 0; i < 200 && fds !== undefined && n > fds; i++) {
     await new Promise((r) => setTimeout(r, 50));
     n = openFds();
   }

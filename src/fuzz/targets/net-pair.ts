@@ -132,7 +132,7 @@ class Placer {
 export class NetPairTarget implements FuzzTarget {
   readonly name = 'net-pair';
   readonly about = 'a scripted driver on fresh RX/TX rings with random features, buffers and frames';
-  readonly weight = 7;
+  readonly weight = 9;
   readonly counts = { cases: 0, rings: 0, passes: 0, framesDelivered: 0, framesSent: 0, ringsBroken: 0 };
   private readonly m = new ScriptedMemory();
 

@@ -29,12 +29,12 @@ export function openFds(): number {
 }
 
 /**
- * Descriptors open now, looked at again for up to 0.5 s while more than `before`: a thread another
- * case or target stopped closes its own a little after it ended.
+ * Descriptors open now, looked at again for up to 10 s while more than `before`: a stopped worker
+ * thread's own descriptors (its event loop's) close after its exit event, later still on a loaded host.
  */
 export async function openFdsSettled(before: number): Promise<number> {
   let n = openFds();
-  for (let i = 0; i < 50 && n > before; i++) {
+  for (let i = 0; i < 1000 && n > before; i++) {
     await new Promise((r) => setTimeout(r, 10));
     n = openFds();
   }

@@ -148,25 +148,8 @@ export class NetPairTarget implements FuzzTarget {
     const rxRing = new ScriptedRing(m, 1 << c.rxLog, 0, c.eventIdx, c.inOrder);
     const txRing = new ScriptedRing(m, 1 << c.txLog, rxRing.end, c.eventIdx, c.inOrder);
     const placer = new Placer(txRing.end);
-    const features = { eventIdx: c.eventIdx, indirect: c.indirect };
-    const rxq = SplitQueue.create(m.view, { size: rxRing.size, desc: rxRing.desc, avail: rxRing.avail, used: rxRing.used }, features, 32768);
-    const txq = SplitQueue.create(m.view, { size: txRing.size, desc: txRing.desc, avail: txRing.avail, used: txRing.used }, features, 32768);
-    check(typeof rxq !== 'string' && typeof txq !== 'string', () => `well-placed rings refused: ${rxq} ${txq}`);
-    const driver = c.knowsLength ? new KnowingDriver(m.u8) : new ScriptedDriver(m.u8);
-    const filter = new RxFilter();
-    filter.reset(Uint8Array.of(2, 0, 0, 0, 0, 1));
-    const [csum, tso4, tso6, ecn] = c.offloads;
+    const { rxq, txq, driver, pair } = this.openPair(c, rxRing, txRing);
     const maxRxFrame = c.mtu + 18;
-    const pair = new NetQueuePair(m.view, m.buffer, rxq, txq, driver, {
-      mergeable: c.mergeable,
-      maxRxFrame,
-      txPolicy: { csum, tso4: csum && tso4, tso6: csum && tso6, ecn: csum && ecn },
-      rxCallFd: -1,
-      txCallFd: -1,
-      rxStats: new Float64Array(newStatsBuffer(1)),
-      txStats: new Float64Array(newStatsBuffer(1)),
-      filter,
-    });
     /** TX chains by head: the frame the guest wrote (after its header), if it is one the device may send */
     const txFrames = new Map<number, Uint8Array>();
     let frameId = 0;
@@ -190,30 +173,9 @@ export class NetPairTarget implements FuzzTarget {
       }
     };
     for (const op of c.ops) {
-      if (op.k === 'addRx') {
-        // a well-behaved driver's receive buffers hold a header (and without MRG_RXBUF an Ethernet header)
-        const total = op.sizes.reduce((s, x) => s + x, 0);
-        if (!hostile && total < (c.mergeable ? HDR : HDR + 14)) continue;
-        const bufs = this.place(placer, op.sizes, true);
-        if (!bufs) continue;
-        // (a chain, indirect or not, is no longer than the queue: §2.7.5.3.1)
-        if (bufs.length > rxRing.size) continue;
-        const table = op.indirect && c.indirect ? placer.take(16 * bufs.length + 16) : undefined;
-        rxRing.add(bufs, table === undefined ? undefined : table + (16 - (table % 16)) % 16);
-      } else if (op.k === 'addTx') {
-        const frame = this.txBytes(op.frame, op.plainHdr ? undefined : op.hdr);
-        const sizes = cutInto(frame.length, op.cuts);
-        const bufs = this.place(placer, sizes, false);
-        if (!bufs || bufs.length > txRing.size) continue;
-        let at = 0;
-        for (const d of bufs) {
-          m.u8.set(frame.subarray(at, at + d.len), m.off(d.addr, d.len));
-          at += d.len;
-        }
-        const table = op.indirect && c.indirect ? placer.take(16 * bufs.length + 16) : undefined;
-        // (the frame the guest wrote, after its header: whatever reaches the driver must be one of these)
-        if (txRing.add(bufs, table === undefined ? undefined : table + (16 - (table % 16)) % 16)) txFrames.set([...txRing.inFlight.keys()].pop()!, frame.subarray(HDR));
-      } else if (op.k === 'rx') {
+      if (op.k === 'addRx') this.addRx(c, rxRing, placer, op);
+      else if (op.k === 'addTx') this.addTx(c, txRing, placer, op, txFrames);
+      else if (op.k === 'rx') {
         for (const f of op.frames) driver.frames.push({ id: ++frameId, len: Math.min(f.len, maxRxFrame), meta: f.meta });
         device(() => this.counts.framesDelivered += pair.processRx(op.budget));
       } else if (op.k === 'tx') {
@@ -231,6 +193,55 @@ export class NetPairTarget implements FuzzTarget {
     device(() => pair.processTx(1 << 20));
     if (!hostile) check(txRing.inFlight.size === 0, () => `${txRing.inFlight.size} TX chains never came back`);
     if (rxq.broken || txq.broken) this.counts.ringsBroken++;
+  }
+
+  /** The queues over the case's rings, a scripted packet driver, and the engine between them. */
+  private openPair(c: NetPairCase, rxRing: ScriptedRing, txRing: ScriptedRing) {
+    const m = this.m;
+    const features = { eventIdx: c.eventIdx, indirect: c.indirect };
+    const rxq = SplitQueue.create(m.view, { size: rxRing.size, desc: rxRing.desc, avail: rxRing.avail, used: rxRing.used }, features, 32768);
+    const txq = SplitQueue.create(m.view, { size: txRing.size, desc: txRing.desc, avail: txRing.avail, used: txRing.used }, features, 32768);
+    check(typeof rxq !== 'string' && typeof txq !== 'string', () => `well-placed rings refused: ${rxq} ${txq}`);
+    const driver = c.knowsLength ? new KnowingDriver(m.u8) : new ScriptedDriver(m.u8);
+    const filter = new RxFilter();
+    filter.reset(Uint8Array.of(2, 0, 0, 0, 0, 1));
+    const [csum, tso4, tso6, ecn] = c.offloads;
+    const pair = new NetQueuePair(m.view, m.buffer, rxq, txq, driver, {
+      mergeable: c.mergeable,
+      maxRxFrame: c.mtu + 18,
+      txPolicy: { csum, tso4: csum && tso4, tso6: csum && tso6, ecn: csum && ecn },
+      rxCallFd: -1,
+      txCallFd: -1,
+      rxStats: new Float64Array(newStatsBuffer(1)),
+      txStats: new Float64Array(newStatsBuffer(1)),
+      filter,
+    });
+    return { rxq, txq, driver, pair };
+  }
+
+  private addRx(c: NetPairCase, ring: ScriptedRing, placer: Placer, op: { sizes: number[]; indirect: boolean }): void {
+    // a well-behaved driver's receive buffers hold a header (and without MRG_RXBUF an Ethernet header)
+    const total = op.sizes.reduce((s, x) => s + x, 0);
+    if (!c.hostile && total < (c.mergeable ? HDR : HDR + 14)) return;
+    const bufs = this.place(placer, op.sizes, true);
+    // (a chain, indirect or not, is no longer than the queue: §2.7.5.3.1)
+    if (!bufs || bufs.length > ring.size) return;
+    const table = op.indirect && c.indirect ? placer.take(16 * bufs.length + 16) : undefined;
+    ring.add(bufs, table === undefined ? undefined : table + ((16 - (table % 16)) % 16));
+  }
+
+  private addTx(c: NetPairCase, ring: ScriptedRing, placer: Placer, op: { frame: number; cuts: number[]; hdr: number[]; plainHdr: boolean; indirect: boolean }, txFrames: Map<number, Uint8Array>): void {
+    const frame = this.txBytes(op.frame, op.plainHdr ? undefined : op.hdr);
+    const bufs = this.place(placer, cutInto(frame.length, op.cuts), false);
+    if (!bufs || bufs.length > ring.size) return;
+    let at = 0;
+    for (const d of bufs) {
+      this.m.u8.set(frame.subarray(at, at + d.len), this.m.off(d.addr, d.len));
+      at += d.len;
+    }
+    const table = op.indirect && c.indirect ? placer.take(16 * bufs.length + 16) : undefined;
+    // (the frame the guest wrote, after its header: whatever reaches the driver must be one of these)
+    if (ring.add(bufs, table === undefined ? undefined : table + ((16 - (table % 16)) % 16))) txFrames.set([...ring.inFlight.keys()].pop()!, frame.subarray(HDR));
   }
 
   /** buffers of these sizes, placed; undefined when memory ran out */

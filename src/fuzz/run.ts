@@ -123,7 +123,7 @@ function save(dir: string, f: Finding): string {
 }
 
 function errorLine(e: unknown): string {
-  if (e instanceof Error) return `${e.message}${e.stack ? `\n    at ${e.stack.split('\n').slice(1, 4).map((s) => s.trim()).join('\n    ')}` : ''}`;
+  if (e instanceof Error) return `${e.message}${e.stack ? `\n    ${e.stack.split('\n').slice(1, 4).map((s) => s.trim()).join('\n    ')}` : ''}`;
   return String(e);
 }
 

@@ -161,6 +161,46 @@ describe('NetQueuePair receive', () => {
     expect(rx.takeUsed()).toEqual([{ id: good, len: 72 }]);
   });
 
+  for (const knows of [true, false]) {
+    it(`drops a frame larger than the one chain it would go to without MRG_RXBUF (driver ${knows ? 'tells' : 'does not tell'} the length)`, () => {
+      // a driver that reports what it copied (the tap, the null driver), with or without nextLength();
+      // found by the net-pair fuzz target: the frame was delivered cut to the chain
+      const { mem, rx, rxq, pair, rxStats } = setup();
+      const frames = [frame(200), frame(60)];
+      const cutting: DriverQueue = {
+        pollFd: -1,
+        drops: 0,
+        transmit: () => 0,
+        receive(b: PacketBatch, m: SharedArrayBuffer): number {
+          const f = frames.shift();
+          if (!f) return 0;
+          let at = 0;
+          for (let k = b.iovStart[0]; k < b.iovStart[1] && at < f.length; k++) {
+            const n = Math.min(b.iov[3 * k + 2], f.length - at);
+            new Uint8Array(m).set(f.subarray(at, at + n), b.iov[3 * k + 1]);
+            at += n;
+          }
+          b.len[0] = at;
+          b.meta.fill(0);
+          return 1;
+        },
+        ...(knows ? { nextLength: () => frames[0]?.length ?? 0 } : {}),
+        close() {},
+      };
+      (pair as unknown as { driver: DriverQueue }).driver = cutting;
+      const buf = mem.alloc(100);
+      const id = rx.add([{ addr: buf, len: 100, write: true }]);
+      expect(pair.processRx(1)).toBe(0);
+      expect(rx.takeUsed()).toEqual([]);
+      expect(rxStats[STAT.DROPS]).toBe(1);
+      // the buffer stays the guest's: the next frame, which fits, goes there
+      expect(pair.processRx(1)).toBe(1);
+      expect(rx.takeUsed()).toEqual([{ id, len: 72 }]);
+      expect([...mem.bytes(buf + 12, 60)]).toEqual([...frame(60)]);
+      expect(rxq.broken).toBeUndefined();
+    });
+  }
+
   it('writes the header whole after empty buffers at the start of a chain', () => {
     const { mem, rx, driver, pair } = setup();
     driver.frame = frame(60);

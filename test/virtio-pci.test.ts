@@ -110,6 +110,24 @@ describe('virtio-pci modern transport', () => {
     expect(r(0x18, 2)).toBe(128);
   });
 
+  it('keeps status bits the driver leaves out: DRIVER_OK cleared and set again does not activate a live device twice', async () => {
+    const { r, w, activations, resets } = fakes();
+    w(0x08, 1);
+    w(0x0c, 1);
+    w(0x16, 0, 2);
+    w(0x1c, 1, 2);
+    w(0x14, 1 | 2 | 8 | 4, 1);
+    await tick();
+    expect(activations).toHaveLength(1);
+    // (found by the pci fuzz target: only a reset, a write of 0, clears status bits)
+    w(0x14, 1 | 2 | 8, 1);
+    expect(r(0x14, 1) & 4).toBe(4);
+    w(0x14, 1 | 2 | 8 | 4, 1);
+    await tick();
+    expect(activations).toHaveLength(1);
+    expect(resets()).toBe(0);
+  });
+
   it('holds a queue size the driver writes to the maximum it offers', async () => {
     const { r, w, activations } = fakes();
     w(0x08, 1);

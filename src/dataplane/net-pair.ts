@@ -294,9 +294,14 @@ export class NetQueuePair {
       if (this.o.log !== undefined) this.logWritten(b.iov, iovUsed, len);
       // (the destination MAC is checked where it lies whole in the first segment, which is every layout
       // drivers use; a first segment under 6 bytes skips the filter rather than gather)
-      if (len < 14 || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.accepts(b.iov[1]))) {
-        // a runt, a frame larger than the buffers (truncated), or not for us: the buffers stay the
-        // guest's for the next frame
+      // Without MRG_RXBUF a chain smaller than the largest frame may take a frame cut to fit (the driver
+      // reports what it copied): a frame shorter than the length announced was cut, and one that fills
+      // the chain exactly, its length unknown, may have been. It is dropped, as vhost-net drops a frame
+      // its buffers cannot hold, never delivered cut.
+      const cut = next > 0 ? len < next : !this.o.mergeable && cap < largest && len + NET_HDR_LEN >= cap;
+      if (len < 14 || cut || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.accepts(b.iov[1]))) {
+        // a runt, a frame larger than the buffers (cut), or not for us: the buffers stay the guest's
+        // for the next frame
         q.rewind(chains);
         st[STAT.DROPS]++;
         continue;

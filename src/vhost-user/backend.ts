@@ -73,6 +73,8 @@ function pagesIn(bits: Uint8Array): string {
   return out.join(' ');
 }
 
+/** problems kept in `errors` (the latest) */
+const ERRORS_KEPT = 64;
 /** IOTLB changes remembered to recognise stale misses (more than a ring's worth in flight) */
 const CHANGES_KEPT = 1024;
 /** vhost_vring_addr.flags bit: log_guest_addr is valid */
@@ -109,7 +111,11 @@ export class VhostUserBackend {
   private readonly running = new Map<number, Dataplane>();
   private readonly filter = new RxFilter();
   readonly stats: SharedArrayBuffer;
-  /** problems the dataplane reported (a broken ring) */
+  /**
+   * problems the dataplane reported (a broken ring, a ring outside the memory), over the backend's
+   * life: the latest ERRORS_KEPT, a repeat of the last one not added again (a frontend repeating a
+   * message must not grow this without bound)
+   */
   readonly errors: string[] = [];
   /** IOTLB traffic over the backend's life: misses asked, updates and invalidations received */
   readonly iotlbCounts = { misses: 0, updates: 0, invalidations: 0 };
@@ -568,6 +574,12 @@ export class VhostUserBackend {
     return { index: slot, size: r.num, desc, avail, used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, start, ringLogGpa: this.ringLogGpa(r, desc, used) };
   }
 
+  private noteError(line: string): void {
+    if (this.errors.at(-1) === line) return;
+    this.errors.push(line);
+    if (this.errors.length > ERRORS_KEPT) this.errors.splice(0, this.errors.length - ERRORS_KEPT);
+  }
+
   /** Start every pair whose two rings are ready and not yet running. */
   private async startReady(): Promise<void> {
     for (let pair = 0; pair < this.opts.queuePairs; pair++) {
@@ -579,7 +591,7 @@ export class VhostUserBackend {
       const wtx = this.workerQueue(tx, 2 * pair + 1);
       if (!wrx || !wtx) {
         // (behind the IOTLB: misses were sent, the update will start the pair)
-        if (!this.iotlb) this.errors.push(`pair ${pair}: ring outside the frontend's memory`);
+        if (!this.iotlb) this.noteError(`pair ${pair}: ring outside the frontend's memory`);
         continue;
       }
       const wp: WorkerPair = { rx: wrx, tx: wtx, driverInit: this.driver.queueInit(pair) };
@@ -596,7 +608,7 @@ export class VhostUserBackend {
     let failure: string | undefined;
     const dp = new Dataplane((reason) => {
       const line = `pair ${pair}: ${reason.split('\n')[0]}`;
-      this.errors.push(line);
+      this.noteError(line);
       if (started) this.opts.log?.(`vhost-user: ${line}`);
       else failure ??= line;
     });

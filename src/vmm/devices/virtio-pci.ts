@@ -351,14 +351,16 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       return;
     }
     if (this.resetting) return;
+    // the driver sets bits; only a reset clears them (§2.1.2: it must not clear one). A bit it leaves
+    // out stays set: else clearing DRIVER_OK and setting it again would activate a live device twice
     const added = value & ~this.status;
-    let next = value;
+    let next = this.status | value;
     if (added & STATUS.FEATURES_OK) {
       const ok = (this.driverFeatures & ~this.device.features) === 0n && (this.driverFeatures >> BigInt(VIRTIO_F_VERSION_1)) & 1n;
       if (!ok) next &= ~STATUS.FEATURES_OK; // the driver re-reads status and gives up
     }
     if (added & STATUS.DRIVER_OK && !(next & STATUS.FEATURES_OK)) next &= ~STATUS.DRIVER_OK;
-    this.status = (this.status & STATUS.NEEDS_RESET) | next;
+    this.status = next;
     if (added & STATUS.DRIVER_OK && this.status & STATUS.DRIVER_OK) this.activate();
   }
 

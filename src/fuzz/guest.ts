@@ -115,12 +115,40 @@ export interface InFlight {
   writableBytes: number;
 }
 
+/** A ring driven as a guest driver would (split: ScriptedRing; packed: guest-packed.ts). */
+export interface DriverRing {
+  readonly size: number;
+  /** the descriptor table (split) or ring (packed), the driver area, the device area: as QueueConfig */
+  readonly desc: number;
+  readonly avail: number;
+  readonly used: number;
+  /** the first guest-physical address past the ring's areas */
+  readonly end: number;
+  /** chains available and not yet used, by head (split) or buffer id (packed) */
+  readonly inFlight: Map<number, InFlight>;
+  /** used entries seen that named no chain in flight, or claimed more bytes than it had */
+  bad: string | undefined;
+  /**
+   * Make a chain of `bufs` available (direct, or through an indirect table at `indirectAt` holding all
+   * of them). Returns false when there are not enough free descriptors.
+   */
+  add(bufs: Desc[], indirectAt?: number): boolean;
+  /** Mark what the device may write now (read back from memory: a hostile script may have changed it). */
+  allowFromTable(): void;
+  /** Used entries published since the last call, each checked against what is in flight. */
+  reclaim(): Array<{ chain: InFlight; len: number }>;
+  /** A hostile driver's move: overwrite bytes of the ring's own areas. */
+  poke(where: number, value: number): void;
+  /** A hostile driver's move: make chains available where the device does not stand. */
+  jumpAvail(by: number): void;
+}
+
 /**
  * A split ring driven as a guest driver would: descriptors from a free list, chains direct or through
  * an indirect table, the avail ring and its index, used entries reclaimed. Everything it places lies
  * in RAM region A from `base` upwards (a bump allocator); buffers may be placed anywhere by the caller.
  */
-export class ScriptedRing {
+export class ScriptedRing implements DriverRing {
   readonly desc: number;
   readonly avail: number;
   readonly used: number;

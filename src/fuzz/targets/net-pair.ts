@@ -1,6 +1,7 @@
-// Target "net-pair": the split virtqueue and the net engine (NetQueuePair) driven by a scripted guest
-// driver on freshly placed RX and TX rings, with random negotiated features, buffer layouts, frames
-// from a scripted packet driver, and (in hostile cases) a driver that corrupts its own rings.
+// Target "net-pair": the virtqueue (split or packed, VIRTIO_F_RING_PACKED chosen per case) and the net
+// engine (NetQueuePair) driven by a scripted guest driver on freshly placed RX and TX rings, with random
+// negotiated features, buffer layouts, frames from a scripted packet driver whose wire drops what it
+// does not take or pushes back (wouldBlock), and (in hostile cases) a driver that corrupts its own rings.
 //
 // Invariants, every case: no exception escapes; nothing is written outside the buffers and rings the
 // guest gave (guards around RAM, a snapshot diff inside it). For a well-behaved driver also: no ring
@@ -13,7 +14,8 @@ import { NetQueuePair } from '../../dataplane/net-pair.js';
 import { RxFilter } from '../../dataplane/rx-filter.js';
 import { newStatsBuffer } from '../../dataplane/stats.js';
 import { META_WORDS, type DriverQueue, type PacketBatch } from '../../drivers/api.js';
-import { ScriptedMemory, ScriptedRing, cutInto, RAM_A, RAM_B, GPA_B, type Desc, type InFlight } from '../guest.js';
+import { ScriptedMemory, ScriptedRing, cutInto, RAM_A, RAM_B, GPA_B, type Desc, type DriverRing, type InFlight } from '../guest.js';
+import { ScriptedPackedRing } from '../guest-packed.js';
 import { check, type FuzzTarget } from '../target.js';
 
 const HDR = 12;
@@ -34,6 +36,9 @@ class ScriptedDriver implements DriverQueue {
   received: Array<{ frame: Frame; written: number }> = [];
   sent: Uint8Array[] = [];
   problem: string | undefined;
+  /** the wire tells when it is full (transmit sets wouldBlock when it takes fewer): backpressure */
+  blocks = false;
+  wouldBlock = false;
   constructor(private readonly u8: Uint8Array) {}
 
   transmit(b: PacketBatch): number {
@@ -52,6 +57,7 @@ class ScriptedDriver implements DriverQueue {
       if (p < n) this.sent.push(Uint8Array.from(bytes));
     }
     this.accept -= n;
+    this.wouldBlock = this.blocks && n < b.count;
     return n;
   }
 
@@ -99,6 +105,10 @@ const opArb = fc.oneof(
 );
 
 export const netPairCase = fc.record({
+  /** VIRTIO_F_RING_PACKED: both rings packed */
+  packed: fc.boolean(),
+  /** added to a packed ring's size (packed sizes need not be powers of two) */
+  skew: fc.nat(3),
   mergeable: fc.boolean(),
   eventIdx: fc.boolean(),
   indirect: fc.boolean(),
@@ -110,6 +120,8 @@ export const netPairCase = fc.record({
   txLog: fc.integer({ min: 0, max: 6 }),
   mtu: fc.oneof(fc.constant(1500), fc.integer({ min: 68, max: 1500 })),
   knowsLength: fc.boolean(),
+  /** the wire pushes back (the packets it does not take stay in the ring) rather than dropping them */
+  blocks: fc.boolean(),
   hostile: fc.boolean(),
   ops: fc.array(opArb, { maxLength: 14 }),
 });
@@ -133,7 +145,7 @@ export class NetPairTarget implements FuzzTarget {
   readonly name = 'net-pair';
   readonly about = 'a scripted driver on fresh RX/TX rings with random features, buffers and frames';
   readonly weight = 9;
-  readonly counts = { cases: 0, rings: 0, passes: 0, framesDelivered: 0, framesSent: 0, ringsBroken: 0 };
+  readonly counts = { cases: 0, rings: 0, packedRings: 0, passes: 0, framesDelivered: 0, framesSent: 0, ringsBroken: 0 };
   private readonly m = new ScriptedMemory();
 
   property(): fc.IRawProperty<[NetPairCase]> {
@@ -145,8 +157,10 @@ export class NetPairTarget implements FuzzTarget {
     m.reset();
     this.counts.cases++;
     this.counts.rings += 2;
-    const rxRing = new ScriptedRing(m, 1 << c.rxLog, 0, c.eventIdx, c.inOrder);
-    const txRing = new ScriptedRing(m, 1 << c.txLog, rxRing.end, c.eventIdx, c.inOrder);
+    const ring = (log: number, at: number): DriverRing => (c.packed ? new ScriptedPackedRing(m, (1 << log) + c.skew, at, c.eventIdx, c.inOrder) : new ScriptedRing(m, 1 << log, at, c.eventIdx, c.inOrder));
+    const rxRing = ring(c.rxLog, 0);
+    const txRing = ring(c.txLog, rxRing.end);
+    if (c.packed) this.counts.packedRings += 2;
     const placer = new Placer(txRing.end);
     const { rxq, txq, driver, pair } = this.openPair(c, rxRing, txRing);
     const maxRxFrame = c.mtu + 18;
@@ -180,6 +194,8 @@ export class NetPairTarget implements FuzzTarget {
         device(() => this.counts.framesDelivered += pair.processRx(op.budget));
       } else if (op.k === 'tx') {
         driver.accept = op.accept;
+        // (the thread's event loop: the driver's fd became writable)
+        pair.txBlocked = false;
         device(() => pair.processTx(op.budget));
       } else if (hostile) {
         const ring = op.rx ? rxRing : txRing;
@@ -190,19 +206,21 @@ export class NetPairTarget implements FuzzTarget {
     }
     // the end of a session: what the guest queued for transmission all comes back
     driver.accept = 1 << 20;
+    pair.txBlocked = false;
     device(() => pair.processTx(1 << 20));
     if (!hostile) check(txRing.inFlight.size === 0, () => `${txRing.inFlight.size} TX chains never came back`);
     if (rxq.broken || txq.broken) this.counts.ringsBroken++;
   }
 
   /** The queues over the case's rings, a scripted packet driver, and the engine between them. */
-  private openPair(c: NetPairCase, rxRing: ScriptedRing, txRing: ScriptedRing) {
+  private openPair(c: NetPairCase, rxRing: DriverRing, txRing: DriverRing) {
     const m = this.m;
-    const features = { eventIdx: c.eventIdx, indirect: c.indirect };
+    const features = { eventIdx: c.eventIdx, indirect: c.indirect, packed: c.packed === true };
     const rxq = createQueue(m.view, { size: rxRing.size, desc: rxRing.desc, avail: rxRing.avail, used: rxRing.used }, features, 32768);
     const txq = createQueue(m.view, { size: txRing.size, desc: txRing.desc, avail: txRing.avail, used: txRing.used }, features, 32768);
     check(typeof rxq !== 'string' && typeof txq !== 'string', () => `well-placed rings refused: ${rxq} ${txq}`);
     const driver = c.knowsLength ? new KnowingDriver(m.u8) : new ScriptedDriver(m.u8);
+    driver.blocks = c.blocks === true;
     const filter = new RxFilter();
     filter.reset(Uint8Array.of(2, 0, 0, 0, 0, 1));
     const [csum, tso4, tso6, ecn] = c.offloads;
@@ -219,7 +237,7 @@ export class NetPairTarget implements FuzzTarget {
     return { rxq, txq, driver, pair };
   }
 
-  private addRx(c: NetPairCase, ring: ScriptedRing, placer: Placer, op: { sizes: number[]; indirect: boolean }): void {
+  private addRx(c: NetPairCase, ring: DriverRing, placer: Placer, op: { sizes: number[]; indirect: boolean }): void {
     // a well-behaved driver's receive buffers hold a header (and without MRG_RXBUF an Ethernet header)
     const total = op.sizes.reduce((s, x) => s + x, 0);
     if (!c.hostile && total < (c.mergeable ? HDR : HDR + 14)) return;
@@ -230,7 +248,7 @@ export class NetPairTarget implements FuzzTarget {
     ring.add(bufs, table === undefined ? undefined : table + ((16 - (table % 16)) % 16));
   }
 
-  private addTx(c: NetPairCase, ring: ScriptedRing, placer: Placer, op: { frame: number; cuts: number[]; hdr: number[]; plainHdr: boolean; indirect: boolean }, txFrames: Map<number, Uint8Array>): void {
+  private addTx(c: NetPairCase, ring: DriverRing, placer: Placer, op: { frame: number; cuts: number[]; hdr: number[]; plainHdr: boolean; indirect: boolean }, txFrames: Map<number, Uint8Array>): void {
     const frame = this.txBytes(op.frame, op.plainHdr ? undefined : op.hdr);
     const bufs = this.place(placer, cutInto(frame.length, op.cuts), false);
     if (!bufs || bufs.length > ring.size) return;
@@ -264,7 +282,7 @@ export class NetPairTarget implements FuzzTarget {
   }
 
   /** RX used entries: each frame whole, in the order received, with num_buffers = its chains */
-  private checkRx(ring: ScriptedRing, driver: ScriptedDriver, mergeable: boolean): void {
+  private checkRx(ring: DriverRing, driver: ScriptedDriver, mergeable: boolean): void {
     const used = ring.reclaim();
     check(!ring.bad, () => `RX: ${ring.bad}`);
     let i = 0;
@@ -287,7 +305,7 @@ export class NetPairTarget implements FuzzTarget {
   }
 
   /** TX used entries: every frame the driver took is one the guest wrote in a chain now used */
-  private checkTx(ring: ScriptedRing, driver: ScriptedDriver, frames: Map<number, Uint8Array>): void {
+  private checkTx(ring: DriverRing, driver: ScriptedDriver, frames: Map<number, Uint8Array>): void {
     const used = ring.reclaim();
     check(!ring.bad, () => `TX: ${ring.bad}`);
     const written: Uint8Array[] = [];

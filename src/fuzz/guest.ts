@@ -1,4 +1,5 @@
-// Scripted guest memory and a scripted split-ring driver for the fuzz targets.
+// Scripted guest memory and a scripted split-ring driver for the fuzz targets (the packed-ring driver
+// is guest-packed.ts; both are DriverRings).
 //
 // The memory is one SharedArrayBuffer in which two RAM regions sit between guard areas that are not
 // guest RAM: the guards hold a canary pattern, and any change to them is a write outside guest memory.

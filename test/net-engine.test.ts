@@ -12,7 +12,7 @@ import { DirtyLog } from '../src/virtio/dirty-log.js';
 import { META, META_NEEDS_CSUM, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import type { QueueConfig } from '../src/virtio/virtqueue.js';
-import { TestMemory, TestDriver, F_WRITE } from './helpers/virtq-driver.js';
+import { TestMemory, TestDriver, F_WRITE, receiveFrame } from './helpers/virtq-driver.js';
 import { PackedTestDriver } from './helpers/packed-driver.js';
 
 type Buf = { addr: number; len: number; write?: boolean };
@@ -52,16 +52,7 @@ class ScriptedDriver implements DriverQueue {
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     const f = this.frames.shift();
     if (!f) return 0;
-    const u8 = new Uint8Array(mem);
-    let at = 0;
-    for (let k = b.iovStart[0]; k < b.iovStart[1] && at < f.length; k++) {
-      const n = Math.min(b.iov[3 * k + 2], f.length - at);
-      u8.set(f.subarray(at, at + n), b.iov[3 * k + 1]);
-      at += n;
-    }
-    b.len[0] = f.length;
-    b.meta.fill(0);
-    return 1;
+    return receiveFrame(b, mem, f);
   }
   close(): void {}
 }

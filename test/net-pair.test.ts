@@ -9,7 +9,7 @@ import { txPolicy } from '../src/virtio-net/features.js';
 import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
-import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';
+import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT, receiveFrame } from './helpers/virtq-driver.js';
 
 /** Records what it is given to send; receives `frame` each time it is asked. */
 class RecordingDriver implements DriverQueue {
@@ -33,16 +33,7 @@ class RecordingDriver implements DriverQueue {
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     const f = this.frame;
     if (!f) return 0;
-    const u8 = new Uint8Array(mem);
-    let at = 0;
-    for (let k = b.iovStart[0]; k < b.iovStart[1] && at < f.length; k++) {
-      const n = Math.min(b.iov[3 * k + 2], f.length - at);
-      u8.set(f.subarray(at, at + n), b.iov[3 * k + 1]);
-      at += n;
-    }
-    b.len[0] = f.length;
-    b.meta.fill(0);
-    return 1;
+    return receiveFrame(b, mem, f);
   }
   close(): void {}
 }

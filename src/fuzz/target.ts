@@ -40,3 +40,14 @@ export async function openFdsSettled(before: number): Promise<number> {
   }
   return n;
 }
+
+/** The parts, one after another, in one new array. */
+export function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

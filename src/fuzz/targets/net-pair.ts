@@ -16,7 +16,7 @@ import { newStatsBuffer } from '../../dataplane/stats.js';
 import { META_WORDS, type DriverQueue, type PacketBatch } from '../../drivers/api.js';
 import { ScriptedMemory, ScriptedRing, cutInto, RAM_A, RAM_B, GPA_B, type Desc, type DriverRing, type InFlight } from '../guest.js';
 import { ScriptedPackedRing } from '../guest-packed.js';
-import { check, type FuzzTarget } from '../target.js';
+import { check, concat, type FuzzTarget } from '../target.js';
 
 const HDR = 12;
 
@@ -333,16 +333,6 @@ function gather(m: ScriptedMemory, chain: InFlight, len: number): Uint8Array {
     const n = Math.min(d.len, len - at);
     out.set(m.u8.subarray(m.off(d.addr, n), m.off(d.addr, n) + n), at);
     at += n;
-  }
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
   }
   return out;
 }

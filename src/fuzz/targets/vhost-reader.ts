@@ -15,7 +15,7 @@ import { MessageReader } from '../../vhost-user/reader.js';
 import { HDR_SIZE, MAX_PAYLOAD } from '../../vhost-user/protocol.js';
 import { native, AF_UNIX, SOCK_STREAM } from '../../native.js';
 import { FdFactory, FD_KINDS, type FdKind } from '../fds.js';
-import { check, openFds, openFdsSettled, type FuzzTarget } from '../target.js';
+import { check, concat, openFds, openFdsSettled, type FuzzTarget } from '../target.js';
 
 const piece = fc.oneof(
   // a message whose header tells the truth
@@ -142,14 +142,4 @@ export class VhostReaderTarget implements FuzzTarget {
     rmSync(this.dir, { recursive: true, force: true });
     this.fds.close();
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }

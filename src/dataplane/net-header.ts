@@ -55,13 +55,15 @@ export function writeRxHeader(h: Uint8Array, o: number, meta: Int32Array, m: num
   h[o] = (needsCsum ? HDR_F_NEEDS_CSUM : 0) | (!needsCsum && flags & META_CSUM_VALID ? HDR_F_DATA_VALID : 0);
   const gso = meta[m + META.GSO_TYPE];
   h[o + 1] = gso === GSO_TCPV4 || gso === GSO_TCPV6 || gso === GSO_UDP || (gso & ~GSO_ECN) === GSO_TCPV4 || (gso & ~GSO_ECN) === GSO_TCPV6 ? gso : GSO_NONE;
-  const put16 = (at: number, v: number) => {
-    h[o + at] = v & 0xff;
-    h[o + at + 1] = (v >> 8) & 0xff;
-  };
-  put16(2, meta[m + META.HDR_LEN]);
-  put16(4, h[o + 1] === GSO_NONE ? 0 : meta[m + META.GSO_SIZE]);
-  put16(6, needsCsum ? meta[m + META.CSUM_START] : 0);
-  put16(8, needsCsum ? meta[m + META.CSUM_OFFSET] : 0);
-  put16(10, numBuffers);
+  put16(h, o + 2, meta[m + META.HDR_LEN]);
+  put16(h, o + 4, h[o + 1] === GSO_NONE ? 0 : meta[m + META.GSO_SIZE]);
+  put16(h, o + 6, needsCsum ? meta[m + META.CSUM_START] : 0);
+  put16(h, o + 8, needsCsum ? meta[m + META.CSUM_OFFSET] : 0);
+  put16(h, o + 10, numBuffers);
+}
+
+/** a little-endian 16-bit field at any alignment (a module function: nothing allocated per packet) */
+function put16(h: Uint8Array, at: number, v: number): void {
+  h[at] = v & 0xff;
+  h[at + 1] = (v >> 8) & 0xff;
 }

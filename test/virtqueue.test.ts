@@ -14,30 +14,6 @@ function setup(opts: { size?: number; eventIdx?: boolean; indirect?: boolean } =
 }
 
 describe('split virtqueue', () => {
-  it('pops a chain with its readable and writable buffers as offsets into guest memory', () => {
-    const { mem, drv, q } = setup();
-    const a = mem.alloc(100);
-    const b = mem.alloc(200);
-    const c = mem.alloc(300);
-    const head = drv.add([{ addr: a, len: 100 }, { addr: b, len: 200 }, { addr: c, len: 300, write: true }]);
-    expect(q.pending()).toBe(1);
-    expect(q.pop()).toBe(true);
-    const ch = q.chain;
-    expect([ch.head, ch.count, ch.readable, ch.writable, ch.readableBytes, ch.writableBytes]).toEqual([head, 3, 2, 1, 300, 300]);
-    expect([...ch.offsets.subarray(0, 3)]).toEqual([a, b, c]);
-    expect(q.pop()).toBe(false);
-    expect(q.broken).toBeUndefined();
-  });
-
-  it('follows an indirect table', () => {
-    const { mem, drv, q } = setup();
-    const bufs = [0, 1, 2, 3].map(() => ({ addr: mem.alloc(64), len: 64 }));
-    drv.addIndirect([...bufs.slice(0, 2), ...bufs.slice(2).map((b) => ({ ...b, write: true }))]);
-    expect(q.pop()).toBe(true);
-    expect([q.chain.count, q.chain.readable, q.chain.writable]).toEqual([4, 2, 2]);
-    expect(q.chain.offsets[3]).toBe(bufs[3].addr);
-  });
-
   it('follows an indirect table at any alignment (the spec asks none)', () => {
     for (const misalign of [1, 2, 4, 8]) {
       const { mem, drv, q } = setup();
@@ -121,28 +97,9 @@ describe('split virtqueue', () => {
     expect(p.drv.usedFlags).toBe(0);
   });
 
-  it('puts back a popped chain', () => {
-    const { mem, drv, q } = setup();
-    drv.add([{ addr: mem.alloc(16), len: 16, write: true }]);
-    q.pop();
-    q.rewind(1);
-    expect(q.pending()).toBe(1);
-  });
 });
 
 describe('split virtqueue against a hostile driver', () => {
-  it('refuses rings outside guest memory, misaligned or of a bad size', () => {
-    const mem = new TestMemory();
-    const ok = { size: 8, desc: 0x10000, avail: 0x11000, used: 0x12000 };
-    const f = { eventIdx: true, indirect: true };
-    expect(SplitQueue.create(mem.view, { ...ok, size: 6 }, f, 256)).toBe('bad queue size');
-    expect(SplitQueue.create(mem.view, { ...ok, size: 512 }, f, 256)).toBe('bad queue size');
-    expect(SplitQueue.create(mem.view, { ...ok, desc: 0x10008 }, f, 256)).toBe('ring misaligned');
-    expect(SplitQueue.create(mem.view, { ...ok, used: 0x12002 }, f, 256)).toBe('ring misaligned');
-    expect(SplitQueue.create(mem.view, { ...ok, used: mem.size - 8 }, f, 256)).toBe('ring outside guest memory');
-    expect(SplitQueue.create(mem.view, { ...ok, desc: 2 ** 40 }, f, 256)).toBe('ring outside guest memory');
-  });
-
   function hostile(write: (drv: TestDriver, mem: TestMemory) => void, opts: { indirect?: boolean } = {}) {
     const { mem, drv, q } = setup({ indirect: opts.indirect });
     write(drv, mem);
@@ -157,61 +114,20 @@ describe('split virtqueue against a hostile driver', () => {
       d.writeDesc(1, b, 16, F_NEXT, 0);
       d.publish(0);
     })).toBe('descriptor chain too long');
-  });
-
-  it('breaks on out-of-range heads and next indices', () => {
-    expect(hostile((d) => d.publish(100))).toBe('descriptor index out of range');
-    expect(hostile((d, m) => {
-      d.writeDesc(0, m.alloc(16), 16, F_NEXT, 9999);
-      d.publish(0);
-    })).toBe('descriptor index out of range');
-  });
-
-  it('breaks on buffers outside guest memory, including lengths that overflow', () => {
-    expect(hostile((d) => {
-      d.writeDesc(0, 2 ** 36, 16, 0, 0);
-      d.publish(0);
-    })).toBe('buffer outside guest memory');
-    expect(hostile((d, m) => {
-      d.writeDesc(0, m.size - 100, 0xffffffff, 0, 0);
-      d.publish(0);
-    })).toBe('buffer outside guest memory');
-  });
-
-  it('breaks on readable buffers after writable ones', () => {
-    expect(hostile((d, m) => {
-      d.writeDesc(0, m.alloc(16), 16, F_WRITE | F_NEXT, 1);
-      d.writeDesc(1, m.alloc(16), 16, 0, 0);
-      d.publish(0);
-    })).toBe('readable after writable');
-  });
-
-  it('breaks on bad indirect tables', () => {
-    expect(hostile((d, m) => {
-      d.writeDesc(0, m.alloc(32), 32, F_INDIRECT, 0);
-      d.publish(0);
-    }, { indirect: false })).toBe('indirect descriptor not negotiated');
-    expect(hostile((d, m) => {
-      d.writeDesc(0, m.alloc(32), 32, F_INDIRECT | F_NEXT, 1);
-      d.publish(0);
-    })).toBe('indirect with next');
-    expect(hostile((d, m) => {
-      d.writeDesc(0, m.alloc(32), 24, F_INDIRECT, 0);
-      d.publish(0);
-    })).toBe('bad indirect table size');
     expect(hostile((d, m) => {
       const t = m.alloc(32);
-      d.writeDesc(0, m.alloc(32), 32, F_INDIRECT, 0, t); // an indirect entry inside the table
-      d.writeDesc(0, t, 32, F_INDIRECT, 0);
-      d.publish(0);
-    })).toBe('nested indirect table');
-    expect(hostile((d, m) => {
-      const t = m.alloc(32);
-      d.writeDesc(0, m.alloc(16), 16, F_NEXT, 0, t); // a loop inside the table
+      d.writeDesc(0, m.alloc(16), 16, F_NEXT, 1, t); // a loop inside an indirect table
       d.writeDesc(1, m.alloc(16), 16, F_NEXT, 0, t);
       d.writeDesc(0, t, 32, F_INDIRECT, 0);
       d.publish(0);
     })).toBe('descriptor chain too long');
+  });
+
+  it('breaks on out-of-range next indices', () => {
+    expect(hostile((d, m) => {
+      d.writeDesc(0, m.alloc(16), 16, F_NEXT, 9999);
+      d.publish(0);
+    })).toBe('descriptor index out of range');
   });
 
   it('breaks when the available index runs ahead by more than the ring', () => {

@@ -46,6 +46,7 @@ describe('tsvmm CLI', () => {
     [['run', '--kernel', TEST_GUEST, '--serial', 'tcp:1234'], /--serial: "tcp:1234"/],
     [['run', '--kernel', TEST_GUEST, '--timeout', 'soon'], /--timeout: "soon" is not a positive number/],
     [['run', '--kernel', TEST_GUEST, '--kvm-device', '/nonexistent/kvm'], /\/nonexistent\/kvm does not exist/],
+    [['run', '--kernel', TEST_GUEST, '--net', 'tap,ifname=t0,packed=maybe'], /--net: packed=maybe is not on or off/],
   ])('rejects %j with one clear line', (args, pattern) => {
     expectOneLineError(tsvmm(args as string[]), pattern as RegExp);
   });

@@ -95,6 +95,11 @@ describe('--net parsing', () => {
       threads: 1,
       busyPollUs: 50,
     });
+    // packed=off: split rings only; on is the default; anything else names the value
+    expect(parseNetArg('tap,ifname=tap0,packed=off')).toEqual({ driver: 'tap', options: { ifname: 'tap0' }, packed: false });
+    expect(parseNetArg('tap,packed=on').packed).toBe(true);
+    expect(parseNetArg('tap').packed).toBeUndefined();
+    expect(() => parseNetArg('tap,packed=no')).toThrow(/packed=no is not on or off/);
     expect(() => parseNetArg('tap,ifname')).toThrow(/key=value/);
     expect(() => parseNetArg('tap,queues=0')).toThrow(/1..16/);
     expect(formatMac(parseMac('52:54:00:AB:cd:0e'))).toBe('52:54:00:ab:cd:0e');
@@ -114,18 +119,35 @@ describe('the virtio-net feature offer', () => {
   /** the bits a net device offers whatever its transport: the offer built from the driver */
   const netBits = netFeatureOffer({ offloads: { ...NO_OFFLOADS, ...driver.caps.offloads } }, 2);
 
-  it('is the same over virtio-pci and vhost-user for the same driver (ECN included), packed rings not yet', async () => {
+  it('is the same over virtio-pci and vhost-user for the same driver (ECN included)', async () => {
     const mem = new GuestMemory([{ gpa: 0, size: 1 << 20, offset: 0 }]);
     const backend = new VhostUserBackend(driver, { queuePairs: 2 });
     try {
       const dev = new VirtioNet(mem, { driver, mac: parseMac('52:54:00:12:34:56'), queuePairs: 2 });
       for (const f of [dev.features, backend.features]) {
         expect(f & netBits).toBe(netBits);
-        expect([has(f, F.GUEST_ECN), has(f, F.HOST_ECN), has(f, F.MQ), has(f, F.RING_PACKED)]).toEqual([true, true, true, false]);
+        expect([has(f, F.GUEST_ECN), has(f, F.HOST_ECN), has(f, F.MQ)]).toEqual([true, true, true]);
       }
     } finally {
       await backend.close();
       native.close(backend.eventFd);
+      mem.release();
+    }
+  });
+
+  it('offers packed rings only where a transport opts in: the virtio-pci device, unless packed=off', () => {
+    expect(has(netBits, F.RING_PACKED)).toBe(false);
+    expect(has(netFeatureOffer({ offloads: NO_OFFLOADS }, 1, { packed: true }), F.RING_PACKED)).toBe(true);
+    const mem = new GuestMemory([{ gpa: 0, size: 1 << 20, offset: 0 }]);
+    try {
+      const mac = parseMac('52:54:00:12:34:56');
+      expect(has(new VirtioNet(mem, { driver, mac, queuePairs: 1 }).features, F.RING_PACKED)).toBe(true);
+      expect(has(new VirtioNet(mem, { driver, mac, queuePairs: 1, packed: true }).features, F.RING_PACKED)).toBe(true);
+      const split = new VirtioNet(mem, { driver, mac, queuePairs: 1, packed: false }).features;
+      expect(has(split, F.RING_PACKED)).toBe(false);
+      // nothing else changes
+      expect(split | bit(F.RING_PACKED)).toBe(new VirtioNet(mem, { driver, mac, queuePairs: 1 }).features);
+    } finally {
       mem.release();
     }
   });

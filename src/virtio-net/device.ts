@@ -37,6 +37,8 @@ export interface NetDeviceOptions {
   threads?: number;
   queueSize?: number;
   busyPollUs?: number;
+  /** offer packed rings (VIRTIO_F_RING_PACKED) besides split ones (default true) */
+  packed?: boolean;
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
   iommu?: { table: IommuTable; endpoint: number };
 }
@@ -81,7 +83,7 @@ export class VirtioNet implements VirtioDevice {
     const pairs = opts.queuePairs;
     this.numQueues = 2 * pairs + 1;
     this.maxQueueSize = opts.queueSize ?? 256;
-    let f = netFeatureOffer(opts.driver.caps, pairs);
+    let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true });
     f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR);
     // behind the vIOMMU the driver must know its addresses are translated
     if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);

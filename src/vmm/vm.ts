@@ -274,12 +274,13 @@ export class Vm extends EventEmitter {
     } catch (e) {
       throw new UserError(`--net: ${(e as Error).message}`);
     }
+    if (n.packed !== undefined && typeof n.packed !== 'boolean') throw new UserError(`--net: packed must be true or false (the library option), not ${JSON.stringify(n.packed)}`);
     const driver = await createDriver(n.driver, { ...(n.options ?? {}), ...(n.queues ? { queues: String(n.queues) } : {}) });
     try {
       // behind the vIOMMU its endpoint id is its PCI requester id (bus 0, this slot, function 0)
       const slot = this.pciHost!.freeSlot();
       const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, iommu });
+      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, iommu });
       const pci = this.plugVirtio(net, 0x020000, slot);
       if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
       this.netDevices.push({ net, pci, driver });

@@ -31,6 +31,14 @@ const PCI_CAP_ID_MSIX = 0x11;
 const MSIX_ENABLE = 0x8000;
 const MSIX_FUNCTION_MASK = 0x4000;
 
+/**
+ * One queue's registers as the driver programs them. The transport does not know the ring layout (the
+ * features decide it at DRIVER_OK): `desc` is queue_desc, the descriptor table (split) or ring (packed);
+ * `avail` is queue_driver, the available ring or the driver event suppression area; `used` is
+ * queue_device, the used ring or the device event suppression area. Sizes, alignments and placement
+ * are checked for the negotiated layout when the queue is created (src/virtio/queues.ts): a split size
+ * must be a power of two, a packed one need not be.
+ */
 interface QueueRegs {
   size: number;
   msixVector: number;

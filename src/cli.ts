@@ -29,8 +29,8 @@ vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --timeout SECS   stop the VM after SECS seconds (exit status 124), whatever the guest is doing
   --stats          when the VM ends, print per-queue network counters as a JSON line (stderr)
   --net SPEC       a virtio-net device (repeatable), e.g. tap,ifname=tap0[,queues=N][,mac=MAC]
-                   [,threads=N][,busy-poll=USEC]; DRIVER is tap, af-xdp, null or the path of a
-                   driver module
+                   [,threads=N][,busy-poll=USEC][,packed=off]; DRIVER is tap, af-xdp, null or the
+                   path of a driver module; packed=off offers split rings only
   --viommu         a virtio-iommu translating the network devices' DMA (VIRTIO_F_ACCESS_PLATFORM)
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
@@ -214,7 +214,7 @@ async function vhostUser(argv: string[]): Promise<number> {
   }
   if (driver.describe) process.stderr.write(`tsvmm: net: ${driver.name} ${driver.describe}\n`);
   const log = (l: string) => process.stderr.write(`tsvmm: ${l}\n`);
-  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs, log });
+  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs, packed: net.packed, log });
   const server = new VhostUserServer(backend, { path: values.socket, client: values.client, log });
   let code = 0;
   const stop = (c: number) => () => {

@@ -8,14 +8,14 @@ import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.j
 import type { WorkerPair, WorkerQueue } from '../dataplane/worker.js';
 import type { NetDriver } from '../drivers/api.js';
 import { F, bit, has, netDataplaneFeatures, netFeatureOffer } from '../virtio-net/features.js';
-import type { FrontendMemory } from './memory.js';
+import { FrontendMemory } from './memory.js';
 import { MAP_READ, MAP_WRITE, stuckThreadMs } from '../viommu/table.js';
 import type { DmaAccess } from '../virtio/dma.js';
 import { decodeRingBase, encodeRingBase, type RingState } from '../virtio/virtqueue.js';
 import { HANDLERS, unknownRequest, type BackendCore, type Handled } from './handlers.js';
 import { Iotlb } from './iotlb.js';
 import { F_LOG_ALL, pagesIn, releaseLog, type MappedLog } from './log.js';
-import { closeFd, freshRing, ringDump, ringOffset, usedIndex, type Vring } from './rings.js';
+import { closeFd, freshRing, packedStart, ringAreas, ringDump, ringOffset, usedIndex, type Vring } from './rings.js';
 import * as P from './protocol.js';
 
 export { F_LOG_ALL } from './log.js';
@@ -24,6 +24,8 @@ export type { Handled } from './handlers.js';
 export interface BackendOptions {
   queuePairs: number;
   busyPollUs?: number;
+  /** offer packed rings (VIRTIO_F_RING_PACKED) besides split ones (default true); the frontend chooses */
+  packed?: boolean;
   /** a line for the operator on events worth knowing (dirty logging switched on or off) */
   log?: (line: string) => void;
 }
@@ -74,7 +76,7 @@ export class VhostUserBackend implements BackendCore {
     private readonly opts: BackendOptions,
   ) {
     // the net device's offer (from what the driver honours) and what the vhost-user protocol adds
-    let f = netFeatureOffer(driver.caps, opts.queuePairs) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
+    let f = netFeatureOffer(driver.caps, opts.queuePairs, { packed: opts.packed ?? true }) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
     this.features = f;
     this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);
     this.vrings = Array.from({ length: 2 * opts.queuePairs }, freshRing);
@@ -124,6 +126,7 @@ export class VhostUserBackend implements BackendCore {
     const wasRunning = this.running.size > 0;
     await this.stopAll();
     if (has(f, F_LOG_ALL) !== has(this.acked, F_LOG_ALL)) this.say(`vhost-user: dirty logging ${has(f, F_LOG_ALL) ? 'on' : 'off'}`);
+    if (has(f, F.RING_PACKED) !== has(this.acked, F.RING_PACKED)) this.say(`vhost-user: ${has(f, F.RING_PACKED) ? 'packed' : 'split'} rings`);
     this.acked = f;
     this.setIotlb(has(f, F.ACCESS_PLATFORM));
     if (wasRunning) await this.startReady();
@@ -138,7 +141,7 @@ export class VhostUserBackend implements BackendCore {
 
   traceStopped = trace
     ? (i: number, r: Vring): void => {
-        trace(`ring ${i} stopped at ${r.base}; ${ringDump(this.memory, this.iotlb, r)}`);
+        trace(`ring ${i} stopped at ${r.base}; ${this.ringDump(r)}`);
         if (this.written && this.log) {
           trace(`pages written while logging: ${pagesIn(new Uint8Array(this.written))}`);
           trace(`pages in the frontend's log not yet collected: ${pagesIn(new Uint8Array(this.log.buffer, this.log.offset, this.log.size))}`);
@@ -192,10 +195,10 @@ export class VhostUserBackend implements BackendCore {
    * Where a ring starts. Split: at its used index in memory — a frontend that reconnects to a new
    * backend may send base 0 (DPDK's virtio-user does) while its used ring says where the old backend
    * stopped; that is the true position (every chain the old one took was completed), as DPDK's vhost
-   * library also concludes. Packed rings keep no index in memory: the frontend's base.
+   * library also concludes. Packed rings keep no index in memory: the frontend's base (packedStart).
    */
   private startState(r: Vring): RingState {
-    if (has(this.acked, F.RING_PACKED)) return decodeRingBase(r.base, true);
+    if (has(this.acked, F.RING_PACKED)) return packedStart(r.base);
     return decodeRingBase(usedIndex(this.memory, this.iotlb, r), false);
   }
 
@@ -209,7 +212,13 @@ export class VhostUserBackend implements BackendCore {
   }
 
   private ringDump(r: Vring): string {
-    return ringDump(this.memory, this.iotlb, r);
+    return has(this.acked, F.RING_PACKED) ? 'packed ring' : ringDump(this.memory, this.iotlb, r);
+  }
+
+  /** What GET_VRING_BASE answers for a ring: where it stopped, or the base it was given, in the
+   * layout's encoding (both packed halves equal: where the ring would resume). */
+  reportedBase(r: Vring): number {
+    return has(this.acked, F.RING_PACKED) ? encodeRingBase(packedStart(r.base), true) : r.base & 0xffff;
   }
 
   private ready(r: Vring): boolean {
@@ -218,15 +227,16 @@ export class VhostUserBackend implements BackendCore {
 
   private workerQueue(r: Vring, slot: number): WorkerQueue | undefined {
     const mem = this.memory!;
+    const bytes = ringAreas(r.num, has(this.acked, F.RING_PACKED));
     if (this.iotlb) {
       // rings by IOVA: the threads translate them; start only once the frontend has given them all
-      const ok = [this.ringOffset(r.desc, 16 * r.num, MAP_READ), this.ringOffset(r.avail, 6 + 2 * r.num, MAP_READ), this.ringOffset(r.used, 6 + 8 * r.num, MAP_WRITE)].every((o) => o >= 0);
+      const ok = [this.ringOffset(r.desc, bytes.desc, MAP_READ), this.ringOffset(r.avail, bytes.avail, MAP_READ), this.ringOffset(r.used, bytes.used, MAP_WRITE)].every((o) => o >= 0);
       if (!ok) return undefined;
       return { index: slot, size: r.num, desc: r.desc, avail: r.avail, used: r.used, kickFd: r.kickFd, callFd: r.callFd, statsSlot: slot, start: this.startState(r), ringLogGpa: this.ringLogGpa(r, r.desc, r.used) };
     }
-    const desc = mem.vaToGpa(r.desc, 16 * r.num);
-    const avail = mem.vaToGpa(r.avail, 6 + 2 * r.num);
-    const used = mem.vaToGpa(r.used, 6 + 8 * r.num);
+    const desc = mem.vaToGpa(r.desc, bytes.desc);
+    const avail = mem.vaToGpa(r.avail, bytes.avail);
+    const used = mem.vaToGpa(r.used, bytes.used);
     if (desc < 0 || avail < 0 || used < 0) return undefined;
     const start = this.startState(r);
     trace?.(`ring starts at used ${start.nextUsed} (frontend base ${r.base}); ${this.ringDump(r)}`);

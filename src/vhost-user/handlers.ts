@@ -4,7 +4,6 @@
 // message brought are the handler's to keep by taking them out of m.fds; the rest are closed after it.
 import { native } from '../native.js';
 import { F, bit, has } from '../virtio-net/features.js';
-import { MAX_QUEUE_SIZE } from '../virtio/virtqueue.js';
 import { F_LOG_ALL, mapLog, type MappedLog } from './log.js';
 import { FrontendMemory } from './memory.js';
 import { closeFd, VRING_F_LOG, type Vring } from './rings.js';
@@ -42,6 +41,8 @@ export interface BackendCore {
   stopPair(pair: number): Promise<void>;
   stopAll(): Promise<void>;
   startReady(): Promise<void>;
+  /** what GET_VRING_BASE answers for a stopped ring */
+  reportedBase(r: Vring): number;
   /** (tracing) a ring stopped for GET_VRING_BASE */
   traceStopped?(i: number, r: Vring): void;
 }
@@ -62,6 +63,11 @@ async function setFeatures(b: BackendCore, m: P.Message): Promise<Handled> {
   if (m.payload.byteLength < 8) return fail('short feature message');
   const f = m.payload.getBigUint64(0, true);
   if (f & ~b.features) return fail('features we did not offer');
+  // (the ring layout may change: sizes and bases set before must suit the new one)
+  for (let i = 0; i < b.vrings.length; i++) {
+    const problem = ringProblem(i, b.vrings[i], f);
+    if (problem) return fail(problem);
+  }
   if (f !== b.acked) await b.applyFeatures(f);
   return ack(b, m, true);
 }
@@ -110,16 +116,24 @@ function vringStateHandler(apply: (b: BackendCore, s: { i: number; r: Vring; num
   };
 }
 
-const setVringNum = vringStateHandler((_b, { i, r, num }) => {
-  if (num < 1 || num > MAX_QUEUE_SIZE || num & (num - 1)) return `ring ${i}: bad size ${num}`;
+/** Why ring `i` cannot be used as it stands under the layout the features name (its size, a packed
+ * ring's base), or undefined; checked whenever either changes, whichever the frontend sends first. */
+function ringProblem(i: number, r: Vring, features: bigint): string | undefined {
+  if (r.num === 0) return undefined;
+  const packed = has(features, F.RING_PACKED);
+  const problem = V.ringSizeProblem(r.num, packed) ?? (packed ? V.packedBaseProblem(r.base, r.num) : undefined);
+  return problem && `ring ${i}: ${problem}`;
+}
+
+const setVringNum = vringStateHandler((b, { i, r, num }) => {
   r.num = num;
-  return undefined;
+  return ringProblem(i, r, b.acked);
 });
 
-const setVringBase = vringStateHandler((b, { r, num }) => {
-  // (packed: both positions and their wrap counters)
-  r.base = has(b.acked, F.RING_PACKED) ? num : num & 0xffff;
-  return undefined;
+/** (split: the next available index, 16 bits; packed: both positions and their wrap counters, kept whole) */
+const setVringBase = vringStateHandler((b, { i, r, num }) => {
+  r.base = num;
+  return ringProblem(i, r, b.acked);
 });
 
 const setVringEnable = vringStateHandler(async (b, { i, r, num }) => {
@@ -133,7 +147,7 @@ async function setVringAddr(b: BackendCore, m: P.Message): Promise<Handled> {
   if (!a) return fail('malformed SET_VRING_ADDR');
   const r = a.index < b.vrings.length ? b.vrings[a.index] : undefined;
   if (!r) return fail(`ring ${a.index} does not exist`);
-  const misaligned = V.ringMisalignment(a);
+  const misaligned = V.ringMisalignment(a, has(b.acked, F.RING_PACKED));
   if (misaligned) return fail(`ring ${a.index}: ${misaligned}`);
   // a live ring moving (or starting to log) restarts its pair with the new addresses
   await b.stopPair(a.index >> 1);
@@ -154,7 +168,7 @@ async function getVringBase(b: BackendCore, m: P.Message): Promise<Handled> {
   r.kickFd = closeFd(r.kickFd);
   r.callFd = closeFd(r.callFd);
   b.traceStopped?.(i, r);
-  return { reply: P.encodeReply(m.request, P.vringState(i, r.base)) };
+  return { reply: P.encodeReply(m.request, P.vringState(i, b.reportedBase(r))) };
 }
 
 /** SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR: a ring's eventfd (or none, VRING_NOFD). */

@@ -4,6 +4,7 @@ import { native } from '../native.js';
 import { guestView, dmaContiguous, type DmaAccess } from '../virtio/dma.js';
 import { guestBytes } from '../virtio/guest-bytes.js';
 import { MAP_READ } from '../viommu/table.js';
+import { decodeRingBase, type RingState } from '../virtio/virtqueue.js';
 import type { Iotlb } from './iotlb.js';
 import type { FrontendMemory } from './memory.js';
 
@@ -25,6 +26,26 @@ export const VRING_F_LOG = 1;
 
 export function freshRing(): Vring {
   return { num: 0, desc: 0, avail: 0, used: 0, base: 0, kickFd: -1, callFd: -1, enabled: false, logGpa: undefined };
+}
+
+/**
+ * Where a packed ring resumes from the frontend's 32-bit base (vhost-user.rst: bits 0–14 the next
+ * available position, 15 its wrap counter; 16–30 and 31 the same for used). A frontend that gives only
+ * the available half leaves the used half 0 (DPDK's virtio-user sends 0x8000 for a fresh ring; DPDK's
+ * vhost library reads only that half): both resume there. Otherwise both resume at the used position:
+ * chains made available and never used are taken again, as a split ring resumes at its used index.
+ * (A base this backend reported has both halves equal: its threads stop with every chain taken used.)
+ */
+export function packedStart(base: number): RingState {
+  const s = decodeRingBase(base, true);
+  const [at, wrap] = base >>> 16 === 0 ? [s.nextAvail, s.availWrap] : [s.nextUsed, s.usedWrap];
+  return { nextAvail: at, availWrap: wrap, nextUsed: at, usedWrap: wrap };
+}
+
+/** The bytes of a ring's three areas: split descriptor table, available and used rings (with their
+ * event fields); packed descriptor ring and the 4-byte driver and device event suppression areas. */
+export function ringAreas(num: number, packed: boolean): { desc: number; avail: number; used: number } {
+  return packed ? { desc: 16 * num, avail: 4, used: 4 } : { desc: 16 * num, avail: 6 + 2 * num, used: 6 + 8 * num };
 }
 
 /**

@@ -40,11 +40,12 @@ export const has = (features: bigint, n: number): boolean => (features & bit(n))
  * data-path bits every device has, MQ for more than one pair, and only the offloads the driver
  * honours (TX offloads need it to checksum/segment, RX ones to take partial checksums and GSO frames).
  * Device-model extras (MAC, the control queue...) and transport extras (vhost-user's) are the caller's.
- * Packed rings are not offered yet.
+ * `packed`: offer VIRTIO_F_RING_PACKED too (each transport opts in; the driver still chooses the layout).
  */
-export function netFeatureOffer(caps: Pick<DriverCapabilities, 'offloads'>, queuePairs: number): bigint {
+export function netFeatureOffer(caps: Pick<DriverCapabilities, 'offloads'>, queuePairs: number, opts: { packed?: boolean } = {}): bigint {
   const o = caps.offloads;
   let f = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC) | bit(F.MRG_RXBUF);
+  if (opts.packed) f |= bit(F.RING_PACKED);
   if (queuePairs > 1) f |= bit(F.MQ);
   if (o.txCsum) {
     f |= bit(F.CSUM);

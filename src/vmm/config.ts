@@ -31,9 +31,11 @@ export interface NetConfig {
   threads?: number;
   /** busy-poll for this many µs before sleeping (default 0) */
   busyPollUs?: number;
+  /** offer packed rings (VIRTIO_F_RING_PACKED) as well as split ones; false: split only (default true) */
+  packed?: boolean;
 }
 
-/** Parse "--net tap,ifname=tap0,queues=2,mac=52:54:00:12:34:56". */
+/** Parse "--net tap,ifname=tap0,queues=2,mac=52:54:00:12:34:56,packed=off". */
 export function parseNetArg(s: string): NetConfig {
   const [driver, ...kv] = s.split(',');
   if (!driver) throw new UserError('--net: a driver name is required (e.g. --net tap,ifname=tap0)');
@@ -45,6 +47,10 @@ export function parseNetArg(s: string): NetConfig {
     const k = item.slice(0, eq);
     const v = item.slice(eq + 1);
     if (k === 'mac') net.mac = v;
+    else if (k === 'packed') {
+      if (v !== 'on' && v !== 'off') throw new UserError(`--net: packed=${v} is not on or off`);
+      net.packed = v === 'on';
+    }
     else if (k === 'queues' || k === 'threads' || k === 'busy-poll') {
       if (!/^\d+$/.test(v)) throw new UserError(`--net: ${k}=${v} is not a whole number`);
       if (k === 'queues') net.queues = Number(v);

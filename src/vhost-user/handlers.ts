@@ -126,6 +126,8 @@ function ringProblem(i: number, r: Vring, features: bigint): string | undefined 
 }
 
 const setVringNum = vringStateHandler((b, { i, r, num }) => {
+  const bad = V.ringSizeProblem(num, has(b.acked, F.RING_PACKED));
+  if (bad) return `ring ${i}: ${bad}`;
   r.num = num;
   return ringProblem(i, r, b.acked);
 });

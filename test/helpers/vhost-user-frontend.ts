@@ -168,7 +168,7 @@ export class TestFrontend {
   }
 }
 
-function state(index: number, num: number): Uint8Array {
+export function state(index: number, num: number): Uint8Array {
   const p = new Uint8Array(8);
   const v = new DataView(p.buffer);
   v.setUint32(0, index, true);

@@ -69,6 +69,12 @@ bit 15; check feature-mrg-rxbuf $?
 bit 0 && bit 11 && bit 12; check feature-csum-tso $?
 bit 17; check feature-ctrl-vq $?
 [ -n "$(arg iommu)" ] && { bit 33; check feature-access-platform $?; }
+# the ring layout (VIRTIO_F_RING_PACKED, bit 34) the scenario expects: tsvmm.packed=1 when offered,
+# 0 when tsvmm ran with packed=off (no argument: not checked, e.g. QEMU's device over vhost-user)
+case "$(arg packed)" in
+  1) bit 34; check feature-ring-packed $? "features=$feat" ;;
+  0) ! bit 34; check feature-ring-split $? "features=$feat" ;;
+esac
 if [ "$(arg iommu)" = intel ]; then
   netpci=$(basename "$(dirname "$(readlink -f /sys/class/net/eth0/device)")")
   grp=/sys/bus/pci/devices/$netpci/iommu_group

@@ -155,11 +155,12 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend wit
     // testpmd sent on what it received (io mode drops only what its TX ring refuses)
     expect(pmd.tx).toBeGreaterThan(0.9 * pmd.rx);
     expect(pmd.tx).toBeLessThanOrEqual(pmd.rx);
-    // every frame testpmd took came from tsvmm's RX ring (at most a ring of 256 left on it), and every
-    // frame it sent back tsvmm took from its TX ring
+    // every frame testpmd took came from tsvmm's RX ring, and tsvmm put on it at most a ring (256) more
+    // than testpmd counted, and a burst (32) — 257 seen once: a burst in hand as forwarding stopped;
+    // every frame testpmd sent back tsvmm took from its TX ring
     const p = vu.pairs[0];
     expect(p.rx.packets).toBeGreaterThanOrEqual(pmd.rx);
-    expect(p.rx.packets - pmd.rx).toBeLessThanOrEqual(256);
+    expect(p.rx.packets - pmd.rx).toBeLessThanOrEqual(256 + 32);
     expect(p.tx.packets).toBe(pmd.tx);
     expect(tapRx).toBeGreaterThanOrEqual(pmd.tx);
   });

@@ -26,6 +26,8 @@ export class TestFrontend {
   readonly rings: TestDriver[] = [];
   /** the rings when setup() was asked for packed ones */
   readonly packed: PackedTestDriver[] = [];
+  /** (packed) the used descriptors usedReaches() has taken from each ring, oldest first */
+  readonly packedUsed: Array<Array<{ id: number; len: number }>> = [];
   readonly kicks: number[] = [];
   readonly calls: number[] = [];
 
@@ -157,8 +159,17 @@ export class TestFrontend {
     native.write(this.kicks[i], u64(1n));
   }
 
-  /** Wait until ring i's used index reaches `idx`. */
+  /** Wait until ring i's used index reaches `idx` (packed: until `idx` chains were used in all). */
   async usedReaches(i: number, idx: number): Promise<void> {
+    const p = this.packed[i];
+    if (p) {
+      const got = (this.packedUsed[i] ??= []);
+      for (const end = Date.now() + 5000; Date.now() < end; await sleep(5)) {
+        got.push(...p.takeUsed());
+        if (got.length >= idx) return;
+      }
+      throw new Error(`ring ${i}: ${got.length} chains used, never ${idx}`);
+    }
     const r = this.rings[i];
     for (const end = Date.now() + 5000; Date.now() < end; await sleep(5)) {
       if (this.mem.dv.getUint16(r.cfg.used - this.mem.base + 2, true) === (idx & 0xffff)) return;

@@ -12,7 +12,7 @@ import { FrontendMemory } from './memory.js';
 import { MAP_READ, MAP_WRITE, stuckThreadMs } from '../viommu/table.js';
 import type { DmaAccess } from '../virtio/dma.js';
 import { decodeRingBase, encodeRingBase, type RingState } from '../virtio/virtqueue.js';
-import { HANDLERS, unknownRequest, type BackendCore, type Handled } from './handlers.js';
+import { HANDLERS, ringProblem, unknownRequest, type BackendCore, type Handled } from './handlers.js';
 import { Iotlb } from './iotlb.js';
 import { F_LOG_ALL, pagesIn, releaseLog, type MappedLog } from './log.js';
 import { closeFd, freshRing, packedStart, ringAreas, ringDump, ringOffset, usedIndex, type Vring } from './rings.js';
@@ -198,7 +198,12 @@ export class VhostUserBackend implements BackendCore {
    * library also concludes. Packed rings keep no index in memory: the frontend's base (packedStart).
    */
   private startState(r: Vring): RingState {
-    if (has(this.acked, F.RING_PACKED)) return packedStart(r.base);
+    if (has(this.acked, F.RING_PACKED)) {
+      // (a size given after the base, or a base given before the switch to packed rings and not again)
+      const problem = ringProblem(this.vrings.indexOf(r), r, this.acked);
+      if (problem) throw new Error(problem);
+      return packedStart(r.base);
+    }
     return decodeRingBase(usedIndex(this.memory, this.iotlb, r), false);
   }
 

@@ -63,11 +63,8 @@ async function setFeatures(b: BackendCore, m: P.Message): Promise<Handled> {
   if (m.payload.byteLength < 8) return fail('short feature message');
   const f = m.payload.getBigUint64(0, true);
   if (f & ~b.features) return fail('features we did not offer');
-  // (the ring layout may change: sizes and bases set before must suit the new one)
-  for (let i = 0; i < b.vrings.length; i++) {
-    const problem = ringProblem(i, b.vrings[i], f);
-    if (problem) return fail(problem);
-  }
+  // (sizes and bases set before are not checked against a new layout: a frontend sends them again
+  // after its features, QEMU on every start; those not sent again are checked as their ring starts)
   if (f !== b.acked) await b.applyFeatures(f);
   return ack(b, m, true);
 }
@@ -116,12 +113,14 @@ function vringStateHandler(apply: (b: BackendCore, s: { i: number; r: Vring; num
   };
 }
 
-/** Why ring `i` cannot be used as it stands under the layout the features name (its size, a packed
- * ring's base), or undefined; checked whenever either changes, whichever the frontend sends first. */
-function ringProblem(i: number, r: Vring, features: bigint): string | undefined {
-  if (r.num === 0) return undefined;
-  const packed = has(features, F.RING_PACKED);
-  const problem = V.ringSizeProblem(r.num, packed) ?? (packed ? V.packedBaseProblem(r.base, r.num) : undefined);
+/**
+ * Why ring `i`'s size and base do not go together under `features`, or undefined (no size yet: no
+ * problem yet). Checked as a base arrives and as the ring starts, not as a size arrives: QEMU sends
+ * the size first, while the base is still the one of the ring's last start (perhaps of another layout).
+ */
+export function ringProblem(i: number, r: Vring, features: bigint): string | undefined {
+  if (r.num === 0 || !has(features, F.RING_PACKED)) return undefined;
+  const problem = V.packedBaseProblem(r.base, r.num);
   return problem && `ring ${i}: ${problem}`;
 }
 
@@ -129,7 +128,7 @@ const setVringNum = vringStateHandler((b, { i, r, num }) => {
   const bad = V.ringSizeProblem(num, has(b.acked, F.RING_PACKED));
   if (bad) return `ring ${i}: ${bad}`;
   r.num = num;
-  return ringProblem(i, r, b.acked);
+  return undefined;
 });
 
 /** (split: the next available index, 16 bits; packed: both positions and their wrap counters, kept whole) */

@@ -5,6 +5,10 @@
 // testpmd's main lcores, which only wait for commands, on the other CPU.
 //
 //   node bench/vhost-user-bench.mjs [--json] [--rounds N] [--quick] [--seconds S] [--only tsvmm|dpdk]
+//                                   [--layouts split,packed] [--sizes 64,1518]
+//
+// Every mode and size runs on split rings and on packed ones (virtio-user packed_vq=1; DPDK's vhost
+// library and tsvmm both take them), the two sides alternating within each layout.
 //
 // Modes, all measured at the virtio-user port (packets counted by testpmd between two "show port
 // stats" a fixed time apart, after a warm-up):
@@ -29,6 +33,10 @@ const rounds = opt('--rounds', quick ? 1 : 3);
 const seconds = opt('--seconds', quick ? 2 : 4);
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
 if (only && only !== 'tsvmm' && only !== 'dpdk') throw new Error('--only takes tsvmm or dpdk');
+const list = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1].split(',') : dflt);
+const layouts = list('--layouts', ['split', 'packed']);
+if (layouts.some((l) => l !== 'split' && l !== 'packed')) throw new Error('--layouts takes split and/or packed');
+const sizes = list('--sizes', ['64', '1518']).map(Number);
 const log = (...m) => (json ? process.stderr : process.stdout).write(m.join(' ') + '\n');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -104,7 +112,7 @@ const MODES = {
 };
 
 /** One measurement: Mpps at the virtio-user port. */
-async function measure(side, modeName, size) {
+async function measure(side, modeName, size, layout) {
   const mode = MODES[modeName];
   const sock = join(dir, `vu-${runs}.sock`);
   let backend;
@@ -119,7 +127,7 @@ async function measure(side, modeName, size) {
     backend = start('taskset', ['-c', '1', process.execPath, join(ROOT, 'bin', 'tsvmm.js'), 'vhost-user', '--socket', sock, '--net', `${mode.tsvmm(size)},busy-poll=1000000`]);
   }
   for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(25);
-  const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1`, 1, 0);
+  const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1${layout === 'packed' ? ',packed_vq=1' : ''}`, 1, 0);
   try {
     await virtio.until(/Port 0: [0-9A-F:]{17}/);
     virtio.send(`set fwd ${mode.virtio}`);
@@ -131,6 +139,8 @@ async function measure(side, modeName, size) {
     await sleep(seconds * 1000);
     const b = await portCounters(virtio);
     const pkts = b[mode.count] - a[mode.count];
+    // (tsvmm says when a frontend negotiated packed rings: a row must measure the layout it names)
+    if (side === 'tsvmm' && /vhost-user: packed rings/.test(backend.out) !== (layout === 'packed')) throw new Error(`tsvmm did not run ${layout} rings:\n${backend.out.slice(-1500)}`);
     return pkts / (Number(b.at - a.at) / 1e9) / 1e6;
   } finally {
     await quit(virtio);
@@ -142,19 +152,20 @@ async function measure(side, modeName, size) {
   }
 }
 
-const sizes = [64, 1518];
 const results = {};
 for (let r = 0; r < rounds; r++) {
   for (const modeName of Object.keys(MODES)) {
     for (const size of sizes) {
-      const key = `${modeName} ${size}B`;
-      results[key] ??= { dpdk: [], tsvmm: [] };
-      // alternate which goes first, round by round
-      const order = r % 2 ? ['tsvmm', 'dpdk'] : ['dpdk', 'tsvmm'];
-      for (const side of order.filter((s) => !only || s === only)) {
-        const mpps = await measure(side, modeName, size);
-        results[key][side].push(mpps);
-        log(`round ${r + 1} ${key} ${side}: ${mpps.toFixed(3)} Mpps`);
+      for (const layout of layouts) {
+        const key = `${modeName} ${size}B ${layout}`;
+        results[key] ??= { dpdk: [], tsvmm: [] };
+        // alternate which goes first, round by round
+        const order = r % 2 ? ['tsvmm', 'dpdk'] : ['dpdk', 'tsvmm'];
+        for (const side of order.filter((s) => !only || s === only)) {
+          const mpps = await measure(side, modeName, size, layout);
+          results[key][side].push(mpps);
+          log(`round ${r + 1} ${key} ${side}: ${mpps.toFixed(3)} Mpps`);
+        }
       }
     }
   }
@@ -164,7 +175,7 @@ const median = (a) => {
   const s = [...a].sort((x, y) => x - y);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const report = { rounds, seconds, cpus: 'virtio-user on CPU 0, vhost side on CPU 1', results: {} };
+const report = { rounds, seconds, layouts, cpus: 'virtio-user on CPU 0, vhost side on CPU 1', results: {} };
 log('');
 log('| mode | DPDK vhost Mpps (median, min–max) | tsvmm Mpps (median, min–max) | tsvmm/DPDK |');
 log('|---|---|---|---|');

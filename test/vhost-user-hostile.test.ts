@@ -8,11 +8,13 @@ import { join } from 'node:path';
 import { native, EFD_NONBLOCK, O_RDWR } from '../src/native.js';
 import { REQ, FLAG_VERSION, HDR_SIZE, F_PROTOCOL_FEATURES } from '../src/vhost-user/protocol.js';
 import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
-import { TestFrontend, u64 } from './helpers/vhost-user-frontend.js';
+import { TestFrontend, state, u64 } from './helpers/vhost-user-frontend.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const FEATURES = (1n << 32n) | (1n << BigInt(F_PROTOCOL_FEATURES));
+/** FEATURES and VIRTIO_F_RING_PACKED */
+const PACKED = FEATURES | (1n << 34n);
 const [RX, TX] = [0, 1];
 const EPOLLIN = 1;
 
@@ -292,6 +294,97 @@ describe('vhost-user backend with a hostile frontend', () => {
     } finally {
       f.close();
     }
+    await b.connectionsEnded(1);
+    expect(b.reports()).toEqual([]);
+  });
+});
+
+describe('vhost-user ring sizes and bases a frontend may not give (split and packed)', () => {
+  let b: CliBackend | undefined;
+  afterEach(async () => {
+    await b?.stop();
+    b = undefined;
+  });
+
+  /** A frontend that negotiates `features` and sends `msgs` (request, ring, value) on ring state. */
+  async function frontend(features: bigint, msgs: Array<[number, number, number]>): Promise<TestFrontend> {
+    const f = new TestFrontend(b!.sock);
+    await f.call(REQ.GET_FEATURES);
+    f.send(REQ.SET_FEATURES, u64(features));
+    for (const [request, ring, value] of msgs) f.send(request, state(ring, value));
+    return f;
+  }
+
+  it.each([
+    ['split: a size that is not a power of two', FEATURES, [[REQ.SET_VRING_NUM, TX, 255]], /power of two/],
+    ['split: a size of 0', FEATURES, [[REQ.SET_VRING_NUM, TX, 0]], /bad size 0/],
+    ['packed: a size over 32768', PACKED, [[REQ.SET_VRING_NUM, TX, 32769]], /bad size 32769/],
+    ['packed: a base position at the ring size', PACKED, [[REQ.SET_VRING_NUM, TX, 256], [REQ.SET_VRING_BASE, TX, 0x8000 | 256]], /position 256 is not below the ring size 256/],
+    ['packed: every base bit set (positions 32767, both wrap counters)', PACKED, [[REQ.SET_VRING_NUM, TX, 256], [REQ.SET_VRING_BASE, TX, 0xffffffff]], /position 32767/],
+    ['packed: a used half past the ring (the avail half fine)', PACKED, [[REQ.SET_VRING_NUM, TX, 100], [REQ.SET_VRING_BASE, TX, 0x8000 | ((0x8000 | 100) << 16)]], /position 100 is not below the ring size 100/],
+    ['packed: the size first, then a base past it', PACKED, [[REQ.SET_VRING_NUM, RX, 128], [REQ.SET_VRING_BASE, RX, 0x8000 | 200]], /position 200 is not below the ring size 128/],
+  ] as Array<[string, bigint, Array<[number, number, number]>, RegExp]>)('ends the connection of a frontend that sends %s, with one line', async (_what, features, msgs, why) => {
+    b = await CliBackend.start();
+    const from = b.lines.length;
+    const f = await frontend(features, msgs);
+    expect(await closedByBackend(f.fd)).toBe(true);
+    f.close();
+    await b.connectionsEnded(1);
+    expect(b.reports(from)).toEqual([expect.stringMatching(why)]);
+    await servesAFrontend(b, 2);
+  });
+
+  it('ends the connection of a frontend that shrinks a running packed ring below where it stands, as the ring restarts', async () => {
+    b = await CliBackend.start();
+    const f = new TestFrontend(b.sock);
+    await f.setup(PACKED, 0n, 1, 256, undefined, { base: 0x8000 | 200 });
+    const from = b.lines.length;
+    f.send(REQ.SET_VRING_NUM, state(RX, 128));
+    // (new addresses restart the pair: with 128 descriptors, from position 200)
+    f.setAddr(RX);
+    expect(await closedByBackend(f.fd)).toBe(true);
+    f.close();
+    await b.connectionsEnded(1);
+    expect(b.reports(from)).toEqual([expect.stringMatching(/ring 0: base 0x80c880c8: position 200 is not below the ring size 128/)]);
+    await servesAFrontend(b, 2);
+  });
+
+  it('takes a switch of ring layout whose sizes and bases come after the features (a guest that renegotiates)', async () => {
+    b = await CliBackend.start();
+    const f = await frontend(PACKED, [[REQ.SET_VRING_NUM, RX, 100], [REQ.SET_VRING_BASE, RX, 0x8000 | 99]]);
+    f.send(REQ.SET_FEATURES, u64(FEATURES));
+    f.send(REQ.SET_VRING_NUM, state(RX, 256));
+    f.send(REQ.SET_VRING_BASE, state(RX, 0x1234));
+    f.send(REQ.SET_FEATURES, u64(PACKED));
+    f.send(REQ.SET_VRING_NUM, state(RX, 100));
+    f.send(REQ.SET_VRING_BASE, state(RX, 0x8000 | 42));
+    expect(await answers(f.fd)).toBe(true);
+    f.close();
+    await b.connectionsEnded(1);
+    expect(b.reports()).toEqual([]);
+  });
+
+  it('takes packed sizes that are not powers of two, and positions below them', async () => {
+    b = await CliBackend.start();
+    const f = await frontend(PACKED, [[REQ.SET_VRING_NUM, RX, 100], [REQ.SET_VRING_BASE, RX, 0x8000 | 99], [REQ.SET_VRING_NUM, TX, 1], [REQ.SET_VRING_BASE, TX, 0]]);
+    expect(await answers(f.fd)).toBe(true);
+    f.close();
+    await b.connectionsEnded(1);
+    expect(b.reports()).toEqual([]);
+  });
+
+  it.each([
+    // DPDK's virtio-user gives only the avail half (0x8000 for a fresh ring): both resume there
+    ['only the avail half', 0x8000 | 7, 0x80078007],
+    // QEMU gives both: the ring resumes at the used position, taking again what was never used
+    ['both halves', (0x8000 | 5) << 16 | 9, 0x80058005],
+    ['both halves, the used wrap counter clear', 5 << 16 | 0x8000 | 9, 0x00050005],
+  ])('answers GET_VRING_BASE on a packed ring given %s with where it would resume, both halves alike', async (_what, base, reported) => {
+    b = await CliBackend.start();
+    const f = await frontend(PACKED, [[REQ.SET_VRING_NUM, TX, 64], [REQ.SET_VRING_BASE, TX, base >>> 0]]);
+    const r = await f.call(REQ.GET_VRING_BASE, state(TX, 0));
+    expect(r.getUint32(4, true)).toBe(reported >>> 0);
+    f.close();
     await b.connectionsEnded(1);
     expect(b.reports()).toEqual([]);
   });

@@ -20,7 +20,7 @@ const [RX, TX] = [0, 1];
 /** IOVA = guest-physical + this: neither the frontend's address nor the physical one */
 const IOVA_OFFSET = 0x5000000000;
 
-describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
+describe.each(['split', 'packed'])('vhost-user IOTLB (ACCESS_PLATFORM), %s rings', (layout) => {
   let dir: string;
   let server: VhostUserServer;
   let running: Promise<void>;
@@ -28,6 +28,8 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
   let chan: number; // our end of the backend's request channel
   let chanEp: number;
   let listenFd: number;
+  /** ring i, whichever its layout */
+  const ring = (i: number) => (layout === 'packed' ? fe.packed[i] : fe.rings[i]);
   const logs: string[] = [];
 
   /** IOTLB MISS requests the backend sent since the last call: [iova, perm] */
@@ -75,7 +77,7 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
   const update = (iova: number, size: number, perm: number) => iotlb(IOTLB.UPDATE, iova, size, perm);
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'tsvmm-iotlb-'));
+    dir = mkdtempSync(join(tmpdir(), `tsvmm-iotlb-${layout}-`));
     const sock = join(dir, 'vu.sock');
     const driver = await createDriver('null', { size: '200' });
     server = new VhostUserServer(new VhostUserBackend(driver, { queuePairs: 1 }), { path: sock, log: (l) => logs.push(l) });
@@ -94,7 +96,8 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
     native.epollCtl(chanEp, 1, chan, 1, 0);
     fe = new TestFrontend(sock);
     fe.iovaOffset = IOVA_OFFSET;
-    await fe.setup((1n << 32n) | (1n << 33n) | (1n << BigInt(F_PROTOCOL_FEATURES)), (1n << BigInt(PROTOCOL_F.BACKEND_REQ)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)), 1, 256, theirs);
+    const packed = layout === 'packed' ? 1n << 34n : 0n;
+    await fe.setup((1n << 32n) | (1n << 33n) | (1n << BigInt(F_PROTOCOL_FEATURES)) | packed, (1n << BigInt(PROTOCOL_F.BACKEND_REQ)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)), 1, 256, theirs, packed ? {} : undefined);
     native.close(theirs);
   });
   afterAll(async () => {
@@ -109,7 +112,7 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
   it('asks for the rings it cannot translate, and starts once the frontend has answered', async () => {
     const asked = await serveMisses();
     // every ring area of both queues: desc and avail read, used written (possibly more as they start)
-    const rings = fe.rings.flatMap((r) => [r.cfg.desc, r.cfg.avail, r.cfg.used]).map((g) => Math.floor((g + IOVA_OFFSET) / 4096));
+    const rings = [...fe.rings, ...fe.packed].flatMap((r) => [r.cfg.desc, r.cfg.avail, r.cfg.used]).map((g) => Math.floor((g + IOVA_OFFSET) / 4096));
     // (the rings' areas are asked for one miss at a time, as each translation is tried)
     for (let more = asked; more.length; ) asked.push(...(more = await serveMisses(3, 200)));
     for (const page of rings) expect(asked.map(([iova]) => Math.floor(iova / 4096))).toContain(page);
@@ -119,7 +122,7 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
   it('transmits from an IOVA it had to ask for: the queue waits for the update, then completes', async () => {
     const tx = fe.mem.alloc(4096, 4096);
     fe.mem.bytes(tx + NET_HDR_LEN, 100).fill(0x5a);
-    fe.rings[TX].add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 100 }]);
+    ring(TX).add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 100 }]);
     fe.kick(TX);
     const asked = await serveMisses(1);
     expect(asked).toContainEqual([tx + IOVA_OFFSET, 1]); // a read the device wants to do
@@ -128,23 +131,23 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
 
   it('receives into an IOVA it had to ask for (a write)', async () => {
     const rx = fe.mem.alloc(4096, 4096);
-    fe.rings[RX].add([{ addr: rx + IOVA_OFFSET, len: 2048, write: true }]);
+    ring(RX).add([{ addr: rx + IOVA_OFFSET, len: 2048, write: true }]);
     fe.kick(RX);
     const asked = await serveMisses(2);
     expect(asked).toContainEqual([rx + IOVA_OFFSET, 2]);
     await fe.usedReaches(RX, 1);
-    expect(fe.rings[RX].takeUsed()[0].len).toBe(200 + NET_HDR_LEN);
+    expect(layout === 'packed' ? fe.packedUsed[RX].at(-1)!.len : fe.rings[RX].takeUsed()[0].len).toBe(200 + NET_HDR_LEN);
     expect(fe.mem.bytes(rx + NET_HDR_LEN, 6)).toEqual(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
   });
 
   it('answers INVALIDATE, after which the device asks again', async () => {
     const tx = fe.mem.alloc(4096, 4096);
-    fe.rings[TX].add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
+    ring(TX).add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
     fe.kick(TX);
     await serveMisses(1);
     await fe.usedReaches(TX, 2);
     expect(await iotlb(IOTLB.INVALIDATE, tx + IOVA_OFFSET, 4096, 0)).toBe(0);
-    fe.rings[TX].add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
+    ring(TX).add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
     fe.kick(TX);
     const asked = await serveMisses(1);
     expect(asked).toContainEqual([tx + IOVA_OFFSET, 1]);
@@ -154,7 +157,7 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
 
   it('takes an invalidation of everything (QEMU sends one reaching 2^64 - 1 for a guest device-TLB flush)', async () => {
     const tx = fe.mem.alloc(4096, 4096);
-    fe.rings[TX].add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
+    ring(TX).add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
     fe.kick(TX);
     await serveMisses(1);
     await fe.usedReaches(TX, 4);
@@ -162,7 +165,7 @@ describe('vhost-user IOTLB (ACCESS_PLATFORM)', () => {
     expect(await iotlb(IOTLB.INVALIDATE, 0, 0xfee00000, 0)).toBe(0);
     expect(await iotlb(IOTLB.INVALIDATE, 0xfef00000n, 2n ** 64n - 0xfef00000n, 0)).toBe(0);
     // every entry went, the rings' too: they are asked for again, then the same buffer
-    fe.rings[TX].add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
+    ring(TX).add([{ addr: tx + IOVA_OFFSET, len: NET_HDR_LEN + 60 }]);
     fe.kick(TX);
     const asked: Array<[number, number]> = [];
     for (let i = 0; i < 5 && !asked.some(([a]) => a === tx + IOVA_OFFSET); i++) asked.push(...(await serveMisses(3)));

@@ -9,7 +9,7 @@ import { CLI } from './env.js';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** the server's own lines when a connection starts and ends (not a report of anything wrong) */
-const ROUTINE = /frontend connected|frontend gone|^tsvmm: net: /;
+const ROUTINE = /frontend connected|frontend gone|^tsvmm: net: |vhost-user: (packed|split) rings$/;
 
 export interface CliOptions {
   /** run it inside this network namespace (where its tap is) */

@@ -5,6 +5,7 @@ import { expect } from 'vitest';
 import { native, AF_UNIX, SOCK_STREAM, EFD_NONBLOCK } from '../../src/native.js';
 import { REQ, FLAG_VERSION, HDR_SIZE } from '../../src/vhost-user/protocol.js';
 import { TestDriver, TestMemory } from './virtq-driver.js';
+import { PackedTestDriver } from './packed-driver.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -23,6 +24,10 @@ export class TestFrontend {
   readonly mem: TestMemory;
   private readonly memfd: number;
   readonly rings: TestDriver[] = [];
+  /** the rings when setup() was asked for packed ones */
+  readonly packed: PackedTestDriver[] = [];
+  /** (packed) the used descriptors usedReaches() has taken from each ring, oldest first */
+  readonly packedUsed: Array<Array<{ id: number; len: number }>> = [];
   readonly kicks: number[] = [];
   readonly calls: number[] = [];
 
@@ -95,8 +100,11 @@ export class TestFrontend {
     throw new Error(`no reply to request ${request}`);
   }
 
-  /** Features, memory table and `pairs` queue pairs of `size` entries, enabled. */
-  async setup(features: bigint, protocolFeatures: bigint, pairs = 1, size = 256, backendFd?: number): Promise<void> {
+  /**
+   * Features, memory table and `pairs` queue pairs of `size` entries, enabled. `packed`: the rings are
+   * packed (`features` must say so), each given `packed.base` (default: position 0, both wrap counters set).
+   */
+  async setup(features: bigint, protocolFeatures: bigint, pairs = 1, size = 256, backendFd?: number, packed?: { base?: number }): Promise<void> {
     await this.call(REQ.GET_FEATURES);
     this.send(REQ.SET_FEATURES, u64(features));
     await this.call(REQ.GET_PROTOCOL_FEATURES);
@@ -108,11 +116,11 @@ export class TestFrontend {
     for (let i = 0; i < 2 * pairs; i++) {
       // each ring from a fresh page: a test can then tell which ring's pages were written
       this.mem.alloc(1, 4096);
-      const r = new TestDriver(this.mem, size);
-      this.rings.push(r);
+      if (packed) this.packed.push(new PackedTestDriver(this.mem, size, true));
+      else this.rings.push(new TestDriver(this.mem, size));
       this.send(REQ.SET_VRING_NUM, state(i, size));
       this.setAddr(i);
-      this.send(REQ.SET_VRING_BASE, state(i, 0));
+      this.send(REQ.SET_VRING_BASE, state(i, packed ? (packed.base ?? 0x80008000) : 0));
       this.kicks.push(native.eventfd(0, EFD_NONBLOCK));
       this.calls.push(native.eventfd(0, EFD_NONBLOCK));
       this.send(REQ.SET_VRING_KICK, u64(BigInt(i)), [this.kicks[i]]);
@@ -125,7 +133,7 @@ export class TestFrontend {
 
   /** SET_VRING_ADDR for ring i; `logGpa` asks for used-ring logging there (VHOST_VRING_F_LOG). */
   setAddr(i: number, logGpa?: number): void {
-    const c = this.rings[i].cfg;
+    const c = (this.rings[i] ?? this.packed[i]).cfg;
     const a = new Uint8Array(40);
     const v = new DataView(a.buffer);
     v.setUint32(0, i, true);
@@ -151,8 +159,17 @@ export class TestFrontend {
     native.write(this.kicks[i], u64(1n));
   }
 
-  /** Wait until ring i's used index reaches `idx`. */
+  /** Wait until ring i's used index reaches `idx` (packed: until `idx` chains were used in all). */
   async usedReaches(i: number, idx: number): Promise<void> {
+    const p = this.packed[i];
+    if (p) {
+      const got = (this.packedUsed[i] ??= []);
+      for (const end = Date.now() + 5000; Date.now() < end; await sleep(5)) {
+        got.push(...p.takeUsed());
+        if (got.length >= idx) return;
+      }
+      throw new Error(`ring ${i}: ${got.length} chains used, never ${idx}`);
+    }
     const r = this.rings[i];
     for (const end = Date.now() + 5000; Date.now() < end; await sleep(5)) {
       if (this.mem.dv.getUint16(r.cfg.used - this.mem.base + 2, true) === (idx & 0xffff)) return;
@@ -168,7 +185,7 @@ export class TestFrontend {
   }
 }
 
-function state(index: number, num: number): Uint8Array {
+export function state(index: number, num: number): Uint8Array {
   const p = new Uint8Array(8);
   const v = new DataView(p.buffer);
   v.setUint32(0, index, true);

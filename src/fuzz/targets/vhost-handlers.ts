@@ -49,12 +49,12 @@ const bytes = (...parts: Array<[number, bigint | number]>): Uint8Array => {
   return b;
 };
 
-const features = fc.oneof(fc.constant(0n), u64, fc.constantFrom((1n << 32n) | (1n << 29n) | (1n << 28n) | (1n << 15n) | (1n << 30n), (1n << 32n) | (1n << BigInt(F_LOG_ALL)) | (1n << BigInt(F_ACCESS_PLATFORM))));
+const features = fc.oneof(fc.constant(0n), u64, fc.constantFrom((1n << 32n) | (1n << 29n) | (1n << 28n) | (1n << 15n) | (1n << 30n), (1n << 32n) | (1n << BigInt(F_LOG_ALL)) | (1n << BigInt(F_ACCESS_PLATFORM)), (1n << 32n) | (1n << 34n) | (1n << 29n) | (1n << 15n)));
 
 const message: fc.Arbitrary<Msg> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ request: fc.constantFrom(P.REQ.GET_FEATURES, P.REQ.GET_PROTOCOL_FEATURES, P.REQ.GET_QUEUE_NUM, P.REQ.SET_OWNER, P.REQ.RESET_OWNER), needReply: fc.boolean(), payload: fc.constant(new Uint8Array(0)), fds: fc.oneof({ weight: 10, arbitrary: fc.constant<FdKind[]>([]) }, { weight: 1, arbitrary: fdKinds(1) }) }) },
   fc.record({ request: fc.constantFrom(P.REQ.SET_FEATURES, P.REQ.SET_PROTOCOL_FEATURES), needReply: fc.boolean(), payload: features.map((f) => bytes([8, f])), fds: fc.constant<FdKind[]>([]) }),
-  { weight: 3, arbitrary: fc.record({ request: fc.constantFrom(P.REQ.SET_VRING_NUM, P.REQ.SET_VRING_BASE, P.REQ.SET_VRING_ENABLE, P.REQ.GET_VRING_BASE), needReply: fc.boolean(), payload: fc.tuple(ringIndex, fc.oneof(fc.constantFrom(0, 1, 8, 256, 32768, 65536), fc.nat())).map(([i, n]) => bytes([4, i], [4, n])), fds: fc.constant<FdKind[]>([]) }) },
+  { weight: 3, arbitrary: fc.record({ request: fc.constantFrom(P.REQ.SET_VRING_NUM, P.REQ.SET_VRING_BASE, P.REQ.SET_VRING_ENABLE, P.REQ.GET_VRING_BASE), needReply: fc.boolean(), payload: fc.tuple(ringIndex, fc.oneof(fc.constantFrom(0, 1, 8, 100, 256, 32768, 65536, 0x80008000, 0xffffffff), fc.nat())).map(([i, n]) => bytes([4, i], [4, n])), fds: fc.constant<FdKind[]>([]) }) },
   fc.record({ request: fc.constant(P.REQ.SET_VRING_ADDR), needReply: fc.boolean(), payload: fc.tuple(ringIndex, fc.nat(3), addr, addr, addr, u64).map(([i, f, d, u, a, l]) => bytes([4, i], [4, f], [8, d], [8, u], [8, a], [8, l])), fds: fc.constant<FdKind[]>([]) }),
   fc.record({ request: fc.constantFrom(P.REQ.SET_VRING_KICK, P.REQ.SET_VRING_CALL, P.REQ.SET_VRING_ERR), needReply: fc.boolean(), payload: fc.tuple(ringIndex, fc.boolean()).map(([i, nofd]) => bytes([8, (i & 0xff) | (nofd ? P.VRING_NOFD : 0)])), fds: fc.oneof({ weight: 5, arbitrary: fdKinds(1) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 3 }).chain(fdKinds) }) }),
   fc.record({
@@ -94,8 +94,8 @@ function opening(running: boolean, features: bigint): Msg[] {
   ];
 }
 
-/** features a frontend of this backend negotiates: VERSION_1, EVENT_IDX, INDIRECT, MRG_RXBUF, maybe PROTOCOL_FEATURES, LOG_ALL */
-const goodFeatures = fc.tuple(fc.boolean(), fc.boolean()).map(([proto, log]) => (1n << 32n) | (1n << 29n) | (1n << 28n) | (1n << 15n) | (proto ? 1n << 30n : 0n) | (log ? 1n << BigInt(F_LOG_ALL) : 0n));
+/** features a frontend of this backend negotiates: VERSION_1, EVENT_IDX, INDIRECT, MRG_RXBUF, maybe PROTOCOL_FEATURES, LOG_ALL, RING_PACKED */
+const goodFeatures = fc.tuple(fc.boolean(), fc.boolean(), fc.boolean()).map(([proto, log, packed]) => (1n << 32n) | (1n << 29n) | (1n << 28n) | (1n << 15n) | (proto ? 1n << 30n : 0n) | (log ? 1n << BigInt(F_LOG_ALL) : 0n) | (packed ? 1n << 34n : 0n));
 
 export const sessionArb = fc.record({
   /** from scratch, after the usual opening, or (rarely: a thread starts) with pair 0 running */

@@ -123,7 +123,9 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend wit
     b.proc.kill('SIGINT');
     const r = await b.done;
     const st = stats(r.stderr) as unknown as { vhostUser: { pairs: Array<{ rx: { packets: number } }> } };
-    expect(got).toBeGreaterThan(1000);
+    // more than a ring's worth: the ring went round (how many of the 20000 the tap's own queue kept
+    // depends on the machine's load, not on tsvmm)
+    expect(got).toBeGreaterThan(256);
     // tsvmm counts what it put on the ring, testpmd what it took off before it stopped: they differ by
     // at most what was still on the ring (one ring of 256)
     const put = st.vhostUser.pairs[0].rx.packets;

@@ -3,10 +3,10 @@
 // refuses what it is told to.
 import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
-import { NetQueuePair } from '../src/dataplane/net-pair.js';
-import { RxFilter, RX_MODE } from '../src/dataplane/rx-filter.js';
+import { NetQueuePair } from '../src/virtio-net/net-pair.js';
+import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
 import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { txPolicy, F, bit } from '../src/virtio-net/features.js';
 import { DirtyLog } from '../src/virtio/dirty-log.js';
 import { META, META_NEEDS_CSUM, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';

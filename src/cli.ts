@@ -13,7 +13,7 @@ import { isNativeError } from './native.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
-                 [--net DRIVER,key=value,...]...
+                 [--net DRIVER,key=value,...]... [--viommu] [--rng]
        tsvmm vhost-user --socket PATH [--client] --net DRIVER,key=value,... [--timeout SECS] [--stats]
        tsvmm --help | --version
 
@@ -27,11 +27,12 @@ vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --serial WHERE   serial console: stdio (default), file:PATH, or none
   --kvm-device P   KVM device node (default /dev/kvm)
   --timeout SECS   stop the VM after SECS seconds (exit status 124), whatever the guest is doing
-  --stats          when the VM ends, print per-queue network counters as a JSON line (stderr)
+  --stats          when the VM ends, print per-queue network (and rng) counters as a JSON line (stderr)
   --net SPEC       a virtio-net device (repeatable), e.g. tap,ifname=tap0[,queues=N][,mac=MAC]
                    [,threads=N][,busy-poll=USEC]; DRIVER is tap, af-xdp, null or the path of a
                    driver module
   --viommu         a virtio-iommu translating the network devices' DMA (VIRTIO_F_ACCESS_PLATFORM)
+  --rng            a virtio-rng device: entropy for the guest (/dev/hwrng) from the host's CSPRNG
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
 2 for bad usage, 124 when --timeout stopped it, 130/143 when interrupted.`;
@@ -74,6 +75,7 @@ export async function main(argv: string[]): Promise<number> {
         stats: { type: 'boolean' },
         timeout: { type: 'string' },
         viommu: { type: 'boolean' },
+        rng: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -108,7 +110,7 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UserError) return fail(e.message);
     throw e;
   }
-  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu });
+  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu, rng: values.rng });
   let out: NodeJS.WritableStream | undefined;
   if (serial === 'stdio') out = process.stdout;
   else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));
@@ -161,7 +163,8 @@ export async function main(argv: string[]): Promise<number> {
       pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
     }));
     const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count };
-    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices, ...(iommu ? { iommu } : {}) })}\n`);
+    const rng = vm.rng && { ...vm.rng.queueStats(), stuckThreads: vm.rng.stuckThreads };
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices, ...(iommu ? { iommu } : {}), ...(rng ? { rng } : {}) })}\n`);
   }
   if (stdinIsTty) process.stdin.setRawMode(false);
   process.stdin.pause();

@@ -16,6 +16,8 @@ export interface VmConfig {
   net?: NetConfig[];
   /** a virtio-iommu that translates every network device's DMA (they offer VIRTIO_F_ACCESS_PLATFORM) */
   viommu?: boolean;
+  /** a virtio-rng device: the guest's entropy from the host's CSPRNG, served by a dataplane thread */
+  rng?: boolean;
 }
 
 export interface NetConfig {

@@ -5,7 +5,8 @@
 // kernel, as a bzImage) six times: `basic` (1 vCPU, 1 pair), `mq` (2 vCPUs, 2 pairs), `wedge` (a
 // guest that never ends, stopped by tsvmm's --timeout), `triple` (a guest that ends in a triple fault
 // on purpose: the harness must say where one happened), and `iommu-lazy` / `iommu-strict` (tsvmm
-// --viommu: Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1). Images: test/nested/build-images.sh; the L1
+// --viommu: Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1);
+// `basic` also has tsvmm's virtio-rng (--rng), read through Linux's virtio_rng. Images: test/nested/build-images.sh; the L1
 // side (test/nested/scenarios.sh) and the L2 init print STAGE / L1-CHECK / L2-CHECK lines, each of
 // which becomes a test here. On a hardware-KVM host (kvm_intel or kvm_amd, no kvm_pvm) the same
 // scenarios run directly, the L1 side in a namespace on the host.

@@ -4,44 +4,18 @@
 import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
 import { DirtyLog } from '../src/virtio/dirty-log.js';
-import type { QueueConfig } from '../src/virtio/virtqueue.js';
 import { RngHandler, RNG_PASS_MAX, RNG_REQUEST_MAX } from '../src/virtio-rng/queue-handler.js';
 import { RNG_HANDLER_MODULE } from '../src/virtio-rng/device.js';
 import { Dataplane } from '../src/dataplane/index.js';
 import { newStatsBuffer, readStats, STAT, STAT_WORDS } from '../src/dataplane/stats.js';
 import { native, EFD_NONBLOCK, ONE } from '../src/native.js';
-import { TestMemory, TestDriver, F_NEXT, F_WRITE } from './helpers/virtq-driver.js';
-import { PackedTestDriver, P_NEXT, P_WRITE } from './helpers/packed-driver.js';
-
-type Buf = { addr: number; len: number; write?: boolean };
-interface RingDriver {
-  readonly cfg: QueueConfig;
-  add(bufs: Buf[]): number;
-  addIndirect(bufs: Buf[]): number;
-  raw(descs: Array<{ addr: number; len: number; flags: number }>): number;
-  takeUsed(): Array<{ id: number; len: number }>;
-}
-
-const layouts = [
-  { name: 'split', packed: false, NEXT: F_NEXT, WRITE: F_WRITE, driver: (m: TestMemory, n: number): RingDriver => new TestDriver(m, n) },
-  { name: 'packed', packed: true, NEXT: P_NEXT, WRITE: P_WRITE, driver: (m: TestMemory, n: number): RingDriver => new PackedTestDriver(m, n) },
-];
+import { TestMemory } from './helpers/virtq-driver.js';
+import { RING_LAYOUTS, eventfdCount as calls, type RingDriver } from './helpers/ring-driver.js';
 
 /** how many different byte values `b` holds */
 const distinct = (b: Uint8Array) => new Set(b).size;
 
-/** interrupts signalled on an eventfd since the last look */
-function calls(fd: number): number {
-  const n = new BigUint64Array(1);
-  try {
-    native.read(fd, n);
-  } catch {
-    return 0;
-  }
-  return Number(n[0]);
-}
-
-for (const L of layouts) {
+for (const L of RING_LAYOUTS) {
   const setup = (o: { size?: number; log?: boolean } = {}) => {
     const mem = new TestMemory(4 << 20);
     const drv = L.driver(mem, o.size ?? 64);
@@ -172,7 +146,7 @@ for (const L of layouts) {
       await dp.start(
         {
           memory: mem.buffer,
-          table: mem.view.table.toJSON(),
+          table: { regions: [...mem.view.table.regions] },
           handlerModule: RNG_HANDLER_MODULE,
           handlerConfig: undefined,
           queueFeatures: { eventIdx: false, indirect: true, packed: L.packed, inOrder: false },

@@ -6,7 +6,8 @@
 // guest that never ends, stopped by tsvmm's --timeout), `triple` (a guest that ends in a triple fault
 // on purpose: the harness must say where one happened), and `iommu-lazy` / `iommu-strict` (tsvmm
 // --viommu: Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1);
-// `basic` also has tsvmm's virtio-rng (--rng), read through Linux's virtio_rng. Images: test/nested/build-images.sh; the L1
+// `basic` and `mq` also have tsvmm's virtio-rng (--rng; packed, and split with packed=off), read
+// through Linux's virtio_rng. Images: test/nested/build-images.sh; the L1
 // side (test/nested/scenarios.sh) and the L2 init print STAGE / L1-CHECK / L2-CHECK lines, each of
 // which becomes a test here. On a hardware-KVM host (kvm_intel or kvm_amd, no kvm_pvm) the same
 // scenarios run directly, the L1 side in a namespace on the host.
@@ -40,12 +41,14 @@ const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
 const LIMIT_S = 900;
 
 const L2_COMMON = ['cpus', 'acpi-madt', 'ioapic', 'acpi-pci-root', 'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'msix-vectors', 'link-up', 'ping-56', 'ping-1400', 'ping-8000', 'file-l1-to-l2'];
+const RNG_CHECKS = ['virtio-rng-bound', 'rng-ring-layout', 'rng-current-virtio', 'hwrng-64k', 'hwrng-random'];
 const ALL_EXPECTED: Array<[string, string]> = [
   ['L1', 'kvm-device'],
   ['L1', 'tap-created'],
   ...L2_COMMON.map((c): [string, string] => ['L2', `basic/${c}`]),
-  // basic also has tsvmm's virtio-rng (--rng): Linux's virtio_rng reads /dev/hwrng from it
-  ...['virtio-rng-bound', 'rng-current-virtio', 'hwrng-64k', 'hwrng-random'].map((c): [string, string] => ['L2', `basic/${c}`]),
+  // basic and mq also have tsvmm's virtio-rng (--rng; packed rings in basic, split in mq): Linux's
+  // virtio_rng reads /dev/hwrng from it
+  ...['basic', 'mq'].flatMap((scn) => RNG_CHECKS.map((c): [string, string] => ['L2', `${scn}/${c}`])),
   ...['iperf3-l2-to-l1', 'iperf3-l1-to-l2', 'mac-change', 'new-mac-reaches', 'old-mac-filtered', 'promisc-on-receives-old-mac', 'promisc-off-filters-again'].map((c): [string, string] => ['L2', `basic/${c}`]),
   ['L1', 'basic/no-tsvmm-left'],
   ['L1', 'basic/file-l2-to-l1'],
@@ -216,8 +219,8 @@ function scenarioTests(get: () => Run | undefined): void {
     for (const st of [lazy!, strict!]) expect(st.requests['4']).toBeGreaterThan(1000);
   });
 
-  it.runIf(runs('basic'))('the virtio-rng device served /dev/hwrng from its dataplane thread (its counters)', () => {
-    const s = get()?.rng.get('basic');
+  it.each(['basic', 'mq'].filter(runs))('the virtio-rng device served /dev/hwrng from its dataplane thread (%s: its counters)', (scn) => {
+    const s = get()?.rng.get(scn);
     expect(s, failureContext(get())).toBeDefined();
     // two 64 KiB reads, and what Linux's hwrng core takes for itself
     expect(s!.bytes).toBeGreaterThanOrEqual(2 * 65536);

@@ -74,9 +74,11 @@ class NetHandler implements QueueHandler {
       p.rxq.setKicks(true, p.starved);
     }
     // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
-    // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes)
-    let pending = !p.txBlocked && p.txq.pending() > 0;
-    if (p.starved ? p.rxq.pending() > p.starvedPending : p.rxq.pending() > 0) {
+    // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes).
+    // Counting stops just past what matters: a packed ring counts by walking its descriptors.
+    let pending = !p.txBlocked && p.txq.pending(1) > 0;
+    const seen = p.starved ? p.starvedPending : 0;
+    if (p.rxq.pending(seen + 1) > seen) {
       this.rxArmed = true;
       // a driver without an fd (one that generates frames) cannot wake us: receive buffers are work
       // now, unless it just had nothing to give — else a ring refilled in that window, or left

@@ -22,15 +22,22 @@ const has = (f: bigint, n: number): boolean => (f & bit(n)) !== 0n;
 
 export interface RngDeviceOptions {
   queueSize?: number;
+  /** offer packed rings (VIRTIO_F_RING_PACKED) as well as split ones; false: split only (default true) */
+  packed?: boolean;
   busyPollUs?: number;
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
   iommu?: { table: IommuTable; endpoint: number };
 }
 
-/** The transport features the device offers (it has no feature bits of its own). */
-export function rngFeatureOffer(iommu: boolean): bigint {
-  const f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC);
-  return iommu ? f | bit(VIRTIO_F_ACCESS_PLATFORM) : f;
+/**
+ * The transport features the device offers (it has no feature bits of its own): its handler works on
+ * either ring layout, so packed is offered unless asked not to; IN_ORDER is not (the queues do not
+ * implement it).
+ */
+export function rngFeatureOffer(o: { iommu: boolean; packed: boolean }): bigint {
+  let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC);
+  if (o.packed) f |= bit(VIRTIO_F_RING_PACKED);
+  return o.iommu ? f | bit(VIRTIO_F_ACCESS_PLATFORM) : f;
 }
 
 export function rngQueueFeatures(f: bigint): Required<QueueFeatures> {
@@ -59,7 +66,7 @@ export class VirtioRng implements VirtioDevice {
     private readonly opts: RngDeviceOptions = {},
   ) {
     this.maxQueueSize = opts.queueSize ?? 256;
-    this.features = rngFeatureOffer(!!opts.iommu);
+    this.features = rngFeatureOffer({ iommu: !!opts.iommu, packed: opts.packed ?? true });
     if (opts.iommu) {
       this.iommuSlot = opts.iommu.table.newThreadSlot();
       this.reader = new IommuReader(opts.iommu.table.buffer, opts.iommu.endpoint, opts.iommu.table.newThreadSlot());

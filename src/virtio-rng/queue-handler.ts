@@ -48,7 +48,7 @@ export class RngHandler implements QueueHandler {
 
   beforeWait(polling: boolean): number {
     if (!polling) this.q.setKicks(true);
-    return this.q.pending() > 0 ? 0 : -1;
+    return this.q.pending(1) > 0 ? 0 : -1;
   }
 
   /** Fill up to `budget` requests (and RNG_PASS_MAX bytes); returns the requests used. */

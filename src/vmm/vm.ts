@@ -15,7 +15,7 @@ import { newMailbox, MailboxServer } from './mailbox.js';
 import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
 import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
-import { requestedCpus, resolveCpus, resolveMemory, type VmConfig, type NetConfig } from './config.js';
+import { requestedCpus, resolveCpus, resolveMemory, type VmConfig, type NetConfig, type RngConfig } from './config.js';
 import { createDriver } from '../drivers/registry.js';
 import { VirtioIommu } from '../viommu/device.js';
 import type { VirtioDevice } from '../virtio/device.js';
@@ -223,7 +223,7 @@ export class Vm extends EventEmitter {
     this.attachDevices();
     if (cfg.viommu) this.attachIommu();
     for (const [i, n] of (cfg.net ?? []).entries()) await this.attachNet(n, i);
-    if (cfg.rng) this.attachRng();
+    if (cfg.rng) this.attachRng(cfg.rng === true ? {} : cfg.rng);
     const viot = this.iommu && this.iommuPci ? { iommuBdf: this.iommuSlot << 3, endpoints: [...this.iommu.endpoints] } : undefined;
 
     this.boot = loadKernel(
@@ -295,10 +295,11 @@ export class Vm extends EventEmitter {
   }
 
   /** The entropy device, after the network devices (their PCI slots stay where they were without it). */
-  private attachRng(): void {
+  private attachRng(o: RngConfig): void {
+    if (o.packed !== undefined && typeof o.packed !== 'boolean') throw new UserError(`--rng: packed must be true or false (the library option), not ${JSON.stringify(o.packed)}`);
     const slot = this.pciHost!.freeSlot();
     const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-    this.rng = new VirtioRng(this.memory, { iommu });
+    this.rng = new VirtioRng(this.memory, { iommu, packed: o.packed });
     // (PCI class "other", as QEMU's virtio-rng-pci)
     this.rngPci = this.plugVirtio(this.rng, 0xff0000, slot);
     if (iommu) this.iommu!.addEndpoint(iommu.endpoint);

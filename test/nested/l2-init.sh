@@ -62,8 +62,11 @@ if [ "$(arg rng)" = 1 ]; then
   # tsvmm --rng: Linux's virtio_rng becomes the hardware RNG, and /dev/hwrng reads from tsvmm's queue
   insmod /lib/modules/virtio-rng.ko
   sleep 1
-  rngdev=$(grep -l '^0x0004$' /sys/bus/virtio/devices/*/device 2>/dev/null | head -1)
-  [ -n "$rngdev" ] && [ "$(basename "$(readlink "$(dirname "$rngdev")/driver")")" = virtio_rng ]; check virtio-rng-bound $? "$rngdev"
+  rngdev=$(dirname "$(grep -l '^0x0004$' /sys/bus/virtio/devices/*/device 2>/dev/null | head -1)")
+  [ -e "$rngdev/driver" ] && [ "$(basename "$(readlink "$rngdev/driver")")" = virtio_rng ]; check virtio-rng-bound $? "$rngdev"
+  # the ring layout its driver negotiated (features bit 34, RING_PACKED): packed unless tsvmm offered split only
+  rngf=$(cat "$rngdev/features" 2>/dev/null)
+  [ "$(echo "$rngf" | cut -c35)" = "$(arg rngpacked)" ]; check rng-ring-layout $? "packed=$(echo "$rngf" | cut -c35) features=$rngf"
   cur=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
   case $cur in virtio_rng*) true ;; *) false ;; esac; check rng-current-virtio $? "$cur"
   dd if=/dev/hwrng of=/tmp/rng1 bs=4096 count=16 iflag=fullblock 2>/dev/null

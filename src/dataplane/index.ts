@@ -1,7 +1,8 @@
 // Main-thread handle on the dataplane threads of one device: start them with its queue handler and the
-// queues the driver set up, read their counters, stop them (a wake eventfd: a thread blocked in epoll_wait does not honour
-// Worker.terminate()). A thread that does not come back (stuck in a plugin driver's JavaScript) is
-// ended with Worker.terminate() after a limit: `stop()` is bounded, and `terminate()` ends them at once.
+// queues the driver set up, read their counters, stop them (a wake eventfd: a thread blocked in
+// epoll_wait does not honour Worker.terminate()). A thread that does not come back (stuck in a plugin
+// driver's or handler's JavaScript) is ended with Worker.terminate() after a limit: `stop()` is
+// bounded, and `terminate()` ends them at once.
 import { Worker } from 'node:worker_threads';
 import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { releaseThreadSlot, stuckThreadMs } from '../viommu/table.js';

@@ -135,6 +135,18 @@ for (const L of RING_LAYOUTS) {
       });
     }
 
+    it('breaks the queue on a chain longer than the ring, instead of spinning or writing', () => {
+      // split: a descriptor loop; packed: a chain running on into the slots the driver has not filled
+      const { mem, drv, h, q, close } = setup({ size: 8 });
+      const bufs = Array.from({ length: 8 }, () => mem.alloc(16));
+      drv.raw(bufs.map((addr) => ({ addr, len: 16, flags: L.NEXT | L.WRITE })));
+      expect(h.process(256)).toBe(0);
+      expect(q.broken).toBe(L.packed ? 'chain continues into an unavailable descriptor' : 'descriptor chain too long');
+      for (const b of bufs) expect(distinct(mem.bytes(b, 16))).toBe(1);
+      expect(drv.takeUsed()).toEqual([]);
+      close();
+    });
+
     it('is served by a dataplane thread that loads it by module path', async () => {
       const mem = new TestMemory(4 << 20);
       const drv = L.driver(mem, 64);

@@ -4,7 +4,7 @@
 #   vmlinux          the same kernel uncompressed (ELF with a PVH note), for PVH entry
 #   initramfs.cpio.gz  busybox, the virtio-net modules, iperf3 and an /init that reports and powers off
 #   modules/         the decompressed modules other images need (KVM for the nested harness and the L1 suite,
-#                    tun, veth, virtio-net, virtio-iommu, virtio-blk)
+#                    tun, veth, virtio-net, virtio-iommu, virtio-blk, virtio-rng)
 # Cached by kernel package version; TSVMM_LINUX_PKG overrides the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ fi
 [ -n "$pkg" ] || { echo "guest-linux: cannot resolve $meta from apt" >&2; exit 1; }
 
 out=.cache/linux
-LAYOUT=4
+LAYOUT=5
 if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ "$(cat "$out/LAYOUT" 2>/dev/null)" = "$LAYOUT" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   echo "guest-linux: $pkg already built in $out"
   exit 0
@@ -67,7 +67,8 @@ rm -rf "$out/deb" "$ir"
 # keep only what the tests use from the package tree
 mkdir -p "$out/modules"
 for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/net/tun virt/lib/irqbypass \
-         arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/iommu/virtio-iommu drivers/block/virtio_blk drivers/net/veth; do
+         arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/iommu/virtio-iommu drivers/block/virtio_blk drivers/net/veth \
+         drivers/char/hw_random/virtio-rng; do
   xz -dc "$out/root/lib/modules/$kver/kernel/$m.ko.xz" > "$out/modules/$(basename "$m").ko"
 done
 rm -rf "$out/root"

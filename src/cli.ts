@@ -3,7 +3,7 @@ import { createWriteStream, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Vm, type VmExit } from './vmm/vm.js';
 import { UserError } from './errors.js';
-import { parseNetArg } from './vmm/config.js';
+import { parseNetArg, parseRngArg, type RngConfig } from './vmm/config.js';
 import { formatMac } from './virtio-net/device.js';
 import { createDriver } from './drivers/registry.js';
 import { VhostUserBackend } from './vhost-user/backend.js';
@@ -13,7 +13,7 @@ import { isNativeError } from './native.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
-                 [--net DRIVER,key=value,...]...
+                 [--net DRIVER,key=value,...]... [--viommu] [--rng[=packed=off]]
        tsvmm vhost-user --socket PATH [--client] --net DRIVER,key=value,... [--timeout SECS] [--stats]
        tsvmm --help | --version
 
@@ -27,11 +27,13 @@ vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --serial WHERE   serial console: stdio (default), file:PATH, or none
   --kvm-device P   KVM device node (default /dev/kvm)
   --timeout SECS   stop the VM after SECS seconds (exit status 124), whatever the guest is doing
-  --stats          when the VM ends, print per-queue network counters as a JSON line (stderr)
+  --stats          when the VM ends, print per-queue network (and rng) counters as a JSON line (stderr)
   --net SPEC       a virtio-net device (repeatable), e.g. tap,ifname=tap0[,queues=N][,mac=MAC]
                    [,threads=N][,busy-poll=USEC][,packed=off]; DRIVER is tap, af-xdp, null or the
                    path of a driver module; packed=off offers split rings only
   --viommu         a virtio-iommu translating the network devices' DMA (VIRTIO_F_ACCESS_PLATFORM)
+  --rng[=OPTS]     a virtio-rng device: entropy for the guest (/dev/hwrng) from the host's CSPRNG;
+                   --rng=packed=off offers split rings only
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
 2 for bad usage, 124 when --timeout stopped it, 130/143 when interrupted.`;
@@ -61,7 +63,8 @@ export async function main(argv: string[]): Promise<number> {
   let values;
   try {
     ({ values } = parseArgs({
-      args: rest,
+      // (a bare --rng is --rng with its defaults: parseArgs has no optional values)
+      args: rest.map((a) => (a === '--rng' ? '--rng=' : a)),
       options: {
         kernel: { type: 'string' },
         initrd: { type: 'string' },
@@ -74,6 +77,7 @@ export async function main(argv: string[]): Promise<number> {
         stats: { type: 'boolean' },
         timeout: { type: 'string' },
         viommu: { type: 'boolean' },
+        rng: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -102,13 +106,15 @@ export async function main(argv: string[]): Promise<number> {
     return fail(`--serial: "${serial}" is not stdio, none or file:PATH`);
 
   let net;
+  let rng: RngConfig | undefined;
   try {
     net = (values.net ?? []).map(parseNetArg);
+    rng = values.rng === undefined ? undefined : parseRngArg(values.rng);
   } catch (e) {
     if (e instanceof UserError) return fail(e.message);
     throw e;
   }
-  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu });
+  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu, rng });
   let out: NodeJS.WritableStream | undefined;
   if (serial === 'stdio') out = process.stdout;
   else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));
@@ -161,7 +167,8 @@ export async function main(argv: string[]): Promise<number> {
       pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
     }));
     const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count };
-    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices, ...(iommu ? { iommu } : {}) })}\n`);
+    const rng = vm.rng && { ...vm.rng.queueStats(), stuckThreads: vm.rng.stuckThreads };
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices, ...(iommu ? { iommu } : {}), ...(rng ? { rng } : {}) })}\n`);
   }
   if (stdinIsTty) process.stdin.setRawMode(false);
   process.stdin.pause();

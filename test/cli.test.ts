@@ -47,6 +47,7 @@ describe('tsvmm CLI', () => {
     [['run', '--kernel', TEST_GUEST, '--timeout', 'soon'], /--timeout: "soon" is not a positive number/],
     [['run', '--kernel', TEST_GUEST, '--kvm-device', '/nonexistent/kvm'], /\/nonexistent\/kvm does not exist/],
     [['run', '--kernel', TEST_GUEST, '--net', 'tap,ifname=t0,packed=maybe'], /--net: packed=maybe is not on or off/],
+    [['run', '--kernel', TEST_GUEST, '--rng=packed=maybe'], /--rng: "packed=maybe" is not packed=on or packed=off/],
   ])('rejects %j with one clear line', (args, pattern) => {
     expectOneLineError(tsvmm(args as string[]), pattern as RegExp);
   });
@@ -72,6 +73,16 @@ describe('tsvmm CLI', () => {
     expect(r.stderr).toBe('tsvmm: guest powered off (status 0)\n');
     const f = tsvmm(['run', '--kernel', TEST_GUEST, '--cmdline', 'mode=fault', '--mem', '64M']);
     expect(f.status).toBe(0x7f);
+  });
+
+  it.runIf(haveKvm())('boots with a virtio-rng device (--rng, --rng=packed=off) and says its counters with --stats', () => {
+    for (const rng of ['--rng', '--rng=packed=off']) {
+      const r = tsvmm(['run', '--kernel', TEST_GUEST, '--cmdline', 'mode=hello', '--mem', '64M', rng, '--stats']);
+      expect(r.status, r.stderr).toBe(0);
+      const stats = JSON.parse(/^TSVMM-STATS (.*)$/m.exec(r.stderr)![1]);
+      // (the test guest has no rng driver: the device is there, never started)
+      expect(stats.rng).toMatchObject({ packets: 0, bytes: 0, stuckThreads: 0 });
+    }
   });
 
   it.runIf(haveKvm())('stops a wedged guest at --timeout with status 124', () => {

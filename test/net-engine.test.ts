@@ -3,25 +3,18 @@
 // refuses what it is told to.
 import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
-import { NetQueuePair } from '../src/dataplane/net-pair.js';
-import { RxFilter, RX_MODE } from '../src/dataplane/rx-filter.js';
+import { NetQueuePair } from '../src/virtio-net/net-pair.js';
+import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
 import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { txPolicy, F, bit } from '../src/virtio-net/features.js';
 import { DirtyLog } from '../src/virtio/dirty-log.js';
 import { META, META_NEEDS_CSUM, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
-import type { QueueConfig } from '../src/virtio/virtqueue.js';
 import { TestMemory, TestDriver, F_WRITE, receiveFrame } from './helpers/virtq-driver.js';
 import { PackedTestDriver } from './helpers/packed-driver.js';
 
-type Buf = { addr: number; len: number; write?: boolean };
-interface RingDriver {
-  readonly cfg: QueueConfig;
-  add(bufs: Buf[]): number;
-  raw(descs: Array<{ addr: number; len: number; flags: number }>): number;
-  takeUsed(): Array<{ id: number; len: number }>;
-}
+import { eventfdCount as calls, type RingDriver } from './helpers/ring-driver.js';
 
 /** A driver that records the packets it is given and receives the frames queued for it. */
 class ScriptedDriver implements DriverQueue {
@@ -104,16 +97,6 @@ for (const L of layouts) {
       filter,
       log,
     });
-    /** interrupts signalled on an eventfd since the last look */
-    const calls = (fd: number) => {
-      const n = new BigUint64Array(1);
-      try {
-        native.read(fd, n);
-      } catch {
-        return 0;
-      }
-      return Number(n[0]);
-    };
     const close = () => [rxCall, txCall].forEach((fd) => native.close(fd));
     const logged = (gpa: number) => (new Uint8Array(logArea.buffer)[gpa >> 15] >> ((gpa >> 12) & 7)) & 1;
     return { mem, rx, tx, rxq, txq, driver, pair, rxStats, txStats, filter, rxCalls: () => calls(rxCall), txCalls: () => calls(txCall), close, logged };

@@ -2,11 +2,11 @@
 // driver on the other.
 import { describe, it, expect } from 'vitest';
 import { SplitQueue } from '../src/virtio/split-queue.js';
-import { NetQueuePair } from '../src/dataplane/net-pair.js';
-import { RxFilter } from '../src/dataplane/rx-filter.js';
+import { NetQueuePair } from '../src/virtio-net/net-pair.js';
+import { RxFilter } from '../src/virtio-net/rx-filter.js';
 import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
 import { txPolicy } from '../src/virtio-net/features.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT, receiveFrame } from './helpers/virtq-driver.js';

@@ -9,7 +9,7 @@ import { createDriver } from '../src/drivers/registry.js';
 import { VhostUserBackend } from '../src/vhost-user/backend.js';
 import { VhostUserServer } from '../src/vhost-user/server.js';
 import { F_PROTOCOL_FEATURES } from '../src/vhost-user/protocol.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { TestFrontend } from './helpers/vhost-user-frontend.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

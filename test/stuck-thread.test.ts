@@ -18,7 +18,7 @@ import { TestDriver, TestMemory } from './helpers/virtq-driver.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 import { TestFrontend } from './helpers/vhost-user-frontend.js';
 import { REQ, F_PROTOCOL_FEATURES, PROTOCOL_F, FLAG_VERSION, FLAG_NEED_REPLY, IOTLB } from '../src/vhost-user/protocol.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { IommuTable, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
 
 const STUCK_DRIVER = fileURLToPath(new URL('./helpers/stuck-driver.mjs', import.meta.url));

@@ -8,7 +8,7 @@ import { NetNs, pkt, lastJson, patternFrame, type Running } from './helpers/netn
 import { CliBackend } from './helpers/vhost-user-cli.js';
 import { TestFrontend } from './helpers/vhost-user-frontend.js';
 import { F_PROTOCOL_FEATURES } from '../src/vhost-user/protocol.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 
 const FEATURES = (1n << 32n) | (1n << BigInt(F_PROTOCOL_FEATURES));
 const TX = 1;

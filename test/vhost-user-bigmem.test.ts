@@ -4,7 +4,7 @@
 // windows. Every frame sent comes back byte for byte, and the backend stays up.
 import { describe, it, expect, afterEach } from 'vitest';
 import { F_PROTOCOL_FEATURES } from '../src/vhost-user/protocol.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { TestFrontend } from './helpers/vhost-user-frontend.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, EFD_NONBLOCK, O_RDWR } from '../src/native.js';
 import { REQ, FLAG_VERSION, HDR_SIZE, F_PROTOCOL_FEATURES } from '../src/vhost-user/protocol.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { TestFrontend, state, u64 } from './helpers/vhost-user-frontend.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 

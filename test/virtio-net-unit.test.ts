@@ -1,9 +1,9 @@
 // virtio-net pieces without a VM: the TX header rules, the RX header, the RX filter, --net parsing,
 // the feature offer.
 import { describe, it, expect } from 'vitest';
-import { parseTxHeader, writeRxHeader } from '../src/dataplane/net-header.js';
+import { parseTxHeader, writeRxHeader } from '../src/virtio-net/net-header.js';
 import { txPolicy } from '../src/virtio-net/features.js';
-import { RxFilter, RX_MODE } from '../src/dataplane/rx-filter.js';
+import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
 import { META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, GSO_TCPV4, GSO_TCPV6, GSO_ECN } from '../src/drivers/api.js';
 import { F, bit, has, netFeatureOffer } from '../src/virtio-net/features.js';
 import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';

@@ -4,21 +4,11 @@
 import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
 import { GuestBytes } from '../src/virtio/guest-bytes.js';
-import type { QueueConfig, Virtqueue } from '../src/virtio/virtqueue.js';
+import type { Virtqueue } from '../src/virtio/virtqueue.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';
 import { PackedTestDriver, P_NEXT, P_WRITE, P_INDIRECT } from './helpers/packed-driver.js';
 
-type Buf = { addr: number; len: number; write?: boolean };
-
-/** What the tests below need of a driver, whatever its ring layout. */
-interface RingDriver {
-  readonly cfg: QueueConfig;
-  add(bufs: Buf[]): number;
-  addIndirect(bufs: Buf[]): number;
-  raw(descs: Array<{ addr: number; len: number; flags: number }>): number;
-  writeTableEntry(table: number, k: number, addr: number, len: number, flags: number): void;
-  takeUsed(): Array<{ id: number; len: number }>;
-}
+import type { RingDriver } from './helpers/ring-driver.js';
 
 interface Layout {
   name: 'split' | 'packed';

@@ -1,16 +1,17 @@
-// Main-thread handle on the dataplane threads of one device: start them with the queues the driver set
-// up, read their counters, stop them (a wake eventfd: a thread blocked in epoll_wait does not honour
-// Worker.terminate()). A thread that does not come back (stuck in a plugin driver's JavaScript) is
-// ended with Worker.terminate() after a limit: `stop()` is bounded, and `terminate()` ends them at once.
+// Main-thread handle on the dataplane threads of one device: start them with its queue handler and the
+// queues the driver set up, read their counters, stop them (a wake eventfd: a thread blocked in
+// epoll_wait does not honour Worker.terminate()). A thread that does not come back (stuck in a plugin
+// driver's or handler's JavaScript) is ended with Worker.terminate() after a limit: `stop()` is
+// bounded, and `terminate()` ends them at once.
 import { Worker } from 'node:worker_threads';
 import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { releaseThreadSlot, stuckThreadMs } from '../viommu/table.js';
 import { workerUrl } from '../worker-url.js';
 import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS } from './control.js';
-import type { DataplaneWorkerData, WorkerPair } from './worker.js';
+import type { DataplaneWorkerData, WorkerUnit } from './worker.js';
 import type { RingState } from '../virtio/virtqueue.js';
 
-export type DataplaneConfig = Omit<DataplaneWorkerData, 'pairs' | 'wakeFd' | 'control' | 'threadIndex'>;
+export type DataplaneConfig = Omit<DataplaneWorkerData, 'units' | 'wakeFd' | 'control' | 'threadIndex'>;
 
 interface Thread {
   worker: Worker;
@@ -35,15 +36,15 @@ export class Dataplane {
 
   constructor(private readonly onBroken: (reason: string) => void) {}
 
-  /** One thread per entry of `groups` (each a list of queue pairs it serves). */
-  async start(cfg: DataplaneConfig, groups: WorkerPair[][]): Promise<void> {
-    await Promise.all(groups.map((pairs, i) => this.spawn(cfg, pairs, i)));
+  /** One thread per entry of `groups` (each a list of the units it serves). */
+  async start(cfg: DataplaneConfig, groups: WorkerUnit[][]): Promise<void> {
+    await Promise.all(groups.map((units, i) => this.spawn(cfg, units, i)));
   }
 
-  private spawn(cfg: DataplaneConfig, pairs: WorkerPair[], index: number): Promise<void> {
+  private spawn(cfg: DataplaneConfig, units: WorkerUnit[], index: number): Promise<void> {
     const wakeFd = native.eventfd(0, EFD_NONBLOCK);
     const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
-    const data: DataplaneWorkerData = { ...cfg, driverModule: runtimeModulePath(cfg.driverModule), pairs, wakeFd, control, threadIndex: index };
+    const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
     const exited = new Promise<void>((r) => worker.once('exit', () => r()));
     const slot: [SharedArrayBuffer, number] | undefined = cfg.iommu && [cfg.iommu.buffer, cfg.iommu.slots[index]];

@@ -1,22 +1,21 @@
-// A dataplane thread: serves one or more queue pairs. Sleeps in epoll on the queues' kick eventfds
-// (KVM ioeventfds: the guest's notifications arrive without a vCPU exit), the drivers' fds and a wake
-// eventfd; works in passes with a per-pass budget per queue so one cannot starve another; interrupts the
-// guest by writing irqfds. Busy-polls for a bounded time when asked, yielding to epoll when idle.
+// A dataplane thread: serves the queues of one device's units (a unit: the queues one handler serves
+// together, src/dataplane/handler.ts). It knows no device: it creates the rings, sleeps in epoll on
+// their kick eventfds (KVM ioeventfds: the guest's notifications arrive without a vCPU exit), the
+// handlers' fds and a wake eventfd; works in passes with a per-pass budget per unit so one cannot
+// starve another; busy-polls for a bounded time when asked, yielding to epoll when idle. What a queue's
+// buffers mean is its handler's business (loaded by module path).
 import { parentPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
-import { native, ONE, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
+import { native, ONE, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryTableData } from '../vmm/memory.js';
-import { guestView } from '../virtio/dma.js';
+import { guestView, type GuestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
-import { MAX_QUEUE_SIZE, type QueueConfig, type RingState, type Virtqueue } from '../virtio/virtqueue.js';
+import { MAX_QUEUE_SIZE, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from '../virtio/virtqueue.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader } from '../viommu/table.js';
-import { NetQueuePair } from './net-pair.js';
-import { RxFilter } from './rx-filter.js';
 import { STAT, STAT_WORDS } from './stats.js';
 import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED } from './control.js';
-import type { TxPolicy } from './net-header.js';
-import type { DriverModule } from '../drivers/api.js';
+import { EPOLLIN, type HandlerModule, type OpenHandler, type QueueHandler } from './handler.js';
 
 export interface WorkerQueue extends QueueConfig {
   /** the queue's number in its device: the key of its ring state when the thread stops */
@@ -31,25 +30,21 @@ export interface WorkerQueue extends QueueConfig {
   ringLogGpa?: { desc: number; used: number };
 }
 
-export interface WorkerPair {
-  rx: WorkerQueue;
-  tx: WorkerQueue;
-  driverInit: unknown;
+/** The queues one handler serves together, and its own structured-cloneable data. */
+export interface WorkerUnit {
+  queues: WorkerQueue[];
+  init: unknown;
 }
 
 export interface DataplaneWorkerData {
   memory: SharedArrayBuffer;
   table: MemoryTableData;
-  pairs: WorkerPair[];
-  driverModule: string;
-  eventIdx: boolean;
-  indirect: boolean;
-  packed: boolean;
-  inOrder: boolean;
-  mergeable: boolean;
-  maxRxFrame: number;
-  txPolicy: TxPolicy;
-  filter: SharedArrayBuffer;
+  units: WorkerUnit[];
+  /** the device's queue-handler module (a file path) and its structured-cloneable configuration */
+  handlerModule: string;
+  handlerConfig: unknown;
+  /** the ring layout and checks the negotiated features ask for */
+  queueFeatures: Required<QueueFeatures>;
   stats: SharedArrayBuffer;
   wakeFd: number;
   control: Int32Array;
@@ -67,17 +62,27 @@ export interface DataplaneWorkerData {
 
 /** how long a queue stalled on an IOTLB miss waits for the update before it tries again (ms) */
 const STALL_RETRY_MS = 200;
-/** how long a queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
-const BLOCKED_RETRY_MS = 1;
-/** packets per queue per pass */
+/** work items (packets, requests) per unit per pass */
 export const PASS_BUDGET = 256;
+/** passes per wake-up before the thread looks at its fds again */
+const MAX_PASSES = 64;
 const EPOLL_CTL_MOD = 3;
-const EPOLLOUT = 4;
-const EPOLLERR = 8;
-const EPOLLHUP = 16;
 
 const d = workerData as DataplaneWorkerData;
 const port = parentPort!;
+
+/** One handler on this thread, with its queues and the events its fds are watched for now. */
+interface Unit {
+  handler: QueueHandler;
+  queues: Virtqueue[];
+  /** per fd of the handler: the events it is watched for now, and its epoll token */
+  watching: number[];
+  tokens: number[];
+  brokenReported: boolean;
+}
+
+/** What an epoll token names: the wake eventfd, a queue's kick, or a handler's fd. */
+type Source = { kind: 'wake' } | { kind: 'kick'; fd: number; stats: Float64Array } | { kind: 'fd'; unit: Unit; k: number };
 
 async function main(): Promise<void> {
   const iommu = d.iommu && new IommuReader(d.iommu.buffer, d.iommu.endpoint, d.iommu.slots[d.threadIndex]);
@@ -97,80 +102,110 @@ async function main(): Promise<void> {
 /** the queues this thread serves, by their index in the device */
 const served: Array<[number, Virtqueue]> = [];
 
+const statsOf = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);
+
+/** Create every unit's rings and open its handler; undefined (and said) when a ring cannot be used. */
+function openUnits(mem: GuestView, log: DirtyLog | undefined, open: OpenHandler): Unit[] | undefined {
+  const units: Unit[] = [];
+  for (const u of d.units) {
+    const queues: Virtqueue[] = [];
+    for (const wq of u.queues) {
+      // (the transport holds a guest's sizes to its device's maximum; this is the protocol's)
+      const q = createQueue(mem, wq, d.queueFeatures, MAX_QUEUE_SIZE);
+      if (typeof q === 'string') {
+        port.postMessage({ type: 'broken', reason: q });
+        return undefined;
+      }
+      served.push([wq.index, q]);
+      q.setState(wq.start);
+      q.missesWait = !!d.iommu?.missesWait;
+      q.setDirtyLog(log, wq.ringLogGpa ?? wq);
+      queues.push(q);
+    }
+    const handler = open({
+      mem,
+      memory: d.memory,
+      queues,
+      callFds: u.queues.map((q) => q.callFd),
+      stats: u.queues.map((q) => statsOf(q.statsSlot)),
+      log,
+      init: u.init,
+    });
+    units.push({ handler, queues, watching: handler.fds.map(() => 0), tokens: handler.fds.map(() => -1), brokenReported: false });
+  }
+  return units;
+}
+
 async function serve(iommu: IommuReader | undefined): Promise<void> {
   const mem = guestView(d.memory, new MemoryTable(d.table.regions), iommu);
-  const driverMod = (await import(pathToFileURL(d.driverModule).href)) as DriverModule;
+  const mod = (await import(pathToFileURL(d.handlerModule).href)) as HandlerModule;
+  const open = await mod.prepare(d.handlerConfig);
   // translations from here on (the rings first): published only now, so that an UNMAP does not wait
-  // for the driver's module to load (over a second in the nested harness)
+  // for the handler's modules to load (over a second in the nested harness)
   iommu?.enter();
-  const filter = new RxFilter(d.filter);
-  const features = { eventIdx: d.eventIdx, indirect: d.indirect, packed: d.packed, inOrder: d.inOrder };
-  const stats = (slot: number) => new Float64Array(d.stats, slot * STAT_WORDS * 8, STAT_WORDS);
   const log = d.dirtyLog && new DirtyLog(d.dirtyLog, mem.table.regions);
-
-  const pairs: NetQueuePair[] = [];
-  /** per pair: the TX and RX counters (kicks are counted here, the rest by NetQueuePair) */
-  const kickStats: Array<[Float64Array, Float64Array]> = [];
-  for (const p of d.pairs) {
-    // (the transport holds a guest's sizes to its device's maximum; this is the protocol's)
-    const rxq = createQueue(mem, p.rx, features, MAX_QUEUE_SIZE);
-    const txq = createQueue(mem, p.tx, features, MAX_QUEUE_SIZE);
-    if (typeof rxq === 'string' || typeof txq === 'string') {
-      port.postMessage({ type: 'broken', reason: typeof rxq === 'string' ? rxq : txq });
-      return;
-    }
-    kickStats.push([stats(p.tx.statsSlot), stats(p.rx.statsSlot)]);
-    served.push([p.rx.index, rxq], [p.tx.index, txq]);
-    rxq.setState(p.rx.start);
-    txq.setState(p.tx.start);
-    rxq.missesWait = txq.missesWait = !!d.iommu?.missesWait;
-    rxq.setDirtyLog(log, p.rx.ringLogGpa ?? p.rx);
-    txq.setDirtyLog(log, p.tx.ringLogGpa ?? p.tx);
-    pairs.push(
-      new NetQueuePair(mem, d.memory, rxq, txq, driverMod.openQueue(p.driverInit), {
-        mergeable: d.mergeable,
-        maxRxFrame: d.maxRxFrame,
-        txPolicy: d.txPolicy,
-        rxCallFd: p.rx.callFd,
-        txCallFd: p.tx.callFd,
-        rxStats: stats(p.rx.statsSlot),
-        txStats: stats(p.tx.statsSlot),
-        filter,
-        log,
-      }),
-    );
-  }
-
-  // epoll data: 0 = wake; for pair i: 1 + 3i = TX kick, 2 + 3i = RX kick, 3 + 3i = driver readable/writable
+  const units = openUnits(mem, log, open);
+  if (!units) return;
   const ep = native.epollCreate();
-  native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
-  /** per pair: the events its driver's fd is watched for */
-  const driverEvents: number[] = [];
-  pairs.forEach((p, i) => {
-    if (d.pairs[i].tx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].tx.kickFd, EPOLLIN, 1 + 3 * i);
-    if (d.pairs[i].rx.kickFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, d.pairs[i].rx.kickFd, EPOLLIN, 2 + 3 * i);
-    if (p.driver.pollFd >= 0) native.epollCtl(ep, EPOLL_CTL_ADD, p.driver.pollFd, EPOLLIN, 3 + 3 * i);
-    driverEvents.push(EPOLLIN);
-  });
-  // A driver fd is watched for readable only while the RX ring has buffers (otherwise a level-triggered
-  // readable fd would wake us for frames we cannot place), and for writable only while TX waits for
-  // the driver to take more (a writable fd almost always is).
-  const armDriver = (i: number, rx: boolean) => {
-    const p = pairs[i];
-    const want = (rx ? EPOLLIN : 0) | (p.txBlocked ? EPOLLOUT : 0);
-    if (p.driver.pollFd < 0 || driverEvents[i] === want) return;
-    native.epollCtl(ep, EPOLL_CTL_MOD, p.driver.pollFd, want, 3 + 3 * i);
-    driverEvents[i] = want;
-  };
-
-  const events = new Uint32Array(3 * 64);
-  const counter = new BigUint64Array(1);
-  const brokenReported = new Set<number>();
+  const sources = register(ep, units);
   // while paused, only the wake eventfd can wake us
   const wakeOnly = native.epollCreate();
   native.epollCtl(wakeOnly, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
   // (our epoll descriptors are closed by the main thread once we have exited, however we end)
   port.postMessage({ type: 'ready', fds: [ep, wakeOnly] });
+  loop(ep, wakeOnly, sources, units, iommu);
+  for (const u of units) u.handler.close();
+}
+
+/** Put the wake eventfd, every kick and every handler fd in the epoll set; token i names sources[i]. */
+function register(ep: number, units: Unit[]): Source[] {
+  const sources: Source[] = [{ kind: 'wake' }];
+  native.epollCtl(ep, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
+  units.forEach((u, i) => {
+    for (const wq of d.units[i].queues) {
+      if (wq.kickFd < 0) continue;
+      native.epollCtl(ep, EPOLL_CTL_ADD, wq.kickFd, EPOLLIN, sources.length);
+      sources.push({ kind: 'kick', fd: wq.kickFd, stats: statsOf(wq.statsSlot) });
+    }
+    u.handler.fds.forEach((fd, k) => {
+      if (fd < 0) return;
+      u.watching[k] = u.handler.events(k);
+      u.tokens[k] = sources.length;
+      native.epollCtl(ep, EPOLL_CTL_ADD, fd, u.watching[k], sources.length);
+      sources.push({ kind: 'fd', unit: u, k });
+    });
+  });
+  return sources;
+}
+
+/** Watch each of the unit's fds for what its handler wants now. */
+function arm(ep: number, u: Unit): void {
+  const fds = u.handler.fds;
+  for (let k = 0; k < fds.length; k++) {
+    const want = u.handler.events(k);
+    if (fds[k] < 0 || u.watching[k] === want) continue;
+    native.epollCtl(ep, EPOLL_CTL_MOD, fds[k], want, u.tokens[k]);
+    u.watching[k] = want;
+  }
+}
+
+/** Queues stalled on an IOTLB miss are signalled once; a broken queue is reported once per unit. */
+function check(u: Unit): void {
+  for (const q of u.queues) {
+    if (q.stalled && !q.stallSignalled && d.iommu?.missFd !== undefined) {
+      q.stallSignalled = true;
+      native.write(d.iommu.missFd, ONE);
+    }
+    if (q.broken && !u.brokenReported) {
+      u.brokenReported = true;
+      port.postMessage({ type: 'broken', reason: q.broken });
+    }
+  }
+}
+
+function loop(ep: number, wakeOnly: number, sources: Source[], units: Unit[], iommu: IommuReader | undefined): void {
+  const events = new Uint32Array(3 * 64);
+  const counter = new BigUint64Array(1);
   const pauseIfAsked = () => {
     if (!Atomics.load(d.control, CONTROL_PAUSE)) return;
     iommu?.idle();
@@ -181,9 +216,8 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     }
     Atomics.store(d.control, CONTROL_PAUSED, 0);
   };
-
   // every queue this thread serves, once (the loop below must not build arrays per pass)
-  const queues = pairs.flatMap((p) => [p.txq, p.rxq]);
+  const queues = units.flatMap((u) => u.queues);
   /** the IOMMU's mappings changed (or a stalled queue retries): translate the rings again */
   const remapAll = () => {
     for (const q of queues) q.remapRings();
@@ -194,32 +228,18 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
   for (;;) {
     pauseIfAsked();
     if (Atomics.load(d.control, CONTROL_STOP)) break;
-    // while busy-polling, look without sleeping; afterwards ask for kicks and sleep
+    // while busy-polling, look without sleeping; afterwards the handlers ask for kicks and we sleep
     const polling = busyNs > 0n && process.hrtime.bigint() - lastWork < busyNs;
-    if (!polling) {
-      for (const p of pairs) {
-        // (a TX queue waiting for its driver is not looked at: its kicks would only wake us)
-        p.txq.setKicks(!p.txBlocked);
-        p.rxq.setKicks(true, p.starved);
-      }
-    }
-    // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
-    // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes)
     let anyPending = false;
-    // (counting stops just past what matters: a packed ring counts by walking its descriptors)
-    pairs.forEach((p, i) => {
-      if (!p.txBlocked && p.txq.pending(1) > 0) anyPending = true;
-      const seen = p.starved ? p.starvedPending : 0;
-      if (p.rxq.pending(seen + 1) > seen) {
-        armDriver(i, true);
-        // a driver without an fd (one that generates frames) cannot wake us: receive buffers are work
-        // now, unless it just had nothing to give — else a ring refilled in that window, or left
-        // pending by the thread before a restart (whose kick that thread took), waits for a kick that
-        // never comes
-        if (p.driver.pollFd < 0 && !p.dry) anyPending = true;
-      }
-    });
-    // busy-polling looks at the rings directly; the fds (kicks are off, a driver's fd, stop/pause) are
+    /** the soonest a handler asked to be called again without an event (ms; -1: none) */
+    let retryMs = -1;
+    for (const u of units) {
+      const t = u.handler.beforeWait(polling);
+      if (t === 0) anyPending = true;
+      else if (t > 0 && (retryMs < 0 || t < retryMs)) retryMs = t;
+      arm(ep, u);
+    }
+    // busy-polling looks at the rings directly; the fds (kicks are off, a handler's fd, stop/pause) are
     // looked at every 32nd spin only: an epoll_wait per spin would cost more than the work it finds
     const sleeping = !polling && !anyPending;
     // (about to sleep: we hold no translation, an UNMAP need not wait for us)
@@ -228,65 +248,42 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
     // have been lost, or refused): it then misses again and the question is asked again
     let stalled = false;
     if (d.iommu?.missesWait) for (const q of queues) stalled ||= q.stalled;
-    // a TX queue whose driver has no fd to wait on tries again after a while
-    let blindWait = false;
-    for (const p of pairs) blindWait ||= p.txBlocked && p.driver.pollFd < 0;
-    const timeout = !sleeping ? 0 : blindWait ? BLOCKED_RETRY_MS : stalled ? STALL_RETRY_MS : -1;
+    if (stalled && (retryMs < 0 || STALL_RETRY_MS < retryMs)) retryMs = STALL_RETRY_MS;
+    const timeout = sleeping ? retryMs : 0;
     const n = polling && (++spins & 31) !== 0 ? 0 : native.epollWait(ep, events, timeout);
-    if (blindWait) for (const p of pairs) if (p.driver.pollFd < 0) p.txBlocked = false;
     const moved = iommu?.enter();
     if (moved || (stalled && n === 0)) remapAll();
     for (let k = 0; k < n; k++) {
-      const tag = events[3 * k + 1];
-      if (tag === 0) {
-        native.read(d.wakeFd, counter);
-        continue;
-      }
-      const i = Math.floor((tag - 1) / 3);
-      const kind = (tag - 1) % 3;
-      if (kind === 0 || kind === 1) {
-        native.read(kind === 0 ? d.pairs[i].tx.kickFd : d.pairs[i].rx.kickFd, counter);
-        kickStats[i][kind][STAT.KICKS]++;
-      } else if (events[3 * k] & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
-        // the driver can take packets again (or its fd failed: transmit finds out and says so)
-        pairs[i].txBlocked = false;
-      }
+      const s = sources[events[3 * k + 1]];
+      if (s.kind === 'wake') native.read(d.wakeFd, counter);
+      else if (s.kind === 'kick') {
+        native.read(s.fd, counter);
+        s.stats[STAT.KICKS]++;
+      } else s.unit.handler.onEvent(s.k, events[3 * k]);
     }
-    if (!polling && busyNs === 0n) {
-      for (const p of pairs) {
-        p.txq.setKicks(false);
-        p.rxq.setKicks(false);
-      }
-    }
-    // passes until every queue is idle or has used its budget; then sleep again (or poll)
-    let work = 0;
-    for (let pass = 0; pass < 64; pass++) {
-      // each pass publishes the generation it works under: an UNMAP waiting for this thread
-      // (quiescentSync) completes after one pass, not after all 64 of a busy period
-      if (pass > 0 && iommu?.enter()) remapAll();
-      let passWork = 0;
-      pairs.forEach((p, i) => {
-        passWork += p.processTx(PASS_BUDGET);
-        passWork += p.processRx(PASS_BUDGET);
-        armDriver(i, !p.starved);
-        for (let k = 2 * i; k < 2 * i + 2; k++) {
-          const q = queues[k];
-          if (q.stalled && !q.stallSignalled && d.iommu?.missFd !== undefined) {
-            q.stallSignalled = true;
-            native.write(d.iommu.missFd, ONE);
-          }
-          if (q.broken && !brokenReported.has(i)) {
-            brokenReported.add(i);
-            port.postMessage({ type: 'broken', reason: q.broken });
-          }
-        }
-      });
-      work += passWork;
-      if (passWork === 0) break;
-    }
+    if (!polling && busyNs === 0n) for (const q of queues) q.setKicks(false);
+    const work = passes(ep, units, iommu, remapAll);
     if (work > 0) lastWork = process.hrtime.bigint();
   }
-  for (const p of pairs) p.driver.close();
+}
+
+/** Passes until every unit is idle or has used its budget; returns the work done. */
+function passes(ep: number, units: Unit[], iommu: IommuReader | undefined, remapAll: () => void): number {
+  let work = 0;
+  for (let pass = 0; pass < MAX_PASSES; pass++) {
+    // each pass publishes the generation it works under: an UNMAP waiting for this thread
+    // (quiescentSync) completes after one pass, not after all 64 of a busy period
+    if (pass > 0 && iommu?.enter()) remapAll();
+    let passWork = 0;
+    for (const u of units) {
+      passWork += u.handler.process(PASS_BUDGET);
+      arm(ep, u);
+      check(u);
+    }
+    work += passWork;
+    if (passWork === 0) break;
+  }
+  return work;
 }
 
 main().then(

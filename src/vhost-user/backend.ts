@@ -3,11 +3,12 @@
 // kick and call eventfds, features — and hands it to the same dataplane threads and drivers.
 import { native, EFD_NONBLOCK } from '../native.js';
 import { Dataplane, type DataplaneConfig } from '../dataplane/index.js';
-import { RxFilter } from '../dataplane/rx-filter.js';
+import { RxFilter } from '../virtio-net/rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
-import type { WorkerPair, WorkerQueue } from '../dataplane/worker.js';
+import type { WorkerUnit, WorkerQueue } from '../dataplane/worker.js';
 import type { NetDriver } from '../drivers/api.js';
-import { F, bit, has, netDataplaneFeatures, netFeatureOffer } from '../virtio-net/features.js';
+import { F, bit, has, netFeatureOffer } from '../virtio-net/features.js';
+import { netDataplane } from '../virtio-net/dataplane.js';
 import { FrontendMemory } from './memory.js';
 import { MAP_READ, MAP_WRITE, stuckThreadMs } from '../viommu/table.js';
 import type { DmaAccess } from '../virtio/dma.js';
@@ -268,7 +269,7 @@ export class VhostUserBackend implements BackendCore {
         if (!this.iotlb) this.noteError(`pair ${pair}: ring outside the frontend's memory`);
         continue;
       }
-      const wp: WorkerPair = { rx: wrx, tx: wtx, driverInit: this.driver.queueInit(pair) };
+      const wp: WorkerUnit = { queues: [wrx, wtx], init: this.driver.queueInit(pair) };
       await this.startPair(pair, wp);
     }
   }
@@ -277,7 +278,7 @@ export class VhostUserBackend implements BackendCore {
    * Start a pair's thread. A thread that cannot start (a ring its queue code refuses, memory it cannot
    * view) throws, with the reason it gave: the connection ends. A ring that breaks later is said once.
    */
-  private async startPair(pair: number, wp: WorkerPair): Promise<void> {
+  private async startPair(pair: number, wp: WorkerUnit): Promise<void> {
     let started = false;
     let failure: string | undefined;
     const dp = new Dataplane((reason) => {
@@ -303,9 +304,7 @@ export class VhostUserBackend implements BackendCore {
     return {
       memory: mem.buffer,
       table: mem.table.toJSON(),
-      driverModule: this.driver.module,
-      ...netDataplaneFeatures(f, this.driver.caps),
-      filter: this.filter.buffer,
+      ...netDataplane(f, this.driver, this.filter.buffer),
       stats: this.stats,
       busyPollUs: this.opts.busyPollUs ?? 0,
       iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true, missFd: this.eventFd } : undefined,

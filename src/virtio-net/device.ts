@@ -10,10 +10,11 @@ import { writeSync } from 'node:fs';
 import { stuckThreadMs } from '../viommu/table.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
-import { RxFilter, RX_MODE } from '../dataplane/rx-filter.js';
+import { RxFilter, RX_MODE } from './rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
-import type { WorkerPair } from '../dataplane/worker.js';
-import { F, bit, has, netDataplaneFeatures, netFeatureOffer, queueFeatures } from './features.js';
+import type { WorkerUnit } from '../dataplane/worker.js';
+import { F, bit, has, netFeatureOffer, queueFeatures } from './features.js';
+import { netDataplane } from './dataplane.js';
 import { native, ONE } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
@@ -224,25 +225,23 @@ export class VirtioNet implements VirtioDevice {
     if (!resume) this.dataplane.ringStates.clear();
     const start = (q: ActiveQueue): RingState => this.dataplane.ringStates.get(q.index) ?? RING_START;
     const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, start: start(q), ringLogGpa: this.ringLogGpa(q) }]));
-    const pairs: WorkerPair[] = [];
+    const pairs: WorkerUnit[] = [];
     for (let p = 0; p < this.activePairs; p++) {
       const rx = byIndex.get(2 * p);
       const tx = byIndex.get(2 * p + 1);
       if (!rx || !tx) continue; // a pair the driver did not enable is not served
-      pairs.push({ rx: { ...rx, statsSlot: 2 * p }, tx: { ...tx, statsSlot: 2 * p + 1 }, driverInit: this.opts.driver.queueInit(p) });
+      pairs.push({ queues: [{ ...rx, statsSlot: 2 * p }, { ...tx, statsSlot: 2 * p + 1 }], init: this.opts.driver.queueInit(p) });
     }
     if (pairs.length === 0) return;
     const threads = Math.min(this.opts.threads ?? pairs.length, pairs.length);
-    const groups: WorkerPair[][] = Array.from({ length: threads }, () => []);
+    const groups: WorkerUnit[][] = Array.from({ length: threads }, () => []);
     pairs.forEach((p, i) => groups[i % threads].push(p));
     this.threadsStarted = Math.max(this.threadsStarted, threads);
     await this.dataplane.start(
       {
         memory: this.memory.buffer,
         table: this.memory.table.toJSON(),
-        driverModule: this.opts.driver.module,
-        ...netDataplaneFeatures(a.features, this.opts.driver.caps),
-        filter: this.filter.buffer,
+        ...netDataplane(a.features, this.opts.driver, this.filter.buffer),
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
         dirtyLog: this.dirtyLog,

@@ -2,7 +2,7 @@
 // and what the negotiated features mean for the dataplane: one source for the virtio-pci device
 // (src/virtio-net/device.ts) and the vhost-user backend (src/vhost-user/backend.ts).
 import type { DriverCapabilities } from '../drivers/api.js';
-import { FRAME_OVERHEAD, MAX_GSO_FRAME, type TxPolicy } from '../dataplane/net-header.js';
+import { FRAME_OVERHEAD, MAX_GSO_FRAME, type TxPolicy } from './net-header.js';
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
 import type { QueueFeatures } from '../virtio/virtqueue.js';
 

@@ -130,6 +130,7 @@ export type BrokenReason =
   | 'device-readable receive buffer'
   | 'receive buffer too small for the header'
   | 'receive buffer too small for any frame'
+  | 'device-readable entropy buffer'
   | 'IOMMU fault';
 
 /**

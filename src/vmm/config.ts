@@ -16,6 +16,23 @@ export interface VmConfig {
   net?: NetConfig[];
   /** a virtio-iommu that translates every network device's DMA (they offer VIRTIO_F_ACCESS_PLATFORM) */
   viommu?: boolean;
+  /** a virtio-rng device: the guest's entropy from the host's CSPRNG, served by a dataplane thread */
+  rng?: boolean | RngConfig;
+}
+
+export interface RngConfig {
+  /** offer packed rings (VIRTIO_F_RING_PACKED) as well as split ones; false: split only (default true) */
+  packed?: boolean;
+}
+
+/** Parse --rng's value: "" (the defaults) or "packed=on|off". */
+export function parseRngArg(s: string): RngConfig {
+  const rng: RngConfig = {};
+  for (const item of s.split(',').filter(Boolean)) {
+    if (item === 'packed=on' || item === 'packed=off') rng.packed = item === 'packed=on';
+    else throw new UserError(`--rng: "${item}" is not packed=on or packed=off`);
+  }
+  return rng;
 }
 
 export interface NetConfig {

@@ -15,11 +15,12 @@ import { newMailbox, MailboxServer } from './mailbox.js';
 import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
 import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
-import { requestedCpus, resolveCpus, resolveMemory, type VmConfig, type NetConfig } from './config.js';
+import { requestedCpus, resolveCpus, resolveMemory, type VmConfig, type NetConfig, type RngConfig } from './config.js';
 import { createDriver } from '../drivers/registry.js';
 import { VirtioIommu } from '../viommu/device.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import { VirtioNet, parseMac } from '../virtio-net/device.js';
+import { VirtioRng } from '../virtio-rng/device.js';
 import { VirtioPciDevice } from './devices/virtio-pci.js';
 import { PCI_CMD_MEM, PCI_CMD_MASTER } from './devices/pci.js';
 import type { NetDriver } from '../drivers/api.js';
@@ -88,6 +89,9 @@ export class Vm extends EventEmitter {
   /** next free address for BARs, in the 32-bit MMIO hole */
   private mmioNext = MMIO_HOLE_START;
   readonly netDevices: NetDevice[] = [];
+  /** the virtio-rng device (`rng: true`) */
+  rng?: VirtioRng;
+  private rngPci?: VirtioPciDevice;
   private serialPending: number[] = [];
   readonly config: Readonly<VmConfig>;
 
@@ -131,7 +135,7 @@ export class Vm extends EventEmitter {
       this.deviceLog = new Uint8Array(new SharedArrayBuffer(size));
     }
     const log = { buffer: this.deviceLog.buffer as SharedArrayBuffer, offset: 0, size: this.deviceLog.length };
-    await Promise.all([...this.netDevices.map((d) => d.net.setDirtyLog(log)), this.iommu?.setDirtyLog(log)]);
+    await Promise.all([...this.netDevices.map((d) => d.net.setDirtyLog(log)), this.rng?.setDirtyLog(log), this.iommu?.setDirtyLog(log)]);
   }
 
   /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses, ascending. */
@@ -219,6 +223,7 @@ export class Vm extends EventEmitter {
     this.attachDevices();
     if (cfg.viommu) this.attachIommu();
     for (const [i, n] of (cfg.net ?? []).entries()) await this.attachNet(n, i);
+    if (cfg.rng) this.attachRng(cfg.rng === true ? {} : cfg.rng);
     const viot = this.iommu && this.iommuPci ? { iommuBdf: this.iommuSlot << 3, endpoints: [...this.iommu.endpoints] } : undefined;
 
     this.boot = loadKernel(
@@ -290,6 +295,17 @@ export class Vm extends EventEmitter {
     }
   }
 
+  /** The entropy device, after the network devices (their PCI slots stay where they were without it). */
+  private attachRng(o: RngConfig): void {
+    if (o.packed !== undefined && typeof o.packed !== 'boolean') throw new UserError(`--rng: packed must be true or false (the library option), not ${JSON.stringify(o.packed)}`);
+    const slot = this.pciHost!.freeSlot();
+    const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
+    this.rng = new VirtioRng(this.memory, { iommu, packed: o.packed });
+    // (PCI class "other", as QEMU's virtio-rng-pci)
+    this.rngPci = this.plugVirtio(this.rng, 0xff0000, slot);
+    if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
+  }
+
   /** A virtio device on the PCI bus, with firmware's part done: BAR placed, decoding and bus mastering on. */
   private plugVirtio(dev: VirtioDevice, classCode: number, slot?: number): VirtioPciDevice {
     const pci = new VirtioPciDevice(dev, { mmio: this.mmio, vm: this.vm, router: this.irqRoutes }, classCode);
@@ -312,7 +328,7 @@ export class Vm extends EventEmitter {
     this.iommu = new VirtioIommu(this.memory, { endpoints: [], thread: true });
     // an UNMAP waiting past the stuck-thread limit for a dataplane thread: its device ends its threads
     this.iommu.onStuckThread = async (slot, ms) => {
-      await Promise.all(this.netDevices.map((d) => d.net.endStuckThread(slot, ms)));
+      await Promise.all([...this.netDevices.map((d) => d.net.endStuckThread(slot, ms)), this.rng?.endStuckThread(slot, ms)]);
     };
     this.iommuSlot = this.pciHost!.freeSlot();
     this.iommuPci = this.plugVirtio(this.iommu, 0x088000, this.iommuSlot);
@@ -421,6 +437,7 @@ export class Vm extends EventEmitter {
       await d.pci.close();
       d.driver.close();
     }
+    await this.rngPci?.close();
     await this.iommuPci?.close();
     await Promise.all(this.vcpus.map((v) => v.server?.close()));
     this.flushSerial();

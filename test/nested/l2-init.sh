@@ -17,6 +17,7 @@ NET_MODULES="failover net_failover virtio_net"
 # did there. kallsyms lists addresses as 16 hex digits, a module's symbols with [module] after the name.)
 if [ -n "$(arg symbols)" ]; then
   [ "$(arg iommu)" = 1 ] && insmod /lib/modules/virtio-iommu.ko
+  [ "$(arg rng)" = 1 ] && insmod /lib/modules/virtio-rng.ko
   for m in $NET_MODULES; do insmod /lib/modules/$m.ko; done
   for r in $(arg symbols | tr ',' ' '); do
     h=${r#0x}
@@ -56,6 +57,25 @@ if [ "$(arg iommu)" = 1 ]; then
   [ -e $grp ]; check net-behind-iommu $? "$(basename "$(readlink $grp)") $(cat $grp/type 2>/dev/null)"
   want=DMA; grep -q "iommu.strict=0" /proc/cmdline && want=DMA-FQ
   [ "$(cat $grp/type 2>/dev/null)" = $want ]; check iommu-domain-type $? "$(cat $grp/type 2>/dev/null)"
+fi
+if [ "$(arg rng)" = 1 ]; then
+  # tsvmm --rng: Linux's virtio_rng becomes the hardware RNG, and /dev/hwrng reads from tsvmm's queue
+  insmod /lib/modules/virtio-rng.ko
+  sleep 1
+  rngdev=$(dirname "$(grep -l '^0x0004$' /sys/bus/virtio/devices/*/device 2>/dev/null | head -1)")
+  [ -e "$rngdev/driver" ] && [ "$(basename "$(readlink "$rngdev/driver")")" = virtio_rng ]; check virtio-rng-bound $? "$rngdev"
+  # the ring layout its driver negotiated (features bit 34, RING_PACKED): packed unless tsvmm offered split only
+  rngf=$(cat "$rngdev/features" 2>/dev/null)
+  [ "$(echo "$rngf" | cut -c35)" = "$(arg rngpacked)" ]; check rng-ring-layout $? "packed=$(echo "$rngf" | cut -c35) features=$rngf"
+  cur=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
+  case $cur in virtio_rng*) true ;; *) false ;; esac; check rng-current-virtio $? "$cur"
+  dd if=/dev/hwrng of=/tmp/rng1 bs=4096 count=16 iflag=fullblock 2>/dev/null
+  dd if=/dev/hwrng of=/tmp/rng2 bs=4096 count=16 iflag=fullblock 2>/dev/null
+  n1=$(wc -c < /tmp/rng1); n2=$(wc -c < /tmp/rng2)
+  [ "$n1" = 65536 ] && [ "$n2" = 65536 ]; check hwrng-64k $? "bytes=$n1,$n2"
+  # random bytes: nearly every byte value in 64 KiB, and two reads that differ
+  vals=$(od -An -v -tu1 /tmp/rng1 | tr -s ' ' '\n' | grep -v '^$' | sort -u | wc -l)
+  [ "$vals" -ge 250 ] && ! cmp -s /tmp/rng1 /tmp/rng2; check hwrng-random $? "distinct-byte-values=$vals"
 fi
 for m in $NET_MODULES; do insmod /lib/modules/$m.ko; done
 sleep 1

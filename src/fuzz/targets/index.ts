@@ -6,7 +6,8 @@ import { VhostReaderTarget } from './vhost-reader.js';
 import { CtrlqTarget } from './ctrlq.js';
 import { IommuTarget } from './iommu.js';
 import { PciTarget } from './pci.js';
+import { RngTarget } from './rng.js';
 
 export async function allTargets(): Promise<FuzzTarget[]> {
-  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget(), new IommuTarget(), new PciTarget()];
+  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget(), new IommuTarget(), new PciTarget(), new RngTarget()];
 }

@@ -10,8 +10,8 @@
 // TX chain comes back. The coupling to the engine is this file only.
 import fc from 'fast-check';
 import { createQueue } from '../../virtio/queues.js';
-import { NetQueuePair } from '../../dataplane/net-pair.js';
-import { RxFilter } from '../../dataplane/rx-filter.js';
+import { NetQueuePair } from '../../virtio-net/net-pair.js';
+import { RxFilter } from '../../virtio-net/rx-filter.js';
 import { newStatsBuffer } from '../../dataplane/stats.js';
 import { META_WORDS, type DriverQueue, type PacketBatch } from '../../drivers/api.js';
 import { ScriptedMemory, ScriptedRing, cutInto, RAM_A, RAM_B, GPA_B, type Desc, type DriverRing, type InFlight } from '../guest.js';

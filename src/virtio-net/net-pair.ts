@@ -7,7 +7,7 @@ import type { Virtqueue } from '../virtio/virtqueue.js';
 import { MAX_GSO_FRAME, NET_HDR_LEN, parseTxHeader, writeRxHeader, type TxPolicy } from './net-header.js';
 import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
-import { STAT } from './stats.js';
+import { STAT } from '../dataplane/stats.js';
 import type { RxFilter } from './rx-filter.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 

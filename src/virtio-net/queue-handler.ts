@@ -1,0 +1,107 @@
+// virtio-net's queue handler (src/dataplane/handler.ts): one RX/TX pair per unit, served by NetQueuePair
+// with the device's driver queue. Loaded by path on each dataplane thread; imports the driver's module.
+import { pathToFileURL } from 'node:url';
+import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, type HandlerContext, type OpenHandler, type QueueHandler } from '../dataplane/handler.js';
+import type { DriverModule } from '../drivers/api.js';
+import { NetQueuePair } from './net-pair.js';
+import { RxFilter } from './rx-filter.js';
+import type { TxPolicy } from './net-header.js';
+
+/** The net threads' configuration (structured-cloneable), from the negotiated features (dataplane.ts). */
+export interface NetHandlerConfig {
+  /** the driver's module, as the thread imports it (compiled JavaScript) */
+  driverModule: string;
+  mergeable: boolean;
+  maxRxFrame: number;
+  txPolicy: TxPolicy;
+  /** the control queue's RX filter words (rx-filter.ts) */
+  filter: SharedArrayBuffer;
+}
+
+/** how long a TX queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
+const BLOCKED_RETRY_MS = 1;
+
+export async function prepare(config: unknown): Promise<OpenHandler> {
+  const c = config as NetHandlerConfig;
+  const driverMod = (await import(pathToFileURL(c.driverModule).href)) as DriverModule;
+  const filter = new RxFilter(c.filter);
+  return (ctx) => new NetHandler(ctx, c, driverMod, filter);
+}
+
+/** A unit's queues are [rx, tx]; its init is the driver's queueInit(pair). */
+class NetHandler implements QueueHandler {
+  readonly pair: NetQueuePair;
+  readonly fds: readonly number[];
+  /**
+   * The driver's fd is watched for readable only while the RX ring has buffers (otherwise a
+   * level-triggered readable fd would wake us for frames we cannot place), and for writable only while
+   * TX waits for the driver to take more (a writable fd almost always is).
+   */
+  private rxArmed = true;
+  /** TX waits for a driver without an fd: try it again after the thread's next wait */
+  private blindRetry = false;
+
+  constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter) {
+    const [rxq, txq] = ctx.queues;
+    this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(ctx.init), {
+      mergeable: c.mergeable,
+      maxRxFrame: c.maxRxFrame,
+      txPolicy: c.txPolicy,
+      rxCallFd: ctx.callFds[0],
+      txCallFd: ctx.callFds[1],
+      rxStats: ctx.stats[0],
+      txStats: ctx.stats[1],
+      filter,
+      log: ctx.log,
+    });
+    this.fds = [this.pair.driver.pollFd];
+  }
+
+  events(): number {
+    return (this.rxArmed ? EPOLLIN : 0) | (this.pair.txBlocked ? EPOLLOUT : 0);
+  }
+
+  onEvent(_k: number, events: number): void {
+    // the driver can take packets again (or its fd failed: transmit finds out and says so)
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) this.pair.txBlocked = false;
+  }
+
+  beforeWait(polling: boolean): number {
+    const p = this.pair;
+    if (!polling) {
+      // (a TX queue waiting for its driver is not looked at: its kicks would only wake us)
+      p.txq.setKicks(!p.txBlocked);
+      p.rxq.setKicks(true, p.starved);
+    }
+    // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
+    // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes).
+    // Counting stops just past what matters: a packed ring counts by walking its descriptors.
+    let pending = !p.txBlocked && p.txq.pending(1) > 0;
+    const seen = p.starved ? p.starvedPending : 0;
+    if (p.rxq.pending(seen + 1) > seen) {
+      this.rxArmed = true;
+      // a driver without an fd (one that generates frames) cannot wake us: receive buffers are work
+      // now, unless it just had nothing to give — else a ring refilled in that window, or left
+      // pending by the thread before a restart (whose kick that thread took), waits for a kick that
+      // never comes
+      if (p.driver.pollFd < 0 && !p.dry) pending = true;
+    }
+    this.blindRetry = p.txBlocked && p.driver.pollFd < 0;
+    return pending ? 0 : this.blindRetry ? BLOCKED_RETRY_MS : -1;
+  }
+
+  process(budget: number): number {
+    const p = this.pair;
+    if (this.blindRetry) {
+      p.txBlocked = false;
+      this.blindRetry = false;
+    }
+    const work = p.processTx(budget) + p.processRx(budget);
+    this.rxArmed = !p.starved;
+    return work;
+  }
+
+  close(): void {
+    this.pair.driver.close();
+  }
+}

@@ -5,7 +5,7 @@
 // child process (`--net null`: it takes what is sent and generates what is received).
 import { describe, it, expect, afterEach } from 'vitest';
 import { REQ, F_PROTOCOL_FEATURES } from '../src/vhost-user/protocol.js';
-import { NET_HDR_LEN } from '../src/dataplane/net-header.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { TestFrontend, state } from './helpers/vhost-user-frontend.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 import { P_NEXT, type PackedTestDriver } from './helpers/packed-driver.js';

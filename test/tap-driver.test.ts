@@ -10,8 +10,8 @@ import { createHash } from 'node:crypto';
 import { NetNs, PKT, pkt, lastJson, patternFrame } from './helpers/netns.js';
 import { native, AF_UNIX, SOCK_STREAM } from '../src/native.js';
 import { openQueue } from '../src/drivers/tap/index.js';
-import { UringTapQueue } from '../src/drivers/tap/uring-queue.js';
-import { newPacketBatch, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
+import { UringTapQueue, collectReads, HDR_STRIDE } from '../src/drivers/tap/uring-queue.js';
+import { newPacketBatch, META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
 
 const TAP = 'tdrv0';
 const POLLIN = 1;
@@ -194,4 +194,62 @@ describe.each([
     b.count = 8;
     expect(q.receive(b, mem)).toBe(0);
   }, 20_000);
+});
+
+describe('io_uring reads collected in order', () => {
+  const HDR = 12;
+  /** a batch of `packets` packets of two segments of `seg` bytes each, packet i's at i * 1000 */
+  function rxBatch(packets: number, seg: number): PacketBatch {
+    const b = newPacketBatch(packets, 2 * packets);
+    for (let i = 0; i < packets; i++) {
+      b.iov.set([0, i * 1000, seg, 0, i * 1000 + 500, seg], 6 * i);
+      b.iovStart[i] = 2 * i;
+    }
+    b.iovStart[packets] = 2 * packets;
+    b.count = packets;
+    return b;
+  }
+  /** put frame f where the reads put it: into packet i's two segments */
+  function place(mem: SharedArrayBuffer, b: PacketBatch, i: number, f: Uint8Array): void {
+    const seg = b.iov[6 * i + 2];
+    new Uint8Array(mem, i * 1000, Math.min(seg, f.length)).set(f.subarray(0, seg));
+    if (f.length > seg) new Uint8Array(mem, i * 1000 + 500, f.length - seg).set(f.subarray(seg));
+  }
+  function read(mem: SharedArrayBuffer, b: PacketBatch, i: number, len: number): Buffer {
+    const seg = b.iov[6 * i + 2];
+    const first = Buffer.from(new Uint8Array(mem, i * 1000, Math.min(seg, len)));
+    return len > seg ? Buffer.concat([first, Buffer.from(new Uint8Array(mem, i * 1000 + 500, len - seg))]) : first;
+  }
+
+  it('moves a frame read after an empty read down, with its header, so packets [0, got) are the frames in order', () => {
+    const mem = new SharedArrayBuffer(1 << 16);
+    const b = rxBatch(4, 200);
+    const a = patternFrame(1, 300, SRC, DST);
+    const c = patternFrame(2, 60, SRC, DST);
+    place(mem, b, 1, a);
+    place(mem, b, 3, c);
+    const hdrs = new DataView(new ArrayBuffer(4 * HDR_STRIDE));
+    hdrs.setUint8(1 * HDR_STRIDE, 1); // NEEDS_CSUM
+    hdrs.setUint16(1 * HDR_STRIDE + 6, 34, true);
+    hdrs.setUint16(1 * HDR_STRIDE + 8, 16, true);
+    hdrs.setUint8(3 * HDR_STRIDE, 2); // DATA_VALID
+    const res = new Int32Array([-11, HDR + a.length, -11, HDR + c.length]);
+    expect(collectReads(b, mem, 4, res, new Float64Array([400, 400, 400, 400]), hdrs)).toBe(2);
+    expect([b.len[0], b.len[1]]).toEqual([300, 60]);
+    expect(read(mem, b, 0, 300).equals(a)).toBe(true);
+    expect(read(mem, b, 1, 60).equals(c)).toBe(true);
+    expect([...b.meta.subarray(0, META_WORDS)]).toEqual([META_NEEDS_CSUM, 34, 16, 0, 0, 0]);
+    expect(b.meta[META_WORDS + META.FLAGS]).toBe(META_CSUM_VALID);
+  });
+
+  it('reports empty a frame that the packet it moves into cannot hold', () => {
+    const mem = new SharedArrayBuffer(1 << 16);
+    const b = rxBatch(2, 200);
+    b.iov[2] = 50; // packet 0: 50 + 200 bytes
+    b.iov[5] = 200;
+    place(mem, b, 1, patternFrame(1, 300, SRC, DST));
+    const res = new Int32Array([-11, HDR + 300]);
+    expect(collectReads(b, mem, 2, res, new Float64Array([250, 400]), new DataView(new ArrayBuffer(2 * HDR_STRIDE)))).toBe(1);
+    expect(b.len[0]).toBe(0);
+  });
 });

@@ -19,7 +19,7 @@ export const RING_ENTRIES = 128;
 /** struct iovec the requests of one submission may point at (each frame takes at most MAX_SEGMENTS + 1) */
 const IOVECS = 4096;
 /** bytes of header room per request (a tap header is 12; 16 keeps each aligned) */
-const HDR_STRIDE = 16;
+export const HDR_STRIDE = 16;
 const SIZEOF_IOVEC = 16;
 const EINVAL = 22;
 const EOPNOTSUPP = 95;
@@ -143,24 +143,7 @@ export class UringTapQueue extends TapQueue {
     if (n === 0) return 0;
     const res = this.res;
     this.ring.submitAndWait(n, res);
-    // Reads complete in order, but one that found the tap empty (EAGAIN) may be followed by one that
-    // found a frame that arrived meanwhile: that frame moves down into the first packet left empty,
-    // so that packets [0, got) are the frames, in the order they came.
-    let got = 0;
-    for (let s = 0; s < n; s++) {
-      const r = res[s];
-      if (r === -EAGAIN) continue;
-      if (r < 0) throw new Error(`tap readv (io_uring): errno ${-r}`);
-      let len = receivedLength(b, s, r - T.TAP_HDR_LEN, this.rooms[s]);
-      if (s !== got) {
-        native.copy(this.hdrs, got * HDR_STRIDE, this.hdrs, s * HDR_STRIDE, T.TAP_HDR_LEN);
-        len = this.moveFrame(b, mem, s, got, len);
-      }
-      b.len[got] = len;
-      readTapHeader(this.hdrsView, got * HDR_STRIDE, b, got);
-      got++;
-    }
-    return got;
+    return collectReads(b, mem, n, res, this.rooms, this.hdrsView);
   }
 
   /** Prepare a read for packets 0, 1, ... while the ring and the iovec table have room. Returns how many. */
@@ -182,37 +165,63 @@ export class UringTapQueue extends TapQueue {
     iov[1] = 0; // (TapQueue's own header, for a batch of one)
     return n;
   }
+}
 
-  /**
-   * Copy the `len` frame bytes read into packet `from`'s segments into packet `to`'s (both as the
-   * reads took them: the first MAX_SEGMENTS). Returns len, or 0 when they do not fit (a cut frame).
-   */
-  private moveFrame(b: PacketBatch, mem: SharedArrayBuffer, from: number, to: number, len: number): number {
-    const iov = b.iov;
-    let si = b.iovStart[from];
-    const sEnd = Math.min(b.iovStart[from + 1], si + MAX_SEGMENTS);
-    let di = b.iovStart[to];
-    const dEnd = Math.min(b.iovStart[to + 1], di + MAX_SEGMENTS);
-    let sOff = 0;
-    let dOff = 0;
-    let left = len;
-    while (left > 0 && si < sEnd && di < dEnd) {
-      const sLen = iov[3 * si + 2];
-      const dLen = iov[3 * di + 2];
-      const k = Math.min(left, sLen - sOff, dLen - dOff);
-      if (k > 0) native.copy(iov[3 * di] === 0 ? mem : this.hdrs, iov[3 * di + 1] + dOff, iov[3 * si] === 0 ? mem : this.hdrs, iov[3 * si + 1] + sOff, k);
-      sOff += k;
-      dOff += k;
-      left -= k;
-      if (sOff >= sLen) {
-        si++;
-        sOff = 0;
-      }
-      if (dOff >= dLen) {
-        di++;
-        dOff = 0;
-      }
+/**
+ * The results of `n` reads into packets [0, n) of b (res: bytes with the tap header, or -errno;
+ * rooms: bytes each packet's segments held; view: the tap header of read s at s * HDR_STRIDE) as the
+ * batch's packets [0, got): returns got. Reads complete in order, but one that found the tap empty
+ * (EAGAIN) may be followed by one that found a frame that arrived meanwhile: that frame moves down
+ * into the first packet left empty, so that packets [0, got) are the frames in the order they came.
+ */
+export function collectReads(b: PacketBatch, mem: SharedArrayBuffer, n: number, res: Int32Array, rooms: Float64Array, view: DataView): number {
+  const hdrs = view.buffer as ArrayBuffer;
+  let got = 0;
+  for (let s = 0; s < n; s++) {
+    const r = res[s];
+    if (r === -EAGAIN) continue;
+    if (r < 0) throw new Error(`tap readv (io_uring): errno ${-r}`);
+    let len = receivedLength(b, s, r - T.TAP_HDR_LEN, rooms[s]);
+    if (s !== got) {
+      native.copy(hdrs, got * HDR_STRIDE, hdrs, s * HDR_STRIDE, T.TAP_HDR_LEN);
+      len = moveFrame(b, mem, hdrs, s, got, len);
     }
-    return left === 0 ? len : 0;
+    b.len[got] = len;
+    readTapHeader(view, got * HDR_STRIDE, b, got);
+    got++;
   }
+  return got;
+}
+
+/**
+ * Copy the `len` frame bytes read into packet `from`'s segments into packet `to`'s (both as the
+ * reads took them: the first MAX_SEGMENTS). Returns len, or 0 when they do not fit (a cut frame).
+ */
+function moveFrame(b: PacketBatch, mem: SharedArrayBuffer, hdrs: ArrayBuffer, from: number, to: number, len: number): number {
+  const iov = b.iov;
+  let si = b.iovStart[from];
+  const sEnd = Math.min(b.iovStart[from + 1], si + MAX_SEGMENTS);
+  let di = b.iovStart[to];
+  const dEnd = Math.min(b.iovStart[to + 1], di + MAX_SEGMENTS);
+  let sOff = 0;
+  let dOff = 0;
+  let left = len;
+  while (left > 0 && si < sEnd && di < dEnd) {
+    const sLen = iov[3 * si + 2];
+    const dLen = iov[3 * di + 2];
+    const k = Math.min(left, sLen - sOff, dLen - dOff);
+    if (k > 0) native.copy(iov[3 * di] === 0 ? mem : hdrs, iov[3 * di + 1] + dOff, iov[3 * si] === 0 ? mem : hdrs, iov[3 * si + 1] + sOff, k);
+    sOff += k;
+    dOff += k;
+    left -= k;
+    if (sOff >= sLen) {
+      si++;
+      sOff = 0;
+    }
+    if (dOff >= dLen) {
+      di++;
+      dOff = 0;
+    }
+  }
+  return left === 0 ? len : 0;
 }

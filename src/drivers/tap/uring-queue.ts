@@ -61,6 +61,8 @@ export class UringTapQueue extends TapQueue {
 
   /** RWF_NOWAIT, or 0 where the fd's O_NONBLOCK already makes requests fail instead of wait */
   rwFlags = 0;
+  /** requests per submission: what the ring and the arrays above hold */
+  private readonly slots: number;
 
   constructor(
     pollFd: number,
@@ -68,6 +70,7 @@ export class UringTapQueue extends TapQueue {
   ) {
     super(pollFd);
     this.iovecsAddr = Number(native.addressOf(this.iovecs));
+    this.slots = Math.min(ring.entries, RING_ENTRIES);
   }
 
   /** The result of an empty write with these flags. */
@@ -123,7 +126,7 @@ export class UringTapQueue extends TapQueue {
     const iov = this.iov;
     let n = 0;
     let at = 0;
-    for (; i + n < b.count && n < ring.entries; n++) {
+    for (; i + n < b.count && n < this.slots; n++) {
       const segs = this.segments(b, i + n);
       if (segs < 0 || at + segs > IOVECS) break;
       writeTapHeader(this.hdrsView, n * HDR_STRIDE, b, i + n);
@@ -150,7 +153,7 @@ export class UringTapQueue extends TapQueue {
   private prepReads(b: PacketBatch, mem: SharedArrayBuffer): number {
     const ring = this.ring;
     const iov = this.iov;
-    const limit = Math.min(b.count, ring.entries);
+    const limit = Math.min(b.count, this.slots);
     let n = 0;
     let at = 0;
     for (; n < limit; n++) {

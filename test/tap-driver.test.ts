@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { NetNs, PKT, pkt, lastJson, patternFrame } from './helpers/netns.js';
 import { native, AF_UNIX, SOCK_STREAM } from '../src/native.js';
-import { openQueue } from '../src/drivers/tap/index.js';
+import { create, openQueue } from '../src/drivers/tap/index.js';
+import { UserError } from '../src/errors.js';
 import { UringTapQueue, collectReads, HDR_STRIDE } from '../src/drivers/tap/uring-queue.js';
 import { newPacketBatch, META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
 
@@ -251,5 +252,11 @@ describe('io_uring reads collected in order', () => {
     const res = new Int32Array([-11, HDR + 300]);
     expect(collectReads(b, mem, 2, res, new Float64Array([250, 400]), new DataView(new ArrayBuffer(2 * HDR_STRIDE)))).toBe(1);
     expect(b.len[0]).toBe(0);
+  });
+});
+
+describe('tap driver options', () => {
+  it('takes uring=on or uring=off and names anything else before it opens anything', () => {
+    expect(() => create({ ifname: 'tdrvx0', uring: 'maybe' })).toThrow(new UserError('--net tap: uring must be on or off'));
   });
 });

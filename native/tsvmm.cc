@@ -606,6 +606,17 @@ Napi::Value IoUringEnter(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r < 0 ? -errno : r);
 }
 
+// ioUringRegister(fd, opcode, arg buffer, nrArgs) -> result or -errno (the caller builds arg as the
+// opcode's struct or array: IORING_REGISTER_FILES takes nrArgs int32 fds)
+Napi::Value IoUringRegister(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[2], &p, &n)) THROW_TYPE(env, "ioUringRegister: arg must be a buffer", env.Null());
+  long r = syscall(__NR_io_uring_register, ArgInt(info, 0), static_cast<unsigned>(ArgInt(info, 1)), p, static_cast<unsigned>(ArgInt(info, 3)));
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
 // fillIovecs(out, at, iov: Float64Array of [buffer index, offset, length] triples, count, buf0[, buf1])
 // -> count, or -1 for a triple outside its buffer or a table too small: writes `count` struct iovec
 // with real addresses at out[at..], for system calls the kernel runs later (io_uring's READV/WRITEV).
@@ -661,6 +672,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("unblockSignal", Napi::Function::New(env, UnblockSignal));
   exports.Set("ioUringSetup", Napi::Function::New(env, IoUringSetup));
   exports.Set("ioUringEnter", Napi::Function::New(env, IoUringEnter));
+  exports.Set("ioUringRegister", Napi::Function::New(env, IoUringRegister));
   exports.Set("fillIovecs", Napi::Function::New(env, FillIovecs));
   exports.Set("sigRtMin", Napi::Function::New(env, SigRtMin));
   exports.Set("copy", Napi::Function::New(env, Copy));

@@ -77,6 +77,8 @@ export interface Native {
   ioUringSetup(entries: number, params: ArrayBufferView): number;
   /** io_uring_enter(fd, toSubmit, minComplete, flags): SQEs consumed, or -errno */
   ioUringEnter(fd: number, toSubmit: number, minComplete: number, flags: number): number;
+  /** io_uring_register(fd, opcode, arg, nrArgs) over a caller-built arg: the result, or -errno */
+  ioUringRegister(fd: number, opcode: number, arg: ArrayBufferView, nrArgs: number): number;
   /**
    * Write `count` struct iovec (real addresses) at entry `at` of `out` from [buffer index, offset,
    * length] triples, bounds-checked as readv/writev check them: count, or -1 when a triple lies

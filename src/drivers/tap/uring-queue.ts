@@ -12,7 +12,7 @@ import { native } from '../../native.js';
 import type { PacketBatch } from '../api.js';
 import * as T from './tun.js';
 import { TapQueue, MAX_SEGMENTS, EAGAIN, writeTapHeader, readTapHeader, receivedLength } from './queue.js';
-import { openUring, OP_READV, OP_WRITEV, RWF_NOWAIT, SQE_IO_LINK, type Uring } from './uring.js';
+import { openUring, OP_READV, OP_WRITEV, RWF_NOWAIT, SQE_FIXED_FILE, SQE_IO_LINK, type Uring } from './uring.js';
 
 /** requests per ring: a whole TX batch of the dataplane (64) and as many receives */
 export const RING_ENTRIES = 128;
@@ -61,6 +61,9 @@ export class UringTapQueue extends TapQueue {
 
   /** RWF_NOWAIT, or 0 where the fd's O_NONBLOCK already makes requests fail instead of wait */
   rwFlags = 0;
+  /** the fd requests name, and their SQE flags: the ring's registered file 0, or the fd itself */
+  private readonly sqeFd: number;
+  private readonly sqeFlags: number;
   /** requests per submission: what the ring and the arrays above hold */
   private readonly slots: number;
 
@@ -71,11 +74,14 @@ export class UringTapQueue extends TapQueue {
     super(pollFd);
     this.iovecsAddr = Number(native.addressOf(this.iovecs));
     this.slots = Math.min(ring.entries, RING_ENTRIES);
+    const fixed = ring.registerFile(pollFd);
+    this.sqeFd = fixed ? 0 : pollFd;
+    this.sqeFlags = fixed ? SQE_FIXED_FILE : 0;
   }
 
   /** The result of an empty write with these flags. */
   probe(rwFlags: number): number {
-    this.ring.prep(0, OP_WRITEV, this.pollFd, this.iovecsAddr, 0, rwFlags, 0, 0);
+    this.ring.prep(0, OP_WRITEV, this.sqeFd, this.iovecsAddr, 0, rwFlags, this.sqeFlags, 0);
     this.ring.submitAndWait(1, this.res);
     return this.res[0];
   }
@@ -132,7 +138,7 @@ export class UringTapQueue extends TapQueue {
       writeTapHeader(this.hdrsView, n * HDR_STRIDE, b, i + n);
       iov[1] = n * HDR_STRIDE;
       if (native.fillIovecs(this.iovecs, at, iov, segs, mem, this.hdrs) < 0) break;
-      ring.prep(n, OP_WRITEV, this.pollFd, this.iovecsAddr + at * SIZEOF_IOVEC, segs, this.rwFlags, SQE_IO_LINK, n);
+      ring.prep(n, OP_WRITEV, this.sqeFd, this.iovecsAddr + at * SIZEOF_IOVEC, segs, this.rwFlags, this.sqeFlags | SQE_IO_LINK, n);
       at += segs;
     }
     if (n > 0) ring.unlink(n - 1);
@@ -162,7 +168,7 @@ export class UringTapQueue extends TapQueue {
       iov[1] = n * HDR_STRIDE;
       if (native.fillIovecs(this.iovecs, at, iov, segs, mem, this.hdrs) < 0) break;
       this.rooms[n] = this.room;
-      ring.prep(n, OP_READV, this.pollFd, this.iovecsAddr + at * SIZEOF_IOVEC, segs, this.rwFlags, 0, n);
+      ring.prep(n, OP_READV, this.sqeFd, this.iovecsAddr + at * SIZEOF_IOVEC, segs, this.rwFlags, this.sqeFlags, n);
       at += segs;
     }
     iov[1] = 0; // (TapQueue's own header, for a batch of one)

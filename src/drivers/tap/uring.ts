@@ -10,6 +10,8 @@ export const OP_READV = 1;
 export const OP_WRITEV = 2;
 /** the next SQE starts only once this one completed in full; a failure cancels the rest of the chain */
 export const SQE_IO_LINK = 1 << 2;
+/** the SQE's fd is an index into the files registered with registerFile */
+export const SQE_FIXED_FILE = 1 << 0;
 /** per request: return EAGAIN instead of waiting for the file (for files that support it: FMODE_NOWAIT) */
 export const RWF_NOWAIT = 8;
 
@@ -20,6 +22,7 @@ const OFF_SQ_RING = 0;
 const OFF_CQ_RING = 0x8000000;
 const OFF_SQES = 0x10000000;
 const ENTER_GETEVENTS = 1;
+const REGISTER_FILES = 2;
 const MAP_POPULATE = 0x8000;
 const EINTR = 4;
 const EAGAIN = 11;
@@ -121,6 +124,14 @@ export class Uring {
     s[w + 8] = userData;
     s[w + 9] = 0;
     for (let k = 10; k < SQE_WORDS; k++) s[w + k] = 0;
+  }
+
+  /**
+   * Register `fd` as the ring's file 0: requests naming it with SQE_FIXED_FILE skip looking the fd up
+   * and counting a reference to its file each. False when the kernel would not.
+   */
+  registerFile(fd: number): boolean {
+    return native.ioUringRegister(this.fd, REGISTER_FILES, new Int32Array([fd]), 1) === 0;
   }
 
   /** Clear IOSQE_IO_LINK on the SQE `i` places after the tail: its chain ends there. */

@@ -35,7 +35,7 @@ const MAX_RETRIES = 10_000;
 const SQE_WORDS = 16;
 const CQE_WORDS = 4;
 
-export const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 12: 'ENOMEM', 22: 'EINVAL', 24: 'EMFILE', 38: 'ENOSYS' };
+const ERRNO_NAMES: Record<number, string> = { 1: 'EPERM', 12: 'ENOMEM', 22: 'EINVAL', 24: 'EMFILE', 38: 'ENOSYS' };
 
 /** A ring, or why the kernel would not give one (an errno name). */
 export function openUring(entries: number): Uring | string {

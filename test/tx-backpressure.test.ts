@@ -22,7 +22,8 @@ const FRAMES = 200;
 const SIZE = 1000;
 
 describe.each([
-  ['io_uring', '', {}],
+  // (io_uring asked for outright: a run with TSVMM_IO_URING=0 in its environment still tests it here)
+  ['io_uring', '', { TSVMM_IO_URING: '1' }],
   ['uring=off', ',uring=off', {}],
   ['TSVMM_IO_URING=0', '', { TSVMM_IO_URING: '0' }],
 ])('TX backpressure through a tap (%s)', (mode, option, env: Record<string, string>) => {
@@ -33,7 +34,7 @@ describe.each([
   let capture: Running | undefined;
 
   beforeAll(() => {
-    ns = new NetNs(`txbp${option ? 'o' : Object.keys(env).length ? 'e' : 'u'}`);
+    ns = new NetNs(`txbp${option ? 'o' : env.TSVMM_IO_URING === '0' ? 'e' : 'u'}`);
     ns.exec('ip', 'link', 'add', 'br0', 'type', 'bridge');
     ns.addTap('tbp0');
     ns.exec('ip', 'link', 'add', 'vA', 'type', 'veth', 'peer', 'name', 'vB');

@@ -164,18 +164,19 @@ Napi::Value Write(const Napi::CallbackInfo& info) { return Transfer(info, "write
 // buffer) with no copy here; every triple is bounds-checked against its buffer.
 constexpr int kMaxIov = 1024;
 
-bool BuildIov(const Napi::CallbackInfo& info, struct iovec* iov, int* n) {
+// The table is info[first], the count info[first + 1], the buffers info[first + 2] and info[first + 3].
+bool BuildIovFrom(const Napi::CallbackInfo& info, size_t first, struct iovec* iov, int* n) {
   void* tp;
   size_t tl;
   // (a Float64Array: its data is aligned for double)
-  if (!ToV8(info[1])->IsFloat64Array() || !BufferOf(info[1], &tp, &tl)) return false;
+  if (!ToV8(info[first])->IsFloat64Array() || !BufferOf(info[first], &tp, &tl)) return false;
   const double* t = static_cast<const double*>(tp);
-  int count = ArgInt(info, 2);
+  int count = ArgInt(info, first + 1);
   if (count < 0 || count > kMaxIov || static_cast<size_t>(count) * 3 * sizeof(double) > tl) return false;
   void* base[2] = {nullptr, nullptr};
   size_t blen[2] = {0, 0};
-  for (int b = 0; b < 2; b++)
-    if (info.Length() > static_cast<size_t>(3 + b) && !info[3 + b].IsUndefined()) BufferOf(info[3 + b], &base[b], &blen[b]);
+  for (size_t b = 0; b < 2; b++)
+    if (info.Length() > first + 2 + b && !info[first + 2 + b].IsUndefined()) BufferOf(info[first + 2 + b], &base[b], &blen[b]);
   for (int i = 0; i < count; i++) {
     double which = t[3 * i], off = t[3 * i + 1], len = t[3 * i + 2];
     // every test is written to fail on NaN (a NaN compares false), so only numbers in range are cast
@@ -190,6 +191,8 @@ bool BuildIov(const Napi::CallbackInfo& info, struct iovec* iov, int* n) {
   *n = count;
   return true;
 }
+
+bool BuildIov(const Napi::CallbackInfo& info, struct iovec* iov, int* n) { return BuildIovFrom(info, 1, iov, n); }
 
 Napi::Value Readv(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -582,6 +585,57 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r < 0 ? -errno : (r == 0 ? 0 : p.revents));
 }
 
+// ---- io_uring: the rings are mapped with mmap() and filled in TypeScript (src/drivers/tap/uring.ts)
+
+// ioUringSetup(entries, params: 120-byte struct io_uring_params, flags set by the caller; the kernel
+// fills in the rest) -> ring fd (close-on-exec, as io_uring makes them) or -errno (ENOSYS, EPERM and
+// EINVAL are how a kernel refuses)
+Napi::Value IoUringSetup(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[1], &p, &n) || n < 120) THROW_TYPE(env, "ioUringSetup: params must be a 120-byte buffer", env.Null());
+  long r = syscall(__NR_io_uring_setup, static_cast<unsigned>(ArgInt(info, 0)), p);
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
+// ioUringEnter(fd, toSubmit, minComplete, flags) -> SQEs consumed, or -errno
+Napi::Value IoUringEnter(const Napi::CallbackInfo& info) {
+  long r = syscall(__NR_io_uring_enter, ArgInt(info, 0), static_cast<unsigned>(ArgInt(info, 1)), static_cast<unsigned>(ArgInt(info, 2)),
+                   static_cast<unsigned>(ArgInt(info, 3)), nullptr, 0);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : r);
+}
+
+// ioUringRegister(fd, opcode, arg buffer, nrArgs) -> result or -errno (the caller builds arg as the
+// opcode's struct or array: IORING_REGISTER_FILES takes nrArgs int32 fds)
+Napi::Value IoUringRegister(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* p;
+  size_t n;
+  if (!BufferOf(info[2], &p, &n)) THROW_TYPE(env, "ioUringRegister: arg must be a buffer", env.Null());
+  long r = syscall(__NR_io_uring_register, ArgInt(info, 0), static_cast<unsigned>(ArgInt(info, 1)), p, static_cast<unsigned>(ArgInt(info, 3)));
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
+// fillIovecs(out, at, iov: Float64Array of [buffer index, offset, length] triples, count, buf0[, buf1])
+// -> count, or -1 for a triple outside its buffer or a table too small: writes `count` struct iovec
+// with real addresses at out[at..], for system calls the kernel runs later (io_uring's READV/WRITEV).
+// The caller keeps out and the buffers alive until those calls complete.
+Napi::Value FillIovecs(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* op;
+  size_t ol;
+  if (!BufferOf(info[0], &op, &ol) || reinterpret_cast<uintptr_t>(op) % alignof(struct iovec) != 0) THROW_TYPE(env, "fillIovecs: out must be an aligned buffer", env.Null());
+  double at = info[1].As<Napi::Number>().DoubleValue();
+  int count = ArgInt(info, 3);
+  if (!(at >= 0 && count >= 0 && count <= kMaxIov && (at + count) * sizeof(struct iovec) <= static_cast<double>(ol))) return Napi::Number::New(env, -1);
+  int n;
+  // SAFETY: at + count <= ol / sizeof(struct iovec), checked above, and out is aligned for struct iovec:
+  // BuildIovFrom writes at most count entries (it refuses a different count)
+  if (!BuildIovFrom(info, 2, static_cast<struct iovec*>(op) + static_cast<size_t>(at), &n) || n != count) return Napi::Number::New(env, -1);
+  return Napi::Number::New(env, n);
+}
+
 Napi::Value SigRtMin(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), SIGRTMIN); }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -616,6 +670,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("threadKill", Napi::Function::New(env, ThreadKill));
   exports.Set("signalNoop", Napi::Function::New(env, SignalNoop));
   exports.Set("unblockSignal", Napi::Function::New(env, UnblockSignal));
+  exports.Set("ioUringSetup", Napi::Function::New(env, IoUringSetup));
+  exports.Set("ioUringEnter", Napi::Function::New(env, IoUringEnter));
+  exports.Set("ioUringRegister", Napi::Function::New(env, IoUringRegister));
+  exports.Set("fillIovecs", Napi::Function::New(env, FillIovecs));
   exports.Set("sigRtMin", Napi::Function::New(env, SigRtMin));
   exports.Set("copy", Napi::Function::New(env, Copy));
   exports.Set("bpf", Napi::Function::New(env, Bpf));

@@ -164,6 +164,7 @@ export async function main(argv: string[]): Promise<number> {
       threads: d.net.threadsStarted,
       broken: d.pci.brokenReason ?? null,
       stuckThreads: d.net.stuckThreads,
+      ...(d.driver.counters ? { driver: d.driver.counters() } : {}),
       pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
     }));
     const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count };
@@ -242,7 +243,7 @@ async function vhostUser(argv: string[]): Promise<number> {
   }
   if (values.stats) {
     const pairs = Array.from({ length: Math.min(net.queues ?? 1, driver.caps.queuePairs) }, (_, p) => backend.queueStats(p));
-    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ vhostUser: { connections: server.connections, errors: backend.errors, pairs, iotlb: backend.iotlbCounts, stuckThreads: backend.stuckThreads } })}\n`);
+    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ vhostUser: { connections: server.connections, errors: backend.errors, pairs, iotlb: backend.iotlbCounts, stuckThreads: backend.stuckThreads, ...(driver.counters ? { driver: driver.counters() } : {}) } })}\n`);
   }
   return code;
 }

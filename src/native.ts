@@ -73,6 +73,19 @@ export interface Native {
   /** poll one fd: revents, 0 on timeout, or -errno */
   poll(fd: number, events: number, timeoutMs: number): number;
   sigRtMin(): number;
+  /** io_uring_setup over a caller-built 120-byte struct io_uring_params: the ring fd, or -errno */
+  ioUringSetup(entries: number, params: ArrayBufferView): number;
+  /** io_uring_enter(fd, toSubmit, minComplete, flags): SQEs consumed, or -errno */
+  ioUringEnter(fd: number, toSubmit: number, minComplete: number, flags: number): number;
+  /** io_uring_register(fd, opcode, arg, nrArgs) over a caller-built arg: the result, or -errno */
+  ioUringRegister(fd: number, opcode: number, arg: ArrayBufferView, nrArgs: number): number;
+  /**
+   * Write `count` struct iovec (real addresses) at entry `at` of `out` from [buffer index, offset,
+   * length] triples, bounds-checked as readv/writev check them: count, or -1 when a triple lies
+   * outside its buffer or `out` is too small. For system calls the kernel runs later (io_uring): the
+   * caller keeps `out` and the buffers alive until they complete.
+   */
+  fillIovecs(out: ArrayBuffer, at: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
 }
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');

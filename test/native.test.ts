@@ -85,6 +85,38 @@ describe('native shim: memory safety of what it is handed', () => {
     native.close(efd);
   });
 
+  it('fills iovec tables with real addresses only from triples inside their buffers, and only inside the table', () => {
+    const mem = new SharedArrayBuffer(64);
+    const scratch = new ArrayBuffer(64);
+    const out = new ArrayBuffer(4 * 16);
+    const words = new BigUint64Array(out);
+    expect(native.fillIovecs(out, 1, new Float64Array([0, 8, 16, 1, 60, 4]), 2, mem, scratch)).toBe(2);
+    expect([...words]).toEqual([0n, 0n, native.addressOf(new Uint8Array(mem)) + 8n, 16n, native.addressOf(scratch) + 60n, 4n, 0n, 0n]);
+    words.fill(0n);
+    for (const bad of [
+      [0, NaN, 8],
+      [0, 0, NaN],
+      [NaN, 0, 8],
+      [0.5, 0, 8],
+      [2, 0, 8],
+      [-1, 0, 8],
+      [0, -8, 8],
+      [0, 60, 8],
+      [1, 57, 8],
+      [0, Infinity, 8],
+      [0, 0, Infinity],
+    ])
+      expect(native.fillIovecs(out, 0, new Float64Array(bad), 1, mem, scratch), `${bad}`).toBe(-1);
+    // past the table's end, a negative or fractional place, more triples than the table of them holds
+    expect(native.fillIovecs(out, 4, new Float64Array([0, 0, 8]), 1, mem)).toBe(-1);
+    expect(native.fillIovecs(out, 3, new Float64Array([0, 0, 8, 0, 0, 8]), 2, mem)).toBe(-1);
+    expect(native.fillIovecs(out, -1, new Float64Array([0, 0, 8]), 1, mem)).toBe(-1);
+    expect(native.fillIovecs(out, 0, new Float64Array([0, 0, 8]), 2, mem)).toBe(-1);
+    expect([...words].every((w) => w === 0n)).toBe(true);
+    // a table the kernel would read misaligned
+    expect(() => native.fillIovecs(new Uint8Array(out, 4) as unknown as ArrayBuffer, 0, new Float64Array([0, 0, 8]), 1, mem)).toThrow(TypeError);
+  });
+
   it('refuses an ioctl buffer shorter than the size its request encodes', () => {
     const fd = native.open('/dev/null', 0);
     // _IOR('x', 1, 64 bytes) with 8 bytes: the kernel could write 56 bytes past the buffer

@@ -1,14 +1,18 @@
 // The tap driver's queue on a real tap (in a namespace this file creates and deletes), driven directly
-// with packet batches: what it does with more segments than one readv/writev takes.
+// with packet batches, through io_uring and through readv/writev: batches of frames byte-identical
+// and in order both ways, and what it does with more segments than one readv/writev takes.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetNs, PKT } from './helpers/netns.js';
+import { createHash } from 'node:crypto';
+import { NetNs, PKT, pkt, lastJson, patternFrame } from './helpers/netns.js';
 import { native, AF_UNIX, SOCK_STREAM } from '../src/native.js';
-import { openQueue } from '../src/drivers/tap/index.js';
-import { newPacketBatch, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
+import { create, openQueue } from '../src/drivers/tap/index.js';
+import { UserError } from '../src/errors.js';
+import { UringTapQueue, collectReads, HDR_STRIDE } from '../src/drivers/tap/uring-queue.js';
+import { newPacketBatch, META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
 
 const TAP = 'tdrv0';
 const POLLIN = 1;
@@ -44,14 +48,20 @@ function batch(segments: number, size: number): PacketBatch {
   return b;
 }
 
-describe('tap driver queue', () => {
+const SRC = '02:00:00:00:00:0a';
+const DST = '02:00:00:00:00:0b';
+
+describe.each([
+  ['io_uring', true],
+  ['readv/writev', false],
+])('tap driver queue (%s)', (_mode, uring) => {
   let ns: NetNs;
   let fd = -1;
   let q: DriverQueue;
   const mem = new SharedArrayBuffer(1 << 20);
 
   beforeAll(() => {
-    ns = new NetNs('tapdrv');
+    ns = new NetNs(`tapdrv${uring ? 'u' : 'v'}`);
     ns.addTap(TAP);
     const dir = mkdtempSync(join(tmpdir(), 'tsvmm-tapdrv-'));
     const path = join(dir, 'sock');
@@ -69,10 +79,11 @@ describe('tap driver queue', () => {
       native.close(srv);
       rmSync(dir, { recursive: true });
     }
-    q = openQueue({ fd });
+    q = openQueue({ fd, uring });
   });
 
   afterAll(() => {
+    q?.close();
     if (fd >= 0) native.close(fd);
     ns?.delete();
   });
@@ -122,5 +133,130 @@ describe('tap driver queue', () => {
     const before = q.drops;
     expect(q.transmit(b, mem)).toBe(2);
     expect(q.drops).toBe(before + 1);
+  });
+
+  it(`is ${uring ? '' : 'not '}the io_uring queue`, () => {
+    expect(q instanceof UringTapQueue).toBe(uring);
+  });
+
+  it('sends a batch of frames in several segments each, byte-identical and in order', async () => {
+    const sizes = Array.from({ length: 40 }, (_, i) => [60, 1514, 333, 1000, 64][i % 5]);
+    const b = newPacketBatch(sizes.length, sizes.length * 3);
+    const u8 = new Uint8Array(mem);
+    const digest = createHash('sha256');
+    let at = 0;
+    let seg = 0;
+    sizes.forEach((size, i) => {
+      const f = patternFrame(i, size, SRC, DST);
+      digest.update(f);
+      b.iovStart[i] = seg;
+      // three segments (the first holds the Ethernet header whole), with gaps between them in memory
+      for (const [from, to] of [[0, 14], [14, size >> 1], [size >> 1, size]]) {
+        u8.set(f.subarray(from, to), at);
+        b.iov.set([0, at, to - from], 3 * seg++);
+        at += to - from + 7;
+      }
+      b.len[i] = size;
+    });
+    b.iovStart[sizes.length] = seg;
+    b.meta.fill(0);
+    b.count = sizes.length;
+    const capture = pkt(ns, ['capture', TAP, String(sizes.length), '10']);
+    await capture.waitFor('READY');
+    expect(q.transmit(b, mem)).toBe(sizes.length);
+    expect(q.wouldBlock).toBe(false);
+    const seen = lastJson((await capture.done).stdout);
+    expect(seen).toMatchObject({ frames: sizes.length, bad: 0, in_order: true, first: 0, last: sizes.length - 1, sha256: digest.digest('hex') });
+  }, 20_000);
+
+  it('receives frames in batches, byte-identical and in order, and only as many as are waiting', () => {
+    const scratch = new Uint8Array(70000);
+    while (native.read(fd, scratch) > 0);
+    const count = 20;
+    const size = 700;
+    execFileSync('ip', ['netns', 'exec', ns.name, 'python3', PKT, 'send', TAP, String(count), String(size), SRC, DST]);
+    expect(native.poll(fd, POLLIN, 10_000) & POLLIN).toBe(POLLIN);
+    // 8 packets per call, each two segments of 1024 bytes
+    const b = newPacketBatch(8, 16);
+    for (let k = 0; k < 16; k++) b.iov.set([0, k * 1024, 1024], 3 * k);
+    for (let i = 0; i <= 8; i++) b.iovStart[i] = 2 * i;
+    const got: Buffer[] = [];
+    const calls: number[] = [];
+    for (let tries = 0; got.length < count && tries < 100; tries++) {
+      b.count = 8;
+      const n = q.receive(b, mem);
+      if (n === 0) continue;
+      calls.push(n);
+      for (let i = 0; i < n; i++) got.push(Buffer.from(new Uint8Array(mem, 2048 * i, b.len[i])));
+    }
+    expect(got.length).toBe(count);
+    got.forEach((f, seq) => expect(f.equals(patternFrame(seq, size, SRC, DST))).toBe(true));
+    expect(calls).toEqual([8, 8, 4]);
+    b.count = 8;
+    expect(q.receive(b, mem)).toBe(0);
+  }, 20_000);
+});
+
+describe('io_uring reads collected in order', () => {
+  const HDR = 12;
+  /** a batch of `packets` packets of two segments of `seg` bytes each, packet i's at i * 1000 */
+  function rxBatch(packets: number, seg: number): PacketBatch {
+    const b = newPacketBatch(packets, 2 * packets);
+    for (let i = 0; i < packets; i++) {
+      b.iov.set([0, i * 1000, seg, 0, i * 1000 + 500, seg], 6 * i);
+      b.iovStart[i] = 2 * i;
+    }
+    b.iovStart[packets] = 2 * packets;
+    b.count = packets;
+    return b;
+  }
+  /** put frame f where the reads put it: into packet i's two segments */
+  function place(mem: SharedArrayBuffer, b: PacketBatch, i: number, f: Uint8Array): void {
+    const seg = b.iov[6 * i + 2];
+    new Uint8Array(mem, i * 1000, Math.min(seg, f.length)).set(f.subarray(0, seg));
+    if (f.length > seg) new Uint8Array(mem, i * 1000 + 500, f.length - seg).set(f.subarray(seg));
+  }
+  function read(mem: SharedArrayBuffer, b: PacketBatch, i: number, len: number): Buffer {
+    const seg = b.iov[6 * i + 2];
+    const first = Buffer.from(new Uint8Array(mem, i * 1000, Math.min(seg, len)));
+    return len > seg ? Buffer.concat([first, Buffer.from(new Uint8Array(mem, i * 1000 + 500, len - seg))]) : first;
+  }
+
+  it('moves a frame read after an empty read down, with its header, so packets [0, got) are the frames in order', () => {
+    const mem = new SharedArrayBuffer(1 << 16);
+    const b = rxBatch(4, 200);
+    const a = patternFrame(1, 300, SRC, DST);
+    const c = patternFrame(2, 60, SRC, DST);
+    place(mem, b, 1, a);
+    place(mem, b, 3, c);
+    const hdrs = new DataView(new ArrayBuffer(4 * HDR_STRIDE));
+    hdrs.setUint8(1 * HDR_STRIDE, 1); // NEEDS_CSUM
+    hdrs.setUint16(1 * HDR_STRIDE + 6, 34, true);
+    hdrs.setUint16(1 * HDR_STRIDE + 8, 16, true);
+    hdrs.setUint8(3 * HDR_STRIDE, 2); // DATA_VALID
+    const res = new Int32Array([-11, HDR + a.length, -11, HDR + c.length]);
+    expect(collectReads(b, mem, 4, res, new Float64Array([400, 400, 400, 400]), hdrs)).toBe(2);
+    expect([b.len[0], b.len[1]]).toEqual([300, 60]);
+    expect(read(mem, b, 0, 300).equals(a)).toBe(true);
+    expect(read(mem, b, 1, 60).equals(c)).toBe(true);
+    expect([...b.meta.subarray(0, META_WORDS)]).toEqual([META_NEEDS_CSUM, 34, 16, 0, 0, 0]);
+    expect(b.meta[META_WORDS + META.FLAGS]).toBe(META_CSUM_VALID);
+  });
+
+  it('reports empty a frame that the packet it moves into cannot hold', () => {
+    const mem = new SharedArrayBuffer(1 << 16);
+    const b = rxBatch(2, 200);
+    b.iov[2] = 50; // packet 0: 50 + 200 bytes
+    b.iov[5] = 200;
+    place(mem, b, 1, patternFrame(1, 300, SRC, DST));
+    const res = new Int32Array([-11, HDR + 300]);
+    expect(collectReads(b, mem, 2, res, new Float64Array([250, 400]), new DataView(new ArrayBuffer(2 * HDR_STRIDE)))).toBe(1);
+    expect(b.len[0]).toBe(0);
+  });
+});
+
+describe('tap driver options', () => {
+  it('takes uring=on or uring=off and names anything else before it opens anything', () => {
+    expect(() => create({ ifname: 'tdrvx0', uring: 'maybe' })).toThrow(new UserError('--net tap: uring must be on or off'));
   });
 });

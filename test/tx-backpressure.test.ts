@@ -3,6 +3,8 @@
 // sending faster than the wire drains loses nothing. The wire here: the tap on a bridge whose other port
 // is a veth throttled by tc tbf, in a namespace this file creates and deletes; the backend is the CLI's
 // vhost-user door inside it (with the tap's send buffer limited: sndbuf=), the guest a test frontend.
+// The same through the tap's io_uring (one linked write per frame, a batch per system call) and with
+// io_uring turned off (uring=off, and TSVMM_IO_URING=0), which the backend says once and counts.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { NetNs, pkt, lastJson, patternFrame, type Running } from './helpers/netns.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
@@ -19,14 +21,20 @@ const DST = '02:00:00:00:00:02';
 const FRAMES = 200;
 const SIZE = 1000;
 
-describe('TX backpressure through a tap', () => {
+describe.each([
+  // (io_uring asked for outright: a run with TSVMM_IO_URING=0 in its environment still tests it here)
+  ['io_uring', '', { TSVMM_IO_URING: '1' }],
+  ['uring=off', ',uring=off', {}],
+  ['TSVMM_IO_URING=0', '', { TSVMM_IO_URING: '0' }],
+])('TX backpressure through a tap (%s)', (mode, option, env: Record<string, string>) => {
+  const uring = mode === 'io_uring';
   let ns: NetNs;
   let backend: CliBackend | undefined;
   let fe: TestFrontend | undefined;
   let capture: Running | undefined;
 
   beforeAll(() => {
-    ns = new NetNs('txbp');
+    ns = new NetNs(`txbp${option ? 'o' : env.TSVMM_IO_URING === '0' ? 'e' : 'u'}`);
     ns.exec('ip', 'link', 'add', 'br0', 'type', 'bridge');
     ns.addTap('tbp0');
     ns.exec('ip', 'link', 'add', 'vA', 'type', 'veth', 'peer', 'name', 'vB');
@@ -47,7 +55,7 @@ describe('TX backpressure through a tap', () => {
   });
 
   it('leaves the frames the tap refuses in the ring and sends them all, in order, once it drains', async () => {
-    backend = await CliBackend.start('tap,ifname=tbp0,sndbuf=16384', { netns: ns.name, args: ['--stats'] });
+    backend = await CliBackend.start(`tap,ifname=tbp0,sndbuf=16384${option}`, { netns: ns.name, args: ['--stats'], env });
     capture = pkt(ns, ['capture', 'vB', String(FRAMES), '10']);
     await capture.waitFor('READY');
     fe = new TestFrontend(backend.sock);
@@ -65,7 +73,12 @@ describe('TX backpressure through a tap', () => {
     fe = undefined;
     expect(await backend.stop()).toBe(143);
     const line = backend.lines.find((l) => l.startsWith('TSVMM-STATS '));
-    const tx = JSON.parse(line!.slice('TSVMM-STATS '.length)).vhostUser.pairs[0].tx;
+    const { pairs, driver } = JSON.parse(line!.slice('TSVMM-STATS '.length)).vhostUser;
+    const tx = pairs[0].tx;
+    // the queue ran the way asked for, and the backend said so when io_uring was off
+    expect(driver).toEqual(uring ? { uringQueues: 1, uringFallbacks: 0 } : { uringQueues: 0, uringFallbacks: 1 });
+    const said = backend.lines.filter((l) => l.includes('io_uring'));
+    expect(said).toEqual(uring ? [] : [`tsvmm: tap tbp0: io_uring off (${mode}); using readv/writev, a system call per frame`]);
     expect(tx.packets).toBe(FRAMES);
     expect(tx.drops).toBe(0);
     // the tap's 16 KiB hold fewer than ten such frames: the queue waited for it

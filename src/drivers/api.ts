@@ -123,6 +123,8 @@ export interface NetDriver {
   readonly module: string;
   /** Per-queue-pair data for openQueue (structured-cloneable). */
   queueInit(pair: number): unknown;
+  /** Optional: the driver's own counters (any thread's queues included), for --stats. */
+  counters?(): Record<string, number>;
   /** What the guest accepts on receive, after feature negotiation (tap: TUNSETOFFLOAD). */
   setGuestOffloads(o: Pick<Offloads, 'rxCsum' | 'rxTso4' | 'rxTso6' | 'rxTsoEcn'>): void;
   close(): void;

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "frame.h"
+
 static int parse_mac(const char *s, uint8_t *m) {
   return sscanf(s, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &m[0], &m[1], &m[2], &m[3], &m[4], &m[5]) == 6;
 }
@@ -34,14 +36,7 @@ int main(int argc, char **argv) {
   /* 256 prebuilt frames: the payload pattern repeats every 256 sequence numbers */
   uint8_t *frames = malloc(256 * (size_t)size);
   for (unsigned k = 0; k < 256; k++) {
-    uint8_t *f = frames + k * (size_t)size;
-    memcpy(f, dst, 6);
-    memcpy(f + 6, src, 6);
-    f[12] = 0x88, f[13] = 0xb5;
-    uint32_t magic = 0x53565354u;
-    memcpy(f + 14, &magic, 4);
-    memcpy(f + 22, &size, 4);
-    for (unsigned i = 26; i < size; i++) f[i] = (uint8_t)(k + i);
+    fill_frame(frames + k * (size_t)size, k, size, src, dst);
   }
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -18,92 +18,19 @@
 //   io loop       both sides io-forward; 32 bursts injected with start tx_first (null loop=1)
 // This host's CPUs are paused by their own host for 3-68 % of the time: only same-run ratios count,
 // and each figure is the median of the rounds with the spread.
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { CLI, cliArgs, requireTools, start, stop, testpmd, quitTestpmd, portCounters, socketPath, sleep, median, spread, alternate } from './lib.mjs';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
-const args = process.argv.slice(2);
-const json = args.includes('--json');
-const quick = args.includes('--quick');
-const opt = (name, dflt) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) : dflt);
-const rounds = opt('--rounds', quick ? 1 : 3);
-const seconds = opt('--seconds', quick ? 2 : 4);
-const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+const { json, has, str, num, list, log } = cliArgs();
+const quick = has('--quick');
+const rounds = num('--rounds', quick ? 1 : 3);
+const seconds = num('--seconds', quick ? 2 : 4);
+const only = str('--only');
 if (only && only !== 'tsvmm' && only !== 'dpdk') throw new Error('--only takes tsvmm or dpdk');
-const list = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1].split(',') : dflt);
 const layouts = list('--layouts', ['split', 'packed']);
 if (layouts.some((l) => l !== 'split' && l !== 'packed')) throw new Error('--layouts takes split and/or packed');
 const sizes = list('--sizes', ['64', '1518']).map(Number);
-const log = (...m) => (json ? process.stderr : process.stdout).write(m.join(' ') + '\n');
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-for (const tool of ['dpdk-testpmd', 'taskset', 'stdbuf']) {
-  try {
-    execFileSync('sh', ['-c', `command -v ${tool}`]);
-  } catch {
-    console.error(`vhost-user-bench: ${tool} is missing (scripts/setup-host.sh installs it)`);
-    process.exit(1);
-  }
-}
-const dir = mkdtempSync(join(tmpdir(), 'tsvmm-vubench-'));
-const live = new Set();
-process.on('exit', () => {
-  for (const p of live) p.kill('SIGKILL');
-  rmSync(dir, { recursive: true, force: true });
-});
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
-
-/** A process whose output we watch; `until(re)` waits for a match in output that arrived after `from`. */
-function start(cmd, argv) {
-  const p = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
-  live.add(p);
-  let out = '';
-  p.stdout.on('data', (d) => (out += d));
-  p.stderr.on('data', (d) => (out += d));
-  const exited = new Promise((r) => p.on('close', () => (live.delete(p), r())));
-  return {
-    p,
-    exited,
-    get out() {
-      return out;
-    },
-    send: (line) => p.stdin.write(line + '\n'),
-    async until(re, from = 0, ms = 30_000) {
-      for (const end = Date.now() + ms; Date.now() < end; await sleep(10)) {
-        const m = re.exec(out.slice(from));
-        if (m) return m;
-        if (p.exitCode !== null) break;
-      }
-      throw new Error(`${cmd}: no ${re} in:\n${out.slice(-1500)}`);
-    },
-  };
-}
-
-let runs = 0;
-/** testpmd, interactive (commands on stdin), main lcore on `mainCpu`, forwarding lcore on `fwdCpu`. */
-function testpmd(vdev, mainCpu, fwdCpu) {
-  return start('stdbuf', ['-oL', 'dpdk-testpmd', '--no-huge', '-m', '1024', '--no-pci', `--file-prefix=vub${process.pid}-${++runs}`,
-    `--lcores=0@${mainCpu},1@${fwdCpu}`, `--vdev=${vdev}`, '--', '-i', '--disable-link-check', '--total-num-mbufs=32768', '--txd=1024', '--rxd=1024']);
-}
-
-async function quit(t) {
-  t.send('stop');
-  t.send('quit');
-  const killer = setTimeout(() => t.p.kill('SIGKILL'), 10_000);
-  await t.exited;
-  clearTimeout(killer);
-}
-
-/** Counters of port 0 as testpmd reports them now. */
-async function portCounters(t) {
-  const from = t.out.length;
-  t.send('show port stats 0');
-  const m = await t.until(/RX-packets:\s*(\d+)[\s\S]*?TX-packets:\s*(\d+)/, from);
-  return { rx: Number(m[1]), tx: Number(m[2]), at: process.hrtime.bigint() };
-}
+requireTools('vhost-user-bench', ['dpdk-testpmd', 'taskset', 'stdbuf']);
 
 const MODES = {
   'virtio→vhost': { virtio: 'txonly', dpdk: 'rxonly', tsvmm: (size) => `null,rx=0,size=${size}`, count: 'tx' },
@@ -114,17 +41,17 @@ const MODES = {
 /** One measurement: Mpps at the virtio-user port. */
 async function measure(side, modeName, size, layout) {
   const mode = MODES[modeName];
-  const sock = join(dir, `vu-${runs}.sock`);
+  const sock = socketPath('vu');
   let backend;
   if (side === 'dpdk') {
-    backend = testpmd(`net_vhost0,iface=${sock},queues=1`, 0, 1);
+    backend = testpmd([`net_vhost0,iface=${sock},queues=1`], 0, 1);
     await backend.until(/Port 0: [0-9A-F:]{17}/);
     backend.send(`set fwd ${mode.dpdk}`);
     if (mode.dpdk === 'txonly') backend.send(`set txpkts ${size}`);
     backend.send('start');
   } else {
     // every tsvmm thread on CPU 1; the dataplane busy-polls as DPDK's lcore does
-    backend = start('taskset', ['-c', '1', process.execPath, join(ROOT, 'bin', 'tsvmm.js'), 'vhost-user', '--socket', sock, '--net', `${mode.tsvmm(size)},busy-poll=1000000`]);
+    backend = start('taskset', ['-c', '1', process.execPath, CLI, 'vhost-user', '--socket', sock, '--net', `${mode.tsvmm(size)},busy-poll=1000000`]);
   }
   for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(25);
   const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1${layout === 'packed' ? ',packed_vq=1' : ''}`, 1, 0);
@@ -143,12 +70,9 @@ async function measure(side, modeName, size, layout) {
     if (side === 'tsvmm' && /vhost-user: packed rings/.test(backend.out) !== (layout === 'packed')) throw new Error(`tsvmm did not run ${layout} rings:\n${backend.out.slice(-1500)}`);
     return pkts / (Number(b.at - a.at) / 1e9) / 1e6;
   } finally {
-    await quit(virtio);
-    if (side === 'dpdk') await quit(backend);
-    else {
-      backend.p.kill('SIGINT');
-      await backend.exited;
-    }
+    await quitTestpmd(virtio);
+    if (side === 'dpdk') await quitTestpmd(backend);
+    else await stop(backend);
   }
 }
 
@@ -160,7 +84,7 @@ for (let r = 0; r < rounds; r++) {
         const key = `${modeName} ${size}B ${layout}`;
         results[key] ??= { dpdk: [], tsvmm: [] };
         // alternate which goes first, round by round
-        const order = r % 2 ? ['tsvmm', 'dpdk'] : ['dpdk', 'tsvmm'];
+        const order = alternate(['dpdk', 'tsvmm'], r);
         for (const side of order.filter((s) => !only || s === only)) {
           const mpps = await measure(side, modeName, size, layout);
           results[key][side].push(mpps);
@@ -171,10 +95,6 @@ for (let r = 0; r < rounds; r++) {
   }
 }
 
-const median = (a) => {
-  const s = [...a].sort((x, y) => x - y);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const report = { rounds, seconds, layouts, cpus: 'virtio-user on CPU 0, vhost side on CPU 1', results: {} };
 log('');
 log('| mode | DPDK vhost Mpps (median, min–max) | tsvmm Mpps (median, min–max) | tsvmm/DPDK |');
@@ -187,8 +107,7 @@ for (const [key, v] of Object.entries(results)) {
   const d = median(v.dpdk);
   const t = median(v.tsvmm);
   report.results[key] = { dpdk: { median: d, runs: v.dpdk }, tsvmm: { median: t, runs: v.tsvmm }, ratio: t / d };
-  const spread = (a) => `${Math.min(...a).toFixed(2)}–${Math.max(...a).toFixed(2)}`;
-  log(`| ${key} | ${d.toFixed(2)} (${spread(v.dpdk)}) | ${t.toFixed(2)} (${spread(v.tsvmm)}) | ${(t / d).toFixed(2)} |`);
+  log(`| ${key} | ${spread(v.dpdk)} | ${spread(v.tsvmm)} | ${(t / d).toFixed(2)} |`);
 }
 if (json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
 process.exit(0);

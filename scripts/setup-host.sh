@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build, the tests and the demo need (idempotent; root only).
 set -euo pipefail
-pkgs=(qemu-system-x86 acpica-tools busybox-static zstd xz-utils cpio iperf3 iproute2 util-linux gcc make python3 time ethtool dpdk dpdk-dev librte-net-virtio23 librte-net-vhost23)
+pkgs=(qemu-system-x86 acpica-tools busybox-static zstd xz-utils cpio iperf3 iproute2 util-linux gcc make python3 time ethtool dpdk dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-net-tap23)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,155 @@
+// The tap path, both directions, guest-less: tsvmm's vhost-user backend with its tap driver against
+// DPDK testpmd forwarding between its net_vhost and net_tap ports, with testpmd's net_virtio_user PMD as
+// the "guest" driver of both, alternating in one invocation. The tap (multi-queue, vnet_hdr: the kind
+// tsvmm's tap driver takes; net_tap attaches to it as it is) lives in a network namespace this script
+// creates and deletes. CPUs as in vhost-user-bench.mjs: virtio-user's forwarding lcore on CPU 0, the
+// vhost side (DPDK's forwarding lcore, or every tsvmm thread) on CPU 1.
+//
+//   node bench/tap-path-bench.mjs [--json] [--rounds N] [--seconds S] [--sizes 64,1514]
+//                                 [--directions guest→tap,tap→guest] [--only tsvmm|tsvmm-writev|dpdk]
+//
+// Sides: `dpdk` (testpmd io-forwarding net_vhost ↔ net_tap: one read or write system call per frame),
+// `tsvmm` (tap driver with io_uring: a batch per io_uring_enter), `tsvmm-writev` (uring=off: one readv
+// or writev per frame). Both tsvmm sides busy-poll, as DPDK's lcore does.
+//   guest→tap  virtio-user txonly → backend → tap. Counted at the tap: the kernel's rx_packets (a frame
+//              a process writes into a tap is the interface's receive), rx_dropped beside it.
+//   tap→guest  bench/tap-gen.c (32 frames per sendmmsg, qdisc bypassed, on CPU 0 with virtio-user)
+//              transmits broadcast frames on the tap → backend reads them → virtio-user rxonly. Counted
+//              at the receiving testpmd's port; what the tap dropped for want of a reader (tx_dropped)
+//              is reported beside it. The generator alone (into the tap with a queue nobody reads) is
+//              measured first, so that a rate near it is seen as the generator's limit.
+import { existsSync } from 'node:fs';
+import { CLI, cliArgs, requireTools, start, stop, testpmd, quitTestpmd, portCounters, socketPath, sleep, median, spread, alternate, NetNs, buildC } from './lib.mjs';
+
+const { json, has, str, num, list, log } = cliArgs();
+const rounds = num('--rounds', 3);
+const seconds = num('--seconds', 4);
+const sizes = list('--sizes', ['64', '1514']).map(Number);
+const DIRECTIONS = ['guest→tap', 'tap→guest'];
+const directions = list('--directions', DIRECTIONS);
+if (directions.some((d) => !DIRECTIONS.includes(d))) throw new Error(`--directions takes ${DIRECTIONS.join(', ')}`);
+const SIDES = ['dpdk', 'tsvmm', 'tsvmm-writev'];
+const only = str('--only');
+if (only && !SIDES.includes(only)) throw new Error(`--only takes one of ${SIDES.join(', ')}`);
+const WARMUP_MS = 1000;
+requireTools('tap-path-bench', ['dpdk-testpmd', 'taskset', 'stdbuf', 'gcc', 'ip']);
+
+const gen = buildC('tap-gen');
+const ns = new NetNs('tappath');
+/** the tap, made afresh for each measurement (net_tap sets it down when it quits) */
+const TAP = 'tp0';
+
+/** The vhost side on CPU 1, inside the namespace, serving `sock` and using the tap. */
+async function backend(side, sock) {
+  if (side === 'dpdk') {
+    const t = testpmd([`net_vhost0,iface=${sock},queues=1`, `net_tap0,iface=${TAP}`], 0, 1, ns.prefix);
+    await t.until(/Port 1: [0-9A-F:]{17}/);
+    t.send('set fwd io');
+    t.send('start');
+    return { quit: () => quitTestpmd(t) };
+  }
+  const uring = side === 'tsvmm' ? 'on' : 'off';
+  const t = start('taskset', ['-c', '1', ...ns.prefix, process.execPath, CLI, 'vhost-user', '--socket', sock, '--net', `tap,ifname=${TAP},uring=${uring},busy-poll=1000000`]);
+  for (let i = 0; i < 400 && !existsSync(sock) && t.p.exitCode === null; i++) await sleep(25);
+  return {
+    quit: async () => {
+      await stop(t);
+      // a row must measure the path it names
+      if (uring === 'on' && /using readv\/writev/.test(t.out)) throw new Error(`tsvmm did not use io_uring:\n${t.out.slice(-800)}`);
+    },
+  };
+}
+
+/** Frames/s counted where the direction says, with what was lost on the way. */
+async function measure(side, direction, size) {
+  const sock = socketPath('tp');
+  ns.addTap(TAP);
+  const be = await backend(side, sock);
+  const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1`, 1, 0);
+  let generator;
+  try {
+    await virtio.until(/Port 0: [0-9A-F:]{17}/);
+    if (direction === 'guest→tap') {
+      virtio.send('set fwd txonly');
+      virtio.send(`set txpkts ${size}`);
+    } else {
+      virtio.send('set fwd rxonly');
+    }
+    virtio.send('start');
+    if (direction === 'tap→guest') {
+      generator = start('taskset', ['-c', '0', ...ns.prefix, gen, TAP, String(size), String((WARMUP_MS + 500) / 1000 + seconds)]);
+    }
+    await sleep(WARMUP_MS); // connection, JIT, rings filled
+    const s0 = ns.linkStats(TAP);
+    const c0 = await portCounters(virtio);
+    await sleep(seconds * 1000);
+    const c1 = await portCounters(virtio);
+    const s1 = ns.linkStats(TAP);
+    const dt = Number(c1.at - c0.at) / 1e9;
+    if (direction === 'guest→tap') {
+      return { rate: (s1.rx.packets - s0.rx.packets) / dt, dropped: (s1.rx.dropped - s0.rx.dropped) / dt, offered: (c1.tx - c0.tx) / dt };
+    }
+    return { rate: (c1.rx - c0.rx) / dt, dropped: (s1.tx.dropped - s0.tx.dropped) / dt, offered: (s1.tx.packets + s1.tx.dropped - s0.tx.packets - s0.tx.dropped) / dt };
+  } finally {
+    if (generator) await generator.exited;
+    await quitTestpmd(virtio);
+    await be.quit();
+    ns.delTap(TAP);
+  }
+}
+
+/** The generator alone: into a tap of its own, with a queue attached that nobody reads. */
+async function generatorAlone(size) {
+  ns.addTap('tg0');
+  try {
+    const g = start('taskset', ['-c', '0', ...ns.prefix, gen, 'tg0', String(size), String(Math.min(seconds, 2)), '--hold-queue']);
+    await g.exited;
+    const o = JSON.parse(g.out.trim().split('\n').pop());
+    return o.sent / o.seconds;
+  } finally {
+    ns.delTap('tg0');
+  }
+}
+
+const mfps = (x) => (x / 1e6).toFixed(3);
+const generator = {};
+if (directions.includes('tap→guest')) {
+  for (const size of sizes) {
+    generator[size] = await generatorAlone(size);
+    log(`generator alone ${size} B: ${mfps(generator[size])} M frames/s`);
+  }
+}
+const sides = SIDES.filter((s) => !only || s === only);
+const results = {};
+for (let r = 0; r < rounds; r++) {
+  for (const direction of directions) {
+    for (const size of sizes) {
+      const key = `${direction} ${size}B`;
+      results[key] ??= Object.fromEntries(SIDES.map((s) => [s, []]));
+      for (const side of alternate(sides, r)) {
+        const m = await measure(side, direction, size);
+        results[key][side].push(m);
+        log(`round ${r + 1} ${key} ${side}: ${mfps(m.rate)} M frames/s (offered ${mfps(m.offered)}, dropped ${mfps(m.dropped)})`);
+        if (direction === 'tap→guest' && m.rate > 0.8 * generator[size]) log(`  (within 20 % of the generator alone, ${mfps(generator[size])}: the generator may be the limit)`);
+      }
+    }
+  }
+}
+
+const report = { rounds, seconds, cpus: 'virtio-user (and the generator) on CPU 0, vhost side on CPU 1', generatorAlone: generator, results: {} };
+const ratio = (a, b) => (a.length && b.length ? median(a) / median(b) : undefined);
+const fmt = (x) => (x === undefined ? '' : x.toFixed(2));
+log('');
+log('| path | DPDK M frames/s | tsvmm io_uring | tsvmm writev | io_uring/DPDK | writev/DPDK | io_uring/writev | dropped/s DPDK / io_uring / writev |');
+log('|---|---|---|---|---|---|---|---|');
+for (const [key, v] of Object.entries(results)) {
+  const rates = Object.fromEntries(SIDES.map((s) => [s, v[s].map((m) => m.rate / 1e6)]));
+  const row = { ratio: ratio(rates.tsvmm, rates.dpdk), writevRatio: ratio(rates['tsvmm-writev'], rates.dpdk), uringGain: ratio(rates.tsvmm, rates['tsvmm-writev']) };
+  for (const s of SIDES) row[s] = { median: rates[s].length ? median(rates[s]) : undefined, runs: v[s] };
+  report.results[key] = row;
+  const cell = (s) => (rates[s].length ? spread(rates[s], 3) : '');
+  const drops = SIDES.map((s) => (v[s].length ? (median(v[s].map((m) => m.dropped)) / 1e6).toFixed(3) + ' M' : '-')).join(' / ');
+  log(`| ${key} | ${cell('dpdk')} | ${cell('tsvmm')} | ${cell('tsvmm-writev')} | ${fmt(row.ratio)} | ${fmt(row.writevRatio)} | ${fmt(row.uringGain)} | ${drops} |`);
+}
+if (json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+process.exit(0);

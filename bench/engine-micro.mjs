@@ -1,0 +1,152 @@
+// Nanoseconds per packet of the net engine (NetQueuePair) with the null driver, in process, no KVM and
+// no thread: a ring of one-descriptor chains in a SharedArrayBuffer, the engine moving a ring's worth
+// of packets per call, TX and RX, split and packed rings; next to bench/ring-micro.c, a C loop doing the
+// same ring work on the same layout in the same memory (built here with gcc -O2, loaded as an addon,
+// so both run in this process). tinybench times both, alternating task order round by round.
+// The driver side (buffers made available again) is the C one for both, so the difference is the
+// device side. The guest asks for no interrupts (as a polling driver does): no system call is timed.
+//
+//   node bench/engine-micro.mjs [--json] [--rounds N] [--ms MS] [--sizes 64,1514] [--ring 256]
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { Bench } from 'tinybench';
+import { ROOT, cliArgs, buildC, median, spread, alternate } from './lib.mjs';
+
+const { json, num, list, log } = cliArgs();
+const rounds = num('--rounds', 3);
+const ms = num('--ms', 1000);
+const sizes = list('--sizes', ['64', '1514']).map(Number);
+const RING = num('--ring', 256);
+
+const dist = (p) => import(join(ROOT, 'dist', p));
+const { MemoryTable } = await dist('vmm/memory.js');
+const { guestView } = await dist('virtio/dma.js');
+const { createQueue } = await dist('virtio/queues.js');
+const { NetQueuePair } = await dist('virtio-net/net-pair.js');
+const { RxFilter } = await dist('virtio-net/rx-filter.js');
+const { STAT, STAT_WORDS } = await dist('dataplane/stats.js');
+const { txPolicy } = await dist('virtio-net/features.js');
+const { native, EFD_NONBLOCK } = await dist('native.js');
+const nullDriver = await dist('drivers/null/index.js');
+const ringC = createRequire(import.meta.url)(buildC('ring-micro', ['-shared', '-fPIC', '-I/usr/include/node'], 'ring-micro.node'));
+
+const MEM = 8 << 20;
+const BUF = 2048;
+const [F_WRITE, P_AVAIL, P_USED] = [2, 1 << 7, 1 << 15];
+const HDR = 12;
+
+/**
+ * One ring of `RING` one-descriptor chains at `base` (descriptors, then the driver area, the device
+ * area and the buffers), made available once: `cfg` as ring-micro.c reads it, `state` its counters.
+ */
+function layRing(u8, base, packed, rx, size) {
+  const dv = new DataView(u8.buffer);
+  const desc = base;
+  const avail = desc + 16 * RING;
+  const used = avail + 0x1000;
+  const bufs = used + 0x1000 + 8 * RING;
+  for (let i = 0; i < RING; i++) {
+    const at = bufs + i * BUF;
+    u8.fill(0, at, at + BUF);
+    if (!rx) for (let k = HDR + 14; k < HDR + size; k++) u8[at + k] = k & 0xff;
+    dv.setBigUint64(desc + 16 * i, BigInt(at), true);
+    dv.setUint32(desc + 16 * i + 8, rx ? BUF : HDR + size, true);
+    if (packed) {
+      dv.setUint16(desc + 16 * i + 12, i, true);
+      dv.setUint16(desc + 16 * i + 14, P_AVAIL | (rx ? F_WRITE : 0), true);
+    } else {
+      dv.setUint16(desc + 16 * i + 12, rx ? F_WRITE : 0, true);
+      dv.setUint16(avail + 4 + 2 * i, i, true);
+    }
+  }
+  // no interrupts: split VRING_AVAIL_F_NO_INTERRUPT; packed driver event flags DISABLE
+  dv.setUint16(avail, packed ? 0 : 1, true);
+  dv.setUint16(avail + 2, packed ? 1 : RING, true);
+  const cfg = new Float64Array([desc, avail, used, RING, size, rx ? 1 : 0, packed ? 1 : 0]);
+  // device: avail 0, used 0, wrap 1; driver (packed): slot 0, wrap 0 (the first wrap is made available)
+  const state = new Uint32Array([0, 0, 1, 0, 0, 0]);
+  return { cfg, state, bufs, qcfg: { size: RING, desc, avail, used } };
+}
+
+/** The engine over one TX ring and one RX ring in `mem`, and the same rings laid out for the C loop. */
+function setup(packed, size) {
+  const buffer = new SharedArrayBuffer(MEM);
+  const u8 = new Uint8Array(buffer);
+  const view = guestView(buffer, new MemoryTable([{ gpa: 0, size: MEM, offset: 0 }]));
+  const feats = { eventIdx: false, indirect: false, packed };
+  const rings = { rx: layRing(u8, 0x10000, packed, true, size), tx: layRing(u8, 0x10000 + (3 << 20), packed, false, size) };
+  const rxq = createQueue(view, rings.rx.qcfg, feats, 32768);
+  const txq = createQueue(view, rings.tx.qcfg, feats, 32768);
+  if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(`queue: ${rxq} ${txq}`);
+  const driver = nullDriver.openQueue({ size, rx: true, loop: false });
+  const filter = new RxFilter();
+  filter.reset(new Uint8Array([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+  const fds = [native.eventfd(0, EFD_NONBLOCK), native.eventfd(0, EFD_NONBLOCK)];
+  const stats = { rx: new Float64Array(STAT_WORDS), tx: new Float64Array(STAT_WORDS) };
+  const pair = new NetQueuePair(view, buffer, rxq, txq, driver, {
+    mergeable: false,
+    maxRxFrame: 1514,
+    txPolicy: txPolicy(0n),
+    rxCallFd: fds[0],
+    txCallFd: fds[1],
+    rxStats: stats.rx,
+    txStats: stats.tx,
+    filter,
+  });
+  return { u8, rings, pair, rxq, txq, stats, close: () => fds.forEach((fd) => native.close(fd)) };
+}
+
+/**
+ * A ring's worth of packets through `process` (the engine or the C loop), then the driver makes them
+ * available again. Throws when a pass moves nothing: a figure must be of packets that moved.
+ */
+function turn(s, ring, process) {
+  let done = 0;
+  while (done < RING) {
+    const n = process(RING - done);
+    if (n === 0) throw new Error(`nothing moved after ${done} packets (broken: rx ${s.rxq.broken}, tx ${s.txq.broken})`);
+    done += n;
+  }
+  ringC.driver(s.u8, ring.cfg, ring.state, RING);
+}
+
+const results = {};
+for (const layout of ['split', 'packed']) {
+  for (const size of sizes) {
+    for (const dir of ['tx', 'rx']) {
+      // separate memory for the engine and the C loop: each keeps its own ring indices
+      const js = setup(layout === 'packed', size);
+      const c = setup(layout === 'packed', size);
+      const engine = dir === 'tx' ? (n) => js.pair.processTx(n) : (n) => js.pair.processRx(n);
+      const ring = c.rings[dir];
+      const tasks = {
+        js: () => turn(js, js.rings[dir], engine),
+        c: () => turn(c, ring, (n) => ringC.device(c.u8, ring.cfg, ring.state, n)),
+      };
+      const key = `${dir} ${size}B ${layout}`;
+      const ns = { js: [], c: [] };
+      for (let r = 0; r < rounds; r++) {
+        const bench = new Bench({ time: ms, warmupTime: Math.min(ms, 200) });
+        for (const name of alternate(['js', 'c'], r)) bench.add(name, tasks[name]);
+        await bench.run();
+        for (const t of bench.tasks) ns[t.name].push((t.result.latency.mean * 1e6) / RING);
+      }
+      // every packet the engine took was a whole one: none dropped, none interrupted for
+      const st = js.stats[dir];
+      if (st[STAT.DROPS] !== 0 || st[STAT.INTERRUPTS] !== 0 || st[STAT.PACKETS] === 0) throw new Error(`${key}: engine counters ${[...st]}`);
+      // both wrote whole frames with a header (num_buffers 1) into the receive buffers
+      if (dir === 'rx') {
+        for (const [who, x] of [['engine', js], ['C loop', c]]) {
+          const at = x.rings.rx.bufs + (RING - 1) * BUF;
+          if (x.u8[at + 10] !== 1 || x.u8[at + HDR] !== 0xff || x.u8[at + HDR + size - 1] !== ((size - 1) & 0xff)) throw new Error(`${key}: the ${who} wrote no frame`);
+        }
+      }
+      js.close();
+      c.close();
+      const ratio = median(ns.js) / median(ns.c);
+      results[key] = { jsNsPerPacket: ns.js, cNsPerPacket: ns.c, ratio };
+      log(`${key}: JS ${spread(ns.js, 1)} ns/pkt | C ${spread(ns.c, 1)} ns/pkt | JS/C ${ratio.toFixed(2)}`);
+    }
+  }
+}
+if (json) process.stdout.write(JSON.stringify({ ring: RING, rounds, ms, results }, null, 2) + '\n');

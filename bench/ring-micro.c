@@ -139,13 +139,15 @@ static void packed_driver(const struct ring *r, uint32_t *s, unsigned n) {
 }
 
 /* ---- the JavaScript side: (mem: Uint8Array, cfg: Float64Array, state: Uint32Array, n) */
-static int args(napi_env env, napi_callback_info info, struct ring *r, uint32_t **s, uint32_t *n, int *packed) {
+static int args(napi_env env, napi_callback_info info, struct ring *r, uint32_t **s, uint32_t *n, int *packed, int *is_driver) {
   size_t argc = 4;
   napi_value a[4];
   void *data;
   size_t len;
   napi_typedarray_type t;
-  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != napi_ok || argc < 4) return 0;
+  void *which;
+  if (napi_get_cb_info(env, info, &argc, a, NULL, &which) != napi_ok || argc < 4) return 0;
+  *is_driver = which != NULL;
   if (napi_get_typedarray_info(env, a[0], &t, &len, &data, NULL, NULL) != napi_ok || t != napi_uint8_array) return 0;
   r->mem = data, r->mem_len = len;
   if (napi_get_typedarray_info(env, a[1], &t, &len, &data, NULL, NULL) != napi_ok || t != napi_float64_array || len < 7) return 0;
@@ -164,25 +166,16 @@ static napi_value result(napi_env env, unsigned v) {
   return out;
 }
 
-static napi_value device(napi_env env, napi_callback_info info) {
+/* device(...) or driver(...), as the property's data says */
+static napi_value call(napi_env env, napi_callback_info info) {
   struct ring r;
   uint32_t *s, n;
-  int packed;
-  if (!args(env, info, &r, &s, &n, &packed)) {
+  int packed, is_driver;
+  if (!args(env, info, &r, &s, &n, &packed, &is_driver)) {
     napi_throw_type_error(env, NULL, "ring-micro: bad arguments");
     return NULL;
   }
-  return result(env, packed ? packed_device(&r, s, n) : split_device(&r, s, n));
-}
-
-static napi_value driver(napi_env env, napi_callback_info info) {
-  struct ring r;
-  uint32_t *s, n;
-  int packed;
-  if (!args(env, info, &r, &s, &n, &packed)) {
-    napi_throw_type_error(env, NULL, "ring-micro: bad arguments");
-    return NULL;
-  }
+  if (!is_driver) return result(env, packed ? packed_device(&r, s, n) : split_device(&r, s, n));
   if (packed) packed_driver(&r, s, n);
   else split_driver(&r, n);
   return result(env, n);
@@ -192,8 +185,8 @@ NAPI_MODULE_INIT() {
   for (unsigned i = 0; i < sizeof frame_src; i++) frame_src[i] = (uint8_t)i;
   memset(frame_src, 0xff, 6);
   napi_property_descriptor p[] = {
-      {"device", NULL, device, NULL, NULL, NULL, napi_default, NULL},
-      {"driver", NULL, driver, NULL, NULL, NULL, napi_default, NULL},
+      {"device", NULL, call, NULL, NULL, NULL, napi_default, (void *)0},
+      {"driver", NULL, call, NULL, NULL, NULL, napi_default, (void *)1},
   };
   napi_define_properties(env, exports, 2, p);
   return exports;

@@ -55,8 +55,9 @@ int main(int argc, char **argv) {
   double seconds = atof(argv[3]);
   if (size < 60 || size > 9000 || !(seconds > 0)) return 2;
   if (argc > 4 && strcmp(argv[4], "--hold-queue") == 0 && hold_queue(argv[1]) < 0) return 1;
-  int s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
-  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)if_nametoindex(argv[1])};
+  /* protocol 0: a socket that only sends (one that receives would see every frame the tap transmits) */
+  int s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_ifindex = (int)if_nametoindex(argv[1])};
   if (s < 0 || !sll.sll_ifindex || bind(s, (struct sockaddr *)&sll, sizeof sll) < 0) {
     perror("tap-gen");
     return 1;

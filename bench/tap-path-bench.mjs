@@ -7,6 +7,7 @@
 //
 //   node bench/tap-path-bench.mjs [--json] [--rounds N] [--seconds S] [--sizes 64,1514]
 //                                 [--directions guest→tap,tap→guest] [--only tsvmm|tsvmm-writev|dpdk]
+//                                 [--gen-cpus 0] (taskset list for the generator)
 //
 // Sides: `dpdk` (testpmd io-forwarding net_vhost ↔ net_tap: one read or write system call per frame),
 // `tsvmm` (tap driver with io_uring: a batch per io_uring_enter), `tsvmm-writev` (uring=off: one readv
@@ -77,7 +78,7 @@ async function measure(side, direction, size) {
     }
     virtio.send('start');
     if (direction === 'tap→guest') {
-      generator = start('taskset', ['-c', '0', ...ns.prefix, gen, TAP, String(size), String((WARMUP_MS + 500) / 1000 + seconds)]);
+      generator = start('taskset', ['-c', str('--gen-cpus', '0'), ...ns.prefix, gen, TAP, String(size), String((WARMUP_MS + 500) / 1000 + seconds)]);
     }
     await sleep(WARMUP_MS); // connection, JIT, rings filled
     const s0 = ns.linkStats(TAP);

@@ -10,6 +10,7 @@ import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
 import type { RxFilter } from './rx-filter.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
+import { RX_BATCH, RxSlots } from './rx-batch.js';
 
 /** the smallest frame there is: an Ethernet header */
 const ETH_HLEN = 14;
@@ -45,6 +46,8 @@ export class NetQueuePair {
   private readonly hdrAt = new Float64Array(NET_HDR_LEN);
   private readonly hdrLen = new Uint8Array(NET_HDR_LEN);
   private readonly bytes: GuestBytes;
+  /** without MRG_RXBUF: a batch of chains, one frame each */
+  private readonly slots: RxSlots;
 
   constructor(
     private readonly mem: GuestView,
@@ -66,6 +69,7 @@ export class NetQueuePair {
     const chainPieces = rxq.chain.offsets.length;
     const rxSegments = o.mergeable ? Math.min(rxChains * chainPieces, o.maxRxFrame + chainPieces) : chainPieces;
     this.rxBatch = newPacketBatch(1, rxSegments + 1);
+    this.slots = new RxSlots(o.mergeable ? 1 : chainPieces);
     this.rxHeads = new Uint16Array(rxChains);
     this.rxCap = new Float64Array(rxChains);
   }
@@ -213,14 +217,122 @@ export class NetQueuePair {
 
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   processRx(budget: number): number {
+    this.starved = false;
+    this.dry = false;
+    const delivered = this.o.mergeable ? this.rxMergeable(budget) : this.rxBatched(budget);
+    this.rxq.flush();
+    this.interrupt(this.rxq, this.o.rxCallFd, this.o.rxStats);
+    // a broken ring has no buffers to offer: reported as starved, so the driver's fd is not watched
+    if (this.rxq.broken) this.starved = true;
+    return delivered;
+  }
+
+  /**
+   * Without MRG_RXBUF: up to RX_BATCH chains popped, offered to the driver in one receive() call, the
+   * frames that arrived completed in pop order and published once per batch. Chains that got no
+   * frame are the last popped and go back (rewind); a frame dropped inside a batch (runt, cut, not
+   * for us) gives its chain to the next frame of the batch (RxSlots.move), so that holds too.
+   * A ring that breaks on a chain of the batch stops there: the chains before it were checked, and
+   * take the frames the driver has for them (as if the batch had been that long); nothing more.
+   */
+  private rxBatched(budget: number): number {
+    const q = this.rxq;
+    const s = this.slots;
+    const b = s.batch;
+    const st = this.o.rxStats;
+    const largest = this.o.maxRxFrame + NET_HDR_LEN;
+    const driver = this.driver;
+    const log = this.o.log;
+    let delivered = 0;
+    for (let attempts = 0; attempts < budget && !q.broken; ) {
+      const next = driver.nextLength ? driver.nextLength() : -1;
+      if (next === 0) {
+        this.dry = true;
+        break;
+      }
+      const want = Math.min(RX_BATCH, budget - attempts);
+      s.reset();
+      while (s.count < want && q.pop()) {
+        const c = q.chain;
+        if (c.readable > 0) q.markBroken('device-readable receive buffer');
+        else if (c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
+        // one chain takes one whole frame: one that holds no Ethernet header never can
+        else if (c.writableBytes < NET_HDR_LEN + ETH_HLEN) q.markBroken('receive buffer too small for any frame');
+        if (q.broken) break;
+        // the driver is promised room for the largest frame in each packet of a batch of several: a
+        // smaller chain (legal: frames that do not fit drop) goes alone, where a cut frame is detected
+        const small = c.writableBytes < largest;
+        if (s.count > 0 && (small || !s.fits(c))) {
+          q.rewind(1);
+          break;
+        }
+        s.add(c);
+        if (small) break;
+      }
+      const count = s.count;
+      if (count === 0) {
+        this.starved = true;
+        this.starvedPending = 0;
+        break;
+      }
+      b.count = count;
+      const got = Math.min(driver.receive(b, this.memBuffer), count);
+      st[STAT.BATCHES]++;
+      if (got <= 0) {
+        q.rewind(count);
+        this.dry = true;
+        break;
+      }
+      attempts += got;
+      // the driver wrote into guest memory whatever happens to the frames next: log it all
+      if (log !== undefined) s.markAll(log);
+      let k = 0;
+      for (let i = 0; i < got; i++) {
+        const len = b.len[i];
+        const cap = s.cap[i];
+        // (the destination MAC is checked where it lies whole in the first segment, which is every
+        // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
+        // A chain smaller than the largest frame may take a frame cut to fit (the driver reports what
+        // it copied): one shorter than the length announced was cut, and one that fills the chain
+        // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
+        // cannot hold, never delivered cut.
+        const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + NET_HDR_LEN >= cap);
+        if (len < ETH_HLEN || cut || len + NET_HDR_LEN > cap || (s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i)))) {
+          st[STAT.DROPS]++;
+          continue;
+        }
+        // (into a slot's segments markAll logged)
+        if (i !== k) s.move(this.memBuffer, i, k, len);
+        k++;
+      }
+      let bytes = 0;
+      for (let i = 0; i < k; i++) {
+        q.addUsed(s.heads[i], b.len[i] + NET_HDR_LEN);
+        s.writeHeader(this.bytes, i, log);
+        bytes += b.len[i];
+      }
+      q.rewind(count - k);
+      q.flush();
+      delivered += k;
+      st[STAT.PACKETS] += k;
+      st[STAT.BYTES] += bytes;
+      // fewer than offered: the driver has nothing more for now
+      if (got < count) {
+        this.dry = true;
+        break;
+      }
+    }
+    return delivered;
+  }
+
+  /** With MRG_RXBUF: one frame per driver call, over as many chains as it takes. */
+  private rxMergeable(budget: number): number {
     const q = this.rxq;
     const b = this.rxBatch;
     const st = this.o.rxStats;
     const largest = this.o.maxRxFrame + NET_HDR_LEN;
     const driver = this.driver;
     let delivered = 0;
-    this.starved = false;
-    this.dry = false;
     for (let attempts = 0; attempts < budget && !q.broken; attempts++) {
       // room for the frame that is waiting when the driver can tell its length, else for the largest
       const next = driver.nextLength ? driver.nextLength() : -1;
@@ -328,10 +440,6 @@ export class NetQueuePair {
       st[STAT.BYTES] += len;
       st[STAT.BATCHES]++;
     }
-    q.flush();
-    this.interrupt(q, this.o.rxCallFd, st);
-    // a broken ring has no buffers to offer: reported as starved, so the driver's fd is not watched
-    if (q.broken) this.starved = true;
     return delivered;
   }
 

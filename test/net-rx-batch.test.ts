@@ -21,6 +21,8 @@ class BatchDriver implements DriverQueue {
   readonly frames: Uint8Array[] = [];
   /** the packet count of each receive call */
   readonly offered: number[] = [];
+  /** frames one call fills at most (1: a driver that cannot batch) */
+  perCall = Infinity;
   nextLength?: () => number;
   constructor(knowsLength: boolean) {
     if (knowsLength) this.nextLength = () => this.frames[0]?.length ?? 0;
@@ -32,7 +34,7 @@ class BatchDriver implements DriverQueue {
     this.offered.push(b.count);
     const u8 = new Uint8Array(mem);
     let got = 0;
-    for (; got < b.count && this.frames.length > 0; got++) {
+    for (; got < Math.min(b.count, this.perCall) && this.frames.length > 0; got++) {
       const f = this.frames.shift()!;
       let at = 0;
       for (let k = b.iovStart[got]; k < b.iovStart[got + 1] && at < f.length; k++) {
@@ -122,10 +124,23 @@ for (const L of RING_LAYOUTS) {
       expect([s.pair.dry, s.pair.starved, s.rxq.pending()]).toEqual([true, false, 4]);
       for (let t = 2; t < 5; t++) s.driver.frames.push(frame(60 + t, t));
       expect(s.pair.processRx(64)).toBe(3);
-      expect(s.driver.offered).toEqual([6, 4]);
+      // (each time, a call after the frames found nothing more: its chains went back)
+      expect(s.driver.offered).toEqual([6, 4, 4, 1]);
       expect(s.rx.takeUsed()).toEqual([2, 3, 4].map((t) => ({ id: chains[t][0], len: 72 + t })));
       for (let t = 2; t < 5; t++) expect(s.body(chains[t][1], 60 + t)).toEqual([...frame(60 + t, t)]);
       expect(s.rxq.pending()).toBe(1);
+      s.close();
+    });
+
+    it('serves a driver that fills one packet per call: every frame in the same pass, in order', () => {
+      const s = setup();
+      s.driver.perCall = 1;
+      const chains = [0, 1, 2, 3].map(() => s.chain());
+      for (let t = 0; t < 3; t++) s.driver.frames.push(frame(60 + t, t));
+      expect(s.pair.processRx(64)).toBe(3);
+      expect(s.driver.offered).toEqual([4, 3, 2, 1]);
+      expect(s.rx.takeUsed()).toEqual([0, 1, 2].map((t) => ({ id: chains[t][0], len: 72 + t })));
+      expect([s.pair.dry, s.rxq.pending()]).toEqual([true, 1]);
       s.close();
     });
 
@@ -157,7 +172,7 @@ for (const L of RING_LAYOUTS) {
       for (let k = 0; k < 40; k++) s.chain();
       expect(s.pair.processRx(2)).toBe(2);
       expect(s.pair.processRx(64)).toBe(5);
-      expect(s.driver.offered).toEqual([3, 2, RX_BATCH]);
+      expect(s.driver.offered).toEqual([3, 2, RX_BATCH, RX_BATCH]);
       s.close();
     });
 

@@ -172,11 +172,8 @@ export class NetRx {
       delivered += k;
       st[STAT.PACKETS] += k;
       st[STAT.BYTES] += bytes;
-      // fewer than offered: the driver has nothing more for now
-      if (got < count) {
-        this.dry = true;
-        break;
-      }
+      // (fewer than offered: the driver may have nothing more, or take one frame per call: the next
+      // call says which)
     }
     return delivered;
   }

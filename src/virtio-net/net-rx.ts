@@ -63,7 +63,6 @@ export class NetRx {
     return this.o.filter.accepts(w.u8, off - w.base);
   }
 
-
   /** set by process(): the ring ran out of buffers (wait for an RX kick rather than the driver) */
   starved = false;
   /** entries that were available (and not enough) when the ring starved */

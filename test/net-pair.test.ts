@@ -207,7 +207,7 @@ describe('NetQueuePair receive', () => {
   it('holds its receive segments to what the largest frame can use, whatever the ring size', () => {
     // 32768 entries with MRG_RXBUF: room for every piece of 1025 chains would be 67 M segments (1.6 GB)
     const { pair } = setup({ size: 32768, mergeable: true, maxRxFrame: 65535 + 14 + 4 });
-    const iov = (pair as unknown as { rxBatch: PacketBatch }).rxBatch.iov;
+    const iov = (pair as unknown as { rx: { rxBatch: PacketBatch } }).rx.rxBatch.iov;
     expect(iov.length / 3).toBeLessThanOrEqual(65553 + 2 * 32768 + 1);
   });
 

@@ -9,7 +9,7 @@
 // UMEM: FRAMES chunks of CHUNK bytes; the first half circulates through the fill and RX rings (receive),
 // the second half is a free list for transmit, returned through the completion ring.
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../../native.js';
-import type { DriverQueue, PacketBatch } from '../api.js';
+import { META_WORDS, type DriverQueue, type PacketBatch } from '../api.js';
 import * as A from './abi.js';
 import { setQueueSocket, errnoName } from './xdp-program.js';
 
@@ -273,28 +273,37 @@ export class XskQueue implements DriverQueue {
     return rx.u32[(this.rxCons & (RING - 1)) * 4 + 2];
   }
 
+  /**
+   * Frames waiting in the RX ring into packets [0, count), each chunk straight back to the fill ring;
+   * both indices are published once per call. A frame the packet's buffers cannot hold whole is
+   * consumed and reported empty (the dataplane drops it and keeps the buffers).
+   */
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     if (this.nextLength() === 0) return 0;
     const rx = this.rx;
-    const d = (this.rxCons & (RING - 1)) * 4;
-    const addr = rx.u32[d] + rx.u32[d + 1] * 4294967296;
-    const len = rx.u32[d + 2];
-    let from = addr;
-    let left = len;
-    for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && left > 0; t += 3) {
-      const n = Math.min(left, b.iov[t + 2]);
-      native.copy(mem, b.iov[t + 1], this.umem, from, n);
-      from += n;
-      left -= n;
+    const avail = (Atomics.load(rx.producer, 0) - this.rxCons) >>> 0;
+    const n = Math.min(b.count, avail);
+    for (let p = 0; p < n; p++) {
+      const d = (this.rxCons & (RING - 1)) * 4;
+      const addr = rx.u32[d] + rx.u32[d + 1] * 4294967296;
+      const len = rx.u32[d + 2];
+      let from = addr;
+      let left = len;
+      for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
+        const k = Math.min(left, b.iov[t + 2]);
+        native.copy(mem, b.iov[t + 1], this.umem, from, k);
+        from += k;
+        left -= k;
+      }
+      this.rxCons = (this.rxCons + 1) >>> 0;
+      // the chunk goes straight back to the kernel (aligned mode: the chunk's start)
+      this.putFill(addr - (addr % CHUNK));
+      b.len[p] = left > 0 ? 0 : len;
+      b.meta.fill(0, p * META_WORDS, (p + 1) * META_WORDS);
     }
-    this.rxCons = (this.rxCons + 1) >>> 0;
     Atomics.store(rx.consumer, 0, this.rxCons);
-    // the chunk goes straight back to the kernel (aligned mode: the chunk's start)
-    this.putFill(addr - (addr % CHUNK));
     Atomics.store(this.fill.producer, 0, this.fillProd);
-    b.len[0] = len - left;
-    b.meta.fill(0, 0, 6);
-    return 1;
+    return n;
   }
 
   close(): void {

@@ -101,25 +101,27 @@ class NullQueue implements DriverQueue {
     return p;
   }
 
-  /** loop mode: the oldest held frame into the guest's buffers */
+  /** loop mode: the oldest held frames into the guest's buffers, one per packet */
   private unhold(b: PacketBatch, mem: SharedArrayBuffer): number {
-    if (this.heldCount === 0) return 0;
     const held = this.held!;
-    const slot = this.heldHead;
-    let at = slot * LOOP_SLOT_BYTES;
-    let left = this.heldLen[slot];
-    for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && left > 0; t += 3) {
-      const off = b.iov[t + 1];
-      const n = Math.min(left, b.iov[t + 2]);
-      native.copy(mem, off, held, at, n);
-      at += n;
-      left -= n;
+    let p = 0;
+    for (; p < b.count && this.heldCount > 0; p++) {
+      const slot = this.heldHead;
+      let at = slot * LOOP_SLOT_BYTES;
+      let left = this.heldLen[slot];
+      for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
+        const off = b.iov[t + 1];
+        const n = Math.min(left, b.iov[t + 2]);
+        native.copy(mem, off, held, at, n);
+        at += n;
+        left -= n;
+      }
+      b.len[p] = this.heldLen[slot] - left;
+      b.meta.fill(0, p * 6, p * 6 + 6);
+      this.heldHead = (this.heldHead + 1) % LOOP_SLOTS;
+      this.heldCount--;
     }
-    b.len[0] = this.heldLen[slot] - left;
-    b.meta.fill(0, 0, 6);
-    this.heldHead = (this.heldHead + 1) % LOOP_SLOTS;
-    this.heldCount--;
-    return 1;
+    return p;
   }
 
   nextLength(): number {

@@ -23,8 +23,11 @@ export interface TapInit {
   counters?: SharedArrayBuffer;
 }
 
-/** the driver's counters: queue openings served through io_uring, and through readv/writev instead */
-const COUNTER = { URING_QUEUES: 0, URING_FALLBACKS: 1 } as const;
+/**
+ * the driver's counters: queue openings served through io_uring, and through readv/writev instead;
+ * frames received through io_uring batches of reads
+ */
+const COUNTER = { URING_QUEUES: 0, URING_FALLBACKS: 1, URING_RX_FRAMES: 2 } as const;
 
 /**
  * Whether to use io_uring: `uring=on|off` (default on), TSVMM_IO_URING=0 turns it off; a kernel
@@ -105,7 +108,7 @@ export function create(options: Record<string, string>): NetDriver {
   const sndbuf = options.sndbuf === undefined ? undefined : Number(options.sndbuf);
   if (sndbuf !== undefined && !(Number.isInteger(sndbuf) && sndbuf >= 4096 && sndbuf <= 0x7fffffff)) throw new UserError('--net tap: sndbuf must be a byte count from 4096 to 2147483647');
   const uring = wantUring(ifname, options.uring);
-  const counters = new SharedArrayBuffer(8);
+  const counters = new SharedArrayBuffer(12);
   const fds: number[] = [];
   const sock = native.socket(T.AF_INET, T.SOCK_DGRAM, 0);
   try {
@@ -128,7 +131,7 @@ export function create(options: Record<string, string>): NetDriver {
     queueInit: (pair: number): TapInit => ({ fd: fds[pair], uring, counters }),
     counters() {
       const c = new Int32Array(counters);
-      return { uringQueues: Atomics.load(c, COUNTER.URING_QUEUES), uringFallbacks: Atomics.load(c, COUNTER.URING_FALLBACKS) };
+      return { uringQueues: Atomics.load(c, COUNTER.URING_QUEUES), uringFallbacks: Atomics.load(c, COUNTER.URING_FALLBACKS), uringRxFrames: Atomics.load(c, COUNTER.URING_RX_FRAMES) };
     },
     setGuestOffloads(o) {
       // what the kernel may hand us for the guest: partial checksums, TSO frames
@@ -147,7 +150,10 @@ export function openQueue(init: unknown): DriverQueue {
   if (uring) {
     const q = openUringQueue(fd);
     if (typeof q !== 'string') {
-      if (c) Atomics.add(c, COUNTER.URING_QUEUES, 1);
+      if (c) {
+        Atomics.add(c, COUNTER.URING_QUEUES, 1);
+        q.counted = { words: c, rxFrames: COUNTER.URING_RX_FRAMES };
+      }
       return q;
     }
     // (fd 2 directly: a dataplane thread never returns to its event loop, which process.stderr needs)

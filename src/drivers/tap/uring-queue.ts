@@ -66,6 +66,8 @@ export class UringTapQueue extends TapQueue {
   private readonly sqeFlags: number;
   /** requests per submission: what the ring and the arrays above hold */
   private readonly slots: number;
+  /** where frames received through io_uring are counted (the driver's shared counters) */
+  counted: { words: Int32Array; rxFrames: number } | undefined;
 
   constructor(
     pollFd: number,
@@ -152,7 +154,9 @@ export class UringTapQueue extends TapQueue {
     if (n === 0) return 0;
     const res = this.res;
     this.ring.submitAndWait(n, res);
-    return collectReads(b, mem, n, res, this.rooms, this.hdrsView);
+    const got = collectReads(b, mem, n, res, this.rooms, this.hdrsView);
+    if (got > 0 && this.counted) Atomics.add(this.counted.words, this.counted.rxFrames, got);
+    return got;
   }
 
   /** Prepare a read for packets 0, 1, ... while the ring and the iovec table have room. Returns how many. */

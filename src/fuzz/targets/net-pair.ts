@@ -61,20 +61,23 @@ class ScriptedDriver implements DriverQueue {
     return n;
   }
 
+  /** frames into packets [0, count) while it has them, as a batching driver (tap with io_uring) does */
   receive(b: PacketBatch): number {
-    const f = this.frames.shift();
-    if (!f) return 0;
-    let at = 0;
-    for (let t = 3 * b.iovStart[0]; t < 3 * b.iovStart[1] && at < f.len; t += 3) {
-      const off = b.iov[t + 1];
-      const n = Math.min(f.len - at, b.iov[t + 2]);
-      for (let k = 0; k < n; k++) this.u8[off + k] = frameByte(f, at + k);
-      at += n;
+    let got = 0;
+    for (; got < b.count && this.frames.length > 0; got++) {
+      const f = this.frames.shift()!;
+      let at = 0;
+      for (let t = 3 * b.iovStart[got]; t < 3 * b.iovStart[got + 1] && at < f.len; t += 3) {
+        const off = b.iov[t + 1];
+        const n = Math.min(f.len - at, b.iov[t + 2]);
+        for (let k = 0; k < n; k++) this.u8[off + k] = frameByte(f, at + k);
+        at += n;
+      }
+      b.len[got] = at;
+      for (let k = 0; k < META_WORDS; k++) b.meta[got * META_WORDS + k] = f.meta[k] ?? 0;
+      this.received.push({ frame: f, written: at });
     }
-    b.len[0] = at;
-    for (let k = 0; k < META_WORDS; k++) b.meta[k] = f.meta[k] ?? 0;
-    this.received.push({ frame: f, written: at });
-    return 1;
+    return got;
   }
 
   close(): void {}

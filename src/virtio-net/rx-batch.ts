@@ -1,0 +1,148 @@
+// Storage for one batch of receive chains without MRG_RXBUF: one chain per frame, each slot a packet
+// of the driver batch. The first NET_HDR_LEN bytes of each chain are header space (kept as pieces,
+// written once the frame is in), the rest the packet's segments. Preallocated: nothing per frame.
+import type { Chain } from '../virtio/virtqueue.js';
+import type { GuestBytes } from '../virtio/guest-bytes.js';
+import type { DirtyLog } from '../virtio/dirty-log.js';
+import { META_WORDS, newPacketBatch, type PacketBatch } from '../drivers/api.js';
+import { native } from '../native.js';
+import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
+
+/** Frames per driver call on receive (DPDK's vhost burst is 32). */
+export const RX_BATCH = 32;
+
+export class RxSlots {
+  readonly batch: PacketBatch;
+  /** each slot's chain (head as pop() gave it) and the bytes it can take, header included */
+  readonly heads = new Uint16Array(RX_BATCH);
+  readonly cap = new Float64Array(RX_BATCH);
+  /** slot i's header pieces (offset, length) are [hdrStart[i], hdrStart[i + 1]) */
+  private readonly hdrStart = new Uint16Array(RX_BATCH + 1);
+  private readonly hdrAt = new Float64Array(RX_BATCH * NET_HDR_LEN);
+  private readonly hdrLen = new Uint8Array(RX_BATCH * NET_HDR_LEN);
+  private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  /** segments the batch holds in all */
+  private readonly segments: number;
+  count = 0;
+
+  /** `chainPieces`: the most pieces one chain of the ring can have (a chain alone always fits) */
+  constructor(chainPieces: number) {
+    this.segments = Math.max(RX_BATCH * 4, chainPieces);
+    this.batch = newPacketBatch(RX_BATCH, this.segments);
+  }
+
+  reset(): void {
+    this.count = 0;
+    this.batch.iovStart[0] = 0;
+    this.hdrStart[0] = 0;
+  }
+
+  /** Does chain `c` still fit in the segment storage? */
+  fits(c: Chain): boolean {
+    return this.batch.iovStart[this.count] + c.count <= this.segments;
+  }
+
+  /** Add chain `c` (validated by the caller, fits()) as the next slot. */
+  add(c: Chain): void {
+    const b = this.batch;
+    const slot = this.count;
+    let iovUsed = b.iovStart[slot];
+    let h = this.hdrStart[slot];
+    let skip = NET_HDR_LEN;
+    for (let i = 0; i < c.count; i++) {
+      let off = c.offsets[i];
+      let l = c.lens[i];
+      // (an empty buffer takes no header piece: there are NET_HDR_LEN slots, one per byte at most)
+      if (skip > 0 && l > 0) {
+        const n = Math.min(skip, l);
+        this.hdrAt[h] = off;
+        this.hdrLen[h++] = n;
+        off += n;
+        l -= n;
+        skip -= n;
+      }
+      if (l === 0) continue;
+      b.iov[3 * iovUsed] = 0;
+      b.iov[3 * iovUsed + 1] = off;
+      b.iov[3 * iovUsed + 2] = l;
+      iovUsed++;
+    }
+    this.heads[slot] = c.head;
+    this.cap[slot] = c.writableBytes;
+    b.iovStart[slot + 1] = iovUsed;
+    this.hdrStart[slot + 1] = h;
+    this.count = slot + 1;
+  }
+
+  /** offset and length of slot i's first segment (where the destination MAC is) */
+  firstOffset(i: number): number {
+    return this.batch.iov[3 * this.batch.iovStart[i] + 1];
+  }
+  firstLength(i: number): number {
+    const b = this.batch;
+    return b.iovStart[i + 1] > b.iovStart[i] ? b.iov[3 * b.iovStart[i] + 2] : 0;
+  }
+
+  /**
+   * Move the frame of slot `from` (len bytes, with its metadata) into slot `to`'s buffers, which hold
+   * it (every chain of a batch of several takes the largest frame): a frame dropped inside a batch
+   * leaves its chain to the next frame, so that the chains used stay the first ones popped.
+   */
+  move(mem: SharedArrayBuffer, from: number, to: number, len: number): void {
+    const b = this.batch;
+    const iov = b.iov;
+    let si = b.iovStart[from];
+    const sEnd = b.iovStart[from + 1];
+    let di = b.iovStart[to];
+    const dEnd = b.iovStart[to + 1];
+    let sOff = 0;
+    let dOff = 0;
+    let left = len;
+    while (left > 0 && si < sEnd && di < dEnd) {
+      const sLen = iov[3 * si + 2];
+      const dLen = iov[3 * di + 2];
+      const k = Math.min(left, sLen - sOff, dLen - dOff);
+      native.copy(mem, iov[3 * di + 1] + dOff, mem, iov[3 * si + 1] + sOff, k);
+      sOff += k;
+      dOff += k;
+      left -= k;
+      if (sOff >= sLen) {
+        si++;
+        sOff = 0;
+      }
+      if (dOff >= dLen) {
+        di++;
+        dOff = 0;
+      }
+    }
+    b.len[to] = len;
+    b.meta.copyWithin(to * META_WORDS, from * META_WORDS, (from + 1) * META_WORDS);
+  }
+
+  /** Write slot i's virtio-net header (one buffer) into its header space; logged when `log` is set. */
+  writeHeader(bytes: GuestBytes, i: number, log: DirtyLog | undefined): void {
+    const h0 = this.hdrStart[i];
+    const h1 = this.hdrStart[i + 1];
+    if (h1 - h0 === 1) {
+      // the common layout: the header whole in the first buffer
+      const dst = this.hdrAt[h0];
+      const w = bytes.window(dst);
+      writeRxHeader(w.u8, dst - w.base, this.batch.meta, i * META_WORDS, 1);
+      log?.markOffset(dst, NET_HDR_LEN);
+      return;
+    }
+    writeRxHeader(this.hdr, 0, this.batch.meta, i * META_WORDS, 1);
+    for (let k = h0, at = 0; k < h1; k++) {
+      const dst = this.hdrAt[k];
+      const w = bytes.window(dst);
+      for (let j = 0, l = dst - w.base; j < this.hdrLen[k]; j++) w.u8[l + j] = this.hdr[at++];
+      log?.markOffset(dst, this.hdrLen[k]);
+    }
+  }
+
+  /** Every byte the segments of slots [0, count) hold, for the dirty log (a driver may write any of them). */
+  markAll(log: DirtyLog): void {
+    const b = this.batch;
+    for (let k = 0; k < b.iovStart[this.count]; k++) log.markOffset(b.iov[3 * k + 1], b.iov[3 * k + 2]);
+  }
+}

@@ -1,0 +1,233 @@
+// Batched receive in the net engine (NetQueuePair.processRx) on split and packed rings: several chains
+// offered per driver call, frames that did not arrive or were dropped leaving their chains to the next
+// frames in order, hostile chains inside a batch.
+import { describe, it, expect } from 'vitest';
+import { createQueue } from '../src/virtio/queues.js';
+import { NetQueuePair } from '../src/virtio-net/net-pair.js';
+import { RX_BATCH } from '../src/virtio-net/rx-batch.js';
+import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
+import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
+import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
+import { txPolicy } from '../src/virtio-net/features.js';
+import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
+import { native, EFD_NONBLOCK } from '../src/native.js';
+import { TestMemory } from './helpers/virtq-driver.js';
+import { RING_LAYOUTS, eventfdCount } from './helpers/ring-driver.js';
+
+/** Receives as many queued frames as a call offers packets, as the tap's io_uring receive does. */
+class BatchDriver implements DriverQueue {
+  readonly pollFd = -1;
+  readonly drops = 0;
+  readonly frames: Uint8Array[] = [];
+  /** the packet count of each receive call */
+  readonly offered: number[] = [];
+  /** frames one call fills at most (1: a driver that cannot batch) */
+  perCall = Infinity;
+  nextLength?: () => number;
+  constructor(knowsLength: boolean) {
+    if (knowsLength) this.nextLength = () => this.frames[0]?.length ?? 0;
+  }
+  transmit(b: PacketBatch): number {
+    return b.count;
+  }
+  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+    this.offered.push(b.count);
+    const u8 = new Uint8Array(mem);
+    let got = 0;
+    for (; got < Math.min(b.count, this.perCall) && this.frames.length > 0; got++) {
+      const f = this.frames.shift()!;
+      let at = 0;
+      for (let k = b.iovStart[got]; k < b.iovStart[got + 1] && at < f.length; k++) {
+        const n = Math.min(b.iov[3 * k + 2], f.length - at);
+        u8.set(f.subarray(at, at + n), b.iov[3 * k + 1]);
+        at += n;
+      }
+      // (the length of the frame, as a driver that knows it reports a frame larger than the buffers)
+      b.len[got] = f.length;
+      b.meta.fill(0, got * 6, got * 6 + 6);
+    }
+    return got;
+  }
+  close(): void {}
+}
+
+const OUR_MAC = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const OTHER_MAC = [0x52, 0x54, 0, 0x99, 0x99, 0x99];
+
+/** A frame of `len` bytes to `dst` (default: broadcast), its payload marked with `tag`. */
+function frame(len: number, tag: number, dst: number[] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]): Uint8Array {
+  const f = new Uint8Array(len);
+  for (let i = 0; i < len; i++) f[i] = (i * 7 + tag) & 0xff;
+  f.set(dst, 0);
+  return f;
+}
+
+for (const L of RING_LAYOUTS) {
+  function setup(o: { mergeable?: boolean; knowsLength?: boolean; size?: number } = {}) {
+    const mem = new TestMemory(4 << 20);
+    const rx = L.driver(mem, o.size ?? 64);
+    const tx = L.driver(mem, o.size ?? 64);
+    const feats = { eventIdx: false, indirect: true, packed: L.packed };
+    const rxq = createQueue(mem.view, rx.cfg, feats, 32768);
+    const txq = createQueue(mem.view, tx.cfg, feats, 32768);
+    if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
+    const driver = new BatchDriver(o.knowsLength ?? false);
+    const rxStats = new Float64Array(STAT_WORDS);
+    const filter = new RxFilter();
+    filter.reset(new Uint8Array(OUR_MAC));
+    const rxCall = native.eventfd(0, EFD_NONBLOCK);
+    const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
+      mergeable: o.mergeable ?? false,
+      maxRxFrame: 1514,
+      txPolicy: txPolicy(0n),
+      rxCallFd: rxCall,
+      txCallFd: -1,
+      rxStats,
+      txStats: new Float64Array(STAT_WORDS),
+      filter,
+    });
+    /** a receive chain of one 2048-byte buffer: [id, address] */
+    const chain = (len = 2048): [number, number] => {
+      const a = mem.alloc(len);
+      return [rx.add([{ addr: a, len, write: true }]), a];
+    };
+    const body = (a: number, len: number) => [...mem.bytes(a + NET_HDR_LEN, len)];
+    const close = () => native.close(rxCall);
+    return { mem, rx, rxq, driver, pair, rxStats, filter, chain, body, calls: () => eventfdCount(rxCall), close };
+  }
+
+  describe(`batched receive on ${L.name} rings`, () => {
+    for (const knowsLength of [false, true]) {
+      it(`receives several frames in one driver call and publishes them at once${knowsLength ? ' (a driver that knows the next length)' : ''}`, () => {
+        const s = setup({ knowsLength });
+        const chains = [0, 1, 2, 3, 4].map(() => s.chain());
+        for (let t = 0; t < 5; t++) s.driver.frames.push(frame(60 + t, t));
+        expect(s.pair.processRx(64)).toBe(5);
+        // one call offered every chain the ring had; the fifth frame filled the last
+        expect(s.driver.offered).toEqual([5]);
+        expect(s.rx.takeUsed()).toEqual(chains.map(([id], t) => ({ id, len: NET_HDR_LEN + 60 + t })));
+        chains.forEach(([, a], t) => {
+          expect([...s.mem.bytes(a, NET_HDR_LEN)]).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+          expect(s.body(a, 60 + t)).toEqual([...frame(60 + t, t)]);
+        });
+        expect([s.rxStats[STAT.PACKETS], s.rxStats[STAT.BATCHES], s.calls()]).toEqual([5, 1, 1]);
+        s.close();
+      });
+    }
+
+    it('gives back the chains of frames that did not arrive, and the next batch uses them in order', () => {
+      const s = setup();
+      const chains = [0, 1, 2, 3, 4, 5].map(() => s.chain());
+      s.driver.frames.push(frame(60, 0), frame(61, 1));
+      expect(s.pair.processRx(64)).toBe(2);
+      expect(s.rx.takeUsed()).toEqual([{ id: chains[0][0], len: 72 }, { id: chains[1][0], len: 73 }]);
+      expect([s.pair.dry, s.pair.starved, s.rxq.pending()]).toEqual([true, false, 4]);
+      for (let t = 2; t < 5; t++) s.driver.frames.push(frame(60 + t, t));
+      expect(s.pair.processRx(64)).toBe(3);
+      // (each time, a call after the frames found nothing more: its chains went back)
+      expect(s.driver.offered).toEqual([6, 4, 4, 1]);
+      expect(s.rx.takeUsed()).toEqual([2, 3, 4].map((t) => ({ id: chains[t][0], len: 72 + t })));
+      for (let t = 2; t < 5; t++) expect(s.body(chains[t][1], 60 + t)).toEqual([...frame(60 + t, t)]);
+      expect(s.rxq.pending()).toBe(1);
+      s.close();
+    });
+
+    it('serves a driver that fills one packet per call: every frame in the same pass, in order', () => {
+      const s = setup();
+      s.driver.perCall = 1;
+      const chains = [0, 1, 2, 3].map(() => s.chain());
+      for (let t = 0; t < 3; t++) s.driver.frames.push(frame(60 + t, t));
+      expect(s.pair.processRx(64)).toBe(3);
+      expect(s.driver.offered).toEqual([4, 3, 2, 1]);
+      expect(s.rx.takeUsed()).toEqual([0, 1, 2].map((t) => ({ id: chains[t][0], len: 72 + t })));
+      expect([s.pair.dry, s.rxq.pending()]).toEqual([true, 1]);
+      s.close();
+    });
+
+    it('drops frames its filter refuses, runts and frames too large inside a batch, and the next frames take their chains in order', () => {
+      const s = setup();
+      s.filter.setMode(RX_MODE.PROMISC, false);
+      const chains = [0, 1, 2, 3, 4].map(() => s.chain());
+      const keep = [frame(70, 1, OUR_MAC), frame(71, 3), frame(72, 5, OUR_MAC)];
+      s.driver.frames.push(keep[0], frame(60, 2, OTHER_MAC), keep[1], frame(10, 4), frame(3000, 6), keep[2]);
+      expect(s.pair.processRx(64)).toBe(3);
+      expect(s.rxStats[STAT.DROPS]).toBe(3);
+      expect(s.rx.takeUsed()).toEqual(keep.map((f, i) => ({ id: chains[i][0], len: NET_HDR_LEN + f.length })));
+      keep.forEach((f, i) => expect(s.body(chains[i][1], f.length)).toEqual([...f]));
+      // the two chains left went back, first the older
+      s.driver.frames.push(frame(80, 7, OUR_MAC));
+      expect(s.pair.processRx(64)).toBe(1);
+      expect(s.rx.takeUsed()).toEqual([{ id: chains[3][0], len: 92 }]);
+      s.close();
+    });
+
+    it('offers no more chains than the ring has, nor than the budget allows', () => {
+      const s = setup();
+      const chains = [0, 1, 2].map(() => s.chain());
+      for (let t = 0; t < 10; t++) s.driver.frames.push(frame(60, t));
+      expect(s.pair.processRx(64)).toBe(3);
+      expect(s.driver.offered).toEqual([3]);
+      expect(s.pair.starved).toBe(true);
+      expect(s.rx.takeUsed().map((u) => u.id)).toEqual(chains.map(([id]) => id));
+      for (let k = 0; k < 40; k++) s.chain();
+      expect(s.pair.processRx(2)).toBe(2);
+      expect(s.pair.processRx(64)).toBe(5);
+      expect(s.driver.offered).toEqual([3, 2, RX_BATCH, RX_BATCH]);
+      s.close();
+    });
+
+    it('offers a chain smaller than the largest frame alone, and drops a frame it may have cut', () => {
+      const s = setup();
+      const big = [s.chain(), s.chain()];
+      const small = [s.chain(NET_HDR_LEN + 100), s.chain(NET_HDR_LEN + 100)];
+      const after = s.chain();
+      for (const [len, t] of [[60, 0], [60, 1], [60, 2], [100, 3], [61, 4], [62, 5]]) s.driver.frames.push(frame(len, t));
+      expect(s.pair.processRx(64)).toBe(5);
+      // the big chains go together; the small ones alone, where a frame that fills one exactly may
+      // have been cut: dropped, and its chain takes the next frame
+      expect(s.driver.offered).toEqual([2, 1, 1, 1, 1]);
+      expect(s.rx.takeUsed()).toEqual([
+        { id: big[0][0], len: 72 },
+        { id: big[1][0], len: 72 },
+        { id: small[0][0], len: 72 },
+        { id: small[1][0], len: 73 },
+        { id: after[0], len: 74 },
+      ]);
+      expect(s.rxStats[STAT.DROPS]).toBe(1);
+      s.close();
+    });
+
+    it('spreads a frame over chains with MRG_RXBUF, one frame per call', () => {
+      const s = setup({ mergeable: true });
+      const chains = [0, 1, 2].map(() => s.chain(1024));
+      s.driver.frames.push(frame(1500, 9));
+      expect(s.pair.processRx(64)).toBe(1);
+      expect(s.driver.offered).toEqual([1]);
+      expect(s.rx.takeUsed()).toEqual([{ id: chains[0][0], len: 1024 }, { id: chains[1][0], len: 1512 - 1024 }]);
+      expect(s.mem.bytes(chains[0][1], NET_HDR_LEN)[10]).toBe(2);
+      s.close();
+    });
+
+    it('stops at a hostile chain inside a batch: the chains before it take frames, nothing is written past it', () => {
+      for (const bad of ['readable', 'tiny', 'outside'] as const) {
+        const s = setup();
+        const good = [s.chain(), s.chain()];
+        if (bad === 'readable') s.rx.add([{ addr: s.mem.alloc(2048), len: 2048 }]);
+        else if (bad === 'tiny') s.rx.add([{ addr: s.mem.alloc(20), len: 20, write: true }]);
+        else s.rx.raw([{ addr: 2 ** 45, len: 2048, flags: L.WRITE }]);
+        const later = s.chain();
+        for (let t = 0; t < 4; t++) s.driver.frames.push(frame(60, t));
+        expect(s.pair.processRx(64)).toBe(2);
+        expect(s.rxq.broken).toBe(
+          { readable: 'device-readable receive buffer', tiny: 'receive buffer too small for any frame', outside: 'buffer outside guest memory' }[bad],
+        );
+        expect(s.driver.offered).toEqual([2]);
+        expect(s.rx.takeUsed()).toEqual(good.map(([id]) => ({ id, len: 72 })));
+        expect([...s.mem.bytes(later[1], 2048)].every((v) => v === 0)).toBe(true);
+        expect(s.driver.frames).toHaveLength(2);
+        expect([s.pair.starved, s.pair.processRx(64)]).toEqual([true, 0]);
+        s.close();
+      }
+    });
+  });
+}

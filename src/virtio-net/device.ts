@@ -21,6 +21,11 @@ import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
+/** the config space's speed and duplex when not known (Linux's SPEED_UNKNOWN, DUPLEX_UNKNOWN) */
+export const SPEED_UNKNOWN = 0xffffffff;
+const DUPLEX = { half: 0, full: 1, unknown: 0xff } as const;
+/** virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu (u16 each), speed (u32), duplex (u8) */
+const CONFIG_SIZE = 17;
 const CTRL = { RX: 0, MAC: 1, MQ: 4 } as const;
 const CTRL_MAC_TABLE_SET = 0;
 const CTRL_MAC_ADDR_SET = 1;
@@ -40,6 +45,13 @@ export interface NetDeviceOptions {
   busyPollUs?: number;
   /** offer packed rings (VIRTIO_F_RING_PACKED) besides split ones (default true) */
   packed?: boolean;
+  /** offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF; default true) */
+  mergeable?: boolean;
+  /** the MTU offered (VIRTIO_NET_F_MTU), at most the driver's; default the driver's (the wire's) */
+  mtu?: number;
+  /** the link speed in Mb/s and duplex shown to the guest (VIRTIO_NET_F_SPEED_DUPLEX); default unknown */
+  speed?: number;
+  duplex?: 'full' | 'half';
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
   iommu?: { table: IommuTable; endpoint: number };
 }
@@ -61,10 +73,10 @@ export class VirtioNet implements VirtioDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
-  readonly configSize = 12;
+  readonly configSize = CONFIG_SIZE;
   readonly filter = new RxFilter();
   readonly stats: SharedArrayBuffer;
-  private readonly config = new Uint8Array(12);
+  private readonly config = new Uint8Array(CONFIG_SIZE);
   private readonly dataplane: Dataplane;
   private view: GuestView;
   private active?: Activation;
@@ -84,8 +96,8 @@ export class VirtioNet implements VirtioDevice {
     const pairs = opts.queuePairs;
     this.numQueues = 2 * pairs + 1;
     this.maxQueueSize = opts.queueSize ?? 256;
-    let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true });
-    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR);
+    let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true, mergeable: opts.mergeable });
+    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX);
     // behind the vIOMMU the driver must know its addresses are translated
     if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);
     this.features = f;
@@ -93,7 +105,9 @@ export class VirtioNet implements VirtioDevice {
     this.config.set(opts.mac);
     v.setUint16(6, NET_STATUS_LINK_UP, true);
     v.setUint16(8, pairs, true);
-    v.setUint16(10, opts.driver.caps.mtu, true);
+    v.setUint16(10, this.mtu, true);
+    v.setUint32(12, opts.speed ?? SPEED_UNKNOWN, true);
+    v.setUint8(16, DUPLEX[opts.duplex ?? 'unknown']);
     this.filter.reset(opts.mac);
     this.stats = newStatsBuffer(2 * pairs);
     this.plainView = this.view = guestView(memory.buffer, memory.table);
@@ -113,6 +127,28 @@ export class VirtioNet implements VirtioDevice {
   /** the driver negotiated ACCESS_PLATFORM: every address it gives us is an IOVA */
   private get translated(): boolean {
     return !!this.opts.iommu && !!this.active && has(this.active.features, F.ACCESS_PLATFORM);
+  }
+
+  /** the link state the guest sees (VIRTIO_NET_S_LINK_UP); the device starts with its link up */
+  get linkUp(): boolean {
+    return (this.config[6] & NET_STATUS_LINK_UP) !== 0;
+  }
+
+  /**
+   * Set the link up or down as the guest sees it (its carrier): the status in the configuration space
+   * and a configuration-change interrupt. While it is down no frame reaches the guest (dropped as
+   * filtered, as QEMU drops a down link's frames); what the guest still sends goes out.
+   */
+  setLink(up: boolean): void {
+    if (up === this.linkUp) return;
+    this.config[6] = (this.config[6] & ~NET_STATUS_LINK_UP) | (up ? NET_STATUS_LINK_UP : 0);
+    this.filter.setLinkDown(!up);
+    this.active?.configChanged();
+  }
+
+  /** the MTU offered to the guest (its config space's mtu) */
+  get mtu(): number {
+    return this.opts.mtu ?? this.opts.driver.caps.mtu;
   }
 
   get mac(): Uint8Array {
@@ -241,7 +277,7 @@ export class VirtioNet implements VirtioDevice {
       {
         memory: this.memory.buffer,
         table: this.memory.table.toJSON(),
-        ...netDataplane(a.features, this.opts.driver, this.filter.buffer),
+        ...netDataplane(a.features, this.opts.driver, this.filter.buffer, this.mtu),
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
         dirtyLog: this.dirtyLog,

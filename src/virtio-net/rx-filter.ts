@@ -10,7 +10,9 @@ const W_NOUNI = 4;
 const W_NOBCAST = 5;
 const W_UNI_COUNT = 6;
 const W_MULTI_COUNT = 7;
-const WORDS = 8;
+/** the device's link is down (set by the host, kept over device resets): nothing is accepted */
+const W_LINK_DOWN = 8;
+const WORDS = 9;
 export const MAC_TABLE_MAX = 64;
 const MAC_OFF = WORDS * 4; // primary MAC (8 bytes reserved), then the unicast and multicast tables
 const TABLE_OFF = MAC_OFF + 8;
@@ -28,13 +30,19 @@ export class RxFilter {
 
   /** Device reset state: promiscuous, as QEMU starts (drivers turn it off through the control queue). */
   reset(mac: Uint8Array): void {
+    const down = this.words[W_LINK_DOWN];
     this.words.fill(0);
+    this.words[W_LINK_DOWN] = down;
     this.words[W_PROMISC] = 1;
     this.setMac(mac);
   }
 
   setMode(mode: number, on: boolean): void {
     this.words[mode] = on ? 1 : 0;
+  }
+
+  setLinkDown(down: boolean): void {
+    this.words[W_LINK_DOWN] = down ? 1 : 0;
   }
 
   setMac(mac: Uint8Array): void {
@@ -67,6 +75,7 @@ export class RxFilter {
   /** Does a frame whose destination MAC is at p[o..o+6) reach the guest? */
   accepts(p: Uint8Array, o: number): boolean {
     const w = this.words;
+    if (w[W_LINK_DOWN]) return false;
     if (w[W_PROMISC]) return true;
     if (p[o] & 1) {
       const bcast = p[o] === 0xff && p[o + 1] === 0xff && p[o + 2] === 0xff && p[o + 3] === 0xff && p[o + 4] === 0xff && p[o + 5] === 0xff;

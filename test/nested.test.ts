@@ -61,7 +61,7 @@ const ALL_EXPECTED: Array<[string, string]> = [
   ['L1', 'basic/no-tsvmm-left'],
   ['L1', 'basic/file-l2-to-l1'],
   ...L2_COMMON.map((c): [string, string] => ['L2', `mq/${c}`]),
-  ...['feature-ring-packed', 'ethtool-combined-1', 'ping-one-pair', 'ethtool-combined-2', 'two-pairs-active', 'iperf3-parallel'].map((c): [string, string] => ['L2', `mq/${c}`]),
+  ...['feature-ring-packed', 'ethtool-combined-1', 'ping-one-pair', 'ethtool-combined-2', 'two-pairs-active', 'iperf3-parallel', 'gro-hw-off', 'file-gro-hw-off', 'gro-hw-on'].map((c): [string, string] => ['L2', `mq/${c}`]),
   ['L1', 'mq/no-tsvmm-left'],
   ['L1', 'mq/file-l2-to-l1'],
   ['L1', 'wedge/no-tsvmm-left'],

@@ -33,13 +33,18 @@ function driver(mtu: number): NetDriver {
   };
 }
 
-function setup(o: Partial<NetDeviceOptions> & { wireMtu?: number } = {}) {
+type GuestOffloads = Parameters<NetDriver['setGuestOffloads']>[0];
+
+function setup(o: Partial<NetDeviceOptions> & { wireMtu?: number; rxOffloads?: boolean; offloadCalls?: GuestOffloads[] } = {}) {
   const mem = new TestMemory(1 << 20);
   const irqfds: number[] = [];
   const vm = { ioeventfd: () => {}, irqfd: (fd: number, _gsi: number, deassign = false) => void (deassign || irqfds.push(fd)) } as unknown as VmFd;
   const router = { addMsi: () => 24, updateMsi: () => {} } as unknown as GsiRouter;
   const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
-  const net = new VirtioNet(memory, { driver: driver(o.wireMtu ?? 1500), mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, ...o });
+  const drv = driver(o.wireMtu ?? 1500);
+  if (o.rxOffloads) drv.caps.offloads = { ...NO_OFFLOADS, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
+  drv.setGuestOffloads = (g) => void o.offloadCalls?.push(g);
+  const net = new VirtioNet(memory, { driver: drv, mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, ...o });
   const mmio = new Bus('mmio');
   const pci = new VirtioPciDevice(net, { mmio, vm, router }, 0x020000);
   pci.config.assignBar(0, BAR);
@@ -53,8 +58,8 @@ function setup(o: Partial<NetDeviceOptions> & { wireMtu?: number } = {}) {
     return lo | (BigInt(r(0x04)) << 32n);
   };
   const cfg = (off: number, size: number) => r(DEVICE_OFF + off, size);
-  /** A driver that takes VERSION_1 and STATUS, with MSI-X vector 0 as its config vector, and no queues. */
-  const goLive = async () => {
+  /** A driver that takes VERSION_1, STATUS and `more`, with MSI-X vector 0 as its config vector, and no queues. */
+  const goLive = async (more = 0n) => {
     w(MSIX_TABLE_OFF, 0xfee00000);
     w(MSIX_TABLE_OFF + 8, 0x41);
     w(MSIX_TABLE_OFF + 12, 0);
@@ -63,9 +68,9 @@ function setup(o: Partial<NetDeviceOptions> & { wireMtu?: number } = {}) {
     pci.config.write(cap + 2, 2, 0x8000 | pci.config.read(cap + 2, 2));
     w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER, 1);
     w(0x08, 0);
-    w(0x0c, Number(bit(F.STATUS)));
+    w(0x0c, Number((bit(F.STATUS) | more) & 0xffffffffn));
     w(0x08, 1);
-    w(0x0c, 1); // VERSION_1
+    w(0x0c, 1 | Number(more >> 32n)); // VERSION_1
     w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK, 1);
     w(0x10, 0, 2); // msix_config = vector 0
     w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK, 1);
@@ -207,5 +212,43 @@ describe('virtio-net link state from the host', () => {
     expect(f.accepts(frame, 0)).toBe(false);
     f.setLinkDown(false);
     expect([f.accepts(frame, 0), f.accepts(bcast, 0)]).toEqual([true, true]);
+  });
+});
+
+describe('virtio-net guest offload control (VIRTIO_NET_F_CTRL_GUEST_OFFLOADS)', () => {
+  const u64 = (v: bigint) => new Uint8Array(new BigUint64Array([v]).buffer);
+  const RX = bit(F.GUEST_CSUM) | bit(F.GUEST_TSO4) | bit(F.GUEST_TSO6);
+
+  it('is offered with receive offloads only', () => {
+    expect(has(setup().offered(), F.CTRL_GUEST_OFFLOADS)).toBe(false);
+    expect(has(setup({ rxOffloads: true }).offered(), F.CTRL_GUEST_OFFLOADS)).toBe(true);
+  });
+
+  it("passes the guest's choice among what it negotiated to the driver, and refuses anything else", async () => {
+    const calls: GuestOffloads[] = [];
+    const t = setup({ rxOffloads: true, offloadCalls: calls });
+    await t.goLive(RX | bit(F.CTRL_VQ) | bit(F.CTRL_GUEST_OFFLOADS));
+    expect(calls).toEqual([{ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false }]); // at DRIVER_OK
+    // ethtool -K eth0 rx-gro-hw off: checksums stay, segmentation goes
+    expect(t.net.control(5, 0, u64(bit(F.GUEST_CSUM)))).toBe(0);
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: false, rxTso6: false, rxTsoEcn: false });
+    expect(t.net.control(5, 0, u64(RX))).toBe(0);
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false });
+    const n = calls.length;
+    // ECN was not negotiated; bit 20 is no offload; a short or long command
+    expect(t.net.control(5, 0, u64(RX | bit(F.GUEST_ECN)))).toBe(1);
+    expect(t.net.control(5, 0, u64(bit(20)))).toBe(1);
+    expect(t.net.control(5, 0, u64(RX).subarray(0, 4))).toBe(1);
+    expect(t.net.control(5, 0, new Uint8Array(9))).toBe(1);
+    expect(t.net.control(5, 1, u64(0n))).toBe(1); // no such command
+    expect(calls.length).toBe(n);
+  });
+
+  it('refuses the command from a driver that did not negotiate it', async () => {
+    const calls: GuestOffloads[] = [];
+    const t = setup({ rxOffloads: true, offloadCalls: calls });
+    await t.goLive(RX | bit(F.CTRL_VQ));
+    expect(t.net.control(5, 0, u64(0n))).toBe(1);
+    expect(calls.length).toBe(1);
   });
 });

@@ -26,7 +26,10 @@ export const SPEED_UNKNOWN = 0xffffffff;
 const DUPLEX = { half: 0, full: 1, unknown: 0xff } as const;
 /** virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu (u16 each), speed (u32), duplex (u8) */
 const CONFIG_SIZE = 17;
-const CTRL = { RX: 0, MAC: 1, MQ: 4 } as const;
+const CTRL = { RX: 0, MAC: 1, MQ: 4, GUEST_OFFLOADS: 5 } as const;
+const CTRL_GUEST_OFFLOADS_SET = 0;
+/** the receive offloads a driver may turn on and off (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET), by feature bit */
+const GUEST_OFFLOAD_BITS = [F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN];
 const CTRL_MAC_TABLE_SET = 0;
 const CTRL_MAC_ADDR_SET = 1;
 const CTRL_MQ_VQ_PAIRS_SET = 0;
@@ -98,6 +101,8 @@ export class VirtioNet implements VirtioDevice {
     this.maxQueueSize = opts.queueSize ?? 256;
     let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true, mergeable: opts.mergeable });
     f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX);
+    // the guest may turn the receive offloads it negotiated off and on again (ethtool -K eth0 rx-gro-hw)
+    if (has(f, F.GUEST_CSUM)) f |= bit(F.CTRL_GUEST_OFFLOADS);
     // behind the vIOMMU the driver must know its addresses are translated
     if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);
     this.features = f;
@@ -221,12 +226,7 @@ export class VirtioNet implements VirtioDevice {
       this.kick(this.ctrlIndex);
     }
     this.ctrlReader?.idle();
-    this.opts.driver.setGuestOffloads({
-      rxCsum: has(features, F.GUEST_CSUM),
-      rxTso4: has(features, F.GUEST_TSO4),
-      rxTso6: has(features, F.GUEST_TSO6),
-      rxTsoEcn: has(features, F.GUEST_ECN),
-    });
+    this.setGuestOffloads(features);
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
     this.activePairs = 1;
     // a reset or a change of pairs waits for this start (restarting chains every thread change)
@@ -327,6 +327,11 @@ export class VirtioNet implements VirtioDevice {
     this.ctrlReader?.idle();
   }
 
+  /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
+  private setGuestOffloads(bits: bigint): void {
+    this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
+  }
+
   /** One control command; returns the ack byte. */
   control(cls: number, cmd: number, data: Uint8Array): number {
     const features = this.active?.features ?? 0n;
@@ -360,6 +365,15 @@ export class VirtioNet implements VirtioDevice {
         if (tables[1].length > 64) this.filter.setMode(RX_MODE.ALLMULTI, true);
         this.filter.setTables(tables[0].slice(0, 64), tables[1].slice(0, 64));
       }
+      return ACK_OK;
+    }
+    if (cls === CTRL.GUEST_OFFLOADS && cmd === CTRL_GUEST_OFFLOADS_SET && has(features, F.CTRL_GUEST_OFFLOADS)) {
+      if (data.length !== 8) return ACK_ERR;
+      const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);
+      // only offloads it negotiated (§5.1.6.5.6.2), and never any other bit
+      const allowed = GUEST_OFFLOAD_BITS.filter((b) => has(features, b)).reduce((a, b) => a | bit(b), 0n);
+      if (want & ~allowed) return ACK_ERR;
+      this.setGuestOffloads(want);
       return ACK_OK;
     }
     if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {

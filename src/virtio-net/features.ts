@@ -9,6 +9,7 @@ import type { QueueFeatures } from '../virtio/virtqueue.js';
 export const F = {
   CSUM: 0,
   GUEST_CSUM: 1,
+  CTRL_GUEST_OFFLOADS: 2,
   MTU: 3,
   MAC: 5,
   GUEST_TSO4: 7,

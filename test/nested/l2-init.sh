@@ -161,6 +161,12 @@ if [ "$queues" = 2 ]; then
   cur=$(ethtool -l eth0 2>&1 | sed -n '/Current/,$p' | sed -n 's/^Combined:[[:space:]]*//p')
   [ "$cur" = 2 ]; check two-pairs-active $? "combined=$cur"
   iperf3 -c 10.0.2.1 -t 4 -P 8 >/tmp/ip 2>&1; check iperf3-parallel $? "$(grep SUM /tmp/ip | tail -1)"
+  # guest offload control (CTRL_GUEST_OFFLOADS): no TSO frames received while rx-gro-hw is off, a
+  # download intact either way
+  ethtool -K eth0 rx-gro-hw off && ethtool -k eth0 | grep -q "rx-gro-hw: off"; check gro-hw-off $? "$(ethtool -k eth0 | grep rx-gro-hw)"
+  wget -q -O /tmp/dl5 http://10.0.2.1/blob
+  [ "$(md5sum < /tmp/dl5)" = "$(md5sum < /data/blob)" ]; check file-gro-hw-off $?
+  ethtool -K eth0 rx-gro-hw on; check gro-hw-on $?
 else
   iperf3 -c 10.0.2.1 -t 3 >/tmp/ip 2>&1; check iperf3-l2-to-l1 $? "$(grep -m1 sender /tmp/ip)"
   iperf3 -c 10.0.2.1 -t 3 -R >/tmp/ip 2>&1; check iperf3-l1-to-l2 $? "$(grep -m1 receiver /tmp/ip)"

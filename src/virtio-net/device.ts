@@ -11,6 +11,9 @@ import { stuckThreadMs } from '../viommu/table.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
 import { RxFilter, RX_MODE } from './rx-filter.js';
+import { formatMac } from './mac.js';
+
+export { parseMac, formatMac } from './mac.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import type { WorkerUnit } from '../dataplane/worker.js';
 import { F, bit, has, netFeatureOffer, queueFeatures } from './features.js';
@@ -57,18 +60,6 @@ export interface NetDeviceOptions {
   duplex?: 'full' | 'half';
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
   iommu?: { table: IommuTable; endpoint: number };
-}
-
-export function parseMac(s: string): Uint8Array {
-  const m = /^([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})$/i.exec(s);
-  if (!m) throw new Error(`"${s}" is not a MAC address (like 52:54:00:12:34:56)`);
-  const mac = new Uint8Array(m.slice(1).map((h) => parseInt(h, 16)));
-  if (mac[0] & 1) throw new Error(`${s} is a multicast address`);
-  return mac;
-}
-
-export function formatMac(mac: Uint8Array): string {
-  return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
 export class VirtioNet implements VirtioDevice {
@@ -346,27 +337,7 @@ export class VirtioNet implements VirtioDevice {
       this.filter.setMac(data);
       return ACK_OK;
     }
-    if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) {
-      const tables: Uint8Array[][] = [];
-      let o = 0;
-      const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
-      for (let t = 0; t < 2; t++) {
-        if (o + 4 > data.length) return ACK_ERR;
-        const n = dv.getUint32(o, true);
-        o += 4;
-        if (n > 1024 || o + 6 * n > data.length) return ACK_ERR;
-        tables.push(Array.from({ length: n }, (_, i) => data.slice(o + 6 * i, o + 6 * i + 6)));
-        o += 6 * n;
-      }
-      if (o !== data.length) return ACK_ERR;
-      // tables longer than we keep: fall back to accepting that class of address wholesale
-      if (!this.filter.setTables(tables[0], tables[1])) {
-        if (tables[0].length > 64) this.filter.setMode(RX_MODE.ALLUNI, true);
-        if (tables[1].length > 64) this.filter.setMode(RX_MODE.ALLMULTI, true);
-        this.filter.setTables(tables[0].slice(0, 64), tables[1].slice(0, 64));
-      }
-      return ACK_OK;
-    }
+    if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) return this.filter.setTablesCommand(data) ? ACK_OK : ACK_ERR;
     if (cls === CTRL.GUEST_OFFLOADS && cmd === CTRL_GUEST_OFFLOADS_SET && has(features, F.CTRL_GUEST_OFFLOADS)) {
       if (data.length !== 8) return ACK_ERR;
       const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);

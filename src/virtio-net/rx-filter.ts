@@ -63,6 +63,32 @@ export class RxFilter {
     return true;
   }
 
+  /**
+   * VIRTIO_NET_CTRL_MAC_TABLE_SET's body (a unicast then a multicast table: a le32 count and that many
+   * addresses each); false if it is malformed. Tables longer than we keep fall back to accepting that
+   * class of address wholesale.
+   */
+  setTablesCommand(data: Uint8Array): boolean {
+    const tables: Uint8Array[][] = [];
+    let o = 0;
+    const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    for (let t = 0; t < 2; t++) {
+      if (o + 4 > data.length) return false;
+      const n = dv.getUint32(o, true);
+      o += 4;
+      if (n > 1024 || o + 6 * n > data.length) return false;
+      tables.push(Array.from({ length: n }, (_, i) => data.slice(o + 6 * i, o + 6 * i + 6)));
+      o += 6 * n;
+    }
+    if (o !== data.length) return false;
+    if (!this.setTables(tables[0], tables[1])) {
+      if (tables[0].length > MAC_TABLE_MAX) this.setMode(RX_MODE.ALLUNI, true);
+      if (tables[1].length > MAC_TABLE_MAX) this.setMode(RX_MODE.ALLMULTI, true);
+      this.setTables(tables[0].slice(0, MAC_TABLE_MAX), tables[1].slice(0, MAC_TABLE_MAX));
+    }
+    return true;
+  }
+
   private inTable(p: Uint8Array, o: number, first: number, count: number): boolean {
     const b = this.bytes;
     for (let i = 0; i < count; i++) {

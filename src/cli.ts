@@ -215,14 +215,15 @@ async function vhostUser(argv: string[]): Promise<number> {
   let net;
   try {
     net = parseNetArg(values.net);
-    driver = await createDriver(net.driver, { ...(net.options ?? {}), ...(net.queues ? { queues: String(net.queues) } : {}) });
+    // (mtu=N raises the wire's MTU; vhost-user does not offer VIRTIO_NET_F_MTU: the frontend's device decides)
+    driver = await createDriver(net.driver, { ...(net.options ?? {}), ...(net.queues ? { queues: String(net.queues) } : {}), ...(net.mtu ? { mtu: String(net.mtu) } : {}) });
   } catch (e) {
     if (e instanceof UserError) return fail(e.message);
     throw e;
   }
   if (driver.describe) process.stderr.write(`tsvmm: net: ${driver.name} ${driver.describe}\n`);
   const log = (l: string) => process.stderr.write(`tsvmm: ${l}\n`);
-  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs, packed: net.packed, log });
+  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs, packed: net.packed, mergeable: net.mergeable, log });
   const server = new VhostUserServer(backend, { path: values.socket, client: values.client, log });
   let code = 0;
   const stop = (c: number) => () => {

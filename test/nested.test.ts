@@ -36,18 +36,24 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'triple', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'triple', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
 const LIMIT_S = 900;
 
 const L2_COMMON = ['cpus', 'acpi-madt', 'ioapic', 'acpi-pci-root', 'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'msix-vectors', 'link-up', 'ping-56', 'ping-1400', 'ping-8000', 'file-l1-to-l2'];
+const JUMBO_CHECKS = ['feature-mtu', 'mtu-above-offer-refused', 'mtu-set', 'ping-jumbo-unfragmented'];
 const RNG_CHECKS = ['virtio-rng-bound', 'rng-ring-layout', 'rng-current-virtio', 'hwrng-64k', 'hwrng-random'];
 const ALL_EXPECTED: Array<[string, string]> = [
   ['L1', 'kvm-device'],
   ['L1', 'tap-created'],
-  ...L2_COMMON.map((c): [string, string] => ['L2', `basic/${c}`]),
+  // (basic runs without mergeable receive buffers: mrg-rxbuf=off)
+  ...L2_COMMON.map((c): [string, string] => ['L2', `basic/${c === 'feature-mrg-rxbuf' ? 'feature-no-mrg-rxbuf' : c}`]),
+  // basic and mq run at MTU 9000 (mtu=9000: tsvmm raises tap0's MTU and offers it), and basic with a
+  // speed (speed=25000,duplex=full) that ethtool shows
+  ...['basic', 'mq'].flatMap((scn): Array<[string, string]> => [...JUMBO_CHECKS.map((c): [string, string] => ['L2', `${scn}/${c}`]), ['L1', `${scn}/tap-mtu-raised`]]),
+  ['L2', 'basic/ethtool-speed'],
   // basic and mq also have tsvmm's virtio-rng (--rng; packed rings in basic, split in mq): Linux's
   // virtio_rng reads /dev/hwrng from it
   ...['basic', 'mq'].flatMap((scn) => RNG_CHECKS.map((c): [string, string] => ['L2', `${scn}/${c}`])),
@@ -55,10 +61,13 @@ const ALL_EXPECTED: Array<[string, string]> = [
   ['L1', 'basic/no-tsvmm-left'],
   ['L1', 'basic/file-l2-to-l1'],
   ...L2_COMMON.map((c): [string, string] => ['L2', `mq/${c}`]),
-  ...['feature-ring-packed', 'ethtool-combined-1', 'ping-one-pair', 'ethtool-combined-2', 'two-pairs-active', 'iperf3-parallel'].map((c): [string, string] => ['L2', `mq/${c}`]),
+  ...['feature-ring-packed', 'ethtool-combined-1', 'ping-one-pair', 'ethtool-combined-2', 'two-pairs-active', 'iperf3-parallel', 'gro-hw-off', 'file-gro-hw-off', 'gro-hw-on'].map((c): [string, string] => ['L2', `mq/${c}`]),
   ['L1', 'mq/no-tsvmm-left'],
   ['L1', 'mq/file-l2-to-l1'],
   ['L1', 'wedge/no-tsvmm-left'],
+  // the link taken down and up from the host (vm.net[0].setLink): L2's carrier follows, traffic resumes
+  ...['link-up', 'carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up'].map((c): [string, string] => ['L2', `link/${c}`]),
+  ['L1', 'link/no-tsvmm-left'],
   ['L1', 'triple/no-tsvmm-left'],
   ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : []).flatMap((scn): Array<[string, string]> => [
     ...[...L2_COMMON.slice(0, 4), 'viommu-probed', 'net-behind-iommu', 'iommu-domain-type', ...L2_COMMON.slice(4), 'feature-access-platform', scn === 'iommu-strict' ? 'feature-ring-split' : 'feature-ring-packed', 'iperf3-l2-to-l1', 'iperf3-l1-to-l2'].map(
@@ -200,8 +209,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'link', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }

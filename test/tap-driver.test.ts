@@ -260,3 +260,40 @@ describe('tap driver options', () => {
     expect(() => create({ ifname: 'tdrvx0', uring: 'maybe' })).toThrow(new UserError('--net tap: uring must be on or off'));
   });
 });
+
+describe('tap driver MTU', () => {
+  // create() acts on the namespace it runs in: a node of its own inside the test's namespace
+  const probe = (options: Record<string, string>) =>
+    ns.exec(process.execPath, '--input-type=module', '-e', `
+      const { create } = await import(${JSON.stringify(new URL('../dist/drivers/tap/index.js', import.meta.url).href)});
+      try {
+        const d = create(${JSON.stringify({ uring: 'off', ...options })});
+        d.close();
+        console.log(JSON.stringify({ caps: d.caps.mtu }));
+      } catch (e) { console.log(JSON.stringify({ error: e.message })); }`);
+  const result = (options: Record<string, string>) => JSON.parse(probe(options).trim().split('\n').at(-1)!) as { caps?: number; error?: string };
+  const linkMtu = (name: string) => Number(ns.exec('cat', `/sys/class/net/${name}/mtu`).trim());
+  let ns: NetNs;
+  beforeAll(() => {
+    ns = new NetNs('tapmtu');
+    ns.addTap('tmtu0');
+  });
+  afterAll(() => ns?.delete());
+
+  it("reports the tap's own MTU (not a fixed 1500)", () => {
+    ns.exec('ip', 'link', 'set', 'tmtu0', 'mtu', '9000');
+    expect(result({ ifname: 'tmtu0' })).toEqual({ caps: 9000 });
+    ns.exec('ip', 'link', 'set', 'tmtu0', 'mtu', '1500');
+    expect(result({ ifname: 'tmtu0' })).toEqual({ caps: 1500 });
+  });
+
+  it('raises the tap to mtu=N, never lowers it, and names an MTU the kernel refuses', () => {
+    ns.exec('ip', 'link', 'set', 'tmtu0', 'mtu', '1500');
+    expect(result({ ifname: 'tmtu0', mtu: '9000' })).toEqual({ caps: 9000 });
+    expect(linkMtu('tmtu0')).toBe(9000);
+    expect(result({ ifname: 'tmtu0', mtu: '4000' })).toEqual({ caps: 9000 });
+    expect(linkMtu('tmtu0')).toBe(9000);
+    expect(result({ ifname: 'tmtu0', mtu: '65535' })).toEqual({ error: '--net tap: tmtu0 cannot take mtu=65535 (the kernel refused it; a tap\'s largest is 65521)' });
+    expect(result({ ifname: 'tmtu0', mtu: 'x' })).toEqual({ error: '--net tap: mtu must be a whole number from 68 to 65535' });
+  });
+});

@@ -82,6 +82,24 @@ describe('RX filter', () => {
     expect(f.accepts(frame('52:54:00:12:34:56'), 0)).toBe(false);
     expect(f.setTables(new Array(65).fill(mac), [])).toBe(false);
   });
+
+  it('takes MAC_TABLE_SET bodies, refuses malformed ones, and accepts a class wholesale past 64 entries', () => {
+    const body = (uni: string[], multi: string[], extra = 0) => {
+      const le = (n: number) => [n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, n >>> 24];
+      return Uint8Array.from([...le(uni.length), ...uni.flatMap((m) => [...frame(m)]), ...le(multi.length), ...multi.flatMap((m) => [...frame(m)]), ...new Array(extra).fill(0)]);
+    };
+    f.reset(mac);
+    f.setMode(RX_MODE.PROMISC, false);
+    expect(f.setTablesCommand(body(['02:aa:aa:aa:aa:aa'], ['01:00:5e:00:00:01']))).toBe(true);
+    expect(f.accepts(frame('02:aa:aa:aa:aa:aa'), 0)).toBe(true);
+    expect(f.accepts(frame('01:00:5e:00:00:01'), 0)).toBe(true);
+    expect(f.accepts(frame('02:ab:aa:aa:aa:aa'), 0)).toBe(false);
+    const good = body(['02:aa:aa:aa:aa:aa'], []);
+    for (const bad of [good.subarray(0, 3), good.subarray(0, good.length - 1), body(['02:aa:aa:aa:aa:aa'], [], 1)]) expect(f.setTablesCommand(bad)).toBe(false);
+    expect(f.setTablesCommand(Uint8Array.from([0xff, 0xff, 0xff, 0xff]))).toBe(false); // a count past the body
+    expect(f.setTablesCommand(body(new Array(65).fill('02:cc:cc:cc:cc:cc'), []))).toBe(true);
+    expect(f.accepts(frame('02:99:99:99:99:99'), 0)).toBe(true); // ALLUNI
+  });
 });
 
 describe('--net parsing', () => {

@@ -2,7 +2,8 @@
 // status machine and reset, queue registers, MSI-X vectors becoming GSI routes and irqfds.
 import { describe, it, expect } from 'vitest';
 import { Bus } from '../src/vmm/bus.js';
-import { VirtioPciDevice, BAR_SIZE, NOTIFY_OFF } from '../src/vmm/devices/virtio-pci.js';
+import { VirtioPciDevice, BAR_SIZE, NOTIFY_OFF, ISR_OFF, ISR_QUEUE, ISR_CONFIG } from '../src/vmm/devices/virtio-pci.js';
+import { Worker } from 'node:worker_threads';
 import { STATUS, type Activation, type VirtioDevice } from '../src/virtio/device.js';
 import { PCI_CMD_MEM } from '../src/vmm/devices/pci.js';
 import type { VmFd } from '../src/vmm/kvm.js';
@@ -218,5 +219,39 @@ describe('virtio-pci modern transport', () => {
     expect(r(0x1000, 1)).toBe(0);
     expect(dev.brokenReason).toBe('descriptor chain too long');
     expect(BAR_SIZE).toBe(0x8000);
+  });
+});
+
+describe('virtio-pci ISR status', () => {
+  it('returns and clears what is pending on each read: a configuration change, a queue interrupt set by another thread, both', async () => {
+    const { dev, r, w } = fakes();
+    w(0x08, 1);
+    w(0x0c, 1);
+    w(0x14, 1 | 2 | 8 | 4, 1);
+    await tick();
+    expect(r(ISR_OFF, 1)).toBe(0);
+    dev.configChanged();
+    expect(r(ISR_OFF, 1)).toBe(ISR_CONFIG);
+    expect(r(ISR_OFF, 1)).toBe(0);
+    // a dataplane thread raising a queue's legacy interrupt sets bit 0 in the shared word before it
+    // signals the line; the vCPU's read sees it once
+    const setQueueBit = (isr: Int32Array) =>
+      new Promise<void>((res, rej) => {
+        const t = new Worker('const { workerData } = require("node:worker_threads"); Atomics.or(workerData, 0, 1);', { eval: true, workerData: isr });
+        t.once('exit', () => res());
+        t.once('error', rej);
+      });
+    await setQueueBit(dev.isr);
+    expect(r(ISR_OFF, 1)).toBe(ISR_QUEUE);
+    expect(r(ISR_OFF, 1)).toBe(0);
+    await setQueueBit(dev.isr);
+    dev.configChanged();
+    expect(r(ISR_OFF, 1)).toBe(ISR_QUEUE | ISR_CONFIG);
+    expect(r(ISR_OFF, 1)).toBe(0);
+    // a reset forgets what the old driver did not read
+    dev.configChanged();
+    w(0x14, 0, 1);
+    await tick();
+    expect(r(ISR_OFF, 1)).toBe(0);
   });
 });

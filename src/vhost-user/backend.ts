@@ -27,6 +27,8 @@ export interface BackendOptions {
   busyPollUs?: number;
   /** offer packed rings (VIRTIO_F_RING_PACKED) besides split ones (default true); the frontend chooses */
   packed?: boolean;
+  /** offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF; default true) */
+  mergeable?: boolean;
   /** a line for the operator on events worth knowing (dirty logging switched on or off) */
   log?: (line: string) => void;
 }
@@ -77,7 +79,7 @@ export class VhostUserBackend implements BackendCore {
     private readonly opts: BackendOptions,
   ) {
     // the net device's offer (from what the driver honours) and what the vhost-user protocol adds
-    let f = netFeatureOffer(driver.caps, opts.queuePairs, { packed: opts.packed ?? true }) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
+    let f = netFeatureOffer(driver.caps, opts.queuePairs, { packed: opts.packed ?? true, mergeable: opts.mergeable }) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
     this.features = f;
     this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);
     this.vrings = Array.from({ length: 2 * opts.queuePairs }, freshRing);

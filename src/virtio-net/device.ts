@@ -11,6 +11,9 @@ import { stuckThreadMs } from '../viommu/table.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
 import { RxFilter, RX_MODE } from './rx-filter.js';
+import { formatMac } from './mac.js';
+
+export { parseMac, formatMac } from './mac.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import type { WorkerUnit } from '../dataplane/worker.js';
 import { F, bit, has, netFeatureOffer, queueFeatures } from './features.js';
@@ -21,7 +24,15 @@ import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
-const CTRL = { RX: 0, MAC: 1, MQ: 4 } as const;
+/** the config space's speed and duplex when not known (Linux's SPEED_UNKNOWN, DUPLEX_UNKNOWN) */
+export const SPEED_UNKNOWN = 0xffffffff;
+const DUPLEX = { half: 0, full: 1, unknown: 0xff } as const;
+/** virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu (u16 each), speed (u32), duplex (u8) */
+const CONFIG_SIZE = 17;
+const CTRL = { RX: 0, MAC: 1, MQ: 4, GUEST_OFFLOADS: 5 } as const;
+const CTRL_GUEST_OFFLOADS_SET = 0;
+/** the receive offloads a driver may turn on and off (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET), by feature bit */
+const GUEST_OFFLOAD_BITS = [F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN];
 const CTRL_MAC_TABLE_SET = 0;
 const CTRL_MAC_ADDR_SET = 1;
 const CTRL_MQ_VQ_PAIRS_SET = 0;
@@ -40,20 +51,15 @@ export interface NetDeviceOptions {
   busyPollUs?: number;
   /** offer packed rings (VIRTIO_F_RING_PACKED) besides split ones (default true) */
   packed?: boolean;
+  /** offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF; default true) */
+  mergeable?: boolean;
+  /** the MTU offered (VIRTIO_NET_F_MTU), at most the driver's; default the driver's (the wire's) */
+  mtu?: number;
+  /** the link speed in Mb/s and duplex shown to the guest (VIRTIO_NET_F_SPEED_DUPLEX); default unknown */
+  speed?: number;
+  duplex?: 'full' | 'half';
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
   iommu?: { table: IommuTable; endpoint: number };
-}
-
-export function parseMac(s: string): Uint8Array {
-  const m = /^([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2}):([0-9a-f]{2})$/i.exec(s);
-  if (!m) throw new Error(`"${s}" is not a MAC address (like 52:54:00:12:34:56)`);
-  const mac = new Uint8Array(m.slice(1).map((h) => parseInt(h, 16)));
-  if (mac[0] & 1) throw new Error(`${s} is a multicast address`);
-  return mac;
-}
-
-export function formatMac(mac: Uint8Array): string {
-  return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
 export class VirtioNet implements VirtioDevice {
@@ -61,10 +67,10 @@ export class VirtioNet implements VirtioDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
-  readonly configSize = 12;
+  readonly configSize = CONFIG_SIZE;
   readonly filter = new RxFilter();
   readonly stats: SharedArrayBuffer;
-  private readonly config = new Uint8Array(12);
+  private readonly config = new Uint8Array(CONFIG_SIZE);
   private readonly dataplane: Dataplane;
   private view: GuestView;
   private active?: Activation;
@@ -84,8 +90,10 @@ export class VirtioNet implements VirtioDevice {
     const pairs = opts.queuePairs;
     this.numQueues = 2 * pairs + 1;
     this.maxQueueSize = opts.queueSize ?? 256;
-    let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true });
-    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR);
+    let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true, mergeable: opts.mergeable });
+    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX);
+    // the guest may turn the receive offloads it negotiated off and on again (ethtool -K eth0 rx-gro-hw)
+    if (has(f, F.GUEST_CSUM)) f |= bit(F.CTRL_GUEST_OFFLOADS);
     // behind the vIOMMU the driver must know its addresses are translated
     if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);
     this.features = f;
@@ -93,7 +101,9 @@ export class VirtioNet implements VirtioDevice {
     this.config.set(opts.mac);
     v.setUint16(6, NET_STATUS_LINK_UP, true);
     v.setUint16(8, pairs, true);
-    v.setUint16(10, opts.driver.caps.mtu, true);
+    v.setUint16(10, this.mtu, true);
+    v.setUint32(12, opts.speed ?? SPEED_UNKNOWN, true);
+    v.setUint8(16, DUPLEX[opts.duplex ?? 'unknown']);
     this.filter.reset(opts.mac);
     this.stats = newStatsBuffer(2 * pairs);
     this.plainView = this.view = guestView(memory.buffer, memory.table);
@@ -113,6 +123,28 @@ export class VirtioNet implements VirtioDevice {
   /** the driver negotiated ACCESS_PLATFORM: every address it gives us is an IOVA */
   private get translated(): boolean {
     return !!this.opts.iommu && !!this.active && has(this.active.features, F.ACCESS_PLATFORM);
+  }
+
+  /** the link state the guest sees (VIRTIO_NET_S_LINK_UP); the device starts with its link up */
+  get linkUp(): boolean {
+    return (this.config[6] & NET_STATUS_LINK_UP) !== 0;
+  }
+
+  /**
+   * Set the link up or down as the guest sees it (its carrier): the status in the configuration space
+   * and a configuration-change interrupt. While it is down no frame reaches the guest (dropped as
+   * filtered, as QEMU drops a down link's frames); what the guest still sends goes out.
+   */
+  setLink(up: boolean): void {
+    if (up === this.linkUp) return;
+    this.config[6] = (this.config[6] & ~NET_STATUS_LINK_UP) | (up ? NET_STATUS_LINK_UP : 0);
+    this.filter.setLinkDown(!up);
+    this.active?.configChanged();
+  }
+
+  /** the MTU offered to the guest (its config space's mtu) */
+  get mtu(): number {
+    return this.opts.mtu ?? this.opts.driver.caps.mtu;
   }
 
   get mac(): Uint8Array {
@@ -185,12 +217,7 @@ export class VirtioNet implements VirtioDevice {
       this.kick(this.ctrlIndex);
     }
     this.ctrlReader?.idle();
-    this.opts.driver.setGuestOffloads({
-      rxCsum: has(features, F.GUEST_CSUM),
-      rxTso4: has(features, F.GUEST_TSO4),
-      rxTso6: has(features, F.GUEST_TSO6),
-      rxTsoEcn: has(features, F.GUEST_ECN),
-    });
+    this.setGuestOffloads(features);
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
     this.activePairs = 1;
     // a reset or a change of pairs waits for this start (restarting chains every thread change)
@@ -241,7 +268,7 @@ export class VirtioNet implements VirtioDevice {
       {
         memory: this.memory.buffer,
         table: this.memory.table.toJSON(),
-        ...netDataplane(a.features, this.opts.driver, this.filter.buffer),
+        ...netDataplane(a.features, this.opts.driver, this.filter.buffer, this.mtu),
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
         dirtyLog: this.dirtyLog,
@@ -291,6 +318,11 @@ export class VirtioNet implements VirtioDevice {
     this.ctrlReader?.idle();
   }
 
+  /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
+  private setGuestOffloads(bits: bigint): void {
+    this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
+  }
+
   /** One control command; returns the ack byte. */
   control(cls: number, cmd: number, data: Uint8Array): number {
     const features = this.active?.features ?? 0n;
@@ -305,25 +337,14 @@ export class VirtioNet implements VirtioDevice {
       this.filter.setMac(data);
       return ACK_OK;
     }
-    if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) {
-      const tables: Uint8Array[][] = [];
-      let o = 0;
-      const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
-      for (let t = 0; t < 2; t++) {
-        if (o + 4 > data.length) return ACK_ERR;
-        const n = dv.getUint32(o, true);
-        o += 4;
-        if (n > 1024 || o + 6 * n > data.length) return ACK_ERR;
-        tables.push(Array.from({ length: n }, (_, i) => data.slice(o + 6 * i, o + 6 * i + 6)));
-        o += 6 * n;
-      }
-      if (o !== data.length) return ACK_ERR;
-      // tables longer than we keep: fall back to accepting that class of address wholesale
-      if (!this.filter.setTables(tables[0], tables[1])) {
-        if (tables[0].length > 64) this.filter.setMode(RX_MODE.ALLUNI, true);
-        if (tables[1].length > 64) this.filter.setMode(RX_MODE.ALLMULTI, true);
-        this.filter.setTables(tables[0].slice(0, 64), tables[1].slice(0, 64));
-      }
+    if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) return this.filter.setTablesCommand(data) ? ACK_OK : ACK_ERR;
+    if (cls === CTRL.GUEST_OFFLOADS && cmd === CTRL_GUEST_OFFLOADS_SET && has(features, F.CTRL_GUEST_OFFLOADS)) {
+      if (data.length !== 8) return ACK_ERR;
+      const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);
+      // only offloads it negotiated (§5.1.6.5.6.2), and never any other bit
+      const allowed = GUEST_OFFLOAD_BITS.filter((b) => has(features, b)).reduce((a, b) => a | bit(b), 0n);
+      if (want & ~allowed) return ACK_ERR;
+      this.setGuestOffloads(want);
       return ACK_OK;
     }
     if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {

@@ -9,6 +9,7 @@ import type { QueueFeatures } from '../virtio/virtqueue.js';
 export const F = {
   CSUM: 0,
   GUEST_CSUM: 1,
+  CTRL_GUEST_OFFLOADS: 2,
   MTU: 3,
   MAC: 5,
   GUEST_TSO4: 7,
@@ -23,6 +24,7 @@ export const F = {
   CTRL_RX: 18,
   MQ: 22,
   CTRL_MAC_ADDR: 23,
+  SPEED_DUPLEX: 63,
   // transport
   INDIRECT_DESC: VIRTIO_F_INDIRECT_DESC,
   EVENT_IDX: VIRTIO_F_EVENT_IDX,
@@ -41,10 +43,12 @@ export const has = (features: bigint, n: number): boolean => (features & bit(n))
  * honours (TX offloads need it to checksum/segment, RX ones to take partial checksums and GSO frames).
  * Device-model extras (MAC, the control queue...) and transport extras (vhost-user's) are the caller's.
  * `packed`: offer VIRTIO_F_RING_PACKED too (each transport opts in; the driver still chooses the layout).
+ * `mergeable`: offer MRG_RXBUF (default true; false makes the guest post one buffer per frame).
  */
-export function netFeatureOffer(caps: Pick<DriverCapabilities, 'offloads'>, queuePairs: number, opts: { packed?: boolean } = {}): bigint {
+export function netFeatureOffer(caps: Pick<DriverCapabilities, 'offloads'>, queuePairs: number, opts: { packed?: boolean; mergeable?: boolean } = {}): bigint {
   const o = caps.offloads;
-  let f = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC) | bit(F.MRG_RXBUF);
+  let f = bit(F.VERSION_1) | bit(F.EVENT_IDX) | bit(F.INDIRECT_DESC);
+  if (opts.mergeable ?? true) f |= bit(F.MRG_RXBUF);
   if (opts.packed) f |= bit(F.RING_PACKED);
   if (queuePairs > 1) f |= bit(F.MQ);
   if (o.txCsum) {
@@ -72,14 +76,23 @@ export function queueFeatures(features: bigint): Required<QueueFeatures> {
   return { eventIdx: has(features, F.EVENT_IDX), indirect: has(features, F.INDIRECT_DESC), packed: has(features, F.RING_PACKED), inOrder: has(features, F.IN_ORDER) };
 }
 
-/** What the negotiated features mean for the net dataplane threads (the per-device part of their configuration). */
-export function netDataplaneFeatures(features: bigint, caps: Pick<DriverCapabilities, 'mtu'>) {
+/** the MTU range of `--net ...,mtu=N` and the config space's u16 field (RFC 791's minimum IPv4 MTU up) */
+export const MIN_MTU = 68;
+export const MAX_MTU = 65535;
+
+/**
+ * What the negotiated features mean for the net dataplane threads (the per-device part of their
+ * configuration). `mtu`: the device's MTU (what it offers with VIRTIO_NET_F_MTU, else the wire's):
+ * the largest frame taken from the driver for a guest that takes no GSO frames.
+ */
+export function netDataplaneFeatures(features: bigint, mtu: number) {
   const guestTso = has(features, F.GUEST_TSO4) || has(features, F.GUEST_TSO6);
   return {
     ...queueFeatures(features),
     mergeable: has(features, F.MRG_RXBUF),
-    // the guest takes GSO frames: its buffers (or, with MRG_RXBUF, several) must hold the largest
-    maxRxFrame: guestTso ? MAX_GSO_FRAME : caps.mtu + FRAME_OVERHEAD,
+    // the guest takes GSO frames: its buffers (or, with MRG_RXBUF, several) must hold the largest;
+    // else it sized them for its MTU (Linux without MRG_RXBUF: enough pages for the offered MTU)
+    maxRxFrame: guestTso ? MAX_GSO_FRAME : mtu + FRAME_OVERHEAD,
     txPolicy: txPolicy(features),
   };
 }

@@ -10,7 +10,9 @@ const W_NOUNI = 4;
 const W_NOBCAST = 5;
 const W_UNI_COUNT = 6;
 const W_MULTI_COUNT = 7;
-const WORDS = 8;
+/** the device's link is down (set by the host, kept over device resets): nothing is accepted */
+const W_LINK_DOWN = 8;
+const WORDS = 9;
 export const MAC_TABLE_MAX = 64;
 const MAC_OFF = WORDS * 4; // primary MAC (8 bytes reserved), then the unicast and multicast tables
 const TABLE_OFF = MAC_OFF + 8;
@@ -28,13 +30,19 @@ export class RxFilter {
 
   /** Device reset state: promiscuous, as QEMU starts (drivers turn it off through the control queue). */
   reset(mac: Uint8Array): void {
+    const down = this.words[W_LINK_DOWN];
     this.words.fill(0);
+    this.words[W_LINK_DOWN] = down;
     this.words[W_PROMISC] = 1;
     this.setMac(mac);
   }
 
   setMode(mode: number, on: boolean): void {
     this.words[mode] = on ? 1 : 0;
+  }
+
+  setLinkDown(down: boolean): void {
+    this.words[W_LINK_DOWN] = down ? 1 : 0;
   }
 
   setMac(mac: Uint8Array): void {
@@ -55,6 +63,32 @@ export class RxFilter {
     return true;
   }
 
+  /**
+   * VIRTIO_NET_CTRL_MAC_TABLE_SET's body (a unicast then a multicast table: a le32 count and that many
+   * addresses each); false if it is malformed. Tables longer than we keep fall back to accepting that
+   * class of address wholesale.
+   */
+  setTablesCommand(data: Uint8Array): boolean {
+    const tables: Uint8Array[][] = [];
+    let o = 0;
+    const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    for (let t = 0; t < 2; t++) {
+      if (o + 4 > data.length) return false;
+      const n = dv.getUint32(o, true);
+      o += 4;
+      if (n > 1024 || o + 6 * n > data.length) return false;
+      tables.push(Array.from({ length: n }, (_, i) => data.slice(o + 6 * i, o + 6 * i + 6)));
+      o += 6 * n;
+    }
+    if (o !== data.length) return false;
+    if (!this.setTables(tables[0], tables[1])) {
+      if (tables[0].length > MAC_TABLE_MAX) this.setMode(RX_MODE.ALLUNI, true);
+      if (tables[1].length > MAC_TABLE_MAX) this.setMode(RX_MODE.ALLMULTI, true);
+      this.setTables(tables[0].slice(0, MAC_TABLE_MAX), tables[1].slice(0, MAC_TABLE_MAX));
+    }
+    return true;
+  }
+
   private inTable(p: Uint8Array, o: number, first: number, count: number): boolean {
     const b = this.bytes;
     for (let i = 0; i < count; i++) {
@@ -67,6 +101,7 @@ export class RxFilter {
   /** Does a frame whose destination MAC is at p[o..o+6) reach the guest? */
   accepts(p: Uint8Array, o: number): boolean {
     const w = this.words;
+    if (w[W_LINK_DOWN]) return false;
     if (w[W_PROMISC]) return true;
     if (p[o] & 1) {
       const bcast = p[o] === 0xff && p[o + 1] === 0xff && p[o + 2] === 0xff && p[o + 3] === 0xff && p[o + 4] === 0xff && p[o + 5] === 0xff;

@@ -1,5 +1,6 @@
 // The typed VM configuration shared by the CLI and the library, with validation that names what to fix.
 import { UserError } from '../errors.js';
+import { MAX_MTU, MIN_MTU } from '../virtio-net/features.js';
 
 export type SerialConfig = 'stdio' | 'none' | { file: string };
 
@@ -50,9 +51,32 @@ export interface NetConfig {
   busyPollUs?: number;
   /** offer packed rings (VIRTIO_F_RING_PACKED) as well as split ones; false: split only (default true) */
   packed?: boolean;
+  /** offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF; default true) */
+  mergeable?: boolean;
+  /**
+   * the MTU offered to the guest (VIRTIO_NET_F_MTU), 68..65535; the driver raises its wire's to it where
+   * it can (tap: the tap's MTU). Default: the wire's MTU as the driver finds it.
+   */
+  mtu?: number;
+  /** the link speed in Mb/s the guest is shown (VIRTIO_NET_F_SPEED_DUPLEX), 1..2147483647; default unknown */
+  speed?: number;
+  /** the duplex the guest is shown; default unknown */
+  duplex?: 'full' | 'half';
 }
 
-/** Parse "--net tap,ifname=tap0,queues=2,mac=52:54:00:12:34:56,packed=off". */
+/** Validate the device settings of a NetConfig the library may have been given directly. */
+export function checkNetConfig(n: NetConfig): void {
+  const bool = (k: 'packed' | 'mergeable') => {
+    if (n[k] !== undefined && typeof n[k] !== 'boolean') throw new UserError(`--net: ${k} must be true or false (the library option), not ${JSON.stringify(n[k])}`);
+  };
+  bool('packed');
+  bool('mergeable');
+  if (n.mtu !== undefined && !(Number.isInteger(n.mtu) && n.mtu >= MIN_MTU && n.mtu <= MAX_MTU)) throw new UserError(`--net: mtu must be a whole number from ${MIN_MTU} to ${MAX_MTU}, not ${JSON.stringify(n.mtu)}`);
+  if (n.speed !== undefined && !(Number.isInteger(n.speed) && n.speed >= 1 && n.speed <= 0x7fffffff)) throw new UserError(`--net: speed must be a whole number of Mb/s from 1 to 2147483647, not ${JSON.stringify(n.speed)}`);
+  if (n.duplex !== undefined && n.duplex !== 'full' && n.duplex !== 'half') throw new UserError(`--net: duplex must be full or half, not ${JSON.stringify(n.duplex)}`);
+}
+
+/** Parse "--net tap,ifname=tap0,queues=2,mac=52:54:00:12:34:56,packed=off,mrg-rxbuf=off,mtu=9000,speed=10000,duplex=full". */
 export function parseNetArg(s: string): NetConfig {
   const [driver, ...kv] = s.split(',');
   if (!driver) throw new UserError('--net: a driver name is required (e.g. --net tap,ifname=tap0)');
@@ -67,6 +91,18 @@ export function parseNetArg(s: string): NetConfig {
     else if (k === 'packed') {
       if (v !== 'on' && v !== 'off') throw new UserError(`--net: packed=${v} is not on or off`);
       net.packed = v === 'on';
+    } else if (k === 'mrg-rxbuf') {
+      if (v !== 'on' && v !== 'off') throw new UserError(`--net: mrg-rxbuf=${v} is not on or off`);
+      net.mergeable = v === 'on';
+    } else if (k === 'mtu') {
+      if (!/^\d+$/.test(v) || Number(v) < MIN_MTU || Number(v) > MAX_MTU) throw new UserError(`--net: mtu=${v} is not a whole number from ${MIN_MTU} to ${MAX_MTU}`);
+      net.mtu = Number(v);
+    } else if (k === 'speed') {
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 0x7fffffff) throw new UserError(`--net: speed=${v} is not a whole number of Mb/s from 1 to 2147483647`);
+      net.speed = Number(v);
+    } else if (k === 'duplex') {
+      if (v !== 'full' && v !== 'half') throw new UserError(`--net: duplex=${v} is not full or half`);
+      net.duplex = v;
     }
     else if (k === 'queues' || k === 'threads' || k === 'busy-poll') {
       if (!/^\d+$/.test(v)) throw new UserError(`--net: ${k}=${v} is not a whole number`);

@@ -15,7 +15,7 @@ import { newMailbox, MailboxServer } from './mailbox.js';
 import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
 import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
-import { requestedCpus, resolveCpus, resolveMemory, type VmConfig, type NetConfig, type RngConfig } from './config.js';
+import { requestedCpus, resolveCpus, resolveMemory, checkNetConfig, type VmConfig, type NetConfig, type RngConfig } from './config.js';
 import { createDriver } from '../drivers/registry.js';
 import { VirtioIommu } from '../viommu/device.js';
 import type { VirtioDevice } from '../virtio/device.js';
@@ -89,6 +89,11 @@ export class Vm extends EventEmitter {
   /** next free address for BARs, in the 32-bit MMIO hole */
   private mmioNext = MMIO_HOLE_START;
   readonly netDevices: NetDevice[] = [];
+
+  /** The network devices in the order configured: `vm.net[0].setLink(false)` takes its link down. */
+  get net(): readonly VirtioNet[] {
+    return this.netDevices.map((d) => d.net);
+  }
   /** the virtio-rng device (`rng: true`) */
   rng?: VirtioRng;
   private rngPci?: VirtioPciDevice;
@@ -279,13 +284,15 @@ export class Vm extends EventEmitter {
     } catch (e) {
       throw new UserError(`--net: ${(e as Error).message}`);
     }
-    if (n.packed !== undefined && typeof n.packed !== 'boolean') throw new UserError(`--net: packed must be true or false (the library option), not ${JSON.stringify(n.packed)}`);
-    const driver = await createDriver(n.driver, { ...(n.options ?? {}), ...(n.queues ? { queues: String(n.queues) } : {}) });
+    checkNetConfig(n);
+    // the driver sees the MTU too: it raises its wire's to it where it can
+    const driver = await createDriver(n.driver, { ...(n.options ?? {}), ...(n.queues ? { queues: String(n.queues) } : {}), ...(n.mtu ? { mtu: String(n.mtu) } : {}) });
     try {
+      if (n.mtu !== undefined && n.mtu > driver.caps.mtu) throw new UserError(`--net: mtu=${n.mtu} is more than the ${driver.name} driver carries (${driver.caps.mtu})`);
       // behind the vIOMMU its endpoint id is its PCI requester id (bus 0, this slot, function 0)
       const slot = this.pciHost!.freeSlot();
       const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, iommu });
+      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, mergeable: n.mergeable, mtu: n.mtu, speed: n.speed, duplex: n.duplex, iommu });
       const pci = this.plugVirtio(net, 0x020000, slot);
       if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
       this.netDevices.push({ net, pci, driver });

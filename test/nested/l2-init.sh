@@ -85,7 +85,7 @@ feat=$(cat /sys/bus/virtio/devices/$dev/features)
 bit() { [ "$(echo "$feat" | cut -c$(($1 + 1)))" = 1 ]; }
 bit 32; check feature-version1 $?
 bit 29; check feature-event-idx $?
-bit 15; check feature-mrg-rxbuf $?
+if [ "$(arg mrg)" = 0 ]; then ! bit 15; check feature-no-mrg-rxbuf $? "features=$feat"; else bit 15; check feature-mrg-rxbuf $?; fi
 bit 0 && bit 11 && bit 12; check feature-csum-tso $?
 bit 17; check feature-ctrl-vq $?
 [ -n "$(arg iommu)" ] && { bit 33; check feature-access-platform $?; }
@@ -109,6 +109,38 @@ ip link set eth0 up
 ip addr add 10.0.2.2/24 dev eth0
 sleep 1
 [ "$(cat /sys/class/net/eth0/carrier)" = 1 ]; check link-up $?
+if [ "$(arg link)" = 1 ]; then
+  # the host takes the link down once asked (L2-LINK-READY), and up once told L2 saw it (link-run.mjs)
+  carrier_becomes() { t=0; until [ "$(cat /sys/class/net/eth0/carrier)" = "$1" ]; do t=$((t + 1)); [ $t -ge 300 ] && return 1; sleep 0.1; done; }
+  echo "L2-LINK-READY"
+  carrier_becomes 0; check carrier-down-seen $? "carrier=$(cat /sys/class/net/eth0/carrier)"
+  echo "L2-LINK-DOWN-SEEN"
+  carrier_becomes 1; check carrier-up-seen $? "carrier=$(cat /sys/class/net/eth0/carrier)"
+  ping -c 3 -W 10 10.0.2.1 >/dev/null; check ping-after-link-up $?
+  echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"
+  poweroff -f
+fi
+# /proc/net/snmp's Ip counter named $1
+ipstat() { awk -v k="$1" '/^Ip:/ { if (!n) { for (i = 2; i <= NF; i++) if ($i == k) c = i; n = 1 } else print $c }' /proc/net/snmp; }
+mtu=$(arg mtu)
+if [ -n "$mtu" ]; then
+  # VIRTIO_NET_F_MTU (bit 3) with the MTU tsvmm was given (and raised tap0 to): Linux's ceiling for eth0
+  bit 3; check feature-mtu $?
+  ip link set eth0 mtu $((mtu + 1)) 2>/dev/null; [ $? != 0 ]; check mtu-above-offer-refused $?
+  ip link set eth0 mtu 1500 && ip link set eth0 mtu "$mtu"; check mtu-set $? "mtu=$(cat /sys/class/net/eth0/mtu)"
+  # a full-size ping both ways unfragmented (busybox ping has no -M do: neither side fragmented nor
+  # reassembled anything, by L2's IP counters)
+  f0=$(ipstat FragCreates); r0=$(ipstat ReasmReqds)
+  ping -c 3 -W 10 -s $((mtu - 28)) 10.0.2.1 >/dev/null; p=$?
+  f1=$(ipstat FragCreates); r1=$(ipstat ReasmReqds)
+  [ $p = 0 ] && [ "$f1" = "$f0" ] && [ "$r1" = "$r0" ]; check ping-jumbo-unfragmented $? "ping=$p frags+=$((f1 - f0)) reasm+=$((r1 - r0))"
+fi
+speed=$(arg speed)
+if [ -n "$speed" ]; then
+  # VIRTIO_NET_F_SPEED_DUPLEX (bit 63) with the speed and duplex given to tsvmm
+  et=$(ethtool eth0 2>&1)
+  echo "$et" | grep -q "Speed: ${speed}Mb/s" && echo "$et" | grep -q "Duplex: Full"; check ethtool-speed $? "$(echo "$et" | grep -E 'Speed|Duplex' | tr -s ' \t\n' ' ')"
+fi
 # L1 fetches /data/blob from here while the other checks run (the L2 → L1 direction)
 httpd -p 8080 -h /data
 # before powering off: L1 publishes /l2-blob-received once it has the whole blob. (Waiting a fixed 3 s
@@ -129,6 +161,12 @@ if [ "$queues" = 2 ]; then
   cur=$(ethtool -l eth0 2>&1 | sed -n '/Current/,$p' | sed -n 's/^Combined:[[:space:]]*//p')
   [ "$cur" = 2 ]; check two-pairs-active $? "combined=$cur"
   iperf3 -c 10.0.2.1 -t 4 -P 8 >/tmp/ip 2>&1; check iperf3-parallel $? "$(grep SUM /tmp/ip | tail -1)"
+  # guest offload control (CTRL_GUEST_OFFLOADS): no TSO frames received while rx-gro-hw is off, a
+  # download intact either way
+  ethtool -K eth0 rx-gro-hw off && ethtool -k eth0 | grep -q "rx-gro-hw: off"; check gro-hw-off $? "$(ethtool -k eth0 | grep rx-gro-hw)"
+  wget -q -O /tmp/dl5 http://10.0.2.1/blob
+  [ "$(md5sum < /tmp/dl5)" = "$(md5sum < /data/blob)" ]; check file-gro-hw-off $?
+  ethtool -K eth0 rx-gro-hw on; check gro-hw-on $?
 else
   iperf3 -c 10.0.2.1 -t 3 >/tmp/ip 2>&1; check iperf3-l2-to-l1 $? "$(grep -m1 sender /tmp/ip)"
   iperf3 -c 10.0.2.1 -t 3 -R >/tmp/ip 2>&1; check iperf3-l1-to-l2 $? "$(grep -m1 receiver /tmp/ip)"

@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge triple iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq wedge link triple iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -41,6 +41,13 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
     *" tsvmm.packed=0 "*) netx=,packed=off layout= ;;
     *) netx= layout=tsvmm.packed=1 ;;
   esac
+  # the device options L2 checks from its side: tsvmm.mtu=N (mtu=N: tsvmm raises tap0's MTU to N and
+  # offers N), tsvmm.mrg=0 (mrg-rxbuf=off), tsvmm.speed=N (speed=N,duplex=full)
+  mtu=$(echo " $4 " | sed -n 's/.* tsvmm\.mtu=\([0-9]*\) .*/\1/p')
+  [ -n "$mtu" ] && netx="$netx,mtu=$mtu"
+  case " $4 " in *" tsvmm.mrg=0 "*) netx="$netx,mrg-rxbuf=off" ;; esac
+  speed=$(echo " $4 " | sed -n 's/.* tsvmm\.speed=\([0-9]*\) .*/\1/p')
+  [ -n "$speed" ] && netx="$netx,speed=$speed,duplex=full"
   rm -f "$WORK/recv" "$DATA_DIR/l2-blob-received"
   # the L2 → L1 direction: fetch L2's blob as soon as its web server answers, then tell L2 (which waits
   # for that before it powers off)
@@ -49,9 +56,15 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   [ -n "$KVM_TRACE" ] && : > "$KVM_TRACE/trace"
   stage "tsvmm-start-$name"
   # (nokaslr: the rips of a hung or triple-faulting L2 name the same functions in another boot)
-  { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
-      --net tap,ifname=tap0,queues=$3$netx $6 --cmdline "console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $layout $4"
-    echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $layout $4"
+  # (the link scenario runs tsvmm as a library, which changes the running VM's link: link-run.mjs)
+  if [ "$name" = link ]; then
+    { TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/link-run.mjs" "$L2_KERNEL" "$L2_INITRD" "$l2cmd" $5; echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  else
+    { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
+        --net tap,ifname=tap0,queues=$3$netx $6 --cmdline "$l2cmd"
+      echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  fi
   rc=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm.out")
   # an L2 that never reached its init (no L2-INIT line) and was stopped at the time limit hung in early
   # boot: seen about once in 20 runs of the vIOMMU scenarios here, cause not found (TCG L1 or
@@ -85,11 +98,16 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   # (with how tsvmm said the VM ended, its last line: a triple fault also exits 0; warnings come before)
   echo "L1-RESULT $name exit=$rc $(grep '^tsvmm: ' "$WORK/tsvmm.out" | tail -1)"
   left=0
-  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
+  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js\|link-run.mjs" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
   [ "$left" = 0 ]; check "$name/no-tsvmm-left" $? "processes=$left"
-  if [ "$name" != wedge ] && [ "$name" != triple ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != link ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
+  if [ -n "$mtu" ]; then
+    [ "$(cat /sys/class/net/tap0/mtu)" = "$mtu" ]; check "$name/tap-mtu-raised" $? "mtu=$(cat /sys/class/net/tap0/mtu)"
+  fi
+  # the next scenario finds tap0 as created (its MTU is what tsvmm offers by default)
+  ip link set tap0 mtu 1500
   kill $fetcher 2>/dev/null
 }
 
@@ -97,9 +115,13 @@ for r in $RUNS; do
   case $r in
     # (with tsvmm's virtio-rng too, a second device on the dataplane threads: on packed rings in basic,
     # split in mq)
-    basic) scenario basic 1 1 "tsvmm.rng=1 tsvmm.rngpacked=1" 900 --rng ;;
-    mq) scenario mq 2 2 "tsvmm.rng=1 tsvmm.rngpacked=0" 900 --rng=packed=off ;;
+    # (both at MTU 9000, jumbo frames end to end: basic without mergeable receive buffers, one buffer of
+    # the guest's per frame, mq with them)
+    basic) scenario basic 1 1 "tsvmm.rng=1 tsvmm.rngpacked=1 tsvmm.mtu=9000 tsvmm.mrg=0 tsvmm.speed=25000" 900 --rng ;;
+    mq) scenario mq 2 2 "tsvmm.rng=1 tsvmm.rngpacked=0 tsvmm.mtu=9000" 900 --rng=packed=off ;;
     wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
+    # the host takes the link down and up through the library (vm.net[0].setLink): L2's carrier follows
+    link) scenario link 1 1 "tsvmm.link=1" 240 ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
     # the net device behind tsvmm's virtio-iommu (VIOT), Linux's lazy and strict DMA domains. (~40 s

@@ -97,6 +97,28 @@ function setUp(sock: number, ifname: string, flags: number): void {
   native.ioctl(sock, T.SIOCSIFFLAGS, ifr, 'SIOCSIFFLAGS');
 }
 
+function getMtu(sock: number, ifname: string): number {
+  const ifr = ifreq(ifname);
+  native.ioctl(sock, T.SIOCGIFMTU, ifr, 'SIOCGIFMTU');
+  return new DataView(ifr.buffer).getInt32(T.IFNAMSIZ, true);
+}
+
+/** Raise the tap's MTU to `mtu` (never lowers it: the owner may have reasons); returns the MTU it has. */
+function raiseMtu(sock: number, ifname: string, mtu: number): number {
+  const now = getMtu(sock, ifname);
+  if (now >= mtu) return now;
+  const ifr = ifreq(ifname);
+  new DataView(ifr.buffer).setInt32(T.IFNAMSIZ, mtu, true);
+  try {
+    native.ioctl(sock, T.SIOCSIFMTU, ifr, 'SIOCSIFMTU');
+  } catch (e) {
+    if (isNativeError(e) && e.code === 'EINVAL') throw new UserError(`--net tap: ${ifname} cannot take mtu=${mtu} (the kernel refused it; a tap's largest is 65521)`);
+    if (isNativeError(e) && e.code === 'EPERM') throw new UserError(`--net tap: no permission to raise ${ifname}'s MTU to ${mtu}: run as root or with CAP_NET_ADMIN, or set it beforehand`);
+    throw e;
+  }
+  return getMtu(sock, ifname);
+}
+
 export function create(options: Record<string, string>): NetDriver {
   const ifname = options.ifname;
   if (!ifname) throw new UserError('--net tap: ifname=NAME is required');
@@ -107,7 +129,11 @@ export function create(options: Record<string, string>): NetDriver {
   // dropping its frames. The kernel's default is no limit.
   const sndbuf = options.sndbuf === undefined ? undefined : Number(options.sndbuf);
   if (sndbuf !== undefined && !(Number.isInteger(sndbuf) && sndbuf >= 4096 && sndbuf <= 0x7fffffff)) throw new UserError('--net tap: sndbuf must be a byte count from 4096 to 2147483647');
+  // mtu: the MTU the device offers (see NetConfig.mtu): the tap is raised to it so the wire carries it
+  const wantMtu = options.mtu === undefined ? undefined : Number(options.mtu);
+  if (wantMtu !== undefined && !(Number.isInteger(wantMtu) && wantMtu >= 68 && wantMtu <= 65535)) throw new UserError('--net tap: mtu must be a whole number from 68 to 65535');
   const uring = wantUring(ifname, options.uring);
+  let mtu = 1500;
   const counters = new SharedArrayBuffer(12);
   const fds: number[] = [];
   const sock = native.socket(T.AF_INET, T.SOCK_DGRAM, 0);
@@ -116,6 +142,8 @@ export function create(options: Record<string, string>): NetDriver {
     for (let i = 0; i < queues; i++) fds.push(openQueueFd(ifname, options.dev ?? '/dev/net/tun'));
     if (sndbuf !== undefined) for (const fd of fds) native.ioctl(fd, T.TUNSETSNDBUF, new Int32Array([sndbuf]), 'TUNSETSNDBUF');
     // a tap we created is ours to bring up (one that existed is left as its owner set it)
+    // the wire's MTU is what the device offers by default (a Linux guest cannot go above it)
+    mtu = wantMtu === undefined ? getMtu(sock, ifname) : raiseMtu(sock, ifname, wantMtu);
     if (!existed) setUp(sock, ifname, linkFlags(sock, ifname) ?? 0);
   } catch (e) {
     fds.forEach((fd) => native.close(fd));
@@ -126,7 +154,7 @@ export function create(options: Record<string, string>): NetDriver {
   const all: Offloads = { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
   return {
     name: 'tap',
-    caps: { queuePairs: queues, mtu: 1500, offloads: all },
+    caps: { queuePairs: queues, mtu: Math.min(mtu, 65535), offloads: all },
     module: fileURLToPath(import.meta.url),
     queueInit: (pair: number): TapInit => ({ fd: fds[pair], uring, counters }),
     counters() {

@@ -23,6 +23,9 @@ export const TUNSETPERSIST = 0x400454cb;
 export const TUNSETSNDBUF = 0x400454d4;
 export const SIOCGIFFLAGS = 0x8913;
 export const SIOCSIFFLAGS = 0x8914;
+/** an interface's MTU (struct ifreq's ifr_mtu, an int after the name) */
+export const SIOCGIFMTU = 0x8921;
+export const SIOCSIFMTU = 0x8922;
 export const IFF_UP = 0x1;
 export const AF_INET = 2;
 export const SOCK_DGRAM = 2;

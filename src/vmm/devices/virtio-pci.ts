@@ -25,6 +25,9 @@ export const NOTIFY_MULTIPLIER = 4;
 export const MSIX_TABLE_OFF = 0x4000;
 export const MSIX_PBA_OFF = 0x6000;
 export const NO_VECTOR = 0xffff;
+/** ISR status bits: a queue interrupt, a configuration change */
+export const ISR_QUEUE = 1;
+export const ISR_CONFIG = 2;
 const COMMON_LEN = 0x38;
 const PCI_CAP_ID_VNDR = 0x09;
 const PCI_CAP_ID_MSIX = 0x11;
@@ -76,7 +79,12 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   private status = 0;
   private generation = 0;
   private queueSelect = 0;
-  private isr = 0;
+  /**
+   * The ISR status (virtio 1.x §4.1.4.5): bit 0 a queue interrupt, bit 1 a configuration change; the
+   * driver's read returns and clears it. A shared word, so that threads raising a queue's legacy (INTx)
+   * interrupt can set bit 0 atomically before they signal it.
+   */
+  readonly isr = new Int32Array(new SharedArrayBuffer(4));
   private resetting: Promise<void> | undefined;
   /** why the device stopped trusting the driver, if it did */
   brokenReason: string | undefined;
@@ -230,11 +238,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 
   read(offset: number, size: number): number {
     if (offset < COMMON_OFF + COMMON_LEN) return this.readCommon(offset, size);
-    if (offset === ISR_OFF) {
-      const v = this.isr;
-      this.isr = 0;
-      return v;
-    }
+    if (offset === ISR_OFF) return Atomics.exchange(this.isr, 0, 0) & 0xff;
     if (offset >= DEVICE_OFF && offset < DEVICE_OFF + this.device.configSize) return this.device.readConfig(offset - DEVICE_OFF, size);
     if (offset >= MSIX_TABLE_OFF && offset < MSIX_TABLE_OFF + this.msixTable.length * 4 && size === 4 && offset % 4 === 0)
       return this.msixTable[(offset - MSIX_TABLE_OFF) / 4];
@@ -406,7 +410,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 
   configChanged(): void {
     this.generation = (this.generation + 1) & 0xff;
-    this.isr |= 2;
+    Atomics.or(this.isr, 0, ISR_CONFIG);
     if (this.msixConfig !== NO_VECTOR) this.signalVector(this.msixConfig);
   }
 
@@ -416,7 +420,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     this.dfSelect = this.gfSelect = 0;
     this.msixConfig = NO_VECTOR;
     this.queueSelect = 0;
-    this.isr = 0;
+    Atomics.store(this.isr, 0, 0);
     this.brokenReason = undefined;
     this.queues.forEach((_, i) => (this.queues[i] = this.freshQueue()));
     // clear kicks that arrived for the old rings

@@ -1,0 +1,254 @@
+// virtio-net's configuration space and link without KVM, through the virtio-pci transport: the MTU
+// offered (VIRTIO_NET_F_MTU) and what the dataplane then receives, mergeable buffers on or off, speed
+// and duplex (VIRTIO_NET_F_SPEED_DUPLEX), and the link taken down and up from the host (status, a
+// configuration interrupt on the config vector and in the ISR, nothing received while down).
+import { describe, it, expect } from 'vitest';
+import { Bus } from '../src/vmm/bus.js';
+import { VirtioPciDevice, DEVICE_OFF, ISR_OFF, MSIX_TABLE_OFF } from '../src/vmm/devices/virtio-pci.js';
+import { PCI_CMD_MEM } from '../src/vmm/devices/pci.js';
+import { STATUS } from '../src/virtio/device.js';
+import { VirtioNet, parseMac, SPEED_UNKNOWN, type NetDeviceOptions } from '../src/virtio-net/device.js';
+import { F, bit, has, netDataplaneFeatures } from '../src/virtio-net/features.js';
+import { FRAME_OVERHEAD, MAX_GSO_FRAME } from '../src/virtio-net/net-header.js';
+import { RxFilter } from '../src/virtio-net/rx-filter.js';
+import { parseNetArg, checkNetConfig } from '../src/vmm/config.js';
+import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';
+import { native } from '../src/native.js';
+import type { VmFd } from '../src/vmm/kvm.js';
+import type { GsiRouter } from '../src/vmm/irq-routing.js';
+import type { GuestMemory } from '../src/vmm/memory.js';
+import { TestMemory } from './helpers/virtq-driver.js';
+
+const BAR = 0xc0000000;
+const tick = () => new Promise((res) => setImmediate(res));
+
+function driver(mtu: number): NetDriver {
+  return {
+    name: 'caps-only',
+    caps: { queuePairs: 1, mtu, offloads: NO_OFFLOADS },
+    module: '/nonexistent.mjs',
+    queueInit: () => undefined,
+    setGuestOffloads: () => undefined,
+    close: () => undefined,
+  };
+}
+
+type GuestOffloads = Parameters<NetDriver['setGuestOffloads']>[0];
+
+function setup(o: Partial<NetDeviceOptions> & { wireMtu?: number; rxOffloads?: boolean; offloadCalls?: GuestOffloads[] } = {}) {
+  const mem = new TestMemory(1 << 20);
+  const irqfds: number[] = [];
+  const vm = { ioeventfd: () => {}, irqfd: (fd: number, _gsi: number, deassign = false) => void (deassign || irqfds.push(fd)) } as unknown as VmFd;
+  const router = { addMsi: () => 24, updateMsi: () => {} } as unknown as GsiRouter;
+  const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
+  const drv = driver(o.wireMtu ?? 1500);
+  if (o.rxOffloads) drv.caps.offloads = { ...NO_OFFLOADS, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
+  drv.setGuestOffloads = (g) => void o.offloadCalls?.push(g);
+  const net = new VirtioNet(memory, { driver: drv, mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, ...o });
+  const mmio = new Bus('mmio');
+  const pci = new VirtioPciDevice(net, { mmio, vm, router }, 0x020000);
+  pci.config.assignBar(0, BAR);
+  pci.config.command = PCI_CMD_MEM;
+  const r = (off: number, size = 4) => Number(mmio.read(BAR + off, size));
+  const w = (off: number, v: number, size = 4) => mmio.write(BAR + off, size, BigInt(v));
+  const offered = () => {
+    w(0x00, 0);
+    const lo = BigInt(r(0x04));
+    w(0x00, 1);
+    return lo | (BigInt(r(0x04)) << 32n);
+  };
+  const cfg = (off: number, size: number) => r(DEVICE_OFF + off, size);
+  /** A driver that takes VERSION_1, STATUS and `more`, with MSI-X vector 0 as its config vector, and no queues. */
+  const goLive = async (more = 0n) => {
+    w(MSIX_TABLE_OFF, 0xfee00000);
+    w(MSIX_TABLE_OFF + 8, 0x41);
+    w(MSIX_TABLE_OFF + 12, 0);
+    let cap = pci.config.read(0x34, 1);
+    while (cap && pci.config.read(cap, 1) !== 0x11) cap = pci.config.read(cap + 1, 1);
+    pci.config.write(cap + 2, 2, 0x8000 | pci.config.read(cap + 2, 2));
+    w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER, 1);
+    w(0x08, 0);
+    w(0x0c, Number((bit(F.STATUS) | more) & 0xffffffffn));
+    w(0x08, 1);
+    w(0x0c, 1 | Number(more >> 32n)); // VERSION_1
+    w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK, 1);
+    w(0x10, 0, 2); // msix_config = vector 0
+    w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK, 1);
+    await tick();
+    expect(irqfds.length).toBe(1);
+    return irqfds[0];
+  };
+  return { net, pci, r, w, offered, cfg, goLive };
+}
+
+/** interrupts signalled on an eventfd since the last look (0 when none) */
+function signalled(fd: number): number {
+  const b = new BigUint64Array(1);
+  try {
+    return native.read(fd, new Uint8Array(b.buffer)) === 8 ? Number(b[0]) : 0;
+  } catch {
+    return 0; // EAGAIN: nothing
+  }
+}
+
+describe('virtio-net MTU', () => {
+  it("offers the wire's MTU by default, and mtu=N where it is given", () => {
+    const dflt = setup({ wireMtu: 9000 });
+    expect(has(dflt.offered(), F.MTU)).toBe(true);
+    expect(dflt.cfg(10, 2)).toBe(9000);
+    expect(dflt.net.mtu).toBe(9000);
+    const set = setup({ wireMtu: 9000, mtu: 4000 });
+    expect(set.cfg(10, 2)).toBe(4000);
+  });
+
+  it("receives frames of the device's MTU for a guest without GSO, with and without mergeable buffers; GSO frames for one with", () => {
+    for (const mrg of [0n, bit(F.MRG_RXBUF)]) {
+      const d = netDataplaneFeatures(bit(F.VERSION_1) | bit(F.MTU) | mrg, 9000);
+      expect(d.maxRxFrame).toBe(9000 + FRAME_OVERHEAD);
+      expect(d.mergeable).toBe(mrg !== 0n);
+    }
+    expect(netDataplaneFeatures(bit(F.VERSION_1) | bit(F.GUEST_CSUM) | bit(F.GUEST_TSO4), 9000).maxRxFrame).toBe(MAX_GSO_FRAME);
+  });
+
+  it('mrg-rxbuf=off leaves MRG_RXBUF out of the offer and nothing else', () => {
+    const on = setup().offered();
+    const off = setup({ mergeable: false }).offered();
+    expect(has(on, F.MRG_RXBUF)).toBe(true);
+    expect(off).toBe(on & ~bit(F.MRG_RXBUF));
+  });
+});
+
+describe('--net device settings', () => {
+  it('parses mtu, mrg-rxbuf, speed and duplex, and names a bad value', () => {
+    expect(parseNetArg('tap,ifname=t0,mtu=9000,mrg-rxbuf=off,speed=25000,duplex=full')).toEqual({
+      driver: 'tap',
+      options: { ifname: 't0' },
+      mtu: 9000,
+      mergeable: false,
+      speed: 25000,
+      duplex: 'full',
+    });
+    expect(parseNetArg('tap,mtu=68').mtu).toBe(68);
+    expect(parseNetArg('tap,mtu=65535').mtu).toBe(65535);
+    for (const bad of ['67', '65536', '9000x', '', '-1']) expect(() => parseNetArg(`tap,mtu=${bad}`)).toThrow(`--net: mtu=${bad} is not a whole number from 68 to 65535`);
+    expect(() => parseNetArg('tap,mrg-rxbuf=no')).toThrow('--net: mrg-rxbuf=no is not on or off');
+    expect(() => parseNetArg('tap,speed=0')).toThrow(/speed=0 is not a whole number of Mb\/s/);
+    expect(() => parseNetArg('tap,speed=2147483648')).toThrow(/speed=2147483648/);
+    expect(() => parseNetArg('tap,duplex=both')).toThrow('--net: duplex=both is not full or half');
+  });
+
+  it('refuses the same bad values given to the library', () => {
+    const n = { driver: 'tap' };
+    expect(() => checkNetConfig({ ...n, mtu: 9000.5 })).toThrow(/mtu must be a whole number from 68 to 65535/);
+    expect(() => checkNetConfig({ ...n, mtu: 70000 })).toThrow(/mtu must be/);
+    expect(() => checkNetConfig({ ...n, speed: -1 })).toThrow(/speed must be/);
+    expect(() => checkNetConfig({ ...n, duplex: 'x' as 'full' })).toThrow(/duplex must be full or half/);
+    expect(() => checkNetConfig({ ...n, mergeable: 'no' as unknown as boolean })).toThrow(/mergeable must be true or false/);
+    expect(() => checkNetConfig({ ...n, mtu: 9000, speed: 100, duplex: 'half', mergeable: false })).not.toThrow();
+  });
+});
+
+describe('virtio-net speed and duplex', () => {
+  it('offers SPEED_DUPLEX: unknown by default, else the speed and duplex given', () => {
+    const dflt = setup();
+    expect(has(dflt.offered(), F.SPEED_DUPLEX)).toBe(true);
+    expect(dflt.cfg(12, 4)).toBe(SPEED_UNKNOWN);
+    expect(dflt.cfg(16, 1)).toBe(0xff);
+    const set = setup({ speed: 25000, duplex: 'full' });
+    expect(set.cfg(12, 4)).toBe(25000);
+    expect(set.cfg(16, 1)).toBe(1);
+    expect(setup({ speed: 100, duplex: 'half' }).cfg(16, 1)).toBe(0);
+  });
+});
+
+describe('virtio-net link state from the host', () => {
+  it('takes the link down and up: status, generation, the config vector and the ISR bit', async () => {
+    const t = setup();
+    const efd = await t.goLive();
+    expect(t.cfg(6, 2)).toBe(1); // VIRTIO_NET_S_LINK_UP
+    signalled(efd);
+    const gen = t.r(0x15, 1);
+    t.net.setLink(false);
+    expect(t.net.linkUp).toBe(false);
+    expect(t.cfg(6, 2)).toBe(0);
+    expect(t.r(0x15, 1)).toBe((gen + 1) & 0xff);
+    expect(signalled(efd)).toBe(1);
+    expect(t.r(ISR_OFF, 1)).toBe(2); // configuration change, cleared by the read
+    expect(t.r(ISR_OFF, 1)).toBe(0);
+    // no change, no interrupt
+    t.net.setLink(false);
+    expect(signalled(efd)).toBe(0);
+    t.net.setLink(true);
+    expect(t.cfg(6, 2)).toBe(1);
+    expect(signalled(efd)).toBe(1);
+  });
+
+  it('keeps the link as the host set it over a device reset, and sets it before a driver without an interrupt', async () => {
+    const t = setup();
+    t.net.setLink(false);
+    expect(t.cfg(6, 2)).toBe(0);
+    expect(t.r(ISR_OFF, 1)).toBe(0);
+    const efd = await t.goLive();
+    expect(t.cfg(6, 2)).toBe(0);
+    t.w(0x14, 0, 1); // reset
+    await tick();
+    expect(t.cfg(6, 2)).toBe(0);
+    t.net.setLink(true);
+    expect(t.cfg(6, 2)).toBe(1);
+    expect(signalled(efd)).toBe(0); // no driver: nothing to tell
+  });
+
+  it('accepts no frame while the link is down (the dataplane filter), whatever the mode, and again once up', () => {
+    const f = new RxFilter();
+    const mac = parseMac('52:54:00:12:34:56');
+    f.reset(mac);
+    const frame = new Uint8Array(14);
+    frame.set(mac);
+    const bcast = new Uint8Array(14).fill(0xff);
+    expect([f.accepts(frame, 0), f.accepts(bcast, 0)]).toEqual([true, true]);
+    f.setLinkDown(true);
+    expect([f.accepts(frame, 0), f.accepts(bcast, 0)]).toEqual([false, false]);
+    f.reset(mac); // a driver reset keeps it
+    expect(f.accepts(frame, 0)).toBe(false);
+    f.setLinkDown(false);
+    expect([f.accepts(frame, 0), f.accepts(bcast, 0)]).toEqual([true, true]);
+  });
+});
+
+describe('virtio-net guest offload control (VIRTIO_NET_F_CTRL_GUEST_OFFLOADS)', () => {
+  const u64 = (v: bigint) => new Uint8Array(new BigUint64Array([v]).buffer);
+  const RX = bit(F.GUEST_CSUM) | bit(F.GUEST_TSO4) | bit(F.GUEST_TSO6);
+
+  it('is offered with receive offloads only', () => {
+    expect(has(setup().offered(), F.CTRL_GUEST_OFFLOADS)).toBe(false);
+    expect(has(setup({ rxOffloads: true }).offered(), F.CTRL_GUEST_OFFLOADS)).toBe(true);
+  });
+
+  it("passes the guest's choice among what it negotiated to the driver, and refuses anything else", async () => {
+    const calls: GuestOffloads[] = [];
+    const t = setup({ rxOffloads: true, offloadCalls: calls });
+    await t.goLive(RX | bit(F.CTRL_VQ) | bit(F.CTRL_GUEST_OFFLOADS));
+    expect(calls).toEqual([{ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false }]); // at DRIVER_OK
+    // ethtool -K eth0 rx-gro-hw off: checksums stay, segmentation goes
+    expect(t.net.control(5, 0, u64(bit(F.GUEST_CSUM)))).toBe(0);
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: false, rxTso6: false, rxTsoEcn: false });
+    expect(t.net.control(5, 0, u64(RX))).toBe(0);
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false });
+    const n = calls.length;
+    // ECN was not negotiated; bit 20 is no offload; a short or long command
+    expect(t.net.control(5, 0, u64(RX | bit(F.GUEST_ECN)))).toBe(1);
+    expect(t.net.control(5, 0, u64(bit(20)))).toBe(1);
+    expect(t.net.control(5, 0, u64(RX).subarray(0, 4))).toBe(1);
+    expect(t.net.control(5, 0, new Uint8Array(9))).toBe(1);
+    expect(t.net.control(5, 1, u64(0n))).toBe(1); // no such command
+    expect(calls.length).toBe(n);
+  });
+
+  it('refuses the command from a driver that did not negotiate it', async () => {
+    const calls: GuestOffloads[] = [];
+    const t = setup({ rxOffloads: true, offloadCalls: calls });
+    await t.goLive(RX | bit(F.CTRL_VQ));
+    expect(t.net.control(5, 0, u64(0n))).toBe(1);
+    expect(calls.length).toBe(1);
+  });
+});

@@ -145,3 +145,41 @@ export function newPacketBatch(packets: number, segments: number): PacketBatch {
     len: new Uint32Array(packets),
   };
 }
+
+/** A byte copy between two buffers (the native binding's `copy`): passed in, as this module binds nothing. */
+export type CopyBytes = (dst: ArrayBufferLike, dstOffset: number, src: ArrayBufferLike, srcOffset: number, n: number) => void;
+
+/**
+ * Copy the first `len` bytes of packet `from` into packet `to`'s segments, for a batch whose packets
+ * are filled out of order (a frame moved down into a slot left empty or given up). Segments name
+ * buffer 0 (`mem`, guest memory) or 1 (`scratch`); at most `maxSegments` of each packet are used.
+ * Returns len, or 0 when packet `to` cannot hold that many bytes.
+ */
+export function copyPacket(b: PacketBatch, from: number, to: number, len: number, mem: SharedArrayBuffer, scratch: ArrayBufferLike, copy: CopyBytes, maxSegments = 0xffffffff): number {
+  const iov = b.iov;
+  let si = b.iovStart[from];
+  const sEnd = Math.min(b.iovStart[from + 1], si + maxSegments);
+  let di = b.iovStart[to];
+  const dEnd = Math.min(b.iovStart[to + 1], di + maxSegments);
+  let sOff = 0;
+  let dOff = 0;
+  let left = len;
+  while (left > 0 && si < sEnd && di < dEnd) {
+    const sLen = iov[3 * si + 2];
+    const dLen = iov[3 * di + 2];
+    const k = Math.min(left, sLen - sOff, dLen - dOff);
+    if (k > 0) copy(iov[3 * di] === 0 ? mem : scratch, iov[3 * di + 1] + dOff, iov[3 * si] === 0 ? mem : scratch, iov[3 * si + 1] + sOff, k);
+    sOff += k;
+    dOff += k;
+    left -= k;
+    if (sOff >= sLen) {
+      si++;
+      sOff = 0;
+    }
+    if (dOff >= dLen) {
+      di++;
+      dOff = 0;
+    }
+  }
+  return left === 0 ? len : 0;
+}

@@ -4,7 +4,7 @@
 import type { Chain } from '../virtio/virtqueue.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
-import { META_WORDS, newPacketBatch, type PacketBatch } from '../drivers/api.js';
+import { META_WORDS, copyPacket, newPacketBatch, type PacketBatch } from '../drivers/api.js';
 import { native } from '../native.js';
 import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
 
@@ -90,31 +90,7 @@ export class RxSlots {
    */
   move(mem: SharedArrayBuffer, from: number, to: number, len: number): void {
     const b = this.batch;
-    const iov = b.iov;
-    let si = b.iovStart[from];
-    const sEnd = b.iovStart[from + 1];
-    let di = b.iovStart[to];
-    const dEnd = b.iovStart[to + 1];
-    let sOff = 0;
-    let dOff = 0;
-    let left = len;
-    while (left > 0 && si < sEnd && di < dEnd) {
-      const sLen = iov[3 * si + 2];
-      const dLen = iov[3 * di + 2];
-      const k = Math.min(left, sLen - sOff, dLen - dOff);
-      native.copy(mem, iov[3 * di + 1] + dOff, mem, iov[3 * si + 1] + sOff, k);
-      sOff += k;
-      dOff += k;
-      left -= k;
-      if (sOff >= sLen) {
-        si++;
-        sOff = 0;
-      }
-      if (dOff >= dLen) {
-        di++;
-        dOff = 0;
-      }
-    }
+    copyPacket(b, from, to, len, mem, mem, native.copy);
     b.len[to] = len;
     b.meta.copyWithin(to * META_WORDS, from * META_WORDS, (from + 1) * META_WORDS);
   }

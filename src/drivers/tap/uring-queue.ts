@@ -9,7 +9,7 @@
 // where the file has no NOWAIT support): a full or empty tap completes it at once with EAGAIN, so
 // waiting for a batch never waits for the wire.
 import { native } from '../../native.js';
-import type { PacketBatch } from '../api.js';
+import { copyPacket, type PacketBatch } from '../api.js';
 import * as T from './tun.js';
 import { TapQueue, MAX_SEGMENTS, EAGAIN, writeTapHeader, readTapHeader, receivedLength } from './queue.js';
 import { openUring, OP_READV, OP_WRITEV, RWF_NOWAIT, SQE_FIXED_FILE, SQE_IO_LINK, type Uring } from './uring.js';
@@ -197,44 +197,11 @@ export function collectReads(b: PacketBatch, mem: SharedArrayBuffer, n: number, 
     let len = receivedLength(b, s, r - T.TAP_HDR_LEN, rooms[s]);
     if (s !== got) {
       native.copy(hdrs, got * HDR_STRIDE, hdrs, s * HDR_STRIDE, T.TAP_HDR_LEN);
-      len = moveFrame(b, mem, hdrs, s, got, len);
+      len = copyPacket(b, s, got, len, mem, hdrs, native.copy, MAX_SEGMENTS); // the segments the reads took
     }
     b.len[got] = len;
     readTapHeader(view, got * HDR_STRIDE, b, got);
     got++;
   }
   return got;
-}
-
-/**
- * Copy the `len` frame bytes read into packet `from`'s segments into packet `to`'s (both as the
- * reads took them: the first MAX_SEGMENTS). Returns len, or 0 when they do not fit (a cut frame).
- */
-function moveFrame(b: PacketBatch, mem: SharedArrayBuffer, hdrs: ArrayBuffer, from: number, to: number, len: number): number {
-  const iov = b.iov;
-  let si = b.iovStart[from];
-  const sEnd = Math.min(b.iovStart[from + 1], si + MAX_SEGMENTS);
-  let di = b.iovStart[to];
-  const dEnd = Math.min(b.iovStart[to + 1], di + MAX_SEGMENTS);
-  let sOff = 0;
-  let dOff = 0;
-  let left = len;
-  while (left > 0 && si < sEnd && di < dEnd) {
-    const sLen = iov[3 * si + 2];
-    const dLen = iov[3 * di + 2];
-    const k = Math.min(left, sLen - sOff, dLen - dOff);
-    if (k > 0) native.copy(iov[3 * di] === 0 ? mem : hdrs, iov[3 * di + 1] + dOff, iov[3 * si] === 0 ? mem : hdrs, iov[3 * si + 1] + sOff, k);
-    sOff += k;
-    dOff += k;
-    left -= k;
-    if (sOff >= sLen) {
-      si++;
-      sOff = 0;
-    }
-    if (dOff >= dLen) {
-      di++;
-      dOff = 0;
-    }
-  }
-  return left === 0 ? len : 0;
 }

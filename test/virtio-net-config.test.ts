@@ -3,9 +3,7 @@
 // and duplex (VIRTIO_NET_F_SPEED_DUPLEX), and the link taken down and up from the host (status, a
 // configuration interrupt on the config vector and in the ISR, nothing received while down).
 import { describe, it, expect } from 'vitest';
-import { Bus } from '../src/vmm/bus.js';
-import { VirtioPciDevice, DEVICE_OFF, ISR_OFF, MSIX_TABLE_OFF } from '../src/vmm/devices/virtio-pci.js';
-import { PCI_CMD_MEM } from '../src/vmm/devices/pci.js';
+import { DEVICE_OFF, ISR_OFF, MSIX_TABLE_OFF } from '../src/vmm/devices/virtio-pci.js';
 import { STATUS } from '../src/virtio/device.js';
 import { VirtioNet, parseMac, SPEED_UNKNOWN, type NetDeviceOptions } from '../src/virtio-net/device.js';
 import { F, bit, has, netDataplaneFeatures } from '../src/virtio-net/features.js';
@@ -15,11 +13,10 @@ import { parseNetArg, checkNetConfig } from '../src/vmm/config.js';
 import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';
 import { native } from '../src/native.js';
 import type { VmFd } from '../src/vmm/kvm.js';
-import type { GsiRouter } from '../src/vmm/irq-routing.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
+import { onPciBar } from './helpers/pci-bar.js';
 import { TestMemory } from './helpers/virtq-driver.js';
 
-const BAR = 0xc0000000;
 const tick = () => new Promise((res) => setImmediate(res));
 
 function driver(mtu: number): NetDriver {
@@ -39,24 +36,12 @@ function setup(o: Partial<NetDeviceOptions> & { wireMtu?: number; rxOffloads?: b
   const mem = new TestMemory(1 << 20);
   const irqfds: number[] = [];
   const vm = { ioeventfd: () => {}, irqfd: (fd: number, _gsi: number, deassign = false) => void (deassign || irqfds.push(fd)) } as unknown as VmFd;
-  const router = { addMsi: () => 24, updateMsi: () => {} } as unknown as GsiRouter;
   const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
   const drv = driver(o.wireMtu ?? 1500);
   if (o.rxOffloads) drv.caps.offloads = { ...NO_OFFLOADS, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
   drv.setGuestOffloads = (g) => void o.offloadCalls?.push(g);
   const net = new VirtioNet(memory, { driver: drv, mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, ...o });
-  const mmio = new Bus('mmio');
-  const pci = new VirtioPciDevice(net, { mmio, vm, router }, 0x020000);
-  pci.config.assignBar(0, BAR);
-  pci.config.command = PCI_CMD_MEM;
-  const r = (off: number, size = 4) => Number(mmio.read(BAR + off, size));
-  const w = (off: number, v: number, size = 4) => mmio.write(BAR + off, size, BigInt(v));
-  const offered = () => {
-    w(0x00, 0);
-    const lo = BigInt(r(0x04));
-    w(0x00, 1);
-    return lo | (BigInt(r(0x04)) << 32n);
-  };
+  const { pci, r, w, offered } = onPciBar(net, vm);
   const cfg = (off: number, size: number) => r(DEVICE_OFF + off, size);
   /** A driver that takes VERSION_1, STATUS and `more`, with MSI-X vector 0 as its config vector, and no queues. */
   const goLive = async (more = 0n) => {

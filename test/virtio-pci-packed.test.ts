@@ -4,20 +4,17 @@
 // queue — served on this thread through the Virtqueue interface — answers a command. Sizes and
 // placements each layout refuses end in DEVICE_NEEDS_RESET, never in an exception.
 import { describe, it, expect } from 'vitest';
-import { Bus } from '../src/vmm/bus.js';
-import { VirtioPciDevice, NOTIFY_OFF, NOTIFY_MULTIPLIER } from '../src/vmm/devices/virtio-pci.js';
-import { PCI_CMD_MEM } from '../src/vmm/devices/pci.js';
+import { NOTIFY_OFF, NOTIFY_MULTIPLIER } from '../src/vmm/devices/virtio-pci.js';
 import { STATUS } from '../src/virtio/device.js';
 import { VirtioNet, parseMac } from '../src/virtio-net/device.js';
 import { F, bit } from '../src/virtio-net/features.js';
 import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';
 import type { VmFd } from '../src/vmm/kvm.js';
-import type { GsiRouter } from '../src/vmm/irq-routing.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
+import { onPciBar } from './helpers/pci-bar.js';
 import { TestMemory, TestDriver } from './helpers/virtq-driver.js';
 import { PackedTestDriver } from './helpers/packed-driver.js';
 
-const BAR = 0xc0000000;
 const CTRL_Q = 2; // one queue pair: rx 0, tx 1, control 2
 const NEW_MAC = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
 const tick = () => new Promise((res) => setImmediate(res));
@@ -34,21 +31,9 @@ const driver: NetDriver = {
 function setup(opts: { packed?: boolean } = {}) {
   const mem = new TestMemory(1 << 20);
   const vm = { ioeventfd: () => {}, irqfd: () => {} } as unknown as VmFd;
-  const router = { addMsi: () => 24, updateMsi: () => {} } as unknown as GsiRouter;
   const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
   const net = new VirtioNet(memory, { driver, mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, packed: opts.packed });
-  const mmio = new Bus('mmio');
-  const pci = new VirtioPciDevice(net, { mmio, vm, router }, 0x020000);
-  pci.config.assignBar(0, BAR);
-  pci.config.command = PCI_CMD_MEM;
-  const r = (off: number, size = 4) => Number(mmio.read(BAR + off, size));
-  const w = (off: number, v: number, size = 4) => mmio.write(BAR + off, size, BigInt(v));
-  const offered = () => {
-    w(0x00, 0);
-    const lo = BigInt(r(0x04));
-    w(0x00, 1);
-    return lo | (BigInt(r(0x04)) << 32n);
-  };
+  const { pci, r, w, offered } = onPciBar(net, vm);
   /** Negotiate `features`; FEATURES_OK as the device left it. */
   const negotiate = (features: bigint): boolean => {
     w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER, 1);

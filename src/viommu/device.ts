@@ -11,7 +11,7 @@ import { workerUrl } from '../worker-url.js';
 import { guestView, type GuestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
-import { VIRTIO_F_VERSION_1, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
+import { VIRTIO_F_VERSION_1, bit, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_WRITE, sayWaitIsSlow } from './table.js';
 import { IommuRequests, STATE, PROBE_SIZE, DOMAIN_BITS, handledCounts } from './requests.js';
 import type { RequestWorkerData } from './request-worker.js';
@@ -24,7 +24,6 @@ export const VIRTIO_ID_IOMMU = 23;
 export const IOMMU_F = { INPUT_RANGE: 0, DOMAIN_RANGE: 1, MAP_UNMAP: 2, BYPASS: 3, PROBE: 4, MMIO: 5, BYPASS_CONFIG: 6 } as const;
 const FAULT_R_MAPPING = 2;
 const FAULT_F_ADDRESS = 0x100;
-const bit = (n: number) => 1n << BigInt(n);
 
 export interface IommuOptions {
   /** endpoint ids (PCI requester ids: bus << 8 | device << 3 | function) this IOMMU translates for */

@@ -3,7 +3,7 @@
 // (src/virtio-net/device.ts) and the vhost-user backend (src/vhost-user/backend.ts).
 import type { DriverCapabilities } from '../drivers/api.js';
 import { FRAME_OVERHEAD, MAX_GSO_FRAME, type TxPolicy } from './net-header.js';
-import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
+import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, bit, has } from '../virtio/device.js';
 import type { QueueFeatures } from '../virtio/virtqueue.js';
 
 export const F = {
@@ -34,8 +34,7 @@ export const F = {
   IN_ORDER: VIRTIO_F_IN_ORDER,
 } as const;
 
-export const bit = (n: number): bigint => 1n << BigInt(n);
-export const has = (features: bigint, n: number): boolean => (features & bit(n)) !== 0n;
+export { bit, has };
 
 /**
  * The features a virtio-net device offers over a driver with capabilities `caps`: the transport and

@@ -8,7 +8,7 @@ import { Dataplane, type DataplaneConfig } from '../dataplane/index.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import { DMA_WRITE } from '../virtio/dma.js';
 import { RING_START, type QueueFeatures } from '../virtio/virtqueue.js';
-import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
+import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, bit, has, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import type { DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader, stuckThreadMs, type IommuTable } from '../viommu/table.js';
 import { workerUrl } from '../worker-url.js';
@@ -17,8 +17,6 @@ export const VIRTIO_ID_RNG = 4;
 /** the queue handler the rng thread loads */
 export const RNG_HANDLER_MODULE = fileURLToPath(workerUrl('./queue-handler.js', import.meta.url));
 
-const bit = (n: number): bigint => 1n << BigInt(n);
-const has = (f: bigint, n: number): boolean => (f & bit(n)) !== 0n;
 
 export interface RngDeviceOptions {
   queueSize?: number;

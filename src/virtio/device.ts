@@ -19,6 +19,11 @@ export const VIRTIO_F_ACCESS_PLATFORM = 33;
 export const VIRTIO_F_RING_PACKED = 34;
 export const VIRTIO_F_IN_ORDER = 35;
 
+/** feature bit n as a mask */
+export const bit = (n: number): bigint => 1n << BigInt(n);
+/** whether feature bit n is set in `features` */
+export const has = (features: bigint, n: number): boolean => (features & bit(n)) !== 0n;
+
 export interface ActiveQueue extends QueueConfig {
   index: number;
   /** eventfd the guest's notifications arrive on (a KVM ioeventfd), or -1 when the transport calls kick() */

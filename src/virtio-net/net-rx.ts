@@ -8,7 +8,7 @@ import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
 import { newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
-import { RX_BATCH, RxSlots } from './rx-batch.js';
+import { RX_BATCH, RxSlots, layOutChain } from './rx-batch.js';
 import type { PairOptions } from './net-pair.js';
 
 /** the smallest frame there is: an Ethernet header */
@@ -209,25 +209,9 @@ export class NetRx {
         this.rxCap[chains] = c.writableBytes;
         // the first NET_HDR_LEN bytes of the first chain are header space (written once the frame is
         // in, and possibly spread over several buffers: any layout is legal); the rest takes the frame
-        let skip = chains === 0 ? NET_HDR_LEN : 0;
-        for (let i = 0; i < c.count; i++) {
-          let off = c.offsets[i];
-          let l = c.lens[i];
-          // (an empty buffer takes no header piece: there are NET_HDR_LEN slots, one per byte at most)
-          if (skip > 0 && l > 0) {
-            const h = Math.min(skip, l);
-            this.hdrAt[hdrPieces] = off;
-            this.hdrLen[hdrPieces++] = h;
-            off += h;
-            l -= h;
-            skip -= h;
-          }
-          if (l === 0) continue;
-          b.iov[3 * iovUsed] = 0;
-          b.iov[3 * iovUsed + 1] = off;
-          b.iov[3 * iovUsed + 2] = l;
-          iovUsed++;
-        }
+        const at = layOutChain(c, chains === 0 ? NET_HDR_LEN : 0, this.hdrAt, this.hdrLen, hdrPieces, b.iov, iovUsed);
+        hdrPieces = at.hdr;
+        iovUsed = at.iov;
         cap += c.writableBytes;
         chains++;
         if (!this.o.mergeable) break;

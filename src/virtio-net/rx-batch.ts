@@ -11,6 +11,39 @@ import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
 /** Frames per driver call on receive (DPDK's vhost burst is 32). */
 export const RX_BATCH = 32;
 
+/** Where layOutChain left off: the next header piece and the next iov segment (one object, reused). */
+const laidOut = { hdr: 0, iov: 0 };
+
+/**
+ * Lay receive chain `c` out: its first `skip` bytes are header space, recorded as pieces (guest offset,
+ * length) in hdrAt/hdrLen from index `hdr` (any buffer layout is legal, so the header may be spread);
+ * the rest are the frame's segments, iov triples into guest memory from index `iov`. Returns where
+ * both lists end.
+ */
+export function layOutChain(c: Chain, skip: number, hdrAt: Float64Array, hdrLen: Uint8Array, hdr: number, iov: Float64Array, at: number): typeof laidOut {
+  for (let i = 0; i < c.count; i++) {
+    let off = c.offsets[i];
+    let l = c.lens[i];
+    // (an empty buffer takes no header piece: there are NET_HDR_LEN slots, one per byte at most)
+    if (skip > 0 && l > 0) {
+      const n = Math.min(skip, l);
+      hdrAt[hdr] = off;
+      hdrLen[hdr++] = n;
+      off += n;
+      l -= n;
+      skip -= n;
+    }
+    if (l === 0) continue;
+    iov[3 * at] = 0;
+    iov[3 * at + 1] = off;
+    iov[3 * at + 2] = l;
+    at++;
+  }
+  laidOut.hdr = hdr;
+  laidOut.iov = at;
+  return laidOut;
+}
+
 export class RxSlots {
   readonly batch: PacketBatch;
   /** each slot's chain (head as pop() gave it) and the bytes it can take, header included */
@@ -46,31 +79,11 @@ export class RxSlots {
   add(c: Chain): void {
     const b = this.batch;
     const slot = this.count;
-    let iovUsed = b.iovStart[slot];
-    let h = this.hdrStart[slot];
-    let skip = NET_HDR_LEN;
-    for (let i = 0; i < c.count; i++) {
-      let off = c.offsets[i];
-      let l = c.lens[i];
-      // (an empty buffer takes no header piece: there are NET_HDR_LEN slots, one per byte at most)
-      if (skip > 0 && l > 0) {
-        const n = Math.min(skip, l);
-        this.hdrAt[h] = off;
-        this.hdrLen[h++] = n;
-        off += n;
-        l -= n;
-        skip -= n;
-      }
-      if (l === 0) continue;
-      b.iov[3 * iovUsed] = 0;
-      b.iov[3 * iovUsed + 1] = off;
-      b.iov[3 * iovUsed + 2] = l;
-      iovUsed++;
-    }
+    const at = layOutChain(c, NET_HDR_LEN, this.hdrAt, this.hdrLen, this.hdrStart[slot], b.iov, b.iovStart[slot]);
     this.heads[slot] = c.head;
     this.cap[slot] = c.writableBytes;
-    b.iovStart[slot + 1] = iovUsed;
-    this.hdrStart[slot + 1] = h;
+    b.iovStart[slot + 1] = at.iov;
+    this.hdrStart[slot + 1] = at.hdr;
     this.count = slot + 1;
   }
 

@@ -9,6 +9,12 @@ import { writeStartInfo, writeMemmap, HVM_START_MAGIC, loadPvhKernel } from '../
 import { loadKernel, placeHigh } from '../src/boot/loader.js';
 import * as L from '../src/boot/layout.js';
 import { UserError } from '../src/errors.js';
+import { RESET_VECTOR_ADDR, resetVectorCode } from '../src/boot/reset-vector.js';
+import { ResetControl, type PowerEvent } from '../src/vmm/devices/power.js';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const MiB = 1024 * 1024;
 
@@ -221,6 +227,28 @@ describe('kernel loader', () => {
     expect(mem.bytes[L.CMDLINE_ADDR + 13]).toBe(0);
     expect(new TextDecoder().decode(mem.bytes.subarray(L.ACPI_ADDR, L.ACPI_ADDR + 8))).toBe('RSD PTR ');
     expect(new TextDecoder().decode(mem.bytes.subarray(L.MPTABLE_ADDR, L.MPTABLE_ADDR + 4))).toBe('_MP_');
+  });
+  it('puts code at the real-mode reset vector (F000:FFF0) that resets through 0xcf9, as decoded by objdump', () => {
+    const mem = fakeMemory(16 * MiB);
+    loadKernel(mem, { kernel: fakeBzImage(), cmdline: '', memSize: 16 * MiB, cpus: 2 });
+    const code = resetVectorCode();
+    expect(RESET_VECTOR_ADDR).toBe(0xf000 * 16 + 0xfff0);
+    expect(mem.bytes.subarray(RESET_VECTOR_ADDR, RESET_VECTOR_ADDR + code.length)).toEqual(code);
+    expect(RESET_VECTOR_ADDR + code.length).toBeLessThanOrEqual(L.BIOS_END);
+    // a third party's reading of the bytes as 16-bit code (binutils, installed with gcc)
+    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-resetvec-'));
+    try {
+      writeFileSync(join(dir, 'code'), code);
+      const text = execFileSync('objdump', ['-D', '-b', 'binary', '-m', 'i8086', `--adjust-vma=${RESET_VECTOR_ADDR}`, join(dir, 'code')]).toString();
+      const insns = [...text.matchAll(/^\s*[0-9a-f]+:\s+(?:[0-9a-f]{2} )+\s*(.+)$/gm)].map((m) => m[1].replace(/\s+/g, ' ').trim());
+      expect(insns).toEqual(['mov $0xcf9,%dx', 'mov $0xe,%al', 'out %al,(%dx)', 'hlt', 'jmp 0xffff6']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // and the byte it writes is a reset for tsvmm's reset control register
+    const events: PowerEvent[] = [];
+    new ResetControl((e) => events.push(e)).write(0, 1, 0x0e);
+    expect(events).toEqual([{ reason: 'reset', detail: 'reset control register (0xcf9)' }]);
   });
   it('rejects unknown formats and oversized inputs with user errors', () => {
     const mem = fakeMemory(16 * MiB);

@@ -2,10 +2,11 @@
 //
 // kvm_pvm cannot run a stock kernel, so tsvmm runs inside L1: Debian's kernel under QEMU software
 // emulation with emulated AMD SVM, where kvm_amd gives a real /dev/kvm. There tsvmm boots L2 (the same
-// kernel, as a bzImage) six times: `basic` (1 vCPU, 1 pair), `mq` (2 vCPUs, 2 pairs), `wedge` (a
+// kernel, as a bzImage) seven times: `basic` (1 vCPU, 1 pair), `mq` (2 vCPUs, 2 pairs), `wedge` (a
 // guest that never ends, stopped by tsvmm's --timeout), `triple` (a guest that ends in a triple fault
 // on purpose: the harness must say where one happened), and `iommu-lazy` / `iommu-strict` (tsvmm
-// --viommu: Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1).
+// --viommu: Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1),
+// and `panic` (2 vCPUs, a kernel panic on purpose: Linux's reset ends the VM).
 // Linux's virtio_net negotiates packed rings (VIRTIO_F_RING_PACKED) in all of them but iommu-strict,
 // where tsvmm runs with packed=off and split rings are checked instead. `basic` and `mq` also have
 // tsvmm's virtio-rng (--rng; packed, and split with packed=off), read through Linux's virtio_rng.
@@ -36,7 +37,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'triple', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -69,6 +70,7 @@ const ALL_EXPECTED: Array<[string, string]> = [
   ...['link-up', 'carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up'].map((c): [string, string] => ['L2', `link/${c}`]),
   ['L1', 'link/no-tsvmm-left'],
   ['L1', 'triple/no-tsvmm-left'],
+  ['L1', 'panic/no-tsvmm-left'],
   ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : []).flatMap((scn): Array<[string, string]> => [
     ...[...L2_COMMON.slice(0, 4), 'viommu-probed', 'net-behind-iommu', 'iommu-domain-type', ...L2_COMMON.slice(4), 'feature-access-platform', scn === 'iommu-strict' ? 'feature-ring-split' : 'feature-ring-packed', 'iperf3-l2-to-l1', 'iperf3-l1-to-l2'].map(
       (c): [string, string] => ['L2', `${scn}/${c}`],
@@ -94,6 +96,8 @@ interface Run {
   stages: Array<[string, number]>;
   /** scenarios whose L2 hung before its init and were run again: tsvmm's line naming the vCPUs' rips */
   hangs: Array<[string, string]>;
+  /** scenarios whose L2 oopsed on a stale int3 (the TCG flaw) and were run again: the oops's first lines */
+  staleInt3: Array<[string, string]>;
   /** where the vCPUs of an L2 stopped at its time limit were, per scenario: "0x… is function+0x…; …" */
   stoppedAt: Map<string, string>;
   /** scenarios whose L2 ended in a triple fault: KVM's trace of it in L1 (the injected exceptions, then
@@ -131,7 +135,7 @@ function troubleReport(lines: string[]): string {
 const L1_PANIC = /Kernel Offset: 0x[0-9a-f]+ from/;
 
 function parse(consoleText: string, seconds: number): Run {
-  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), ends: new Map(), stats: new Map(), iommu: new Map(), rng: new Map(), stages: [], hangs: [], stoppedAt: new Map(), triples: new Map() };
+  const r: Run = { console: consoleText, seconds, checks: new Map(), exits: new Map(), ends: new Map(), stats: new Map(), iommu: new Map(), rng: new Map(), stages: [], hangs: [], staleInt3: [], stoppedAt: new Map(), triples: new Map() };
   const triple = (scn: string) => r.triples.get(scn) ?? r.triples.set(scn, { trace: [], where: '' }).get(scn)!;
   let scenario = '';
   // the console carries terminal resets (ESC c, ESC [ ... ) and CR CR LF line ends through two ttys
@@ -148,6 +152,7 @@ function parse(consoleText: string, seconds: number): Run {
       r.ends.set(m[1], m[3]);
     }
     else if ((m = /^L1-HANG ([\w-]+) (.*)$/.exec(line))) r.hangs.push([m[1], m[2]]);
+    else if ((m = /^L1-L2-INT3 ([\w-]+) (.*)$/.exec(line))) r.staleInt3.push([m[1], m[2]]);
     else if ((m = /^L1-STOPPED-AT ([\w-]+) ?(.*)$/.exec(line))) r.stoppedAt.set(m[1], m[2]);
     else if ((m = /^L1-KVM-TRACE ([\w-]+) (.*)$/.exec(line))) triple(m[1]).trace.push(m[2].trim());
     else if ((m = /^L1-TRIPLE ([\w-]+) ?(.*)$/.exec(line))) triple(m[1]).where = m[2];
@@ -192,6 +197,7 @@ function report(r: Run): void {
   process.stdout.write(`nested: ${r.seconds.toFixed(0)} s in all (console: ${saved}); stages (uptime, s): ${r.stages.map(([n, t]) => `${n}@${t}`).join(' ')}\n`);
   // a hang before L2's init, run again by scenarios.sh: said loudly, with where L2 was
   for (const [scn, line] of r.hangs) process.stdout.write(`nested: WARNING: ${scn} hung before L2's init and was run again; ${line} (${r.stoppedAt.get(scn) ?? 'where: unknown'})\n`);
+  for (const [scn, oops] of r.staleInt3) process.stdout.write(`nested: WARNING: ${scn}'s L2 oopsed on the int3 of a finished code patch (QEMU's TCG) and was run again: ${oops}\n`);
   const triples = tripleReport(r);
   if (triples) process.stdout.write(`nested: ${triples}`);
 }
@@ -251,6 +257,13 @@ function scenarioTests(get: () => Run | undefined): void {
     // does not trace the host's KVM; in L1 it does)
     if (hardwareKvm && readFileSync('/proc/cpuinfo', 'utf8').includes('AuthenticAMD')) return;
     expect(r?.triples.get('triple')?.where, failureContext(r)).toMatch(/^0x[0-9a-f]{16} is \w*machine_emergency_restart\+0x[0-9a-f]+$/);
+  });
+
+  it.runIf(runs('panic'))('an L2 kernel panic with two vCPUs ends the VM: Linux resets through ACPI and tsvmm says so', () => {
+    const r = get();
+    expect(r?.console, failureContext(r)).toContain('L2-PANIC');
+    expect(r?.ends.get('panic'), failureContext(r)).toMatch(/^tsvmm: guest reset \(reset control register \(0xcf9\)\)/);
+    expect(r?.exits.get('panic'), failureContext(r)).toBe(0);
   });
 
   it.runIf(runs('mq') && runs('basic'))('two queue pairs ran on two dataplane threads with traffic on both (per-queue counters)', () => {

@@ -5,6 +5,7 @@ import { loadPvhKernel, writeStartInfo, writeModule, writeMemmap, HVM_START_INFO
 import { e820Map } from './e820.js';
 import { buildMpTable, ioapicId } from './mptable.js';
 import { buildAcpi, type ViotSpec } from './acpi.js';
+import { RESET_VECTOR_ADDR, resetVectorCode } from './reset-vector.js';
 import { writeGdt, writePageTables, type EntryMode } from './cpu-state.js';
 import * as L from './layout.js';
 import { UserError } from '../errors.js';
@@ -60,6 +61,9 @@ export function loadKernel(mem: BootMemory, spec: BootSpec): BootEntry {
   const acpi = buildAcpi(L.ACPI_ADDR, spec.cpus, ioapicId(spec.cpus), spec.viot);
   if (L.ACPI_ADDR + acpi.bytes.length > L.MPTABLE_ADDR) throw new Error('ACPI tables overflow their area');
   mem.slice(L.ACPI_ADDR, acpi.bytes.length).set(acpi.bytes);
+  if (L.MPTABLE_ADDR + mp.length > RESET_VECTOR_ADDR) throw new Error('MP tables overflow their area');
+  const reset = resetVectorCode();
+  mem.slice(RESET_VECTOR_ADDR, reset.length).set(reset);
   mem.slice(L.CMDLINE_ADDR, cmdline.length).set(cmdline);
   const e820 = e820Map(spec.memSize);
 

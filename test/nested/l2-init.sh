@@ -30,6 +30,9 @@ fi
 if [ "$(arg wedge)" = 1 ]; then echo "L2-WEDGE"; while :; do :; done; fi
 # (booted with reboot=t: Linux restarts by loading an empty IDT and raising int3, a triple fault)
 if [ "$(arg triple)" = 1 ]; then echo "L2-TRIPLE"; reboot -f; sleep 60; fi
+# (a kernel panic on purpose, both vCPUs online: with panic=-1 Linux stops the other CPU with an NMI
+# and resets through ACPI's reset register)
+if [ "$(arg panic)" = 1 ]; then echo "L2-PANIC"; echo c > /proc/sysrq-trigger; sleep 60; fi
 cpus=$(arg cpus)
 queues=$(arg queues)
 

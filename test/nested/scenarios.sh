@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link triple iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq wedge link triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -75,6 +75,17 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   if [ "$rc" = 124 ] && [ "$name" != wedge ] && [ -n "$rips" ]; then
     echo "L1-STOPPED-AT $name $(l2_symbols "$4" $rips | tr '\n' ';')"
   fi
+  # An L2 oops "int3" where no breakpoint is (a CPU ran the int3 of a finished code patch: the flaw of
+  # QEMU 7.2's multi-threaded TCG that L1's kernel shows too, see test/nested.test.ts) is reported
+  # (L1-L2-INT3, with the oops) and run once more; a second one fails.
+  if [ "$name" != panic ] && grep -q "Oops: int3" "$WORK/tsvmm.out" && [ "$retrying" != 1 ]; then
+    echo "L1-L2-INT3 $name $(grep -m1 -A3 'Oops: int3' "$WORK/tsvmm.out" | tr -d '\r' | tr '\n' ';')"
+    kill $fetcher 2>/dev/null
+    retrying=1
+    scenario "$@"
+    retrying=0
+    return
+  fi
   if [ "$rc" = 124 ] && [ "$name" != wedge ] && ! grep -q "^L2-INIT" "$WORK/tsvmm.out" && [ "$retrying" != 1 ]; then
     echo "L1-HANG $name $line"
     kill $fetcher 2>/dev/null
@@ -100,7 +111,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   left=0
   for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js\|link-run.mjs" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
   [ "$left" = 0 ]; check "$name/no-tsvmm-left" $? "processes=$left"
-  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != link ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   if [ -n "$mtu" ]; then
@@ -117,13 +128,18 @@ for r in $RUNS; do
     # split in mq)
     # (both at MTU 9000, jumbo frames end to end: basic without mergeable receive buffers, one buffer of
     # the guest's per frame, mq with them)
-    basic) scenario basic 1 1 "tsvmm.rng=1 tsvmm.rngpacked=1 tsvmm.mtu=9000 tsvmm.mrg=0 tsvmm.speed=25000" 900 --rng ;;
-    mq) scenario mq 2 2 "tsvmm.rng=1 tsvmm.rngpacked=0 tsvmm.mtu=9000" 900 --rng=packed=off ;;
+    # (~55 s each on an idle host; bounded well below the harness's limit so that a hang fails its own
+    # scenario, not the ones after it)
+    basic) scenario basic 1 1 "tsvmm.rng=1 tsvmm.rngpacked=1 tsvmm.mtu=9000 tsvmm.mrg=0 tsvmm.speed=25000" 300 --rng ;;
+    mq) scenario mq 2 2 "tsvmm.rng=1 tsvmm.rngpacked=0 tsvmm.mtu=9000" 300 --rng=packed=off ;;
     wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
     # the host takes the link down and up through the library (vm.net[0].setLink): L2's carrier follows
     link) scenario link 1 1 "tsvmm.link=1" 240 ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
+    # L2 panics on purpose with two vCPUs: Linux stops the other with an NMI and resets through the
+    # ACPI reset register, which ends the VM
+    panic) scenario panic 2 1 "tsvmm.panic=1" 90 ;;
     # the net device behind tsvmm's virtio-iommu (VIOT), Linux's lazy and strict DMA domains. (~40 s
     # each on an idle host, over 100 s for strict on a loaded one; bounded below the harness's limit:
     # one of these once hung before L2's init printed anything, and a hang must fail its own scenario,

@@ -241,10 +241,10 @@ describe('NetQueuePair receive', () => {
 describe('NetQueuePair under a rate limit', () => {
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-  function limited(limits: NetRateLimits) {
+  function limited(limits: NetRateLimits, mergeable = false) {
     const words = new RateLimitWords();
     words.set(limits);
-    const s = setup({ rateLimits: words });
+    const s = setup({ rateLimits: words, mergeable });
     s.pair.updateLimits();
     return { ...s, words };
   }
@@ -311,8 +311,8 @@ describe('NetQueuePair under a rate limit', () => {
     expect(pair.txThrottled).toBe(false);
   });
 
-  it('stops reading the driver when RX has no tokens, and delivers again once the limit goes', () => {
-    const { mem, rx, driver, pair, rxStats, words } = limited({ rx: { ops: { size: 4, refillTimeMs: 10_000 } } });
+  it.each([false, true])('stops reading the driver when RX has no tokens, and delivers again once the limit goes (mergeable %s)', (mergeable) => {
+    const { mem, rx, driver, pair, rxStats, words } = limited({ rx: { ops: { size: 4, refillTimeMs: 10_000 } } }, mergeable);
     driver.frame = frame(100);
     let reads = 0;
     const receive = driver.receive.bind(driver);

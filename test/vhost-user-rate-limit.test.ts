@@ -6,8 +6,8 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { which } from './helpers/env.js';
-import { NetNs, runInNs, type Running } from './helpers/netns.js';
+import { CLI, which } from './helpers/env.js';
+import { NetNs, runInNs, stats, type Running } from './helpers/netns.js';
 import { createDriver } from '../src/drivers/registry.js';
 import { VhostUserBackend } from '../src/vhost-user/backend.js';
 import { VhostUserServer } from '../src/vhost-user/server.js';
@@ -156,5 +156,32 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('rate limits under DPDK
     s.server.stop();
     await s.serving;
     s.driver.close();
+  });
+
+  it('takes a limit from tsvmm vhost-user --net (tx-frames=SIZE/MS) and reports it in --stats', { timeout: 120_000 }, async () => {
+    const sock = join(dir, `cli${++runs}.sock`);
+    const tStart = performance.now();
+    // 1000 frames/s
+    const b = runInNs(ns, [process.execPath, CLI, 'vhost-user', '--socket', sock, '--net', 'null,rx=0,tx-frames=500/500', '--stats']);
+    spawned.push(b);
+    for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(50);
+    expect(existsSync(sock), b.stderr()).toBe(true);
+    const t = testpmd(sock, 'txonly');
+    await t.waitFor('Press enter to exit', 60_000);
+    await sleep(2000);
+    t.proc.stdin!.write('\n');
+    const r = await t.done;
+    await sleep(300);
+    b.proc.kill('SIGINT');
+    const end = performance.now();
+    const st = (stats((await b.done).stderr) as unknown as { vhostUser: { pairs: Array<{ tx: { packets: number; drops: number; rateLimited: number } }> } }).vhostUser.pairs[0].tx;
+    expect(st.packets).toBeLessThanOrEqual(500 + (end - tStart));
+    expect(st.rateLimited).toBeGreaterThan(0);
+    // testpmd left with its ring full of frames still waiting for tokens (a ring of 256): the rest
+    // reached the backend
+    const sent = testpmdStats(r.stdout + r.stderr).tx;
+    expect(st.packets).toBeLessThanOrEqual(sent);
+    expect(sent - st.packets).toBeLessThanOrEqual(256);
+    expect(st.drops).toBe(0);
   });
 });

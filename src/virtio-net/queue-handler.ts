@@ -80,9 +80,9 @@ class NetHandler implements QueueHandler {
     const txWaits = p.txBlocked || (limitWait > 0 && p.txThrottled);
     const rxWaits = limitWait > 0 && p.rxThrottled;
     if (!polling) {
-      // (a TX queue waiting for its driver or its tokens is not looked at: its kicks would only wake us)
+      // (a queue waiting for its driver or its tokens is not looked at: its kicks would only wake us)
       p.txq.setKicks(!txWaits);
-      p.rxq.setKicks(true, p.starved);
+      p.rxq.setKicks(!rxWaits, p.starved);
     }
     // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
     // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes).

@@ -134,6 +134,12 @@ if [ -n "$(arg ratelimit)" ]; then
   within "$r"; check iperf3-tx-limited $? "bits/s=$r want=$want $(grep -m1 receiver /tmp/ip)"
   iperf3 -c 10.0.2.1 -t 5 -R >/tmp/ip 2>&1; r=$(rate)
   within "$r"; check iperf3-rx-limited $? "bits/s=$r want=$want $(grep -m1 receiver /tmp/ip)"
+  # the host halves the limits while L2 runs (vm.net[0].setRateLimit) and publishes /limit-changed
+  echo "L2-RATELIMIT-CHANGE"
+  t=0; until timeout 5 wget -q -O /dev/null http://10.0.2.1/limit-changed 2>/dev/null; do t=$((t + 1)); [ $t -ge 60 ] && break; sleep 1; done
+  want=$((want / 2))
+  iperf3 -c 10.0.2.1 -t 5 >/tmp/ip 2>&1; r=$(rate)
+  within "$r"; check iperf3-tx-limit-halved $? "bits/s=$r want=$want $(grep -m1 receiver /tmp/ip)"
   echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"
   poweroff -f
 fi

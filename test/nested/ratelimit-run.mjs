@@ -26,6 +26,8 @@ vm.serial.on('data', (d) => {
   }
 });
 await vm.start();
+// (held here: the VM lets go of its devices when it ends, their counters stay readable)
+const net = vm.net[0];
 let timedOut = false;
 const timer = setTimeout(() => {
   timedOut = true;
@@ -33,7 +35,7 @@ const timer = setTimeout(() => {
 }, Number(timeout) * 1000);
 const exit = await vm.exited;
 clearTimeout(timer);
-process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: [{ pairs: [vm.net[0].queueStats(0)] }] })}\n`);
+process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: [{ pairs: [net.queueStats(0)] }] })}\n`);
 const how = exit.reason === 'poweroff' ? `guest powered off (status ${exit.status})` : `${exit.reason} (${exit.detail})`;
 process.stderr.write(`tsvmm: ${timedOut ? 'time limit reached; ' : ''}${how}\n`);
 process.exit(timedOut ? 124 : exit.reason === 'poweroff' ? exit.status & 0xff : 1);

@@ -223,7 +223,7 @@ async function vhostUser(argv: string[]): Promise<number> {
   }
   if (driver.describe) process.stderr.write(`tsvmm: net: ${driver.name} ${driver.describe}\n`);
   const log = (l: string) => process.stderr.write(`tsvmm: ${l}\n`);
-  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs, packed: net.packed, mergeable: net.mergeable, log });
+  const backend = new VhostUserBackend(driver, { queuePairs: Math.min(net.queues ?? 1, driver.caps.queuePairs), busyPollUs: net.busyPollUs, packed: net.packed, mergeable: net.mergeable, rateLimit: net.rateLimit, log });
   const server = new VhostUserServer(backend, { path: values.socket, client: values.client, log });
   let code = 0;
   const stop = (c: number) => () => {

@@ -2,3 +2,4 @@
 export { Vm, type VmExit, type VmConfig } from './vmm/vm.js';
 export { UserError } from './errors.js';
 export { parseSize } from './vmm/config.js';
+export type { NetRateLimits, DirectionLimits, TokenBucketConfig } from './dataplane/rate-limit.js';

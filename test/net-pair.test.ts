@@ -10,6 +10,8 @@ import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT, receiveFrame } from './helpers/virtq-driver.js';
+import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
+import type { NetRateLimits } from '../src/dataplane/rate-limit.js';
 
 /** Records what it is given to send; receives `frame` each time it is asked. */
 class RecordingDriver implements DriverQueue {
@@ -38,7 +40,7 @@ class RecordingDriver implements DriverQueue {
   close(): void {}
 }
 
-function setup(o: { size?: number; mergeable?: boolean; maxRxFrame?: number; rxCallFd?: number } = {}) {
+function setup(o: { size?: number; mergeable?: boolean; maxRxFrame?: number; rxCallFd?: number; rateLimits?: RateLimitWords } = {}) {
   const mem = new TestMemory(4 << 20);
   const size = o.size ?? 256;
   const rx = new TestDriver(mem, size);
@@ -59,6 +61,7 @@ function setup(o: { size?: number; mergeable?: boolean; maxRxFrame?: number; rxC
     rxStats,
     txStats,
     filter: new RxFilter(),
+    rateLimits: o.rateLimits,
   });
   return { mem, rx, tx, rxq, txq, driver, pair, rxStats, txStats };
 }
@@ -232,5 +235,105 @@ describe('NetQueuePair receive', () => {
     expect(Array.from({ length: 1514 }, (_, k) => at(12 + k))).toEqual([...frame(1514)]);
     expect(at(10)).toBe(24); // num_buffers: ceil(1526 / 64)
     expect(rx.takeUsed().map((u) => u.len)).toEqual([...Array(23).fill(64), 1526 - 23 * 64]);
+  });
+});
+
+describe('NetQueuePair under a rate limit', () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  function limited(limits: NetRateLimits, mergeable = false) {
+    const words = new RateLimitWords();
+    words.set(limits);
+    const s = setup({ rateLimits: words, mergeable });
+    s.pair.updateLimits();
+    return { ...s, words };
+  }
+
+  it('leaves TX chains over the frame limit in the ring, sleeps until tokens return, then sends them in order', async () => {
+    // 3 frames per 40 ms
+    const { mem, tx, driver, pair, txStats } = limited({ tx: { ops: { size: 3, refillTimeMs: 40 } } });
+    for (let id = 0; id < 5; id++) {
+      const at = mem.alloc(NET_HDR_LEN + 60);
+      mem.bytes(at + NET_HDR_LEN, 60).fill(id);
+      tx.add([{ addr: at, len: NET_HDR_LEN + 60 }]);
+    }
+    expect(pair.processTx(256)).toBe(3);
+    expect(driver.taken).toEqual([0, 1, 2]);
+    expect(tx.takeUsed().map((u) => u.id)).toEqual([0, 1, 2]);
+    // the other two wait in the ring (not used, not dropped), and the pair says how long to sleep
+    expect(pair.txThrottled).toBe(true);
+    expect(pair.txq.pending(8)).toBe(2);
+    const wait = pair.limitWaitMs();
+    expect(wait).toBeGreaterThan(0);
+    expect(wait).toBeLessThanOrEqual(40 / 3 + 1);
+    expect(pair.processTx(256)).toBe(0);
+    expect(txStats[STAT.RATE_LIMITED]).toBe(1);
+    await sleep(45);
+    expect(pair.limitWaitMs()).toBe(0);
+    expect(pair.processTx(256)).toBe(2);
+    expect(driver.taken).toEqual([0, 1, 2, 3, 4]);
+    expect(tx.takeUsed().map((u) => u.id)).toEqual([3, 4]);
+    expect(txStats[STAT.PACKETS]).toBe(5);
+    expect(txStats[STAT.DROPS]).toBe(0);
+    expect(txStats[STAT.RATE_LIMITED_MS]).toBeGreaterThan(0);
+    expect(pair.txThrottled).toBe(false);
+  });
+
+  it('holds TX to its byte limit, and a limit removed while chains wait lets them go at once', () => {
+    // 200 bytes per 10 s: three 60-byte frames, the fourth waits
+    const { mem, tx, driver, pair, words } = limited({ tx: { bandwidth: { size: 200, refillTimeMs: 10_000 } } });
+    for (let id = 0; id < 6; id++) {
+      const at = mem.alloc(NET_HDR_LEN + 60);
+      mem.bytes(at + NET_HDR_LEN, 60).fill(id);
+      tx.add([{ addr: at, len: NET_HDR_LEN + 60 }]);
+    }
+    expect(pair.processTx(256)).toBe(3);
+    expect(pair.limitWaitMs()).toBeGreaterThan(100);
+    words.set({ tx: {} });
+    pair.updateLimits();
+    expect(pair.txThrottled).toBe(false);
+    expect(pair.processTx(256)).toBe(3);
+    expect(driver.taken).toEqual([0, 1, 2, 3, 4, 5]);
+  });
+
+  it('gives back the tokens of frames a blocked driver did not take', () => {
+    const { mem, tx, driver, pair } = limited({ tx: { ops: { size: 4, refillTimeMs: 10_000 } } });
+    for (let id = 0; id < 4; id++) {
+      const at = mem.alloc(NET_HDR_LEN + 60);
+      tx.add([{ addr: at, len: NET_HDR_LEN + 60 }]);
+    }
+    driver.take = 1;
+    expect(pair.processTx(256)).toBe(1);
+    driver.take = Infinity;
+    pair.txBlocked = false;
+    // the three frames the driver refused still have their tokens
+    expect(pair.processTx(256)).toBe(3);
+    expect(pair.txThrottled).toBe(false);
+  });
+
+  it.each([false, true])('stops reading the driver when RX has no tokens, and delivers again once the limit goes (mergeable %s)', (mergeable) => {
+    const { mem, rx, driver, pair, rxStats, words } = limited({ rx: { ops: { size: 4, refillTimeMs: 10_000 } } }, mergeable);
+    driver.frame = frame(100);
+    let reads = 0;
+    const receive = driver.receive.bind(driver);
+    driver.receive = (b, m) => (reads++, receive(b, m));
+    for (let i = 0; i < 10; i++) rx.add([{ addr: mem.alloc(2048), len: 2048, write: true }]);
+    expect(pair.processRx(256)).toBe(4);
+    expect(pair.rxThrottled).toBe(true);
+    expect(rxStats[STAT.RATE_LIMITED]).toBe(1);
+    const readsThen = reads;
+    expect(pair.processRx(256)).toBe(0);
+    expect(reads).toBe(readsThen); // the driver keeps its frames
+    expect(rx.takeUsed()).toHaveLength(4);
+    words.set({ rx: {} });
+    pair.updateLimits();
+    expect(pair.rxThrottled).toBe(false);
+    expect(pair.processRx(256)).toBe(6);
+  });
+
+  it('without a limit has no wait to report', () => {
+    const { pair } = setup();
+    pair.updateLimits();
+    expect(pair.limitWaitMs()).toBe(-1);
   });
 });

@@ -237,3 +237,28 @@ describe('virtio-net guest offload control (VIRTIO_NET_F_CTRL_GUEST_OFFLOADS)', 
     expect(calls.length).toBe(1);
   });
 });
+
+describe('virtio-net rate limits (library and --net)', () => {
+  it('parses rx-/tx-bytes and -frames as SIZE/MS[+BURST] on --net, and refuses what is not', () => {
+    expect(parseNetArg('tap,ifname=t0,tx-bytes=64K/10,tx-frames=1000/100+50,rx-bytes=1M/1000').rateLimit).toEqual({
+      tx: { bandwidth: { size: 65536, oneTimeBurst: 0, refillTimeMs: 10 }, ops: { size: 1000, oneTimeBurst: 50, refillTimeMs: 100 } },
+      rx: { bandwidth: { size: 1048576, oneTimeBurst: 0, refillTimeMs: 1000 } },
+    });
+    expect(() => parseNetArg('tap,tx-bytes=64K')).toThrow('--net: tx-bytes=64K is not SIZE/MS or SIZE/MS+BURST (e.g. tx-bytes=64K/10)');
+    expect(() => parseNetArg('tap,rx-frames=0/10')).toThrow(/rx-frames=0\/10: rx.ops.size: expected an integer from 1/);
+    expect(() => parseNetArg('tap,rx-frames=10/0')).toThrow(/refillTimeMs: expected an integer from 1/);
+    expect(() => checkNetConfig({ driver: 'tap', rateLimit: { tx: { ops: { size: -1, refillTimeMs: 10 } } } })).toThrow(/--net: rateLimit: tx.ops.size/);
+  });
+
+  it('takes limits at start and from setRateLimit (a direction given replaced, one absent kept), and refuses bad ones leaving the limits as they were', () => {
+    const { net } = setup({ rateLimit: { rx: { bandwidth: { size: 1000, refillTimeMs: 10 } } } });
+    expect(net.rateLimit).toEqual({ rx: { bandwidth: { size: 1000, oneTimeBurst: 0, refillTimeMs: 10 } }, tx: {} });
+    net.setRateLimit({ tx: { ops: { size: 5, oneTimeBurst: 2, refillTimeMs: 100 } } });
+    expect(net.rateLimit).toEqual({ rx: { bandwidth: { size: 1000, oneTimeBurst: 0, refillTimeMs: 10 } }, tx: { ops: { size: 5, oneTimeBurst: 2, refillTimeMs: 100 } } });
+    for (const bad of [{ tx: { ops: { size: 0, refillTimeMs: 1 } } }, { rx: { bandwidth: { size: 1, refillTimeMs: 1, extra: 1 } } }, { up: {} }, null])
+      expect(() => net.setRateLimit(bad as never)).toThrow();
+    expect(net.rateLimit.tx).toEqual({ ops: { size: 5, oneTimeBurst: 2, refillTimeMs: 100 } });
+    net.setRateLimit({ rx: {}, tx: {} });
+    expect(net.rateLimit).toEqual({ rx: {}, tx: {} });
+  });
+});

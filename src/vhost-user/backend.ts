@@ -9,6 +9,8 @@ import type { WorkerUnit, WorkerQueue } from '../dataplane/worker.js';
 import type { NetDriver } from '../drivers/api.js';
 import { F, bit, has, netFeatureOffer } from '../virtio-net/features.js';
 import { netDataplane } from '../virtio-net/dataplane.js';
+import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.js';
+import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import { FrontendMemory } from './memory.js';
 import { MAP_READ, MAP_WRITE, stuckThreadMs } from '../viommu/table.js';
 import type { DmaAccess } from '../virtio/dma.js';
@@ -29,6 +31,8 @@ export interface BackendOptions {
   packed?: boolean;
   /** offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF; default true) */
   mergeable?: boolean;
+  /** rate limits from the start (setRateLimit changes them later) */
+  rateLimit?: NetRateLimits;
   /** a line for the operator on events worth knowing (dirty logging switched on or off) */
   log?: (line: string) => void;
 }
@@ -60,6 +64,9 @@ export class VhostUserBackend implements BackendCore {
   readonly vrings: Vring[];
   private readonly running = new Map<number, Dataplane>();
   private readonly filter = new RxFilter();
+  /** the rate limits the dataplane threads read (each queue pair has its own buckets); kept over
+   * frontend connections */
+  private readonly rateLimits = new RateLimitWords();
   readonly stats: SharedArrayBuffer;
   /**
    * problems the dataplane reported (a broken ring, a ring outside the memory), over the backend's
@@ -84,7 +91,22 @@ export class VhostUserBackend implements BackendCore {
     this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);
     this.vrings = Array.from({ length: 2 * opts.queuePairs }, freshRing);
     this.filter.reset(new Uint8Array(6));
+    if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
     this.stats = newStatsBuffer(2 * opts.queuePairs);
+  }
+
+  /**
+   * Set the rate limits of each queue pair (as VirtioNet.setRateLimit): a direction given is replaced,
+   * one absent stays; running threads take them on their next pass. Throws (one line) if malformed.
+   */
+  setRateLimit(limits: NetRateLimits): void {
+    this.rateLimits.set(parseNetRateLimits(limits));
+    for (const dp of this.running.values()) dp.wake();
+  }
+
+  /** the rate limits in force */
+  get rateLimit(): NetRateLimits {
+    return this.rateLimits.get();
   }
 
   get queuePairs(): number {
@@ -306,7 +328,7 @@ export class VhostUserBackend implements BackendCore {
     return {
       memory: mem.buffer,
       table: mem.table.toJSON(),
-      ...netDataplane(f, this.driver, this.filter.buffer),
+      ...netDataplane(f, this.driver, this.filter.buffer, this.rateLimits.buffer),
       stats: this.stats,
       busyPollUs: this.opts.busyPollUs ?? 0,
       iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true, missFd: this.eventFd } : undefined,

@@ -18,6 +18,8 @@ import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.j
 import type { WorkerUnit } from '../dataplane/worker.js';
 import { F, bit, has, netFeatureOffer, queueFeatures } from './features.js';
 import { netDataplane } from './dataplane.js';
+import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.js';
+import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import { native, ONE } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
@@ -58,6 +60,8 @@ export interface NetDeviceOptions {
   /** the link speed in Mb/s and duplex shown to the guest (VIRTIO_NET_F_SPEED_DUPLEX); default unknown */
   speed?: number;
   duplex?: 'full' | 'half';
+  /** rate limits from the start (setRateLimit changes them later) */
+  rateLimit?: NetRateLimits;
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
   iommu?: { table: IommuTable; endpoint: number };
 }
@@ -70,6 +74,8 @@ export class VirtioNet implements VirtioDevice {
   readonly configSize = CONFIG_SIZE;
   readonly filter = new RxFilter();
   readonly stats: SharedArrayBuffer;
+  /** the rate limits the dataplane threads read (each queue pair has its own buckets) */
+  private readonly rateLimits = new RateLimitWords();
   private readonly config = new Uint8Array(CONFIG_SIZE);
   private readonly dataplane: Dataplane;
   private view: GuestView;
@@ -105,6 +111,7 @@ export class VirtioNet implements VirtioDevice {
     v.setUint32(12, opts.speed ?? SPEED_UNKNOWN, true);
     v.setUint8(16, DUPLEX[opts.duplex ?? 'unknown']);
     this.filter.reset(opts.mac);
+    if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
     this.stats = newStatsBuffer(2 * pairs);
     this.plainView = this.view = guestView(memory.buffer, memory.table);
     if (opts.iommu) {
@@ -140,6 +147,22 @@ export class VirtioNet implements VirtioDevice {
     this.config[6] = (this.config[6] & ~NET_STATUS_LINK_UP) | (up ? NET_STATUS_LINK_UP : 0);
     this.filter.setLinkDown(!up);
     this.active?.configChanged();
+  }
+
+  /**
+   * Set the rate limits of each queue pair (token buckets per direction, for bytes and for frames;
+   * rate-limit.ts): a direction given is replaced (`{}` removes its limits), one absent stays. Running
+   * threads take them on their next pass, with full buckets. Throws (one line) on a malformed limit.
+   */
+  setRateLimit(limits: NetRateLimits): void {
+    this.rateLimits.set(parseNetRateLimits(limits));
+    // (a thread asleep until tokens return, or with no timeout, looks now)
+    this.dataplane.wake();
+  }
+
+  /** the rate limits in force */
+  get rateLimit(): NetRateLimits {
+    return this.rateLimits.get();
   }
 
   /** the MTU offered to the guest (its config space's mtu) */
@@ -268,7 +291,7 @@ export class VirtioNet implements VirtioDevice {
       {
         memory: this.memory.buffer,
         table: this.memory.table.toJSON(),
-        ...netDataplane(a.features, this.opts.driver, this.filter.buffer, this.mtu),
+        ...netDataplane(a.features, this.opts.driver, this.filter.buffer, this.rateLimits.buffer, this.mtu),
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
         dirtyLog: this.dirtyLog,

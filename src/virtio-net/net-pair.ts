@@ -10,6 +10,8 @@ import { STAT } from '../dataplane/stats.js';
 import type { RxFilter } from './rx-filter.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { NetRx, signal } from './net-rx.js';
+import { DIR, type RateLimitWords } from '../dataplane/rate-limit-shared.js';
+import type { DirectionLimiter } from '../dataplane/token-bucket.js';
 
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
@@ -28,6 +30,8 @@ export interface PairOptions {
   filter: RxFilter;
   /** while migrating: every byte written into guest buffers is logged */
   log?: DirtyLog;
+  /** the device's rate limits (read once per pass; this pair keeps its own buckets) */
+  rateLimits?: RateLimitWords;
 }
 
 export class NetQueuePair {
@@ -54,6 +58,60 @@ export class NetQueuePair {
     this.rx = new NetRx(mem, memBuffer, rxq, this, o);
   }
 
+  // ---- rate limits
+
+  /** TX's buckets; undefined without a limit (then the data path pays one branch per frame) */
+  private txLimit: DirectionLimiter | undefined;
+  private txVersion = 0;
+  private rxVersion = 0;
+  /** while TX waits for tokens: when it may try again (performance.now() ms); 0 when it does not wait */
+  private txUntil = 0;
+  /** when TX's wait began */
+  private txSince = 0;
+
+  /** Take the limits the main thread changed since the last pass (new buckets, full, start at once). */
+  updateLimits(): void {
+    const w = this.o.rateLimits;
+    if (w === undefined) return;
+    const tv = w.version(DIR.TX);
+    if (tv !== this.txVersion) {
+      const l = w.limiter(DIR.TX, tv, performance.now());
+      if (l !== null) {
+        this.txVersion = tv;
+        this.txLimit = l;
+        if (this.txUntil !== 0) this.o.txStats[STAT.RATE_LIMITED_MS] += performance.now() - this.txSince;
+        this.txUntil = 0;
+      }
+    }
+    const rv = w.version(DIR.RX);
+    if (rv !== this.rxVersion) {
+      const l = w.limiter(DIR.RX, rv, performance.now());
+      if (l !== null) {
+        this.rxVersion = rv;
+        this.rx.setLimit(l);
+      }
+    }
+  }
+
+  /** TX waits for its rate limit's tokens (its chains stay in the ring, its kicks need not wake us) */
+  get txThrottled(): boolean {
+    return this.txUntil !== 0;
+  }
+
+  /** RX waits for its rate limit's tokens (the driver is not read) */
+  get rxThrottled(): boolean {
+    return this.rx.until !== 0;
+  }
+
+  /** ms until a direction waiting for tokens may try again (0: now), or -1 when none waits. */
+  limitWaitMs(): number {
+    const tx = this.txUntil;
+    const rx = this.rx.until;
+    if (tx === 0 && rx === 0) return -1;
+    const first = tx === 0 ? rx : rx === 0 ? tx : Math.min(tx, rx);
+    return Math.max(0, first - performance.now());
+  }
+
   // ---- guest → wire
 
   /**
@@ -68,9 +126,20 @@ export class NetQueuePair {
     const q = this.txq;
     const b = this.txBatch;
     const st = this.o.txStats;
+    const lim = this.txLimit;
+    let now = 0;
+    if (lim !== undefined) {
+      now = performance.now();
+      if (this.txUntil !== 0) {
+        if (now < this.txUntil) return 0;
+        st[STAT.RATE_LIMITED_MS] += now - this.txSince;
+        this.txUntil = 0;
+      }
+      lim.refill(now);
+    }
     const segments = b.iov.length / 3;
     let done = 0;
-    while (done < budget && !q.broken) {
+    while (done < budget && !q.broken && this.txUntil === 0) {
       b.count = 0;
       let iovUsed = 0;
       /** the batch ended early: the next chain did not fit in the segment array, or is to be dropped */
@@ -99,6 +168,18 @@ export class NetQueuePair {
           done++;
           this.dropTx(c.head);
           continue;
+        }
+        // over the rate limit: the chain goes back and waits in the ring until tokens return
+        if (lim !== undefined) {
+          if (!lim.allows(len)) {
+            q.rewind(1);
+            this.txSince = now;
+            this.txUntil = now + Math.max(lim.msUntil(len), 0.001);
+            st[STAT.RATE_LIMITED]++;
+            cut = true;
+            break;
+          }
+          lim.take(1, len);
         }
         done++;
         // the frame: the readable buffers after the header
@@ -137,6 +218,8 @@ export class NetQueuePair {
         if (i < sent) bytes += b.len[i];
       }
       if (blocked) {
+        // (the frames going back were not sent: their tokens too)
+        if (lim !== undefined) for (let i = taken; i < b.count; i++) lim.giveBack(1, b.len[i]);
         q.rewind(b.count - taken);
         done -= b.count - taken;
         this.txBlocked = true;
@@ -149,7 +232,7 @@ export class NetQueuePair {
       st[STAT.BATCHES]++;
       q.flush();
       signal(q, this.o.txCallFd, st);
-      if (blocked || (b.count < TX_BATCH && !cut)) break;
+      if (blocked || this.txUntil !== 0 || (b.count < TX_BATCH && !cut)) break;
     }
     q.flush();
     return done;

@@ -10,6 +10,7 @@ import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
 import { RX_BATCH, RxSlots, layOutChain } from './rx-batch.js';
 import type { PairOptions } from './net-pair.js';
+import type { DirectionLimiter } from '../dataplane/token-bucket.js';
 
 /** the smallest frame there is: an Ethernet header */
 const ETH_HLEN = 14;
@@ -70,10 +71,46 @@ export class NetRx {
   /** set by process(): the driver had nothing to receive although there were buffers */
   dry = false;
 
+  /** the rate limit's buckets; undefined without a limit (one branch per driver call then) */
+  private limit: DirectionLimiter | undefined;
+  /** while waiting for tokens: when to try again (performance.now() ms); 0 when not waiting */
+  until = 0;
+  private since = 0;
+  /** when the buckets were last refilled (this call's time) */
+  private now = 0;
+
+  setLimit(l: DirectionLimiter | undefined): void {
+    if (this.until !== 0) this.o.rxStats[STAT.RATE_LIMITED_MS] += performance.now() - this.since;
+    this.until = 0;
+    this.limit = l;
+  }
+
+  /** How many frames (of `next` bytes, 0 or less: unknown) the limit lets through now, at most `max`;
+   * none: the direction waits for tokens (the driver keeps its frames). */
+  private allowance(lim: DirectionLimiter, next: number, max: number): number {
+    const n = lim.framesAllowed(next, max);
+    if (n === 0) {
+      this.since = this.now;
+      this.until = this.now + Math.max(lim.msUntil(next > 0 ? next : 1), 0.001);
+      this.o.rxStats[STAT.RATE_LIMITED]++;
+    }
+    return n;
+  }
+
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   process(budget: number): number {
     this.starved = false;
     this.dry = false;
+    const lim = this.limit;
+    if (lim !== undefined) {
+      const now = (this.now = performance.now());
+      if (this.until !== 0) {
+        if (now < this.until) return 0;
+        this.o.rxStats[STAT.RATE_LIMITED_MS] += now - this.since;
+        this.until = 0;
+      }
+      lim.refill(now);
+    }
     const delivered = this.o.mergeable ? this.rxMergeable(budget) : this.rxBatched(budget);
     this.rxq.flush();
     signal(this.rxq, this.o.rxCallFd, this.o.rxStats);
@@ -98,6 +135,7 @@ export class NetRx {
     const largest = this.o.maxRxFrame + NET_HDR_LEN;
     const driver = this.pair.driver;
     const log = this.o.log;
+    const lim = this.limit;
     let delivered = 0;
     for (let attempts = 0; attempts < budget && !q.broken; ) {
       const next = driver.nextLength ? driver.nextLength() : -1;
@@ -105,7 +143,11 @@ export class NetRx {
         this.dry = true;
         break;
       }
-      const want = Math.min(RX_BATCH, budget - attempts);
+      let want = Math.min(RX_BATCH, budget - attempts);
+      if (lim !== undefined) {
+        want = this.allowance(lim, next, want);
+        if (want === 0) break;
+      }
       s.reset();
       while (s.count < want && q.pop()) {
         const c = q.chain;
@@ -171,6 +213,7 @@ export class NetRx {
       delivered += k;
       st[STAT.PACKETS] += k;
       st[STAT.BYTES] += bytes;
+      lim?.take(k, bytes);
       // (fewer than offered: the driver may have nothing more, or take one frame per call: the next
       // call says which)
     }
@@ -184,6 +227,7 @@ export class NetRx {
     const st = this.o.rxStats;
     const largest = this.o.maxRxFrame + NET_HDR_LEN;
     const driver = this.pair.driver;
+    const lim = this.limit;
     let delivered = 0;
     for (let attempts = 0; attempts < budget && !q.broken; attempts++) {
       // room for the frame that is waiting when the driver can tell its length, else for the largest
@@ -192,6 +236,7 @@ export class NetRx {
         this.dry = true;
         break;
       }
+      if (lim !== undefined && this.allowance(lim, next, 1) === 0) break;
       const need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
       // buffers for one frame: one chain, or with MRG_RXBUF as many as `need` takes
       let chains = 0;
@@ -274,6 +319,7 @@ export class NetRx {
       delivered++;
       st[STAT.PACKETS]++;
       st[STAT.BYTES] += len;
+      lim?.take(1, len);
       st[STAT.BATCHES]++;
     }
     return delivered;

@@ -6,6 +6,7 @@ import type { DriverModule } from '../drivers/api.js';
 import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
 import type { TxPolicy } from './net-header.js';
+import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
 
 /** The net threads' configuration (structured-cloneable), from the negotiated features (dataplane.ts). */
 export interface NetHandlerConfig {
@@ -16,6 +17,8 @@ export interface NetHandlerConfig {
   txPolicy: TxPolicy;
   /** the control queue's RX filter words (rx-filter.ts) */
   filter: SharedArrayBuffer;
+  /** the device's rate limits (rate-limit-shared.ts) */
+  rateLimit: SharedArrayBuffer;
 }
 
 /** how long a TX queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
@@ -25,7 +28,8 @@ export async function prepare(config: unknown): Promise<OpenHandler> {
   const c = config as NetHandlerConfig;
   const driverMod = (await import(pathToFileURL(c.driverModule).href)) as DriverModule;
   const filter = new RxFilter(c.filter);
-  return (ctx) => new NetHandler(ctx, c, driverMod, filter);
+  const limits = new RateLimitWords(c.rateLimit);
+  return (ctx) => new NetHandler(ctx, c, driverMod, filter, limits);
 }
 
 /** A unit's queues are [rx, tx]; its init is the driver's queueInit(pair). */
@@ -41,7 +45,7 @@ class NetHandler implements QueueHandler {
   /** TX waits for a driver without an fd: try it again after the thread's next wait */
   private blindRetry = false;
 
-  constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter) {
+  constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter, rateLimits: RateLimitWords) {
     const [rxq, txq] = ctx.queues;
     this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(ctx.init), {
       mergeable: c.mergeable,
@@ -53,7 +57,9 @@ class NetHandler implements QueueHandler {
       txStats: ctx.stats[1],
       filter,
       log: ctx.log,
+      rateLimits,
     });
+    this.pair.updateLimits();
     this.fds = [this.pair.driver.pollFd];
   }
 
@@ -68,17 +74,22 @@ class NetHandler implements QueueHandler {
 
   beforeWait(polling: boolean): number {
     const p = this.pair;
+    // a direction waiting for its rate limit's tokens is left alone until they return: the thread
+    // sleeps that long (its chains wait in the ring, the driver keeps its frames)
+    const limitWait = p.limitWaitMs();
+    const txWaits = p.txBlocked || (limitWait > 0 && p.txThrottled);
+    const rxWaits = limitWait > 0 && p.rxThrottled;
     if (!polling) {
-      // (a TX queue waiting for its driver is not looked at: its kicks would only wake us)
-      p.txq.setKicks(!p.txBlocked);
-      p.rxq.setKicks(true, p.starved);
+      // (a queue waiting for its driver or its tokens is not looked at: its kicks would only wake us)
+      p.txq.setKicks(!txWaits);
+      p.rxq.setKicks(!rxWaits, p.starved);
     }
     // kicks re-enabled: look once more, the guest may have added buffers before it saw the request
     // (a starved RX ring refilled in that window would otherwise wait for a kick that never comes).
     // Counting stops just past what matters: a packed ring counts by walking its descriptors.
-    let pending = !p.txBlocked && p.txq.pending(1) > 0;
+    let pending = limitWait === 0 || (!txWaits && p.txq.pending(1) > 0);
     const seen = p.starved ? p.starvedPending : 0;
-    if (p.rxq.pending(seen + 1) > seen) {
+    if (!rxWaits && p.rxq.pending(seen + 1) > seen) {
       this.rxArmed = true;
       // a driver without an fd (one that generates frames) cannot wake us: receive buffers are work
       // now, unless it just had nothing to give — else a ring refilled in that window, or left
@@ -86,18 +97,24 @@ class NetHandler implements QueueHandler {
       // never comes
       if (p.driver.pollFd < 0 && !p.dry) pending = true;
     }
+    if (rxWaits) this.rxArmed = false;
     this.blindRetry = p.txBlocked && p.driver.pollFd < 0;
-    return pending ? 0 : this.blindRetry ? BLOCKED_RETRY_MS : -1;
+    if (pending) return 0;
+    // (epoll's timeout is whole ms: rounded up, a wait never ends a token short)
+    const tokens = limitWait > 0 ? Math.ceil(limitWait) : -1;
+    if (this.blindRetry) return tokens > 0 && tokens < BLOCKED_RETRY_MS ? tokens : BLOCKED_RETRY_MS;
+    return tokens;
   }
 
   process(budget: number): number {
     const p = this.pair;
+    p.updateLimits();
     if (this.blindRetry) {
       p.txBlocked = false;
       this.blindRetry = false;
     }
     const work = p.processTx(budget) + p.processRx(budget);
-    this.rxArmed = !p.starved;
+    this.rxArmed = !p.starved && !p.rxThrottled;
     return work;
   }
 

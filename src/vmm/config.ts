@@ -1,6 +1,7 @@
 // The typed VM configuration shared by the CLI and the library, with validation that names what to fix.
 import { UserError } from '../errors.js';
 import { MAX_MTU, MIN_MTU } from '../virtio-net/features.js';
+import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.js';
 
 export type SerialConfig = 'stdio' | 'none' | { file: string };
 
@@ -62,6 +63,8 @@ export interface NetConfig {
   speed?: number;
   /** the duplex the guest is shown; default unknown */
   duplex?: 'full' | 'half';
+  /** rate limits of each queue pair (token buckets per direction); none by default */
+  rateLimit?: NetRateLimits;
 }
 
 /** Validate the device settings of a NetConfig the library may have been given directly. */
@@ -74,9 +77,39 @@ export function checkNetConfig(n: NetConfig): void {
   if (n.mtu !== undefined && !(Number.isInteger(n.mtu) && n.mtu >= MIN_MTU && n.mtu <= MAX_MTU)) throw new UserError(`--net: mtu must be a whole number from ${MIN_MTU} to ${MAX_MTU}, not ${JSON.stringify(n.mtu)}`);
   if (n.speed !== undefined && !(Number.isInteger(n.speed) && n.speed >= 1 && n.speed <= 0x7fffffff)) throw new UserError(`--net: speed must be a whole number of Mb/s from 1 to 2147483647, not ${JSON.stringify(n.speed)}`);
   if (n.duplex !== undefined && n.duplex !== 'full' && n.duplex !== 'half') throw new UserError(`--net: duplex must be full or half, not ${JSON.stringify(n.duplex)}`);
+  if (n.rateLimit !== undefined) {
+    try {
+      parseNetRateLimits(n.rateLimit);
+    } catch (e) {
+      throw new UserError(`--net: rateLimit: ${(e as Error).message}`);
+    }
+  }
 }
 
-/** Parse "--net tap,ifname=tap0,queues=2,mac=52:54:00:12:34:56,packed=off,mrg-rxbuf=off,mtu=9000,speed=10000,duplex=full". */
+/** the --net keys of rate limits: direction and bucket */
+const LIMIT_KEYS: Record<string, ['rx' | 'tx', 'bandwidth' | 'ops']> = {
+  'rx-bytes': ['rx', 'bandwidth'],
+  'tx-bytes': ['tx', 'bandwidth'],
+  'rx-frames': ['rx', 'ops'],
+  'tx-frames': ['tx', 'ops'],
+};
+
+/** "rx-bytes=SIZE/MS[+BURST]": a bucket of SIZE tokens (bytes may say 64K, 1M) refilled in MS ms. */
+function parseLimitArg(net: NetConfig, k: string, v: string): void {
+  const m = /^(\d+[KMGT]?)\/(\d+)(?:\+(\d+[KMGT]?))?$/i.exec(v);
+  if (!m) throw new UserError(`--net: ${k}=${v} is not SIZE/MS or SIZE/MS+BURST (e.g. ${k}=64K/10)`);
+  const [dir, kind] = LIMIT_KEYS[k];
+  const size = (s: string) => parseSize(s, `--net: ${k}`);
+  const bucket = { size: size(m[1]), refillTimeMs: Number(m[2]), oneTimeBurst: m[3] ? size(m[3]) : 0 };
+  const limits: NetRateLimits = { ...net.rateLimit, [dir]: { ...net.rateLimit?.[dir], [kind]: bucket } };
+  try {
+    net.rateLimit = parseNetRateLimits(limits);
+  } catch (e) {
+    throw new UserError(`--net: ${k}=${v}: ${(e as Error).message}`);
+  }
+}
+
+/** Parse "--net tap,ifname=tap0,queues=2,mac=52:54:00:12:34:56,packed=off,mrg-rxbuf=off,mtu=9000,speed=10000,duplex=full,tx-bytes=1M/100". */
 export function parseNetArg(s: string): NetConfig {
   const [driver, ...kv] = s.split(',');
   if (!driver) throw new UserError('--net: a driver name is required (e.g. --net tap,ifname=tap0)');
@@ -103,7 +136,7 @@ export function parseNetArg(s: string): NetConfig {
     } else if (k === 'duplex') {
       if (v !== 'full' && v !== 'half') throw new UserError(`--net: duplex=${v} is not full or half`);
       net.duplex = v;
-    }
+    } else if (k in LIMIT_KEYS) parseLimitArg(net, k, v);
     else if (k === 'queues' || k === 'threads' || k === 'busy-poll') {
       if (!/^\d+$/.test(v)) throw new UserError(`--net: ${k}=${v} is not a whole number`);
       if (k === 'queues') net.queues = Number(v);

@@ -292,7 +292,7 @@ export class Vm extends EventEmitter {
       // behind the vIOMMU its endpoint id is its PCI requester id (bus 0, this slot, function 0)
       const slot = this.pciHost!.freeSlot();
       const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, mergeable: n.mergeable, mtu: n.mtu, speed: n.speed, duplex: n.duplex, iommu });
+      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, mergeable: n.mergeable, mtu: n.mtu, speed: n.speed, duplex: n.duplex, rateLimit: n.rateLimit, iommu });
       const pci = this.plugVirtio(net, 0x020000, slot);
       if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
       this.netDevices.push({ net, pci, driver });

@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -48,7 +48,10 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   case " $4 " in *" tsvmm.mrg=0 "*) netx="$netx,mrg-rxbuf=off" ;; esac
   speed=$(echo " $4 " | sed -n 's/.* tsvmm\.speed=\([0-9]*\) .*/\1/p')
   [ -n "$speed" ] && netx="$netx,speed=$speed,duplex=full"
-  rm -f "$WORK/recv" "$DATA_DIR/l2-blob-received"
+  # tsvmm.ratelimit=BYTES: tsvmm limits each direction to BYTES per 100 ms (tx-bytes, rx-bytes)
+  rl=$(echo " $4 " | sed -n 's/.* tsvmm\.ratelimit=\([0-9]*\) .*/\1/p')
+  [ -n "$rl" ] && netx="$netx,tx-bytes=$rl/100,rx-bytes=$rl/100"
+  rm -f "$WORK/recv" "$DATA_DIR/l2-blob-received" "$DATA_DIR/limit-changed"
   # the L2 → L1 direction: fetch L2's blob as soon as its web server answers, then tell L2 (which waits
   # for that before it powers off)
   (for i in $(seq 300); do wget -q -O "$WORK/recv.part" http://10.0.2.2:8080/blob 2>/dev/null && mv "$WORK/recv.part" "$WORK/recv" && touch "$DATA_DIR/l2-blob-received" && break; sleep 1; done) &
@@ -60,6 +63,9 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   # (the link scenario runs tsvmm as a library, which changes the running VM's link: link-run.mjs)
   if [ "$name" = link ]; then
     { TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/link-run.mjs" "$L2_KERNEL" "$L2_INITRD" "$l2cmd" $5; echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  # (and the ratelimit scenario, which halves the running VM's limits: ratelimit-run.mjs)
+  elif [ "$name" = ratelimit ]; then
+    { TSVMM_DIR="$TSVMM_DIR" DATA_DIR="$DATA_DIR" node "$(dirname "$MKTAP")/ratelimit-run.mjs" "$L2_KERNEL" "$L2_INITRD" "$l2cmd" $5 "tap,ifname=tap0,queues=$3$netx"; echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
   else
     { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
         --net tap,ifname=tap0,queues=$3$netx $6 --cmdline "$l2cmd"
@@ -109,9 +115,9 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   # (with how tsvmm said the VM ended, its last line: a triple fault also exits 0; warnings come before)
   echo "L1-RESULT $name exit=$rc $(grep '^tsvmm: ' "$WORK/tsvmm.out" | tail -1)"
   left=0
-  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js\|link-run.mjs" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
+  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js\|link-run.mjs\|ratelimit-run.mjs" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
   [ "$left" = 0 ]; check "$name/no-tsvmm-left" $? "processes=$left"
-  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != ratelimit ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   if [ -n "$mtu" ]; then
@@ -135,6 +141,9 @@ for r in $RUNS; do
     wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
     # the host takes the link down and up through the library (vm.net[0].setLink): L2's carrier follows
     link) scenario link 1 1 "tsvmm.link=1" 240 ;;
+    # iperf3 both ways through tsvmm's rate limiter (4 Mbit/s each way, from --net's syntax), then
+    # one way at half that (set while L2 runs): L2 sees each rate within 10 %
+    ratelimit) scenario ratelimit 1 1 "tsvmm.ratelimit=51200" 300 ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
     # L2 panics on purpose with two vCPUs: Linux stops the other with an NMI and resets through the

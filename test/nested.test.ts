@@ -37,7 +37,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'shutdown', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -69,6 +69,11 @@ const ALL_EXPECTED: Array<[string, string]> = [
   // the link taken down and up from the host (vm.net[0].setLink): L2's carrier follows, traffic resumes
   ...['link-up', 'carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up'].map((c): [string, string] => ['L2', `link/${c}`]),
   ['L1', 'link/no-tsvmm-left'],
+  // the host presses the ACPI power button (vm.shutdown): Linux's evged and button driver report
+  // KEY_POWER, L2's init powers off, and shutdown() resolves with that power-off
+  ...['ged-bound', 'ged-irq', 'power-button-input', 'key-power-seen'].map((c): [string, string] => ['L2', `shutdown/${c}`]),
+  ['L1', 'shutdown/powered-off-by-button'],
+  ['L1', 'shutdown/no-tsvmm-left'],
   ['L1', 'triple/no-tsvmm-left'],
   ['L1', 'panic/no-tsvmm-left'],
   ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : []).flatMap((scn): Array<[string, string]> => [
@@ -215,8 +220,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'link', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, shutdown, and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'link', 'shutdown', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }

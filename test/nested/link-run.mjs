@@ -1,6 +1,7 @@
-// The link scenario's VMM: tsvmm as a library (the CLI cannot be told to change a running VM's link):
-// the L2 VM with one tap device, its serial console on stdout, and the link taken down when L2 says it
-// is ready, up again once L2 saw it go. Prints how the VM ended as `tsvmm run` does; exits with its code.
+// The link and shutdown scenarios' VMM: tsvmm as a library (the CLI cannot be told to change a running
+// VM's link or press its power button): the L2 VM with one tap device, its serial console on stdout; the
+// link taken down when L2 says it is ready, up again once L2 saw it go; the power button pressed
+// (vm.shutdown) when L2 says it waits for it. Prints how the VM ended as `tsvmm run` does; exits with its code.
 // usage: TSVMM_DIR=/path/to/project node link-run.mjs KERNEL INITRD CMDLINE TIMEOUT_S
 import { pathToFileURL } from 'node:url';
 
@@ -20,6 +21,9 @@ vm.serial.on('data', (d) => {
     } else if (line.includes('L2-LINK-DOWN-SEEN')) {
       vm.net[0].setLink(true);
       process.stdout.write(`L1-LINK up (linkUp=${vm.net[0].linkUp})\n`);
+    } else if (line.includes('L2-SHUTDOWN-READY')) {
+      process.stdout.write('L1-SHUTDOWN power button pressed\n');
+      void vm.shutdown({ deadlineMs: 60_000 }).then((e) => process.stdout.write(`L1-SHUTDOWN-END ${e.reason} (${e.detail})\n`));
     }
   }
 });

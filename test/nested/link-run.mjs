@@ -10,6 +10,8 @@ const { Vm } = await import(new URL('index.js', dist).href);
 const [kernel, initrd, cmdline, timeout] = process.argv.slice(2);
 const vm = new Vm({ kernel, initrd, cmdline, memory: '512M', cpus: 1, net: [{ driver: 'tap', options: { ifname: 'tap0' } }] });
 let pending = '';
+/** vm.shutdown() once the power button was pressed: what it resolved with is printed before the exit */
+let shutdown;
 vm.serial.on('data', (d) => {
   process.stdout.write(d);
   pending += d.toString('latin1');
@@ -23,7 +25,7 @@ vm.serial.on('data', (d) => {
       process.stdout.write(`L1-LINK up (linkUp=${vm.net[0].linkUp})\n`);
     } else if (line.includes('L2-SHUTDOWN-READY')) {
       process.stdout.write('L1-SHUTDOWN power button pressed\n');
-      void vm.shutdown({ deadlineMs: 60_000 }).then((e) => process.stdout.write(`L1-SHUTDOWN-END ${e.reason} (${e.detail})\n`));
+      shutdown = vm.shutdown({ deadlineMs: 60_000 }).then((e) => process.stdout.write(`L1-SHUTDOWN-END ${e.reason} (${e.detail})\n`));
     }
   }
 });
@@ -34,6 +36,7 @@ const timer = setTimeout(() => {
   void vm.stop();
 }, Number(timeout) * 1000);
 const exit = await vm.exited;
+await shutdown;
 clearTimeout(timer);
 const how = exit.reason === 'poweroff' ? `guest powered off (status ${exit.status})` : `${exit.reason} (${exit.detail})`;
 process.stderr.write(`tsvmm: ${timedOut ? 'time limit reached; ' : ''}${how}\n`);

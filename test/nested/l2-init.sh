@@ -53,10 +53,15 @@ if [ "$(arg shutdown)" = 1 ]; then
   echo "L2-SHUTDOWN-READY"
   wait $reader
   set -- $(od -An -tu2 -j16 -N4 /tmp/ev)
-  [ "$1" = 1 ] && [ "$2" = 116 ]; check key-power-seen $? "type=$1 code=$2"
-  echo "L2-POWERING-OFF $(cut -d' ' -f1 /proc/uptime)"
-  sync
-  poweroff -f
+  [ "$1" = 1 ] && [ "$2" = 116 ]; seen=$?
+  check key-power-seen $seen "type=$1 code=$2"
+  # (only on the key: an L2 that saw none stays up, and the host's shutdown deadline stops it)
+  if [ $seen = 0 ]; then
+    echo "L2-POWERING-OFF $(cut -d' ' -f1 /proc/uptime)"
+    sync
+    poweroff -f
+  fi
+  sleep 600
 fi
 cpus=$(arg cpus)
 queues=$(arg queues)

@@ -15,6 +15,9 @@
  *   mode=net-macswap count=N: forward N received frames back with their MAC addresses swapped
  *                 (the net modes take highbufs=N: packet buffers at N GiB, N >= 4, for a VM with that much RAM)
  *   mode=irq      enable interrupts, print "IRQ n" for each vector-0x40 interrupt, report after irqs=N
+ *   mode=button   gsi=G port=P [ignore=1]: route IOAPIC pin G to vector 0x40, wait for the ACPI power
+ *                 button's interrupt, read the GED event register at port P twice, report, power off
+ *                 through ACPI S5; with ignore=1 never look (the host's shutdown deadline must end it)
  * Every mode that finishes prints one line "TSVMM-RESULT {json}" and powers off with 0 on success.
  */
 #include <stddef.h>
@@ -111,6 +114,15 @@ static void parse_ip(const char *s, uint8_t *out) {
     out[i] = (uint8_t)v;
     if (*s == '.') s++;
   }
+}
+
+/* IOAPIC redirection entry for `pin`: `vector`, fixed delivery to APIC 0, edge, active high, unmasked. */
+static void ioapic_route(uint32_t pin, uint8_t vector) {
+  volatile uint32_t *sel = (volatile uint32_t *)0xfec00000, *win = (volatile uint32_t *)0xfec00010;
+  *sel = 0x10 + 2 * pin + 1;
+  *win = 0;
+  *sel = 0x10 + 2 * pin;
+  *win = vector;
 }
 
 static void lapic_ipi(uint32_t lo) {
@@ -362,6 +374,31 @@ int guest_main(const struct hvm_start_info *si) {
     result_num("irqs", irq_count);
     result_end(irq_count == want);
     return irq_count == want ? 0 : 1;
+  }
+  if (streq(mode, "button")) {
+    static char arg[16];
+    uint32_t gsi = 16, port = 0x604;
+    if (cmdline_get(cmdline, "gsi=", arg, sizeof arg)) gsi = (uint32_t)parse_u64(arg);
+    if (cmdline_get(cmdline, "port=", arg, sizeof arg)) port = (uint32_t)parse_u64(arg);
+    int ignore = cmdline_get(cmdline, "ignore=", arg, sizeof arg) && arg[0] == '1';
+    *(volatile uint32_t *)0xfee000f0 = 0x1ff; /* local APIC SVR: software-enable, spurious vector 0xff */
+    ioapic_route(gsi, 0x40);
+    serial_puts("BUTTON-READY\n");
+    if (ignore)
+      for (;;) __asm__ volatile("pause");
+    __asm__ volatile("sti");
+    uint64_t t0 = rdtsc();
+    while (irq_count == 0 && rdtsc() - t0 < 60000000000ull) __asm__ volatile("pause");
+    __asm__ volatile("cli");
+    /* what _EVT does: read the pending events (which clears them) */
+    uint8_t events = inb((uint16_t)port), again = inb((uint16_t)port);
+    result_begin(mode);
+    result_num("irqs", irq_count);
+    result_num("events", events);
+    result_num("events_after", again);
+    result_end(irq_count == 1 && events == 1 && again == 0);
+    outb(0x600, (5 << 2) | 0x20); /* SLP_TYP 5 (\_S5) with SLP_EN: soft off, as Linux powers off */
+    for (;;) __asm__ volatile("pause");
   }
   if (streq(mode, "dirty")) {
     serial_puts("DIRTY-READY\n");

@@ -4,7 +4,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildAcpi, type AcpiImage } from '../src/boot/acpi.js';
+import { buildAcpi, ACPI_GED_PORT, ACPI_GED_GSI, type AcpiImage } from '../src/boot/acpi.js';
+import * as aml from '../src/boot/aml.js';
 import { ROOT } from './helpers/env.js';
 
 const sum = (b: Uint8Array) => b.reduce((s, x) => (s + x) & 0xff, 0);
@@ -39,6 +40,32 @@ describe('ACPI tables', () => {
     expect(acpi.tables.VIOT.bytes.length).toBe(64 + 2 * 24);
     // without an IOMMU there is no VIOT
     expect(buildAcpi(0xe0000, 1, 1).tables.VIOT).toBeUndefined();
+  });
+
+  it('DSDT: the GED and the power button, byte for byte (our reading of ACPI 6.x §20 and §6.4.3.6)', () => {
+    const ascii = (t: string) => [...t].map((c) => c.charCodeAt(0));
+    // Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {16}: large item 0x89, length 6, flags, count
+    expect(aml.edgeInterrupt(16)).toEqual([0x89, 6, 0, 0x03, 1, 16, 0, 0, 0]);
+    expect(aml.string('ACPI0013')).toEqual([0x0d, ...ascii('ACPI0013'), 0]);
+    // OperationRegion(GDST, SystemIO, 0x604, 1); Field(GDST, ByteAcc, NoLock, Preserve) { GDAT, 8 }
+    expect(aml.ioRegion('GDST', 0x604, 1)).toEqual([0x5b, 0x80, ...ascii('GDST'), 0x01, 0x0b, 0x04, 0x06, 0x01]);
+    expect(aml.byteField('GDST', [['GDAT', 8]])).toEqual([0x5b, 0x81, 11, ...ascii('GDST'), 0x01, ...ascii('GDAT'), 8]);
+    // Method(_EVT, 1, Serialized) { Store(GDAT, Local0); If (And(Local0, 1)) { Notify(\_SB.PWRB, 0x80) } }
+    const notify = [0x86, 0x5c, 0x2e, ...ascii('_SB_PWRB'), 0x0a, 0x80];
+    const ifPart = [0xa0, 1 + 4 + notify.length, 0x7b, 0x60, 0x01, 0x00, ...notify];
+    const body = [0x70, ...ascii('GDAT'), 0x60, ...ifPart];
+    expect(aml.method('_EVT', 1, true, aml.store(aml.ref('GDAT'), aml.LOCAL0).concat(aml.ifThen(aml.and(aml.LOCAL0, aml.integer(1)), aml.notify('\\_SB_.PWRB', 0x80)))))
+      .toEqual([0x14, 1 + 4 + 1 + body.length, ...ascii('_EVT'), 0x09, ...body]);
+    // all of it inside the DSDT, under \_SB
+    const dsdt = [...acpi.tables.DSDT.bytes];
+    const has = (seq: number[]) => dsdt.some((_, i) => seq.every((b, j) => dsdt[i + j] === b));
+    expect(has([0x5b, 0x82])).toBe(true);
+    expect(has(aml.edgeInterrupt(ACPI_GED_GSI))).toBe(true);
+    expect(has(aml.ioRegion('GDST', ACPI_GED_PORT, 1))).toBe(true);
+    expect(has([0x14, 1 + 4 + 1 + body.length, ...ascii('_EVT'), 0x09, ...body])).toBe(true);
+    expect(has(aml.name('_HID', aml.eisaId('PNP0C0C')))).toBe(true);
+    expect(() => aml.byteField('GDST', [['GDAT', 64]])).toThrow(/field width/);
+    expect(() => aml.method('_EVT', 8, true, [])).toThrow(/argument count/);
   });
 
   // Debian 13's iasl (scripts/fetch-iasl.sh, run by `npm run pretest`): Debian 12's (20200925) predates
@@ -82,6 +109,13 @@ describe('ACPI tables', () => {
     });
     it('DSDT: \\_S5 with SLP_TYP 5', () => {
       expect(dsl.DSDT).toMatch(/Name \(_S5, Package \(0x04\)[\s\S]*0x05,/);
+    });
+    it('DSDT: the GED (ACPI0013) on GSI 16, edge, whose _EVT reads port 0x604 and notifies the power button (PNP0C0C)', () => {
+      const d = dsl.DSDT;
+      expect(d).toMatch(/Device \(GED\)\s*\{\s*Name \(_HID, "ACPI0013"[\s\S]*?Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*0x00000010,\s*\}/);
+      expect(d).toMatch(/OperationRegion \(GDST, SystemIO, 0x0604, One\)\s*Field \(GDST, ByteAcc, NoLock, Preserve\)\s*\{\s*GDAT,\s+8\s*\}/);
+      expect(d).toMatch(/Method \(_EVT, 1, Serialized\)[^{]*\{\s*Local0 = GDAT[^\n]*\s*If \(\(Local0 & One\)\)\s*\{\s*Notify \(\\_SB\.PWRB, 0x80\)/);
+      expect(d).toMatch(/Device \(PWRB\)\s*\{\s*Name \(_HID, EisaId \("PNP0C0C"\)/);
     });
     it('DSDT: COM1 at 0x3F8 with IRQ 4', () => {
       expect(dsl.DSDT).toMatch(/Device \(COM1\)[\s\S]*EisaId \("PNP0501"\)[\s\S]*IO \(Decode16,[\s\S]*?0x03F8,[\s\S]*?0x03F8,[\s\S]*?IRQNoFlags \(\)\s*\{4\}/);

@@ -2,12 +2,13 @@
 //
 // kvm_pvm cannot run a stock kernel, so tsvmm runs inside L1: Debian's kernel under QEMU software
 // emulation with emulated AMD SVM, where kvm_amd gives a real /dev/kvm. There tsvmm boots L2 (the same
-// kernel, as a bzImage) eight times: `basic` (1 vCPU, 1 pair), `mq` (2 vCPUs, 2 pairs), `wedge` (a
-// guest that never ends, stopped by tsvmm's --timeout), `triple` (a guest that ends in a triple fault
-// on purpose: the harness must say where one happened), and `iommu-lazy` / `iommu-strict` (tsvmm
-// --viommu: Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1),
-// `panic` (2 vCPUs, a kernel panic on purpose: Linux's reset ends the VM), and `ratelimit` (iperf3
-// both ways through tsvmm's rate limiter, then at half the rate, changed while L2 runs).
+// kernel, as a bzImage) once per scenario: `basic` (1 vCPU, 1 pair), `mq` (2 vCPUs, 2 pairs), `wedge`
+// (a guest that never ends, stopped by tsvmm's --timeout), `link` (the host takes the link down and up),
+// `ratelimit` (iperf3 both ways through tsvmm's rate limiter, then at half the rate, changed while L2
+// runs), `shutdown` (the host presses the ACPI power button: vm.shutdown), `triple` (a guest that ends
+// in a triple fault on purpose: the harness must say where one happened), `panic` (2 vCPUs, a kernel
+// panic on purpose: Linux's reset ends the VM), and `iommu-lazy` / `iommu-strict` (tsvmm --viommu:
+// Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1).
 // Linux's virtio_net negotiates packed rings (VIRTIO_F_RING_PACKED) in all of them but iommu-strict,
 // where tsvmm runs with packed=off and split rings are checked instead. `basic` and `mq` also have
 // tsvmm's virtio-rng (--rng; packed, and split with packed=off), read through Linux's virtio_rng.
@@ -38,7 +39,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'shutdown', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -73,6 +74,11 @@ const ALL_EXPECTED: Array<[string, string]> = [
   // iperf3 both ways under tsvmm's rate limiter (--net tap,...,tx-bytes=...,rx-bytes=...)
   ...['link-up', 'iperf3-tx-limited', 'iperf3-rx-limited', 'iperf3-tx-limit-halved'].map((c): [string, string] => ['L2', `ratelimit/${c}`]),
   ['L1', 'ratelimit/no-tsvmm-left'],
+  // the host presses the ACPI power button (vm.shutdown): Linux's evged and button driver report
+  // KEY_POWER, L2's init powers off, and shutdown() resolves with that power-off
+  ...['ged-bound', 'ged-irq', 'power-button-input', 'key-power-seen'].map((c): [string, string] => ['L2', `shutdown/${c}`]),
+  ['L1', 'shutdown/powered-off-by-button'],
+  ['L1', 'shutdown/no-tsvmm-left'],
   ['L1', 'triple/no-tsvmm-left'],
   ['L1', 'panic/no-tsvmm-left'],
   ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : []).flatMap((scn): Array<[string, string]> => [
@@ -219,8 +225,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, shutdown, and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'shutdown', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }

@@ -12,6 +12,15 @@ export const ACPI_RESET_VALUE = 0x06;
 /** SLP_TYP for S5 in \_S5 (what the guest writes to the sleep control register, bits 4:2) */
 export const ACPI_S5_SLP_TYP = 5;
 export const SLP_EN = 0x20;
+/**
+ * The Generic Event Device's event register (one byte, SystemIO): a read returns the pending events
+ * and clears them; _EVT reads it when the GED's interrupt fires.
+ */
+export const ACPI_GED_PORT = 0x604;
+/** The GED's interrupt: an IOAPIC pin above the ISA range, so no 8259 input is behind it; edge, active high. */
+export const ACPI_GED_GSI = 16;
+/** Event bits in the GED's register. */
+export const GED_EVENT_POWER_BUTTON = 0x01;
 
 const OEM_ID = 'TSVMM ';
 const OEM_TABLE_ID = 'TSVMMVM ';
@@ -125,9 +134,32 @@ export function buildViot(spec: ViotSpec): Uint8Array {
 }
 
 /**
+ * The Generic Event Device (ACPI0013, ACPI 6.x §5.6.9: how a hardware-reduced platform signals events)
+ * and the power button (PNP0C0C) it notifies. Linux's evged binds the GED and, when its interrupt fires,
+ * runs _EVT; _EVT reads the event register and sends Notify(PWRB, 0x80), on which Linux's button driver
+ * reports KEY_POWER.
+ */
+function gedAndPowerButton(): number[] {
+  const ged = aml.device('GED_', [
+    ...aml.name('_HID', aml.string('ACPI0013')),
+    ...aml.name('_UID', aml.integer(0)),
+    ...aml.name('_CRS', aml.resourceTemplate([aml.edgeInterrupt(ACPI_GED_GSI)])),
+    ...aml.ioRegion('GDST', ACPI_GED_PORT, 1),
+    ...aml.byteField('GDST', [['GDAT', 8]]),
+    ...aml.method('_EVT', 1, true, [
+      ...aml.store(aml.ref('GDAT'), aml.LOCAL0),
+      ...aml.ifThen(aml.and(aml.LOCAL0, aml.integer(GED_EVENT_POWER_BUTTON)), aml.notify('\\_SB_.PWRB', 0x80)),
+    ]),
+  ]);
+  const pwrb = aml.device('PWRB', [...aml.name('_HID', aml.eisaId('PNP0C0C')), ...aml.name('_UID', aml.integer(0))]);
+  return [...ged, ...pwrb];
+}
+
+/**
  * DSDT: the PCI host bridge (PNP0A03, bus 0, configuration mechanism #1 at 0xCF8, its I/O and memory
  * windows: with ACPI, Linux finds PCI only through such a device), COM1 (PNP0501 at 0x3F8, IRQ 4: a
- * hardware-reduced platform has no legacy serial ports unless described), and \_S5 (SLP_TYPa = 5).
+ * hardware-reduced platform has no legacy serial ports unless described), the GED with its power button,
+ * and \_S5 (SLP_TYPa = 5).
  */
 export function buildDsdt(): Uint8Array {
   const pci0 = aml.device('PCI0', [
@@ -152,7 +184,7 @@ export function buildDsdt(): Uint8Array {
     ...aml.name('_CRS', aml.resourceTemplate([aml.ioPort(0x3f8, 0x3f8, 0, 8), aml.irq(4)])),
   ]);
   const body = [
-    ...aml.scope('\\_SB_', [...pci0, ...com1]),
+    ...aml.scope('\\_SB_', [...pci0, ...com1, ...gedAndPowerButton()]),
     ...aml.name('_S5_', aml.pkg([aml.integer(ACPI_S5_SLP_TYP), aml.integer(0), aml.integer(0), aml.integer(0)])),
   ];
   return sdt('DSDT', 2, new Uint8Array(body));

@@ -124,3 +124,70 @@ export function irq(n: number): Bytes {
 export function resourceTemplate(descriptors: Bytes[]): Bytes {
   return buffer([...descriptors.flat(), 0x79, 0x00]);
 }
+
+// ---- the constructs of the Generic Event Device's event method
+
+/** A String object (§20.2.3): ASCII, NUL-terminated (a _HID that is no EISA id, as "ACPI0013"). */
+export function string(s: string): Bytes {
+  if (!/^[\x01-\x7f]*$/.test(s)) throw new Error(`bad AML string ${JSON.stringify(s)}`);
+  return [0x0d, ...[...s].map((c) => c.charCodeAt(0)), 0x00];
+}
+
+/** Method(name, argCount, Serialized | NotSerialized) { body }. */
+export function method(n: string, args: number, serialized: boolean, body: Bytes): Bytes {
+  if (!Number.isInteger(args) || args < 0 || args > 7) throw new Error(`bad AML method argument count ${args}`);
+  const inner = [...nameString(n), args | (serialized ? 0x08 : 0), ...body];
+  return [0x14, ...pkgLength(inner.length), ...inner];
+}
+
+/** OperationRegion(name, SystemIO, port, length). */
+export function ioRegion(n: string, port: number, len: number): Bytes {
+  return [0x5b, 0x80, ...nameString(n), 0x01, ...integer(port), ...integer(len)];
+}
+
+/** Field(region, ByteAcc, NoLock, Preserve) { name, bits; ... }: fields named in order from offset 0. */
+export function byteField(region: string, fields: Array<[string, number]>): Bytes {
+  const list: Bytes = [];
+  for (const [n, bits] of fields) {
+    // a field's length is a PkgLength-encoded bit count (not counting its own bytes): one byte below 64
+    if (!Number.isInteger(bits) || bits < 1 || bits >= 0x40) throw new Error(`bad AML field width ${bits}`);
+    list.push(...nameString(n), bits);
+  }
+  const inner = [...nameString(region), 0x01, ...list];
+  return [0x5b, 0x81, ...pkgLength(inner.length), ...inner];
+}
+
+/** Local0 (§20.2.6.2), as an operand or a target. */
+export const LOCAL0: Bytes = [0x60];
+
+/** Store(source, target). */
+export function store(source: Bytes, target: Bytes): Bytes {
+  return [0x70, ...source, ...target];
+}
+
+/** And(a, b) with no target: the value, for a predicate. */
+export function and(a: Bytes, b: Bytes): Bytes {
+  return [0x7b, ...a, ...b, 0x00];
+}
+
+/** If(predicate) { body } (no Else). */
+export function ifThen(predicate: Bytes, body: Bytes): Bytes {
+  const inner = [...predicate, ...body];
+  return [0xa0, ...pkgLength(inner.length), ...inner];
+}
+
+/** Notify(object, value). */
+export function notify(object: string, value: number): Bytes {
+  return [0x86, ...nameString(object), ...integer(value)];
+}
+
+/** A reference to a named object (a field, a device), as an operand. */
+export function ref(n: string): Bytes {
+  return nameString(n);
+}
+
+/** Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }: the extended interrupt descriptor. */
+export function edgeInterrupt(gsi: number): Bytes {
+  // flags: bit 0 consumer, bit 1 edge-triggered; active high, exclusive, not wake-capable
+  return [0x89, ...u16(6), 0x03, 1, ...u32(gsi)];
+}

@@ -26,7 +26,8 @@ import { PCI_CMD_MEM, PCI_CMD_MASTER } from './devices/pci.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Uart8250 } from './devices/uart8250.js';
 import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
-import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP } from '../boot/acpi.js';
+import { GedEvents } from './devices/ged.js';
+import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI } from '../boot/acpi.js';
 import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, MMIO_HOLE_START, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
@@ -38,7 +39,7 @@ export type { VmConfig } from './config.js';
 
 export interface VmExit {
   /** poweroff: the guest turned the machine off; reset: it asked for a reboot (tsvmm ends the VM);
-   * crash: KVM or the VMM could not go on; stopped: stop() was called. */
+   * crash: KVM or the VMM could not go on; stopped: stop() was called, or shutdown()'s deadline passed. */
   reason: 'poweroff' | 'reset' | 'crash' | 'stopped';
   /** the guest's power-off status (debug-exit value), else 0 */
   status: number;
@@ -85,6 +86,7 @@ export class Vm extends EventEmitter {
   private control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
   private kickSignal = native.sigRtMin() + 3;
   private uart?: Uart8250;
+  private ged?: GedEvents;
   private pciHost?: PciHost;
   /** next free address for BARs, in the 32-bit MMIO hole */
   private mmioNext = MMIO_HOLE_START;
@@ -194,6 +196,22 @@ export class Vm extends EventEmitter {
     return this.exited;
   }
 
+  /**
+   * Press the ACPI power button and wait for the guest to power off; once `deadlineMs` (default 30 s)
+   * has passed, stop the VM instead (its exit then says so). Resolves with how the VM ended.
+   */
+  async shutdown(options: { deadlineMs?: number } = {}): Promise<VmExit> {
+    const deadlineMs = options.deadlineMs ?? 30_000;
+    if (!Number.isFinite(deadlineMs) || deadlineMs < 0 || deadlineMs > 2 ** 31 - 1) throw new RangeError(`shutdown: deadlineMs must be a number of milliseconds from 0 to ${2 ** 31 - 1}, not ${deadlineMs}`);
+    if (this.state === 'new' || this.state === 'starting') throw new Error('shutdown: the VM is not running');
+    if (this.state !== 'running' || this.finishing) return this.exited;
+    this.ged!.pressPowerButton();
+    const timer = setTimeout(() => this.finish({ reason: 'stopped', status: 0, detail: `shutdown deadline of ${deadlineMs} ms passed` }), deadlineMs);
+    const exit = await this.exited;
+    clearTimeout(timer);
+    return exit;
+  }
+
   private readInput(what: string, v: string | Uint8Array): Uint8Array {
     if (typeof v !== 'string') return v;
     try {
@@ -275,6 +293,11 @@ export class Vm extends EventEmitter {
     this.pio.register(PCI_CONFIG_ADDRESS, 8, this.pciHost, 'pci-host');
     this.mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, new PciEcam(this.pciHost), 'pci-ecam');
     this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
+    this.ged = new GedEvents(() => {
+      this.vmFd?.irqLine(ACPI_GED_GSI, true);
+      this.vmFd?.irqLine(ACPI_GED_GSI, false);
+    });
+    this.pio.register(ACPI_GED_PORT, 1, this.ged, 'acpi-ged');
   }
 
   private async attachNet(n: NetConfig, index: number): Promise<void> {

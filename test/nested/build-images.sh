@@ -2,7 +2,7 @@
 # Builds the nested-virtualization images into .cache/nested/ (cached by input hash):
 #   l1.cpio.gz  L1: busybox, KVM modules (kvm-amd), tun, node with its libraries, the built project, the
 #               L2 kernel and initramfs, and an /init that runs tsvmm against L2 once per scenario
-#   l2.cpio.gz  L2: busybox, virtio-net and virtio-rng modules, iperf3 and ethtool with their libraries, a test blob,
+#   l2.cpio.gz  L2: busybox, virtio-net, virtio-rng and power-button modules, iperf3 and ethtool with their libraries, a test blob,
 #               and an /init that checks what Linux found and moves traffic, printing L2-CHECK lines
 # L1 runs under QEMU software emulation with emulated AMD SVM (see test/nested.test.ts).
 set -euo pipefail
@@ -43,7 +43,7 @@ head -c $((4 << 20)) /dev/urandom > "$OUT/blob"
 L2=$(mktemp -d)
 mkdir -p "$L2"/{bin,dev,proc,sys,tmp,lib/modules,data,etc}
 cp /bin/busybox "$L2/bin/busybox"
-for m in failover net_failover virtio_net virtio-iommu virtio-rng; do cp "$LIN/modules/$m.ko" "$L2/lib/modules/"; done
+for m in failover net_failover virtio_net virtio-iommu virtio-rng button evdev; do cp "$LIN/modules/$m.ko" "$L2/lib/modules/"; done
 copy_with_libs "$(command -v iperf3)" "$L2"
 copy_with_libs "$(command -v ethtool)" "$L2"
 cp "$OUT/blob" "$L2/data/blob"

@@ -33,6 +33,36 @@ if [ "$(arg triple)" = 1 ]; then echo "L2-TRIPLE"; reboot -f; sleep 60; fi
 # (a kernel panic on purpose, both vCPUs online: with panic=-1 Linux stops the other CPU with an NMI
 # and resets through ACPI's reset register)
 if [ "$(arg panic)" = 1 ]; then echo "L2-PANIC"; echo c > /proc/sysrq-trigger; sleep 60; fi
+# The ACPI power button, pressed by the host (vm.shutdown through link-run.mjs): Linux's evged runs the
+# GED's _EVT on its interrupt, _EVT notifies PWRB, and button.ko reports KEY_POWER on an input device.
+# Nothing in the kernel powers off on it (Debian's kernel has no CONFIG_ACPI_TINY_POWER_BUTTON): that is
+# userspace's job (systemd-logind, acpid); here this init waits for the key on the device's evdev node.
+if [ "$(arg shutdown)" = 1 ]; then
+  insmod /lib/modules/evdev.ko
+  insmod /lib/modules/button.ko
+  [ -e /sys/bus/platform/drivers/acpi-ged/ACPI0013:00 ]; check ged-bound $? "$(ls /sys/bus/platform/drivers/acpi-ged 2>&1 | tr '\n' ' ')"
+  grep -q "ACPI:Ged" /proc/interrupts; check ged-irq $? "$(grep "ACPI:Ged" /proc/interrupts | tr -s ' ')"
+  ev=
+  for e in /sys/class/input/event*; do [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ] && ev=/dev/input/$(basename $e); done
+  [ -n "$ev" ] && [ -e "$ev" ]; check power-button-input $? "$ev"
+  # (the first event: struct input_event on 64-bit is a 16-byte timeval, then type, code (u16) and value
+  # (s32). The reader has the device open before the host is told to press: evdev queues only for readers.)
+  dd if="$ev" of=/tmp/ev bs=24 count=1 2>/dev/null &
+  reader=$!
+  t=0; until ls -l /proc/$reader/fd 2>/dev/null | grep -q "$ev"; do t=$((t + 1)); [ $t -ge 100 ] && break; sleep 0.1; done
+  echo "L2-SHUTDOWN-READY"
+  wait $reader
+  set -- $(od -An -tu2 -j16 -N4 /tmp/ev)
+  [ "$1" = 1 ] && [ "$2" = 116 ]; seen=$?
+  check key-power-seen $seen "type=$1 code=$2"
+  # (only on the key: an L2 that saw none stays up, and the host's shutdown deadline stops it)
+  if [ $seen = 0 ]; then
+    echo "L2-POWERING-OFF $(cut -d' ' -f1 /proc/uptime)"
+    sync
+    poweroff -f
+  fi
+  sleep 600
+fi
 cpus=$(arg cpus)
 queues=$(arg queues)
 

@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit shutdown triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -60,8 +60,9 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   stage "tsvmm-start-$name"
   # (nokaslr: the rips of a hung or triple-faulting L2 name the same functions in another boot)
   l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $layout $4"
-  # (the link scenario runs tsvmm as a library, which changes the running VM's link: link-run.mjs)
-  if [ "$name" = link ]; then
+  # (the link and shutdown scenarios run tsvmm as a library, which changes the running VM's link or presses
+  # its power button: link-run.mjs)
+  if [ "$name" = link ] || [ "$name" = shutdown ]; then
     { TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/link-run.mjs" "$L2_KERNEL" "$L2_INITRD" "$l2cmd" $5; echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
   # (and the ratelimit scenario, which halves the running VM's limits: ratelimit-run.mjs)
   elif [ "$name" = ratelimit ]; then
@@ -117,7 +118,10 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   left=0
   for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js\|link-run.mjs\|ratelimit-run.mjs" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
   [ "$left" = 0 ]; check "$name/no-tsvmm-left" $? "processes=$left"
-  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != ratelimit ]; then
+  if [ "$name" = shutdown ]; then
+    grep -q "^L1-SHUTDOWN-END poweroff (ACPI S5 (soft off))" "$WORK/tsvmm.out"; check shutdown/powered-off-by-button $? "$(grep -m1 '^L1-SHUTDOWN-END' "$WORK/tsvmm.out")"
+  fi
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   if [ -n "$mtu" ]; then
@@ -144,10 +148,12 @@ for r in $RUNS; do
     # iperf3 both ways through tsvmm's rate limiter (4 Mbit/s each way, from --net's syntax), then
     # one way at half that (set while L2 runs): L2 sees each rate within 10 %
     ratelimit) scenario ratelimit 1 1 "tsvmm.ratelimit=51200" 300 ;;
+    # the host presses the ACPI power button (vm.shutdown): L2 sees KEY_POWER and powers off
+    shutdown) scenario shutdown 1 1 "tsvmm.shutdown=1" 180 ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
-    # L2 panics on purpose with two vCPUs: Linux stops the other with an NMI and resets through the
-    # ACPI reset register, which ends the VM
+    # L2 panics on purpose with two vCPUs: Linux stops the other and resets its default way (a real-mode
+    # jump to the reset vector, where tsvmm's code writes a reset to 0xcf9), which ends the VM
     panic) scenario panic 2 1 "tsvmm.panic=1" 90 ;;
     # the net device behind tsvmm's virtio-iommu (VIOT), Linux's lazy and strict DMA domains. (~40 s
     # each on an idle host, over 100 s for strict on a loaded one; bounded below the harness's limit:

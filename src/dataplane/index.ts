@@ -33,6 +33,8 @@ export class Dataplane {
   private threads: Thread[] = [];
   /** where each queue (by its index) stood when its thread last stopped */
   readonly ringStates = new Map<number, RingState>();
+  /** between pause() and resume(): threads started meanwhile start held too */
+  private held = false;
 
   constructor(private readonly onBroken: (reason: string) => void) {}
 
@@ -44,6 +46,7 @@ export class Dataplane {
   private spawn(cfg: DataplaneConfig, units: WorkerUnit[], index: number): Promise<void> {
     const wakeFd = native.eventfd(0, EFD_NONBLOCK);
     const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
+    if (this.held) control[CONTROL_PAUSE] = 1;
     const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
     const exited = new Promise<void>((r) => worker.once('exit', () => r()));
@@ -72,6 +75,7 @@ export class Dataplane {
 
   /** Hold every thread off the queues (for a snapshot or migration); resolves once all have stopped. */
   async pause(): Promise<void> {
+    this.held = true;
     for (const t of this.threads) {
       Atomics.store(t.control, CONTROL_PAUSE, 1);
       native.write(t.wakeFd, ONE);
@@ -90,6 +94,7 @@ export class Dataplane {
   }
 
   resume(): void {
+    this.held = false;
     for (const t of this.threads) {
       Atomics.store(t.control, CONTROL_PAUSE, 0);
       native.write(t.wakeFd, ONE);

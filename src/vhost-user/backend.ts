@@ -5,6 +5,7 @@ import { native, EFD_NONBLOCK } from '../native.js';
 import { Dataplane, type DataplaneConfig } from '../dataplane/index.js';
 import { RxFilter } from '../virtio-net/rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
+import { netQueueMetrics, type Metrics } from '../dataplane/metrics.js';
 import type { WorkerUnit, WorkerQueue } from '../dataplane/worker.js';
 import type { NetDriver } from '../drivers/api.js';
 import { F, bit, has, netFeatureOffer } from '../virtio-net/features.js';
@@ -123,6 +124,31 @@ export class VhostUserBackend implements BackendCore {
 
   get activePairs(): number {
     return this.running.size;
+  }
+
+  /** between pause() and resume(): pairs (re)started meanwhile start held too */
+  private held = false;
+
+  get paused(): boolean {
+    return this.held;
+  }
+
+  /** Hold every dataplane thread off the rings (the frontend's frames wait there) until resume(). */
+  async pause(): Promise<void> {
+    this.held = true;
+    await Promise.all([...this.running.values()].map((dp) => dp.pause()));
+  }
+
+  resume(): void {
+    this.held = false;
+    for (const dp of this.running.values()) dp.resume();
+  }
+
+  /** The device's queues and counters, live. */
+  metrics(): Metrics {
+    const queues = netQueueMetrics(this.stats, this.opts.queuePairs);
+    const driver = this.driver.counters?.();
+    return { devices: [{ id: '0', kind: 'net', queues, stuckThreads: this.stuckThreads, ...(driver ? { driver } : {}) }], iommu: { ...this.iotlbCounts }, vhostUser: { errors: [...this.errors] } };
   }
 
   /**
@@ -312,6 +338,7 @@ export class VhostUserBackend implements BackendCore {
       else failure ??= line;
     });
     this.running.set(pair, dp);
+    if (this.held) void dp.pause();
     try {
       await dp.start(this.dataplaneConfig(pair), [[wp]]);
       started = true;

@@ -128,7 +128,12 @@ async function shutdown(t: ApiTarget, b: Record<string, unknown> | undefined): P
 const NET_FIELDS = ['link', 'rx_rate_limiter', 'tx_rate_limiter', 'iface_id'];
 
 async function patchNet(t: ApiTarget, b: Record<string, unknown> | undefined, m: RegExpExecArray): Promise<Reply> {
-  const id = decodeURIComponent(m[1]);
+  let id = m[1];
+  try {
+    id = decodeURIComponent(id);
+  } catch {
+    // (not percent-encoded UTF-8: no device is named so)
+  }
   const net = t.net(id);
   if (!net) throw new ApiError(404, `no network device "${id.slice(0, 50)}"`);
   const body = b ?? {};

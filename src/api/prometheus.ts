@@ -32,7 +32,7 @@ function sample(name: string, labels: Labels, value: number): string {
   return `${name}${l.length ? `{${l.join(',')}}` : ''} ${v}`;
 }
 
-export function toPrometheus(m: Metrics, extra: Array<{ name: string; help: string; type: 'gauge'; value: number; labels?: Labels }> = []): string {
+export function toPrometheus(m: Metrics): string {
   const families: Family[] = QUEUE_FAMILIES.map(([key, help]) => ({
     name: `tsvmm_queue_${key}_total`,
     help,
@@ -45,7 +45,6 @@ export function toPrometheus(m: Metrics, extra: Array<{ name: string; help: stri
   families.push({ name: 'tsvmm_iommu_counter', help: 'vIOMMU (or vhost-user IOTLB) counter (name in the counter label).', type: 'untyped', samples: Object.entries(m.iommu ?? {}).map(([k, v]) => [{ counter: k }, v]) });
   if (m.vhostUser) families.push({ name: 'tsvmm_vhost_user_errors', help: 'Problems the vhost-user backend kept (the latest ones).', type: 'gauge', samples: [[{}, m.vhostUser.errors.length]] });
   if (m.vhostUser?.connections !== undefined) families.push({ name: 'tsvmm_vhost_user_connections_total', help: 'Frontend connections served.', type: 'counter', samples: [[{}, m.vhostUser.connections]] });
-  for (const e of extra) families.push({ name: e.name, help: e.help, type: e.type, samples: [[e.labels ?? {}, e.value]] });
   const lines: string[] = [];
   for (const f of families) {
     if (f.samples.length === 0) continue;

@@ -42,7 +42,15 @@ export function vmTarget(vm: Vm): ApiTarget {
     metrics: () => vm.metrics(),
     pause: () => vm.pause(),
     resume: () => vm.resume(),
-    ...(typeof shutdown === 'function' ? { shutdown: () => shutdown.call(vm) } : {}),
+    // (a paused guest could not answer its power button: it runs again first)
+    ...(typeof shutdown === 'function'
+      ? {
+          shutdown: async () => {
+            if (vm.status.state === 'paused') await vm.resume();
+            return shutdown.call(vm);
+          },
+        }
+      : {}),
     net: (id) => {
       const d = /^\d{1,3}$/.test(id) ? vm.netDevices[Number(id)] : undefined;
       if (!d) return undefined;

@@ -13,6 +13,7 @@ import { isNativeError } from './native.js';
 import { ApiServer } from './api/server.js';
 import { vmTarget, backendTarget } from './api/targets.js';
 import { ctl } from './api/ctl.js';
+import { top } from './api/top.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
@@ -20,6 +21,7 @@ const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [-
        tsvmm vhost-user --socket PATH [--client] --net DRIVER,key=value,... [--timeout SECS] [--stats]
                  [--api-socket PATH]
        tsvmm ctl --api-socket PATH get vm|metrics | pause | resume | shutdown | net ID link up|down | ...
+       tsvmm top --api-socket PATH [--interval SECS]
        tsvmm --help | --version
 
 run boots a bzImage or a PVH ELF kernel on KVM. vhost-user serves tsvmm's dataplane and a driver to a
@@ -67,6 +69,7 @@ export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === 'vhost-user') return vhostUser(rest);
   if (cmd === 'ctl') return ctl(rest, (s) => process.stdout.write(s), (s) => process.stderr.write(s));
+  if (cmd === 'top') return top(rest, (s) => process.stdout.write(s), (s) => process.stderr.write(s), !!process.stdout.isTTY);
   if (cmd !== 'run') return fail(`unknown command "${cmd}" (try: tsvmm --help)`);
   let values;
   try {

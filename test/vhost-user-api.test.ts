@@ -77,6 +77,13 @@ describe.runIf(!!which('dpdk-testpmd') && !!which('ip'))('vhost-user backend con
     await moving(p2);
     expect(await txFrames()).toBeGreaterThan(p2);
 
+    // tsvmm top shows the traffic as a rate (its second screen: frames/s since the first)
+    const screens = execFileSync(process.execPath, [CLI, 'top', '--api-socket', apiSock, '--interval', '0.5', '--count', '2'], { encoding: 'utf8' }).trim().split('\n\n');
+    expect(screens).toHaveLength(2);
+    const tx0 = screens[1].split('\n').find((l) => /^0\s+tx0\s/.test(l));
+    expect(tx0, screens[1]).toBeDefined();
+    expect(tx0!.split(/\s+/)[2]).not.toBe('0');
+
     // testpmd stops (and prints what it put on its rings); every frame was taken
     await sleep(500);
     t.proc.stdin!.write('\n');

@@ -18,6 +18,8 @@ interface Thread {
   wakeFd: number;
   control: Int32Array;
   exited: Promise<void>;
+  /** it has exited (a thread whose ring broke at its start ends by itself): nothing to pause */
+  gone: boolean;
   /** descriptors the thread made (its epoll sets): closed here once it has exited */
   ownFds: number[];
   /** its vIOMMU quiescence slot (table, slot), released here when it is ended before it could */
@@ -49,9 +51,14 @@ export class Dataplane {
     if (this.held) control[CONTROL_PAUSE] = 1;
     const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
-    const exited = new Promise<void>((r) => worker.once('exit', () => r()));
     const slot: [SharedArrayBuffer, number] | undefined = cfg.iommu && [cfg.iommu.buffer, cfg.iommu.slots[index]];
-    const thread: Thread = { worker, wakeFd, control, exited, ownFds: [], slot };
+    const thread: Thread = { worker, wakeFd, control, exited: Promise.resolve(), gone: false, ownFds: [], slot };
+    thread.exited = new Promise<void>((r) =>
+      worker.once('exit', () => {
+        thread.gone = true;
+        r();
+      }),
+    );
     this.threads.push(thread);
     return new Promise((resolve, reject) => {
       worker.on('message', (m: { type: string; reason?: string; message?: string; fds?: number[]; states?: Array<[number, RingState]> }) => {
@@ -73,7 +80,8 @@ export class Dataplane {
     });
   }
 
-  /** Hold every thread off the queues (for a snapshot or migration); resolves once all have stopped. */
+  /** Hold every thread off the queues (for a snapshot, a migration, the API's pause); resolves once all
+   * have stopped (or ended, or resume() was called meanwhile). */
   async pause(): Promise<void> {
     this.held = true;
     for (const t of this.threads) {
@@ -81,7 +89,8 @@ export class Dataplane {
       native.write(t.wakeFd, ONE);
     }
     for (const t of this.threads) {
-      while (!Atomics.load(t.control, CONTROL_PAUSED)) {
+      // (a resume() meanwhile wins: the pause is over before it was complete)
+      while (!Atomics.load(t.control, CONTROL_PAUSED) && !t.gone && this.held) {
         const w = Atomics.waitAsync(t.control, CONTROL_PAUSED, 0, 1000);
         if (w.async) await w.value;
       }

@@ -1,4 +1,5 @@
-// Pause and resume over the API socket with a running guest: the test guest receives frames from a tap
+// Pause and resume over the API socket with a running guest (two vCPUs: one running, one never started,
+// blocked in KVM_RUN until INIT/SIPI: both must be held): the test guest receives frames from a tap
 // (in a namespace this test creates and deletes) in three bursts; the second is sent while the VM is
 // paused and must wait (the counters stand still), then arrive after the resume with the third, every
 // frame in order and none lost.
@@ -31,7 +32,7 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('pause and resume o
   it('holds a receiving guest while paused and lets it go on after resume, no frame lost', async () => {
     const sock = join(dir, 'api.sock');
     const [a, b, c] = [300, 200, 300];
-    const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--api-socket', sock, '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-rx count=${a + b + c}`]);
+    const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--cpus', '2', '--stats', '--api-socket', sock, '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-rx count=${a + b + c}`]);
     await vm.waitFor('NET-RX-READY', 120_000);
     expect(statSync(sock).mode & 0o777).toBe(0o600);
     const get = async (path: string) => {
@@ -41,6 +42,11 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('pause and resume o
     };
     const rxFrames = async () => ((await get('/metrics')) as { devices: Array<{ queues: Array<{ queue: string; frames: number }> }> }).devices[0].queues.find((q) => q.queue === 'rx0')!.frames;
     expect(await get('/vm')).toMatchObject({ state: 'running' });
+    // the link, down and up again (the guest gets a configuration interrupt each time)
+    for (const link of ['down', 'up']) {
+      expect((await ctlSend(sock, { method: 'PATCH', path: '/net/0', body: { link } })).status).toBe(204);
+      expect(await get('/vm')).toMatchObject({ config: { net: [{ id: '0', link }] } });
+    }
 
     expect(lastJson((await pkt(ns, ['send', 'tap0', String(a), '600', HOST_MAC, GUEST_MAC, '0']).done).stdout)).toEqual({ sent: a });
     for (let i = 0; i < 600 && (await rxFrames()) < a; i++) await sleep(100);
@@ -55,6 +61,8 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('pause and resume o
     const r2 = await rxFrames();
     expect(r1).toBe(a);
     expect(r2).toBe(r1);
+    const prom = await ctlSend(sock, { method: 'GET', path: '/metrics?format=prometheus' });
+    expect(prom.body).toContain(`tsvmm_queue_frames_total{device="0",kind="net",queue="rx0"} ${a}\n`);
 
     expect((await ctlSend(sock, { method: 'PUT', path: '/vm/resume' })).status).toBe(204);
     expect(await get('/vm')).toMatchObject({ state: 'running' });

@@ -222,6 +222,26 @@ describe('API socket', () => {
     await stillServing();
   });
 
+  it('is reached by tsvmm ctl: the body on stdout, a refusal as one line and exit 1, bad usage exit 2', async () => {
+    const ctl = (...args: string[]) =>
+      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const p = execFile(process.execPath, [CLI, 'ctl', ...args], (_e, stdout, stderr) => resolve({ code: p.exitCode, stdout, stderr }));
+      });
+    const got = await ctl('--api-socket', sock, 'get', 'vm');
+    expect(got.code).toBe(0);
+    expect(JSON.parse(got.stdout)).toMatchObject({ kind: 'vhost-user', state: 'running' });
+    const prom = await ctl('--api-socket', sock, 'get', 'metrics', 'prometheus');
+    expect(prom.stdout).toContain('# TYPE tsvmm_queue_frames_total counter\n');
+    const refused = await ctl('--api-socket', sock, 'net', '0', 'link', 'down');
+    expect(refused).toMatchObject({ code: 1, stdout: '', stderr: 'tsvmm: ctl: PATCH /net/0: 400 link: this device does not control its link\n' });
+    const missing = await ctl('--api-socket', join(dir, 'none.sock'), 'pause');
+    expect(missing).toMatchObject({ code: 1, stderr: `tsvmm: ctl: ${join(dir, 'none.sock')}: no such socket\n` });
+    const usage = await ctl('--api-socket', sock, 'net', '0', 'link', 'sideways');
+    expect(usage.code).toBe(2);
+    expect(usage.stderr.trim().split('\n')).toHaveLength(1);
+    await stillServing();
+  });
+
   it('answers PUT /vm/shutdown with 202 and asks the target to end', async () => {
     const a = await call(sock, 'PUT', '/vm/shutdown');
     expect(a.status).toBe(202);

@@ -109,6 +109,8 @@ function readBody(req: IncomingMessage, max: number): Promise<string> {
     });
     req.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
     req.once('error', (e) => reject(new ApiError(400, `reading the body: ${e.message}`)));
+    // (gone before its body was whole: nothing is done, nobody to answer)
+    req.once('close', () => reject(new ApiError(400, 'connection closed before the body was complete')));
   });
 }
 
@@ -140,5 +142,4 @@ function clientError(e: NodeJS.ErrnoException, s: Socket): void {
         : [400, 'Bad Request'];
   const body = JSON.stringify({ error: status === 408 ? 'request not complete in time' : status === 431 ? 'headers too large' : `malformed request (${e.code ?? e.message})` }) + '\n';
   s.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-  s.destroySoon?.();
 }

@@ -110,3 +110,27 @@ describe('dataplane pause and resume', () => {
     s.close();
   });
 });
+
+describe('dataplane thread counters', () => {
+  it('counts busy-poll spins while polling, none without busy-poll, and keeps them once the threads stop', async () => {
+    const s = setup();
+    const idle = new Dataplane(() => {});
+    await idle.start(s.cfg, [[s.unit]]);
+    s.drv.add([{ addr: s.mem.alloc(256), len: 256, write: true }]);
+    native.write(s.kickFd, ONE);
+    await until(() => s.drv.takeUsed().length > 0);
+    await idle.stop();
+    expect(idle.busyPollSpins).toBe(0);
+
+    const dp = new Dataplane(() => {});
+    await dp.start({ ...s.cfg, busyPollUs: 200_000 }, [[s.unit]]);
+    s.drv.add([{ addr: s.mem.alloc(256), len: 256, write: true }]);
+    native.write(s.kickFd, ONE);
+    await until(() => dp.busyPollSpins > 100);
+    const running = dp.busyPollSpins;
+    expect(running).toBeGreaterThan(100);
+    await dp.stop();
+    expect(dp.busyPollSpins).toBeGreaterThanOrEqual(running);
+    s.close();
+  });
+});

@@ -40,6 +40,7 @@ export function toPrometheus(m: Metrics): string {
     samples: m.devices.flatMap((d) => d.queues.map((q): [Labels, number] => [{ device: d.id, kind: d.kind, queue: q.queue }, q[key]])),
   }));
   families.push({ name: 'tsvmm_device_broken', help: 'Whether the device stopped serving its rings until the guest resets it.', type: 'gauge', samples: m.devices.filter((d) => d.broken !== undefined).map((d) => [{ device: d.id }, d.broken ? 1 : 0]) });
+  families.push({ name: 'tsvmm_device_busy_poll_spins_total', help: 'Passes of the dataplane threads that looked at the rings without sleeping.', type: 'counter', samples: m.devices.filter((d) => d.busyPollSpins !== undefined).map((d) => [{ device: d.id }, d.busyPollSpins!]) });
   families.push({ name: 'tsvmm_device_stuck_threads_total', help: 'Dataplane threads ended because they did not stop in time.', type: 'counter', samples: m.devices.filter((d) => d.stuckThreads !== undefined).map((d) => [{ device: d.id }, d.stuckThreads!]) });
   families.push({ name: 'tsvmm_driver_counter', help: "A driver's own counter (name in the counter label).", type: 'untyped', samples: m.devices.flatMap((d) => Object.entries(d.driver ?? {}).map(([k, v]): [Labels, number] => [{ device: d.id, counter: k }, v])) });
   families.push({ name: 'tsvmm_iommu_counter', help: 'vIOMMU (or vhost-user IOTLB) counter (name in the counter label).', type: 'untyped', samples: Object.entries(m.iommu ?? {}).map(([k, v]) => [{ counter: k }, v]) });

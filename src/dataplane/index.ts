@@ -7,16 +7,17 @@ import { Worker } from 'node:worker_threads';
 import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { releaseThreadSlot, stuckThreadMs } from '../viommu/table.js';
 import { workerUrl } from '../worker-url.js';
-import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS } from './control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS, THREAD_COUNTER, THREAD_COUNTER_WORDS } from './control.js';
 import type { DataplaneWorkerData, WorkerUnit } from './worker.js';
 import type { RingState } from '../virtio/virtqueue.js';
 
-export type DataplaneConfig = Omit<DataplaneWorkerData, 'units' | 'wakeFd' | 'control' | 'threadIndex'>;
+export type DataplaneConfig = Omit<DataplaneWorkerData, 'units' | 'wakeFd' | 'control' | 'counters' | 'threadIndex'>;
 
 interface Thread {
   worker: Worker;
   wakeFd: number;
   control: Int32Array;
+  counters: Float64Array;
   exited: Promise<void>;
   /** it has exited (a thread whose ring broke at its start ends by itself): nothing to pause */
   gone: boolean;
@@ -49,10 +50,11 @@ export class Dataplane {
     const wakeFd = native.eventfd(0, EFD_NONBLOCK);
     const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
     if (this.held) control[CONTROL_PAUSE] = 1;
-    const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, threadIndex: index };
+    const counters = new Float64Array(new SharedArrayBuffer(THREAD_COUNTER_WORDS * 8));
+    const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, counters: counters.buffer as SharedArrayBuffer, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
     const slot: [SharedArrayBuffer, number] | undefined = cfg.iommu && [cfg.iommu.buffer, cfg.iommu.slots[index]];
-    const thread: Thread = { worker, wakeFd, control, exited: Promise.resolve(), gone: false, ownFds: [], slot };
+    const thread: Thread = { worker, wakeFd, control, counters, exited: Promise.resolve(), gone: false, ownFds: [], slot };
     thread.exited = new Promise<void>((r) =>
       worker.once('exit', () => {
         thread.gone = true;
@@ -110,6 +112,26 @@ export class Dataplane {
     }
   }
 
+  /** busy-poll spins of this device's threads, those ended included */
+  get busyPollSpins(): number {
+    const spins = (n: number, t: Thread) => n + t.counters[THREAD_COUNTER.BUSY_POLL_SPINS];
+    return [...this.ending].reduce(spins, this.threads.reduce(spins, this.spinsOfEnded));
+  }
+
+  /** spins of the threads that have ended; those stopping are in `ending` until they have */
+  private spinsOfEnded = 0;
+  private readonly ending = new Set<Thread>();
+
+  /** `threads` are being stopped or ended: their counters stay counted, then are folded in once they have exited */
+  private async ended(threads: Thread[], done: Promise<unknown>): Promise<void> {
+    for (const t of threads) this.ending.add(t);
+    await done.catch(() => undefined);
+    for (const t of threads) {
+      this.spinsOfEnded += t.counters[THREAD_COUNTER.BUSY_POLL_SPINS];
+      this.ending.delete(t);
+    }
+  }
+
   /** the vIOMMU quiescence slots of the threads running */
   get slots(): number[] {
     return this.threads.flatMap((t) => (t.slot ? [t.slot[1]] : []));
@@ -121,6 +143,7 @@ export class Dataplane {
    */
   async stop(): Promise<number> {
     const threads = this.threads.splice(0);
+    void this.ended(threads, Promise.all(threads.map((t) => t.exited)));
     for (const t of threads) {
       Atomics.store(t.control, CONTROL_STOP, 1);
       native.write(t.wakeFd, ONE);
@@ -145,7 +168,9 @@ export class Dataplane {
   /** End every thread now (Worker.terminate()), whatever it is doing; resolves once all have exited. */
   async terminate(): Promise<void> {
     const threads = this.threads.splice(0);
-    await Promise.all(threads.map(end));
+    const done = Promise.all(threads.map(end));
+    void this.ended(threads, done);
+    await done;
     for (const t of threads) release(t);
   }
 }

@@ -25,6 +25,8 @@ export interface DeviceMetrics {
   id: string;
   kind: 'net' | 'rng';
   queues: QueueMetrics[];
+  /** passes of its dataplane threads' loops that looked at the rings without sleeping (busy-poll=USEC) */
+  busyPollSpins?: number;
   /** why the device stopped serving its rings (it needs a reset), when it did */
   broken?: string | null;
   /** dataplane threads ended because they did not stop within the stuck-thread limit */

@@ -148,7 +148,28 @@ export class VhostUserBackend implements BackendCore {
   metrics(): Metrics {
     const queues = netQueueMetrics(this.stats, this.opts.queuePairs);
     const driver = this.driver.counters?.();
-    return { devices: [{ id: '0', kind: 'net', queues, stuckThreads: this.stuckThreads, ...(driver ? { driver } : {}) }], iommu: { ...this.iotlbCounts }, vhostUser: { errors: [...this.errors] } };
+    return { devices: [{ id: '0', kind: 'net', queues, busyPollSpins: this.busyPollSpins, stuckThreads: this.stuckThreads, ...(driver ? { driver } : {}) }], iommu: { ...this.iotlbCounts }, vhostUser: { errors: [...this.errors] } };
+  }
+
+  /** busy-poll spins of every pair's threads over the backend's life */
+  get busyPollSpins(): number {
+    let n = this.spinsOfRetired;
+    for (const dp of [...this.running.values(), ...this.retiring]) n += dp.busyPollSpins;
+    return n;
+  }
+
+  private spinsOfRetired = 0;
+  /** pairs' dataplanes being stopped: still counted until they are gone */
+  private readonly retiring = new Set<Dataplane>();
+
+  private async retire<T>(dp: Dataplane, stopping: Promise<T>): Promise<T> {
+    this.retiring.add(dp);
+    try {
+      return await stopping;
+    } finally {
+      this.spinsOfRetired += dp.busyPollSpins;
+      this.retiring.delete(dp);
+    }
   }
 
   /**
@@ -224,7 +245,7 @@ export class VhostUserBackend implements BackendCore {
       if (!dp) return false;
       // its pair stops and the connection ends after the answer
       this.running.delete(pair);
-      await dp.terminate();
+      await this.retire(dp, dp.terminate());
       this.stuckThreads++;
       endAfter = `pair ${pair}: its dataplane thread kept an IOTLB invalidation waiting over ${limit} ms (TSVMM_STUCK_THREAD_MS): it was ended, the invalidation completed`;
       return true;
@@ -344,7 +365,7 @@ export class VhostUserBackend implements BackendCore {
       started = true;
     } catch (e) {
       this.running.delete(pair);
-      await dp.stop();
+      await this.retire(dp, dp.stop());
       throw new Error(failure ?? `pair ${pair}: ${(e as Error).message.split('\n')[0]}`);
     }
   }
@@ -369,7 +390,7 @@ export class VhostUserBackend implements BackendCore {
     const dp = this.running.get(pair);
     if (!dp) return;
     this.running.delete(pair);
-    const ended = await dp.stop();
+    const ended = await this.retire(dp, dp.stop());
     if (ended > 0) {
       this.stuckThreads += ended;
       this.opts.log?.(`vhost-user: pair ${pair}: its dataplane thread did not stop within ${stuckThreadMs()} ms (TSVMM_STUCK_THREAD_MS): it was ended`);

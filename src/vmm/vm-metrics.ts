@@ -7,6 +7,7 @@ export function vmMetrics(vm: Vm): Metrics {
     id: String(i),
     kind: 'net',
     queues: netQueueMetrics(d.net.stats, d.net.numQueues >> 1),
+    busyPollSpins: d.net.busyPollSpins,
     broken: d.pci.brokenReason ?? null,
     stuckThreads: d.net.stuckThreads,
     ...(d.driver.counters ? { driver: d.driver.counters() } : {}),

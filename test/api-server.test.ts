@@ -242,8 +242,12 @@ describe('API socket', () => {
     await stillServing();
   });
 
-  it('answers PUT /vm/shutdown with 202 and asks the target to end', async () => {
-    const a = await call(sock, 'PUT', '/vm/shutdown');
+  it('answers PUT /vm/shutdown with 202 and asks the target to end; a bad deadline is refused first', async () => {
+    expectError(await call(sock, 'PUT', '/vm/shutdown', '{"deadline_ms":-1}'), 400, /deadline_ms: expected an integer from 0 to 2147483647, got -1/);
+    expectError(await call(sock, 'PUT', '/vm/shutdown', '{"deadline_ms":"soon"}'), 400, /deadline_ms/);
+    expectError(await call(sock, 'PUT', '/vm/shutdown', '{"deadline":5}'), 400, /unknown field "deadline"/);
+    expect(stopped).toBe(0);
+    const a = await call(sock, 'PUT', '/vm/shutdown', '{"deadline_ms":5000}');
     expect(a.status).toBe(202);
     expect(stopped).toBe(1);
   });

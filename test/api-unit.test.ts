@@ -96,6 +96,7 @@ describe('tsvmm ctl commands', () => {
     [['pause'], { method: 'PUT', path: '/vm/pause' }],
     [['resume'], { method: 'PUT', path: '/vm/resume' }],
     [['shutdown'], { method: 'PUT', path: '/vm/shutdown' }],
+    [['shutdown', 'deadline-ms=5000'], { method: 'PUT', path: '/vm/shutdown', body: { deadline_ms: 5000 } }],
     [['net', '0', 'link', 'down'], { method: 'PATCH', path: '/net/0', body: { link: 'down' } }],
     [
       ['net', '1', 'limit', 'rx-bytes=1000000', 'tx-ops=off', 'rx-ops=500'],
@@ -105,7 +106,7 @@ describe('tsvmm ctl commands', () => {
     expect(ctlRequest(args)).toEqual(want);
   });
 
-  it.each([[[]], [['get']], [['get', 'nothing']], [['pause', 'now']], [['net']], [['net', '0', 'link', 'sideways']], [['net', '0', 'limit']], [['net', '0', 'limit', 'rx-bytes=-5']], [['net', '0', 'limit', 'up-bytes=5']], [['net', '../x', 'link', 'up']], [['frobnicate']]])('refuses %j', (args) => {
+  it.each([[[]], [['get']], [['get', 'nothing']], [['pause', 'now']], [['shutdown', 'now']], [['shutdown', 'deadline-ms=-1']], [['net']], [['net', '0', 'link', 'sideways']], [['net', '0', 'limit']], [['net', '0', 'limit', 'rx-bytes=-5']], [['net', '0', 'limit', 'up-bytes=5']], [['net', '../x', 'link', 'up']], [['frobnicate']]])('refuses %j', (args) => {
     expect(() => ctlRequest(args)).toThrow(CtlUsageError);
   });
 });

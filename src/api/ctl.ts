@@ -7,7 +7,8 @@ export const CTL_USAGE = `usage: tsvmm ctl --api-socket PATH COMMAND
   get vm                       state, config, uptime (JSON)
   get metrics [prometheus]     per device and queue counters (JSON, or Prometheus text)
   pause | resume               hold the vCPUs and dataplane threads / let them go on
-  shutdown                     ask the guest to power off (the VM's power button)
+  shutdown [deadline-ms=N]     ask the guest to power off (the VM's power button); stopped after N ms
+                               (default the VM's: 30 s)
   net ID link up|down          the device's link as the guest sees it
   net ID limit KEY=N...        rate limits per second: rx-bytes, rx-ops, tx-bytes, tx-ops (N=0 or off:
                                no limit); a bucket of N tokens refilled in one second, as Firecracker's`;
@@ -38,8 +39,12 @@ export function ctlRequest(args: string[]): CtlRequest {
       throw new CtlUsageError('get: vm, metrics or metrics prometheus');
     case 'pause':
     case 'resume':
-    case 'shutdown':
       return none({ method: 'PUT', path: `/vm/${cmd}` });
+    case 'shutdown': {
+      const m = rest.length === 1 ? /^deadline-ms=(\d{1,10})$/.exec(rest[0]) : undefined;
+      if (rest.length > 1 || (rest.length === 1 && !m)) throw new CtlUsageError('shutdown: [deadline-ms=N]');
+      return { method: 'PUT', path: '/vm/shutdown', ...(m ? { body: { deadline_ms: Number(m[1]) } } : {}) };
+    }
     case 'net':
       return netRequest(rest);
     default:

@@ -20,8 +20,9 @@ export interface ApiTarget {
   /** Errors thrown (e.g. "not running") are the client's: 400 with their message */
   pause(): Promise<void>;
   resume(): Promise<void>;
-  /** PUT /vm/shutdown: begins an orderly end; absent where not available (501) */
-  shutdown?(): Promise<unknown>;
+  /** PUT /vm/shutdown: begins an orderly end (stopped after `deadlineMs` if given); absent where not
+   * available (501) */
+  shutdown?(o: { deadlineMs?: number }): Promise<unknown>;
   net(id: string): ApiNet | undefined;
 }
 
@@ -114,10 +115,16 @@ function metrics(t: ApiTarget, _b: unknown, _m: RegExpExecArray, q: URLSearchPar
   throw new ApiError(400, `format: "${format.slice(0, 50)}" is not json or prometheus`);
 }
 
+/** the longest shutdown deadline accepted (a timer's limit, about 24 days) */
+const MAX_DEADLINE_MS = 2 ** 31 - 1;
+
 async function shutdown(t: ApiTarget, b: Record<string, unknown> | undefined): Promise<Reply> {
-  noFields(b);
+  const { deadline_ms: deadline, ...rest } = b ?? {};
+  noFields(rest);
+  if (deadline !== undefined && !(typeof deadline === 'number' && Number.isInteger(deadline) && deadline >= 0 && deadline <= MAX_DEADLINE_MS))
+    throw new ApiError(400, `deadline_ms: expected an integer from 0 to ${MAX_DEADLINE_MS}, got ${JSON.stringify(deadline)?.slice(0, 50)}`);
   if (!t.shutdown) throw new ApiError(501, 'shutdown is not available here');
-  const begun = t.shutdown();
+  const begun = t.shutdown(deadline === undefined ? {} : { deadlineMs: deadline });
   // refused at once (not running): the client's fault; otherwise it goes on after this answer
   const refused = await Promise.race([begun.then(() => undefined, (e: unknown) => e), new Promise((r) => setTimeout(r, SHUTDOWN_REFUSAL_MS, undefined))]);
   if (refused) throw new ApiError(400, (refused instanceof Error ? refused.message : String(refused)).split('\n')[0]);

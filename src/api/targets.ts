@@ -17,7 +17,7 @@ function rateLimitOf(o: object): ApiNet['setRateLimit'] {
 }
 
 export function vmTarget(vm: Vm): ApiTarget {
-  const shutdown = (vm as unknown as { shutdown?: () => Promise<unknown> }).shutdown;
+  const shutdown = (vm as unknown as { shutdown?: (o: { deadlineMs?: number }) => Promise<unknown> }).shutdown;
   return {
     info: () => {
       const s = vm.status;
@@ -45,9 +45,9 @@ export function vmTarget(vm: Vm): ApiTarget {
     // (a paused guest could not answer its power button: it runs again first)
     ...(typeof shutdown === 'function'
       ? {
-          shutdown: async () => {
+          shutdown: async (o) => {
             if (vm.status.state === 'paused') await vm.resume();
-            return shutdown.call(vm);
+            return shutdown.call(vm, o);
           },
         }
       : {}),

@@ -153,6 +153,21 @@ describe('API socket', () => {
     await stillServing();
   });
 
+  it('sets rate limits in Firecracker\'s shape, changes nothing on a bad one, and shows them in GET /vm', async () => {
+    const limits = { rx_rate_limiter: { bandwidth: { size: 1_000_000, one_time_burst: 500, refill_time: 1000 } }, tx_rate_limiter: { ops: { size: 100, refill_time: 10 } } };
+    expect((await call(sock, 'PATCH', '/net/0', JSON.stringify(limits))).status).toBe(204);
+    const want = { rx: { bandwidth: { size: 1_000_000, oneTimeBurst: 500, refillTimeMs: 1000 } }, tx: { ops: { size: 100, oneTimeBurst: 0, refillTimeMs: 10 } } };
+    expect(backend.rateLimit).toMatchObject(want);
+    // a bad field anywhere: nothing changes
+    expectError(await call(sock, 'PATCH', '/net/0', '{"rx_rate_limiter":{},"tx_rate_limiter":{"ops":{"size":-1,"refill_time":10}}}'), 400);
+    expect(backend.rateLimit).toMatchObject(want);
+    expect(JSON.parse((await call(sock, 'GET', '/vm')).body)).toMatchObject({ config: { net: [{ id: '0', rateLimit: want }] } });
+    // removed: {} per direction
+    expect((await call(sock, 'PATCH', '/net/0', '{"rx_rate_limiter":{},"tx_rate_limiter":{}}')).status).toBe(204);
+    expect(backend.rateLimit.rx?.bandwidth ?? null).toBeNull();
+    expect(backend.rateLimit.tx?.ops ?? null).toBeNull();
+  });
+
   it('answers unknown paths with 404 and wrong methods with 405 (and Allow)', async () => {
     for (const p of ['/', '/vms', '/vm/pause/now', '/net', '/net/0/x', '/../etc/passwd', '/%ff%fe']) expectError(await call(sock, 'GET', p), 404);
     expectError(await call(sock, 'PATCH', '/net/9', '{"link":"up"}'), 404, /no network device "9"/);

@@ -20,6 +20,8 @@ const QUEUE_FAMILIES: Array<[keyof Omit<QueueMetrics, 'queue'>, string]> = [
   ['interrupts', 'Interrupts the queue sent.'],
   ['batches', 'Driver calls (batches of frames) the queue made.'],
   ['waits', 'Times the queue waited for its driver (its wire was full).'],
+  ['rateLimited', 'Times the queue stopped because its rate limit had no tokens left.'],
+  ['rateLimitedMs', 'Milliseconds the queue waited for its rate limit\'s tokens.'],
 ];
 
 export function escapeLabel(v: string): string {
@@ -34,7 +36,7 @@ function sample(name: string, labels: Labels, value: number): string {
 
 export function toPrometheus(m: Metrics): string {
   const families: Family[] = QUEUE_FAMILIES.map(([key, help]) => ({
-    name: `tsvmm_queue_${key}_total`,
+    name: `tsvmm_queue_${key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())}_total`,
     help,
     type: 'counter',
     samples: m.devices.flatMap((d) => d.queues.map((q): [Labels, number] => [{ device: d.id, kind: d.kind, queue: q.queue }, q[key]])),

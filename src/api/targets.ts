@@ -1,23 +1,12 @@
 // What the API controls: a VM (tsvmm run) or a vhost-user backend (tsvmm vhost-user), each seen through
-// ApiTarget. Rate limits and shutdown are called only where the object offers them (setRateLimit on a
-// net device, shutdown on the VM): elsewhere the API answers 501.
+// ApiTarget: the library's own calls, wrapped.
 import type { Vm } from '../vmm/vm.js';
 import type { VhostUserBackend } from '../vhost-user/backend.js';
 import type { VhostUserServer } from '../vhost-user/server.js';
-import type { NetRateLimits } from '../dataplane/rate-limit.js';
 import { formatMac } from '../virtio-net/mac.js';
-import type { ApiNet, ApiTarget } from './routes.js';
-
-type MaybeRateLimited = { setRateLimit?: (l: NetRateLimits) => unknown };
-
-/** setRateLimit of `o`, bound, when it has one. */
-function rateLimitOf(o: object): ApiNet['setRateLimit'] {
-  const f = (o as MaybeRateLimited).setRateLimit;
-  return typeof f === 'function' ? (l) => f.call(o, l) : undefined;
-}
+import type { ApiTarget } from './routes.js';
 
 export function vmTarget(vm: Vm): ApiTarget {
-  const shutdown = (vm as unknown as { shutdown?: (o: { deadlineMs?: number }) => Promise<unknown> }).shutdown;
   return {
     info: () => {
       const s = vm.status;
@@ -35,7 +24,7 @@ export function vmTarget(vm: Vm): ApiTarget {
           cpus: c.cpus ?? 1,
           viommu: !!c.viommu,
           rng: !!c.rng,
-          net: vm.netDevices.map((d, i) => ({ id: String(i), mac: formatMac(d.net.mac), driver: d.driver.name, queuePairs: d.net.numQueues >> 1, link: d.net.linkUp ? 'up' : 'down' })),
+          net: vm.netDevices.map((d, i) => ({ id: String(i), mac: formatMac(d.net.mac), driver: d.driver.name, queuePairs: d.net.numQueues >> 1, link: d.net.linkUp ? 'up' : 'down', rateLimit: d.net.rateLimit })),
         },
       };
     },
@@ -43,18 +32,14 @@ export function vmTarget(vm: Vm): ApiTarget {
     pause: () => vm.pause(),
     resume: () => vm.resume(),
     // (a paused guest could not answer its power button: it runs again first)
-    ...(typeof shutdown === 'function'
-      ? {
-          shutdown: async (o) => {
-            if (vm.status.state === 'paused') await vm.resume();
-            return shutdown.call(vm, o);
-          },
-        }
-      : {}),
+    shutdown: async (o) => {
+      if (vm.status.state === 'paused') await vm.resume();
+      return vm.shutdown(o);
+    },
     net: (id) => {
       const d = /^\d{1,3}$/.test(id) ? vm.netDevices[Number(id)] : undefined;
       if (!d) return undefined;
-      return { setLink: (up) => d.net.setLink(up), setRateLimit: rateLimitOf(d.net) };
+      return { setLink: (up) => d.net.setLink(up), setRateLimit: (l) => d.net.setRateLimit(l) };
     },
   };
 }
@@ -68,7 +53,7 @@ export function backendTarget(backend: VhostUserBackend, server: VhostUserServer
       kind: 'vhost-user',
       state: stopping ? 'stopping' : backend.paused ? 'paused' : 'running',
       uptimeMs: Date.now() - started,
-      config: { queuePairs: backend.queuePairs, activePairs: backend.activePairs, connections: server.connections },
+      config: { queuePairs: backend.queuePairs, activePairs: backend.activePairs, connections: server.connections, net: [{ id: '0', rateLimit: backend.rateLimit }] },
     }),
     metrics: () => {
       const m = backend.metrics();
@@ -81,6 +66,6 @@ export function backendTarget(backend: VhostUserBackend, server: VhostUserServer
       stop();
     },
     // (the link is the frontend's device's: its config space is not ours to change)
-    net: (id) => (id === '0' ? { setRateLimit: rateLimitOf(backend) } : undefined),
+    net: (id) => (id === '0' ? { setRateLimit: (l) => backend.setRateLimit(l) } : undefined),
   };
 }

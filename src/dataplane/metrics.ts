@@ -18,6 +18,9 @@ export interface QueueMetrics {
   batches: number;
   /** TX: times the driver's wire was full and the queue waited */
   waits: number;
+  /** times the queue stopped because its rate limit had no tokens left (its frames wait), and for how long (ms) */
+  rateLimited: number;
+  rateLimitedMs: number;
 }
 
 export interface DeviceMetrics {
@@ -46,7 +49,7 @@ export interface Metrics {
 /** One queue's counters from a stats buffer (newStatsBuffer) slot. */
 export function queueMetrics(buf: SharedArrayBuffer, slot: number, queue: string): QueueMetrics {
   const s = new Float64Array(buf, slot * STAT_WORDS * 8, STAT_WORDS);
-  return { queue, frames: s[STAT.PACKETS], bytes: s[STAT.BYTES], drops: s[STAT.DROPS], kicks: s[STAT.KICKS], interrupts: s[STAT.INTERRUPTS], batches: s[STAT.BATCHES], waits: s[STAT.WAITS] };
+  return { queue, frames: s[STAT.PACKETS], bytes: s[STAT.BYTES], drops: s[STAT.DROPS], kicks: s[STAT.KICKS], interrupts: s[STAT.INTERRUPTS], batches: s[STAT.BATCHES], waits: s[STAT.WAITS], rateLimited: s[STAT.RATE_LIMITED], rateLimitedMs: s[STAT.RATE_LIMITED_MS] };
 }
 
 /** The queues of a net device's `pairs` queue pairs (stats slots 2p: rx, 2p+1: tx). */

@@ -10,11 +10,18 @@ import { VhostUserBackend } from './vhost-user/backend.js';
 import { VhostUserServer } from './vhost-user/server.js';
 import type { NetDriver } from './drivers/api.js';
 import { isNativeError } from './native.js';
+import { ApiServer } from './api/server.js';
+import { vmTarget, backendTarget } from './api/targets.js';
+import { ctl } from './api/ctl.js';
+import { top } from './api/top.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
-                 [--net DRIVER,key=value,...]... [--viommu] [--rng[=packed=off]]
+                 [--net DRIVER,key=value,...]... [--viommu] [--rng[=packed=off]] [--api-socket PATH]
        tsvmm vhost-user --socket PATH [--client] --net DRIVER,key=value,... [--timeout SECS] [--stats]
+                 [--api-socket PATH]
+       tsvmm ctl --api-socket PATH get vm|metrics | pause | resume | shutdown | net ID link up|down | ...
+       tsvmm top --api-socket PATH [--interval SECS]
        tsvmm --help | --version
 
 run boots a bzImage or a PVH ELF kernel on KVM. vhost-user serves tsvmm's dataplane and a driver to a
@@ -34,6 +41,8 @@ vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --viommu         a virtio-iommu translating the network devices' DMA (VIRTIO_F_ACCESS_PLATFORM)
   --rng[=OPTS]     a virtio-rng device: entropy for the guest (/dev/hwrng) from the host's CSPRNG;
                    --rng=packed=off offers split rings only
+  --api-socket P   serve the control API (HTTP and JSON: docs/API.md) on the unix socket P (mode 0600),
+                   for tsvmm ctl or curl --unix-socket P
 
 Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
 2 for bad usage, 124 when --timeout stopped it, 130/143 when interrupted.`;
@@ -59,6 +68,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const [cmd, ...rest] = argv;
   if (cmd === 'vhost-user') return vhostUser(rest);
+  if (cmd === 'ctl') return ctl(rest, (s) => process.stdout.write(s), (s) => process.stderr.write(s));
+  if (cmd === 'top') return top(rest, (s) => process.stdout.write(s), (s) => process.stderr.write(s), !!process.stdout.isTTY);
   if (cmd !== 'run') return fail(`unknown command "${cmd}" (try: tsvmm --help)`);
   let values;
   try {
@@ -78,6 +89,7 @@ export async function main(argv: string[]): Promise<number> {
         timeout: { type: 'string' },
         viommu: { type: 'boolean' },
         rng: { type: 'string' },
+        'api-socket': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -121,9 +133,17 @@ export async function main(argv: string[]): Promise<number> {
   if (out) vm.serial.pipe(out, { end: out !== process.stdout });
   else vm.serial.resume();
 
+  let api: ApiServer | undefined;
+  try {
+    if (values['api-socket']) api = await ApiServer.open({ path: values['api-socket'], target: vmTarget(vm), log: (l) => process.stderr.write(`tsvmm: ${l}\n`) });
+  } catch (e) {
+    if (e instanceof UserError) return fail(e.message, 1);
+    throw e;
+  }
   try {
     await vm.start();
   } catch (e) {
+    await api?.close();
     if (e instanceof UserError) return fail(e.message);
     if (isNativeError(e)) return fail(`${e.message}`, 1);
     throw e;
@@ -158,6 +178,7 @@ export async function main(argv: string[]): Promise<number> {
   for (const d of nets) if (d.driver.describe) process.stderr.write(`tsvmm: net ${formatMac(d.net.mac)}: ${d.driver.name} ${d.driver.describe}\n`);
   const exit: VmExit = await vm.exited;
   if (timer) clearTimeout(timer);
+  await api?.close();
   if (values.stats) {
     const devices = nets.map((d) => ({
       mac: formatMac(d.net.mac),
@@ -202,7 +223,7 @@ async function vhostUser(argv: string[]): Promise<number> {
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { socket: { type: 'string' }, client: { type: 'boolean' }, net: { type: 'string' }, timeout: { type: 'string' }, stats: { type: 'boolean' } },
+      options: { socket: { type: 'string' }, client: { type: 'boolean' }, net: { type: 'string' }, timeout: { type: 'string' }, stats: { type: 'boolean' }, 'api-socket': { type: 'string' } },
       strict: true,
       allowPositionals: false,
     }));
@@ -232,6 +253,14 @@ async function vhostUser(argv: string[]): Promise<number> {
   };
   process.once('SIGINT', stop(130));
   process.once('SIGTERM', stop(143));
+  let api: ApiServer | undefined;
+  try {
+    if (values['api-socket']) api = await ApiServer.open({ path: values['api-socket'], target: backendTarget(backend, server, stop(0)), log });
+  } catch (e) {
+    driver.close();
+    if (e instanceof UserError) return fail(e.message, 1);
+    throw e;
+  }
   const timer = values.timeout ? setTimeout(stop(0), Number(values.timeout) * 1000) : undefined;
   try {
     await server.run();
@@ -240,6 +269,7 @@ async function vhostUser(argv: string[]): Promise<number> {
     throw e;
   } finally {
     if (timer) clearTimeout(timer);
+    await api?.close();
     driver.close();
   }
   if (values.stats) {

@@ -4,3 +4,8 @@ export const CONTROL_STOP = 0;
 export const CONTROL_PAUSE = 1;
 export const CONTROL_PAUSED = 2;
 export const CONTROL_WORDS = 4;
+
+/** The thread's counters (Float64 slots, written only by the thread). BUSY_POLL_SPINS: passes of its
+ * loop that looked at the rings without sleeping (busy-poll=USEC). */
+export const THREAD_COUNTER = { BUSY_POLL_SPINS: 0 } as const;
+export const THREAD_COUNTER_WORDS = 1;

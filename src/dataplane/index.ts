@@ -7,17 +7,20 @@ import { Worker } from 'node:worker_threads';
 import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { releaseThreadSlot, stuckThreadMs } from '../viommu/table.js';
 import { workerUrl } from '../worker-url.js';
-import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS } from './control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS, THREAD_COUNTER, THREAD_COUNTER_WORDS } from './control.js';
 import type { DataplaneWorkerData, WorkerUnit } from './worker.js';
 import type { RingState } from '../virtio/virtqueue.js';
 
-export type DataplaneConfig = Omit<DataplaneWorkerData, 'units' | 'wakeFd' | 'control' | 'threadIndex'>;
+export type DataplaneConfig = Omit<DataplaneWorkerData, 'units' | 'wakeFd' | 'control' | 'counters' | 'threadIndex'>;
 
 interface Thread {
   worker: Worker;
   wakeFd: number;
   control: Int32Array;
+  counters: Float64Array;
   exited: Promise<void>;
+  /** it has exited (a thread whose ring broke at its start ends by itself): nothing to pause */
+  gone: boolean;
   /** descriptors the thread made (its epoll sets): closed here once it has exited */
   ownFds: number[];
   /** its vIOMMU quiescence slot (table, slot), released here when it is ended before it could */
@@ -33,6 +36,8 @@ export class Dataplane {
   private threads: Thread[] = [];
   /** where each queue (by its index) stood when its thread last stopped */
   readonly ringStates = new Map<number, RingState>();
+  /** between pause() and resume(): threads started meanwhile start held too */
+  private held = false;
 
   constructor(private readonly onBroken: (reason: string) => void) {}
 
@@ -44,11 +49,18 @@ export class Dataplane {
   private spawn(cfg: DataplaneConfig, units: WorkerUnit[], index: number): Promise<void> {
     const wakeFd = native.eventfd(0, EFD_NONBLOCK);
     const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
-    const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, threadIndex: index };
+    if (this.held) control[CONTROL_PAUSE] = 1;
+    const counters = new Float64Array(new SharedArrayBuffer(THREAD_COUNTER_WORDS * 8));
+    const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, counters: counters.buffer as SharedArrayBuffer, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
-    const exited = new Promise<void>((r) => worker.once('exit', () => r()));
     const slot: [SharedArrayBuffer, number] | undefined = cfg.iommu && [cfg.iommu.buffer, cfg.iommu.slots[index]];
-    const thread: Thread = { worker, wakeFd, control, exited, ownFds: [], slot };
+    const thread: Thread = { worker, wakeFd, control, counters, exited: Promise.resolve(), gone: false, ownFds: [], slot };
+    thread.exited = new Promise<void>((r) =>
+      worker.once('exit', () => {
+        thread.gone = true;
+        r();
+      }),
+    );
     this.threads.push(thread);
     return new Promise((resolve, reject) => {
       worker.on('message', (m: { type: string; reason?: string; message?: string; fds?: number[]; states?: Array<[number, RingState]> }) => {
@@ -70,14 +82,17 @@ export class Dataplane {
     });
   }
 
-  /** Hold every thread off the queues (for a snapshot or migration); resolves once all have stopped. */
+  /** Hold every thread off the queues (for a snapshot, a migration, the API's pause); resolves once all
+   * have stopped (or ended, or resume() was called meanwhile). */
   async pause(): Promise<void> {
+    this.held = true;
     for (const t of this.threads) {
       Atomics.store(t.control, CONTROL_PAUSE, 1);
       native.write(t.wakeFd, ONE);
     }
     for (const t of this.threads) {
-      while (!Atomics.load(t.control, CONTROL_PAUSED)) {
+      // (a resume() meanwhile wins: the pause is over before it was complete)
+      while (!Atomics.load(t.control, CONTROL_PAUSED) && !t.gone && this.held) {
         const w = Atomics.waitAsync(t.control, CONTROL_PAUSED, 0, 1000);
         if (w.async) await w.value;
       }
@@ -90,9 +105,30 @@ export class Dataplane {
   }
 
   resume(): void {
+    this.held = false;
     for (const t of this.threads) {
       Atomics.store(t.control, CONTROL_PAUSE, 0);
       native.write(t.wakeFd, ONE);
+    }
+  }
+
+  /** busy-poll spins of this device's threads, those ended included */
+  get busyPollSpins(): number {
+    const spins = (n: number, t: Thread) => n + t.counters[THREAD_COUNTER.BUSY_POLL_SPINS];
+    return [...this.ending].reduce(spins, this.threads.reduce(spins, this.spinsOfEnded));
+  }
+
+  /** spins of the threads that have ended; those stopping are in `ending` until they have */
+  private spinsOfEnded = 0;
+  private readonly ending = new Set<Thread>();
+
+  /** `threads` are being stopped or ended: their counters stay counted, then are folded in once they have exited */
+  private async ended(threads: Thread[], done: Promise<unknown>): Promise<void> {
+    for (const t of threads) this.ending.add(t);
+    await done.catch(() => undefined);
+    for (const t of threads) {
+      this.spinsOfEnded += t.counters[THREAD_COUNTER.BUSY_POLL_SPINS];
+      this.ending.delete(t);
     }
   }
 
@@ -107,6 +143,7 @@ export class Dataplane {
    */
   async stop(): Promise<number> {
     const threads = this.threads.splice(0);
+    void this.ended(threads, Promise.all(threads.map((t) => t.exited)));
     for (const t of threads) {
       Atomics.store(t.control, CONTROL_STOP, 1);
       native.write(t.wakeFd, ONE);
@@ -131,7 +168,9 @@ export class Dataplane {
   /** End every thread now (Worker.terminate()), whatever it is doing; resolves once all have exited. */
   async terminate(): Promise<void> {
     const threads = this.threads.splice(0);
-    await Promise.all(threads.map(end));
+    const done = Promise.all(threads.map(end));
+    void this.ended(threads, done);
+    await done;
     for (const t of threads) release(t);
   }
 }

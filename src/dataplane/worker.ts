@@ -14,7 +14,7 @@ import { MAX_QUEUE_SIZE, type QueueConfig, type QueueFeatures, type RingState, t
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader } from '../viommu/table.js';
 import { STAT, STAT_WORDS } from './stats.js';
-import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED } from './control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, THREAD_COUNTER } from './control.js';
 import { EPOLLIN, type HandlerModule, type OpenHandler, type QueueHandler } from './handler.js';
 
 export interface WorkerQueue extends QueueConfig {
@@ -48,6 +48,8 @@ export interface DataplaneWorkerData {
   stats: SharedArrayBuffer;
   wakeFd: number;
   control: Int32Array;
+  /** the thread's own counters (Float64; THREAD_COUNTER in control.ts), read by the main thread */
+  counters: SharedArrayBuffer;
   /** busy-poll this long (µs) before sleeping; 0 = always sleep when idle */
   busyPollUs: number;
   /** dirty-page log (live migration): every write into guest memory sets its page's bit */
@@ -224,12 +226,14 @@ function loop(ep: number, wakeOnly: number, sources: Source[], units: Unit[], io
   };
   let lastWork = process.hrtime.bigint();
   let spins = 0;
+  const threadCounters = new Float64Array(d.counters);
   const busyNs = BigInt(d.busyPollUs) * 1000n;
   for (;;) {
     pauseIfAsked();
     if (Atomics.load(d.control, CONTROL_STOP)) break;
     // while busy-polling, look without sleeping; afterwards the handlers ask for kicks and we sleep
     const polling = busyNs > 0n && process.hrtime.bigint() - lastWork < busyNs;
+    if (polling) threadCounters[THREAD_COUNTER.BUSY_POLL_SPINS]++;
     let anyPending = false;
     /** the soonest a handler asked to be called again without an event (ms; -1: none) */
     let retryMs = -1;

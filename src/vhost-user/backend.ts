@@ -5,6 +5,7 @@ import { native, EFD_NONBLOCK } from '../native.js';
 import { Dataplane, type DataplaneConfig } from '../dataplane/index.js';
 import { RxFilter } from '../virtio-net/rx-filter.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
+import { netQueueMetrics, type Metrics } from '../dataplane/metrics.js';
 import type { WorkerUnit, WorkerQueue } from '../dataplane/worker.js';
 import type { NetDriver } from '../drivers/api.js';
 import { F, bit, has, netFeatureOffer } from '../virtio-net/features.js';
@@ -125,6 +126,52 @@ export class VhostUserBackend implements BackendCore {
     return this.running.size;
   }
 
+  /** between pause() and resume(): pairs (re)started meanwhile start held too */
+  private held = false;
+
+  get paused(): boolean {
+    return this.held;
+  }
+
+  /** Hold every dataplane thread off the rings (the frontend's frames wait there) until resume(). */
+  async pause(): Promise<void> {
+    this.held = true;
+    await Promise.all([...this.running.values()].map((dp) => dp.pause()));
+  }
+
+  resume(): void {
+    this.held = false;
+    for (const dp of this.running.values()) dp.resume();
+  }
+
+  /** The device's queues and counters, live. */
+  metrics(): Metrics {
+    const queues = netQueueMetrics(this.stats, this.opts.queuePairs);
+    const driver = this.driver.counters?.();
+    return { devices: [{ id: '0', kind: 'net', queues, busyPollSpins: this.busyPollSpins, stuckThreads: this.stuckThreads, ...(driver ? { driver } : {}) }], iommu: { ...this.iotlbCounts }, vhostUser: { errors: [...this.errors] } };
+  }
+
+  /** busy-poll spins of every pair's threads over the backend's life */
+  get busyPollSpins(): number {
+    let n = this.spinsOfRetired;
+    for (const dp of [...this.running.values(), ...this.retiring]) n += dp.busyPollSpins;
+    return n;
+  }
+
+  private spinsOfRetired = 0;
+  /** pairs' dataplanes being stopped: still counted until they are gone */
+  private readonly retiring = new Set<Dataplane>();
+
+  private async retire<T>(dp: Dataplane, stopping: Promise<T>): Promise<T> {
+    this.retiring.add(dp);
+    try {
+      return await stopping;
+    } finally {
+      this.spinsOfRetired += dp.busyPollSpins;
+      this.retiring.delete(dp);
+    }
+  }
+
   /**
    * One message; replies per the protocol (and REPLY_ACK when asked). Whatever goes wrong is the
    * connection's end, never an exception; descriptors the message brought and nothing kept are closed.
@@ -198,7 +245,7 @@ export class VhostUserBackend implements BackendCore {
       if (!dp) return false;
       // its pair stops and the connection ends after the answer
       this.running.delete(pair);
-      await dp.terminate();
+      await this.retire(dp, dp.terminate());
       this.stuckThreads++;
       endAfter = `pair ${pair}: its dataplane thread kept an IOTLB invalidation waiting over ${limit} ms (TSVMM_STUCK_THREAD_MS): it was ended, the invalidation completed`;
       return true;
@@ -312,12 +359,13 @@ export class VhostUserBackend implements BackendCore {
       else failure ??= line;
     });
     this.running.set(pair, dp);
+    if (this.held) void dp.pause();
     try {
       await dp.start(this.dataplaneConfig(pair), [[wp]]);
       started = true;
     } catch (e) {
       this.running.delete(pair);
-      await dp.stop();
+      await this.retire(dp, dp.stop());
       throw new Error(failure ?? `pair ${pair}: ${(e as Error).message.split('\n')[0]}`);
     }
   }
@@ -342,7 +390,7 @@ export class VhostUserBackend implements BackendCore {
     const dp = this.running.get(pair);
     if (!dp) return;
     this.running.delete(pair);
-    const ended = await dp.stop();
+    const ended = await this.retire(dp, dp.stop());
     if (ended > 0) {
       this.stuckThreads += ended;
       this.opts.log?.(`vhost-user: pair ${pair}: its dataplane thread did not stop within ${stuckThreadMs()} ms (TSVMM_STUCK_THREAD_MS): it was ended`);

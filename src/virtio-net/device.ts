@@ -196,6 +196,11 @@ export class VirtioNet implements VirtioDevice {
     return this.dataplane.pause();
   }
 
+  /** busy-poll spins of the device's dataplane threads (busyPollUs) */
+  get busyPollSpins(): number {
+    return this.dataplane.busyPollSpins;
+  }
+
   resume(): void {
     this.dataplane.resume();
   }

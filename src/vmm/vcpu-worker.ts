@@ -4,7 +4,7 @@ import { native, PROT_READ, PROT_WRITE, MAP_SHARED, isNativeError } from '../nat
 import { KVM, RUN, SYNC_X86_REGS } from './kvm-abi.js';
 import { handleExit, syncedRip, type VcpuStop } from './exit.js';
 import { mailboxCall } from './mailbox.js';
-import { CONTROL_STOP } from './vcpu-control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED } from './vcpu-control.js';
 
 export interface VcpuWorkerData {
   index: number;
@@ -32,7 +32,20 @@ let stop: VcpuStop | undefined;
 let exits = 0;
 /** KVM_RUN has returned at least once (kicked out included): kvm_run holds the registers then */
 let ran = false;
+
+/** Wait out a pause (Vm.pause): counted in CONTROL_PAUSED so the VM knows when every vCPU is out of
+ * KVM_RUN; a stop ends the wait (Vm's stop notifies CONTROL_PAUSE). */
+function pauseIfAsked(): void {
+  if (!Atomics.load(d.control, CONTROL_PAUSE)) return;
+  Atomics.add(d.control, CONTROL_PAUSED, 1);
+  Atomics.notify(d.control, CONTROL_PAUSED);
+  while (Atomics.load(d.control, CONTROL_PAUSE) && !Atomics.load(d.control, CONTROL_STOP)) Atomics.wait(d.control, CONTROL_PAUSE, 1, 1000);
+  Atomics.sub(d.control, CONTROL_PAUSED, 1);
+  Atomics.notify(d.control, CONTROL_PAUSED);
+}
+
 while (!stop) {
+  pauseIfAsked();
   if (Atomics.load(d.control, CONTROL_STOP)) {
     // where the guest was (a VM stopped at a time limit is often a hung guest: this says where)
     const rip = ran ? syncedRip(run) : undefined;

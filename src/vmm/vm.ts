@@ -12,7 +12,10 @@ import { GuestMemory } from './memory.js';
 import { GsiRouter } from './irq-routing.js';
 import { Bus } from './bus.js';
 import { newMailbox, MailboxServer } from './mailbox.js';
-import { CONTROL_STOP, CONTROL_WORDS } from './vcpu-control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_WORDS } from './vcpu-control.js';
+import { pauseVcpus, resumeVcpus } from './vcpu-pause.js';
+import { vmMetrics } from './vm-metrics.js';
+import type { Metrics } from '../dataplane/metrics.js';
 import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
 import { requestedCpus, resolveCpus, resolveMemory, checkNetConfig, type VmConfig, type NetConfig, type RngConfig } from './config.js';
@@ -46,6 +49,14 @@ export interface VmExit {
   detail: string;
 }
 
+/** What Vm.status tells: where the VM is in its life, how it ended, for how long it has run. */
+export interface VmStatus {
+  state: 'new' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
+  exit?: VmExit;
+  /** since start() completed (0 before) */
+  uptimeMs: number;
+}
+
 /** A network device as the VM holds it. */
 export interface NetDevice {
   net: VirtioNet;
@@ -66,6 +77,8 @@ interface VcpuThread {
   runSize?: number;
   server?: MailboxServer;
   exited?: Promise<void>;
+  /** its thread has ended */
+  ended?: boolean;
 }
 
 export class Vm extends EventEmitter {
@@ -128,6 +141,53 @@ export class Vm extends EventEmitter {
     return this.state === 'running';
   }
 
+  private paused = false;
+  /** pause() and resume() one after the other, in the order called */
+  private pauseChain: Promise<void> = Promise.resolve();
+  private startedAt = 0;
+  private exitSeen?: VmExit;
+
+  get status(): VmStatus {
+    const state = this.state === 'running' && this.paused ? 'paused' : this.state;
+    return { state, ...(this.exitSeen ? { exit: this.exitSeen } : {}), uptimeMs: this.startedAt ? Date.now() - this.startedAt : 0 };
+  }
+
+  /**
+   * Stop the guest without ending it: every vCPU out of KVM_RUN and waiting, every dataplane thread off
+   * its rings (frames wait in the rings and in the drivers' queues). Resolves once all are held. A VM
+   * that is not running cannot be paused (an Error saying so).
+   */
+  pause(): Promise<void> {
+    const step = async () => {
+      if (this.state !== 'running') throw new Error(`the VM is ${this.state}, not running`);
+      if (this.paused) return;
+      this.paused = true;
+      const vcpus = this.vcpus.map((v) => ({ run: v.run, thread: v.thread, alive: !!v.worker && !v.ended }));
+      await pauseVcpus(this.control, vcpus, this.kickSignal);
+      // (a VM that ends meanwhile stops its threads rather than pausing them)
+      const devices = Promise.all([...this.netDevices.map((d) => d.net.pause()), this.rng?.pause()]);
+      await Promise.race([devices, this.exited]);
+    };
+    return (this.pauseChain = this.pauseChain.catch(() => undefined).then(step));
+  }
+
+  /** Let the devices and then the vCPUs go on where pause() held them. */
+  resume(): Promise<void> {
+    const step = async () => {
+      if (!this.paused) return;
+      for (const d of this.netDevices) d.net.resume();
+      this.rng?.resume();
+      resumeVcpus(this.control);
+      this.paused = false;
+    };
+    return (this.pauseChain = this.pauseChain.catch(() => undefined).then(step));
+  }
+
+  /** Per device and queue counters, live (see Metrics). */
+  metrics(): Metrics {
+    return vmMetrics(this);
+  }
+
   /**
    * Start tracking guest writes to RAM, per 4 KiB page (for live migration and snapshots): the vCPUs'
    * in KVM's dirty log, the devices' (net dataplane threads and control queue, the vIOMMU's request
@@ -185,6 +245,7 @@ export class Vm extends EventEmitter {
       throw e;
     }
     this.state = 'running';
+    this.startedAt = Date.now();
   }
 
   /** Stop the VM (if running) and release everything it holds. Resolves with how it ended. */
@@ -396,7 +457,12 @@ export class Vm extends EventEmitter {
     const syncRegs = (checkExtension(this.kvmFd, CAP.SYNC_REGS) & SYNC_X86_REGS) !== 0;
     const data: VcpuWorkerData = { index, vcpuFd: v.fd.fd, runSize, syncRegs, kickSignal: this.kickSignal, mailbox, control: this.control };
     const worker = (v.worker = new Worker(workerUrl('./vcpu-worker.js', import.meta.url), { workerData: data, name: `vcpu${index}` }));
-    v.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
+    v.exited = new Promise((resolve) =>
+      worker.once('exit', () => {
+        v.ended = true;
+        resolve();
+      }),
+    );
     return new Promise((resolve, reject) => {
       worker.on('message', (m: { type: string; thread?: bigint; stop?: VcpuStop }) => {
         if (m.type === 'ready') {
@@ -433,6 +499,7 @@ export class Vm extends EventEmitter {
       await this.teardown();
       this.state = 'stopped';
       if (exit.reason === 'stopped' && this.stoppedAt.length) exit = { ...exit, detail: `${exit.detail}; ${this.stoppedAt.filter(Boolean).join(', ')}` };
+      this.exitSeen = exit;
       this.resolveExit(exit);
       this.emit('exit', exit);
     };
@@ -442,6 +509,8 @@ export class Vm extends EventEmitter {
   /** Kick every vCPU out of KVM_RUN until its thread has ended. */
   private async stopVcpus(): Promise<void> {
     Atomics.store(this.control, CONTROL_STOP, 1);
+    // (paused vCPU threads wait on CONTROL_PAUSE)
+    Atomics.notify(this.control, CONTROL_PAUSE);
     const pending = this.vcpus.filter((v) => v.worker);
     let done = false;
     const all = Promise.all(pending.map((v) => v.exited)).then(() => (done = true));

@@ -2,7 +2,8 @@
 """Host-side frames for the network tests, on an interface inside the test's namespace (AF_PACKET).
 
   pkt.py capture IFACE COUNT TIMEOUT_S   print one JSON object: the test-pattern frames seen on IFACE
-  pkt.py send IFACE COUNT SIZE SRC DST   send COUNT test-pattern frames of SIZE bytes, then print JSON
+  pkt.py send IFACE COUNT SIZE SRC DST [FIRST]  send COUNT test-pattern frames of SIZE bytes (sequence
+                                         numbers from FIRST, default 0), then print JSON
   pkt.py raw IFACE HEX                   send one frame given in hex
   pkt.py tcpcheck IFACE SEGMENTS TIMEOUT PAYLOAD
                                          capture TCP/IPv4 segments to port 5001 (the guest's TSO frames,
@@ -73,8 +74,9 @@ def main():
                           'last': seqs[-1] if seqs else None, 'sha256': digest.hexdigest(), 'sizes': sorted(sizes), 'dsts': sorted(dsts)}), flush=True)
     elif cmd == 'send':
         count, size, src, dst = int(sys.argv[3]), int(sys.argv[4]), mac(sys.argv[5]), mac(sys.argv[6])
+        first = int(sys.argv[7]) if len(sys.argv) > 7 else 0  # the first frame's sequence number
         sent = 0
-        for seq in range(count):
+        for seq in range(first, first + count):
             while True:
                 try:
                     s.send(frame(seq, size, src, dst))

@@ -7,7 +7,8 @@ import { CtrlqTarget } from './ctrlq.js';
 import { IommuTarget } from './iommu.js';
 import { PciTarget } from './pci.js';
 import { RngTarget } from './rng.js';
+import { ApiTarget } from './api.js';
 
 export async function allTargets(): Promise<FuzzTarget[]> {
-  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget(), new IommuTarget(), new PciTarget(), new RngTarget()];
+  return [new NetPairTarget(), new VhostHandlersTarget(), new VhostReaderTarget(), new CtrlqTarget(), new IommuTarget(), new PciTarget(), new RngTarget(), new ApiTarget()];
 }

@@ -32,7 +32,8 @@ if [ "$(arg wedge)" = 1 ]; then echo "L2-WEDGE"; while :; do :; done; fi
 if [ "$(arg triple)" = 1 ]; then echo "L2-TRIPLE"; reboot -f; sleep 60; fi
 # (a kernel panic on purpose, both vCPUs online: with panic=-1 Linux stops the other CPU with an NMI
 # and resets through ACPI's reset register)
-if [ "$(arg panic)" = 1 ]; then echo "L2-PANIC"; echo c > /proc/sysrq-trigger; sleep 60; fi
+# (the line first reaches the console: a panic leaves what the tty still held unsent)
+if [ "$(arg panic)" = 1 ]; then echo "L2-PANIC"; sleep 1; echo c > /proc/sysrq-trigger; sleep 60; fi
 # The ACPI power button, pressed by the host (vm.shutdown through link-run.mjs): Linux's evged runs the
 # GED's _EVT on its interrupt, _EVT notifies PWRB, and button.ko reports KEY_POWER on an input device.
 # Nothing in the kernel powers off on it (Debian's kernel has no CONFIG_ACPI_TINY_POWER_BUTTON): that is

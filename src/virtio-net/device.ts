@@ -21,6 +21,7 @@ import { netDataplane } from './dataplane.js';
 import { native, ONE } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
+import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fields.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
@@ -78,6 +79,10 @@ export class VirtioNet implements VirtioDevice {
   private ctrlQueue?: ActiveQueue;
   private activePairs = 1;
   private restarting: Promise<void> = Promise.resolve();
+  /** the receive offloads the driver has on now (feature bits) */
+  private offloads = 0n;
+  /** a restored device's pairs and offloads, taken by the activation that follows */
+  private restored?: { pairs: number; offloads: bigint };
   /** a dirty-page log every device write into guest memory is marked in (Vm.enableDirtyLog) */
   private dirtyLog?: DirtyLogArea;
   /** the same log, for this (main) thread's own writes: the control queue's acks and used ring */
@@ -212,14 +217,16 @@ export class VirtioNet implements VirtioDevice {
       const q = createQueue(this.view, this.ctrlQueue, queueFeatures(features), this.maxQueueSize);
       this.ctrlReader?.idle();
       if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
+      if (this.ctrlQueue.start) q.setState(this.ctrlQueue.start);
       this.ctrlq = q;
       this.logCtrlUsed();
       this.kick(this.ctrlIndex);
     }
     this.ctrlReader?.idle();
-    this.setGuestOffloads(features);
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
-    this.activePairs = 1;
+    this.setGuestOffloads(this.restored ? this.restored.offloads & features : features);
+    this.activePairs = this.restored?.pairs ?? 1;
+    this.restored = undefined;
     // a reset or a change of pairs waits for this start (restarting chains every thread change)
     const prev = this.restarting;
     this.restarting = prev.then(() => this.startDataplane(false));
@@ -250,7 +257,7 @@ export class VirtioNet implements VirtioDevice {
     const a = this.active;
     if (!a) return;
     if (!resume) this.dataplane.ringStates.clear();
-    const start = (q: ActiveQueue): RingState => this.dataplane.ringStates.get(q.index) ?? RING_START;
+    const start = (q: ActiveQueue): RingState => this.dataplane.ringStates.get(q.index) ?? q.start ?? RING_START;
     const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, start: start(q), ringLogGpa: this.ringLogGpa(q) }]));
     const pairs: WorkerUnit[] = [];
     for (let p = 0; p < this.activePairs; p++) {
@@ -320,6 +327,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
   private setGuestOffloads(bits: bigint): void {
+    this.offloads = GUEST_OFFLOAD_BITS.filter((b) => has(bits, b)).reduce((a, b) => a | bit(b), 0n);
     this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
   }
 
@@ -365,6 +373,55 @@ export class VirtioNet implements VirtioDevice {
     await prev.catch(() => undefined);
     this.stopped(await this.dataplane.stop());
     await this.startDataplane(true);
+  }
+
+  // ---- device state (src/vmm/state/)
+
+  /** Stop the threads (each ring's position kept) until unquiesce(). */
+  async quiesce(): Promise<void> {
+    const stop = async (prev: Promise<void>) => {
+      await prev.catch(() => undefined);
+      this.stopped(await this.dataplane.stop());
+    };
+    this.restarting = stop(this.restarting);
+    await this.restarting;
+  }
+
+  async unquiesce(): Promise<void> {
+    const prev = this.restarting;
+    this.restarting = prev.catch(() => undefined).then(() => this.startDataplane(true));
+    await this.restarting;
+  }
+
+  /** Where live queue `index` stands (the control queue's here; the others' where their thread stopped). */
+  ringState(index: number): RingState | undefined {
+    if (index === this.ctrlIndex) return this.ctrlq?.getState();
+    return this.dataplane.ringStates.get(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
+  }
+
+  /** The configuration space (MAC, link), the RX filter with its MAC tables, the pairs in use, the receive offloads on. */
+  saveState(): StateValue {
+    return { config: this.config.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
+  }
+
+  restoreState(f: Fields): void {
+    const config = f.bytes('config', CONFIG_SIZE);
+    const filter = f.bytes('filter', this.filter.bytes.length);
+    const pairs = f.uint('activePairs', this.opts.queuePairs);
+    const offloads = f.u64('offloads');
+    f.done();
+    // what the host chose (pairs offered, MTU, speed, duplex) must be this device's
+    for (let i = 8; i < CONFIG_SIZE; i++) if (config[i] !== this.config[i]) throw new StateError(`${f.path}.config: byte ${i} is ${config[i]}, this device has ${this.config[i]} (queue pairs, MTU, speed or duplex differ)`);
+    if (config[0] & 1) throw new StateError(`${f.path}.config: a multicast MAC`);
+    if (config[7] !== 0 || config[6] & ~NET_STATUS_LINK_UP) throw new StateError(`${f.path}.config: status 0x${(config[6] | (config[7] << 8)).toString(16)}`);
+    if (pairs < 1) throw new StateError(`${f.path}.activePairs: 0`);
+    const allowed = GUEST_OFFLOAD_BITS.reduce((a, b) => a | bit(b), 0n);
+    if (offloads & ~allowed) throw new StateError(`${f.path}.offloads: 0x${offloads.toString(16)} has bits that are no receive offload`);
+    const bad = this.filter.restore(filter);
+    if (bad) throw new StateError(`${f.path}.filter: ${bad}`);
+    this.config.set(config);
+    this.filter.setLinkDown(!this.linkUp);
+    this.restored = { pairs, offloads };
   }
 
   /** dataplane threads ended because they kept an UNMAP or a stop waiting past the stuck-thread limit */

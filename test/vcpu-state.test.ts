@@ -1,0 +1,62 @@
+// A vCPU's whole state through the state document on real KVM: the test guest stops at an exit, its
+// vCPU, VM and device state is saved (msgpack), restored into a freshly built machine holding a copy
+// of its memory, and the guest goes on there to its end with the output an uninterrupted run gives.
+import { describe, it, expect } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { BareMachine } from './helpers/bare-machine.js';
+import { TEST_GUEST, guestResult, haveKvm } from './helpers/env.js';
+import { saveMachine, restoreMachine } from '../src/vmm/state/machine.js';
+import { decode } from '@msgpack/msgpack';
+
+const MEM = 64 * 1024 * 1024;
+const boot = () => ({ kernel: readFileSync(TEST_GUEST), cmdline: 'mode=hello' });
+
+describe.runIf(haveKvm())('vCPU state through a state document', () => {
+  it('the test guest goes on to its end in a second and a third machine', async () => {
+    const ref = new BareMachine(MEM, boot());
+    try {
+      ref.runUntil(() => false);
+    } finally {
+      ref.close();
+    }
+    expect(ref.power).toMatch(/debug-exit port written with 0/);
+    expect(guestResult(ref.output)).toMatchObject({ mode: 'hello', ok: true, cpl: 3 });
+
+    // stopped after 40 bytes (early, in CPL0 set-up or just after) and after 200 (in CPL3, mid-result)
+    const pieces: string[] = [];
+    let from = new BareMachine(MEM, boot());
+    for (const at of [40, 200]) {
+      from.runUntil(() => from.output.length >= at);
+      pieces.push(from.output);
+      const doc = saveMachine(from.machine);
+      const parsed = decode(doc) as { version: number; vcpus: Array<{ msrs: Uint8Array }> };
+      expect(parsed.version).toBe(1);
+      expect(parsed.vcpus[0].msrs.length).toBeGreaterThan(16 * 10);
+      const to = new BareMachine(MEM);
+      new Uint8Array(to.mem.buffer).set(new Uint8Array(from.mem.buffer));
+      from.close();
+      await restoreMachine(to.machine, doc);
+      from = to;
+    }
+    try {
+      from.runUntil(() => false);
+    } finally {
+      from.close();
+    }
+    expect(from.power).toMatch(/debug-exit port written with 0/);
+    expect(pieces.join('') + from.output).toBe(ref.output);
+  });
+
+  it('a state saved from a machine with other memory is refused before anything is written', async () => {
+    const a = new BareMachine(MEM, boot());
+    const b = new BareMachine(2 * MEM);
+    try {
+      a.runUntil(() => a.output.length >= 10);
+      const doc = saveMachine(a.machine);
+      await expect(restoreMachine(b.machine, doc)).rejects.toThrow(/^state: saved from a VM with 67108864 bytes of memory, this one has 134217728$/);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+});

@@ -22,6 +22,9 @@ import { RING_LAYOUTS, type RingDriver } from './helpers/ring-driver.js';
 import { encodeState, decodeState, STATE_VERSION, type Fingerprint } from '../src/vmm/state/document.js';
 import { SIZEOF } from '../src/vmm/kvm-abi.js';
 import { UserError } from '../src/errors.js';
+import { VirtioIommu, T, S, IOMMU_F } from '../src/viommu/device.js';
+import { IommuReader, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
+import { EFD_NONBLOCK } from '../src/native.js';
 
 const BAR = 0xc0000000;
 /** msgpack there and back, as a device's part of a document is read */
@@ -200,6 +203,82 @@ describe('device state round trips through msgpack', () => {
     expect(await command(() => b.dev.kick(4), 0, 0, [1])).toBe(0);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(true);
     await b.pci.close();
+  });
+});
+
+describe('virtio-iommu state', () => {
+  const NET = 0x18;
+  const FEATURES = (1n << 32n) | (1n << BigInt(IOMMU_F.MAP_UNMAP)) | (1n << BigInt(IOMMU_F.BYPASS_CONFIG));
+
+  for (const thread of [false, true]) {
+    it(`the endpoints' domains, the mappings, bypass and both queues' positions (requests ${thread ? 'on its thread' : 'on exits'})`, async () => {
+      const mem = new TestMemory(1 << 20, 0);
+      const memory = { buffer: mem.buffer, table: mem.view.table };
+      const rq = new TestDriver(mem, 64);
+      const eq = new TestDriver(mem, 16);
+      const kickFd = thread ? native.eventfd(0, EFD_NONBLOCK) : -1;
+      const activate = (dev: VirtioIommu, starts: Array<ReturnType<VirtioIommu['ringState']>> = []) =>
+        dev.activate({
+          features: FEATURES,
+          queues: [{ index: 0, ...rq.cfg, kickFd, callFd: -1, start: starts[0] }, { index: 1, ...eq.cfg, kickFd: -1, callFd: -1, start: starts[1] }],
+          needsReset: (r) => {
+            throw new Error(r);
+          },
+          configChanged: () => {},
+        });
+      const send = async (dev: VirtioIommu, type: number, fields: (v: DataView) => void, len: number) => {
+        const req = mem.alloc(len);
+        const v = new DataView(mem.buffer, req, len);
+        v.setUint8(0, type);
+        fields(v);
+        const out = mem.alloc(4);
+        rq.add([{ addr: req, len }, { addr: out, len: 4, write: true }]);
+        if (thread) native.write(kickFd, ONE);
+        else dev.kick(0);
+        const used: unknown[] = [];
+        await until(() => (used.push(...rq.takeUsed()), used.length >= 1));
+        expect(used).toHaveLength(1);
+        return mem.bytes(out, 4)[0];
+      };
+      const attach = (dev: VirtioIommu, domain: number) => send(dev, T.ATTACH, (v) => (v.setUint32(4, domain, true), v.setUint32(8, NET, true)), 20);
+      const map = (dev: VirtioIommu, domain: number, start: number, end: number, phys: number) =>
+        send(dev, T.MAP, (v) => (v.setUint32(4, domain, true), v.setBigUint64(8, BigInt(start), true), v.setBigUint64(16, BigInt(end), true), v.setBigUint64(24, BigInt(phys), true), v.setUint32(32, MAP_READ | MAP_WRITE, true)), 36);
+
+      const a = new VirtioIommu(memory, { endpoints: [NET], thread });
+      await activate(a);
+      a.writeConfig(36, 1, 1);
+      expect(await attach(a, 5)).toBe(S.OK);
+      expect(await map(a, 5, 0x10000, 0x1ffff, 0x40000)).toBe(S.OK);
+      expect(await map(a, 5, 0x30000, 0x30fff, 0x50000)).toBe(S.OK);
+      await a.quiesce();
+      const saved = { state: a.saveState(), rings: [a.ringState(0), a.ringState(1)] };
+      expect(saved.rings[0]).toMatchObject({ nextAvail: 3, nextUsed: 3 });
+      await a.reset();
+
+      const b = new VirtioIommu(memory, { endpoints: [NET], thread });
+      b.restoreState(through(saved.state, 'iommu'));
+      await activate(b, saved.rings);
+      expect(b.readConfig(36, 1)).toBe(1);
+      const reader = new IommuReader(b.table.buffer, NET, b.table.newThreadSlot());
+      expect(reader.translate(0x30010, 16, MAP_WRITE)).toBe(true);
+      expect(reader.hit.gpa).toBe(0x50010);
+      // the request queue goes on at its fourth chain
+      expect(await map(b, 5, 0x40000, 0x40fff, 0x60000)).toBe(S.OK);
+      await b.quiesce();
+      expect(b.ringState(0)).toMatchObject({ nextAvail: 4, nextUsed: 4 });
+      await b.reset();
+      if (thread) native.close(kickFd);
+    });
+  }
+
+  it('refuses overlapping mappings, other endpoints, an attachment both to a domain and in bypass', () => {
+    const mk = () => new VirtioIommu({ buffer: new SharedArrayBuffer(1 << 16), table: new TestMemory(1 << 16).view.table }, { endpoints: [NET] });
+    const m = new Float64Array([5, 0x1000, 0x1fff, 0x8000, 3, 5, 0x1800, 0x2fff, 0x9000, 3]);
+    const table = (t: { [k: string]: StateValue }) => through({ bypass: 0, table: { endpoints: [{ endpoint: NET, domain: 5, bypass: false }], mappings: new Uint8Array(0), ...t } }, 'iommu');
+    expect(() => mk().restoreState(table({ mappings: new Uint8Array(m.buffer) }))).toThrow('iommu.table.mappings[1]: overlaps another mapping of domain 5');
+    expect(() => mk().restoreState(table({ endpoints: [{ endpoint: 0x20, domain: 5, bypass: false }] }))).toThrow('iommu.table.endpoints: 32 saved, this vIOMMU translates for 24');
+    expect(() => mk().restoreState(table({ endpoints: [{ endpoint: NET, domain: 5, bypass: true }] }))).toThrow('iommu.table.endpoints[0]: attached to domain 5 and in bypass');
+    expect(() => mk().restoreState(table({ mappings: new Uint8Array(new Float64Array([5, 0x2000, 0x1000, 0, 1]).buffer) }))).toThrow('iommu.table.mappings[0]: IOVA range 8192..4096');
   });
 });
 

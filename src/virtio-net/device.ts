@@ -22,6 +22,7 @@ import { native, ONE } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fields.js';
+import { readNetState } from './state.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
@@ -405,23 +406,12 @@ export class VirtioNet implements VirtioDevice {
   }
 
   restoreState(f: Fields): void {
-    const config = f.bytes('config', CONFIG_SIZE);
-    const filter = f.bytes('filter', this.filter.bytes.length);
-    const pairs = f.uint('activePairs', this.opts.queuePairs);
-    const offloads = f.u64('offloads');
-    f.done();
-    // what the host chose (pairs offered, MTU, speed, duplex) must be this device's
-    for (let i = 8; i < CONFIG_SIZE; i++) if (config[i] !== this.config[i]) throw new StateError(`${f.path}.config: byte ${i} is ${config[i]}, this device has ${this.config[i]} (queue pairs, MTU, speed or duplex differ)`);
-    if (config[0] & 1) throw new StateError(`${f.path}.config: a multicast MAC`);
-    if (config[7] !== 0 || config[6] & ~NET_STATUS_LINK_UP) throw new StateError(`${f.path}.config: status 0x${(config[6] | (config[7] << 8)).toString(16)}`);
-    if (pairs < 1) throw new StateError(`${f.path}.activePairs: 0`);
-    const allowed = GUEST_OFFLOAD_BITS.reduce((a, b) => a | bit(b), 0n);
-    if (offloads & ~allowed) throw new StateError(`${f.path}.offloads: 0x${offloads.toString(16)} has bits that are no receive offload`);
-    const bad = this.filter.restore(filter);
+    const s = readNetState(f, { config: this.config, queuePairs: this.opts.queuePairs, offloads: GUEST_OFFLOAD_BITS.reduce((a, b) => a | bit(b), 0n) });
+    const bad = this.filter.restore(s.filter);
     if (bad) throw new StateError(`${f.path}.filter: ${bad}`);
-    this.config.set(config);
+    this.config.set(s.config);
     this.filter.setLinkDown(!this.linkUp);
-    this.restored = { pairs, offloads };
+    this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
 
   /** dataplane threads ended because they kept an UNMAP or a stop waiting past the stuck-thread limit */

@@ -134,15 +134,16 @@ describe('device state round trips through msgpack', () => {
       const used: Array<{ id: number; len: number }> = [];
       await until(() => (used.push(...drv.takeUsed()), used.length >= 3));
       expect(used.map((u) => u.id)).toEqual(ids);
-      await a.dev.quiesce();
+      expect(() => a.host.saveState()).toThrow('virtio device type 4: saveState while its rings are served (quiesce first)');
+      await a.host.quiesce();
       const saved = a.host.saveState();
       await a.pci.close();
 
       const b = plug(new VirtioRng(memory, { packed: L.packed }), 0xff0000);
       await b.host.restoreState(through(saved));
-      await b.dev.quiesce();
+      await b.host.quiesce();
       expect(encode(b.host.saveState())).toEqual(encode(saved));
-      await b.dev.unquiesce();
+      await b.host.unquiesce();
       expect(b.r(0x14, 1)).toBe(STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK | STATUS.DRIVER_OK);
       const id = drv.add([{ addr: mem.alloc(32), len: 32, write: true }]);
       b.kick();
@@ -188,13 +189,15 @@ describe('device state round trips through msgpack', () => {
     expect(await command(kickA, 1, 0, [1, 0, 0, 0, 0x52, 0x54, 0, 1, 2, 3, 1, 0, 0, 0, 0x01, 0, 0x5e, 0, 0, 1])).toBe(0); // MAC tables
     expect(await command(kickA, 5, 0, [0, 0, 0, 0, 0, 0, 0, 0])).toBe(0); // receive offloads off
     expect(await command(kickA, 4, 0, [2, 0])).toBe(0); // two pairs
-    await a.dev.quiesce();
+    await a.host.quiesce();
     const saved = a.host.saveState();
     await a.pci.close();
 
     const b = mk();
     await b.host.restoreState(through(saved));
+    await b.host.quiesce();
     expect(encode(b.host.saveState())).toEqual(encode(saved));
+    await b.host.unquiesce();
     expect([0, 1, 2, 3, 4, 5].map((i) => b.dev.readConfig(i, 1))).toEqual([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 1, 2, 3]), 0)).toBe(true);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(false);

@@ -5,6 +5,9 @@ export interface BusDevice {
   /** `size` is 1, 2 or 4 bytes; returns the value read (unsigned). */
   read(offset: number, size: number): number;
   write(offset: number, size: number, value: number): void;
+  /** Stop its own threads touching guest memory (their positions kept) before saveState; unquiesce goes on. */
+  quiesce?(): Promise<void>;
+  unquiesce?(): Promise<void>;
   /** A device with state of its own saves it here (src/vmm/state/): the device must be quiescent. */
   saveState?(): StateValue;
   /** ...and takes it back into a freshly built device (StateError on a field that is wrong); resolves once it runs. */

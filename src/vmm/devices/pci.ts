@@ -184,6 +184,8 @@ export class PciConfigSpace {
 
 export interface PciDevice {
   readonly config: PciConfigSpace;
+  quiesce?(): Promise<void>;
+  unquiesce?(): Promise<void>;
   /** what a function keeps beyond its configuration space (a virtio transport: its registers and device) */
   saveState?(): StateValue;
   /** resolves once the function runs again (a live virtio device: its threads started) */
@@ -214,6 +216,15 @@ export class PciHost implements BusDevice {
     if (s <= 0 || s >= 32 || this.slots[s]) throw new Error('no free PCI slot');
     this.slots[s] = dev;
     return s;
+  }
+
+  /** Quiesce every function (before saveState). */
+  async quiesce(): Promise<void> {
+    await Promise.all(this.slots.map((d) => d?.quiesce?.()));
+  }
+
+  async unquiesce(): Promise<void> {
+    await Promise.all(this.slots.map((d) => d?.unquiesce?.()));
   }
 
   /**

@@ -459,13 +459,25 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     return (this.status & STATUS.DRIVER_OK) !== 0 && !(this.status & STATUS.NEEDS_RESET);
   }
 
-  /**
-   * The transport's registers, each live ring's position and the device's state. A live device must
-   * be quiesced first (its threads stopped: they own the ring positions while they run).
-   */
+  private quiesced = false;
+
+  /** Stop the device's threads (they own the ring positions while they run) before saveState. */
+  async quiesce(): Promise<void> {
+    await this.resetting;
+    await this.device.quiesce?.();
+    this.quiesced = true;
+  }
+
+  async unquiesce(): Promise<void> {
+    this.quiesced = false;
+    await this.device.unquiesce?.();
+  }
+
+  /** The transport's registers, each live ring's position and the device's state; a live device quiesced first. */
   saveState(): StateValue {
     if (!this.device.saveState) throw new Error(`virtio device type ${this.device.deviceType} cannot save its state`);
     const live = this.live;
+    if (live && !this.quiesced) throw new Error(`virtio device type ${this.device.deviceType}: saveState while its rings are served (quiesce first)`);
     return encodeTransport(
       {
         status: this.status,

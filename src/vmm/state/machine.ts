@@ -42,7 +42,16 @@ export function fingerprint(m: Machine): Fingerprint {
   return { memory: m.memory, cpus: m.vcpuFds.length, devices: [...statefulDevices(m.buses).keys()] };
 }
 
-/** The machine's state as a document. No vCPU may be running, and live virtio devices must be quiesced. */
+/** Stop every device's threads touching guest memory (their positions kept): before saveMachine. */
+export async function quiesceDevices(m: Pick<Machine, 'buses'>): Promise<void> {
+  await Promise.all([...statefulDevices(m.buses).values()].map((d) => d.quiesce?.()));
+}
+
+export async function unquiesceDevices(m: Pick<Machine, 'buses'>): Promise<void> {
+  await Promise.all([...statefulDevices(m.buses).values()].map((d) => d.unquiesce?.()));
+}
+
+/** The machine's state as a document. No vCPU may be running, and the devices must be quiesced (quiesceDevices). */
 export function saveMachine(m: Machine): Uint8Array {
   const msrs = msrsToSave(m.kvmFd);
   const devices: Record<string, StateValue> = {};

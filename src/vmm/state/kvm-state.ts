@@ -83,7 +83,8 @@ function readMsrs(vcpuFd: number, indices: number[]): Uint8Array {
   return all;
 }
 
-export function saveVcpu(kvmFd: number, vcpuFd: number, msrIndices: number[]): VcpuState {
+/** `vmFd` tells the XSAVE area's size: KVM writes that many bytes (a VM may have larger state permitted than the default). */
+export function saveVcpu(kvmFd: number, vmFd: number, vcpuFd: number, msrIndices: number[]): VcpuState {
   const mpState = ioctlIn(vcpuFd, KVM.GET_MP_STATE, SIZEOF.kvm_mp_state, 'KVM_GET_MP_STATE');
   const s: VcpuState = {
     mpState: new DataView(mpState.buffer).getUint32(0, true),
@@ -95,7 +96,7 @@ export function saveVcpu(kvmFd: number, vcpuFd: number, msrIndices: number[]): V
     events: ioctlIn(vcpuFd, KVM.GET_VCPU_EVENTS, SIZEOF.kvm_vcpu_events, 'KVM_GET_VCPU_EVENTS'),
     tscKhz: checkExtension(kvmFd, CAP.GET_TSC_KHZ) > 0 ? native.ioctl(vcpuFd, KVM.GET_TSC_KHZ, 0, 'KVM_GET_TSC_KHZ') : 0,
   };
-  const xsave2 = checkExtension(kvmFd, CAP.XSAVE2);
+  const xsave2 = checkExtension(vmFd, CAP.XSAVE2);
   if (xsave2 > 0) s.xsave = ioctlIn(vcpuFd, KVM.GET_XSAVE2, Math.max(xsave2, SIZEOF.kvm_xsave), 'KVM_GET_XSAVE2');
   else if (checkExtension(kvmFd, CAP.XSAVE) > 0) s.xsave = ioctlIn(vcpuFd, KVM.GET_XSAVE, SIZEOF.kvm_xsave, 'KVM_GET_XSAVE');
   else s.fpu = ioctlIn(vcpuFd, KVM.GET_FPU, SIZEOF.kvm_fpu, 'KVM_GET_FPU');

@@ -58,7 +58,7 @@ export function saveMachine(m: Machine): Uint8Array {
   for (const [key, dev] of statefulDevices(m.buses)) devices[key] = dev.saveState!();
   return encodeState({
     fingerprint: fingerprint(m),
-    vcpus: m.vcpuFds.map((fd) => saveVcpu(m.kvmFd, fd, msrs)),
+    vcpus: m.vcpuFds.map((fd) => saveVcpu(m.kvmFd, m.vmFd, fd, msrs)),
     vm: saveVm(m.vmFd),
     devices,
   });

@@ -7,6 +7,7 @@ import { BareMachine } from './helpers/bare-machine.js';
 import { TEST_GUEST, guestResult, haveKvm } from './helpers/env.js';
 import { saveMachine, restoreMachine } from '../src/vmm/state/machine.js';
 import { decode } from '@msgpack/msgpack';
+import { msiFor } from '../src/vmm/irq-routing.js';
 
 const MEM = 64 * 1024 * 1024;
 const boot = () => ({ kernel: readFileSync(TEST_GUEST), cmdline: 'mode=hello' });
@@ -46,6 +47,47 @@ describe.runIf(haveKvm())('vCPU state through a state document', () => {
     }
     expect(from.power).toMatch(/debug-exit port written with 0/);
     expect(pieces.join('') + from.output).toBe(ref.output);
+  });
+
+  it('interrupts: one pending in the LAPIC when saved is taken in the restored machine, later ones too, and the TSC goes on', async () => {
+    // mode=irq spins (rdtsc-bounded) until each MSI of vector 0x40 arrives and prints "IRQ n"; the
+    // test sends the next MSI once the guest said it is ready or printed a line, before it runs again
+    const WANT = 5;
+    const cmdline = `mode=irq irqs=${WANT}`;
+    let before = '';
+    let sent = 0;
+    const arm = (m: BareMachine) => {
+      m.afterExit = () => {
+        const lines = (before + m.output).match(/IRQ-READY\n|IRQ \d+\n/g)?.length ?? 0;
+        if (lines > sent && sent < WANT) {
+          sent++;
+          const msi = msiFor(0, 0x40);
+          m.vm.signalMsi(msi.addressLo, msi.addressHi, msi.data);
+        }
+      };
+      return m;
+    };
+    let from = arm(new BareMachine(MEM, { kernel: readFileSync(TEST_GUEST), cmdline }));
+    for (const line of ['IRQ 2\n', 'IRQ 4\n']) {
+      from.runUntil(() => (before + from.output).includes(line));
+      expect(from.power, from.output).toBeUndefined();
+      const doc = saveMachine(from.machine);
+      before += from.output;
+      const to = arm(new BareMachine(MEM));
+      new Uint8Array(to.mem.buffer).set(new Uint8Array(from.mem.buffer));
+      from.close();
+      await restoreMachine(to.machine, doc);
+      from = to;
+    }
+    try {
+      from.runUntil(() => false);
+    } finally {
+      from.close();
+    }
+    const out = before + from.output;
+    expect(out).toMatch(/IRQ-READY\nIRQ 1\nIRQ 2\nIRQ 3\nIRQ 4\nIRQ 5\n/);
+    expect(guestResult(out)).toMatchObject({ mode: 'irq', irqs: WANT, ok: true });
+    expect(from.power).toMatch(/debug-exit port written with 0/);
   });
 
   it('a state saved from a machine with other memory is refused before anything is written', async () => {

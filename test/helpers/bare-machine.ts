@@ -29,6 +29,8 @@ export class BareMachine {
   private readonly runSize: number;
   output = '';
   power?: string;
+  /** called after each exit is served, before the vCPU runs again (a test injecting interrupts) */
+  afterExit?: () => void;
 
   constructor(
     readonly memSize: number,
@@ -89,6 +91,7 @@ export class BareMachine {
       native.ioctl(this.vcpu.fd, KVM.RUN, 0, 'KVM_RUN', true);
       const stop = handleExit(this.run, access);
       if (stop || this.power) return stop;
+      this.afterExit?.();
       if (until()) {
         this.completeExit();
         return undefined;

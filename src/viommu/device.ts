@@ -10,7 +10,9 @@ import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { workerUrl } from '../worker-url.js';
 import { guestView, type GuestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
-import type { Virtqueue } from '../virtio/virtqueue.js';
+import type { RingState, Virtqueue } from '../virtio/virtqueue.js';
+import type { Fields, StateValue } from '../state/fields.js';
+import { restoreTable, saveTable } from './state.js';
 import { VIRTIO_F_VERSION_1, bit, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import { IommuTable, INPUT_END, ENDPOINT_BYPASS, ENDPOINT_NONE, MAP_WRITE, sayWaitIsSlow } from './table.js';
 import { IommuRequests, STATE, PROBE_SIZE, DOMAIN_BITS, handledCounts } from './requests.js';
@@ -123,6 +125,7 @@ export class VirtioIommu implements VirtioDevice {
     if (eq) {
       const q = createQueue(this.view, eq, feats, this.maxQueueSize);
       if (typeof q === 'string') return a.needsReset(`event queue: ${q}`);
+      if (eq.start) q.setState(eq.start);
       this.eventq = q;
       q.setDirtyLog(this.mainLog, eq);
     }
@@ -133,6 +136,7 @@ export class VirtioIommu implements VirtioDevice {
     if (this.opts.thread && rq.kickFd >= 0) return this.startThread(rq);
     const q = createQueue(this.view, rq, feats, this.maxQueueSize);
     if (typeof q === 'string') return a.needsReset(`request queue: ${q}`);
+    if (rq.start) q.setState(rq.start);
     this.reqq = q;
     q.setDirtyLog(this.mainLog, rq);
     this.requests = new IommuRequests(this.table, this.opts.endpoints, this.state, sayWaitIsSlow('virtio-iommu'));
@@ -184,6 +188,7 @@ export class VirtioIommu implements VirtioDevice {
       state: this.state.buffer as SharedArrayBuffer,
       endpoints: [...this.opts.endpoints],
       queue: { size: rq.size, desc: rq.desc, avail: rq.avail, used: rq.used },
+      start: rq.start,
       kickFd: rq.kickFd,
       callFd: rq.callFd,
       wakeFd,
@@ -199,10 +204,11 @@ export class VirtioIommu implements VirtioDevice {
     const exited = new Promise<void>((r) => w.once('exit', () => r()));
     this.worker = { w, wakeFd, control, exited };
     await new Promise<void>((resolve, reject) => {
-      w.on('message', (m: { type: string; reason?: string; thread?: number; ms?: number }) => {
+      w.on('message', (m: { type: string; reason?: string; thread?: number; ms?: number; state?: RingState }) => {
         if (m.type === 'ready') resolve();
         else if (m.type === 'broken') this.active?.needsReset(`request queue: ${m.reason}`);
         else if (m.type === 'stuck') void this.onStuckThread?.(m.thread!, m.ms!);
+        else if (m.type === 'ring-state') this.reqRing = m.state;
       });
       w.once('error', (e) => {
         reject(e);
@@ -211,7 +217,47 @@ export class VirtioIommu implements VirtioDevice {
     });
   }
 
+  // ---- device state (src/vmm/state/): the translation table, bypass, and where the queues stand
+
+  /** where the request thread left the request queue when it last stopped */
+  private reqRing?: RingState;
+
+  /** Stop the request thread and the fault reports (each ring's position kept) until unquiesce(). */
+  async quiesce(): Promise<void> {
+    if (this.faultTimer) clearInterval(this.faultTimer);
+    this.faultTimer = undefined;
+    await this.stopThread();
+  }
+
+  async unquiesce(): Promise<void> {
+    if (!this.active) return;
+    this.faultTimer = setInterval(() => this.reportFaults(), 50);
+    this.faultTimer.unref();
+    const rq = this.queues.find((q) => q.index === 0);
+    if (rq && this.opts.thread && rq.kickFd >= 0 && !this.worker) await this.startThread({ ...rq, start: this.reqRing ?? rq.start });
+  }
+
+  ringState(index: number): RingState | undefined {
+    if (index === 1) return this.eventq?.getState();
+    if (index !== 0) return undefined;
+    return this.reqq?.getState() ?? this.reqRing ?? this.queues.find((q) => q.index === 0)?.start;
+  }
+
+  /** bypass and the translation table (endpoints' attachments, mappings) */
+  saveState(): StateValue {
+    return { bypass: this.config[36], table: saveTable(this.table, this.opts.endpoints) };
+  }
+
+  restoreState(f: Fields): void {
+    const bypass = f.uint('bypass', 1);
+    restoreTable(f.obj('table'), this.table, this.opts.endpoints);
+    f.done();
+    this.config[36] = bypass;
+    Atomics.store(this.state, STATE.BYPASS, bypass);
+  }
+
   async reset(): Promise<void> {
+    this.reqRing = undefined;
     if (this.faultTimer) clearInterval(this.faultTimer);
     await this.stopThread();
     this.reqq = this.eventq = undefined;

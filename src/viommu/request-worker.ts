@@ -7,7 +7,7 @@ import { native, ONE, EPOLLIN, EPOLL_CTL_ADD } from '../native.js';
 import { MemoryTable, type MemoryRegion } from '../vmm/memory.js';
 import { guestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
-import type { QueueConfig } from '../virtio/virtqueue.js';
+import type { QueueConfig, RingState } from '../virtio/virtqueue.js';
 import { IommuTable, sayWaitIsSlow, stuckThreadMs } from './table.js';
 import { IommuRequests } from './requests.js';
 import { DirtyLog } from '../virtio/dirty-log.js';
@@ -20,6 +20,8 @@ export interface RequestWorkerData {
   state: SharedArrayBuffer;
   endpoints: number[];
   queue: QueueConfig;
+  /** where the ring starts (a restored device; else its beginning) */
+  start?: RingState;
   kickFd: number;
   callFd: number;
   wakeFd: number;
@@ -45,6 +47,7 @@ function main(): void {
     port.postMessage({ type: 'ready' });
     return;
   }
+  if (d.start) q.setState(d.start);
   let log: DirtyLog | undefined;
   /** the device changed the dirty log (a message waits on the port): take it, then say so */
   const takeLog = () => {
@@ -91,6 +94,8 @@ function main(): void {
     for (let k = 0; k < n; k++) native.read(events[3 * k + 1] === 1 ? d.kickFd : d.wakeFd, counter);
   }
   native.close(ep);
+  // where the ring stands, for a restart (device state): every request taken was completed
+  port.postMessage({ type: 'ring-state', state: q.getState() });
 }
 
 main();

@@ -223,6 +223,11 @@ export class IommuTable {
     return last - first;
   }
 
+  /** Every mapping, in table order: domain, start, end (inclusive), phys, flags for each (a copy). */
+  allMappings(): Float64Array {
+    return this.v.maps.slice(0, this.count * MAP_WORDS);
+  }
+
   /** Drop every mapping of `domain` (the domain is gone). */
   dropDomain(domain: number): void {
     this.unmap(domain, 0, INPUT_END);

@@ -23,6 +23,8 @@ import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import { native, ONE } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
+import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fields.js';
+import { readNetState } from './state.js';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_STATUS_LINK_UP = 1;
@@ -84,6 +86,10 @@ export class VirtioNet implements VirtioDevice {
   private ctrlQueue?: ActiveQueue;
   private activePairs = 1;
   private restarting: Promise<void> = Promise.resolve();
+  /** the receive offloads the driver has on now (feature bits) */
+  private offloads = 0n;
+  /** a restored device's pairs and offloads, taken by the activation that follows */
+  private restored?: { pairs: number; offloads: bigint };
   /** a dirty-page log every device write into guest memory is marked in (Vm.enableDirtyLog) */
   private dirtyLog?: DirtyLogArea;
   /** the same log, for this (main) thread's own writes: the control queue's acks and used ring */
@@ -240,14 +246,16 @@ export class VirtioNet implements VirtioDevice {
       const q = createQueue(this.view, this.ctrlQueue, queueFeatures(features), this.maxQueueSize);
       this.ctrlReader?.idle();
       if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
+      if (this.ctrlQueue.start) q.setState(this.ctrlQueue.start);
       this.ctrlq = q;
       this.logCtrlUsed();
       this.kick(this.ctrlIndex);
     }
     this.ctrlReader?.idle();
-    this.setGuestOffloads(features);
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
-    this.activePairs = 1;
+    this.setGuestOffloads(this.restored ? this.restored.offloads & features : features);
+    this.activePairs = this.restored?.pairs ?? 1;
+    this.restored = undefined;
     // a reset or a change of pairs waits for this start (restarting chains every thread change)
     const prev = this.restarting;
     this.restarting = prev.then(() => this.startDataplane(false));
@@ -278,7 +286,7 @@ export class VirtioNet implements VirtioDevice {
     const a = this.active;
     if (!a) return;
     if (!resume) this.dataplane.ringStates.clear();
-    const start = (q: ActiveQueue): RingState => this.dataplane.ringStates.get(q.index) ?? RING_START;
+    const start = (q: ActiveQueue): RingState => this.dataplane.ringStates.get(q.index) ?? q.start ?? RING_START;
     const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, start: start(q), ringLogGpa: this.ringLogGpa(q) }]));
     const pairs: WorkerUnit[] = [];
     for (let p = 0; p < this.activePairs; p++) {
@@ -348,6 +356,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
   private setGuestOffloads(bits: bigint): void {
+    this.offloads = GUEST_OFFLOAD_BITS.filter((b) => has(bits, b)).reduce((a, b) => a | bit(b), 0n);
     this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
   }
 
@@ -393,6 +402,44 @@ export class VirtioNet implements VirtioDevice {
     await prev.catch(() => undefined);
     this.stopped(await this.dataplane.stop());
     await this.startDataplane(true);
+  }
+
+  // ---- device state (src/vmm/state/)
+
+  /** Stop the threads (each ring's position kept) until unquiesce(). */
+  async quiesce(): Promise<void> {
+    const stop = async (prev: Promise<void>) => {
+      await prev.catch(() => undefined);
+      this.stopped(await this.dataplane.stop());
+    };
+    this.restarting = stop(this.restarting);
+    await this.restarting;
+  }
+
+  async unquiesce(): Promise<void> {
+    const prev = this.restarting;
+    this.restarting = prev.catch(() => undefined).then(() => this.startDataplane(true));
+    await this.restarting;
+  }
+
+  /** Where live queue `index` stands (the control queue's here; the others' where their thread stopped). */
+  ringState(index: number): RingState | undefined {
+    if (index === this.ctrlIndex) return this.ctrlq?.getState();
+    return this.dataplane.ringStates.get(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
+  }
+
+  /** The configuration space (MAC, link), the RX filter with its MAC tables, the pairs in use, the receive offloads on. */
+  saveState(): StateValue {
+    return { config: this.config.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
+  }
+
+  restoreState(f: Fields): void {
+    const s = readNetState(f, { config: this.config, queuePairs: this.opts.queuePairs, offloads: GUEST_OFFLOAD_BITS.reduce((a, b) => a | bit(b), 0n) });
+    const bad = this.filter.restore(s.filter);
+    if (bad) throw new StateError(`${f.path}.filter: ${bad}`);
+    this.config.set(s.config);
+    this.filter.setLinkDown(!this.linkUp);
+    this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
 
   /** dataplane threads ended because they kept an UNMAP or a stop waiting past the stuck-thread limit */

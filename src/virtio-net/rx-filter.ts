@@ -28,6 +28,21 @@ export class RxFilter {
     this.bytes = new Uint8Array(buffer);
   }
 
+  /** The modes, the link word, the MAC and both tables, as bytes (the shared buffer's layout). */
+  save(): Uint8Array {
+    return this.bytes.slice();
+  }
+
+  /** Take saved bytes; why they cannot be this filter's (a mode or link word not 0/1, a table count too large), or undefined. */
+  restore(saved: Uint8Array): string | undefined {
+    if (saved.length !== RX_FILTER_BYTES) return `${saved.length} bytes, expected ${RX_FILTER_BYTES}`;
+    const w = new Int32Array(saved.slice(0, WORDS * 4).buffer);
+    for (const i of [W_PROMISC, W_ALLMULTI, W_ALLUNI, W_NOMULTI, W_NOUNI, W_NOBCAST, W_LINK_DOWN]) if (w[i] !== 0 && w[i] !== 1) return `word ${i} is ${w[i]}, not 0 or 1`;
+    for (const i of [W_UNI_COUNT, W_MULTI_COUNT]) if (w[i] < 0 || w[i] > MAC_TABLE_MAX) return `table count ${w[i]} is more than ${MAC_TABLE_MAX}`;
+    this.bytes.set(saved);
+    return undefined;
+  }
+
   /** Device reset state: promiscuous, as QEMU starts (drivers turn it off through the control queue). */
   reset(mac: Uint8Array): void {
     const down = this.words[W_LINK_DOWN];

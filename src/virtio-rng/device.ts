@@ -7,7 +7,8 @@ import type { GuestMemory } from '../vmm/memory.js';
 import { Dataplane, type DataplaneConfig } from '../dataplane/index.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import { DMA_WRITE } from '../virtio/dma.js';
-import { RING_START, type QueueFeatures } from '../virtio/virtqueue.js';
+import { RING_START, type QueueFeatures, type RingState } from '../virtio/virtqueue.js';
+import type { Fields, StateValue } from '../state/fields.js';
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, bit, has, type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import type { DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader, stuckThreadMs, type IommuTable } from '../viommu/table.js';
@@ -100,7 +101,7 @@ export class VirtioRng implements VirtioDevice {
     const q = a?.queues.find((x) => x.index === 0);
     if (!a || !q) return;
     if (!resume) this.dataplane.ringStates.clear();
-    const start = this.dataplane.ringStates.get(0) ?? RING_START;
+    const start = this.dataplane.ringStates.get(0) ?? q.start ?? RING_START;
     const cfg: DataplaneConfig = {
       memory: this.memory.buffer,
       table: this.memory.table.toJSON(),
@@ -162,6 +163,36 @@ export class VirtioRng implements VirtioDevice {
     this.stuckThreads++;
     writeSync(2, `tsvmm: rng: its dataplane thread kept an UNMAP waiting ${ms} ms (past TSVMM_STUCK_THREAD_MS): it was ended, the device needs a reset\n`);
     this.active?.needsReset('a dataplane thread was stuck during an UNMAP and was ended');
+  }
+
+  // ---- device state (src/vmm/state/): no configuration, only where its ring stands
+
+  /** Stop the thread (the ring's position kept) until unquiesce(). */
+  async quiesce(): Promise<void> {
+    const stop = async (prev: Promise<void>) => {
+      await prev.catch(() => undefined);
+      this.stopped(await this.dataplane.stop());
+    };
+    this.restarting = stop(this.restarting);
+    await this.restarting;
+  }
+
+  async unquiesce(): Promise<void> {
+    const prev = this.restarting;
+    this.restarting = prev.catch(() => undefined).then(() => this.start(true));
+    await this.restarting;
+  }
+
+  ringState(index: number): RingState | undefined {
+    return this.dataplane.ringStates.get(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
+  }
+
+  saveState(): StateValue {
+    return {};
+  }
+
+  restoreState(f: Fields): void {
+    f.done();
   }
 
   async reset(): Promise<void> {

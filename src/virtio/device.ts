@@ -1,6 +1,7 @@
 // What a virtio device model provides to a transport (virtio-pci here; vhost-user feeds the same
 // dataplane by other means), and what the transport hands it when the driver sets DRIVER_OK.
-import type { QueueConfig } from './virtqueue.js';
+import type { QueueConfig, RingState } from './virtqueue.js';
+import type { Fields, StateValue } from '../state/fields.js';
 
 export const STATUS = {
   ACKNOWLEDGE: 1,
@@ -30,6 +31,8 @@ export interface ActiveQueue extends QueueConfig {
   kickFd: number;
   /** eventfd that interrupts the guest for this queue (a KVM irqfd), or -1 for none */
   callFd: number;
+  /** where the ring starts (a restored device: where it stood when saved); default its beginning */
+  start?: RingState;
 }
 
 export interface Activation {
@@ -58,4 +61,16 @@ export interface VirtioDevice {
   activate(a: Activation): Promise<void>;
   /** Device reset (status 0): stop using every queue; resolves when nothing touches guest memory. */
   reset(): Promise<void>;
+
+  // ---- device state (src/vmm/state/): a device without saveState cannot be saved while live
+  /** Stop touching the rings (threads stopped, each ring's position kept) until unquiesce(). */
+  quiesce?(): Promise<void>;
+  /** Serve the rings again from where they stood. */
+  unquiesce?(): Promise<void>;
+  /** Where live queue `index` stands; while quiesced. */
+  ringState?(index: number): RingState | undefined;
+  /** The device's own state (configuration, filters, its main-thread queues' positions); while quiesced. */
+  saveState?(): StateValue;
+  /** Take saved state into this fresh device, before the transport activates it (StateError on a bad field). */
+  restoreState?(state: Fields): void;
 }

@@ -1,9 +1,17 @@
 // Address-range dispatch for port I/O and MMIO exits. The VMM core knows devices only through this.
+import type { Fields, StateValue } from '../state/fields.js';
 
 export interface BusDevice {
   /** `size` is 1, 2 or 4 bytes; returns the value read (unsigned). */
   read(offset: number, size: number): number;
   write(offset: number, size: number, value: number): void;
+  /** Stop its own threads touching guest memory (their positions kept) before saveState; unquiesce goes on. */
+  quiesce?(): Promise<void>;
+  unquiesce?(): Promise<void>;
+  /** A device with state of its own saves it here (src/vmm/state/): the device must be quiescent. */
+  saveState?(): StateValue;
+  /** ...and takes it back into a freshly built device (StateError on a field that is wrong); resolves once it runs. */
+  restoreState?(state: Fields): void | Promise<void>;
 }
 
 interface Range {
@@ -32,6 +40,11 @@ export class Bus {
 
   unregister(dev: BusDevice, base?: number): void {
     this.ranges = this.ranges.filter((r) => !(r.dev === dev && (base === undefined || r.base === base)));
+  }
+
+  /** The devices registered, by name, in address order. */
+  devices(): Array<{ name: string; base: number; dev: BusDevice }> {
+    return this.ranges.map((r) => ({ name: r.name, base: r.base, dev: r.dev }));
   }
 
   find(addr: number): Range | undefined {

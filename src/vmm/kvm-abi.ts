@@ -37,6 +37,14 @@ export const SIZEOF = {
   kvm_irq_level: 8,
   kvm_enable_cap: 104,
   kvm_mp_state: 4,
+  kvm_msr_list: 4,
+  kvm_xsave: 4096,
+  kvm_xcrs: 392,
+  kvm_vcpu_events: 64,
+  kvm_debugregs: 128,
+  kvm_irqchip: 520,
+  kvm_pit_state2: 112,
+  kvm_clock_data: 48,
 } as const;
 
 export const KVM = {
@@ -44,7 +52,9 @@ export const KVM = {
   CREATE_VM: io(0x01),
   CHECK_EXTENSION: io(0x03),
   GET_VCPU_MMAP_SIZE: io(0x04),
+  GET_MSR_INDEX_LIST: iowr(0x02, SIZEOF.kvm_msr_list),
   GET_SUPPORTED_CPUID: iowr(0x05, SIZEOF.kvm_cpuid2),
+  GET_MSR_FEATURE_INDEX_LIST: iowr(0x0a, SIZEOF.kvm_msr_list),
   CREATE_VCPU: io(0x41),
   GET_DIRTY_LOG: iow(0x42, SIZEOF.kvm_dirty_log),
   SET_USER_MEMORY_REGION: iow(0x46, SIZEOF.kvm_userspace_memory_region),
@@ -52,10 +62,15 @@ export const KVM = {
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   CREATE_IRQCHIP: io(0x60),
   IRQ_LINE: iow(0x61, SIZEOF.kvm_irq_level),
+  GET_IRQCHIP: iowr(0x62, SIZEOF.kvm_irqchip),
+  // (_IOR in the header, though it writes: a historical slip the number keeps)
+  SET_IRQCHIP: ior(0x63, SIZEOF.kvm_irqchip),
   SET_GSI_ROUTING: iow(0x6a, SIZEOF.kvm_irq_routing),
   IRQFD: iow(0x76, SIZEOF.kvm_irqfd),
   CREATE_PIT2: iow(0x77, SIZEOF.kvm_pit_config),
   IOEVENTFD: iow(0x79, SIZEOF.kvm_ioeventfd),
+  SET_CLOCK: iow(0x7b, SIZEOF.kvm_clock_data),
+  GET_CLOCK: ior(0x7c, SIZEOF.kvm_clock_data),
   RUN: io(0x80),
   GET_REGS: ior(0x81, SIZEOF.kvm_regs),
   SET_REGS: iow(0x82, SIZEOF.kvm_regs),
@@ -69,8 +84,23 @@ export const KVM = {
   SET_LAPIC: iow(0x8f, SIZEOF.kvm_lapic_state),
   SET_CPUID2: iow(0x90, SIZEOF.kvm_cpuid2),
   GET_MP_STATE: ior(0x98, SIZEOF.kvm_mp_state),
+  SET_MP_STATE: iow(0x99, SIZEOF.kvm_mp_state),
+  GET_PIT2: ior(0x9f, SIZEOF.kvm_pit_state2),
+  SET_PIT2: iow(0xa0, SIZEOF.kvm_pit_state2),
+  GET_VCPU_EVENTS: ior(0x9f, SIZEOF.kvm_vcpu_events),
+  SET_VCPU_EVENTS: iow(0xa0, SIZEOF.kvm_vcpu_events),
+  GET_DEBUGREGS: ior(0xa1, SIZEOF.kvm_debugregs),
+  SET_DEBUGREGS: iow(0xa2, SIZEOF.kvm_debugregs),
+  SET_TSC_KHZ: io(0xa2),
+  GET_TSC_KHZ: io(0xa3),
   ENABLE_CAP: iow(0xa3, SIZEOF.kvm_enable_cap),
   SIGNAL_MSI: iow(0xa5, SIZEOF.kvm_msi),
+  GET_XSAVE: ior(0xa4, SIZEOF.kvm_xsave),
+  SET_XSAVE: iow(0xa5, SIZEOF.kvm_xsave),
+  GET_XCRS: ior(0xa6, SIZEOF.kvm_xcrs),
+  SET_XCRS: iow(0xa7, SIZEOF.kvm_xcrs),
+  /** the whole XSAVE area, of the size KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) reports (at least kvm_xsave) */
+  GET_XSAVE2: ior(0xcf, SIZEOF.kvm_xsave),
 } as const;
 
 export const CAP = {
@@ -87,6 +117,16 @@ export const CAP = {
   NR_VCPUS: 9,
   MAX_VCPUS: 66,
   SYNC_REGS: 74,
+  MP_STATE: 14,
+  ADJUST_CLOCK: 39,
+  VCPU_EVENTS: 41,
+  DEBUGREGS: 50,
+  XSAVE: 55,
+  XCRS: 56,
+  TSC_CONTROL: 60,
+  GET_TSC_KHZ: 61,
+  GET_MSR_FEATURES: 153,
+  XSAVE2: 208,
 } as const;
 
 export const EXIT = {

@@ -37,6 +37,7 @@ import { loadKernel, type BootEntry } from '../boot/loader.js';
 import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
 import { workerUrl } from '../worker-url.js';
 import type { VcpuWorkerData } from './vcpu-worker.js';
+import type { Machine } from './state/machine.js';
 
 export type { VmConfig } from './config.js';
 
@@ -186,6 +187,14 @@ export class Vm extends EventEmitter {
   /** Per device and queue counters, live (see Metrics). */
   metrics(): Metrics {
     return vmMetrics(this);
+  }
+
+  /**
+   * The machine as its device state is saved and restored (src/vmm/state/machine.ts): its vCPUs must
+   * be out of KVM_RUN (paused) and its devices quiesced for that.
+   */
+  get machine(): Machine {
+    return { kvmFd: this.kvmFd, vmFd: this.vm.fd, vcpuFds: this.vcpus.map((v) => v.fd.fd), memory: this.memory.table.totalSize, buses: [this.pio, this.mmio] };
   }
 
   /**

@@ -1,6 +1,7 @@
 // PCI: configuration space of one function (BAR sizing, command register, capability list) and the
 // host bridge that reaches it through configuration mechanism #1 (ports 0xCF8/0xCFC).
 import type { BusDevice } from '../bus.js';
+import { Fields, StateError, type StateValue } from '../../state/fields.js';
 
 export const PCI_CONFIG_ADDRESS = 0xcf8;
 export const PCI_CMD_IO = 0x1;
@@ -160,10 +161,35 @@ export class PciConfigSpace {
   }
 
   onWrite?: (offset: number, size: number) => void;
+
+  /** The 256 bytes: what the guest wrote (BAR addresses, command, capability controls) and what it cannot change. */
+  saveState(): Uint8Array {
+    return this.bytes.slice();
+  }
+
+  /**
+   * Take a saved configuration space: the bits the guest cannot write must be this function's own
+   * (another device, or a corrupted document, is refused); BARs are decoded again where they say.
+   */
+  restoreState(saved: Uint8Array, path: string): void {
+    if (saved.length !== 256) throw new StateError(`${path}: ${saved.length} bytes, expected 256`);
+    for (let o = 0; o < 256; o++) {
+      if ((saved[o] ^ this.bytes[o]) & ~this.wmask[o] & 0xff)
+        throw new StateError(`${path}: read-only byte 0x${o.toString(16)} is 0x${saved[o].toString(16)}, this device has 0x${this.bytes[o].toString(16)}`);
+    }
+    this.bytes.set(saved);
+    this.remap();
+  }
 }
 
 export interface PciDevice {
   readonly config: PciConfigSpace;
+  quiesce?(): Promise<void>;
+  unquiesce?(): Promise<void>;
+  /** what a function keeps beyond its configuration space (a virtio transport: its registers and device) */
+  saveState?(): StateValue;
+  /** resolves once the function runs again (a live virtio device: its threads started) */
+  restoreState?(state: Fields): void | Promise<void>;
 }
 
 /** Host bridge at 00:00.0 plus configuration mechanism #1; byte accesses to 0xCF9 go to `resetControl`. */
@@ -190,6 +216,55 @@ export class PciHost implements BusDevice {
     if (s <= 0 || s >= 32 || this.slots[s]) throw new Error('no free PCI slot');
     this.slots[s] = dev;
     return s;
+  }
+
+  /** Quiesce every function (before saveState). */
+  async quiesce(): Promise<void> {
+    await Promise.all(this.slots.map((d) => d?.quiesce?.()));
+  }
+
+  async unquiesce(): Promise<void> {
+    await Promise.all(this.slots.map((d) => d?.unquiesce?.()));
+  }
+
+  /**
+   * The bridge's address latch, the reset register, and each occupied slot's configuration space and
+   * the state of the function there.
+   */
+  saveState(): StateValue {
+    const slots: StateValue[] = [];
+    this.slots.forEach((d, slot) => {
+      if (d) slots.push({ slot, config: d.config.saveState(), device: d.saveState?.() ?? null });
+    });
+    const reset = this.resetControl?.saveState?.() ?? null;
+    return { address: this.address, reset, slots };
+  }
+
+  /**
+   * The slots must hold the same functions (the configuration spaces' read-only bits say which).
+   * Resolves once every function runs again.
+   */
+  restoreState(f: Fields): Promise<void> {
+    const address = f.uint('address', 0xffffffff);
+    const occupied = this.slots.flatMap((d, i) => (d ? [i] : []));
+    const saved = f.list('slots', 32, (v, path) => new Fields(v, path));
+    const savedSlots = saved.map((s) => s.uint('slot', 31));
+    if (savedSlots.join() !== occupied.join()) throw new StateError(`${f.path}.slots: PCI slots ${savedSlots.join(',') || 'none'} saved, this machine has ${occupied.join(',')}`);
+    const running: Array<void | Promise<void>> = [];
+    saved.forEach((s, i) => {
+      const d = this.slots[savedSlots[i]]!;
+      d.config.restoreState(s.bytes('config', 256), `${s.path}.config`);
+      const dev = s.any('device');
+      if ((dev === null) !== !d.restoreState) throw new StateError(`${s.path}.device: ${dev === null ? 'missing' : 'unexpected'}`);
+      if (dev !== null) running.push(d.restoreState!(s.obj('device')));
+      s.done();
+    });
+    const reset = f.optional('reset', (r) => r);
+    if (reset && this.resetControl?.restoreState) this.resetControl.restoreState(reset);
+    else if (reset || this.resetControl?.restoreState) throw new StateError(`${f.path}.reset: ${reset ? 'unexpected' : 'missing'}`);
+    f.done();
+    this.address = address;
+    return Promise.all(running).then(() => undefined);
   }
 
   /** The configuration space of slot `dev` on bus 0, if a device is there. */

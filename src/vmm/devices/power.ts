@@ -1,5 +1,6 @@
 // Ways a guest ends or resets the machine through port I/O.
 import type { BusDevice } from '../bus.js';
+import { StateError, type Fields, type StateValue } from '../../state/fields.js';
 
 export type PowerEvent = { reason: 'poweroff'; status: number; detail: string } | { reason: 'reset'; detail: string };
 
@@ -40,6 +41,15 @@ export class ResetControl implements BusDevice {
   write(_offset: number, _size: number, value: number): void {
     this.value = value & 0x0a;
     if (value & 0x04) this.onEvent({ reason: 'reset', detail: 'reset control register (0xcf9)' });
+  }
+  saveState(): StateValue {
+    return { value: this.value };
+  }
+  restoreState(f: Fields): void {
+    const v = f.uint('value', 0xff);
+    f.done();
+    if (v & ~0x0a) throw new StateError(`${f.path}.value: bits 0x${(v & ~0x0a).toString(16)} are never kept`);
+    this.value = v;
   }
 }
 

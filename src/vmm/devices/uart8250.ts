@@ -1,6 +1,7 @@
 // 8250/16550A UART: the serial console. Transmit goes to a sink; receive comes from push(); the
 // interrupt line follows IER and the pending conditions, as Linux's 8250 driver expects.
 import type { BusDevice } from '../bus.js';
+import type { Fields, StateValue } from '../../state/fields.js';
 
 const IER_RDI = 0x01; // receive data available
 const IER_THRI = 0x02; // transmitter holding register empty
@@ -37,6 +38,29 @@ export class Uart8250 implements BusDevice {
   push(bytes: Uint8Array): void {
     for (const b of bytes) if (this.rx.length < RX_FIFO_MAX) this.rx.push(b);
     this.updateIrq();
+  }
+
+  saveState(): StateValue {
+    return { ier: this.ier, lcr: this.lcr, mcr: this.mcr, scr: this.scr, dll: this.dll, dlm: this.dlm, fcr: this.fcr, rx: Uint8Array.from(this.rx), thriPending: this.thriPending, irqLevel: this.irqLevel };
+  }
+
+  /** Registers, the receive FIFO and the interrupt line; a raised line is raised again (the irqchip's state says whether it was seen). */
+  restoreState(f: Fields): void {
+    const s = {
+      ier: f.uint('ier', 0x0f),
+      lcr: f.uint('lcr', 0xff),
+      mcr: f.uint('mcr', 0x1f),
+      scr: f.uint('scr', 0xff),
+      dll: f.uint('dll', 0xff),
+      dlm: f.uint('dlm', 0xff),
+      fcr: f.uint('fcr', 0xff),
+      rx: f.bytes('rx', { min: 0, max: RX_FIFO_MAX }),
+      thriPending: f.bool('thriPending'),
+      irqLevel: f.bool('irqLevel'),
+    };
+    f.done();
+    Object.assign(this, { ...s, rx: [...s.rx] });
+    if (s.irqLevel) this.setIrq(true);
   }
 
   private pendingIir(): number {

@@ -9,6 +9,9 @@ import type { VmFd } from '../kvm.js';
 import type { GsiRouter } from '../irq-routing.js';
 import { PciConfigSpace, type PciDevice } from './pci.js';
 import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from '../../virtio/device.js';
+import type { RingState } from '../../virtio/virtqueue.js';
+import type { Fields, StateValue } from '../../state/fields.js';
+import { encodeTransport, readTransport } from './virtio-pci-state.js';
 
 export interface PciPlatform {
   mmio: Bus;
@@ -373,14 +376,15 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     }
     if (added & STATUS.DRIVER_OK && !(next & STATUS.FEATURES_OK)) next &= ~STATUS.DRIVER_OK;
     this.status = next;
-    if (added & STATUS.DRIVER_OK && this.status & STATUS.DRIVER_OK) this.activate();
+    if (added & STATUS.DRIVER_OK && this.status & STATUS.DRIVER_OK) void this.activate();
   }
 
-  private activate(): void {
+  private activate(starts?: Array<RingState | undefined>): Promise<void> {
     const queues: ActiveQueue[] = [];
     this.queues.forEach((q, index) => {
       if (!q.enable) return;
       queues.push({
+        start: starts?.[index],
         index,
         size: q.size,
         desc: q.desc,
@@ -390,7 +394,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         callFd: q.msixVector < this.vectors.length ? this.vectors[q.msixVector].efd : -1,
       });
     });
-    this.device
+    return this.device
       .activate({
         features: this.driverFeatures,
         queues,
@@ -446,6 +450,70 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         this.clearState();
         this.resetting = undefined;
       });
+  }
+
+  // ---- device state (src/vmm/state/)
+
+  /** Whether the device is live (its rings must be quiesced before saveState). */
+  get live(): boolean {
+    return (this.status & STATUS.DRIVER_OK) !== 0 && !(this.status & STATUS.NEEDS_RESET);
+  }
+
+  private quiesced = false;
+
+  /** Stop the device's threads (they own the ring positions while they run) before saveState. */
+  async quiesce(): Promise<void> {
+    await this.resetting;
+    await this.device.quiesce?.();
+    this.quiesced = true;
+  }
+
+  async unquiesce(): Promise<void> {
+    this.quiesced = false;
+    await this.device.unquiesce?.();
+  }
+
+  /** The transport's registers, each live ring's position and the device's state; a live device quiesced first. */
+  saveState(): StateValue {
+    if (!this.device.saveState) throw new Error(`virtio device type ${this.device.deviceType} cannot save its state`);
+    const live = this.live;
+    if (live && !this.quiesced) throw new Error(`virtio device type ${this.device.deviceType}: saveState while its rings are served (quiesce first)`);
+    return encodeTransport(
+      {
+        status: this.status,
+        generation: this.generation,
+        dfSelect: this.dfSelect,
+        gfSelect: this.gfSelect,
+        driverFeatures: this.driverFeatures,
+        msixConfig: this.msixConfig,
+        queueSelect: this.queueSelect,
+        isr: Atomics.load(this.isr, 0),
+        brokenReason: this.brokenReason,
+        msixTable: this.msixTable,
+        queues: this.queues.map((q, i) => ({ ...q, ring: live && q.enable ? (this.device.ringState?.(i) ?? { nextAvail: 0, nextUsed: 0, availWrap: true, usedWrap: true }) : undefined })),
+      },
+      this.device.saveState(),
+    );
+  }
+
+  /**
+   * Take saved registers into this freshly plugged transport (its configuration space restored first:
+   * the BAR is where it was), program the MSI-X routes again and, for a live device, activate it with
+   * each ring where it stood. Resolves once the device runs.
+   */
+  restoreState(f: Fields): Promise<void> {
+    if (this.status !== 0) throw new Error('restoreState: the device is not fresh');
+    const s = readTransport(f, { features: this.device.features, numQueues: this.device.numQueues, maxQueueSize: this.device.maxQueueSize, vectors: this.vectors.length });
+    const dev = f.obj('device');
+    if (!this.device.restoreState) throw new Error(`virtio device type ${this.device.deviceType} cannot restore its state`);
+    this.device.restoreState(dev);
+    f.done();
+    Object.assign(this, { status: s.status, generation: s.generation, dfSelect: s.dfSelect, gfSelect: s.gfSelect, driverFeatures: s.driverFeatures, msixConfig: s.msixConfig, queueSelect: s.queueSelect, brokenReason: s.brokenReason });
+    Atomics.store(this.isr, 0, s.isr);
+    this.msixTable.set(s.msixTable);
+    s.queues.forEach((q, i) => (this.queues[i] = { size: q.size, msixVector: q.msixVector, enable: q.enable, desc: q.desc, avail: q.avail, used: q.used }));
+    this.syncVectors();
+    return this.live ? this.activate(s.queues.map((q) => q.ring)) : Promise.resolve();
   }
 
   /** Close the eventfds (VM teardown; the VM's fds are closed with it). */

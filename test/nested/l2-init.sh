@@ -34,11 +34,11 @@ if [ "$(arg triple)" = 1 ]; then echo "L2-TRIPLE"; reboot -f; sleep 60; fi
 # and resets through ACPI's reset register)
 # (the line first reaches the console: a panic leaves what the tty still held unsent)
 if [ "$(arg panic)" = 1 ]; then echo "L2-PANIC"; sleep 1; echo c > /proc/sysrq-trigger; sleep 60; fi
-# The ACPI power button, pressed by the host (vm.shutdown through link-run.mjs): Linux's evged runs the
+# The ACPI power button, pressed by the host (vm.shutdown through link-run.mjs, or the API): Linux's evged runs the
 # GED's _EVT on its interrupt, _EVT notifies PWRB, and button.ko reports KEY_POWER on an input device.
 # Nothing in the kernel powers off on it (Debian's kernel has no CONFIG_ACPI_TINY_POWER_BUTTON): that is
 # userspace's job (systemd-logind, acpid); here this init waits for the key on the device's evdev node.
-if [ "$(arg shutdown)" = 1 ]; then
+power_button() {
   insmod /lib/modules/evdev.ko
   insmod /lib/modules/button.ko
   [ -e /sys/bus/platform/drivers/acpi-ged/ACPI0013:00 ]; check ged-bound $? "$(ls /sys/bus/platform/drivers/acpi-ged 2>&1 | tr '\n' ' ')"
@@ -63,7 +63,8 @@ if [ "$(arg shutdown)" = 1 ]; then
     poweroff -f
   fi
   sleep 600
-fi
+}
+if [ "$(arg shutdown)" = 1 ]; then power_button; fi
 cpus=$(arg cpus)
 queues=$(arg queues)
 
@@ -143,6 +144,17 @@ ip link set eth0 up
 ip addr add 10.0.2.2/24 dev eth0
 sleep 1
 [ "$(cat /sys/class/net/eth0/carrier)" = 1 ]; check link-up $?
+if [ "$(arg api)" = 1 ]; then
+  # the host drives tsvmm through its API socket (tsvmm ctl, scenarios.sh): it pauses and resumes the VM
+  # while it pings L2, takes the link down and up, and presses the power button
+  carrier_becomes() { t=0; until [ "$(cat /sys/class/net/eth0/carrier)" = "$1" ]; do t=$((t + 1)); [ $t -ge 600 ] && return 1; sleep 0.1; done; }
+  echo "L2-API-READY"
+  carrier_becomes 0; check carrier-down-seen $? "carrier=$(cat /sys/class/net/eth0/carrier)"
+  echo "L2-API-LINK-DOWN-SEEN"
+  carrier_becomes 1; check carrier-up-seen $? "carrier=$(cat /sys/class/net/eth0/carrier)"
+  ping -c 3 -W 10 10.0.2.1 >/dev/null; check ping-after-link-up $?
+  power_button
+fi
 if [ "$(arg link)" = 1 ]; then
   # the host takes the link down once asked (L2-LINK-READY), and up once told L2 saw it (link-run.mjs)
   carrier_becomes() { t=0; until [ "$(cat /sys/class/net/eth0/carrier)" = "$1" ]; do t=$((t + 1)); [ $t -ge 300 ] && return 1; sleep 0.1; done; }

@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit shutdown triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit shutdown api triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -31,6 +31,38 @@ l2_symbols() { # "scenario's extra L2 arguments" 0xrip ...
   node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 256M --cpus 1 --timeout 90 \
     --cmdline "console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=symbols $l2args tsvmm.symbols=$(echo $* | tr ' ' ',')" 2>&1 |
     sed -n 's/^L2-SYMBOL //p' | tr -d '\r'
+}
+
+# The api scenario's host side, beside tsvmm run --api-socket SOCK: tsvmm ctl as L2 asks (l2-init.sh):
+# pause and resume while L1 pings L2 (counters and replies stand still while paused, replies come again
+# after), the link down and up, and the power button (ctl shutdown).
+api_drive() { # socket
+  sock=$1
+  ctl() { node "$TSVMM_DIR/bin/tsvmm.js" ctl --api-socket "$sock" "$@"; }
+  waitfor() { t=0; until grep -q "^$1" "$WORK/tsvmm.out" 2>/dev/null; do t=$((t + 1)); [ $t -ge 1200 ] && return 1; sleep 0.25; done; }
+  replies() { grep -c "bytes from" "$WORK/ping" 2>/dev/null; }
+  waitfor L2-API-READY; check api/l2-ready $?
+  ctl get vm | grep -q '"state":"running"'; check api/state-running $? "$(ctl get vm 2>&1 | head -c 120)"
+  ping -i 0.2 10.0.2.2 > "$WORK/ping" 2>&1 &
+  pinger=$!
+  sleep 2
+  ctl pause; check api/pause $?
+  ctl get vm | grep -q '"state":"paused"'; check api/state-paused $? "$(ctl get vm 2>&1 | head -c 120)"
+  # (replies already on their way when the VM stopped arrive within this second)
+  sleep 1
+  m1=$(ctl get metrics); r1=$(replies)
+  sleep 3
+  m2=$(ctl get metrics); r2=$(replies)
+  [ -n "$m1" ] && [ "$m1" = "$m2" ]; check api/metrics-still-while-paused $?
+  [ "$r1" = "$r2" ] && [ "$r1" -gt 0 ]; check api/no-replies-while-paused $? "replies=$r1,$r2"
+  ctl resume; check api/resume $?
+  sleep 3
+  r3=$(replies)
+  [ "$r3" -gt "$r2" ]; check api/ping-continues-after-resume $? "replies=$r2,$r3"
+  kill $pinger 2>/dev/null
+  ctl net 0 link down; check api/link-down $?
+  waitfor L2-API-LINK-DOWN-SEEN; ctl net 0 link up; check api/link-up $?
+  waitfor L2-SHUTDOWN-READY; ctl shutdown deadline-ms=60000; check api/shutdown-accepted $?
 }
 
 scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
@@ -62,6 +94,13 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 $layout $4"
   # (the link and shutdown scenarios run tsvmm as a library, which changes the running VM's link or presses
   # its power button: link-run.mjs)
+  # (the api scenario's host side runs beside tsvmm: api_drive)
+  if [ "$name" = api ]; then
+    rm -f "$WORK/api.sock"
+    : > "$WORK/tsvmm.out"
+    api_drive "$WORK/api.sock" &
+    driver=$!
+  fi
   if [ "$name" = link ] || [ "$name" = shutdown ]; then
     { TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/link-run.mjs" "$L2_KERNEL" "$L2_INITRD" "$l2cmd" $5; echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
   # (and the ratelimit scenario, which halves the running VM's limits: ratelimit-run.mjs)
@@ -71,6 +110,10 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
     { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus $2 --stats --timeout $5 \
         --net tap,ifname=tap0,queues=$3$netx $6 --cmdline "$l2cmd"
       echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  fi
+  if [ "$name" = api ]; then
+    wait $driver
+    [ ! -e "$WORK/api.sock" ]; check api/socket-removed $?
   fi
   rc=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm.out")
   # an L2 that never reached its init (no L2-INIT line) and was stopped at the time limit hung in early
@@ -121,7 +164,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   if [ "$name" = shutdown ]; then
     grep -q "^L1-SHUTDOWN-END poweroff (ACPI S5 (soft off))" "$WORK/tsvmm.out"; check shutdown/powered-off-by-button $? "$(grep -m1 '^L1-SHUTDOWN-END' "$WORK/tsvmm.out")"
   fi
-  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ] && [ "$name" != api ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   if [ -n "$mtu" ]; then
@@ -150,6 +193,8 @@ for r in $RUNS; do
     ratelimit) scenario ratelimit 1 1 "tsvmm.ratelimit=51200" 300 ;;
     # the host presses the ACPI power button (vm.shutdown): L2 sees KEY_POWER and powers off
     shutdown) scenario shutdown 1 1 "tsvmm.shutdown=1" 180 ;;
+    # tsvmm run --api-socket driven by tsvmm ctl (api_drive): pause/resume under ping, link, power button
+    api) scenario api 2 1 "tsvmm.api=1" 240 "--api-socket $WORK/api.sock" ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
     # L2 panics on purpose with two vCPUs: Linux stops the other and resets its default way (a real-mode

@@ -50,8 +50,8 @@ describe('rate limiter JSON (Firecracker shape)', () => {
 describe('Prometheus exposition', () => {
   const m: Metrics = {
     devices: [
-      { id: '0', kind: 'net', queues: [{ queue: 'rx0', frames: 5, bytes: 300, drops: 1, kicks: 2, interrupts: 3, batches: 4, waits: 0, rateLimited: 6, rateLimitedMs: 70 }], broken: null, stuckThreads: 0, driver: { 'we"ird\\name\n': 7 } },
-      { id: 'rng', kind: 'rng', queues: [{ queue: 'requests', frames: 9, bytes: 900, drops: 0, kicks: 9, interrupts: 9, batches: 9, waits: 0, rateLimited: 0, rateLimitedMs: 0 }] },
+      { id: '0', kind: 'net', queues: [{ queue: 'rx0', frames: 5, bytes: 300, drops: 1, dropsByCause: { filtered: 1, tooBig: 0, malformed: 0, wire: 0 }, kicks: 2, interrupts: 3, batches: 4, waits: 0, rateLimited: 6, rateLimitedMs: 70 }], broken: null, stuckThreads: 0, driver: { 'we"ird\\name\n': 7 } },
+      { id: 'rng', kind: 'rng', queues: [{ queue: 'requests', frames: 9, bytes: 900, drops: 0, dropsByCause: { filtered: 0, tooBig: 0, malformed: 0, wire: 0 }, kicks: 9, interrupts: 9, batches: 9, waits: 0, rateLimited: 0, rateLimitedMs: 0 }] },
     ],
     iommu: { faults: 2 },
   };
@@ -80,6 +80,9 @@ describe('Prometheus exposition', () => {
     expect(lines).toContain('tsvmm_queue_rate_limited_total{device="0",kind="net",queue="rx0"} 6');
     expect(lines).toContain('tsvmm_queue_rate_limited_ms_total{device="0",kind="net",queue="rx0"} 70');
     expect(lines).toContain('tsvmm_iommu_counter{counter="faults"} 2');
+    expect(lines).toContain('# TYPE tsvmm_queue_drops_by_cause_total counter');
+    expect(lines).toContain('tsvmm_queue_drops_by_cause_total{device="0",kind="net",queue="rx0",cause="filtered"} 1');
+    expect(lines).toContain('tsvmm_queue_drops_by_cause_total{device="0",kind="net",queue="rx0",cause="wire"} 0');
     // every sample line: name, optional labels, a number
     for (const l of lines.filter((x) => !x.startsWith('#'))) expect(l).toMatch(/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\\\|\\"|\\n)*",?)*\})? -?[0-9.e+]+$/);
   });

@@ -5,7 +5,7 @@ import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
 import { NetQueuePair } from '../src/virtio-net/net-pair.js';
 import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
-import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
+import { STAT, STAT_WORDS, dropsByCause } from '../src/dataplane/stats.js';
 import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { txPolicy, F, bit } from '../src/virtio-net/features.js';
 import { DirtyLog } from '../src/virtio/dirty-log.js';
@@ -153,6 +153,7 @@ for (const L of layouts) {
       expect(s.pair.processTx(256)).toBe(5);
       expect(s.tx.takeUsed()).toHaveLength(5);
       expect([s.txStats[STAT.PACKETS], s.txStats[STAT.DROPS]]).toEqual([2, 3]);
+      expect(dropsByCause(s.txStats)).toEqual({ filtered: 0, tooBig: 0, malformed: 0, wire: 3 });
       s.close();
     });
 
@@ -171,6 +172,7 @@ for (const L of layouts) {
       expect(s.driver.sent.flat().map((p) => p.bytes.length)).toEqual([100]);
       expect(s.tx.takeUsed().map((u) => u.id)).toContain(good);
       expect(s.txStats[STAT.DROPS]).toBe(4);
+      expect(dropsByCause(s.txStats)).toEqual({ filtered: 0, tooBig: 0, malformed: 4, wire: 0 });
       expect(s.txq.broken).toBeUndefined();
       s.close();
     });
@@ -277,6 +279,8 @@ for (const L of layouts) {
       s.driver.frames.push(frame(60, [0x52, 0x54, 0, 0x99, 0x99, 0x99]), frame(3000), frame(10), frame(80, OUR_MAC));
       expect(s.pair.processRx(8)).toBe(1);
       expect(s.rxStats[STAT.DROPS]).toBe(3);
+      // (not for our MAC, 3000 bytes for a 2048-byte buffer, a 10-byte runt)
+      expect(dropsByCause(s.rxStats)).toEqual({ filtered: 1, tooBig: 1, malformed: 1, wire: 0 });
       expect(s.rx.takeUsed()).toEqual([{ id, len: 92 }]);
       expect([...s.mem.bytes(a + 12, 80)]).toEqual([...frame(80, OUR_MAC)]);
       s.close();

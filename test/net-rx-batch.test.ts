@@ -6,7 +6,7 @@ import { createQueue } from '../src/virtio/queues.js';
 import { NetQueuePair } from '../src/virtio-net/net-pair.js';
 import { RX_BATCH } from '../src/virtio-net/rx-batch.js';
 import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
-import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
+import { STAT, STAT_WORDS, dropsByCause } from '../src/dataplane/stats.js';
 import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { txPolicy } from '../src/virtio-net/features.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
@@ -152,6 +152,7 @@ for (const L of RING_LAYOUTS) {
       s.driver.frames.push(keep[0], frame(60, 2, OTHER_MAC), keep[1], frame(10, 4), frame(3000, 6), keep[2]);
       expect(s.pair.processRx(64)).toBe(3);
       expect(s.rxStats[STAT.DROPS]).toBe(3);
+      expect(dropsByCause(s.rxStats)).toEqual({ filtered: 1, tooBig: 1, malformed: 1, wire: 0 });
       expect(s.rx.takeUsed()).toEqual(keep.map((f, i) => ({ id: chains[i][0], len: NET_HDR_LEN + f.length })));
       keep.forEach((f, i) => expect(s.body(chains[i][1], f.length)).toEqual([...f]));
       // the two chains left went back, first the older

@@ -12,7 +12,7 @@ interface Family {
   samples: Array<[Labels, number]>;
 }
 
-const QUEUE_FAMILIES: Array<[keyof Omit<QueueMetrics, 'queue'>, string]> = [
+const QUEUE_FAMILIES: Array<[keyof Omit<QueueMetrics, 'queue' | 'dropsByCause'>, string]> = [
   ['frames', 'Frames (or requests) the queue carried.'],
   ['bytes', 'Bytes the queue carried.'],
   ['drops', 'Frames the queue dropped.'],
@@ -41,6 +41,12 @@ export function toPrometheus(m: Metrics): string {
     type: 'counter',
     samples: m.devices.flatMap((d) => d.queues.map((q): [Labels, number] => [{ device: d.id, kind: d.kind, queue: q.queue }, q[key]])),
   }));
+  families.push({
+    name: 'tsvmm_queue_drops_by_cause_total',
+    help: 'Frames the queue dropped, by cause (filtered, tooBig, malformed, wire).',
+    type: 'counter',
+    samples: m.devices.flatMap((d) => d.queues.flatMap((q) => Object.entries(q.dropsByCause ?? {}).map(([cause, v]): [Labels, number] => [{ device: d.id, kind: d.kind, queue: q.queue, cause }, v]))),
+  });
   families.push({ name: 'tsvmm_device_broken', help: 'Whether the device stopped serving its rings until the guest resets it.', type: 'gauge', samples: m.devices.filter((d) => d.broken !== undefined).map((d) => [{ device: d.id }, d.broken ? 1 : 0]) });
   families.push({ name: 'tsvmm_device_busy_poll_spins_total', help: 'Passes of the dataplane threads that looked at the rings without sleeping.', type: 'counter', samples: m.devices.filter((d) => d.busyPollSpins !== undefined).map((d) => [{ device: d.id }, d.busyPollSpins!]) });
   families.push({ name: 'tsvmm_device_stuck_threads_total', help: 'Dataplane threads ended because they did not stop in time.', type: 'counter', samples: m.devices.filter((d) => d.stuckThreads !== undefined).map((d) => [{ device: d.id }, d.stuckThreads!]) });

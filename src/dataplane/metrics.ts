@@ -1,7 +1,7 @@
 // Live metrics of devices and their queues, in one shape for the VM and the vhost-user backend: what the
 // API socket serves (JSON or Prometheus text) and what `tsvmm ctl get metrics` prints. Read from the
 // dataplane's shared counters (stats.ts) while traffic runs; a reading may be a few frames stale.
-import { STAT, STAT_WORDS } from './stats.js';
+import { STAT, STAT_WORDS, dropsByCause, type DropCause } from './stats.js';
 
 export interface QueueMetrics {
   /** the queue's name in its device: rx0, tx0, rx1, ... or requests */
@@ -10,6 +10,8 @@ export interface QueueMetrics {
   bytes: number;
   /** frames dropped (see the device's driver counters for the driver's own reasons) */
   drops: number;
+  /** the drops by cause: filtered, tooBig, malformed (RX and TX), wire (TX) */
+  dropsByCause: Record<DropCause, number>;
   /** guest (or frontend) notifications taken */
   kicks: number;
   /** interrupts (call eventfd writes) sent */
@@ -49,7 +51,7 @@ export interface Metrics {
 /** One queue's counters from a stats buffer (newStatsBuffer) slot. */
 export function queueMetrics(buf: SharedArrayBuffer, slot: number, queue: string): QueueMetrics {
   const s = new Float64Array(buf, slot * STAT_WORDS * 8, STAT_WORDS);
-  return { queue, frames: s[STAT.PACKETS], bytes: s[STAT.BYTES], drops: s[STAT.DROPS], kicks: s[STAT.KICKS], interrupts: s[STAT.INTERRUPTS], batches: s[STAT.BATCHES], waits: s[STAT.WAITS], rateLimited: s[STAT.RATE_LIMITED], rateLimitedMs: s[STAT.RATE_LIMITED_MS] };
+  return { queue, frames: s[STAT.PACKETS], bytes: s[STAT.BYTES], drops: s[STAT.DROPS], dropsByCause: dropsByCause(s), kicks: s[STAT.KICKS], interrupts: s[STAT.INTERRUPTS], batches: s[STAT.BATCHES], waits: s[STAT.WAITS], rateLimited: s[STAT.RATE_LIMITED], rateLimitedMs: s[STAT.RATE_LIMITED_MS] };
 }
 
 /** The queues of a net device's `pairs` queue pairs (stats slots 2p: rx, 2p+1: tx). */

@@ -226,7 +226,9 @@ export class NetQueuePair {
         st[STAT.WAITS]++;
       }
       // otherwise what the driver did not take is dropped, as a full NIC queue drops
-      st[STAT.DROPS] += taken - sent + (this.driver.drops - before);
+      const wireDrops = taken - sent + (this.driver.drops - before);
+      st[STAT.DROPS] += wireDrops;
+      st[STAT.DROPS_WIRE] += wireDrops;
       st[STAT.PACKETS] += sent;
       st[STAT.BYTES] += bytes;
       st[STAT.BATCHES]++;
@@ -241,6 +243,7 @@ export class NetQueuePair {
   private dropTx(head: number): void {
     this.txq.addUsed(head, 0);
     this.o.txStats[STAT.DROPS]++;
+    this.o.txStats[STAT.DROPS_MALFORMED]++;
   }
 
   /** Copy the first NET_HDR_LEN readable bytes (the header may straddle buffers) into this.hdr. */

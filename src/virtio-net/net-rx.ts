@@ -194,8 +194,10 @@ export class NetRx {
         // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
         // cannot hold, never delivered cut.
         const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + NET_HDR_LEN >= cap);
-        if (len < ETH_HLEN || cut || len + NET_HDR_LEN > cap || (s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i)))) {
+        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i)) ? STAT.DROPS_FILTERED : 0;
+        if (drop !== 0) {
           st[STAT.DROPS]++;
+          st[drop]++;
           continue;
         }
         // (into a slot's segments markAll logged)
@@ -292,11 +294,13 @@ export class NetRx {
       // the chain exactly, its length unknown, may have been. It is dropped, as vhost-net drops a frame
       // its buffers cannot hold, never delivered cut.
       const cut = next > 0 ? len < next : !this.o.mergeable && cap < largest && len + NET_HDR_LEN >= cap;
-      if (len < 14 || cut || len + NET_HDR_LEN > cap || (b.iov[2] >= 6 && !this.accepts(b.iov[1]))) {
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : b.iov[2] >= 6 && !this.accepts(b.iov[1]) ? STAT.DROPS_FILTERED : 0;
+      if (drop !== 0) {
         // a runt, a frame larger than the buffers (cut), or not for us: the buffers stay the guest's
         // for the next frame
         q.rewind(chains);
         st[STAT.DROPS]++;
+        st[drop]++;
         continue;
       }
       // the chains the frame (with its header) filled, and the bytes in each

@@ -18,21 +18,17 @@ import { vmMetrics } from './vm-metrics.js';
 import type { Metrics } from '../dataplane/metrics.js';
 import { vcpuCpuid } from './cpuid.js';
 import type { VcpuStop } from './exit.js';
-import { requestedCpus, resolveCpus, resolveMemory, checkNetConfig, type VmConfig, type NetConfig, type RngConfig } from './config.js';
-import { createDriver } from '../drivers/registry.js';
-import { VirtioIommu } from '../viommu/device.js';
-import type { VirtioDevice } from '../virtio/device.js';
-import { VirtioNet, parseMac } from '../virtio-net/device.js';
-import { VirtioRng } from '../virtio-rng/device.js';
-import { VirtioPciDevice } from './devices/virtio-pci.js';
-import { PCI_CMD_MEM, PCI_CMD_MASTER } from './devices/pci.js';
-import type { NetDriver } from '../drivers/api.js';
+import { requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
+import type { VirtioIommu } from '../viommu/device.js';
+import type { VirtioNet } from '../virtio-net/device.js';
+import type { VirtioRng } from '../virtio-rng/device.js';
+import { VirtioDevices, type NetDevice } from './virtio-devices.js';
 import { Uart8250 } from './devices/uart8250.js';
 import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
 import { GedEvents } from './devices/ged.js';
 import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI } from '../boot/acpi.js';
 import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
-import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, MMIO_HOLE_START, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
+import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
 import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
 import { workerUrl } from '../worker-url.js';
@@ -40,6 +36,7 @@ import type { VcpuWorkerData } from './vcpu-worker.js';
 import type { Machine } from './state/machine.js';
 
 export type { VmConfig } from './config.js';
+export type { NetDevice } from './virtio-devices.js';
 
 export interface VmExit {
   /** poweroff: the guest turned the machine off; reset: it asked for a reboot (tsvmm ends the VM);
@@ -56,13 +53,6 @@ export interface VmStatus {
   exit?: VmExit;
   /** since start() completed (0 before) */
   uptimeMs: number;
-}
-
-/** A network device as the VM holds it. */
-export interface NetDevice {
-  net: VirtioNet;
-  pci: VirtioPciDevice;
-  driver: NetDriver;
 }
 
 export const COM1_PORT = 0x3f8;
@@ -101,18 +91,25 @@ export class Vm extends EventEmitter {
   private kickSignal = native.sigRtMin() + 3;
   private uart?: Uart8250;
   private ged?: GedEvents;
-  private pciHost?: PciHost;
-  /** next free address for BARs, in the 32-bit MMIO hole */
-  private mmioNext = MMIO_HOLE_START;
-  readonly netDevices: NetDevice[] = [];
+  /** the virtio functions on the PCI host, once build() has made it */
+  private devices?: VirtioDevices;
 
+  /** The network devices with their PCI functions and drivers, in the order configured (empty once stopped). */
+  get netDevices(): NetDevice[] {
+    return this.devices?.net ?? [];
+  }
   /** The network devices in the order configured: `vm.net[0].setLink(false)` takes its link down. */
   get net(): readonly VirtioNet[] {
     return this.netDevices.map((d) => d.net);
   }
   /** the virtio-rng device (`rng: true`) */
-  rng?: VirtioRng;
-  private rngPci?: VirtioPciDevice;
+  get rng(): VirtioRng | undefined {
+    return this.devices?.rng;
+  }
+  /** the virtio-iommu (`viommu: true`) */
+  get iommu(): VirtioIommu | undefined {
+    return this.devices?.iommu;
+  }
   private serialPending: number[] = [];
   readonly config: Readonly<VmConfig>;
 
@@ -166,8 +163,7 @@ export class Vm extends EventEmitter {
       const vcpus = this.vcpus.map((v) => ({ run: v.run, thread: v.thread, alive: !!v.worker && !v.ended }));
       await pauseVcpus(this.control, vcpus, this.kickSignal);
       // (a VM that ends meanwhile stops its threads rather than pausing them)
-      const devices = Promise.all([...this.netDevices.map((d) => d.net.pause()), this.rng?.pause()]);
-      await Promise.race([devices, this.exited]);
+      await Promise.race([this.devices?.pause(), this.exited]);
     };
     return (this.pauseChain = this.pauseChain.catch(() => undefined).then(step));
   }
@@ -176,8 +172,7 @@ export class Vm extends EventEmitter {
   resume(): Promise<void> {
     const step = async () => {
       if (!this.paused) return;
-      for (const d of this.netDevices) d.net.resume();
-      this.rng?.resume();
+      this.devices?.resume();
       resumeVcpus(this.control);
       this.paused = false;
     };
@@ -211,7 +206,7 @@ export class Vm extends EventEmitter {
       this.deviceLog = new Uint8Array(new SharedArrayBuffer(size));
     }
     const log = { buffer: this.deviceLog.buffer as SharedArrayBuffer, offset: 0, size: this.deviceLog.length };
-    await Promise.all([...this.netDevices.map((d) => d.net.setDirtyLog(log)), this.rng?.setDirtyLog(log), this.iommu?.setDirtyLog(log)]);
+    await this.devices?.setDirtyLog(log);
   }
 
   /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses, ascending. */
@@ -313,11 +308,12 @@ export class Vm extends EventEmitter {
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
 
     // devices first: the ACPI tables the loader writes describe them (VIOT: who is behind the IOMMU)
-    this.attachDevices();
-    if (cfg.viommu) this.attachIommu();
-    for (const [i, n] of (cfg.net ?? []).entries()) await this.attachNet(n, i);
-    if (cfg.rng) this.attachRng(cfg.rng === true ? {} : cfg.rng);
-    const viot = this.iommu && this.iommuPci ? { iommuBdf: this.iommuSlot << 3, endpoints: [...this.iommu.endpoints] } : undefined;
+    const pci = this.attachPlatformDevices();
+    const devices = (this.devices = new VirtioDevices({ memory: mem, pci, mmio: this.mmio, vm, router: this.router }));
+    if (cfg.viommu) devices.plugIommu();
+    for (const [i, n] of (cfg.net ?? []).entries()) await devices.plugNet(n, i);
+    if (cfg.rng) devices.plugRng(cfg.rng === true ? {} : cfg.rng);
+    const viot = devices.viot;
 
     this.boot = loadKernel(
       { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
@@ -350,7 +346,8 @@ export class Vm extends EventEmitter {
     await Promise.all(this.vcpus.map((v, i) => this.spawnVcpu(v, i, runSize)));
   }
 
-  private attachDevices(): void {
+  /** The serial port, power controls, ACPI event device and the PCI host (returned: the virtio functions go on it). */
+  private attachPlatformDevices(): PciHost {
     const power = (e: PowerEvent) => this.finish(e.reason === 'poweroff' ? { reason: 'poweroff', status: e.status, detail: e.detail } : { reason: 'reset', status: 0, detail: e.detail });
     this.uart = new Uart8250(
       (bytes) => this.serialOut(bytes),
@@ -359,79 +356,16 @@ export class Vm extends EventEmitter {
     this.pio.register(COM1_PORT, 8, this.uart, 'com1');
     this.pio.register(DEBUG_EXIT_PORT, 4, new DebugExit(power), 'debug-exit');
     this.pio.register(I8042_PORT, 5, new I8042(power), 'i8042');
-    this.pciHost = new PciHost(new ResetControl(power));
-    this.pio.register(PCI_CONFIG_ADDRESS, 8, this.pciHost, 'pci-host');
-    this.mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, new PciEcam(this.pciHost), 'pci-ecam');
+    const pci = new PciHost(new ResetControl(power));
+    this.pio.register(PCI_CONFIG_ADDRESS, 8, pci, 'pci-host');
+    this.mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, new PciEcam(pci), 'pci-ecam');
     this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
     this.ged = new GedEvents(() => {
       this.vmFd?.irqLine(ACPI_GED_GSI, true);
       this.vmFd?.irqLine(ACPI_GED_GSI, false);
     });
     this.pio.register(ACPI_GED_PORT, 1, this.ged, 'acpi-ged');
-  }
-
-  private async attachNet(n: NetConfig, index: number): Promise<void> {
-    let mac: Uint8Array;
-    try {
-      mac = n.mac ? parseMac(n.mac) : new Uint8Array([0x52, 0x54, 0x00, 0x75, 0x76, index & 0xff]);
-    } catch (e) {
-      throw new UserError(`--net: ${(e as Error).message}`);
-    }
-    checkNetConfig(n);
-    // the driver sees the MTU too: it raises its wire's to it where it can
-    const driver = await createDriver(n.driver, { ...(n.options ?? {}), ...(n.queues ? { queues: String(n.queues) } : {}), ...(n.mtu ? { mtu: String(n.mtu) } : {}) });
-    try {
-      if (n.mtu !== undefined && n.mtu > driver.caps.mtu) throw new UserError(`--net: mtu=${n.mtu} is more than the ${driver.name} driver carries (${driver.caps.mtu})`);
-      // behind the vIOMMU its endpoint id is its PCI requester id (bus 0, this slot, function 0)
-      const slot = this.pciHost!.freeSlot();
-      const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, mergeable: n.mergeable, mtu: n.mtu, speed: n.speed, duplex: n.duplex, rateLimit: n.rateLimit, iommu });
-      const pci = this.plugVirtio(net, 0x020000, slot);
-      if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
-      this.netDevices.push({ net, pci, driver });
-    } catch (e) {
-      driver.close();
-      throw e;
-    }
-  }
-
-  /** The entropy device, after the network devices (their PCI slots stay where they were without it). */
-  private attachRng(o: RngConfig): void {
-    if (o.packed !== undefined && typeof o.packed !== 'boolean') throw new UserError(`--rng: packed must be true or false (the library option), not ${JSON.stringify(o.packed)}`);
-    const slot = this.pciHost!.freeSlot();
-    const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-    this.rng = new VirtioRng(this.memory, { iommu, packed: o.packed });
-    // (PCI class "other", as QEMU's virtio-rng-pci)
-    this.rngPci = this.plugVirtio(this.rng, 0xff0000, slot);
-    if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
-  }
-
-  /** A virtio device on the PCI bus, with firmware's part done: BAR placed, decoding and bus mastering on. */
-  private plugVirtio(dev: VirtioDevice, classCode: number, slot?: number): VirtioPciDevice {
-    const pci = new VirtioPciDevice(dev, { mmio: this.mmio, vm: this.vm, router: this.irqRoutes }, classCode);
-    this.pciHost!.add(pci, slot);
-    const size = 0x8000;
-    this.mmioNext = Math.ceil(this.mmioNext / size) * size;
-    pci.config.assignBar(0, this.mmioNext);
-    this.mmioNext += size;
-    pci.config.command = PCI_CMD_MEM | PCI_CMD_MASTER;
     return pci;
-  }
-
-  /** the virtio-iommu (--viommu), plugged before the devices it translates for */
-  iommu?: VirtioIommu;
-  private iommuPci?: VirtioPciDevice;
-
-  private iommuSlot = 0;
-
-  private attachIommu(): void {
-    this.iommu = new VirtioIommu(this.memory, { endpoints: [], thread: true });
-    // an UNMAP waiting past the stuck-thread limit for a dataplane thread: its device ends its threads
-    this.iommu.onStuckThread = async (slot, ms) => {
-      await Promise.all([...this.netDevices.map((d) => d.net.endStuckThread(slot, ms)), this.rng?.endStuckThread(slot, ms)]);
-    };
-    this.iommuSlot = this.pciHost!.freeSlot();
-    this.iommuPci = this.plugVirtio(this.iommu, 0x088000, this.iommuSlot);
   }
 
   /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */
@@ -541,12 +475,7 @@ export class Vm extends EventEmitter {
   private async teardown(): Promise<void> {
     await this.stopVcpus();
     // devices stop their dataplane threads before guest memory goes
-    for (const d of this.netDevices.splice(0)) {
-      await d.pci.close();
-      d.driver.close();
-    }
-    await this.rngPci?.close();
-    await this.iommuPci?.close();
+    await this.devices?.close();
     await Promise.all(this.vcpus.map((v) => v.server?.close()));
     this.flushSerial();
     this.serial.end();

@@ -15,6 +15,7 @@ import type { Bus } from './bus.js';
 import type { VmFd } from './kvm.js';
 import type { GsiRouter } from './irq-routing.js';
 import type { GuestMemory } from './memory.js';
+import type { DirtyLogArea } from '../virtio/dirty-log.js';
 import { MMIO_HOLE_START } from '../boot/layout.js';
 
 /** A network device as the VM holds it. */
@@ -33,8 +34,6 @@ export interface VirtioHost {
   router: GsiRouter;
 }
 
-/** The shared log the devices mark guest pages in (see Vm.enableDirtyLog). */
-type DirtyLog = Parameters<VirtioNet['setDirtyLog']>[0];
 
 /** Each virtio device's BAR 0 (common, notify, ISR, device config and MSI-X), aligned to its size. */
 const BAR_SIZE = 0x8000;
@@ -116,7 +115,8 @@ export class VirtioDevices {
     this.rng?.resume();
   }
 
-  async setDirtyLog(log: DirtyLog): Promise<void> {
+  /** Every device marks its writes into guest memory in `log` from now on (see dirty-pages.ts). */
+  async setDirtyLog(log: DirtyLogArea): Promise<void> {
     await Promise.all([...this.net.map((d) => d.net.setDirtyLog(log)), this.rng?.setDirtyLog(log), this.iommu?.setDirtyLog(log)]);
   }
 

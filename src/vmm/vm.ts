@@ -6,7 +6,7 @@ import { PassThrough } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
 import { UserError } from '../errors.js';
-import { KVM, CAP, RUN, MEM_LOG_DIRTY_PAGES, SYNC_X86_REGS } from './kvm-abi.js';
+import { KVM, CAP, RUN, SYNC_X86_REGS } from './kvm-abi.js';
 import { openKvm, requireCaps, checkExtension, supportedCpuid, VmFd, VcpuFd } from './kvm.js';
 import { GuestMemory } from './memory.js';
 import { GsiRouter } from './irq-routing.js';
@@ -23,6 +23,7 @@ import type { VirtioIommu } from '../viommu/device.js';
 import type { VirtioNet } from '../virtio-net/device.js';
 import type { VirtioRng } from '../virtio-rng/device.js';
 import { VirtioDevices, type NetDevice } from './virtio-devices.js';
+import { DirtyPages } from './dirty-pages.js';
 import { Uart8250 } from './devices/uart8250.js';
 import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
 import { GedEvents } from './devices/ged.js';
@@ -198,40 +199,15 @@ export class Vm extends EventEmitter {
    * thread and event queue) in a log of tsvmm's own. Resolves once both are on.
    */
   async enableDirtyLog(): Promise<void> {
-    const mem = this.memory;
-    mem.table.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset), MEM_LOG_DIRTY_PAGES));
-    if (!this.deviceLog) {
-      const end = Math.max(...mem.table.regions.map((r) => r.gpa + r.size));
-      const size = Math.ceil(end / 4096 / 8);
-      this.deviceLog = new Uint8Array(new SharedArrayBuffer(size));
-    }
-    const log = { buffer: this.deviceLog.buffer as SharedArrayBuffer, offset: 0, size: this.deviceLog.length };
-    await this.devices?.setDirtyLog(log);
+    await this.devices?.setDirtyLog(this.dirtyPages.enable(this.memory, this.vm));
   }
 
   /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses, ascending. */
   takeDirtyPages(): number[] {
-    const pages = new Set<number>();
-    /** the pages of one bitmap byte whose first page starts at `gpa` */
-    const addByte = (byte: number, gpa: number) => {
-      for (let bit = 0; byte; bit++, byte >>= 1) if (byte & 1) pages.add(gpa + bit * 4096);
-    };
-    this.memory.table.regions.forEach((r, slot) => {
-      const bitmap = this.vm.getDirtyLog(slot, r.size / 4096);
-      bitmap.forEach((byte, i) => {
-        addByte(byte, r.gpa + i * 8 * 4096);
-      });
-    });
-    // the devices' log: taken and cleared a byte at a time (the threads keep setting bits meanwhile)
-    const dev = this.deviceLog;
-    if (dev) {
-      for (let i = 0; i < dev.length; i++) {
-        if (dev[i] === 0) continue;
-        addByte(Atomics.exchange(dev, i, 0), i * 8 * 4096);
-      }
-    }
-    return [...pages].sort((a, b) => a - b);
+    return this.dirtyPages.take(this.memory, this.vm);
   }
+
+  private readonly dirtyPages = new DirtyPages();
 
   /** Send bytes to the guest's serial console input. */
   sendSerial(data: string | Uint8Array): void {
@@ -426,8 +402,6 @@ export class Vm extends EventEmitter {
   }
 
   private finishing = false;
-  /** the devices' dirty-page log (one bit per guest-physical page), once enableDirtyLog was called */
-  private deviceLog?: Uint8Array;
   /** where each vCPU was when stop() ended it */
   private readonly stoppedAt: string[] = [];
 

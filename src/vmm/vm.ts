@@ -3,21 +3,17 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
-import { Worker } from 'node:worker_threads';
-import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
+import { native } from '../native.js';
 import { UserError } from '../errors.js';
-import { KVM, CAP, RUN, SYNC_X86_REGS } from './kvm-abi.js';
+import { KVM, CAP } from './kvm-abi.js';
 import { openKvm, requireCaps, checkExtension, supportedCpuid, VmFd, VcpuFd } from './kvm.js';
 import { GuestMemory } from './memory.js';
 import { GsiRouter } from './irq-routing.js';
 import { Bus } from './bus.js';
-import { newMailbox, MailboxServer } from './mailbox.js';
-import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_WORDS } from './vcpu-control.js';
-import { pauseVcpus, resumeVcpus } from './vcpu-pause.js';
+import { VcpuThreads } from './vcpu-threads.js';
 import { vmMetrics } from './vm-metrics.js';
 import type { Metrics } from '../dataplane/metrics.js';
 import { vcpuCpuid } from './cpuid.js';
-import type { VcpuStop } from './exit.js';
 import { requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
 import type { VirtioIommu } from '../viommu/device.js';
 import type { VirtioNet } from '../virtio-net/device.js';
@@ -32,8 +28,6 @@ import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
 import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
-import { workerUrl } from '../worker-url.js';
-import type { VcpuWorkerData } from './vcpu-worker.js';
 import type { Machine } from './state/machine.js';
 
 export type { VmConfig } from './config.js';
@@ -61,18 +55,6 @@ export const COM1_IRQ = 4;
 export const DEBUG_EXIT_PORT = 0xf4;
 const I8042_PORT = 0x60;
 
-interface VcpuThread {
-  fd: VcpuFd;
-  worker?: Worker;
-  thread?: bigint;
-  run?: DataView;
-  runSize?: number;
-  server?: MailboxServer;
-  exited?: Promise<void>;
-  /** its thread has ended */
-  ended?: boolean;
-}
-
 export class Vm extends EventEmitter {
   /** Everything the guest writes to its serial console (COM1). */
   readonly serial = new PassThrough();
@@ -87,9 +69,17 @@ export class Vm extends EventEmitter {
   private vmFd?: VmFd;
   private mem?: GuestMemory;
   private router?: GsiRouter;
-  private vcpus: VcpuThread[] = [];
-  private control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
-  private kickSignal = native.sigRtMin() + 3;
+  private readonly vcpus = new VcpuThreads(
+    (space, write, addr, size, value) => {
+      const bus = space === 'pio' ? this.pio : this.mmio;
+      if (write) {
+        bus.write(addr, size, value);
+        return 0n;
+      }
+      return bus.read(addr, size);
+    },
+    (e) => this.finish({ ...e, status: 0 }),
+  );
   private uart?: Uart8250;
   private ged?: GedEvents;
   /** the virtio functions on the PCI host, once build() has made it */
@@ -161,8 +151,7 @@ export class Vm extends EventEmitter {
       if (this.state !== 'running') throw new Error(`the VM is ${this.state}, not running`);
       if (this.paused) return;
       this.paused = true;
-      const vcpus = this.vcpus.map((v) => ({ run: v.run, thread: v.thread, alive: !!v.worker && !v.ended }));
-      await pauseVcpus(this.control, vcpus, this.kickSignal);
+      await this.vcpus.pause();
       // (a VM that ends meanwhile stops its threads rather than pausing them)
       await Promise.race([this.devices?.pause(), this.exited]);
     };
@@ -174,7 +163,7 @@ export class Vm extends EventEmitter {
     const step = async () => {
       if (!this.paused) return;
       this.devices?.resume();
-      resumeVcpus(this.control);
+      this.vcpus.resume();
       this.paused = false;
     };
     return (this.pauseChain = this.pauseChain.catch(() => undefined).then(step));
@@ -190,7 +179,7 @@ export class Vm extends EventEmitter {
    * be out of KVM_RUN (paused) and its devices quiesced for that.
    */
   get machine(): Machine {
-    return { kvmFd: this.kvmFd, vmFd: this.vm.fd, vcpuFds: this.vcpus.map((v) => v.fd.fd), memory: this.memory.table.totalSize, buses: [this.pio, this.mmio] };
+    return { kvmFd: this.kvmFd, vmFd: this.vm.fd, vcpuFds: this.vcpus.fds, memory: this.memory.table.totalSize, buses: [this.pio, this.mmio] };
   }
 
   /**
@@ -299,7 +288,7 @@ export class Vm extends EventEmitter {
     const supported = supportedCpuid(this.kvmFd);
     for (let i = 0; i < cpus; i++) {
       const fd = new VcpuFd(vm.createVcpu(i));
-      this.vcpus.push({ fd });
+      this.vcpus.add(fd);
       fd.setCpuid(vcpuCpuid(supported, i, cpus));
       fd.setMsrs(BOOT_MSRS);
       const lapic = fd.getLapic();
@@ -317,9 +306,8 @@ export class Vm extends EventEmitter {
       }
     }
 
-    native.signalNoop(this.kickSignal);
     const runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
-    await Promise.all(this.vcpus.map((v, i) => this.spawnVcpu(v, i, runSize)));
+    await this.vcpus.start(this.kvmFd, runSize);
   }
 
   /** The serial port, power controls, ACPI event device and the PCI host (returned: the virtio functions go on it). */
@@ -357,53 +345,7 @@ export class Vm extends EventEmitter {
     if (!this.serial.writableEnded) this.serial.write(chunk);
   }
 
-  private spawnVcpu(v: VcpuThread, index: number, runSize: number): Promise<void> {
-    const mailbox = newMailbox();
-    v.server = new MailboxServer(
-      mailbox,
-      (space, write, addr, size, value) => {
-        const bus = space === 'pio' ? this.pio : this.mmio;
-        if (write) {
-          bus.write(addr, size, value);
-          return 0n;
-        }
-        return bus.read(addr, size);
-      },
-      (e) => this.finish({ reason: 'crash', status: 0, detail: `device model error: ${(e as Error).stack ?? e}` }),
-    );
-    v.run = new DataView(native.mmap(v.fd.fd, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));
-    v.runSize = runSize;
-    const syncRegs = (checkExtension(this.kvmFd, CAP.SYNC_REGS) & SYNC_X86_REGS) !== 0;
-    const data: VcpuWorkerData = { index, vcpuFd: v.fd.fd, runSize, syncRegs, kickSignal: this.kickSignal, mailbox, control: this.control };
-    const worker = (v.worker = new Worker(workerUrl('./vcpu-worker.js', import.meta.url), { workerData: data, name: `vcpu${index}` }));
-    v.exited = new Promise((resolve) =>
-      worker.once('exit', () => {
-        v.ended = true;
-        resolve();
-      }),
-    );
-    return new Promise((resolve, reject) => {
-      worker.on('message', (m: { type: string; thread?: bigint; stop?: VcpuStop }) => {
-        if (m.type === 'ready') {
-          v.thread = m.thread;
-          resolve();
-        } else if (m.type === 'stopped' && m.stop && m.stop.reason !== 'stopped') {
-          this.finish({ reason: m.stop.reason, status: 0, detail: `vcpu${index}: ${m.stop.detail}` });
-        } else if (m.type === 'stopped' && m.stop?.detail) {
-          this.stoppedAt[index] = `vcpu${index} at ${m.stop.detail}`;
-        }
-      });
-      worker.once('error', (e) => {
-        reject(e);
-        this.finish({ reason: 'crash', status: 0, detail: `vcpu${index} thread failed: ${e.message}` });
-      });
-      worker.once('exit', () => reject(new Error(`vcpu${index} thread exited during start-up`)));
-    });
-  }
-
   private finishing = false;
-  /** where each vCPU was when stop() ended it */
-  private readonly stoppedAt: string[] = [];
 
   /** End the VM once, whoever asks first (guest power-off, a vCPU error, stop()). */
   private finish(exit: VmExit): void {
@@ -415,7 +357,8 @@ export class Vm extends EventEmitter {
       this.state = 'stopping';
       await this.teardown();
       this.state = 'stopped';
-      if (exit.reason === 'stopped' && this.stoppedAt.length) exit = { ...exit, detail: `${exit.detail}; ${this.stoppedAt.filter(Boolean).join(', ')}` };
+      const where = this.vcpus.stoppedWhere;
+      if (exit.reason === 'stopped' && where) exit = { ...exit, detail: `${exit.detail}; ${where}` };
       this.exitSeen = exit;
       this.resolveExit(exit);
       this.emit('exit', exit);
@@ -423,42 +366,13 @@ export class Vm extends EventEmitter {
     void run();
   }
 
-  /** Kick every vCPU out of KVM_RUN until its thread has ended. */
-  private async stopVcpus(): Promise<void> {
-    Atomics.store(this.control, CONTROL_STOP, 1);
-    // (paused vCPU threads wait on CONTROL_PAUSE)
-    Atomics.notify(this.control, CONTROL_PAUSE);
-    const pending = this.vcpus.filter((v) => v.worker);
-    let done = false;
-    const all = Promise.all(pending.map((v) => v.exited)).then(() => (done = true));
-    while (!done) {
-      for (const v of pending) {
-        v.run?.setUint8(RUN.immediate_exit, 1);
-        if (v.thread !== undefined) {
-          try {
-            native.threadKill(v.thread, this.kickSignal);
-          } catch {
-            // thread already gone
-          }
-        }
-      }
-      await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
-    }
-  }
-
   private async teardown(): Promise<void> {
-    await this.stopVcpus();
+    await this.vcpus.stop();
     // devices stop their dataplane threads before guest memory goes
     await this.devices?.close();
-    await Promise.all(this.vcpus.map((v) => v.server?.close()));
+    await this.vcpus.close();
     this.flushSerial();
     this.serial.end();
-    for (const v of this.vcpus) {
-      // our kvm_run mapping would keep the vCPU, and with it the VM, alive until a GC
-      if (v.run && v.runSize) native.remapAnonymous(native.addressOf(v.run.buffer as ArrayBuffer), v.runSize);
-      v.fd.close();
-    }
-    this.vcpus = [];
     this.vmFd?.close();
     this.vmFd = undefined;
     this.mem?.release();

@@ -13,6 +13,7 @@ import { Dataplane } from '../dataplane/index.js';
 import { RxFilter } from './rx-filter.js';
 import { netControl, serveControlQueue, guestOffloads, GUEST_OFFLOAD_MASK, type NetControlTarget } from './control.js';
 import { formatMac } from './mac.js';
+import { NetConfigSpace, NET_CONFIG_SIZE } from './config-space.js';
 
 export { parseMac, formatMac } from './mac.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
@@ -28,12 +29,7 @@ import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fie
 import { readNetState } from './state.js';
 
 export const VIRTIO_ID_NET = 1;
-export const NET_STATUS_LINK_UP = 1;
-/** the config space's speed and duplex when not known (Linux's SPEED_UNKNOWN, DUPLEX_UNKNOWN) */
-export const SPEED_UNKNOWN = 0xffffffff;
-const DUPLEX = { half: 0, full: 1, unknown: 0xff } as const;
-/** virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu (u16 each), speed (u32), duplex (u8) */
-const CONFIG_SIZE = 17;
+export { NET_STATUS_LINK_UP, SPEED_UNKNOWN } from './config-space.js';
 
 export interface NetDeviceOptions {
   driver: NetDriver;
@@ -64,12 +60,12 @@ export class VirtioNet implements VirtioDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
-  readonly configSize = CONFIG_SIZE;
+  readonly configSize = NET_CONFIG_SIZE;
   readonly filter = new RxFilter();
   readonly stats: SharedArrayBuffer;
   /** the rate limits the dataplane threads read (each queue pair has its own buckets) */
   private readonly rateLimits = new RateLimitWords();
-  private readonly config = new Uint8Array(CONFIG_SIZE);
+  private readonly config: NetConfigSpace;
   private readonly dataplane: Dataplane;
   private view: GuestView;
   private active?: Activation;
@@ -100,13 +96,7 @@ export class VirtioNet implements VirtioDevice {
     // behind the vIOMMU the driver must know its addresses are translated
     if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);
     this.features = f;
-    const v = new DataView(this.config.buffer);
-    this.config.set(opts.mac);
-    v.setUint16(6, NET_STATUS_LINK_UP, true);
-    v.setUint16(8, pairs, true);
-    v.setUint16(10, this.mtu, true);
-    v.setUint32(12, opts.speed ?? SPEED_UNKNOWN, true);
-    v.setUint8(16, DUPLEX[opts.duplex ?? 'unknown']);
+    this.config = new NetConfigSpace({ mac: opts.mac, pairs, mtu: this.mtu, speed: opts.speed, duplex: opts.duplex });
     this.filter.reset(opts.mac);
     if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
     this.stats = newStatsBuffer(2 * pairs);
@@ -133,7 +123,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** the link state the guest sees (VIRTIO_NET_S_LINK_UP); the device starts with its link up */
   get linkUp(): boolean {
-    return (this.config[6] & NET_STATUS_LINK_UP) !== 0;
+    return this.config.linkUp;
   }
 
   /**
@@ -143,7 +133,7 @@ export class VirtioNet implements VirtioDevice {
    */
   setLink(up: boolean): void {
     if (up === this.linkUp) return;
-    this.config[6] = (this.config[6] & ~NET_STATUS_LINK_UP) | (up ? NET_STATUS_LINK_UP : 0);
+    this.config.setLinkUp(up);
     this.filter.setLinkDown(!up);
     this.active?.configChanged();
   }
@@ -170,7 +160,7 @@ export class VirtioNet implements VirtioDevice {
   }
 
   get mac(): Uint8Array {
-    return this.config.slice(0, 6);
+    return this.config.mac;
   }
 
   /** most dataplane threads this device ran at once (for tests and reports) */
@@ -210,9 +200,7 @@ export class VirtioNet implements VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    let v = 0;
-    for (let i = size - 1; i >= 0; i--) v = v * 256 + (this.config[offset + i] ?? 0);
-    return v >>> 0;
+    return this.config.read(offset, size);
   }
 
   writeConfig(): void {
@@ -340,7 +328,7 @@ export class VirtioNet implements VirtioDevice {
       queuePairs: this.opts.queuePairs,
       filter: this.filter,
       setMac: (mac) => {
-        this.config.set(mac, 0);
+        this.config.setMac(mac);
         this.filter.setMac(mac);
       },
       setGuestOffloads: (bits) => this.setGuestOffloads(bits),
@@ -385,14 +373,14 @@ export class VirtioNet implements VirtioDevice {
 
   /** The configuration space (MAC, link), the RX filter with its MAC tables, the pairs in use, the receive offloads on. */
   saveState(): StateValue {
-    return { config: this.config.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
+    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
   }
 
   restoreState(f: Fields): void {
-    const s = readNetState(f, { config: this.config, queuePairs: this.opts.queuePairs, offloads: GUEST_OFFLOAD_MASK });
+    const s = readNetState(f, { config: this.config.bytes, queuePairs: this.opts.queuePairs, offloads: GUEST_OFFLOAD_MASK });
     const bad = this.filter.restore(s.filter);
     if (bad) throw new StateError(`${f.path}.filter: ${bad}`);
-    this.config.set(s.config);
+    this.config.bytes.set(s.config);
     this.filter.setLinkDown(!this.linkUp);
     this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
@@ -429,7 +417,7 @@ export class VirtioNet implements VirtioDevice {
     this.ctrlq = undefined;
     this.ctrlQueue = undefined;
     this.activePairs = 1;
-    this.config.set(this.opts.mac);
+    this.config.setMac(this.opts.mac);
     this.filter.reset(this.opts.mac);
   }
 }

@@ -1,5 +1,6 @@
-// A virtual machine: KVM objects, guest memory, boot, vCPU threads and the device models.
-// The main thread owns every device model; vCPU threads reach them through mailboxes (see mailbox.ts).
+// A virtual machine's lifecycle: KVM objects, guest memory, boot, the platform devices, start, pause,
+// stop. Its vCPU threads are in vcpu-threads.ts, its virtio functions in virtio-devices.ts. The main
+// thread owns every device model; vCPU threads reach them through mailboxes (see mailbox.ts).
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';

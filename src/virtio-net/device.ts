@@ -1,6 +1,6 @@
 // virtio-net device model (main thread): configuration space, features offered from what the driver
-// can honour, the control queue (slow path, on vCPU exits), and the dataplane threads it starts when
-// the guest driver is ready.
+// can honour, the control queue's ring (slow path, on vCPU exits; its commands in control.ts), and the
+// dataplane threads it starts when the guest driver is ready.
 import type { GuestMemory } from '../vmm/memory.js';
 import { guestView, DMA_WRITE, type GuestView } from '../virtio/dma.js';
 import { createQueue } from '../virtio/queues.js';
@@ -10,8 +10,10 @@ import { writeSync } from 'node:fs';
 import { stuckThreadMs } from '../viommu/table.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
-import { RxFilter, RX_MODE } from './rx-filter.js';
+import { RxFilter } from './rx-filter.js';
+import { netControl, serveControlQueue, guestOffloads, GUEST_OFFLOAD_MASK, type NetControlTarget } from './control.js';
 import { formatMac } from './mac.js';
+import { NetConfigSpace, NET_CONFIG_SIZE } from './config-space.js';
 
 export { parseMac, formatMac } from './mac.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
@@ -27,22 +29,7 @@ import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fie
 import { readNetState } from './state.js';
 
 export const VIRTIO_ID_NET = 1;
-export const NET_STATUS_LINK_UP = 1;
-/** the config space's speed and duplex when not known (Linux's SPEED_UNKNOWN, DUPLEX_UNKNOWN) */
-export const SPEED_UNKNOWN = 0xffffffff;
-const DUPLEX = { half: 0, full: 1, unknown: 0xff } as const;
-/** virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu (u16 each), speed (u32), duplex (u8) */
-const CONFIG_SIZE = 17;
-const CTRL = { RX: 0, MAC: 1, MQ: 4, GUEST_OFFLOADS: 5 } as const;
-const CTRL_GUEST_OFFLOADS_SET = 0;
-/** the receive offloads a driver may turn on and off (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET), by feature bit */
-const GUEST_OFFLOAD_BITS = [F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN];
-const CTRL_MAC_TABLE_SET = 0;
-const CTRL_MAC_ADDR_SET = 1;
-const CTRL_MQ_VQ_PAIRS_SET = 0;
-const ACK_OK = 0;
-const ACK_ERR = 1;
-const CTRL_MAX_BYTES = 4096;
+export { NET_STATUS_LINK_UP, SPEED_UNKNOWN } from './config-space.js';
 
 export interface NetDeviceOptions {
   driver: NetDriver;
@@ -73,12 +60,12 @@ export class VirtioNet implements VirtioDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
-  readonly configSize = CONFIG_SIZE;
+  readonly configSize = NET_CONFIG_SIZE;
   readonly filter = new RxFilter();
   readonly stats: SharedArrayBuffer;
   /** the rate limits the dataplane threads read (each queue pair has its own buckets) */
   private readonly rateLimits = new RateLimitWords();
-  private readonly config = new Uint8Array(CONFIG_SIZE);
+  private readonly config: NetConfigSpace;
   private readonly dataplane: Dataplane;
   private view: GuestView;
   private active?: Activation;
@@ -109,13 +96,7 @@ export class VirtioNet implements VirtioDevice {
     // behind the vIOMMU the driver must know its addresses are translated
     if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);
     this.features = f;
-    const v = new DataView(this.config.buffer);
-    this.config.set(opts.mac);
-    v.setUint16(6, NET_STATUS_LINK_UP, true);
-    v.setUint16(8, pairs, true);
-    v.setUint16(10, this.mtu, true);
-    v.setUint32(12, opts.speed ?? SPEED_UNKNOWN, true);
-    v.setUint8(16, DUPLEX[opts.duplex ?? 'unknown']);
+    this.config = new NetConfigSpace({ mac: opts.mac, pairs, mtu: this.mtu, speed: opts.speed, duplex: opts.duplex });
     this.filter.reset(opts.mac);
     if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
     this.stats = newStatsBuffer(2 * pairs);
@@ -127,8 +108,10 @@ export class VirtioNet implements VirtioDevice {
       this.ctrlReader = new IommuReader(opts.iommu.table.buffer, opts.iommu.endpoint, opts.iommu.table.newThreadSlot());
     }
     this.dataplane = new Dataplane((reason) => this.active?.needsReset(reason));
+    this.controlTarget = this.newControlTarget();
   }
 
+  private readonly controlTarget: NetControlTarget;
   private readonly plainView: GuestView;
   private iommuSlots: number[] = [];
   private ctrlReader?: IommuReader;
@@ -140,7 +123,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** the link state the guest sees (VIRTIO_NET_S_LINK_UP); the device starts with its link up */
   get linkUp(): boolean {
-    return (this.config[6] & NET_STATUS_LINK_UP) !== 0;
+    return this.config.linkUp;
   }
 
   /**
@@ -150,7 +133,7 @@ export class VirtioNet implements VirtioDevice {
    */
   setLink(up: boolean): void {
     if (up === this.linkUp) return;
-    this.config[6] = (this.config[6] & ~NET_STATUS_LINK_UP) | (up ? NET_STATUS_LINK_UP : 0);
+    this.config.setLinkUp(up);
     this.filter.setLinkDown(!up);
     this.active?.configChanged();
   }
@@ -177,13 +160,12 @@ export class VirtioNet implements VirtioDevice {
   }
 
   get mac(): Uint8Array {
-    return this.config.slice(0, 6);
+    return this.config.mac;
   }
 
   /** most dataplane threads this device ran at once (for tests and reports) */
   threadsStarted = 0;
 
-  /** Hold the dataplane threads off the rings (guest memory stays as it is) until resume(). */
   /**
    * Mark every write the dataplane makes into guest memory (used rings, received frames) in `log`
    * from now on (KVM's dirty log sees only the vCPUs' writes); undefined stops. Running threads
@@ -198,6 +180,7 @@ export class VirtioNet implements VirtioDevice {
     await this.restarting;
   }
 
+  /** Hold the dataplane threads off the rings (guest memory stays as it is) until resume(). */
   pause(): Promise<void> {
     return this.dataplane.pause();
   }
@@ -217,9 +200,7 @@ export class VirtioNet implements VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    let v = 0;
-    for (let i = size - 1; i >= 0; i--) v = v * 256 + (this.config[offset + i] ?? 0);
-    return v >>> 0;
+    return this.config.read(offset, size);
   }
 
   writeConfig(): void {
@@ -314,7 +295,7 @@ export class VirtioNet implements VirtioDevice {
     );
   }
 
-  // ---- control queue (virtio 1.x §5.1.6.5), handled on the vCPU exit of its notification
+  // ---- control queue (control.ts), handled on the vCPU exit of its notification
 
   kick(queue: number): void {
     if (queue !== this.ctrlIndex || !this.ctrlq) return;
@@ -322,32 +303,7 @@ export class VirtioNet implements VirtioDevice {
     const mem = this.view.bytes;
     // behind the vIOMMU: the mappings may have changed since the last command (the ring's too)
     if (this.translated && this.ctrlReader!.enter()) q.remapRings();
-    while (q.pop()) {
-      const c = q.chain;
-      if (c.writable < 1 || c.readableBytes < 2 || c.readableBytes > CTRL_MAX_BYTES) {
-        q.addUsed(c.head, 0);
-        continue;
-      }
-      const cmd = new Uint8Array(c.readableBytes);
-      let at = 0;
-      for (let i = 0; i < c.readable; i++) {
-        mem.copyOut(c.offsets[i], cmd, at, c.lens[i]);
-        at += c.lens[i];
-      }
-      const ack = this.control(cmd[0], cmd[1], cmd.subarray(2));
-      // the ack is the last writable byte
-      const last = c.count - 1;
-      if (c.lens[last] === 0) {
-        q.addUsed(c.head, 0);
-        continue;
-      }
-      mem.setU8(c.offsets[last] + c.lens[last] - 1, ack);
-      this.ctrlLog?.markOffset(c.offsets[last] + c.lens[last] - 1, 1);
-      q.addUsed(c.head, 1);
-    }
-    q.flush();
-    // ask for the next command's notification (EVENT_IDX: avail_event past what we took)
-    q.setKicks(true);
+    serveControlQueue(q, mem, this.ctrlLog, (cls, cmd, data) => this.control(cls, cmd, data));
     if (q.broken) this.active?.needsReset(`control queue: ${q.broken}`);
     if (this.ctrlQueue && this.ctrlQueue.callFd >= 0 && q.needsInterrupt()) native.write(this.ctrlQueue.callFd, ONE);
     // (this thread holds no translation between kicks: an UNMAP need not wait for it)
@@ -356,46 +312,33 @@ export class VirtioNet implements VirtioDevice {
 
   /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
   private setGuestOffloads(bits: bigint): void {
-    this.offloads = GUEST_OFFLOAD_BITS.filter((b) => has(bits, b)).reduce((a, b) => a | bit(b), 0n);
+    this.offloads = guestOffloads(bits);
     this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
   }
 
   /** One control command; returns the ack byte. */
   control(cls: number, cmd: number, data: Uint8Array): number {
-    const features = this.active?.features ?? 0n;
-    if (cls === CTRL.RX && has(features, F.CTRL_RX)) {
-      if (cmd > RX_MODE.NOBCAST || data.length !== 1) return ACK_ERR;
-      this.filter.setMode(cmd, data[0] !== 0);
-      return ACK_OK;
-    }
-    if (cls === CTRL.MAC && cmd === CTRL_MAC_ADDR_SET && has(features, F.CTRL_MAC_ADDR)) {
-      if (data.length !== 6 || data[0] & 1) return ACK_ERR;
-      this.config.set(data, 0);
-      this.filter.setMac(data);
-      return ACK_OK;
-    }
-    if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) return this.filter.setTablesCommand(data) ? ACK_OK : ACK_ERR;
-    if (cls === CTRL.GUEST_OFFLOADS && cmd === CTRL_GUEST_OFFLOADS_SET && has(features, F.CTRL_GUEST_OFFLOADS)) {
-      if (data.length !== 8) return ACK_ERR;
-      const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);
-      // only offloads it negotiated (§5.1.6.5.6.2), and never any other bit
-      const allowed = GUEST_OFFLOAD_BITS.filter((b) => has(features, b)).reduce((a, b) => a | bit(b), 0n);
-      if (want & ~allowed) return ACK_ERR;
-      this.setGuestOffloads(want);
-      return ACK_OK;
-    }
-    if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {
-      if (data.length !== 2) return ACK_ERR;
-      const n = data[0] | (data[1] << 8);
-      if (n < 1 || n > this.opts.queuePairs) return ACK_ERR;
-      if (n !== this.activePairs) {
+    return netControl(this.controlTarget, cls, cmd, data);
+  }
+
+  /** What the control commands change: the MAC, the RX filter, the receive offloads, the pairs in use. */
+  private newControlTarget(): NetControlTarget {
+    return {
+      negotiated: () => this.active?.features ?? 0n,
+      queuePairs: this.opts.queuePairs,
+      filter: this.filter,
+      setMac: (mac) => {
+        this.config.setMac(mac);
+        this.filter.setMac(mac);
+      },
+      setGuestOffloads: (bits) => this.setGuestOffloads(bits),
+      setPairs: (n) => {
+        if (n === this.activePairs) return;
         this.activePairs = n;
         // the threads restart with the new set of pairs; ring positions carry over (see restart)
         this.restarting = this.restart(this.restarting);
-      }
-      return ACK_OK;
-    }
-    return ACK_ERR;
+      },
+    };
   }
 
   private async restart(prev: Promise<void>): Promise<void> {
@@ -430,14 +373,14 @@ export class VirtioNet implements VirtioDevice {
 
   /** The configuration space (MAC, link), the RX filter with its MAC tables, the pairs in use, the receive offloads on. */
   saveState(): StateValue {
-    return { config: this.config.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
+    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
   }
 
   restoreState(f: Fields): void {
-    const s = readNetState(f, { config: this.config, queuePairs: this.opts.queuePairs, offloads: GUEST_OFFLOAD_BITS.reduce((a, b) => a | bit(b), 0n) });
+    const s = readNetState(f, { config: this.config.bytes, queuePairs: this.opts.queuePairs, offloads: GUEST_OFFLOAD_MASK });
     const bad = this.filter.restore(s.filter);
     if (bad) throw new StateError(`${f.path}.filter: ${bad}`);
-    this.config.set(s.config);
+    this.config.bytes.set(s.config);
     this.filter.setLinkDown(!this.linkUp);
     this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
@@ -474,7 +417,7 @@ export class VirtioNet implements VirtioDevice {
     this.ctrlq = undefined;
     this.ctrlQueue = undefined;
     this.activePairs = 1;
-    this.config.set(this.opts.mac);
+    this.config.setMac(this.opts.mac);
     this.filter.reset(this.opts.mac);
   }
 }

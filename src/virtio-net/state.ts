@@ -3,7 +3,7 @@
 // device's; the MAC and link are the guest's and the host's doing), the RX filter bytes, the pairs in
 // use and the receive offloads on.
 import { StateError, type Fields } from '../state/fields.js';
-import { NET_STATUS_LINK_UP } from './device.js';
+import { NET_STATUS_LINK_UP } from './config-space.js';
 
 export interface NetState {
   config: Uint8Array;

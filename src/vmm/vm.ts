@@ -1,45 +1,38 @@
-// A virtual machine: KVM objects, guest memory, boot, vCPU threads and the device models.
-// The main thread owns every device model; vCPU threads reach them through mailboxes (see mailbox.ts).
+// A virtual machine's lifecycle: KVM objects, guest memory, boot, the platform devices, start, pause,
+// stop. Its vCPU threads are in vcpu-threads.ts, its virtio functions in virtio-devices.ts. The main
+// thread owns every device model; vCPU threads reach them through mailboxes (see mailbox.ts).
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
-import { Worker } from 'node:worker_threads';
-import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../native.js';
+import { native } from '../native.js';
 import { UserError } from '../errors.js';
-import { KVM, CAP, RUN, MEM_LOG_DIRTY_PAGES, SYNC_X86_REGS } from './kvm-abi.js';
+import { KVM, CAP } from './kvm-abi.js';
 import { openKvm, requireCaps, checkExtension, supportedCpuid, VmFd, VcpuFd } from './kvm.js';
 import { GuestMemory } from './memory.js';
 import { GsiRouter } from './irq-routing.js';
 import { Bus } from './bus.js';
-import { newMailbox, MailboxServer } from './mailbox.js';
-import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_WORDS } from './vcpu-control.js';
-import { pauseVcpus, resumeVcpus } from './vcpu-pause.js';
+import { VcpuThreads } from './vcpu-threads.js';
 import { vmMetrics } from './vm-metrics.js';
 import type { Metrics } from '../dataplane/metrics.js';
 import { vcpuCpuid } from './cpuid.js';
-import type { VcpuStop } from './exit.js';
-import { requestedCpus, resolveCpus, resolveMemory, checkNetConfig, type VmConfig, type NetConfig, type RngConfig } from './config.js';
-import { createDriver } from '../drivers/registry.js';
-import { VirtioIommu } from '../viommu/device.js';
-import type { VirtioDevice } from '../virtio/device.js';
-import { VirtioNet, parseMac } from '../virtio-net/device.js';
-import { VirtioRng } from '../virtio-rng/device.js';
-import { VirtioPciDevice } from './devices/virtio-pci.js';
-import { PCI_CMD_MEM, PCI_CMD_MASTER } from './devices/pci.js';
-import type { NetDriver } from '../drivers/api.js';
+import { requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
+import type { VirtioIommu } from '../viommu/device.js';
+import type { VirtioNet } from '../virtio-net/device.js';
+import type { VirtioRng } from '../virtio-rng/device.js';
+import { VirtioDevices, type NetDevice } from './virtio-devices.js';
+import { DirtyPages } from './dirty-pages.js';
 import { Uart8250 } from './devices/uart8250.js';
 import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
 import { GedEvents } from './devices/ged.js';
 import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI } from '../boot/acpi.js';
 import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
-import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, MMIO_HOLE_START, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
+import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
 import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
-import { workerUrl } from '../worker-url.js';
-import type { VcpuWorkerData } from './vcpu-worker.js';
 import type { Machine } from './state/machine.js';
 
 export type { VmConfig } from './config.js';
+export type { NetDevice } from './virtio-devices.js';
 
 export interface VmExit {
   /** poweroff: the guest turned the machine off; reset: it asked for a reboot (tsvmm ends the VM);
@@ -58,29 +51,10 @@ export interface VmStatus {
   uptimeMs: number;
 }
 
-/** A network device as the VM holds it. */
-export interface NetDevice {
-  net: VirtioNet;
-  pci: VirtioPciDevice;
-  driver: NetDriver;
-}
-
 export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
 export const DEBUG_EXIT_PORT = 0xf4;
 const I8042_PORT = 0x60;
-
-interface VcpuThread {
-  fd: VcpuFd;
-  worker?: Worker;
-  thread?: bigint;
-  run?: DataView;
-  runSize?: number;
-  server?: MailboxServer;
-  exited?: Promise<void>;
-  /** its thread has ended */
-  ended?: boolean;
-}
 
 export class Vm extends EventEmitter {
   /** Everything the guest writes to its serial console (COM1). */
@@ -96,23 +70,38 @@ export class Vm extends EventEmitter {
   private vmFd?: VmFd;
   private mem?: GuestMemory;
   private router?: GsiRouter;
-  private vcpus: VcpuThread[] = [];
-  private control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
-  private kickSignal = native.sigRtMin() + 3;
+  private readonly vcpus = new VcpuThreads(
+    (space, write, addr, size, value) => {
+      const bus = space === 'pio' ? this.pio : this.mmio;
+      if (write) {
+        bus.write(addr, size, value);
+        return 0n;
+      }
+      return bus.read(addr, size);
+    },
+    (e) => this.finish({ ...e, status: 0 }),
+  );
   private uart?: Uart8250;
   private ged?: GedEvents;
-  private pciHost?: PciHost;
-  /** next free address for BARs, in the 32-bit MMIO hole */
-  private mmioNext = MMIO_HOLE_START;
-  readonly netDevices: NetDevice[] = [];
+  /** the virtio functions on the PCI host, once build() has made it */
+  private devices?: VirtioDevices;
 
+  /** The network devices with their PCI functions and drivers, in the order configured (empty once stopped). */
+  get netDevices(): NetDevice[] {
+    return this.devices?.net ?? [];
+  }
   /** The network devices in the order configured: `vm.net[0].setLink(false)` takes its link down. */
   get net(): readonly VirtioNet[] {
     return this.netDevices.map((d) => d.net);
   }
   /** the virtio-rng device (`rng: true`) */
-  rng?: VirtioRng;
-  private rngPci?: VirtioPciDevice;
+  get rng(): VirtioRng | undefined {
+    return this.devices?.rng;
+  }
+  /** the virtio-iommu (`viommu: true`) */
+  get iommu(): VirtioIommu | undefined {
+    return this.devices?.iommu;
+  }
   private serialPending: number[] = [];
   readonly config: Readonly<VmConfig>;
 
@@ -163,11 +152,9 @@ export class Vm extends EventEmitter {
       if (this.state !== 'running') throw new Error(`the VM is ${this.state}, not running`);
       if (this.paused) return;
       this.paused = true;
-      const vcpus = this.vcpus.map((v) => ({ run: v.run, thread: v.thread, alive: !!v.worker && !v.ended }));
-      await pauseVcpus(this.control, vcpus, this.kickSignal);
+      await this.vcpus.pause();
       // (a VM that ends meanwhile stops its threads rather than pausing them)
-      const devices = Promise.all([...this.netDevices.map((d) => d.net.pause()), this.rng?.pause()]);
-      await Promise.race([devices, this.exited]);
+      await Promise.race([this.devices?.pause(), this.exited]);
     };
     return (this.pauseChain = this.pauseChain.catch(() => undefined).then(step));
   }
@@ -176,9 +163,8 @@ export class Vm extends EventEmitter {
   resume(): Promise<void> {
     const step = async () => {
       if (!this.paused) return;
-      for (const d of this.netDevices) d.net.resume();
-      this.rng?.resume();
-      resumeVcpus(this.control);
+      this.devices?.resume();
+      this.vcpus.resume();
       this.paused = false;
     };
     return (this.pauseChain = this.pauseChain.catch(() => undefined).then(step));
@@ -194,7 +180,7 @@ export class Vm extends EventEmitter {
    * be out of KVM_RUN (paused) and its devices quiesced for that.
    */
   get machine(): Machine {
-    return { kvmFd: this.kvmFd, vmFd: this.vm.fd, vcpuFds: this.vcpus.map((v) => v.fd.fd), memory: this.memory.table.totalSize, buses: [this.pio, this.mmio] };
+    return { kvmFd: this.kvmFd, vmFd: this.vm.fd, vcpuFds: this.vcpus.fds, memory: this.memory.table.totalSize, buses: [this.pio, this.mmio] };
   }
 
   /**
@@ -203,40 +189,15 @@ export class Vm extends EventEmitter {
    * thread and event queue) in a log of tsvmm's own. Resolves once both are on.
    */
   async enableDirtyLog(): Promise<void> {
-    const mem = this.memory;
-    mem.table.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset), MEM_LOG_DIRTY_PAGES));
-    if (!this.deviceLog) {
-      const end = Math.max(...mem.table.regions.map((r) => r.gpa + r.size));
-      const size = Math.ceil(end / 4096 / 8);
-      this.deviceLog = new Uint8Array(new SharedArrayBuffer(size));
-    }
-    const log = { buffer: this.deviceLog.buffer as SharedArrayBuffer, offset: 0, size: this.deviceLog.length };
-    await Promise.all([...this.netDevices.map((d) => d.net.setDirtyLog(log)), this.rng?.setDirtyLog(log), this.iommu?.setDirtyLog(log)]);
+    await this.devices?.setDirtyLog(this.dirtyPages.enable(this.memory, this.vm));
   }
 
   /** Pages written since the last call (or since enableDirtyLog), as guest-physical page addresses, ascending. */
   takeDirtyPages(): number[] {
-    const pages = new Set<number>();
-    /** the pages of one bitmap byte whose first page starts at `gpa` */
-    const addByte = (byte: number, gpa: number) => {
-      for (let bit = 0; byte; bit++, byte >>= 1) if (byte & 1) pages.add(gpa + bit * 4096);
-    };
-    this.memory.table.regions.forEach((r, slot) => {
-      const bitmap = this.vm.getDirtyLog(slot, r.size / 4096);
-      bitmap.forEach((byte, i) => {
-        addByte(byte, r.gpa + i * 8 * 4096);
-      });
-    });
-    // the devices' log: taken and cleared a byte at a time (the threads keep setting bits meanwhile)
-    const dev = this.deviceLog;
-    if (dev) {
-      for (let i = 0; i < dev.length; i++) {
-        if (dev[i] === 0) continue;
-        addByte(Atomics.exchange(dev, i, 0), i * 8 * 4096);
-      }
-    }
-    return [...pages].sort((a, b) => a - b);
+    return this.dirtyPages.take(this.memory, this.vm);
   }
+
+  private readonly dirtyPages = new DirtyPages();
 
   /** Send bytes to the guest's serial console input. */
   sendSerial(data: string | Uint8Array): void {
@@ -313,11 +274,12 @@ export class Vm extends EventEmitter {
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
 
     // devices first: the ACPI tables the loader writes describe them (VIOT: who is behind the IOMMU)
-    this.attachDevices();
-    if (cfg.viommu) this.attachIommu();
-    for (const [i, n] of (cfg.net ?? []).entries()) await this.attachNet(n, i);
-    if (cfg.rng) this.attachRng(cfg.rng === true ? {} : cfg.rng);
-    const viot = this.iommu && this.iommuPci ? { iommuBdf: this.iommuSlot << 3, endpoints: [...this.iommu.endpoints] } : undefined;
+    const pci = this.attachPlatformDevices();
+    const devices = (this.devices = new VirtioDevices({ memory: mem, pci, mmio: this.mmio, vm, router: this.router }));
+    if (cfg.viommu) devices.plugIommu();
+    for (const [i, n] of (cfg.net ?? []).entries()) await devices.plugNet(n, i);
+    if (cfg.rng) devices.plugRng(cfg.rng === true ? {} : cfg.rng);
+    const viot = devices.viot;
 
     this.boot = loadKernel(
       { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
@@ -327,7 +289,7 @@ export class Vm extends EventEmitter {
     const supported = supportedCpuid(this.kvmFd);
     for (let i = 0; i < cpus; i++) {
       const fd = new VcpuFd(vm.createVcpu(i));
-      this.vcpus.push({ fd });
+      this.vcpus.add(fd);
       fd.setCpuid(vcpuCpuid(supported, i, cpus));
       fd.setMsrs(BOOT_MSRS);
       const lapic = fd.getLapic();
@@ -345,12 +307,12 @@ export class Vm extends EventEmitter {
       }
     }
 
-    native.signalNoop(this.kickSignal);
     const runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
-    await Promise.all(this.vcpus.map((v, i) => this.spawnVcpu(v, i, runSize)));
+    await this.vcpus.start(this.kvmFd, runSize);
   }
 
-  private attachDevices(): void {
+  /** The serial port, power controls, ACPI event device and the PCI host (returned: the virtio functions go on it). */
+  private attachPlatformDevices(): PciHost {
     const power = (e: PowerEvent) => this.finish(e.reason === 'poweroff' ? { reason: 'poweroff', status: e.status, detail: e.detail } : { reason: 'reset', status: 0, detail: e.detail });
     this.uart = new Uart8250(
       (bytes) => this.serialOut(bytes),
@@ -359,79 +321,16 @@ export class Vm extends EventEmitter {
     this.pio.register(COM1_PORT, 8, this.uart, 'com1');
     this.pio.register(DEBUG_EXIT_PORT, 4, new DebugExit(power), 'debug-exit');
     this.pio.register(I8042_PORT, 5, new I8042(power), 'i8042');
-    this.pciHost = new PciHost(new ResetControl(power));
-    this.pio.register(PCI_CONFIG_ADDRESS, 8, this.pciHost, 'pci-host');
-    this.mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, new PciEcam(this.pciHost), 'pci-ecam');
+    const pci = new PciHost(new ResetControl(power));
+    this.pio.register(PCI_CONFIG_ADDRESS, 8, pci, 'pci-host');
+    this.mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, new PciEcam(pci), 'pci-ecam');
     this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
     this.ged = new GedEvents(() => {
       this.vmFd?.irqLine(ACPI_GED_GSI, true);
       this.vmFd?.irqLine(ACPI_GED_GSI, false);
     });
     this.pio.register(ACPI_GED_PORT, 1, this.ged, 'acpi-ged');
-  }
-
-  private async attachNet(n: NetConfig, index: number): Promise<void> {
-    let mac: Uint8Array;
-    try {
-      mac = n.mac ? parseMac(n.mac) : new Uint8Array([0x52, 0x54, 0x00, 0x75, 0x76, index & 0xff]);
-    } catch (e) {
-      throw new UserError(`--net: ${(e as Error).message}`);
-    }
-    checkNetConfig(n);
-    // the driver sees the MTU too: it raises its wire's to it where it can
-    const driver = await createDriver(n.driver, { ...(n.options ?? {}), ...(n.queues ? { queues: String(n.queues) } : {}), ...(n.mtu ? { mtu: String(n.mtu) } : {}) });
-    try {
-      if (n.mtu !== undefined && n.mtu > driver.caps.mtu) throw new UserError(`--net: mtu=${n.mtu} is more than the ${driver.name} driver carries (${driver.caps.mtu})`);
-      // behind the vIOMMU its endpoint id is its PCI requester id (bus 0, this slot, function 0)
-      const slot = this.pciHost!.freeSlot();
-      const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-      const net = new VirtioNet(this.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, mergeable: n.mergeable, mtu: n.mtu, speed: n.speed, duplex: n.duplex, rateLimit: n.rateLimit, iommu });
-      const pci = this.plugVirtio(net, 0x020000, slot);
-      if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
-      this.netDevices.push({ net, pci, driver });
-    } catch (e) {
-      driver.close();
-      throw e;
-    }
-  }
-
-  /** The entropy device, after the network devices (their PCI slots stay where they were without it). */
-  private attachRng(o: RngConfig): void {
-    if (o.packed !== undefined && typeof o.packed !== 'boolean') throw new UserError(`--rng: packed must be true or false (the library option), not ${JSON.stringify(o.packed)}`);
-    const slot = this.pciHost!.freeSlot();
-    const iommu = this.iommu ? { table: this.iommu.table, endpoint: slot << 3 } : undefined;
-    this.rng = new VirtioRng(this.memory, { iommu, packed: o.packed });
-    // (PCI class "other", as QEMU's virtio-rng-pci)
-    this.rngPci = this.plugVirtio(this.rng, 0xff0000, slot);
-    if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
-  }
-
-  /** A virtio device on the PCI bus, with firmware's part done: BAR placed, decoding and bus mastering on. */
-  private plugVirtio(dev: VirtioDevice, classCode: number, slot?: number): VirtioPciDevice {
-    const pci = new VirtioPciDevice(dev, { mmio: this.mmio, vm: this.vm, router: this.irqRoutes }, classCode);
-    this.pciHost!.add(pci, slot);
-    const size = 0x8000;
-    this.mmioNext = Math.ceil(this.mmioNext / size) * size;
-    pci.config.assignBar(0, this.mmioNext);
-    this.mmioNext += size;
-    pci.config.command = PCI_CMD_MEM | PCI_CMD_MASTER;
     return pci;
-  }
-
-  /** the virtio-iommu (--viommu), plugged before the devices it translates for */
-  iommu?: VirtioIommu;
-  private iommuPci?: VirtioPciDevice;
-
-  private iommuSlot = 0;
-
-  private attachIommu(): void {
-    this.iommu = new VirtioIommu(this.memory, { endpoints: [], thread: true });
-    // an UNMAP waiting past the stuck-thread limit for a dataplane thread: its device ends its threads
-    this.iommu.onStuckThread = async (slot, ms) => {
-      await Promise.all([...this.netDevices.map((d) => d.net.endStuckThread(slot, ms)), this.rng?.endStuckThread(slot, ms)]);
-    };
-    this.iommuSlot = this.pciHost!.freeSlot();
-    this.iommuPci = this.plugVirtio(this.iommu, 0x088000, this.iommuSlot);
   }
 
   /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */
@@ -447,55 +346,7 @@ export class Vm extends EventEmitter {
     if (!this.serial.writableEnded) this.serial.write(chunk);
   }
 
-  private spawnVcpu(v: VcpuThread, index: number, runSize: number): Promise<void> {
-    const mailbox = newMailbox();
-    v.server = new MailboxServer(
-      mailbox,
-      (space, write, addr, size, value) => {
-        const bus = space === 'pio' ? this.pio : this.mmio;
-        if (write) {
-          bus.write(addr, size, value);
-          return 0n;
-        }
-        return bus.read(addr, size);
-      },
-      (e) => this.finish({ reason: 'crash', status: 0, detail: `device model error: ${(e as Error).stack ?? e}` }),
-    );
-    v.run = new DataView(native.mmap(v.fd.fd, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));
-    v.runSize = runSize;
-    const syncRegs = (checkExtension(this.kvmFd, CAP.SYNC_REGS) & SYNC_X86_REGS) !== 0;
-    const data: VcpuWorkerData = { index, vcpuFd: v.fd.fd, runSize, syncRegs, kickSignal: this.kickSignal, mailbox, control: this.control };
-    const worker = (v.worker = new Worker(workerUrl('./vcpu-worker.js', import.meta.url), { workerData: data, name: `vcpu${index}` }));
-    v.exited = new Promise((resolve) =>
-      worker.once('exit', () => {
-        v.ended = true;
-        resolve();
-      }),
-    );
-    return new Promise((resolve, reject) => {
-      worker.on('message', (m: { type: string; thread?: bigint; stop?: VcpuStop }) => {
-        if (m.type === 'ready') {
-          v.thread = m.thread;
-          resolve();
-        } else if (m.type === 'stopped' && m.stop && m.stop.reason !== 'stopped') {
-          this.finish({ reason: m.stop.reason, status: 0, detail: `vcpu${index}: ${m.stop.detail}` });
-        } else if (m.type === 'stopped' && m.stop?.detail) {
-          this.stoppedAt[index] = `vcpu${index} at ${m.stop.detail}`;
-        }
-      });
-      worker.once('error', (e) => {
-        reject(e);
-        this.finish({ reason: 'crash', status: 0, detail: `vcpu${index} thread failed: ${e.message}` });
-      });
-      worker.once('exit', () => reject(new Error(`vcpu${index} thread exited during start-up`)));
-    });
-  }
-
   private finishing = false;
-  /** the devices' dirty-page log (one bit per guest-physical page), once enableDirtyLog was called */
-  private deviceLog?: Uint8Array;
-  /** where each vCPU was when stop() ended it */
-  private readonly stoppedAt: string[] = [];
 
   /** End the VM once, whoever asks first (guest power-off, a vCPU error, stop()). */
   private finish(exit: VmExit): void {
@@ -507,7 +358,8 @@ export class Vm extends EventEmitter {
       this.state = 'stopping';
       await this.teardown();
       this.state = 'stopped';
-      if (exit.reason === 'stopped' && this.stoppedAt.length) exit = { ...exit, detail: `${exit.detail}; ${this.stoppedAt.filter(Boolean).join(', ')}` };
+      const where = this.vcpus.stoppedWhere;
+      if (exit.reason === 'stopped' && where) exit = { ...exit, detail: `${exit.detail}; ${where}` };
       this.exitSeen = exit;
       this.resolveExit(exit);
       this.emit('exit', exit);
@@ -515,47 +367,13 @@ export class Vm extends EventEmitter {
     void run();
   }
 
-  /** Kick every vCPU out of KVM_RUN until its thread has ended. */
-  private async stopVcpus(): Promise<void> {
-    Atomics.store(this.control, CONTROL_STOP, 1);
-    // (paused vCPU threads wait on CONTROL_PAUSE)
-    Atomics.notify(this.control, CONTROL_PAUSE);
-    const pending = this.vcpus.filter((v) => v.worker);
-    let done = false;
-    const all = Promise.all(pending.map((v) => v.exited)).then(() => (done = true));
-    while (!done) {
-      for (const v of pending) {
-        v.run?.setUint8(RUN.immediate_exit, 1);
-        if (v.thread !== undefined) {
-          try {
-            native.threadKill(v.thread, this.kickSignal);
-          } catch {
-            // thread already gone
-          }
-        }
-      }
-      await Promise.race([all, new Promise((r) => setTimeout(r, 20))]);
-    }
-  }
-
   private async teardown(): Promise<void> {
-    await this.stopVcpus();
+    await this.vcpus.stop();
     // devices stop their dataplane threads before guest memory goes
-    for (const d of this.netDevices.splice(0)) {
-      await d.pci.close();
-      d.driver.close();
-    }
-    await this.rngPci?.close();
-    await this.iommuPci?.close();
-    await Promise.all(this.vcpus.map((v) => v.server?.close()));
+    await this.devices?.close();
+    await this.vcpus.close();
     this.flushSerial();
     this.serial.end();
-    for (const v of this.vcpus) {
-      // our kvm_run mapping would keep the vCPU, and with it the VM, alive until a GC
-      if (v.run && v.runSize) native.remapAnonymous(native.addressOf(v.run.buffer as ArrayBuffer), v.runSize);
-      v.fd.close();
-    }
-    this.vcpus = [];
     this.vmFd?.close();
     this.vmFd = undefined;
     this.mem?.release();

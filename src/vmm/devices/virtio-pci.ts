@@ -3,11 +3,12 @@
 // MSI-X table. Queue notifications are KVM ioeventfds and MSI-X vectors are irqfds through GSI routes,
 // so on the data path neither kicks nor interrupts pass through a vCPU exit or this thread. Register
 // accesses (the slow path) arrive here on vCPU exits.
-import { native, ONE, EFD_NONBLOCK } from '../../native.js';
+import { native, EFD_NONBLOCK } from '../../native.js';
 import type { Bus, BusDevice } from '../bus.js';
 import type { VmFd } from '../kvm.js';
 import type { GsiRouter } from '../irq-routing.js';
 import { PciConfigSpace, type PciDevice } from './pci.js';
+import { Msix } from './msix.js';
 import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from '../../virtio/device.js';
 import type { RingState } from '../../virtio/virtqueue.js';
 import type { Fields, StateValue } from '../../state/fields.js';
@@ -33,9 +34,6 @@ export const ISR_QUEUE = 1;
 export const ISR_CONFIG = 2;
 const COMMON_LEN = 0x38;
 const PCI_CAP_ID_VNDR = 0x09;
-const PCI_CAP_ID_MSIX = 0x11;
-const MSIX_ENABLE = 0x8000;
-const MSIX_FUNCTION_MASK = 0x4000;
 
 /**
  * One queue's registers as the driver programs them. The transport does not know the ring layout (the
@@ -54,12 +52,6 @@ interface QueueRegs {
   used: number;
 }
 
-interface Vector {
-  efd: number;
-  gsi?: number;
-  assigned: boolean;
-}
-
 function u64Write(old: number, offsetInField: number, size: number, value: number): number {
   // 32-bit halves of a 64-bit field (drivers write them separately, §4.1.3.1)
   const lo = offsetInField === 0 ? (size >= 4 ? value >>> 0 : old % 2 ** 32) : old % 2 ** 32;
@@ -69,9 +61,8 @@ function u64Write(old: number, offsetInField: number, size: number, value: numbe
 
 export class VirtioPciDevice implements PciDevice, BusDevice {
   readonly config: PciConfigSpace;
-  private readonly msixCap: number;
-  private readonly vectors: Vector[];
-  private readonly msixTable: Uint32Array;
+  /** one vector per queue and one for configuration changes */
+  private readonly msix: Msix;
   private readonly kickFds: number[];
   private readonly queues: QueueRegs[];
   private barAddr: number | undefined;
@@ -122,22 +113,8 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     cap(3, ISR_OFF, 1);
     cap(4, DEVICE_OFF, Math.max(device.configSize, 4));
 
-    const nvec = device.numQueues + 1;
-    const msix = new Uint8Array(10);
-    const mv = new DataView(msix.buffer);
-    mv.setUint16(0, nvec - 1, true);
-    mv.setUint32(2, MSIX_TABLE_OFF | 0, true); // BIR 0
-    mv.setUint32(6, MSIX_PBA_OFF | 0, true);
-    const writable = new Uint8Array(12);
-    writable[3] = 0xc0; // enable and function mask
-    this.msixCap = this.config.addCapability(PCI_CAP_ID_MSIX, msix, writable);
-    this.config.onWrite = (off, size) => {
-      if (off <= this.msixCap + 3 && off + size > this.msixCap + 2) this.syncVectors();
-    };
-
-    this.msixTable = new Uint32Array(nvec * 4);
-    for (let i = 0; i < nvec; i++) this.msixTable[i * 4 + 3] = 1; // masked
-    this.vectors = Array.from({ length: nvec }, () => ({ efd: native.eventfd(0, EFD_NONBLOCK), assigned: false }));
+    // KVM refusing a route or an irqfd for what the guest programmed: the device stops trusting it
+    this.msix = new Msix(this.config, device.numQueues + 1, { tableOffset: MSIX_TABLE_OFF, pbaOffset: MSIX_PBA_OFF }, platform, (reason) => this.needsReset(reason));
     this.kickFds = Array.from({ length: device.numQueues }, () => native.eventfd(0, EFD_NONBLOCK));
     this.queues = Array.from({ length: device.numQueues }, () => this.freshQueue());
   }
@@ -196,56 +173,14 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     });
   }
 
-  // ---- MSI-X: a GSI route and an irqfd per unmasked vector
-
-  private msixControl(): number {
-    return this.config.read(this.msixCap + 2, 2);
-  }
-
-  private syncVectors(): void {
-    try {
-      this.applyVectors();
-    } catch (e) {
-      // KVM refused a route or an irqfd for what the guest programmed: the device stops trusting it
-      this.needsReset(`MSI-X programming refused: ${(e as Error).message}`);
-    }
-  }
-
-  private applyVectors(): void {
-    const ctrl = this.msixControl();
-    const on = (ctrl & MSIX_ENABLE) !== 0 && (ctrl & MSIX_FUNCTION_MASK) === 0;
-    this.vectors.forEach((v, i) => {
-      const t = i * 4;
-      const active = on && (this.msixTable[t + 3] & 1) === 0 && this.msixTable[t] !== 0;
-      if (active) {
-        const msg = { addressLo: this.msixTable[t], addressHi: this.msixTable[t + 1], data: this.msixTable[t + 2] };
-        if (v.gsi === undefined) v.gsi = this.platform.router.addMsi(msg);
-        else this.platform.router.updateMsi(v.gsi, msg);
-        // re-assigning an irqfd whose eventfd was written meanwhile injects at once: a masked vector's
-        // interrupt stays pending until unmasked, as MSI-X requires
-        if (!v.assigned) this.platform.vm.irqfd(v.efd, v.gsi);
-        v.assigned = true;
-      } else if (v.assigned && v.gsi !== undefined) {
-        this.platform.vm.irqfd(v.efd, v.gsi, true);
-        v.assigned = false;
-      }
-    });
-  }
-
-  private signalVector(vector: number): void {
-    const v = this.vectors[vector];
-    if (v) native.write(v.efd, ONE);
-  }
-
   // ---- BAR register accesses (vCPU exits)
 
   read(offset: number, size: number): number {
     if (offset < COMMON_OFF + COMMON_LEN) return this.readCommon(offset, size);
     if (offset === ISR_OFF) return Atomics.exchange(this.isr, 0, 0) & 0xff;
     if (offset >= DEVICE_OFF && offset < DEVICE_OFF + this.device.configSize) return this.device.readConfig(offset - DEVICE_OFF, size);
-    if (offset >= MSIX_TABLE_OFF && offset < MSIX_TABLE_OFF + this.msixTable.length * 4 && size === 4 && offset % 4 === 0)
-      return this.msixTable[(offset - MSIX_TABLE_OFF) / 4];
-    return 0; // notify area, PBA (no pending bits kept: see syncVectors), holes
+    if (offset >= MSIX_TABLE_OFF && offset < MSIX_PBA_OFF) return this.msix.readTable(offset - MSIX_TABLE_OFF, size);
+    return 0; // notify area, PBA (no pending bits kept: a masked vector's stay in its eventfd, see msix.ts), holes
   }
 
   write(offset: number, size: number, value: number): void {
@@ -256,10 +191,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       if (Number.isInteger(q) && this.status & STATUS.DRIVER_OK) this.device.kick?.(q);
       return;
     }
-    if (offset >= MSIX_TABLE_OFF && offset < MSIX_TABLE_OFF + this.msixTable.length * 4 && size === 4 && offset % 4 === 0) {
-      this.msixTable[(offset - MSIX_TABLE_OFF) / 4] = value >>> 0;
-      this.syncVectors();
-    }
+    if (offset >= MSIX_TABLE_OFF && offset < MSIX_PBA_OFF) this.msix.writeTable(offset - MSIX_TABLE_OFF, size, value);
   }
 
   private q(): QueueRegs | undefined {
@@ -340,7 +272,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         return;
       case 0x1a:
         // a vector we do not have reads back as NO_VECTOR, telling the driver it failed (§4.1.5.1.2)
-        if (q) q.msixVector = (value & 0xffff) < this.vectors.length ? value & 0xffff : NO_VECTOR;
+        if (q) q.msixVector = (value & 0xffff) < this.msix.count ? value & 0xffff : NO_VECTOR;
         return;
       case 0x1c:
         if (q && (value & 1) && !(this.status & STATUS.DRIVER_OK)) q.enable = 1;
@@ -391,7 +323,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         avail: q.avail,
         used: q.used,
         kickFd: this.device.kickedByExit?.(index) ? -1 : this.kickFds[index],
-        callFd: q.msixVector < this.vectors.length ? this.vectors[q.msixVector].efd : -1,
+        callFd: this.msix.callFd(q.msixVector),
       });
     });
     return this.device
@@ -415,7 +347,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   configChanged(): void {
     this.generation = (this.generation + 1) & 0xff;
     Atomics.or(this.isr, 0, ISR_CONFIG);
-    if (this.msixConfig !== NO_VECTOR) this.signalVector(this.msixConfig);
+    if (this.msixConfig !== NO_VECTOR) this.msix.signal(this.msixConfig);
   }
 
   private clearState(): void {
@@ -489,7 +421,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         queueSelect: this.queueSelect,
         isr: Atomics.load(this.isr, 0),
         brokenReason: this.brokenReason,
-        msixTable: this.msixTable,
+        msixTable: this.msix.table,
         queues: this.queues.map((q, i) => ({ ...q, ring: live && q.enable ? (this.device.ringState?.(i) ?? { nextAvail: 0, nextUsed: 0, availWrap: true, usedWrap: true }) : undefined })),
       },
       this.device.saveState(),
@@ -503,16 +435,16 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
    */
   restoreState(f: Fields): Promise<void> {
     if (this.status !== 0) throw new Error('restoreState: the device is not fresh');
-    const s = readTransport(f, { features: this.device.features, numQueues: this.device.numQueues, maxQueueSize: this.device.maxQueueSize, vectors: this.vectors.length });
+    const s = readTransport(f, { features: this.device.features, numQueues: this.device.numQueues, maxQueueSize: this.device.maxQueueSize, vectors: this.msix.count });
     const dev = f.obj('device');
     if (!this.device.restoreState) throw new Error(`virtio device type ${this.device.deviceType} cannot restore its state`);
     this.device.restoreState(dev);
     f.done();
     Object.assign(this, { status: s.status, generation: s.generation, dfSelect: s.dfSelect, gfSelect: s.gfSelect, driverFeatures: s.driverFeatures, msixConfig: s.msixConfig, queueSelect: s.queueSelect, brokenReason: s.brokenReason });
     Atomics.store(this.isr, 0, s.isr);
-    this.msixTable.set(s.msixTable);
+    this.msix.table.set(s.msixTable);
     s.queues.forEach((q, i) => (this.queues[i] = { size: q.size, msixVector: q.msixVector, enable: q.enable, desc: q.desc, avail: q.avail, used: q.used }));
-    this.syncVectors();
+    this.msix.sync();
     return this.live ? this.activate(s.queues.map((q) => q.ring)) : Promise.resolve();
   }
 
@@ -521,7 +453,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     await this.resetting;
     await this.device.reset();
     if (this.barAddr !== undefined) this.platform.mmio.unregister(this, this.barAddr);
-    for (const v of this.vectors) native.close(v.efd);
+    this.msix.close();
     for (const fd of this.kickFds) native.close(fd);
   }
 }

@@ -5,13 +5,25 @@ import { STATUS, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, has } from '../../vir
 import type { RingState } from '../../virtio/virtqueue.js';
 import { Fields, StateError, checkBytes, u64Bytes, type StateValue } from '../../state/fields.js';
 
-export interface SavedQueue {
+/**
+ * One queue's registers as the driver programs them. The transport does not know the ring layout (the
+ * features decide it at DRIVER_OK): `desc` is queue_desc, the descriptor table (split) or ring (packed);
+ * `avail` is queue_driver, the available ring or the driver event suppression area; `used` is
+ * queue_device, the used ring or the device event suppression area. Sizes, alignments and placement
+ * are checked for the negotiated layout when the queue is created (src/virtio/queues.ts): a split size
+ * must be a power of two, a packed one need not be.
+ */
+export interface QueueRegs {
   size: number;
   msixVector: number;
   enable: number;
   desc: number;
   avail: number;
   used: number;
+}
+
+/** A queue's registers in a state document, and where its ring stood. */
+export interface SavedQueue extends QueueRegs {
   /** where the ring stood (undefined: the queue was not live) */
   ring?: RingState;
 }

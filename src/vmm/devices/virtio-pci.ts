@@ -12,7 +12,7 @@ import { Msix } from './msix.js';
 import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from '../../virtio/device.js';
 import type { RingState } from '../../virtio/virtqueue.js';
 import type { Fields, StateValue } from '../../state/fields.js';
-import { encodeTransport, readTransport } from './virtio-pci-state.js';
+import { encodeTransport, readTransport, type QueueRegs } from './virtio-pci-state.js';
 
 export interface PciPlatform {
   mmio: Bus;
@@ -34,23 +34,6 @@ export const ISR_QUEUE = 1;
 export const ISR_CONFIG = 2;
 const COMMON_LEN = 0x38;
 const PCI_CAP_ID_VNDR = 0x09;
-
-/**
- * One queue's registers as the driver programs them. The transport does not know the ring layout (the
- * features decide it at DRIVER_OK): `desc` is queue_desc, the descriptor table (split) or ring (packed);
- * `avail` is queue_driver, the available ring or the driver event suppression area; `used` is
- * queue_device, the used ring or the device event suppression area. Sizes, alignments and placement
- * are checked for the negotiated layout when the queue is created (src/virtio/queues.ts): a split size
- * must be a power of two, a packed one need not be.
- */
-interface QueueRegs {
-  size: number;
-  msixVector: number;
-  enable: number;
-  desc: number;
-  avail: number;
-  used: number;
-}
 
 function u64Write(old: number, offsetInField: number, size: number, value: number): number {
   // 32-bit halves of a 64-bit field (drivers write them separately, §4.1.3.1)

@@ -70,8 +70,10 @@ describe.runIf(haveKvm())('dirty-page tracking', () => {
     vm.serial.on('data', (d: Buffer) => (out += d.toString()));
     await vm.start();
     await until(() => (out.includes('CTRL-LOOP') ? 1 : 0), 1);
-    // commands are answered on this thread, so none lands between the window's synchronous steps
-    const r = await window(vm, () => sleep(300), async () => {});
+    // commands are answered on this thread, so none lands between the window's synchronous steps; the
+    // window lasts until two more were answered (each writes the used ring's page)
+    const net = vm.netDevices[0].net;
+    const r = await window(vm, () => until(() => net.controlCommands, net.controlCommands + 2), async () => {});
     await vm.stop();
     expectAllLogged(r, 1);
   });

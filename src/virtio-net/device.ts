@@ -316,8 +316,12 @@ export class VirtioNet implements VirtioDevice {
     this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
   }
 
+  /** control commands answered since the device was made (acked or refused) */
+  controlCommands = 0;
+
   /** One control command; returns the ack byte. */
   control(cls: number, cmd: number, data: Uint8Array): number {
+    this.controlCommands++;
     return netControl(this.controlTarget, cls, cmd, data);
   }
 

@@ -35,7 +35,8 @@ l2_symbols() { # "scenario's extra L2 arguments" 0xrip ...
 
 # The api scenario's host side, beside tsvmm run --api-socket SOCK: tsvmm ctl as L2 asks (l2-init.sh):
 # pause and resume while L1 pings L2 (counters and replies stand still while paused, replies come again
-# after), the link down and up, and the power button (ctl shutdown).
+# after), the link down and up, and the power button (ctl shutdown). Its output goes to a file, printed
+# once tsvmm has ended (two writers on the console would cut each other's lines).
 api_drive() { # socket
   sock=$1
   ctl() { node "$TSVMM_DIR/bin/tsvmm.js" ctl --api-socket "$sock" "$@"; }
@@ -98,7 +99,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   if [ "$name" = api ]; then
     rm -f "$WORK/api.sock"
     : > "$WORK/tsvmm.out"
-    api_drive "$WORK/api.sock" &
+    api_drive "$WORK/api.sock" > "$WORK/api.out" 2>&1 &
     driver=$!
   fi
   if [ "$name" = link ] || [ "$name" = shutdown ]; then
@@ -113,6 +114,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   fi
   if [ "$name" = api ]; then
     wait $driver
+    cat "$WORK/api.out"
     [ ! -e "$WORK/api.sock" ]; check api/socket-removed $?
   fi
   rc=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm.out")

@@ -51,6 +51,7 @@ function jobScript(files: string[]): string {
 }
 
 const freshFile = (): L1File => ({ tests: new Map(), errors: [], running: new Set(), ended: false });
+const failedIn = (f: L1File): boolean => f.errors.length > 0 || [...f.tests.values()].some((t) => t.state === 'failed');
 
 /** L1s booted at most for one set of files: the first, and fresh ones for what a kernel death left. */
 const MAX_L1_BOOTS = 3;
@@ -58,9 +59,9 @@ const MAX_L1_BOOTS = 3;
 /**
  * Runs `files` in L1. Should L1's kernel die before they end (seen only as QEMU 7.2's multi-threaded
  * software emulation going wrong: "Oops: int3" at static-branch sites, test/nested/pin-kvm-keys.mjs, and
- * "corrupted stack end detected inside scheduler" in KVM_RUN, in about one loaded full run of two), that
+ * "corrupted stack end detected inside scheduler" in KVM_RUN, at times twice in one full run), that
  * is said loudly, with the kernel's report, and the files that did not finish run again in a fresh L1,
- * up to MAX_L1_BOOTS L1s in all; a death of the last fails them.
+ * up to MAX_L1_BOOTS L1s in all, with the files that failed in the L1 that died; a death of the last fails them.
  */
 export async function runTestsInL1(files: string[], say: (line: string) => void): Promise<L1Outcome> {
   const t0 = Date.now();
@@ -69,14 +70,20 @@ export async function runTestsInL1(files: string[], say: (line: string) => void)
   for (const f of files) out.files.set(f, freshFile());
   const consoles: string[] = [];
   try {
-    let pass = await runPass(files, out, (l) => say(`in L1 [${elapsed()}]: ${l}`), consoles);
+    let ran = files;
+    let pass = await runPass(ran, out, (l) => say(`in L1 [${elapsed()}]: ${l}`), consoles);
     for (let boot = 2; boot <= MAX_L1_BOOTS; boot++) {
-      const left = files.filter((f) => !out.files.get(f)!.ended);
-      if (!pass.kernelDied || left.length === 0) break;
-      say(`in L1 [${elapsed()}]: WARNING: L1's kernel died before ${left.length} test file(s) finished; running them again in a fresh L1 (L1 ${boot} of at most ${MAX_L1_BOOTS}). What it reported:\n${pass.kernelReport}`);
+      if (!pass.kernelDied) break;
+      // (a file that failed in an L1 whose kernel then died is run again too: that kernel's memory was
+      // going wrong before it said so — a guest's memory test failed seconds before such a death)
+      const failed = ran.filter((f) => out.files.get(f)!.ended && failedIn(out.files.get(f)!));
+      const left = ran.filter((f) => !out.files.get(f)!.ended || failed.includes(f));
+      if (left.length === 0) break;
+      say(`in L1 [${elapsed()}]: WARNING: L1's kernel died before ${left.length - failed.length} test file(s) finished${failed.length ? ` (and after ${failed.join(', ')} failed)` : ''}; running them again in a fresh L1 (L1 ${boot} of at most ${MAX_L1_BOOTS}). What it reported:\n${pass.kernelReport}`);
       for (const f of left) out.files.set(f, freshFile());
       out.cutShort = '';
-      pass = await runPass(left, out, (l) => say(`in L1 [${elapsed()}] (L1 ${boot}): ${l}`), consoles);
+      ran = left;
+      pass = await runPass(ran, out, (l) => say(`in L1 [${elapsed()}] (L1 ${boot}): ${l}`), consoles);
     }
   } finally {
     mkdirSync(join(ROOT, '.cache', 'l1'), { recursive: true });

@@ -350,7 +350,7 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
     // static keys (test/nested/pin-kvm-keys.mjs). Should L1 still panic, it is said loudly, with the
     // panic, and the scenarios it did not finish run once more in a fresh L1; a second panic fails them.
     // An L1 gone silent (no console line for SILENCE_S, while every tsvmm in it has a shorter time limit
-    // that it reports: seen once in CI, in mq, with nothing after tsvmm started) is taken the same way.
+    // that it reports) has stopped running, and is taken the same way.
     const died = L1_PANIC.test(out) ? "L1's kernel panicked" : silent ? `L1 went silent for ${SILENCE_S} s` : '';
     if (died && !run.stages.some(([n]) => n === 'l1-done')) {
       const left = SCENARIOS.filter((s) => !run!.exits.has(s));

@@ -59,7 +59,7 @@ const MAX_L1_BOOTS = 3;
 /**
  * Runs `files` in L1. Should L1's kernel die before they end (seen only as QEMU 7.2's multi-threaded
  * software emulation going wrong: "Oops: int3" at static-branch sites, test/nested/pin-kvm-keys.mjs, and
- * "corrupted stack end detected inside scheduler" in KVM_RUN, at times twice in one full run), that
+ * "corrupted stack end detected inside scheduler" in KVM_RUN), that
  * is said loudly, with the kernel's report, and the files that did not finish run again in a fresh L1,
  * up to MAX_L1_BOOTS L1s in all, with the files that failed in the L1 that died; a death of the last fails them.
  */
@@ -74,8 +74,8 @@ export async function runTestsInL1(files: string[], say: (line: string) => void)
     let pass = await runPass(ran, out, (l) => say(`in L1 [${elapsed()}]: ${l}`), consoles);
     for (let boot = 2; boot <= MAX_L1_BOOTS; boot++) {
       if (!pass.kernelDied) break;
-      // (a file that failed in an L1 whose kernel then died is run again too: that kernel's memory was
-      // going wrong before it said so — a guest's memory test failed seconds before such a death)
+      // (a file that failed in an L1 whose kernel then died is run again too: a kernel that dies of
+      // corrupted memory may have handed corrupted memory to the guests it ran before it said so)
       const failed = ran.filter((f) => out.files.get(f)!.ended && failedIn(out.files.get(f)!));
       const left = ran.filter((f) => !out.files.get(f)!.ended || failed.includes(f));
       if (left.length === 0) break;

@@ -33,7 +33,8 @@ describe.runIf(haveKvm())('vCPU state through a state document', () => {
       const doc = saveMachine(from.machine);
       const parsed = decode(doc) as { version: number; vcpus: Array<{ msrs: Uint8Array }> };
       expect(parsed.version).toBe(1);
-      expect(parsed.vcpus[0].msrs.length).toBeGreaterThan(16 * 10);
+      const savedRegisters = parsed.vcpus[0].msrs;
+      expect(savedRegisters.length).toBeGreaterThan(16 * 10);
       const to = new BareMachine(MEM);
       new Uint8Array(to.mem.buffer).set(new Uint8Array(from.mem.buffer));
       from.close();

@@ -14,7 +14,7 @@ import { Bus } from './bus.js';
 import { VcpuThreads } from './vcpu-threads.js';
 import { vmMetrics } from './vm-metrics.js';
 import type { Metrics } from '../dataplane/metrics.js';
-import { vcpuCpuid } from './cpuid.js';
+import { configureVcpu, enterKernel } from './vcpu-setup.js';
 import { requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
 import type { VirtioIommu } from '../viommu/device.js';
 import type { VirtioNet } from '../virtio-net/device.js';
@@ -28,7 +28,6 @@ import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI }
 import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
-import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../boot/cpu-state.js';
 import type { Machine } from './state/machine.js';
 
 export type { VmConfig } from './config.js';
@@ -290,21 +289,8 @@ export class Vm extends EventEmitter {
     for (let i = 0; i < cpus; i++) {
       const fd = new VcpuFd(vm.createVcpu(i));
       this.vcpus.add(fd);
-      fd.setCpuid(vcpuCpuid(supported, i, cpus));
-      fd.setMsrs(BOOT_MSRS);
-      const lapic = fd.getLapic();
-      setupLapic(lapic);
-      fd.setLapic(lapic);
-      const fpu = fd.getFpu();
-      setupFpu(fpu);
-      fd.setFpu(fpu);
-      if (i === 0) {
-        // the boot processor enters the kernel; the others wait for INIT/SIPI from it
-        const sregs = fd.getSregs();
-        setupSregs(sregs, this.boot.mode);
-        fd.setSregs(sregs);
-        fd.setRegs(bootRegs(this.boot.entry, this.boot.mode, this.boot.pointer));
-      }
+      configureVcpu(fd, supported, i, cpus);
+      if (i === 0) enterKernel(fd, this.boot);
     }
 
     const runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');

@@ -7,7 +7,7 @@ import { KVM, RUN } from '../../src/vmm/kvm-abi.js';
 import { openKvm, requireCaps, supportedCpuid, VmFd, VcpuFd } from '../../src/vmm/kvm.js';
 import { GuestMemory } from '../../src/vmm/memory.js';
 import { Bus } from '../../src/vmm/bus.js';
-import { vcpuCpuid } from '../../src/vmm/cpuid.js';
+import { configureVcpu, enterKernel } from '../../src/vmm/vcpu-setup.js';
 import { handleExit, type VcpuStop } from '../../src/vmm/exit.js';
 import { Uart8250 } from '../../src/vmm/devices/uart8250.js';
 import { DebugExit, I8042, ResetControl, AcpiSleep } from '../../src/vmm/devices/power.js';
@@ -15,7 +15,6 @@ import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from '../../src/vmm/devices/pci.
 import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP } from '../../src/boot/acpi.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../../src/boot/layout.js';
 import { loadKernel } from '../../src/boot/loader.js';
-import { setupSregs, bootRegs, setupFpu, setupLapic, BOOT_MSRS } from '../../src/boot/cpu-state.js';
 import type { Machine } from '../../src/vmm/state/machine.js';
 
 export class BareMachine {
@@ -54,20 +53,10 @@ export class BareMachine {
     this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
 
     const fd = (this.vcpu = new VcpuFd(vm.createVcpu(0)));
-    fd.setCpuid(vcpuCpuid(supportedCpuid(this.kvmFd), 0, 1));
-    fd.setMsrs(BOOT_MSRS);
-    const lapic = fd.getLapic();
-    setupLapic(lapic);
-    fd.setLapic(lapic);
-    const fpu = fd.getFpu();
-    setupFpu(fpu);
-    fd.setFpu(fpu);
+    configureVcpu(fd, supportedCpuid(this.kvmFd), 0, 1);
     if (boot) {
       const entry = loadKernel({ slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize }, { kernel: boot.kernel, cmdline: boot.cmdline, memSize, cpus: 1 });
-      const sregs = fd.getSregs();
-      setupSregs(sregs, entry.mode);
-      fd.setSregs(sregs);
-      fd.setRegs(bootRegs(entry.entry, entry.mode, entry.pointer));
+      enterKernel(fd, entry);
     }
     this.runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
     this.run = new DataView(native.mmap(fd.fd, this.runSize, PROT_READ | PROT_WRITE, MAP_SHARED, 0));

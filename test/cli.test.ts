@@ -48,6 +48,9 @@ describe('tsvmm CLI', () => {
     [['run', '--kernel', TEST_GUEST, '--kvm-device', '/nonexistent/kvm'], /\/nonexistent\/kvm does not exist/],
     [['run', '--kernel', TEST_GUEST, '--net', 'tap,ifname=t0,packed=maybe'], /--net: packed=maybe is not on or off/],
     [['run', '--kernel', TEST_GUEST, '--rng=packed=maybe'], /--rng: "packed=maybe" is not packed=on or packed=off/],
+    // a misspelt driver option is refused before the driver opens anything (no tap is created)
+    [['vhost-user', '--socket', join(dir, 'vu.sock'), '--net', 'null,sise=64'], /--net null: unknown option "sise" \(this driver takes: busy-poll, loop, mtu, queues, rx, size;/],
+    [['vhost-user', '--socket', join(dir, 'vu.sock'), '--net', 'tap,ifname=cli-no-tap,mrg_rxbuf=off'], /--net tap: unknown option "mrg_rxbuf" \(this driver takes: busy-poll, dev, ifname, mtu, queues, sndbuf, uring;/],
   ])('rejects %j with one clear line', (args, pattern) => {
     expectOneLineError(tsvmm(args as string[]), pattern as RegExp);
   });

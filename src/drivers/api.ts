@@ -132,8 +132,17 @@ export interface NetDriver {
 
 export interface DriverModule {
   create(options: Record<string, string>): NetDriver;
+  /**
+   * Optional: the option keys `create` reads. With it, `--net` refuses any other key with one line (a
+   * typo is not silently ignored); the keys the VMM hands every driver (DRIVER_COMMON_OPTIONS) are
+   * always allowed.
+   */
+  readonly options?: readonly string[];
   openQueue(init: unknown): DriverQueue;
 }
+
+/** Option keys the VMM passes to every driver: it may use them or not. */
+export const DRIVER_COMMON_OPTIONS: readonly string[] = ['queues', 'mtu', 'busy-poll'];
 
 /** Allocate a batch for up to `packets` packets holding `segments` segments in all. */
 export function newPacketBatch(packets: number, segments: number): PacketBatch {

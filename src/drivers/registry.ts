@@ -2,7 +2,7 @@
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import { UserError } from '../errors.js';
-import type { DriverModule, NetDriver } from './api.js';
+import { DRIVER_COMMON_OPTIONS, type DriverModule, type NetDriver } from './api.js';
 
 const BUILTIN: Record<string, string> = {
   tap: './tap/index.js',
@@ -27,5 +27,14 @@ export async function createDriver(name: string, options: Record<string, string>
     throw new UserError(`--net: cannot load driver module ${name}: ${(e as Error).message.split('\n')[0]}`);
   }
   if (typeof mod.create !== 'function' || typeof mod.openQueue !== 'function') throw new UserError(`--net: ${name} is not a driver module (it must export create and openQueue)`);
+  if (mod.options) checkOptions(name, mod.options, options);
   return mod.create(options);
+}
+
+function checkOptions(driver: string, known: readonly string[], options: Record<string, string>): void {
+  for (const key of Object.keys(options)) {
+    if (known.includes(key) || DRIVER_COMMON_OPTIONS.includes(key)) continue;
+    const all = [...new Set([...known, ...DRIVER_COMMON_OPTIONS])].sort();
+    throw new UserError(`--net ${driver}: unknown option "${key}" (this driver takes: ${all.join(', ')}; and for any driver: mac, threads, packed, mrg-rxbuf, speed, duplex and the rate limits)`);
+  }
 }

@@ -25,6 +25,9 @@ function sysfs(ifname: string, what: string): string {
   return readFileSync(`/sys/class/net/${ifname}/${what}`, 'utf8').trim();
 }
 
+/** the option keys create() reads (the registry refuses others) */
+export const options = ['ifname', 'mode'];
+
 export function create(options: Record<string, string>): NetDriver {
   const ifname = options.ifname;
   if (!ifname) throw new UserError('--net af-xdp: ifname=NAME is required (an existing interface)');

@@ -20,6 +20,9 @@ interface NullInit {
 const LOOP_SLOTS = 512;
 const LOOP_SLOT_BYTES = 9018;
 
+/** the option keys create() reads (the registry refuses others) */
+export const options = ['size', 'rx', 'loop'];
+
 export function create(options: Record<string, string>): NetDriver {
   const size = Number(options.size ?? '64');
   if (!Number.isInteger(size) || size < 60 || size > 9000) throw new UserError('--net null: size must be 60..9000');

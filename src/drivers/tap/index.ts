@@ -119,6 +119,9 @@ function raiseMtu(sock: number, ifname: string, mtu: number): number {
   return getMtu(sock, ifname);
 }
 
+/** the option keys create() reads (the registry refuses others) */
+export const options = ['ifname', 'sndbuf', 'uring', 'dev'];
+
 export function create(options: Record<string, string>): NetDriver {
   const ifname = options.ifname;
   if (!ifname) throw new UserError('--net tap: ifname=NAME is required');

@@ -9,6 +9,11 @@
 //                                 [--directions guest→tap,tap→guest] [--only tsvmm|tsvmm-writev|dpdk]
 //                                 [--gen-cpus 0] (taskset list for the generator)
 //
+// DPDK's net_tap receives only after a SIGIO (the kernel raises one per frame queued on the tap; see
+// pmd_rx_burst's tap_trigger): where `perf` exists, the signals delivered to the DPDK side and its
+// readv calls are counted over the tap→guest window (perf stat on the tracepoints) and reported beside
+// its rate, which that signal rate bounds.
+//
 // Sides: `dpdk` (testpmd io-forwarding net_vhost ↔ net_tap: one read or write system call per frame),
 // `tsvmm` (tap driver with io_uring: a batch per io_uring_enter), `tsvmm-writev` (uring=off: one readv
 // or writev per frame). Both tsvmm sides busy-poll, as DPDK's lcore does.
@@ -20,6 +25,7 @@
 //              is reported beside it. The generator alone (into the tap with a queue nobody reads) is
 //              measured first, so that a rate near it is seen as the generator's limit.
 import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { CLI, cliArgs, requireTools, start, stop, testpmd, quitTestpmd, portCounters, socketPath, sleep, median, spread, alternate, NetNs, buildC } from './lib.mjs';
 
 const { json, has, str, num, list, log } = cliArgs();
@@ -47,7 +53,7 @@ async function backend(side, sock) {
     await t.until(/Port 1: [0-9A-F:]{17}/);
     t.send('set fwd io');
     t.send('start');
-    return { quit: () => quitTestpmd(t) };
+    return { pid: t.p.pid, quit: () => quitTestpmd(t) };
   }
   const uring = side === 'tsvmm' ? 'on' : 'off';
   const t = start('taskset', ['-c', '1', ...ns.prefix, process.execPath, CLI, 'vhost-user', '--socket', sock, '--net', `tap,ifname=${TAP},uring=${uring},busy-poll=1000000`]);
@@ -83,20 +89,40 @@ async function measure(side, direction, size) {
     await sleep(WARMUP_MS); // connection, JIT, rings filled
     const s0 = ns.linkStats(TAP);
     const c0 = await portCounters(virtio);
+    const traced = direction === 'tap→guest' && be.pid && HAVE_PERF ? traceSignals(be.pid, seconds) : undefined;
     await sleep(seconds * 1000);
     const c1 = await portCounters(virtio);
+    const signals = traced && (await traced);
     const s1 = ns.linkStats(TAP);
     const dt = Number(c1.at - c0.at) / 1e9;
     if (direction === 'guest→tap') {
       return { rate: (s1.rx.packets - s0.rx.packets) / dt, dropped: (s1.rx.dropped - s0.rx.dropped) / dt, offered: (c1.tx - c0.tx) / dt };
     }
-    return { rate: (c1.rx - c0.rx) / dt, dropped: (s1.tx.dropped - s0.tx.dropped) / dt, offered: (s1.tx.packets + s1.tx.dropped - s0.tx.packets - s0.tx.dropped) / dt };
+    return { rate: (c1.rx - c0.rx) / dt, dropped: (s1.tx.dropped - s0.tx.dropped) / dt, offered: (s1.tx.packets + s1.tx.dropped - s0.tx.packets - s0.tx.dropped) / dt, ...signals };
   } finally {
     if (generator) await generator.exited;
     await quitTestpmd(virtio);
     await be.quit();
     ns.delTap(TAP);
   }
+}
+
+const HAVE_PERF = (() => {
+  try {
+    execFileSync('sh', ['-c', 'command -v perf'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/** Signals delivered to `pid` and its readv calls, per second, over the next `secs` (perf stat). */
+async function traceSignals(pid, secs) {
+  const t = start('perf', ['stat', '-x,', '-e', 'signal:signal_deliver,syscalls:sys_enter_readv', '-p', String(pid), '--', 'sleep', String(secs)]);
+  await t.exited;
+  const count = (ev) => Number(new RegExp(`^(\\d+),[^\\n]*${ev}`, 'm').exec(t.out)?.[1] ?? NaN);
+  const out = { signalsPerSec: count('signal:signal_deliver') / secs, readvPerSec: count('syscalls:sys_enter_readv') / secs };
+  return Number.isNaN(out.signalsPerSec) ? {} : out;
 }
 
 /** The generator alone: into a tap of its own, with a queue attached that nobody reads. */
@@ -130,7 +156,8 @@ for (let r = 0; r < rounds; r++) {
       for (const side of alternate(sides, r)) {
         const m = await measure(side, direction, size);
         results[key][side].push(m);
-        log(`round ${r + 1} ${key} ${side}: ${mfps(m.rate)} M frames/s (offered ${mfps(m.offered)}, dropped ${mfps(m.dropped)})`);
+        const sig = m.signalsPerSec === undefined ? '' : `; ${mfps(m.signalsPerSec)} M signals/s and ${mfps(m.readvPerSec)} M readv/s delivered to testpmd`;
+        log(`round ${r + 1} ${key} ${side}: ${mfps(m.rate)} M frames/s (offered ${mfps(m.offered)}, dropped ${mfps(m.dropped)}${sig})`);
         if (direction === 'tap→guest' && m.rate > 0.8 * generator[size]) log(`  (within 20 % of the generator alone, ${mfps(generator[size])}: the generator may be the limit)`);
       }
     }

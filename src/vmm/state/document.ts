@@ -75,7 +75,8 @@ export function decodeState(bytes: Uint8Array, here: Fingerprint): DecodedState 
   }
 }
 
-function checkFingerprint(f: Fields, here: Fingerprint): void {
+/** Refuse (StateError) a fingerprint that is not this machine's. */
+export function checkFingerprint(f: Fields, here: Fingerprint): void {
   const memory = f.uint('memory', Number.MAX_SAFE_INTEGER);
   const cpus = f.uint('cpus', MAX_CPUS);
   const devices = f.list('devices', MAX_DEVICES, (v, path) => {

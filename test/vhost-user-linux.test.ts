@@ -28,6 +28,8 @@ const DEADLINE_MS = 600_000;
  * size takes QEMU's page-by-page path, which resets the TLB.
  */
 const GUEST_MEM = '524224K';
+/** the MTU QEMU's virtio-net offers the guest (host_mtu), below the taps' 9000 */
+const GUEST_MTU = 8000;
 
 /** QMP: connect, leave negotiation mode, run the commands, return their results. Rejects when QEMU
  *  closes the socket or does not answer within `timeoutMs` (a dead or wedged QEMU must not hang the hook). */
@@ -177,7 +179,8 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox')).each(['split
     procs.push(runInNs(ns, ['iperf3', '-s']));
     const sock = join(work, 'vu.sock');
     const startBackend = async (path = sock, tap = 'tap0') => {
-      const b = runInNs(ns, [process.execPath, CLI, 'vhost-user', '--socket', path, '--net', `tap,ifname=${tap}`, '--stats']);
+      // (the tap at 9000, the frontend's device at 8000: QEMU's host_mtu reaches the backend as NET_SET_MTU)
+      const b = runInNs(ns, [process.execPath, CLI, 'vhost-user', '--socket', path, '--net', `tap,ifname=${tap},mtu=9000`, '--stats']);
       procs.push(b);
       for (let i = 0; i < 100 && !existsSync(path); i++) await sleep(50);
       return b;
@@ -201,10 +204,10 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox')).each(['split
       '-object', `memory-backend-memfd,id=mem,size=${GUEST_MEM},share=on`, '-machine', 'memory-backend=mem',
       '-chardev', chardev, '-netdev', 'vhost-user,id=n0,chardev=c0',
       // QEMU 7.2 under TCG crashes with vhost-user and MSI-X: INTx (vectors=0), see MACHINE.md
-      '-device', `virtio-net-pci,netdev=n0,vectors=0,mac=52:54:00:75:76:00,packed=${layout === 'packed' ? 'on' : 'off'}`,
+      '-device', `virtio-net-pci,netdev=n0,vectors=0,mac=52:54:00:75:76:00,packed=${layout === 'packed' ? 'on' : 'off'},host_mtu=${GUEST_MTU}`,
       '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
       '-kernel', join(ROOT, '.cache', 'linux', 'vmlinuz'), '-initrd', join(NESTED, 'l2.cpio.gz'),
-      '-append', `console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=vhostuser tsvmm.cpus=1 tsvmm.queues=1 tsvmm.packed=${layout === 'packed' ? 1 : 0}`, ...extra];
+      '-append', `console=ttyS0 loglevel=4 panic=-1 tsvmm.scenario=vhostuser tsvmm.cpus=1 tsvmm.queues=1 tsvmm.packed=${layout === 'packed' ? 1 : 0} tsvmm.mtu=${GUEST_MTU}`, ...extra];
     // reconnect: QEMU keeps running when the backend goes away and connects to the next one
     const qemu = runInNs(ns, qemuArgs(`socket,id=c0,path=${sock},reconnect=1`, ['-qmp', `unix:${join(work, 'qmp1.sock')},server=on,wait=off`]));
     procs.push(qemu);
@@ -326,6 +329,7 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox')).each(['split
 
   it.each([
     'virtio-net-bound', layout === 'packed' ? 'feature-ring-packed' : 'feature-ring-split', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'link-up',
+    'feature-mtu', 'mtu-above-offer-refused', 'mtu-set', 'ping-jumbo-unfragmented',
     'ping-56', 'ping-1400', 'ping-8000', 'file-l1-to-l2', 'iperf3-l2-to-l1', 'iperf3-l1-to-l2',
     ...(RESTARTS[layout as 'split' | 'packed'] ? AFTER_RESTART : []),
     'downloads-during-migration', 'downloads-intact-across-migration', 'ping-after-migration', 'file-after-migration',
@@ -333,6 +337,11 @@ describe.runIf(!!which('qemu-system-x86_64') && !!which('busybox')).each(['split
     const m = new RegExp(`^L2-CHECK vhostuser/${name} (PASS|FAIL)(.*)$`, 'm').exec(run.consoleOut);
     expect(m, `no L2-CHECK ${name}; ${context()}`).not.toBeNull();
     expect(m![1], `${name}:${m![2]}; ${context()}`).toBe('PASS');
+  });
+
+  it("took the frontend's MTU (QEMU host_mtu, VHOST_USER_NET_SET_MTU) on both backends", () => {
+    expect(run.backendErr, context()).toContain(`vhost-user: MTU ${GUEST_MTU}\n`);
+    expect(run.destErr, context()).toContain(`vhost-user: MTU ${GUEST_MTU}\n`);
   });
 
   it('migrated live to a second QEMU and a second tsvmm backend, which served it', () => {

@@ -34,13 +34,15 @@ describe('vhost-user protocol robustness', () => {
   let sock: string;
   let server: VhostUserServer;
   let running: Promise<void>;
+  let backend: VhostUserBackend;
   const logs: string[] = [];
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'tsvmm-vup-'));
     sock = join(dir, 'vu.sock');
     const driver = await createDriver(join(ROOT, 'examples', 'drivers', 'null-driver.mjs'), {});
-    server = new VhostUserServer(new VhostUserBackend(driver, { queuePairs: 1 }), { path: sock, log: (l) => logs.push(l) });
+    backend = new VhostUserBackend(driver, { queuePairs: 1, log: (l) => logs.push(l) });
+    server = new VhostUserServer(backend, { path: sock, log: (l) => logs.push(l) });
     running = server.run();
     for (let i = 0; i < 100 && !existsSync(sock); i++) await sleep(10);
   });
@@ -97,6 +99,25 @@ describe('vhost-user protocol robustness', () => {
     expect(r.replies[2].getBigUint64(0, true)).toBe(0n); // SET_OWNER acknowledged: success
   });
 
+  it("takes the frontend's MTU (NET_SET_MTU) from 68 up to what the driver's wire carries, and refuses the rest", async () => {
+    const ack = FLAG_VERSION | FLAG_NEED_REPLY;
+    const r = await exchange([
+      message(REQ.GET_FEATURES),
+      message(REQ.GET_PROTOCOL_FEATURES),
+      message(REQ.SET_PROTOCOL_FEATURES, u64((1n << 3n) | (1n << 4n)), ack),
+      message(REQ.NET_SET_MTU, u64(1400n), ack),
+      message(REQ.NET_SET_MTU, u64(1501n), ack),
+      message(REQ.NET_SET_MTU, u64(67n), ack),
+      message(REQ.NET_SET_MTU, u64(1n << 40n), ack),
+    ]);
+    expect(r.closed).toBe(false);
+    expect(r.replies.map((v) => v.getBigUint64(0, true))).toEqual([expect.any(BigInt), expect.any(BigInt), 0n, 0n, 1n, 1n, 1n]);
+    expect(r.replies[0].getBigUint64(0, true) & (1n << 3n)).toBe(1n << 3n); // VIRTIO_NET_F_MTU
+    expect(r.replies[1].getBigUint64(0, true) & (1n << 4n)).toBe(1n << 4n); // VHOST_USER_PROTOCOL_F_NET_MTU
+    expect(backend.mtu).toBe(1400);
+    expect(logs.filter((l) => /the frontend's MTU \d+ refused \(this backend's wire takes 68 to 1500/.test(l))).toHaveLength(3);
+  });
+
   it('refuses a memory region larger than the file behind it (touching it would fault the VMM)', async () => {
     const mfd = native.memfdCreate('small', 0);
     native.ftruncate(mfd, 1 << 20);
@@ -135,6 +156,7 @@ describe('vhost-user protocol robustness', () => {
     ['a memory table whose descriptors are missing', [message(REQ.SET_MEM_TABLE, (() => { const p = new Uint8Array(8 + 32); p[0] = 1; p[16] = 0x10; return p; })())]],
     ['dirty logging that was not negotiated', [message(REQ.SET_LOG_BASE, new Uint8Array(16))]],
     ['a kick without its descriptor', [message(REQ.SET_VRING_KICK, u64(0n))]],
+    ['an MTU without the MTU protocol feature', [message(REQ.NET_SET_MTU, u64(1500n))]],
     ['a payload larger than any message', [message(REQ.GET_FEATURES, new Uint8Array(0), FLAG_VERSION, 1 << 20)]],
   ])('closes the connection on %s, and serves the next frontend', async (_what, msgs) => {
     const bad = await exchange(msgs as Uint8Array[]);

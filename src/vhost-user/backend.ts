@@ -87,9 +87,12 @@ export class VhostUserBackend implements BackendCore {
     private readonly opts: BackendOptions,
   ) {
     // the net device's offer (from what the driver honours) and what the vhost-user protocol adds
-    let f = netFeatureOffer(driver.caps, opts.queuePairs, { packed: opts.packed ?? true, mergeable: opts.mergeable }) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
+    // (VIRTIO_NET_F_MTU with the MTU protocol feature: a frontend whose device has an MTU set tells us
+    // with NET_SET_MTU, refused above what the driver's wire carries)
+    let f = netFeatureOffer(driver.caps, opts.queuePairs, { packed: opts.packed ?? true, mergeable: opts.mergeable }) | bit(F.MTU) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
     this.features = f;
-    this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);
+    this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.MTU, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);
+    this.mtu = driver.caps.mtu;
     this.vrings = Array.from({ length: 2 * opts.queuePairs }, freshRing);
     this.filter.reset(new Uint8Array(6));
     if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
@@ -108,6 +111,22 @@ export class VhostUserBackend implements BackendCore {
   /** the rate limits in force */
   get rateLimit(): NetRateLimits {
     return this.rateLimits.get();
+  }
+
+  /** the device's MTU: the frontend's (NET_SET_MTU), else the driver's wire */
+  mtu: number;
+
+  /** the largest MTU NET_SET_MTU takes: what the driver's wire carries */
+  get maxMtu(): number {
+    return this.driver.caps.mtu;
+  }
+
+  /** The frontend's MTU (checked by the handler): the threads size receive for it from their restart. */
+  async setMtu(mtu: number): Promise<void> {
+    if (mtu === this.mtu) return;
+    this.mtu = mtu;
+    this.say(`vhost-user: MTU ${mtu}`);
+    if (this.running.size > 0) await this.applyFeatures(this.acked);
   }
 
   get queuePairs(): number {
@@ -376,7 +395,7 @@ export class VhostUserBackend implements BackendCore {
     return {
       memory: mem.buffer,
       table: mem.table.toJSON(),
-      ...netDataplane(f, this.driver, this.filter.buffer, this.rateLimits.buffer),
+      ...netDataplane(f, this.driver, this.filter.buffer, this.rateLimits.buffer, this.mtu),
       stats: this.stats,
       busyPollUs: this.opts.busyPollUs ?? 0,
       iommu: this.iotlb ? { buffer: this.iotlb.table.buffer, endpoint: 0, slots: [this.iotlb.slots[pair]], missesWait: true, missFd: this.eventFd } : undefined,

@@ -3,7 +3,7 @@
 // a reply, or with the reason the connection ends (a frontend breaking the protocol). Descriptors a
 // message brought are the handler's to keep by taking them out of m.fds; the rest are closed after it.
 import { native } from '../native.js';
-import { F, bit, has } from '../virtio-net/features.js';
+import { F, MIN_MTU, bit, has } from '../virtio-net/features.js';
 import { F_LOG_ALL, mapLog, type MappedLog } from './log.js';
 import { FrontendMemory } from './memory.js';
 import { closeFd, VRING_F_LOG, type Vring } from './rings.js';
@@ -31,6 +31,9 @@ export interface BackendCore {
   /** the channel for requests to the frontend (IOTLB misses) */
   backendFd: number;
   readonly hasIotlb: boolean;
+  /** the largest MTU NET_SET_MTU takes */
+  readonly maxMtu: number;
+  setMtu(mtu: number): Promise<void>;
   /** a line for the operator */
   say(line: string): void;
   /** switch features: threads restarted with them, the IOTLB made or dropped */
@@ -250,6 +253,19 @@ async function iotlbMsg(b: BackendCore, m: P.Message): Promise<Handled> {
   return done;
 }
 
+/** The frontend device's MTU (QEMU's host_mtu): from 68 up to what the driver's wire carries, else refused. */
+async function netSetMtu(b: BackendCore, m: P.Message): Promise<Handled> {
+  if (!(b.ackedProtocol & (1n << BigInt(P.PROTOCOL_F.MTU)))) return fail('NET_SET_MTU without the MTU protocol feature');
+  if (m.payload.byteLength < 8) return fail('short NET_SET_MTU');
+  const mtu = m.payload.getBigUint64(0, true);
+  if (mtu < BigInt(MIN_MTU) || mtu > BigInt(b.maxMtu)) {
+    b.say(`vhost-user: the frontend's MTU ${mtu} refused (this backend's wire takes ${MIN_MTU} to ${b.maxMtu}; --net ...,mtu=N raises a tap's)`);
+    return ack(b, m, false);
+  }
+  await b.setMtu(Number(mtu));
+  return ack(b, m, true);
+}
+
 export const HANDLERS: ReadonlyMap<number, Handler> = new Map<number, Handler>([
   [P.REQ.GET_FEATURES, (b, m) => u64Reply(m, b.features)],
   [P.REQ.SET_FEATURES, setFeatures],
@@ -277,6 +293,7 @@ export const HANDLERS: ReadonlyMap<number, Handler> = new Map<number, Handler>([
   [P.REQ.SET_LOG_FD, setLogFd],
   [P.REQ.SET_BACKEND_REQ_FD, setBackendReqFd],
   [P.REQ.IOTLB_MSG, iotlbMsg],
+  [P.REQ.NET_SET_MTU, netSetMtu],
 ]);
 
 /** A request no handler knows: refused (an error reply, or the connection's end without REPLY_ACK). */

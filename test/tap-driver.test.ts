@@ -8,7 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { NetNs, PKT, pkt, lastJson, patternFrame } from './helpers/netns.js';
-import { native, AF_UNIX, SOCK_STREAM } from '../src/native.js';
+import { native, AF_UNIX, SOCK_STREAM, O_RDWR, O_NONBLOCK } from '../src/native.js';
+import { TapQueue } from '../src/drivers/tap/queue.js';
+import { openUring } from '../src/drivers/tap/uring.js';
 import { create, openQueue } from '../src/drivers/tap/index.js';
 import { UserError } from '../src/errors.js';
 import { UringTapQueue, collectReads, HDR_STRIDE } from '../src/drivers/tap/uring-queue.js';
@@ -195,6 +197,34 @@ describe.each([
     b.count = 8;
     expect(q.receive(b, mem)).toBe(0);
   }, 20_000);
+
+  it('drops and counts frames the kernel refuses with an error other than EAGAIN (EBADFD: a tun fd attached to no interface), and goes on', () => {
+    const loose = native.open('/dev/net/tun', O_RDWR | O_NONBLOCK);
+    let ring: ReturnType<typeof openUring> | undefined;
+    try {
+      let lq: DriverQueue;
+      if (uring) {
+        ring = openUring(128);
+        if (typeof ring === 'string') throw new Error(ring);
+        lq = new UringTapQueue(loose, ring);
+      } else lq = new TapQueue(loose);
+      const b = newPacketBatch(3, 3);
+      new Uint8Array(mem).set(frame(60));
+      for (let i = 0; i < 3; i++) b.iov.set([0, 0, 60], 3 * i);
+      b.iovStart.set([0, 1, 2, 3]);
+      b.len.set([60, 60, 60]);
+      b.meta.fill(0);
+      for (const count of [3, 1]) {
+        b.count = count;
+        const before = lq.drops;
+        expect(lq.transmit(b, mem)).toBe(count);
+        expect([lq.drops - before, lq.wouldBlock]).toEqual([count, false]);
+      }
+    } finally {
+      if (ring && typeof ring !== 'string') ring.close();
+      native.close(loose);
+    }
+  });
 });
 
 describe('io_uring reads collected in order', () => {

@@ -8,7 +8,7 @@
 import { fileURLToPath } from 'node:url';
 import { native } from '../../native.js';
 import { UserError } from '../../errors.js';
-import { NO_OFFLOADS, type DriverQueue, type NetDriver, type PacketBatch } from '../api.js';
+import { META_WORDS, NO_OFFLOADS, type DriverQueue, type NetDriver, type PacketBatch } from '../api.js';
 
 interface NullInit {
   size: number;
@@ -120,7 +120,7 @@ class NullQueue implements DriverQueue {
         left -= n;
       }
       b.len[p] = this.heldLen[slot] - left;
-      b.meta.fill(0, p * 6, p * 6 + 6);
+      noMeta(b.meta, p);
       this.heldHead = (this.heldHead + 1) % LOOP_SLOTS;
       this.heldCount--;
     }
@@ -165,12 +165,23 @@ class NullQueue implements DriverQueue {
         left -= n;
       }
       b.len[p] = at;
-      b.meta.fill(0, p * 6, p * 6 + 6);
+      noMeta(b.meta, p);
     }
     return b.count;
   }
 
   close(): void {}
+}
+
+/** Packet p's metadata: none (six stores: cheaper than a fill() call for so few words). */
+function noMeta(meta: Int32Array, p: number): void {
+  const m = p * META_WORDS;
+  meta[m] = 0;
+  meta[m + 1] = 0;
+  meta[m + 2] = 0;
+  meta[m + 3] = 0;
+  meta[m + 4] = 0;
+  meta[m + 5] = 0;
 }
 
 export function openQueue(init: unknown): DriverQueue {

@@ -1,8 +1,9 @@
 // Nanoseconds per packet of the net engine (NetQueuePair) with the null driver, in process, no KVM and
 // no thread: a ring of one-descriptor chains in a SharedArrayBuffer, the engine moving a ring's worth
-// of packets per call, TX and RX, split and packed rings; next to bench/ring-micro.c, a C loop doing the
-// same ring work on the same layout in the same memory (built here with gcc -O2, loaded as an addon,
-// so both run in this process). tinybench times both, alternating task order round by round.
+// of packets per call, TX and RX (RX also with MRG_RXBUF: rx-mrg), split and packed rings; next to
+// bench/ring-micro.c, a C loop doing the same ring work on the same layout in the same memory (built
+// here with gcc -O2, loaded as an addon, so both run in this process). tinybench times both,
+// alternating task order round by round.
 // The driver side (buffers made available again) is the C one for both, so the difference is the
 // device side. The guest asks for no interrupts (as a polling driver does): no system call is timed.
 // --base DIR adds the engine of another build (DIR/dist, e.g. the last release's) to the same rounds,
@@ -82,7 +83,7 @@ function layRing(u8, base, packed, rx, size) {
 }
 
 /** The engine (of build `e`) over one TX ring and one RX ring in `mem`, the same rings laid out for the C loop. */
-function setup(packed, size, e = here) {
+function setup(packed, size, e = here, mergeable = false) {
   const { MemoryTable, guestView, createQueue, NetQueuePair, RxFilter, STAT_WORDS, txPolicy, nullDriver } = e;
   const buffer = new SharedArrayBuffer(MEM);
   const u8 = new Uint8Array(buffer);
@@ -98,7 +99,7 @@ function setup(packed, size, e = here) {
   const fds = [native.eventfd(0, EFD_NONBLOCK), native.eventfd(0, EFD_NONBLOCK)];
   const stats = { rx: new Float64Array(STAT_WORDS), tx: new Float64Array(STAT_WORDS) };
   const pair = new NetQueuePair(view, buffer, rxq, txq, driver, {
-    mergeable: false,
+    mergeable,
     maxRxFrame: 1514,
     txPolicy: txPolicy(0n),
     rxCallFd: fds[0],
@@ -127,11 +128,14 @@ function turn(s, ring, process) {
 const results = {};
 for (const layout of ['split', 'packed']) {
   for (const size of sizes) {
-    for (const dir of ['tx', 'rx']) {
+    // rx-mrg: receive with MRG_RXBUF negotiated (as virtio-user and Linux guests do), same buffers
+    for (const kind of ['tx', 'rx', 'rx-mrg']) {
+      const dir = kind === 'tx' ? 'tx' : 'rx';
+      const mrg = kind === 'rx-mrg';
       // separate memory for the engine and the C loop: each keeps its own ring indices
-      const js = setup(layout === 'packed', size);
+      const js = setup(layout === 'packed', size, here, mrg);
       const c = setup(layout === 'packed', size);
-      const old = base && setup(layout === 'packed', size, base);
+      const old = base && setup(layout === 'packed', size, base, mrg);
       const engine = (x) => (dir === 'tx' ? (n) => x.pair.processTx(n) : (n) => x.pair.processRx(n));
       const ring = c.rings[dir];
       const tasks = {
@@ -139,7 +143,7 @@ for (const layout of ['split', 'packed']) {
         ...(jsOnly ? {} : { c: () => turn(c, ring, (n) => ringC.device(c.u8, ring.cfg, ring.state, n)) }),
         ...(old && !jsOnly ? { base: () => turn(old, old.rings[dir], engine(old)) } : {}),
       };
-      const key = `${dir} ${size}B ${layout}`;
+      const key = `${kind} ${size}B ${layout}`;
       const ns = { js: [], c: [], base: [] };
       for (let r = 0; r < rounds; r++) {
         const bench = new Bench({ time: ms, warmupTime: Math.min(ms, 200) });

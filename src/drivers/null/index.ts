@@ -21,6 +21,13 @@ const LOOP_SLOTS = 512;
 const LOOP_SLOT_BYTES = 9018;
 /** the longest byte array made over guest memory (larger memory: copies through native.copy) */
 const MAX_BYTE_ARRAY = 2 ** 31;
+/**
+ * Copies up to this many bytes are typed-array copies; longer ones go through native.copy (memmove).
+ * V8 copies into or out of a SharedArrayBuffer byte by byte (relaxed atomics), which beats the addon
+ * call's fixed cost only for short copies: measured with bench/engine-micro.mjs, 64-byte frames gain,
+ * 1514-byte frames lose 3x.
+ */
+const SHORT_COPY = 256;
 
 export function create(options: Record<string, string>): NetDriver {
   const size = Number(options.size ?? '64');
@@ -65,8 +72,8 @@ class NullQueue implements DriverQueue {
   }
 
   transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
-    // (a typed-array copy through a view of each segment: cheaper than a call into the addon per
-    // frame; a view per segment, as guest memory may be larger than one typed array can be)
+    // (a short copy is a typed-array copy through a view of the segment, as guest memory may be
+    // larger than one typed array can be: SHORT_COPY)
     if (this.held) return this.hold(b, mem);
     // every frame is copied out of guest memory, as DPDK's vhost copies into an mbuf (a memcpy)
     const mbuf = this.mbuf;
@@ -74,7 +81,8 @@ class NullQueue implements DriverQueue {
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const n = Math.min(b.iov[t + 2], mbuf.length - at);
-        mbuf.set(new Uint8Array(mem, b.iov[t + 1], n), at);
+        if (n <= SHORT_COPY) mbuf.set(new Uint8Array(mem, b.iov[t + 1], n), at);
+        else native.copy(mbuf, at, mem, b.iov[t + 1], n);
         at += n;
       }
       this.sink = (this.sink + mbuf[0]) | 0;
@@ -93,7 +101,8 @@ class NullQueue implements DriverQueue {
       const end = at + LOOP_SLOT_BYTES;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const n = Math.min(b.iov[t + 2], end - at);
-        held.set(new Uint8Array(mem, b.iov[t + 1], n), at);
+        if (n <= SHORT_COPY) held.set(new Uint8Array(mem, b.iov[t + 1], n), at);
+        else native.copy(held, at, mem, b.iov[t + 1], n);
         at += n;
       }
       this.heldLen[slot] = at - slot * LOOP_SLOT_BYTES;
@@ -114,7 +123,7 @@ class NullQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
         const off = b.iov[t + 1];
         const n = Math.min(left, b.iov[t + 2]);
-        if (u8 !== undefined) u8.set(held.subarray(at, at + n), off);
+        if (u8 !== undefined && n <= SHORT_COPY) u8.set(held.subarray(at, at + n), off);
         else native.copy(mem, off, held, at, n);
         at += n;
         left -= n;
@@ -158,8 +167,8 @@ class NullQueue implements DriverQueue {
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
         const n = Math.min(left, b.iov[t + 2]);
-        // (the frame whole into one segment, the common case: a typed-array copy, no view made)
-        if (u8 !== undefined && n === f.length) u8.set(f, b.iov[t + 1]);
+        // (a short frame whole into one segment, the common case: a typed-array copy, no view made)
+        if (u8 !== undefined && n === f.length && n <= SHORT_COPY) u8.set(f, b.iov[t + 1]);
         else native.copy(mem, b.iov[t + 1], f, at, n);
         at += n;
         left -= n;

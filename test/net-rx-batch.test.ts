@@ -12,6 +12,7 @@ import { txPolicy } from '../src/virtio-net/features.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory } from './helpers/virtq-driver.js';
+import { DirtyLog } from '../src/virtio/dirty-log.js';
 import { RING_LAYOUTS, eventfdCount } from './helpers/ring-driver.js';
 
 /** Receives as many queued frames as a call offers packets, as the tap's io_uring receive does. */
@@ -63,7 +64,7 @@ function frame(len: number, tag: number, dst: number[] = [0xff, 0xff, 0xff, 0xff
 }
 
 for (const L of RING_LAYOUTS) {
-  function setup(o: { mergeable?: boolean; knowsLength?: boolean; size?: number } = {}) {
+  function setup(o: { mergeable?: boolean; knowsLength?: boolean; size?: number; log?: boolean } = {}) {
     const mem = new TestMemory(4 << 20);
     const rx = L.driver(mem, o.size ?? 64);
     const tx = L.driver(mem, o.size ?? 64);
@@ -75,8 +76,13 @@ for (const L of RING_LAYOUTS) {
     const rxStats = new Float64Array(STAT_WORDS);
     const filter = new RxFilter();
     filter.reset(new Uint8Array(OUR_MAC));
+    const logArea = { buffer: new SharedArrayBuffer((4 << 20) / 4096 / 8), offset: 0, size: (4 << 20) / 4096 / 8 };
+    const log = o.log ? new DirtyLog(logArea, mem.view.table.regions) : undefined;
+    /** the dirty-log bit of the page holding guest-physical `gpa` */
+    const logged = (gpa: number) => (new Uint8Array(logArea.buffer)[gpa >> 15] >> ((gpa >> 12) & 7)) & 1;
     const rxCall = native.eventfd(0, EFD_NONBLOCK);
     const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
+      log,
       mergeable: o.mergeable ?? false,
       maxRxFrame: 1514,
       txPolicy: txPolicy(0n),
@@ -93,7 +99,7 @@ for (const L of RING_LAYOUTS) {
     };
     const body = (a: number, len: number) => [...mem.bytes(a + NET_HDR_LEN, len)];
     const close = () => native.close(rxCall);
-    return { mem, rx, rxq, driver, pair, rxStats, filter, chain, body, calls: () => eventfdCount(rxCall), close };
+    return { mem, rx, rxq, driver, pair, rxStats, filter, chain, body, logged, calls: () => eventfdCount(rxCall), close };
   }
 
   describe(`batched receive on ${L.name} rings`, () => {
@@ -291,6 +297,26 @@ for (const L of RING_LAYOUTS) {
       expect(s.driver.offered).toEqual([2, 1]);
       const ids = chains.map(([id]) => id);
       expect(s.rx.takeUsed()).toEqual([...spread([ids[0]], 100), ...spread(ids.slice(1, 3), 1500), ...spread([ids[3]], 60)]);
+      s.close();
+    });
+
+    it('with MRG_RXBUF logs the bytes a frame moved down into, header space of a chain it continues into included', () => {
+      const s = setup({ mergeable: true, log: true });
+      // chains of two buffers on pages of their own: 12 bytes (header space), then 1012 bytes
+      const pages = Array.from({ length: 4 }, () => [s.mem.alloc(4096, 4096), s.mem.alloc(4096, 4096)]);
+      const ids = pages.map(([h, d]) => s.rx.add([{ addr: h, len: NET_HDR_LEN, write: true }, { addr: d, len: 1024 - NET_HDR_LEN, write: true }]));
+      s.driver.frames.push(frame(60, 0), frame(1500, 1));
+      expect(s.pair.processRx(64)).toBe(2);
+      // the second frame was read into chains 2 and 3, and moved into chains 1 and 2: chain 2's header
+      // space holds frame bytes now, written only by the move
+      expect(s.rx.takeUsed()).toEqual([{ id: ids[0], len: 72 }, { id: ids[1], len: 1024 }, { id: ids[2], len: 1512 - 1024 }]);
+      expect(pages.slice(0, 3).map(([h, d]) => [s.logged(h), s.logged(d)])).toEqual([
+        [1, 1],
+        [1, 1],
+        [1, 1],
+      ]);
+      const [h2] = pages[2];
+      expect([...s.mem.bytes(h2, NET_HDR_LEN)]).toEqual([...frame(1500, 1).subarray(1024 - NET_HDR_LEN, 1024)]);
       s.close();
     });
 

@@ -320,6 +320,24 @@ for (const L of RING_LAYOUTS) {
       s.close();
     });
 
+    it('with MRG_RXBUF moves a frame into chains whose header space is split over buffers (any layout)', () => {
+      const s = setup({ mergeable: true });
+      // each chain: 4 + 8 bytes of header space, then 1012 bytes
+      const bufs = Array.from({ length: 4 }, () => [s.mem.alloc(4), s.mem.alloc(8), s.mem.alloc(1024 - NET_HDR_LEN)]);
+      const ids = bufs.map((b) => s.rx.add(b.map((addr, k) => ({ addr, len: [4, 8, 1024 - NET_HDR_LEN][k], write: true }))));
+      s.driver.frames.push(frame(60, 0), frame(1500, 1));
+      expect(s.pair.processRx(64)).toBe(2);
+      expect(s.rx.takeUsed()).toEqual([{ id: ids[0], len: 72 }, { id: ids[1], len: 1024 }, { id: ids[2], len: 1512 - 1024 }]);
+      const chainBytes = (k: number) => [...s.mem.bytes(bufs[k][0], 4), ...s.mem.bytes(bufs[k][1], 8), ...s.mem.bytes(bufs[k][2], 1024 - NET_HDR_LEN)];
+      // the moved frame: its header (num_buffers 2) in chain 1's split header space, its bytes after it
+      // and on through chain 2, that chain's header space included
+      const got = [...chainBytes(1), ...chainBytes(2)];
+      expect(got.slice(0, NET_HDR_LEN)).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0]);
+      expect(got.slice(NET_HDR_LEN, NET_HDR_LEN + 1500)).toEqual([...frame(1500, 1)]);
+      expect(chainBytes(0).slice(0, NET_HDR_LEN + 60)).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, ...frame(60, 0)]);
+      s.close();
+    });
+
     it('with MRG_RXBUF breaks the ring on a buffer smaller than the header anywhere in a chain list, after the frames before it', () => {
       const s = setup({ mergeable: true });
       const good = [s.chain(1024), s.chain(1024), s.chain(1024)];

@@ -1,33 +1,47 @@
 // Nanoseconds per packet of the net engine (NetQueuePair) with the null driver, in process, no KVM and
 // no thread: a ring of one-descriptor chains in a SharedArrayBuffer, the engine moving a ring's worth
-// of packets per call, TX and RX, split and packed rings; next to bench/ring-micro.c, a C loop doing the
-// same ring work on the same layout in the same memory (built here with gcc -O2, loaded as an addon,
-// so both run in this process). tinybench times both, alternating task order round by round.
+// of packets per call, TX and RX (RX also with MRG_RXBUF: rx-mrg), split and packed rings; next to
+// bench/ring-micro.c, a C loop doing the same ring work on the same layout in the same memory (built
+// here with gcc -O2, loaded as an addon, so both run in this process). tinybench times both,
+// alternating task order round by round.
 // The driver side (buffers made available again) is the C one for both, so the difference is the
 // device side. The guest asks for no interrupts (as a polling driver does): no system call is timed.
+// --base DIR adds the engine of another build (DIR/dist, e.g. the last release's) to the same rounds,
+// so that a change is measured against what it changes on the same machine at the same moment.
+// --js-only times the engine alone (no C loop, no base): what `npm run bench:profile` profiles.
 //
-//   node bench/engine-micro.mjs [--json] [--rounds N] [--ms MS] [--sizes 64,1514] [--ring 256]
+//   node bench/engine-micro.mjs [--json] [--rounds N] [--ms MS] [--sizes 64,1514] [--ring 256] [--base DIR] [--js-only]
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Bench } from 'tinybench';
 import { ROOT, cliArgs, buildC, median, spread, alternate } from './lib.mjs';
 
-const { json, num, list, log } = cliArgs();
+const { json, num, list, str, has, log } = cliArgs();
+const jsOnly = has('--js-only');
 const rounds = num('--rounds', 3);
 const ms = num('--ms', 1000);
 const sizes = list('--sizes', ['64', '1514']).map(Number);
 const RING = num('--ring', 256);
 
-const dist = (p) => import(join(ROOT, 'dist', p));
-const { MemoryTable } = await dist('vmm/memory.js');
-const { guestView } = await dist('virtio/dma.js');
-const { createQueue } = await dist('virtio/queues.js');
-const { NetQueuePair } = await dist('virtio-net/net-pair.js');
-const { RxFilter } = await dist('virtio-net/rx-filter.js');
-const { STAT, STAT_WORDS } = await dist('dataplane/stats.js');
-const { txPolicy } = await dist('virtio-net/features.js');
-const { native, EFD_NONBLOCK } = await dist('native.js');
-const nullDriver = await dist('drivers/null/index.js');
+/** The engine's modules of the build at `root` (this one, or --base). */
+async function engineOf(root) {
+  const dist = (p) => import(join(root, 'dist', p));
+  return {
+    ...(await dist('vmm/memory.js')),
+    ...(await dist('virtio/dma.js')),
+    ...(await dist('virtio/queues.js')),
+    ...(await dist('virtio-net/net-pair.js')),
+    ...(await dist('virtio-net/rx-filter.js')),
+    ...(await dist('dataplane/stats.js')),
+    ...(await dist('virtio-net/features.js')),
+    nullDriver: await dist('drivers/null/index.js'),
+  };
+}
+const here = await engineOf(ROOT);
+const baseDir = str('--base');
+const base = baseDir === undefined ? undefined : await engineOf(baseDir);
+const { STAT } = here;
+const { native, EFD_NONBLOCK } = await import(join(ROOT, 'dist', 'native.js'));
 const ringC = createRequire(import.meta.url)(buildC('ring-micro', ['-shared', '-fPIC', '-I/usr/include/node'], 'ring-micro.node'));
 
 const MEM = 8 << 20;
@@ -68,8 +82,9 @@ function layRing(u8, base, packed, rx, size) {
   return { cfg, state, bufs, qcfg: { size: RING, desc, avail, used } };
 }
 
-/** The engine over one TX ring and one RX ring in `mem`, and the same rings laid out for the C loop. */
-function setup(packed, size) {
+/** The engine (of build `e`) over one TX ring and one RX ring in `mem`, the same rings laid out for the C loop. */
+function setup(packed, size, e = here, mergeable = false) {
+  const { MemoryTable, guestView, createQueue, NetQueuePair, RxFilter, STAT_WORDS, txPolicy, nullDriver } = e;
   const buffer = new SharedArrayBuffer(MEM);
   const u8 = new Uint8Array(buffer);
   const view = guestView(buffer, new MemoryTable([{ gpa: 0, size: MEM, offset: 0 }]));
@@ -84,7 +99,7 @@ function setup(packed, size) {
   const fds = [native.eventfd(0, EFD_NONBLOCK), native.eventfd(0, EFD_NONBLOCK)];
   const stats = { rx: new Float64Array(STAT_WORDS), tx: new Float64Array(STAT_WORDS) };
   const pair = new NetQueuePair(view, buffer, rxq, txq, driver, {
-    mergeable: false,
+    mergeable,
     maxRxFrame: 1514,
     txPolicy: txPolicy(0n),
     rxCallFd: fds[0],
@@ -113,21 +128,26 @@ function turn(s, ring, process) {
 const results = {};
 for (const layout of ['split', 'packed']) {
   for (const size of sizes) {
-    for (const dir of ['tx', 'rx']) {
+    // rx-mrg: receive with MRG_RXBUF negotiated (as virtio-user and Linux guests do), same buffers
+    for (const kind of ['tx', 'rx', 'rx-mrg']) {
+      const dir = kind === 'tx' ? 'tx' : 'rx';
+      const mrg = kind === 'rx-mrg';
       // separate memory for the engine and the C loop: each keeps its own ring indices
-      const js = setup(layout === 'packed', size);
+      const js = setup(layout === 'packed', size, here, mrg);
       const c = setup(layout === 'packed', size);
-      const engine = dir === 'tx' ? (n) => js.pair.processTx(n) : (n) => js.pair.processRx(n);
+      const old = base && setup(layout === 'packed', size, base, mrg);
+      const engine = (x) => (dir === 'tx' ? (n) => x.pair.processTx(n) : (n) => x.pair.processRx(n));
       const ring = c.rings[dir];
       const tasks = {
-        js: () => turn(js, js.rings[dir], engine),
-        c: () => turn(c, ring, (n) => ringC.device(c.u8, ring.cfg, ring.state, n)),
+        js: () => turn(js, js.rings[dir], engine(js)),
+        ...(jsOnly ? {} : { c: () => turn(c, ring, (n) => ringC.device(c.u8, ring.cfg, ring.state, n)) }),
+        ...(old && !jsOnly ? { base: () => turn(old, old.rings[dir], engine(old)) } : {}),
       };
-      const key = `${dir} ${size}B ${layout}`;
-      const ns = { js: [], c: [] };
+      const key = `${kind} ${size}B ${layout}`;
+      const ns = { js: [], c: [], base: [] };
       for (let r = 0; r < rounds; r++) {
         const bench = new Bench({ time: ms, warmupTime: Math.min(ms, 200) });
-        for (const name of alternate(['js', 'c'], r)) bench.add(name, tasks[name]);
+        for (const name of alternate(Object.keys(tasks), r)) bench.add(name, tasks[name]);
         await bench.run();
         for (const t of bench.tasks) ns[t.name].push((t.result.latency.mean * 1e6) / RING);
       }
@@ -136,17 +156,24 @@ for (const layout of ['split', 'packed']) {
       if (st[STAT.DROPS] !== 0 || st[STAT.INTERRUPTS] !== 0 || st[STAT.PACKETS] === 0) throw new Error(`${key}: engine counters ${[...st]}`);
       // both wrote whole frames with a header (num_buffers 1) into the receive buffers
       if (dir === 'rx') {
-        for (const [who, x] of [['engine', js], ['C loop', c]]) {
+        for (const [who, x] of jsOnly ? [['engine', js]] : [['engine', js], ['C loop', c]]) {
           const at = x.rings.rx.bufs + (RING - 1) * BUF;
           if (x.u8[at + 10] !== 1 || x.u8[at + HDR] !== 0xff || x.u8[at + HDR + size - 1] !== ((size - 1) & 0xff)) throw new Error(`${key}: the ${who} wrote no frame`);
         }
       }
       js.close();
       c.close();
+      old?.close();
+      if (jsOnly) {
+        results[key] = { jsNsPerPacket: ns.js };
+        log(`${key}: JS ${spread(ns.js, 1)} ns/pkt`);
+        continue;
+      }
       const ratio = median(ns.js) / median(ns.c);
-      results[key] = { jsNsPerPacket: ns.js, cNsPerPacket: ns.c, ratio };
-      log(`${key}: JS ${spread(ns.js, 1)} ns/pkt | C ${spread(ns.c, 1)} ns/pkt | JS/C ${ratio.toFixed(2)}`);
+      results[key] = { jsNsPerPacket: ns.js, cNsPerPacket: ns.c, ratio, ...(old ? { baseNsPerPacket: ns.base, baseRatio: median(ns.base) / median(ns.c) } : {}) };
+      const was = old && ns.base.length ? ` | base ${spread(ns.base, 1)} ns/pkt, JS/base ${(median(ns.js) / median(ns.base)).toFixed(2)}` : '';
+      log(`${key}: JS ${spread(ns.js, 1)} ns/pkt | C ${spread(ns.c, 1)} ns/pkt | JS/C ${ratio.toFixed(2)}${was}`);
     }
   }
 }
-if (json) process.stdout.write(JSON.stringify({ ring: RING, rounds, ms, results }, null, 2) + '\n');
+if (json) process.stdout.write(JSON.stringify({ ring: RING, rounds, ms, ...(baseDir ? { base: baseDir } : {}), results }, null, 2) + '\n');

@@ -160,8 +160,8 @@ Napi::Value Read(const Napi::CallbackInfo& info) { return Transfer(info, "read",
 Napi::Value Write(const Napi::CallbackInfo& info) { return Transfer(info, "write", [](int fd, void* p, size_t n) { return write(fd, p, n); }); }
 
 // readv/writev(fd, iov: Float64Array of [buffer index, offset, length] triples, count, buf0[, buf1])
-// -> bytes, or -errno for EAGAIN/EINTR. Packets go between the kernel and guest memory (or a scratch
-// buffer) with no copy here; every triple is bounds-checked against its buffer.
+// -> bytes, or -errno for any failure (its meaning is the caller's). Packets go between the kernel and
+// guest memory (or a scratch buffer) with no copy here; every triple is bounds-checked against its buffer.
 constexpr int kMaxIov = 1024;
 
 // The table is info[first], the count info[first + 1], the buffers info[first + 2] and info[first + 3].
@@ -200,11 +200,7 @@ Napi::Value Readv(const Napi::CallbackInfo& info) {
   int n;
   if (!BuildIov(info, iov, &n)) THROW_TYPE(env, "readv: bad iovec table", env.Null());
   ssize_t r = readv(ArgInt(info, 0), iov, n);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EINTR) return Napi::Number::New(env, -errno);
-    THROW_ERRNO(env, "readv", env.Null());
-  }
-  return Napi::Number::New(env, static_cast<double>(r));
+  return Napi::Number::New(env, r < 0 ? -static_cast<double>(errno) : static_cast<double>(r));
 }
 
 Napi::Value Writev(const Napi::CallbackInfo& info) {
@@ -213,11 +209,7 @@ Napi::Value Writev(const Napi::CallbackInfo& info) {
   int n;
   if (!BuildIov(info, iov, &n)) THROW_TYPE(env, "writev: bad iovec table", env.Null());
   ssize_t r = writev(ArgInt(info, 0), iov, n);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EINTR || errno == EIO || errno == EINVAL) return Napi::Number::New(env, -errno);
-    THROW_ERRNO(env, "writev", env.Null());
-  }
-  return Napi::Number::New(env, static_cast<double>(r));
+  return Napi::Number::New(env, r < 0 ? -static_cast<double>(errno) : static_cast<double>(r));
 }
 
 Napi::Value Socket(const Napi::CallbackInfo& info) {

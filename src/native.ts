@@ -22,7 +22,7 @@ export interface Native {
   write(fd: number, buf: ArrayBufferView | ArrayBuffer): number;
   /**
    * iov: [buffer index (0 = buf0, 1 = buf1), offset, length] triples, bounds-checked natively.
-   * Returns bytes, or -errno for EAGAIN/EINTR (writev also for EIO/EINVAL: a packet the kernel refused).
+   * Returns bytes, or -errno for any failure (what each errno means is the caller's to decide).
    */
   readv(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;
   writev(fd: number, iov: Float64Array, count: number, buf0: SharedArrayBuffer | ArrayBuffer, buf1?: SharedArrayBuffer | ArrayBuffer): number;

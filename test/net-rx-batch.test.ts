@@ -12,6 +12,7 @@ import { txPolicy } from '../src/virtio-net/features.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory } from './helpers/virtq-driver.js';
+import { DirtyLog } from '../src/virtio/dirty-log.js';
 import { RING_LAYOUTS, eventfdCount } from './helpers/ring-driver.js';
 
 /** Receives as many queued frames as a call offers packets, as the tap's io_uring receive does. */
@@ -63,7 +64,7 @@ function frame(len: number, tag: number, dst: number[] = [0xff, 0xff, 0xff, 0xff
 }
 
 for (const L of RING_LAYOUTS) {
-  function setup(o: { mergeable?: boolean; knowsLength?: boolean; size?: number } = {}) {
+  function setup(o: { mergeable?: boolean; knowsLength?: boolean; size?: number; log?: boolean } = {}) {
     const mem = new TestMemory(4 << 20);
     const rx = L.driver(mem, o.size ?? 64);
     const tx = L.driver(mem, o.size ?? 64);
@@ -75,8 +76,13 @@ for (const L of RING_LAYOUTS) {
     const rxStats = new Float64Array(STAT_WORDS);
     const filter = new RxFilter();
     filter.reset(new Uint8Array(OUR_MAC));
+    const logArea = { buffer: new SharedArrayBuffer((4 << 20) / 4096 / 8), offset: 0, size: (4 << 20) / 4096 / 8 };
+    const log = o.log ? new DirtyLog(logArea, mem.view.table.regions) : undefined;
+    /** the dirty-log bit of the page holding guest-physical `gpa` */
+    const logged = (gpa: number) => (new Uint8Array(logArea.buffer)[gpa >> 15] >> ((gpa >> 12) & 7)) & 1;
     const rxCall = native.eventfd(0, EFD_NONBLOCK);
     const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
+      log,
       mergeable: o.mergeable ?? false,
       maxRxFrame: 1514,
       txPolicy: txPolicy(0n),
@@ -93,7 +99,7 @@ for (const L of RING_LAYOUTS) {
     };
     const body = (a: number, len: number) => [...mem.bytes(a + NET_HDR_LEN, len)];
     const close = () => native.close(rxCall);
-    return { mem, rx, rxq, driver, pair, rxStats, filter, chain, body, calls: () => eventfdCount(rxCall), close };
+    return { mem, rx, rxq, driver, pair, rxStats, filter, chain, body, logged, calls: () => eventfdCount(rxCall), close };
   }
 
   describe(`batched receive on ${L.name} rings`, () => {
@@ -198,7 +204,7 @@ for (const L of RING_LAYOUTS) {
       s.close();
     });
 
-    it('spreads a frame over chains with MRG_RXBUF, one frame per call', () => {
+    it('spreads a frame over chains with MRG_RXBUF, and offers no slot the ring cannot fill', () => {
       const s = setup({ mergeable: true });
       const chains = [0, 1, 2].map(() => s.chain(1024));
       s.driver.frames.push(frame(1500, 9));
@@ -206,6 +212,140 @@ for (const L of RING_LAYOUTS) {
       expect(s.driver.offered).toEqual([1]);
       expect(s.rx.takeUsed()).toEqual([{ id: chains[0][0], len: 1024 }, { id: chains[1][0], len: 1512 - 1024 }]);
       expect(s.mem.bytes(chains[0][1], NET_HDR_LEN)[10]).toBe(2);
+      s.close();
+    });
+
+    /** The used entries a frame of `len` bytes (header included) takes over chains of `cap` bytes. */
+    const spread = (ids: number[], len: number, cap = 1024) => ids.map((id, k) => ({ id, len: Math.min(cap, len + NET_HDR_LEN - k * cap) }));
+    /** The frame bytes chains of `cap` bytes hold after the header, joined. */
+    const joined = (s: ReturnType<typeof setup>, addrs: number[], len: number, cap = 1024) => {
+      const out: number[] = [];
+      addrs.forEach((a, k) => out.push(...s.mem.bytes(k === 0 ? a + NET_HDR_LEN : a, Math.min(len - out.length, k === 0 ? cap - NET_HDR_LEN : cap))));
+      return out;
+    };
+
+    it('receives several frames over several chains each in one driver call with MRG_RXBUF, each frame in the chains after the last', () => {
+      const s = setup({ mergeable: true });
+      const chains = [0, 1, 2, 3, 4, 5, 6, 7].map(() => s.chain(1024));
+      const lens = [1500, 60, 1000, 1400];
+      lens.forEach((l, t) => s.driver.frames.push(frame(l, t)));
+      expect(s.pair.processRx(64)).toBe(4);
+      // room for the largest frame (two chains) per frame: four frames in one call, published at once
+      expect(s.driver.offered).toEqual([4, 1]);
+      const ids = chains.map(([id]) => id);
+      const addrs = chains.map(([, a]) => a);
+      expect(s.rx.takeUsed()).toEqual([...spread(ids.slice(0, 2), 1500), ...spread([ids[2]], 60), ...spread([ids[3]], 1000), ...spread(ids.slice(4, 6), 1400)]);
+      const firsts = [0, 2, 3, 4];
+      lens.forEach((l, t) => {
+        const n = Math.ceil((l + NET_HDR_LEN) / 1024);
+        expect(s.mem.bytes(addrs[firsts[t]], NET_HDR_LEN)[10]).toBe(n);
+        expect(joined(s, addrs.slice(firsts[t], firsts[t] + n), l)).toEqual([...frame(l, t)]);
+      });
+      expect([s.rxStats[STAT.PACKETS], s.calls(), s.rxq.pending()]).toEqual([4, 1, 2]);
+      // the two chains left went back: the next frame takes them, first the older
+      s.driver.frames.push(frame(1200, 9));
+      expect(s.pair.processRx(64)).toBe(1);
+      expect(s.rx.takeUsed()).toEqual(spread(ids.slice(6, 8), 1200));
+      s.close();
+    });
+
+    it('drops frames inside a MRG_RXBUF batch (filtered, runt, too large) and the next frames take their chains in order', () => {
+      const s = setup({ mergeable: true });
+      s.filter.setMode(RX_MODE.PROMISC, false);
+      const chains = Array.from({ length: 12 }, () => s.chain(1024));
+      const keep = [frame(1100, 1, OUR_MAC), frame(70, 3), frame(1300, 5, OUR_MAC)];
+      s.driver.frames.push(keep[0], frame(1400, 2, OTHER_MAC), keep[1], frame(10, 4), frame(3000, 6), keep[2]);
+      expect(s.pair.processRx(64)).toBe(3);
+      expect(s.driver.offered[0]).toBe(6);
+      expect(dropsByCause(s.rxStats)).toEqual({ filtered: 1, tooBig: 1, malformed: 1, wire: 0 });
+      const ids = chains.map(([id]) => id);
+      const addrs = chains.map(([, a]) => a);
+      expect(s.rx.takeUsed()).toEqual([...spread(ids.slice(0, 2), 1100), ...spread([ids[2]], 70), ...spread(ids.slice(3, 5), 1300)]);
+      expect(joined(s, addrs.slice(0, 2), 1100)).toEqual([...keep[0]]);
+      expect(joined(s, addrs.slice(2, 3), 70)).toEqual([...keep[1]]);
+      expect(joined(s, addrs.slice(3, 5), 1300)).toEqual([...keep[2]]);
+      expect(s.mem.bytes(addrs[3], NET_HDR_LEN)[10]).toBe(2);
+      expect(s.rxq.pending()).toBe(7);
+      s.close();
+    });
+
+    it('never publishes part of a frame with MRG_RXBUF: a slot the ring runs out in goes back whole, and waits for buffers', () => {
+      const s = setup({ mergeable: true });
+      const chains = [0, 1, 2, 3, 4].map(() => s.chain(1024));
+      for (let t = 0; t < 3; t++) s.driver.frames.push(frame(1500, t));
+      expect(s.pair.processRx(64)).toBe(2);
+      // two slots of two chains; the fifth chain alone cannot hold the largest frame: not offered
+      expect(s.driver.offered).toEqual([2]);
+      expect([s.pair.starved, s.pair.starvedPending, s.rxq.pending()]).toEqual([true, 1, 1]);
+      const ids = chains.map(([id]) => id);
+      expect(s.rx.takeUsed()).toEqual([...spread(ids.slice(0, 2), 1500), ...spread(ids.slice(2, 4), 1500)]);
+      expect([...s.mem.bytes(chains[4][1], 1024)].every((v) => v === 0)).toBe(true);
+      expect(s.driver.frames).toHaveLength(1);
+      const more = s.chain(1024);
+      expect(s.pair.processRx(64)).toBe(1);
+      expect(s.rx.takeUsed()).toEqual(spread([ids[4], more[0]], 1500));
+      expect(joined(s, [chains[4][1], more[1]], 1500)).toEqual([...frame(1500, 2)]);
+      s.close();
+    });
+
+    it('with MRG_RXBUF and a driver that knows the next length, gives the first frame only the chains it needs', () => {
+      const s = setup({ mergeable: true, knowsLength: true });
+      const chains = [0, 1, 2, 3].map(() => s.chain(1024));
+      s.driver.frames.push(frame(100, 0), frame(1500, 1), frame(60, 2));
+      // one chain for the 100-byte frame, two (the largest) for the next, and none left for a third
+      expect(s.pair.processRx(64)).toBe(3);
+      expect(s.driver.offered).toEqual([2, 1]);
+      const ids = chains.map(([id]) => id);
+      expect(s.rx.takeUsed()).toEqual([...spread([ids[0]], 100), ...spread(ids.slice(1, 3), 1500), ...spread([ids[3]], 60)]);
+      s.close();
+    });
+
+    it('with MRG_RXBUF logs the bytes a frame moved down into, header space of a chain it continues into included', () => {
+      const s = setup({ mergeable: true, log: true });
+      // chains of two buffers on pages of their own: 12 bytes (header space), then 1012 bytes
+      const pages = Array.from({ length: 4 }, () => [s.mem.alloc(4096, 4096), s.mem.alloc(4096, 4096)]);
+      const ids = pages.map(([h, d]) => s.rx.add([{ addr: h, len: NET_HDR_LEN, write: true }, { addr: d, len: 1024 - NET_HDR_LEN, write: true }]));
+      s.driver.frames.push(frame(60, 0), frame(1500, 1));
+      expect(s.pair.processRx(64)).toBe(2);
+      // the second frame was read into chains 2 and 3, and moved into chains 1 and 2: chain 2's header
+      // space holds frame bytes now, written only by the move
+      expect(s.rx.takeUsed()).toEqual([{ id: ids[0], len: 72 }, { id: ids[1], len: 1024 }, { id: ids[2], len: 1512 - 1024 }]);
+      expect(pages.slice(0, 3).map(([h, d]) => [s.logged(h), s.logged(d)])).toEqual([
+        [1, 1],
+        [1, 1],
+        [1, 1],
+      ]);
+      const [h2] = pages[2];
+      expect([...s.mem.bytes(h2, NET_HDR_LEN)]).toEqual([...frame(1500, 1).subarray(1024 - NET_HDR_LEN, 1024)]);
+      s.close();
+    });
+
+    it('with MRG_RXBUF moves a frame into chains whose header space is split over buffers (any layout)', () => {
+      const s = setup({ mergeable: true });
+      // each chain: 4 + 8 bytes of header space, then 1012 bytes
+      const bufs = Array.from({ length: 4 }, () => [s.mem.alloc(4), s.mem.alloc(8), s.mem.alloc(1024 - NET_HDR_LEN)]);
+      const ids = bufs.map((b) => s.rx.add(b.map((addr, k) => ({ addr, len: [4, 8, 1024 - NET_HDR_LEN][k], write: true }))));
+      s.driver.frames.push(frame(60, 0), frame(1500, 1));
+      expect(s.pair.processRx(64)).toBe(2);
+      expect(s.rx.takeUsed()).toEqual([{ id: ids[0], len: 72 }, { id: ids[1], len: 1024 }, { id: ids[2], len: 1512 - 1024 }]);
+      const chainBytes = (k: number) => [...s.mem.bytes(bufs[k][0], 4), ...s.mem.bytes(bufs[k][1], 8), ...s.mem.bytes(bufs[k][2], 1024 - NET_HDR_LEN)];
+      // the moved frame: its header (num_buffers 2) in chain 1's split header space, its bytes after it
+      // and on through chain 2, that chain's header space included
+      const got = [...chainBytes(1), ...chainBytes(2)];
+      expect(got.slice(0, NET_HDR_LEN)).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0]);
+      expect(got.slice(NET_HDR_LEN, NET_HDR_LEN + 1500)).toEqual([...frame(1500, 1)]);
+      expect(chainBytes(0).slice(0, NET_HDR_LEN + 60)).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, ...frame(60, 0)]);
+      s.close();
+    });
+
+    it('with MRG_RXBUF breaks the ring on a buffer smaller than the header anywhere in a chain list, after the frames before it', () => {
+      const s = setup({ mergeable: true });
+      const good = [s.chain(1024), s.chain(1024), s.chain(1024)];
+      s.rx.add([{ addr: s.mem.alloc(8), len: 8, write: true }]);
+      for (let t = 0; t < 3; t++) s.driver.frames.push(frame(60, t));
+      expect(s.pair.processRx(64)).toBe(1);
+      expect(s.rxq.broken).toBe('receive buffer too small for the header');
+      expect(s.rx.takeUsed()).toEqual(spread([good[0][0]], 60));
       s.close();
     });
 

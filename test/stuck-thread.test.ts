@@ -4,7 +4,7 @@
 // count it, and the backend serves the next frontend. The CLI backend runs as a child process (a
 // backend that blocks must not block the test), with a plugin driver whose transmit never returns.
 import { describe, it, expect, afterEach } from 'vitest';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, rmSync, readdirSync, readlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -225,11 +225,21 @@ describe('a dataplane thread stuck while the guest unmaps (a net device behind t
       expect(Date.now() - t0).toBeGreaterThanOrEqual(LIMIT_MS);
       expect(net.stuckThreads).toBe(1);
       expect(resets).toEqual([expect.stringMatching(/stuck during an UNMAP/)]);
+      // the descriptor the driver's queue opened on the thread went with it
+      const open = readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === `${flag}.own`;
+        } catch {
+          return false;
+        }
+      });
+      expect(open).toEqual([]);
     } finally {
       await net.reset();
       await iommu.reset();
       kicks.forEach((fd) => native.close(fd));
       rmSync(flag, { force: true });
+      rmSync(`${flag}.own`, { force: true });
       delete process.env.TSVMM_STUCK_THREAD_MS;
     }
   }, 30_000);

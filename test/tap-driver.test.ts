@@ -2,19 +2,24 @@
 // with packet batches, through io_uring and through readv/writev: batches of frames byte-identical
 // and in order both ways, and what it does with more segments than one readv/writev takes.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { NetNs, PKT, pkt, lastJson, patternFrame } from './helpers/netns.js';
-import { native, AF_UNIX, SOCK_STREAM } from '../src/native.js';
+import { ROOT } from './helpers/env.js';
+import { native, AF_UNIX, SOCK_STREAM, O_RDWR, O_NONBLOCK } from '../src/native.js';
+import { TapQueue } from '../src/drivers/tap/queue.js';
+import { openUring } from '../src/drivers/tap/uring.js';
 import { create, openQueue } from '../src/drivers/tap/index.js';
 import { UserError } from '../src/errors.js';
 import { UringTapQueue, collectReads, HDR_STRIDE } from '../src/drivers/tap/uring-queue.js';
 import { newPacketBatch, META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
 
 const TAP = 'tdrv0';
+const PROBE = join(ROOT, 'test', 'helpers', 'tap-uring-probe.mjs');
+const DIST = join(ROOT, 'dist');
 const POLLIN = 1;
 
 /** Opens a queue of the tap inside the namespace and sends its fd to the unix socket at argv[1]. */
@@ -195,6 +200,34 @@ describe.each([
     b.count = 8;
     expect(q.receive(b, mem)).toBe(0);
   }, 20_000);
+
+  it('drops and counts frames the kernel refuses with an error other than EAGAIN (EBADFD: a tun fd attached to no interface), and goes on', () => {
+    const loose = native.open('/dev/net/tun', O_RDWR | O_NONBLOCK);
+    let ring: ReturnType<typeof openUring> | undefined;
+    try {
+      let lq: DriverQueue;
+      if (uring) {
+        ring = openUring(128);
+        if (typeof ring === 'string') throw new Error(ring);
+        lq = new UringTapQueue(loose, ring);
+      } else lq = new TapQueue(loose);
+      const b = newPacketBatch(3, 3);
+      new Uint8Array(mem).set(frame(60));
+      for (let i = 0; i < 3; i++) b.iov.set([0, 0, 60], 3 * i);
+      b.iovStart.set([0, 1, 2, 3]);
+      b.len.set([60, 60, 60]);
+      b.meta.fill(0);
+      for (const count of [3, 1]) {
+        b.count = count;
+        const before = lq.drops;
+        expect(lq.transmit(b, mem)).toBe(count);
+        expect([lq.drops - before, lq.wouldBlock]).toEqual([count, false]);
+      }
+    } finally {
+      if (ring && typeof ring !== 'string') ring.close();
+      native.close(loose);
+    }
+  });
 });
 
 describe('io_uring reads collected in order', () => {
@@ -253,6 +286,49 @@ describe('io_uring reads collected in order', () => {
     expect(collectReads(b, mem, 2, res, new Float64Array([250, 400]), new DataView(new ArrayBuffer(2 * HDR_STRIDE)))).toBe(1);
     expect(b.len[0]).toBe(0);
   });
+});
+
+describe('tap driver where the kernel refuses io_uring', () => {
+  // test/helpers/no-uring.c runs a command under a seccomp filter that answers io_uring_setup with
+  // EPERM, as kernel.io_uring_disabled does (the host's sysctl is left alone); the probe sends and
+  // receives frames through a queue of the driver, and is run once with io_uring, once refused
+  let ns: NetNs;
+  let dir: string;
+  let noUring: string;
+  const probe = (launcher: string[]) => {
+    const r = spawnSync('ip', ['netns', 'exec', ns.name, ...launcher, process.execPath, PROBE, DIST, PKT, 'tnour0'], { encoding: 'utf8', timeout: 60_000 });
+    if (r.status !== 0) throw new Error(`probe failed (${r.status}): ${r.stderr}`);
+    return { out: lastJson(r.stdout) as { queue: string; counters: Record<string, number>; tx: Record<string, unknown> & { seen: Record<string, unknown> }; rx: Record<string, unknown> }, stderr: r.stderr };
+  };
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tsvmm-nouring-'));
+    noUring = join(dir, 'no-uring');
+    execFileSync('cc', ['-O2', '-Wall', '-o', noUring, new URL('./helpers/no-uring.c', import.meta.url).pathname]);
+    ns = new NetNs('tapnouring');
+    ns.addTap('tnour0');
+  });
+  afterAll(() => {
+    ns?.delete();
+    if (dir) rmSync(dir, { recursive: true });
+  });
+
+  it('falls back to readv/writev, says so once on stderr, counts it, and moves the same frames byte for byte both ways', () => {
+    const on = probe([]);
+    const off = probe([noUring]);
+    expect(on.out.queue).toBe('UringTapQueue');
+    expect(on.out.counters).toMatchObject({ uringQueues: 1, uringFallbacks: 0 });
+    expect(on.stderr).not.toContain('io_uring');
+    expect(off.out.queue).toBe('TapQueue');
+    expect(off.out.counters).toMatchObject({ uringQueues: 0, uringFallbacks: 1, uringRxFrames: 0 });
+    expect(off.stderr.split('\n').filter((l) => l.includes('io_uring'))).toEqual(['tsvmm: tap tnour0: io_uring refused by the kernel (EPERM); using readv/writev, a system call per frame']);
+    for (const r of [on, off]) {
+      expect(r.out.tx).toMatchObject({ sent: r.out.tx.offered, drops: 0 });
+      expect(r.out.tx.seen).toMatchObject({ frames: r.out.tx.offered, bad: 0, in_order: true, sha256: r.out.tx.sha256 });
+      expect(r.out.rx).toMatchObject({ frames: 20, sha256: r.out.rx.expected });
+    }
+    // the same frames both ways, whichever path moved them
+    expect([off.out.tx.sha256, off.out.rx.sha256]).toEqual([on.out.tx.sha256, on.out.rx.sha256]);
+  }, 120_000);
 });
 
 describe('tap driver options', () => {

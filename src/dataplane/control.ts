@@ -3,6 +3,8 @@ export const CONTROL_STOP = 0;
 /** 1: stop touching the queues until cleared (the thread acknowledges in CONTROL_PAUSED) */
 export const CONTROL_PAUSE = 1;
 export const CONTROL_PAUSED = 2;
+/** set by the thread before it closes its handlers: their own descriptors are theirs to close from then on */
+export const CONTROL_CLOSING = 3;
 export const CONTROL_WORDS = 4;
 
 /** The thread's counters (Float64 slots, written only by the thread). BUSY_POLL_SPINS: passes of its

@@ -54,6 +54,9 @@ export interface QueueHandler {
   beforeWait(polling: boolean): number;
   /** Do up to `budget` items of work on each queue; returns the work done (0: nothing to do). */
   process(budget: number): number;
+  /** descriptors the handler (or its driver) opened on this thread and close() closes; a thread ended
+   * before it could close its handlers (stuck) has them closed by the main thread */
+  readonly ownFds?: readonly number[];
   close(): void;
 }
 

@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { native, ONE, EFD_NONBLOCK } from '../native.js';
 import { releaseThreadSlot, stuckThreadMs } from '../viommu/table.js';
 import { workerUrl } from '../worker-url.js';
-import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_WORDS, THREAD_COUNTER, THREAD_COUNTER_WORDS } from './control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_CLOSING, CONTROL_WORDS, THREAD_COUNTER, THREAD_COUNTER_WORDS } from './control.js';
 import type { DataplaneWorkerData, WorkerUnit } from './worker.js';
 import type { RingState } from '../virtio/virtqueue.js';
 
@@ -23,6 +23,8 @@ interface Thread {
   gone: boolean;
   /** descriptors the thread made (its epoll sets): closed here once it has exited */
   ownFds: number[];
+  /** descriptors its handlers made (a driver's io_uring): theirs to close, here only if it was ended first */
+  handlerFds: number[];
   /** its vIOMMU quiescence slot (table, slot), released here when it is ended before it could */
   slot?: [SharedArrayBuffer, number];
 }
@@ -54,7 +56,7 @@ export class Dataplane {
     const data: DataplaneWorkerData = { ...cfg, handlerModule: runtimeModulePath(cfg.handlerModule), units, wakeFd, control, counters: counters.buffer as SharedArrayBuffer, threadIndex: index };
     const worker = new Worker(workerUrl('./worker.js', import.meta.url), { workerData: data, name: `dataplane${index}` });
     const slot: [SharedArrayBuffer, number] | undefined = cfg.iommu && [cfg.iommu.buffer, cfg.iommu.slots[index]];
-    const thread: Thread = { worker, wakeFd, control, counters, exited: Promise.resolve(), gone: false, ownFds: [], slot };
+    const thread: Thread = { worker, wakeFd, control, counters, exited: Promise.resolve(), gone: false, ownFds: [], handlerFds: [], slot };
     thread.exited = new Promise<void>((r) =>
       worker.once('exit', () => {
         thread.gone = true;
@@ -63,9 +65,10 @@ export class Dataplane {
     );
     this.threads.push(thread);
     return new Promise((resolve, reject) => {
-      worker.on('message', (m: { type: string; reason?: string; message?: string; fds?: number[]; states?: Array<[number, RingState]> }) => {
+      worker.on('message', (m: { type: string; reason?: string; message?: string; fds?: number[]; handlerFds?: number[]; states?: Array<[number, RingState]> }) => {
         if (m.type === 'ready') {
           thread.ownFds = m.fds ?? [];
+          thread.handlerFds = m.handlerFds ?? [];
           resolve();
         } else if (m.type === 'ring-states') for (const [i, st] of m.states ?? []) this.ringStates.set(i, st);
         else if (m.type === 'broken') this.onBroken(m.reason ?? 'queue broken');
@@ -183,6 +186,16 @@ async function end(t: Thread): Promise<void> {
   await t.worker.terminate();
   await t.exited;
   if (t.slot) releaseThreadSlot(t.slot[0], t.slot[1]);
+  // (a thread ended while closing its handlers may have closed some: those are left, as a number
+  // closed twice could name another file by then)
+  if (Atomics.load(t.control, CONTROL_CLOSING)) return;
+  for (const fd of t.handlerFds.splice(0)) {
+    try {
+      native.close(fd);
+    } catch {
+      // (closed already: nothing of the thread's is left open)
+    }
+  }
 }
 
 /** A thread has exited: the descriptors it used go. */

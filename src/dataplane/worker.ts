@@ -14,7 +14,7 @@ import { MAX_QUEUE_SIZE, type QueueConfig, type QueueFeatures, type RingState, t
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { IommuReader } from '../viommu/table.js';
 import { STAT, STAT_WORDS } from './stats.js';
-import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, THREAD_COUNTER } from './control.js';
+import { CONTROL_STOP, CONTROL_PAUSE, CONTROL_PAUSED, CONTROL_CLOSING, THREAD_COUNTER } from './control.js';
 import { EPOLLIN, type HandlerModule, type OpenHandler, type QueueHandler } from './handler.js';
 
 export interface WorkerQueue extends QueueConfig {
@@ -153,9 +153,11 @@ async function serve(iommu: IommuReader | undefined): Promise<void> {
   // while paused, only the wake eventfd can wake us
   const wakeOnly = native.epollCreate();
   native.epollCtl(wakeOnly, EPOLL_CTL_ADD, d.wakeFd, EPOLLIN, 0);
-  // (our epoll descriptors are closed by the main thread once we have exited, however we end)
-  port.postMessage({ type: 'ready', fds: [ep, wakeOnly] });
+  // (our epoll descriptors are closed by the main thread once we have exited, however we end; the
+  // handlers' own ones by the handlers, or by the main thread if we are ended before we close them)
+  port.postMessage({ type: 'ready', fds: [ep, wakeOnly], handlerFds: units.flatMap((u) => u.handler.ownFds ?? []) });
   loop(ep, wakeOnly, sources, units, iommu);
+  Atomics.store(d.control, CONTROL_CLOSING, 1);
   for (const u of units) u.handler.close();
 }
 

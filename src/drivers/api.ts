@@ -111,6 +111,11 @@ export interface DriverQueue {
   nextLength?(): number;
   /** packets the wire refused */
   readonly drops: number;
+  /**
+   * Optional: descriptors the queue opened itself on the dataplane thread (the tap's io_uring), which
+   * close() closes. A thread ended before it could call close() (stuck) has them closed for it.
+   */
+  readonly ownFds?: readonly number[];
   close(): void;
 }
 

@@ -155,9 +155,8 @@ export class NetQueuePair {
         // a TX chain is device-readable only and holds a header and a frame of sane size (alone it
         // always fits: the array holds the longest chain)
         const bad = c.writable > 0 || len < 14 || len > MAX_TX_FRAME || c.count > segments;
-        if (!bad) this.gather(c.offsets, c.lens, c.count);
         const slot = b.count;
-        if (bad || !parseTxHeader(this.hdr, 0, len, this.o.txPolicy, b.meta, slot * META_WORDS)) {
+        if (bad || !this.parseHeader(c.offsets, c.lens, c.count, len, slot)) {
           // a chain to drop ends the batch before it: the chains a batch took from the ring are then
           // exactly its packets, so those the driver leaves can go back in order
           if (b.count > 0) {
@@ -244,6 +243,20 @@ export class NetQueuePair {
     this.txq.addUsed(head, 0);
     this.o.txStats[STAT.DROPS]++;
     this.o.txStats[STAT.DROPS_MALFORMED]++;
+  }
+
+  /**
+   * Parse the chain's header (its first NET_HDR_LEN readable bytes) into slot's metadata: where the
+   * first buffer holds it whole (every driver's layout), read in place in guest memory (each byte
+   * once: parseTxHeader reads its fields into locals); else gathered first. False: drop the packet.
+   */
+  private parseHeader(offsets: Float64Array, lens: Uint32Array, count: number, len: number, slot: number): boolean {
+    if (lens[0] >= NET_HDR_LEN) {
+      const w = this.bytes.window(offsets[0]);
+      return parseTxHeader(w.u8, offsets[0] - w.base, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
+    }
+    this.gather(offsets, lens, count);
+    return parseTxHeader(this.hdr, 0, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
   }
 
   /** Copy the first NET_HDR_LEN readable bytes (the header may straddle buffers) into this.hdr. */

@@ -1,14 +1,15 @@
 // The receive side of a virtio-net queue pair (NetQueuePair): frames from the driver into the guest's
-// RX ring. Without MRG_RXBUF in batches of chains (one frame each, rx-batch.ts); with it one frame per
-// driver call over as many chains as the frame takes.
+// RX ring, in batches of frames per driver call: without MRG_RXBUF one chain each (rx-batch.ts), with
+// it as many chains as a frame takes (rx-merge.ts).
 import type { GuestView } from '../virtio/dma.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
-import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
-import { newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
+import { NET_HDR_LEN } from './net-header.js';
+import type { DriverQueue } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
-import { RX_BATCH, RxSlots, layOutChain } from './rx-batch.js';
+import { RX_BATCH, RxSlots } from './rx-batch.js';
+import { MergeSlots } from './rx-merge.js';
 import type { PairOptions } from './net-pair.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
 
@@ -24,15 +25,10 @@ export function signal(q: Virtqueue, fd: number, st: Float64Array): void {
 }
 
 export class NetRx {
-  /** with MRG_RXBUF: one packet, over up to rxHeads.length chains */
-  private readonly rxBatch: PacketBatch;
-  private readonly rxHeads: Uint16Array;
-  /** bytes each popped RX chain can take */
-  private readonly rxCap: Float64Array;
-  private readonly hdr = new Uint8Array(NET_HDR_LEN);
-  /** where the RX header goes: up to NET_HDR_LEN pieces (offset, length) in the first chain */
-  private readonly hdrAt = new Float64Array(NET_HDR_LEN);
-  private readonly hdrLen = new Uint8Array(NET_HDR_LEN);
+  /** with MRG_RXBUF: a batch of frames, each over as many chains as it takes */
+  private readonly merge: MergeSlots;
+  /** the most chains one frame may take (chains of 64 bytes or more for the largest frame) */
+  private readonly chainsPerFrame: number;
   private readonly bytes: GuestBytes;
   /** without MRG_RXBUF: a batch of chains, one frame each */
   private readonly slots: RxSlots;
@@ -46,16 +42,15 @@ export class NetRx {
     private readonly o: PairOptions,
   ) {
     this.bytes = mem.bytes;
-    // MRG_RXBUF: one packet per driver call, spread over as many chains as it allows. Its segments:
-    // every piece that takes frame bytes holds one or more, and chains are taken only while they hold
-    // less than the largest frame, so all the chains but the last give fewer than maxRxFrame pieces
-    const rxChains = o.mergeable ? Math.min(rxq.size, Math.ceil(o.maxRxFrame / 64) + 1) : 1;
+    // MRG_RXBUF: a frame takes chains while they hold less than it needs, at most chainsPerFrame.
+    // Pieces: every piece that takes frame bytes holds one or more, so all the chains of a slot but
+    // its last give fewer pieces than the largest frame has bytes; the last at most a chain's pieces.
+    // The batch holds one such slot and room for a batch of typical ones.
     const chainPieces = rxq.chain.offsets.length;
-    const rxSegments = o.mergeable ? Math.min(rxChains * chainPieces, o.maxRxFrame + chainPieces) : 1;
-    this.rxBatch = newPacketBatch(1, rxSegments + 1);
+    this.chainsPerFrame = Math.min(rxq.size, Math.ceil(o.maxRxFrame / 64) + 1);
+    const slotPieces = Math.min(this.chainsPerFrame * chainPieces, o.maxRxFrame + NET_HDR_LEN + chainPieces);
+    this.merge = new MergeSlots(o.mergeable ? rxq.size : 1, o.mergeable ? slotPieces + RX_BATCH * 4 : 1);
     this.slots = new RxSlots(o.mergeable ? 1 : chainPieces);
-    this.rxHeads = new Uint16Array(rxChains);
-    this.rxCap = new Float64Array(rxChains);
   }
 
   /** Does the frame whose destination MAC is at buffer offset `off` pass the RX filter? */
@@ -222,118 +217,127 @@ export class NetRx {
     return delivered;
   }
 
-  /** With MRG_RXBUF: one frame per driver call, over as many chains as it takes. */
+  /**
+   * With MRG_RXBUF: up to RX_BATCH frames per driver call, each offered as many chains as the largest
+   * frame takes (the first: as many as the frame the driver announced), published once per batch. A
+   * slot the ring cannot fill is not offered (its chains go back): a frame is never read into less room
+   * than it may need, so none is ever published in part. Frames that took fewer chains than offered, or
+   * were dropped, leave their chains to the next frames (MergeSlots.move); the chains left over go back
+   * in order.
+   */
   private rxMergeable(budget: number): number {
     const q = this.rxq;
-    const b = this.rxBatch;
+    const m = this.merge;
+    const b = m.batch;
     const st = this.o.rxStats;
     const largest = this.o.maxRxFrame + NET_HDR_LEN;
     const driver = this.pair.driver;
+    const log = this.o.log;
     const lim = this.limit;
     let delivered = 0;
-    for (let attempts = 0; attempts < budget && !q.broken; attempts++) {
+    for (let attempts = 0; attempts < budget && !q.broken; ) {
       // room for the frame that is waiting when the driver can tell its length, else for the largest
       const next = driver.nextLength ? driver.nextLength() : -1;
       if (next === 0) {
         this.dry = true;
         break;
       }
-      if (lim !== undefined && this.allowance(lim, next, 1) === 0) break;
-      const need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
-      // buffers for one frame: one chain, or with MRG_RXBUF as many as `need` takes
-      let chains = 0;
-      let cap = 0;
-      let iovUsed = 0;
-      let hdrPieces = 0;
-      while (cap < need && chains < this.rxHeads.length && q.pop()) {
+      let want = Math.min(RX_BATCH, budget - attempts);
+      if (lim !== undefined) {
+        want = this.allowance(lim, next, want);
+        if (want === 0) break;
+      }
+      m.reset();
+      let need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
+      while (m.count < want && q.pop()) {
         const c = q.chain;
         if (c.readable > 0) q.markBroken('device-readable receive buffer');
-        else if (chains === 0 && c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
-        // without MRG_RXBUF one chain takes one whole frame: one that holds no Ethernet header never can
-        else if (!this.o.mergeable && c.writableBytes < NET_HDR_LEN + ETH_HLEN) q.markBroken('receive buffer too small for any frame');
+        // (virtio 1.x 5.1.6.3.1: with MRG_RXBUF each buffer holds at least the header; any chain may
+        // become the first of a frame here)
+        else if (c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
         if (q.broken) break;
-        this.rxHeads[chains] = c.head;
-        this.rxCap[chains] = c.writableBytes;
-        // the first NET_HDR_LEN bytes of the first chain are header space (written once the frame is
-        // in, and possibly spread over several buffers: any layout is legal); the rest takes the frame
-        const at = layOutChain(c, chains === 0 ? NET_HDR_LEN : 0, this.hdrAt, this.hdrLen, hdrPieces, b.iov, iovUsed);
-        hdrPieces = at.hdr;
-        iovUsed = at.iov;
-        cap += c.writableBytes;
-        chains++;
-        if (!this.o.mergeable) break;
+        if (!m.add(c)) {
+          q.rewind(1);
+          break;
+        }
+        if (m.open >= need) {
+          m.close();
+          need = largest;
+        } else if (m.openChains >= this.chainsPerFrame) break;
       }
-      // a broken ring takes no more frames; what was delivered before is still published below
-      if (q.broken) break;
-      // Never read a frame we may not be able to place: the tap truncates to the buffers it is given.
-      // With MRG_RXBUF wait for enough buffers for `need` (the largest frame, or the known next one); a
-      // single chain must be big enough by itself (the spec asks drivers for 1526-byte buffers then),
-      // else frames that don't fit drop.
-      if (chains === 0 || (this.o.mergeable && cap < need)) {
-        q.rewind(chains);
-        this.starved = true;
-        this.starvedPending = chains;
+      const partial = m.openChains;
+      // a broken ring takes no more frames; the slots before the bad chain are still offered
+      q.rewind(partial);
+      m.dropOpen();
+      const count = m.count;
+      if (count === 0) {
+        if (!q.broken) {
+          this.starved = true;
+          this.starvedPending = partial;
+        }
         break;
       }
-      b.iovStart[0] = 0;
-      b.iovStart[1] = iovUsed;
-      b.count = 1;
-      const got = iovUsed > 0 ? driver.receive(b, this.memBuffer) : 0;
-      if (got === 0) {
-        q.rewind(chains);
+      b.count = count;
+      const got = Math.min(driver.receive(b, this.memBuffer), count);
+      st[STAT.BATCHES]++;
+      if (got <= 0) {
+        q.rewind(m.chains);
         this.dry = true;
         break;
       }
-      const len = b.len[0];
-      // the driver wrote into guest memory whatever happens to the frame next: log it all
-      if (this.o.log !== undefined) this.logWritten(b.iov, iovUsed, len);
-      // (the destination MAC is checked where it lies whole in the first segment, which is every layout
-      // drivers use; a first segment under 6 bytes skips the filter rather than gather)
-      // Without MRG_RXBUF a chain smaller than the largest frame may take a frame cut to fit (the driver
-      // reports what it copied): a frame shorter than the length announced was cut, and one that fills
-      // the chain exactly, its length unknown, may have been. It is dropped, as vhost-net drops a frame
-      // its buffers cannot hold, never delivered cut.
-      const cut = next > 0 ? len < next : !this.o.mergeable && cap < largest && len + NET_HDR_LEN >= cap;
-      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : b.iov[2] >= 6 && !this.accepts(b.iov[1]) ? STAT.DROPS_FILTERED : 0;
-      if (drop !== 0) {
-        // a runt, a frame larger than the buffers (cut), or not for us: the buffers stay the guest's
-        // for the next frame
-        q.rewind(chains);
-        st[STAT.DROPS]++;
-        st[drop]++;
-        continue;
-      }
-      // the chains the frame (with its header) filled, and the bytes in each
-      let left = len + NET_HDR_LEN;
-      let used = 0;
-      while (left > 0) {
-        const n = Math.min(left, this.rxCap[used]);
-        q.addUsed(this.rxHeads[used], n);
-        left -= n;
-        used++;
-      }
-      q.rewind(chains - used);
-      writeRxHeader(this.hdr, 0, b.meta, 0, used);
-      for (let k = 0, at = 0; k < hdrPieces; k++) {
-        const dst = this.hdrAt[k];
-        const w = this.bytes.window(dst);
-        for (let j = 0, l = dst - w.base; j < this.hdrLen[k]; j++) w.u8[l + j] = this.hdr[at++];
-        this.o.log?.markOffset(dst, this.hdrLen[k]);
-      }
-      delivered++;
-      st[STAT.PACKETS]++;
-      st[STAT.BYTES] += len;
-      lim?.take(1, len);
-      st[STAT.BATCHES]++;
+      attempts += got;
+      // the driver wrote into guest memory whatever happens to the frames next: log it all
+      if (log !== undefined) m.markAll(log);
+      const placed = this.place(got, next);
+      q.rewind(m.chains - placed.chains);
+      q.flush();
+      delivered += placed.frames;
+      st[STAT.PACKETS] += placed.frames;
+      st[STAT.BYTES] += placed.bytes;
+      lim?.take(placed.frames, placed.bytes);
     }
     return delivered;
   }
 
-  /** Log the first `len` bytes of the segments iov[0..count). */
-  private logWritten(iov: Float64Array, count: number, len: number): void {
-    for (let k = 0; k < count && len > 0; k++) {
-      const n = Math.min(len, iov[3 * k + 2]);
-      this.o.log!.markOffset(iov[3 * k + 1], n);
-      len -= n;
+  /**
+   * Complete the `got` frames of a merge batch, in order, into the first chains popped: drop those to
+   * drop, move the others down over chains left free, record their chains used and write their headers.
+   * Returns frames kept, their bytes, and the chains they took (one object, reused).
+   */
+  private place(got: number, next: number): typeof this.placed {
+    const m = this.merge;
+    const b = m.batch;
+    const st = this.o.rxStats;
+    const log = this.o.log;
+    let d = 0;
+    let frames = 0;
+    let bytes = 0;
+    for (let i = 0; i < got; i++) {
+      const len = b.len[i];
+      // (the destination MAC is checked where it lies whole in the first segment, which is every
+      // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
+      // A frame shorter than the length announced was cut: dropped, never delivered cut.
+      const cut = i === 0 && next > 0 && len < next;
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > m.cap[i] ? STAT.DROPS_TOO_BIG : m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i)) ? STAT.DROPS_FILTERED : 0;
+      if (drop !== 0) {
+        st[STAT.DROPS]++;
+        st[drop]++;
+        continue;
+      }
+      if (m.firstChain(i) !== d) m.move(this.memBuffer, i, d, len, log);
+      const total = len + NET_HDR_LEN;
+      const n = m.chainsFor(d, total);
+      m.addUsed(this.rxq, d, n, total);
+      m.writeHeader(this.bytes, i, d, n, log);
+      d += n;
+      frames++;
+      bytes += len;
     }
-  }}
+    const p = this.placed;
+    p.frames = frames;
+    p.bytes = bytes;
+    p.chains = d;
+    return p;
+  }
+  private readonly placed = { frames: 0, bytes: 0, chains: 0 };
+}

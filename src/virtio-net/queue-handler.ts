@@ -118,6 +118,10 @@ class NetHandler implements QueueHandler {
     return work;
   }
 
+  get ownFds(): readonly number[] {
+    return this.pair.driver.ownFds ?? [];
+  }
+
   close(): void {
     this.pair.driver.close();
   }

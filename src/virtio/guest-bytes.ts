@@ -26,6 +26,8 @@ export interface Window {
 export class GuestBytes {
   readonly size: number;
   private readonly windows: Window[] = [];
+  /** 1 / span: a power of two, so off * inv is exact (a multiplication where a division would do) */
+  private readonly inv: number;
 
   constructor(
     readonly buffer: SharedArrayBuffer,
@@ -33,6 +35,8 @@ export class GuestBytes {
     readonly overlap = WINDOW_OVERLAP,
   ) {
     this.size = buffer.byteLength;
+    if (!(span > 0 && Number.isInteger(Math.log2(span)))) throw new RangeError('guest-bytes: the window span must be a power of two');
+    this.inv = 1 / span;
     for (let k = 0; k === 0 || k * span < this.size; k++) {
       const base = k * span;
       const len = Math.min(span + overlap, this.size - base);
@@ -51,7 +55,7 @@ export class GuestBytes {
    * callers pass offsets the memory table gave them.
    */
   window(off: number): Window {
-    return this.windows[Math.floor(off / this.span)];
+    return this.windows[Math.floor(off * this.inv)];
   }
 
   u8(off: number): number {

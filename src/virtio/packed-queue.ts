@@ -11,10 +11,10 @@
 // buffer ids below the ring size (every driver numbers them so; the device keeps a slot count per id)
 // and not reused while in use. Descriptors not yet available are never read beyond their flags.
 //
-// Ordering: each descriptor's flags are read with Atomics.load before its other fields, and a used
-// descriptor's flags are written with Atomics.store after its id and length (sequentially consistent
-// in the JavaScript memory model, as the spec's barriers require). A batch is published by writing the
-// flags of its first used descriptor last, so the driver sees it whole.
+// Ordering: each descriptor's flags are read with Atomics.load before its other fields. A batch of used
+// descriptors is published by storing the flags of its first one last, with Atomics.store (sequentially
+// consistent in the JavaScript memory model, as the spec's barriers require), after the ids, lengths
+// and flags of all the others: the driver, reading used descriptors in order, sees the batch whole.
 
 import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
@@ -324,10 +324,13 @@ export class PackedQueue implements Virtqueue {
     w.u32[d / 4 + 2] = len;
     w.u16[d / 2 + 6] = head;
     const flags = (this.usedWrap ? PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED : 0) | (len > 0 ? PACKED_DESC_F_WRITE : 0);
+    // (the flags of the batch's later descriptors are plain stores: the driver reads used descriptors
+    // in ring order, so it looks at them only after the first one's flags, which flush() stores
+    // atomically after all of these)
     if (this.batchSlot < 0) {
       this.batchSlot = slot;
       this.batchFlags = flags;
-    } else Atomics.store(w.u16, d / 2 + 7, flags);
+    } else w.u16[d / 2 + 7] = flags;
     if (this.log !== undefined) this.log.markGpa(this.descLogGpa + 16 * slot, 16);
     this.nextUsed += this.slots[head];
     if (this.nextUsed >= this.size) {

@@ -32,6 +32,12 @@ export class SplitQueue implements Virtqueue {
   private usedOff = 0;
   private cfg?: QueueConfig;
   private lastAvail = 0;
+  /**
+   * the available index as pending() last read it: pop() takes entries up to it without reading the
+   * index again (one atomic load per batch rather than per chain, as vhost does); entries between
+   * lastAvail and it are available whatever the driver does meanwhile (it may only add)
+   */
+  private availSeen = 0;
   private usedIdx = 0;
   /** used index last published to the guest (for EVENT_IDX notification decisions) */
   private publishedUsed = 0;
@@ -124,7 +130,7 @@ export class SplitQueue implements Virtqueue {
 
   /** Restore ring positions (device reset keeps none; migration and vhost-user restore them). */
   setState(s: RingState): void {
-    this.lastAvail = s.nextAvail & 0xffff;
+    this.lastAvail = this.availSeen = s.nextAvail & 0xffff;
     this.usedIdx = this.publishedUsed = this.signalledUsed = s.nextUsed & 0xffff;
   }
 
@@ -145,11 +151,13 @@ export class SplitQueue implements Virtqueue {
   /** Entries the driver has made available and we have not taken (0 when broken). */
   pending(): number {
     if (this.broken || this.stalled) return 0;
-    const n = (this.availIdx() - this.lastAvail) & 0xffff;
+    const idx = this.availIdx();
+    const n = (idx - this.lastAvail) & 0xffff;
     if (n > this.size) {
       this.broken = 'available index jumped';
       return 0;
     }
+    this.availSeen = idx;
     return n;
   }
 
@@ -169,7 +177,8 @@ export class SplitQueue implements Virtqueue {
    * broke on it (check `broken`).
    */
   pop(into: Chain = this.chain): boolean {
-    if (this.pending() === 0) return false;
+    if (this.broken || this.stalled) return false;
+    if (this.lastAvail === this.availSeen && this.pending() === 0) return false;
     const mem = this.mem;
     const head = this.availW.u16[(this.availOff / 2) + 2 + (this.lastAvail % this.size)];
     if (head >= this.size) return this.fail('descriptor index out of range');

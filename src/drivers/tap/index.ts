@@ -30,11 +30,11 @@ export interface TapInit {
 const COUNTER = { URING_QUEUES: 0, URING_FALLBACKS: 1, URING_RX_FRAMES: 2 } as const;
 
 /**
- * Whether to use io_uring: `uring=on|off` (default on), TSVMM_IO_URING=0 turns it off; a kernel
- * that refuses a ring (ENOSYS, EPERM: kernel.io_uring_disabled) also does. Says so once when off.
+ * Whether to use io_uring: `uring=on|off` (default on, checked by create() before it opens anything),
+ * TSVMM_IO_URING=0 turns it off; a kernel that refuses a ring (ENOSYS, EPERM: kernel.io_uring_disabled)
+ * also does. Says so once when off (once the tap is open: a tap that cannot be had is said instead).
  */
 function wantUring(ifname: string, option: string | undefined): boolean {
-  if (option !== undefined && option !== 'on' && option !== 'off') throw new UserError('--net tap: uring must be on or off');
   let why: string | undefined;
   if (option === 'off') why = 'off (uring=off)';
   else if (process.env.TSVMM_IO_URING === '0') why = 'off (TSVMM_IO_URING=0)';
@@ -135,7 +135,7 @@ export function create(options: Record<string, string>): NetDriver {
   // mtu: the MTU the device offers (see NetConfig.mtu): the tap is raised to it so the wire carries it
   const wantMtu = options.mtu === undefined ? undefined : Number(options.mtu);
   if (wantMtu !== undefined && !(Number.isInteger(wantMtu) && wantMtu >= 68 && wantMtu <= 65535)) throw new UserError('--net tap: mtu must be a whole number from 68 to 65535');
-  const uring = wantUring(ifname, options.uring);
+  if (options.uring !== undefined && options.uring !== 'on' && options.uring !== 'off') throw new UserError('--net tap: uring must be on or off');
   let mtu = 1500;
   const counters = new SharedArrayBuffer(12);
   const fds: number[] = [];
@@ -154,6 +154,7 @@ export function create(options: Record<string, string>): NetDriver {
   } finally {
     native.close(sock);
   }
+  const uring = wantUring(ifname, options.uring);
   const all: Offloads = { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
   return {
     name: 'tap',

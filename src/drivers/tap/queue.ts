@@ -70,13 +70,19 @@ export class TapQueue implements DriverQueue {
         continue;
       }
       const r = native.writev(this.pollFd, this.iov, n, mem, this.hdr);
+      if (r === -EINTR) {
+        i--; // (a signal came first: the frame is written again)
+        continue;
+      }
       if (r === -EAGAIN) {
         // the frames written before still hold the queue's send buffer (they wait in a qdisc or a
         // bridge port's queue); the tap's fd becomes writable once they are gone
         this.wouldBlock = true;
         return i;
       }
-      if (r < 0) this.refused(-r); // the kernel refused this packet (bad offload metadata, link down)
+      // the kernel refused this packet (bad offload metadata, link down, a detached queue): dropped and
+      // counted, as the io_uring queue does with a write that fails
+      if (r < 0) this.refused(-r);
     }
     return b.count;
   }
@@ -88,7 +94,7 @@ export class TapQueue implements DriverQueue {
     if (this.reported) return;
     // once per queue: a refused packet is data-path information the operator can act on
     this.reported = true;
-    const why = errno === 5 ? 'EIO: is the tap interface up?' : errno === 22 ? 'EINVAL: the kernel rejected the packet or its offload header' : `errno ${errno}`;
+    const why = errno === 5 ? 'EIO: is the tap interface up?' : errno === 22 ? 'EINVAL: the kernel rejected the packet or its offload header' : errno === EBADFD ? 'EBADFD: the queue is detached from its interface' : `errno ${errno}`;
     // (fd 2 directly: a dataplane thread never returns to its event loop, which a worker's process.stderr
     // needs for every write after its first)
     writeSync(2, `tsvmm: tap queue fd ${this.pollFd}: a packet was refused (${why}); counting drops\n`);
@@ -121,7 +127,9 @@ export class TapQueue implements DriverQueue {
     for (let i = 0; i < b.count; i++) {
       const n = this.receiveSegments(b, i);
       const r = native.readv(this.pollFd, this.iov, n, mem, this.hdr);
-      if (r < 0) return i;
+      if (r === -EAGAIN || r === -EINTR) return i;
+      // (as the io_uring queue: a tap that cannot be read is not one the data path can go on with)
+      if (r < 0) throw new Error(`tap readv: errno ${-r}`);
       b.len[i] = receivedLength(b, i, r - T.TAP_HDR_LEN, this.room);
       readTapHeader(this.hdrView, 0, b, i);
     }
@@ -134,6 +142,8 @@ export class TapQueue implements DriverQueue {
 }
 
 export const EAGAIN = 11;
+const EINTR = 4;
+const EBADFD = 77;
 
 /**
  * The length to report for packet i, `len` frame bytes read into segments that hold `room`. The tap

@@ -88,6 +88,11 @@ export class UringTapQueue extends TapQueue {
     return this.res[0];
   }
 
+  /** the ring's fd, opened on this thread */
+  get ownFds(): readonly number[] {
+    return [this.ring.fd];
+  }
+
   override close(): void {
     this.ring.close();
   }

@@ -1,0 +1,221 @@
+// Storage for one batch of receive chains with MRG_RXBUF: each frame of the batch (a packet of the
+// driver batch, a "slot") gets as many chains as the largest frame takes (the first slot: as many as the
+// frame the driver announced). After the driver call a frame that took fewer chains than its slot had,
+// or a dropped one, leaves chains free in the middle of the batch: the next frames move down into them
+// (a copy inside guest memory; none in the common case of one chain per frame and no drop), so the
+// chains used are always the first popped, in order, and the rest go back to the ring (rewind).
+// Preallocated: nothing per frame.
+import type { Chain } from '../virtio/virtqueue.js';
+import type { GuestBytes } from '../virtio/guest-bytes.js';
+import type { DirtyLog } from '../virtio/dirty-log.js';
+import { META_WORDS, newPacketBatch, type PacketBatch } from '../drivers/api.js';
+import { native } from '../native.js';
+import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
+import { RX_BATCH } from './rx-batch.js';
+
+export class MergeSlots {
+  readonly batch: PacketBatch;
+  /** the chains popped for the batch, in pop order: head (as pop() gave it) and bytes it takes */
+  private readonly heads: Uint16Array;
+  private readonly caps: Float64Array;
+  /** chain c's non-empty buffers (guest offset, length) are [pStart[c], pStart[c + 1]) */
+  private readonly pStart: Uint32Array;
+  private readonly pOff: Float64Array;
+  private readonly pLen: Float64Array;
+  /** slot i's chains are [first[i], first[i + 1]); slot `count` is the one being filled */
+  private readonly first = new Uint32Array(RX_BATCH + 1);
+  /** bytes slot i takes, header included */
+  readonly cap = new Float64Array(RX_BATCH);
+  private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  /** closed slots */
+  count = 0;
+  /** chains popped in all (the open slot's included) */
+  chains = 0;
+  /** bytes the open slot takes so far */
+  open = 0;
+
+  /**
+   * `maxChains`: chains a batch may hold (the ring's size); `pieces`: buffers it may hold in all (at
+   * least what one slot of the largest frame can take, so the first slot always fits).
+   */
+  constructor(maxChains: number, private readonly pieces: number) {
+    this.heads = new Uint16Array(maxChains);
+    this.caps = new Float64Array(maxChains);
+    this.pStart = new Uint32Array(maxChains + 1);
+    this.pOff = new Float64Array(pieces);
+    this.pLen = new Float64Array(pieces);
+    this.batch = newPacketBatch(RX_BATCH, pieces);
+  }
+
+  reset(): void {
+    this.count = 0;
+    this.chains = 0;
+    this.open = 0;
+    this.first[0] = 0;
+    this.batch.iovStart[0] = 0;
+  }
+
+  /** chains in the open slot */
+  get openChains(): number {
+    return this.chains - this.first[this.count];
+  }
+
+  /** Add chain `c` (validated by the caller) to the open slot; false when the storage cannot hold it. */
+  add(c: Chain): boolean {
+    const n = this.chains;
+    let p = this.pStart[n];
+    if (n >= this.heads.length || p + c.count > this.pieces) return false;
+    for (let i = 0; i < c.count; i++) {
+      const l = c.lens[i];
+      if (l === 0) continue;
+      this.pOff[p] = c.offsets[i];
+      this.pLen[p++] = l;
+    }
+    this.heads[n] = c.head;
+    this.caps[n] = c.writableBytes;
+    this.pStart[n + 1] = p;
+    this.chains = n + 1;
+    this.open += c.writableBytes;
+    return true;
+  }
+
+  /** Close the open slot: its segments for the driver are its buffers after the header space. */
+  close(): void {
+    const b = this.batch;
+    const slot = this.count;
+    let at = b.iovStart[slot];
+    let skip = NET_HDR_LEN;
+    for (let p = this.pStart[this.first[slot]]; p < this.pStart[this.chains]; p++) {
+      let off = this.pOff[p];
+      let l = this.pLen[p];
+      if (skip > 0) {
+        const k = Math.min(skip, l);
+        off += k;
+        l -= k;
+        skip -= k;
+        if (l === 0) continue;
+      }
+      b.iov[3 * at] = 0;
+      b.iov[3 * at + 1] = off;
+      b.iov[3 * at + 2] = l;
+      at++;
+    }
+    b.iovStart[slot + 1] = at;
+    this.cap[slot] = this.open;
+    this.count = slot + 1;
+    this.first[slot + 1] = this.chains;
+    this.open = 0;
+  }
+
+  /** Forget the open slot (its chains went back to the ring). */
+  dropOpen(): void {
+    this.chains = this.first[this.count];
+    this.open = 0;
+  }
+
+  /** the first chain of slot i */
+  firstChain(i: number): number {
+    return this.first[i];
+  }
+
+  /** offset and length of slot i's first segment (where the destination MAC is) */
+  firstOffset(i: number): number {
+    return this.batch.iov[3 * this.batch.iovStart[i] + 1];
+  }
+  firstLength(i: number): number {
+    const b = this.batch;
+    return b.iovStart[i + 1] > b.iovStart[i] ? b.iov[3 * b.iovStart[i] + 2] : 0;
+  }
+
+  /**
+   * Move the frame of slot i (len bytes) into the chains from chain `d` on (after their header space),
+   * d before the slot's first chain. The chains from d to the end of slot i hold more than slot i
+   * alone, so the frame fits there; it moves towards the start of the chains, so copying its pieces
+   * in order never overwrites bytes still to be copied (each piece copy is a memmove).
+   */
+  move(mem: SharedArrayBuffer, i: number, d: number, len: number, log: DirtyLog | undefined): void {
+    const b = this.batch;
+    const iov = b.iov;
+    let si = b.iovStart[i];
+    const sEnd = b.iovStart[i + 1];
+    let di = this.pStart[d];
+    const dEnd = this.pStart[this.first[i + 1]];
+    let sOff = 0;
+    let dOff = 0;
+    // the destination starts after the header space of chain d
+    for (let skip = NET_HDR_LEN; skip > 0 && di < dEnd; ) {
+      const k = Math.min(skip, this.pLen[di]);
+      skip -= k;
+      if (k === this.pLen[di]) di++;
+      else dOff = k;
+    }
+    let left = len;
+    while (left > 0 && si < sEnd && di < dEnd) {
+      const sLen = iov[3 * si + 2];
+      const dLen = this.pLen[di];
+      const k = Math.min(left, sLen - sOff, dLen - dOff);
+      const to = this.pOff[di] + dOff;
+      native.copy(mem, to, mem, iov[3 * si + 1] + sOff, k);
+      if (log !== undefined) log.markOffset(to, k);
+      sOff += k;
+      dOff += k;
+      left -= k;
+      if (sOff >= sLen) {
+        si++;
+        sOff = 0;
+      }
+      if (dOff >= dLen) {
+        di++;
+        dOff = 0;
+      }
+    }
+  }
+
+  /** How many chains from chain d a frame of `total` bytes (header included) fills. */
+  chainsFor(d: number, total: number): number {
+    let n = 0;
+    for (let left = total; left > 0; n++) left -= this.caps[d + n];
+    return n;
+  }
+
+  /** Record the n chains from chain d as used by a frame of `total` bytes (header included). */
+  addUsed(q: { addUsed(head: number, len: number): void }, d: number, n: number, total: number): void {
+    for (let c = d, left = total; c < d + n; c++) {
+      const k = Math.min(left, this.caps[c]);
+      q.addUsed(this.heads[c], k);
+      left -= k;
+    }
+  }
+
+  /**
+   * Write the virtio-net header of slot i's frame (its metadata, `numBuffers` chains) into chain d's
+   * header space; logged when `log` is set.
+   */
+  writeHeader(bytes: GuestBytes, i: number, d: number, numBuffers: number, log: DirtyLog | undefined): void {
+    const meta = this.batch.meta;
+    let p = this.pStart[d];
+    if (this.pLen[p] >= NET_HDR_LEN) {
+      // the common layout: the header whole in the first buffer
+      const dst = this.pOff[p];
+      const w = bytes.window(dst);
+      writeRxHeader(w.u8, dst - w.base, meta, i * META_WORDS, numBuffers);
+      log?.markOffset(dst, NET_HDR_LEN);
+      return;
+    }
+    // any layout is legal: the header spread over the chain's first buffers (the chain holds it whole)
+    writeRxHeader(this.hdr, 0, meta, i * META_WORDS, numBuffers);
+    for (let at = 0; at < NET_HDR_LEN; p++) {
+      const dst = this.pOff[p];
+      const n = Math.min(NET_HDR_LEN - at, this.pLen[p]);
+      const w = bytes.window(dst);
+      for (let j = 0, l = dst - w.base; j < n; j++) w.u8[l + j] = this.hdr[at++];
+      log?.markOffset(dst, n);
+    }
+  }
+
+  /** Every byte the closed slots' segments hold, for the dirty log (a driver may write any of them). */
+  markAll(log: DirtyLog): void {
+    const b = this.batch;
+    for (let k = 0; k < b.iovStart[this.count]; k++) log.markOffset(b.iov[3 * k + 1], b.iov[3 * k + 2]);
+  }
+}

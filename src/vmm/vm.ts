@@ -28,7 +28,10 @@ import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI }
 import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
-import type { Machine } from './state/machine.js';
+import { quiesceDevices, restoreMachine, saveMachine, unquiesceDevices, type Machine } from './state/machine.js';
+import { readSnapshot, writeSnapshot } from './state/snapshot.js';
+import { restoredConfig } from './state/restore-config.js';
+import { checkRegions, snapshotMachine } from './vm-snapshot.js';
 
 export type { VmConfig } from './config.js';
 export type { NetDevice } from './virtio-devices.js';
@@ -40,6 +43,16 @@ export interface VmExit {
   /** the guest's power-off status (debug-exit value), else 0 */
   status: number;
   detail: string;
+}
+
+/** What Vm.snapshot wrote. */
+export interface SnapshotInfo {
+  dir: string;
+  /** bytes of guest memory, and 4 KiB pages written to the memory file (the rest are holes) */
+  memoryBytes: number;
+  pagesWritten: number;
+  /** how long the guest was held for it */
+  pausedMs: number;
 }
 
 /** What Vm.status tells: where the VM is in its life, how it ended, for how long it has run. */
@@ -103,6 +116,8 @@ export class Vm extends EventEmitter {
   }
   private serialPending: number[] = [];
   readonly config: Readonly<VmConfig>;
+  /** the configuration built: `config`, or for a restore the snapshot's machine with `config` on top */
+  private built?: VmConfig;
 
   constructor(config: VmConfig) {
     super();
@@ -198,6 +213,45 @@ export class Vm extends EventEmitter {
 
   private readonly dirtyPages = new DirtyPages();
 
+  private snapshotting = false;
+
+  /**
+   * Write the VM into directory `dir` (created; if it exists it must be empty or hold a snapshot,
+   * which is replaced): pause, quiesce the devices, write guest memory (sparse: memory-file.ts) and the
+   * device-state document, then let the VM go on as it was (running, or paused if it was) or, with
+   * `resume: false`, stop it. A failure leaves the VM as it was and rejects with one line.
+   */
+  async snapshot(dir: string, opts: { resume?: boolean } = {}): Promise<SnapshotInfo> {
+    if (this.snapshotting) throw new Error('a snapshot is being taken already');
+    if (this.state !== 'running' || this.finishing) throw new Error(`the VM is ${this.state}, not running`);
+    this.snapshotting = true;
+    const wasPaused = this.paused;
+    try {
+      const t0 = Date.now();
+      await this.pause();
+      if (this.finishing) throw new Error('the VM ended while it was being paused');
+      const m = this.machine;
+      await quiesceDevices(m);
+      let written;
+      try {
+        written = writeSnapshot(dir, { state: saveMachine(m), memory: this.memory, machine: snapshotMachine(this.built!, m.memory, m.vcpuFds.length, this.netDevices) });
+      } catch (e) {
+        await unquiesceDevices(m);
+        if (!wasPaused) await this.resume();
+        throw e;
+      }
+      const pausedMs = Date.now() - t0;
+      if (opts.resume === false) this.finish({ reason: 'stopped', status: 0, detail: `snapshot written to ${dir}` });
+      else {
+        await unquiesceDevices(m);
+        if (!wasPaused) await this.resume();
+      }
+      return { dir, memoryBytes: written.memory.size, pagesWritten: written.memory.written, pausedMs };
+    } finally {
+      this.snapshotting = false;
+    }
+  }
+
   /** Send bytes to the guest's serial console input. */
   sendSerial(data: string | Uint8Array): void {
     this.uart?.push(typeof data === 'string' ? new TextEncoder().encode(data) : data);
@@ -252,11 +306,13 @@ export class Vm extends EventEmitter {
   }
 
   private async build(): Promise<void> {
-    const cfg = this.config;
+    const snap = this.config.restore !== undefined ? readSnapshot(this.config.restore) : undefined;
+    const cfg = (this.built = snap ? restoredConfig(this.config, snap.manifest.machine) : this.config);
     const memSize = resolveMemory(cfg.memory);
     requestedCpus(cfg.cpus);
-    const kernel = this.readInput('--kernel', cfg.kernel);
-    const initrd = cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
+    if (!snap && cfg.kernel === undefined) throw new UserError('--kernel FILE is required (or --restore DIR)');
+    const kernel = snap ? undefined : this.readInput('--kernel', cfg.kernel!);
+    const initrd = !snap && cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
 
     this.kvmFd = openKvm(cfg.kvmDevice);
     requireCaps(this.kvmFd);
@@ -269,7 +325,9 @@ export class Vm extends EventEmitter {
     vm.createPit2();
     this.router = new GsiRouter(vm, checkExtension(this.kvmFd, CAP.IRQ_ROUTING) || 1024);
 
-    const mem = (this.mem = new GuestMemory(ramRegions(memSize)));
+    const regions = ramRegions(memSize);
+    if (snap) checkRegions(regions, snap.manifest.memory.regions);
+    const mem = (this.mem = new GuestMemory(regions, snap ? { file: snap.memoryPath } : {}));
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
 
     // devices first: the ACPI tables the loader writes describe them (VIOT: who is behind the IOMMU)
@@ -280,22 +338,29 @@ export class Vm extends EventEmitter {
     if (cfg.rng) devices.plugRng(cfg.rng === true ? {} : cfg.rng);
     const viot = devices.viot;
 
-    this.boot = loadKernel(
-      { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
-      { kernel, initrd, cmdline: cfg.cmdline ?? '', memSize, cpus, viot },
-    );
+    // (a restored machine's memory holds its kernel and tables already)
+    if (kernel) {
+      this.boot = loadKernel(
+        { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
+        { kernel, initrd, cmdline: cfg.cmdline ?? '', memSize, cpus, viot },
+      );
+    }
 
     const supported = supportedCpuid(this.kvmFd);
     for (let i = 0; i < cpus; i++) {
       const fd = new VcpuFd(vm.createVcpu(i));
       this.vcpus.add(fd);
       configureVcpu(fd, supported, i, cpus);
-      if (i === 0) enterKernel(fd, this.boot);
+      if (i === 0 && this.boot) enterKernel(fd, this.boot);
     }
+    if (snap) await restoreMachine(this.machine, snap.state);
 
     const runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
     await this.vcpus.start(this.kvmFd, runSize);
+    // the guest may be on another wire now: its network drivers are asked to announce it there
+    if (snap) for (const d of devices.net) d.net.announce();
   }
+
 
   /** The serial port, power controls, ACPI event device and the PCI host (returned: the virtio functions go on it). */
   private attachPlatformDevices(): PciHost {

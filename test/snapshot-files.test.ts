@@ -1,7 +1,8 @@
 // A snapshot's files without KVM: guest memory to a sparse file (only non-zero pages written, holes
 // elsewhere, untouched memory never read), that file mapped back copy-on-write (the file never
 // written, later snapshots of it complete), the directory's manifest, and every refusal of a missing,
-// foreign, damaged or mismatched snapshot as one line (library and CLI).
+// foreign, damaged or mismatched snapshot as one line (library and CLI); the API's PUT /snapshot and
+// tsvmm ctl snapshot.
 import { describe, it, expect, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
@@ -13,6 +14,8 @@ import { readSnapshot, writeSnapshot, type SnapshotMachine } from '../src/vmm/st
 import { restoredConfig } from '../src/vmm/state/restore-config.js';
 import { ramRegions } from '../src/boot/layout.js';
 import { CLI } from './helpers/env.js';
+import { route, ApiError, type ApiTarget } from '../src/api/routes.js';
+import { ctlRequest, CtlUsageError } from '../src/api/ctl.js';
 
 const MiB = 1 << 20;
 const root = mkdtempSync(join(tmpdir(), 'tsvmm-snap-'));
@@ -236,5 +239,59 @@ describe('tsvmm run --restore refusals (before KVM is opened)', () => {
     oneLine(run(['--restore', dir, '--cpus', '3']), "--cpus: the snapshot's VM has 2 vCPUs, not 3");
     oneLine(run(['--restore', dir, '--kernel', '/x']), "run: --restore starts the snapshot's kernel where it was: --kernel, --initrd and --cmdline do not go with it");
     oneLine(run([]), 'run: --kernel FILE is required (or --restore DIR)');
+  });
+});
+
+describe('PUT /snapshot and tsvmm ctl snapshot', () => {
+  const target = (calls: Array<{ path: string; resume: boolean }>, fail?: string) =>
+    ({
+      info: () => ({}),
+      metrics: () => ({}) as never,
+      pause: async () => undefined,
+      resume: async () => undefined,
+      net: () => undefined,
+      snapshot: async (o: { path: string; resume: boolean }) => {
+        if (fail) throw new Error(fail);
+        calls.push(o);
+        return { dir: o.path, pagesWritten: 3 };
+      },
+    }) as ApiTarget;
+
+  it('takes a path and resume (default true) and answers with what was written', async () => {
+    const calls: Array<{ path: string; resume: boolean }> = [];
+    expect(await route(target(calls), 'PUT', '/snapshot', '{"path":"/s/a"}')).toEqual({ status: 200, json: { dir: '/s/a', pagesWritten: 3 } });
+    await route(target(calls), 'PUT', '/snapshot', '{"path":"/s/b","resume":false}');
+    expect(calls).toEqual([
+      { path: '/s/a', resume: true },
+      { path: '/s/b', resume: false },
+    ]);
+  });
+
+  it.each([
+    ['', 400, 'path: expected'],
+    ['{"path":""}', 400, 'path: expected'],
+    ['{"path":5}', 400, 'path: expected'],
+    ['{"path":"/s","resume":"no"}', 400, 'resume: expected true or false'],
+    ['{"path":"/s","keep":1}', 400, 'unknown field "keep"'],
+  ])('refuses %s', async (body, status, msg) => {
+    const calls: Array<{ path: string; resume: boolean }> = [];
+    const e = await route(target(calls), 'PUT', '/snapshot', body).catch((x: ApiError) => x);
+    expect(e).toBeInstanceOf(ApiError);
+    expect([(e as ApiError).status, (e as ApiError).message]).toEqual([status, expect.stringContaining(msg)]);
+    expect(calls).toEqual([]);
+  });
+
+  it("passes the snapshot's own refusal on as one line, and says where there are no snapshots", async () => {
+    const e = (await route(target([], 'snapshot /x: the directory is not empty\nsecond line'), 'PUT', '/snapshot', '{"path":"/x"}').catch((x) => x)) as ApiError;
+    expect([e.status, e.message]).toEqual([400, 'snapshot /x: the directory is not empty']);
+    const none = { ...target([]), snapshot: undefined };
+    expect(((await route(none, 'PUT', '/snapshot', '{"path":"/x"}').catch((x) => x)) as ApiError).status).toBe(501);
+    expect(((await route(target([]), 'GET', '/snapshot', '').catch((x) => x)) as ApiError).status).toBe(405);
+  });
+
+  it('ctl: snapshot DIR [stop], the directory made absolute', () => {
+    expect(ctlRequest(['snapshot', '/s/a'])).toEqual({ method: 'PUT', path: '/snapshot', body: { path: '/s/a' } });
+    expect(ctlRequest(['snapshot', 'rel', 'stop'])).toEqual({ method: 'PUT', path: '/snapshot', body: { path: join(process.cwd(), 'rel'), resume: false } });
+    for (const bad of [['snapshot'], ['snapshot', '/s', 'now'], ['snapshot', '/s', 'stop', 'x']]) expect(() => ctlRequest(bad)).toThrow(CtlUsageError);
   });
 });

@@ -28,13 +28,14 @@ import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI }
 import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
-import { quiesceDevices, restoreMachine, saveMachine, unquiesceDevices, type Machine } from './state/machine.js';
-import { readSnapshot, writeSnapshot } from './state/snapshot.js';
+import { restoreMachine, type Machine } from './state/machine.js';
+import { readSnapshot } from './state/snapshot.js';
 import { restoredConfig } from './state/restore-config.js';
-import { checkRegions, snapshotMachine } from './vm-snapshot.js';
+import { checkRegions, snapshotMachine, takeSnapshot, type SnapshotInfo } from './vm-snapshot.js';
 
 export type { VmConfig } from './config.js';
 export type { NetDevice } from './virtio-devices.js';
+export type { SnapshotInfo } from './vm-snapshot.js';
 
 export interface VmExit {
   /** poweroff: the guest turned the machine off; reset: it asked for a reboot (tsvmm ends the VM);
@@ -43,16 +44,6 @@ export interface VmExit {
   /** the guest's power-off status (debug-exit value), else 0 */
   status: number;
   detail: string;
-}
-
-/** What Vm.snapshot wrote. */
-export interface SnapshotInfo {
-  dir: string;
-  /** bytes of guest memory, and 4 KiB pages written to the memory file (the rest are holes) */
-  memoryBytes: number;
-  pagesWritten: number;
-  /** how long the guest was held for it */
-  pausedMs: number;
 }
 
 /** What Vm.status tells: where the VM is in its life, how it ended, for how long it has run. */
@@ -225,28 +216,21 @@ export class Vm extends EventEmitter {
     if (this.snapshotting) throw new Error('a snapshot is being taken already');
     if (this.state !== 'running' || this.finishing) throw new Error(`the VM is ${this.state}, not running`);
     this.snapshotting = true;
-    const wasPaused = this.paused;
     try {
-      const t0 = Date.now();
-      await this.pause();
-      if (this.finishing) throw new Error('the VM ended while it was being paused');
-      const m = this.machine;
-      await quiesceDevices(m);
-      let written;
-      try {
-        written = writeSnapshot(dir, { state: saveMachine(m), memory: this.memory, machine: snapshotMachine(this.built!, m.memory, m.vcpuFds.length, this.netDevices) });
-      } catch (e) {
-        await unquiesceDevices(m);
-        if (!wasPaused) await this.resume();
-        throw e;
-      }
-      const pausedMs = Date.now() - t0;
-      if (opts.resume === false) this.finish({ reason: 'stopped', status: 0, detail: `snapshot written to ${dir}` });
-      else {
-        await unquiesceDevices(m);
-        if (!wasPaused) await this.resume();
-      }
-      return { dir, memoryBytes: written.memory.size, pagesWritten: written.memory.written, pausedMs };
+      return await takeSnapshot(
+        {
+          wasPaused: this.paused,
+          pause: () => this.pause(),
+          resume: () => this.resume(),
+          ended: () => this.finishing,
+          machine: () => this.machine,
+          memory: this.memory,
+          shape: () => snapshotMachine(this.built!, this.memory.table.totalSize, this.vcpus.fds.length, this.netDevices),
+          stop: (detail) => this.finish({ reason: 'stopped', status: 0, detail }),
+        },
+        dir,
+        opts.resume ?? true,
+      );
     } finally {
       this.snapshotting = false;
     }

@@ -74,18 +74,21 @@ describe.runIf(haveKvm())('snapshot and restore of a running VM', () => {
 
     const b = watched(new Vm({ restore: snap }));
     await b.vm.start();
-    expect(b.vm.status.state).toBe('running');
-    expect(pagesWith(b.vm, 16 * MiB, MiB, 0xd1)).toBe(0);
-    b.vm.sendSerial('x');
-    await b.until('DIRTY-DONE\n');
-    // it went on where it was: no banner, no second DIRTY-READY
-    expect(b.output()).toBe('DIRTY-DONE\n');
-    expect(pagesWith(b.vm, 16 * MiB, MiB, 0xd1)).toBe(256);
-    // a snapshot of the restored VM (its memory a copy-on-write mapping of the file it replaces), which runs on
-    const again = await b.vm.snapshot(snap);
-    expect(b.vm.status.state).toBe('running');
-    expect(again.pagesWritten).toBeGreaterThanOrEqual(256);
-    await b.vm.stop();
+    try {
+      expect(b.vm.status.state).toBe('running');
+      expect(pagesWith(b.vm, 16 * MiB, MiB, 0xd1)).toBe(0);
+      b.vm.sendSerial('x');
+      await b.until('DIRTY-DONE\n');
+      // it went on where it was: no banner, no second DIRTY-READY
+      expect(b.output()).toBe('DIRTY-DONE\n');
+      expect(pagesWith(b.vm, 16 * MiB, MiB, 0xd1)).toBe(256);
+      // a snapshot of the restored VM (its memory a copy-on-write mapping of the file it replaces), which runs on
+      const again = await b.vm.snapshot(snap);
+      expect(b.vm.status.state).toBe('running');
+      expect(again.pagesWritten).toBeGreaterThanOrEqual(256);
+    } finally {
+      await b.vm.stop();
+    }
     expect(readdirSync(snap).filter((f) => f.startsWith('memory-'))).not.toContain(memFile);
 
     const c = watched(new Vm({ restore: snap }));

@@ -92,7 +92,8 @@ function netRequest(args: string[]): CtlRequest {
 export function ctlSend(socketPath: string, r: CtlRequest): Promise<{ status: number; body: string }> {
   const payload = r.body === undefined ? undefined : JSON.stringify(r.body);
   return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path: r.path, method: r.method, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {}, timeout: CTL_TIMEOUT_MS }, (res) => {
+    // (agent false: a connection of its own, never an idle kept-alive one the server may have closed meanwhile)
+    const req = request({ socketPath, path: r.path, method: r.method, agent: false, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {}, timeout: CTL_TIMEOUT_MS }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));

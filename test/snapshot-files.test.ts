@@ -140,6 +140,18 @@ describe('the snapshot directory', () => {
     expect(r.memoryPath).toBe(join(dir, `memory-${w.manifest.id}`));
   });
 
+  it('keeps a network device configured without a MAC that way (its default comes from its index again)', () => {
+    const dir = fresh();
+    const machine: SnapshotMachine = { ...MACHINE, net: [{ driver: 'tap', options: { ifname: 'tap0' }, queues: 1, mtu: 1500 }] };
+    const mem = memory();
+    try {
+      writeSnapshot(dir, { state, memory: mem, machine });
+    } finally {
+      mem.release();
+    }
+    expect(readSnapshot(dir).manifest.machine).toEqual(machine);
+  });
+
   it('a second snapshot into the same directory replaces the first whole', () => {
     const dir = fresh();
     const one = snapshotInto(dir).manifest.id;

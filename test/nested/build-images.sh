@@ -60,6 +60,9 @@ for m in irqbypass kvm kvm-amd tun; do cp "$LIN/modules/$m.ko" "$L1/lib/modules/
 copy_with_libs "$(command -v node)" "$L1"
 copy_with_libs "$(command -v iperf3)" "$L1"
 cp -r package.json bin dist "$L1/tsvmm/"
+# (the runtime dependency: device state and snapshots are msgpack documents)
+mkdir -p "$L1/tsvmm/node_modules/@msgpack"
+cp -r node_modules/@msgpack/msgpack "$L1/tsvmm/node_modules/@msgpack/"
 cp test/nested/mktap.mjs "$L1/tsvmm/mktap.mjs"
 cp test/nested/link-run.mjs "$L1/tsvmm/link-run.mjs"
 cp test/nested/ratelimit-run.mjs "$L1/tsvmm/ratelimit-run.mjs"

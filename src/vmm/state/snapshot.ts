@@ -214,7 +214,8 @@ function readNet(f: Fields): NetConfig {
   const d = new Fields(raw, `${f.path}.device`);
   for (const k of Object.keys(raw)) d.any(k);
   const dev = raw as Partial<NetConfig>;
-  if (typeof dev.mac !== 'string') throw new StateError(`${f.path}.device.mac: not a string`);
+  // (no MAC: the device's default, from its index, as when it was configured)
+  if (dev.mac !== undefined && typeof dev.mac !== 'string') throw new StateError(`${f.path}.device.mac: not a string`);
   for (const k of ['queues', 'threads', 'busyPollUs'] as const) if (dev[k] !== undefined) d.uint(k, 1 << 16);
   const known = ['mac', 'queues', 'threads', 'busyPollUs', 'packed', 'mergeable', 'mtu', 'speed', 'duplex', 'rateLimit'];
   for (const k of Object.keys(raw)) if (!known.includes(k)) throw new StateError(`${f.path}.device.${k}: unexpected field`);

@@ -364,6 +364,14 @@ Napi::Value FileSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(st.st_size));
 }
 
+// lseek(fd, offset, whence) -> the new offset, or -errno (SEEK_DATA/SEEK_HOLE past the last data: -ENXIO)
+Napi::Value Lseek(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  off_t r = lseek(ArgInt(info, 0), static_cast<off_t>(ArgU64(info[1])), ArgInt(info, 2));
+  if (r < 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   std::string name = info[0].As<Napi::String>();
@@ -383,14 +391,17 @@ struct Mapping {
   size_t len;
 };
 
-// mmapShared(fd, length[, offset]) -> { buffer: SharedArrayBuffer, address: bigint }
-// MAP_SHARED over fd from offset (a multiple of the page size; mmap checks); the mapping is removed when the last SharedArrayBuffer referring to it (in any thread) dies.
+// mmapShared(fd, length[, offset[, private]]) -> { buffer: SharedArrayBuffer, address: bigint }
+// MAP_SHARED (or, with private true, MAP_PRIVATE: copy-on-write, still one address space for every
+// thread of the process) over fd from offset (a multiple of the page size; mmap checks); the mapping
+// is removed when the last SharedArrayBuffer referring to it (in any thread) dies.
 Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   int fd = ArgInt(info, 0);
   size_t len = static_cast<size_t>(ArgU64(info[1]));
   off_t offset = info.Length() > 2 && !info[2].IsUndefined() ? static_cast<off_t>(ArgU64(info[2])) : 0;
-  void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
+  bool priv = info.Length() > 3 && info[3].ToBoolean().Value();
+  void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, priv ? MAP_PRIVATE : MAP_SHARED, fd, offset);
   if (addr == MAP_FAILED) THROW_ERRNO(env, "mmap", env.Null());
   return SharedMapping(env, addr, len);
 }
@@ -648,6 +659,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("reserveShared", Napi::Function::New(env, ReserveShared));
   exports.Set("mmapFixed", Napi::Function::New(env, MmapFixed));
   exports.Set("fileSize", Napi::Function::New(env, FileSize));
+  exports.Set("lseek", Napi::Function::New(env, Lseek));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared));

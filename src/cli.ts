@@ -18,6 +18,7 @@ import { top } from './api/top.js';
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
                  [--net DRIVER,key=value,...]... [--viommu] [--rng[=packed=off]] [--api-socket PATH]
+       tsvmm run --restore DIR [--net DRIVER,key=value,...]... [--serial ...] [--api-socket PATH]
        tsvmm vhost-user --socket PATH [--client] --net DRIVER,key=value,... [--timeout SECS] [--stats]
                  [--api-socket PATH]
        tsvmm ctl --api-socket PATH get vm|metrics | pause | resume | shutdown | net ID link up|down | ...
@@ -27,6 +28,10 @@ const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [-
 run boots a bzImage or a PVH ELF kernel on KVM. vhost-user serves tsvmm's dataplane and a driver to a
 vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --kernel FILE    bzImage, or an ELF vmlinux with a PVH entry note
+  --restore DIR    start from a snapshot (tsvmm ctl snapshot DIR) instead of a kernel: its machine
+                   again (--mem, --cpus, --viommu, --rng, if given, must be the snapshot's), its memory
+                   mapped copy-on-write from DIR, the guest going on where it was; each --net given
+                   replaces the saved device's driver (another tap, say), its device settings kept
   --initrd FILE    initial ramdisk
   --cmdline STR    kernel command line
   --mem SIZE       guest memory, e.g. 512M or 2G (default 512M)
@@ -78,6 +83,7 @@ export async function main(argv: string[]): Promise<number> {
       args: rest.map((a) => (a === '--rng' ? '--rng=' : a)),
       options: {
         kernel: { type: 'string' },
+        restore: { type: 'string' },
         initrd: { type: 'string' },
         cmdline: { type: 'string' },
         mem: { type: 'string' },
@@ -102,7 +108,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
-  if (!values.kernel) return fail('run: --kernel FILE is required');
+  if (!values.kernel && !values.restore) return fail('run: --kernel FILE is required (or --restore DIR)');
+  if (values.restore && (values.kernel || values.initrd || values.cmdline !== undefined)) return fail('run: --restore starts the snapshot\'s kernel where it was: --kernel, --initrd and --cmdline do not go with it');
   let cpus: number | undefined;
   if (values.cpus !== undefined) {
     if (!/^\d+$/.test(values.cpus)) return fail(`--cpus: "${values.cpus}" is not a whole number`);
@@ -120,13 +127,13 @@ export async function main(argv: string[]): Promise<number> {
   let net;
   let rng: RngConfig | undefined;
   try {
-    net = (values.net ?? []).map(parseNetArg);
+    net = values.net ? values.net.map(parseNetArg) : values.restore ? undefined : [];
     rng = values.rng === undefined ? undefined : parseRngArg(values.rng);
   } catch (e) {
     if (e instanceof UserError) return fail(e.message);
     throw e;
   }
-  const vm = new Vm({ kernel: values.kernel, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu, rng });
+  const vm = new Vm({ kernel: values.kernel, restore: values.restore, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu, rng });
   let out: NodeJS.WritableStream | undefined;
   if (serial === 'stdio') out = process.stdout;
   else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));

@@ -1,5 +1,5 @@
 // The embeddable VMM: `import { Vm } from 'tsvmm'`.
-export { Vm, type VmExit, type VmConfig, type VmStatus } from './vmm/vm.js';
+export { Vm, type VmExit, type VmConfig, type VmStatus, type SnapshotInfo } from './vmm/vm.js';
 export type { Metrics, DeviceMetrics, QueueMetrics } from './dataplane/metrics.js';
 export { UserError } from './errors.js';
 export { parseSize } from './vmm/config.js';

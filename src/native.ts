@@ -44,7 +44,10 @@ export interface Native {
   fileSize(fd: number): number;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, size: number | bigint): void;
-  mmapShared(fd: number, length: number, offset?: number): { buffer: SharedArrayBuffer; address: bigint };
+  /** MAP_SHARED, or with `priv` MAP_PRIVATE (copy-on-write: writes stay in this process, whose threads all see them) */
+  mmapShared(fd: number, length: number, offset?: number, priv?: boolean): { buffer: SharedArrayBuffer; address: bigint };
+  /** the new offset, or -errno (SEEK_DATA or SEEK_HOLE past the last data: -ENXIO) */
+  lseek(fd: number, offset: number, whence: number): number;
   mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer;
   /** Replace [address, address+length) with anonymous zero pages: releases the file behind a mapping early. */
   remapAnonymous(address: bigint, length: number): void;

@@ -10,7 +10,8 @@ import { mkdtempSync, rmSync, statSync, existsSync, writeFileSync } from 'node:f
 import { execFile } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ApiServer } from '../src/api/server.js';
+import { ApiServer, API_DEFAULTS } from '../src/api/server.js';
+import { ctlSend } from '../src/api/ctl.js';
 import { backendTarget } from '../src/api/targets.js';
 import { VhostUserBackend } from '../src/vhost-user/backend.js';
 import { VhostUserServer } from '../src/vhost-user/server.js';
@@ -306,4 +307,26 @@ describe('tsvmm vhost-user --api-socket', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('ctlSend against a server in another process', () => {
+  it('a request made after the caller was blocked past the keep-alive timeout still gets through', async () => {
+    // The server ends an idle kept-alive connection after its headers timeout (5 s by default); a
+    // caller whose event loop was blocked meanwhile (spawnSync of `tsvmm ctl`, in a test) must not send
+    // its next request on that closed connection (EPIPE)
+    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-api-ka-'));
+    const path = join(dir, 'api.sock');
+    const p = execFile(process.execPath, [CLI, 'vhost-user', '--socket', join(dir, 'vu.sock'), '--net', 'null', '--api-socket', path]);
+    try {
+      for (let i = 0; i < 100 && !existsSync(path); i++) await sleep(100);
+      expect((await ctlSend(path, { method: 'GET', path: '/vm' })).status).toBe(200);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, API_DEFAULTS.headersTimeoutMs + 1000);
+      // (the server's end of the old connection is closed by now; this process has not looked yet)
+      expect((await ctlSend(path, { method: 'GET', path: '/vm' })).status).toBe(200);
+    } finally {
+      p.kill();
+      await new Promise((r) => p.on('close', r));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });

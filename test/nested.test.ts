@@ -6,7 +6,8 @@
 // (a guest that never ends, stopped by tsvmm's --timeout), `link` (the host takes the link down and up),
 // `ratelimit` (iperf3 both ways through tsvmm's rate limiter, then at half the rate, changed while L2
 // runs), `shutdown` (the host presses the ACPI power button: vm.shutdown), `api` (tsvmm run
-// --api-socket driven by tsvmm ctl: pause/resume under ping, link, power button), `triple` (a guest that ends
+// --api-socket driven by tsvmm ctl: pause/resume under ping, link, power button), `snapshot` (snapshotted
+// midway through a download, restored in a new tsvmm process on another tap), `triple` (a guest that ends
 // in a triple fault on purpose: the harness must say where one happened), `panic` (2 vCPUs, a kernel
 // panic on purpose: Linux's reset ends the VM), and `iommu-lazy` / `iommu-strict` (tsvmm --viommu:
 // Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1).
@@ -40,7 +41,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'shutdown', 'api', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'shutdown', 'api', 'snapshot', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -84,6 +85,11 @@ const ALL_EXPECTED: Array<[string, string]> = [
   // button (ctl shutdown); the socket is gone when tsvmm has ended
   ...['l2-ready', 'state-running', 'pause', 'state-paused', 'metrics-still-while-paused', 'no-replies-while-paused', 'resume', 'ping-continues-after-resume', 'link-down', 'link-up', 'shutdown-accepted', 'socket-removed', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `api/${c}`]),
   ...['carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up', 'key-power-seen'].map((c): [string, string] => ['L2', `api/${c}`]),
+  // snapshotted midway through a download (tsvmm ctl snapshot DIR stop), restored in a new tsvmm on another
+  // tap to the same peer (run --restore DIR --net tap,ifname=tap1): no second boot, uptime goes on, the
+  // guest announces itself (a gratuitous ARP seen on tap1), the download ends with the right md5
+  ...['taken', 'first-vm-stopped', 'taken-mid-download', 'memory-file-sparse', 'restored-without-reboot', 'uptime-continues', 'gratuitous-arp-from-guest', 'download-finished-after-restore', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `snapshot/${c}`]),
+  ...['link-up', 'feature-guest-announce', 'download-across-restore', 'md5-across-restore', 'ping-after-restore'].map((c): [string, string] => ['L2', `snapshot/${c}`]),
   ['L1', 'triple/no-tsvmm-left'],
   ['L1', 'panic/no-tsvmm-left'],
   ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : []).flatMap((scn): Array<[string, string]> => [
@@ -252,8 +258,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, shutdown, api, and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'shutdown', 'api', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, shutdown, api, snapshot (its restored tsvmm), and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'shutdown', 'api', 'snapshot', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }

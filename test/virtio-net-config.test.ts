@@ -262,3 +262,67 @@ describe('virtio-net rate limits (library and --net)', () => {
     expect(net.rateLimit).toEqual({ rx: {}, tx: {} });
   });
 });
+
+describe('virtio-net GUEST_ANNOUNCE', () => {
+  const ANNOUNCE_CLASS = 3;
+  const ANNOUNCE_ACK = 0;
+  const OK = 0;
+  const ERR = 1;
+
+  it('is offered (with the control queue it needs)', () => {
+    const offered = setup().offered();
+    expect([has(offered, F.GUEST_ANNOUNCE), has(offered, F.CTRL_VQ)]).toEqual([true, true]);
+  });
+
+  it('announce sets VIRTIO_NET_S_ANNOUNCE with a configuration interrupt; the ack clears it', async () => {
+    const t = setup();
+    const efd = await t.goLive(bit(F.CTRL_VQ) | bit(F.GUEST_ANNOUNCE));
+    signalled(efd);
+    expect(t.net.announce()).toBe(true);
+    expect(t.cfg(6, 2)).toBe(1 | 2); // LINK_UP | ANNOUNCE
+    expect(t.net.announcing).toBe(true);
+    expect(signalled(efd)).toBe(1);
+    expect(t.r(ISR_OFF, 1)).toBe(2);
+    expect(t.net.control(ANNOUNCE_CLASS, ANNOUNCE_ACK, new Uint8Array(1))).toBe(ERR); // the ack carries no data
+    expect(t.cfg(6, 2)).toBe(3);
+    expect(t.net.control(ANNOUNCE_CLASS, ANNOUNCE_ACK, new Uint8Array(0))).toBe(OK);
+    expect(t.cfg(6, 2)).toBe(1);
+    expect(t.net.announcing).toBe(false);
+    expect(signalled(efd)).toBe(0); // the ack raises nothing
+    // the link keeps its own bit
+    t.net.setLink(false);
+    t.net.announce();
+    expect(t.cfg(6, 2)).toBe(2);
+  });
+
+  it('does nothing for a driver that did not negotiate it, nor before a driver, and a reset clears it', async () => {
+    const fresh = setup();
+    expect(fresh.net.announce()).toBe(false);
+    expect(fresh.cfg(6, 2)).toBe(1);
+    const t = setup();
+    const efd = await t.goLive(bit(F.CTRL_VQ));
+    signalled(efd);
+    expect(t.net.announce()).toBe(false);
+    expect(t.cfg(6, 2)).toBe(1);
+    expect(signalled(efd)).toBe(0);
+    expect(t.net.control(ANNOUNCE_CLASS, ANNOUNCE_ACK, new Uint8Array(0))).toBe(ERR);
+    const a = setup();
+    await a.goLive(bit(F.CTRL_VQ) | bit(F.GUEST_ANNOUNCE));
+    a.net.announce();
+    a.w(0x14, 0, 1); // reset
+    await tick();
+    expect(a.cfg(6, 2)).toBe(1);
+  });
+
+  it('a device saved while announcing restores with the bit still set', async () => {
+    const t = setup();
+    await t.goLive(bit(F.CTRL_VQ) | bit(F.GUEST_ANNOUNCE));
+    t.net.announce();
+    await t.net.quiesce();
+    const saved = t.net.saveState();
+    const u = setup();
+    const { Fields } = await import('../src/state/fields.js');
+    u.net.restoreState(new Fields(saved, 'net'));
+    expect(u.cfg(6, 2)).toBe(3);
+  });
+});

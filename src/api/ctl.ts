@@ -2,6 +2,7 @@
 // (JSON as it came, Prometheus text as is); a refusal or a failure is one line on stderr and exit 1
 // (2 for bad usage).
 import { request } from 'node:http';
+import { resolve as resolvePath } from 'node:path';
 
 export const CTL_USAGE = `usage: tsvmm ctl --api-socket PATH COMMAND
   get vm                       state, config, uptime (JSON)
@@ -9,6 +10,8 @@ export const CTL_USAGE = `usage: tsvmm ctl --api-socket PATH COMMAND
   pause | resume               hold the vCPUs and dataplane threads / let them go on
   shutdown [deadline-ms=N]     ask the guest to power off (the VM's power button); stopped after N ms
                                (default the VM's: 30 s)
+  snapshot DIR [stop]           write the VM into directory DIR (tsvmm run --restore DIR starts it
+                               again) and go on, or with stop end the VM once it is written
   net ID link up|down          the device's link as the guest sees it
   net ID limit KEY=N...        rate limits per second: rx-bytes, rx-ops, tx-bytes, tx-ops (N=0 or off:
                                no limit); a bucket of N tokens refilled in one second, as Firecracker's`;
@@ -45,6 +48,9 @@ export function ctlRequest(args: string[]): CtlRequest {
       if (rest.length > 1 || (rest.length === 1 && !m)) throw new CtlUsageError('shutdown: [deadline-ms=N]');
       return { method: 'PUT', path: '/vm/shutdown', ...(m ? { body: { deadline_ms: Number(m[1]) } } : {}) };
     }
+    case 'snapshot':
+      if (rest.length < 1 || rest.length > 2 || (rest.length === 2 && rest[1] !== 'stop')) throw new CtlUsageError('snapshot: DIR [stop]');
+      return { method: 'PUT', path: '/snapshot', body: { path: resolvePath(rest[0]), ...(rest[1] === 'stop' ? { resume: false } : {}) } };
     case 'net':
       return netRequest(rest);
     default:
@@ -86,7 +92,8 @@ function netRequest(args: string[]): CtlRequest {
 export function ctlSend(socketPath: string, r: CtlRequest): Promise<{ status: number; body: string }> {
   const payload = r.body === undefined ? undefined : JSON.stringify(r.body);
   return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path: r.path, method: r.method, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {}, timeout: CTL_TIMEOUT_MS }, (res) => {
+    // (agent false: a connection of its own, never an idle kept-alive one the server may have closed meanwhile)
+    const req = request({ socketPath, path: r.path, method: r.method, agent: false, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {}, timeout: CTL_TIMEOUT_MS }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));

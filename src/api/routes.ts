@@ -24,6 +24,9 @@ export interface ApiTarget {
    * available (501) */
   shutdown?(o: { deadlineMs?: number }): Promise<unknown>;
   net(id: string): ApiNet | undefined;
+  /** PUT /snapshot: write the VM into directory `path` and go on (or stop: resume false); absent where
+   * not available (501). Errors (not running, a directory that cannot be written) are the client's. */
+  snapshot?(o: { path: string; resume: boolean }): Promise<unknown>;
 }
 
 export interface Reply {
@@ -62,6 +65,7 @@ const ROUTES: Route[] = [
   { pattern: /^\/vm\/resume$/, methods: { PUT: (t, b) => (noFields(b), clientFault(() => t.resume())) } },
   { pattern: /^\/vm\/shutdown$/, methods: { PUT: shutdown } },
   { pattern: /^\/net\/([^/]+)$/, methods: { PATCH: patchNet } },
+  { pattern: /^\/snapshot$/, methods: { PUT: snapshot } },
 ];
 
 /** Answer one request (`body` as received). Throws ApiError for the client's faults. */
@@ -130,6 +134,21 @@ async function shutdown(t: ApiTarget, b: Record<string, unknown> | undefined): P
   if (refused) throw new ApiError(400, (refused instanceof Error ? refused.message : String(refused)).split('\n')[0]);
   begun.catch(() => undefined);
   return { status: 202, json: { shutdown: 'begun' } };
+}
+
+async function snapshot(t: ApiTarget, b: Record<string, unknown> | undefined): Promise<Reply> {
+  const { path, resume, ...rest } = b ?? {};
+  noFields(rest);
+  if (typeof path !== 'string' || path === '' || path.length > 4096) throw new ApiError(400, `path: expected the snapshot directory's path, got ${JSON.stringify(path)?.slice(0, 50)}`);
+  if (resume !== undefined && typeof resume !== 'boolean') throw new ApiError(400, `resume: expected true or false, got ${JSON.stringify(resume).slice(0, 50)}`);
+  if (!t.snapshot) throw new ApiError(501, 'snapshots are not available here');
+  let info: unknown;
+  try {
+    info = await t.snapshot({ path, resume: resume ?? true });
+  } catch (e) {
+    throw new ApiError(400, (e instanceof Error ? e.message : String(e)).split('\n')[0]);
+  }
+  return { status: 200, json: info };
 }
 
 const NET_FIELDS = ['link', 'rx_rate_limiter', 'tx_rate_limiter', 'iface_id'];

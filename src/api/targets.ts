@@ -17,7 +17,8 @@ export function vmTarget(vm: Vm): ApiTarget {
         ...(s.exit ? { exit: s.exit } : {}),
         uptimeMs: s.uptimeMs,
         config: {
-          kernel: typeof c.kernel === 'string' ? c.kernel : '(bytes)',
+          kernel: typeof c.kernel === 'string' ? c.kernel : c.kernel ? '(bytes)' : null,
+          ...(c.restore !== undefined ? { restore: c.restore } : {}),
           ...(typeof c.initrd === 'string' ? { initrd: c.initrd } : {}),
           cmdline: c.cmdline ?? '',
           memory: c.memory ?? null,
@@ -31,6 +32,7 @@ export function vmTarget(vm: Vm): ApiTarget {
     metrics: () => vm.metrics(),
     pause: () => vm.pause(),
     resume: () => vm.resume(),
+    snapshot: (o) => vm.snapshot(o.path, { resume: o.resume }),
     // (a paused guest could not answer its power button: it runs again first)
     shutdown: async (o) => {
       if (vm.status.state === 'paused') await vm.resume();

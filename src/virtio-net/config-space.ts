@@ -2,6 +2,8 @@
 // reads it: mac[6], status, max_virtqueue_pairs, mtu (u16 each), speed (u32), duplex (u8). Read-only to
 // a VERSION_1 driver: the MAC changes through the control queue, the link from the host.
 export const NET_STATUS_LINK_UP = 1;
+/** the driver is asked to announce itself (gratuitous ARP, unsolicited NA) and to ack it (VIRTIO_NET_F_GUEST_ANNOUNCE) */
+export const NET_STATUS_ANNOUNCE = 2;
 /** the speed and duplex when not known (Linux's SPEED_UNKNOWN, DUPLEX_UNKNOWN) */
 export const SPEED_UNKNOWN = 0xffffffff;
 const DUPLEX = { half: 0, full: 1, unknown: 0xff } as const;
@@ -28,6 +30,14 @@ export class NetConfigSpace {
 
   setLinkUp(up: boolean): void {
     this.bytes[STATUS] = (this.bytes[STATUS] & ~NET_STATUS_LINK_UP) | (up ? NET_STATUS_LINK_UP : 0);
+  }
+
+  get announcing(): boolean {
+    return (this.bytes[STATUS] & NET_STATUS_ANNOUNCE) !== 0;
+  }
+
+  setAnnounce(on: boolean): void {
+    this.bytes[STATUS] = (this.bytes[STATUS] & ~NET_STATUS_ANNOUNCE) | (on ? NET_STATUS_ANNOUNCE : 0);
   }
 
   get mac(): Uint8Array {

@@ -7,7 +7,8 @@ import type { DirtyLog } from '../virtio/dirty-log.js';
 import { RX_MODE, type RxFilter } from './rx-filter.js';
 import { F, bit, has } from './features.js';
 
-const CTRL = { RX: 0, MAC: 1, MQ: 4, GUEST_OFFLOADS: 5 } as const;
+const CTRL = { RX: 0, MAC: 1, ANNOUNCE: 3, MQ: 4, GUEST_OFFLOADS: 5 } as const;
+const CTRL_ANNOUNCE_ACK = 0;
 const CTRL_GUEST_OFFLOADS_SET = 0;
 const CTRL_MAC_TABLE_SET = 0;
 const CTRL_MAC_ADDR_SET = 1;
@@ -35,6 +36,8 @@ export interface NetControlTarget {
   setMac(mac: Uint8Array): void;
   setGuestOffloads(bits: bigint): void;
   setPairs(n: number): void;
+  /** the driver has announced itself: VIRTIO_NET_S_ANNOUNCE is cleared */
+  announced(): void;
 }
 
 /** One control command (class, command, its data); returns the ack byte. */
@@ -57,6 +60,11 @@ export function netControl(t: NetControlTarget, cls: number, cmd: number, data: 
     // only offloads it negotiated (§5.1.6.5.6.2), and never any other bit
     if (want & ~guestOffloads(features)) return ACK_ERR;
     t.setGuestOffloads(want);
+    return ACK_OK;
+  }
+  if (cls === CTRL.ANNOUNCE && cmd === CTRL_ANNOUNCE_ACK && has(features, F.GUEST_ANNOUNCE)) {
+    if (data.length !== 0) return ACK_ERR;
+    t.announced();
     return ACK_OK;
   }
   if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {

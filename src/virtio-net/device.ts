@@ -90,7 +90,7 @@ export class VirtioNet implements VirtioDevice {
     this.numQueues = 2 * pairs + 1;
     this.maxQueueSize = opts.queueSize ?? 256;
     let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true, mergeable: opts.mergeable });
-    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX);
+    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX) | bit(F.GUEST_ANNOUNCE);
     // the guest may turn the receive offloads it negotiated off and on again (ethtool -K eth0 rx-gro-hw)
     if (has(f, F.GUEST_CSUM)) f |= bit(F.CTRL_GUEST_OFFLOADS);
     // behind the vIOMMU the driver must know its addresses are translated
@@ -136,6 +136,25 @@ export class VirtioNet implements VirtioDevice {
     this.config.setLinkUp(up);
     this.filter.setLinkDown(!up);
     this.active?.configChanged();
+  }
+
+  /**
+   * Ask the guest to announce itself on the network (after a restore or a migration: the wire it is on
+   * may be another one, whose switches do not know its MAC yet): VIRTIO_NET_S_ANNOUNCE set and a
+   * configuration-change interrupt; the driver sends its gratuitous ARP / unsolicited NA and acks
+   * (VIRTIO_NET_CTRL_ANNOUNCE_ACK), which clears the bit. False, and nothing done, when the driver did
+   * not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE (or is not running).
+   */
+  announce(): boolean {
+    if (!this.active || !has(this.active.features, F.GUEST_ANNOUNCE)) return false;
+    this.config.setAnnounce(true);
+    this.active.configChanged();
+    return true;
+  }
+
+  /** announce() asked, and the driver has not acked it yet */
+  get announcing(): boolean {
+    return this.config.announcing;
   }
 
   /**
@@ -336,6 +355,7 @@ export class VirtioNet implements VirtioDevice {
         this.filter.setMac(mac);
       },
       setGuestOffloads: (bits) => this.setGuestOffloads(bits),
+      announced: () => this.config.setAnnounce(false),
       setPairs: (n) => {
         if (n === this.activePairs) return;
         this.activePairs = n;
@@ -422,6 +442,7 @@ export class VirtioNet implements VirtioDevice {
     this.ctrlQueue = undefined;
     this.activePairs = 1;
     this.config.setMac(this.opts.mac);
+    this.config.setAnnounce(false);
     this.filter.reset(this.opts.mac);
   }
 }

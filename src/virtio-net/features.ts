@@ -22,6 +22,7 @@ export const F = {
   STATUS: 16,
   CTRL_VQ: 17,
   CTRL_RX: 18,
+  GUEST_ANNOUNCE: 21,
   MQ: 22,
   CTRL_MAC_ADDR: 23,
   SPEED_DUPLEX: 63,

@@ -3,7 +3,7 @@
 // device's; the MAC and link are the guest's and the host's doing), the RX filter bytes, the pairs in
 // use and the receive offloads on.
 import { StateError, type Fields } from '../state/fields.js';
-import { NET_STATUS_LINK_UP } from './config-space.js';
+import { NET_STATUS_ANNOUNCE, NET_STATUS_LINK_UP } from './config-space.js';
 
 export interface NetState {
   config: Uint8Array;
@@ -25,7 +25,7 @@ export function readNetState(f: Fields, device: { config: Uint8Array; queuePairs
   const c = s.config;
   for (let i = 8; i < here.length; i++) if (c[i] !== here[i]) throw new StateError(`${f.path}.config: byte ${i} is ${c[i]}, this device has ${here[i]} (queue pairs, MTU, speed or duplex differ)`);
   if (c[0] & 1) throw new StateError(`${f.path}.config: a multicast MAC`);
-  if (c[7] !== 0 || c[6] & ~NET_STATUS_LINK_UP) throw new StateError(`${f.path}.config: status 0x${(c[6] | (c[7] << 8)).toString(16)}`);
+  if (c[7] !== 0 || c[6] & ~(NET_STATUS_LINK_UP | NET_STATUS_ANNOUNCE)) throw new StateError(`${f.path}.config: status 0x${(c[6] | (c[7] << 8)).toString(16)}`);
   if (s.pairs < 1) throw new StateError(`${f.path}.activePairs: 0`);
   if (s.offloads & ~device.offloads) throw new StateError(`${f.path}.offloads: 0x${s.offloads.toString(16)} has bits that are no receive offload`);
   return s;

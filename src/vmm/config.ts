@@ -6,8 +6,15 @@ import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.
 export type SerialConfig = 'stdio' | 'none' | { file: string };
 
 export interface VmConfig {
-  /** path to a bzImage or a PVH ELF vmlinux, or its bytes */
-  kernel: string | Uint8Array;
+  /** path to a bzImage or a PVH ELF vmlinux, or its bytes (required unless `restore` is given) */
+  kernel?: string | Uint8Array;
+  /**
+   * a snapshot directory (Vm.snapshot) to start from instead of booting: its machine is built again
+   * (memory, vCPUs, devices; a memory, cpus, viommu or rng given must be the snapshot's, a net list
+   * replaces the saved devices' drivers, e.g. another tap), its memory mapped copy-on-write from the
+   * snapshot's file, and its device state restored; kernel, initrd and cmdline are not used
+   */
+  restore?: string;
   initrd?: string | Uint8Array;
   cmdline?: string;
   /** bytes, or a size string such as "512M" (default 512 MiB) */

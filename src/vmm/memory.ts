@@ -1,7 +1,12 @@
 // Guest RAM: one memfd, mapped shared once, seen by every thread as the same SharedArrayBuffer.
-// The memory table maps guest-physical ranges to offsets in that buffer. It is fixed when the VM is
-// built, so any thread reads it without locks (workers get a copy of the plain numbers).
+// A VM restored from a snapshot maps the snapshot's memory file instead, MAP_PRIVATE: pages are read
+// from the file as the guest touches them and copied on its first write (the file is never written);
+// the threads of this process share one address space, so they still see one buffer and each other's
+// writes. The memory table maps guest-physical ranges to offsets in that buffer. It is fixed when the
+// VM is built, so any thread reads it without locks (workers get a copy of the plain numbers).
+import { openSync, closeSync } from 'node:fs';
 import { native } from '../native.js';
+import { UserError } from '../errors.js';
 import { guestBytes, type GuestBytes } from '../virtio/guest-bytes.js';
 
 export interface MemoryRegion {
@@ -49,6 +54,11 @@ export class MemoryTable {
   }
 }
 
+export interface GuestMemoryOptions {
+  /** map this file (its size must be the memory's) copy-on-write instead of a fresh memfd */
+  file?: string;
+}
+
 export class GuestMemory {
   readonly table: MemoryTable;
   readonly buffer: SharedArrayBuffer;
@@ -56,15 +66,18 @@ export class GuestMemory {
   readonly bytes: GuestBytes;
   /** host virtual address of buffer[0], for KVM_SET_USER_MEMORY_REGION */
   readonly hostAddress: bigint;
+  /** the bytes are a private (copy-on-write) mapping of `fd`, a file opened read-only, not a memfd */
+  readonly copyOnWrite: boolean;
   private memfd: number;
 
-  constructor(regions: MemoryRegion[]) {
+  constructor(regions: MemoryRegion[], opts: GuestMemoryOptions = {}) {
     this.table = new MemoryTable(regions);
     const size = this.table.totalSize;
-    this.memfd = native.memfdCreate('tsvmm-guest-ram', 0);
+    this.copyOnWrite = opts.file !== undefined;
+    this.memfd = opts.file !== undefined ? openMemoryFile(opts.file, size) : native.memfdCreate('tsvmm-guest-ram', 0);
     try {
-      native.ftruncate(this.memfd, size);
-      const m = native.mmapShared(this.memfd, size);
+      if (!this.copyOnWrite) native.ftruncate(this.memfd, size);
+      const m = native.mmapShared(this.memfd, size, 0, this.copyOnWrite);
       this.buffer = m.buffer;
       this.hostAddress = m.address;
     } catch (e) {
@@ -74,6 +87,7 @@ export class GuestMemory {
     this.bytes = guestBytes(this.buffer);
   }
 
+  /** the memfd, or the file mapped copy-on-write (copyOnWrite): -1 once released */
   get fd(): number {
     return this.memfd;
   }
@@ -99,4 +113,20 @@ export class GuestMemory {
     native.close(this.memfd);
     this.memfd = -1;
   }
+}
+
+/** A memory file opened read-only, checked to be `size` bytes (a mapping past a file's end faults). */
+function openMemoryFile(path: string, size: number): number {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new UserError(`memory file ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
+  const have = native.fileSize(fd);
+  if (have !== size) {
+    closeSync(fd);
+    throw new UserError(`memory file ${path}: ${have} bytes, the memory is ${size}`);
+  }
+  return fd;
 }

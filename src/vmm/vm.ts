@@ -28,10 +28,14 @@ import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI }
 import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
 import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
-import type { Machine } from './state/machine.js';
+import { restoreMachine, type Machine } from './state/machine.js';
+import { readSnapshot } from './state/snapshot.js';
+import { restoredConfig } from './state/restore-config.js';
+import { checkRegions, snapshotMachine, takeSnapshot, type SnapshotInfo } from './vm-snapshot.js';
 
 export type { VmConfig } from './config.js';
 export type { NetDevice } from './virtio-devices.js';
+export type { SnapshotInfo } from './vm-snapshot.js';
 
 export interface VmExit {
   /** poweroff: the guest turned the machine off; reset: it asked for a reboot (tsvmm ends the VM);
@@ -103,6 +107,8 @@ export class Vm extends EventEmitter {
   }
   private serialPending: number[] = [];
   readonly config: Readonly<VmConfig>;
+  /** the configuration built: `config`, or for a restore the snapshot's machine with `config` on top */
+  private built?: VmConfig;
 
   constructor(config: VmConfig) {
     super();
@@ -198,6 +204,38 @@ export class Vm extends EventEmitter {
 
   private readonly dirtyPages = new DirtyPages();
 
+  private snapshotting = false;
+
+  /**
+   * Write the VM into directory `dir` (created; if it exists it must be empty or hold a snapshot,
+   * which is replaced): pause, quiesce the devices, write guest memory (sparse: memory-file.ts) and the
+   * device-state document, then let the VM go on as it was (running, or paused if it was) or, with
+   * `resume: false`, stop it. A failure leaves the VM as it was and rejects with one line.
+   */
+  async snapshot(dir: string, opts: { resume?: boolean } = {}): Promise<SnapshotInfo> {
+    if (this.snapshotting) throw new Error('a snapshot is being taken already');
+    if (this.state !== 'running' || this.finishing) throw new Error(`the VM is ${this.state}, not running`);
+    this.snapshotting = true;
+    try {
+      return await takeSnapshot(
+        {
+          wasPaused: this.paused,
+          pause: () => this.pause(),
+          resume: () => this.resume(),
+          ended: () => this.finishing,
+          machine: () => this.machine,
+          memory: this.memory,
+          shape: () => snapshotMachine(this.built!, this.memory.table.totalSize, this.vcpus.fds.length, this.netDevices),
+          stop: (detail) => this.finish({ reason: 'stopped', status: 0, detail }),
+        },
+        dir,
+        opts.resume ?? true,
+      );
+    } finally {
+      this.snapshotting = false;
+    }
+  }
+
   /** Send bytes to the guest's serial console input. */
   sendSerial(data: string | Uint8Array): void {
     this.uart?.push(typeof data === 'string' ? new TextEncoder().encode(data) : data);
@@ -252,11 +290,13 @@ export class Vm extends EventEmitter {
   }
 
   private async build(): Promise<void> {
-    const cfg = this.config;
+    const snap = this.config.restore !== undefined ? readSnapshot(this.config.restore) : undefined;
+    const cfg = (this.built = snap ? restoredConfig(this.config, snap.manifest.machine) : this.config);
     const memSize = resolveMemory(cfg.memory);
     requestedCpus(cfg.cpus);
-    const kernel = this.readInput('--kernel', cfg.kernel);
-    const initrd = cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
+    if (!snap && cfg.kernel === undefined) throw new UserError('--kernel FILE is required (or --restore DIR)');
+    const kernel = snap ? undefined : this.readInput('--kernel', cfg.kernel!);
+    const initrd = !snap && cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
 
     this.kvmFd = openKvm(cfg.kvmDevice);
     requireCaps(this.kvmFd);
@@ -269,7 +309,9 @@ export class Vm extends EventEmitter {
     vm.createPit2();
     this.router = new GsiRouter(vm, checkExtension(this.kvmFd, CAP.IRQ_ROUTING) || 1024);
 
-    const mem = (this.mem = new GuestMemory(ramRegions(memSize)));
+    const regions = ramRegions(memSize);
+    if (snap) checkRegions(regions, snap.manifest.memory.regions);
+    const mem = (this.mem = new GuestMemory(regions, snap ? { file: snap.memoryPath } : {}));
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
 
     // devices first: the ACPI tables the loader writes describe them (VIOT: who is behind the IOMMU)
@@ -280,22 +322,29 @@ export class Vm extends EventEmitter {
     if (cfg.rng) devices.plugRng(cfg.rng === true ? {} : cfg.rng);
     const viot = devices.viot;
 
-    this.boot = loadKernel(
-      { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
-      { kernel, initrd, cmdline: cfg.cmdline ?? '', memSize, cpus, viot },
-    );
+    // (a restored machine's memory holds its kernel and tables already)
+    if (kernel) {
+      this.boot = loadKernel(
+        { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
+        { kernel, initrd, cmdline: cfg.cmdline ?? '', memSize, cpus, viot },
+      );
+    }
 
     const supported = supportedCpuid(this.kvmFd);
     for (let i = 0; i < cpus; i++) {
       const fd = new VcpuFd(vm.createVcpu(i));
       this.vcpus.add(fd);
       configureVcpu(fd, supported, i, cpus);
-      if (i === 0) enterKernel(fd, this.boot);
+      if (i === 0 && this.boot) enterKernel(fd, this.boot);
     }
+    if (snap) await restoreMachine(this.machine, snap.state);
 
     const runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
     await this.vcpus.start(this.kvmFd, runSize);
+    // the guest may be on another wire now: its network drivers are asked to announce it there
+    if (snap) for (const d of devices.net) d.net.announce();
   }
+
 
   /** The serial port, power controls, ACPI event device and the PCI host (returned: the virtio functions go on it). */
   private attachPlatformDevices(): PciHost {

@@ -21,7 +21,7 @@ LIN=$ROOT/.cache/linux
 OUT=$ROOT/.cache/nested
 mkdir -p "$OUT"
 
-key=$( (cat "$LIN/PACKAGE" test/nested/build-images.sh test/nested/l1-init.sh test/nested/scenarios.sh test/nested/l2-init.sh test/nested/mktap.mjs test/nested/link-run.mjs test/nested/ratelimit-run.mjs test/nested/pin-kvm-keys.mjs test/nested/pingas.cgi build/Release/tsvmm_native.node "$(command -v node)"; find dist -type f -name '*.js' | sort | xargs cat) | sha256sum | cut -c1-16)
+key=$( (cat "$LIN/PACKAGE" test/nested/build-images.sh test/nested/l1-init.sh test/nested/scenarios.sh test/nested/l2-init.sh test/nested/mktap.mjs test/nested/link-run.mjs test/nested/ratelimit-run.mjs test/nested/pin-kvm-keys.mjs test/nested/garp-watch.mjs test/nested/pingas.cgi build/Release/tsvmm_native.node "$(command -v node)"; find dist -type f -name '*.js' | sort | xargs cat) | sha256sum | cut -c1-16)
 if [ -f "$OUT/KEY" ] && [ "$(cat "$OUT/KEY")" = "$key" ] && [ -f "$OUT/l1.cpio.gz" ]; then
   echo "nested: images up to date ($key)"
   exit 0
@@ -60,10 +60,14 @@ for m in irqbypass kvm kvm-amd tun; do cp "$LIN/modules/$m.ko" "$L1/lib/modules/
 copy_with_libs "$(command -v node)" "$L1"
 copy_with_libs "$(command -v iperf3)" "$L1"
 cp -r package.json bin dist "$L1/tsvmm/"
+# (the runtime dependency: device state and snapshots are msgpack documents)
+mkdir -p "$L1/tsvmm/node_modules/@msgpack"
+cp -r node_modules/@msgpack/msgpack "$L1/tsvmm/node_modules/@msgpack/"
 cp test/nested/mktap.mjs "$L1/tsvmm/mktap.mjs"
 cp test/nested/link-run.mjs "$L1/tsvmm/link-run.mjs"
 cp test/nested/ratelimit-run.mjs "$L1/tsvmm/ratelimit-run.mjs"
 cp test/nested/pin-kvm-keys.mjs "$L1/tsvmm/pin-kvm-keys.mjs"
+cp test/nested/garp-watch.mjs "$L1/tsvmm/garp-watch.mjs"
 cp build/Release/tsvmm_native.node "$L1/tsvmm/build/Release/"
 cp "$LIN/vmlinuz" "$L1/l2/vmlinuz"
 cp "$OUT/l2.cpio.gz" "$L1/l2/initrd.gz"

@@ -155,6 +155,20 @@ if [ "$(arg api)" = 1 ]; then
   ping -c 3 -W 10 10.0.2.1 >/dev/null; check ping-after-link-up $?
   power_button
 fi
+if [ "$(arg snapshot)" = 1 ]; then
+  # the host snapshots this VM midway through this download and restores it in a new tsvmm on another
+  # tap (scenarios.sh: snapshot_scenario); progress lines tell it when, with the uptime. After the
+  # restore the driver is asked to announce itself (VIRTIO_NET_F_GUEST_ANNOUNCE, bit 21)
+  bit 21; check feature-guest-announce $? "features=$feat"
+  wget -q -O /tmp/dls http://10.0.2.1/blob &
+  dl=$!
+  while kill -0 $dl 2>/dev/null; do echo "L2-SNAPSHOT-DL $(wc -c < /tmp/dls 2>/dev/null || echo 0) $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done
+  wait $dl; check download-across-restore $?
+  [ "$(md5sum < /tmp/dls)" = "$(md5sum < /data/blob)" ]; check md5-across-restore $? "bytes=$(wc -c < /tmp/dls)"
+  echo "L2-SNAPSHOT-DONE $(cut -d' ' -f1 /proc/uptime)"
+  ping -c 3 -W 10 10.0.2.1 >/dev/null; check ping-after-restore $?
+  poweroff -f
+fi
 if [ "$(arg link)" = 1 ]; then
   # the host takes the link down once asked (L2-LINK-READY), and up once told L2 saw it (link-run.mjs)
   carrier_becomes() { t=0; until [ "$(cat /sys/class/net/eth0/carrier)" = "$1" ]; do t=$((t + 1)); [ $t -ge 300 ] && return 1; sleep 0.1; done; }

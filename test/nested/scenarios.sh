@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit shutdown api triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit shutdown api snapshot triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -64,6 +64,77 @@ api_drive() { # socket
   ctl net 0 link down; check api/link-down $?
   waitfor L2-API-LINK-DOWN-SEEN; ctl net 0 link up; check api/link-up $?
   waitfor L2-SHUTDOWN-READY; ctl shutdown deadline-ms=60000; check api/shutdown-accepted $?
+}
+
+# The snapshot scenario: L2 downloads L1's blob, slowly (tsvmm's rx-bytes limit); once the download is
+# midway the host snapshots L2 (tsvmm ctl snapshot DIR stop), moves L1's address and MAC from tap0 to a
+# new tap1 (the same peer on another tap), and restores L2 in a new tsvmm process on tap1 (tsvmm run
+# --restore DIR --net tap,ifname=tap1), watching tap1 for L2's gratuitous ARP (garp-watch.mjs: L1 has
+# no tcpdump). L2 checks its download's md5 after the move (l2-init.sh).
+snapshot_scenario() {
+  snap=$WORK/snap
+  rm -rf "$snap" "$WORK/api.sock" "$WORK/snap.rc" "$WORK/snap.json"
+  : > "$WORK/tsvmm.out"
+  : > "$WORK/tsvmm2.out"
+  size=$(wc -c < "$DATA_DIR/blob")
+  l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=snapshot tsvmm.cpus=1 tsvmm.queues=1 tsvmm.packed=1 tsvmm.snapshot=1"
+  dl_bytes() { sed -n 's/^L2-SNAPSHOT-DL \([0-9]*\) .*/\1/p' "$1" | tr -d '\r'; }
+  dl_uptime() { sed -n 's/^L2-SNAPSHOT-DL [0-9]* \([0-9.]*\).*/\1/p' "$1" | tr -d '\r'; }
+  # the host side: once L2 has part of the blob (and not all), the snapshot, and the VM stopped
+  (
+    t=0
+    until dl_bytes "$WORK/tsvmm.out" | awk -v max="$size" '$1 > 0 && $1 < max { found = 1 } END { exit !found }'; do
+      t=$((t + 1)); [ $t -ge 1200 ] && break; sleep 0.25
+    done
+    node "$TSVMM_DIR/bin/tsvmm.js" ctl --api-socket "$WORK/api.sock" snapshot "$snap" stop > "$WORK/snap.json" 2>&1
+    echo $? > "$WORK/snap.rc"
+  ) &
+  driver=$!
+  stage tsvmm-start-snapshot
+  { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus 1 --stats --timeout 240 \
+      --net tap,ifname=tap0,rx-bytes=32K/100 --api-socket "$WORK/api.sock" --cmdline "$l2cmd"
+    echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  kill $driver 2>/dev/null
+  wait $driver
+  [ "$(cat "$WORK/snap.rc" 2>/dev/null)" = 0 ] && grep -q '"pagesWritten"' "$WORK/snap.json"; check snapshot/taken $? "$(head -c 200 "$WORK/snap.json")"
+  grep -q "VM stopped (snapshot written to $snap" "$WORK/tsvmm.out"; check snapshot/first-vm-stopped $? "$(grep '^tsvmm: ' "$WORK/tsvmm.out" | tail -1)"
+  last=$(dl_bytes "$WORK/tsvmm.out" | tail -1)
+  [ -n "$last" ] && [ "$last" -gt 0 ] && [ "$last" -lt "$size" ] && ! grep -q "^L2-SNAPSHOT-DONE" "$WORK/tsvmm.out"; check snapshot/taken-mid-download $? "bytes=$last of $size"
+  mem=$(ls "$snap"/memory-* 2>/dev/null | head -1)
+  kb=$(du -k "$mem" 2>/dev/null | cut -f1)
+  [ -n "$kb" ] && [ "$kb" -lt $((512 * 1024)) ]; check snapshot/memory-file-sparse $? "disk=${kb}K of $((512 * 1024))K"
+  # the same peer (L1's address and MAC) on another tap
+  mac=$(cat /sys/class/net/tap0/address)
+  ip addr del 10.0.2.1/24 dev tap0
+  ip link set tap0 down
+  [ -e /sys/class/net/tap1 ] || node "$MKTAP" tap1
+  ip link set tap1 address "$mac"
+  ip addr add 10.0.2.1/24 dev tap1
+  ip link set tap1 up
+  TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/garp-watch.mjs" tap1 > "$WORK/garp" 2>&1 &
+  watcher=$!
+  t=0; until grep -q WATCHING "$WORK/garp"; do t=$((t + 1)); [ $t -ge 200 ] && break; sleep 0.1; done
+  stage tsvmm-restore-snapshot
+  { node "$TSVMM_DIR/bin/tsvmm.js" run --restore "$snap" --stats --timeout 240 --net tap,ifname=tap1
+    echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm2.out"
+  kill $watcher 2>/dev/null
+  ! grep -q "^L2-INIT" "$WORK/tsvmm2.out"; check snapshot/restored-without-reboot $?
+  before=$(dl_uptime "$WORK/tsvmm.out" | tail -1)
+  after=$(dl_uptime "$WORK/tsvmm2.out" | head -1)
+  [ -n "$before" ] && [ -n "$after" ] && awk -v a="$after" -v b="$before" 'BEGIN { exit !(a > b) }'; check snapshot/uptime-continues $? "before=$before after=$after"
+  grep -q "^GARP 1 52:54:00:75:76:00 10.0.2.2$" "$WORK/garp"; check snapshot/gratuitous-arp-from-guest $? "$(grep -c ARP "$WORK/garp") ARP frames: $(head -5 "$WORK/garp" | tr '\n' ';')"
+  grep -q "^L2-SNAPSHOT-DONE" "$WORK/tsvmm2.out"; check snapshot/download-finished-after-restore $?
+  rc=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm2.out")
+  echo "L1-RESULT snapshot exit=$rc $(grep '^tsvmm: ' "$WORK/tsvmm2.out" | tail -1)"
+  left=0
+  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
+  [ "$left" = 0 ]; check snapshot/no-tsvmm-left $? "processes=$left"
+  stage tsvmm-end-snapshot
+  # tap0 with L1's address again for the scenarios after this one
+  ip addr del 10.0.2.1/24 dev tap1
+  ip link set tap1 down
+  ip link set tap0 up
+  ip addr add 10.0.2.1/24 dev tap0
 }
 
 scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
@@ -197,6 +268,8 @@ for r in $RUNS; do
     shutdown) scenario shutdown 1 1 "tsvmm.shutdown=1" 180 ;;
     # tsvmm run --api-socket driven by tsvmm ctl (api_drive): pause/resume under ping, link, power button
     api) scenario api 2 1 "tsvmm.api=1" 240 "--api-socket $WORK/api.sock" ;;
+    # snapshotted midway through a download, restored in a new tsvmm on another tap (snapshot_scenario)
+    snapshot) snapshot_scenario ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
     # L2 panics on purpose with two vCPUs: Linux stops the other and resets its default way (a real-mode

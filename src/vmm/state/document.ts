@@ -50,8 +50,11 @@ export function encodeState(doc: StateDocument): Uint8Array {
 /** Decode and check a document against this machine's fingerprint: UserError (one line) if it cannot be restored here. */
 export function decodeState(bytes: Uint8Array, here: Fingerprint): DecodedState {
   let raw: unknown;
+  // A Node Buffer (a file read) is seen as a plain Uint8Array: msgpack hands out its byte fields as
+  // views of its input, and a Buffer's slice() is another view, not the copy the readers take with it
+  const input = Buffer.isBuffer(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : bytes;
   try {
-    raw = decode(bytes, { maxStrLength: 1 << 20, maxBinLength: 1 << 24, maxArrayLength: 1 << 16, maxMapLength: 1 << 16 });
+    raw = decode(input, { maxStrLength: 1 << 20, maxBinLength: 1 << 24, maxArrayLength: 1 << 16, maxMapLength: 1 << 16 });
   } catch (e) {
     throw new UserError(`state: not a readable state document (msgpack: ${(e as Error).message})`);
   }

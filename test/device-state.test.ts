@@ -170,7 +170,7 @@ describe('device state round trips through msgpack', () => {
     const mk = () => plug(new VirtioNet(memory, { driver: drvCaps, mac: parseMac('52:54:00:12:34:56'), queuePairs: 2 }), 0x020000);
     const a = mk();
     const ctrl = new TestDriver(mem, 16);
-    const feats = bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.MAC) | bit(F.STATUS) | bit(F.GUEST_CSUM) | bit(F.CTRL_GUEST_OFFLOADS) | bit(F.MQ);
+    const feats = bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_VLAN) | bit(F.CTRL_MAC_ADDR) | bit(F.MAC) | bit(F.STATUS) | bit(F.GUEST_CSUM) | bit(F.CTRL_GUEST_OFFLOADS) | bit(F.MQ);
     driverStart(a.w, Number(feats & 0xffffffffn), 1, [[4, ctrl, 16]]);
     /** one control command: class, command, data; returns the ack */
     const command = async (kick: () => void, cls: number, cmd: number, data: number[]) => {
@@ -189,6 +189,7 @@ describe('device state round trips through msgpack', () => {
     expect(await command(kickA, 1, 0, [1, 0, 0, 0, 0x52, 0x54, 0, 1, 2, 3, 1, 0, 0, 0, 0x01, 0, 0x5e, 0, 0, 1])).toBe(0); // MAC tables
     expect(await command(kickA, 5, 0, [0, 0, 0, 0, 0, 0, 0, 0])).toBe(0); // receive offloads off
     expect(await command(kickA, 4, 0, [2, 0])).toBe(0); // two pairs
+    expect(await command(kickA, 2, 0, [5, 0])).toBe(0); // VLAN 5 added
     await a.host.quiesce();
     const saved = a.host.saveState();
     await a.pci.close();
@@ -201,6 +202,8 @@ describe('device state round trips through msgpack', () => {
     expect([0, 1, 2, 3, 4, 5].map((i) => b.dev.readConfig(i, 1))).toEqual([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 1, 2, 3]), 0)).toBe(true);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(false);
+    const tagged = (vid: number) => new Uint8Array([0x52, 0x54, 0, 1, 2, 3, 2, 0, 0, 0, 0, 1, 0x81, 0, 0, vid, 8, 0]);
+    expect([b.dev.filter.accepts(tagged(5), 0, 18), b.dev.filter.accepts(tagged(7), 0, 18)]).toEqual([true, false]);
     expect(offloads.at(-1)).toEqual({ rxCsum: false, rxTso4: false, rxTso6: false, rxTsoEcn: false });
     // the control queue goes on at its fourth... sixth chain: the next command is answered
     expect(await command(() => b.dev.kick(4), 0, 0, [1])).toBe(0);

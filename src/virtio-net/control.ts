@@ -7,7 +7,9 @@ import type { DirtyLog } from '../virtio/dirty-log.js';
 import { RX_MODE, type RxFilter } from './rx-filter.js';
 import { F, bit, has } from './features.js';
 
-const CTRL = { RX: 0, MAC: 1, MQ: 4, GUEST_OFFLOADS: 5 } as const;
+const CTRL = { RX: 0, MAC: 1, VLAN: 2, MQ: 4, GUEST_OFFLOADS: 5 } as const;
+const CTRL_VLAN_ADD = 0;
+const CTRL_VLAN_DEL = 1;
 const CTRL_GUEST_OFFLOADS_SET = 0;
 const CTRL_MAC_TABLE_SET = 0;
 const CTRL_MAC_ADDR_SET = 1;
@@ -51,6 +53,11 @@ export function netControl(t: NetControlTarget, cls: number, cmd: number, data: 
     return ACK_OK;
   }
   if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) return t.filter.setTablesCommand(data) ? ACK_OK : ACK_ERR;
+  if (cls === CTRL.VLAN && (cmd === CTRL_VLAN_ADD || cmd === CTRL_VLAN_DEL) && has(features, F.CTRL_VLAN)) {
+    // a le16 id, 12 bits (setVlan refuses more)
+    if (data.length !== 2) return ACK_ERR;
+    return t.filter.setVlan(data[0] | (data[1] << 8), cmd === CTRL_VLAN_ADD) ? ACK_OK : ACK_ERR;
+  }
   if (cls === CTRL.GUEST_OFFLOADS && cmd === CTRL_GUEST_OFFLOADS_SET && has(features, F.CTRL_GUEST_OFFLOADS)) {
     if (data.length !== 8) return ACK_ERR;
     const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);

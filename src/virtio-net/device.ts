@@ -90,7 +90,7 @@ export class VirtioNet implements VirtioDevice {
     this.numQueues = 2 * pairs + 1;
     this.maxQueueSize = opts.queueSize ?? 256;
     let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true, mergeable: opts.mergeable });
-    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX);
+    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_VLAN) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX);
     // the guest may turn the receive offloads it negotiated off and on again (ethtool -K eth0 rx-gro-hw)
     if (has(f, F.GUEST_CSUM)) f |= bit(F.CTRL_GUEST_OFFLOADS);
     // behind the vIOMMU the driver must know its addresses are translated
@@ -233,6 +233,8 @@ export class VirtioNet implements VirtioDevice {
       this.kick(this.ctrlIndex);
     }
     this.ctrlReader?.idle();
+    // the VLAN table starts empty (reset cleared it; a restored one is kept) and filters only if negotiated
+    this.filter.setVlanFiltering(has(features, F.CTRL_VLAN));
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
     this.setGuestOffloads(this.restored ? this.restored.offloads & features : features);
     this.activePairs = this.restored?.pairs ?? 1;

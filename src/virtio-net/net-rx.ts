@@ -58,10 +58,10 @@ export class NetRx {
     this.rxCap = new Float64Array(rxChains);
   }
 
-  /** Does the frame whose destination MAC is at buffer offset `off` pass the RX filter? */
-  private accepts(off: number): boolean {
+  /** Does the frame whose first `len` bytes (its destination MAC at least) are at buffer offset `off` pass the RX filter? */
+  private accepts(off: number, len: number): boolean {
     const w = this.bytes.window(off);
-    return this.o.filter.accepts(w.u8, off - w.base);
+    return this.o.filter.accepts(w.u8, off - w.base, len);
   }
 
   /** set by process(): the ring ran out of buffers (wait for an RX kick rather than the driver) */
@@ -187,14 +187,14 @@ export class NetRx {
       for (let i = 0; i < got; i++) {
         const len = b.len[i];
         const cap = s.cap[i];
-        // (the destination MAC is checked where it lies whole in the first segment, which is every
-        // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
+        // (the destination MAC and a VLAN tag are checked where they lie whole in the first segment,
+        // which is every layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
         // A chain smaller than the largest frame may take a frame cut to fit (the driver reports what
         // it copied): one shorter than the length announced was cut, and one that fills the chain
         // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
         // cannot hold, never delivered cut.
         const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + NET_HDR_LEN >= cap);
-        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i)) ? STAT.DROPS_FILTERED : 0;
+        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
         if (drop !== 0) {
           st[STAT.DROPS]++;
           st[drop]++;
@@ -287,14 +287,14 @@ export class NetRx {
       const len = b.len[0];
       // the driver wrote into guest memory whatever happens to the frame next: log it all
       if (this.o.log !== undefined) this.logWritten(b.iov, iovUsed, len);
-      // (the destination MAC is checked where it lies whole in the first segment, which is every layout
-      // drivers use; a first segment under 6 bytes skips the filter rather than gather)
+      // (the destination MAC and a VLAN tag are checked where they lie whole in the first segment, which
+      // is every layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
       // Without MRG_RXBUF a chain smaller than the largest frame may take a frame cut to fit (the driver
       // reports what it copied): a frame shorter than the length announced was cut, and one that fills
       // the chain exactly, its length unknown, may have been. It is dropped, as vhost-net drops a frame
       // its buffers cannot hold, never delivered cut.
       const cut = next > 0 ? len < next : !this.o.mergeable && cap < largest && len + NET_HDR_LEN >= cap;
-      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : b.iov[2] >= 6 && !this.accepts(b.iov[1]) ? STAT.DROPS_FILTERED : 0;
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : b.iov[2] >= 6 && !this.accepts(b.iov[1], Math.min(b.iov[2], len)) ? STAT.DROPS_FILTERED : 0;
       if (drop !== 0) {
         // a runt, a frame larger than the buffers (cut), or not for us: the buffers stay the guest's
         // for the next frame

@@ -14,6 +14,12 @@ import { NetQueuePair } from '../src/virtio-net/net-pair.js';
 import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
 import { txPolicy } from '../src/virtio-net/features.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
+import { CoalesceWords, Coalescer, coalesceCommand } from '../src/virtio-net/coalesce.js';
+import { serveControlQueue } from '../src/virtio-net/control.js';
+import { native, EFD_NONBLOCK } from '../src/native.js';
+import { prepare, type NetHandlerConfig } from '../src/virtio-net/queue-handler.js';
+import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
+import { fileURLToPath } from 'node:url';
 import { onPciBar } from './helpers/pci-bar.js';
 import { TestMemory, TestDriver, receiveFrame } from './helpers/virtq-driver.js';
 
@@ -141,6 +147,10 @@ class QueueDriver implements DriverQueue {
 }
 
 function pair(o: { mergeable?: boolean; filter?: RxFilter } = {}) {
+  return pairWith(o);
+}
+
+function pairWith(o: { mergeable?: boolean; filter?: RxFilter; rxCallFd?: number; rxCoalesce?: Coalescer } = {}) {
   const mem = new TestMemory(4 << 20);
   const rx = new TestDriver(mem, 64);
   const tx = new TestDriver(mem, 64);
@@ -155,11 +165,12 @@ function pair(o: { mergeable?: boolean; filter?: RxFilter } = {}) {
     mergeable: o.mergeable ?? false,
     maxRxFrame: 1514,
     txPolicy: txPolicy(0n),
-    rxCallFd: -1,
+    rxCallFd: o.rxCallFd ?? -1,
     txCallFd: -1,
     rxStats,
     txStats,
     filter: o.filter ?? new RxFilter(),
+    rxCoalesce: o.rxCoalesce,
   });
   return { mem, rx, tx, rxq, txq, driver, pair: p, rxStats, txStats };
 }
@@ -182,4 +193,257 @@ describe('VLAN filtering in the dataplane', () => {
       expect(used.length).toBe(3);
     });
   }
+});
+
+describe('notification coalescing: the count and the timer (Coalescer)', () => {
+  const words = (maxPackets: number, maxUsecs: number) => {
+    const w = new CoalesceWords(4);
+    w.set(0, { maxPackets, maxUsecs });
+    return w;
+  };
+
+  it('notifies after every packet with either parameter 0 (as without the feature)', () => {
+    for (const [p, u] of [[0, 0], [0, 100], [32, 0]]) {
+      const c = new Coalescer(words(p, u), 0);
+      c.update(0);
+      expect([c.on, c.hold(1), c.hold(5), c.dueIn(0)]).toEqual([false, false, false, -1]);
+    }
+  });
+
+  it('holds until max_packets were used, then notifies and counts again from zero', () => {
+    const c = new Coalescer(words(4, 100_000), 0);
+    c.update(0);
+    expect([c.hold(1), c.hold(2), c.hold(0)]).toEqual([true, true, true]);
+    expect(c.pending).toBe(3);
+    expect(c.hold(1)).toBe(false); // the fourth
+    expect(c.pending).toBe(0);
+    expect(c.dueIn(performance.now())).toBe(-1);
+    expect(c.hold(9)).toBe(false); // a batch past the count goes at once
+    expect(c.hold(1)).toBe(true);
+  });
+
+  it('makes a held notification due max_usecs after the first packet held', () => {
+    const c = new Coalescer(words(64, 2000), 0);
+    c.update(0);
+    const before = performance.now();
+    expect(c.hold(1)).toBe(true);
+    const after = performance.now();
+    const due = c.dueIn(after);
+    expect(due).toBeGreaterThan(0);
+    expect(due).toBeLessThanOrEqual(2 + (after - before));
+    expect(c.hold(1)).toBe(true); // (the timer runs from the first)
+    expect(c.dueIn(after + 2)).toBe(0);
+    c.release();
+    expect(c.dueIn(after + 2)).toBe(-1);
+  });
+
+  it('takes new parameters: the held notification goes at once when they are met by what is pending, or coalescing is off', () => {
+    const w = words(16, 100_000);
+    const c = new Coalescer(w, 0);
+    c.update(0);
+    for (let i = 0; i < 10; i++) c.hold(1);
+    expect(c.update(0)).toBe(false); // unchanged
+    w.set(0, { maxPackets: 12, maxUsecs: 100_000 });
+    expect(c.update(0)).toBe(false); // 10 < 12
+    w.set(0, { maxPackets: 8, maxUsecs: 100_000 }); // §5.1.6.5.9.1's example: 10 pending, now 8
+    expect(c.update(0)).toBe(true);
+    expect(c.pending).toBe(0);
+    c.hold(1);
+    w.set(0, { maxPackets: 0, maxUsecs: 0 });
+    expect(c.update(0)).toBe(true);
+    expect(c.hold(1)).toBe(false);
+    // another queue's change leaves this one's parameters
+    w.set(1, { maxPackets: 5, maxUsecs: 5 });
+    expect(c.update(0)).toBe(false);
+    expect(c.on).toBe(false);
+  });
+});
+
+describe('notification coalescing: the control commands (VIRTIO_NET_F_NOTF_COAL, VQ_NOTF_COAL)', () => {
+  const coal = (maxPackets: number, maxUsecs: number) => {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setUint32(0, maxPackets, true);
+    new DataView(b.buffer).setUint32(4, maxUsecs, true);
+    return b;
+  };
+  const vq = (index: number, params?: Uint8Array) => {
+    const b = new Uint8Array(params ? 12 : 4);
+    b.set(le16(index));
+    b.set([0xaa, 0xbb], 2); // reserved: ignored
+    if (params) b.set(params, 4);
+    return b;
+  };
+
+  it('are offered; TX_SET sets every TX queue, RX_SET every RX queue; VQ_SET one and VQ_GET answers it', async () => {
+    const { net, offered } = await live(bit(F.CTRL_VQ) | bit(F.NOTF_COAL) | bit(F.VQ_NOTF_COAL) | bit(F.MQ));
+    expect([has(offered(), F.NOTF_COAL), has(offered(), F.VQ_NOTF_COAL)]).toEqual([true, true]);
+    expect(net.control(6, 0, coal(1, 0))).toBe(0); // Linux's TX default with napi_tx
+    expect(net.control(6, 1, coal(32, 100))).toBe(0); // ethtool -C eth0 rx-frames 32 rx-usecs 100
+    expect([0, 1, 2, 3].map((q) => net.coalesce.get(q))).toEqual([
+      { maxPackets: 32, maxUsecs: 100 },
+      { maxPackets: 1, maxUsecs: 0 },
+      { maxPackets: 32, maxUsecs: 100 },
+      { maxPackets: 1, maxUsecs: 0 },
+    ]);
+    // (the queues of this device that the driver enabled: none here, as live() enables none)
+    expect(net.control(6, 2, vq(2, coal(8, 50)))).toBe(1);
+  });
+
+  it('refuse what is malformed, a queue that is not an enabled RX or TX queue, and per-queue commands without VQ_NOTF_COAL', async () => {
+    const { net } = await live(bit(F.CTRL_VQ) | bit(F.NOTF_COAL));
+    expect(net.control(6, 1, coal(32, 100).subarray(0, 7))).toBe(1);
+    expect(net.control(6, 1, new Uint8Array(9))).toBe(1);
+    expect(net.control(6, 2, vq(0, coal(8, 50)))).toBe(1); // VQ_NOTF_COAL not negotiated
+    expect(net.control(6, 3, vq(0))).toBe(1);
+    expect(net.control(6, 4, coal(1, 1))).toBe(1); // no such command
+    expect(net.coalesce.get(0)).toEqual({ maxPackets: 0, maxUsecs: 0 });
+    const without = await live(bit(F.CTRL_VQ));
+    expect(without.net.control(6, 1, coal(32, 100))).toBe(1);
+  });
+
+  it('VQ_SET and VQ_GET name an enabled queue, the last command wins (§5.1.6.5.9 example), and a reset clears them all', () => {
+    const words = new CoalesceWords(4);
+    const enabled = new Set([0, 1, 2, 3]);
+    const t = { words, perQueue: () => true, enabled: (i: number) => enabled.has(i) };
+    const reply: { bytes?: Uint8Array } = {};
+    const set = (cmd: number, data: Uint8Array) => coalesceCommand(t, cmd, data, reply);
+    expect(set(1, coal(10, 10))).toBe(true); // RX_SET: 0 and 2
+    expect(set(2, vq(0, coal(20, 20)))).toBe(true); // VQ_SET 0
+    expect(set(3, vq(0))).toBe(true);
+    expect(Array.from(reply.bytes!)).toEqual(Array.from(coal(20, 20)));
+    expect(set(3, vq(2))).toBe(true);
+    expect(Array.from(reply.bytes!)).toEqual(Array.from(coal(10, 10)));
+    expect(set(2, vq(1, coal(30, 30)))).toBe(true);
+    expect(set(0, coal(40, 40))).toBe(true); // TX_SET overrides VQ_SET of 1
+    expect(set(3, vq(1))).toBe(true);
+    expect(Array.from(reply.bytes!)).toEqual(Array.from(coal(40, 40)));
+    // the control queue (4 here), past the device's queues, or not enabled
+    expect(set(3, vq(4))).toBe(false);
+    expect(set(2, vq(0xffff, coal(1, 1)))).toBe(false);
+    enabled.delete(3);
+    expect(set(2, vq(3, coal(1, 1)))).toBe(false);
+    expect(set(2, vq(0, coal(1, 1)).subarray(0, 11))).toBe(false);
+    expect(set(3, new Uint8Array(5))).toBe(false);
+    words.clear();
+    expect([0, 1, 2, 3].map((q) => words.get(q).maxPackets)).toEqual([0, 0, 0, 0]);
+  });
+
+  it('VQ_GET answers through the control ring: the parameters in the writable buffer before the ack', () => {
+    const mem = new TestMemory(1 << 20);
+    const ctrl = new TestDriver(mem, 16);
+    const q = SplitQueue.create(mem.view, ctrl.cfg, { eventIdx: false, indirect: false }, 256);
+    if (typeof q === 'string') throw new Error(q);
+    const words = new CoalesceWords(2);
+    words.set(1, { maxPackets: 7, maxUsecs: 9 });
+    const t = { words, perQueue: () => true, enabled: () => true };
+    const handle = (cls: number, cmd: number, data: Uint8Array, reply: { bytes?: Uint8Array }) => (cls === 6 && coalesceCommand(t, cmd, data, reply) ? 0 : 1);
+    const cmdAt = mem.alloc(6);
+    mem.bytes(cmdAt, 6).set([6, 3, ...vq(1)]);
+    const out = mem.alloc(8);
+    const ack = mem.alloc(1);
+    mem.bytes(ack, 1)[0] = 0xee;
+    const id = ctrl.add([{ addr: cmdAt, len: 6 }, { addr: out, len: 8, write: true }, { addr: ack, len: 1, write: true }]);
+    // a chain with room for the ack only: no reply fits, an error
+    const cmd2 = mem.alloc(6);
+    mem.bytes(cmd2, 6).set([6, 3, ...vq(1)]);
+    const ack2 = mem.alloc(1);
+    const id2 = ctrl.add([{ addr: cmd2, len: 6 }, { addr: ack2, len: 1, write: true }]);
+    serveControlQueue(q, mem.view.bytes, undefined, handle);
+    expect(ctrl.takeUsed()).toEqual([{ id, len: 9 }, { id: id2, len: 1 }]);
+    expect(Array.from(mem.bytes(out, 8))).toEqual(Array.from(coal(7, 9)));
+    expect([mem.bytes(ack, 1)[0], mem.bytes(ack2, 1)[0]]).toEqual([0, 1]);
+  });
+});
+
+describe('notification coalescing in the dataplane: interrupts per frame', () => {
+  /** Frames delivered in bursts of `burst` with coalescing `params` (or none): [frames, interrupts] */
+  function run(params: { maxPackets: number; maxUsecs: number } | undefined, bursts: number, burst: number): [number, number] {
+    const call = native.eventfd(0, EFD_NONBLOCK);
+    try {
+      const words = new CoalesceWords(2);
+      if (params) words.set(0, params);
+      const rxCoalesce = new Coalescer(words, 0);
+      rxCoalesce.update(0);
+      const filter = new RxFilter();
+      filter.reset(parseMac(MAC));
+      const t = pairWith({ rxCallFd: call, rxCoalesce, filter });
+      for (let b = 0; b < bursts; b++) {
+        for (let i = 0; i < burst; i++) t.rx.add([{ addr: t.mem.alloc(2048), len: 2048, write: true }]);
+        for (let i = 0; i < burst; i++) t.driver.frames.push(frame(MAC));
+        t.pair.processRx(256);
+        t.rx.takeUsed();
+      }
+      const n = new BigUint64Array(1);
+      const signalled = native.read(call, n) === 8 ? Number(n[0]) : 0;
+      expect(signalled).toBe(t.rxStats[STAT.INTERRUPTS]);
+      return [t.rxStats[STAT.PACKETS], t.rxStats[STAT.INTERRUPTS]];
+    } finally {
+      native.close(call);
+    }
+  }
+
+  it('interrupts once per delivery without coalescing, and once per max_packets frames with it', () => {
+    expect(run(undefined, 16, 4)).toEqual([64, 16]);
+    // rx-frames 32, rx-usecs far off: the count decides
+    expect(run({ maxPackets: 32, maxUsecs: 10_000_000 }, 16, 4)).toEqual([64, 2]);
+    expect(run({ maxPackets: 8, maxUsecs: 10_000_000 }, 16, 4)).toEqual([64, 8]);
+  });
+});
+
+describe('notification coalescing on a dataplane thread (the net queue handler)', () => {
+  it('fires a held interrupt once its time has passed, when the parameters turn it off, and when the handler closes', async () => {
+    const mem = new TestMemory(4 << 20);
+    const rx = new TestDriver(mem, 64);
+    const tx = new TestDriver(mem, 64);
+    const feats = { eventIdx: false, indirect: true };
+    const rxq = SplitQueue.create(mem.view, rx.cfg, feats, 32768);
+    const txq = SplitQueue.create(mem.view, tx.cfg, feats, 32768);
+    if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
+    const filter = new RxFilter();
+    filter.reset(parseMac(MAC));
+    const words = new CoalesceWords(2);
+    words.set(0, { maxPackets: 64, maxUsecs: 1000 });
+    const config: NetHandlerConfig = {
+      driverModule: fileURLToPath(new URL('../src/drivers/null/index.ts', import.meta.url)),
+      mergeable: false,
+      maxRxFrame: 1514,
+      txPolicy: txPolicy(0n),
+      filter: filter.buffer,
+      rateLimit: new RateLimitWords().buffer,
+      coalesce: words.buffer,
+    };
+    const calls = [native.eventfd(0, EFD_NONBLOCK), native.eventfd(0, EFD_NONBLOCK)];
+    const stats = [new Float64Array(STAT_WORDS), new Float64Array(STAT_WORDS)];
+    try {
+      const open = await prepare(config);
+      const h = open({ mem: mem.view, memory: mem.buffer, queues: [rxq, txq], indices: [0, 1], callFds: calls, stats, init: { size: 64, rx: true, loop: false } });
+      const post = (n: number) => {
+        for (let i = 0; i < n; i++) rx.add([{ addr: mem.alloc(2048), len: 2048, write: true }]);
+      };
+      post(8);
+      h.process(256);
+      expect([stats[0][STAT.PACKETS], stats[0][STAT.INTERRUPTS]]).toEqual([8, 0]);
+      // (within the ms the held interrupt is due in, nothing: the thread would sleep that long)
+      await new Promise((r) => setTimeout(r, 5));
+      h.beforeWait(false);
+      expect(stats[0][STAT.INTERRUPTS]).toBe(1);
+      post(8);
+      h.process(256);
+      expect(stats[0][STAT.INTERRUPTS]).toBe(1);
+      words.set(0, { maxPackets: 0, maxUsecs: 0 });
+      h.process(256);
+      expect(stats[0][STAT.INTERRUPTS]).toBe(2);
+      words.set(0, { maxPackets: 64, maxUsecs: 10_000_000 });
+      post(8);
+      h.process(256);
+      expect([stats[0][STAT.PACKETS], stats[0][STAT.INTERRUPTS]]).toEqual([24, 2]);
+      h.close();
+      expect(stats[0][STAT.INTERRUPTS]).toBe(3);
+      const n = new BigUint64Array(1);
+      expect(native.read(calls[0], n)).toBe(8);
+      expect(Number(n[0])).toBe(3);
+    } finally {
+      calls.forEach((fd) => native.close(fd));
+    }
+  });
 });

@@ -11,12 +11,18 @@ import { STAT } from '../dataplane/stats.js';
 import { RX_BATCH, RxSlots, layOutChain } from './rx-batch.js';
 import type { PairOptions } from './net-pair.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
+import type { Coalescer } from './coalesce.js';
 
 /** the smallest frame there is: an Ethernet header */
 const ETH_HLEN = 14;
 
-/** Interrupt the guest through `fd` if the queue says it wants one for what was published. */
-export function signal(q: Virtqueue, fd: number, st: Float64Array): void {
+/**
+ * Interrupt the guest through `fd` if the queue says it wants one for what was published. With
+ * notification coalescing on (`coal`), `used` packets were published since the last call, and the
+ * interrupt waits until the coalescer's count or time is reached (the queue handler fires its timer).
+ */
+export function signal(q: Virtqueue, fd: number, st: Float64Array, coal?: Coalescer, used = 0): void {
+  if (coal !== undefined && coal.hold(used)) return;
   if (fd >= 0 && q.needsInterrupt()) {
     native.write(fd, ONE);
     st[STAT.INTERRUPTS]++;
@@ -113,7 +119,7 @@ export class NetRx {
     }
     const delivered = this.o.mergeable ? this.rxMergeable(budget) : this.rxBatched(budget);
     this.rxq.flush();
-    signal(this.rxq, this.o.rxCallFd, this.o.rxStats);
+    signal(this.rxq, this.o.rxCallFd, this.o.rxStats, this.o.rxCoalesce, delivered);
     // a broken ring has no buffers to offer: reported as starved, so the driver's fd is not watched
     if (this.rxq.broken) this.starved = true;
     return delivered;

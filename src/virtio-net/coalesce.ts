@@ -1,0 +1,178 @@
+// Notification coalescing (VIRTIO_NET_F_NOTF_COAL, VIRTIO_NET_F_VQ_NOTF_COAL; virtio 1.3 §5.1.6.5.9):
+// the driver sets, per RX or TX queue, at most how many packets (max_packets) and how long (max_usecs)
+// the device may hold a used-buffer notification back. Both non-zero: the interrupt goes once that many
+// packets were used, or that long after the first one not yet signalled, whichever comes first (and
+// only if the driver did not suppress it: EVENT_IDX or the flag, as without coalescing). Either zero:
+// after every packet, which is how the device behaves without the feature.
+//
+// CoalesceWords carries the parameters from the control queue (main thread) to the dataplane threads;
+// a Coalescer is one queue's count and timer on its thread; CoalesceControl is the commands' view.
+
+/** words before the per-queue parameters: a version bumped by every change */
+const W_VERSION = 0;
+const HEAD = 1;
+
+export interface CoalesceParams {
+  maxPackets: number;
+  maxUsecs: number;
+}
+
+/** Per-queue parameters in shared memory (u32 each, as the commands carry them), with a version. */
+export class CoalesceWords {
+  readonly words: Uint32Array;
+  constructor(
+    /** queues of the device it covers (RX and TX; queue i's parameters are at HEAD + 2i) */
+    readonly queues: number,
+    readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(4 * (HEAD + 2 * queues)),
+  ) {
+    this.words = new Uint32Array(buffer);
+  }
+
+  get version(): number {
+    return Atomics.load(this.words, W_VERSION);
+  }
+
+  get(queue: number): CoalesceParams {
+    const w = this.words;
+    return { maxPackets: Atomics.load(w, HEAD + 2 * queue), maxUsecs: Atomics.load(w, HEAD + 2 * queue + 1) };
+  }
+
+  /** Set queue `queue`'s parameters (a number outside 0..2^32-1 is the caller's mistake: validated before). */
+  set(queue: number, p: CoalesceParams): void {
+    Atomics.store(this.words, HEAD + 2 * queue, p.maxPackets);
+    Atomics.store(this.words, HEAD + 2 * queue + 1, p.maxUsecs);
+    Atomics.add(this.words, W_VERSION, 1);
+  }
+
+  /** Every queue's parameters 0 (device reset, §5.1.6.5.9.2). */
+  clear(): void {
+    for (let i = HEAD; i < this.words.length; i++) Atomics.store(this.words, i, 0);
+    Atomics.add(this.words, W_VERSION, 1);
+  }
+}
+
+/**
+ * One queue's coalescing on its dataplane thread: how many packets were used since its last
+ * notification, and when the time condition is met. Used by signal() (net-rx.ts) through hold(), and
+ * by the queue handler, which fires what is due before it sleeps and sleeps no longer than that.
+ */
+export class Coalescer {
+  private maxPackets = 0;
+  /** max_usecs, in ms (performance.now()'s unit) */
+  private maxMs = 0;
+  /** packets used and not yet signalled */
+  pending = 0;
+  /** when the first of them was used (performance.now() ms); meaningful while pending > 0 */
+  private since = 0;
+  /** the words' version this queue's parameters were read at */
+  private version = -1;
+
+  constructor(
+    private readonly words: CoalesceWords | undefined,
+    private readonly queue: number,
+  ) {}
+
+  /** coalescing is on: both parameters non-zero */
+  get on(): boolean {
+    return this.maxPackets > 0 && this.maxMs > 0;
+  }
+
+  /**
+   * Take parameters changed since the last look. Returns true when the notification conditions are now
+   * met for what is pending (the count reached, the time passed, or coalescing turned off): the caller
+   * notifies now (§5.1.6.5.9.1, "Notifications When Coalescing Parameters Change").
+   */
+  update(now: number): boolean {
+    const w = this.words;
+    if (w === undefined || w.version === this.version) return false;
+    this.version = w.version;
+    const p = w.get(this.queue);
+    this.maxPackets = p.maxPackets;
+    this.maxMs = p.maxUsecs / 1000;
+    if (this.pending === 0) return false;
+    if (!this.on || this.pending >= this.maxPackets || now >= this.since + this.maxMs) {
+      this.pending = 0;
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * `n` more packets were used (and published). True: hold the notification back (the count is not
+   * reached; the timer runs from the first one held). False: notify now (coalescing is off, or the
+   * count is reached: it starts again from zero).
+   */
+  hold(n: number): boolean {
+    if (!this.on) return false;
+    if (n === 0) return true;
+    if (this.pending === 0) this.since = performance.now();
+    this.pending += n;
+    if (this.pending < this.maxPackets) return true;
+    this.pending = 0;
+    return false;
+  }
+
+  /** ms until the held notification is due (0: now), or -1 when none is held. */
+  dueIn(now: number): number {
+    if (this.pending === 0) return -1;
+    return Math.max(0, this.since + this.maxMs - now);
+  }
+
+  /** The held notification goes now (its time came, or the thread stops): the count starts again. */
+  release(): void {
+    this.pending = 0;
+  }
+}
+
+/** One le32 pair of struct virtio_net_ctrl_coal (max_packets, then max_usecs). */
+function readCoal(d: DataView, at: number): CoalesceParams {
+  return { maxPackets: d.getUint32(at, true), maxUsecs: d.getUint32(at + 4, true) };
+}
+
+const NOTF_COAL_TX_SET = 0;
+const NOTF_COAL_RX_SET = 1;
+const NOTF_COAL_VQ_SET = 2;
+const NOTF_COAL_VQ_GET = 3;
+
+/** What VIRTIO_NET_CTRL_NOTF_COAL's commands need from the device besides the words. */
+export interface CoalesceTarget {
+  words: CoalesceWords;
+  /** the driver negotiated VQ_NOTF_COAL (VQ_SET and VQ_GET) */
+  perQueue(): boolean;
+  /** queue `index` is an RX or TX queue the driver enabled */
+  enabled(index: number): boolean;
+}
+
+/**
+ * A VIRTIO_NET_CTRL_NOTF_COAL command (class 6): TX_SET and RX_SET set every TX (odd) or RX (even)
+ * queue, VQ_SET one enabled queue, VQ_GET answers one's parameters in `reply`. Returns true when done,
+ * false for a command to refuse (malformed, unknown, a queue that is not an enabled RX or TX queue).
+ */
+export function coalesceCommand(t: CoalesceTarget, cmd: number, data: Uint8Array, reply: { bytes?: Uint8Array }): boolean {
+  const d = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  if (cmd === NOTF_COAL_TX_SET || cmd === NOTF_COAL_RX_SET) {
+    if (data.length !== 8) return false;
+    const p = readCoal(d, 0);
+    for (let q = cmd === NOTF_COAL_TX_SET ? 1 : 0; q < t.words.queues; q += 2) t.words.set(q, p);
+    return true;
+  }
+  if ((cmd === NOTF_COAL_VQ_SET || cmd === NOTF_COAL_VQ_GET) && t.perQueue()) {
+    // struct virtio_net_ctrl_coal_vq: le16 vq_index, le16 reserved (ignored), then the parameters for
+    // VQ_SET; VQ_GET's driver part ends after reserved, the parameters come back in the reply
+    if (data.length !== (cmd === NOTF_COAL_VQ_SET ? 12 : 4)) return false;
+    const q = d.getUint16(0, true);
+    if (q >= t.words.queues || !t.enabled(q)) return false;
+    if (cmd === NOTF_COAL_VQ_SET) {
+      t.words.set(q, readCoal(d, 4));
+      return true;
+    }
+    const p = t.words.get(q);
+    const out = new Uint8Array(8);
+    const o = new DataView(out.buffer);
+    o.setUint32(0, p.maxPackets, true);
+    o.setUint32(4, p.maxUsecs, true);
+    reply.bytes = out;
+    return true;
+  }
+  return false;
+}

@@ -204,7 +204,7 @@ describe('device state round trips through msgpack', () => {
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(false);
     const tagged = (vid: number) => new Uint8Array([0x52, 0x54, 0, 1, 2, 3, 2, 0, 0, 0, 0, 1, 0x81, 0, 0, vid, 8, 0]);
     expect([b.dev.filter.accepts(tagged(5), 0, 18), b.dev.filter.accepts(tagged(7), 0, 18)]).toEqual([true, false]);
-    expect(offloads.at(-1)).toEqual({ rxCsum: false, rxTso4: false, rxTso6: false, rxTsoEcn: false });
+    expect(offloads.at(-1)).toEqual({ rxCsum: false, rxTso4: false, rxTso6: false, rxTsoEcn: false, rxUso4: false, rxUso6: false });
     // the control queue goes on at its fourth... sixth chain: the next command is answered
     expect(await command(() => b.dev.kick(4), 0, 0, [1])).toBe(0);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(true);

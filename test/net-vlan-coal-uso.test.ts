@@ -4,9 +4,10 @@
 import { describe, it, expect } from 'vitest';
 import { STATUS } from '../src/virtio/device.js';
 import { VirtioNet, parseMac } from '../src/virtio-net/device.js';
-import { F, bit, has } from '../src/virtio-net/features.js';
+import { F, bit, has, netFeatureOffer, netDataplaneFeatures } from '../src/virtio-net/features.js';
+import { MAX_GSO_FRAME, parseTxHeader, writeRxHeader } from '../src/virtio-net/net-header.js';
 import { RxFilter } from '../src/virtio-net/rx-filter.js';
-import { NO_OFFLOADS, type NetDriver, type Offloads } from '../src/drivers/api.js';
+import { NO_OFFLOADS, META, META_WORDS, META_NEEDS_CSUM, GSO_UDP_L4, GSO_ECN, type NetDriver, type Offloads } from '../src/drivers/api.js';
 import type { VmFd } from '../src/vmm/kvm.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
 import { SplitQueue } from '../src/virtio/split-queue.js';
@@ -27,7 +28,7 @@ const tick = () => new Promise((res) => setImmediate(res));
 const MAC = '52:54:00:12:34:56';
 
 /** A virtio-net device on the transport with a driver of capabilities only, and a guest that negotiates `feats` (no queues). */
-async function live(feats: bigint, offloads: Partial<Offloads> = {}) {
+async function live(feats: bigint, offloads: Partial<Offloads> = {}, onGuestOffloads: NetDriver['setGuestOffloads'] = () => undefined) {
   const mem = new TestMemory(1 << 20);
   const vm = { ioeventfd: () => {}, irqfd: () => {} } as unknown as VmFd;
   const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
@@ -36,7 +37,7 @@ async function live(feats: bigint, offloads: Partial<Offloads> = {}) {
     caps: { queuePairs: 2, mtu: 1500, offloads: { ...NO_OFFLOADS, ...offloads } },
     module: '/nonexistent.mjs',
     queueInit: () => undefined,
-    setGuestOffloads: () => undefined,
+    setGuestOffloads: onGuestOffloads,
     close: () => undefined,
   };
   const net = new VirtioNet(memory, { driver: drv, mac: parseMac(MAC), queuePairs: 2 });
@@ -445,5 +446,66 @@ describe('notification coalescing on a dataplane thread (the net queue handler)'
     } finally {
       calls.forEach((fd) => native.close(fd));
     }
+  });
+});
+
+describe('UDP segmentation offload (HOST_USO, GUEST_USO4/6)', () => {
+  const USO: Partial<Offloads> = { txCsum: true, rxCsum: true, txUso: true, rxUso4: true, rxUso6: true };
+  const hdr = (flags: number, gso: number, gsoSize: number) => {
+    const h = new Uint8Array(12);
+    h[0] = flags;
+    h[1] = gso;
+    h.set(le16(42), 2);
+    h.set(le16(gsoSize), 4);
+    h.set(le16(34), 6);
+    h.set(le16(6), 8);
+    return h;
+  };
+
+  it('is offered only over a driver that segments and delivers UDP GSO packets, with checksums', () => {
+    const f = netFeatureOffer({ offloads: { ...NO_OFFLOADS, ...USO } }, 1);
+    expect([has(f, F.HOST_USO), has(f, F.GUEST_USO4), has(f, F.GUEST_USO6)]).toEqual([true, true, true]);
+    const none = netFeatureOffer({ offloads: { ...NO_OFFLOADS, txCsum: true, rxCsum: true } }, 1);
+    expect([has(none, F.HOST_USO), has(none, F.GUEST_USO4), has(none, F.GUEST_USO6)]).toEqual([false, false, false]);
+    const noCsum = netFeatureOffer({ offloads: { ...NO_OFFLOADS, txUso: true, rxUso4: true, rxUso6: true } }, 1);
+    expect([has(noCsum, F.HOST_USO), has(noCsum, F.GUEST_USO4), has(noCsum, F.GUEST_USO6)]).toEqual([false, false, false]);
+    // a guest taking UDP GSO frames (and no TSO) posts buffers for the largest GSO frame
+    expect(netDataplaneFeatures(bit(F.VERSION_1) | bit(F.GUEST_CSUM) | bit(F.GUEST_USO4), 1500).maxRxFrame).toBe(MAX_GSO_FRAME);
+  });
+
+  it('takes a UDP GSO packet (GSO_UDP_L4) from a guest that negotiated HOST_USO, and refuses it otherwise, with ECN or without a checksum to complete', () => {
+    const meta = new Int32Array(META_WORDS);
+    const uso = txPolicy(bit(F.CSUM) | bit(F.HOST_USO) | bit(F.HOST_ECN) | bit(F.HOST_TSO4));
+    expect(parseTxHeader(hdr(1, GSO_UDP_L4, 1000), 0, 4042, uso, meta, 0)).toBe(true);
+    expect([meta[META.GSO_TYPE], meta[META.GSO_SIZE], meta[META.FLAGS], meta[META.CSUM_START], meta[META.CSUM_OFFSET]]).toEqual([GSO_UDP_L4, 1000, META_NEEDS_CSUM, 34, 6]);
+    expect(parseTxHeader(hdr(1, GSO_UDP_L4, 1000), 0, 4042, txPolicy(bit(F.CSUM) | bit(F.HOST_TSO4)), meta, 0)).toBe(false);
+    expect(parseTxHeader(hdr(1, GSO_UDP_L4 | GSO_ECN, 1000), 0, 4042, uso, meta, 0)).toBe(false);
+    expect(parseTxHeader(hdr(0, GSO_UDP_L4, 1000), 0, 4042, uso, meta, 0)).toBe(false);
+    expect(parseTxHeader(hdr(1, GSO_UDP_L4, 0), 0, 4042, uso, meta, 0)).toBe(false);
+  });
+
+  it('hands the guest a UDP GSO frame as GSO_UDP_L4 with its segment size', () => {
+    const meta = new Int32Array(META_WORDS);
+    meta[META.FLAGS] = META_NEEDS_CSUM;
+    meta[META.GSO_TYPE] = GSO_UDP_L4;
+    meta[META.GSO_SIZE] = 1000;
+    meta[META.HDR_LEN] = 42;
+    meta[META.CSUM_START] = 34;
+    meta[META.CSUM_OFFSET] = 6;
+    const h = new Uint8Array(12);
+    writeRxHeader(h, 0, meta, 0, 1);
+    expect(Array.from(h)).toEqual([1, GSO_UDP_L4, 42, 0, 0xe8, 3, 34, 0, 6, 0, 1, 0]);
+  });
+
+  it('lets the guest turn UDP GSO frames off and on (CTRL_GUEST_OFFLOADS), passed to the driver', async () => {
+    const calls: unknown[] = [];
+    const rx = bit(F.GUEST_CSUM) | bit(F.GUEST_USO4) | bit(F.GUEST_USO6);
+    const { net } = await live(bit(F.CTRL_VQ) | bit(F.CTRL_GUEST_OFFLOADS) | rx, USO, (g) => calls.push(g));
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: false, rxTso6: false, rxTsoEcn: false, rxUso4: true, rxUso6: true });
+    const u64 = (v: bigint) => new Uint8Array(new BigUint64Array([v]).buffer);
+    expect(net.control(5, 0, u64(bit(F.GUEST_CSUM)))).toBe(0);
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: false, rxTso6: false, rxTsoEcn: false, rxUso4: false, rxUso6: false });
+    expect(net.control(5, 0, u64(rx))).toBe(0);
+    expect(calls.at(-1)).toMatchObject({ rxUso4: true, rxUso6: true });
   });
 });

@@ -21,7 +21,7 @@ const ACK_ERR = 1;
 const CTRL_MAX_BYTES = 4096;
 
 /** the receive offloads a driver may turn on and off (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET), as feature bits */
-export const GUEST_OFFLOAD_MASK = [F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN].reduce((a, b) => a | bit(b), 0n);
+export const GUEST_OFFLOAD_MASK = [F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN, F.GUEST_USO4, F.GUEST_USO6].reduce((a, b) => a | bit(b), 0n);
 
 /** The guest offloads among `features`. */
 export function guestOffloads(features: bigint): bigint {

@@ -321,7 +321,14 @@ export class VirtioNet implements VirtioDevice {
   /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
   private setGuestOffloads(bits: bigint): void {
     this.offloads = guestOffloads(bits);
-    this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
+    this.opts.driver.setGuestOffloads({
+      rxCsum: has(bits, F.GUEST_CSUM),
+      rxTso4: has(bits, F.GUEST_TSO4),
+      rxTso6: has(bits, F.GUEST_TSO6),
+      rxTsoEcn: has(bits, F.GUEST_ECN),
+      rxUso4: has(bits, F.GUEST_USO4),
+      rxUso6: has(bits, F.GUEST_USO6),
+    });
   }
 
   /** control commands answered since the device was made (acked or refused) */

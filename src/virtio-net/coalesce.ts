@@ -44,6 +44,24 @@ export class CoalesceWords {
     Atomics.add(this.words, W_VERSION, 1);
   }
 
+  /** Every queue's parameters, as the commands carry them (le32 max_packets, le32 max_usecs per queue), for saved device state. */
+  save(): Uint8Array {
+    const out = new Uint8Array(8 * this.queues);
+    const d = new DataView(out.buffer);
+    for (let q = 0; q < this.queues; q++) {
+      const p = this.get(q);
+      d.setUint32(8 * q, p.maxPackets, true);
+      d.setUint32(8 * q + 4, p.maxUsecs, true);
+    }
+    return out;
+  }
+
+  /** Take what save() made (its length checked by the caller: 8 bytes per queue). */
+  restore(saved: Uint8Array): void {
+    const d = new DataView(saved.buffer, saved.byteOffset, saved.byteLength);
+    for (let q = 0; q < this.queues; q++) this.set(q, readCoal(d, 8 * q));
+  }
+
   /** Every queue's parameters 0 (device reset, §5.1.6.5.9.2). */
   clear(): void {
     for (let i = HEAD; i < this.words.length; i++) Atomics.store(this.words, i, 0);

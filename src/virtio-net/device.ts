@@ -395,9 +395,9 @@ export class VirtioNet implements VirtioDevice {
     return this.dataplane.ringStates.get(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
   }
 
-  /** The configuration space (MAC, link), the RX filter with its MAC tables, the pairs in use, the receive offloads on. */
+  /** The configuration space (MAC, link), the RX filter with its MAC and VLAN tables, the pairs in use, the receive offloads on, the coalescing parameters. */
   saveState(): StateValue {
-    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
+    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save() };
   }
 
   restoreState(f: Fields): void {
@@ -406,6 +406,7 @@ export class VirtioNet implements VirtioDevice {
     if (bad) throw new StateError(`${f.path}.filter: ${bad}`);
     this.config.bytes.set(s.config);
     this.filter.setLinkDown(!this.linkUp);
+    this.coalesce.restore(s.coalesce);
     this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
 

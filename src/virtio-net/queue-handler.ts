@@ -49,14 +49,14 @@ class NetHandler implements QueueHandler {
   private rxArmed = true;
   /** TX waits for a driver without an fd: try it again after the thread's next wait */
   private blindRetry = false;
-  /** each queue's notification coalescing ([rx, tx]), its queue, interrupt fd and counters */
+  /** each queue's notification coalescing ([rx, tx]; empty where the device has none: vhost-user) */
   private readonly coal: Coalescer[];
   private readonly ctx: HandlerContext;
 
   constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter, rateLimits: RateLimitWords, coalesce: CoalesceWords | undefined) {
     const [rxq, txq] = ctx.queues;
     this.ctx = ctx;
-    this.coal = ctx.indices.map((index) => new Coalescer(coalesce, index));
+    this.coal = coalesce ? ctx.indices.map((index) => new Coalescer(coalesce, index)) : [];
     this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(ctx.init), {
       mergeable: c.mergeable,
       maxRxFrame: c.maxRxFrame,
@@ -68,8 +68,8 @@ class NetHandler implements QueueHandler {
       filter,
       log: ctx.log,
       rateLimits,
-      rxCoalesce: coalesce && this.coal[0],
-      txCoalesce: coalesce && this.coal[1],
+      rxCoalesce: this.coal[0],
+      txCoalesce: this.coal[1],
     });
     this.pair.updateLimits();
     this.updateCoalescing(performance.now());
@@ -113,7 +113,7 @@ class NetHandler implements QueueHandler {
     if (rxWaits) this.rxArmed = false;
     this.blindRetry = p.txBlocked && p.driver.pollFd < 0;
     // interrupts held back whose time has come go now; the next one due bounds the sleep
-    const coalWait = this.fireDue(performance.now());
+    const coalWait = this.coal.length > 0 ? this.fireDue(performance.now()) : -1;
     if (pending) return 0;
     // (epoll's timeout is whole ms: rounded up, a wait never ends a token short)
     const tokens = limitWait > 0 ? Math.ceil(limitWait) : -1;
@@ -154,7 +154,7 @@ class NetHandler implements QueueHandler {
   process(budget: number): number {
     const p = this.pair;
     p.updateLimits();
-    this.updateCoalescing(performance.now());
+    if (this.coal.length > 0) this.updateCoalescing(performance.now());
     if (this.blindRetry) {
       p.txBlocked = false;
       this.blindRetry = false;

@@ -76,12 +76,15 @@ netctl_l1() {
     check "netctl/l1-vlan-$v" $?
   done
   rm -f "$DATA_DIR/udp-result" "$WORK/udp-result"
+  # (room for the whole stream in the receiver's socket: udp-recv.mjs asks for 8 MiB)
+  sysctl -qw net.core.rmem_max=16777216
   node "$(dirname "$MKTAP")/udp-recv.mjs" 5005 1024 280 "$WORK/udp-result" > "$WORK/udp-recv.out" 2>&1 &
   udprecv=$!
   (while kill -0 $udprecv 2>/dev/null; do sleep 1; done; cp "$WORK/udp-result" "$DATA_DIR/udp-result" 2>/dev/null) &
 }
 netctl_l1_end() {
   kill $udprecv 2>/dev/null
+  sleep 1
   cat "$WORK/udp-recv.out"
   for v in 5 7; do vconfig rem tap0.$v >/dev/null 2>&1; done
   # tsvmm's own count of what it did not deliver: the tagged frames of VLAN 7 while L2 had not added it

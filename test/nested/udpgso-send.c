@@ -45,8 +45,8 @@ int main(int argc, char **argv) {
       perror("udpgso-send: sendto");
       return 1;
     }
-    // (a pace the 1 MiB of receive buffer on the other side keeps up with)
-    usleep(2000);
+    // (a pace a slow receiver keeps up with)
+    usleep(20000);
   }
   printf("sent %u\n", seq);
   return 0;

@@ -151,11 +151,11 @@ function pair(o: { mergeable?: boolean; filter?: RxFilter } = {}) {
   return pairWith(o);
 }
 
-function pairWith(o: { mergeable?: boolean; filter?: RxFilter; rxCallFd?: number; rxCoalesce?: Coalescer } = {}) {
+function pairWith(o: { mergeable?: boolean; filter?: RxFilter; rxCallFd?: number; rxCoalesce?: Coalescer; eventIdx?: boolean } = {}) {
   const mem = new TestMemory(4 << 20);
-  const rx = new TestDriver(mem, 64);
-  const tx = new TestDriver(mem, 64);
-  const feats = { eventIdx: false, indirect: true };
+  const rx = new TestDriver(mem, 64, o.eventIdx);
+  const tx = new TestDriver(mem, 64, o.eventIdx);
+  const feats = { eventIdx: o.eventIdx ?? false, indirect: true };
   const rxq = SplitQueue.create(mem.view, rx.cfg, feats, 32768);
   const txq = SplitQueue.create(mem.view, tx.cfg, feats, 32768);
   if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
@@ -203,56 +203,62 @@ describe('notification coalescing: the count and the timer (Coalescer)', () => {
     return w;
   };
 
-  it('notifies after every packet with either parameter 0 (as without the feature)', () => {
+  it('notifies whenever the ring asks with either parameter 0 (as without the feature)', () => {
     for (const [p, u] of [[0, 0], [0, 100], [32, 0]]) {
       const c = new Coalescer(words(p, u), 0);
       c.update(0);
-      expect([c.on, c.hold(1), c.hold(5), c.dueIn(0)]).toEqual([false, false, false, -1]);
+      expect([c.on, c.note(1, true), c.note(5, false), c.note(1, true), c.holding, c.dueIn(0)]).toEqual([false, true, false, true, false, -1]);
     }
   });
 
-  it('holds until max_packets were used, then notifies and counts again from zero', () => {
+  it('holds until max_packets were used, then notifies if the ring asked for any of them, and counts again from zero', () => {
     const c = new Coalescer(words(4, 100_000), 0);
     c.update(0);
-    expect([c.hold(1), c.hold(2), c.hold(0)]).toEqual([true, true, true]);
-    expect(c.pending).toBe(3);
-    expect(c.hold(1)).toBe(false); // the fourth
-    expect(c.pending).toBe(0);
+    expect([c.note(1, true), c.note(2, false), c.note(0, false)]).toEqual([false, false, false]);
+    expect(c.holding).toBe(true);
+    expect(c.note(1, false)).toBe(true); // the fourth: owed since the first
+    expect(c.holding).toBe(false);
     expect(c.dueIn(performance.now())).toBe(-1);
-    expect(c.hold(9)).toBe(false); // a batch past the count goes at once
-    expect(c.hold(1)).toBe(true);
+    // the guest suppressed them all (NAPI polling): the count is reached, nothing is sent, it starts again
+    expect([c.note(2, false), c.note(2, false), c.holding]).toEqual([false, false, false]);
+    expect(c.note(9, true)).toBe(true); // a batch past the count goes at once
+    expect(c.note(1, false)).toBe(false);
   });
 
-  it('makes a held notification due max_usecs after the first packet held', () => {
+  it('makes a held notification due max_usecs after the first packet held, and releases what is owed then', () => {
     const c = new Coalescer(words(64, 2000), 0);
     c.update(0);
     const before = performance.now();
-    expect(c.hold(1)).toBe(true);
+    expect(c.note(1, true)).toBe(false);
     const after = performance.now();
     const due = c.dueIn(after);
     expect(due).toBeGreaterThan(0);
     expect(due).toBeLessThanOrEqual(2 + (after - before));
-    expect(c.hold(1)).toBe(true); // (the timer runs from the first)
+    expect(c.note(1, false)).toBe(false); // (the timer runs from the first)
     expect(c.dueIn(after + 2)).toBe(0);
-    c.release();
+    expect(c.release()).toBe(true);
     expect(c.dueIn(after + 2)).toBe(-1);
+    c.note(3, false);
+    expect(c.release()).toBe(false); // held, but the ring asked for none
   });
 
-  it('takes new parameters: the held notification goes at once when they are met by what is pending, or coalescing is off', () => {
+  it('takes new parameters: what is held is released at once when they are met by it, or coalescing is off', () => {
     const w = words(16, 100_000);
     const c = new Coalescer(w, 0);
     c.update(0);
-    for (let i = 0; i < 10; i++) c.hold(1);
+    c.note(1, true);
+    for (let i = 0; i < 9; i++) c.note(1, false);
     expect(c.update(0)).toBe(false); // unchanged
     w.set(0, { maxPackets: 12, maxUsecs: 100_000 });
     expect(c.update(0)).toBe(false); // 10 < 12
-    w.set(0, { maxPackets: 8, maxUsecs: 100_000 }); // §5.1.6.5.9.1's example: 10 pending, now 8
+    w.set(0, { maxPackets: 8, maxUsecs: 100_000 }); // §5.1.6.5.9.1's example: 10 held, now 8
     expect(c.update(0)).toBe(true);
-    expect(c.pending).toBe(0);
-    c.hold(1);
+    expect(c.release()).toBe(true);
+    c.note(1, true);
     w.set(0, { maxPackets: 0, maxUsecs: 0 });
     expect(c.update(0)).toBe(true);
-    expect(c.hold(1)).toBe(false);
+    expect(c.release()).toBe(true);
+    expect(c.note(1, true)).toBe(true);
     // another queue's change leaves this one's parameters
     w.set(1, { maxPackets: 5, maxUsecs: 5 });
     expect(c.update(0)).toBe(false);
@@ -382,6 +388,35 @@ describe('notification coalescing in the dataplane: interrupts per frame', () =>
       native.close(call);
     }
   }
+
+  it('asks the ring (EVENT_IDX) as entries are published: an event index the guest set after it saw them brings no interrupt', () => {
+    const call = native.eventfd(0, EFD_NONBLOCK);
+    try {
+      const words = new CoalesceWords(2);
+      words.set(0, { maxPackets: 4, maxUsecs: 10_000_000 });
+      const rxCoalesce = new Coalescer(words, 0);
+      rxCoalesce.update(0);
+      const filter = new RxFilter();
+      filter.reset(parseMac(MAC));
+      const t = pairWith({ rxCallFd: call, rxCoalesce, filter, eventIdx: true });
+      const deliver = (n: number) => {
+        for (let i = 0; i < n; i++) t.rx.add([{ addr: t.mem.alloc(2048), len: 2048, write: true }]);
+        for (let i = 0; i < n; i++) t.driver.frames.push(frame(MAC));
+        t.pair.processRx(256);
+      };
+      t.rx.usedEvent = 0x8000; // the guest polls: no interrupt wanted
+      deliver(2);
+      // it took the first, asked to hear of the next (used_event 1), and sees the second by itself
+      t.rx.usedEvent = 1;
+      deliver(2); // the count (4) is reached: nothing it asked for was published since
+      expect(t.rxStats[STAT.INTERRUPTS]).toBe(0);
+      t.rx.usedEvent = 4;
+      deliver(4);
+      expect([t.rxStats[STAT.PACKETS], t.rxStats[STAT.INTERRUPTS]]).toEqual([8, 1]);
+    } finally {
+      native.close(call);
+    }
+  });
 
   it('interrupts once per delivery without coalescing, and once per max_packets frames with it', () => {
     expect(run(undefined, 16, 4)).toEqual([64, 16]);

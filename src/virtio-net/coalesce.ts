@@ -70,23 +70,28 @@ export class CoalesceWords {
 }
 
 /**
- * One queue's coalescing on its dataplane thread: how many packets were used since its last
- * notification, and when the time condition is met. Used by signal() (net-rx.ts) through hold(), and
- * by the queue handler, which fires what is due before it sleeps and sleeps no longer than that.
+ * One queue's coalescing on its dataplane thread: the packets used since its last notification, when
+ * the first of them was, and whether the guest asked to hear of them. Whether it asked is the ring's
+ * answer (EVENT_IDX's crossing, or the flag) taken as the entries are published, as without
+ * coalescing: asked later, the window would take in an event index the driver set after it had seen
+ * those entries itself, and interrupt it for nothing. signal() (net-rx.ts) goes through note(); the
+ * queue handler sends what is owed once its time has come, and sleeps no longer than that.
  */
 export class Coalescer {
   private maxPackets = 0;
   /** max_usecs, in ms (performance.now()'s unit) */
   private maxMs = 0;
-  /** packets used and not yet signalled */
-  pending = 0;
-  /** when the first of them was used (performance.now() ms); meaningful while pending > 0 */
+  /** packets used since the last notification (or since the conditions were last met) */
+  private pending = 0;
+  /** the ring asked for a notification for some of them */
+  private owed = false;
+  /** when the first of them was used (performance.now() ms) */
   private since = 0;
   /** the words' version this queue's parameters were read at */
   private version = -1;
 
   constructor(
-    private readonly words: CoalesceWords | undefined,
+    private readonly words: CoalesceWords,
     private readonly queue: number,
   ) {}
 
@@ -95,50 +100,52 @@ export class Coalescer {
     return this.maxPackets > 0 && this.maxMs > 0;
   }
 
+  /** something is held: packets counted or a notification owed */
+  get holding(): boolean {
+    return this.pending > 0 || this.owed;
+  }
+
   /**
-   * Take parameters changed since the last look. Returns true when the notification conditions are now
-   * met for what is pending (the count reached, the time passed, or coalescing turned off): the caller
-   * notifies now (§5.1.6.5.9.1, "Notifications When Coalescing Parameters Change").
+   * Take parameters changed since the last look. Returns true when the conditions are met for what is
+   * held under the new ones (the count reached, the time passed, or coalescing off; §5.1.6.5.9.1,
+   * "Notifications When Coalescing Parameters Change"): the caller releases it now.
    */
   update(now: number): boolean {
     const w = this.words;
-    if (w === undefined || w.version === this.version) return false;
+    if (w.version === this.version) return false;
     this.version = w.version;
     const p = w.get(this.queue);
     this.maxPackets = p.maxPackets;
     this.maxMs = p.maxUsecs / 1000;
-    if (this.pending === 0) return false;
-    if (!this.on || this.pending >= this.maxPackets || now >= this.since + this.maxMs) {
-      this.pending = 0;
-      return true;
-    }
-    return false;
+    return this.holding && (!this.on || this.pending >= this.maxPackets || now >= this.since + this.maxMs);
   }
 
   /**
-   * `n` more packets were used (and published). True: hold the notification back (the count is not
-   * reached; the timer runs from the first one held). False: notify now (coalescing is off, or the
-   * count is reached: it starts again from zero).
+   * `n` more packets were used and published; `asked`: the ring wants a notification for them. Returns
+   * true when it goes now: at once with coalescing off; else once max_packets were used, if the ring
+   * asked for any of them (the count then starts again, notified or not).
    */
-  hold(n: number): boolean {
-    if (!this.on) return false;
-    if (n === 0) return true;
-    if (this.pending === 0) this.since = performance.now();
+  note(n: number, asked: boolean): boolean {
+    if (!this.on) return asked;
+    if (n === 0 && !asked) return false;
+    if (!this.holding) this.since = performance.now();
     this.pending += n;
-    if (this.pending < this.maxPackets) return true;
-    this.pending = 0;
-    return false;
+    this.owed ||= asked;
+    return this.pending >= this.maxPackets ? this.release() : false;
   }
 
-  /** ms until the held notification is due (0: now), or -1 when none is held. */
+  /** ms until the time condition is met (0: now), or -1 when nothing is held. */
   dueIn(now: number): number {
-    if (this.pending === 0) return -1;
+    if (!this.holding) return -1;
     return Math.max(0, this.since + this.maxMs - now);
   }
 
-  /** The held notification goes now (its time came, or the thread stops): the count starts again. */
-  release(): void {
+  /** The conditions are met (its time came, or the thread stops): the count starts again. Returns whether a notification is owed. */
+  release(): boolean {
+    const owed = this.owed;
     this.pending = 0;
+    this.owed = false;
+    return owed;
   }
 }
 

@@ -18,12 +18,12 @@ const ETH_HLEN = 14;
 
 /**
  * Interrupt the guest through `fd` if the queue says it wants one for what was published. With
- * notification coalescing on (`coal`), `used` packets were published since the last call, and the
- * interrupt waits until the coalescer's count or time is reached (the queue handler fires its timer).
+ * notification coalescing (`coal`), `used` packets were published since the last call, and the
+ * interrupt waits until the coalescer's count or time is reached (the queue handler keeps its time).
  */
 export function signal(q: Virtqueue, fd: number, st: Float64Array, coal?: Coalescer, used = 0): void {
-  if (coal !== undefined && coal.hold(used)) return;
-  if (fd >= 0 && q.needsInterrupt()) {
+  const asked = fd >= 0 && q.needsInterrupt();
+  if (coal === undefined ? asked : coal.note(used, asked)) {
     native.write(fd, ONE);
     st[STAT.INTERRUPTS]++;
   }

@@ -8,7 +8,8 @@ import { RxFilter } from './rx-filter.js';
 import type { TxPolicy } from './net-header.js';
 import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import { CoalesceWords, Coalescer } from './coalesce.js';
-import { signal } from './net-rx.js';
+import { native, ONE } from '../native.js';
+import { STAT } from '../dataplane/stats.js';
 
 /** The net threads' configuration (structured-cloneable), from the negotiated features (dataplane.ts). */
 export interface NetHandlerConfig {
@@ -121,10 +122,15 @@ class NetHandler implements QueueHandler {
     return coalWait >= 0 && (wait < 0 || coalWait < wait) ? coalWait : wait;
   }
 
-  /** Interrupt for queue k (0: rx, 1: tx) if its ring asks for one. */
+  /** Queue k's (0: rx, 1: tx) held notification goes now: an interrupt if its ring asked for one. */
   private fire(k: number): void {
-    this.coal[k].release();
-    signal(this.ctx.queues[k], this.ctx.callFds[k], this.ctx.stats[k]);
+    const fd = this.ctx.callFds[k];
+    // (what was published since the last look is asked about too)
+    const asked = fd >= 0 && this.ctx.queues[k].needsInterrupt();
+    if (this.coal[k].release() || asked) {
+      native.write(fd, ONE);
+      this.ctx.stats[k][STAT.INTERRUPTS]++;
+    }
   }
 
   /**
@@ -166,7 +172,7 @@ class NetHandler implements QueueHandler {
 
   close(): void {
     // nothing held back outlives the thread (a restart or stop would leave the guest waiting)
-    for (let k = 0; k < this.coal.length; k++) if (this.coal[k].pending > 0) this.fire(k);
+    for (let k = 0; k < this.coal.length; k++) if (this.coal[k].holding) this.fire(k);
     this.pair.driver.close();
   }
 }

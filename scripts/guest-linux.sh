@@ -21,7 +21,7 @@ fi
 [ -n "$pkg" ] || { echo "guest-linux: cannot resolve $meta from apt" >&2; exit 1; }
 
 out=.cache/linux
-LAYOUT=6
+LAYOUT=7
 if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ "$(cat "$out/LAYOUT" 2>/dev/null)" = "$LAYOUT" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   echo "guest-linux: $pkg already built in $out"
   exit 0
@@ -69,7 +69,8 @@ rm -rf "$out/deb" "$ir"
 mkdir -p "$out/modules"
 for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/net/tun virt/lib/irqbypass \
          arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/iommu/virtio-iommu drivers/block/virtio_blk drivers/net/veth \
-         drivers/char/hw_random/virtio-rng drivers/acpi/button drivers/input/evdev; do
+         drivers/char/hw_random/virtio-rng drivers/acpi/button drivers/input/evdev \
+         net/llc/llc net/802/stp net/802/garp net/802/mrp net/8021q/8021q; do
   xz -dc "$out/root/lib/modules/$kver/kernel/$m.ko.xz" > "$out/modules/$(basename "$m").ko"
 done
 rm -rf "$out/root"

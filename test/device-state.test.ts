@@ -170,8 +170,8 @@ describe('device state round trips through msgpack', () => {
     const mk = () => plug(new VirtioNet(memory, { driver: drvCaps, mac: parseMac('52:54:00:12:34:56'), queuePairs: 2 }), 0x020000);
     const a = mk();
     const ctrl = new TestDriver(mem, 16);
-    const feats = bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.MAC) | bit(F.STATUS) | bit(F.GUEST_CSUM) | bit(F.CTRL_GUEST_OFFLOADS) | bit(F.MQ);
-    driverStart(a.w, Number(feats & 0xffffffffn), 1, [[4, ctrl, 16]]);
+    const feats = bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_VLAN) | bit(F.CTRL_MAC_ADDR) | bit(F.MAC) | bit(F.STATUS) | bit(F.GUEST_CSUM) | bit(F.CTRL_GUEST_OFFLOADS) | bit(F.MQ);
+    driverStart(a.w, Number(feats & 0xffffffffn), 1 | (1 << (F.NOTF_COAL - 32)), [[4, ctrl, 16]]);
     /** one control command: class, command, data; returns the ack */
     const command = async (kick: () => void, cls: number, cmd: number, data: number[]) => {
       const at = mem.alloc(2 + data.length);
@@ -189,6 +189,8 @@ describe('device state round trips through msgpack', () => {
     expect(await command(kickA, 1, 0, [1, 0, 0, 0, 0x52, 0x54, 0, 1, 2, 3, 1, 0, 0, 0, 0x01, 0, 0x5e, 0, 0, 1])).toBe(0); // MAC tables
     expect(await command(kickA, 5, 0, [0, 0, 0, 0, 0, 0, 0, 0])).toBe(0); // receive offloads off
     expect(await command(kickA, 4, 0, [2, 0])).toBe(0); // two pairs
+    expect(await command(kickA, 2, 0, [5, 0])).toBe(0); // VLAN 5 added
+    expect(await command(kickA, 6, 1, [32, 0, 0, 0, 100, 0, 0, 0])).toBe(0); // RX coalescing: 32 frames, 100 µs
     await a.host.quiesce();
     const saved = a.host.saveState();
     await a.pci.close();
@@ -201,7 +203,10 @@ describe('device state round trips through msgpack', () => {
     expect([0, 1, 2, 3, 4, 5].map((i) => b.dev.readConfig(i, 1))).toEqual([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 1, 2, 3]), 0)).toBe(true);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(false);
-    expect(offloads.at(-1)).toEqual({ rxCsum: false, rxTso4: false, rxTso6: false, rxTsoEcn: false });
+    const tagged = (vid: number) => new Uint8Array([0x52, 0x54, 0, 1, 2, 3, 2, 0, 0, 0, 0, 1, 0x81, 0, 0, vid, 8, 0]);
+    expect([b.dev.filter.accepts(tagged(5), 0, 18), b.dev.filter.accepts(tagged(7), 0, 18)]).toEqual([true, false]);
+    expect([0, 1, 2, 3].map((q) => b.dev.coalesce.get(q).maxPackets)).toEqual([32, 0, 32, 0]);
+    expect(offloads.at(-1)).toEqual({ rxCsum: false, rxTso4: false, rxTso6: false, rxTsoEcn: false, rxUso4: false, rxUso6: false });
     // the control queue goes on at its fourth... sixth chain: the next command is answered
     expect(await command(() => b.dev.kick(4), 0, 0, [1])).toBe(0);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(true);

@@ -41,7 +41,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'shutdown', 'api', 'snapshot', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -76,6 +76,11 @@ const ALL_EXPECTED: Array<[string, string]> = [
   // iperf3 both ways under tsvmm's rate limiter (--net tap,...,tx-bytes=...,rx-bytes=...)
   ...['link-up', 'iperf3-tx-limited', 'iperf3-rx-limited', 'iperf3-tx-limit-halved'].map((c): [string, string] => ['L2', `ratelimit/${c}`]),
   ['L1', 'ratelimit/no-tsvmm-left'],
+  // the control queue's VLAN filter (a VLAN interface on an added id receives, frames of one not added
+  // are not delivered), interrupt coalescing (ethtool -C read back, fewer interrupts per frame) and UDP
+  // segmentation (a UDP_SEGMENT stream intact, its GSO packets whole on the tap)
+  ...['link-up', 'feature-ctrl-vlan', 'feature-notf-coal', 'feature-uso', 'vlan-module', 'vlan-5-added', 'vlan-added-receives', 'vlan-not-added-filtered', 'vlan-added-later-receives', 'coal-set', 'coal-read-back', 'coal-fewer-interrupts-per-frame', 'uso-tx-udp-segmentation-on', 'uso-send', 'uso-transfer-intact', 'uso-frames-whole'].map((c): [string, string] => ['L2', `netctl/${c}`]),
+  ...['l1-vlan-5', 'l1-vlan-7', 'tsvmm-counted-vlan-filtered', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `netctl/${c}`]),
   // the host presses the ACPI power button (vm.shutdown): Linux's evged and button driver report
   // KEY_POWER, L2's init powers off, and shutdown() resolves with that power-off
   ...['ged-bound', 'ged-irq', 'power-button-input', 'key-power-seen'].map((c): [string, string] => ['L2', `shutdown/${c}`]),
@@ -258,8 +263,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, shutdown, api, snapshot (its restored tsvmm), and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'shutdown', 'api', 'snapshot', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, netctl, shutdown, api, snapshot (its restored tsvmm), and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }

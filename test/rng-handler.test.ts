@@ -26,7 +26,7 @@ for (const L of RING_LAYOUTS) {
     q.setDirtyLog(log, drv.cfg);
     const callFd = native.eventfd(0, EFD_NONBLOCK);
     const stats = new Float64Array(STAT_WORDS);
-    const h = new RngHandler({ mem: mem.view, memory: mem.buffer, queues: [q], callFds: [callFd], stats: [stats], log, init: undefined });
+    const h = new RngHandler({ mem: mem.view, memory: mem.buffer, queues: [q], indices: [0], callFds: [callFd], stats: [stats], log, init: undefined });
     const logged = (gpa: number) => (new Uint8Array(logArea.buffer)[gpa >> 15] >> ((gpa >> 12) & 7)) & 1;
     return { mem, drv, q, h, stats, callFd, logged, close: () => native.close(callFd) };
   };

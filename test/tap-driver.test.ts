@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { NetNs, PKT, pkt, lastJson, patternFrame } from './helpers/netns.js';
+import { NetNs, PKT, pkt, lastJson, patternFrame, runInNs } from './helpers/netns.js';
 import { ROOT } from './helpers/env.js';
 import { native, AF_UNIX, SOCK_STREAM, O_RDWR, O_NONBLOCK } from '../src/native.js';
 import { TapQueue } from '../src/drivers/tap/queue.js';
@@ -15,7 +15,8 @@ import { openUring } from '../src/drivers/tap/uring.js';
 import { create, openQueue } from '../src/drivers/tap/index.js';
 import { UserError } from '../src/errors.js';
 import { UringTapQueue, collectReads, HDR_STRIDE } from '../src/drivers/tap/uring-queue.js';
-import { newPacketBatch, META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
+import { newPacketBatch, META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, GSO_UDP_L4, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
+import { TUNSETOFFLOAD, TUN_F_CSUM, TUN_F_USO4, TUN_F_USO6 } from '../src/drivers/tap/tun.js';
 
 const TAP = 'tdrv0';
 const PROBE = join(ROOT, 'test', 'helpers', 'tap-uring-probe.mjs');
@@ -373,3 +374,174 @@ describe('tap driver MTU', () => {
     expect(result({ ifname: 'tmtu0', mtu: 'x' })).toEqual({ error: '--net tap: mtu must be a whole number from 68 to 65535' });
   });
 });
+
+describe('tap driver UDP segmentation offload (USO)', () => {
+  const USO_TAP = 'tuso0';
+  let ns: NetNs;
+  let fd = -1;
+  let q: DriverQueue;
+  const mem = new SharedArrayBuffer(1 << 20);
+  /** the driver made in the namespace (create() acts on the one it runs in): its offloads, after setGuestOffloads(`guest`) */
+  const offloads = (guest: Record<string, boolean>) =>
+    JSON.parse(
+      ns
+        .exec(process.execPath, '--input-type=module', '-e', `
+      const { create } = await import(${JSON.stringify(new URL('../dist/drivers/tap/index.js', import.meta.url).href)});
+      const d = create({ ifname: ${JSON.stringify(USO_TAP)}, uring: 'off' });
+      d.setGuestOffloads(${JSON.stringify(guest)});
+      d.close();
+      console.log(JSON.stringify(d.caps.offloads));`)
+        .trim()
+        .split('\n')
+        .at(-1)!,
+    ) as Record<string, boolean>;
+  const udpSegmentation = () => /tx-udp-segmentation: (on|off)/.exec(ns.exec('ethtool', '-k', USO_TAP))?.[1];
+
+  beforeAll(() => {
+    ns = new NetNs('tapuso');
+    ns.addTap(USO_TAP);
+    ns.exec('ip', 'addr', 'add', '10.9.0.1/24', 'dev', USO_TAP);
+    ns.exec('ip', 'neigh', 'add', '10.9.0.2', 'lladdr', '02:00:00:00:00:0b', 'dev', USO_TAP);
+    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-tapuso-'));
+    const path = join(dir, 'sock');
+    const srv = native.socket(AF_UNIX, SOCK_STREAM, 0);
+    try {
+      native.bindUnix(srv, path);
+      native.listen(srv, 1);
+      ns.exec('python3', '-c', OPEN_QUEUE, path, USO_TAP);
+      const conn = native.accept(srv);
+      const fds = new Int32Array(2);
+      native.recvmsg(conn, new Uint8Array(1), fds);
+      native.close(conn);
+      fd = fds[0];
+    } finally {
+      native.close(srv);
+      rmSync(dir, { recursive: true });
+    }
+    q = openQueue({ fd, uring: false });
+  });
+
+  afterAll(() => {
+    q?.close();
+    if (fd >= 0) native.close(fd);
+    ns?.delete();
+  });
+
+  it('is offered where the kernel takes TUN_F_USO4/6 (Linux 6.2 on), and passed to the tap with the guest taking both', () => {
+    const on = offloads({ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false, rxUso4: true, rxUso6: true });
+    const [major, minor] = execFileSync('uname', ['-r'], { encoding: 'utf8' }).split('.').map(Number);
+    const uso = major > 6 || (major === 6 && minor >= 2);
+    expect([on.txUso, on.rxUso4, on.rxUso6]).toEqual([uso, uso, uso]);
+    if (!uso) return;
+    expect(udpSegmentation()).toBe('on');
+    // a guest that takes UDP GSO frames over one IP version only gets none (the kernel does both or neither)
+    offloads({ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false, rxUso4: true, rxUso6: false });
+    expect(udpSegmentation()).toBe('off');
+  }, 20_000);
+
+  it('sends a UDP GSO packet (GSO_UDP_L4) that the kernel segments into datagrams of GSO_SIZE, intact', async () => {
+    const payload = Buffer.alloc(4000);
+    for (let i = 0; i < payload.length; i++) payload[i] = (i * 7 + 3) & 0xff;
+    const tapMac = Buffer.from(ns.exec('cat', `/sys/class/net/${USO_TAP}/address`).trim().replace(/:/g, ''), 'hex');
+    const f = udpFrame(tapMac, Buffer.from('02000000000b', 'hex'), [10, 9, 0, 2], [10, 9, 0, 1], 4000, 5001, payload);
+    new Uint8Array(mem).set(f, 0);
+    const b = batch(1, f.length);
+    b.len[0] = f.length;
+    b.meta.fill(0);
+    b.meta[META.FLAGS] = META_NEEDS_CSUM;
+    b.meta[META.CSUM_START] = 34;
+    b.meta[META.CSUM_OFFSET] = 6;
+    b.meta[META.GSO_TYPE] = GSO_UDP_L4;
+    b.meta[META.GSO_SIZE] = 1000;
+    b.meta[META.HDR_LEN] = 42;
+    const recv = runInNs(ns, ['python3', '-c', UDP_RECEIVE, '10.9.0.1', '5001', '4']);
+    await recv.waitFor('READY');
+    expect(q.transmit(b, mem)).toBe(1);
+    const seen = lastJson((await recv.done).stdout);
+    expect(seen).toEqual({ sizes: [1000, 1000, 1000, 1000], sha256: createHash('sha256').update(payload).digest('hex') });
+  }, 20_000);
+
+  it('receives what the kernel sends with UDP_SEGMENT as one GSO frame (GSO_UDP_L4) while USO is on', () => {
+    // what the driver's setGuestOffloads does for a guest that takes both
+    native.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6, 'TUNSETOFFLOAD');
+    const scratch = new Uint8Array(70000);
+    while (native.read(fd, scratch) > 0);
+    ns.exec('python3', '-c', UDP_SEGMENT_SEND, '10.9.0.2', '5002', '1000', '4000');
+    expect(native.poll(fd, POLLIN, 10_000) & POLLIN).toBe(POLLIN);
+    const b = newPacketBatch(1, 1);
+    b.iov.set([0, 0, 65536], 0);
+    b.iovStart[0] = 0;
+    b.iovStart[1] = 1;
+    let got = 0;
+    for (let tries = 0; got === 0 && tries < 100; tries++) {
+      b.count = 1;
+      got = q.receive(b, mem);
+    }
+    expect(got).toBe(1);
+    expect([b.len[0], b.meta[META.GSO_TYPE], b.meta[META.GSO_SIZE], b.meta[META.FLAGS] & META_NEEDS_CSUM]).toEqual([14 + 20 + 8 + 4000, GSO_UDP_L4, 1000, META_NEEDS_CSUM]);
+    native.ioctl(fd, TUNSETOFFLOAD, 0, 'TUNSETOFFLOAD');
+  }, 20_000);
+});
+
+/** Receives `count` UDP datagrams on addr:port (5 s at most): their sizes and the sha256 of their payloads in order, as JSON. */
+const UDP_RECEIVE = `
+import hashlib, json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+print('READY', flush=True)
+sizes, h = [], hashlib.sha256()
+try:
+    while len(sizes) < int(sys.argv[3]):
+        d = s.recv(70000)
+        sizes.append(len(d)); h.update(d)
+except socket.timeout:
+    pass
+print(json.dumps({'sizes': sizes, 'sha256': h.hexdigest()}))
+`;
+
+/** Sends one UDP_SEGMENT write (segments of argv[3] bytes, argv[4] bytes in all) to addr:port. */
+const UDP_SEGMENT_SEND = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, int(sys.argv[3]))  # UDP_SEGMENT
+s.sendto(bytes(i & 0xff for i in range(int(sys.argv[4]))), (sys.argv[1], int(sys.argv[2])))
+`;
+
+/** An Ethernet/IPv4/UDP frame with `payload`, its UDP checksum left partial (the pseudo-header sum, as for NEEDS_CSUM). */
+function udpFrame(dst: Buffer, src: Buffer, sip: number[], dip: number[], sport: number, dport: number, payload: Buffer): Buffer {
+  const f = Buffer.alloc(42 + payload.length);
+  dst.copy(f, 0);
+  src.copy(f, 6);
+  f.writeUInt16BE(0x0800, 12);
+  f[14] = 0x45;
+  f.writeUInt16BE(20 + 8 + payload.length, 16);
+  f[22] = 64;
+  f[23] = 17;
+  f.set(sip, 26);
+  f.set(dip, 30);
+  f.writeUInt16BE(fold(sum16(f.subarray(14, 34))) ^ 0xffff, 24);
+  f.writeUInt16BE(sport, 34);
+  f.writeUInt16BE(dport, 36);
+  f.writeUInt16BE(8 + payload.length, 38);
+  const pseudo = Buffer.alloc(12);
+  pseudo.set(sip, 0);
+  pseudo.set(dip, 4);
+  pseudo[9] = 17;
+  pseudo.writeUInt16BE(8 + payload.length, 10);
+  f.writeUInt16BE(fold(sum16(pseudo)), 40);
+  payload.copy(f, 42);
+  return f;
+}
+
+function sum16(b: Buffer): number {
+  let s = 0;
+  for (let i = 0; i + 1 < b.length; i += 2) s += b.readUInt16BE(i);
+  if (b.length & 1) s += b[b.length - 1] << 8;
+  return s;
+}
+
+function fold(s: number): number {
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s;
+}

@@ -213,12 +213,12 @@ describe('virtio-net guest offload control (VIRTIO_NET_F_CTRL_GUEST_OFFLOADS)', 
     const calls: GuestOffloads[] = [];
     const t = setup({ rxOffloads: true, offloadCalls: calls });
     await t.goLive(RX | bit(F.CTRL_VQ) | bit(F.CTRL_GUEST_OFFLOADS));
-    expect(calls).toEqual([{ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false }]); // at DRIVER_OK
+    expect(calls).toEqual([{ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false, rxUso4: false, rxUso6: false }]); // at DRIVER_OK
     // ethtool -K eth0 rx-gro-hw off: checksums stay, segmentation goes
     expect(t.net.control(5, 0, u64(bit(F.GUEST_CSUM)))).toBe(0);
-    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: false, rxTso6: false, rxTsoEcn: false });
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: false, rxTso6: false, rxTsoEcn: false, rxUso4: false, rxUso6: false });
     expect(t.net.control(5, 0, u64(RX))).toBe(0);
-    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false });
+    expect(calls.at(-1)).toEqual({ rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: false, rxUso4: false, rxUso6: false });
     const n = calls.length;
     // ECN was not negotiated; bit 20 is no offload; a short or long command
     expect(t.net.control(5, 0, u64(RX | bit(F.GUEST_ECN)))).toBe(1);

@@ -23,6 +23,8 @@ export interface HandlerContext {
   memory: SharedArrayBuffer;
   /** the unit's queues, in the order the device listed them */
   queues: Virtqueue[];
+  /** each queue's number in its device */
+  indices: number[];
   /** per queue: the eventfd that interrupts the guest, or -1 */
   callFds: number[];
   /** per queue: its counters (STAT in stats.ts; the thread counts kicks, the handler the rest) */

@@ -128,6 +128,7 @@ function openUnits(mem: GuestView, log: DirtyLog | undefined, open: OpenHandler)
       mem,
       memory: d.memory,
       queues,
+      indices: u.queues.map((q) => q.index),
       callFds: u.queues.map((q) => q.callFd),
       stats: u.queues.map((q) => statsOf(q.statsSlot)),
       log,

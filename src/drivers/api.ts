@@ -37,6 +37,8 @@ export const GSO_NONE = 0;
 export const GSO_TCPV4 = 1;
 export const GSO_UDP = 3;
 export const GSO_TCPV6 = 4;
+/** UDP segmentation (USO), IPv4 or IPv6: GSO_SIZE bytes of UDP payload per datagram */
+export const GSO_UDP_L4 = 5;
 export const GSO_ECN = 0x80;
 
 export interface Offloads {
@@ -51,6 +53,11 @@ export interface Offloads {
   rxTso4: boolean;
   rxTso6: boolean;
   rxTsoEcn: boolean;
+  /** the driver segments UDP GSO packets (GSO_UDP_L4) on transmit (optional: absent is false) */
+  txUso?: boolean;
+  /** the driver may deliver UDP GSO packets over IPv4 / IPv6 on receive */
+  rxUso4?: boolean;
+  rxUso6?: boolean;
 }
 
 export const NO_OFFLOADS: Offloads = { txCsum: false, txTso4: false, txTso6: false, txTsoEcn: false, rxCsum: false, rxTso4: false, rxTso6: false, rxTsoEcn: false };
@@ -131,7 +138,7 @@ export interface NetDriver {
   /** Optional: the driver's own counters (any thread's queues included), for --stats. */
   counters?(): Record<string, number>;
   /** What the guest accepts on receive, after feature negotiation (tap: TUNSETOFFLOAD). */
-  setGuestOffloads(o: Pick<Offloads, 'rxCsum' | 'rxTso4' | 'rxTso6' | 'rxTsoEcn'>): void;
+  setGuestOffloads(o: Pick<Offloads, 'rxCsum' | 'rxTso4' | 'rxTso6' | 'rxTsoEcn' | 'rxUso4' | 'rxUso6'>): void;
   close(): void;
 }
 

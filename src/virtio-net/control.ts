@@ -6,8 +6,11 @@ import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { RX_MODE, type RxFilter } from './rx-filter.js';
 import { F, bit, has } from './features.js';
+import { coalesceCommand, type CoalesceTarget } from './coalesce.js';
 
-const CTRL = { RX: 0, MAC: 1, ANNOUNCE: 3, MQ: 4, GUEST_OFFLOADS: 5 } as const;
+const CTRL = { RX: 0, MAC: 1, VLAN: 2, ANNOUNCE: 3, MQ: 4, GUEST_OFFLOADS: 5, NOTF_COAL: 6 } as const;
+const CTRL_VLAN_ADD = 0;
+const CTRL_VLAN_DEL = 1;
 const CTRL_ANNOUNCE_ACK = 0;
 const CTRL_GUEST_OFFLOADS_SET = 0;
 const CTRL_MAC_TABLE_SET = 0;
@@ -19,7 +22,7 @@ const ACK_ERR = 1;
 const CTRL_MAX_BYTES = 4096;
 
 /** the receive offloads a driver may turn on and off (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET), as feature bits */
-export const GUEST_OFFLOAD_MASK = [F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN].reduce((a, b) => a | bit(b), 0n);
+export const GUEST_OFFLOAD_MASK = [F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_ECN, F.GUEST_USO4, F.GUEST_USO6].reduce((a, b) => a | bit(b), 0n);
 
 /** The guest offloads among `features`. */
 export function guestOffloads(features: bigint): bigint {
@@ -38,10 +41,17 @@ export interface NetControlTarget {
   setPairs(n: number): void;
   /** the driver has announced itself: VIRTIO_NET_S_ANNOUNCE is cleared */
   announced(): void;
+  /** notification coalescing's parameters and which queues are enabled (coalesce.ts) */
+  readonly coalesce: CoalesceTarget;
 }
 
-/** One control command (class, command, its data); returns the ack byte. */
-export function netControl(t: NetControlTarget, cls: number, cmd: number, data: Uint8Array): number {
+/** What a command answers besides its ack (VIRTIO_NET_CTRL_NOTF_COAL_VQ_GET's parameters), set by netControl. */
+export interface ControlReply {
+  bytes?: Uint8Array;
+}
+
+/** One control command (class, command, its data); returns the ack byte, and any answer in `reply`. */
+export function netControl(t: NetControlTarget, cls: number, cmd: number, data: Uint8Array, reply: ControlReply = {}): number {
   const features = t.negotiated();
   if (cls === CTRL.RX && has(features, F.CTRL_RX)) {
     if (cmd > RX_MODE.NOBCAST || data.length !== 1) return ACK_ERR;
@@ -54,6 +64,11 @@ export function netControl(t: NetControlTarget, cls: number, cmd: number, data: 
     return ACK_OK;
   }
   if (cls === CTRL.MAC && cmd === CTRL_MAC_TABLE_SET && has(features, F.CTRL_RX)) return t.filter.setTablesCommand(data) ? ACK_OK : ACK_ERR;
+  if (cls === CTRL.VLAN && (cmd === CTRL_VLAN_ADD || cmd === CTRL_VLAN_DEL) && has(features, F.CTRL_VLAN)) {
+    // a le16 id, 12 bits (setVlan refuses more)
+    if (data.length !== 2) return ACK_ERR;
+    return t.filter.setVlan(data[0] | (data[1] << 8), cmd === CTRL_VLAN_ADD) ? ACK_OK : ACK_ERR;
+  }
   if (cls === CTRL.GUEST_OFFLOADS && cmd === CTRL_GUEST_OFFLOADS_SET && has(features, F.CTRL_GUEST_OFFLOADS)) {
     if (data.length !== 8) return ACK_ERR;
     const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);
@@ -67,6 +82,7 @@ export function netControl(t: NetControlTarget, cls: number, cmd: number, data: 
     t.announced();
     return ACK_OK;
   }
+  if (cls === CTRL.NOTF_COAL && has(features, F.NOTF_COAL)) return coalesceCommand(t.coalesce, cmd, data, reply) ? ACK_OK : ACK_ERR;
   if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {
     if (data.length !== 2) return ACK_ERR;
     const n = data[0] | (data[1] << 8);
@@ -79,10 +95,12 @@ export function netControl(t: NetControlTarget, cls: number, cmd: number, data: 
 
 /**
  * Take every command the driver has made available: each is copied out (the driver cannot change it
- * while it is handled), handled, and answered in its last writable byte. A chain too short or too long
- * to be a command is returned unanswered. The used ring is flushed and kicks re-enabled at the end.
+ * while it is handled), handled, and answered in its last writable byte, after the command's reply (if
+ * it has one) in the writable bytes before it; a reply they cannot hold turns the ack into an error. A
+ * chain too short or too long to be a command is returned unanswered. The used ring is flushed and
+ * kicks re-enabled at the end.
  */
-export function serveControlQueue(q: Virtqueue, mem: GuestBytes, log: DirtyLog | undefined, handle: (cls: number, cmd: number, data: Uint8Array) => number): void {
+export function serveControlQueue(q: Virtqueue, mem: GuestBytes, log: DirtyLog | undefined, handle: (cls: number, cmd: number, data: Uint8Array, reply: ControlReply) => number): void {
   while (q.pop()) {
     const c = q.chain;
     if (c.writable < 1 || c.readableBytes < 2 || c.readableBytes > CTRL_MAX_BYTES) {
@@ -95,18 +113,37 @@ export function serveControlQueue(q: Virtqueue, mem: GuestBytes, log: DirtyLog |
       mem.copyOut(c.offsets[i], cmd, at, c.lens[i]);
       at += c.lens[i];
     }
-    const ack = handle(cmd[0], cmd[1], cmd.subarray(2));
+    const reply: ControlReply = {};
+    let ack = handle(cmd[0], cmd[1], cmd.subarray(2), reply);
     // the ack is the last writable byte
     const last = c.count - 1;
     if (c.lens[last] === 0) {
       q.addUsed(c.head, 0);
       continue;
     }
+    const r = reply.bytes;
+    let written = 0;
+    if (r !== undefined && ack === ACK_OK) {
+      if (c.writableBytes < r.length + 1) ack = ACK_ERR;
+      else written = writeReply(c.offsets, c.lens, c.readable, c.count, r, mem, log);
+    }
     mem.setU8(c.offsets[last] + c.lens[last] - 1, ack);
     log?.markOffset(c.offsets[last] + c.lens[last] - 1, 1);
-    q.addUsed(c.head, 1);
+    q.addUsed(c.head, written + 1);
   }
   q.flush();
   // ask for the next command's notification (EVENT_IDX: avail_event past what we took)
   q.setKicks(true);
+}
+
+/** Write `r` into the writable buffers (those from index `first` to `count`) from their start; returns its length. */
+function writeReply(offsets: Float64Array, lens: Uint32Array, first: number, count: number, r: Uint8Array, mem: GuestBytes, log: DirtyLog | undefined): number {
+  let at = 0;
+  for (let i = first; i < count && at < r.length; i++) {
+    const n = Math.min(lens[i], r.length - at);
+    mem.copyIn(offsets[i], r, at, n);
+    log?.markOffset(offsets[i], n);
+    at += n;
+  }
+  return r.length;
 }

@@ -11,7 +11,8 @@ import { stuckThreadMs } from '../viommu/table.js';
 import type { NetDriver } from '../drivers/api.js';
 import { Dataplane } from '../dataplane/index.js';
 import { RxFilter } from './rx-filter.js';
-import { netControl, serveControlQueue, guestOffloads, GUEST_OFFLOAD_MASK, type NetControlTarget } from './control.js';
+import { netControl, serveControlQueue, guestOffloads, GUEST_OFFLOAD_MASK, type ControlReply, type NetControlTarget } from './control.js';
+import { CoalesceWords } from './coalesce.js';
 import { formatMac } from './mac.js';
 import { NetConfigSpace, NET_CONFIG_SIZE } from './config-space.js';
 
@@ -65,6 +66,8 @@ export class VirtioNet implements VirtioDevice {
   readonly stats: SharedArrayBuffer;
   /** the rate limits the dataplane threads read (each queue pair has its own buckets) */
   private readonly rateLimits = new RateLimitWords();
+  /** notification coalescing's parameters per RX and TX queue, which the dataplane threads read */
+  readonly coalesce: CoalesceWords;
   private readonly config: NetConfigSpace;
   private readonly dataplane: Dataplane;
   private view: GuestView;
@@ -90,7 +93,9 @@ export class VirtioNet implements VirtioDevice {
     this.numQueues = 2 * pairs + 1;
     this.maxQueueSize = opts.queueSize ?? 256;
     let f = netFeatureOffer(opts.driver.caps, pairs, { packed: opts.packed ?? true, mergeable: opts.mergeable });
-    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX) | bit(F.GUEST_ANNOUNCE);
+    f |= bit(F.MAC) | bit(F.STATUS) | bit(F.MTU) | bit(F.CTRL_VQ) | bit(F.CTRL_RX) | bit(F.CTRL_VLAN) | bit(F.CTRL_MAC_ADDR) | bit(F.SPEED_DUPLEX) | bit(F.GUEST_ANNOUNCE);
+    // interrupts held back per the driver's coalescing parameters (ethtool -C), for all queues or each
+    f |= bit(F.NOTF_COAL) | bit(F.VQ_NOTF_COAL);
     // the guest may turn the receive offloads it negotiated off and on again (ethtool -K eth0 rx-gro-hw)
     if (has(f, F.GUEST_CSUM)) f |= bit(F.CTRL_GUEST_OFFLOADS);
     // behind the vIOMMU the driver must know its addresses are translated
@@ -100,6 +105,7 @@ export class VirtioNet implements VirtioDevice {
     this.filter.reset(opts.mac);
     if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
     this.stats = newStatsBuffer(2 * pairs);
+    this.coalesce = new CoalesceWords(2 * pairs);
     this.plainView = this.view = guestView(memory.buffer, memory.table);
     if (opts.iommu) {
       // a quiescence slot per possible dataplane thread, and one for this (main) thread's control
@@ -252,6 +258,8 @@ export class VirtioNet implements VirtioDevice {
       this.kick(this.ctrlIndex);
     }
     this.ctrlReader?.idle();
+    // the VLAN table starts empty (reset cleared it; a restored one is kept) and filters only if negotiated
+    this.filter.setVlanFiltering(has(features, F.CTRL_VLAN));
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
     this.setGuestOffloads(this.restored ? this.restored.offloads & features : features);
     this.activePairs = this.restored?.pairs ?? 1;
@@ -304,7 +312,7 @@ export class VirtioNet implements VirtioDevice {
       {
         memory: this.memory.buffer,
         table: this.memory.table.toJSON(),
-        ...netDataplane(a.features, this.opts.driver, this.filter.buffer, this.rateLimits.buffer, this.mtu),
+        ...netDataplane(a.features, this.opts.driver, this.filter.buffer, this.rateLimits.buffer, this.mtu, this.coalesce.buffer),
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
         dirtyLog: this.dirtyLog,
@@ -322,7 +330,7 @@ export class VirtioNet implements VirtioDevice {
     const mem = this.view.bytes;
     // behind the vIOMMU: the mappings may have changed since the last command (the ring's too)
     if (this.translated && this.ctrlReader!.enter()) q.remapRings();
-    serveControlQueue(q, mem, this.ctrlLog, (cls, cmd, data) => this.control(cls, cmd, data));
+    serveControlQueue(q, mem, this.ctrlLog, (cls, cmd, data, reply) => this.control(cls, cmd, data, reply));
     if (q.broken) this.active?.needsReset(`control queue: ${q.broken}`);
     if (this.ctrlQueue && this.ctrlQueue.callFd >= 0 && q.needsInterrupt()) native.write(this.ctrlQueue.callFd, ONE);
     // (this thread holds no translation between kicks: an UNMAP need not wait for it)
@@ -332,16 +340,23 @@ export class VirtioNet implements VirtioDevice {
   /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
   private setGuestOffloads(bits: bigint): void {
     this.offloads = guestOffloads(bits);
-    this.opts.driver.setGuestOffloads({ rxCsum: has(bits, F.GUEST_CSUM), rxTso4: has(bits, F.GUEST_TSO4), rxTso6: has(bits, F.GUEST_TSO6), rxTsoEcn: has(bits, F.GUEST_ECN) });
+    this.opts.driver.setGuestOffloads({
+      rxCsum: has(bits, F.GUEST_CSUM),
+      rxTso4: has(bits, F.GUEST_TSO4),
+      rxTso6: has(bits, F.GUEST_TSO6),
+      rxTsoEcn: has(bits, F.GUEST_ECN),
+      rxUso4: has(bits, F.GUEST_USO4),
+      rxUso6: has(bits, F.GUEST_USO6),
+    });
   }
 
   /** control commands answered since the device was made (acked or refused) */
   controlCommands = 0;
 
-  /** One control command; returns the ack byte. */
-  control(cls: number, cmd: number, data: Uint8Array): number {
+  /** One control command; returns the ack byte (and what it answers in `reply`). */
+  control(cls: number, cmd: number, data: Uint8Array, reply: ControlReply = {}): number {
     this.controlCommands++;
-    return netControl(this.controlTarget, cls, cmd, data);
+    return netControl(this.controlTarget, cls, cmd, data, reply);
   }
 
   /** What the control commands change: the MAC, the RX filter, the receive offloads, the pairs in use. */
@@ -356,6 +371,11 @@ export class VirtioNet implements VirtioDevice {
       },
       setGuestOffloads: (bits) => this.setGuestOffloads(bits),
       announced: () => this.config.setAnnounce(false),
+      coalesce: {
+        words: this.coalesce,
+        perQueue: () => has(this.active?.features ?? 0n, F.VQ_NOTF_COAL),
+        enabled: (index) => index < this.ctrlIndex && !!this.active?.queues.some((q) => q.index === index),
+      },
       setPairs: (n) => {
         if (n === this.activePairs) return;
         this.activePairs = n;
@@ -395,9 +415,9 @@ export class VirtioNet implements VirtioDevice {
     return this.dataplane.ringStates.get(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
   }
 
-  /** The configuration space (MAC, link), the RX filter with its MAC tables, the pairs in use, the receive offloads on. */
+  /** The configuration space (MAC, link), the RX filter with its MAC and VLAN tables, the pairs in use, the receive offloads on, the coalescing parameters. */
   saveState(): StateValue {
-    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads) };
+    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save() };
   }
 
   restoreState(f: Fields): void {
@@ -406,6 +426,7 @@ export class VirtioNet implements VirtioDevice {
     if (bad) throw new StateError(`${f.path}.filter: ${bad}`);
     this.config.bytes.set(s.config);
     this.filter.setLinkDown(!this.linkUp);
+    this.coalesce.restore(s.coalesce);
     this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
 
@@ -444,5 +465,6 @@ export class VirtioNet implements VirtioDevice {
     this.config.setMac(this.opts.mac);
     this.config.setAnnounce(false);
     this.filter.reset(this.opts.mac);
+    this.coalesce.clear();
   }
 }

@@ -22,9 +22,15 @@ export const F = {
   STATUS: 16,
   CTRL_VQ: 17,
   CTRL_RX: 18,
+  CTRL_VLAN: 19,
   GUEST_ANNOUNCE: 21,
   MQ: 22,
   CTRL_MAC_ADDR: 23,
+  VQ_NOTF_COAL: 52,
+  NOTF_COAL: 53,
+  GUEST_USO4: 54,
+  GUEST_USO6: 55,
+  HOST_USO: 56,
   SPEED_DUPLEX: 63,
   // transport
   INDIRECT_DESC: VIRTIO_F_INDIRECT_DESC,
@@ -56,19 +62,22 @@ export function netFeatureOffer(caps: Pick<DriverCapabilities, 'offloads'>, queu
     if (o.txTso4) f |= bit(F.HOST_TSO4);
     if (o.txTso6) f |= bit(F.HOST_TSO6);
     if (o.txTsoEcn && (o.txTso4 || o.txTso6)) f |= bit(F.HOST_ECN);
+    if (o.txUso) f |= bit(F.HOST_USO);
   }
   if (o.rxCsum) {
     f |= bit(F.GUEST_CSUM);
     if (o.rxTso4) f |= bit(F.GUEST_TSO4);
     if (o.rxTso6) f |= bit(F.GUEST_TSO6);
     if (o.rxTsoEcn && (o.rxTso4 || o.rxTso6)) f |= bit(F.GUEST_ECN);
+    if (o.rxUso4) f |= bit(F.GUEST_USO4);
+    if (o.rxUso6) f |= bit(F.GUEST_USO6);
   }
   return f;
 }
 
 /** Which TX offloads the negotiated features allow the guest to ask for. */
 export function txPolicy(features: bigint): TxPolicy {
-  return { csum: has(features, F.CSUM), tso4: has(features, F.HOST_TSO4), tso6: has(features, F.HOST_TSO6), ecn: has(features, F.HOST_ECN) };
+  return { csum: has(features, F.CSUM), tso4: has(features, F.HOST_TSO4), tso6: has(features, F.HOST_TSO6), ecn: has(features, F.HOST_ECN), uso: has(features, F.HOST_USO) };
 }
 
 /** The queue layout and checks the negotiated features ask for. */
@@ -86,7 +95,7 @@ export const MAX_MTU = 65535;
  * the largest frame taken from the driver for a guest that takes no GSO frames.
  */
 export function netDataplaneFeatures(features: bigint, mtu: number) {
-  const guestTso = has(features, F.GUEST_TSO4) || has(features, F.GUEST_TSO6);
+  const guestTso = has(features, F.GUEST_TSO4) || has(features, F.GUEST_TSO6) || has(features, F.GUEST_USO4) || has(features, F.GUEST_USO6);
   return {
     ...queueFeatures(features),
     mergeable: has(features, F.MRG_RXBUF),

@@ -1,7 +1,7 @@
 // struct virtio_net_hdr_v1 (12 bytes; VERSION_1 makes num_buffers always present) ↔ driver metadata.
 // The guest writes the TX header: every field is checked against what was negotiated and the packet,
 // and a packet whose header does not hold up is dropped (virtio 1.x §5.1.6.2.2), not passed on.
-import { META, META_NEEDS_CSUM, META_CSUM_VALID, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_ECN } from '../drivers/api.js';
+import { META, META_NEEDS_CSUM, META_CSUM_VALID, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4, GSO_ECN } from '../drivers/api.js';
 
 export const NET_HDR_LEN = 12;
 /** the largest frame a GSO packet makes: 64 KiB of IP packet, an Ethernet header and a VLAN tag */
@@ -17,6 +17,8 @@ export interface TxPolicy {
   tso4: boolean;
   tso6: boolean;
   ecn: boolean;
+  /** UDP segmentation (VIRTIO_NET_F_HOST_USO: GSO_UDP_L4, IPv4 or IPv6) */
+  uso: boolean;
 }
 
 /**
@@ -36,8 +38,9 @@ export function parseTxHeader(h: Uint8Array, o: number, len: number, policy: TxP
   const ecn = (gsoRaw & GSO_ECN) !== 0;
   const gso = gsoRaw & ~GSO_ECN;
   if (gso !== GSO_NONE) {
-    const allowed = (gso === GSO_TCPV4 && policy.tso4) || (gso === GSO_TCPV6 && policy.tso6);
-    if (!allowed || (ecn && !policy.ecn) || !needsCsum || gsoSize === 0) return false;
+    const allowed = (gso === GSO_TCPV4 && policy.tso4) || (gso === GSO_TCPV6 && policy.tso6) || (gso === GSO_UDP_L4 && policy.uso);
+    // (ECN is TCP's: a UDP GSO packet with it is malformed)
+    if (!allowed || (ecn && (!policy.ecn || gso === GSO_UDP_L4)) || !needsCsum || gsoSize === 0) return false;
   } else if (ecn) return false;
   meta[m + META.FLAGS] = needsCsum ? META_NEEDS_CSUM : 0;
   meta[m + META.CSUM_START] = csumStart;
@@ -54,7 +57,7 @@ export function writeRxHeader(h: Uint8Array, o: number, meta: Int32Array, m: num
   const needsCsum = (flags & META_NEEDS_CSUM) !== 0;
   h[o] = (needsCsum ? HDR_F_NEEDS_CSUM : 0) | (!needsCsum && flags & META_CSUM_VALID ? HDR_F_DATA_VALID : 0);
   const gso = meta[m + META.GSO_TYPE];
-  h[o + 1] = gso === GSO_TCPV4 || gso === GSO_TCPV6 || gso === GSO_UDP || (gso & ~GSO_ECN) === GSO_TCPV4 || (gso & ~GSO_ECN) === GSO_TCPV6 ? gso : GSO_NONE;
+  h[o + 1] = gso === GSO_TCPV4 || gso === GSO_TCPV6 || gso === GSO_UDP || gso === GSO_UDP_L4 || (gso & ~GSO_ECN) === GSO_TCPV4 || (gso & ~GSO_ECN) === GSO_TCPV6 ? gso : GSO_NONE;
   put16(h, o + 2, meta[m + META.HDR_LEN]);
   put16(h, o + 4, h[o + 1] === GSO_NONE ? 0 : meta[m + META.GSO_SIZE]);
   put16(h, o + 6, needsCsum ? meta[m + META.CSUM_START] : 0);

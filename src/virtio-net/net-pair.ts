@@ -12,6 +12,7 @@ import type { DirtyLog } from '../virtio/dirty-log.js';
 import { NetRx, signal } from './net-rx.js';
 import { DIR, type RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
+import type { Coalescer } from './coalesce.js';
 
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
@@ -32,6 +33,9 @@ export interface PairOptions {
   log?: DirtyLog;
   /** the device's rate limits (read once per pass; this pair keeps its own buckets) */
   rateLimits?: RateLimitWords;
+  /** notification coalescing of each queue (coalesce.ts; without: an interrupt as soon as the ring asks) */
+  rxCoalesce?: Coalescer;
+  txCoalesce?: Coalescer;
 }
 
 export class NetQueuePair {
@@ -232,7 +236,7 @@ export class NetQueuePair {
       st[STAT.BYTES] += bytes;
       st[STAT.BATCHES]++;
       q.flush();
-      signal(q, this.o.txCallFd, st);
+      signal(q, this.o.txCallFd, st, this.o.txCoalesce, taken);
       if (blocked || this.txUntil !== 0 || (b.count < TX_BATCH && !cut)) break;
     }
     q.flush();

@@ -12,13 +12,19 @@ import { RX_BATCH, RxSlots } from './rx-batch.js';
 import { MergeSlots } from './rx-merge.js';
 import type { PairOptions } from './net-pair.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
+import type { Coalescer } from './coalesce.js';
 
 /** the smallest frame there is: an Ethernet header */
 const ETH_HLEN = 14;
 
-/** Interrupt the guest through `fd` if the queue says it wants one for what was published. */
-export function signal(q: Virtqueue, fd: number, st: Float64Array): void {
-  if (fd >= 0 && q.needsInterrupt()) {
+/**
+ * Interrupt the guest through `fd` if the queue says it wants one for what was published. With
+ * notification coalescing (`coal`), `used` packets were published since the last call, and the
+ * interrupt waits until the coalescer's count or time is reached (the queue handler keeps its time).
+ */
+export function signal(q: Virtqueue, fd: number, st: Float64Array, coal?: Coalescer, used = 0): void {
+  const asked = fd >= 0 && q.needsInterrupt();
+  if (coal === undefined ? asked : coal.note(used, asked)) {
     native.write(fd, ONE);
     st[STAT.INTERRUPTS]++;
   }
@@ -53,10 +59,10 @@ export class NetRx {
     this.slots = new RxSlots(o.mergeable ? 1 : chainPieces);
   }
 
-  /** Does the frame whose destination MAC is at buffer offset `off` pass the RX filter? */
-  private accepts(off: number): boolean {
+  /** Does the frame whose first `len` bytes (its destination MAC at least) are at buffer offset `off` pass the RX filter? */
+  private accepts(off: number, len: number): boolean {
     const w = this.bytes.window(off);
-    return this.o.filter.accepts(w.u8, off - w.base);
+    return this.o.filter.accepts(w.u8, off - w.base, len);
   }
 
   /** set by process(): the ring ran out of buffers (wait for an RX kick rather than the driver) */
@@ -108,7 +114,7 @@ export class NetRx {
     }
     const delivered = this.o.mergeable ? this.rxMergeable(budget) : this.rxBatched(budget);
     this.rxq.flush();
-    signal(this.rxq, this.o.rxCallFd, this.o.rxStats);
+    signal(this.rxq, this.o.rxCallFd, this.o.rxStats, this.o.rxCoalesce, delivered);
     // a broken ring has no buffers to offer: reported as starved, so the driver's fd is not watched
     if (this.rxq.broken) this.starved = true;
     return delivered;
@@ -182,14 +188,14 @@ export class NetRx {
       for (let i = 0; i < got; i++) {
         const len = b.len[i];
         const cap = s.cap[i];
-        // (the destination MAC is checked where it lies whole in the first segment, which is every
-        // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
+        // (the destination MAC and a VLAN tag are checked where they lie whole in the first segment,
+        // which is every layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
         // A chain smaller than the largest frame may take a frame cut to fit (the driver reports what
         // it copied): one shorter than the length announced was cut, and one that fills the chain
         // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
         // cannot hold, never delivered cut.
         const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + NET_HDR_LEN >= cap);
-        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i)) ? STAT.DROPS_FILTERED : 0;
+        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
         if (drop !== 0) {
           st[STAT.DROPS]++;
           st[drop]++;
@@ -318,7 +324,7 @@ export class NetRx {
       // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
       // A frame shorter than the length announced was cut: dropped, never delivered cut.
       const cut = i === 0 && next > 0 && len < next;
-      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > m.cap[i] ? STAT.DROPS_TOO_BIG : m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i)) ? STAT.DROPS_FILTERED : 0;
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > m.cap[i] ? STAT.DROPS_TOO_BIG : m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i), Math.min(m.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
       if (drop !== 0) {
         st[STAT.DROPS]++;
         st[drop]++;

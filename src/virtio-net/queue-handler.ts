@@ -7,6 +7,9 @@ import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
 import type { TxPolicy } from './net-header.js';
 import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
+import { CoalesceWords, Coalescer } from './coalesce.js';
+import { native, ONE } from '../native.js';
+import { STAT } from '../dataplane/stats.js';
 
 /** The net threads' configuration (structured-cloneable), from the negotiated features (dataplane.ts). */
 export interface NetHandlerConfig {
@@ -19,6 +22,8 @@ export interface NetHandlerConfig {
   filter: SharedArrayBuffer;
   /** the device's rate limits (rate-limit-shared.ts) */
   rateLimit: SharedArrayBuffer;
+  /** the device's notification coalescing parameters (coalesce.ts); absent: none (vhost-user, whose frontend has the control queue) */
+  coalesce?: SharedArrayBuffer;
 }
 
 /** how long a TX queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
@@ -29,7 +34,8 @@ export async function prepare(config: unknown): Promise<OpenHandler> {
   const driverMod = (await import(pathToFileURL(c.driverModule).href)) as DriverModule;
   const filter = new RxFilter(c.filter);
   const limits = new RateLimitWords(c.rateLimit);
-  return (ctx) => new NetHandler(ctx, c, driverMod, filter, limits);
+  const coalesce = c.coalesce && new CoalesceWords(new Uint32Array(c.coalesce).length >> 1, c.coalesce);
+  return (ctx) => new NetHandler(ctx, c, driverMod, filter, limits, coalesce);
 }
 
 /** A unit's queues are [rx, tx]; its init is the driver's queueInit(pair). */
@@ -44,9 +50,14 @@ class NetHandler implements QueueHandler {
   private rxArmed = true;
   /** TX waits for a driver without an fd: try it again after the thread's next wait */
   private blindRetry = false;
+  /** each queue's notification coalescing ([rx, tx]; empty where the device has none: vhost-user) */
+  private readonly coal: Coalescer[];
+  private readonly ctx: HandlerContext;
 
-  constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter, rateLimits: RateLimitWords) {
+  constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter, rateLimits: RateLimitWords, coalesce: CoalesceWords | undefined) {
     const [rxq, txq] = ctx.queues;
+    this.ctx = ctx;
+    this.coal = coalesce ? ctx.indices.map((index) => new Coalescer(coalesce, index)) : [];
     this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(ctx.init), {
       mergeable: c.mergeable,
       maxRxFrame: c.maxRxFrame,
@@ -58,8 +69,11 @@ class NetHandler implements QueueHandler {
       filter,
       log: ctx.log,
       rateLimits,
+      rxCoalesce: this.coal[0],
+      txCoalesce: this.coal[1],
     });
     this.pair.updateLimits();
+    this.updateCoalescing(performance.now());
     this.fds = [this.pair.driver.pollFd];
   }
 
@@ -99,16 +113,54 @@ class NetHandler implements QueueHandler {
     }
     if (rxWaits) this.rxArmed = false;
     this.blindRetry = p.txBlocked && p.driver.pollFd < 0;
+    // interrupts held back whose time has come go now; the next one due bounds the sleep
+    const coalWait = this.coal.length > 0 ? this.fireDue(performance.now()) : -1;
     if (pending) return 0;
     // (epoll's timeout is whole ms: rounded up, a wait never ends a token short)
     const tokens = limitWait > 0 ? Math.ceil(limitWait) : -1;
-    if (this.blindRetry) return tokens > 0 && tokens < BLOCKED_RETRY_MS ? tokens : BLOCKED_RETRY_MS;
-    return tokens;
+    const wait = this.blindRetry ? (tokens > 0 && tokens < BLOCKED_RETRY_MS ? tokens : BLOCKED_RETRY_MS) : tokens;
+    return coalWait >= 0 && (wait < 0 || coalWait < wait) ? coalWait : wait;
+  }
+
+  /** Queue k's (0: rx, 1: tx) held notification goes now: an interrupt if its ring asked for one. */
+  private fire(k: number): void {
+    const fd = this.ctx.callFds[k];
+    // (what was published since the last look is asked about too)
+    const asked = fd >= 0 && this.ctx.queues[k].needsInterrupt();
+    if (this.coal[k].release() || asked) {
+      native.write(fd, ONE);
+      this.ctx.stats[k][STAT.INTERRUPTS]++;
+    }
+  }
+
+  /**
+   * Fire the held interrupts whose time has come; returns the ms until the next one is due (rounded up
+   * to epoll's whole ms: it never comes early, it may come up to a ms late) or -1 when none is held.
+   */
+  private fireDue(now: number): number {
+    let next = -1;
+    for (let k = 0; k < this.coal.length; k++) {
+      const due = this.coal[k].dueIn(now);
+      if (due < 0) continue;
+      if (due === 0) {
+        this.fire(k);
+        continue;
+      }
+      const ms = Math.ceil(due);
+      if (next < 0 || ms < next) next = ms;
+    }
+    return next;
+  }
+
+  /** Take coalescing parameters the driver changed; a queue whose conditions are met by the change is interrupted now. */
+  private updateCoalescing(now: number): void {
+    for (let k = 0; k < this.coal.length; k++) if (this.coal[k].update(now)) this.fire(k);
   }
 
   process(budget: number): number {
     const p = this.pair;
     p.updateLimits();
+    if (this.coal.length > 0) this.updateCoalescing(performance.now());
     if (this.blindRetry) {
       p.txBlocked = false;
       this.blindRetry = false;
@@ -123,6 +175,8 @@ class NetHandler implements QueueHandler {
   }
 
   close(): void {
+    // nothing held back outlives the thread (a restart or stop would leave the guest waiting)
+    for (let k = 0; k < this.coal.length; k++) if (this.coal[k].holding) this.fire(k);
     this.pair.driver.close();
   }
 }

@@ -1,6 +1,6 @@
 // Receive filtering state set by the control queue (main thread) and read per packet by the dataplane
-// threads: a few shared words and a MAC table. Writers change it rarely; a reader seeing a change one
-// packet late is harmless, so plain loads suffice.
+// threads: a few shared words, a MAC table and a VLAN table. Writers change it rarely; a reader seeing a
+// change one packet late is harmless, so plain loads suffice.
 
 const W_PROMISC = 0;
 const W_ALLMULTI = 1;
@@ -12,11 +12,19 @@ const W_UNI_COUNT = 6;
 const W_MULTI_COUNT = 7;
 /** the device's link is down (set by the host, kept over device resets): nothing is accepted */
 const W_LINK_DOWN = 8;
-const WORDS = 9;
+/** the driver negotiated VIRTIO_NET_F_CTRL_VLAN: tagged frames pass only for VLANs in the table */
+const W_VLAN_FILTER = 9;
+const WORDS = 10;
 export const MAC_TABLE_MAX = 64;
 const MAC_OFF = WORDS * 4; // primary MAC (8 bytes reserved), then the unicast and multicast tables
 const TABLE_OFF = MAC_OFF + 8;
-export const RX_FILTER_BYTES = TABLE_OFF + 2 * MAC_TABLE_MAX * 6;
+/** 802.1Q VLAN ids are 12 bits */
+export const VLAN_IDS = 4096;
+/** the VLAN table: one bit per id (id >> 3 is its byte, id & 7 its bit) */
+const VLAN_OFF = TABLE_OFF + 2 * MAC_TABLE_MAX * 6;
+export const RX_FILTER_BYTES = VLAN_OFF + VLAN_IDS / 8;
+/** the TPID of an 802.1Q tag (a C-tag; Linux's virtio_net filters only these, as QEMU does) */
+const ETH_P_8021Q = 0x8100;
 
 export const RX_MODE = { PROMISC: 0, ALLMULTI: 1, ALLUNI: 2, NOMULTI: 3, NOUNI: 4, NOBCAST: 5 } as const;
 
@@ -28,7 +36,7 @@ export class RxFilter {
     this.bytes = new Uint8Array(buffer);
   }
 
-  /** The modes, the link word, the MAC and both tables, as bytes (the shared buffer's layout). */
+  /** The modes, the link and VLAN words, the MAC, both MAC tables and the VLAN table, as bytes (the shared buffer's layout). */
   save(): Uint8Array {
     return this.bytes.slice();
   }
@@ -37,19 +45,40 @@ export class RxFilter {
   restore(saved: Uint8Array): string | undefined {
     if (saved.length !== RX_FILTER_BYTES) return `${saved.length} bytes, expected ${RX_FILTER_BYTES}`;
     const w = new Int32Array(saved.slice(0, WORDS * 4).buffer);
-    for (const i of [W_PROMISC, W_ALLMULTI, W_ALLUNI, W_NOMULTI, W_NOUNI, W_NOBCAST, W_LINK_DOWN]) if (w[i] !== 0 && w[i] !== 1) return `word ${i} is ${w[i]}, not 0 or 1`;
+    for (const i of [W_PROMISC, W_ALLMULTI, W_ALLUNI, W_NOMULTI, W_NOUNI, W_NOBCAST, W_LINK_DOWN, W_VLAN_FILTER]) if (w[i] !== 0 && w[i] !== 1) return `word ${i} is ${w[i]}, not 0 or 1`;
     for (const i of [W_UNI_COUNT, W_MULTI_COUNT]) if (w[i] < 0 || w[i] > MAC_TABLE_MAX) return `table count ${w[i]} is more than ${MAC_TABLE_MAX}`;
     this.bytes.set(saved);
     return undefined;
   }
 
-  /** Device reset state: promiscuous, as QEMU starts (drivers turn it off through the control queue). */
+  /** Device reset state: promiscuous, as QEMU starts (drivers turn it off through the control queue); no VLAN filtering, an empty VLAN table. */
   reset(mac: Uint8Array): void {
     const down = this.words[W_LINK_DOWN];
     this.words.fill(0);
     this.words[W_LINK_DOWN] = down;
     this.words[W_PROMISC] = 1;
     this.setMac(mac);
+    this.bytes.fill(0, VLAN_OFF, VLAN_OFF + VLAN_IDS / 8);
+  }
+
+  /**
+   * VLAN filtering on (the driver negotiated VIRTIO_NET_F_CTRL_VLAN: the table starts empty and tagged
+   * frames pass only for the ids it adds) or off (every tagged frame passes, §5.1.6.5.3).
+   */
+  setVlanFiltering(on: boolean): void {
+    this.words[W_VLAN_FILTER] = on ? 1 : 0;
+  }
+
+  /** VIRTIO_NET_CTRL_VLAN_ADD / _DEL of `vid`; false (nothing changed) for an id that is not 12 bits. */
+  setVlan(vid: number, on: boolean): boolean {
+    if (!Number.isInteger(vid) || vid < 0 || vid >= VLAN_IDS) return false;
+    const at = VLAN_OFF + (vid >> 3);
+    this.bytes[at] = on ? this.bytes[at] | (1 << (vid & 7)) : this.bytes[at] & ~(1 << (vid & 7));
+    return true;
+  }
+
+  hasVlan(vid: number): boolean {
+    return (this.bytes[VLAN_OFF + (vid >> 3)] & (1 << (vid & 7))) !== 0;
   }
 
   setMode(mode: number, on: boolean): void {
@@ -113,11 +142,19 @@ export class RxFilter {
     return false;
   }
 
-  /** Does a frame whose destination MAC is at p[o..o+6) reach the guest? */
-  accepts(p: Uint8Array, o: number): boolean {
+  /**
+   * Does a frame whose first `len` bytes are at p[o..o+len) (at least its destination MAC: 6) reach the
+   * guest? Promiscuous mode takes everything, VLANs not added included (as QEMU does). A tag is looked
+   * at where it lies whole in those bytes; VLAN id 0 (a priority tag, no VLAN) always passes.
+   */
+  accepts(p: Uint8Array, o: number, len = 6): boolean {
     const w = this.words;
     if (w[W_LINK_DOWN]) return false;
     if (w[W_PROMISC]) return true;
+    if (w[W_VLAN_FILTER] && len >= 16 && ((p[o + 12] << 8) | p[o + 13]) === ETH_P_8021Q) {
+      const vid = ((p[o + 14] & 0x0f) << 8) | p[o + 15];
+      if (vid !== 0 && !this.hasVlan(vid)) return false;
+    }
     if (p[o] & 1) {
       const bcast = p[o] === 0xff && p[o + 1] === 0xff && p[o + 2] === 0xff && p[o + 3] === 0xff && p[o + 4] === 0xff && p[o + 5] === 0xff;
       if (bcast) return !w[W_NOBCAST];

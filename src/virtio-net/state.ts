@@ -1,7 +1,7 @@
 // virtio-net's own part of a state document, checked against the device it is restored into: the
 // configuration space (what the host chose — pairs offered, MTU, speed, duplex — must be this
-// device's; the MAC and link are the guest's and the host's doing), the RX filter bytes, the pairs in
-// use and the receive offloads on.
+// device's; the MAC and link are the guest's and the host's doing), the RX filter bytes (its VLAN
+// table included), the pairs in use, the receive offloads on and each queue's notification coalescing.
 import { StateError, type Fields } from '../state/fields.js';
 import { NET_STATUS_ANNOUNCE, NET_STATUS_LINK_UP } from './config-space.js';
 
@@ -10,6 +10,8 @@ export interface NetState {
   filter: Uint8Array;
   pairs: number;
   offloads: bigint;
+  /** per RX and TX queue: le32 max_packets, le32 max_usecs (coalesce.ts) */
+  coalesce: Uint8Array;
 }
 
 /** `device`: its configuration space now, the pairs it offers, the offload bits a driver may turn on. */
@@ -20,6 +22,7 @@ export function readNetState(f: Fields, device: { config: Uint8Array; queuePairs
     filter: f.bytes('filter', { min: 0, max: 4096 }),
     pairs: f.uint('activePairs', device.queuePairs),
     offloads: f.u64('offloads'),
+    coalesce: f.bytes('coalesce', 16 * device.queuePairs),
   };
   f.done();
   const c = s.config;

@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit shutdown api snapshot triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit netctl shutdown api snapshot triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -137,6 +137,32 @@ snapshot_scenario() {
   ip addr add 10.0.2.1/24 dev tap0
 }
 
+# The netctl scenario's host side (VLAN filtering, coalescing, USO: l2-init.sh): tap0 gets VLANs 5
+# (10.0.5.1) and 7 (10.0.7.1) (L2 adds only 5, then 7), and a receiver for L2's UDP GSO sends runs
+# until it has them all, its result published for L2 (udp-result) and printed after tsvmm ends.
+netctl_l1() {
+  for m in llc stp garp mrp 8021q; do insmod /lib/modules/$m.ko 2>/dev/null; done
+  for v in 5 7; do
+    vconfig add tap0 $v >/dev/null && ip addr add 10.0.$v.1/24 dev tap0.$v && ip link set tap0.$v up
+    check "netctl/l1-vlan-$v" $?
+  done
+  rm -f "$DATA_DIR/udp-result" "$WORK/udp-result"
+  # (room for the whole stream in the receiver's socket: udp-recv.mjs asks for 8 MiB)
+  sysctl -qw net.core.rmem_max=16777216
+  node "$(dirname "$MKTAP")/udp-recv.mjs" 5005 1024 280 "$WORK/udp-result" > "$WORK/udp-recv.out" 2>&1 &
+  udprecv=$!
+  (while kill -0 $udprecv 2>/dev/null; do sleep 1; done; cp "$WORK/udp-result" "$DATA_DIR/udp-result" 2>/dev/null) &
+}
+netctl_l1_end() {
+  kill $udprecv 2>/dev/null
+  sleep 1
+  cat "$WORK/udp-recv.out"
+  for v in 5 7; do vconfig rem tap0.$v >/dev/null 2>&1; done
+  # tsvmm's own count of what it did not deliver: the tagged frames of VLAN 7 while L2 had not added it
+  f=$(grep -o '"filtered":[0-9]*' "$WORK/tsvmm.out" | head -1 | cut -d: -f2)
+  [ -n "$f" ] && [ "$f" -ge 20 ]; check netctl/tsvmm-counted-vlan-filtered $? "filtered=$f"
+}
+
 scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   name=$1
   # the ring layout: packed is offered unless the L2 arguments say tsvmm.packed=0 (then tsvmm runs with
@@ -167,6 +193,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   # (the link and shutdown scenarios run tsvmm as a library, which changes the running VM's link or presses
   # its power button: link-run.mjs)
   # (the api scenario's host side runs beside tsvmm: api_drive)
+  [ "$name" = netctl ] && netctl_l1
   if [ "$name" = api ]; then
     rm -f "$WORK/api.sock"
     : > "$WORK/tsvmm.out"
@@ -183,6 +210,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
         --net tap,ifname=tap0,queues=$3$netx $6 --cmdline "$l2cmd"
       echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
   fi
+  [ "$name" = netctl ] && netctl_l1_end
   if [ "$name" = api ]; then
     wait $driver
     cat "$WORK/api.out"
@@ -237,7 +265,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   if [ "$name" = shutdown ]; then
     grep -q "^L1-SHUTDOWN-END poweroff (ACPI S5 (soft off))" "$WORK/tsvmm.out"; check shutdown/powered-off-by-button $? "$(grep -m1 '^L1-SHUTDOWN-END' "$WORK/tsvmm.out")"
   fi
-  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ] && [ "$name" != api ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ] && [ "$name" != api ] && [ "$name" != netctl ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   if [ -n "$mtu" ]; then
@@ -264,6 +292,9 @@ for r in $RUNS; do
     # iperf3 both ways through tsvmm's rate limiter (4 Mbit/s each way, from --net's syntax), then
     # one way at half that (set while L2 runs): L2 sees each rate within 10 %
     ratelimit) scenario ratelimit 1 1 "tsvmm.ratelimit=51200" 300 ;;
+    # the control queue's VLAN filter, interrupt coalescing (ethtool -C) and UDP segmentation (USO):
+    # netctl_l1 on this side, l2-init.sh's netctl block on L2's
+    netctl) scenario netctl 1 1 "tsvmm.netctl=1" 300 ;;
     # the host presses the ACPI power button (vm.shutdown): L2 sees KEY_POWER and powers off
     shutdown) scenario shutdown 1 1 "tsvmm.shutdown=1" 180 ;;
     # tsvmm run --api-socket driven by tsvmm ctl (api_drive): pause/resume under ping, link, power button

@@ -73,6 +73,23 @@ function openQueueFd(ifname: string, devPath: string): number {
   return fd;
 }
 
+/**
+ * Does the kernel take UDP segmentation offload on this tap queue (TUN_F_USO4 and TUN_F_USO6, Linux
+ * 6.2 on; an older one refuses bits it does not know with EINVAL)? The queue's offloads are off again
+ * afterwards, as they were (the guest's choice sets them: setGuestOffloads).
+ */
+function probeUso(fd: number): boolean {
+  let ok = true;
+  try {
+    native.ioctl(fd, T.TUNSETOFFLOAD, T.TUN_F_CSUM | T.TUN_F_USO4 | T.TUN_F_USO6, 'TUNSETOFFLOAD');
+  } catch (e) {
+    if (!isNativeError(e) || e.code !== 'EINVAL') throw e;
+    ok = false;
+  }
+  native.ioctl(fd, T.TUNSETOFFLOAD, 0, 'TUNSETOFFLOAD');
+  return ok;
+}
+
 function ifreq(ifname: string): Uint8Array {
   const ifr = new Uint8Array(T.SIZEOF_IFREQ);
   ifr.set(new TextEncoder().encode(ifname));
@@ -139,10 +156,12 @@ export function create(options: Record<string, string>): NetDriver {
   let mtu = 1500;
   const counters = new SharedArrayBuffer(12);
   const fds: number[] = [];
+  let uso = false;
   const sock = native.socket(T.AF_INET, T.SOCK_DGRAM, 0);
   try {
     const existed = linkFlags(sock, ifname) !== undefined;
     for (let i = 0; i < queues; i++) fds.push(openQueueFd(ifname, options.dev ?? '/dev/net/tun'));
+    uso = probeUso(fds[0]);
     if (sndbuf !== undefined) for (const fd of fds) native.ioctl(fd, T.TUNSETSNDBUF, new Int32Array([sndbuf]), 'TUNSETSNDBUF');
     // a tap we created is ours to bring up (one that existed is left as its owner set it)
     // the wire's MTU is what the device offers by default (a Linux guest cannot go above it)
@@ -155,7 +174,7 @@ export function create(options: Record<string, string>): NetDriver {
     native.close(sock);
   }
   const uring = wantUring(ifname, options.uring);
-  const all: Offloads = { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
+  const all: Offloads = { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true, txUso: uso, rxUso4: uso, rxUso6: uso };
   return {
     name: 'tap',
     caps: { queuePairs: queues, mtu: Math.min(mtu, 65535), offloads: all },
@@ -166,8 +185,14 @@ export function create(options: Record<string, string>): NetDriver {
       return { uringQueues: Atomics.load(c, COUNTER.URING_QUEUES), uringFallbacks: Atomics.load(c, COUNTER.URING_FALLBACKS), uringRxFrames: Atomics.load(c, COUNTER.URING_RX_FRAMES) };
     },
     setGuestOffloads(o) {
-      // what the kernel may hand us for the guest: partial checksums, TSO frames
-      const flags = (o.rxCsum ? T.TUN_F_CSUM : 0) | (o.rxCsum && o.rxTso4 ? T.TUN_F_TSO4 : 0) | (o.rxCsum && o.rxTso6 ? T.TUN_F_TSO6 : 0) | (o.rxCsum && o.rxTsoEcn ? T.TUN_F_TSO_ECN : 0);
+      // what the kernel may hand us for the guest: partial checksums, TSO frames, UDP GSO frames (the
+      // kernel does USO for both IP versions or neither: only for a guest that takes both)
+      const flags =
+        (o.rxCsum ? T.TUN_F_CSUM : 0) |
+        (o.rxCsum && o.rxTso4 ? T.TUN_F_TSO4 : 0) |
+        (o.rxCsum && o.rxTso6 ? T.TUN_F_TSO6 : 0) |
+        (o.rxCsum && o.rxTsoEcn ? T.TUN_F_TSO_ECN : 0) |
+        (o.rxCsum && o.rxUso4 && o.rxUso6 ? T.TUN_F_USO4 | T.TUN_F_USO6 : 0);
       for (const fd of fds) native.ioctl(fd, T.TUNSETOFFLOAD, flags, 'TUNSETOFFLOAD');
     },
     close() {

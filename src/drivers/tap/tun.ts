@@ -10,6 +10,9 @@ export const TUN_F_CSUM = 0x01;
 export const TUN_F_TSO4 = 0x02;
 export const TUN_F_TSO6 = 0x04;
 export const TUN_F_TSO_ECN = 0x08;
+/** UDP segmentation offload (Linux 6.2): the kernel takes only both or neither */
+export const TUN_F_USO4 = 0x20;
+export const TUN_F_USO6 = 0x40;
 export const IFNAMSIZ = 16;
 export const SIZEOF_IFREQ = 40;
 

@@ -230,7 +230,7 @@ export class NetPairTarget implements FuzzTarget {
     const pair = new NetQueuePair(m.view, m.buffer, rxq, txq, driver, {
       mergeable: c.mergeable,
       maxRxFrame: c.mtu + 18,
-      txPolicy: { csum, tso4: csum && tso4, tso6: csum && tso6, ecn: csum && ecn },
+      txPolicy: { csum, tso4: csum && tso4, tso6: csum && tso6, ecn: csum && ecn, uso: csum && tso6 },
       rxCallFd: -1,
       txCallFd: -1,
       rxStats: new Float64Array(newStatsBuffer(1)),

@@ -61,7 +61,7 @@ export class RngTarget implements FuzzTarget {
     const q = createQueue(m.view, { size: ring.size, desc: ring.desc, avail: ring.avail, used: ring.used }, { eventIdx: c.eventIdx, indirect: c.indirect, packed: c.packed }, 32768);
     check(typeof q !== 'string', () => `a well-placed ring refused: ${q}`);
     const stats = new Float64Array(STAT_WORDS);
-    const h = new RngHandler({ mem: m.view, memory: m.buffer, queues: [q], callFds: [-1], stats: [stats], init: undefined });
+    const h = new RngHandler({ mem: m.view, memory: m.buffer, queues: [q], indices: [0], callFds: [-1], stats: [stats], init: undefined });
     let nextA = ring.end;
     let nextB = GPA_B;
     const take = (len: number): number | undefined => {

@@ -6,12 +6,15 @@ import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { RX_MODE, type RxFilter } from './rx-filter.js';
 import { F, bit, has } from './features.js';
+import { RSS_OFF, parseRssCommand, type RssConfig } from './rss-state.js';
 
 const CTRL = { RX: 0, MAC: 1, MQ: 4, GUEST_OFFLOADS: 5 } as const;
 const CTRL_GUEST_OFFLOADS_SET = 0;
 const CTRL_MAC_TABLE_SET = 0;
 const CTRL_MAC_ADDR_SET = 1;
 const CTRL_MQ_VQ_PAIRS_SET = 0;
+const CTRL_MQ_RSS_CONFIG = 1;
+const CTRL_MQ_HASH_CONFIG = 2;
 const ACK_OK = 0;
 const ACK_ERR = 1;
 /** a command longer than this (the largest is a MAC table) is refused unread */
@@ -35,6 +38,8 @@ export interface NetControlTarget {
   setMac(mac: Uint8Array): void;
   setGuestOffloads(bits: bigint): void;
   setPairs(n: number): void;
+  /** the RSS / hash-report state (rss-state.ts) */
+  setRss(c: RssConfig): void;
 }
 
 /** One control command (class, command, its data); returns the ack byte. */
@@ -59,7 +64,26 @@ export function netControl(t: NetControlTarget, cls: number, cmd: number, data: 
     t.setGuestOffloads(want);
     return ACK_OK;
   }
-  if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {
+  if (cls === CTRL.MQ) return mqControl(t, features, cmd, data);
+  return ACK_ERR;
+}
+
+/**
+ * VIRTIO_NET_CTRL_MQ: the pairs in use, RSS (which also sets the pairs), hash reports. As in QEMU, every
+ * MQ command turns RSS and hashing off first: a refused one leaves them off, VQ_PAIRS_SET too.
+ */
+function mqControl(t: NetControlTarget, features: bigint, cmd: number, data: Uint8Array): number {
+  if (has(features, F.RSS) || has(features, F.HASH_REPORT)) t.setRss(RSS_OFF);
+  if (cmd === CTRL_MQ_RSS_CONFIG || cmd === CTRL_MQ_HASH_CONFIG) {
+    const steer = cmd === CTRL_MQ_RSS_CONFIG;
+    if (!has(features, steer ? F.RSS : F.HASH_REPORT)) return ACK_ERR;
+    const r = parseRssCommand(data, steer, t.queuePairs);
+    if (typeof r === 'string') return ACK_ERR;
+    t.setRss(r.config);
+    if (r.pairs !== undefined) t.setPairs(r.pairs);
+    return ACK_OK;
+  }
+  if (cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {
     if (data.length !== 2) return ACK_ERR;
     const n = data[0] | (data[1] << 8);
     if (n < 1 || n > t.queuePairs) return ACK_ERR;

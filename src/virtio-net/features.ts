@@ -24,6 +24,8 @@ export const F = {
   CTRL_RX: 18,
   MQ: 22,
   CTRL_MAC_ADDR: 23,
+  HASH_REPORT: 57,
+  RSS: 60,
   SPEED_DUPLEX: 63,
   // transport
   INDIRECT_DESC: VIRTIO_F_INDIRECT_DESC,

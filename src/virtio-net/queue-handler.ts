@@ -7,6 +7,8 @@ import { NetQueuePair } from './net-pair.js';
 import { RxFilter } from './rx-filter.js';
 import type { TxPolicy } from './net-header.js';
 import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
+import { native } from '../native.js';
+import type { SteerOptions } from './rss-rx.js';
 
 /** The net threads' configuration (structured-cloneable), from the negotiated features (dataplane.ts). */
 export interface NetHandlerConfig {
@@ -19,6 +21,14 @@ export interface NetHandlerConfig {
   filter: SharedArrayBuffer;
   /** the device's rate limits (rate-limit-shared.ts) */
   rateLimit: SharedArrayBuffer;
+  /** RSS or hash reports negotiated: what every pair's steering shares (rss-rx.ts; `pair` is each unit's) */
+  steer?: Omit<SteerOptions, 'pair'>;
+}
+
+/** A net unit's own data: its pair's index and its driver queue's init (the driver's queueInit(pair)). */
+export interface NetUnitInit {
+  pair: number;
+  driver: unknown;
 }
 
 /** how long a TX queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
@@ -32,7 +42,7 @@ export async function prepare(config: unknown): Promise<OpenHandler> {
   return (ctx) => new NetHandler(ctx, c, driverMod, filter, limits);
 }
 
-/** A unit's queues are [rx, tx]; its init is the driver's queueInit(pair). */
+/** A unit's queues are [rx, tx]; its init a NetUnitInit. */
 class NetHandler implements QueueHandler {
   readonly pair: NetQueuePair;
   readonly fds: readonly number[];
@@ -45,9 +55,14 @@ class NetHandler implements QueueHandler {
   /** TX waits for a driver without an fd: try it again after the thread's next wait */
   private blindRetry = false;
 
+  /** with steering: this pair's wake eventfd (other pairs handed it frames) */
+  private readonly wakeFd: number;
+  private readonly counter = new BigUint64Array(1);
+
   constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter, rateLimits: RateLimitWords) {
     const [rxq, txq] = ctx.queues;
-    this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(ctx.init), {
+    const init = ctx.init as NetUnitInit;
+    this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(init.driver), {
       mergeable: c.mergeable,
       maxRxFrame: c.maxRxFrame,
       txPolicy: c.txPolicy,
@@ -58,16 +73,21 @@ class NetHandler implements QueueHandler {
       filter,
       log: ctx.log,
       rateLimits,
+      steer: c.steer && { ...c.steer, pair: init.pair },
     });
     this.pair.updateLimits();
-    this.fds = [this.pair.driver.pollFd];
+    this.wakeFd = c.steer ? c.steer.wakeFds[init.pair] : -1;
+    this.fds = [this.pair.driver.pollFd, this.wakeFd];
   }
 
-  events(): number {
+  events(k: number): number {
+    if (k === 1) return EPOLLIN;
     return (this.rxArmed ? EPOLLIN : 0) | (this.pair.txBlocked ? EPOLLOUT : 0);
   }
 
-  onEvent(_k: number, events: number): void {
+  onEvent(k: number, events: number): void {
+    // (the frames themselves are looked for in every pass: the eventfd only wakes the thread)
+    if (k === 1) return void native.read(this.wakeFd, this.counter);
     // the driver can take packets again (or its fd failed: transmit finds out and says so)
     if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) this.pair.txBlocked = false;
   }
@@ -98,6 +118,8 @@ class NetHandler implements QueueHandler {
       if (p.driver.pollFd < 0 && !p.dry) pending = true;
     }
     if (rxWaits) this.rxArmed = false;
+    // frames other pairs handed over wait for this ring's buffers (a starved ring waits for its kick)
+    if (!rxWaits && !p.starved && p.handedOver) pending = true;
     this.blindRetry = p.txBlocked && p.driver.pollFd < 0;
     if (pending) return 0;
     // (epoll's timeout is whole ms: rounded up, a wait never ends a token short)

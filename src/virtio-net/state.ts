@@ -1,15 +1,39 @@
 // virtio-net's own part of a state document, checked against the device it is restored into: the
 // configuration space (what the host chose — pairs offered, MTU, speed, duplex — must be this
 // device's; the MAC and link are the guest's and the host's doing), the RX filter bytes, the pairs in
-// use and the receive offloads on.
-import { StateError, type Fields } from '../state/fields.js';
+// use, the receive offloads on and the RSS / hash-report state.
+import { StateError, type Fields, type StateValue } from '../state/fields.js';
 import { NET_STATUS_LINK_UP } from './config-space.js';
+import { RSS_MAX_KEY, RSS_MAX_TABLE, rssConfigProblem, type RssConfig } from './rss-state.js';
 
 export interface NetState {
   config: Uint8Array;
   filter: Uint8Array;
   pairs: number;
   offloads: bigint;
+  rss: RssConfig;
+}
+
+/** The RSS state as a document holds it (the table as little-endian u16 bytes). */
+export function saveRss(c: RssConfig): StateValue {
+  const table = new Uint8Array(2 * c.table.length);
+  c.table.forEach((q, i) => new DataView(table.buffer).setUint16(2 * i, q, true));
+  return { mode: c.mode, hashTypes: c.hashTypes, table, unclassified: c.unclassified, key: c.key.slice() };
+}
+
+function readRss(f: Fields, pairs: number): RssConfig {
+  const t = f.bytes('table', { min: 2, max: 2 * RSS_MAX_TABLE, multiple: 2 });
+  const c: RssConfig = {
+    mode: f.uint('mode', 2),
+    hashTypes: f.uint('hashTypes', 0xffffffff),
+    table: Uint16Array.from({ length: t.length / 2 }, (_, i) => t[2 * i] | (t[2 * i + 1] << 8)),
+    unclassified: f.uint('unclassified', 0xffff),
+    key: f.bytes('key', { min: 0, max: RSS_MAX_KEY }).slice(),
+  };
+  f.done();
+  const bad = rssConfigProblem(c, pairs);
+  if (bad) throw new StateError(`${f.path}: ${bad}`);
+  return c;
 }
 
 /** `device`: its configuration space now, the pairs it offers, the offload bits a driver may turn on. */
@@ -20,6 +44,7 @@ export function readNetState(f: Fields, device: { config: Uint8Array; queuePairs
     filter: f.bytes('filter', { min: 0, max: 4096 }),
     pairs: f.uint('activePairs', device.queuePairs),
     offloads: f.u64('offloads'),
+    rss: readRss(f.obj('rss'), device.queuePairs),
   };
   f.done();
   const c = s.config;

@@ -90,7 +90,7 @@ for (const L of RING_LAYOUTS) {
             return { numBuffers: v.getUint16(10, true), hash: hashReport ? v.getUint32(12, true) : 0, report: hashReport ? v.getUint16(16, true) : 0, sport: v.getUint16(h + 14 + 20, false), len: len - h };
           });
         const run = () => {
-          for (let i = 0; i < 256; i++) made.forEach((m) => m.pair.processRx(256));
+          for (let i = 0; i < 512; i++) made.forEach((m) => m.pair.processRx(256));
         };
         return { mem, made, rss, received, run, close: () => closeWakeFds(wakeFds) };
       }
@@ -153,8 +153,8 @@ for (const L of RING_LAYOUTS) {
       it('frames for a pair whose ring has no buffers wait in the hand-over ring, drop once it is full, and hold up no other pair', () => {
         const s = setup(2, true);
         s.rss.set(steer);
-        // pair 1's guest has 32 buffers; 100 full-size frames for it (a hand-over ring holds 64 KiB), then 4 for pair 0
-        for (let i = 0; i < 100; i++) s.made[0].driver.frames.push(flowFrame(FLOWS[0], 1400));
+        // pair 1's guest has 32 buffers; 300 full-size frames for it (a hand-over ring holds 256 KiB), then 4 for pair 0
+        for (let i = 0; i < 300; i++) s.made[0].driver.frames.push(flowFrame(FLOWS[0], 1400));
         for (let i = 0; i < 4; i++) s.made[0].driver.frames.push(flowFrame(FLOWS[1]));
         s.run();
         expect(s.received(1).length).toBe(32);
@@ -168,7 +168,7 @@ for (const L of RING_LAYOUTS) {
           s.made[1].bufs.set(s.made[1].rx.add([{ addr: a, len: 2048, write: true }]), a);
         }
         s.run();
-        expect(s.received(1).length).toBe(Math.min(32, 100 - 32 - dropped));
+        expect(s.received(1).length).toBe(Math.min(32, 300 - 32 - dropped));
         s.close();
       });
     });

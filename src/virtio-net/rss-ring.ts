@@ -21,10 +21,14 @@ const W_TAIL = 16;
 
 const align8 = (n: number) => (n + 7) & ~7;
 
-/** Bytes each ring holds: room for at least four of the largest frame (a power of two). */
+/**
+ * Bytes each ring holds (a power of two): 256 KiB, and at least eight of the largest frame (GSO frames
+ * of 64 KiB: 1 MiB), so that a burst waits there while the destination's thread catches up. With n
+ * pairs there are n² rings.
+ */
 export function ringCapacity(maxFrame: number): number {
-  let c = 1 << 16;
-  while (c < 4 * (RECORD_HDR + align8(maxFrame))) c *= 2;
+  let c = 1 << 18;
+  while (c < 8 * (RECORD_HDR + align8(maxFrame))) c *= 2;
   return c;
 }
 

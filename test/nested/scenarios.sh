@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit shutdown api triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq rss wedge link ratelimit shutdown api triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -13,6 +13,9 @@ httpd -f -p 80 -h "$DATA_DIR" &
 httpd_pid=$!
 iperf3 -s >/dev/null 2>&1 &
 iperf_pid=$!
+# the rss scenario's four parallel flows, one per server
+rss_pids=
+case " $RUNS " in *" rss "*) for p in 5202 5203 5204 5205; do iperf3 -s -p $p >/dev/null 2>&1 & rss_pids="$rss_pids $!"; done ;; esac
 
 # the tap L2's traffic arrives on (busybox's ip cannot make a multi-queue vnet_hdr tap)
 node "$MKTAP" tap0
@@ -166,7 +169,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   if [ "$name" = shutdown ]; then
     grep -q "^L1-SHUTDOWN-END poweroff (ACPI S5 (soft off))" "$WORK/tsvmm.out"; check shutdown/powered-off-by-button $? "$(grep -m1 '^L1-SHUTDOWN-END' "$WORK/tsvmm.out")"
   fi
-  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ] && [ "$name" != api ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ] && [ "$name" != api ] && [ "$name" != rss ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   if [ -n "$mtu" ]; then
@@ -187,6 +190,8 @@ for r in $RUNS; do
     # scenario, not the ones after it)
     basic) scenario basic 1 1 "tsvmm.rng=1 tsvmm.rngpacked=1 tsvmm.mtu=9000 tsvmm.mrg=0 tsvmm.speed=25000" 300 --rng ;;
     mq) scenario mq 2 2 "tsvmm.rng=1 tsvmm.rngpacked=0 tsvmm.mtu=9000" 300 --rng=packed=off ;;
+    # RSS with hash reports over 2 pairs: ethtool -x/-X, flows on the queues the table names
+    rss) scenario rss 2 2 "tsvmm.rss=1" 240 ;;
     wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
     # the host takes the link down and up through the library (vm.net[0].setLink): L2's carrier follows
     link) scenario link 1 1 "tsvmm.link=1" 240 ;;
@@ -214,4 +219,4 @@ for r in $RUNS; do
     where:*) echo "L1-WHERE $r $(l2_symbols "$(echo $r | cut -d: -f2)" $(echo $r | cut -d: -f3- | tr ':' ' ') | tr '\n' ';')" ;;
   esac
 done
-kill $httpd_pid $iperf_pid 2>/dev/null
+kill $httpd_pid $iperf_pid $rss_pids 2>/dev/null

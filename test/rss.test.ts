@@ -207,3 +207,16 @@ describe('configuration space RSS fields', () => {
     expect(c.read(20, 4)).toBe(0x3f);
   });
 });
+
+describe('RSS state in the saved device state', () => {
+  it('round-trips, and refuses a table naming a queue the device lacks, a table not a power of two, unknown hash types', async () => {
+    const { saveRss, readRss } = await import('../src/virtio-net/state.js');
+    const { Fields } = await import('../src/state/fields.js');
+    const c = { mode: RSS_MODE.STEER, hashTypes: SUPPORTED_HASH_TYPES, table: Uint16Array.from([0, 1, 1, 0]), unclassified: 1, key: MS_KEY };
+    const back = readRss(new Fields(saveRss(c) as Record<string, unknown>, 'rss'), 2);
+    expect({ ...back, table: Array.from(back.table) }).toEqual({ ...c, table: [0, 1, 1, 0] });
+    expect(() => readRss(new Fields(saveRss(c) as Record<string, unknown>, 'rss'), 1)).toThrow(/entry 1 names queue 1/);
+    expect(() => readRss(new Fields(saveRss({ ...c, table: Uint16Array.from([0, 1, 0]) }) as Record<string, unknown>, 'rss'), 2)).toThrow(/power of two/);
+    expect(() => readRss(new Fields(saveRss({ ...c, hashTypes: 1 << 7 }) as Record<string, unknown>, 'rss'), 2)).toThrow(/hash types/);
+  });
+});

@@ -59,8 +59,8 @@ export class SteeredRx {
   private readonly bytes: GuestBytes;
   private readonly me: number;
   private readonly pairs: number;
-  /** pairs frames were handed to in this call (bit i: pair i), to be woken */
-  private woken = 0;
+  /** pairs frames were handed to in this call (1: to be woken) */
+  private readonly woken: Uint8Array;
 
   constructor(
     mem: GuestView,
@@ -73,6 +73,7 @@ export class SteeredRx {
     this.bytes = mem.bytes;
     this.me = s.pair;
     this.pairs = s.pairs;
+    this.woken = new Uint8Array(s.pairs);
     this.rings = new HandoverRings(s.rings, s.pairs, o.maxRxFrame);
     this.rss = new RssWords(s.rss);
     this.hdrLen = s.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
@@ -189,10 +190,13 @@ export class SteeredRx {
         st[STAT.DROPS_WIRE]++;
         continue;
       }
-      if (to !== this.me) this.woken |= 1 << to;
+      if (to !== this.me) this.woken[to] = 1;
     }
-    for (let p = 0; this.woken !== 0; p++, this.woken >>>= 1) if (this.woken & 1) native.write(this.s.wakeFds[p], ONE);
-    this.woken = 0;
+    for (let p = 0; p < this.pairs; p++) {
+      if (this.woken[p] === 0) continue;
+      this.woken[p] = 0;
+      native.write(this.s.wakeFds[p], ONE);
+    }
     return got;
   }
 

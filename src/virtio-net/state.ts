@@ -21,7 +21,8 @@ export function saveRss(c: RssConfig): StateValue {
   return { mode: c.mode, hashTypes: c.hashTypes, table, unclassified: c.unclassified, key: c.key.slice() };
 }
 
-function readRss(f: Fields, pairs: number): RssConfig {
+/** The RSS state of a document, checked as the control commands check it (`pairs`: the pairs offered). */
+export function readRss(f: Fields, pairs: number): RssConfig {
   const t = f.bytes('table', { min: 2, max: 2 * RSS_MAX_TABLE, multiple: 2 });
   const c: RssConfig = {
     mode: f.uint('mode', 2),

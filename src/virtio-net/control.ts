@@ -40,6 +40,8 @@ export interface NetControlTarget {
   setPairs(n: number): void;
   /** the RSS / hash-report state (rss-state.ts) */
   setRss(c: RssConfig): void;
+  /** why an RSS or hash command was refused (TSVMM_DEBUG_CTRL=1 prints it) */
+  refused?(why: string): void;
 }
 
 /** One control command (class, command, its data); returns the ack byte. */
@@ -76,9 +78,9 @@ function mqControl(t: NetControlTarget, features: bigint, cmd: number, data: Uin
   if (has(features, F.RSS) || has(features, F.HASH_REPORT)) t.setRss(RSS_OFF);
   if (cmd === CTRL_MQ_RSS_CONFIG || cmd === CTRL_MQ_HASH_CONFIG) {
     const steer = cmd === CTRL_MQ_RSS_CONFIG;
-    if (!has(features, steer ? F.RSS : F.HASH_REPORT)) return ACK_ERR;
+    if (!has(features, steer ? F.RSS : F.HASH_REPORT)) return t.refused?.(`${steer ? 'RSS' : 'HASH_REPORT'} not negotiated (features 0x${features.toString(16)})`), ACK_ERR;
     const r = parseRssCommand(data, steer, t.queuePairs);
-    if (typeof r === 'string') return ACK_ERR;
+    if (typeof r === 'string') return t.refused?.(`${steer ? 'RSS_CONFIG' : 'HASH_CONFIG'}: ${r}`), ACK_ERR;
     t.setRss(r.config);
     if (r.pairs !== undefined) t.setPairs(r.pairs);
     return ACK_OK;

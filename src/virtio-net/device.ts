@@ -32,6 +32,8 @@ import { RssWords, RSS_OFF } from './rss-state.js';
 import { newHandoverBuffer, newWakeFds, closeWakeFds } from './rss-ring.js';
 
 export const VIRTIO_ID_NET = 1;
+/** TSVMM_DEBUG_CTRL=1: one stderr line per RSS or hash command refused, with why */
+const DEBUG_CTRL = !!process.env.TSVMM_DEBUG_CTRL;
 export { NET_STATUS_LINK_UP, SPEED_UNKNOWN } from './config-space.js';
 
 export interface NetDeviceOptions {
@@ -357,6 +359,7 @@ export class VirtioNet implements VirtioDevice {
       },
       setGuestOffloads: (bits) => this.setGuestOffloads(bits),
       setRss: (c) => this.rss.set(c),
+      refused: DEBUG_CTRL ? (why) => writeSync(2, `tsvmm: net ${formatMac(this.opts.mac)}: control command refused: ${why}\n`) : undefined,
       setPairs: (n) => {
         if (n === this.activePairs) return;
         this.activePairs = n;

@@ -143,6 +143,15 @@ export class HandoverRings {
     Atomics.store(this.words, w + W_HEAD, (head + RECORD_HDR + align8(this.record.len)) | 0);
   }
 
+  /** (producer `from`) How many frames of up to `maxFrame` bytes the ring towards `to` surely takes now. */
+  room(from: number, to: number, maxFrame: number): number {
+    const w = this.base(from, to) >> 2;
+    const used = (this.words[w + W_TAIL] - Atomics.load(this.words, w + W_HEAD)) | 0;
+    const size = RECORD_HDR + align8(maxFrame);
+    // (one record's room is kept for what the end of the ring may waste: records never wrap)
+    return Math.max(0, Math.floor((this.capacity - used) / size) - 1);
+  }
+
   /** Does any ring towards `to` hold a frame? */
   pending(to: number): boolean {
     for (let from = 0; from < this.pairs; from++) {

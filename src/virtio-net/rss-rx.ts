@@ -153,11 +153,21 @@ export class SteeredRx {
     return work;
   }
 
-  /** One driver batch into the staging buffer, each frame handed to its pair. Returns frames read. */
+  /**
+   * One driver batch into the staging buffer, each frame handed to its pair. Returns frames read. A
+   * batch is no larger than every ring from this pair can take; a ring towards a pair whose guest takes
+   * nothing limits it to one frame (what is for that pair then drops, the rest goes on), this pair's
+   * own ring to nothing (its frames wait for its RX buffers).
+   */
   private read(max: number): number {
+    const r = this.rings;
+    const frame = this.o.maxRxFrame;
+    let n = Math.min(max, r.room(this.me, this.me, frame));
+    for (let to = 0; to < this.pairs && n > 1; to++) if (to !== this.me) n = Math.min(n, Math.max(1, r.room(this.me, to, frame)));
+    if (n === 0) return 0;
     const b = this.batch;
-    b.count = max;
-    const got = Math.min(this.pair.driver.receive(b, this.staging), max);
+    b.count = n;
+    const got = Math.min(this.pair.driver.receive(b, this.staging), n);
     const st = this.o.rxStats;
     st[STAT.BATCHES]++;
     if (got <= 0) {

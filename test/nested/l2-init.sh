@@ -171,6 +171,9 @@ if [ "$(arg rss)" = 1 ]; then
   # ethtool shows and changes the indirection table and the key, and L1's iperf3 flows land on the
   # queues the table names (ethtool -S: the bytes each RX queue took while one flow ran)
   bit 60 && bit 57; check feature-rss-hash-report $? "features=$feat"
+  # (what the driver said, and the names of its per-queue counters)
+  echo "L2-RSS-INFO dmesg: $(dmesg | grep -i -E 'virtio|rss' | tail -5 | tr '\n' ';')"
+  echo "L2-RSS-INFO ethtool -S: $(ethtool -S eth0 | grep -E 'rx.*0.*(bytes|packets)' | tr -s ' \n' ' ')"
   ethtool -k eth0 | grep -q "receive-hashing: on"; check receive-hashing-on $? "$(ethtool -k eth0 | grep receive-hashing)"
   x=$(ethtool -x eth0 2>&1)
   echo "$x" | grep -q "indirection table for eth0 with 2 RX ring" && [ "$(echo "$x" | grep -cE '^ +[0-9]+: ')" = 16 ]; check rss-table-shown $? "$(echo "$x" | head -4 | tr '\n' ' ')"

@@ -13,6 +13,8 @@ httpd -f -p 80 -h "$DATA_DIR" &
 httpd_pid=$!
 iperf3 -s >/dev/null 2>&1 &
 iperf_pid=$!
+# (why tsvmm refused an RSS or hash command, if it does: on the console)
+export TSVMM_DEBUG_CTRL=1
 # the rss scenario's four parallel flows, one per server
 rss_pids=
 case " $RUNS " in *" rss "*) for p in 5202 5203 5204 5205; do iperf3 -s -p $p >/dev/null 2>&1 & rss_pids="$rss_pids $!"; done ;; esac

@@ -165,7 +165,6 @@ describe('RSS control commands', () => {
       rssCommand({ table: [0, 1], key: new Uint8Array(0) }),
       rssCommand({ table: [0, 1], types: 1 << 6 }),
       rssCommand({ table: [0, 1] }).subarray(0, 20),
-      Uint8Array.from([...rssCommand({ table: [0, 1] }), 0]),
     ];
     for (const data of cases) {
       expect(netControl(t, 4, 0 + 1, rssCommand({ table: [0, 1] }))).toBe(0);
@@ -186,6 +185,11 @@ describe('RSS control commands', () => {
     expect(netControl(t3, 4, 2, hash)).toBe(0);
     expect(rss.get()).toMatchObject({ mode: RSS_MODE.HASH, hashTypes: HASH_TYPE.TCPv4 });
     expect(t3.pairsSet).toEqual([]);
+  });
+  it('takes a command with a byte after the key, as Linux 6.12 sends it (its trailer struct padded)', () => {
+    const { t, rss } = target(both);
+    expect(netControl(t, 4, 1, Uint8Array.from([...rssCommand({ table: new Array(128).fill(0).map((_, i) => i % 2) }), 0]))).toBe(0);
+    expect(rss.get()).toMatchObject({ mode: RSS_MODE.STEER, hashTypes: SUPPORTED_HASH_TYPES });
   });
   it('VQ_PAIRS_SET turns RSS off', () => {
     const { t, rss } = target(both);

@@ -171,10 +171,8 @@ if [ "$(arg rss)" = 1 ]; then
   # ethtool shows and changes the indirection table and the key, and L1's iperf3 flows land on the
   # queues the table names (ethtool -S: the bytes each RX queue took while one flow ran)
   bit 60 && bit 57; check feature-rss-hash-report $? "features=$feat"
-  # (what the driver said, and the names of its per-queue counters)
-  echo "L2-RSS-INFO dmesg: $(dmesg | grep -i -E 'virtio|rss' | tail -5 | tr '\n' ';')"
-  echo "L2-RSS-INFO ethtool -S: $(ethtool -S eth0 | grep -E 'rx.*0.*(bytes|packets)' | tr -s ' \n' ' ')"
-  ethtool -k eth0 | grep -q "receive-hashing: on"; check receive-hashing-on $? "$(ethtool -k eth0 | grep receive-hashing)"
+  # (the hash in the header becomes the skb's hash once receive hashing is on)
+  ethtool -K eth0 rxhash on; ethtool -k eth0 | grep -q "receive-hashing: on"; check receive-hashing-on $? "$(ethtool -k eth0 | grep receive-hashing)"
   x=$(ethtool -x eth0 2>&1)
   echo "$x" | grep -q "indirection table for eth0 with 2 RX ring" && [ "$(echo "$x" | grep -cE '^ +[0-9]+: ')" = 16 ]; check rss-table-shown $? "$(echo "$x" | head -4 | tr '\n' ' ')"
   # Microsoft's RSS verification key
@@ -183,32 +181,34 @@ if [ "$(arg rss)" = 1 ]; then
   ethtool -x eth0 | grep -q "$key"; check rss-hkey-shown $? "$(ethtool -x eth0 | grep -A1 'hash key' | tr '\n' ' ')"
   ethtool -X eth0 equal 2; check rss-equal-2-accepted $?
   ethtool -x eth0 | grep -qE '^ +0: +0 +1 +0 +1 +0 +1 +0 +1'; check rss-table-equal-2 $? "$(ethtool -x eth0 | grep -m1 -E '^ +0: ')"
-  rxb() { ethtool -S eth0 | awk -v a="rx_queue_$1_bytes:" -v b="rx$1_bytes:" '$1 == a || $1 == b { print $2; exit }'; }
-  # one flow, L1's iperf3 server at port $1 sending to client port $2: "iperf3's status, the bytes RX
-  # queues 0 and 1 took meanwhile"
-  flow() { a0=$(rxb 0); a1=$(rxb 1); iperf3 -c 10.0.2.1 -p $1 --cport $2 -R -t 2 >/tmp/ip 2>&1; echo "$? $(($(rxb 0) - a0)) $(($(rxb 1) - a1))"; }
-  # the flow's data went to queue $1: over 100 kB there, the other queue at most a fiftieth of that
-  # (iperf3's control connection, on its own port, and ARP)
-  on_queue() { if [ $1 = 0 ]; then m=$3 o=$4; else m=$4 o=$3; fi; [ $2 = 0 ] && [ $m -ge 100000 ] && [ $o -le $((m / 50)) ]; }
+  # per RX queue, the interrupts of its MSI-X vector (virtioN-input.Q, summed over the CPUs): Linux
+  # 6.12's ethtool -S has no per-queue packet or byte counters any more (netlink queue stats have them)
+  rxi() { awk -v q="-input.$1" 'substr($NF, length($NF) - length(q) + 1) == q { s = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s }' /proc/interrupts; }
+  # one flow, L1's iperf3 server at port $1 sending 4 MiB to client port $2: "iperf3's status, the
+  # interrupts of RX queues 0 and 1 meanwhile"
+  flow() { a0=$(rxi 0); a1=$(rxi 1); iperf3 -c 10.0.2.1 -p $1 --cport $2 -R -n 4M >/tmp/ip 2>&1; echo "$? $(($(rxi 0) - a0)) $(($(rxi 1) - a1))"; }
+  # the flow went to queue $1: at least 10 interrupts there and three times those of the other queue
+  # (which takes iperf3's control connection, on a port of its own, and ARP)
+  on_queue() { if [ $1 = 0 ]; then m=$3 o=$4; else m=$4 o=$3; fi; [ $2 = 0 ] && [ $m -ge 10 ] && [ $m -ge $((3 * o)) ]; }
   # With that key and the table 0 1 0 1 ... the data of 10.0.2.1:S → 10.0.2.2:P (TCPv4) goes to queue
   # (hash & 1), from tsvmm's Toeplitz: S=5201: P=40000, 40001, 40002 → 1; 40008, 40009, 40010 → 0
   for fq in 40000:1 40001:1 40008:0 40009:0; do
     set -- $(flow 5201 ${fq%:*})
-    on_queue ${fq#*:} "$@"; check rss-flow-${fq%:*}-on-queue-${fq#*:} $? "iperf3=$1 rx0+=$2 rx1+=$3"
+    on_queue ${fq#*:} "$@"; check rss-flow-${fq%:*}-on-queue-${fq#*:} $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
   done
   # four flows at once, two for each queue (5202:40002 → 0, 5203:40003 → 1, 5204:40004 → 0, 5205:40005 → 1)
-  a0=$(rxb 0); a1=$(rxb 1)
-  for sp in 5202:40002 5203:40003 5204:40004 5205:40005; do iperf3 -c 10.0.2.1 -p ${sp%:*} --cport ${sp#*:} -R -t 3 >/tmp/ip${sp%:*} 2>&1 & done
+  a0=$(rxi 0); a1=$(rxi 1)
+  for sp in 5202:40002 5203:40003 5204:40004 5205:40005; do iperf3 -c 10.0.2.1 -p ${sp%:*} --cport ${sp#*:} -R -n 4M >/tmp/ip${sp%:*} 2>&1 & done
   wait
-  d0=$(($(rxb 0) - a0)); d1=$(($(rxb 1) - a1))
-  [ $d0 -ge 200000 ] && [ $d1 -ge 200000 ]; check rss-4-parallel-flows-both-queues $? "rx0+=$d0 rx1+=$d1"
+  d0=$(($(rxi 0) - a0)); d1=$(($(rxi 1) - a1))
+  [ $d0 -ge 20 ] && [ $d1 -ge 20 ]; check rss-4-parallel-flows-both-queues $? "rx0-irqs+=$d0 rx1-irqs+=$d1"
   # every entry to one queue, then to the other: flows the equal table sent elsewhere follow
   ethtool -X eth0 weight 1 0; check rss-weight-1-0-accepted $?
   set -- $(flow 5201 40002)
-  on_queue 0 "$@"; check rss-weight-1-0-flow-on-queue-0 $? "iperf3=$1 rx0+=$2 rx1+=$3"
+  on_queue 0 "$@"; check rss-weight-1-0-flow-on-queue-0 $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
   ethtool -X eth0 weight 0 1; check rss-weight-0-1-accepted $?
   set -- $(flow 5201 40010)
-  on_queue 1 "$@"; check rss-weight-0-1-flow-on-queue-1 $? "iperf3=$1 rx0+=$2 rx1+=$3"
+  on_queue 1 "$@"; check rss-weight-0-1-flow-on-queue-1 $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
   ethtool -X eth0 equal 2
   echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"
   poweroff -f

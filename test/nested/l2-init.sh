@@ -184,12 +184,13 @@ if [ "$(arg rss)" = 1 ]; then
   # per RX queue, the interrupts of its MSI-X vector (virtioN-input.Q, summed over the CPUs): Linux
   # 6.12's ethtool -S has no per-queue packet or byte counters any more (netlink queue stats have them)
   rxi() { awk -v q="-input.$1" 'substr($NF, length($NF) - length(q) + 1) == q { s = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s }' /proc/interrupts; }
-  # one flow, L1's iperf3 server at port $1 sending 4 MiB to client port $2: "iperf3's status, the
+  # one flow, L1's iperf3 server at port $1 sending 16 MiB to client port $2: "iperf3's status, the
   # interrupts of RX queues 0 and 1 meanwhile"
-  flow() { a0=$(rxi 0); a1=$(rxi 1); iperf3 -c 10.0.2.1 -p $1 --cport $2 -R -n 4M >/tmp/ip 2>&1; echo "$? $(($(rxi 0) - a0)) $(($(rxi 1) - a1))"; }
-  # the flow went to queue $1: at least 10 interrupts there and three times those of the other queue
-  # (which takes iperf3's control connection, on a port of its own, and ARP)
-  on_queue() { if [ $1 = 0 ]; then m=$3 o=$4; else m=$4 o=$3; fi; [ $2 = 0 ] && [ $m -ge 10 ] && [ $m -ge $((3 * o)) ]; }
+  flow() { a0=$(rxi 0); a1=$(rxi 1); iperf3 -c 10.0.2.1 -p $1 --cport $2 -R -n 16M >/tmp/ip 2>&1; echo "$? $(($(rxi 0) - a0)) $(($(rxi 1) - a1))"; }
+  # the flow went to queue $1: at least 20 interrupts there and three times those of the other queue,
+  # which takes iperf3's control connection (an ephemeral port of its own: a dozen small messages,
+  # about as many interrupts, on either queue) and ARP
+  on_queue() { if [ $1 = 0 ]; then m=$3 o=$4; else m=$4 o=$3; fi; [ $2 = 0 ] && [ $m -ge 20 ] && [ $m -ge $((3 * o)) ]; }
   # With that key and the table 0 1 0 1 ... the data of 10.0.2.1:S → 10.0.2.2:P (TCPv4) goes to queue
   # (hash & 1), from tsvmm's Toeplitz: S=5201: P=40000, 40001, 40002 → 1; 40008, 40009, 40010 → 0
   for fq in 40000:1 40001:1 40008:0 40009:0; do
@@ -198,7 +199,7 @@ if [ "$(arg rss)" = 1 ]; then
   done
   # four flows at once, two for each queue (5202:40002 → 0, 5203:40003 → 1, 5204:40004 → 0, 5205:40005 → 1)
   a0=$(rxi 0); a1=$(rxi 1)
-  for sp in 5202:40002 5203:40003 5204:40004 5205:40005; do iperf3 -c 10.0.2.1 -p ${sp%:*} --cport ${sp#*:} -R -n 4M >/tmp/ip${sp%:*} 2>&1 & done
+  for sp in 5202:40002 5203:40003 5204:40004 5205:40005; do iperf3 -c 10.0.2.1 -p ${sp%:*} --cport ${sp#*:} -R -n 8M >/tmp/ip${sp%:*} 2>&1 & done
   wait
   d0=$(($(rxi 0) - a0)); d1=$(($(rxi 1) - a1))
   [ $d0 -ge 20 ] && [ $d1 -ge 20 ]; check rss-4-parallel-flows-both-queues $? "rx0-irqs+=$d0 rx1-irqs+=$d1"

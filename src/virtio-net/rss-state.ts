@@ -164,7 +164,8 @@ export function parseRssCommand(data: Uint8Array, steer: boolean, pairs: number)
     at = 12;
   }
   const keyLen = data[at++];
-  if (data.length !== at + keyLen) return `${data.length} bytes, a key of ${keyLen} makes ${at + keyLen}`;
+  // (bytes after the key are ignored, as QEMU does: Linux sends its trailer struct padded to 2 bytes)
+  if (data.length < at + keyLen) return `${data.length} bytes, a key of ${keyLen} makes ${at + keyLen}`;
   // (no hash types and no key turns hashing off, as QEMU does; RSS with a key but no hash types sends
   // every frame to the unclassified queue)
   const off = hashTypes === 0 && (keyLen === 0 || !steer);

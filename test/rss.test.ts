@@ -224,3 +224,32 @@ describe('RSS state in the saved device state', () => {
     expect(() => readRss(new Fields(saveRss({ ...c, hashTypes: 1 << 7 }) as Record<string, unknown>, 'rss'), 2)).toThrow(/hash types/);
   });
 });
+
+describe('RSS frame classifier on mutated frames', () => {
+  it('never reads outside the frame, whatever its headers say (5000 mutations of valid frames, cut at random)', () => {
+    let seed = 12345;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % n;
+    const bases = [
+      ipFrame({ src: [1, 2, 3, 4], dst: [5, 6, 7, 8], sport: 1, dport: 2 }),
+      ipFrame({ src: [1, 2, 3, 4], dst: [5, 6, 7, 8], sport: 1, dport: 2, proto: 17, tags: 2 }),
+      ipFrame({ v6: true, src: new Array(16).fill(1), dst: new Array(16).fill(2), sport: 1, dport: 2, payload: 40 }),
+    ];
+    const input = new Uint8Array(36);
+    for (let n = 0; n < 5000; n++) {
+      const f = bases[rnd(bases.length)].slice();
+      for (let k = rnd(6); k > 0; k--) f[rnd(f.length)] = rnd(256);
+      // (an IPv6 extension header chain now and then)
+      if (rnd(4) === 0 && f[12] === 0x86) f[14 + 6] = [0, 43, 44, 60][rnd(4)];
+      const len = rnd(f.length + 1);
+      const guarded = new Proxy(f, {
+        get(t, k) {
+          if (typeof k === 'string' && /^\d+$/.test(k) && Number(k) >= len) throw new Error(`read of byte ${k} of a ${len}-byte frame`);
+          return Reflect.get(t, k);
+        },
+      });
+      const r = classifyFrame(guarded, 0, len, SUPPORTED_HASH_TYPES, input);
+      expect(r).toBeGreaterThanOrEqual(HASH_REPORT.NONE);
+      expect(r).toBeLessThanOrEqual(HASH_REPORT.UDPv6);
+    }
+  });
+});

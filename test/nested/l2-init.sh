@@ -187,16 +187,19 @@ if [ "$(arg rss)" = 1 ]; then
   # one flow, L1's iperf3 server at port $1 sending 16 MiB to client port $2: "iperf3's status, the
   # interrupts of RX queues 0 and 1 meanwhile"
   flow() { a0=$(rxi 0); a1=$(rxi 1); iperf3 -c 10.0.2.1 -p $1 --cport $2 -R -n 16M >/tmp/ip 2>&1; echo "$? $(($(rxi 0) - a0)) $(($(rxi 1) - a1))"; }
-  # the flow went to queue $1: at least 20 interrupts there and three times those of the other queue,
-  # which takes iperf3's control connection (an ephemeral port of its own: a dozen small messages,
-  # about as many interrupts, on either queue) and ARP
-  on_queue() { if [ $1 = 0 ]; then m=$3 o=$4; else m=$4 o=$3; fi; [ $2 = 0 ] && [ $m -ge 20 ] && [ $m -ge $((3 * o)) ]; }
+  # the flow went to queue $1: at least 10 interrupts there, at most 2 on the other (an ARP)
+  on_queue() { if [ $1 = 0 ]; then m=$3 o=$4; else m=$4 o=$3; fi; [ $2 = 0 ] && [ $m -ge 10 ] && [ $o -le 2 ]; }
   # With that key and the table 0 1 0 1 ... the data of 10.0.2.1:S → 10.0.2.2:P (TCPv4) goes to queue
-  # (hash & 1), from tsvmm's Toeplitz: S=5201: P=40000, 40001, 40002 → 1; 40008, 40009, 40010 → 0
-  for fq in 40000:1 40001:1 40008:0 40009:0; do
-    set -- $(flow 5201 ${fq%:*})
-    on_queue ${fq#*:} "$@"; check rss-flow-${fq%:*}-on-queue-${fq#*:} $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
+  # (hash & 1), from tsvmm's Toeplitz: S=5201: P=40000, 40001, 40002 → 1; 40008, 40009, 40010 → 0.
+  # iperf3's control connection (from an ephemeral port) is put on the same queue: the ephemeral range
+  # is two ports whose queue is the flow's: 41016-41017 or 41018-41019 (→ 1), 41000-41001 or 41002-41003 (→ 0)
+  for fqc in 40000:1:41016 40001:1:41018 40008:0:41000 40009:0:41002; do
+    p=${fqc%%:*}; qc=${fqc#*:}; q=${qc%:*}; c=${qc#*:}
+    echo "$c $((c + 1))" > /proc/sys/net/ipv4/ip_local_port_range
+    set -- $(flow 5201 $p)
+    on_queue $q "$@"; check rss-flow-$p-on-queue-$q $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
   done
+  echo "32768 60999" > /proc/sys/net/ipv4/ip_local_port_range
   # four flows at once, two for each queue (5202:40002 → 0, 5203:40003 → 1, 5204:40004 → 0, 5205:40005 → 1)
   a0=$(rxi 0); a1=$(rxi 1)
   for sp in 5202:40002 5203:40003 5204:40004 5205:40005; do iperf3 -c 10.0.2.1 -p ${sp%:*} --cport ${sp#*:} -R -n 8M >/tmp/ip${sp%:*} 2>&1 & done

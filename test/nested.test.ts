@@ -41,7 +41,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'rss', 'wedge', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -69,6 +69,12 @@ const ALL_EXPECTED: Array<[string, string]> = [
   ...['feature-ring-packed', 'ethtool-combined-1', 'ping-one-pair', 'ethtool-combined-2', 'two-pairs-active', 'iperf3-parallel', 'gro-hw-off', 'file-gro-hw-off', 'gro-hw-on'].map((c): [string, string] => ['L2', `mq/${c}`]),
   ['L1', 'mq/no-tsvmm-left'],
   ['L1', 'mq/file-l2-to-l1'],
+  // RSS with hash reports over 2 pairs: the table and key through ethtool, flows on the queues it names
+  ...[...L2_COMMON.slice(0, 12), 'feature-ring-packed', 'feature-rss-hash-report', 'receive-hashing-on', 'rss-table-shown', 'rss-hkey-accepted', 'rss-hkey-shown', 'rss-equal-2-accepted', 'rss-table-equal-2']
+    .concat(['40000:1', '40001:1', '40008:0', '40009:0'].map((fq) => `rss-flow-${fq.replace(':', '-on-queue-')}`))
+    .concat(['rss-4-parallel-flows-both-queues', 'rss-weight-1-0-accepted', 'rss-weight-1-0-flow-on-queue-0', 'rss-weight-0-1-accepted', 'rss-weight-0-1-flow-on-queue-1'])
+    .map((c): [string, string] => ['L2', `rss/${c}`]),
+  ['L1', 'rss/no-tsvmm-left'],
   ['L1', 'wedge/no-tsvmm-left'],
   // the link taken down and up from the host (vm.net[0].setLink): L2's carrier follows, traffic resumes
   ...['link-up', 'carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up'].map((c): [string, string] => ['L2', `link/${c}`]),
@@ -263,8 +269,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, netctl, shutdown, api, snapshot (its restored tsvmm), and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, rss, link, ratelimit, netctl, shutdown, api, snapshot (its restored tsvmm), and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'rss', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }
@@ -321,6 +327,14 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(r?.console, failureContext(r)).toContain('Kernel panic - not syncing: sysrq triggered crash');
     expect(r?.ends.get('panic'), failureContext(r)).toMatch(/^tsvmm: guest reset \(reset control register \(0xcf9\)\)/);
     expect(r?.exits.get('panic'), failureContext(r)).toBe(0);
+  });
+
+  it.runIf(runs('rss'))('RSS: both RX queues delivered, on two dataplane threads (tsvmm\'s per-queue counters)', () => {
+    const s = get()?.stats.get('rss') as unknown as { threads: number; pairs: Array<{ rx: { packets: number; dropsByCause: Record<string, number> } }> } | undefined;
+    expect(s, failureContext(get())).toBeDefined();
+    expect(s!.threads).toBe(2);
+    // (frames a full hand-over ring dropped count as RX drops of cause wire: shown, not failed on)
+    for (const p of s!.pairs) expect(p.rx.packets, `rx drops by cause ${JSON.stringify(p.rx.dropsByCause)}`).toBeGreaterThan(100);
   });
 
   it.runIf(runs('mq') && runs('basic'))('two queue pairs ran on two dataplane threads with traffic on both (per-queue counters)', () => {

@@ -17,7 +17,8 @@ export const DROP_CAUSES = {
   tooBig: STAT.DROPS_TOO_BIG,
   /** RX: shorter than an Ethernet header; TX: a chain or header the device refuses */
   malformed: STAT.DROPS_MALFORMED,
-  /** TX: not put on the wire by the driver (its queue was full, or its own reasons) */
+  /** TX: not put on the wire by the driver (its queue was full, or its own reasons); RX with RSS: the
+   * hand-over ring towards the pair the frame was steered to was full */
   wire: STAT.DROPS_WIRE,
 } as const;
 export type DropCause = keyof typeof DROP_CAUSES;

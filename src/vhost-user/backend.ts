@@ -359,7 +359,7 @@ export class VhostUserBackend implements BackendCore {
         if (!this.iotlb) this.noteError(`pair ${pair}: ring outside the frontend's memory`);
         continue;
       }
-      const wp: WorkerUnit = { queues: [wrx, wtx], init: this.driver.queueInit(pair) };
+      const wp: WorkerUnit = { queues: [wrx, wtx], init: { pair, driver: this.driver.queueInit(pair) } };
       await this.startPair(pair, wp);
     }
   }

@@ -7,6 +7,7 @@ import type { DirtyLog } from '../virtio/dirty-log.js';
 import { RX_MODE, type RxFilter } from './rx-filter.js';
 import { F, bit, has } from './features.js';
 import { coalesceCommand, type CoalesceTarget } from './coalesce.js';
+import { RSS_OFF, parseRssCommand, type RssConfig } from './rss-state.js';
 
 const CTRL = { RX: 0, MAC: 1, VLAN: 2, ANNOUNCE: 3, MQ: 4, GUEST_OFFLOADS: 5, NOTF_COAL: 6 } as const;
 const CTRL_VLAN_ADD = 0;
@@ -16,6 +17,8 @@ const CTRL_GUEST_OFFLOADS_SET = 0;
 const CTRL_MAC_TABLE_SET = 0;
 const CTRL_MAC_ADDR_SET = 1;
 const CTRL_MQ_VQ_PAIRS_SET = 0;
+const CTRL_MQ_RSS_CONFIG = 1;
+const CTRL_MQ_HASH_CONFIG = 2;
 const ACK_OK = 0;
 const ACK_ERR = 1;
 /** a command longer than this (the largest is a MAC table) is refused unread */
@@ -43,6 +46,10 @@ export interface NetControlTarget {
   announced(): void;
   /** notification coalescing's parameters and which queues are enabled (coalesce.ts) */
   readonly coalesce: CoalesceTarget;
+  /** the RSS / hash-report state (rss-state.ts) */
+  setRss(c: RssConfig): void;
+  /** why an RSS or hash command was refused (TSVMM_DEBUG_CTRL=1 prints it) */
+  refused?(why: string): void;
 }
 
 /** What a command answers besides its ack (VIRTIO_NET_CTRL_NOTF_COAL_VQ_GET's parameters), set by netControl. */
@@ -83,7 +90,26 @@ export function netControl(t: NetControlTarget, cls: number, cmd: number, data: 
     return ACK_OK;
   }
   if (cls === CTRL.NOTF_COAL && has(features, F.NOTF_COAL)) return coalesceCommand(t.coalesce, cmd, data, reply) ? ACK_OK : ACK_ERR;
-  if (cls === CTRL.MQ && cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {
+  if (cls === CTRL.MQ) return mqControl(t, features, cmd, data);
+  return ACK_ERR;
+}
+
+/**
+ * VIRTIO_NET_CTRL_MQ: the pairs in use, RSS (which also sets the pairs), hash reports. As in QEMU, every
+ * MQ command turns RSS and hashing off first: a refused one leaves them off, VQ_PAIRS_SET too.
+ */
+function mqControl(t: NetControlTarget, features: bigint, cmd: number, data: Uint8Array): number {
+  if (has(features, F.RSS) || has(features, F.HASH_REPORT)) t.setRss(RSS_OFF);
+  if (cmd === CTRL_MQ_RSS_CONFIG || cmd === CTRL_MQ_HASH_CONFIG) {
+    const steer = cmd === CTRL_MQ_RSS_CONFIG;
+    if (!has(features, steer ? F.RSS : F.HASH_REPORT)) return t.refused?.(`${steer ? 'RSS' : 'HASH_REPORT'} not negotiated (features 0x${features.toString(16)})`), ACK_ERR;
+    const r = parseRssCommand(data, steer, t.queuePairs);
+    if (typeof r === 'string') return t.refused?.(`${steer ? 'RSS_CONFIG' : 'HASH_CONFIG'}: ${r}`), ACK_ERR;
+    t.setRss(r.config);
+    if (r.pairs !== undefined) t.setPairs(r.pairs);
+    return ACK_OK;
+  }
+  if (cmd === CTRL_MQ_VQ_PAIRS_SET && has(features, F.MQ)) {
     if (data.length !== 2) return ACK_ERR;
     const n = data[0] | (data[1] << 8);
     if (n < 1 || n > t.queuePairs) return ACK_ERR;

@@ -19,6 +19,7 @@ import { NetConfigSpace, NET_CONFIG_SIZE } from './config-space.js';
 export { parseMac, formatMac } from './mac.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
 import type { WorkerUnit } from '../dataplane/worker.js';
+import type { NetHandlerConfig } from './queue-handler.js';
 import { F, bit, has, netFeatureOffer, queueFeatures } from './features.js';
 import { netDataplane } from './dataplane.js';
 import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.js';
@@ -27,9 +28,13 @@ import { native, ONE } from '../native.js';
 import { IommuReader, type IommuTable } from '../viommu/table.js';
 import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
 import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fields.js';
-import { readNetState } from './state.js';
+import { readNetState, saveRss } from './state.js';
+import { RssWords, RSS_OFF } from './rss-state.js';
+import { newHandoverBuffer, newWakeFds, closeWakeFds } from './rss-ring.js';
 
 export const VIRTIO_ID_NET = 1;
+/** TSVMM_DEBUG_CTRL=1: one stderr line per RSS or hash command refused, with why */
+const DEBUG_CTRL = !!process.env.TSVMM_DEBUG_CTRL;
 export { NET_STATUS_LINK_UP, SPEED_UNKNOWN } from './config-space.js';
 
 export interface NetDeviceOptions {
@@ -50,6 +55,8 @@ export interface NetDeviceOptions {
   /** the link speed in Mb/s and duplex shown to the guest (VIRTIO_NET_F_SPEED_DUPLEX); default unknown */
   speed?: number;
   duplex?: 'full' | 'half';
+  /** offer VIRTIO_NET_F_HASH_REPORT and, with several pairs, VIRTIO_NET_F_RSS (default true) */
+  rss?: boolean;
   /** rate limits from the start (setRateLimit changes them later) */
   rateLimit?: NetRateLimits;
   /** behind the vIOMMU: its table and this device's endpoint id (PCI requester id) */
@@ -68,6 +75,10 @@ export class VirtioNet implements VirtioDevice {
   private readonly rateLimits = new RateLimitWords();
   /** notification coalescing's parameters per RX and TX queue, which the dataplane threads read */
   readonly coalesce: CoalesceWords;
+  /** the RSS / hash-report state the control queue sets and the dataplane threads read */
+  readonly rss = new RssWords();
+  /** the running threads' steering wake eventfds (closed once they stopped) */
+  private wakeFds: number[] = [];
   private readonly config: NetConfigSpace;
   private readonly dataplane: Dataplane;
   private view: GuestView;
@@ -98,10 +109,15 @@ export class VirtioNet implements VirtioDevice {
     f |= bit(F.NOTF_COAL) | bit(F.VQ_NOTF_COAL);
     // the guest may turn the receive offloads it negotiated off and on again (ethtool -K eth0 rx-gro-hw)
     if (has(f, F.GUEST_CSUM)) f |= bit(F.CTRL_GUEST_OFFLOADS);
+    // hashes in the receive header, and with several pairs RSS steering (rss-rx.ts)
+    if (opts.rss ?? true) {
+      f |= bit(F.HASH_REPORT);
+      if (pairs > 1) f |= bit(F.RSS);
+    }
     // behind the vIOMMU the driver must know its addresses are translated
     if (opts.iommu) f |= bit(F.ACCESS_PLATFORM);
     this.features = f;
-    this.config = new NetConfigSpace({ mac: opts.mac, pairs, mtu: this.mtu, speed: opts.speed, duplex: opts.duplex });
+    this.config = new NetConfigSpace({ mac: opts.mac, pairs, mtu: this.mtu, speed: opts.speed, duplex: opts.duplex, rss: has(f, F.HASH_REPORT) });
     this.filter.reset(opts.mac);
     if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
     this.stats = newStatsBuffer(2 * pairs);
@@ -301,18 +317,24 @@ export class VirtioNet implements VirtioDevice {
       const rx = byIndex.get(2 * p);
       const tx = byIndex.get(2 * p + 1);
       if (!rx || !tx) continue; // a pair the driver did not enable is not served
-      pairs.push({ queues: [{ ...rx, statsSlot: 2 * p }, { ...tx, statsSlot: 2 * p + 1 }], init: this.opts.driver.queueInit(p) });
+      pairs.push({ queues: [{ ...rx, statsSlot: 2 * p }, { ...tx, statsSlot: 2 * p + 1 }], init: { pair: p, driver: this.opts.driver.queueInit(p) } });
     }
     if (pairs.length === 0) return;
     const threads = Math.min(this.opts.threads ?? pairs.length, pairs.length);
     const groups: WorkerUnit[][] = Array.from({ length: threads }, () => []);
     pairs.forEach((p, i) => groups[i % threads].push(p));
     this.threadsStarted = Math.max(this.threadsStarted, threads);
+    const net = netDataplane(a.features, this.opts.driver, this.filter.buffer, this.rateLimits.buffer, this.mtu, this.coalesce.buffer);
+    if (has(a.features, F.RSS) || has(a.features, F.HASH_REPORT)) {
+      const cfg = net.handlerConfig as NetHandlerConfig;
+      this.wakeFds = newWakeFds(this.activePairs);
+      cfg.steer = { pairs: this.activePairs, rings: newHandoverBuffer(this.activePairs, cfg.maxRxFrame), wakeFds: this.wakeFds, rss: this.rss.buffer, hashReport: has(a.features, F.HASH_REPORT) };
+    }
     await this.dataplane.start(
       {
         memory: this.memory.buffer,
         table: this.memory.table.toJSON(),
-        ...netDataplane(a.features, this.opts.driver, this.filter.buffer, this.rateLimits.buffer, this.mtu, this.coalesce.buffer),
+        ...net,
         stats: this.stats,
         busyPollUs: this.opts.busyPollUs ?? 0,
         dirtyLog: this.dirtyLog,
@@ -376,6 +398,8 @@ export class VirtioNet implements VirtioDevice {
         perQueue: () => has(this.active?.features ?? 0n, F.VQ_NOTF_COAL),
         enabled: (index) => index < this.ctrlIndex && !!this.active?.queues.some((q) => q.index === index),
       },
+      setRss: (c) => this.rss.set(c),
+      refused: DEBUG_CTRL ? (why) => writeSync(2, `tsvmm: net ${formatMac(this.opts.mac)}: control command refused: ${why}\n`) : undefined,
       setPairs: (n) => {
         if (n === this.activePairs) return;
         this.activePairs = n;
@@ -417,7 +441,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** The configuration space (MAC, link), the RX filter with its MAC and VLAN tables, the pairs in use, the receive offloads on, the coalescing parameters. */
   saveState(): StateValue {
-    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save() };
+    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save(), rss: saveRss(this.rss.get()) };
   }
 
   restoreState(f: Fields): void {
@@ -427,6 +451,7 @@ export class VirtioNet implements VirtioDevice {
     this.config.bytes.set(s.config);
     this.filter.setLinkDown(!this.linkUp);
     this.coalesce.restore(s.coalesce);
+    this.rss.set(s.rss);
     this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
 
@@ -435,6 +460,9 @@ export class VirtioNet implements VirtioDevice {
 
   /** `ended` threads did not stop within the limit and were ended: the device can no longer run */
   private stopped(ended: number): void {
+    // (the threads that watched the steering eventfds are gone)
+    closeWakeFds(this.wakeFds);
+    this.wakeFds = [];
     if (ended === 0) return;
     this.stuckThreads += ended;
     writeSync(2, `tsvmm: net ${formatMac(this.opts.mac)}: a dataplane thread did not stop within ${stuckThreadMs()} ms (TSVMM_STUCK_THREAD_MS): it was ended\n`);
@@ -466,5 +494,6 @@ export class VirtioNet implements VirtioDevice {
     this.config.setAnnounce(false);
     this.filter.reset(this.opts.mac);
     this.coalesce.clear();
+    this.rss.set(RSS_OFF);
   }
 }

@@ -31,6 +31,8 @@ export const F = {
   GUEST_USO4: 54,
   GUEST_USO6: 55,
   HOST_USO: 56,
+  HASH_REPORT: 57,
+  RSS: 60,
   SPEED_DUPLEX: 63,
   // transport
   INDIRECT_DESC: VIRTIO_F_INDIRECT_DESC,

@@ -13,6 +13,7 @@ import { NetRx, signal } from './net-rx.js';
 import { DIR, type RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
 import type { Coalescer } from './coalesce.js';
+import { SteeredRx, NET_HDR_HASH_LEN, type SteerOptions } from './rss-rx.js';
 
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
@@ -36,6 +37,8 @@ export interface PairOptions {
   /** notification coalescing of each queue (coalesce.ts; without: an interrupt as soon as the ring asks) */
   rxCoalesce?: Coalescer;
   txCoalesce?: Coalescer;
+  /** RSS or hash reports negotiated: the receive side steers (rss-rx.ts) */
+  steer?: SteerOptions;
 }
 
 export class NetQueuePair {
@@ -44,7 +47,9 @@ export class NetQueuePair {
   private readonly hdr = new Uint8Array(NET_HDR_LEN);
   private readonly bytes: GuestBytes;
   /** the receive side */
-  private readonly rx: NetRx;
+  private readonly rx: NetRx | SteeredRx;
+  /** the guest's header on TX (virtio_net_hdr_v1_hash with hash reports: its hash fields unread) */
+  private readonly txHdrLen: number;
 
   constructor(
     private readonly mem: GuestView,
@@ -59,7 +64,8 @@ export class NetQueuePair {
     // room for a whole batch of typical packets, and for one packet of the longest chain
     this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
     this.txHeads = new Uint16Array(TX_BATCH);
-    this.rx = new NetRx(mem, memBuffer, rxq, this, o);
+    this.rx = o.steer ? new SteeredRx(mem, memBuffer, rxq, this, o, o.steer) : new NetRx(mem, memBuffer, rxq, this, o);
+    this.txHdrLen = o.steer?.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
   }
 
   // ---- rate limits
@@ -155,7 +161,7 @@ export class NetQueuePair {
           cut = true;
           break;
         }
-        const len = c.readableBytes - NET_HDR_LEN;
+        const len = c.readableBytes - this.txHdrLen;
         // a TX chain is device-readable only and holds a header and a frame of sane size (alone it
         // always fits: the array holds the longest chain)
         const bad = c.writable > 0 || len < 14 || len > MAX_TX_FRAME || c.count > segments;
@@ -187,7 +193,7 @@ export class NetQueuePair {
         done++;
         // the frame: the readable buffers after the header
         b.iovStart[slot] = iovUsed;
-        let skip = NET_HDR_LEN;
+        let skip = this.txHdrLen;
         for (let i = 0; i < c.readable; i++) {
           let off = c.offsets[i];
           let l = c.lens[i];
@@ -293,5 +299,9 @@ export class NetQueuePair {
   /** the driver had nothing to receive although there were buffers */
   get dry(): boolean {
     return this.rx.dry;
+  }
+  /** with steering: frames other pairs handed to this one wait */
+  get handedOver(): boolean {
+    return this.rx instanceof SteeredRx && this.rx.handedOver;
   }
 }

@@ -10,6 +10,7 @@ import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import { CoalesceWords, Coalescer } from './coalesce.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
+import type { SteerOptions } from './rss-rx.js';
 
 /** The net threads' configuration (structured-cloneable), from the negotiated features (dataplane.ts). */
 export interface NetHandlerConfig {
@@ -24,6 +25,14 @@ export interface NetHandlerConfig {
   rateLimit: SharedArrayBuffer;
   /** the device's notification coalescing parameters (coalesce.ts); absent: none (vhost-user, whose frontend has the control queue) */
   coalesce?: SharedArrayBuffer;
+  /** RSS or hash reports negotiated: what every pair's steering shares (rss-rx.ts; `pair` is each unit's) */
+  steer?: Omit<SteerOptions, 'pair'>;
+}
+
+/** A net unit's own data: its pair's index and its driver queue's init (the driver's queueInit(pair)). */
+export interface NetUnitInit {
+  pair: number;
+  driver: unknown;
 }
 
 /** how long a TX queue whose driver would block, and has no fd to say when it can take more, waits (ms) */
@@ -38,7 +47,7 @@ export async function prepare(config: unknown): Promise<OpenHandler> {
   return (ctx) => new NetHandler(ctx, c, driverMod, filter, limits, coalesce);
 }
 
-/** A unit's queues are [rx, tx]; its init is the driver's queueInit(pair). */
+/** A unit's queues are [rx, tx]; its init a NetUnitInit. */
 class NetHandler implements QueueHandler {
   readonly pair: NetQueuePair;
   readonly fds: readonly number[];
@@ -54,11 +63,16 @@ class NetHandler implements QueueHandler {
   private readonly coal: Coalescer[];
   private readonly ctx: HandlerContext;
 
+  /** with steering: this pair's wake eventfd (other pairs handed it frames) */
+  private readonly wakeFd: number;
+  private readonly counter = new BigUint64Array(1);
+
   constructor(ctx: HandlerContext, c: NetHandlerConfig, driverMod: DriverModule, filter: RxFilter, rateLimits: RateLimitWords, coalesce: CoalesceWords | undefined) {
     const [rxq, txq] = ctx.queues;
+    const init = ctx.init as NetUnitInit;
     this.ctx = ctx;
     this.coal = coalesce ? ctx.indices.map((index) => new Coalescer(coalesce, index)) : [];
-    this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(ctx.init), {
+    this.pair = new NetQueuePair(ctx.mem, ctx.memory, rxq, txq, driverMod.openQueue(init.driver), {
       mergeable: c.mergeable,
       maxRxFrame: c.maxRxFrame,
       txPolicy: c.txPolicy,
@@ -71,17 +85,22 @@ class NetHandler implements QueueHandler {
       rateLimits,
       rxCoalesce: this.coal[0],
       txCoalesce: this.coal[1],
+      steer: c.steer && { ...c.steer, pair: init.pair },
     });
     this.pair.updateLimits();
     this.updateCoalescing(performance.now());
-    this.fds = [this.pair.driver.pollFd];
+    this.wakeFd = c.steer ? c.steer.wakeFds[init.pair] : -1;
+    this.fds = [this.pair.driver.pollFd, this.wakeFd];
   }
 
-  events(): number {
+  events(k: number): number {
+    if (k === 1) return EPOLLIN;
     return (this.rxArmed ? EPOLLIN : 0) | (this.pair.txBlocked ? EPOLLOUT : 0);
   }
 
-  onEvent(_k: number, events: number): void {
+  onEvent(k: number, events: number): void {
+    // (the frames themselves are looked for in every pass: the eventfd only wakes the thread)
+    if (k === 1) return void native.read(this.wakeFd, this.counter);
     // the driver can take packets again (or its fd failed: transmit finds out and says so)
     if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) this.pair.txBlocked = false;
   }
@@ -112,6 +131,8 @@ class NetHandler implements QueueHandler {
       if (p.driver.pollFd < 0 && !p.dry) pending = true;
     }
     if (rxWaits) this.rxArmed = false;
+    // frames other pairs handed over wait for this ring's buffers (a starved ring waits for its kick)
+    if (!rxWaits && !p.starved && p.handedOver) pending = true;
     this.blindRetry = p.txBlocked && p.driver.pollFd < 0;
     // interrupts held back whose time has come go now; the next one due bounds the sleep
     const coalWait = this.coal.length > 0 ? this.fireDue(performance.now()) : -1;

@@ -1,9 +1,11 @@
 // virtio-net's own part of a state document, checked against the device it is restored into: the
 // configuration space (what the host chose — pairs offered, MTU, speed, duplex — must be this
 // device's; the MAC and link are the guest's and the host's doing), the RX filter bytes (its VLAN
-// table included), the pairs in use, the receive offloads on and each queue's notification coalescing.
-import { StateError, type Fields } from '../state/fields.js';
+// table included), the pairs in use, the receive offloads on, each queue's notification coalescing and
+// the RSS / hash-report state.
+import { StateError, type Fields, type StateValue } from '../state/fields.js';
 import { NET_STATUS_ANNOUNCE, NET_STATUS_LINK_UP } from './config-space.js';
+import { RSS_MAX_KEY, RSS_MAX_TABLE, rssConfigProblem, type RssConfig } from './rss-state.js';
 
 export interface NetState {
   config: Uint8Array;
@@ -12,6 +14,30 @@ export interface NetState {
   offloads: bigint;
   /** per RX and TX queue: le32 max_packets, le32 max_usecs (coalesce.ts) */
   coalesce: Uint8Array;
+  rss: RssConfig;
+}
+
+/** The RSS state as a document holds it (the table as little-endian u16 bytes). */
+export function saveRss(c: RssConfig): StateValue {
+  const table = new Uint8Array(2 * c.table.length);
+  c.table.forEach((q, i) => new DataView(table.buffer).setUint16(2 * i, q, true));
+  return { mode: c.mode, hashTypes: c.hashTypes, table, unclassified: c.unclassified, key: c.key.slice() };
+}
+
+/** The RSS state of a document, checked as the control commands check it (`pairs`: the pairs offered). */
+export function readRss(f: Fields, pairs: number): RssConfig {
+  const t = f.bytes('table', { min: 2, max: 2 * RSS_MAX_TABLE, multiple: 2 });
+  const c: RssConfig = {
+    mode: f.uint('mode', 2),
+    hashTypes: f.uint('hashTypes', 0xffffffff),
+    table: Uint16Array.from({ length: t.length / 2 }, (_, i) => t[2 * i] | (t[2 * i + 1] << 8)),
+    unclassified: f.uint('unclassified', 0xffff),
+    key: f.bytes('key', { min: 0, max: RSS_MAX_KEY }).slice(),
+  };
+  f.done();
+  const bad = rssConfigProblem(c, pairs);
+  if (bad) throw new StateError(`${f.path}: ${bad}`);
+  return c;
 }
 
 /** `device`: its configuration space now, the pairs it offers, the offload bits a driver may turn on. */
@@ -23,6 +49,7 @@ export function readNetState(f: Fields, device: { config: Uint8Array; queuePairs
     pairs: f.uint('activePairs', device.queuePairs),
     offloads: f.u64('offloads'),
     coalesce: f.bytes('coalesce', 16 * device.queuePairs),
+    rss: readRss(f.obj('rss'), device.queuePairs),
   };
   f.done();
   const c = s.config;

@@ -61,6 +61,8 @@ export interface NetConfig {
   packed?: boolean;
   /** offer mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF; default true) */
   mergeable?: boolean;
+  /** offer RSS (with several queues) and hash reports (VIRTIO_NET_F_RSS, VIRTIO_NET_F_HASH_REPORT; default true) */
+  rss?: boolean;
   /**
    * the MTU offered to the guest (VIRTIO_NET_F_MTU), 68..65535; the driver raises its wire's to it where
    * it can (tap: the tap's MTU). Default: the wire's MTU as the driver finds it.

@@ -80,7 +80,7 @@ export class VirtioDevices {
       if (n.mtu !== undefined && n.mtu > driver.caps.mtu) throw new UserError(`--net: mtu=${n.mtu} is more than the ${driver.name} driver carries (${driver.caps.mtu})`);
       const slot = this.host.pci.freeSlot();
       const iommu = this.endpoint(slot);
-      const net = new VirtioNet(this.host.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, mergeable: n.mergeable, mtu: n.mtu, speed: n.speed, duplex: n.duplex, rateLimit: n.rateLimit, iommu });
+      const net = new VirtioNet(this.host.memory, { driver, mac, queuePairs: Math.min(n.queues ?? 1, driver.caps.queuePairs), threads: n.threads, busyPollUs: n.busyPollUs, packed: n.packed, mergeable: n.mergeable, rss: n.rss, mtu: n.mtu, speed: n.speed, duplex: n.duplex, rateLimit: n.rateLimit, iommu });
       const pci = this.plug(net, PCI_CLASS_NET, slot);
       if (iommu) this.iommu!.addEndpoint(iommu.endpoint);
       this.net.push({ net, pci, driver });

@@ -180,6 +180,57 @@ if [ "$(arg link)" = 1 ]; then
   echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"
   poweroff -f
 fi
+if [ "$(arg rss)" = 1 ]; then
+  # RSS with hash reports (VIRTIO_NET_F_RSS, bit 60; VIRTIO_NET_F_HASH_REPORT, bit 57) over 2 pairs:
+  # ethtool shows and changes the indirection table and the key, and L1's iperf3 flows land on the
+  # queues the table names (ethtool -S: the bytes each RX queue took while one flow ran)
+  bit 60 && bit 57; check feature-rss-hash-report $? "features=$feat"
+  # (the hash in the header becomes the skb's hash once receive hashing is on)
+  ethtool -K eth0 rxhash on; ethtool -k eth0 | grep -q "receive-hashing: on"; check receive-hashing-on $? "$(ethtool -k eth0 | grep receive-hashing)"
+  x=$(ethtool -x eth0 2>&1)
+  echo "$x" | grep -q "indirection table for eth0 with 2 RX ring" && [ "$(echo "$x" | grep -cE '^ +[0-9]+: ')" = 16 ]; check rss-table-shown $? "$(echo "$x" | head -4 | tr '\n' ' ')"
+  # Microsoft's RSS verification key
+  key=6d:5a:56:da:25:5b:0e:c2:41:67:25:3d:43:a3:8f:b0:d0:ca:2b:cb:ae:7b:30:b4:77:cb:2d:a3:80:30:f2:0c:6a:42:b7:3b:be:ac:01:fa
+  ethtool -X eth0 hkey $key; check rss-hkey-accepted $?
+  ethtool -x eth0 | grep -q "$key"; check rss-hkey-shown $? "$(ethtool -x eth0 | grep -A1 'hash key' | tr '\n' ' ')"
+  ethtool -X eth0 equal 2; check rss-equal-2-accepted $?
+  ethtool -x eth0 | grep -qE '^ +0: +0 +1 +0 +1 +0 +1 +0 +1'; check rss-table-equal-2 $? "$(ethtool -x eth0 | grep -m1 -E '^ +0: ')"
+  # per RX queue, the interrupts of its MSI-X vector (virtioN-input.Q, summed over the CPUs): Linux
+  # 6.12's ethtool -S has no per-queue packet or byte counters any more (netlink queue stats have them)
+  rxi() { awk -v q="-input.$1" 'substr($NF, length($NF) - length(q) + 1) == q { s = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s }' /proc/interrupts; }
+  # one flow, L1's iperf3 server at port $1 sending 16 MiB to client port $2: "iperf3's status, the
+  # interrupts of RX queues 0 and 1 meanwhile"
+  flow() { a0=$(rxi 0); a1=$(rxi 1); iperf3 -c 10.0.2.1 -p $1 --cport $2 -R -n 16M >/tmp/ip 2>&1; echo "$? $(($(rxi 0) - a0)) $(($(rxi 1) - a1))"; }
+  # the flow went to queue $1: at least 10 interrupts there, at most 3 on the other (ARP)
+  on_queue() { if [ $1 = 0 ]; then m=$3 o=$4; else m=$4 o=$3; fi; [ $2 = 0 ] && [ $m -ge 10 ] && [ $o -le 3 ]; }
+  # With that key and the table 0 1 0 1 ... the data of 10.0.2.1:S → 10.0.2.2:P (TCPv4) goes to queue
+  # (hash & 1), from tsvmm's Toeplitz: S=5201: P=40000, 40001, 40002 → 1; 40008, 40009, 40010 → 0.
+  # iperf3's control connection (from an ephemeral port) is put on the same queue: the ephemeral range
+  # is two ports whose queue is the flow's: 41016-41017 or 41018-41019 (→ 1), 41000-41001 or 41002-41003 (→ 0)
+  for fqc in 40000:1:41016 40001:1:41018 40008:0:41000 40009:0:41002; do
+    p=${fqc%%:*}; qc=${fqc#*:}; q=${qc%:*}; c=${qc#*:}
+    echo "$c $((c + 1))" > /proc/sys/net/ipv4/ip_local_port_range
+    set -- $(flow 5201 $p)
+    on_queue $q "$@"; check rss-flow-$p-on-queue-$q $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
+  done
+  echo "32768 60999" > /proc/sys/net/ipv4/ip_local_port_range
+  # four flows at once, two for each queue (5202:40002 → 0, 5203:40003 → 1, 5204:40004 → 0, 5205:40005 → 1)
+  a0=$(rxi 0); a1=$(rxi 1)
+  for sp in 5202:40002 5203:40003 5204:40004 5205:40005; do iperf3 -c 10.0.2.1 -p ${sp%:*} --cport ${sp#*:} -R -n 8M >/tmp/ip${sp%:*} 2>&1 & done
+  wait
+  d0=$(($(rxi 0) - a0)); d1=$(($(rxi 1) - a1))
+  [ $d0 -ge 20 ] && [ $d1 -ge 20 ]; check rss-4-parallel-flows-both-queues $? "rx0-irqs+=$d0 rx1-irqs+=$d1"
+  # every entry to one queue, then to the other: flows the equal table sent elsewhere follow
+  ethtool -X eth0 weight 1 0; check rss-weight-1-0-accepted $?
+  set -- $(flow 5201 40002)
+  on_queue 0 "$@"; check rss-weight-1-0-flow-on-queue-0 $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
+  ethtool -X eth0 weight 0 1; check rss-weight-0-1-accepted $?
+  set -- $(flow 5201 40010)
+  on_queue 1 "$@"; check rss-weight-0-1-flow-on-queue-1 $? "iperf3=$1 rx0-irqs+=$2 rx1-irqs+=$3"
+  ethtool -X eth0 equal 2
+  echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"
+  poweroff -f
+fi
 if [ -n "$(arg ratelimit)" ]; then
   # tsvmm lets BYTES per 100 ms through each way (tx-bytes, rx-bytes on its --net): iperf3's receiver
   # (the side that saw what got through) within 10 % of that, both ways. Goodput is the frames' bytes

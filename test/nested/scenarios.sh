@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq wedge link ratelimit netctl shutdown api snapshot triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq rss wedge link ratelimit netctl shutdown api snapshot triple panic iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -13,6 +13,11 @@ httpd -f -p 80 -h "$DATA_DIR" &
 httpd_pid=$!
 iperf3 -s >/dev/null 2>&1 &
 iperf_pid=$!
+# (why tsvmm refused an RSS or hash command, if it does: on the console)
+export TSVMM_DEBUG_CTRL=1
+# the rss scenario's four parallel flows, one per server
+rss_pids=
+case " $RUNS " in *" rss "*) for p in 5202 5203 5204 5205; do iperf3 -s -p $p >/dev/null 2>&1 & rss_pids="$rss_pids $!"; done ;; esac
 
 # the tap L2's traffic arrives on (busybox's ip cannot make a multi-queue vnet_hdr tap)
 node "$MKTAP" tap0
@@ -184,8 +189,13 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   rm -f "$WORK/recv" "$DATA_DIR/l2-blob-received" "$DATA_DIR/limit-changed"
   # the L2 → L1 direction: fetch L2's blob as soon as its web server answers, then tell L2 (which waits
   # for that before it powers off)
-  (for i in $(seq 300); do wget -q -O "$WORK/recv.part" http://10.0.2.2:8080/blob 2>/dev/null && mv "$WORK/recv.part" "$WORK/recv" && touch "$DATA_DIR/l2-blob-received" && break; sleep 1; done) &
-  fetcher=$!
+  # (not in rss, whose L2 serves nothing: its connection attempts, one a second, would reach L2's RX
+  # queues while it counts what each flow brings to each)
+  fetcher=
+  if [ "$name" != rss ]; then
+    (for i in $(seq 300); do wget -q -O "$WORK/recv.part" http://10.0.2.2:8080/blob 2>/dev/null && mv "$WORK/recv.part" "$WORK/recv" && touch "$DATA_DIR/l2-blob-received" && break; sleep 1; done) &
+    fetcher=$!
+  fi
   [ -n "$KVM_TRACE" ] && : > "$KVM_TRACE/trace"
   stage "tsvmm-start-$name"
   # (nokaslr: the rips of a hung or triple-faulting L2 name the same functions in another boot)
@@ -265,7 +275,7 @@ scenario() { # name cpus queues extra-l2-args tsvmm-timeout [extra tsvmm args]
   if [ "$name" = shutdown ]; then
     grep -q "^L1-SHUTDOWN-END poweroff (ACPI S5 (soft off))" "$WORK/tsvmm.out"; check shutdown/powered-off-by-button $? "$(grep -m1 '^L1-SHUTDOWN-END' "$WORK/tsvmm.out")"
   fi
-  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ] && [ "$name" != api ] && [ "$name" != netctl ]; then
+  if [ "$name" != wedge ] && [ "$name" != triple ] && [ "$name" != panic ] && [ "$name" != link ] && [ "$name" != shutdown ] && [ "$name" != ratelimit ] && [ "$name" != api ] && [ "$name" != netctl ] && [ "$name" != rss ]; then
     [ "$(md5sum < "$WORK/recv")" = "$(md5sum < "$DATA_DIR/blob")" ]; check "$name/file-l2-to-l1" $? "bytes=$(wc -c < "$WORK/recv" 2>/dev/null)"
   fi
   if [ -n "$mtu" ]; then
@@ -286,6 +296,8 @@ for r in $RUNS; do
     # scenario, not the ones after it)
     basic) scenario basic 1 1 "tsvmm.rng=1 tsvmm.rngpacked=1 tsvmm.mtu=9000 tsvmm.mrg=0 tsvmm.speed=25000" 300 --rng ;;
     mq) scenario mq 2 2 "tsvmm.rng=1 tsvmm.rngpacked=0 tsvmm.mtu=9000" 300 --rng=packed=off ;;
+    # RSS with hash reports over 2 pairs: ethtool -x/-X, flows on the queues the table names
+    rss) scenario rss 2 2 "tsvmm.rss=1" 240 ;;
     wedge) scenario wedge 1 1 "tsvmm.wedge=1" 60 ;;
     # the host takes the link down and up through the library (vm.net[0].setLink): L2's carrier follows
     link) scenario link 1 1 "tsvmm.link=1" 240 ;;
@@ -318,4 +330,4 @@ for r in $RUNS; do
     where:*) echo "L1-WHERE $r $(l2_symbols "$(echo $r | cut -d: -f2)" $(echo $r | cut -d: -f3- | tr ':' ' ') | tr '\n' ';')" ;;
   esac
 done
-kill $httpd_pid $iperf_pid 2>/dev/null
+kill $httpd_pid $iperf_pid $rss_pids 2>/dev/null

@@ -1,0 +1,176 @@
+// RSS steering in the net engine without threads: two queue pairs share the hand-over rings; frames of
+// four TCP flows read from pair 0's driver queue land on the RX queues the indirection table names,
+// each flow on one queue, with the Toeplitz hash and its type in the header (virtio_net_hdr_v1_hash).
+import { describe, it, expect } from 'vitest';
+import { createQueue } from '../src/virtio/queues.js';
+import { NetQueuePair } from '../src/virtio-net/net-pair.js';
+import { RxFilter } from '../src/virtio-net/rx-filter.js';
+import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
+import { txPolicy } from '../src/virtio-net/features.js';
+import { RssWords, RSS_MODE, type RssConfig } from '../src/virtio-net/rss-state.js';
+import { newHandoverBuffer, newWakeFds, closeWakeFds } from '../src/virtio-net/rss-ring.js';
+import { HASH_REPORT, SUPPORTED_HASH_TYPES } from '../src/virtio-net/rss-classify.js';
+import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
+import { TestMemory, receiveFrame } from './helpers/virtq-driver.js';
+import { RING_LAYOUTS, type RingDriver } from './helpers/ring-driver.js';
+import { MS_KEY, ipFrame } from './helpers/rss-frames.js';
+
+/** Receives the frames queued for it, one per call. */
+class FrameDriver implements DriverQueue {
+  readonly pollFd = -1;
+  readonly drops = 0;
+  readonly frames: Uint8Array[] = [];
+  transmit(b: PacketBatch): number {
+    return b.count;
+  }
+  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+    const f = this.frames.shift();
+    return f ? receiveFrame(b, mem, f) : 0;
+  }
+  close(): void {}
+}
+
+const v4 = (a: string) => a.split('.').map(Number);
+// four flows of Microsoft's vectors (destination, source), with their TCP hashes
+const FLOWS: Array<[string, number, string, number, number]> = [
+  ['161.142.100.80', 1766, '66.9.149.187', 2794, 0x51ccc178],
+  ['65.69.140.83', 4739, '199.92.111.2', 14230, 0xc626b0ea],
+  ['12.22.207.184', 38024, '24.19.198.95', 12898, 0x5c2b394a],
+  ['209.142.163.6', 2217, '38.27.205.30', 48228, 0xafc7327f],
+];
+/** 128 entries, entry i naming pair (i >> 4) & 1: the flows' hashes (low bits 120, 106, 74, 127) go to 1, 0, 0, 1 */
+const TABLE = Uint16Array.from({ length: 128 }, (_, i) => (i >> 4) & 1);
+
+for (const L of RING_LAYOUTS) {
+  for (const mergeable of [false, true]) {
+    describe(`RSS steering, ${L.name} rings${mergeable ? ', mergeable buffers' : ''}`, () => {
+      function setup(pairs: number, hashReport: boolean) {
+        const mem = new TestMemory(8 << 20);
+        const rss = new RssWords();
+        const maxRxFrame = 1514;
+        const rings = newHandoverBuffer(pairs, maxRxFrame);
+        const wakeFds = newWakeFds(pairs);
+        const filter = new RxFilter();
+        filter.reset(Uint8Array.from([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        const made = Array.from({ length: pairs }, (_, p) => {
+          const rx: RingDriver = L.driver(mem, 64);
+          const tx: RingDriver = L.driver(mem, 64);
+          const feats = { eventIdx: false, indirect: true, packed: L.packed };
+          const rxq = createQueue(mem.view, rx.cfg, feats, 32768);
+          const txq = createQueue(mem.view, tx.cfg, feats, 32768);
+          if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
+          const driver = new FrameDriver();
+          const rxStats = new Float64Array(STAT_WORDS);
+          const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
+            mergeable,
+            maxRxFrame,
+            txPolicy: txPolicy(0n),
+            rxCallFd: -1,
+            txCallFd: -1,
+            rxStats,
+            txStats: new Float64Array(STAT_WORDS),
+            filter,
+            steer: { pair: p, pairs, rings, wakeFds, rss: rss.buffer, hashReport },
+          });
+          // receive buffers, remembered by id
+          const bufs = new Map<number, number>();
+          for (let i = 0; i < 32; i++) {
+            const a = mem.alloc(2048);
+            bufs.set(rx.add([{ addr: a, len: 2048, write: true }]), a);
+          }
+          return { rx, rxq, driver, pair, rxStats, bufs };
+        });
+        /** what each pair's guest received: header fields and the frame's flow (its source port) */
+        const received = (p: number) =>
+          made[p].rx.takeUsed().map(({ id, len }) => {
+            const a = made[p].bufs.get(id)!;
+            const b = mem.bytes(a, len);
+            const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+            const h = hashReport ? 20 : 12;
+            return { numBuffers: v.getUint16(10, true), hash: hashReport ? v.getUint32(12, true) : 0, report: hashReport ? v.getUint16(16, true) : 0, sport: v.getUint16(h + 14 + 20, false), len: len - h };
+          });
+        const run = () => {
+          for (let i = 0; i < 512; i++) made.forEach((m) => m.pair.processRx(256));
+        };
+        return { mem, made, rss, received, run, close: () => closeWakeFds(wakeFds) };
+      }
+
+      const flowFrame = (f: (typeof FLOWS)[number], payload = 100) => ipFrame({ src: v4(f[2]), dst: v4(f[0]), sport: f[3], dport: f[1], payload });
+      const steer: RssConfig = { mode: RSS_MODE.STEER, hashTypes: SUPPORTED_HASH_TYPES, table: TABLE, unclassified: 1, key: MS_KEY };
+
+      it('frames of 4 flows read by pair 0 land on the queues the table names, each flow on one, hash in the header', () => {
+        const s = setup(2, true);
+        s.rss.set(steer);
+        for (let round = 0; round < 3; round++) for (const f of FLOWS) s.made[0].driver.frames.push(flowFrame(f));
+        s.run();
+        const got = [s.received(0), s.received(1)];
+        const want = FLOWS.map((f) => TABLE[f[4] & 127]);
+        expect(want).toEqual([1, 0, 0, 1]);
+        for (const [i, f] of FLOWS.entries()) {
+          const on = got.map((g) => g.filter((r) => r.sport === f[3]));
+          // all three frames of the flow on the queue the table names, none on the other
+          expect(on[want[i]].length).toBe(3);
+          expect(on[1 - want[i]].length).toBe(0);
+          for (const r of on[want[i]]) expect(r).toMatchObject({ hash: f[4], report: HASH_REPORT.TCPv4, numBuffers: 1, len: 14 + 20 + 20 + 100 });
+        }
+        expect(s.made[0].rxStats[STAT.PACKETS] + s.made[1].rxStats[STAT.PACKETS]).toBe(12);
+        expect(s.made[1].rxStats[STAT.PACKETS]).toBe(6);
+        s.close();
+      });
+
+      it('a frame no hash is computed for goes to the unclassified queue, with report NONE', () => {
+        const s = setup(2, true);
+        s.rss.set(steer);
+        const arp = flowFrame(FLOWS[1]);
+        arp[12] = 0x08;
+        arp[13] = 0x06;
+        s.made[0].driver.frames.push(arp);
+        s.run();
+        expect(s.received(0)).toEqual([]);
+        expect(s.received(1)).toMatchObject([{ report: HASH_REPORT.NONE, hash: 0 }]);
+        s.close();
+      });
+
+      it('hash report without steering: frames stay on the pair that read them, hashed', () => {
+        const s = setup(1, true);
+        s.rss.set({ ...steer, mode: RSS_MODE.HASH, table: new Uint16Array(1), unclassified: 0 });
+        for (const f of FLOWS) s.made[0].driver.frames.push(flowFrame(f));
+        s.run();
+        expect(s.received(0).map((r) => [r.hash, r.report])).toEqual(FLOWS.map((f) => [f[4], HASH_REPORT.TCPv4]));
+        s.close();
+      });
+
+      it('RSS without hash report: 12-byte headers, steered all the same', () => {
+        const s = setup(2, false);
+        s.rss.set(steer);
+        for (const f of FLOWS) s.made[1].driver.frames.push(flowFrame(f));
+        s.run();
+        expect(s.received(0).map((r) => r.sport)).toEqual([FLOWS[1][3], FLOWS[2][3]]);
+        expect(s.received(1).map((r) => r.sport)).toEqual([FLOWS[0][3], FLOWS[3][3]]);
+        s.close();
+      });
+
+      it('frames for a pair whose ring has no buffers wait in the hand-over ring, drop once it is full, and hold up no other pair', () => {
+        const s = setup(2, true);
+        s.rss.set(steer);
+        // pair 1's guest has 32 buffers; 300 full-size frames for it (a hand-over ring holds 256 KiB), then 4 for pair 0
+        for (let i = 0; i < 300; i++) s.made[0].driver.frames.push(flowFrame(FLOWS[0], 1400));
+        for (let i = 0; i < 4; i++) s.made[0].driver.frames.push(flowFrame(FLOWS[1]));
+        s.run();
+        expect(s.received(1).length).toBe(32);
+        expect(s.received(0).length).toBe(4);
+        const dropped = s.made[0].rxStats[STAT.DROPS_WIRE];
+        expect(dropped).toBeGreaterThan(0);
+        expect(s.made[0].rxStats[STAT.DROPS]).toBe(dropped);
+        // what waits in the ring reaches the guest once it gives buffers
+        for (let i = 0; i < 32; i++) {
+          const a = s.mem.alloc(2048);
+          s.made[1].bufs.set(s.made[1].rx.add([{ addr: a, len: 2048, write: true }]), a);
+        }
+        s.run();
+        expect(s.received(1).length).toBe(Math.min(32, 300 - 32 - dropped));
+        s.close();
+      });
+    });
+  }
+}

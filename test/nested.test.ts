@@ -9,7 +9,8 @@
 // --api-socket driven by tsvmm ctl: pause/resume under ping, link, power button), `triple` (a guest that ends
 // in a triple fault on purpose: the harness must say where one happened), `panic` (2 vCPUs, a kernel
 // panic on purpose: Linux's reset ends the VM), and `iommu-lazy` / `iommu-strict` (tsvmm --viommu:
-// Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1).
+// Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1), and `nomsi`
+// (Linux booted with pci=nomsi: the virtio functions on INTx, level IOAPIC lines found through the _PRT).
 // Linux's virtio_net negotiates packed rings (VIRTIO_F_RING_PACKED) in all of them but iommu-strict,
 // where tsvmm runs with packed=off and split rings are checked instead. `basic` and `mq` also have
 // tsvmm's virtio-rng (--rng; packed, and split with packed=off), read through Linux's virtio_rng.
@@ -40,7 +41,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'shutdown', 'api', 'triple', 'panic', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'wedge', 'link', 'ratelimit', 'shutdown', 'api', 'triple', 'panic', 'nomsi', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -84,6 +85,10 @@ const ALL_EXPECTED: Array<[string, string]> = [
   // button (ctl shutdown); the socket is gone when tsvmm has ended
   ...['l2-ready', 'state-running', 'pause', 'state-paused', 'metrics-still-while-paused', 'no-replies-while-paused', 'resume', 'ping-continues-after-resume', 'link-down', 'link-up', 'shutdown-accepted', 'socket-removed', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `api/${c}`]),
   ...['carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up', 'key-power-seen'].map((c): [string, string] => ['L2', `api/${c}`]),
+  // pci=nomsi: virtio_net and virtio_rng on INTx (IO-APIC level lines, no MSI), the basic traffic checks
+  ...[...L2_COMMON.filter((c) => c !== 'msix-vectors'), 'no-pci-msi', 'net-on-intx', 'rng-on-intx', ...RNG_CHECKS, 'feature-ring-packed', 'iperf3-l2-to-l1', 'iperf3-l1-to-l2', 'mac-change', 'new-mac-reaches', 'old-mac-filtered', 'promisc-on-receives-old-mac', 'promisc-off-filters-again', 'intx-interrupts-counted'].map((c): [string, string] => ['L2', `nomsi/${c}`]),
+  ['L1', 'nomsi/no-tsvmm-left'],
+  ['L1', 'nomsi/file-l2-to-l1'],
   ['L1', 'triple/no-tsvmm-left'],
   ['L1', 'panic/no-tsvmm-left'],
   ...(IOMMU_SCENARIOS ? ['iommu-lazy', 'iommu-strict'] : []).flatMap((scn): Array<[string, string]> => [
@@ -252,8 +257,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, shutdown, api, and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'shutdown', 'api', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, link, ratelimit, shutdown, api, nomsi, and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'link', 'ratelimit', 'shutdown', 'api', 'nomsi', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }

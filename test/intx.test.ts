@@ -180,8 +180,11 @@ describe('virtio-pci INTx', () => {
       await writeFromWorker(a.queues[1].callFd);
       expect(await turnsUntil(() => Atomics.load(t.dev.isr, 0) !== 0)).toBe(true);
       expect(take(trig)).toBe(1);
+      // the status register's Interrupt Status bit follows ISR
+      expect(t.dev.config.read(0x06, 2) & 0x08).toBe(0x08);
       expect(t.r(ISR_OFF, 1)).toBe(ISR_QUEUE);
       expect(t.r(ISR_OFF, 1)).toBe(0);
+      expect(t.dev.config.read(0x04, 4) & 0x080000).toBe(0);
       t.dev.configChanged();
       expect(await turnsUntil(() => take(trig) === 1)).toBe(true);
       expect(t.r(ISR_OFF, 1)).toBe(ISR_CONFIG);

@@ -119,6 +119,8 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       isrBits: { queue: ISR_QUEUE, config: ISR_CONFIG },
       refused,
     });
+    // (virtio 1.x §4.1.4.5: without MSI-X, the status register's Interrupt Status is ISR's bits ORed)
+    this.config.interruptStatus = () => !this.msix.enabled && Atomics.load(this.isr, 0) !== 0;
     // MSI-X's control word changes what its vectors do; the command register's INTx disable bit the line's
     this.config.onWrite = (off, size) => {
       this.msix.configWritten(off, size);

@@ -132,10 +132,13 @@ export class IntxLine {
     }
   }
 
+  /** Unwire and close (VM teardown: a refused irqfd removal is left to the VM fd's close). */
   close(): void {
     if (this.closed) return;
     try {
       this.disable();
+    } catch {
+      // (disable() unwatched everything before it asked KVM)
     } finally {
       this.closed = true;
       native.close(this.triggerFd);

@@ -102,14 +102,23 @@ export class InterruptWiring {
     if (this.o.line?.enabled) this.o.line.refresh();
   }
 
-  /** Unwire everything and close the eventfds and the line (the device's threads have stopped). */
+  /**
+   * Unwire everything and close the eventfds and the line (the device's threads have stopped). KVM
+   * refusing to remove an irqfd here changes nothing: the VM's fd, closed after, takes them all.
+   */
   close(): void {
     if (this.closed) return;
+    this.closed = true;
+    this.bound.forEach((_, i) => {
+      try {
+        this.rebind(i, undefined);
+      } catch {
+        if (this.bound[i] === 'intx') this.o.line?.detach(this.fds[i]);
+      }
+    });
     try {
-      this.bound.forEach((_, i) => this.rebind(i, undefined));
       this.o.line?.close();
     } finally {
-      this.closed = true;
       for (const fd of this.fds) native.close(fd);
     }
   }

@@ -93,6 +93,11 @@ if [ "$(arg iommu)" = 1 ]; then
   want=DMA; grep -q "iommu.strict=0" /proc/cmdline && want=DMA-FQ
   [ "$(cat $grp/type 2>/dev/null)" = $want ]; check iommu-domain-type $? "$(cat $grp/type 2>/dev/null)"
 fi
+# pci=nomsi: what Linux saw of its INTx lines, printed if the traffic checks hang (a lost interrupt)
+if [ "$(arg nomsi)" = 1 ]; then
+  (sleep 90; echo "L2-NOMSI-DIAG $(grep -E 'IO-APIC|ERR|MIS|Spurious' /proc/interrupts | tr -s ' ' | tr '\n' ';') $(dmesg | grep -iE 'irq|virtio|nobody' | tail -8 | tr '\n' ';')"; for f in /proc/irq/1[78]/spurious; do echo "L2-NOMSI-DIAG $f $(tr '\n' ' ' < $f)"; done) &
+  diag=$!
+fi
 if [ "$(arg rng)" = 1 ]; then
   # tsvmm --rng: Linux's virtio_rng becomes the hardware RNG, and /dev/hwrng reads from tsvmm's queue
   insmod /lib/modules/virtio-rng.ko

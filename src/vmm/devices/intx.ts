@@ -50,6 +50,8 @@ export class IntxLine {
   /** assertions: by a source, and again after an EOI found ISR set (diagnostics and tests) */
   raised = 0;
   reasserted = 0;
+  /** EOIs KVM reported (resample eventfd reads) */
+  eois = 0;
   private closed = false;
 
   constructor(
@@ -126,6 +128,7 @@ export class IntxLine {
   /** The guest's EOI deasserted the line: assert it again if a source fired since ISR was read. */
   private onResample(): void {
     if (!drain(this.resampleFd) || !this.assigned) return;
+    this.eois++;
     if (Atomics.load(this.isr, 0) !== 0) {
       this.reasserted++;
       this.assert();

@@ -97,6 +97,12 @@ export class InterruptWiring {
     this.bound[i] = want;
   }
 
+  /** The INTx line's counters, if the function has a line. */
+  get intxCounts(): { gsi: number; raised: number; eois: number; reasserted: number } | undefined {
+    const l = this.o.line;
+    return l && { gsi: l.gsi, raised: l.raised, eois: l.eois, reasserted: l.reasserted };
+  }
+
   /** Assert the INTx line if it is in use and ISR is set (after a restore: KVM's line state is not saved). */
   refresh(): void {
     if (this.o.line?.enabled) this.o.line.refresh();

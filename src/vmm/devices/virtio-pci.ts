@@ -171,6 +171,9 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     this.barAddr = addr;
   }
 
+  /** ISR reads that found nothing, and that found bits (diagnostics: TSVMM_DEBUG_INTX) */
+  readonly isrReads = [0, 0];
+
   /** BAR placements refused (overlaps): visible for diagnostics and tests. */
   barConflicts = 0;
 
@@ -190,7 +193,11 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 
   read(offset: number, size: number): number {
     if (offset < COMMON_OFF + COMMON_LEN) return this.readCommon(offset, size);
-    if (offset === ISR_OFF) return Atomics.exchange(this.isr, 0, 0) & 0xff;
+    if (offset === ISR_OFF) {
+      const isr = Atomics.exchange(this.isr, 0, 0) & 0xff;
+      this.isrReads[isr ? 1 : 0]++;
+      return isr;
+    }
     if (offset >= DEVICE_OFF && offset < DEVICE_OFF + this.device.configSize) return this.device.readConfig(offset - DEVICE_OFF, size);
     if (offset >= MSIX_TABLE_OFF && offset < MSIX_PBA_OFF) return this.msix.readTable(offset - MSIX_TABLE_OFF, size);
     return 0; // notify area, PBA (no pending bits kept: a masked vector's stay in its eventfd, see msix.ts), holes
@@ -467,6 +474,9 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 
   /** Close the eventfds (VM teardown; the VM's fds are closed with it). */
   async close(): Promise<void> {
+    const c = this.irq.intxCounts;
+    if (process.env.TSVMM_DEBUG_INTX && c && c.raised > 0)
+      process.stderr.write(`tsvmm: INTx of virtio device type ${this.device.deviceType} on GSI ${c.gsi}: raised ${c.raised}, EOIs ${c.eois}, asserted again ${c.reasserted}; ISR reads ${this.isrReads[1]} with bits, ${this.isrReads[0]} without; ISR now ${Atomics.load(this.isr, 0)}\n`);
     await this.resetting;
     await this.device.reset();
     if (this.barAddr !== undefined) this.platform.mmio.unregister(this, this.barAddr);

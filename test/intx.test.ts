@@ -209,6 +209,14 @@ describe('virtio-pci INTx', () => {
         t.w(0x4000 + 16 * v + 8, 0x40 + v);
         t.w(0x4000 + 16 * v + 12, 0);
       }
+      // (a vector the function does not have reads back as NO_VECTOR, for the configuration vector too)
+      t.w(0x10, 3, 2);
+      expect(t.r(0x10, 2)).toBe(0xffff);
+      t.w(0x16, 0, 2);
+      t.w(0x1a, 3, 2);
+      expect(t.r(0x1a, 2)).toBe(0xffff);
+      t.w(0x1a, 0, 2);
+      t.w(0x10, 1, 2);
       t.kvm.log.length = 0;
       t.setMsix(true);
       // the line leaves KVM; queue 0's call fd is an irqfd on vector 0's route, queue 1's and the

@@ -278,7 +278,8 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         return;
       }
       case 0x10:
-        this.msixConfig = value & 0xffff;
+        // as for a queue's vector: one we do not have reads back as NO_VECTOR (§4.1.5.1.2)
+        this.msixConfig = (value & 0xffff) < this.msix.count ? value & 0xffff : NO_VECTOR;
         this.irq.sync();
         return;
       case 0x14:

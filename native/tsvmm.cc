@@ -23,6 +23,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <unordered_map>
+#include <uv.h>
+
 // The one V8 detail: N-API has no SharedArrayBuffer over foreign memory, and guest memory must be one
 // SharedArrayBuffer seen by every worker (Atomics included). See mmapShared().
 #include <v8.h>
@@ -588,6 +591,66 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r < 0 ? -errno : (r == 0 ? 0 : p.revents));
 }
 
+// ---- fd readiness on this thread's event loop (libuv poll handles)
+
+// watchReadable(fd, callback) -> id: libuv watches fd on the calling thread's loop and calls
+// callback() while it is readable (level-triggered: the callback drains the fd). The handle is unref'd:
+// a watch alone does not keep the process alive. unwatch(id) -> whether the id was being watched.
+struct FdWatch {
+  uv_poll_t poll;
+  Napi::FunctionReference callback;
+};
+thread_local std::unordered_map<int, FdWatch*> watches;
+thread_local int nextWatch = 1;
+
+void OnReadable(uv_poll_t* handle, int, int) {
+  auto* w = static_cast<FdWatch*>(handle->data);
+  Napi::Env env = w->callback.Env();
+  Napi::HandleScope scope(env);
+  // SAFETY: the callback (TypeScript) catches what it throws; MakeCallback runs microtasks after it
+  w->callback.MakeCallback(env.Global(), {});
+}
+
+Napi::Value WatchReadable(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (!info[1].IsFunction()) THROW_TYPE(env, "watchReadable: callback must be a function", env.Null());
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) THROW_TYPE(env, "watchReadable: no event loop", env.Null());
+  auto* w = new FdWatch();
+  w->poll.data = w;
+  int r = uv_poll_init(loop, &w->poll, ArgInt(info, 0));
+  if (r != 0) {
+    delete w;
+    ErrnoError(env, "uv_poll_init", -r).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  // (uv_poll_init overwrote data)
+  w->poll.data = w;
+  r = uv_poll_start(&w->poll, UV_READABLE, OnReadable);
+  if (r != 0) {
+    // an initialised handle is freed only once closed
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), [](uv_handle_t* h) { delete static_cast<FdWatch*>(h->data); });
+    ErrnoError(env, "uv_poll_start", -r).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  uv_unref(reinterpret_cast<uv_handle_t*>(&w->poll));
+  w->callback = Napi::Persistent(info[1].As<Napi::Function>());
+  int id = nextWatch++;
+  watches[id] = w;
+  return Napi::Number::New(env, id);
+}
+
+Napi::Value Unwatch(const Napi::CallbackInfo& info) {
+  auto it = watches.find(ArgInt(info, 0));
+  if (it == watches.end()) return Napi::Boolean::New(info.Env(), false);
+  FdWatch* w = it->second;
+  watches.erase(it);
+  uv_poll_stop(&w->poll);
+  w->callback.Reset();
+  uv_close(reinterpret_cast<uv_handle_t*>(&w->poll), [](uv_handle_t* h) { delete static_cast<FdWatch*>(h->data); });
+  return Napi::Boolean::New(info.Env(), true);
+}
+
 // ---- io_uring: the rings are mapped with mmap() and filled in TypeScript (src/drivers/tap/uring.ts)
 
 // ioUringSetup(entries, params: 120-byte struct io_uring_params, flags set by the caller; the kernel
@@ -686,6 +749,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("bindRaw", Napi::Function::New(env, BindRaw));
   exports.Set("kick", Napi::Function::New(env, Kick));
   exports.Set("poll", Napi::Function::New(env, Poll));
+  exports.Set("watchReadable", Napi::Function::New(env, WatchReadable));
+  exports.Set("unwatch", Napi::Function::New(env, Unwatch));
   return exports;
 }
 

@@ -75,6 +75,13 @@ export interface Native {
   kick(fd: number, flags: number): number;
   /** poll one fd: revents, 0 on timeout, or -errno */
   poll(fd: number, events: number, timeoutMs: number): number;
+  /**
+   * Call `callback` on this thread's event loop while `fd` is readable (level-triggered: it must drain
+   * the fd; it must not throw). Returns the watch's id. A watch does not keep the process alive.
+   */
+  watchReadable(fd: number, callback: () => void): number;
+  /** End a watch; false for an id not watched (ended already). */
+  unwatch(id: number): boolean;
   sigRtMin(): number;
   /** io_uring_setup over a caller-built 120-byte struct io_uring_params: the ring fd, or -errno */
   ioUringSetup(entries: number, params: ArrayBufferView): number;

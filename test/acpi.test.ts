@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildAcpi, ACPI_GED_PORT, ACPI_GED_GSI, type AcpiImage } from '../src/boot/acpi.js';
+import { buildAcpi, ACPI_GED_PORT, ACPI_GED_GSI, pciIntxGsi, type AcpiImage } from '../src/boot/acpi.js';
 import * as aml from '../src/boot/aml.js';
 import { ROOT } from './helpers/env.js';
 
@@ -46,6 +46,8 @@ describe('ACPI tables', () => {
     const ascii = (t: string) => [...t].map((c) => c.charCodeAt(0));
     // Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {16}: large item 0x89, length 6, flags, count
     expect(aml.edgeInterrupt(16)).toEqual([0x89, 6, 0, 0x03, 1, 16, 0, 0, 0]);
+    // Interrupt(ResourceConsumer, Level, ActiveHigh, Shared) {17}: flags consumer | shared
+    expect(aml.interrupt(17, { level: true, shared: true })).toEqual([0x89, 6, 0, 0x09, 1, 17, 0, 0, 0]);
     expect(aml.string('ACPI0013')).toEqual([0x0d, ...ascii('ACPI0013'), 0]);
     // OperationRegion(GDST, SystemIO, 0x604, 1); Field(GDST, ByteAcc, NoLock, Preserve) { GDAT, 8 }
     expect(aml.ioRegion('GDST', 0x604, 1)).toEqual([0x5b, 0x80, ...ascii('GDST'), 0x01, 0x0b, 0x04, 0x06, 0x01]);
@@ -126,12 +128,29 @@ describe('ACPI tables', () => {
     });
     it('DSDT: the PCI host bridge with its bus, I/O and memory windows', () => {
       const d = dsl.DSDT;
-      expect(d).toMatch(/Scope \(\\_SB\)\s*\{\s*Device \(PCI0\)/);
+      // (after the INTx link devices its _PRT names)
+      expect(d).toMatch(/Scope \(\\_SB\)\s*\{\s*Device \(LK17\)[\s\S]*?\n        \}\s*Device \(LK18\)[\s\S]*Device \(LK23\)[\s\S]*?\n        \}\s*Device \(PCI0\)/);
       expect(d).toMatch(/Name \(_HID, EisaId \("PNP0A03"\)/);
       expect(d).toMatch(/WordBusNumber \(ResourceProducer, MinFixed, MaxFixed, PosDecode,[\s\S]*?0x0000,[\s\S]*?0x0000,[\s\S]*?0x0000,[\s\S]*?0x0000,[\s\S]*?0x0001,/);
       expect(d).toMatch(/IO \(Decode16,[\s\S]*?0x0CF8,[\s\S]*?0x0CF8,[\s\S]*?0x01,[\s\S]*?0x08,/);
       expect(d).toMatch(/WordIO \(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,[\s\S]*?0x0D00,[\s\S]*?0xFFFF,[\s\S]*?0xF300,/);
       expect(d).toMatch(/DWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,[\s\S]*?0xC0000000,[\s\S]*?0xDFFFFFFF,[\s\S]*?0x20000000,/);
+    });
+    it('DSDT: a PCI interrupt link (PNP0C0F) per INTx GSI 17-23, level, active high, shared, each fixed to its GSI', () => {
+      const d = dsl.DSDT;
+      for (let gsi = 17; gsi <= 23; gsi++) {
+        const hex = gsi.toString(16).toUpperCase().padStart(8, '0');
+        const irq = `Interrupt \\(ResourceConsumer, Level, ActiveHigh, Shared, ,, \\)\\s*\\{\\s*0x${hex},\\s*\\}`;
+        expect(d).toMatch(new RegExp(`Device \\(LK${gsi}\\)\\s*\\{\\s*Name \\(_HID, EisaId \\("PNP0C0F"\\)[^\\n]*\\s*Name \\(_UID, 0x${gsi.toString(16).toUpperCase()}\\)[^\\n]*\\s*Name \\(_PRS, ResourceTemplate \\(\\)[^\\n]*\\s*\\{\\s*${irq}\\s*\\}\\)\\s*Name \\(_CRS, ResourceTemplate \\(\\)[^\\n]*\\s*\\{\\s*${irq}\\s*\\}\\)\\s*Method \\(_SRS, 1, NotSerialized\\)`));
+      }
+    });
+    it('DSDT: the host bridge\'s _PRT routes INTA of slots 1-31 to the link of pciIntxGsi(slot)', () => {
+      const prt = dsl.DSDT.slice(dsl.DSDT.indexOf('Name (_PRT, Package (0x1F)'));
+      const entries = [...prt.matchAll(/Package \(0x04\)\s*\{\s*(0x[0-9A-F]+),\s*Zero,\s*\\_SB\.(LK\d\d),\s*Zero\s*\}/g)].map((m) => [Number(m[1]), m[2]]);
+      expect(entries).toEqual(Array.from({ length: 31 }, (_, i) => [((i + 1) << 16) | 0xffff, `LK${pciIntxGsi(i + 1)}`]));
+      expect([1, 2, 7, 8, 31].map(pciIntxGsi)).toEqual([17, 18, 23, 17, 19]);
+      expect(() => pciIntxGsi(0)).toThrow();
+      expect(() => pciIntxGsi(32)).toThrow();
     });
     it('MCFG: ECAM for segment 0, bus 0 at 0xE0000000', () => {
       expect(dsl.MCFG).toMatch(/Base Address : 00000000E0000000/);

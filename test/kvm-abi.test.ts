@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KVM, SIZEOF, RUN, EXIT, CAP, SYNC_X86_REGS } from '../src/vmm/kvm-abi.js';
+import { KVM, SIZEOF, RUN, EXIT, CAP, SYNC_X86_REGS, IRQFD_FLAG } from '../src/vmm/kvm-abi.js';
 
 const ioctls = Object.keys(KVM);
 const sizes = Object.keys(SIZEOF);
@@ -45,6 +45,7 @@ beforeAll(() => {
     ...Object.keys(EXIT).map((k) => `printf("exit.${k} %d\\n", KVM_EXIT_${k});`),
     ...Object.keys(CAP).map((k) => `printf("cap.${k} %d\\n", KVM_CAP_${k});`),
     'printf("sync.X86_REGS %d\\n", KVM_SYNC_X86_REGS);',
+    ...Object.keys(IRQFD_FLAG).map((k) => `printf("irqfd.${k} %d\\n", KVM_IRQFD_FLAG_${k});`),
     'return 0; }',
   ];
   writeFileSync(join(dir, 'abi.c'), lines.join('\n'));
@@ -63,5 +64,6 @@ describe('KVM ABI matches <linux/kvm.h>', () => {
   it.each(runFields.map(([k]) => k))('kvm_run offset %s', (k) => expect(RUN[k]).toBe(real[`run.${k}`]));
   it.each(Object.keys(EXIT))('KVM_EXIT_%s', (k) => expect(EXIT[k as keyof typeof EXIT]).toBe(real[`exit.${k}`]));
   it.each(Object.keys(CAP))('KVM_CAP_%s', (k) => expect(CAP[k as keyof typeof CAP]).toBe(real[`cap.${k}`]));
+  it.each(Object.keys(IRQFD_FLAG))('KVM_IRQFD_FLAG_%s', (k) => expect(IRQFD_FLAG[k as keyof typeof IRQFD_FLAG]).toBe(real[`irqfd.${k}`]));
   it('KVM_SYNC_X86_REGS', () => expect(SYNC_X86_REGS).toBe(real['sync.X86_REGS']));
 });

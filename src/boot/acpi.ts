@@ -19,6 +19,19 @@ export const SLP_EN = 0x20;
 export const ACPI_GED_PORT = 0x604;
 /** The GED's interrupt: an IOAPIC pin above the ISA range, so no 8259 input is behind it; edge, active high. */
 export const ACPI_GED_GSI = 16;
+/**
+ * The IOAPIC pins that carry PCI INTx: above the ISA range and the GED's pin. Each function's INTA
+ * goes to one of them, by slot (pciIntxGsi), described to the guest by the host bridge's _PRT.
+ */
+export const PCI_INTX_GSI_FIRST = 17;
+export const PCI_INTX_GSI_COUNT = 7;
+
+/** The GSI of slot `slot`'s INTA (bus 0, slots 1-31): slot 1 on 17, ..., slot 7 on 23, slot 8 on 17 again. */
+export function pciIntxGsi(slot: number): number {
+  if (!Number.isInteger(slot) || slot < 1 || slot > 31) throw new Error(`no PCI slot ${slot}`);
+  return PCI_INTX_GSI_FIRST + ((slot - 1) % PCI_INTX_GSI_COUNT);
+}
+
 /** Event bits in the GED's register. */
 export const GED_EVENT_POWER_BUTTON = 0x01;
 
@@ -156,8 +169,45 @@ function gedAndPowerButton(): number[] {
 }
 
 /**
+ * PCI interrupt routing: a link device (PNP0C0F) per INTx GSI, fixed to it (its one possible setting;
+ * _SRS accepts it), level-triggered, active high (KVM's IOAPIC knows no polarity: a line is asserted
+ * when a device raises it) and shared; and the host bridge's _PRT naming, for INTA of every slot, the
+ * link of pciIntxGsi(slot). Linux routes a function without MSI(-X) through these.
+ */
+function pciLinks(): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < PCI_INTX_GSI_COUNT; i++) {
+    const gsi = PCI_INTX_GSI_FIRST + i;
+    const res = aml.resourceTemplate([aml.interrupt(gsi, { level: true, shared: true })]);
+    out.push(
+      ...aml.device(linkName(gsi), [
+        ...aml.name('_HID', aml.eisaId('PNP0C0F')),
+        ...aml.name('_UID', aml.integer(gsi)),
+        ...aml.name('_PRS', res),
+        ...aml.name('_CRS', res),
+        ...aml.method('_SRS', 1, false, []),
+      ]),
+    );
+  }
+  return out;
+}
+
+function linkName(gsi: number): string {
+  return `LK${gsi}`;
+}
+
+/** _PRT: Package { address (slot << 16 | 0xFFFF: any function), pin 0 (INTA), source (the link), index 0 } per slot. */
+function pciRoutingTable(): number[] {
+  const entries: number[][] = [];
+  for (let slot = 1; slot < 32; slot++) {
+    entries.push(aml.pkg([aml.integer(slot * 0x10000 + 0xffff), aml.integer(0), aml.ref(`\\_SB_.${linkName(pciIntxGsi(slot))}`), aml.integer(0)]));
+  }
+  return aml.name('_PRT', aml.pkg(entries));
+}
+
+/**
  * DSDT: the PCI host bridge (PNP0A03, bus 0, configuration mechanism #1 at 0xCF8, its I/O and memory
- * windows: with ACPI, Linux finds PCI only through such a device), COM1 (PNP0501 at 0x3F8, IRQ 4: a
+ * windows: with ACPI, Linux finds PCI only through such a device; its _PRT and the INTx links), COM1 (PNP0501 at 0x3F8, IRQ 4: a
  * hardware-reduced platform has no legacy serial ports unless described), the GED with its power button,
  * and \_S5 (SLP_TYPa = 5).
  */
@@ -177,6 +227,7 @@ export function buildDsdt(): Uint8Array {
         aml.dwordMemory(PCI_MMIO_WINDOW.start, PCI_MMIO_WINDOW.end),
       ]),
     ),
+    ...pciRoutingTable(),
   ]);
   const com1 = aml.device('COM1', [
     ...aml.name('_HID', aml.eisaId('PNP0501')),
@@ -184,7 +235,7 @@ export function buildDsdt(): Uint8Array {
     ...aml.name('_CRS', aml.resourceTemplate([aml.ioPort(0x3f8, 0x3f8, 0, 8), aml.irq(4)])),
   ]);
   const body = [
-    ...aml.scope('\\_SB_', [...pci0, ...com1, ...gedAndPowerButton()]),
+    ...aml.scope('\\_SB_', [...pciLinks(), ...pci0, ...com1, ...gedAndPowerButton()]),
     ...aml.name('_S5_', aml.pkg([aml.integer(ACPI_S5_SLP_TYP), aml.integer(0), aml.integer(0), aml.integer(0)])),
   ];
   return sdt('DSDT', 2, new Uint8Array(body));

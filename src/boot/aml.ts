@@ -188,6 +188,15 @@ export function ref(n: string): Bytes {
 
 /** Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }: the extended interrupt descriptor. */
 export function edgeInterrupt(gsi: number): Bytes {
-  // flags: bit 0 consumer, bit 1 edge-triggered; active high, exclusive, not wake-capable
-  return [0x89, ...u16(6), 0x03, 1, ...u32(gsi)];
+  return interrupt(gsi, { level: false, shared: false });
+}
+
+/**
+ * Interrupt(ResourceConsumer, Edge | Level, ActiveHigh, Exclusive | Shared) { gsi } (§6.4.3.6): flags
+ * bit 0 consumer, bit 1 edge-triggered, bit 2 active low, bit 3 shared; one interrupt number.
+ */
+export function interrupt(gsi: number, o: { level: boolean; shared: boolean }): Bytes {
+  if (!Number.isInteger(gsi) || gsi < 0 || gsi >= 2 ** 32) throw new Error(`bad interrupt number ${gsi}`);
+  const flags = 0x01 | (o.level ? 0 : 0x02) | (o.shared ? 0x08 : 0);
+  return [0x89, ...u16(6), flags, 1, ...u32(gsi)];
 }

@@ -110,6 +110,7 @@ export const CAP = {
   EXT_CPUID: 7,
   IRQ_ROUTING: 25,
   IRQFD: 32,
+  IRQFD_RESAMPLE: 82,
   PIT2: 33,
   IOEVENTFD: 36,
   SIGNAL_MSI: 77,
@@ -178,5 +179,7 @@ export const RUN = {
 export const SYNC_X86_REGS = 1;
 
 export const IOEVENTFD_FLAG = { DATAMATCH: 1, PIO: 2, DEASSIGN: 4 } as const;
+/** kvm_irqfd.flags */
+export const IRQFD_FLAG = { DEASSIGN: 1, RESAMPLE: 2 } as const;
 export const IRQ_ROUTING = { IRQCHIP: 1, MSI: 2 } as const;
 export const MEM_LOG_DIRTY_PAGES = 1;

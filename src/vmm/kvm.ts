@@ -1,7 +1,7 @@
 // Thin typed wrappers over the KVM ioctls: struct packing here, decisions in vm.ts.
 import { existsSync } from 'node:fs';
 import { native, O_RDWR, isNativeError } from '../native.js';
-import { KVM, CAP, SIZEOF, IOEVENTFD_FLAG, IRQ_ROUTING } from './kvm-abi.js';
+import { KVM, CAP, SIZEOF, IOEVENTFD_FLAG, IRQFD_FLAG, IRQ_ROUTING } from './kvm-abi.js';
 import { UserError } from '../errors.js';
 
 export function openKvm(path = '/dev/kvm'): number {
@@ -134,12 +134,17 @@ export class VmFd {
     native.ioctl(this.fd, KVM.IOEVENTFD, b, 'KVM_IOEVENTFD');
   }
 
-  /** Signal `gsi` whenever eventfd `fd` is written (flags 1 = deassign). */
-  irqfd(fd: number, gsi: number, deassign = false): void {
+  /**
+   * Signal `gsi` whenever eventfd `fd` is written. With `resampleFd` the GSI is a level-triggered line:
+   * a write asserts it, the guest's EOI deasserts it and writes `resampleFd` (KVM_IRQFD_FLAG_RESAMPLE);
+   * the device asserts again if it still needs service. `deassign` removes the irqfd.
+   */
+  irqfd(fd: number, gsi: number, deassign = false, resampleFd?: number): void {
     const b = new Uint32Array(SIZEOF.kvm_irqfd / 4);
     b[0] = fd;
     b[1] = gsi;
-    b[2] = deassign ? 1 : 0;
+    b[2] = deassign ? IRQFD_FLAG.DEASSIGN : resampleFd !== undefined ? IRQFD_FLAG.RESAMPLE : 0;
+    b[3] = !deassign && resampleFd !== undefined ? resampleFd : 0;
     native.ioctl(this.fd, KVM.IRQFD, b, 'KVM_IRQFD');
   }
 

@@ -17,6 +17,7 @@ import type { GsiRouter } from './irq-routing.js';
 import type { GuestMemory } from './memory.js';
 import type { DirtyLogArea } from '../virtio/dirty-log.js';
 import { MMIO_HOLE_START } from '../boot/layout.js';
+import { pciIntxGsi } from '../boot/acpi.js';
 
 /** A network device as the VM holds it. */
 export interface NetDevice {
@@ -32,6 +33,8 @@ export interface VirtioHost {
   mmio: Bus;
   vm: VmFd;
   router: GsiRouter;
+  /** KVM can resample an irqfd (KVM_CAP_IRQFD_RESAMPLE): functions get an INTx line */
+  intx?: boolean;
 }
 
 
@@ -137,7 +140,8 @@ export class VirtioDevices {
 
   /** A virtio device on the PCI bus, with firmware's part done: BAR placed, decoding and bus mastering on. */
   private plug(dev: VirtioDevice, classCode: number, slot: number): VirtioPciDevice {
-    const pci = new VirtioPciDevice(dev, { mmio: this.host.mmio, vm: this.host.vm, router: this.host.router }, classCode);
+    const intxGsi = this.host.intx ? pciIntxGsi(slot) : undefined;
+    const pci = new VirtioPciDevice(dev, { mmio: this.host.mmio, vm: this.host.vm, router: this.host.router, intxGsi }, classCode);
     this.host.pci.add(pci, slot);
     this.mmioNext = Math.ceil(this.mmioNext / BAR_SIZE) * BAR_SIZE;
     pci.config.assignBar(0, this.mmioNext);

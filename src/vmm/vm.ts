@@ -316,7 +316,7 @@ export class Vm extends EventEmitter {
 
     // devices first: the ACPI tables the loader writes describe them (VIOT: who is behind the IOMMU)
     const pci = this.attachPlatformDevices();
-    const devices = (this.devices = new VirtioDevices({ memory: mem, pci, mmio: this.mmio, vm, router: this.router }));
+    const devices = (this.devices = new VirtioDevices({ memory: mem, pci, mmio: this.mmio, vm, router: this.router, intx: checkExtension(this.kvmFd, CAP.IRQFD_RESAMPLE) > 0 }));
     if (cfg.viommu) devices.plugIommu();
     for (const [i, n] of (cfg.net ?? []).entries()) await devices.plugNet(n, i);
     if (cfg.rng) devices.plugRng(cfg.rng === true ? {} : cfg.rng);

@@ -93,6 +93,11 @@ if [ "$(arg iommu)" = 1 ]; then
   want=DMA; grep -q "iommu.strict=0" /proc/cmdline && want=DMA-FQ
   [ "$(cat $grp/type 2>/dev/null)" = $want ]; check iommu-domain-type $? "$(cat $grp/type 2>/dev/null)"
 fi
+# pci=nomsi: what Linux saw of its INTx lines, printed if the traffic checks hang (a lost interrupt)
+if [ "$(arg nomsi)" = 1 ]; then
+  (sleep 90; echo "L2-NOMSI-DIAG $(grep -E 'IO-APIC|ERR|MIS|Spurious' /proc/interrupts | tr -s ' ' | tr '\n' ';') $(dmesg | grep -iE 'irq|virtio|nobody' | tail -8 | tr '\n' ';')"; for f in /proc/irq/1[78]/spurious; do echo "L2-NOMSI-DIAG $f $(tr '\n' ' ' < $f)"; done) &
+  diag=$!
+fi
 if [ "$(arg rng)" = 1 ]; then
   # tsvmm --rng: Linux's virtio_rng becomes the hardware RNG, and /dev/hwrng reads from tsvmm's queue
   insmod /lib/modules/virtio-rng.ko
@@ -138,7 +143,17 @@ if [ "$(arg iommu)" = intel ]; then
 fi
 vecs=$(grep -c "$dev-" /proc/interrupts)
 # (over vhost-user, QEMU 7.2 under TCG needs INTx: vectors=0, see MACHINE.md)
-case $scn in vhostuser*) ;; *) [ "$vecs" -ge 3 ]; check msix-vectors $? "vectors=$vecs" ;; esac
+# (booted with pci=nomsi, the functions' INTA instead: checked below)
+case $scn in vhostuser* | nomsi) ;; *) [ "$vecs" -ge 3 ]; check msix-vectors $? "vectors=$vecs" ;; esac
+# pci=nomsi: no MSI(-X) anywhere; virtio-pci requests its function's INTx, which Linux finds through the
+# host bridge's _PRT and a PCI link: one IO-APIC line, level-triggered (fasteoi), named after the device
+intx_count() { awk -v d="$1" '$NF == d && /IO-APIC/ && /fasteoi/ { n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; print n }' /proc/interrupts; }
+if [ "$(arg nomsi)" = 1 ]; then
+  ! grep -q "MSI" /proc/interrupts; check no-pci-msi $? "$(grep -m1 MSI /proc/interrupts | tr -s ' ')"
+  [ -n "$(intx_count "$dev")" ]; check net-on-intx $? "$(grep "$dev" /proc/interrupts | tr -s ' ')"
+  [ "$(arg rng)" = 1 ] && { [ -n "$(intx_count "$(basename "$rngdev")")" ]; check rng-on-intx $? "$(grep "$(basename "$rngdev")" /proc/interrupts | tr -s ' ')"; }
+  intx0=$(intx_count "$dev")
+fi
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.2/24 dev eth0
@@ -409,6 +424,11 @@ else
   ip link set eth0 promisc off
   r0=$(rx); wget -q -O /dev/null "http://10.0.2.1/cgi-bin/pingas?mac=$old&n=20"; r1=$(rx)
   [ $((r1 - r0)) -lt 15 ]; check promisc-off-filters-again $? "rx+=$((r1 - r0))"
+fi
+if [ "$(arg nomsi)" = 1 ]; then
+  # the traffic above came with interrupts on that line (counted by L2's kernel)
+  intx1=$(intx_count "$dev")
+  [ -n "$intx1" ] && [ "$intx1" -gt $((intx0 + 100)) ]; check intx-interrupts-counted $? "before=$intx0 after=$intx1"
 fi
 wait_for_l1_download
 echo "L2-DONE $(cut -d' ' -f1 /proc/uptime)"

@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq rss wedge link ratelimit netctl shutdown api snapshot triple panic iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq rss wedge link ratelimit netctl shutdown api snapshot triple panic nomsi iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -307,6 +307,10 @@ for r in $RUNS; do
     # the control queue's VLAN filter, interrupt coalescing (ethtool -C) and UDP segmentation (USO):
     # netctl_l1 on this side, l2-init.sh's netctl block on L2's
     netctl) scenario netctl 1 1 "tsvmm.netctl=1" 300 ;;
+    # L2 booted with pci=nomsi: virtio_net and virtio_rng on their functions' INTx (level IOAPIC lines
+    # from the DSDT's _PRT; tsvmm's KVM irqfd with resample), then the basic traffic checks
+    # (TSVMM_DEBUG_INTX: tsvmm says each line's counters at the end)
+    nomsi) export TSVMM_DEBUG_INTX=1; scenario nomsi 1 1 "pci=nomsi tsvmm.nomsi=1 tsvmm.rng=1 tsvmm.rngpacked=1" 240 --rng; unset TSVMM_DEBUG_INTX ;;
     # the host presses the ACPI power button (vm.shutdown): L2 sees KEY_POWER and powers off
     shutdown) scenario shutdown 1 1 "tsvmm.shutdown=1" 180 ;;
     # tsvmm run --api-socket driven by tsvmm ctl (api_drive): pause/resume under ping, link, power button

@@ -1,9 +1,8 @@
 // MSI-X for a PCI function (PCI Local Bus 3.0 §6.8.2): the capability in configuration space, the
-// vector table in a BAR, and per vector an eventfd the device's threads write to raise it. An unmasked
-// vector with an address is a GSI route and an irqfd in KVM, so its interrupts never pass through this
-// thread; a masked one is no irqfd, and what its eventfd gathered meanwhile injects when it is unmasked.
-import { native, ONE, EFD_NONBLOCK } from '../../native.js';
-import type { VmFd } from '../kvm.js';
+// vector table in a BAR, and per programmed vector a GSI route in KVM. Which eventfds raise a vector
+// (irqfds on its GSI) is the function's to wire (virtio-pci-irq.ts), told of every change: an unmasked
+// vector with an address has a GSI (activeGsi); a masked one has none, and what the eventfds aimed
+// at it gather meanwhile injects when it is unmasked.
 import type { GsiRouter } from '../irq-routing.js';
 import type { PciConfigSpace } from './pci.js';
 
@@ -14,9 +13,9 @@ const MSIX_FUNCTION_MASK = 0x4000;
 const ENTRY_WORDS = 4;
 
 interface Vector {
-  efd: number;
+  /** its route, made the first time it was usable and kept (reprogrammed) after */
   gsi?: number;
-  assigned: boolean;
+  active: boolean;
 }
 
 export interface MsixPlacement {
@@ -31,13 +30,14 @@ export class Msix {
   private readonly vectors: Vector[];
   private readonly cap: number;
 
-  /** `refused`: KVM would not take a route or irqfd for what the guest programmed. */
+  /** `refused`: KVM would not take a route for what the guest programmed. `changed`: after each sync. */
   constructor(
     private readonly config: PciConfigSpace,
     count: number,
     place: MsixPlacement,
-    private readonly platform: { vm: VmFd; router: GsiRouter },
+    private readonly platform: { router: GsiRouter },
     private readonly refused: (reason: string) => void,
+    private readonly changed: () => void = () => {},
   ) {
     const body = new Uint8Array(10);
     const v = new DataView(body.buffer);
@@ -47,26 +47,29 @@ export class Msix {
     const writable = new Uint8Array(12);
     writable[3] = 0xc0; // enable and function mask
     this.cap = config.addCapability(PCI_CAP_ID_MSIX, body, writable);
-    config.onWrite = (off, size) => {
-      if (off <= this.cap + 3 && off + size > this.cap + 2) this.sync();
-    };
     this.table = new Uint32Array(count * ENTRY_WORDS);
     for (let i = 0; i < count; i++) this.table[i * ENTRY_WORDS + 3] = 1; // masked
-    this.vectors = Array.from({ length: count }, () => ({ efd: native.eventfd(0, EFD_NONBLOCK), assigned: false }));
+    this.vectors = Array.from({ length: count }, () => ({ active: false }));
   }
 
   get count(): number {
     return this.vectors.length;
   }
 
-  /** The eventfd that raises vector `i`, -1 for a vector this function does not have. */
-  callFd(i: number): number {
-    return i < this.vectors.length ? this.vectors[i].efd : -1;
+  /** The MSI-X enable bit (with it set the function signals no INTx, masked or not). */
+  get enabled(): boolean {
+    return (this.config.read(this.cap + 2, 2) & MSIX_ENABLE) !== 0;
   }
 
-  signal(i: number): void {
+  /** The GSI that raises vector `i` now, or undefined (MSI-X off or function-masked, vector masked, unprogrammed or absent). */
+  activeGsi(i: number): number | undefined {
     const v = this.vectors[i];
-    if (v) native.write(v.efd, ONE);
+    return v?.active ? v.gsi : undefined;
+  }
+
+  /** A configuration-space write: the capability's control word changes what is active. */
+  configWritten(off: number, size: number): void {
+    if (off <= this.cap + 3 && off + size > this.cap + 2) this.sync();
   }
 
   /** A table read at `offset` into the table; only aligned 32-bit accesses reach a register (else 0). */
@@ -80,17 +83,14 @@ export class Msix {
     this.sync();
   }
 
-  /** Bring KVM's routes and irqfds in line with the capability and table; a refusal goes to `refused`. */
+  /** Bring KVM's routes in line with the capability and table; a refusal goes to `refused`. */
   sync(): void {
     try {
       this.apply();
     } catch (e) {
       this.refused(`MSI-X programming refused: ${(e as Error).message}`);
     }
-  }
-
-  close(): void {
-    for (const v of this.vectors) native.close(v.efd);
+    this.changed();
   }
 
   private inTable(offset: number, size: number): boolean {
@@ -102,19 +102,12 @@ export class Msix {
     const on = (ctrl & MSIX_ENABLE) !== 0 && (ctrl & MSIX_FUNCTION_MASK) === 0;
     this.vectors.forEach((v, i) => {
       const t = i * ENTRY_WORDS;
-      const active = on && (this.table[t + 3] & 1) === 0 && this.table[t] !== 0;
-      if (active) {
-        const msg = { addressLo: this.table[t], addressHi: this.table[t + 1], data: this.table[t + 2] };
-        if (v.gsi === undefined) v.gsi = this.platform.router.addMsi(msg);
-        else this.platform.router.updateMsi(v.gsi, msg);
-        // re-assigning an irqfd whose eventfd was written meanwhile injects at once: a masked vector's
-        // interrupt stays pending until unmasked, as MSI-X requires
-        if (!v.assigned) this.platform.vm.irqfd(v.efd, v.gsi);
-        v.assigned = true;
-      } else if (v.assigned && v.gsi !== undefined) {
-        this.platform.vm.irqfd(v.efd, v.gsi, true);
-        v.assigned = false;
-      }
+      v.active = false;
+      if (!(on && (this.table[t + 3] & 1) === 0 && this.table[t] !== 0)) return;
+      const msg = { addressLo: this.table[t], addressHi: this.table[t + 1], data: this.table[t + 2] };
+      if (v.gsi === undefined) v.gsi = this.platform.router.addMsi(msg);
+      else this.platform.router.updateMsi(v.gsi, msg);
+      v.active = true;
     });
   }
 }

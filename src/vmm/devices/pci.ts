@@ -9,6 +9,7 @@ export const PCI_CMD_MEM = 0x2;
 export const PCI_CMD_MASTER = 0x4;
 export const PCI_CMD_INTX_DISABLE = 0x400;
 const PCI_STATUS_CAP_LIST = 0x10;
+const PCI_STATUS_INTERRUPT = 0x08;
 const BAR0 = 0x10;
 
 export interface BarSpec {
@@ -142,9 +143,12 @@ export class PciConfigSpace {
   read(offset: number, size: number): number {
     if (offset + size > 256) return 0xffffffff;
     let v = 0;
-    for (let i = size - 1; i >= 0; i--) v = v * 256 + this.bytes[offset + i];
+    for (let i = size - 1; i >= 0; i--) v = v * 256 + (offset + i === 0x06 && this.interruptStatus?.() ? this.bytes[0x06] | PCI_STATUS_INTERRUPT : this.bytes[offset + i]);
     return v >>> 0;
   }
+
+  /** The status register's Interrupt Status bit: whether the function asserts INTx now (read, never stored). */
+  interruptStatus?: () => boolean;
 
   /** Guest write: only the bits the write mask allows change. Hook: onWrite for capability side effects. */
   write(offset: number, size: number, value: number): void {

@@ -2,13 +2,16 @@
 // MSI-X, one 64-bit memory BAR holding common/ISR/device configuration, the notification area and the
 // MSI-X table. Queue notifications are KVM ioeventfds and MSI-X vectors are irqfds through GSI routes,
 // so on the data path neither kicks nor interrupts pass through a vCPU exit or this thread. Register
-// accesses (the slow path) arrive here on vCPU exits.
+// accesses (the slow path) arrive here on vCPU exits. A guest that does not enable MSI-X gets INTA, a
+// level-triggered line with the ISR status register (intx.ts; wired in virtio-pci-irq.ts).
 import { native, EFD_NONBLOCK } from '../../native.js';
 import type { Bus, BusDevice } from '../bus.js';
 import type { VmFd } from '../kvm.js';
 import type { GsiRouter } from '../irq-routing.js';
-import { PciConfigSpace, type PciDevice } from './pci.js';
+import { PciConfigSpace, PCI_CMD_INTX_DISABLE, type PciDevice } from './pci.js';
 import { Msix } from './msix.js';
+import { IntxLine } from './intx.js';
+import { InterruptWiring } from './virtio-pci-irq.js';
 import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from '../../virtio/device.js';
 import type { RingState } from '../../virtio/virtqueue.js';
 import type { Fields, StateValue } from '../../state/fields.js';
@@ -18,6 +21,8 @@ export interface PciPlatform {
   mmio: Bus;
   vm: VmFd;
   router: GsiRouter;
+  /** the GSI this function's INTA is routed to (the DSDT's _PRT says so); none: no interrupt pin */
+  intxGsi?: number;
 }
 
 export const BAR_SIZE = 0x8000;
@@ -46,6 +51,8 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   readonly config: PciConfigSpace;
   /** one vector per queue and one for configuration changes */
   private readonly msix: Msix;
+  /** each interrupt source's eventfd, and where it goes (MSI-X, INTx or nowhere) */
+  private readonly irq: InterruptWiring;
   private readonly kickFds: number[];
   private readonly queues: QueueRegs[];
   private barAddr: number | undefined;
@@ -78,7 +85,10 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       classCode,
       subsystemVendor: 0x1af4,
       subsystem: 0x40 + device.deviceType,
+      interruptPin: platform.intxGsi === undefined ? 0 : 1, // INTA
     });
+    // the interrupt line register: what firmware would have written there (Linux takes the _PRT's)
+    if (platform.intxGsi !== undefined) this.config.bytes[0x3c] = platform.intxGsi & 0xff;
     this.config.addBar(0, { size: BAR_SIZE, is64: true, onMap: (a) => this.onBarMap(a) });
     const cap = (type: number, offset: number, length: number, extra?: number) => {
       const body = new Uint8Array(extra === undefined ? 14 : 18);
@@ -97,9 +107,29 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     cap(4, DEVICE_OFF, Math.max(device.configSize, 4));
 
     // KVM refusing a route or an irqfd for what the guest programmed: the device stops trusting it
-    this.msix = new Msix(this.config, device.numQueues + 1, { tableOffset: MSIX_TABLE_OFF, pbaOffset: MSIX_PBA_OFF }, platform, (reason) => this.needsReset(reason));
+    const refused = (reason: string) => this.needsReset(reason);
+    this.msix = new Msix(this.config, device.numQueues + 1, { tableOffset: MSIX_TABLE_OFF, pbaOffset: MSIX_PBA_OFF }, platform, refused, () => this.irq.sync());
+    this.irq = new InterruptWiring({
+      queues: device.numQueues,
+      msix: this.msix,
+      line: platform.intxGsi === undefined ? undefined : new IntxLine(platform.vm, platform.intxGsi, this.isr),
+      vm: platform.vm,
+      vectorOf: (i) => (i < device.numQueues ? this.queues[i].msixVector : this.msixConfig),
+      intxAllowed: () => (this.config.command & PCI_CMD_INTX_DISABLE) === 0,
+      isrBits: { queue: ISR_QUEUE, config: ISR_CONFIG },
+      refused,
+    });
+    // (virtio 1.x §4.1.4.5: without MSI-X, the status register's Interrupt Status is ISR's bits ORed)
+    this.config.interruptStatus = () => !this.msix.enabled && Atomics.load(this.isr, 0) !== 0;
+    // MSI-X's control word changes what its vectors do; the command register's INTx disable bit the line's
+    this.config.onWrite = (off, size) => {
+      this.msix.configWritten(off, size);
+      if (off <= 5 && off + size > 5) this.irq.sync();
+    };
     this.kickFds = Array.from({ length: device.numQueues }, () => native.eventfd(0, EFD_NONBLOCK));
     this.queues = Array.from({ length: device.numQueues }, () => this.freshQueue());
+    // out of reset a function's INTx is enabled and MSI-X is not
+    this.irq.sync();
   }
 
   private freshQueue(): QueueRegs {
@@ -141,6 +171,9 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     this.barAddr = addr;
   }
 
+  /** ISR reads that found nothing, and that found bits (diagnostics: TSVMM_DEBUG_INTX) */
+  readonly isrReads = [0, 0];
+
   /** BAR placements refused (overlaps): visible for diagnostics and tests. */
   barConflicts = 0;
 
@@ -160,7 +193,11 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 
   read(offset: number, size: number): number {
     if (offset < COMMON_OFF + COMMON_LEN) return this.readCommon(offset, size);
-    if (offset === ISR_OFF) return Atomics.exchange(this.isr, 0, 0) & 0xff;
+    if (offset === ISR_OFF) {
+      const isr = Atomics.exchange(this.isr, 0, 0) & 0xff;
+      this.isrReads[isr ? 1 : 0]++;
+      return isr;
+    }
     if (offset >= DEVICE_OFF && offset < DEVICE_OFF + this.device.configSize) return this.device.readConfig(offset - DEVICE_OFF, size);
     if (offset >= MSIX_TABLE_OFF && offset < MSIX_PBA_OFF) return this.msix.readTable(offset - MSIX_TABLE_OFF, size);
     return 0; // notify area, PBA (no pending bits kept: a masked vector's stay in its eventfd, see msix.ts), holes
@@ -241,7 +278,9 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         return;
       }
       case 0x10:
-        this.msixConfig = value & 0xffff;
+        // as for a queue's vector: one we do not have reads back as NO_VECTOR (§4.1.5.1.2)
+        this.msixConfig = (value & 0xffff) < this.msix.count ? value & 0xffff : NO_VECTOR;
+        this.irq.sync();
         return;
       case 0x14:
         this.writeStatus(value & 0xff);
@@ -256,6 +295,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       case 0x1a:
         // a vector we do not have reads back as NO_VECTOR, telling the driver it failed (§4.1.5.1.2)
         if (q) q.msixVector = (value & 0xffff) < this.msix.count ? value & 0xffff : NO_VECTOR;
+        this.irq.sync();
         return;
       case 0x1c:
         if (q && (value & 1) && !(this.status & STATUS.DRIVER_OK)) q.enable = 1;
@@ -306,7 +346,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
         avail: q.avail,
         used: q.used,
         kickFd: this.device.kickedByExit?.(index) ? -1 : this.kickFds[index],
-        callFd: this.msix.callFd(q.msixVector),
+        callFd: this.irq.queueFd(index),
       });
     });
     return this.device
@@ -330,7 +370,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   configChanged(): void {
     this.generation = (this.generation + 1) & 0xff;
     Atomics.or(this.isr, 0, ISR_CONFIG);
-    if (this.msixConfig !== NO_VECTOR) this.msix.signal(this.msixConfig);
+    if (!this.msix.enabled || this.msixConfig !== NO_VECTOR) this.irq.signalConfig();
   }
 
   private clearState(): void {
@@ -342,6 +382,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     Atomics.store(this.isr, 0, 0);
     this.brokenReason = undefined;
     this.queues.forEach((_, i) => (this.queues[i] = this.freshQueue()));
+    this.irq.sync();
     // clear kicks that arrived for the old rings
     for (const fd of this.kickFds) native.read(fd, SCRATCH);
   }
@@ -428,15 +469,19 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     this.msix.table.set(s.msixTable);
     s.queues.forEach((q, i) => (this.queues[i] = { size: q.size, msixVector: q.msixVector, enable: q.enable, desc: q.desc, avail: q.avail, used: q.used }));
     this.msix.sync();
+    this.irq.refresh();
     return this.live ? this.activate(s.queues.map((q) => q.ring)) : Promise.resolve();
   }
 
   /** Close the eventfds (VM teardown; the VM's fds are closed with it). */
   async close(): Promise<void> {
+    const c = this.irq.intxCounts;
+    if (process.env.TSVMM_DEBUG_INTX && c && c.raised > 0)
+      process.stderr.write(`tsvmm: INTx of virtio device type ${this.device.deviceType} on GSI ${c.gsi}: raised ${c.raised}, EOIs ${c.eois}, asserted again ${c.reasserted}; ISR reads ${this.isrReads[1]} with bits, ${this.isrReads[0]} without; ISR now ${Atomics.load(this.isr, 0)}\n`);
     await this.resetting;
     await this.device.reset();
     if (this.barAddr !== undefined) this.platform.mmio.unregister(this, this.barAddr);
-    this.msix.close();
+    this.irq.close();
     for (const fd of this.kickFds) native.close(fd);
   }
 }

@@ -452,7 +452,7 @@ describe('notification coalescing on a dataplane thread (the net queue handler)'
     const stats = [new Float64Array(STAT_WORDS), new Float64Array(STAT_WORDS)];
     try {
       const open = await prepare(config);
-      const h = open({ mem: mem.view, memory: mem.buffer, queues: [rxq, txq], indices: [0, 1], callFds: calls, stats, init: { size: 64, rx: true, loop: false } });
+      const h = open({ mem: mem.view, memory: mem.buffer, queues: [rxq, txq], indices: [0, 1], callFds: calls, stats, init: { pair: 0, driver: { size: 64, rx: true, loop: false } } });
       const post = (n: number) => {
         for (let i = 0; i < n; i++) rx.add([{ addr: mem.alloc(2048), len: 2048, write: true }]);
       };

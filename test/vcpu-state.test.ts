@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { BareMachine } from './helpers/bare-machine.js';
 import { TEST_GUEST, guestResult, haveKvm } from './helpers/env.js';
 import { saveMachine, restoreMachine } from '../src/vmm/state/machine.js';
+import { STATE_VERSION } from '../src/vmm/state/document.js';
 import { decode } from '@msgpack/msgpack';
 import { msiFor } from '../src/vmm/irq-routing.js';
 
@@ -32,7 +33,7 @@ describe.runIf(haveKvm())('vCPU state through a state document', () => {
       pieces.push(from.output);
       const doc = saveMachine(from.machine);
       const parsed = decode(doc) as { version: number; vcpus: Array<{ msrs: Uint8Array }> };
-      expect(parsed.version).toBe(1);
+      expect(parsed.version).toBe(STATE_VERSION);
       const savedRegisters = parsed.vcpus[0].msrs;
       expect(savedRegisters.length).toBeGreaterThan(16 * 10);
       const to = new BareMachine(MEM);

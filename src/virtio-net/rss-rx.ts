@@ -142,13 +142,17 @@ export class SteeredRx {
       }
       lim.refill(now);
     }
-    let work = this.drain(budget);
+    let delivered = this.drain(budget);
+    let work = delivered;
     if (!this.starved && !this.rxq.broken) {
       work += this.read(Math.min(RX_BATCH, budget));
-      work += this.drain(budget);
+      const more = this.drain(budget);
+      delivered += more;
+      work += more;
     }
     this.rxq.flush();
-    signal(this.rxq, this.o.rxCallFd, this.o.rxStats);
+    // (the device's notification coalescing holds this ring's interrupt as on the unsteered path)
+    signal(this.rxq, this.o.rxCallFd, this.o.rxStats, this.o.rxCoalesce, delivered);
     if (this.rxq.broken) this.starved = true;
     return work;
   }
@@ -178,7 +182,7 @@ export class SteeredRx {
     for (let i = 0; i < got; i++) {
       const len = b.len[i];
       const at = i * this.slot;
-      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : len > this.o.maxRxFrame ? STAT.DROPS_TOO_BIG : !this.o.filter.accepts(this.stagingU8, at) ? STAT.DROPS_FILTERED : 0;
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : len > this.o.maxRxFrame ? STAT.DROPS_TOO_BIG : !this.o.filter.accepts(this.stagingU8, at, len) ? STAT.DROPS_FILTERED : 0;
       if (drop !== 0) {
         st[STAT.DROPS]++;
         st[drop]++;

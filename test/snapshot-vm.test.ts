@@ -128,7 +128,11 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('snapshot in one ts
     let one: ReturnType<typeof runVm> | undefined;
     let two: ReturnType<typeof runVm> | undefined;
     try {
-      one = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--cpus', '2', '--api-socket', sock, '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-rx count=${n}`]);
+      // (idle=: the guest gives up after that many million TSC cycles without a frame, 30 000 by
+      // default. Its TSC runs from the last frame on tap0 through two `tsvmm ctl` processes and, once
+      // restored, until the frames on tap1 come: under load in an emulated L1 that has taken longer than
+      // 30 000 M cycles, and the guest ended with 200 frames while the restored device filled its buffers.)
+      one = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--cpus', '2', '--api-socket', sock, '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-rx count=${n} idle=150000`]);
       await one.waitFor('NET-RX-READY', 120_000);
       const rxFrames = async (s: string) => {
         const r = await ctlSend(s, { method: 'GET', path: '/metrics' });

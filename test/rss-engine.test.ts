@@ -14,6 +14,7 @@ import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { TestMemory, receiveFrame } from './helpers/virtq-driver.js';
 import { RING_LAYOUTS, type RingDriver } from './helpers/ring-driver.js';
 import { MS_KEY, ipFrame } from './helpers/rss-frames.js';
+import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
 
 /** Receives the frames queued for it, one per call. */
 class FrameDriver implements DriverQueue {
@@ -44,7 +45,7 @@ const TABLE = Uint16Array.from({ length: 128 }, (_, i) => (i >> 4) & 1);
 for (const L of RING_LAYOUTS) {
   for (const mergeable of [false, true]) {
     describe(`RSS steering, ${L.name} rings${mergeable ? ', mergeable buffers' : ''}`, () => {
-      function setup(pairs: number, hashReport: boolean) {
+      function setup(pairs: number, hashReport: boolean, rateLimits?: RateLimitWords) {
         const mem = new TestMemory(8 << 20);
         const rss = new RssWords();
         const maxRxFrame = 1514;
@@ -70,8 +71,10 @@ for (const L of RING_LAYOUTS) {
             rxStats,
             txStats: new Float64Array(STAT_WORDS),
             filter,
+            rateLimits,
             steer: { pair: p, pairs, rings, wakeFds, rss: rss.buffer, hashReport },
           });
+          pair.updateLimits();
           // receive buffers, remembered by id
           const bufs = new Map<number, number>();
           for (let i = 0; i < 32; i++) {
@@ -147,6 +150,32 @@ for (const L of RING_LAYOUTS) {
         s.run();
         expect(s.received(0).map((r) => r.sport)).toEqual([FLOWS[1][3], FLOWS[2][3]]);
         expect(s.received(1).map((r) => r.sport)).toEqual([FLOWS[0][3], FLOWS[3][3]]);
+        s.close();
+      });
+
+      it('under an RX rate limit, frames wait in the hand-over ring (none dropped) until tokens return or the limit goes', () => {
+        const words = new RateLimitWords();
+        words.set({ rx: { ops: { size: 2, refillTimeMs: 10_000 } } });
+        const s = setup(2, true, words);
+        s.rss.set(steer);
+        // flow 1 goes to pair 0: five frames, two tokens
+        for (let i = 0; i < 5; i++) s.made[0].driver.frames.push(flowFrame(FLOWS[1]));
+        s.run();
+        const st = s.made[0].rxStats;
+        expect(s.received(0)).toHaveLength(2);
+        expect(s.made[0].pair.rxThrottled).toBe(true);
+        expect(s.made[0].pair.limitWaitMs()).toBeGreaterThan(1000);
+        // one wait, however many passes found it still on
+        expect(st[STAT.RATE_LIMITED]).toBe(1);
+        expect(st[STAT.DROPS]).toBe(0);
+        expect(s.made[0].pair.handedOver).toBe(true);
+        words.set({ rx: {} });
+        for (const m of s.made) m.pair.updateLimits();
+        expect(s.made[0].pair.rxThrottled).toBe(false);
+        s.run();
+        expect(s.received(0).map((r) => r.report)).toEqual([HASH_REPORT.TCPv4, HASH_REPORT.TCPv4, HASH_REPORT.TCPv4]);
+        expect(st[STAT.PACKETS]).toBe(5);
+        expect(st[STAT.RATE_LIMITED_MS]).toBeGreaterThan(0);
         s.close();
       });
 

@@ -98,7 +98,7 @@ export class NetQueuePair {
       const l = w.limiter(DIR.RX, rv, performance.now());
       if (l !== null) {
         this.rxVersion = rv;
-        this.rx.setLimit(l);
+        this.rx.gate.set(l);
       }
     }
   }
@@ -110,13 +110,13 @@ export class NetQueuePair {
 
   /** RX waits for its rate limit's tokens (the driver is not read) */
   get rxThrottled(): boolean {
-    return this.rx.until !== 0;
+    return this.rx.gate.until !== 0;
   }
 
   /** ms until a direction waiting for tokens may try again (0: now), or -1 when none waits. */
   limitWaitMs(): number {
     const tx = this.txUntil;
-    const rx = this.rx.until;
+    const rx = this.rx.gate.until;
     if (tx === 0 && rx === 0) return -1;
     const first = tx === 0 ? rx : rx === 0 ? tx : Math.min(tx, rx);
     return Math.max(0, first - performance.now());

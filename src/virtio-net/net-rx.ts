@@ -11,7 +11,7 @@ import { STAT } from '../dataplane/stats.js';
 import { RX_BATCH, RxSlots } from './rx-batch.js';
 import { MergeSlots } from './rx-merge.js';
 import type { PairOptions } from './net-pair.js';
-import type { DirectionLimiter } from '../dataplane/token-bucket.js';
+import { RateGate } from '../dataplane/rate-gate.js';
 import type { Coalescer } from './coalesce.js';
 
 /** the smallest frame there is: an Ethernet header */
@@ -57,6 +57,7 @@ export class NetRx {
     const slotPieces = Math.min(this.chainsPerFrame * chainPieces, o.maxRxFrame + NET_HDR_LEN + chainPieces);
     this.merge = new MergeSlots(o.mergeable ? rxq.size : 1, o.mergeable ? slotPieces + RX_BATCH * 4 : 1);
     this.slots = new RxSlots(o.mergeable ? 1 : chainPieces);
+    this.gate = new RateGate(o.rxStats);
   }
 
   /** Does the frame whose first `len` bytes (its destination MAC at least) are at buffer offset `off` pass the RX filter? */
@@ -72,46 +73,14 @@ export class NetRx {
   /** set by process(): the driver had nothing to receive although there were buffers */
   dry = false;
 
-  /** the rate limit's buckets; undefined without a limit (one branch per driver call then) */
-  private limit: DirectionLimiter | undefined;
-  /** while waiting for tokens: when to try again (performance.now() ms); 0 when not waiting */
-  until = 0;
-  private since = 0;
-  /** when the buckets were last refilled (this call's time) */
-  private now = 0;
-
-  setLimit(l: DirectionLimiter | undefined): void {
-    if (this.until !== 0) this.o.rxStats[STAT.RATE_LIMITED_MS] += performance.now() - this.since;
-    this.until = 0;
-    this.limit = l;
-  }
-
-  /** How many frames (of `next` bytes, 0 or less: unknown) the limit lets through now, at most `max`;
-   * none: the direction waits for tokens (the driver keeps its frames). */
-  private allowance(lim: DirectionLimiter, next: number, max: number): number {
-    const n = lim.framesAllowed(next, max);
-    if (n === 0) {
-      this.since = this.now;
-      this.until = this.now + Math.max(lim.msUntil(next > 0 ? next : 1), 0.001);
-      this.o.rxStats[STAT.RATE_LIMITED]++;
-    }
-    return n;
-  }
+  /** the rate limit (its buckets undefined without one: one branch per driver call then) */
+  readonly gate: RateGate;
 
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   process(budget: number): number {
     this.starved = false;
     this.dry = false;
-    const lim = this.limit;
-    if (lim !== undefined) {
-      const now = (this.now = performance.now());
-      if (this.until !== 0) {
-        if (now < this.until) return 0;
-        this.o.rxStats[STAT.RATE_LIMITED_MS] += now - this.since;
-        this.until = 0;
-      }
-      lim.refill(now);
-    }
+    if (this.gate.limit !== undefined && !this.gate.open(performance.now())) return 0;
     const delivered = this.o.mergeable ? this.rxMergeable(budget) : this.rxBatched(budget);
     this.rxq.flush();
     signal(this.rxq, this.o.rxCallFd, this.o.rxStats, this.o.rxCoalesce, delivered);
@@ -136,7 +105,7 @@ export class NetRx {
     const largest = this.o.maxRxFrame + NET_HDR_LEN;
     const driver = this.pair.driver;
     const log = this.o.log;
-    const lim = this.limit;
+    const lim = this.gate.limit;
     let delivered = 0;
     for (let attempts = 0; attempts < budget && !q.broken; ) {
       const next = driver.nextLength ? driver.nextLength() : -1;
@@ -146,7 +115,7 @@ export class NetRx {
       }
       let want = Math.min(RX_BATCH, budget - attempts);
       if (lim !== undefined) {
-        want = this.allowance(lim, next, want);
+        want = this.gate.framesAllowed(next, want);
         if (want === 0) break;
       }
       s.reset();
@@ -239,7 +208,7 @@ export class NetRx {
     const largest = this.o.maxRxFrame + NET_HDR_LEN;
     const driver = this.pair.driver;
     const log = this.o.log;
-    const lim = this.limit;
+    const lim = this.gate.limit;
     let delivered = 0;
     for (let attempts = 0; attempts < budget && !q.broken; ) {
       // room for the frame that is waiting when the driver can tell its length, else for the largest
@@ -250,7 +219,7 @@ export class NetRx {
       }
       let want = Math.min(RX_BATCH, budget - attempts);
       if (lim !== undefined) {
-        want = this.allowance(lim, next, want);
+        want = this.gate.framesAllowed(next, want);
         if (want === 0) break;
       }
       m.reset();

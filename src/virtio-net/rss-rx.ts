@@ -10,7 +10,7 @@ import type { Virtqueue } from '../virtio/virtqueue.js';
 import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
-import type { DirectionLimiter } from '../dataplane/token-bucket.js';
+import { RateGate } from '../dataplane/rate-gate.js';
 import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
 import { RX_BATCH } from './rx-batch.js';
 import { signal } from './net-rx.js';
@@ -95,21 +95,14 @@ export class SteeredRx {
     this.caps = new Float64Array(chains);
     this.segOff = new Float64Array(64);
     this.segLen = new Float64Array(64);
+    this.gate = new RateGate(o.rxStats);
   }
 
   starved = false;
   starvedPending = 0;
   dry = false;
-  /** while waiting for rate-limit tokens: when to try again (performance.now() ms); 0 when not */
-  until = 0;
-  private since = 0;
-  private limit: DirectionLimiter | undefined;
-
-  setLimit(l: DirectionLimiter | undefined): void {
-    if (this.until !== 0) this.o.rxStats[STAT.RATE_LIMITED_MS] += performance.now() - this.since;
-    this.until = 0;
-    this.limit = l;
-  }
+  /** the rate limit of delivery into the RX ring (reading the driver is bounded by the hand-over rings) */
+  readonly gate: RateGate;
 
   /** Frames wait for this pair in a hand-over ring. */
   get handedOver(): boolean {
@@ -133,15 +126,8 @@ export class SteeredRx {
     this.starved = false;
     this.dry = false;
     this.refresh();
-    const lim = this.limit;
-    if (lim !== undefined) {
-      const now = performance.now();
-      if (this.until !== 0 && now >= this.until) {
-        this.o.rxStats[STAT.RATE_LIMITED_MS] += now - this.since;
-        this.until = 0;
-      }
-      lim.refill(now);
-    }
+    // (while it waits for tokens the driver is still read into the rings; drain() delivers nothing)
+    if (this.gate.limit !== undefined) this.gate.open(performance.now());
     let delivered = this.drain(budget);
     let work = delivered;
     if (!this.starved && !this.rxq.broken) {
@@ -218,20 +204,13 @@ export class SteeredRx {
   private drain(budget: number): number {
     const r = this.rings;
     const st = this.o.rxStats;
-    const lim = this.limit;
+    const gate = this.gate;
+    const lim = gate.limit;
     let done = 0;
     for (let from = 0; from < this.pairs; from++) {
       while (done < budget && r.peek(from, this.me)) {
         const rec = r.record;
-        if (lim !== undefined) {
-          if (this.until !== 0) return done;
-          if (!lim.allows(rec.len)) {
-            this.since = performance.now();
-            this.until = this.since + Math.max(lim.msUntil(rec.len), 0.001);
-            st[STAT.RATE_LIMITED]++;
-            return done;
-          }
-        }
+        if (lim !== undefined && (gate.until !== 0 || !gate.allows(rec.len))) return done;
         const res = this.deliver(rec);
         if (res < 0) return done;
         r.consume(from, this.me);

@@ -16,18 +16,23 @@ import { RING_LAYOUTS, type RingDriver } from './helpers/ring-driver.js';
 import { MS_KEY, ipFrame } from './helpers/rss-frames.js';
 import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
 
-/** Receives the frames queued for it, one per call. */
+/** Receives the frames queued for it, one per call; remembers where it wrote each (its first segment). */
 class FrameDriver implements DriverQueue {
   readonly pollFd = -1;
   readonly drops = 0;
   readonly frames: Uint8Array[] = [];
+  readonly wroteAt: Array<{ intoGuest: boolean; offset: number }> = [];
   transmit(b: PacketBatch): number {
     return b.count;
   }
   receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     const f = this.frames.shift();
-    return f ? receiveFrame(b, mem, f) : 0;
+    if (!f) return 0;
+    const seg = 3 * b.iovStart[0];
+    this.wroteAt.push({ intoGuest: b.iov[seg] === 0 && mem === this.guest, offset: b.iov[seg + 1] });
+    return receiveFrame(b, mem, f);
   }
+  constructor(private readonly guest: SharedArrayBuffer) {}
   close(): void {}
 }
 
@@ -45,7 +50,8 @@ const TABLE = Uint16Array.from({ length: 128 }, (_, i) => (i >> 4) & 1);
 for (const L of RING_LAYOUTS) {
   for (const mergeable of [false, true]) {
     describe(`RSS steering, ${L.name} rings${mergeable ? ', mergeable buffers' : ''}`, () => {
-      function setup(pairs: number, hashReport: boolean, rateLimits?: RateLimitWords) {
+      /** `chain`: the buffer lengths of each receive chain (adjacent in memory: its bytes read as one buffer) */
+      function setup(pairs: number, hashReport: boolean, rateLimits?: RateLimitWords, chain = [2048]) {
         const mem = new TestMemory(8 << 20);
         const rss = new RssWords();
         const maxRxFrame = 1514;
@@ -60,7 +66,7 @@ for (const L of RING_LAYOUTS) {
           const rxq = createQueue(mem.view, rx.cfg, feats, 32768);
           const txq = createQueue(mem.view, tx.cfg, feats, 32768);
           if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
-          const driver = new FrameDriver();
+          const driver = new FrameDriver(mem.buffer);
           const rxStats = new Float64Array(STAT_WORDS);
           const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
             mergeable,
@@ -77,9 +83,10 @@ for (const L of RING_LAYOUTS) {
           pair.updateLimits();
           // receive buffers, remembered by id
           const bufs = new Map<number, number>();
-          for (let i = 0; i < 32; i++) {
+          // (32 chains, or as many as the ring's 64 descriptors hold)
+          for (let i = 0; i < Math.min(32, Math.floor(64 / chain.length)); i++) {
             const a = mem.alloc(2048);
-            bufs.set(rx.add([{ addr: a, len: 2048, write: true }]), a);
+            bufs.set(rx.add(chain.map((len, k) => ({ addr: a + chain.slice(0, k).reduce((x, y) => x + y, 0), len, write: true }))), a);
           }
           return { rx, rxq, driver, pair, rxStats, bufs };
         });
@@ -95,7 +102,7 @@ for (const L of RING_LAYOUTS) {
         const run = () => {
           for (let i = 0; i < 512; i++) made.forEach((m) => m.pair.processRx(256));
         };
-        return { mem, made, rss, received, run, close: () => closeWakeFds(wakeFds) };
+        return { mem, made, rss, rings, received, run, close: () => closeWakeFds(wakeFds) };
       }
 
       const flowFrame = (f: (typeof FLOWS)[number], payload = 100) => ipFrame({ src: v4(f[2]), dst: v4(f[0]), sport: f[3], dport: f[1], payload });
@@ -140,6 +147,37 @@ for (const L of RING_LAYOUTS) {
         for (const f of FLOWS) s.made[0].driver.frames.push(flowFrame(f));
         s.run();
         expect(s.received(0).map((r) => [r.hash, r.report])).toEqual(FLOWS.map((f) => [f[4], HASH_REPORT.TCPv4]));
+        s.close();
+      });
+
+      it('one pair with hash reports: the driver writes each frame straight into a guest buffer, after the 20-byte header (no hand-over), hash in the header', () => {
+        const s = setup(1, true);
+        s.rss.set({ ...steer, table: new Uint16Array(1), unclassified: 0 });
+        for (const f of FLOWS) s.made[0].driver.frames.push(flowFrame(f));
+        s.run();
+        const used = s.made[0].rx.takeUsed();
+        const bufs = s.made[0].bufs;
+        expect(s.made[0].driver.wroteAt).toEqual(used.map(({ id }) => ({ intoGuest: true, offset: bufs.get(id)! + 20 })));
+        // what the guest got: each flow's hash and type, whole frames
+        const got = used.map(({ id, len }) => {
+          const v = new DataView(s.mem.buffer, bufs.get(id)!, len);
+          return { hash: v.getUint32(12, true), report: v.getUint16(16, true), pad: v.getUint16(18, true), numBuffers: v.getUint16(10, true), sport: v.getUint16(20 + 34, false), len: len - 20 };
+        });
+        expect(got).toEqual(FLOWS.map((f) => ({ hash: f[4], report: HASH_REPORT.TCPv4, pad: 0, numBuffers: 1, sport: f[3], len: 14 + 20 + 20 + 100 })));
+        // the hand-over ring was never written
+        expect(new Uint8Array(s.rings).every((b) => b === 0)).toBe(true);
+        expect(s.made[0].rxStats[STAT.PACKETS]).toBe(FLOWS.length);
+        s.close();
+      });
+
+      it('one pair with hash reports, the header spread over two buffers and the frame starting in a 28-byte piece: hashed all the same', () => {
+        // 8 + 40 + 2000: the header takes 8 and 12, the frame's first segment is the 28 left of the second buffer
+        const s = setup(1, true, undefined, [8, 40, 2000]);
+        s.rss.set({ ...steer, table: new Uint16Array(1), unclassified: 0 });
+        for (const f of FLOWS) s.made[0].driver.frames.push(flowFrame(f));
+        s.run();
+        expect(s.made[0].driver.wroteAt.every((w) => w.intoGuest)).toBe(true);
+        expect(s.received(0)).toEqual(FLOWS.map((f) => ({ hash: f[4], report: HASH_REPORT.TCPv4, numBuffers: 1, sport: f[3], len: 14 + 20 + 20 + 100 })));
         s.close();
       });
 

@@ -84,7 +84,7 @@ export class VirtioNet implements VirtioDevice {
   private dirtyLog?: DirtyLogArea;
 
   constructor(
-    private readonly memory: GuestMemory,
+    memory: GuestMemory,
     private readonly opts: NetDeviceOptions,
   ) {
     const pairs = opts.queuePairs;

@@ -2,50 +2,32 @@
 // four TCP flows read from pair 0's driver queue land on the RX queues the indirection table names,
 // each flow on one queue, with the Toeplitz hash and its type in the header (virtio_net_hdr_v1_hash).
 import { describe, it, expect } from 'vitest';
-import { createQueue } from '../src/virtio/queues.js';
-import { NetQueuePair } from '../src/virtio-net/net-pair.js';
 import { RxFilter } from '../src/virtio-net/rx-filter.js';
-import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
-import { txPolicy } from '../src/virtio-net/features.js';
+import { STAT } from '../src/dataplane/stats.js';
 import { RssWords, RSS_MODE, type RssConfig } from '../src/virtio-net/rss-state.js';
 import { newHandoverBuffer, newWakeFds, closeWakeFds } from '../src/virtio-net/rss-ring.js';
 import { HASH_REPORT, SUPPORTED_HASH_TYPES } from '../src/virtio-net/rss-classify.js';
-import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
-import { TestMemory, receiveFrame } from './helpers/virtq-driver.js';
+import type { PacketBatch } from '../src/drivers/api.js';
+import { TestMemory } from './helpers/virtq-driver.js';
 import { RING_LAYOUTS, type RingDriver } from './helpers/ring-driver.js';
-import { MS_KEY, ipFrame } from './helpers/rss-frames.js';
+import { FLOWS, MS_KEY, TABLE, flowFrame } from './helpers/rss-frames.js';
 import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
+import { FrameQueue } from './helpers/fake-drivers.js';
+import { newPair } from './helpers/net-pair-rig.js';
 
 /** Receives the frames queued for it, one per call; remembers where it wrote each (its first segment). */
-class FrameDriver implements DriverQueue {
-  readonly pollFd = -1;
-  readonly drops = 0;
-  readonly frames: Uint8Array[] = [];
+class FrameDriver extends FrameQueue {
   readonly wroteAt: Array<{ intoGuest: boolean; offset: number }> = [];
-  transmit(b: PacketBatch): number {
-    return b.count;
+  constructor(private readonly guest: SharedArrayBuffer) {
+    super();
   }
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const f = this.frames.shift();
-    if (!f) return 0;
+  override receive(b: PacketBatch, mem: SharedArrayBuffer): number {
     const seg = 3 * b.iovStart[0];
-    this.wroteAt.push({ intoGuest: b.iov[seg] === 0 && mem === this.guest, offset: b.iov[seg + 1] });
-    return receiveFrame(b, mem, f);
+    if (this.frames.length > 0) this.wroteAt.push({ intoGuest: b.iov[seg] === 0 && mem === this.guest, offset: b.iov[seg + 1] });
+    return super.receive(b, mem);
   }
-  constructor(private readonly guest: SharedArrayBuffer) {}
-  close(): void {}
 }
 
-const v4 = (a: string) => a.split('.').map(Number);
-// four flows of Microsoft's vectors (destination, source), with their TCP hashes
-const FLOWS: Array<[string, number, string, number, number]> = [
-  ['161.142.100.80', 1766, '66.9.149.187', 2794, 0x51ccc178],
-  ['65.69.140.83', 4739, '199.92.111.2', 14230, 0xc626b0ea],
-  ['12.22.207.184', 38024, '24.19.198.95', 12898, 0x5c2b394a],
-  ['209.142.163.6', 2217, '38.27.205.30', 48228, 0xafc7327f],
-];
-/** 128 entries, entry i naming pair (i >> 4) & 1: the flows' hashes (low bits 120, 106, 74, 127) go to 1, 0, 0, 1 */
-const TABLE = Uint16Array.from({ length: 128 }, (_, i) => (i >> 4) & 1);
 
 for (const L of RING_LAYOUTS) {
   for (const mergeable of [false, true]) {
@@ -62,24 +44,8 @@ for (const L of RING_LAYOUTS) {
         const made = Array.from({ length: pairs }, (_, p) => {
           const rx: RingDriver = L.driver(mem, 64);
           const tx: RingDriver = L.driver(mem, 64);
-          const feats = { eventIdx: false, indirect: true, packed: L.packed };
-          const rxq = createQueue(mem.view, rx.cfg, feats, 32768);
-          const txq = createQueue(mem.view, tx.cfg, feats, 32768);
-          if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
           const driver = new FrameDriver(mem.buffer);
-          const rxStats = new Float64Array(STAT_WORDS);
-          const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
-            mergeable,
-            maxRxFrame,
-            txPolicy: txPolicy(0n),
-            rxCallFd: -1,
-            txCallFd: -1,
-            rxStats,
-            txStats: new Float64Array(STAT_WORDS),
-            filter,
-            rateLimits,
-            steer: { pair: p, pairs, rings, wakeFds, rss: rss.buffer, hashReport },
-          });
+          const { rxq, pair, rxStats } = newPair(mem, rx, tx, driver, L, { mergeable, maxRxFrame, filter, rateLimits, steer: { pair: p, pairs, rings, wakeFds, rss: rss.buffer, hashReport } });
           pair.updateLimits();
           // receive buffers, remembered by id
           const bufs = new Map<number, number>();
@@ -105,7 +71,6 @@ for (const L of RING_LAYOUTS) {
         return { mem, made, rss, rings, received, run, close: () => closeWakeFds(wakeFds) };
       }
 
-      const flowFrame = (f: (typeof FLOWS)[number], payload = 100) => ipFrame({ src: v4(f[2]), dst: v4(f[0]), sport: f[3], dport: f[1], payload });
       const steer: RssConfig = { mode: RSS_MODE.STEER, hashTypes: SUPPORTED_HASH_TYPES, table: TABLE, unclassified: 1, key: MS_KEY };
 
       it('frames of 4 flows read by pair 0 land on the queues the table names, each flow on one, hash in the header', () => {

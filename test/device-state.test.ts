@@ -26,6 +26,7 @@ import { IommuReader, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
 import { EFD_NONBLOCK } from '../src/native.js';
 import { capsOnlyDriver } from './helpers/fake-drivers.js';
 import { iommuRequests } from './helpers/iommu-requests.js';
+import type { NetRateLimits } from '../src/dataplane/rate-limit.js';
 
 const BAR = 0xc0000000;
 /** msgpack there and back, as a device's part of a document is read */
@@ -205,6 +206,38 @@ describe('device state round trips through msgpack', () => {
     expect(await command(() => b.dev.kick(4), 0, 0, [1])).toBe(0);
     expect(b.dev.filter.accepts(new Uint8Array([0x52, 0x54, 0, 9, 9, 9]), 0)).toBe(true);
     await b.pci.close();
+  });
+});
+
+describe('virtio-net rate limits in the state', () => {
+  const memory = { buffer: new SharedArrayBuffer(1 << 20), table: new TestMemory(1 << 20).view.table } as unknown as GuestMemory;
+  const mk = (rateLimit?: NetRateLimits) => new VirtioNet(memory, { driver: capsOnlyDriver(), mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, rateLimit });
+
+  it("come back as they were in force, setRateLimit's included, over what the restoring device was configured with", () => {
+    const a = mk({ tx: { ops: { size: 100, refillTimeMs: 1000 } } });
+    a.setRateLimit({ rx: { bandwidth: { size: 5000, oneTimeBurst: 1000, refillTimeMs: 10 } } });
+    const b = mk({ rx: { ops: { size: 1, refillTimeMs: 1 } } });
+    b.restoreState(through(a.saveState(), 'net'));
+    expect(b.rateLimit).toEqual({ rx: { bandwidth: { size: 5000, oneTimeBurst: 1000, refillTimeMs: 10 } }, tx: { ops: { size: 100, oneTimeBurst: 0, refillTimeMs: 1000 } } });
+    // no limits at all come back as none
+    const c = mk({ tx: { bandwidth: { size: 9, refillTimeMs: 9 } } });
+    c.restoreState(through(mk().saveState(), 'net'));
+    expect(c.rateLimit).toEqual({ rx: {}, tx: {} });
+  });
+
+  it('refuses limits setRateLimit would refuse, and a direction or bucket missing or extra', () => {
+    const s = mk({ rx: { ops: { size: 10, refillTimeMs: 100 } } }).saveState() as { [k: string]: StateValue };
+    const rl = s.rateLimits as { [k: string]: { [k: string]: StateValue } };
+    const bucket = (b: { [k: string]: StateValue }) => ({ ...s, rateLimits: { ...rl, rx: { ...rl.rx, ops: { ...(rl.rx.ops as { [k: string]: StateValue }), ...b } } } });
+    const refusal = (v: StateValue) => () => mk().restoreState(through(v, 'net'));
+    expect(refusal(bucket({ size: 0 }))).toThrow('net.rateLimits.rx.ops: a bucket of size 0 refilled in 100 ms');
+    expect(refusal(bucket({ refillTimeMs: 86_400_001 }))).toThrow('net.rateLimits.rx.ops.refillTimeMs: not an integer in [0, 86400000]');
+    expect(refusal(bucket({ size: 1.5 }))).toThrow('net.rateLimits.rx.ops.size: not an integer in [0, 1099511627776]');
+    expect(refusal(bucket({ rate: 1 }))).toThrow('net.rateLimits.rx.ops.rate: unexpected field');
+    expect(refusal({ ...s, rateLimits: { rx: rl.rx } })).toThrow('net.rateLimits.tx: missing');
+    expect(refusal({ ...s, rateLimits: { ...rl, tx: { ops: null } } })).toThrow('net.rateLimits.tx.bandwidth: missing');
+    const { rateLimits: _, ...without } = s;
+    expect(refusal(without)).toThrow('net.rateLimits: missing');
   });
 });
 

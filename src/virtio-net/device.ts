@@ -22,7 +22,7 @@ import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import type { IommuTable } from '../viommu/table.js';
 import type { DirtyLogArea } from '../virtio/dirty-log.js';
 import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fields.js';
-import { readNetState, saveRss } from './state.js';
+import { readNetState, saveRateLimits, saveRss } from './state.js';
 import { RssWords, RSS_OFF } from './rss-state.js';
 import { NetThreads, type NetStart } from './net-threads.js';
 
@@ -342,9 +342,9 @@ export class VirtioNet implements VirtioDevice {
     return this.threads.ringState(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
   }
 
-  /** The configuration space (MAC, link), the RX filter with its MAC and VLAN tables, the pairs in use, the receive offloads on, the coalescing parameters. */
+  /** The configuration space (MAC, link), the RX filter with its MAC and VLAN tables, the pairs in use, the receive offloads on, the coalescing parameters, RSS, the rate limits. */
   saveState(): StateValue {
-    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save(), rss: saveRss(this.rss.get()) };
+    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save(), rss: saveRss(this.rss.get()), rateLimits: saveRateLimits(this.rateLimits.get()) };
   }
 
   restoreState(f: Fields): void {
@@ -355,6 +355,7 @@ export class VirtioNet implements VirtioDevice {
     this.filter.setLinkDown(!this.linkUp);
     this.coalesce.restore(s.coalesce);
     this.rss.set(s.rss);
+    this.rateLimits.set(s.rateLimits);
     this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
 

@@ -14,7 +14,6 @@ import { STATUS } from '../src/virtio/device.js';
 import { VirtioRng } from '../src/virtio-rng/device.js';
 import { VirtioNet, parseMac } from '../src/virtio-net/device.js';
 import { F, bit } from '../src/virtio-net/features.js';
-import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
 import { native, ONE } from '../src/native.js';
 import { TestMemory, TestDriver } from './helpers/virtq-driver.js';
@@ -22,9 +21,12 @@ import { RING_LAYOUTS, type RingDriver } from './helpers/ring-driver.js';
 import { encodeState, decodeState, STATE_VERSION, type Fingerprint } from '../src/vmm/state/document.js';
 import { SIZEOF } from '../src/vmm/kvm-abi.js';
 import { UserError } from '../src/errors.js';
-import { VirtioIommu, T, S, IOMMU_F } from '../src/viommu/device.js';
+import { VirtioIommu, S, IOMMU_F } from '../src/viommu/device.js';
 import { IommuReader, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
 import { EFD_NONBLOCK } from '../src/native.js';
+import { capsOnlyDriver } from './helpers/fake-drivers.js';
+import { iommuRequests } from './helpers/iommu-requests.js';
+import type { NetRateLimits } from '../src/dataplane/rate-limit.js';
 
 const BAR = 0xc0000000;
 /** msgpack there and back, as a device's part of a document is read */
@@ -159,14 +161,7 @@ describe('device state round trips through msgpack', () => {
     const mem = new TestMemory(1 << 20);
     const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
     const offloads: unknown[] = [];
-    const drvCaps: NetDriver = {
-      name: 'caps-only',
-      caps: { queuePairs: 2, mtu: 1500, offloads: { ...NO_OFFLOADS, rxCsum: true, rxTso4: true } },
-      module: '/nonexistent.mjs',
-      queueInit: () => undefined,
-      setGuestOffloads: (g) => void offloads.push(g),
-      close: () => undefined,
-    };
+    const drvCaps = capsOnlyDriver({ queuePairs: 2, offloads: { rxCsum: true, rxTso4: true }, onGuestOffloads: (g) => void offloads.push(g) });
     const mk = () => plug(new VirtioNet(memory, { driver: drvCaps, mac: parseMac('52:54:00:12:34:56'), queuePairs: 2 }), 0x020000);
     const a = mk();
     const ctrl = new TestDriver(mem, 16);
@@ -214,6 +209,38 @@ describe('device state round trips through msgpack', () => {
   });
 });
 
+describe('virtio-net rate limits in the state', () => {
+  const memory = { buffer: new SharedArrayBuffer(1 << 20), table: new TestMemory(1 << 20).view.table } as unknown as GuestMemory;
+  const mk = (rateLimit?: NetRateLimits) => new VirtioNet(memory, { driver: capsOnlyDriver(), mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, rateLimit });
+
+  it("come back as they were in force, setRateLimit's included, over what the restoring device was configured with", () => {
+    const a = mk({ tx: { ops: { size: 100, refillTimeMs: 1000 } } });
+    a.setRateLimit({ rx: { bandwidth: { size: 5000, oneTimeBurst: 1000, refillTimeMs: 10 } } });
+    const b = mk({ rx: { ops: { size: 1, refillTimeMs: 1 } } });
+    b.restoreState(through(a.saveState(), 'net'));
+    expect(b.rateLimit).toEqual({ rx: { bandwidth: { size: 5000, oneTimeBurst: 1000, refillTimeMs: 10 } }, tx: { ops: { size: 100, oneTimeBurst: 0, refillTimeMs: 1000 } } });
+    // no limits at all come back as none
+    const c = mk({ tx: { bandwidth: { size: 9, refillTimeMs: 9 } } });
+    c.restoreState(through(mk().saveState(), 'net'));
+    expect(c.rateLimit).toEqual({ rx: {}, tx: {} });
+  });
+
+  it('refuses limits setRateLimit would refuse, and a direction or bucket missing or extra', () => {
+    const s = mk({ rx: { ops: { size: 10, refillTimeMs: 100 } } }).saveState() as { [k: string]: StateValue };
+    const rl = s.rateLimits as { [k: string]: { [k: string]: StateValue } };
+    const bucket = (b: { [k: string]: StateValue }) => ({ ...s, rateLimits: { ...rl, rx: { ...rl.rx, ops: { ...(rl.rx.ops as { [k: string]: StateValue }), ...b } } } });
+    const refusal = (v: StateValue) => () => mk().restoreState(through(v, 'net'));
+    expect(refusal(bucket({ size: 0 }))).toThrow('net.rateLimits.rx.ops: a bucket of size 0 refilled in 100 ms');
+    expect(refusal(bucket({ refillTimeMs: 86_400_001 }))).toThrow('net.rateLimits.rx.ops.refillTimeMs: not an integer in [0, 86400000]');
+    expect(refusal(bucket({ size: 1.5 }))).toThrow('net.rateLimits.rx.ops.size: not an integer in [0, 1099511627776]');
+    expect(refusal(bucket({ rate: 1 }))).toThrow('net.rateLimits.rx.ops.rate: unexpected field');
+    expect(refusal({ ...s, rateLimits: { rx: rl.rx } })).toThrow('net.rateLimits.tx: missing');
+    expect(refusal({ ...s, rateLimits: { ...rl, tx: { ops: null } } })).toThrow('net.rateLimits.tx.bandwidth: missing');
+    const { rateLimits: _, ...without } = s;
+    expect(refusal(without)).toThrow('net.rateLimits: missing');
+  });
+});
+
 describe('virtio-iommu state', () => {
   const NET = 0x18;
   const FEATURES = (1n << 32n) | (1n << BigInt(IOMMU_F.MAP_UNMAP)) | (1n << BigInt(IOMMU_F.BYPASS_CONFIG));
@@ -234,23 +261,10 @@ describe('virtio-iommu state', () => {
           },
           configChanged: () => {},
         });
-      const send = async (dev: VirtioIommu, type: number, fields: (v: DataView) => void, len: number) => {
-        const req = mem.alloc(len);
-        const v = new DataView(mem.buffer, req, len);
-        v.setUint8(0, type);
-        fields(v);
-        const out = mem.alloc(4);
-        rq.add([{ addr: req, len }, { addr: out, len: 4, write: true }]);
-        if (thread) native.write(kickFd, ONE);
-        else dev.kick(0);
-        const used: unknown[] = [];
-        await until(() => (used.push(...rq.takeUsed()), used.length >= 1));
-        expect(used).toHaveLength(1);
-        return mem.bytes(out, 4)[0];
-      };
-      const attach = (dev: VirtioIommu, domain: number) => send(dev, T.ATTACH, (v) => (v.setUint32(4, domain, true), v.setUint32(8, NET, true)), 20);
-      const map = (dev: VirtioIommu, domain: number, start: number, end: number, phys: number) =>
-        send(dev, T.MAP, (v) => (v.setUint32(4, domain, true), v.setBigUint64(8, BigInt(start), true), v.setBigUint64(16, BigInt(end), true), v.setBigUint64(24, BigInt(phys), true), v.setUint32(32, MAP_READ | MAP_WRITE, true)), 36);
+      /** the requests of a guest driving `dev` (on its exits, or through the request thread's ioeventfd) */
+      const requests = (dev: VirtioIommu) => iommuRequests(mem, rq, () => (thread ? native.write(kickFd, ONE) : dev.kick(0)));
+      const attach = async (dev: VirtioIommu, domain: number) => (await requests(dev).attach(domain, NET)).status;
+      const map = async (dev: VirtioIommu, domain: number, start: number, end: number, phys: number) => (await requests(dev).map(domain, start, end, phys, MAP_READ | MAP_WRITE)).status;
 
       const a = new VirtioIommu(memory, { endpoints: [NET], thread });
       await activate(a);

@@ -2,36 +2,25 @@
 // guest on rings in a SharedArrayBuffer, a scripted driver that records what it is given and takes or
 // refuses what it is told to.
 import { describe, it, expect } from 'vitest';
-import { createQueue } from '../src/virtio/queues.js';
-import { NetQueuePair } from '../src/virtio-net/net-pair.js';
-import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
-import { STAT, STAT_WORDS, dropsByCause } from '../src/dataplane/stats.js';
+import { RX_MODE } from '../src/virtio-net/rx-filter.js';
+import { STAT, dropsByCause } from '../src/dataplane/stats.js';
 import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { txPolicy, F, bit } from '../src/virtio-net/features.js';
-import { DirtyLog } from '../src/virtio/dirty-log.js';
-import { META, META_NEEDS_CSUM, type DriverQueue, type PacketBatch } from '../src/drivers/api.js';
+import { META, META_NEEDS_CSUM, type PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
-import { TestMemory, TestDriver, F_WRITE, receiveFrame } from './helpers/virtq-driver.js';
-import { PackedTestDriver } from './helpers/packed-driver.js';
-
-import { eventfdCount as calls, type RingDriver } from './helpers/ring-driver.js';
+import { TestMemory, F_WRITE } from './helpers/virtq-driver.js';
+import { eventfdCount as calls, RING_LAYOUTS } from './helpers/ring-driver.js';
+import { FrameQueue } from './helpers/fake-drivers.js';
+import { newPair } from './helpers/net-pair-rig.js';
+import { testDirtyLog } from './helpers/test-dirty-log.js';
 
 /** A driver that records the packets it is given and receives the frames queued for it. */
-class ScriptedDriver implements DriverQueue {
-  readonly pollFd = -1;
-  drops = 0;
+class ScriptedDriver extends FrameQueue {
   /** what each transmit call was given: per packet its bytes and its offload metadata */
   readonly sent: Array<Array<{ bytes: number[]; flags: number; csumStart: number }>> = [];
   /** how many packets the next transmit calls take (unset: all) */
   takes: number[] = [];
-  /** frames to receive, in order; an empty queue makes receive() return 0 */
-  readonly frames: Uint8Array[] = [];
-  /** `knowsLength`: tells the next frame's length beforehand (as AF_XDP and null do; tap cannot) */
-  nextLength?: () => number;
-  constructor(knowsLength = false) {
-    if (knowsLength) this.nextLength = () => this.frames[0]?.length ?? 0;
-  }
-  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
+  override transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
     const u8 = new Uint8Array(mem);
     const batch = [];
     for (let i = 0; i < b.count; i++) {
@@ -42,12 +31,6 @@ class ScriptedDriver implements DriverQueue {
     this.sent.push(batch);
     return Math.min(b.count, this.takes.shift() ?? b.count);
   }
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const f = this.frames.shift();
-    if (!f) return 0;
-    return receiveFrame(b, mem, f);
-  }
-  close(): void {}
 }
 
 const OUR_MAC = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -60,45 +43,28 @@ function frame(len: number, dst: number[] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
   return f;
 }
 
-const layouts = [
-  { name: 'split', driver: (m: TestMemory, n: number): RingDriver => new TestDriver(m, n), packed: false },
-  { name: 'packed', driver: (m: TestMemory, n: number): RingDriver => new PackedTestDriver(m, n), packed: true },
-];
-
-for (const L of layouts) {
+for (const L of RING_LAYOUTS) {
   function setup(o: { size?: number; mergeable?: boolean; maxRxFrame?: number; features?: bigint; log?: boolean; knowsLength?: boolean } = {}) {
     const mem = new TestMemory(4 << 20);
     const size = o.size ?? 64;
     const rx = L.driver(mem, size);
     const tx = L.driver(mem, size);
-    const feats = { eventIdx: false, indirect: true, packed: L.packed };
-    const rxq = createQueue(mem.view, rx.cfg, feats, 32768);
-    const txq = createQueue(mem.view, tx.cfg, feats, 32768);
-    if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
     const driver = new ScriptedDriver(o.knowsLength);
-    const rxStats = new Float64Array(STAT_WORDS);
-    const txStats = new Float64Array(STAT_WORDS);
-    const filter = new RxFilter();
-    filter.reset(new Uint8Array(OUR_MAC));
-    const logArea = { buffer: new SharedArrayBuffer((4 << 20) / 4096 / 8), offset: 0, size: (4 << 20) / 4096 / 8 };
-    const log = o.log ? new DirtyLog(logArea, mem.view.table.regions) : undefined;
-    rxq.setDirtyLog(log, rx.cfg);
-    txq.setDirtyLog(log, tx.cfg);
+    const { log, logged } = testDirtyLog(mem, o.log);
     const rxCall = native.eventfd(0, EFD_NONBLOCK);
     const txCall = native.eventfd(0, EFD_NONBLOCK);
-    const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
+    const { rxq, txq, pair, rxStats, txStats, filter } = newPair(mem, rx, tx, driver, L, {
       mergeable: o.mergeable ?? false,
       maxRxFrame: o.maxRxFrame ?? 1514,
       txPolicy: txPolicy(o.features ?? 0n),
       rxCallFd: rxCall,
       txCallFd: txCall,
-      rxStats,
-      txStats,
-      filter,
       log,
     });
+    filter.reset(new Uint8Array(OUR_MAC));
+    rxq.setDirtyLog(log, rx.cfg);
+    txq.setDirtyLog(log, tx.cfg);
     const close = () => [rxCall, txCall].forEach((fd) => native.close(fd));
-    const logged = (gpa: number) => (new Uint8Array(logArea.buffer)[gpa >> 15] >> ((gpa >> 12) & 7)) & 1;
     return { mem, rx, tx, rxq, txq, driver, pair, rxStats, txStats, filter, rxCalls: () => calls(rxCall), txCalls: () => calls(txCall), close, logged };
   }
 

@@ -1,11 +1,7 @@
 // The queue-pair engine without a thread or a backend: a scripted guest ring on one side, a recording
 // driver on the other.
 import { describe, it, expect } from 'vitest';
-import { SplitQueue } from '../src/virtio/split-queue.js';
-import { NetQueuePair } from '../src/virtio-net/net-pair.js';
-import { RxFilter } from '../src/virtio-net/rx-filter.js';
-import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
-import { txPolicy } from '../src/virtio-net/features.js';
+import { STAT } from '../src/dataplane/stats.js';
 import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { RX_BATCH } from '../src/virtio-net/rx-batch.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
@@ -13,6 +9,7 @@ import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT, receiveFrame } from './helpers/virtq-driver.js';
 import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
 import type { NetRateLimits } from '../src/dataplane/rate-limit.js';
+import { newPair } from './helpers/net-pair-rig.js';
 
 /** Records what it is given to send; receives `frame` each time it is asked. */
 class RecordingDriver implements DriverQueue {
@@ -46,24 +43,8 @@ function setup(o: { size?: number; mergeable?: boolean; maxRxFrame?: number; rxC
   const size = o.size ?? 256;
   const rx = new TestDriver(mem, size);
   const tx = new TestDriver(mem, size);
-  const feats = { eventIdx: false, indirect: true };
-  const rxq = SplitQueue.create(mem.view, rx.cfg, feats, 32768);
-  const txq = SplitQueue.create(mem.view, tx.cfg, feats, 32768);
-  if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
   const driver = new RecordingDriver();
-  const rxStats = new Float64Array(STAT_WORDS);
-  const txStats = new Float64Array(STAT_WORDS);
-  const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
-    mergeable: o.mergeable ?? false,
-    maxRxFrame: o.maxRxFrame ?? 1514,
-    txPolicy: txPolicy(0n),
-    rxCallFd: o.rxCallFd ?? -1,
-    txCallFd: -1,
-    rxStats,
-    txStats,
-    filter: new RxFilter(),
-    rateLimits: o.rateLimits,
-  });
+  const { rxq, txq, pair, rxStats, txStats } = newPair(mem, rx, tx, driver, {}, { mergeable: o.mergeable ?? false, maxRxFrame: o.maxRxFrame ?? 1514, rxCallFd: o.rxCallFd ?? -1, rateLimits: o.rateLimits });
   return { mem, rx, tx, rxq, txq, driver, pair, rxStats, txStats };
 }
 

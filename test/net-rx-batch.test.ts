@@ -2,18 +2,16 @@
 // offered per driver call, frames that did not arrive or were dropped leaving their chains to the next
 // frames in order, hostile chains inside a batch.
 import { describe, it, expect } from 'vitest';
-import { createQueue } from '../src/virtio/queues.js';
-import { NetQueuePair } from '../src/virtio-net/net-pair.js';
 import { RX_BATCH } from '../src/virtio-net/rx-batch.js';
-import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
-import { STAT, STAT_WORDS, dropsByCause } from '../src/dataplane/stats.js';
+import { RX_MODE } from '../src/virtio-net/rx-filter.js';
+import { STAT, dropsByCause } from '../src/dataplane/stats.js';
 import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
-import { txPolicy } from '../src/virtio-net/features.js';
 import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
 import { TestMemory } from './helpers/virtq-driver.js';
-import { DirtyLog } from '../src/virtio/dirty-log.js';
 import { RING_LAYOUTS, eventfdCount } from './helpers/ring-driver.js';
+import { newPair } from './helpers/net-pair-rig.js';
+import { testDirtyLog } from './helpers/test-dirty-log.js';
 
 /** Receives as many queued frames as a call offers packets, as the tap's io_uring receive does. */
 class BatchDriver implements DriverQueue {
@@ -68,30 +66,11 @@ for (const L of RING_LAYOUTS) {
     const mem = new TestMemory(4 << 20);
     const rx = L.driver(mem, o.size ?? 64);
     const tx = L.driver(mem, o.size ?? 64);
-    const feats = { eventIdx: false, indirect: true, packed: L.packed };
-    const rxq = createQueue(mem.view, rx.cfg, feats, 32768);
-    const txq = createQueue(mem.view, tx.cfg, feats, 32768);
-    if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
     const driver = new BatchDriver(o.knowsLength ?? false);
-    const rxStats = new Float64Array(STAT_WORDS);
-    const filter = new RxFilter();
-    filter.reset(new Uint8Array(OUR_MAC));
-    const logArea = { buffer: new SharedArrayBuffer((4 << 20) / 4096 / 8), offset: 0, size: (4 << 20) / 4096 / 8 };
-    const log = o.log ? new DirtyLog(logArea, mem.view.table.regions) : undefined;
-    /** the dirty-log bit of the page holding guest-physical `gpa` */
-    const logged = (gpa: number) => (new Uint8Array(logArea.buffer)[gpa >> 15] >> ((gpa >> 12) & 7)) & 1;
+    const { log, logged } = testDirtyLog(mem, o.log);
     const rxCall = native.eventfd(0, EFD_NONBLOCK);
-    const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
-      log,
-      mergeable: o.mergeable ?? false,
-      maxRxFrame: 1514,
-      txPolicy: txPolicy(0n),
-      rxCallFd: rxCall,
-      txCallFd: -1,
-      rxStats,
-      txStats: new Float64Array(STAT_WORDS),
-      filter,
-    });
+    const { rxq, pair, rxStats, filter } = newPair(mem, rx, tx, driver, L, { log, mergeable: o.mergeable ?? false, rxCallFd: rxCall });
+    filter.reset(new Uint8Array(OUR_MAC));
     /** a receive chain of one 2048-byte buffer: [id, address] */
     const chain = (len = 2048): [number, number] => {
       const a = mem.alloc(len);

@@ -11,10 +11,8 @@ import { NO_OFFLOADS, META, META_WORDS, META_NEEDS_CSUM, GSO_UDP_L4, GSO_ECN, ty
 import type { VmFd } from '../src/vmm/kvm.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
 import { SplitQueue } from '../src/virtio/split-queue.js';
-import { NetQueuePair } from '../src/virtio-net/net-pair.js';
 import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
 import { txPolicy } from '../src/virtio-net/features.js';
-import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
 import { CoalesceWords, Coalescer, coalesceCommand } from '../src/virtio-net/coalesce.js';
 import { serveControlQueue } from '../src/virtio-net/control.js';
 import { native, EFD_NONBLOCK } from '../src/native.js';
@@ -22,7 +20,9 @@ import { prepare, type NetHandlerConfig } from '../src/virtio-net/queue-handler.
 import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
 import { fileURLToPath } from 'node:url';
 import { onPciBar } from './helpers/pci-bar.js';
-import { TestMemory, TestDriver, receiveFrame } from './helpers/virtq-driver.js';
+import { TestMemory, TestDriver } from './helpers/virtq-driver.js';
+import { capsOnlyDriver, FrameQueue } from './helpers/fake-drivers.js';
+import { newPair } from './helpers/net-pair-rig.js';
 
 const tick = () => new Promise((res) => setImmediate(res));
 const MAC = '52:54:00:12:34:56';
@@ -32,14 +32,7 @@ async function live(feats: bigint, offloads: Partial<Offloads> = {}, onGuestOffl
   const mem = new TestMemory(1 << 20);
   const vm = { ioeventfd: () => {}, irqfd: () => {} } as unknown as VmFd;
   const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
-  const drv: NetDriver = {
-    name: 'caps-only',
-    caps: { queuePairs: 2, mtu: 1500, offloads: { ...NO_OFFLOADS, ...offloads } },
-    module: '/nonexistent.mjs',
-    queueInit: () => undefined,
-    setGuestOffloads: onGuestOffloads,
-    close: () => undefined,
-  };
+  const drv = capsOnlyDriver({ queuePairs: 2, offloads, onGuestOffloads });
   const net = new VirtioNet(memory, { driver: drv, mac: parseMac(MAC), queuePairs: 2 });
   const { w, offered } = onPciBar(net, vm);
   w(0x14, STATUS.ACKNOWLEDGE | STATUS.DRIVER, 1);
@@ -132,21 +125,6 @@ describe('VLAN filtering (VIRTIO_NET_F_CTRL_VLAN)', () => {
   });
 });
 
-/** Receives the frames queued in `frames`, one per call. */
-class QueueDriver implements DriverQueue {
-  readonly pollFd = -1;
-  readonly drops = 0;
-  readonly frames: Uint8Array[] = [];
-  transmit(): number {
-    return 0;
-  }
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const f = this.frames.shift();
-    return f ? receiveFrame(b, mem, f) : 0;
-  }
-  close(): void {}
-}
-
 function pair(o: { mergeable?: boolean; filter?: RxFilter } = {}) {
   return pairWith(o);
 }
@@ -155,24 +133,8 @@ function pairWith(o: { mergeable?: boolean; filter?: RxFilter; rxCallFd?: number
   const mem = new TestMemory(4 << 20);
   const rx = new TestDriver(mem, 64, o.eventIdx);
   const tx = new TestDriver(mem, 64, o.eventIdx);
-  const feats = { eventIdx: o.eventIdx ?? false, indirect: true };
-  const rxq = SplitQueue.create(mem.view, rx.cfg, feats, 32768);
-  const txq = SplitQueue.create(mem.view, tx.cfg, feats, 32768);
-  if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
-  const driver = new QueueDriver();
-  const rxStats = new Float64Array(STAT_WORDS);
-  const txStats = new Float64Array(STAT_WORDS);
-  const p = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
-    mergeable: o.mergeable ?? false,
-    maxRxFrame: 1514,
-    txPolicy: txPolicy(0n),
-    rxCallFd: o.rxCallFd ?? -1,
-    txCallFd: -1,
-    rxStats,
-    txStats,
-    filter: o.filter ?? new RxFilter(),
-    rxCoalesce: o.rxCoalesce,
-  });
+  const driver = new FrameQueue();
+  const { rxq, txq, pair: p, rxStats, txStats } = newPair(mem, rx, tx, driver, { eventIdx: o.eventIdx }, { mergeable: o.mergeable ?? false, rxCallFd: o.rxCallFd ?? -1, filter: o.filter ?? new RxFilter(), rxCoalesce: o.rxCoalesce });
   return { mem, rx, tx, rxq, txq, driver, pair: p, rxStats, txStats };
 }
 

@@ -3,7 +3,7 @@
 // loads it by module path (kicks and interrupts on eventfds).
 import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
-import { DirtyLog } from '../src/virtio/dirty-log.js';
+import { testDirtyLog } from './helpers/test-dirty-log.js';
 import { RngHandler, RNG_PASS_MAX, RNG_REQUEST_MAX } from '../src/virtio-rng/queue-handler.js';
 import { RNG_HANDLER_MODULE } from '../src/virtio-rng/device.js';
 import { Dataplane } from '../src/dataplane/index.js';
@@ -21,13 +21,11 @@ for (const L of RING_LAYOUTS) {
     const drv = L.driver(mem, o.size ?? 64);
     const q = createQueue(mem.view, drv.cfg, { eventIdx: false, indirect: true, packed: L.packed }, 32768);
     if (typeof q === 'string') throw new Error(q);
-    const logArea = { buffer: new SharedArrayBuffer((4 << 20) / 4096 / 8), offset: 0, size: (4 << 20) / 4096 / 8 };
-    const log = o.log ? new DirtyLog(logArea, mem.view.table.regions) : undefined;
+    const { log, logged } = testDirtyLog(mem, o.log);
     q.setDirtyLog(log, drv.cfg);
     const callFd = native.eventfd(0, EFD_NONBLOCK);
     const stats = new Float64Array(STAT_WORDS);
     const h = new RngHandler({ mem: mem.view, memory: mem.buffer, queues: [q], indices: [0], callFds: [callFd], stats: [stats], log, init: undefined });
-    const logged = (gpa: number) => (new Uint8Array(logArea.buffer)[gpa >> 15] >> ((gpa >> 12) & 7)) & 1;
     return { mem, drv, q, h, stats, callFd, logged, close: () => native.close(callFd) };
   };
 

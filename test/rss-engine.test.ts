@@ -2,49 +2,38 @@
 // four TCP flows read from pair 0's driver queue land on the RX queues the indirection table names,
 // each flow on one queue, with the Toeplitz hash and its type in the header (virtio_net_hdr_v1_hash).
 import { describe, it, expect } from 'vitest';
-import { createQueue } from '../src/virtio/queues.js';
-import { NetQueuePair } from '../src/virtio-net/net-pair.js';
 import { RxFilter } from '../src/virtio-net/rx-filter.js';
-import { STAT, STAT_WORDS } from '../src/dataplane/stats.js';
-import { txPolicy } from '../src/virtio-net/features.js';
+import { STAT } from '../src/dataplane/stats.js';
 import { RssWords, RSS_MODE, type RssConfig } from '../src/virtio-net/rss-state.js';
 import { newHandoverBuffer, newWakeFds, closeWakeFds } from '../src/virtio-net/rss-ring.js';
 import { HASH_REPORT, SUPPORTED_HASH_TYPES } from '../src/virtio-net/rss-classify.js';
-import type { DriverQueue, PacketBatch } from '../src/drivers/api.js';
-import { TestMemory, receiveFrame } from './helpers/virtq-driver.js';
+import type { PacketBatch } from '../src/drivers/api.js';
+import { TestMemory } from './helpers/virtq-driver.js';
 import { RING_LAYOUTS, type RingDriver } from './helpers/ring-driver.js';
-import { MS_KEY, ipFrame } from './helpers/rss-frames.js';
+import { FLOWS, MS_KEY, TABLE, flowFrame } from './helpers/rss-frames.js';
+import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
+import { FrameQueue } from './helpers/fake-drivers.js';
+import { newPair } from './helpers/net-pair-rig.js';
 
-/** Receives the frames queued for it, one per call. */
-class FrameDriver implements DriverQueue {
-  readonly pollFd = -1;
-  readonly drops = 0;
-  readonly frames: Uint8Array[] = [];
-  transmit(b: PacketBatch): number {
-    return b.count;
+/** Receives the frames queued for it, one per call; remembers where it wrote each (its first segment). */
+class FrameDriver extends FrameQueue {
+  readonly wroteAt: Array<{ intoGuest: boolean; offset: number }> = [];
+  constructor(private readonly guest: SharedArrayBuffer) {
+    super();
   }
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const f = this.frames.shift();
-    return f ? receiveFrame(b, mem, f) : 0;
+  override receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+    const seg = 3 * b.iovStart[0];
+    if (this.frames.length > 0) this.wroteAt.push({ intoGuest: b.iov[seg] === 0 && mem === this.guest, offset: b.iov[seg + 1] });
+    return super.receive(b, mem);
   }
-  close(): void {}
 }
 
-const v4 = (a: string) => a.split('.').map(Number);
-// four flows of Microsoft's vectors (destination, source), with their TCP hashes
-const FLOWS: Array<[string, number, string, number, number]> = [
-  ['161.142.100.80', 1766, '66.9.149.187', 2794, 0x51ccc178],
-  ['65.69.140.83', 4739, '199.92.111.2', 14230, 0xc626b0ea],
-  ['12.22.207.184', 38024, '24.19.198.95', 12898, 0x5c2b394a],
-  ['209.142.163.6', 2217, '38.27.205.30', 48228, 0xafc7327f],
-];
-/** 128 entries, entry i naming pair (i >> 4) & 1: the flows' hashes (low bits 120, 106, 74, 127) go to 1, 0, 0, 1 */
-const TABLE = Uint16Array.from({ length: 128 }, (_, i) => (i >> 4) & 1);
 
 for (const L of RING_LAYOUTS) {
   for (const mergeable of [false, true]) {
     describe(`RSS steering, ${L.name} rings${mergeable ? ', mergeable buffers' : ''}`, () => {
-      function setup(pairs: number, hashReport: boolean) {
+      /** `chain`: the buffer lengths of each receive chain (adjacent in memory: its bytes read as one buffer) */
+      function setup(pairs: number, hashReport: boolean, rateLimits?: RateLimitWords, chain = [2048]) {
         const mem = new TestMemory(8 << 20);
         const rss = new RssWords();
         const maxRxFrame = 1514;
@@ -55,28 +44,15 @@ for (const L of RING_LAYOUTS) {
         const made = Array.from({ length: pairs }, (_, p) => {
           const rx: RingDriver = L.driver(mem, 64);
           const tx: RingDriver = L.driver(mem, 64);
-          const feats = { eventIdx: false, indirect: true, packed: L.packed };
-          const rxq = createQueue(mem.view, rx.cfg, feats, 32768);
-          const txq = createQueue(mem.view, tx.cfg, feats, 32768);
-          if (typeof rxq === 'string' || typeof txq === 'string') throw new Error(String(rxq));
-          const driver = new FrameDriver();
-          const rxStats = new Float64Array(STAT_WORDS);
-          const pair = new NetQueuePair(mem.view, mem.buffer, rxq, txq, driver, {
-            mergeable,
-            maxRxFrame,
-            txPolicy: txPolicy(0n),
-            rxCallFd: -1,
-            txCallFd: -1,
-            rxStats,
-            txStats: new Float64Array(STAT_WORDS),
-            filter,
-            steer: { pair: p, pairs, rings, wakeFds, rss: rss.buffer, hashReport },
-          });
+          const driver = new FrameDriver(mem.buffer);
+          const { rxq, pair, rxStats } = newPair(mem, rx, tx, driver, L, { mergeable, maxRxFrame, filter, rateLimits, steer: { pair: p, pairs, rings, wakeFds, rss: rss.buffer, hashReport } });
+          pair.updateLimits();
           // receive buffers, remembered by id
           const bufs = new Map<number, number>();
-          for (let i = 0; i < 32; i++) {
+          // (32 chains, or as many as the ring's 64 descriptors hold)
+          for (let i = 0; i < Math.min(32, Math.floor(64 / chain.length)); i++) {
             const a = mem.alloc(2048);
-            bufs.set(rx.add([{ addr: a, len: 2048, write: true }]), a);
+            bufs.set(rx.add(chain.map((len, k) => ({ addr: a + chain.slice(0, k).reduce((x, y) => x + y, 0), len, write: true }))), a);
           }
           return { rx, rxq, driver, pair, rxStats, bufs };
         });
@@ -92,10 +68,9 @@ for (const L of RING_LAYOUTS) {
         const run = () => {
           for (let i = 0; i < 512; i++) made.forEach((m) => m.pair.processRx(256));
         };
-        return { mem, made, rss, received, run, close: () => closeWakeFds(wakeFds) };
+        return { mem, made, rss, rings, received, run, close: () => closeWakeFds(wakeFds) };
       }
 
-      const flowFrame = (f: (typeof FLOWS)[number], payload = 100) => ipFrame({ src: v4(f[2]), dst: v4(f[0]), sport: f[3], dport: f[1], payload });
       const steer: RssConfig = { mode: RSS_MODE.STEER, hashTypes: SUPPORTED_HASH_TYPES, table: TABLE, unclassified: 1, key: MS_KEY };
 
       it('frames of 4 flows read by pair 0 land on the queues the table names, each flow on one, hash in the header', () => {
@@ -140,6 +115,37 @@ for (const L of RING_LAYOUTS) {
         s.close();
       });
 
+      it('one pair with hash reports: the driver writes each frame straight into a guest buffer, after the 20-byte header (no hand-over), hash in the header', () => {
+        const s = setup(1, true);
+        s.rss.set({ ...steer, table: new Uint16Array(1), unclassified: 0 });
+        for (const f of FLOWS) s.made[0].driver.frames.push(flowFrame(f));
+        s.run();
+        const used = s.made[0].rx.takeUsed();
+        const bufs = s.made[0].bufs;
+        expect(s.made[0].driver.wroteAt).toEqual(used.map(({ id }) => ({ intoGuest: true, offset: bufs.get(id)! + 20 })));
+        // what the guest got: each flow's hash and type, whole frames
+        const got = used.map(({ id, len }) => {
+          const v = new DataView(s.mem.buffer, bufs.get(id)!, len);
+          return { hash: v.getUint32(12, true), report: v.getUint16(16, true), pad: v.getUint16(18, true), numBuffers: v.getUint16(10, true), sport: v.getUint16(20 + 34, false), len: len - 20 };
+        });
+        expect(got).toEqual(FLOWS.map((f) => ({ hash: f[4], report: HASH_REPORT.TCPv4, pad: 0, numBuffers: 1, sport: f[3], len: 14 + 20 + 20 + 100 })));
+        // the hand-over ring was never written
+        expect(new Uint8Array(s.rings).every((b) => b === 0)).toBe(true);
+        expect(s.made[0].rxStats[STAT.PACKETS]).toBe(FLOWS.length);
+        s.close();
+      });
+
+      it('one pair with hash reports, the header spread over two buffers and the frame starting in a 28-byte piece: hashed all the same', () => {
+        // 8 + 40 + 2000: the header takes 8 and 12, the frame's first segment is the 28 left of the second buffer
+        const s = setup(1, true, undefined, [8, 40, 2000]);
+        s.rss.set({ ...steer, table: new Uint16Array(1), unclassified: 0 });
+        for (const f of FLOWS) s.made[0].driver.frames.push(flowFrame(f));
+        s.run();
+        expect(s.made[0].driver.wroteAt.every((w) => w.intoGuest)).toBe(true);
+        expect(s.received(0)).toEqual(FLOWS.map((f) => ({ hash: f[4], report: HASH_REPORT.TCPv4, numBuffers: 1, sport: f[3], len: 14 + 20 + 20 + 100 })));
+        s.close();
+      });
+
       it('RSS without hash report: 12-byte headers, steered all the same', () => {
         const s = setup(2, false);
         s.rss.set(steer);
@@ -147,6 +153,32 @@ for (const L of RING_LAYOUTS) {
         s.run();
         expect(s.received(0).map((r) => r.sport)).toEqual([FLOWS[1][3], FLOWS[2][3]]);
         expect(s.received(1).map((r) => r.sport)).toEqual([FLOWS[0][3], FLOWS[3][3]]);
+        s.close();
+      });
+
+      it('under an RX rate limit, frames wait in the hand-over ring (none dropped) until tokens return or the limit goes', () => {
+        const words = new RateLimitWords();
+        words.set({ rx: { ops: { size: 2, refillTimeMs: 10_000 } } });
+        const s = setup(2, true, words);
+        s.rss.set(steer);
+        // flow 1 goes to pair 0: five frames, two tokens
+        for (let i = 0; i < 5; i++) s.made[0].driver.frames.push(flowFrame(FLOWS[1]));
+        s.run();
+        const st = s.made[0].rxStats;
+        expect(s.received(0)).toHaveLength(2);
+        expect(s.made[0].pair.rxThrottled).toBe(true);
+        expect(s.made[0].pair.limitWaitMs()).toBeGreaterThan(1000);
+        // one wait, however many passes found it still on
+        expect(st[STAT.RATE_LIMITED]).toBe(1);
+        expect(st[STAT.DROPS]).toBe(0);
+        expect(s.made[0].pair.handedOver).toBe(true);
+        words.set({ rx: {} });
+        for (const m of s.made) m.pair.updateLimits();
+        expect(s.made[0].pair.rxThrottled).toBe(false);
+        s.run();
+        expect(s.received(0).map((r) => r.report)).toEqual([HASH_REPORT.TCPv4, HASH_REPORT.TCPv4, HASH_REPORT.TCPv4]);
+        expect(st[STAT.PACKETS]).toBe(5);
+        expect(st[STAT.RATE_LIMITED_MS]).toBeGreaterThan(0);
         s.close();
       });
 

@@ -16,17 +16,9 @@ import { HASH_REPORT, SUPPORTED_HASH_TYPES } from '../src/virtio-net/rss-classif
 import { native, EFD_NONBLOCK, ONE } from '../src/native.js';
 import { TestMemory } from './helpers/virtq-driver.js';
 import { RING_LAYOUTS } from './helpers/ring-driver.js';
-import { MS_KEY, ipFrame } from './helpers/rss-frames.js';
+import { FLOWS, MS_KEY, TABLE, flowFrame } from './helpers/rss-frames.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const v4 = (a: string) => a.split('.').map(Number);
-const FLOWS: Array<[string, number, string, number, number]> = [
-  ['161.142.100.80', 1766, '66.9.149.187', 2794, 0x51ccc178],
-  ['65.69.140.83', 4739, '199.92.111.2', 14230, 0xc626b0ea],
-  ['12.22.207.184', 38024, '24.19.198.95', 12898, 0x5c2b394a],
-  ['209.142.163.6', 2217, '38.27.205.30', 48228, 0xafc7327f],
-];
-const TABLE = Uint16Array.from({ length: 128 }, (_, i) => (i >> 4) & 1);
 
 describe('RSS across dataplane threads', () => {
   for (const L of RING_LAYOUTS) {
@@ -57,7 +49,7 @@ describe('RSS across dataplane threads', () => {
         stats,
         busyPollUs: 0,
       };
-      const frames = [0, 1, 2].flatMap(() => FLOWS.map((f) => Array.from(ipFrame({ src: v4(f[2]), dst: v4(f[0]), sport: f[3], dport: f[1], payload: 200 }))));
+      const frames = [0, 1, 2].flatMap(() => FLOWS.map((f) => Array.from(flowFrame(f, 200))));
       const fds: number[] = [];
       const start = { nextAvail: 0, nextUsed: 0, availWrap: true, usedWrap: true };
       const made = Array.from({ length: pairs }, (_, p) => {

@@ -2,7 +2,7 @@
 // the control commands (RSS_CONFIG, HASH_CONFIG) and the configuration space's RSS fields.
 import { describe, it, expect } from 'vitest';
 import { toeplitzTable, toeplitzHash } from '../src/virtio-net/toeplitz.js';
-import { classifyFrame, HASH_REPORT, HASH_TYPE, HASH_INPUT_LEN, SUPPORTED_HASH_TYPES } from '../src/virtio-net/rss-classify.js';
+import { CLASSIFY_REACH, classifyFrame, HASH_REPORT, HASH_TYPE, HASH_INPUT_LEN, SUPPORTED_HASH_TYPES } from '../src/virtio-net/rss-classify.js';
 import { parseRssCommand, RssWords, RSS_MODE, RSS_OFF } from '../src/virtio-net/rss-state.js';
 import { netControl, type NetControlTarget } from '../src/virtio-net/control.js';
 import { RxFilter } from '../src/virtio-net/rx-filter.js';
@@ -107,6 +107,26 @@ describe('RSS frame classifier', () => {
     ext[14 + 6] = 0; // hop-by-hop options whose length reaches past the packet
     ext[14 + 40 + 1] = 200;
     expect(classify(ext).report).toBe(HASH_REPORT.IPv6);
+  });
+  it('reads no further than CLASSIFY_REACH: two tags, IPv6, eight 2048-byte extension headers, TCP end exactly there', () => {
+    const base = f6({ tags: 2, payload: 64 });
+    const ip = 14 + 8;
+    const ext = new Uint8Array(8 * 2048);
+    for (let i = 0; i < 8; i++) {
+      ext[i * 2048] = i < 7 ? 60 : 6; // destination options, the last one followed by TCP
+      ext[i * 2048 + 1] = 255; // (255 + 1) * 8 bytes
+    }
+    const f = new Uint8Array(base.length + ext.length);
+    f.set(base.subarray(0, ip + 40));
+    f.set(ext, ip + 40);
+    f.set(base.subarray(ip + 40), ip + 40 + ext.length);
+    f[ip + 6] = 60;
+    const plen = (f[ip + 4] << 8) + f[ip + 5] + ext.length;
+    f[ip + 4] = plen >> 8;
+    f[ip + 5] = plen & 0xff;
+    expect(classify(f)).toEqual({ report: HASH_REPORT.TCPv6, hash: tcp6Hash });
+    expect(classify(f.slice(0, CLASSIFY_REACH))).toEqual({ report: HASH_REPORT.TCPv6, hash: tcp6Hash });
+    expect(classify(f.slice(0, CLASSIFY_REACH - 1)).report).toBe(HASH_REPORT.IPv6);
   });
 });
 

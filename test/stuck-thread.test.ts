@@ -10,11 +10,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { native, EFD_NONBLOCK } from '../src/native.js';
-import { VirtioIommu, T, S, IOMMU_F } from '../src/viommu/device.js';
+import { VirtioIommu, S, IOMMU_F } from '../src/viommu/device.js';
 import { VirtioNet } from '../src/virtio-net/device.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
 import type { DriverModule } from '../src/drivers/api.js';
 import { TestDriver, TestMemory } from './helpers/virtq-driver.js';
+import { iommuRequests } from './helpers/iommu-requests.js';
 import { CliBackend } from './helpers/vhost-user-cli.js';
 import { TestFrontend } from './helpers/vhost-user-frontend.js';
 import { REQ, F_PROTOCOL_FEATURES, PROTOCOL_F, FLAG_VERSION, FLAG_NEED_REPLY, IOTLB } from '../src/vhost-user/protocol.js';
@@ -188,23 +189,11 @@ describe('a dataplane thread stuck while the guest unmaps (a net device behind t
       const features = (1n << 32n) | (1n << BigInt(IOMMU_F.MAP_UNMAP));
       const none = () => {};
       await iommu.activate({ features, queues: [{ index: 0, ...rq.cfg, kickFd: kicks[0], callFd: -1 }, { index: 1, ...eq.cfg, kickFd: -1, callFd: -1 }], needsReset: none, configChanged: none });
-      /** one request through the request thread; resolves with its status */
-      const send = async (type: number, fields: (v: DataView) => void, len: number): Promise<number> => {
-        const req = mem.alloc(len);
-        const v = new DataView(mem.buffer, req, len);
-        v.setUint8(0, type);
-        fields(v);
-        const out = mem.alloc(4);
-        rq.add([{ addr: req, len }, { addr: out, len: 4, write: true }]);
-        native.write(kicks[0], new BigUint64Array([1n]));
-        for (const end = Date.now() + 5000; Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
-          if (rq.takeUsed().length) return mem.bytes(out, 4)[0];
-        }
-        throw new Error(`request ${type} not completed`);
-      };
+      /** requests through the request thread */
+      const req = iommuRequests(mem, rq, () => native.write(kicks[0], new BigUint64Array([1n])));
       // the guest: its net device in domain 1, all memory mapped at IOVA = guest-physical
-      expect(await send(T.ATTACH, (v) => (v.setUint32(4, 1, true), v.setUint32(8, NET, true)), 20)).toBe(S.OK);
-      expect(await send(T.MAP, (v) => (v.setUint32(4, 1, true), v.setBigUint64(8, 0n, true), v.setBigUint64(16, BigInt(SIZE - 1), true), v.setBigUint64(24, 0n, true), v.setUint32(32, 3, true)), 36)).toBe(S.OK);
+      expect((await req.attach(1, NET)).status).toBe(S.OK);
+      expect((await req.map(1, 0, SIZE - 1, 0, MAP_READ | MAP_WRITE)).status).toBe(S.OK);
       const rx = new TestDriver(mem, 64);
       const tx = new TestDriver(mem, 64);
       const resets: string[] = [];
@@ -221,7 +210,7 @@ describe('a dataplane thread stuck while the guest unmaps (a net device behind t
       for (let i = 0; i < 500 && !existsSync(flag); i++) await new Promise((r) => setTimeout(r, 10));
       expect(existsSync(flag)).toBe(true);
       const t0 = Date.now();
-      expect(await send(T.UNMAP, (v) => (v.setUint32(4, 1, true), v.setBigUint64(8, 0n, true), v.setBigUint64(16, BigInt(SIZE - 1), true)), 28)).toBe(S.OK);
+      expect((await req.unmap(1, 0, SIZE - 1)).status).toBe(S.OK);
       expect(Date.now() - t0).toBeGreaterThanOrEqual(LIMIT_MS);
       expect(net.stuckThreads).toBe(1);
       expect(resets).toEqual([expect.stringMatching(/stuck during an UNMAP/)]);

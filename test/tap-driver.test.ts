@@ -34,6 +34,26 @@ s.connect(sys.argv[1])
 socket.send_fds(s, [b'q'], [fd])
 `;
 
+/** A queue fd of `tap` in `ns`, opened there by OPEN_QUEUE and passed back over a unix socket. */
+function openTapQueue(ns: NetNs, tap: string): number {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvmm-tapq-'));
+  const path = join(dir, 'sock');
+  const srv = native.socket(AF_UNIX, SOCK_STREAM, 0);
+  try {
+    native.bindUnix(srv, path);
+    native.listen(srv, 1);
+    ns.exec('python3', '-c', OPEN_QUEUE, path, tap);
+    const conn = native.accept(srv);
+    const fds = new Int32Array(2);
+    native.recvmsg(conn, new Uint8Array(1), fds);
+    native.close(conn);
+    return fds[0];
+  } finally {
+    native.close(srv);
+    rmSync(dir, { recursive: true });
+  }
+}
+
 /** A frame for the tap to deliver: broadcast, an ethertype of its own, then byte i = i & 0xff. */
 function frame(len: number): Uint8Array {
   const f = new Uint8Array(len);
@@ -69,22 +89,7 @@ describe.each([
   beforeAll(() => {
     ns = new NetNs(`tapdrv${uring ? 'u' : 'v'}`);
     ns.addTap(TAP);
-    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-tapdrv-'));
-    const path = join(dir, 'sock');
-    const srv = native.socket(AF_UNIX, SOCK_STREAM, 0);
-    try {
-      native.bindUnix(srv, path);
-      native.listen(srv, 1);
-      ns.exec('python3', '-c', OPEN_QUEUE, path, TAP);
-      const conn = native.accept(srv);
-      const fds = new Int32Array(2);
-      native.recvmsg(conn, new Uint8Array(1), fds);
-      native.close(conn);
-      fd = fds[0];
-    } finally {
-      native.close(srv);
-      rmSync(dir, { recursive: true });
-    }
+    fd = openTapQueue(ns, TAP);
     q = openQueue({ fd, uring });
   });
 
@@ -402,22 +407,7 @@ describe('tap driver UDP segmentation offload (USO)', () => {
     ns.addTap(USO_TAP);
     ns.exec('ip', 'addr', 'add', '10.9.0.1/24', 'dev', USO_TAP);
     ns.exec('ip', 'neigh', 'add', '10.9.0.2', 'lladdr', '02:00:00:00:00:0b', 'dev', USO_TAP);
-    const dir = mkdtempSync(join(tmpdir(), 'tsvmm-tapuso-'));
-    const path = join(dir, 'sock');
-    const srv = native.socket(AF_UNIX, SOCK_STREAM, 0);
-    try {
-      native.bindUnix(srv, path);
-      native.listen(srv, 1);
-      ns.exec('python3', '-c', OPEN_QUEUE, path, USO_TAP);
-      const conn = native.accept(srv);
-      const fds = new Int32Array(2);
-      native.recvmsg(conn, new Uint8Array(1), fds);
-      native.close(conn);
-      fd = fds[0];
-    } finally {
-      native.close(srv);
-      rmSync(dir, { recursive: true });
-    }
+    fd = openTapQueue(ns, USO_TAP);
     q = openQueue({ fd, uring: false });
   });
 

@@ -7,6 +7,7 @@ import { IommuReader, MAP_READ, MAP_WRITE } from '../src/viommu/table.js';
 import { SplitQueue } from '../src/virtio/split-queue.js';
 import { guestView } from '../src/virtio/dma.js';
 import { TestDriver, TestMemory } from './helpers/virtq-driver.js';
+import { iommuRequests } from './helpers/iommu-requests.js';
 
 const NET = 0x18; // endpoint: 00:03.0
 const FEATURES = (1n << 32n) | (1n << BigInt(IOMMU_F.MAP_UNMAP)) | (1n << BigInt(IOMMU_F.PROBE)) | (1n << BigInt(IOMMU_F.BYPASS_CONFIG));
@@ -23,31 +24,10 @@ async function setup() {
     needsReset: (r) => resets.push(r),
     configChanged: () => {},
   });
-  /** one request; resolves with its status byte and the reply bytes */
-  async function send(type: number, fields: (v: DataView) => void, len: number, replyLen = 4): Promise<{ status: number; reply: Uint8Array }> {
-    const req = mem.alloc(len);
-    const v = new DataView(mem.buffer, req, len);
-    v.setUint8(0, type);
-    fields(v);
-    const out = mem.alloc(replyLen);
-    rq.add([{ addr: req, len }, { addr: out, len: replyLen, write: true }]);
-    dev.kick(0);
-    for (let i = 0; i < 500; i++) {
-      const u = rq.takeUsed();
-      if (u.length) {
-        expect(u[0].len).toBe(replyLen);
-        const reply = mem.bytes(out, replyLen).slice();
-        return { status: reply[replyLen - 4], reply };
-      }
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    throw new Error('request not completed');
-  }
-  const attach = (domain: number, endpoint = NET, flags = 0) => send(T.ATTACH, (v) => (v.setUint32(4, domain, true), v.setUint32(8, endpoint, true), v.setUint32(12, flags, true)), 20);
-  const detach = (domain: number, endpoint = NET) => send(T.DETACH, (v) => (v.setUint32(4, domain, true), v.setUint32(8, endpoint, true)), 20);
-  const map = (domain: number, start: number, end: number, phys: number, flags: number) =>
-    send(T.MAP, (v) => (v.setUint32(4, domain, true), v.setBigUint64(8, BigInt(start), true), v.setBigUint64(16, BigInt(end), true), v.setBigUint64(24, BigInt(phys), true), v.setUint32(32, flags, true)), 36);
-  const unmap = (domain: number, start: number, end: number) => send(T.UNMAP, (v) => (v.setUint32(4, domain, true), v.setBigUint64(8, BigInt(start), true), v.setBigUint64(16, BigInt(end), true)), 28);
+  const req = iommuRequests(mem, rq, () => dev.kick(0));
+  const { send, map, unmap } = req;
+  const attach = (domain: number, endpoint = NET, flags = 0) => req.attach(domain, endpoint, flags);
+  const detach = (domain: number, endpoint = NET) => req.detach(domain, endpoint);
   const reader = new IommuReader(dev.table.buffer, NET, dev.table.newThreadSlot());
   return { mem, dev, eq, resets, send, attach, detach, map, unmap, reader };
 }

@@ -16,19 +16,10 @@ import type { VmFd } from '../src/vmm/kvm.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
 import { onPciBar } from './helpers/pci-bar.js';
 import { TestMemory } from './helpers/virtq-driver.js';
+import { capsOnlyDriver } from './helpers/fake-drivers.js';
 
 const tick = () => new Promise((res) => setImmediate(res));
 
-function driver(mtu: number): NetDriver {
-  return {
-    name: 'caps-only',
-    caps: { queuePairs: 1, mtu, offloads: NO_OFFLOADS },
-    module: '/nonexistent.mjs',
-    queueInit: () => undefined,
-    setGuestOffloads: () => undefined,
-    close: () => undefined,
-  };
-}
 
 type GuestOffloads = Parameters<NetDriver['setGuestOffloads']>[0];
 
@@ -37,7 +28,7 @@ function setup(o: Partial<NetDeviceOptions> & { wireMtu?: number; rxOffloads?: b
   const irqfds: number[] = [];
   const vm = { ioeventfd: () => {}, irqfd: (fd: number, _gsi: number, deassign = false) => void (deassign || irqfds.push(fd)) } as unknown as VmFd;
   const memory = { buffer: mem.buffer, table: mem.view.table } as unknown as GuestMemory;
-  const drv = driver(o.wireMtu ?? 1500);
+  const drv = capsOnlyDriver({ mtu: o.wireMtu ?? 1500 });
   if (o.rxOffloads) drv.caps.offloads = { ...NO_OFFLOADS, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true };
   drv.setGuestOffloads = (g) => void o.offloadCalls?.push(g);
   const net = new VirtioNet(memory, { driver: drv, mac: parseMac('52:54:00:12:34:56'), queuePairs: 1, ...o });

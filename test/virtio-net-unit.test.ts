@@ -6,12 +6,13 @@ import { txPolicy } from '../src/virtio-net/features.js';
 import { RxFilter, RX_MODE } from '../src/virtio-net/rx-filter.js';
 import { META, META_WORDS, META_NEEDS_CSUM, META_CSUM_VALID, GSO_TCPV4, GSO_TCPV6, GSO_ECN } from '../src/drivers/api.js';
 import { F, bit, has, netFeatureOffer } from '../src/virtio-net/features.js';
-import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';
+import { NO_OFFLOADS } from '../src/drivers/api.js';
 import { GuestMemory } from '../src/vmm/memory.js';
 import { VhostUserBackend } from '../src/vhost-user/backend.js';
 import { native } from '../src/native.js';
 import { parseNetArg } from '../src/vmm/config.js';
 import { parseMac, formatMac, VirtioNet } from '../src/virtio-net/device.js';
+import { capsOnlyDriver } from './helpers/fake-drivers.js';
 
 function hdr(o: { flags?: number; gso?: number; hdrLen?: number; gsoSize?: number; start?: number; offset?: number }): Uint8Array {
   const h = new Uint8Array(12);
@@ -126,14 +127,7 @@ describe('--net parsing', () => {
 });
 
 describe('the virtio-net feature offer', () => {
-  const driver: NetDriver = {
-    name: 'caps-only',
-    caps: { queuePairs: 2, mtu: 1500, offloads: { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true } },
-    module: '/nonexistent.mjs',
-    queueInit: () => undefined,
-    setGuestOffloads: () => undefined,
-    close: () => undefined,
-  };
+  const driver = capsOnlyDriver({ queuePairs: 2, offloads: { txCsum: true, txTso4: true, txTso6: true, txTsoEcn: true, rxCsum: true, rxTso4: true, rxTso6: true, rxTsoEcn: true } });
   /** the bits a net device offers whatever its transport: the offer built from the driver */
   const netBits = netFeatureOffer({ offloads: { ...NO_OFFLOADS, ...driver.caps.offloads } }, 2);
 

@@ -8,25 +8,18 @@ import { NOTIFY_OFF, NOTIFY_MULTIPLIER } from '../src/vmm/devices/virtio-pci.js'
 import { STATUS } from '../src/virtio/device.js';
 import { VirtioNet, parseMac } from '../src/virtio-net/device.js';
 import { F, bit } from '../src/virtio-net/features.js';
-import { NO_OFFLOADS, type NetDriver } from '../src/drivers/api.js';
 import type { VmFd } from '../src/vmm/kvm.js';
 import type { GuestMemory } from '../src/vmm/memory.js';
 import { onPciBar } from './helpers/pci-bar.js';
 import { TestMemory, TestDriver } from './helpers/virtq-driver.js';
 import { PackedTestDriver } from './helpers/packed-driver.js';
+import { capsOnlyDriver } from './helpers/fake-drivers.js';
 
 const CTRL_Q = 2; // one queue pair: rx 0, tx 1, control 2
 const NEW_MAC = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
 const tick = () => new Promise((res) => setImmediate(res));
 
-const driver: NetDriver = {
-  name: 'caps-only',
-  caps: { queuePairs: 1, mtu: 1500, offloads: NO_OFFLOADS },
-  module: '/nonexistent.mjs',
-  queueInit: () => undefined,
-  setGuestOffloads: () => undefined,
-  close: () => undefined,
-};
+const driver = capsOnlyDriver();
 
 function setup(opts: { packed?: boolean } = {}) {
   const mem = new TestMemory(1 << 20);

@@ -88,7 +88,9 @@ export class VhostUserBackend implements BackendCore {
   ) {
     // the net device's offer (from what the driver honours) and what the vhost-user protocol adds
     // (VIRTIO_NET_F_MTU with the MTU protocol feature: a frontend whose device has an MTU set tells us
-    // with NET_SET_MTU, refused above what the driver's wire carries)
+    // with NET_SET_MTU, refused above what the driver's wire carries). Neither RSS nor HASH_REPORT: the
+    // frontend owns the control queue and no vhost-user message carries their configuration to a
+    // backend (QEMU 7.2 steers RSS with eBPF on a tap peer only; DPDK's vhost library has neither).
     let f = netFeatureOffer(driver.caps, opts.queuePairs, { packed: opts.packed ?? true, mergeable: opts.mergeable }) | bit(F.MTU) | bit(P.F_PROTOCOL_FEATURES) | bit(F_LOG_ALL) | bit(F.ACCESS_PLATFORM);
     this.features = f;
     this.protocolFeatures = [P.PROTOCOL_F.MQ, P.PROTOCOL_F.REPLY_ACK, P.PROTOCOL_F.MTU, P.PROTOCOL_F.LOG_SHMFD, P.PROTOCOL_F.BACKEND_REQ].reduce((a, b) => a | (1n << BigInt(b)), 0n);

@@ -35,6 +35,8 @@ export function freshRing(): Vring {
  * vhost library reads only that half): both resume there. Otherwise both resume at the used position:
  * chains made available and never used are taken again, as a split ring resumes at its used index.
  * (A base this backend reported has both halves equal: its threads stop with every chain taken used.)
+ * After a backend died no one knows where a packed ring stood (QEMU keeps no in-flight record for
+ * net): only split rings survive a backend restart under QEMU.
  */
 export function packedStart(base: number): RingState {
   const s = decodeRingBase(base, true);

@@ -1,6 +1,7 @@
 // The vIOMMU's translation state in a state document: each endpoint's attachment and every mapping.
 // Restored into the empty table of a fresh device, checked as a guest's requests are (domain ids in
 // the advertised range, IOVAs in the input range, known permission bits, no overlap in a domain).
+// Faults the threads recorded and the guest was not yet told of are not saved.
 import { Fields, StateError, type StateValue } from '../state/fields.js';
 import { ENDPOINT_BYPASS, ENDPOINT_NONE, INPUT_END, MAP_MMIO, MAP_READ, MAP_WRITE, MAX_MAPPINGS, type IommuTable } from './table.js';
 import { DOMAIN_BITS } from './requests.js';

@@ -1,36 +1,30 @@
 // virtio-net device model (main thread): configuration space, features offered from what the driver
-// can honour, the control queue's ring (slow path, on vCPU exits; its commands in control.ts), and the
-// dataplane threads it starts when the guest driver is ready.
+// can honour, what the control commands change (control.ts; the ring in control-queue.ts), the host's
+// controls (link, announce, rate limits) and the device's saved state. The dataplane threads it runs
+// when the guest driver is ready are net-threads.ts's.
 import type { GuestMemory } from '../vmm/memory.js';
-import { guestView, DMA_WRITE, type GuestView } from '../virtio/dma.js';
-import { createQueue } from '../virtio/queues.js';
-import { RING_START, type RingState, type Virtqueue } from '../virtio/virtqueue.js';
+import type { RingState } from '../virtio/virtqueue.js';
 import { type Activation, type ActiveQueue, type VirtioDevice } from '../virtio/device.js';
 import { writeSync } from 'node:fs';
-import { stuckThreadMs } from '../viommu/table.js';
 import type { NetDriver } from '../drivers/api.js';
-import { Dataplane } from '../dataplane/index.js';
 import { RxFilter } from './rx-filter.js';
-import { netControl, serveControlQueue, guestOffloads, GUEST_OFFLOAD_MASK, type ControlReply, type NetControlTarget } from './control.js';
+import { netControl, guestOffloads, GUEST_OFFLOAD_MASK, type ControlReply, type NetControlTarget } from './control.js';
+import { NetControlQueue } from './control-queue.js';
 import { CoalesceWords } from './coalesce.js';
 import { formatMac } from './mac.js';
 import { NetConfigSpace, NET_CONFIG_SIZE } from './config-space.js';
 
 export { parseMac, formatMac } from './mac.js';
 import { newStatsBuffer, readStats, type QueueStats } from '../dataplane/stats.js';
-import type { WorkerUnit } from '../dataplane/worker.js';
-import type { NetHandlerConfig } from './queue-handler.js';
 import { F, bit, has, netFeatureOffer, queueFeatures } from './features.js';
-import { netDataplane } from './dataplane.js';
 import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.js';
 import { RateLimitWords } from '../dataplane/rate-limit-shared.js';
-import { native, ONE } from '../native.js';
-import { IommuReader, type IommuTable } from '../viommu/table.js';
-import { DirtyLog, type DirtyLogArea } from '../virtio/dirty-log.js';
+import type { IommuTable } from '../viommu/table.js';
+import type { DirtyLogArea } from '../virtio/dirty-log.js';
 import { StateError, u64Bytes, type Fields, type StateValue } from '../state/fields.js';
-import { readNetState, saveRss } from './state.js';
+import { readNetState, saveRateLimits, saveRss } from './state.js';
 import { RssWords, RSS_OFF } from './rss-state.js';
-import { newHandoverBuffer, newWakeFds, closeWakeFds } from './rss-ring.js';
+import { NetThreads, type NetStart } from './net-threads.js';
 
 export const VIRTIO_ID_NET = 1;
 /** TSVMM_DEBUG_CTRL=1: one stderr line per RSS or hash command refused, with why */
@@ -77,27 +71,20 @@ export class VirtioNet implements VirtioDevice {
   readonly coalesce: CoalesceWords;
   /** the RSS / hash-report state the control queue sets and the dataplane threads read */
   readonly rss = new RssWords();
-  /** the running threads' steering wake eventfds (closed once they stopped) */
-  private wakeFds: number[] = [];
   private readonly config: NetConfigSpace;
-  private readonly dataplane: Dataplane;
-  private view: GuestView;
+  private readonly threads: NetThreads;
+  private readonly ctrl: NetControlQueue;
   private active?: Activation;
-  private ctrlq?: Virtqueue;
-  private ctrlQueue?: ActiveQueue;
   private activePairs = 1;
-  private restarting: Promise<void> = Promise.resolve();
   /** the receive offloads the driver has on now (feature bits) */
   private offloads = 0n;
   /** a restored device's pairs and offloads, taken by the activation that follows */
   private restored?: { pairs: number; offloads: bigint };
   /** a dirty-page log every device write into guest memory is marked in (Vm.enableDirtyLog) */
   private dirtyLog?: DirtyLogArea;
-  /** the same log, for this (main) thread's own writes: the control queue's acks and used ring */
-  private ctrlLog?: DirtyLog;
 
   constructor(
-    private readonly memory: GuestMemory,
+    memory: GuestMemory,
     private readonly opts: NetDeviceOptions,
   ) {
     const pairs = opts.queuePairs;
@@ -122,21 +109,14 @@ export class VirtioNet implements VirtioDevice {
     if (opts.rateLimit) this.rateLimits.set(parseNetRateLimits(opts.rateLimit));
     this.stats = newStatsBuffer(2 * pairs);
     this.coalesce = new CoalesceWords(2 * pairs);
-    this.plainView = this.view = guestView(memory.buffer, memory.table);
-    if (opts.iommu) {
-      // a quiescence slot per possible dataplane thread, and one for this (main) thread's control
-      // queue, which translates only while it handles a kick
-      this.iommuSlots = Array.from({ length: pairs }, () => opts.iommu!.table.newThreadSlot());
-      this.ctrlReader = new IommuReader(opts.iommu.table.buffer, opts.iommu.endpoint, opts.iommu.table.newThreadSlot());
-    }
-    this.dataplane = new Dataplane((reason) => this.active?.needsReset(reason));
+    const name = formatMac(opts.mac);
+    const needsReset = (reason: string) => this.active?.needsReset(reason);
+    this.threads = new NetThreads({ memory, driver: opts.driver, queuePairs: pairs, threads: opts.threads, busyPollUs: opts.busyPollUs, stats: this.stats, iommu: opts.iommu, name, needsReset, startWith: () => this.startWith() });
+    this.ctrl = new NetControlQueue(memory, opts.iommu, (cls, cmd, data, reply) => this.control(cls, cmd, data, reply));
     this.controlTarget = this.newControlTarget();
   }
 
   private readonly controlTarget: NetControlTarget;
-  private readonly plainView: GuestView;
-  private iommuSlots: number[] = [];
-  private ctrlReader?: IommuReader;
 
   /** the driver negotiated ACCESS_PLATFORM: every address it gives us is an IOVA */
   private get translated(): boolean {
@@ -187,7 +167,7 @@ export class VirtioNet implements VirtioDevice {
   setRateLimit(limits: NetRateLimits): void {
     this.rateLimits.set(parseNetRateLimits(limits));
     // (a thread asleep until tokens return, or with no timeout, looks now)
-    this.dataplane.wake();
+    this.threads.wake();
   }
 
   /** the rate limits in force */
@@ -205,7 +185,9 @@ export class VirtioNet implements VirtioDevice {
   }
 
   /** most dataplane threads this device ran at once (for tests and reports) */
-  threadsStarted = 0;
+  get threadsStarted(): number {
+    return this.threads.started;
+  }
 
   /**
    * Mark every write the dataplane makes into guest memory (used rings, received frames) in `log`
@@ -214,25 +196,23 @@ export class VirtioNet implements VirtioDevice {
    */
   async setDirtyLog(log: DirtyLogArea | undefined): Promise<void> {
     this.dirtyLog = log;
-    this.ctrlLog = log && new DirtyLog(log, this.memory.table.regions);
-    this.logCtrlUsed();
+    this.ctrl.setDirtyLog(log);
     if (!this.active) return;
-    this.restarting = this.restart(this.restarting);
-    await this.restarting;
+    await this.threads.restart();
   }
 
   /** Hold the dataplane threads off the rings (guest memory stays as it is) until resume(). */
   pause(): Promise<void> {
-    return this.dataplane.pause();
+    return this.threads.pause();
   }
 
   /** busy-poll spins of the device's dataplane threads (busyPollUs) */
   get busyPollSpins(): number {
-    return this.dataplane.busyPollSpins;
+    return this.threads.busyPollSpins;
   }
 
   resume(): void {
-    this.dataplane.resume();
+    this.threads.resume();
   }
 
   /** Counters of queue pair `pair` (rx, tx), live while traffic runs. */
@@ -261,102 +241,38 @@ export class VirtioNet implements VirtioDevice {
     // vCPU exit can reach us before any awaited step below.
     this.active = a;
     const features = a.features;
-    this.view = this.translated ? guestView(this.memory.buffer, this.memory.table, this.ctrlReader) : this.plainView;
-    this.ctrlReader?.enter();
-    this.ctrlQueue = a.queues.find((q) => q.index === this.ctrlIndex);
-    if (this.ctrlQueue && has(features, F.CTRL_VQ)) {
-      const q = createQueue(this.view, this.ctrlQueue, queueFeatures(features), this.maxQueueSize);
-      this.ctrlReader?.idle();
-      if (typeof q === 'string') return a.needsReset(`control queue: ${q}`);
-      if (this.ctrlQueue.start) q.setState(this.ctrlQueue.start);
-      this.ctrlq = q;
-      this.logCtrlUsed();
-      this.kick(this.ctrlIndex);
-    }
-    this.ctrlReader?.idle();
+    const ctrlQueue = has(features, F.CTRL_VQ) ? a.queues.find((q) => q.index === this.ctrlIndex) : undefined;
+    const bad = this.ctrl.activate(this.translated, ctrlQueue, queueFeatures(features), this.maxQueueSize, a.needsReset);
+    if (bad) return a.needsReset(bad);
     // the VLAN table starts empty (reset cleared it; a restored one is kept) and filters only if negotiated
     this.filter.setVlanFiltering(has(features, F.CTRL_VLAN));
     // until the driver sets the number of pairs (MQ), only the first is used (§5.1.6.5.5)
     this.setGuestOffloads(this.restored ? this.restored.offloads & features : features);
     this.activePairs = this.restored?.pairs ?? 1;
     this.restored = undefined;
-    // a reset or a change of pairs waits for this start (restarting chains every thread change)
-    const prev = this.restarting;
-    this.restarting = prev.then(() => this.startDataplane(false));
-    await this.restarting;
+    // (a reset or a change of pairs waits for this start: the threads take changes in order)
+    await this.threads.start(false);
   }
 
-  /** Where a ring is in the dirty log, which is indexed by guest-physical page: behind the vIOMMU its IOVA is translated. */
-  private logGpa(addr: number): number {
-    const io = this.view.iommu;
-    return io && io.translate(addr, 1, DMA_WRITE, false) ? io.hit.gpa : addr;
-  }
-
-  /** The control queue's used-ring writes go to the dirty log while there is one. */
-  private logCtrlUsed(): void {
-    if (this.ctrlq && this.ctrlQueue) this.ctrlq.setDirtyLog(this.ctrlLog, this.ringLogGpa(this.ctrlQueue));
-  }
-
-  private ringLogGpa(q: ActiveQueue): { desc: number; used: number } {
-    return { desc: this.logGpa(q.desc), used: this.logGpa(q.used) };
-  }
-
-  /**
-   * Start threads for the active pairs. A restart (the driver changed the number of pairs, a dirty log
-   * came or went) resumes each ring where its stopped thread left it (every chain that thread took was
-   * used or given back); a ring no thread served yet starts at the beginning.
-   */
-  private async startDataplane(resume: boolean): Promise<void> {
+  /** What the threads start with now (net-threads.ts). */
+  private startWith(): NetStart | undefined {
     const a = this.active;
-    if (!a) return;
-    if (!resume) this.dataplane.ringStates.clear();
-    const start = (q: ActiveQueue): RingState => this.dataplane.ringStates.get(q.index) ?? q.start ?? RING_START;
-    const byIndex = new Map(a.queues.map((q) => [q.index, { ...q, start: start(q), ringLogGpa: this.ringLogGpa(q) }]));
-    const pairs: WorkerUnit[] = [];
-    for (let p = 0; p < this.activePairs; p++) {
-      const rx = byIndex.get(2 * p);
-      const tx = byIndex.get(2 * p + 1);
-      if (!rx || !tx) continue; // a pair the driver did not enable is not served
-      pairs.push({ queues: [{ ...rx, statsSlot: 2 * p }, { ...tx, statsSlot: 2 * p + 1 }], init: { pair: p, driver: this.opts.driver.queueInit(p) } });
-    }
-    if (pairs.length === 0) return;
-    const threads = Math.min(this.opts.threads ?? pairs.length, pairs.length);
-    const groups: WorkerUnit[][] = Array.from({ length: threads }, () => []);
-    pairs.forEach((p, i) => groups[i % threads].push(p));
-    this.threadsStarted = Math.max(this.threadsStarted, threads);
-    const net = netDataplane(a.features, this.opts.driver, this.filter.buffer, this.rateLimits.buffer, this.mtu, this.coalesce.buffer);
-    if (has(a.features, F.RSS) || has(a.features, F.HASH_REPORT)) {
-      const cfg = net.handlerConfig as NetHandlerConfig;
-      this.wakeFds = newWakeFds(this.activePairs);
-      cfg.steer = { pairs: this.activePairs, rings: newHandoverBuffer(this.activePairs, cfg.maxRxFrame), wakeFds: this.wakeFds, rss: this.rss.buffer, hashReport: has(a.features, F.HASH_REPORT) };
-    }
-    await this.dataplane.start(
-      {
-        memory: this.memory.buffer,
-        table: this.memory.table.toJSON(),
-        ...net,
-        stats: this.stats,
-        busyPollUs: this.opts.busyPollUs ?? 0,
-        dirtyLog: this.dirtyLog,
-        iommu: this.translated ? { buffer: this.opts.iommu!.table.buffer, endpoint: this.opts.iommu!.endpoint, slots: this.iommuSlots } : undefined,
-      },
-      groups,
-    );
+    if (!a) return undefined;
+    return {
+      activation: a,
+      pairs: this.activePairs,
+      words: { filter: this.filter.buffer, rateLimits: this.rateLimits.buffer, coalesce: this.coalesce.buffer, rss: this.rss.buffer },
+      mtu: this.mtu,
+      dirtyLog: this.dirtyLog,
+      translated: this.translated,
+      ringLogGpa: (q: ActiveQueue) => this.ctrl.ringLogGpa(q),
+    };
   }
 
   // ---- control queue (control.ts), handled on the vCPU exit of its notification
 
   kick(queue: number): void {
-    if (queue !== this.ctrlIndex || !this.ctrlq) return;
-    const q = this.ctrlq;
-    const mem = this.view.bytes;
-    // behind the vIOMMU: the mappings may have changed since the last command (the ring's too)
-    if (this.translated && this.ctrlReader!.enter()) q.remapRings();
-    serveControlQueue(q, mem, this.ctrlLog, (cls, cmd, data, reply) => this.control(cls, cmd, data, reply));
-    if (q.broken) this.active?.needsReset(`control queue: ${q.broken}`);
-    if (this.ctrlQueue && this.ctrlQueue.callFd >= 0 && q.needsInterrupt()) native.write(this.ctrlQueue.callFd, ONE);
-    // (this thread holds no translation between kicks: an UNMAP need not wait for it)
-    this.ctrlReader?.idle();
+    if (queue === this.ctrlIndex) this.ctrl.kick((reason) => this.active?.needsReset(reason));
   }
 
   /** What the driver may hand the guest on receive: the offloads among `bits` (feature bit positions). */
@@ -403,45 +319,32 @@ export class VirtioNet implements VirtioDevice {
       setPairs: (n) => {
         if (n === this.activePairs) return;
         this.activePairs = n;
-        // the threads restart with the new set of pairs; ring positions carry over (see restart)
-        this.restarting = this.restart(this.restarting);
+        // the threads restart with the new set of pairs; ring positions carry over
+        void this.threads.restart();
       },
     };
-  }
-
-  private async restart(prev: Promise<void>): Promise<void> {
-    await prev.catch(() => undefined);
-    this.stopped(await this.dataplane.stop());
-    await this.startDataplane(true);
   }
 
   // ---- device state (src/vmm/state/)
 
   /** Stop the threads (each ring's position kept) until unquiesce(). */
-  async quiesce(): Promise<void> {
-    const stop = async (prev: Promise<void>) => {
-      await prev.catch(() => undefined);
-      this.stopped(await this.dataplane.stop());
-    };
-    this.restarting = stop(this.restarting);
-    await this.restarting;
+  quiesce(): Promise<void> {
+    return this.threads.stop();
   }
 
-  async unquiesce(): Promise<void> {
-    const prev = this.restarting;
-    this.restarting = prev.catch(() => undefined).then(() => this.startDataplane(true));
-    await this.restarting;
+  unquiesce(): Promise<void> {
+    return this.threads.start(true);
   }
 
   /** Where live queue `index` stands (the control queue's here; the others' where their thread stopped). */
   ringState(index: number): RingState | undefined {
-    if (index === this.ctrlIndex) return this.ctrlq?.getState();
-    return this.dataplane.ringStates.get(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
+    if (index === this.ctrlIndex) return this.ctrl.ringState;
+    return this.threads.ringState(index) ?? this.active?.queues.find((q) => q.index === index)?.start;
   }
 
-  /** The configuration space (MAC, link), the RX filter with its MAC and VLAN tables, the pairs in use, the receive offloads on, the coalescing parameters. */
+  /** The configuration space (MAC, link), the RX filter with its MAC and VLAN tables, the pairs in use, the receive offloads on, the coalescing parameters, RSS, the rate limits. */
   saveState(): StateValue {
-    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save(), rss: saveRss(this.rss.get()) };
+    return { config: this.config.bytes.slice(), filter: this.filter.save(), activePairs: this.activePairs, offloads: u64Bytes(this.offloads), coalesce: this.coalesce.save(), rss: saveRss(this.rss.get()), rateLimits: saveRateLimits(this.rateLimits.get()) };
   }
 
   restoreState(f: Fields): void {
@@ -452,43 +355,28 @@ export class VirtioNet implements VirtioDevice {
     this.filter.setLinkDown(!this.linkUp);
     this.coalesce.restore(s.coalesce);
     this.rss.set(s.rss);
+    this.rateLimits.set(s.rateLimits);
     this.restored = { pairs: s.pairs, offloads: s.offloads };
   }
 
   /** dataplane threads ended because they kept an UNMAP or a stop waiting past the stuck-thread limit */
-  stuckThreads = 0;
-
-  /** `ended` threads did not stop within the limit and were ended: the device can no longer run */
-  private stopped(ended: number): void {
-    // (the threads that watched the steering eventfds are gone)
-    closeWakeFds(this.wakeFds);
-    this.wakeFds = [];
-    if (ended === 0) return;
-    this.stuckThreads += ended;
-    writeSync(2, `tsvmm: net ${formatMac(this.opts.mac)}: a dataplane thread did not stop within ${stuckThreadMs()} ms (TSVMM_STUCK_THREAD_MS): it was ended\n`);
-    this.active?.needsReset('a dataplane thread was stuck and had to be ended');
+  get stuckThreads(): number {
+    return this.threads.stuck;
   }
 
   /**
    * The vIOMMU has waited `ms` for the thread with quiescence `slot` to leave the old mappings: if it
-   * is one of ours, every thread of this device is ended (once they have exited they hold nothing, and
-   * the UNMAP completes) and the device needs a reset. Resolves once they have exited.
+   * is one of ours, every thread of this device is ended and the device needs a reset (net-threads.ts).
+   * Resolves once they have exited.
    */
-  async endStuckThread(slot: number, ms: number): Promise<void> {
-    if (!this.dataplane.slots.includes(slot)) return;
-    await this.dataplane.terminate();
-    this.stuckThreads++;
-    writeSync(2, `tsvmm: net ${formatMac(this.opts.mac)}: a dataplane thread kept an UNMAP waiting ${ms} ms (past TSVMM_STUCK_THREAD_MS): the device's threads were ended, it needs a reset\n`);
-    this.active?.needsReset('a dataplane thread was stuck during an UNMAP and was ended');
+  endStuckThread(slot: number, ms: number): Promise<void> {
+    return this.threads.endStuckThread(slot, ms);
   }
 
   async reset(): Promise<void> {
-    await this.restarting.catch(() => undefined);
-    this.stopped(await this.dataplane.stop());
+    await this.threads.stop();
     this.active = undefined;
-    this.view = this.plainView;
-    this.ctrlq = undefined;
-    this.ctrlQueue = undefined;
+    this.ctrl.reset();
     this.activePairs = 1;
     this.config.setMac(this.opts.mac);
     this.config.setAnnounce(false);

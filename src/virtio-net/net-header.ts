@@ -4,6 +4,8 @@
 import { META, META_NEEDS_CSUM, META_CSUM_VALID, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4, GSO_ECN } from '../drivers/api.js';
 
 export const NET_HDR_LEN = 12;
+/** with VIRTIO_NET_F_HASH_REPORT: virtio_net_hdr_v1_hash, the header and hash_value, hash_report, padding */
+export const NET_HDR_HASH_LEN = 20;
 /** the largest frame a GSO packet makes: 64 KiB of IP packet, an Ethernet header and a VLAN tag */
 export const MAX_GSO_FRAME = 65535 + 14 + 4;
 /** Ethernet header and VLAN tag: what a frame holds beyond its MTU-sized packet */
@@ -63,6 +65,17 @@ export function writeRxHeader(h: Uint8Array, o: number, meta: Int32Array, m: num
   put16(h, o + 6, needsCsum ? meta[m + META.CSUM_START] : 0);
   put16(h, o + 8, needsCsum ? meta[m + META.CSUM_OFFSET] : 0);
   put16(h, o + 10, numBuffers);
+}
+
+/** Write virtio_net_hdr_v1_hash's hash fields (the 8 bytes after the header at `o`): hash_value, hash_report, padding. */
+export function writeHashFields(h: Uint8Array, o: number, hash: number, report: number): void {
+  h[o] = hash & 0xff;
+  h[o + 1] = (hash >>> 8) & 0xff;
+  h[o + 2] = (hash >>> 16) & 0xff;
+  h[o + 3] = hash >>> 24;
+  put16(h, o + 4, report);
+  h[o + 6] = 0;
+  h[o + 7] = 0;
 }
 
 /** a little-endian 16-bit field at any alignment (a module function: nothing allocated per packet) */

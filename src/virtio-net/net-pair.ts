@@ -4,7 +4,7 @@
 import type { GuestView } from '../virtio/dma.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
-import { MAX_GSO_FRAME, NET_HDR_LEN, parseTxHeader, type TxPolicy } from './net-header.js';
+import { MAX_GSO_FRAME, NET_HDR_HASH_LEN, NET_HDR_LEN, parseTxHeader, type TxPolicy } from './net-header.js';
 import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
 import { STAT } from '../dataplane/stats.js';
 import type { RxFilter } from './rx-filter.js';
@@ -13,7 +13,7 @@ import { NetRx, signal } from './net-rx.js';
 import { DIR, type RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
 import type { Coalescer } from './coalesce.js';
-import { SteeredRx, NET_HDR_HASH_LEN, type SteerOptions } from './rss-rx.js';
+import { SteeredRx, type SteerOptions } from './rss-rx.js';
 
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
@@ -37,7 +37,8 @@ export interface PairOptions {
   /** notification coalescing of each queue (coalesce.ts; without: an interrupt as soon as the ring asks) */
   rxCoalesce?: Coalescer;
   txCoalesce?: Coalescer;
-  /** RSS or hash reports negotiated: the receive side steers (rss-rx.ts) */
+  /** RSS or hash reports negotiated: with several pairs in use the receive side steers (rss-rx.ts); with
+   * one, NetRx delivers its frames itself (with hash reports, hashed) */
   steer?: SteerOptions;
 }
 
@@ -64,7 +65,7 @@ export class NetQueuePair {
     // room for a whole batch of typical packets, and for one packet of the longest chain
     this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
     this.txHeads = new Uint16Array(TX_BATCH);
-    this.rx = o.steer ? new SteeredRx(mem, memBuffer, rxq, this, o, o.steer) : new NetRx(mem, memBuffer, rxq, this, o);
+    this.rx = o.steer && o.steer.pairs > 1 ? new SteeredRx(mem, memBuffer, rxq, this, o, o.steer) : new NetRx(mem, memBuffer, rxq, this, o);
     this.txHdrLen = o.steer?.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
   }
 
@@ -98,7 +99,7 @@ export class NetQueuePair {
       const l = w.limiter(DIR.RX, rv, performance.now());
       if (l !== null) {
         this.rxVersion = rv;
-        this.rx.setLimit(l);
+        this.rx.gate.set(l);
       }
     }
   }
@@ -110,13 +111,13 @@ export class NetQueuePair {
 
   /** RX waits for its rate limit's tokens (the driver is not read) */
   get rxThrottled(): boolean {
-    return this.rx.until !== 0;
+    return this.rx.gate.until !== 0;
   }
 
   /** ms until a direction waiting for tokens may try again (0: now), or -1 when none waits. */
   limitWaitMs(): number {
     const tx = this.txUntil;
-    const rx = this.rx.until;
+    const rx = this.rx.gate.until;
     if (tx === 0 && rx === 0) return -1;
     const first = tx === 0 ? rx : rx === 0 ? tx : Math.min(tx, rx);
     return Math.max(0, first - performance.now());

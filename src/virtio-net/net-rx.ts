@@ -1,18 +1,21 @@
 // The receive side of a virtio-net queue pair (NetQueuePair): frames from the driver into the guest's
 // RX ring, in batches of frames per driver call: without MRG_RXBUF one chain each (rx-batch.ts), with
-// it as many chains as a frame takes (rx-merge.ts).
+// it as many chains as a frame takes (rx-merge.ts). The driver writes each frame straight into the
+// guest's buffers. With hash reports and no other pair to steer to (one pair in use) the header is
+// virtio_net_hdr_v1_hash, each frame hashed where it lies (rss-hash.ts); with several, rss-rx.ts.
 import type { GuestView } from '../virtio/dma.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
-import { NET_HDR_LEN } from './net-header.js';
+import { NET_HDR_HASH_LEN, NET_HDR_LEN } from './net-header.js';
 import type { DriverQueue } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
 import { RX_BATCH, RxSlots } from './rx-batch.js';
 import { MergeSlots } from './rx-merge.js';
 import type { PairOptions } from './net-pair.js';
-import type { DirectionLimiter } from '../dataplane/token-bucket.js';
+import { RateGate } from '../dataplane/rate-gate.js';
 import type { Coalescer } from './coalesce.js';
+import { RssHasher } from './rss-hash.js';
 
 /** the smallest frame there is: an Ethernet header */
 const ETH_HLEN = 14;
@@ -38,6 +41,10 @@ export class NetRx {
   private readonly bytes: GuestBytes;
   /** without MRG_RXBUF: a batch of chains, one frame each */
   private readonly slots: RxSlots;
+  /** the virtio-net header's length: NET_HDR_LEN, or NET_HDR_HASH_LEN with hash reports */
+  private readonly hdrLen: number;
+  /** with hash reports: each frame's hash and report type, for its header */
+  private readonly hasher: RssHasher | undefined;
 
   constructor(
     mem: GuestView,
@@ -48,15 +55,19 @@ export class NetRx {
     private readonly o: PairOptions,
   ) {
     this.bytes = mem.bytes;
+    const hashReport = o.steer?.hashReport === true;
+    this.hdrLen = hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
+    this.hasher = hashReport ? new RssHasher(o.steer!.rss) : undefined;
     // MRG_RXBUF: a frame takes chains while they hold less than it needs, at most chainsPerFrame.
     // Pieces: every piece that takes frame bytes holds one or more, so all the chains of a slot but
     // its last give fewer pieces than the largest frame has bytes; the last at most a chain's pieces.
     // The batch holds one such slot and room for a batch of typical ones.
     const chainPieces = rxq.chain.offsets.length;
     this.chainsPerFrame = Math.min(rxq.size, Math.ceil(o.maxRxFrame / 64) + 1);
-    const slotPieces = Math.min(this.chainsPerFrame * chainPieces, o.maxRxFrame + NET_HDR_LEN + chainPieces);
-    this.merge = new MergeSlots(o.mergeable ? rxq.size : 1, o.mergeable ? slotPieces + RX_BATCH * 4 : 1);
-    this.slots = new RxSlots(o.mergeable ? 1 : chainPieces);
+    const slotPieces = Math.min(this.chainsPerFrame * chainPieces, o.maxRxFrame + this.hdrLen + chainPieces);
+    this.merge = new MergeSlots(o.mergeable ? rxq.size : 1, o.mergeable ? slotPieces + RX_BATCH * 4 : 1, this.hdrLen);
+    this.slots = new RxSlots(o.mergeable ? 1 : chainPieces, this.hdrLen);
+    this.gate = new RateGate(o.rxStats);
   }
 
   /** Does the frame whose first `len` bytes (its destination MAC at least) are at buffer offset `off` pass the RX filter? */
@@ -72,46 +83,15 @@ export class NetRx {
   /** set by process(): the driver had nothing to receive although there were buffers */
   dry = false;
 
-  /** the rate limit's buckets; undefined without a limit (one branch per driver call then) */
-  private limit: DirectionLimiter | undefined;
-  /** while waiting for tokens: when to try again (performance.now() ms); 0 when not waiting */
-  until = 0;
-  private since = 0;
-  /** when the buckets were last refilled (this call's time) */
-  private now = 0;
-
-  setLimit(l: DirectionLimiter | undefined): void {
-    if (this.until !== 0) this.o.rxStats[STAT.RATE_LIMITED_MS] += performance.now() - this.since;
-    this.until = 0;
-    this.limit = l;
-  }
-
-  /** How many frames (of `next` bytes, 0 or less: unknown) the limit lets through now, at most `max`;
-   * none: the direction waits for tokens (the driver keeps its frames). */
-  private allowance(lim: DirectionLimiter, next: number, max: number): number {
-    const n = lim.framesAllowed(next, max);
-    if (n === 0) {
-      this.since = this.now;
-      this.until = this.now + Math.max(lim.msUntil(next > 0 ? next : 1), 0.001);
-      this.o.rxStats[STAT.RATE_LIMITED]++;
-    }
-    return n;
-  }
+  /** the rate limit (its buckets undefined without one: one branch per driver call then) */
+  readonly gate: RateGate;
 
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   process(budget: number): number {
     this.starved = false;
     this.dry = false;
-    const lim = this.limit;
-    if (lim !== undefined) {
-      const now = (this.now = performance.now());
-      if (this.until !== 0) {
-        if (now < this.until) return 0;
-        this.o.rxStats[STAT.RATE_LIMITED_MS] += now - this.since;
-        this.until = 0;
-      }
-      lim.refill(now);
-    }
+    if (this.gate.limit !== undefined && !this.gate.open(performance.now())) return 0;
+    this.hasher?.refresh();
     const delivered = this.o.mergeable ? this.rxMergeable(budget) : this.rxBatched(budget);
     this.rxq.flush();
     signal(this.rxq, this.o.rxCallFd, this.o.rxStats, this.o.rxCoalesce, delivered);
@@ -133,10 +113,11 @@ export class NetRx {
     const s = this.slots;
     const b = s.batch;
     const st = this.o.rxStats;
-    const largest = this.o.maxRxFrame + NET_HDR_LEN;
+    const hdrLen = this.hdrLen;
+    const largest = this.o.maxRxFrame + hdrLen;
     const driver = this.pair.driver;
     const log = this.o.log;
-    const lim = this.limit;
+    const lim = this.gate.limit;
     let delivered = 0;
     for (let attempts = 0; attempts < budget && !q.broken; ) {
       const next = driver.nextLength ? driver.nextLength() : -1;
@@ -146,16 +127,16 @@ export class NetRx {
       }
       let want = Math.min(RX_BATCH, budget - attempts);
       if (lim !== undefined) {
-        want = this.allowance(lim, next, want);
+        want = this.gate.framesAllowed(next, want);
         if (want === 0) break;
       }
       s.reset();
       while (s.count < want && q.pop()) {
         const c = q.chain;
         if (c.readable > 0) q.markBroken('device-readable receive buffer');
-        else if (c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
+        else if (c.writableBytes < hdrLen) q.markBroken('receive buffer too small for the header');
         // one chain takes one whole frame: one that holds no Ethernet header never can
-        else if (c.writableBytes < NET_HDR_LEN + ETH_HLEN) q.markBroken('receive buffer too small for any frame');
+        else if (c.writableBytes < hdrLen + ETH_HLEN) q.markBroken('receive buffer too small for any frame');
         if (q.broken) break;
         // the driver is promised room for the largest frame in each packet of a batch of several: a
         // smaller chain (legal: frames that do not fit drop) goes alone, where a cut frame is detected
@@ -194,8 +175,8 @@ export class NetRx {
         // it copied): one shorter than the length announced was cut, and one that fills the chain
         // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
         // cannot hold, never delivered cut.
-        const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + NET_HDR_LEN >= cap);
-        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
+        const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + hdrLen >= cap);
+        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + hdrLen > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
         if (drop !== 0) {
           st[STAT.DROPS]++;
           st[drop]++;
@@ -206,9 +187,14 @@ export class NetRx {
         k++;
       }
       let bytes = 0;
+      const hasher = this.hasher;
       for (let i = 0; i < k; i++) {
-        q.addUsed(s.heads[i], b.len[i] + NET_HDR_LEN);
-        s.writeHeader(this.bytes, i, log);
+        q.addUsed(s.heads[i], b.len[i] + hdrLen);
+        if (hasher === undefined) s.writeHeader(this.bytes, i, log);
+        else {
+          const report = hasher.classifyPacket(this.bytes, b, i, b.len[i]);
+          s.writeHeader(this.bytes, i, log, hasher.value, report);
+        }
         bytes += b.len[i];
       }
       q.rewind(count - k);
@@ -236,10 +222,11 @@ export class NetRx {
     const m = this.merge;
     const b = m.batch;
     const st = this.o.rxStats;
-    const largest = this.o.maxRxFrame + NET_HDR_LEN;
+    const hdrLen = this.hdrLen;
+    const largest = this.o.maxRxFrame + hdrLen;
     const driver = this.pair.driver;
     const log = this.o.log;
-    const lim = this.limit;
+    const lim = this.gate.limit;
     let delivered = 0;
     for (let attempts = 0; attempts < budget && !q.broken; ) {
       // room for the frame that is waiting when the driver can tell its length, else for the largest
@@ -250,17 +237,17 @@ export class NetRx {
       }
       let want = Math.min(RX_BATCH, budget - attempts);
       if (lim !== undefined) {
-        want = this.allowance(lim, next, want);
+        want = this.gate.framesAllowed(next, want);
         if (want === 0) break;
       }
       m.reset();
-      let need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
+      let need = next > 0 ? Math.min(largest, next + hdrLen) : largest;
       while (m.count < want && q.pop()) {
         const c = q.chain;
         if (c.readable > 0) q.markBroken('device-readable receive buffer');
         // (virtio 1.x 5.1.6.3.1: with MRG_RXBUF each buffer holds at least the header; any chain may
         // become the first of a frame here)
-        else if (c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
+        else if (c.writableBytes < hdrLen) q.markBroken('receive buffer too small for the header');
         if (q.broken) break;
         if (!m.add(c)) {
           q.rewind(1);
@@ -315,6 +302,8 @@ export class NetRx {
     const b = m.batch;
     const st = this.o.rxStats;
     const log = this.o.log;
+    const hdrLen = this.hdrLen;
+    const hasher = this.hasher;
     let d = 0;
     let frames = 0;
     let bytes = 0;
@@ -324,17 +313,19 @@ export class NetRx {
       // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
       // A frame shorter than the length announced was cut: dropped, never delivered cut.
       const cut = i === 0 && next > 0 && len < next;
-      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > m.cap[i] ? STAT.DROPS_TOO_BIG : m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i), Math.min(m.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + hdrLen > m.cap[i] ? STAT.DROPS_TOO_BIG : m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i), Math.min(m.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
       if (drop !== 0) {
         st[STAT.DROPS]++;
         st[drop]++;
         continue;
       }
+      // (hashed where the driver put it, slot i's segments)
+      const report = hasher === undefined ? 0 : hasher.classifyPacket(this.bytes, b, i, len);
       if (m.firstChain(i) !== d) m.move(this.memBuffer, i, d, len, log);
-      const total = len + NET_HDR_LEN;
+      const total = len + hdrLen;
       const n = m.chainsFor(d, total);
       m.addUsed(this.rxq, d, n, total);
-      m.writeHeader(this.bytes, i, d, n, log);
+      m.writeHeader(this.bytes, i, d, n, log, hasher === undefined ? 0 : hasher.value, report);
       d += n;
       frames++;
       bytes += len;

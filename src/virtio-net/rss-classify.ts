@@ -26,6 +26,10 @@ const NH_ROUTING = 43;
 const NH_FRAGMENT = 44;
 const NH_DSTOPTS = 60;
 const MAX_EXT = 8;
+/** The furthest classifyFrame reads into a frame: Ethernet and two tags, IPv6, MAX_EXT extension
+ * headers of the largest size (2048 bytes), TCP's header. A frame cut to its first CLASSIFY_REACH bytes
+ * classifies as the whole frame does (no check reaches past it). */
+export const CLASSIFY_REACH = 14 + 2 * 4 + 40 + MAX_EXT * 2048 + TCP_HLEN;
 
 const be16 = (p: Uint8Array, o: number) => (p[o] << 8) | p[o + 1];
 

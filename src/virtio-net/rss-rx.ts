@@ -1,27 +1,26 @@
-// The receive side of a queue pair when the guest negotiated RSS or hash reports: frames are read
-// from the pair's driver queue into a staging buffer of this thread's own, classified and hashed
-// (rss-classify.ts, toeplitz.ts), and handed to the pair the indirection table names through the
+// The receive side of a queue pair when the guest negotiated RSS or hash reports and several pairs are
+// in use: frames are read from the pair's driver queue into a staging buffer of this thread's own,
+// classified and hashed (rss-hash.ts), and handed to the pair the indirection table names through the
 // hand-over rings (rss-ring.ts; this pair's own frames go through its own ring too). Each pair then
 // copies the frames waiting for it into its RX ring, with the hash and its type in the header
 // (virtio_net_hdr_v1_hash) when hash reports are on. Frames thus cost one copy more than without RSS.
+// (With one pair there is nowhere to steer: net-rx.ts delivers and hashes the frames itself.)
 import type { GuestView } from '../virtio/dma.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
 import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
-import type { DirectionLimiter } from '../dataplane/token-bucket.js';
-import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
+import { RateGate } from '../dataplane/rate-gate.js';
+import { NET_HDR_HASH_LEN, NET_HDR_LEN, writeHashFields, writeRxHeader } from './net-header.js';
 import { RX_BATCH } from './rx-batch.js';
 import { signal } from './net-rx.js';
 import type { PairOptions } from './net-pair.js';
 import { HandoverRings, type HandoverRecord } from './rss-ring.js';
-import { RssWords, RSS_MODE, newRssSnapshot } from './rss-state.js';
-import { classifyFrame, HASH_INPUT_LEN, HASH_REPORT } from './rss-classify.js';
-import { MAX_HASH_INPUT, toeplitzHash, toeplitzTable } from './toeplitz.js';
+import { RSS_MODE } from './rss-state.js';
+import { HASH_REPORT } from './rss-classify.js';
+import { RssHasher } from './rss-hash.js';
 
-/** the header with hash report: virtio_net_hdr_v1 and hash_value, hash_report, padding */
-export const NET_HDR_HASH_LEN = 20;
 const ETH_HLEN = 14;
 
 /** What a pair's thread needs for steering (structured-cloneable but the classes made from it). */
@@ -39,10 +38,7 @@ export interface SteerOptions {
 
 export class SteeredRx {
   private readonly rings: HandoverRings;
-  private readonly rss: RssWords;
-  private readonly snap = newRssSnapshot();
-  private readonly table = new Uint32Array(MAX_HASH_INPUT * 256);
-  private readonly input = new Uint8Array(MAX_HASH_INPUT);
+  private readonly hasher: RssHasher;
   /** the staging buffer: RX_BATCH slots of `slot` bytes, a driver batch over them */
   private readonly staging: SharedArrayBuffer;
   private readonly stagingU8: Uint8Array;
@@ -75,7 +71,7 @@ export class SteeredRx {
     this.pairs = s.pairs;
     this.woken = new Uint8Array(s.pairs);
     this.rings = new HandoverRings(s.rings, s.pairs, o.maxRxFrame);
-    this.rss = new RssWords(s.rss);
+    this.hasher = new RssHasher(s.rss);
     this.hdrLen = s.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
     this.hdr = new Uint8Array(this.hdrLen);
     // one byte more than the largest frame: a frame that fills its slot may have been cut
@@ -95,53 +91,27 @@ export class SteeredRx {
     this.caps = new Float64Array(chains);
     this.segOff = new Float64Array(64);
     this.segLen = new Float64Array(64);
+    this.gate = new RateGate(o.rxStats);
   }
 
   starved = false;
   starvedPending = 0;
   dry = false;
-  /** while waiting for rate-limit tokens: when to try again (performance.now() ms); 0 when not */
-  until = 0;
-  private since = 0;
-  private limit: DirectionLimiter | undefined;
-
-  setLimit(l: DirectionLimiter | undefined): void {
-    if (this.until !== 0) this.o.rxStats[STAT.RATE_LIMITED_MS] += performance.now() - this.since;
-    this.until = 0;
-    this.limit = l;
-  }
+  /** the rate limit of delivery into the RX ring (reading the driver is bounded by the hand-over rings) */
+  readonly gate: RateGate;
 
   /** Frames wait for this pair in a hand-over ring. */
   get handedOver(): boolean {
     return this.rings.pending(this.me);
   }
 
-  /** Take the RSS state the main thread changed (a new key makes a new table). */
-  private refresh(): void {
-    const s = this.snap;
-    if (this.rss.seq === s.seq || !this.rss.read(s)) return;
-    const k = s.key.subarray(0, s.keyLen);
-    if (k.length === this.tableKey.length && k.every((b, i) => b === this.tableKey[i])) return;
-    this.tableKey = k.slice();
-    toeplitzTable(k, this.table);
-  }
-  /** the key this.table was made from */
-  private tableKey = new Uint8Array(0);
-
   /** Frames waiting for this pair into its RX ring, then a batch from the driver handed out, then again. */
   process(budget: number): number {
     this.starved = false;
     this.dry = false;
-    this.refresh();
-    const lim = this.limit;
-    if (lim !== undefined) {
-      const now = performance.now();
-      if (this.until !== 0 && now >= this.until) {
-        this.o.rxStats[STAT.RATE_LIMITED_MS] += now - this.since;
-        this.until = 0;
-      }
-      lim.refill(now);
-    }
+    this.hasher.refresh();
+    // (while it waits for tokens the driver is still read into the rings; drain() delivers nothing)
+    if (this.gate.limit !== undefined) this.gate.open(performance.now());
     let delivered = this.drain(budget);
     let work = delivered;
     if (!this.starved && !this.rxq.broken) {
@@ -178,7 +148,8 @@ export class SteeredRx {
       this.dry = true;
       return 0;
     }
-    const snap = this.snap;
+    const hasher = this.hasher;
+    const snap = hasher.snap;
     for (let i = 0; i < got; i++) {
       const len = b.len[i];
       const at = i * this.slot;
@@ -188,13 +159,11 @@ export class SteeredRx {
         st[drop]++;
         continue;
       }
-      let report: number = HASH_REPORT.NONE;
-      let hash = 0;
+      const report = hasher.classify(this.stagingU8, at, len);
+      const hash = hasher.value;
       let to = this.me;
-      if (snap.mode !== RSS_MODE.OFF) {
-        report = classifyFrame(this.stagingU8, at, len, snap.hashTypes, this.input);
-        if (report !== HASH_REPORT.NONE) hash = toeplitzHash(this.table, this.input, HASH_INPUT_LEN[report]);
-        if (snap.mode === RSS_MODE.STEER) to = report !== HASH_REPORT.NONE ? snap.table[hash & (snap.tableLen - 1)] : snap.unclassified;
+      if (snap.mode === RSS_MODE.STEER) {
+        to = report !== HASH_REPORT.NONE ? snap.table[hash & (snap.tableLen - 1)] : snap.unclassified;
         // (the table names pairs the device has; one not in use now keeps the frame here)
         if (to >= this.pairs) to = this.me;
       }
@@ -218,20 +187,13 @@ export class SteeredRx {
   private drain(budget: number): number {
     const r = this.rings;
     const st = this.o.rxStats;
-    const lim = this.limit;
+    const gate = this.gate;
+    const lim = gate.limit;
     let done = 0;
     for (let from = 0; from < this.pairs; from++) {
       while (done < budget && r.peek(from, this.me)) {
         const rec = r.record;
-        if (lim !== undefined) {
-          if (this.until !== 0) return done;
-          if (!lim.allows(rec.len)) {
-            this.since = performance.now();
-            this.until = this.since + Math.max(lim.msUntil(rec.len), 0.001);
-            st[STAT.RATE_LIMITED]++;
-            return done;
-          }
-        }
+        if (lim !== undefined && (gate.until !== 0 || !gate.allows(rec.len))) return done;
         const res = this.deliver(rec);
         if (res < 0) return done;
         r.consume(from, this.me);
@@ -293,18 +255,7 @@ export class SteeredRx {
     }
     q.rewind(chains - used);
     writeRxHeader(this.hdr, 0, rec.meta, 0, used);
-    if (this.hdrLen === NET_HDR_HASH_LEN) {
-      const h = this.hdr;
-      const v = rec.report === HASH_REPORT.NONE ? 0 : rec.hash;
-      h[12] = v & 0xff;
-      h[13] = (v >>> 8) & 0xff;
-      h[14] = (v >>> 16) & 0xff;
-      h[15] = v >>> 24;
-      h[16] = rec.report;
-      h[17] = 0;
-      h[18] = 0;
-      h[19] = 0;
-    }
+    if (this.hdrLen === NET_HDR_HASH_LEN) writeHashFields(this.hdr, NET_HDR_LEN, rec.report === HASH_REPORT.NONE ? 0 : rec.hash, rec.report);
     this.scatter(rec, segs, need);
     return 1;
   }

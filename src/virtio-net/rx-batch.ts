@@ -1,12 +1,13 @@
 // Storage for one batch of receive chains without MRG_RXBUF: one chain per frame, each slot a packet
-// of the driver batch. The first NET_HDR_LEN bytes of each chain are header space (kept as pieces,
-// written once the frame is in), the rest the packet's segments. Preallocated: nothing per frame.
+// of the driver batch. The first bytes of each chain are header space (NET_HDR_LEN, or NET_HDR_HASH_LEN
+// with hash reports; kept as pieces, written once the frame is in), the rest the packet's segments.
+// Preallocated: nothing per frame.
 import type { Chain } from '../virtio/virtqueue.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { META_WORDS, copyPacket, newPacketBatch, type PacketBatch } from '../drivers/api.js';
 import { native } from '../native.js';
-import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
+import { NET_HDR_LEN, writeHashFields, writeRxHeader } from './net-header.js';
 
 /** Frames per driver call on receive (DPDK's vhost burst is 32). */
 export const RX_BATCH = 32;
@@ -24,7 +25,7 @@ export function layOutChain(c: Chain, skip: number, hdrAt: Float64Array, hdrLen:
   for (let i = 0; i < c.count; i++) {
     let off = c.offsets[i];
     let l = c.lens[i];
-    // (an empty buffer takes no header piece: there are NET_HDR_LEN slots, one per byte at most)
+    // (an empty buffer takes no header piece: there is a slot per header byte, one piece per byte at most)
     if (skip > 0 && l > 0) {
       const n = Math.min(skip, l);
       hdrAt[hdr] = off;
@@ -51,17 +52,26 @@ export class RxSlots {
   readonly cap = new Float64Array(RX_BATCH);
   /** slot i's header pieces (offset, length) are [hdrStart[i], hdrStart[i + 1]) */
   private readonly hdrStart = new Uint16Array(RX_BATCH + 1);
-  private readonly hdrAt = new Float64Array(RX_BATCH * NET_HDR_LEN);
-  private readonly hdrLen = new Uint8Array(RX_BATCH * NET_HDR_LEN);
-  private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  private readonly hdrAt: Float64Array;
+  private readonly hdrLen: Uint8Array;
+  private readonly hdr: Uint8Array;
   /** segments the batch holds in all */
   private readonly segments: number;
   count = 0;
 
-  /** `chainPieces`: the most pieces one chain of the ring can have (a chain alone always fits) */
-  constructor(chainPieces: number) {
+  /**
+   * `chainPieces`: the most pieces one chain of the ring can have (a chain alone always fits);
+   * `headerLen`: the virtio-net header's length (NET_HDR_LEN, NET_HDR_HASH_LEN with hash reports)
+   */
+  constructor(
+    chainPieces: number,
+    private readonly headerLen = NET_HDR_LEN,
+  ) {
     this.segments = Math.max(RX_BATCH * 4, chainPieces);
     this.batch = newPacketBatch(RX_BATCH, this.segments);
+    this.hdrAt = new Float64Array(RX_BATCH * headerLen);
+    this.hdrLen = new Uint8Array(RX_BATCH * headerLen);
+    this.hdr = new Uint8Array(headerLen);
   }
 
   reset(): void {
@@ -79,7 +89,7 @@ export class RxSlots {
   add(c: Chain): void {
     const b = this.batch;
     const slot = this.count;
-    const at = layOutChain(c, NET_HDR_LEN, this.hdrAt, this.hdrLen, this.hdrStart[slot], b.iov, b.iovStart[slot]);
+    const at = layOutChain(c, this.headerLen, this.hdrAt, this.hdrLen, this.hdrStart[slot], b.iov, b.iovStart[slot]);
     this.heads[slot] = c.head;
     this.cap[slot] = c.writableBytes;
     b.iovStart[slot + 1] = at.iov;
@@ -108,19 +118,25 @@ export class RxSlots {
     b.meta.copyWithin(to * META_WORDS, from * META_WORDS, (from + 1) * META_WORDS);
   }
 
-  /** Write slot i's virtio-net header (one buffer) into its header space; logged when `log` is set. */
-  writeHeader(bytes: GuestBytes, i: number, log: DirtyLog | undefined): void {
+  /**
+   * Write slot i's virtio-net header (one buffer; with hash reports `hash` and its `report` type) into
+   * its header space; logged when `log` is set.
+   */
+  writeHeader(bytes: GuestBytes, i: number, log: DirtyLog | undefined, hash = 0, report = 0): void {
     const h0 = this.hdrStart[i];
     const h1 = this.hdrStart[i + 1];
+    const hashed = this.headerLen !== NET_HDR_LEN;
     if (h1 - h0 === 1) {
       // the common layout: the header whole in the first buffer
       const dst = this.hdrAt[h0];
       const w = bytes.window(dst);
       writeRxHeader(w.u8, dst - w.base, this.batch.meta, i * META_WORDS, 1);
-      log?.markOffset(dst, NET_HDR_LEN);
+      if (hashed) writeHashFields(w.u8, dst - w.base + NET_HDR_LEN, hash, report);
+      log?.markOffset(dst, this.headerLen);
       return;
     }
     writeRxHeader(this.hdr, 0, this.batch.meta, i * META_WORDS, 1);
+    if (hashed) writeHashFields(this.hdr, NET_HDR_LEN, hash, report);
     for (let k = h0, at = 0; k < h1; k++) {
       const dst = this.hdrAt[k];
       const w = bytes.window(dst);

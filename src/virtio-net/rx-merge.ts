@@ -10,7 +10,7 @@ import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { META_WORDS, newPacketBatch, type PacketBatch } from '../drivers/api.js';
 import { native } from '../native.js';
-import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
+import { NET_HDR_LEN, writeHashFields, writeRxHeader } from './net-header.js';
 import { RX_BATCH } from './rx-batch.js';
 
 export class MergeSlots {
@@ -26,7 +26,7 @@ export class MergeSlots {
   private readonly first = new Uint32Array(RX_BATCH + 1);
   /** bytes slot i takes, header included */
   readonly cap = new Float64Array(RX_BATCH);
-  private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  private readonly hdr: Uint8Array;
   /** closed slots */
   count = 0;
   /** chains popped in all (the open slot's included) */
@@ -36,9 +36,15 @@ export class MergeSlots {
 
   /**
    * `maxChains`: chains a batch may hold (the ring's size); `pieces`: buffers it may hold in all (at
-   * least what one slot of the largest frame can take, so the first slot always fits).
+   * least what one slot of the largest frame can take, so the first slot always fits); `headerLen`:
+   * the virtio-net header's length (NET_HDR_LEN, NET_HDR_HASH_LEN with hash reports).
    */
-  constructor(maxChains: number, private readonly pieces: number) {
+  constructor(
+    maxChains: number,
+    private readonly pieces: number,
+    private readonly headerLen = NET_HDR_LEN,
+  ) {
+    this.hdr = new Uint8Array(headerLen);
     this.heads = new Uint16Array(maxChains);
     this.caps = new Float64Array(maxChains);
     this.pStart = new Uint32Array(maxChains + 1);
@@ -84,7 +90,7 @@ export class MergeSlots {
     const b = this.batch;
     const slot = this.count;
     let at = b.iovStart[slot];
-    let skip = NET_HDR_LEN;
+    let skip = this.headerLen;
     for (let p = this.pStart[this.first[slot]]; p < this.pStart[this.chains]; p++) {
       let off = this.pOff[p];
       let l = this.pLen[p];
@@ -143,7 +149,7 @@ export class MergeSlots {
     let sOff = 0;
     let dOff = 0;
     // the destination starts after the header space of chain d
-    for (let skip = NET_HDR_LEN; skip > 0 && di < dEnd; ) {
+    for (let skip = this.headerLen; skip > 0 && di < dEnd; ) {
       const k = Math.min(skip, this.pLen[di]);
       skip -= k;
       if (k === this.pLen[di]) di++;
@@ -188,25 +194,29 @@ export class MergeSlots {
   }
 
   /**
-   * Write the virtio-net header of slot i's frame (its metadata, `numBuffers` chains) into chain d's
-   * header space; logged when `log` is set.
+   * Write the virtio-net header of slot i's frame (its metadata, `numBuffers` chains; with hash reports
+   * `hash` and its `report` type) into chain d's header space; logged when `log` is set.
    */
-  writeHeader(bytes: GuestBytes, i: number, d: number, numBuffers: number, log: DirtyLog | undefined): void {
+  writeHeader(bytes: GuestBytes, i: number, d: number, numBuffers: number, log: DirtyLog | undefined, hash = 0, report = 0): void {
     const meta = this.batch.meta;
+    const len = this.headerLen;
+    const hashed = len !== NET_HDR_LEN;
     let p = this.pStart[d];
-    if (this.pLen[p] >= NET_HDR_LEN) {
+    if (this.pLen[p] >= len) {
       // the common layout: the header whole in the first buffer
       const dst = this.pOff[p];
       const w = bytes.window(dst);
       writeRxHeader(w.u8, dst - w.base, meta, i * META_WORDS, numBuffers);
-      log?.markOffset(dst, NET_HDR_LEN);
+      if (hashed) writeHashFields(w.u8, dst - w.base + NET_HDR_LEN, hash, report);
+      log?.markOffset(dst, len);
       return;
     }
     // any layout is legal: the header spread over the chain's first buffers (the chain holds it whole)
     writeRxHeader(this.hdr, 0, meta, i * META_WORDS, numBuffers);
-    for (let at = 0; at < NET_HDR_LEN; p++) {
+    if (hashed) writeHashFields(this.hdr, NET_HDR_LEN, hash, report);
+    for (let at = 0; at < len; p++) {
       const dst = this.pOff[p];
-      const n = Math.min(NET_HDR_LEN - at, this.pLen[p]);
+      const n = Math.min(len - at, this.pLen[p]);
       const w = bytes.window(dst);
       for (let j = 0, l = dst - w.base; j < n; j++) w.u8[l + j] = this.hdr[at++];
       log?.markOffset(dst, n);

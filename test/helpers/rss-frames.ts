@@ -24,3 +24,21 @@ export function ipFrame(o: { v6?: boolean; src: number[]; dst: number[]; sport: 
   return Uint8Array.from([...eth, ...port(o.v6 ? 0x86dd : 0x0800), ...ip, ...l4h, ...new Array(payload).fill(0x33)]);
 }
 
+
+const v4 = (a: string) => a.split('.').map(Number);
+
+/** Four TCP/IPv4 flows of Microsoft's vectors: destination, its port, source, its port, and their hash under MS_KEY. */
+export const FLOWS: Array<[string, number, string, number, number]> = [
+  ['161.142.100.80', 1766, '66.9.149.187', 2794, 0x51ccc178],
+  ['65.69.140.83', 4739, '199.92.111.2', 14230, 0xc626b0ea],
+  ['12.22.207.184', 38024, '24.19.198.95', 12898, 0x5c2b394a],
+  ['209.142.163.6', 2217, '38.27.205.30', 48228, 0xafc7327f],
+];
+
+/** An indirection table of 128 entries, entry i naming pair (i >> 4) & 1: the flows' hashes (low bits 120, 106, 74, 127) go to 1, 0, 0, 1. */
+export const TABLE = Uint16Array.from({ length: 128 }, (_, i) => (i >> 4) & 1);
+
+/** A frame of flow `f` with `payload` bytes of TCP payload. */
+export function flowFrame(f: (typeof FLOWS)[number], payload = 100): Uint8Array {
+  return ipFrame({ src: v4(f[2]), dst: v4(f[0]), sport: f[3], dport: f[1], payload });
+}

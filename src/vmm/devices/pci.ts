@@ -246,7 +246,8 @@ export class PciHost implements BusDevice {
 
   /**
    * The slots must hold the same functions (the configuration spaces' read-only bits say which).
-   * Resolves once every function runs again.
+   * They are restored in slot order: the vIOMMU, plugged before the devices behind it, has its table
+   * full before their rings are translated. Resolves once every function runs again.
    */
   restoreState(f: Fields): Promise<void> {
     const address = f.uint('address', 0xffffffff);

@@ -2,7 +2,8 @@
 // MSI-X, one 64-bit memory BAR holding common/ISR/device configuration, the notification area and the
 // MSI-X table. Queue notifications are KVM ioeventfds and MSI-X vectors are irqfds through GSI routes,
 // so on the data path neither kicks nor interrupts pass through a vCPU exit or this thread. Register
-// accesses (the slow path) arrive here on vCPU exits. A guest that does not enable MSI-X gets INTA, a
+// accesses (the slow path) arrive here on vCPU exits; the common configuration's registers are
+// virtio-pci-common.ts, this file what the device does about them (activation, reset, state). A guest that does not enable MSI-X gets INTA, a
 // level-triggered line with the ISR status register (intx.ts; wired in virtio-pci-irq.ts).
 import { native, EFD_NONBLOCK } from '../../native.js';
 import type { Bus, BusDevice } from '../bus.js';
@@ -15,7 +16,10 @@ import { InterruptWiring } from './virtio-pci-irq.js';
 import { STATUS, VIRTIO_F_VERSION_1, type ActiveQueue, type VirtioDevice } from '../../virtio/device.js';
 import type { RingState } from '../../virtio/virtqueue.js';
 import type { Fields, StateValue } from '../../state/fields.js';
-import { encodeTransport, readTransport, type QueueRegs } from './virtio-pci-state.js';
+import { encodeTransport, readTransport } from './virtio-pci-state.js';
+import { CommonConfig, COMMON_LEN, NO_VECTOR } from './virtio-pci-common.js';
+
+export { NO_VECTOR } from './virtio-pci-common.js';
 
 export interface PciPlatform {
   mmio: Bus;
@@ -33,19 +37,10 @@ export const NOTIFY_OFF = 0x3000;
 export const NOTIFY_MULTIPLIER = 4;
 export const MSIX_TABLE_OFF = 0x4000;
 export const MSIX_PBA_OFF = 0x6000;
-export const NO_VECTOR = 0xffff;
 /** ISR status bits: a queue interrupt, a configuration change */
 export const ISR_QUEUE = 1;
 export const ISR_CONFIG = 2;
-const COMMON_LEN = 0x38;
 const PCI_CAP_ID_VNDR = 0x09;
-
-function u64Write(old: number, offsetInField: number, size: number, value: number): number {
-  // 32-bit halves of a 64-bit field (drivers write them separately, §4.1.3.1)
-  const lo = offsetInField === 0 ? (size >= 4 ? value >>> 0 : old % 2 ** 32) : old % 2 ** 32;
-  const hi = offsetInField === 4 ? value >>> 0 : Math.floor(old / 2 ** 32);
-  return hi * 2 ** 32 + lo;
-}
 
 export class VirtioPciDevice implements PciDevice, BusDevice {
   readonly config: PciConfigSpace;
@@ -54,15 +49,9 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   /** each interrupt source's eventfd, and where it goes (MSI-X, INTx or nowhere) */
   private readonly irq: InterruptWiring;
   private readonly kickFds: number[];
-  private readonly queues: QueueRegs[];
+  /** the common configuration's registers (status, features, queues) */
+  private readonly common: CommonConfig;
   private barAddr: number | undefined;
-  private dfSelect = 0;
-  private gfSelect = 0;
-  private driverFeatures = 0n;
-  private msixConfig = NO_VECTOR;
-  private status = 0;
-  private generation = 0;
-  private queueSelect = 0;
   /**
    * The ISR status (virtio 1.x §4.1.4.5): bit 0 a queue interrupt, bit 1 a configuration change; the
    * driver's read returns and clears it. A shared word, so that threads raising a queue's legacy (INTx)
@@ -114,7 +103,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       msix: this.msix,
       line: platform.intxGsi === undefined ? undefined : new IntxLine(platform.vm, platform.intxGsi, this.isr),
       vm: platform.vm,
-      vectorOf: (i) => (i < device.numQueues ? this.queues[i].msixVector : this.msixConfig),
+      vectorOf: (i) => (i < device.numQueues ? this.common.queues[i].msixVector : this.common.msixConfig),
       intxAllowed: () => (this.config.command & PCI_CMD_INTX_DISABLE) === 0,
       isrBits: { queue: ISR_QUEUE, config: ISR_CONFIG },
       refused,
@@ -127,17 +116,20 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       if (off <= 5 && off + size > 5) this.irq.sync();
     };
     this.kickFds = Array.from({ length: device.numQueues }, () => native.eventfd(0, EFD_NONBLOCK));
-    this.queues = Array.from({ length: device.numQueues }, () => this.freshQueue());
+    this.common = new CommonConfig({
+      features: device.features,
+      numQueues: device.numQueues,
+      maxQueueSize: device.maxQueueSize,
+      vectors: this.msix.count,
+      writeStatus: (v) => this.writeStatus(v),
+      vectorsChanged: () => this.irq.sync(),
+    });
     // out of reset a function's INTx is enabled and MSI-X is not
     this.irq.sync();
   }
 
-  private freshQueue(): QueueRegs {
-    return { size: this.device.maxQueueSize, msixVector: NO_VECTOR, enable: 0, desc: 0, avail: 0, used: 0 };
-  }
-
   get deviceStatus(): number {
-    return this.status;
+    return this.common.status;
   }
 
   // ---- BAR placement: the MMIO range, and an ioeventfd per queue notify address
@@ -192,7 +184,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   // ---- BAR register accesses (vCPU exits)
 
   read(offset: number, size: number): number {
-    if (offset < COMMON_OFF + COMMON_LEN) return this.readCommon(offset, size);
+    if (offset < COMMON_OFF + COMMON_LEN) return this.common.read(offset - COMMON_OFF, size);
     if (offset === ISR_OFF) {
       const isr = Atomics.exchange(this.isr, 0, 0) & 0xff;
       this.isrReads[isr ? 1 : 0]++;
@@ -204,115 +196,14 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   }
 
   write(offset: number, size: number, value: number): void {
-    if (offset < COMMON_OFF + COMMON_LEN) return this.writeCommon(offset, size, value);
+    if (offset < COMMON_OFF + COMMON_LEN) return this.common.write(offset - COMMON_OFF, size, value);
     if (offset >= DEVICE_OFF && offset < DEVICE_OFF + this.device.configSize) return this.device.writeConfig(offset - DEVICE_OFF, size, value);
     if (offset >= NOTIFY_OFF && offset < NOTIFY_OFF + NOTIFY_MULTIPLIER * this.device.numQueues) {
       const q = (offset - NOTIFY_OFF) / NOTIFY_MULTIPLIER;
-      if (Number.isInteger(q) && this.status & STATUS.DRIVER_OK) this.device.kick?.(q);
+      if (Number.isInteger(q) && this.common.status & STATUS.DRIVER_OK) this.device.kick?.(q);
       return;
     }
     if (offset >= MSIX_TABLE_OFF && offset < MSIX_PBA_OFF) this.msix.writeTable(offset - MSIX_TABLE_OFF, size, value);
-  }
-
-  private q(): QueueRegs | undefined {
-    return this.queues[this.queueSelect];
-  }
-
-  private readCommon(off: number, size: number): number {
-    const q = this.q();
-    switch (off) {
-      case 0x00:
-        return this.dfSelect;
-      case 0x04:
-        return this.dfSelect < 2 ? Number((this.device.features >> BigInt(32 * this.dfSelect)) & 0xffffffffn) : 0;
-      case 0x08:
-        return this.gfSelect;
-      case 0x0c:
-        return this.gfSelect < 2 ? Number((this.driverFeatures >> BigInt(32 * this.gfSelect)) & 0xffffffffn) : 0;
-      case 0x10:
-        return this.msixConfig;
-      case 0x12:
-        return this.device.numQueues;
-      case 0x14:
-        return size === 1 ? this.status : this.status | (this.generation << 8);
-      case 0x15:
-        return this.generation;
-      case 0x16:
-        return this.queueSelect;
-      case 0x18:
-        return q ? q.size : 0;
-      case 0x1a:
-        return q ? q.msixVector : NO_VECTOR;
-      case 0x1c:
-        return q ? q.enable : 0;
-      case 0x1e:
-        return q ? this.queueSelect : 0; // queue_notify_off: queue i notifies at i * multiplier
-      case 0x20:
-      case 0x24:
-        return q ? half(q.desc, off - 0x20) : 0;
-      case 0x28:
-      case 0x2c:
-        return q ? half(q.avail, off - 0x28) : 0;
-      case 0x30:
-      case 0x34:
-        return q ? half(q.used, off - 0x30) : 0;
-    }
-    return 0;
-  }
-
-  private writeCommon(off: number, size: number, value: number): void {
-    const q = this.q();
-    // queue registers may change only while the queue is disabled and the device not live
-    const queueWritable = q !== undefined && !q.enable && !(this.status & STATUS.DRIVER_OK);
-    switch (off) {
-      case 0x00:
-        this.dfSelect = value >>> 0;
-        return;
-      case 0x08:
-        this.gfSelect = value >>> 0;
-        return;
-      case 0x0c: {
-        if (this.gfSelect > 1 || this.status & STATUS.FEATURES_OK) return;
-        const shift = BigInt(32 * this.gfSelect);
-        this.driverFeatures = (this.driverFeatures & ~(0xffffffffn << shift)) | (BigInt(value >>> 0) << shift);
-        return;
-      }
-      case 0x10:
-        // as for a queue's vector: one we do not have reads back as NO_VECTOR (§4.1.5.1.2)
-        this.msixConfig = (value & 0xffff) < this.msix.count ? value & 0xffff : NO_VECTOR;
-        this.irq.sync();
-        return;
-      case 0x14:
-        this.writeStatus(value & 0xff);
-        return;
-      case 0x16:
-        this.queueSelect = value & 0xffff;
-        return;
-      case 0x18:
-        // the driver may only reduce the size the device offers (§4.1.4.3): more is held to that maximum
-        if (queueWritable) q!.size = Math.min(value & 0xffff, this.device.maxQueueSize);
-        return;
-      case 0x1a:
-        // a vector we do not have reads back as NO_VECTOR, telling the driver it failed (§4.1.5.1.2)
-        if (q) q.msixVector = (value & 0xffff) < this.msix.count ? value & 0xffff : NO_VECTOR;
-        this.irq.sync();
-        return;
-      case 0x1c:
-        if (q && (value & 1) && !(this.status & STATUS.DRIVER_OK)) q.enable = 1;
-        return;
-      case 0x20:
-      case 0x24:
-        if (queueWritable) q!.desc = u64Write(q!.desc, off - 0x20, size, value);
-        return;
-      case 0x28:
-      case 0x2c:
-        if (queueWritable) q!.avail = u64Write(q!.avail, off - 0x28, size, value);
-        return;
-      case 0x30:
-      case 0x34:
-        if (queueWritable) q!.used = u64Write(q!.used, off - 0x30, size, value);
-        return;
-    }
   }
 
   private writeStatus(value: number): void {
@@ -321,22 +212,23 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
       return;
     }
     if (this.resetting) return;
+    const c = this.common;
     // the driver sets bits; only a reset clears them (§2.1.2: it must not clear one). A bit it leaves
     // out stays set: else clearing DRIVER_OK and setting it again would activate a live device twice
-    const added = value & ~this.status;
-    let next = this.status | value;
+    const added = value & ~c.status;
+    let next = c.status | value;
     if (added & STATUS.FEATURES_OK) {
-      const ok = (this.driverFeatures & ~this.device.features) === 0n && (this.driverFeatures >> BigInt(VIRTIO_F_VERSION_1)) & 1n;
+      const ok = (c.driverFeatures & ~this.device.features) === 0n && (c.driverFeatures >> BigInt(VIRTIO_F_VERSION_1)) & 1n;
       if (!ok) next &= ~STATUS.FEATURES_OK; // the driver re-reads status and gives up
     }
     if (added & STATUS.DRIVER_OK && !(next & STATUS.FEATURES_OK)) next &= ~STATUS.DRIVER_OK;
-    this.status = next;
-    if (added & STATUS.DRIVER_OK && this.status & STATUS.DRIVER_OK) void this.activate();
+    c.status = next;
+    if (added & STATUS.DRIVER_OK && c.status & STATUS.DRIVER_OK) void this.activate();
   }
 
   private activate(starts?: Array<RingState | undefined>): Promise<void> {
     const queues: ActiveQueue[] = [];
-    this.queues.forEach((q, index) => {
+    this.common.queues.forEach((q, index) => {
       if (!q.enable) return;
       queues.push({
         start: starts?.[index],
@@ -351,7 +243,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     });
     return this.device
       .activate({
-        features: this.driverFeatures,
+        features: this.common.driverFeatures,
         queues,
         needsReset: (reason) => this.needsReset(reason),
         configChanged: () => this.configChanged(),
@@ -362,26 +254,21 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
   /** The device stops trusting the driver: DEVICE_NEEDS_RESET and a configuration interrupt. */
   needsReset(reason: string): void {
     this.brokenReason ??= reason;
-    if (!(this.status & STATUS.DRIVER_OK)) return;
-    this.status |= STATUS.NEEDS_RESET;
+    if (!(this.common.status & STATUS.DRIVER_OK)) return;
+    this.common.status |= STATUS.NEEDS_RESET;
     this.configChanged();
   }
 
   configChanged(): void {
-    this.generation = (this.generation + 1) & 0xff;
+    this.common.generation = (this.common.generation + 1) & 0xff;
     Atomics.or(this.isr, 0, ISR_CONFIG);
-    if (!this.msix.enabled || this.msixConfig !== NO_VECTOR) this.irq.signalConfig();
+    if (!this.msix.enabled || this.common.msixConfig !== NO_VECTOR) this.irq.signalConfig();
   }
 
   private clearState(): void {
-    this.status = 0;
-    this.driverFeatures = 0n;
-    this.dfSelect = this.gfSelect = 0;
-    this.msixConfig = NO_VECTOR;
-    this.queueSelect = 0;
+    this.common.clear();
     Atomics.store(this.isr, 0, 0);
     this.brokenReason = undefined;
-    this.queues.forEach((_, i) => (this.queues[i] = this.freshQueue()));
     this.irq.sync();
     // clear kicks that arrived for the old rings
     for (const fd of this.kickFds) native.read(fd, SCRATCH);
@@ -394,7 +281,7 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
    */
   private reset(): void {
     if (this.resetting) return;
-    if (!(this.status & STATUS.DRIVER_OK)) {
+    if (!(this.common.status & STATUS.DRIVER_OK)) {
       this.clearState();
       void this.device.reset();
       return;
@@ -412,7 +299,8 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 
   /** Whether the device is live (its rings must be quiesced before saveState). */
   get live(): boolean {
-    return (this.status & STATUS.DRIVER_OK) !== 0 && !(this.status & STATUS.NEEDS_RESET);
+    const status = this.common.status;
+    return (status & STATUS.DRIVER_OK) !== 0 && !(status & STATUS.NEEDS_RESET);
   }
 
   private quiesced = false;
@@ -434,19 +322,20 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
     if (!this.device.saveState) throw new Error(`virtio device type ${this.device.deviceType} cannot save its state`);
     const live = this.live;
     if (live && !this.quiesced) throw new Error(`virtio device type ${this.device.deviceType}: saveState while its rings are served (quiesce first)`);
+    const c = this.common;
     return encodeTransport(
       {
-        status: this.status,
-        generation: this.generation,
-        dfSelect: this.dfSelect,
-        gfSelect: this.gfSelect,
-        driverFeatures: this.driverFeatures,
-        msixConfig: this.msixConfig,
-        queueSelect: this.queueSelect,
+        status: c.status,
+        generation: c.generation,
+        dfSelect: c.dfSelect,
+        gfSelect: c.gfSelect,
+        driverFeatures: c.driverFeatures,
+        msixConfig: c.msixConfig,
+        queueSelect: c.queueSelect,
         isr: Atomics.load(this.isr, 0),
         brokenReason: this.brokenReason,
         msixTable: this.msix.table,
-        queues: this.queues.map((q, i) => ({ ...q, ring: live && q.enable ? (this.device.ringState?.(i) ?? { nextAvail: 0, nextUsed: 0, availWrap: true, usedWrap: true }) : undefined })),
+        queues: c.queues.map((q, i) => ({ ...q, ring: live && q.enable ? (this.device.ringState?.(i) ?? { nextAvail: 0, nextUsed: 0, availWrap: true, usedWrap: true }) : undefined })),
       },
       this.device.saveState(),
     );
@@ -458,16 +347,17 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
    * each ring where it stood. Resolves once the device runs.
    */
   restoreState(f: Fields): Promise<void> {
-    if (this.status !== 0) throw new Error('restoreState: the device is not fresh');
+    if (this.common.status !== 0) throw new Error('restoreState: the device is not fresh');
     const s = readTransport(f, { features: this.device.features, numQueues: this.device.numQueues, maxQueueSize: this.device.maxQueueSize, vectors: this.msix.count });
     const dev = f.obj('device');
     if (!this.device.restoreState) throw new Error(`virtio device type ${this.device.deviceType} cannot restore its state`);
     this.device.restoreState(dev);
     f.done();
-    Object.assign(this, { status: s.status, generation: s.generation, dfSelect: s.dfSelect, gfSelect: s.gfSelect, driverFeatures: s.driverFeatures, msixConfig: s.msixConfig, queueSelect: s.queueSelect, brokenReason: s.brokenReason });
+    Object.assign(this.common, { status: s.status, generation: s.generation, dfSelect: s.dfSelect, gfSelect: s.gfSelect, driverFeatures: s.driverFeatures, msixConfig: s.msixConfig, queueSelect: s.queueSelect });
+    this.brokenReason = s.brokenReason;
     Atomics.store(this.isr, 0, s.isr);
     this.msix.table.set(s.msixTable);
-    s.queues.forEach((q, i) => (this.queues[i] = { size: q.size, msixVector: q.msixVector, enable: q.enable, desc: q.desc, avail: q.avail, used: q.used }));
+    s.queues.forEach((q, i) => (this.common.queues[i] = { size: q.size, msixVector: q.msixVector, enable: q.enable, desc: q.desc, avail: q.avail, used: q.used }));
     this.msix.sync();
     this.irq.refresh();
     return this.live ? this.activate(s.queues.map((q) => q.ring)) : Promise.resolve();
@@ -487,7 +377,3 @@ export class VirtioPciDevice implements PciDevice, BusDevice {
 }
 
 const SCRATCH = new BigUint64Array(1);
-
-function half(v: number, offsetInField: number): number {
-  return offsetInField === 0 ? v % 2 ** 32 : Math.floor(v / 2 ** 32);
-}

@@ -11,7 +11,7 @@ import { encodeVcpu, encodeVm, readVcpu, readVm, type VcpuState, type VmState } 
 
 export const STATE_FORMAT = 'tsvmm-state';
 /** The layout of the document and of every device's part in it; a change of either changes this. */
-export const STATE_VERSION = 2;
+export const STATE_VERSION = 3;
 const MAX_CPUS = 1024;
 const MAX_DEVICES = 256;
 

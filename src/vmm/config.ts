@@ -15,6 +15,13 @@ export interface VmConfig {
    * snapshot's file, and its device state restored; kernel, initrd and cmdline are not used
    */
   restore?: string;
+  /**
+   * take the guest from a migrating tsvmm (`vm.migrate(url)` there) instead of booting: `unix:PATH` or
+   * `tcp:HOST:PORT` to listen on for one source. The machine (memory, cpus, devices) must be the
+   * source's (a different one is refused); kernel, initrd and cmdline are not used. start() resolves
+   * once the guest runs here.
+   */
+  incoming?: string;
   initrd?: string | Uint8Array;
   cmdline?: string;
   /** bytes, or a size string such as "512M" (default 512 MiB) */

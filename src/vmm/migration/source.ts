@@ -2,9 +2,10 @@
 // guest runs (the destination's memory starts zeroed); then, pass after pass, the pages written
 // meanwhile (KVM's dirty log and the dataplane's, through `takeDirty`), until what is left would go
 // in less than the downtime allowed at the rate measured so far, or the passes run out. Then the VM
-// pauses, the last pages and the device state go, and the source waits for the destination to say it
-// restored them before telling it to go: up to that point any failure resumes the source, which
-// keeps running as if nothing happened.
+// pauses, the device state is taken (which stops the devices' threads, so nothing writes guest memory
+// any more), the pages written up to then and the state go, and the source waits for the destination
+// to say it restored them before telling it to go: up to that point any failure resumes the source,
+// which keeps running as if nothing happened.
 import type { Duplex } from 'node:stream';
 import type { GuestMemory } from '../memory.js';
 import type { Fingerprint } from '../state/document.js';
@@ -13,13 +14,13 @@ import { MIGRATION_FORMAT, MIGRATION_VERSION, PAGE, RUN_PAGES, MessageReader, se
 export interface MigrationSource {
   readonly memory: GuestMemory;
   readonly fingerprint: Fingerprint;
-  /** Start logging the guest's and the devices' writes; takeDirty then returns those since the last call. */
-  startDirtyLog(): void;
+  /** Start logging the guest's and the devices' writes (on once it resolves); takeDirty then returns those since the last call. */
+  startDirtyLog(): void | Promise<void>;
   /** Guest-physical addresses of the pages written since the last call, ascending. */
   takeDirty(): number[];
   pause(): Promise<void>;
   resume(): Promise<void>;
-  /** The device state document (called while paused). */
+  /** The device state document (called while paused): once it returns, nothing writes guest memory. */
   saveState(): Uint8Array | Promise<Uint8Array>;
 }
 
@@ -63,7 +64,7 @@ export async function migrateOut(conn: Duplex, src: MigrationSource, opts: Migra
   await sendMessage(conn, { t: 'hello', format: MIGRATION_FORMAT, version: MIGRATION_VERSION, fingerprint: src.fingerprint });
   await reader.expect('ready');
 
-  src.startDirtyLog();
+  await src.startDirtyLog();
   sent(await sendAll(conn, src.memory));
   let dirty = src.takeDirty();
   p.pagesLeft = dirty.length;
@@ -80,12 +81,13 @@ export async function migrateOut(conn: Duplex, src: MigrationSource, opts: Migra
   const paused = performance.now();
   try {
     p.stopped = true;
+    const state = await src.saveState();
     const last = [...new Set([...dirty, ...src.takeDirty()])].sort((a, b) => a - b);
     p.pagesLeft = last.length;
     opts.onProgress?.({ ...p });
     sent(await sendPages(conn, src.memory, last));
     p.pagesLeft = 0;
-    await sendMessage(conn, { t: 'state', data: await src.saveState() });
+    await sendMessage(conn, { t: 'state', data: state });
     await sendMessage(conn, { t: 'end' });
     await reader.expect('restored');
   } catch (e) {

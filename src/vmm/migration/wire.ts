@@ -80,6 +80,8 @@ export function readMessage(raw: unknown): Message {
 
 /** Write one message, waiting while the stream's buffer is full. */
 export async function sendMessage(out: Duplex, m: Message): Promise<void> {
+  // (a write to a closed stream says nothing more: no drain, close or error follows)
+  if (out.destroyed || out.writableEnded) throw new MigrationError('the connection closed');
   const body = encode(m);
   const head = Buffer.alloc(4);
   head.writeUInt32LE(body.length, 0);

@@ -1,5 +1,5 @@
 // The two ends of a migration's connection: the source connects to the URL, the destination listens
-// there and takes one connection (a unix socket is made with mode 0600 and removed once taken: whoever
+// there and takes one source (a unix socket is made with mode 0600 and removed once taken: whoever
 // connects could hand this VMM a guest). Either side's connection is cut after IDLE_MS without a byte
 // moving, so a peer that hangs cannot hold a paused source for good.
 import { createServer, connect, type Socket } from 'node:net';
@@ -12,6 +12,8 @@ import { formatMigrationUrl, type MigrationUrl } from './url.js';
 export const IDLE_MS = 60_000;
 
 function guard(s: Socket): Socket {
+  // (a failure is the stream reader's to see and say; none may end the process)
+  s.on('error', () => undefined);
   s.setNoDelay?.(true);
   s.setTimeout(IDLE_MS, () => s.destroy(new Error(`nothing moved for ${IDLE_MS / 1000} s`)));
   return s;
@@ -21,20 +23,21 @@ function guard(s: Socket): Socket {
 export function connectTo(url: MigrationUrl): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const s = url.kind === 'unix' ? connect(url.path) : connect(url.port, url.host);
-    s.once('connect', () => {
-      s.removeAllListeners('error');
-      resolve(guard(s));
-    });
-    s.once('error', (e: NodeJS.ErrnoException) => {
+    const refused = (e: NodeJS.ErrnoException) => {
       const why = e.code === 'ENOENT' ? 'no such socket' : e.code === 'ECONNREFUSED' ? 'nothing listens there' : e.message;
       reject(new MigrationError(`cannot reach ${formatMigrationUrl(url)}: ${why}`));
+    };
+    s.once('error', refused);
+    s.once('connect', () => {
+      s.removeListener('error', refused);
+      resolve(guard(s));
     });
   });
 }
 
 /** A listener for one incoming connection. */
 export interface Incoming {
-  /** the connection, once a source has connected (the listener is closed then) */
+  /** the connection, once a source has connected and sent its first bytes (the listener is closed then) */
   accepted: Promise<Socket>;
   /** stop listening (a pending `accepted` rejects) */
   close(): void;
@@ -60,10 +63,21 @@ export async function listenOn(url: MigrationUrl, what = '--incoming'): Promise<
     server.close();
     if (url.kind === 'unix' && ino >= 0) removeSocket(url.path, ino);
   };
+  // The source is the first connection to send something: one that closes first (another tsvmm
+  // checking whether the path is taken, say) is no source, and the listener stays.
   const accepted = new Promise<Socket>((resolve, reject) => {
-    server.once('connection', (s: Socket) => {
-      close();
-      resolve(guard(s));
+    server.on('connection', (s: Socket) => {
+      guard(s);
+      const first = () => {
+        s.removeListener('readable', first);
+        if (closed || s.readableLength === 0) {
+          s.destroy();
+          return;
+        }
+        close();
+        resolve(s);
+      };
+      s.on('readable', first);
     });
     server.once('close', () => reject(new MigrationError('stopped before a source connected')));
   });

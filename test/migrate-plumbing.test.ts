@@ -143,9 +143,10 @@ describe('PUT /migrate and tsvmm ctl migrate', () => {
       pause: async () => undefined,
       resume: async () => undefined,
       net: () => undefined,
-      migrate: async (o: { url: string }) => {
+      migrate: async (o: { url: string; maxDowntimeMs?: number }) => {
         if (fail) throw new Error(fail);
         calls.push(o.url);
+        if (o.url === 'unix:/m') expect(o.maxDowntimeMs).toBe(0);
         return { url: o.url, downtimeMs: 12 };
       },
     }) as ApiTarget;
@@ -153,7 +154,8 @@ describe('PUT /migrate and tsvmm ctl migrate', () => {
   it('takes a URL and answers once the migration is done', async () => {
     const calls: string[] = [];
     expect(await route(target(calls), 'PUT', '/migrate', '{"url":"tcp:10.0.0.2:4444"}')).toEqual({ status: 200, json: { url: 'tcp:10.0.0.2:4444', downtimeMs: 12 } });
-    expect(calls).toEqual(['tcp:10.0.0.2:4444']);
+    await route(target(calls), 'PUT', '/migrate', '{"url":"unix:/m","max_downtime_ms":0}');
+    expect(calls).toEqual(['tcp:10.0.0.2:4444', 'unix:/m']);
   });
 
   it.each([
@@ -161,6 +163,8 @@ describe('PUT /migrate and tsvmm ctl migrate', () => {
     ['{"url":5}', 400, 'url: 5 is not a migration URL'],
     ['{"url":"unix:"}', 400, 'url: "unix:" names no socket path'],
     ['{"url":"tcp:h:1","now":true}', 400, 'unknown field "now"'],
+    ['{"url":"tcp:h:1","max_downtime_ms":-1}', 400, 'max_downtime_ms: expected an integer from 0 to 60000, got -1'],
+    ['{"url":"tcp:h:1","max_downtime_ms":"5"}', 400, 'max_downtime_ms: expected an integer'],
   ])('refuses %s before anything moves', async (body, status, msg) => {
     const calls: string[] = [];
     const e = await route(target(calls), 'PUT', '/migrate', body).catch((x: ApiError) => x);
@@ -180,7 +184,8 @@ describe('PUT /migrate and tsvmm ctl migrate', () => {
   it('ctl: migrate URL (a relative unix path made absolute; no answer timeout); bad usage exits 2', () => {
     expect(ctlRequest(['migrate', 'tcp:10.0.0.2:4444'])).toEqual({ method: 'PUT', path: '/migrate', body: { url: 'tcp:10.0.0.2:4444' }, timeoutMs: 0 });
     expect(ctlRequest(['migrate', 'unix:rel.sock'])).toMatchObject({ body: { url: `unix:${join(process.cwd(), 'rel.sock')}` } });
-    for (const bad of [['migrate'], ['migrate', 'nowhere'], ['migrate', 'unix:/a', 'now']]) expect(() => ctlRequest(bad)).toThrow(CtlUsageError);
+    expect(ctlRequest(['migrate', 'unix:/a', 'downtime-ms=0'])).toMatchObject({ body: { url: 'unix:/a', max_downtime_ms: 0 } });
+    for (const bad of [['migrate'], ['migrate', 'nowhere'], ['migrate', 'unix:/a', 'now'], ['migrate', 'unix:/a', 'downtime-ms=x'], ['migrate', 'unix:/a', 'downtime-ms=1', 'x']]) expect(() => ctlRequest(bad)).toThrow(CtlUsageError);
     const r = spawnSync(process.execPath, [CLI, 'ctl', '--api-socket', join(dir, 'none.sock'), 'migrate', 'tcp:h:0'], { encoding: 'utf8' });
     expect(r.status).toBe(2);
     expect(r.stderr.trim()).toBe('tsvmm: ctl: migrate: "tcp:h:0" has port 0, not 1..65535 (unix:PATH or tcp:HOST:PORT) (try: tsvmm ctl --help)');

@@ -13,9 +13,11 @@ export const CTL_USAGE = `usage: tsvmm ctl --api-socket PATH COMMAND
                                (default the VM's: 30 s)
   snapshot DIR [stop]           write the VM into directory DIR (tsvmm run --restore DIR starts it
                                again) and go on, or with stop end the VM once it is written
-  migrate URL                  move the running VM to the tsvmm run --incoming URL waiting there
-                               (unix:PATH or tcp:HOST:PORT); answers once the guest runs there and
-                               this VM has ended (exit status 3), or with why it did not (it runs on)
+  migrate URL [downtime-ms=N]  move the running VM to the tsvmm run --incoming URL waiting there
+                               (unix:PATH or tcp:HOST:PORT), holding the guest for the last pages once
+                               they would take at most N ms (default 300); answers once the guest runs
+                               there and this VM has ended (exit status 3), or with why it did not (it
+                               runs on)
   net ID link up|down          the device's link as the guest sees it
   net ID limit KEY=N...        rate limits per second: rx-bytes, rx-ops, tx-bytes, tx-ops (N=0 or off:
                                no limit); a bucket of N tokens refilled in one second, as Firecracker's`;
@@ -58,7 +60,8 @@ export function ctlRequest(args: string[]): CtlRequest {
       if (rest.length < 1 || rest.length > 2 || (rest.length === 2 && rest[1] !== 'stop')) throw new CtlUsageError('snapshot: DIR [stop]');
       return { method: 'PUT', path: '/snapshot', body: { path: resolvePath(rest[0]), ...(rest[1] === 'stop' ? { resume: false } : {}) } };
     case 'migrate': {
-      if (rest.length !== 1) throw new CtlUsageError('migrate: URL (unix:PATH or tcp:HOST:PORT)');
+      const m = rest.length === 2 ? /^downtime-ms=(\d{1,5})$/.exec(rest[1]) : undefined;
+      if (rest.length < 1 || rest.length > 2 || (rest.length === 2 && !m)) throw new CtlUsageError('migrate: URL (unix:PATH or tcp:HOST:PORT) [downtime-ms=N]');
       let url: MigrationUrl;
       try {
         url = parseMigrationUrl(rest[0], 'migrate');
@@ -68,7 +71,7 @@ export function ctlRequest(args: string[]): CtlRequest {
       // (the path is the server's: a relative one is made absolute here, as snapshot's DIR)
       if (url.kind === 'unix') url = { kind: 'unix', path: resolvePath(url.path) };
       // (a migration takes as long as memory takes to move)
-      return { method: 'PUT', path: '/migrate', body: { url: formatMigrationUrl(url) }, timeoutMs: 0 };
+      return { method: 'PUT', path: '/migrate', body: { url: formatMigrationUrl(url), ...(m ? { max_downtime_ms: Number(m[1]) } : {}) }, timeoutMs: 0 };
     }
     case 'net':
       return netRequest(rest);

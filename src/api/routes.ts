@@ -31,7 +31,7 @@ export interface ApiTarget {
   /** PUT /migrate: move the VM to the tsvmm listening at `url` (checked); resolves once it runs there
    * (this VM then ends). Absent where not available (501). Errors (not running, the destination
    * unreachable or refusing) are the client's: the VM runs on. */
-  migrate?(o: { url: string }): Promise<unknown>;
+  migrate?(o: { url: string; maxDowntimeMs?: number }): Promise<unknown>;
 }
 
 export interface Reply {
@@ -157,18 +157,23 @@ async function snapshot(t: ApiTarget, b: Record<string, unknown> | undefined): P
   return { status: 200, json: info };
 }
 
+/** the longest pause a migration may be asked to keep the guest to (a minute) */
+const MAX_DOWNTIME_MS = 60_000;
+
 async function migrate(t: ApiTarget, b: Record<string, unknown> | undefined): Promise<Reply> {
-  const { url, ...rest } = b ?? {};
+  const { url, max_downtime_ms: downtime, ...rest } = b ?? {};
   noFields(rest);
   try {
     parseMigrationUrl(url, 'url');
   } catch (e) {
     throw new ApiError(400, (e as Error).message);
   }
+  if (downtime !== undefined && !(typeof downtime === 'number' && Number.isInteger(downtime) && downtime >= 0 && downtime <= MAX_DOWNTIME_MS))
+    throw new ApiError(400, `max_downtime_ms: expected an integer from 0 to ${MAX_DOWNTIME_MS}, got ${JSON.stringify(downtime)?.slice(0, 50)}`);
   if (!t.migrate) throw new ApiError(501, 'migration is not available here');
   let summary: unknown;
   try {
-    summary = await t.migrate({ url: url as string });
+    summary = await t.migrate({ url: url as string, ...(downtime !== undefined ? { maxDowntimeMs: downtime } : {}) });
   } catch (e) {
     throw new ApiError(400, (e instanceof Error ? e.message : String(e)).split('\n')[0]);
   }

@@ -35,7 +35,7 @@ export function vmTarget(vm: Vm): ApiTarget {
     resume: () => vm.resume(),
     snapshot: (o) => vm.snapshot(o.path, { resume: o.resume }),
     migrate: async (o) => {
-      const s = await vm.migrate(o.url);
+      const s = await vm.migrate(o.url, { maxDowntimeMs: o.maxDowntimeMs });
       return { url: o.url, passes: s.pass, pagesSent: s.pagesSent, bytesPerSec: Math.round(s.bytesPerSec), downtimeMs: Math.round(s.downtimeMs), totalMs: Math.round(s.totalMs) };
     },
     // (a paused guest could not answer its power button: it runs again first)

@@ -250,7 +250,8 @@ export class Vm extends EventEmitter {
    * Move the running VM to another tsvmm (`tsvmm run --incoming URL` there, with the same machine):
    * `url` is `unix:PATH` or `tcp:HOST:PORT`. Memory is copied while the guest runs, then again what it
    * wrote meanwhile, pass after pass (KVM's dirty log and the devices'), until the rest fits the
-   * downtime allowed; then the VM pauses for the last pages and the device state, and once the
+   * downtime allowed (`maxDowntimeMs`, default 300; or `maxPasses` passes, default 30); then the VM
+   * pauses for the last pages and the device state, and once the
    * destination has restored them it runs the guest and this VM ends (exit reason `migrated`).
    * Resolves with what it took. A failure before the hand-over rejects with one line and leaves the VM
    * running (or paused, if it was) as before. Progress: `migration` events and `migrationState`.

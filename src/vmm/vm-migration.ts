@@ -45,8 +45,9 @@ export async function migrateVm(vm: MigrationSubject, url: MigrationUrl, opts: M
       await vm.pause();
       live();
     },
+    // (a VM that ended meanwhile has closed its devices: nothing to let go on)
     resume: async () => {
-      if (quiesced) await unquiesceDevices(quiesced);
+      if (quiesced && !vm.ended()) await unquiesceDevices(quiesced);
       quiesced = undefined;
       if (!vm.wasPaused && !vm.ended()) await vm.resume();
     },
@@ -88,6 +89,7 @@ export async function receiveVm(vm: MigrationReceiver, incoming: Incoming, signa
   };
   signal.addEventListener('abort', abort, { once: true });
   try {
+    if (signal.aborted) abort();
     conn = await incoming.accepted;
     if (signal.aborted) throw new MigrationError('stopped before the migration came');
     return await migrateIn(conn, {

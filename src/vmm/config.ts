@@ -1,4 +1,5 @@
 // The typed VM configuration shared by the CLI and the library, with validation that names what to fix.
+import { readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
 import { MAX_MTU, MIN_MTU } from '../virtio-net/features.js';
 import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.js';
@@ -191,6 +192,16 @@ export function resolveMemory(mem: number | string | undefined): number {
   if (bytes > MAX_MEMORY) throw new UserError(`--mem: at most 64G of guest memory is supported`);
   if (bytes % (2 * 1024 * 1024) !== 0) throw new UserError(`--mem: size must be a multiple of 2M`);
   return bytes;
+}
+
+/** A file the configuration names (`what`: its option), or the bytes given instead; one line if it cannot be read. */
+export function readInput(what: string, v: string | Uint8Array): Uint8Array {
+  if (typeof v !== 'string') return v;
+  try {
+    return readFileSync(v);
+  } catch (e) {
+    throw new UserError(`${what}: cannot read ${v}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
 }
 
 /** The vCPU count asked for, checked before KVM is opened (a bad flag is reported as such on any host). */

@@ -85,18 +85,31 @@ export class VmMoves {
     }
   }
 
-  /** Listen on `url` and take a migration there; resolves once the guest runs here. `listening` is called once the socket is up. */
-  async receive(url: MigrationUrl, vm: MigrationReceiver, signal: AbortSignal, listening: () => void): Promise<void> {
+  private incoming?: AbortController;
+
+  /**
+   * Listen on `url` and take a migration there; resolves once the guest runs here (MigrationError if
+   * it does not, or stopIncoming() came first). `listening` is called once the socket is up.
+   */
+  async receive(url: MigrationUrl, vm: MigrationReceiver, listening: () => void): Promise<void> {
     const status = this.track('in', url);
+    const abort = (this.incoming = new AbortController());
     try {
       const incoming = await listenOn(url);
       listening();
       status.listening();
-      status.received(await receiveVm(vm, incoming, signal));
+      status.received(await receiveVm(vm, incoming, abort.signal));
     } catch (e) {
       status.failed(e as Error);
       throw e;
+    } finally {
+      this.incoming = undefined;
     }
+  }
+
+  /** Stop waiting for (or taking) a migration in. */
+  stopIncoming(): void {
+    this.incoming?.abort();
   }
 
   private track(direction: 'out' | 'in', url: MigrationUrl): MigrationStatus {

@@ -2,7 +2,6 @@
 // stop. Its vCPU threads are in vcpu-threads.ts, its virtio functions in virtio-devices.ts. The main
 // thread owns every device model; vCPU threads reach them through mailboxes (see mailbox.ts).
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { native } from '../native.js';
 import { UserError } from '../errors.js';
@@ -15,7 +14,7 @@ import { VcpuThreads } from './vcpu-threads.js';
 import { vmMetrics } from './vm-metrics.js';
 import type { Metrics } from '../dataplane/metrics.js';
 import { configureVcpu, enterKernel } from './vcpu-setup.js';
-import { requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
+import { readInput, requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
 import type { VirtioIommu } from '../viommu/device.js';
 import type { VirtioNet } from '../virtio-net/device.js';
 import type { VirtioRng } from '../virtio-rng/device.js';
@@ -312,15 +311,6 @@ export class Vm extends EventEmitter {
     return exit;
   }
 
-  private readInput(what: string, v: string | Uint8Array): Uint8Array {
-    if (typeof v !== 'string') return v;
-    try {
-      return readFileSync(v);
-    } catch (e) {
-      throw new UserError(`${what}: cannot read ${v}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
-    }
-  }
-
   /** The machine, its memory and devices, ready to run (restored from a snapshot, if one is given); `incoming`: its memory left zeroed for a migration. */
   private async build(incoming: boolean): Promise<void> {
     const snap = this.config.restore !== undefined ? readSnapshot(this.config.restore) : undefined;
@@ -330,8 +320,8 @@ export class Vm extends EventEmitter {
     if (snap && incoming) throw new UserError('--restore and --incoming: a VM starts from one or the other');
     const boots = !snap && !incoming;
     if (boots && cfg.kernel === undefined) throw new UserError('--kernel FILE is required (or --restore DIR, or --incoming URL)');
-    const kernel = boots ? this.readInput('--kernel', cfg.kernel!) : undefined;
-    const initrd = boots && cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
+    const kernel = boots ? readInput('--kernel', cfg.kernel!) : undefined;
+    const initrd = boots && cfg.initrd !== undefined ? readInput('--initrd', cfg.initrd) : undefined;
 
     this.kvmFd = openKvm(cfg.kvmDevice);
     requireCaps(this.kvmFd);
@@ -390,17 +380,10 @@ export class Vm extends EventEmitter {
     if (moved) for (const d of this.netDevices) d.net.announce();
   }
 
-  private incomingAbort?: AbortController;
-
   /** Listen on `url` and take a migration there; resolves once the guest runs here. */
-  private async receive(url: MigrationUrl): Promise<void> {
-    const abort = (this.incomingAbort = new AbortController());
-    try {
-      const receiver = { memory: this.memory, machine: () => this.machine, launch: () => this.launch(true) };
-      await this.moves.receive(url, receiver, abort.signal, () => (this.state = 'incoming'));
-    } finally {
-      this.incomingAbort = undefined;
-    }
+  private receive(url: MigrationUrl): Promise<void> {
+    const receiver = { memory: this.memory, machine: () => this.machine, launch: () => this.launch(true) };
+    return this.moves.receive(url, receiver, () => (this.state = 'incoming'));
   }
 
   private finishing = false;
@@ -412,7 +395,7 @@ export class Vm extends EventEmitter {
     const run = async () => {
       // a VM still starting is torn down by start() itself if that fails; one waiting for a migration stops waiting
       while (this.state === 'starting' || this.state === 'incoming') {
-        this.incomingAbort?.abort();
+        this.moves.stopIncoming();
         await new Promise((r) => setTimeout(r, 5));
       }
       if (this.state !== 'stopped') {

@@ -185,7 +185,8 @@ export async function main(argv: string[]): Promise<number> {
     // (stopped while it waited for a migration: said as any stop is)
     if (signalled) return (process.stderr.write(`tsvmm: ${describe(await vm.exited)}\n`), signalled);
     if (e instanceof UserError) return fail(e.message);
-    if (e instanceof MigrationError) return fail(`incoming migration failed: ${e.message}`, 1);
+    // (its one line is the migration's own: 'incoming migration on URL failed: ...')
+    if (e instanceof MigrationError) return 1;
     if (isNativeError(e)) return fail(`${e.message}`, 1);
     throw e;
   }

@@ -215,6 +215,6 @@ describe('migration progress', () => {
     const inbound = new MigrationStatus('in', 'tcp:0.0.0.0:4444', (s) => said.push(s));
     inbound.listening();
     inbound.failed(new Error('the other side closed the connection\nmore'));
-    expect(said.slice(-2).map(describeMigration)).toEqual(['waiting for a migration on tcp:0.0.0.0:4444', 'migration from tcp:0.0.0.0:4444 failed: the other side closed the connection']);
+    expect(said.slice(-2).map(describeMigration)).toEqual(['waiting for a migration on tcp:0.0.0.0:4444', 'incoming migration on tcp:0.0.0.0:4444 failed: the other side closed the connection']);
   });
 });

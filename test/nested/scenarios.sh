@@ -171,7 +171,9 @@ migrate_scenario() {
   l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 tsvmm.packed=1 tsvmm.move=migration $4"
   net="queues=$3,rx-bytes=32K/100"
   peer_on_bridge "$name"
-  { node "$TSVMM_DIR/bin/tsvmm.js" run --incoming "unix:$WORK/mig.sock" --mem 256M --cpus $2 --stats --timeout 240 --net "tap,ifname=tap1,$net" $5
+  { node "$TSVMM_DIR/bin/tsvmm.js" run --incoming "unix:$WORK/mig.sock" --mem 256M --cpus $2 --stats --timeout 240 --net "tap,ifname=tap1,$net" $5 &
+    echo $! > "$WORK/dest.pid"
+    wait $!
     echo "TSVMM-EXIT $?"; } > "$WORK/tsvmm2.out" 2>&1 &
   dest=$!
   t=0; until grep -q "waiting for a migration" "$WORK/tsvmm2.out"; do t=$((t + 1)); [ $t -ge 600 ] && break; sleep 0.1; done
@@ -183,6 +185,8 @@ migrate_scenario() {
     echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
   kill $driver 2>/dev/null
   wait $driver
+  # (a source that did not migrate leaves a destination that would wait for good)
+  grep -q "^TSVMM-EXIT 3$" "$WORK/tsvmm.out" || kill "$(cat "$WORK/dest.pid")"
   wait $dest
   cat "$WORK/tsvmm2.out"
   echo "L1-MIGRATED $name $(cat "$WORK/move.out")"

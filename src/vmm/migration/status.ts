@@ -46,7 +46,7 @@ export class MigrationStatus {
 
 /** One line on a migration's state, as the CLI prints it. */
 export function describeMigration(s: MigrationState): string {
-  const where = s.direction === 'out' ? `migration to ${s.url}` : `migration from ${s.url}`;
+  const where = s.direction === 'out' ? `migration to ${s.url}` : `incoming migration on ${s.url}`;
   const rate = `${(s.bytesPerSec / (1 << 20)).toFixed(1)} MiB/s`;
   switch (s.state) {
     case 'listening':

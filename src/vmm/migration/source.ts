@@ -1,5 +1,5 @@
 // The sending side of a live migration: iterative pre-copy. Every non-zero page goes first while the
-// guest runs (the destination's memory starts zeroed); then, pass after pass, the pages written
+// guest runs (the destination's memory starts zeroed; only pages the guest may have touched are read); then, pass after pass, the pages written
 // meanwhile (KVM's dirty log and the dataplane's, through `takeDirty`), until what is left would go
 // in less than the downtime allowed at the rate measured so far, or the passes run out. Then the VM
 // pauses, the device state is taken (which stops the devices' threads, so nothing writes guest memory
@@ -9,6 +9,7 @@
 import type { Duplex } from 'node:stream';
 import type { GuestMemory } from '../memory.js';
 import type { Fingerprint } from '../state/document.js';
+import { touchedRanges } from '../state/memory-file.js';
 import { MIGRATION_FORMAT, MIGRATION_VERSION, PAGE, RUN_PAGES, MessageReader, sendMessage } from './wire.js';
 
 export interface MigrationSource {
@@ -102,32 +103,42 @@ export async function migrateOut(conn: Duplex, src: MigrationSource, opts: Migra
   return { ...p, downtimeMs: end - paused, totalMs: end - t0 };
 }
 
+const ZERO_PAGE = new Uint8Array(PAGE);
+
+/** (Buffer.compare is one memcmp; a loop over the words of a view of shared memory is many times slower) */
 function isZero(page: Uint8Array): boolean {
-  const w = new Uint32Array(page.buffer, page.byteOffset, PAGE / 4);
-  for (let i = 0; i < w.length; i++) if (w[i] !== 0) return false;
-  return true;
+  return Buffer.compare(page, ZERO_PAGE) === 0;
 }
 
-/** Every non-zero page of RAM (the destination's memory starts zeroed); returns pages sent. */
+/**
+ * Every non-zero page of RAM (the destination's memory starts zeroed); returns pages sent. Only the
+ * ranges the guest may have touched are read (state/memory-file.ts): reading a hole of the memfd would
+ * allocate a page for it, and a large, mostly untouched guest would be made whole on this host.
+ */
 async function sendAll(conn: Duplex, mem: GuestMemory): Promise<number> {
   let n = 0;
+  let run = -1;
+  let count = 0;
+  const flush = async () => {
+    if (count) await sendMessage(conn, { t: 'pages', gpa: run, data: mem.slice(run, count * PAGE) });
+    n += count;
+    count = 0;
+  };
+  const touched = touchedRanges(mem);
   for (const r of mem.table.regions) {
-    let run = -1;
-    let count = 0;
-    const flush = async () => {
-      if (count) await sendMessage(conn, { t: 'pages', gpa: run, data: mem.slice(run, count * PAGE) });
-      n += count;
-      count = 0;
-    };
-    for (let gpa = r.gpa; gpa < r.gpa + r.size; gpa += PAGE) {
-      if (isZero(mem.slice(gpa, PAGE))) {
-        await flush();
-        continue;
+    for (const [from, to] of touched) {
+      const start = Math.max(from, r.offset);
+      const end = Math.min(to, r.offset + r.size);
+      for (let gpa = r.gpa + start - r.offset; gpa < r.gpa + end - r.offset; gpa += PAGE) {
+        if (isZero(mem.slice(gpa, PAGE))) {
+          await flush();
+          continue;
+        }
+        if (count === 0) run = gpa;
+        if (++count === RUN_PAGES) await flush();
       }
-      if (count === 0) run = gpa;
-      if (++count === RUN_PAGES) await flush();
+      await flush();
     }
-    await flush();
   }
   return n;
 }

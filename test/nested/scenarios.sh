@@ -74,8 +74,9 @@ api_drive() { # socket
 # The scenarios that move L2 to another tsvmm midway through a download (l2-init.sh's tsvmm.move):
 # L2 downloads L1's blob slowly (tsvmm's rx-bytes limit) and says how far it is (L2-DL lines, with
 # its uptime); L1's address is on a bridge over tap0 and tap1 (the same network on two taps), and a
-# packet socket on tap1 watches for L2's gratuitous ARP once it is there (garp-watch.mjs: L1 has no
-# tcpdump). The first tsvmm serves L2 on tap0, the second on tap1; L2 checks its download's md5 after
+# packet socket on the bridge watches for the ARP frames L1 gets, L2's gratuitous ARP once it is
+# moved among them (garp-watch.mjs: L1 has no tcpdump; a port's frames reach the bridge before any
+# ARP socket on the port). The first tsvmm serves L2 on tap0, the second on tap1; L2 checks its download's md5 after
 # the move (and a live migration's ping losses).
 blob_size=$(wc -c < "$DATA_DIR/blob")
 dl_bytes() { sed -n 's/^L2-DL \([0-9]*\) .*/\1/p' "$1" | tr -d '\r'; }
@@ -98,7 +99,7 @@ peer_on_bridge() {
   [ -e /sys/class/net/tap1 ] || node "$MKTAP" tap1
   brctl addbr br0 && brctl addif br0 tap0 && brctl addif br0 tap1 && ip link set tap1 up && ip link set br0 up && ip addr add 10.0.2.1/24 dev br0
   check "$1/peer-on-bridge" $?
-  TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/garp-watch.mjs" tap1 > "$WORK/garp" 2>&1 &
+  TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/garp-watch.mjs" br0 > "$WORK/garp" 2>&1 &
   watcher=$!
   t=0; until grep -q WATCHING "$WORK/garp"; do t=$((t + 1)); [ $t -ge 200 ] && break; sleep 0.1; done
 }
@@ -112,7 +113,7 @@ peer_on_tap0() {
   ip addr add 10.0.2.1/24 dev tap0
 }
 # What L1 sees of a move: "scenario" "the move (restore, migration)"; the consoles before and after
-# it in $WORK/tsvmm.out and $WORK/tsvmm2.out
+# it in $WORK/tsvmm.out and $WORK/tsvmm2.out (the second tsvmm's stderr there or in $WORK/tsvmm2.err)
 moved_checks() {
   last=$(dl_bytes "$WORK/tsvmm.out" | tail -1)
   [ -n "$last" ] && [ "$last" -gt 0 ] && [ "$last" -lt "$blob_size" ] && ! grep -q "^L2-MOVE-DONE" "$WORK/tsvmm.out"; check "$1/moved-mid-download" $? "bytes=$last of $blob_size"
@@ -123,7 +124,7 @@ moved_checks() {
   grep -q "^GARP 1 52:54:00:75:76:00 10.0.2.2$" "$WORK/garp"; check "$1/gratuitous-arp-from-guest" $? "$(grep -c ARP "$WORK/garp") ARP frames: $(head -5 "$WORK/garp" | tr '\n' ';')"
   grep -q "^L2-MOVE-DONE" "$WORK/tsvmm2.out"; check "$1/download-finished-after-$2" $?
   rc=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm2.out")
-  echo "L1-RESULT $1 exit=$rc $(grep '^tsvmm: ' "$WORK/tsvmm2.out" | tail -1)"
+  echo "L1-RESULT $1 exit=$rc $(cat "$WORK/tsvmm2.out" "$WORK/tsvmm2.err" 2>/dev/null | grep '^tsvmm: ' | tail -1)"
   left=0
   for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
   [ "$left" = 0 ]; check "$1/no-tsvmm-left" $? "processes=$left"
@@ -135,7 +136,7 @@ moved_checks() {
 # stop) and restores it in a new tsvmm process on tap1 (tsvmm run --restore DIR --net tap,ifname=tap1).
 snapshot_scenario() {
   snap=$WORK/snap
-  rm -rf "$snap" "$WORK/api.sock" "$WORK/move.rc" "$WORK/move.out"
+  rm -rf "$snap" "$WORK/api.sock" "$WORK/move.rc" "$WORK/move.out" "$WORK/tsvmm2.err"
   : > "$WORK/tsvmm.out"
   : > "$WORK/tsvmm2.out"
   l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=snapshot tsvmm.cpus=1 tsvmm.queues=1 tsvmm.packed=1 tsvmm.move=snapshot"
@@ -160,40 +161,42 @@ snapshot_scenario() {
 }
 
 # The migrate scenarios: a `tsvmm run --incoming` waits on tap1; once the download is midway the host
-# moves L2 there live (tsvmm ctl migrate) while L2 also pings L1. The source exits 3 ("migrated"); the
-# destination's console is shown once it has ended (two writers on the console would cut each
-# other's lines). "name" cpus queues "extra L2 arguments" "extra tsvmm arguments"
+# moves L2 there live (tsvmm ctl migrate) while L2 also pings L1. The source exits 3 ("migrated").
+# Each tsvmm's stderr (progress lines while L2 prints) and the destination's console are shown once
+# they have ended (two writers on the console would cut each other's lines).
+# "name" cpus queues "extra L2 arguments" "extra tsvmm arguments"
 migrate_scenario() {
   name=$1
-  rm -f "$WORK/api.sock" "$WORK/mig.sock" "$WORK/move.rc" "$WORK/move.out"
+  rm -f "$WORK/api.sock" "$WORK/mig.sock" "$WORK/move.rc" "$WORK/move.out" "$WORK/tsvmm.err" "$WORK/tsvmm2.err"
   : > "$WORK/tsvmm.out"
   : > "$WORK/tsvmm2.out"
   l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 tsvmm.packed=1 tsvmm.move=migration $4"
   net="queues=$3,rx-bytes=32K/100"
   peer_on_bridge "$name"
-  { node "$TSVMM_DIR/bin/tsvmm.js" run --incoming "unix:$WORK/mig.sock" --mem 256M --cpus $2 --stats --timeout 240 --net "tap,ifname=tap1,$net" $5 &
+  { node "$TSVMM_DIR/bin/tsvmm.js" run --incoming "unix:$WORK/mig.sock" --mem 256M --cpus $2 --stats --timeout 240 --net "tap,ifname=tap1,$net" $5 2> "$WORK/tsvmm2.err" &
     echo $! > "$WORK/dest.pid"
     wait $!
     echo "TSVMM-EXIT $?"; } > "$WORK/tsvmm2.out" 2>&1 &
   dest=$!
-  t=0; until grep -q "waiting for a migration" "$WORK/tsvmm2.out"; do t=$((t + 1)); [ $t -ge 600 ] && break; sleep 0.1; done
+  t=0; until grep -q "waiting for a migration" "$WORK/tsvmm2.err" 2>/dev/null; do t=$((t + 1)); [ $t -ge 600 ] && break; sleep 0.1; done
   when_midway "$WORK/tsvmm.out" node "$TSVMM_DIR/bin/tsvmm.js" ctl --api-socket "$WORK/api.sock" migrate "unix:$WORK/mig.sock" &
   driver=$!
   stage "tsvmm-start-$name"
   { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 256M --cpus $2 --stats --timeout 240 \
-      --net "tap,ifname=tap0,$net" $5 --api-socket "$WORK/api.sock" --cmdline "$l2cmd"
+      --net "tap,ifname=tap0,$net" $5 --api-socket "$WORK/api.sock" --cmdline "$l2cmd" 2> "$WORK/tsvmm.err"
     echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
+  cat "$WORK/tsvmm.err"
   kill $driver 2>/dev/null
   wait $driver
   # (a source that did not migrate leaves a destination that would wait for good)
   grep -q "^TSVMM-EXIT 3$" "$WORK/tsvmm.out" || kill "$(cat "$WORK/dest.pid")"
   wait $dest
-  cat "$WORK/tsvmm2.out"
+  cat "$WORK/tsvmm2.err" "$WORK/tsvmm2.out"
   echo "L1-MIGRATED $name $(cat "$WORK/move.out")"
   [ "$(cat "$WORK/move.rc" 2>/dev/null)" = 0 ] && grep -q '"downtimeMs"' "$WORK/move.out"; check "$name/migrated" $? "$(head -c 300 "$WORK/move.out")"
   src=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm.out")
-  [ "$src" = 3 ] && grep -q "^tsvmm: VM migrated to unix:$WORK/mig.sock" "$WORK/tsvmm.out"; check "$name/source-exit-migrated" $? "exit=$src $(grep '^tsvmm: ' "$WORK/tsvmm.out" | tail -1)"
-  grep -q "^tsvmm: migration to unix:$WORK/mig.sock: pass 0, " "$WORK/tsvmm.out"; check "$name/progress-on-stderr" $?
+  [ "$src" = 3 ] && grep -q "^tsvmm: VM migrated to unix:$WORK/mig.sock" "$WORK/tsvmm.err"; check "$name/source-exit-migrated" $? "exit=$src $(grep '^tsvmm: ' "$WORK/tsvmm.err" | tail -1)"
+  grep -q "^tsvmm: migration to unix:$WORK/mig.sock: pass 0, " "$WORK/tsvmm.err"; check "$name/progress-on-stderr" $?
   moved_checks "$name" migration
 }
 

@@ -164,16 +164,21 @@ snapshot_scenario() {
 # moves L2 there live (tsvmm ctl migrate) while L2 also pings L1. The source exits 3 ("migrated").
 # Each tsvmm's stderr (progress lines while L2 prints) and the destination's console are shown once
 # they have ended (two writers on the console would cut each other's lines).
-# "name" cpus queues "extra L2 arguments" "extra tsvmm arguments"
+# "name" cpus queues "extra L2 arguments" "extra tsvmm arguments" [compare]: with compare, each tsvmm
+# writes the guest's memory at the hand-over (TSVMM_DEBUG_MIGRATION_MEMORY) and L1 compares the two
+# page by page.
 migrate_scenario() {
   name=$1
-  rm -f "$WORK/api.sock" "$WORK/mig.sock" "$WORK/move.rc" "$WORK/move.out" "$WORK/tsvmm.err" "$WORK/tsvmm2.err"
+  rm -f "$WORK/api.sock" "$WORK/mig.sock" "$WORK/move.rc" "$WORK/move.out" "$WORK/tsvmm.err" "$WORK/tsvmm2.err" "$WORK/src.mem" "$WORK/dst.mem"
+  dump=
+  dump2=
+  [ "$6" = compare ] && dump="TSVMM_DEBUG_MIGRATION_MEMORY=$WORK/src.mem" && dump2="TSVMM_DEBUG_MIGRATION_MEMORY=$WORK/dst.mem"
   : > "$WORK/tsvmm.out"
   : > "$WORK/tsvmm2.out"
   l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 tsvmm.packed=1 tsvmm.move=migration $4"
   net="queues=$3,rx-bytes=32K/100"
   peer_on_bridge "$name"
-  { node "$TSVMM_DIR/bin/tsvmm.js" run --incoming "unix:$WORK/mig.sock" --mem 256M --cpus $2 --stats --timeout 240 --net "tap,ifname=tap1,$net" $5 2> "$WORK/tsvmm2.err" &
+  { env $dump2 node "$TSVMM_DIR/bin/tsvmm.js" run --incoming "unix:$WORK/mig.sock" --mem 256M --cpus $2 --stats --timeout 240 --net "tap,ifname=tap1,$net" $5 2> "$WORK/tsvmm2.err" &
     echo $! > "$WORK/dest.pid"
     wait $!
     echo "TSVMM-EXIT $?"; } > "$WORK/tsvmm2.out" 2>&1 &
@@ -182,7 +187,7 @@ migrate_scenario() {
   when_midway "$WORK/tsvmm.out" node "$TSVMM_DIR/bin/tsvmm.js" ctl --api-socket "$WORK/api.sock" migrate "unix:$WORK/mig.sock" &
   driver=$!
   stage "tsvmm-start-$name"
-  { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 256M --cpus $2 --stats --timeout 240 \
+  { env $dump node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 256M --cpus $2 --stats --timeout 240 \
       --net "tap,ifname=tap0,$net" $5 --api-socket "$WORK/api.sock" --cmdline "$l2cmd" 2> "$WORK/tsvmm.err"
     echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
   cat "$WORK/tsvmm.err"
@@ -197,6 +202,19 @@ migrate_scenario() {
   src=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm.out")
   [ "$src" = 3 ] && grep -q "^tsvmm: VM migrated to unix:$WORK/mig.sock" "$WORK/tsvmm.err"; check "$name/source-exit-migrated" $? "exit=$src $(grep '^tsvmm: ' "$WORK/tsvmm.err" | tail -1)"
   grep -q "^tsvmm: migration to unix:$WORK/mig.sock: pass 0, " "$WORK/tsvmm.err"; check "$name/progress-on-stderr" $?
+  if [ -n "$dump" ]; then
+    same=$(node -e '
+      const fs = require("fs"), [a, b] = [fs.readFileSync(process.argv[1]), fs.readFileSync(process.argv[2])], zero = Buffer.alloc(4096);
+      let differ = [], data = 0;
+      for (let at = 0; at < a.length; at += 4096) {
+        if (a.compare(b, at, at + 4096, at, at + 4096)) differ.push("0x" + at.toString(16));
+        if (a.compare(zero, 0, 4096, at, at + 4096)) data++;
+      }
+      console.log(a.length === b.length && data > 1000 && differ.length === 0 ? "equal" : "differ", data, differ.length, differ.slice(0, 8).join(","));
+    ' "$WORK/src.mem" "$WORK/dst.mem" 2>&1)
+    case $same in equal*) true ;; *) false ;; esac; check "$name/memory-equal-at-hand-over" $? "$same"
+    rm -f "$WORK/src.mem" "$WORK/dst.mem"
+  fi
   moved_checks "$name" migration
 }
 
@@ -377,7 +395,7 @@ for r in $RUNS; do
     snapshot) snapshot_scenario ;;
     # migrated live midway through a download, to a tsvmm run --incoming on another tap (migrate_scenario);
     # then with 2 vCPUs and 2 queue pairs behind the vIOMMU, Linux in strict mode
-    migrate) migrate_scenario migrate 1 1 ;;
+    migrate) migrate_scenario migrate 1 1 "" "" compare ;;
     migrate-mq-iommu) migrate_scenario migrate-mq-iommu 2 2 "tsvmm.iommu=1 iommu.strict=1" --viommu ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;

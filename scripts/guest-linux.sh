@@ -4,8 +4,9 @@
 #   vmlinux          the same kernel uncompressed (ELF with a PVH note), for PVH entry
 #   initramfs.cpio.gz  busybox, the virtio-net modules, iperf3 and an /init that reports and powers off
 #   modules/         the decompressed modules other images need (KVM for the nested harness and the L1 suite,
-#                    tun, veth, virtio-net, virtio-iommu, virtio-blk, virtio-rng, and the ACPI power
-#                    button's: button (PNP0C0C → KEY_POWER) and evdev (its /dev/input node))
+#                    tun, veth, virtio-net, virtio-iommu, virtio-blk, virtio-rng, the ACPI power
+#                    button's: button (PNP0C0C → KEY_POWER) and evdev (its /dev/input node), 802.1Q
+#                    and the bridge (nested scenarios that move L2 between two taps of one network))
 # Cached by kernel package version; TSVMM_LINUX_PKG overrides the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ fi
 [ -n "$pkg" ] || { echo "guest-linux: cannot resolve $meta from apt" >&2; exit 1; }
 
 out=.cache/linux
-LAYOUT=7
+LAYOUT=8
 if [ -f "$out/PACKAGE" ] && [ "$(cat "$out/PACKAGE")" = "$pkg" ] && [ "$(cat "$out/LAYOUT" 2>/dev/null)" = "$LAYOUT" ] && [ -f "$out/initramfs.cpio.gz" ]; then
   echo "guest-linux: $pkg already built in $out"
   exit 0
@@ -70,7 +71,7 @@ mkdir -p "$out/modules"
 for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/net/tun virt/lib/irqbypass \
          arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/iommu/virtio-iommu drivers/block/virtio_blk drivers/net/veth \
          drivers/char/hw_random/virtio-rng drivers/acpi/button drivers/input/evdev \
-         net/llc/llc net/802/stp net/802/garp net/802/mrp net/8021q/8021q; do
+         net/llc/llc net/802/stp net/802/garp net/802/mrp net/8021q/8021q net/bridge/bridge; do
   xz -dc "$out/root/lib/modules/$kver/kernel/$m.ko.xz" > "$out/modules/$(basename "$m").ko"
 done
 rm -rf "$out/root"

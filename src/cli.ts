@@ -1,7 +1,7 @@
 // The tsvmm launcher. Bad input gets one line naming what to fix and a non-zero exit, never a stack trace.
 import { createWriteStream, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Vm, type VmExit } from './vmm/vm.js';
+import { Vm, type VmExit, type NetDevice, type MigrationState } from './vmm/vm.js';
 import { UserError } from './errors.js';
 import { parseNetArg, parseRngArg, type RngConfig } from './vmm/config.js';
 import { formatMac } from './virtio-net/device.js';
@@ -14,11 +14,16 @@ import { ApiServer } from './api/server.js';
 import { vmTarget, backendTarget } from './api/targets.js';
 import { ctl } from './api/ctl.js';
 import { top } from './api/top.js';
+import { parseMigrationUrl } from './vmm/migration/url.js';
+import { describeMigration } from './vmm/migration/status.js';
+import { MigrationError } from './vmm/migration/wire.js';
 
 const USAGE = `usage: tsvmm run --kernel FILE [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N]
                  [--serial stdio|file:PATH|none] [--kvm-device PATH]
                  [--net DRIVER,key=value,...]... [--viommu] [--rng[=packed=off]] [--api-socket PATH]
        tsvmm run --restore DIR [--net DRIVER,key=value,...]... [--serial ...] [--api-socket PATH]
+       tsvmm run --incoming unix:PATH|tcp:HOST:PORT [--mem SIZE] [--cpus N] [--net ...]... [--viommu]
+                 [--rng[=OPTS]] [--serial ...] [--api-socket PATH]
        tsvmm vhost-user --socket PATH [--client] --net DRIVER,key=value,... [--timeout SECS] [--stats]
                  [--api-socket PATH]
        tsvmm ctl --api-socket PATH get vm|metrics | pause | resume | shutdown | net ID link up|down | ...
@@ -32,6 +37,10 @@ vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
                    again (--mem, --cpus, --viommu, --rng, if given, must be the snapshot's), its memory
                    mapped copy-on-write from DIR, the guest going on where it was; each --net given
                    replaces the saved device's driver (another tap, say), its device settings kept
+  --incoming URL   take a running guest from another tsvmm (tsvmm ctl migrate URL there) instead of
+                   booting one: listen on unix:PATH or tcp:HOST:PORT for one migration; --mem, --cpus,
+                   --net, --viommu and --rng must make the source's machine (another tap may serve a
+                   --net), or the migration is refused and the source runs on
   --initrd FILE    initial ramdisk
   --cmdline STR    kernel command line
   --mem SIZE       guest memory, e.g. 512M or 2G (default 512M)
@@ -49,8 +58,12 @@ vhost-user frontend (QEMU, DPDK's virtio-user) on a unix socket.
   --api-socket P   serve the control API (HTTP and JSON: docs/API.md) on the unix socket P (mode 0600),
                    for tsvmm ctl or curl --unix-socket P
 
-Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed,
-2 for bad usage, 124 when --timeout stopped it, 130/143 when interrupted.`;
+Exit status: the guest's power-off status (0 for a clean power-off or reset), 1 if the VM crashed
+(or an incoming migration failed), 2 for bad usage, 3 when the VM migrated to another tsvmm (which
+runs it now), 124 when --timeout stopped it, 130/143 when interrupted.`;
+
+/** the exit status of a VM that migrated away */
+export const EXIT_MIGRATED = 3;
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -84,6 +97,7 @@ export async function main(argv: string[]): Promise<number> {
       options: {
         kernel: { type: 'string' },
         restore: { type: 'string' },
+        incoming: { type: 'string' },
         initrd: { type: 'string' },
         cmdline: { type: 'string' },
         mem: { type: 'string' },
@@ -108,8 +122,10 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
-  if (!values.kernel && !values.restore) return fail('run: --kernel FILE is required (or --restore DIR)');
+  if (!values.kernel && !values.restore && !values.incoming) return fail('run: --kernel FILE is required (or --restore DIR, or --incoming URL)');
+  if (values.restore && values.incoming) return fail('run: --restore and --incoming: a VM starts from one or the other');
   if (values.restore && (values.kernel || values.initrd || values.cmdline !== undefined)) return fail('run: --restore starts the snapshot\'s kernel where it was: --kernel, --initrd and --cmdline do not go with it');
+  if (values.incoming && (values.kernel || values.initrd || values.cmdline !== undefined)) return fail('run: --incoming takes the source\'s guest where it runs: --kernel, --initrd and --cmdline do not go with it');
   let cpus: number | undefined;
   if (values.cpus !== undefined) {
     if (!/^\d+$/.test(values.cpus)) return fail(`--cpus: "${values.cpus}" is not a whole number`);
@@ -129,11 +145,12 @@ export async function main(argv: string[]): Promise<number> {
   try {
     net = values.net ? values.net.map(parseNetArg) : values.restore ? undefined : [];
     rng = values.rng === undefined ? undefined : parseRngArg(values.rng);
+    if (values.incoming !== undefined) parseMigrationUrl(values.incoming, '--incoming');
   } catch (e) {
     if (e instanceof UserError) return fail(e.message);
     throw e;
   }
-  const vm = new Vm({ kernel: values.kernel, restore: values.restore, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu, rng });
+  const vm = new Vm({ kernel: values.kernel, restore: values.restore, incoming: values.incoming, initrd: values.initrd, cmdline: values.cmdline, memory: values.mem, cpus, kvmDevice: values['kvm-device'], net, viommu: values.viommu, rng });
   let out: NodeJS.WritableStream | undefined;
   if (serial === 'stdio') out = process.stdout;
   else if (serial.startsWith('file:')) out = createWriteStream(serial.slice(5));
@@ -147,11 +164,29 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UserError) return fail(e.message, 1);
     throw e;
   }
+  // (a migration's progress, either way: a line per pass, the hand-over or the failure)
+  vm.on('migration', (st: MigrationState) => process.stderr.write(`tsvmm: ${describeMigration(st)}\n`));
+  let signalled = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled = sig === 'SIGINT' ? 130 : 143;
+    void vm.stop();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const signalsOff = () => {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  };
   try {
     await vm.start();
   } catch (e) {
     await api?.close();
+    signalsOff();
+    // (stopped while it waited for a migration: said as any stop is)
+    if (signalled) return (process.stderr.write(`tsvmm: ${describe(await vm.exited)}\n`), signalled);
     if (e instanceof UserError) return fail(e.message);
+    // (its one line is the migration's own: 'incoming migration on URL failed: ...')
+    if (e instanceof MigrationError) return 1;
     if (isNativeError(e)) return fail(`${e.message}`, 1);
     throw e;
   }
@@ -165,13 +200,6 @@ export async function main(argv: string[]): Promise<number> {
       else vm.sendSerial(d);
     });
   }
-  let signalled = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signalled = sig === 'SIGINT' ? 130 : 143;
-    void vm.stop();
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
   let timedOut = false;
   const timer =
     timeoutSecs === undefined
@@ -186,29 +214,32 @@ export async function main(argv: string[]): Promise<number> {
   const exit: VmExit = await vm.exited;
   if (timer) clearTimeout(timer);
   await api?.close();
-  if (values.stats) {
-    const devices = nets.map((d) => ({
-      mac: formatMac(d.net.mac),
-      threads: d.net.threadsStarted,
-      broken: d.pci.brokenReason ?? null,
-      stuckThreads: d.net.stuckThreads,
-      ...(d.driver.counters ? { driver: d.driver.counters() } : {}),
-      pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
-    }));
-    const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count };
-    const rng = vm.rng && { ...vm.rng.queueStats(), stuckThreads: vm.rng.stuckThreads };
-    process.stderr.write(`TSVMM-STATS ${JSON.stringify({ net: devices, ...(iommu ? { iommu } : {}), ...(rng ? { rng } : {}) })}\n`);
-  }
+  if (values.stats) process.stderr.write(`TSVMM-STATS ${JSON.stringify(statsOf(vm, nets))}\n`);
   if (stdinIsTty) process.stdin.setRawMode(false);
   process.stdin.pause();
   process.stdin.unref?.();
-  process.removeListener('SIGINT', onSignal);
-  process.removeListener('SIGTERM', onSignal);
+  signalsOff();
   process.stderr.write(`tsvmm: ${timedOut ? `time limit of ${timeoutSecs} s reached; ` : ''}${describe(exit)}\n`);
   if (signalled) return signalled;
   if (timedOut) return 124;
   if (exit.reason === 'crash') return 1;
+  if (exit.reason === 'migrated') return EXIT_MIGRATED;
   return exit.reason === 'poweroff' ? exit.status & 0xff : 0;
+}
+
+/** --stats: each device's counters, as the VM ended. */
+function statsOf(vm: Vm, nets: NetDevice[]): Record<string, unknown> {
+  const devices = nets.map((d) => ({
+    mac: formatMac(d.net.mac),
+    threads: d.net.threadsStarted,
+    broken: d.pci.brokenReason ?? null,
+    stuckThreads: d.net.stuckThreads,
+    ...(d.driver.counters ? { driver: d.driver.counters() } : {}),
+    pairs: Array.from({ length: d.net.numQueues >> 1 }, (_, p) => d.net.queueStats(p)),
+  }));
+  const iommu = vm.iommu && { requests: vm.iommu.handled, faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count };
+  const rng = vm.rng && { ...vm.rng.queueStats(), stuckThreads: vm.rng.stuckThreads };
+  return { net: devices, ...(iommu ? { iommu } : {}), ...(rng ? { rng } : {}) };
 }
 
 function describe(e: VmExit): string {
@@ -221,6 +252,8 @@ function describe(e: VmExit): string {
       return `VM crashed: ${e.detail}`;
     case 'stopped':
       return `VM stopped (${e.detail})`;
+    case 'migrated':
+      return `VM ${e.detail}: it runs there now`;
   }
 }
 

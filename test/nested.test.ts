@@ -7,7 +7,9 @@
 // `ratelimit` (iperf3 both ways through tsvmm's rate limiter, then at half the rate, changed while L2
 // runs), `shutdown` (the host presses the ACPI power button: vm.shutdown), `api` (tsvmm run
 // --api-socket driven by tsvmm ctl: pause/resume under ping, link, power button), `snapshot` (snapshotted
-// midway through a download, restored in a new tsvmm process on another tap), `triple` (a guest that ends
+// midway through a download, restored in a new tsvmm process on another tap), `migrate` and
+// `migrate-mq-iommu` (migrated live midway through a download and a ping, to a tsvmm run --incoming on
+// another tap; the second with 2 vCPUs, 2 queue pairs and the vIOMMU in strict mode), `triple` (a guest that ends
 // in a triple fault on purpose: the harness must say where one happened), `panic` (2 vCPUs, a kernel
 // panic on purpose: Linux's reset ends the VM), and `iommu-lazy` / `iommu-strict` (tsvmm --viommu:
 // Linux's virtio_iommu found through ACPI VIOT, the net device behind it, iommu.strict=0/1), and `nomsi`
@@ -42,7 +44,7 @@ const NESTED = join(ROOT, '.cache', 'nested');
 // in which L2 function it happened (KVM's trace in L1, see scenarios.sh), as a time-limit stop's does.
 // TSVMM_NESTED_ONLY=basic,mq runs only those scenarios (to check a change to one by hand).
 const ONLY = process.env.TSVMM_NESTED_ONLY?.split(',');
-const ALL_SCENARIOS = ['basic', 'mq', 'rss', 'wedge', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'triple', 'panic', 'nomsi', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
+const ALL_SCENARIOS = ['basic', 'mq', 'rss', 'wedge', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'migrate', 'migrate-mq-iommu', 'triple', 'panic', 'nomsi', ...(process.env.TSVMM_NESTED_IOMMU !== '0' ? ['iommu-lazy', 'iommu-strict'] : [])];
 const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 const IOMMU_SCENARIOS = runs('iommu-lazy') && runs('iommu-strict');
@@ -99,10 +101,21 @@ const ALL_EXPECTED: Array<[string, string]> = [
   ...['l2-ready', 'state-running', 'pause', 'state-paused', 'metrics-still-while-paused', 'no-replies-while-paused', 'resume', 'ping-continues-after-resume', 'link-down', 'link-up', 'shutdown-accepted', 'socket-removed', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `api/${c}`]),
   ...['carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up', 'key-power-seen'].map((c): [string, string] => ['L2', `api/${c}`]),
   // snapshotted midway through a download (tsvmm ctl snapshot DIR stop), restored in a new tsvmm on another
-  // tap to the same peer (run --restore DIR --net tap,ifname=tap1): no second boot, uptime goes on, the
-  // guest announces itself (a gratuitous ARP seen on tap1), the download ends with the right md5
-  ...['taken', 'first-vm-stopped', 'taken-mid-download', 'memory-file-sparse', 'restored-without-reboot', 'uptime-continues', 'gratuitous-arp-from-guest', 'download-finished-after-restore', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `snapshot/${c}`]),
+  // tap to the same peer (run --restore DIR --net tap,ifname=tap1; L1's address on a bridge over both
+  // taps): no second boot, uptime goes on, the guest announces itself (a gratuitous ARP seen on tap1),
+  // the download ends with the right md5
+  ...['peer-on-bridge', 'taken', 'first-vm-stopped', 'moved-mid-download', 'memory-file-sparse', 'moved-without-reboot', 'uptime-continues', 'gratuitous-arp-from-guest', 'download-finished-after-restore', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `snapshot/${c}`]),
   ...['link-up', 'feature-guest-announce', 'download-across-restore', 'md5-across-restore', 'ping-after-restore'].map((c): [string, string] => ['L2', `snapshot/${c}`]),
+  // migrated live midway through a download and a ping (tsvmm ctl migrate unix:... to a tsvmm run
+  // --incoming on tap1): the source exits 3, no second boot, uptime goes on, a gratuitous ARP on tap1,
+  // the md5 right, at most 3 pings lost; with 2 pairs and the vIOMMU (strict) too, both pairs still on
+  ...['migrate', 'migrate-mq-iommu'].flatMap((scn): Array<[string, string]> => [
+    ...['peer-on-bridge', 'migrated', 'source-exit-migrated', 'progress-on-stderr', 'moved-mid-download', 'moved-without-reboot', 'uptime-continues', 'gratuitous-arp-from-guest', 'download-finished-after-migration', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `${scn}/${c}`]),
+    ...[...L2_COMMON.slice(0, 12), 'feature-ring-packed', 'feature-guest-announce', 'download-across-migration', 'md5-across-migration', 'ping-during-migration', 'ping-after-migration'].map((c): [string, string] => ['L2', `${scn}/${c}`]),
+  ]),
+  ...['viommu-probed', 'net-behind-iommu', 'iommu-domain-type', 'feature-access-platform', 'two-pairs-after-migration'].map((c): [string, string] => ['L2', `migrate-mq-iommu/${c}`]),
+  // (each tsvmm wrote the guest's memory at the hand-over: the two equal page by page)
+  ['L1', 'migrate/memory-equal-at-hand-over'],
   // pci=nomsi: virtio_net and virtio_rng on INTx (IO-APIC level lines, no MSI), the basic traffic checks
   ...[...L2_COMMON.filter((c) => c !== 'msix-vectors'), 'no-pci-msi', 'net-on-intx', 'rng-on-intx', ...RNG_CHECKS, 'feature-ring-packed', 'iperf3-l2-to-l1', 'iperf3-l1-to-l2', 'mac-change', 'new-mac-reaches', 'old-mac-filtered', 'promisc-on-receives-old-mac', 'promisc-off-filters-again', 'intx-interrupts-counted'].map((c): [string, string] => ['L2', `nomsi/${c}`]),
   ['L1', 'nomsi/no-tsvmm-left'],
@@ -275,8 +288,8 @@ function scenarioTests(get: () => Run | undefined): void {
     expect(c!.pass, `${level}-CHECK ${name} failed (${c!.detail}); ${failureContext(r)}`).toBe(true);
   });
 
-  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, rss, link, ratelimit, netctl, shutdown, api, snapshot (its restored tsvmm), nomsi, and the vIOMMU scenarios when run)', () => {
-    for (const scn of ['basic', 'mq', 'rss', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'nomsi', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
+  it('L2 powered off through ACPI: tsvmm exited 0 (basic, mq, rss, link, ratelimit, netctl, shutdown, api, snapshot and migrate (the tsvmm it moved to), nomsi, and the vIOMMU scenarios when run)', () => {
+    for (const scn of ['basic', 'mq', 'rss', 'link', 'ratelimit', 'netctl', 'shutdown', 'api', 'snapshot', 'migrate', 'migrate-mq-iommu', 'nomsi', 'iommu-lazy', 'iommu-strict'].filter(runs)) {
       expect(get()?.exits.get(scn), `${scn}: ${failureContext(get())}`).toBe(0);
       expect(get()?.ends.get(scn), `${scn}: ${failureContext(get())}`).toMatch(/^tsvmm: guest powered off/);
     }
@@ -302,6 +315,16 @@ function scenarioTests(get: () => Run | undefined): void {
     // both unmap what completed (virtio-iommu's UNMAP is the page-table update; lazy mode defers only
     // the flush that waits for it)
     for (const st of [lazy!, strict!]) expect(st.requests['4']).toBeGreaterThan(1000);
+  });
+
+  it.runIf(runs('migrate-mq-iommu'))('migrated with 2 pairs behind the vIOMMU: the destination ran both pairs on two threads, Linux mapped through it there, no fault', () => {
+    // (the destination's stats come last on the console: it is shown once it has ended)
+    const s = get()?.stats.get('migrate-mq-iommu');
+    const iommu = get()?.iommu.get('migrate-mq-iommu');
+    expect(s && iommu, failureContext(get())).toBeTruthy();
+    expect(s!.threads).toBe(2);
+    expect(iommu!.faults).toBe(0);
+    expect(iommu!.requests['3']).toBeGreaterThan(100); // MAP, per buffer in strict mode
   });
 
   it.each(['basic', 'mq'].filter(runs))('the virtio-rng device served /dev/hwrng from its dataplane thread (%s: its counters)', (scn) => {

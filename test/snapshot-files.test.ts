@@ -250,7 +250,7 @@ describe('tsvmm run --restore refusals (before KVM is opened)', () => {
     oneLine(run(['--restore', dir, '--mem', '64M']), `--mem: the snapshot's VM has ${32 * MiB} bytes of memory, not ${64 * MiB}`);
     oneLine(run(['--restore', dir, '--cpus', '3']), "--cpus: the snapshot's VM has 2 vCPUs, not 3");
     oneLine(run(['--restore', dir, '--kernel', '/x']), "run: --restore starts the snapshot's kernel where it was: --kernel, --initrd and --cmdline do not go with it");
-    oneLine(run([]), 'run: --kernel FILE is required (or --restore DIR)');
+    oneLine(run([]), 'run: --kernel FILE is required (or --restore DIR, or --incoming URL)');
   });
 });
 

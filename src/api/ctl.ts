@@ -3,6 +3,7 @@
 // (2 for bad usage).
 import { request } from 'node:http';
 import { resolve as resolvePath } from 'node:path';
+import { formatMigrationUrl, parseMigrationUrl, type MigrationUrl } from '../vmm/migration/url.js';
 
 export const CTL_USAGE = `usage: tsvmm ctl --api-socket PATH COMMAND
   get vm                       state, config, uptime (JSON)
@@ -12,6 +13,11 @@ export const CTL_USAGE = `usage: tsvmm ctl --api-socket PATH COMMAND
                                (default the VM's: 30 s)
   snapshot DIR [stop]           write the VM into directory DIR (tsvmm run --restore DIR starts it
                                again) and go on, or with stop end the VM once it is written
+  migrate URL [downtime-ms=N]  move the running VM to the tsvmm run --incoming URL waiting there
+                               (unix:PATH or tcp:HOST:PORT), holding the guest for the last pages once
+                               they would take at most N ms (default 300); answers once the guest runs
+                               there and this VM has ended (exit status 3), or with why it did not (it
+                               runs on)
   net ID link up|down          the device's link as the guest sees it
   net ID limit KEY=N...        rate limits per second: rx-bytes, rx-ops, tx-bytes, tx-ops (N=0 or off:
                                no limit); a bucket of N tokens refilled in one second, as Firecracker's`;
@@ -23,6 +29,8 @@ interface CtlRequest {
   method: string;
   path: string;
   body?: unknown;
+  /** how long to wait for the answer (ms; default CTL_TIMEOUT_MS, 0: as long as it takes) */
+  timeoutMs?: number;
 }
 
 export class CtlUsageError extends Error {}
@@ -51,6 +59,20 @@ export function ctlRequest(args: string[]): CtlRequest {
     case 'snapshot':
       if (rest.length < 1 || rest.length > 2 || (rest.length === 2 && rest[1] !== 'stop')) throw new CtlUsageError('snapshot: DIR [stop]');
       return { method: 'PUT', path: '/snapshot', body: { path: resolvePath(rest[0]), ...(rest[1] === 'stop' ? { resume: false } : {}) } };
+    case 'migrate': {
+      const m = rest.length === 2 ? /^downtime-ms=(\d{1,5})$/.exec(rest[1]) : undefined;
+      if (rest.length < 1 || rest.length > 2 || (rest.length === 2 && !m)) throw new CtlUsageError('migrate: URL (unix:PATH or tcp:HOST:PORT) [downtime-ms=N]');
+      let url: MigrationUrl;
+      try {
+        url = parseMigrationUrl(rest[0], 'migrate');
+      } catch (e) {
+        throw new CtlUsageError((e as Error).message);
+      }
+      // (the path is the server's: a relative one is made absolute here, as snapshot's DIR)
+      if (url.kind === 'unix') url = { kind: 'unix', path: resolvePath(url.path) };
+      // (a migration takes as long as memory takes to move)
+      return { method: 'PUT', path: '/migrate', body: { url: formatMigrationUrl(url), ...(m ? { max_downtime_ms: Number(m[1]) } : {}) }, timeoutMs: 0 };
+    }
     case 'net':
       return netRequest(rest);
     default:
@@ -93,13 +115,14 @@ export function ctlSend(socketPath: string, r: CtlRequest): Promise<{ status: nu
   const payload = r.body === undefined ? undefined : JSON.stringify(r.body);
   return new Promise((resolve, reject) => {
     // (agent false: a connection of its own, never an idle kept-alive one the server may have closed meanwhile)
-    const req = request({ socketPath, path: r.path, method: r.method, agent: false, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {}, timeout: CTL_TIMEOUT_MS }, (res) => {
+    const timeout = r.timeoutMs ?? CTL_TIMEOUT_MS;
+    const req = request({ socketPath, path: r.path, method: r.method, agent: false, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {}, ...(timeout ? { timeout } : {}) }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
       res.on('error', reject);
     });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${CTL_TIMEOUT_MS / 1000} s`)));
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeout / 1000} s`)));
     req.on('error', reject);
     req.end(payload);
   });

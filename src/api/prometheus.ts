@@ -34,6 +34,17 @@ function sample(name: string, labels: Labels, value: number): string {
   return `${name}${l.length ? `{${l.join(',')}}` : ''} ${v}`;
 }
 
+function migrationFamilies(g: NonNullable<Metrics['migration']>): Family[] {
+  const l = { direction: g.direction };
+  return [
+    { name: 'tsvmm_migration_info', help: 'The VM\'s live migration: its direction, URL and state (listening, active, completed, failed).', type: 'gauge', samples: [[{ ...l, url: g.url, state: g.state }, 1]] },
+    { name: 'tsvmm_migration_pass', help: 'The migration\'s pass over the pages written meanwhile (0: the first copy of all memory).', type: 'gauge', samples: [[l, g.pass]] },
+    { name: 'tsvmm_migration_pages_total', help: 'Pages the migration sent (or received).', type: 'counter', samples: [[l, g.pages]] },
+    { name: 'tsvmm_migration_pages_left', help: 'Pages written since they were sent, as of the last pass.', type: 'gauge', samples: [[l, g.pagesLeft]] },
+    { name: 'tsvmm_migration_bytes_per_second', help: 'The migration\'s rate so far.', type: 'gauge', samples: [[l, g.bytesPerSec]] },
+  ];
+}
+
 export function toPrometheus(m: Metrics): string {
   const families: Family[] = QUEUE_FAMILIES.map(([key, help]) => ({
     name: `tsvmm_queue_${key.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())}_total`,
@@ -54,6 +65,7 @@ export function toPrometheus(m: Metrics): string {
   families.push({ name: 'tsvmm_iommu_counter', help: 'vIOMMU (or vhost-user IOTLB) counter (name in the counter label).', type: 'untyped', samples: Object.entries(m.iommu ?? {}).map(([k, v]) => [{ counter: k }, v]) });
   if (m.vhostUser) families.push({ name: 'tsvmm_vhost_user_errors', help: 'Problems the vhost-user backend kept (the latest ones).', type: 'gauge', samples: [[{}, m.vhostUser.errors.length]] });
   if (m.vhostUser?.connections !== undefined) families.push({ name: 'tsvmm_vhost_user_connections_total', help: 'Frontend connections served.', type: 'counter', samples: [[{}, m.vhostUser.connections]] });
+  if (m.migration) families.push(...migrationFamilies(m.migration));
   const lines: string[] = [];
   for (const f of families) {
     if (f.samples.length === 0) continue;

@@ -5,6 +5,7 @@ import type { Metrics } from '../dataplane/metrics.js';
 import type { NetRateLimits } from '../dataplane/rate-limit.js';
 import { rateLimitsFromJson } from './rate-limit-json.js';
 import { toPrometheus, PROMETHEUS_CONTENT_TYPE } from './prometheus.js';
+import { parseMigrationUrl } from '../vmm/migration/url.js';
 
 /** A network device as the API changes it; an operation the device cannot do is absent. */
 export interface ApiNet {
@@ -27,6 +28,10 @@ export interface ApiTarget {
   /** PUT /snapshot: write the VM into directory `path` and go on (or stop: resume false); absent where
    * not available (501). Errors (not running, a directory that cannot be written) are the client's. */
   snapshot?(o: { path: string; resume: boolean }): Promise<unknown>;
+  /** PUT /migrate: move the VM to the tsvmm listening at `url` (checked); resolves once it runs there
+   * (this VM then ends). Absent where not available (501). Errors (not running, the destination
+   * unreachable or refusing) are the client's: the VM runs on. */
+  migrate?(o: { url: string; maxDowntimeMs?: number }): Promise<unknown>;
 }
 
 export interface Reply {
@@ -66,6 +71,7 @@ const ROUTES: Route[] = [
   { pattern: /^\/vm\/shutdown$/, methods: { PUT: shutdown } },
   { pattern: /^\/net\/([^/]+)$/, methods: { PATCH: patchNet } },
   { pattern: /^\/snapshot$/, methods: { PUT: snapshot } },
+  { pattern: /^\/migrate$/, methods: { PUT: migrate } },
 ];
 
 /** Answer one request (`body` as received). Throws ApiError for the client's faults. */
@@ -149,6 +155,29 @@ async function snapshot(t: ApiTarget, b: Record<string, unknown> | undefined): P
     throw new ApiError(400, (e instanceof Error ? e.message : String(e)).split('\n')[0]);
   }
   return { status: 200, json: info };
+}
+
+/** the longest pause a migration may be asked to keep the guest to (a minute) */
+const MAX_DOWNTIME_MS = 60_000;
+
+async function migrate(t: ApiTarget, b: Record<string, unknown> | undefined): Promise<Reply> {
+  const { url, max_downtime_ms: downtime, ...rest } = b ?? {};
+  noFields(rest);
+  try {
+    parseMigrationUrl(url, 'url');
+  } catch (e) {
+    throw new ApiError(400, (e as Error).message);
+  }
+  if (downtime !== undefined && !(typeof downtime === 'number' && Number.isInteger(downtime) && downtime >= 0 && downtime <= MAX_DOWNTIME_MS))
+    throw new ApiError(400, `max_downtime_ms: expected an integer from 0 to ${MAX_DOWNTIME_MS}, got ${JSON.stringify(downtime)?.slice(0, 50)}`);
+  if (!t.migrate) throw new ApiError(501, 'migration is not available here');
+  let summary: unknown;
+  try {
+    summary = await t.migrate({ url: url as string, ...(downtime !== undefined ? { maxDowntimeMs: downtime } : {}) });
+  } catch (e) {
+    throw new ApiError(400, (e instanceof Error ? e.message : String(e)).split('\n')[0]);
+  }
+  return { status: 200, json: summary };
 }
 
 const NET_FIELDS = ['link', 'rx_rate_limiter', 'tx_rate_limiter', 'iface_id'];

@@ -4,7 +4,7 @@
 // status; nothing a request does can throw out of here. The endpoints are in routes.ts.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { claimSocketPath, listenPrivate, removeSocket } from './socket.js';
+import { claimSocketPath, listenPrivate, removeSocket } from '../socket-path.js';
 import { route, ApiError, type ApiTarget, type Reply } from './routes.js';
 
 export interface ApiServerOptions {
@@ -23,11 +23,15 @@ export interface ApiServerOptions {
 }
 
 export const API_DEFAULTS = { headersTimeoutMs: 5000, requestTimeoutMs: 10_000, maxBodyBytes: 65536, maxConnections: 16 } as const;
+/** how long close() waits for answers under way */
+const CLOSE_GRACE_MS = 2000;
 /** the largest request line and headers (Node's limit, lowered: no request here needs more) */
 const MAX_HEADER_BYTES = 8192;
 
 export class ApiServer {
   private readonly sockets = new Set<Socket>();
+  /** requests being answered (close() lets them finish: the answer to a migration is sent as the VM ends) */
+  private readonly answering = new Set<Promise<void>>();
   private ino = -1;
   private closed = false;
 
@@ -65,17 +69,28 @@ export class ApiServer {
     return this.o.path;
   }
 
-  /** Stop listening, end every connection, remove the socket file. */
+  /** Stop listening, let the answers under way go out (for up to CLOSE_GRACE_MS), end every connection, remove the socket file. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const done = new Promise<void>((r) => this.server.close(() => r()));
+    if (this.answering.size) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(this.answering), new Promise((r) => (timer = setTimeout(r, CLOSE_GRACE_MS)))]);
+      clearTimeout(timer);
+    }
     for (const s of this.sockets) s.destroy();
     await done;
     removeSocket(this.o.path, this.ino);
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const answered = new Promise<void>((r) => {
+      res.once('finish', r);
+      res.once('close', r);
+    });
+    this.answering.add(answered);
+    void answered.then(() => this.answering.delete(answered));
     let reply: Reply;
     try {
       const body = await readBody(req, this.o.maxBodyBytes ?? API_DEFAULTS.maxBodyBytes);

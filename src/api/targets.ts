@@ -19,6 +19,7 @@ export function vmTarget(vm: Vm): ApiTarget {
         config: {
           kernel: typeof c.kernel === 'string' ? c.kernel : c.kernel ? '(bytes)' : null,
           ...(c.restore !== undefined ? { restore: c.restore } : {}),
+          ...(c.incoming !== undefined ? { incoming: c.incoming } : {}),
           ...(typeof c.initrd === 'string' ? { initrd: c.initrd } : {}),
           cmdline: c.cmdline ?? '',
           memory: c.memory ?? null,
@@ -33,6 +34,10 @@ export function vmTarget(vm: Vm): ApiTarget {
     pause: () => vm.pause(),
     resume: () => vm.resume(),
     snapshot: (o) => vm.snapshot(o.path, { resume: o.resume }),
+    migrate: async (o) => {
+      const s = await vm.migrate(o.url, { maxDowntimeMs: o.maxDowntimeMs });
+      return { url: o.url, passes: s.pass, pagesSent: s.pagesSent, bytesPerSec: Math.round(s.bytesPerSec), downtimeMs: Math.round(s.downtimeMs), totalMs: Math.round(s.totalMs) };
+    },
     // (a paused guest could not answer its power button: it runs again first)
     shutdown: async (o) => {
       if (vm.status.state === 'paused') await vm.resume();

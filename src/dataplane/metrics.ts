@@ -46,6 +46,28 @@ export interface Metrics {
   iommu?: Record<string, number>;
   /** vhost-user: frontend connections served and problems seen */
   vhostUser?: { connections?: number; errors: string[] };
+  /** a VM's live migration, out or in, as it goes and once it ended (src/vmm/migration/status.ts keeps it) */
+  migration?: MigrationMetrics;
+}
+
+export interface MigrationMetrics {
+  direction: 'out' | 'in';
+  url: string;
+  /** listening: a destination waiting for its source; active: pages moving; completed: the guest runs
+   * on the destination; failed: it did not (a source runs on) */
+  state: 'listening' | 'active' | 'completed' | 'failed';
+  /** the source's pass (0: the first copy of all memory), pages sent or received, pages still to send */
+  pass: number;
+  pages: number;
+  pagesLeft: number;
+  /** bytes per second so far (the source's) */
+  bytesPerSec: number;
+  /** the source is paused for its last pages */
+  stopped: boolean;
+  /** once completed: how long the guest was held, and the whole migration (ms; the source's) */
+  downtimeMs?: number;
+  totalMs?: number;
+  error?: string;
 }
 
 /** One queue's counters from a stats buffer (newStatsBuffer) slot. */

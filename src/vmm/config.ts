@@ -1,4 +1,5 @@
 // The typed VM configuration shared by the CLI and the library, with validation that names what to fix.
+import { readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
 import { MAX_MTU, MIN_MTU } from '../virtio-net/features.js';
 import { parseNetRateLimits, type NetRateLimits } from '../dataplane/rate-limit.js';
@@ -15,6 +16,13 @@ export interface VmConfig {
    * snapshot's file, and its device state restored; kernel, initrd and cmdline are not used
    */
   restore?: string;
+  /**
+   * take the guest from a migrating tsvmm (`vm.migrate(url)` there) instead of booting: `unix:PATH` or
+   * `tcp:HOST:PORT` to listen on for one source. The machine (memory, cpus, devices) must be the
+   * source's (a different one is refused); kernel, initrd and cmdline are not used. start() resolves
+   * once the guest runs here.
+   */
+  incoming?: string;
   initrd?: string | Uint8Array;
   cmdline?: string;
   /** bytes, or a size string such as "512M" (default 512 MiB) */
@@ -184,6 +192,16 @@ export function resolveMemory(mem: number | string | undefined): number {
   if (bytes > MAX_MEMORY) throw new UserError(`--mem: at most 64G of guest memory is supported`);
   if (bytes % (2 * 1024 * 1024) !== 0) throw new UserError(`--mem: size must be a multiple of 2M`);
   return bytes;
+}
+
+/** A file the configuration names (`what`: its option), or the bytes given instead; one line if it cannot be read. */
+export function readInput(what: string, v: string | Uint8Array): Uint8Array {
+  if (typeof v !== 'string') return v;
+  try {
+    return readFileSync(v);
+  } catch (e) {
+    throw new UserError(`${what}: cannot read ${v}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
 }
 
 /** The vCPU count asked for, checked before KVM is opened (a bad flag is reported as such on any host). */

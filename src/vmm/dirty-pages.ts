@@ -11,15 +11,28 @@ const PAGE = 4096;
 export class DirtyPages {
   /** the devices' log, made by the first enable() */
   private deviceLog?: Uint8Array;
+  private enabled = false;
+
+  /** KVM's log is on (enable() was called, disable() not since) */
+  get on(): boolean {
+    return this.enabled;
+  }
 
   /** Turn KVM's log on for every RAM slot; returns the devices' log for them to mark in. */
   enable(mem: GuestMemory, vm: VmFd): DirtyLogArea {
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset), MEM_LOG_DIRTY_PAGES));
+    this.enabled = true;
     if (!this.deviceLog) {
       const end = Math.max(...mem.table.regions.map((r) => r.gpa + r.size));
       this.deviceLog = new Uint8Array(new SharedArrayBuffer(Math.ceil(end / PAGE / 8)));
     }
     return { buffer: this.deviceLog.buffer as SharedArrayBuffer, offset: 0, size: this.deviceLog.length };
+  }
+
+  /** Turn KVM's log off again (the devices are told by their owner to drop theirs). */
+  disable(mem: GuestMemory, vm: VmFd): void {
+    mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
+    this.enabled = false;
   }
 
   /** Pages written since the last call (or since enable), as guest-physical page addresses, ascending. */

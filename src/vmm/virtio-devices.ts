@@ -119,7 +119,7 @@ export class VirtioDevices {
   }
 
   /** Every device marks its writes into guest memory in `log` from now on (see dirty-pages.ts). */
-  async setDirtyLog(log: DirtyLogArea): Promise<void> {
+  async setDirtyLog(log: DirtyLogArea | undefined): Promise<void> {
     await Promise.all([...this.net.map((d) => d.net.setDirtyLog(log)), this.rng?.setDirtyLog(log), this.iommu?.setDirtyLog(log)]);
   }
 

@@ -14,7 +14,8 @@ export function vmMetrics(vm: Vm): Metrics {
   }));
   if (vm.rng) devices.push({ id: 'rng', kind: 'rng', queues: [queueMetrics(vm.rng.stats, 0, 'requests')], stuckThreads: vm.rng.stuckThreads });
   const iommu = vm.iommu && { faults: vm.iommu.table.faultCount, mappings: vm.iommu.table.count, ...prefixed('requests_', vm.iommu.handled) };
-  return { devices, ...(iommu ? { iommu } : {}) };
+  const migration = vm.migrationState;
+  return { devices, ...(iommu ? { iommu } : {}), ...(migration ? { migration } : {}) };
 }
 
 function prefixed(prefix: string, o: Record<string, number>): Record<string, number> {

@@ -2,7 +2,6 @@
 // stop. Its vCPU threads are in vcpu-threads.ts, its virtio functions in virtio-devices.ts. The main
 // thread owns every device model; vCPU threads reach them through mailboxes (see mailbox.ts).
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { native } from '../native.js';
 import { UserError } from '../errors.js';
@@ -15,32 +14,35 @@ import { VcpuThreads } from './vcpu-threads.js';
 import { vmMetrics } from './vm-metrics.js';
 import type { Metrics } from '../dataplane/metrics.js';
 import { configureVcpu, enterKernel } from './vcpu-setup.js';
-import { requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
+import { readInput, requestedCpus, resolveCpus, resolveMemory, type VmConfig } from './config.js';
 import type { VirtioIommu } from '../viommu/device.js';
 import type { VirtioNet } from '../virtio-net/device.js';
 import type { VirtioRng } from '../virtio-rng/device.js';
 import { VirtioDevices, type NetDevice } from './virtio-devices.js';
 import { DirtyPages } from './dirty-pages.js';
-import { Uart8250 } from './devices/uart8250.js';
-import { AcpiSleep, DebugExit, I8042, ResetControl, type PowerEvent } from './devices/power.js';
-import { GedEvents } from './devices/ged.js';
-import { ACPI_SLEEP_CONTROL_PORT, ACPI_S5_SLP_TYP, ACPI_GED_PORT, ACPI_GED_GSI } from '../boot/acpi.js';
-import { PciHost, PciEcam, PCI_CONFIG_ADDRESS } from './devices/pci.js';
-import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR, PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../boot/layout.js';
+import { ramRegions, ramLayout, TSS_ADDR, IDENTITY_MAP_ADDR } from '../boot/layout.js';
+import { attachPlatform, type Platform } from './vm-platform.js';
 import { loadKernel, type BootEntry } from '../boot/loader.js';
 import { restoreMachine, type Machine } from './state/machine.js';
 import { readSnapshot } from './state/snapshot.js';
 import { restoredConfig } from './state/restore-config.js';
-import { checkRegions, snapshotMachine, takeSnapshot, type SnapshotInfo } from './vm-snapshot.js';
+import { checkRegions, snapshotMachine, type SnapshotInfo } from './vm-snapshot.js';
+import { VmMoves } from './vm-moves.js';
+import { parseMigrationUrl, type MigrationUrl } from './migration/url.js';
+import type { MigrateOptions, MigrationSummary } from './migration/source.js';
+import type { MigrationState } from './migration/status.js';
 
 export type { VmConfig } from './config.js';
 export type { NetDevice } from './virtio-devices.js';
 export type { SnapshotInfo } from './vm-snapshot.js';
+export type { MigrationSummary } from './migration/source.js';
+export type { MigrationState } from './migration/status.js';
 
 export interface VmExit {
   /** poweroff: the guest turned the machine off; reset: it asked for a reboot (tsvmm ends the VM);
-   * crash: KVM or the VMM could not go on; stopped: stop() was called, or shutdown()'s deadline passed. */
-  reason: 'poweroff' | 'reset' | 'crash' | 'stopped';
+   * crash: KVM or the VMM could not go on; stopped: stop() was called, or shutdown()'s deadline passed;
+   * migrated: migrate() handed the guest over to another VMM, which runs it now. */
+  reason: 'poweroff' | 'reset' | 'crash' | 'stopped' | 'migrated';
   /** the guest's power-off status (debug-exit value), else 0 */
   status: number;
   detail: string;
@@ -48,16 +50,14 @@ export interface VmExit {
 
 /** What Vm.status tells: where the VM is in its life, how it ended, for how long it has run. */
 export interface VmStatus {
-  state: 'new' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
+  /** incoming: built, waiting for (or taking) a migration (`incoming` in its config) */
+  state: 'new' | 'starting' | 'incoming' | 'running' | 'paused' | 'stopping' | 'stopped';
   exit?: VmExit;
   /** since start() completed (0 before) */
   uptimeMs: number;
 }
 
-export const COM1_PORT = 0x3f8;
-export const COM1_IRQ = 4;
-export const DEBUG_EXIT_PORT = 0xf4;
-const I8042_PORT = 0x60;
+export { COM1_PORT, COM1_IRQ, DEBUG_EXIT_PORT } from './vm-platform.js';
 
 export class Vm extends EventEmitter {
   /** Everything the guest writes to its serial console (COM1). */
@@ -68,7 +68,7 @@ export class Vm extends EventEmitter {
   boot?: BootEntry;
 
   private resolveExit!: (e: VmExit) => void;
-  private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
+  private state: 'new' | 'starting' | 'incoming' | 'running' | 'stopping' | 'stopped' = 'new';
   private kvmFd = -1;
   private vmFd?: VmFd;
   private mem?: GuestMemory;
@@ -84,8 +84,7 @@ export class Vm extends EventEmitter {
     },
     (e) => this.finish({ ...e, status: 0 }),
   );
-  private uart?: Uart8250;
-  private ged?: GedEvents;
+  private platform?: Platform;
   /** the virtio functions on the PCI host, once build() has made it */
   private devices?: VirtioDevices;
 
@@ -105,7 +104,6 @@ export class Vm extends EventEmitter {
   get iommu(): VirtioIommu | undefined {
     return this.devices?.iommu;
   }
-  private serialPending: number[] = [];
   readonly config: Readonly<VmConfig>;
   /** the configuration built: `config`, or for a restore the snapshot's machine with `config` on top */
   private built?: VmConfig;
@@ -153,6 +151,11 @@ export class Vm extends EventEmitter {
    * that is not running cannot be paused (an Error saying so).
    */
   pause(): Promise<void> {
+    if (this.moves.migrating) return Promise.reject(new Error('a migration is under way: it pauses and resumes the VM itself'));
+    return this.hold();
+  }
+
+  private hold(): Promise<void> {
     const step = async () => {
       if (this.state !== 'running') throw new Error(`the VM is ${this.state}, not running`);
       if (this.paused) return;
@@ -166,6 +169,11 @@ export class Vm extends EventEmitter {
 
   /** Let the devices and then the vCPUs go on where pause() held them. */
   resume(): Promise<void> {
+    if (this.moves.migrating) return Promise.reject(new Error('a migration is under way: it pauses and resumes the VM itself'));
+    return this.release();
+  }
+
+  private release(): Promise<void> {
     const step = async () => {
       if (!this.paused) return;
       this.devices?.resume();
@@ -204,7 +212,28 @@ export class Vm extends EventEmitter {
 
   private readonly dirtyPages = new DirtyPages();
 
-  private snapshotting = false;
+  /** snapshots and migrations, out and in */
+  private readonly moves = new VmMoves({
+    paused: () => this.paused,
+    state: () => this.state,
+    ended: () => this.finishing,
+    hold: () => this.hold(),
+    release: () => this.release(),
+    machine: () => this.machine,
+    memory: () => this.memory,
+    shape: () => snapshotMachine(this.built!, this.memory.table.totalSize, this.vcpus.fds.length, this.netDevices),
+    dirtyLog: {
+      on: () => this.dirtyPages.on,
+      enable: () => this.enableDirtyLog(),
+      disable: async () => {
+        this.dirtyPages.disable(this.memory, this.vm);
+        await this.devices?.setDirtyLog(undefined);
+      },
+      take: () => this.takeDirtyPages(),
+    },
+    end: (reason, detail) => this.finish({ reason, status: 0, detail }),
+    migrationChanged: (st) => this.emit('migration', st),
+  });
 
   /**
    * Write the VM into directory `dir` (created; if it exists it must be empty or hold a snapshot,
@@ -212,40 +241,42 @@ export class Vm extends EventEmitter {
    * device-state document, then let the VM go on as it was (running, or paused if it was) or, with
    * `resume: false`, stop it. A failure leaves the VM as it was and rejects with one line.
    */
-  async snapshot(dir: string, opts: { resume?: boolean } = {}): Promise<SnapshotInfo> {
-    if (this.snapshotting) throw new Error('a snapshot is being taken already');
-    if (this.state !== 'running' || this.finishing) throw new Error(`the VM is ${this.state}, not running`);
-    this.snapshotting = true;
-    try {
-      return await takeSnapshot(
-        {
-          wasPaused: this.paused,
-          pause: () => this.pause(),
-          resume: () => this.resume(),
-          ended: () => this.finishing,
-          machine: () => this.machine,
-          memory: this.memory,
-          shape: () => snapshotMachine(this.built!, this.memory.table.totalSize, this.vcpus.fds.length, this.netDevices),
-          stop: (detail) => this.finish({ reason: 'stopped', status: 0, detail }),
-        },
-        dir,
-        opts.resume ?? true,
-      );
-    } finally {
-      this.snapshotting = false;
-    }
+  snapshot(dir: string, opts: { resume?: boolean } = {}): Promise<SnapshotInfo> {
+    return this.moves.snapshot(dir, opts.resume ?? true);
+  }
+
+  /**
+   * Move the running VM to another tsvmm (`tsvmm run --incoming URL` there, with the same machine):
+   * `url` is `unix:PATH` or `tcp:HOST:PORT`. Memory is copied while the guest runs, then again what it
+   * wrote meanwhile, pass after pass (KVM's dirty log and the devices'), until the rest fits the
+   * downtime allowed (`maxDowntimeMs`, default 300; or `maxPasses` passes, default 30); then the VM
+   * pauses for the last pages and the device state, and once the
+   * destination has restored them it runs the guest and this VM ends (exit reason `migrated`).
+   * Resolves with what it took. A failure before the hand-over rejects with one line and leaves the VM
+   * running (or paused, if it was) as before. Progress: `migration` events and `migrationState`.
+   */
+  migrate(url: string, opts: Pick<MigrateOptions, 'maxDowntimeMs' | 'maxPasses'> = {}): Promise<MigrationSummary> {
+    return this.moves.migrate(url, opts);
+  }
+
+  /** What the last migration, out or in, did or is doing (undefined before any). */
+  get migrationState(): MigrationState | undefined {
+    return this.moves.migrationState;
   }
 
   /** Send bytes to the guest's serial console input. */
   sendSerial(data: string | Uint8Array): void {
-    this.uart?.push(typeof data === 'string' ? new TextEncoder().encode(data) : data);
+    this.platform?.uart.push(typeof data === 'string' ? new TextEncoder().encode(data) : data);
   }
 
   async start(): Promise<void> {
     if (this.state !== 'new') throw new Error('a Vm can be started once');
     this.state = 'starting';
     try {
-      await this.build();
+      const incoming = this.config.incoming !== undefined ? parseMigrationUrl(this.config.incoming, '--incoming') : undefined;
+      await this.build(!!incoming);
+      if (incoming) await this.receive(incoming);
+      else await this.launch(this.config.restore !== undefined);
     } catch (e) {
       await this.teardown();
       this.state = 'stopped';
@@ -273,30 +304,24 @@ export class Vm extends EventEmitter {
     if (!Number.isFinite(deadlineMs) || deadlineMs < 0 || deadlineMs > 2 ** 31 - 1) throw new RangeError(`shutdown: deadlineMs must be a number of milliseconds from 0 to ${2 ** 31 - 1}, not ${deadlineMs}`);
     if (this.state === 'new' || this.state === 'starting') throw new Error('shutdown: the VM is not running');
     if (this.state !== 'running' || this.finishing) return this.exited;
-    this.ged!.pressPowerButton();
+    this.platform!.ged.pressPowerButton();
     const timer = setTimeout(() => this.finish({ reason: 'stopped', status: 0, detail: `shutdown deadline of ${deadlineMs} ms passed` }), deadlineMs);
     const exit = await this.exited;
     clearTimeout(timer);
     return exit;
   }
 
-  private readInput(what: string, v: string | Uint8Array): Uint8Array {
-    if (typeof v !== 'string') return v;
-    try {
-      return readFileSync(v);
-    } catch (e) {
-      throw new UserError(`${what}: cannot read ${v}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
-    }
-  }
-
-  private async build(): Promise<void> {
+  /** The machine, its memory and devices, ready to run (restored from a snapshot, if one is given); `incoming`: its memory left zeroed for a migration. */
+  private async build(incoming: boolean): Promise<void> {
     const snap = this.config.restore !== undefined ? readSnapshot(this.config.restore) : undefined;
     const cfg = (this.built = snap ? restoredConfig(this.config, snap.manifest.machine) : this.config);
     const memSize = resolveMemory(cfg.memory);
     requestedCpus(cfg.cpus);
-    if (!snap && cfg.kernel === undefined) throw new UserError('--kernel FILE is required (or --restore DIR)');
-    const kernel = snap ? undefined : this.readInput('--kernel', cfg.kernel!);
-    const initrd = !snap && cfg.initrd !== undefined ? this.readInput('--initrd', cfg.initrd) : undefined;
+    if (snap && incoming) throw new UserError('--restore and --incoming: a VM starts from one or the other');
+    const boots = !snap && !incoming;
+    if (boots && cfg.kernel === undefined) throw new UserError('--kernel FILE is required (or --restore DIR, or --incoming URL)');
+    const kernel = boots ? readInput('--kernel', cfg.kernel!) : undefined;
+    const initrd = boots && cfg.initrd !== undefined ? readInput('--initrd', cfg.initrd) : undefined;
 
     this.kvmFd = openKvm(cfg.kvmDevice);
     requireCaps(this.kvmFd);
@@ -315,14 +340,21 @@ export class Vm extends EventEmitter {
     mem.table.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, mem.hostAddress + BigInt(r.offset)));
 
     // devices first: the ACPI tables the loader writes describe them (VIOT: who is behind the IOMMU)
-    const pci = this.attachPlatformDevices();
+    const platform = (this.platform = attachPlatform({
+      pio: this.pio,
+      mmio: this.mmio,
+      power: (e) => this.finish(e.reason === 'poweroff' ? { reason: 'poweroff', status: e.status, detail: e.detail } : { reason: 'reset', status: 0, detail: e.detail }),
+      irqLine: (gsi, level) => this.vmFd?.irqLine(gsi, level),
+      serial: this.serial,
+    }));
+    const pci = platform.pci;
     const devices = (this.devices = new VirtioDevices({ memory: mem, pci, mmio: this.mmio, vm, router: this.router, intx: checkExtension(this.kvmFd, CAP.IRQFD_RESAMPLE) > 0 }));
     if (cfg.viommu) devices.plugIommu();
     for (const [i, n] of (cfg.net ?? []).entries()) await devices.plugNet(n, i);
     if (cfg.rng) devices.plugRng(cfg.rng === true ? {} : cfg.rng);
     const viot = devices.viot;
 
-    // (a restored machine's memory holds its kernel and tables already)
+    // (a restored or incoming machine's memory holds its kernel and tables already, or will)
     if (kernel) {
       this.boot = loadKernel(
         { slice: (gpa, len) => mem.slice(gpa, len), lowSize: ramLayout(memSize).lowSize },
@@ -338,47 +370,20 @@ export class Vm extends EventEmitter {
       if (i === 0 && this.boot) enterKernel(fd, this.boot);
     }
     if (snap) await restoreMachine(this.machine, snap.state);
+  }
 
+  /** Run the vCPUs; `moved` (restored, or migrated here): the guest is asked to announce itself. */
+  private async launch(moved: boolean): Promise<void> {
     const runSize = native.ioctl(this.kvmFd, KVM.GET_VCPU_MMAP_SIZE, 0, 'KVM_GET_VCPU_MMAP_SIZE');
     await this.vcpus.start(this.kvmFd, runSize);
     // the guest may be on another wire now: its network drivers are asked to announce it there
-    if (snap) for (const d of devices.net) d.net.announce();
+    if (moved) for (const d of this.netDevices) d.net.announce();
   }
 
-
-  /** The serial port, power controls, ACPI event device and the PCI host (returned: the virtio functions go on it). */
-  private attachPlatformDevices(): PciHost {
-    const power = (e: PowerEvent) => this.finish(e.reason === 'poweroff' ? { reason: 'poweroff', status: e.status, detail: e.detail } : { reason: 'reset', status: 0, detail: e.detail });
-    this.uart = new Uart8250(
-      (bytes) => this.serialOut(bytes),
-      (level) => this.vmFd?.irqLine(COM1_IRQ, level),
-    );
-    this.pio.register(COM1_PORT, 8, this.uart, 'com1');
-    this.pio.register(DEBUG_EXIT_PORT, 4, new DebugExit(power), 'debug-exit');
-    this.pio.register(I8042_PORT, 5, new I8042(power), 'i8042');
-    const pci = new PciHost(new ResetControl(power));
-    this.pio.register(PCI_CONFIG_ADDRESS, 8, pci, 'pci-host');
-    this.mmio.register(PCI_ECAM_BASE, PCI_ECAM_SIZE, new PciEcam(pci), 'pci-ecam');
-    this.pio.register(ACPI_SLEEP_CONTROL_PORT, 2, new AcpiSleep(ACPI_S5_SLP_TYP, power), 'acpi-sleep');
-    this.ged = new GedEvents(() => {
-      this.vmFd?.irqLine(ACPI_GED_GSI, true);
-      this.vmFd?.irqLine(ACPI_GED_GSI, false);
-    });
-    this.pio.register(ACPI_GED_PORT, 1, this.ged, 'acpi-ged');
-    return pci;
-  }
-
-  /** Serial bytes are batched per event-loop turn so the stream sees lines, not single bytes. */
-  private serialOut(bytes: Uint8Array): void {
-    if (this.serialPending.length === 0) setImmediate(() => this.flushSerial());
-    for (const b of bytes) this.serialPending.push(b);
-  }
-
-  private flushSerial(): void {
-    if (this.serialPending.length === 0) return;
-    const chunk = Buffer.from(this.serialPending);
-    this.serialPending = [];
-    if (!this.serial.writableEnded) this.serial.write(chunk);
+  /** Listen on `url` and take a migration there; resolves once the guest runs here. */
+  private receive(url: MigrationUrl): Promise<void> {
+    const receiver = { memory: this.memory, machine: () => this.machine, launch: () => this.launch(true) };
+    return this.moves.receive(url, receiver, () => (this.state = 'incoming'));
   }
 
   private finishing = false;
@@ -388,11 +393,16 @@ export class Vm extends EventEmitter {
     if (this.finishing) return;
     this.finishing = true;
     const run = async () => {
-      // a VM still starting is torn down by start() itself
-      while (this.state === 'starting') await new Promise((r) => setTimeout(r, 5));
-      this.state = 'stopping';
-      await this.teardown();
-      this.state = 'stopped';
+      // a VM still starting is torn down by start() itself if that fails; one waiting for a migration stops waiting
+      while (this.state === 'starting' || this.state === 'incoming') {
+        this.moves.stopIncoming();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      if (this.state !== 'stopped') {
+        this.state = 'stopping';
+        await this.teardown();
+        this.state = 'stopped';
+      }
       const where = this.vcpus.stoppedWhere;
       if (exit.reason === 'stopped' && where) exit = { ...exit, detail: `${exit.detail}; ${where}` };
       this.exitSeen = exit;
@@ -407,7 +417,7 @@ export class Vm extends EventEmitter {
     // devices stop their dataplane threads before guest memory goes
     await this.devices?.close();
     await this.vcpus.close();
-    this.flushSerial();
+    this.platform?.flushSerial();
     this.serial.end();
     this.vmFd?.close();
     this.vmFd = undefined;

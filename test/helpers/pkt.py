@@ -2,8 +2,9 @@
 """Host-side frames for the network tests, on an interface inside the test's namespace (AF_PACKET).
 
   pkt.py capture IFACE COUNT TIMEOUT_S   print one JSON object: the test-pattern frames seen on IFACE
-  pkt.py send IFACE COUNT SIZE SRC DST [FIRST]  send COUNT test-pattern frames of SIZE bytes (sequence
-                                         numbers from FIRST, default 0), then print JSON
+  pkt.py send IFACE COUNT SIZE SRC DST [FIRST [GAP_MS]]  send COUNT test-pattern frames of SIZE bytes
+                                         (sequence numbers from FIRST, default 0; GAP_MS apart, default
+                                         as fast as the interface takes them), then print JSON
   pkt.py raw IFACE HEX                   send one frame given in hex
   pkt.py tcpcheck IFACE SEGMENTS TIMEOUT PAYLOAD
                                          capture TCP/IPv4 segments to port 5001 (the guest's TSO frames,
@@ -75,8 +76,11 @@ def main():
     elif cmd == 'send':
         count, size, src, dst = int(sys.argv[3]), int(sys.argv[4]), mac(sys.argv[5]), mac(sys.argv[6])
         first = int(sys.argv[7]) if len(sys.argv) > 7 else 0  # the first frame's sequence number
+        gap = float(sys.argv[8]) / 1000 if len(sys.argv) > 8 else 0
         sent = 0
         for seq in range(first, first + count):
+            if gap and sent:
+                time.sleep(gap)
             while True:
                 try:
                     s.send(frame(seq, size, src, dst))

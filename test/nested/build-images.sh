@@ -59,7 +59,7 @@ rm -rf "$L2"
 L1=$(mktemp -d)
 mkdir -p "$L1"/{bin,dev,proc,sys,tmp,lib/modules,data,l2,tsvmm/build/Release,etc}
 cp /bin/busybox "$L1/bin/busybox"
-for m in irqbypass kvm kvm-amd tun llc stp garp mrp 8021q; do cp "$LIN/modules/$m.ko" "$L1/lib/modules/"; done
+for m in irqbypass kvm kvm-amd tun llc stp garp mrp 8021q bridge; do cp "$LIN/modules/$m.ko" "$L1/lib/modules/"; done
 copy_with_libs "$(command -v node)" "$L1"
 copy_with_libs "$(command -v iperf3)" "$L1"
 cp -r package.json bin dist "$L1/tsvmm/"

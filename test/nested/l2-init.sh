@@ -170,18 +170,39 @@ if [ "$(arg api)" = 1 ]; then
   ping -c 3 -W 10 10.0.2.1 >/dev/null; check ping-after-link-up $?
   power_button
 fi
-if [ "$(arg snapshot)" = 1 ]; then
-  # the host snapshots this VM midway through this download and restores it in a new tsvmm on another
-  # tap (scenarios.sh: snapshot_scenario); progress lines tell it when, with the uptime. After the
-  # restore the driver is asked to announce itself (VIRTIO_NET_F_GUEST_ANNOUNCE, bit 21)
+if [ -n "$(arg move)" ]; then
+  # the host moves this VM midway through this download to a new tsvmm on another tap (scenarios.sh:
+  # tsvmm.move=snapshot, a snapshot restored there; migration, a live migration); progress lines tell
+  # it when, with the uptime. After the move the driver is asked to announce itself
+  # (VIRTIO_NET_F_GUEST_ANNOUNCE, bit 21). A live migration's guest also pings L1 meanwhile: its pings
+  # wait while it is held, so at most the few on the wire at the hand-over are lost.
+  moved=restore; [ "$(arg move)" = migration ] && moved=migration
   bit 21; check feature-guest-announce $? "features=$feat"
+  # (a small TCP receive window: the download waits in tsvmm's rate limiter, not in a second of
+  # frames queued in front of it, where a ping reply would wait too and be lost at the hand-over)
+  pinger=
+  if [ $moved = migration ]; then
+    echo "4096 16384 16384" > /proc/sys/net/ipv4/tcp_rmem
+    ping -i 0.2 10.0.2.1 > /tmp/ping 2>&1 &
+    pinger=$!
+  fi
   wget -q -O /tmp/dls http://10.0.2.1/blob &
   dl=$!
-  while kill -0 $dl 2>/dev/null; do echo "L2-SNAPSHOT-DL $(wc -c < /tmp/dls 2>/dev/null || echo 0) $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done
-  wait $dl; check download-across-restore $?
-  [ "$(md5sum < /tmp/dls)" = "$(md5sum < /data/blob)" ]; check md5-across-restore $? "bytes=$(wc -c < /tmp/dls)"
-  echo "L2-SNAPSHOT-DONE $(cut -d' ' -f1 /proc/uptime)"
-  ping -c 3 -W 10 10.0.2.1 >/dev/null; check ping-after-restore $?
+  while kill -0 $dl 2>/dev/null; do echo "L2-DL $(wc -c < /tmp/dls 2>/dev/null || echo 0) $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done
+  wait $dl; check download-across-$moved $?
+  echo "L2-DL $(wc -c < /tmp/dls) $(cut -d' ' -f1 /proc/uptime)"
+  [ "$(md5sum < /tmp/dls)" = "$(md5sum < /data/blob)" ]; check md5-across-$moved $? "bytes=$(wc -c < /tmp/dls)"
+  echo "L2-MOVE-DONE $(cut -d' ' -f1 /proc/uptime)"
+  if [ -n "$pinger" ]; then
+    kill -INT $pinger; wait $pinger
+    sent=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' /tmp/ping); got=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping)
+    [ -n "$sent" ] && [ -n "$got" ] && [ "$sent" -ge 20 ] && [ $((sent - got)) -le 3 ]; check ping-during-migration $? "sent=$sent received=$got"
+  fi
+  if [ "$queues" = 2 ]; then
+    cur=$(ethtool -l eth0 2>&1 | sed -n '/Current/,$p' | sed -n 's/^Combined:[[:space:]]*//p')
+    [ "$cur" = 2 ]; check two-pairs-after-$moved $? "combined=$cur"
+  fi
+  ping -c 3 -W 10 10.0.2.1 >/dev/null; check ping-after-$moved $?
   poweroff -f
 fi
 if [ "$(arg link)" = 1 ]; then

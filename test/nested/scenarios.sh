@@ -2,7 +2,7 @@
 # The L1 side of the nested tests: a tap with L1's address, web and iperf3 servers, and tsvmm run
 # against the L2 Linux once per scenario. Runs in L1 (from l1-init.sh), or on a hardware-KVM host inside
 # a network namespace (test/nested.test.ts). Environment:
-#   RUNS         scenarios, space-separated: basic mq rss wedge link ratelimit netctl shutdown api snapshot triple panic nomsi iommu-lazy iommu-strict (all on
+#   RUNS         scenarios, space-separated: basic mq rss wedge link ratelimit netctl shutdown api snapshot migrate migrate-mq-iommu triple panic nomsi iommu-lazy iommu-strict (all on
 #                packed rings but iommu-strict, which runs tsvmm with packed=off)
 #   TSVMM_DIR    the project (bin/tsvmm.js)          MKTAP   mktap.mjs
 #   L2_KERNEL    L2_INITRD                           DATA_DIR  blob and cgi-bin/pingas
@@ -71,29 +71,78 @@ api_drive() { # socket
   waitfor L2-SHUTDOWN-READY; ctl shutdown deadline-ms=60000; check api/shutdown-accepted $?
 }
 
-# The snapshot scenario: L2 downloads L1's blob, slowly (tsvmm's rx-bytes limit); once the download is
-# midway the host snapshots L2 (tsvmm ctl snapshot DIR stop), moves L1's address and MAC from tap0 to a
-# new tap1 (the same peer on another tap), and restores L2 in a new tsvmm process on tap1 (tsvmm run
-# --restore DIR --net tap,ifname=tap1), watching tap1 for L2's gratuitous ARP (garp-watch.mjs: L1 has
-# no tcpdump). L2 checks its download's md5 after the move (l2-init.sh).
+# The scenarios that move L2 to another tsvmm midway through a download (l2-init.sh's tsvmm.move):
+# L2 downloads L1's blob slowly (tsvmm's rx-bytes limit) and says how far it is (L2-DL lines, with
+# its uptime); L1's address is on a bridge over tap0 and tap1 (the same network on two taps), and a
+# packet socket on the bridge watches for the ARP frames L1 gets, L2's gratuitous ARP once it is
+# moved among them (garp-watch.mjs: L1 has no tcpdump; a port's frames reach the bridge before any
+# ARP socket on the port). The first tsvmm serves L2 on tap0, the second on tap1; L2 checks its download's md5 after
+# the move (and a live migration's ping losses).
+blob_size=$(wc -c < "$DATA_DIR/blob")
+dl_bytes() { sed -n 's/^L2-DL \([0-9]*\) .*/\1/p' "$1" | tr -d '\r'; }
+# (a line the move cut short has no whole uptime: L2's always has two decimals)
+dl_uptime() { sed -n 's/^L2-DL [0-9]* \([0-9]*\.[0-9][0-9]\).*/\1/p' "$1" | tr -d '\r'; }
+# once L2's download in console file $1 is partway (not done), run the rest (tsvmm ctl ...): its
+# output in $WORK/move.out, its status in $WORK/move.rc
+when_midway() {
+  f=$1
+  shift
+  t=0
+  until dl_bytes "$f" | awk -v max="$blob_size" '$1 > 0 && $1 < max { found = 1 } END { exit !found }'; do
+    t=$((t + 1)); [ $t -ge 1200 ] && break; sleep 0.25
+  done
+  "$@" > "$WORK/move.out" 2>&1
+  echo $? > "$WORK/move.rc"
+}
+peer_on_bridge() {
+  for m in llc stp bridge; do insmod /lib/modules/$m.ko 2>/dev/null; done
+  ip addr del 10.0.2.1/24 dev tap0
+  [ -e /sys/class/net/tap1 ] || node "$MKTAP" tap1
+  brctl addbr br0 && brctl addif br0 tap0 && brctl addif br0 tap1 && ip link set tap1 up && ip link set br0 up && ip addr add 10.0.2.1/24 dev br0
+  check "$1/peer-on-bridge" $?
+  TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/garp-watch.mjs" br0 > "$WORK/garp" 2>&1 &
+  watcher=$!
+  t=0; until grep -q WATCHING "$WORK/garp"; do t=$((t + 1)); [ $t -ge 200 ] && break; sleep 0.1; done
+}
+# tap0 with L1's address again for the scenarios after this one
+peer_on_tap0() {
+  kill $watcher 2>/dev/null
+  ip addr del 10.0.2.1/24 dev br0
+  ip link set br0 down
+  brctl delif br0 tap0; brctl delif br0 tap1; brctl delbr br0
+  ip link set tap1 down
+  ip addr add 10.0.2.1/24 dev tap0
+}
+# What L1 sees of a move: "scenario" "the move (restore, migration)"; the consoles before and after
+# it in $WORK/tsvmm.out and $WORK/tsvmm2.out (the second tsvmm's stderr there or in $WORK/tsvmm2.err)
+moved_checks() {
+  last=$(dl_bytes "$WORK/tsvmm.out" | tail -1)
+  [ -n "$last" ] && [ "$last" -gt 0 ] && [ "$last" -lt "$blob_size" ] && ! grep -q "^L2-MOVE-DONE" "$WORK/tsvmm.out"; check "$1/moved-mid-download" $? "bytes=$last of $blob_size"
+  ! grep -q "^L2-INIT" "$WORK/tsvmm2.out"; check "$1/moved-without-reboot" $?
+  before=$(dl_uptime "$WORK/tsvmm.out" | tail -1)
+  after=$(dl_uptime "$WORK/tsvmm2.out" | head -1)
+  [ -n "$before" ] && [ -n "$after" ] && awk -v a="$after" -v b="$before" 'BEGIN { exit !(a > b) }'; check "$1/uptime-continues" $? "before=$before after=$after"
+  grep -q "^GARP 1 52:54:00:75:76:00 10.0.2.2$" "$WORK/garp"; check "$1/gratuitous-arp-from-guest" $? "$(grep -c ARP "$WORK/garp") ARP frames: $(head -5 "$WORK/garp" | tr '\n' ';')"
+  grep -q "^L2-MOVE-DONE" "$WORK/tsvmm2.out"; check "$1/download-finished-after-$2" $?
+  rc=$(sed -n 's/.*TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm2.out")
+  echo "L1-RESULT $1 exit=$rc $(cat "$WORK/tsvmm2.out" "$WORK/tsvmm2.err" 2>/dev/null | grep '^tsvmm: ' | tail -1)"
+  left=0
+  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
+  [ "$left" = 0 ]; check "$1/no-tsvmm-left" $? "processes=$left"
+  stage "tsvmm-end-$1"
+  peer_on_tap0
+}
+
+# The snapshot scenario: once the download is midway the host snapshots L2 (tsvmm ctl snapshot DIR
+# stop) and restores it in a new tsvmm process on tap1 (tsvmm run --restore DIR --net tap,ifname=tap1).
 snapshot_scenario() {
   snap=$WORK/snap
-  rm -rf "$snap" "$WORK/api.sock" "$WORK/snap.rc" "$WORK/snap.json"
+  rm -rf "$snap" "$WORK/api.sock" "$WORK/move.rc" "$WORK/move.out" "$WORK/tsvmm2.err"
   : > "$WORK/tsvmm.out"
   : > "$WORK/tsvmm2.out"
-  size=$(wc -c < "$DATA_DIR/blob")
-  l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=snapshot tsvmm.cpus=1 tsvmm.queues=1 tsvmm.packed=1 tsvmm.snapshot=1"
-  dl_bytes() { sed -n 's/^L2-SNAPSHOT-DL \([0-9]*\) .*/\1/p' "$1" | tr -d '\r'; }
-  dl_uptime() { sed -n 's/^L2-SNAPSHOT-DL [0-9]* \([0-9.]*\).*/\1/p' "$1" | tr -d '\r'; }
-  # the host side: once L2 has part of the blob (and not all), the snapshot, and the VM stopped
-  (
-    t=0
-    until dl_bytes "$WORK/tsvmm.out" | awk -v max="$size" '$1 > 0 && $1 < max { found = 1 } END { exit !found }'; do
-      t=$((t + 1)); [ $t -ge 1200 ] && break; sleep 0.25
-    done
-    node "$TSVMM_DIR/bin/tsvmm.js" ctl --api-socket "$WORK/api.sock" snapshot "$snap" stop > "$WORK/snap.json" 2>&1
-    echo $? > "$WORK/snap.rc"
-  ) &
+  l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=snapshot tsvmm.cpus=1 tsvmm.queues=1 tsvmm.packed=1 tsvmm.move=snapshot"
+  peer_on_bridge snapshot
+  when_midway "$WORK/tsvmm.out" node "$TSVMM_DIR/bin/tsvmm.js" ctl --api-socket "$WORK/api.sock" snapshot "$snap" stop &
   driver=$!
   stage tsvmm-start-snapshot
   { node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 512M --cpus 1 --stats --timeout 240 \
@@ -101,45 +150,83 @@ snapshot_scenario() {
     echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm.out"
   kill $driver 2>/dev/null
   wait $driver
-  [ "$(cat "$WORK/snap.rc" 2>/dev/null)" = 0 ] && grep -q '"pagesWritten"' "$WORK/snap.json"; check snapshot/taken $? "$(head -c 200 "$WORK/snap.json")"
+  [ "$(cat "$WORK/move.rc" 2>/dev/null)" = 0 ] && grep -q '"pagesWritten"' "$WORK/move.out"; check snapshot/taken $? "$(head -c 200 "$WORK/move.out")"
   grep -q "VM stopped (snapshot written to $snap" "$WORK/tsvmm.out"; check snapshot/first-vm-stopped $? "$(grep '^tsvmm: ' "$WORK/tsvmm.out" | tail -1)"
-  last=$(dl_bytes "$WORK/tsvmm.out" | tail -1)
-  [ -n "$last" ] && [ "$last" -gt 0 ] && [ "$last" -lt "$size" ] && ! grep -q "^L2-SNAPSHOT-DONE" "$WORK/tsvmm.out"; check snapshot/taken-mid-download $? "bytes=$last of $size"
   mem=$(ls "$snap"/memory-* 2>/dev/null | head -1)
   kb=$(du -k "$mem" 2>/dev/null | cut -f1)
   [ -n "$kb" ] && [ "$kb" -lt $((512 * 1024)) ]; check snapshot/memory-file-sparse $? "disk=${kb}K of $((512 * 1024))K"
-  # the same peer (L1's address and MAC) on another tap
-  mac=$(cat /sys/class/net/tap0/address)
-  ip addr del 10.0.2.1/24 dev tap0
-  ip link set tap0 down
-  [ -e /sys/class/net/tap1 ] || node "$MKTAP" tap1
-  ip link set tap1 address "$mac"
-  ip addr add 10.0.2.1/24 dev tap1
-  ip link set tap1 up
-  TSVMM_DIR="$TSVMM_DIR" node "$(dirname "$MKTAP")/garp-watch.mjs" tap1 > "$WORK/garp" 2>&1 &
-  watcher=$!
-  t=0; until grep -q WATCHING "$WORK/garp"; do t=$((t + 1)); [ $t -ge 200 ] && break; sleep 0.1; done
   stage tsvmm-restore-snapshot
   { node "$TSVMM_DIR/bin/tsvmm.js" run --restore "$snap" --stats --timeout 240 --net tap,ifname=tap1
     echo "TSVMM-EXIT $?"; } 2>&1 | tee "$WORK/tsvmm2.out"
-  kill $watcher 2>/dev/null
-  ! grep -q "^L2-INIT" "$WORK/tsvmm2.out"; check snapshot/restored-without-reboot $?
-  before=$(dl_uptime "$WORK/tsvmm.out" | tail -1)
-  after=$(dl_uptime "$WORK/tsvmm2.out" | head -1)
-  [ -n "$before" ] && [ -n "$after" ] && awk -v a="$after" -v b="$before" 'BEGIN { exit !(a > b) }'; check snapshot/uptime-continues $? "before=$before after=$after"
-  grep -q "^GARP 1 52:54:00:75:76:00 10.0.2.2$" "$WORK/garp"; check snapshot/gratuitous-arp-from-guest $? "$(grep -c ARP "$WORK/garp") ARP frames: $(head -5 "$WORK/garp" | tr '\n' ';')"
-  grep -q "^L2-SNAPSHOT-DONE" "$WORK/tsvmm2.out"; check snapshot/download-finished-after-restore $?
-  rc=$(sed -n 's/^TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm2.out")
-  echo "L1-RESULT snapshot exit=$rc $(grep '^tsvmm: ' "$WORK/tsvmm2.out" | tail -1)"
-  left=0
-  for p in /proc/[0-9]*; do grep -q "bin/tsvmm.js" "$p/cmdline" 2>/dev/null && left=$((left + 1)); done
-  [ "$left" = 0 ]; check snapshot/no-tsvmm-left $? "processes=$left"
-  stage tsvmm-end-snapshot
-  # tap0 with L1's address again for the scenarios after this one
-  ip addr del 10.0.2.1/24 dev tap1
-  ip link set tap1 down
-  ip link set tap0 up
-  ip addr add 10.0.2.1/24 dev tap0
+  moved_checks snapshot restore
+}
+
+# The migrate scenarios: a `tsvmm run --incoming` waits on tap1; once the download is midway the host
+# moves L2 there live (tsvmm ctl migrate) while L2 also pings L1. The source exits 3 ("migrated").
+# The download is slow enough (80 KB/s) to outlast a migration in a loaded L1 (10-30 s seen); once the
+# guest runs on the destination the host lifts that limit there (tsvmm ctl net 0 limit), and the rest
+# comes at once.
+# Each tsvmm's stderr (progress lines while L2 prints) and the destination's console are shown once
+# they have ended (two writers on the console would cut each other's lines).
+# "name" cpus queues "extra L2 arguments" "extra tsvmm arguments" [compare]: with compare, each tsvmm
+# writes the guest's memory at the hand-over (TSVMM_DEBUG_MIGRATION_MEMORY) and L1 compares the two
+# page by page.
+migrate_scenario() {
+  name=$1
+  rm -f "$WORK/api.sock" "$WORK/api2.sock" "$WORK/mig.sock" "$WORK/move.rc" "$WORK/move.out" "$WORK/tsvmm.err" "$WORK/tsvmm2.err" "$WORK/src.mem" "$WORK/dst.mem"
+  dump=
+  dump2=
+  [ "$6" = compare ] && dump="TSVMM_DEBUG_MIGRATION_MEMORY=$WORK/src.mem" && dump2="TSVMM_DEBUG_MIGRATION_MEMORY=$WORK/dst.mem"
+  : > "$WORK/tsvmm.out"
+  : > "$WORK/tsvmm2.out"
+  l2cmd="console=ttyS0 loglevel=4 panic=-1 nokaslr tsvmm.scenario=$name tsvmm.cpus=$2 tsvmm.queues=$3 tsvmm.packed=1 tsvmm.move=migration $4"
+  net="queues=$3,rx-bytes=8K/100"
+  peer_on_bridge "$name"
+  { env $dump2 node "$TSVMM_DIR/bin/tsvmm.js" run --incoming "unix:$WORK/mig.sock" --mem 256M --cpus $2 --stats --timeout 240 \
+      --net "tap,ifname=tap1,$net" $5 --api-socket "$WORK/api2.sock" 2> "$WORK/tsvmm2.err" &
+    echo $! > "$WORK/dest.pid"
+    wait $!
+    # (L2's last line may be cut short)
+    rc=$?; echo; echo "TSVMM-EXIT $rc"; } > "$WORK/tsvmm2.out" 2>&1 &
+  dest=$!
+  t=0; until grep -q "waiting for a migration" "$WORK/tsvmm2.err" 2>/dev/null; do t=$((t + 1)); [ $t -ge 600 ] && break; sleep 0.1; done
+  tsvmm_ctl() { node "$TSVMM_DIR/bin/tsvmm.js" ctl "$@"; }
+  migrate_then_unlimit() { tsvmm_ctl --api-socket "$WORK/api.sock" migrate "unix:$WORK/mig.sock" && tsvmm_ctl --api-socket "$WORK/api2.sock" net 0 limit rx-bytes=off; }
+  when_midway "$WORK/tsvmm.out" migrate_then_unlimit &
+  driver=$!
+  stage "tsvmm-start-$name"
+  { env $dump node "$TSVMM_DIR/bin/tsvmm.js" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --mem 256M --cpus $2 --stats --timeout 240 \
+      --net "tap,ifname=tap0,$net" $5 --api-socket "$WORK/api.sock" --cmdline "$l2cmd" 2> "$WORK/tsvmm.err"
+    rc=$?; echo; echo "TSVMM-EXIT $rc"; } 2>&1 | tee "$WORK/tsvmm.out"
+  cat "$WORK/tsvmm.err"
+  # (a source that did not migrate leaves the trigger and a destination that would wait for good;
+  # one that did, the trigger lifting the destination's limit)
+  if grep -q "TSVMM-EXIT 3$" "$WORK/tsvmm.out"; then
+    wait $driver
+  else
+    kill $driver "$(cat "$WORK/dest.pid")"
+  fi
+  wait $dest
+  cat "$WORK/tsvmm2.err" "$WORK/tsvmm2.out"
+  echo "L1-MIGRATED $name $(cat "$WORK/move.out")"
+  [ "$(cat "$WORK/move.rc" 2>/dev/null)" = 0 ] && grep -q '"downtimeMs"' "$WORK/move.out"; check "$name/migrated" $? "$(head -c 300 "$WORK/move.out")"
+  src=$(sed -n 's/.*TSVMM-EXIT \([0-9]*\)$/\1/p' "$WORK/tsvmm.out")
+  [ "$src" = 3 ] && grep -q "^tsvmm: VM migrated to unix:$WORK/mig.sock" "$WORK/tsvmm.err"; check "$name/source-exit-migrated" $? "exit=$src $(grep '^tsvmm: ' "$WORK/tsvmm.err" | tail -1)"
+  grep -q "^tsvmm: migration to unix:$WORK/mig.sock: pass 0, " "$WORK/tsvmm.err"; check "$name/progress-on-stderr" $?
+  if [ -n "$dump" ]; then
+    same=$(node -e '
+      const fs = require("fs"), [a, b] = [fs.readFileSync(process.argv[1]), fs.readFileSync(process.argv[2])], zero = Buffer.alloc(4096);
+      let differ = [], data = 0;
+      for (let at = 0; at < a.length; at += 4096) {
+        if (a.compare(b, at, at + 4096, at, at + 4096)) differ.push("0x" + at.toString(16));
+        if (a.compare(zero, 0, 4096, at, at + 4096)) data++;
+      }
+      console.log(a.length === b.length && data > 1000 && differ.length === 0 ? "equal" : "differ", data, differ.length, differ.slice(0, 8).join(","));
+    ' "$WORK/src.mem" "$WORK/dst.mem" 2>&1)
+    case $same in equal*) true ;; *) false ;; esac; check "$name/memory-equal-at-hand-over" $? "$same"
+    rm -f "$WORK/src.mem" "$WORK/dst.mem"
+  fi
+  moved_checks "$name" migration
 }
 
 # The netctl scenario's host side (VLAN filtering, coalescing, USO: l2-init.sh): tap0 gets VLANs 5
@@ -317,6 +404,10 @@ for r in $RUNS; do
     api) scenario api 2 1 "tsvmm.api=1" 240 "--api-socket $WORK/api.sock" ;;
     # snapshotted midway through a download, restored in a new tsvmm on another tap (snapshot_scenario)
     snapshot) snapshot_scenario ;;
+    # migrated live midway through a download, to a tsvmm run --incoming on another tap (migrate_scenario);
+    # then with 2 vCPUs and 2 queue pairs behind the vIOMMU, Linux in strict mode
+    migrate) migrate_scenario migrate 1 1 "" "" compare ;;
+    migrate-mq-iommu) migrate_scenario migrate-mq-iommu 2 2 "tsvmm.iommu=1 iommu.strict=1" --viommu ;;
     # L2 ends in a triple fault on purpose: tsvmm says so, and L1 shows where from KVM's trace
     triple) scenario triple 1 1 "reboot=t tsvmm.triple=1" 60 ;;
     # L2 panics on purpose with two vCPUs: Linux stops the other and resets its default way (a real-mode

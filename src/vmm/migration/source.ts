@@ -1,25 +1,27 @@
 // The sending side of a live migration: iterative pre-copy. Every non-zero page goes first while the
-// guest runs (the destination's memory starts zeroed); then, pass after pass, the pages written
+// guest runs (the destination's memory starts zeroed; only pages the guest may have touched are read); then, pass after pass, the pages written
 // meanwhile (KVM's dirty log and the dataplane's, through `takeDirty`), until what is left would go
 // in less than the downtime allowed at the rate measured so far, or the passes run out. Then the VM
-// pauses, the last pages and the device state go, and the source waits for the destination to say it
-// restored them before telling it to go: up to that point any failure resumes the source, which
-// keeps running as if nothing happened.
+// pauses, the device state is taken (which stops the devices' threads, so nothing writes guest memory
+// any more), the pages written up to then and the state go, and the source waits for the destination
+// to say it restored them before telling it to go: up to that point any failure resumes the source,
+// which keeps running as if nothing happened.
 import type { Duplex } from 'node:stream';
 import type { GuestMemory } from '../memory.js';
 import type { Fingerprint } from '../state/document.js';
+import { touchedRanges } from '../state/memory-file.js';
 import { MIGRATION_FORMAT, MIGRATION_VERSION, PAGE, RUN_PAGES, MessageReader, sendMessage } from './wire.js';
 
 export interface MigrationSource {
   readonly memory: GuestMemory;
   readonly fingerprint: Fingerprint;
-  /** Start logging the guest's and the devices' writes; takeDirty then returns those since the last call. */
-  startDirtyLog(): void;
+  /** Start logging the guest's and the devices' writes (on once it resolves); takeDirty then returns those since the last call. */
+  startDirtyLog(): void | Promise<void>;
   /** Guest-physical addresses of the pages written since the last call, ascending. */
   takeDirty(): number[];
   pause(): Promise<void>;
   resume(): Promise<void>;
-  /** The device state document (called while paused). */
+  /** The device state document (called while paused): once it returns, nothing writes guest memory. */
   saveState(): Uint8Array | Promise<Uint8Array>;
 }
 
@@ -63,7 +65,7 @@ export async function migrateOut(conn: Duplex, src: MigrationSource, opts: Migra
   await sendMessage(conn, { t: 'hello', format: MIGRATION_FORMAT, version: MIGRATION_VERSION, fingerprint: src.fingerprint });
   await reader.expect('ready');
 
-  src.startDirtyLog();
+  await src.startDirtyLog();
   sent(await sendAll(conn, src.memory));
   let dirty = src.takeDirty();
   p.pagesLeft = dirty.length;
@@ -80,12 +82,13 @@ export async function migrateOut(conn: Duplex, src: MigrationSource, opts: Migra
   const paused = performance.now();
   try {
     p.stopped = true;
+    const state = await src.saveState();
     const last = [...new Set([...dirty, ...src.takeDirty()])].sort((a, b) => a - b);
     p.pagesLeft = last.length;
     opts.onProgress?.({ ...p });
     sent(await sendPages(conn, src.memory, last));
     p.pagesLeft = 0;
-    await sendMessage(conn, { t: 'state', data: await src.saveState() });
+    await sendMessage(conn, { t: 'state', data: state });
     await sendMessage(conn, { t: 'end' });
     await reader.expect('restored');
   } catch (e) {
@@ -100,32 +103,42 @@ export async function migrateOut(conn: Duplex, src: MigrationSource, opts: Migra
   return { ...p, downtimeMs: end - paused, totalMs: end - t0 };
 }
 
+const ZERO_PAGE = new Uint8Array(PAGE);
+
+/** (Buffer.compare is one memcmp; a loop over the words of a view of shared memory is many times slower) */
 function isZero(page: Uint8Array): boolean {
-  const w = new Uint32Array(page.buffer, page.byteOffset, PAGE / 4);
-  for (let i = 0; i < w.length; i++) if (w[i] !== 0) return false;
-  return true;
+  return Buffer.compare(page, ZERO_PAGE) === 0;
 }
 
-/** Every non-zero page of RAM (the destination's memory starts zeroed); returns pages sent. */
+/**
+ * Every non-zero page of RAM (the destination's memory starts zeroed); returns pages sent. Only the
+ * ranges the guest may have touched are read (state/memory-file.ts): reading a hole of the memfd would
+ * allocate a page for it, and a large, mostly untouched guest would be made whole on this host.
+ */
 async function sendAll(conn: Duplex, mem: GuestMemory): Promise<number> {
   let n = 0;
+  let run = -1;
+  let count = 0;
+  const flush = async () => {
+    if (count) await sendMessage(conn, { t: 'pages', gpa: run, data: mem.slice(run, count * PAGE) });
+    n += count;
+    count = 0;
+  };
+  const touched = touchedRanges(mem);
   for (const r of mem.table.regions) {
-    let run = -1;
-    let count = 0;
-    const flush = async () => {
-      if (count) await sendMessage(conn, { t: 'pages', gpa: run, data: mem.slice(run, count * PAGE) });
-      n += count;
-      count = 0;
-    };
-    for (let gpa = r.gpa; gpa < r.gpa + r.size; gpa += PAGE) {
-      if (isZero(mem.slice(gpa, PAGE))) {
-        await flush();
-        continue;
+    for (const [from, to] of touched) {
+      const start = Math.max(from, r.offset);
+      const end = Math.min(to, r.offset + r.size);
+      for (let gpa = r.gpa + start - r.offset; gpa < r.gpa + end - r.offset; gpa += PAGE) {
+        if (isZero(mem.slice(gpa, PAGE))) {
+          await flush();
+          continue;
+        }
+        if (count === 0) run = gpa;
+        if (++count === RUN_PAGES) await flush();
       }
-      if (count === 0) run = gpa;
-      if (++count === RUN_PAGES) await flush();
+      await flush();
     }
-    await flush();
   }
   return n;
 }

@@ -80,6 +80,8 @@ export function readMessage(raw: unknown): Message {
 
 /** Write one message, waiting while the stream's buffer is full. */
 export async function sendMessage(out: Duplex, m: Message): Promise<void> {
+  // (a write to a closed stream says nothing more: no drain, close or error follows)
+  if (out.destroyed || out.writableEnded) throw new MigrationError('the connection closed');
   const body = encode(m);
   const head = Buffer.alloc(4);
   head.writeUInt32LE(body.length, 0);
@@ -138,12 +140,28 @@ export class MessageReader {
     w?.();
   }
 
+  /** The next `n` bytes (held already): a view of the first chunk when it has them all, else one copy of just those. */
   private take(n: number): Buffer {
-    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
-    this.chunks = all.length > n ? [all.subarray(n)] : [];
+    let out: Buffer;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      for (let at = 0; at < n; ) {
+        const c = this.chunks[0];
+        const k = Math.min(c.length, n - at);
+        c.copy(out, at, 0, k);
+        at += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
     this.held -= n;
     if (this.held <= MAX_FRAME) this.input.resume();
-    return all.subarray(0, n);
+    return out;
   }
 
   private async need(n: number): Promise<void> {

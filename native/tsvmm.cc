@@ -236,6 +236,25 @@ Napi::Object SharedMapping(Napi::Env env, void* addr, size_t len) {
   return out;
 }
 
+// plainView(sab) -> ArrayBuffer: a non-shared ArrayBuffer over the same bytes as the SharedArrayBuffer
+// sab (this thread's own object). V8 copies into or out of a shared buffer byte by byte (relaxed
+// atomics); over a plain one, TypedArray.prototype.set is a memcpy. The new buffer holds a reference to
+// sab's backing store, so the memory it points at stays mapped as long as either lives (and if the
+// buffer is detached, the reference goes with its backing store and is dropped with it).
+Napi::Value PlainView(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  v8::Local<v8::Value> v = ToV8(info[0]);
+  if (!v->IsSharedArrayBuffer()) THROW_TYPE(env, "plainView: SharedArrayBuffer expected", env.Null());
+  auto* keep = new std::shared_ptr<v8::BackingStore>(v.As<v8::SharedArrayBuffer>()->GetBackingStore());
+  // SAFETY: [Data(), Data() + ByteLength()) is the shared buffer's memory, kept alive by `keep` until
+  // V8 frees this backing store (the deleter).
+  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(
+      (*keep)->Data(), (*keep)->ByteLength(),
+      [](void*, size_t, void* k) { delete static_cast<std::shared_ptr<v8::BackingStore>*>(k); }, keep);
+  v8::Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(v8::Isolate::GetCurrent(), std::move(store));
+  return Napi::Value(env, reinterpret_cast<napi_value>(*v8::Local<v8::Value>(ab)));
+}
+
 bool UnixAddr(const std::string& path, sockaddr_un* sa) {
   if (path.size() >= sizeof(sa->sun_path)) return false;
   memset(sa, 0, sizeof *sa);
@@ -726,6 +745,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared));
+  exports.Set("plainView", Napi::Function::New(env, PlainView));
   exports.Set("mmap", Napi::Function::New(env, Mmap));
   exports.Set("remapAnonymous", Napi::Function::New(env, RemapAnonymous));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf));

@@ -46,6 +46,11 @@ export interface Native {
   ftruncate(fd: number, size: number | bigint): void;
   /** MAP_SHARED, or with `priv` MAP_PRIVATE (copy-on-write: writes stay in this process, whose threads all see them) */
   mmapShared(fd: number, length: number, offset?: number, priv?: boolean): { buffer: SharedArrayBuffer; address: bigint };
+  /**
+   * A non-shared ArrayBuffer over the bytes of `sab` (this thread's object; it keeps sab's memory alive):
+   * TypedArray copies over it are memcpy, where over a SharedArrayBuffer V8 copies byte by byte.
+   */
+  plainView(sab: SharedArrayBuffer): ArrayBuffer;
   /** the new offset, or -errno (SEEK_DATA or SEEK_HOLE past the last data: -ENXIO) */
   lseek(fd: number, offset: number, whence: number): number;
   mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer;

@@ -3,7 +3,8 @@ import { describe, it, expect } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { native, EFD_NONBLOCK, EPOLLIN, EPOLL_CTL_ADD, AF_UNIX, SOCK_STREAM } from '../src/native.js';
 import { GuestMemory, MemoryTable } from '../src/vmm/memory.js';
 
@@ -193,5 +194,43 @@ describe('native copy', () => {
     expect(() => native.copy(dst, 10, src, 0, 8)).toThrow(/outside a buffer/);
     expect(() => native.copy(dst, 0, src, 12, 8)).toThrow(/outside a buffer/);
     expect(() => native.copy(dst, -1, src, 0, 1)).toThrow(/outside a buffer/);
+  });
+
+  it('gives a thread a non-shared view of guest memory: the same bytes, mapped as long as the view lives', async () => {
+    const mem = new GuestMemory([{ gpa: 0, size: 1 << 20, offset: 0 }]);
+    const plain = native.plainView(mem.buffer);
+    expect(plain).toBeInstanceOf(ArrayBuffer);
+    expect(plain.byteLength).toBe(1 << 20);
+    new Uint8Array(plain).set([7, 8, 9], 100);
+    expect([...new Uint8Array(mem.buffer, 100, 3)]).toEqual([7, 8, 9]);
+    expect(() => native.plainView(plain as unknown as SharedArrayBuffer)).toThrow(/SharedArrayBuffer expected/);
+    // a worker maps memory of its own, keeps only the plain view and collects the shared buffer: the
+    // mapping stays (an unmapped one would crash the process here), the bytes still there
+    const addon = join(dirname(fileURLToPath(import.meta.url)), '..', 'build', 'Release', 'tsvmm_native.node');
+    const worker = new Worker(
+      `const { parentPort } = require('node:worker_threads');
+       require('node:v8').setFlagsFromString('--expose-gc');
+       const gc = require('node:vm').runInNewContext('gc');
+       const native = require(${JSON.stringify(addon)});
+       const fd = native.memfdCreate('plain-view-test', 0);
+       native.ftruncate(fd, 1 << 20);
+       let p;
+       (() => {
+         const shared = native.mmapShared(fd, 1 << 20).buffer;
+         new Uint8Array(shared)[5000] = 42;
+         p = new Uint8Array(native.plainView(shared));
+       })();
+       (async () => {
+         // (array buffers are swept after the collection: give the sweeper its turns)
+         for (let i = 0; i < 3; i++) { gc(); await new Promise((r) => setTimeout(r, 10)); }
+         p.fill(1, 0, 4096);
+         parentPort.postMessage(p[5000] + p[4095]);
+       })();`,
+      { eval: true },
+    );
+    expect(await new Promise((r) => worker.once('message', r))).toBe(43);
+    await worker.terminate();
+    mem.release();
+    expect(new Uint8Array(plain)[100]).toBe(0); // anonymous pages now, through either view
   });
 });

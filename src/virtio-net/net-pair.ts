@@ -50,21 +50,25 @@ export class NetQueuePair {
   private readonly rx: NetRx | SteeredRx;
   /** the guest's header on TX (virtio_net_hdr_v1_hash with hash reports: its hash fields unread) */
   private readonly txHdrLen: number;
+  /** guest memory as drivers get it: this thread's non-shared view (GuestBytes.plain: copies are memcpy) */
+  private readonly driverMem: ArrayBuffer;
 
+  /** `memBuffer`: guest memory, the buffer `mem` views */
   constructor(
     private readonly mem: GuestView,
-    private readonly memBuffer: SharedArrayBuffer,
+    memBuffer: SharedArrayBuffer,
     readonly rxq: Virtqueue,
     readonly txq: Virtqueue,
     readonly driver: DriverQueue,
     private readonly o: PairOptions,
   ) {
     this.bytes = mem.bytes;
+    this.driverMem = mem.bytes.plain;
     const maxChain = txq.chain.offsets.length;
     // room for a whole batch of typical packets, and for one packet of the longest chain
     this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
     this.txHeads = new Uint16Array(TX_BATCH);
-    this.rx = o.steer ? new SteeredRx(mem, memBuffer, rxq, this, o, o.steer) : new NetRx(mem, memBuffer, rxq, this, o);
+    this.rx = o.steer ? new SteeredRx(mem, this.driverMem, rxq, this, o, o.steer) : new NetRx(mem, this.driverMem, rxq, this, o);
     this.txHdrLen = o.steer?.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
   }
 
@@ -216,7 +220,7 @@ export class NetQueuePair {
       }
       if (b.count === 0) break;
       const before = this.driver.drops;
-      const sent = this.driver.transmit(b, this.memBuffer);
+      const sent = this.driver.transmit(b, this.driverMem);
       // the wire is full for now: what it did not take stays the guest's, in the ring, in order, and
       // the thread waits until the driver can take more (as vhost-net and Cloud Hypervisor do on EAGAIN)
       const blocked = sent < b.count && this.driver.wouldBlock === true;

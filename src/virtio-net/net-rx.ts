@@ -41,7 +41,8 @@ export class NetRx {
 
   constructor(
     mem: GuestView,
-    private readonly memBuffer: SharedArrayBuffer,
+    /** guest memory as drivers get it (GuestBytes.plain) */
+    private readonly memBuffer: ArrayBuffer,
     private readonly rxq: Virtqueue,
     /** the pair: its driver queue, read at each call */
     private readonly pair: { readonly driver: DriverQueue },

@@ -64,7 +64,8 @@ export class SteeredRx {
 
   constructor(
     mem: GuestView,
-    private readonly memBuffer: SharedArrayBuffer,
+    /** guest memory as drivers get it (GuestBytes.plain) */
+    private readonly memBuffer: ArrayBuffer,
     private readonly rxq: Virtqueue,
     private readonly pair: { readonly driver: DriverQueue },
     private readonly o: PairOptions,

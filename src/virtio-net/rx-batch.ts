@@ -101,7 +101,7 @@ export class RxSlots {
    * it (every chain of a batch of several takes the largest frame): a frame dropped inside a batch
    * leaves its chain to the next frame, so that the chains used stay the first ones popped.
    */
-  move(mem: SharedArrayBuffer, from: number, to: number, len: number): void {
+  move(mem: ArrayBufferLike, from: number, to: number, len: number): void {
     const b = this.batch;
     copyPacket(b, from, to, len, mem, mem, native.copy);
     b.len[to] = len;

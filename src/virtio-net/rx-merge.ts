@@ -133,7 +133,7 @@ export class MergeSlots {
    * alone, so the frame fits there; it moves towards the start of the chains, so copying its pieces
    * in order never overwrites bytes still to be copied (each piece copy is a memmove).
    */
-  move(mem: SharedArrayBuffer, i: number, d: number, len: number, log: DirtyLog | undefined): void {
+  move(mem: ArrayBufferLike, i: number, d: number, len: number, log: DirtyLog | undefined): void {
     const b = this.batch;
     const iov = b.iov;
     let si = b.iovStart[i];

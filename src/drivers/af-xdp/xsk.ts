@@ -217,7 +217,7 @@ export class XskQueue implements DriverQueue {
 
   wouldBlock = false;
 
-  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
+  transmit(b: PacketBatch, mem: ArrayBufferLike): number {
     // (guest memory goes to native.copy as the buffer itself: it may be larger than a typed array)
     this.reclaim();
     const tx = this.tx;
@@ -278,7 +278,7 @@ export class XskQueue implements DriverQueue {
    * both indices are published once per call. A frame the packet's buffers cannot hold whole is
    * consumed and reported empty (the dataplane drops it and keeps the buffers).
    */
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  receive(b: PacketBatch, mem: ArrayBufferLike): number {
     if (this.nextLength() === 0) return 0;
     const rx = this.rx;
     const avail = (Atomics.load(rx.producer, 0) - this.rxCons) >>> 0;

@@ -6,7 +6,6 @@
 // Generated frames are broadcasts with a pattern, and a frame counter in bytes 14..17 (so successive
 // frames differ, as real traffic does: what lands in a buffer is never what was there).
 import { fileURLToPath } from 'node:url';
-import { native } from '../../native.js';
 import { UserError } from '../../errors.js';
 import { META_WORDS, NO_OFFLOADS, type DriverQueue, type NetDriver, type PacketBatch } from '../api.js';
 
@@ -19,15 +18,8 @@ interface NullInit {
 /** loop mode: frames held between transmit and receive (more wait in the guest's ring: wouldBlock) */
 const LOOP_SLOTS = 512;
 const LOOP_SLOT_BYTES = 9018;
-/** the longest byte array made over guest memory (larger memory: copies through native.copy) */
+/** the longest byte array made over guest memory (larger memory: a view per segment) */
 const MAX_BYTE_ARRAY = 2 ** 31;
-/**
- * Copies up to this many bytes are typed-array copies; longer ones go through native.copy (memmove).
- * V8 copies into or out of a SharedArrayBuffer byte by byte (relaxed atomics), which beats the addon
- * call's fixed cost only for short copies: measured with bench/engine-micro.mjs, 64-byte frames gain,
- * 1514-byte frames lose 3x.
- */
-const SHORT_COPY = 256;
 
 /** the option keys create() reads (the registry refuses others) */
 export const options = ['size', 'rx', 'loop'];
@@ -74,9 +66,10 @@ class NullQueue implements DriverQueue {
     if (init.loop) this.held = new Uint8Array(LOOP_SLOTS * LOOP_SLOT_BYTES);
   }
 
-  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
-    // (a short copy is a typed-array copy through a view of the segment, as guest memory may be
-    // larger than one typed array can be: SHORT_COPY)
+  // Copies are typed-array copies: the dataplane hands over guest memory as a non-shared ArrayBuffer,
+  // over which `set` is a memcpy (a view of the segment, as guest memory may be larger than one typed
+  // array can be).
+  transmit(b: PacketBatch, mem: ArrayBufferLike): number {
     if (this.held) return this.hold(b, mem);
     // every frame is copied out of guest memory, as DPDK's vhost copies into an mbuf (a memcpy)
     const mbuf = this.mbuf;
@@ -84,8 +77,7 @@ class NullQueue implements DriverQueue {
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const n = Math.min(b.iov[t + 2], mbuf.length - at);
-        if (n <= SHORT_COPY) mbuf.set(new Uint8Array(mem, b.iov[t + 1], n), at);
-        else native.copy(mbuf, at, mem, b.iov[t + 1], n);
+        mbuf.set(new Uint8Array(mem, b.iov[t + 1], n), at);
         at += n;
       }
       this.sink = (this.sink + mbuf[0]) | 0;
@@ -94,7 +86,7 @@ class NullQueue implements DriverQueue {
   }
 
   /** loop mode: copy frames into the held ring, as many as fit */
-  private hold(b: PacketBatch, mem: SharedArrayBuffer): number {
+  private hold(b: PacketBatch, mem: ArrayBufferLike): number {
     const held = this.held!;
     this.wouldBlock = this.heldCount + b.count > LOOP_SLOTS;
     let p = 0;
@@ -104,8 +96,7 @@ class NullQueue implements DriverQueue {
       const end = at + LOOP_SLOT_BYTES;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const n = Math.min(b.iov[t + 2], end - at);
-        if (n <= SHORT_COPY) held.set(new Uint8Array(mem, b.iov[t + 1], n), at);
-        else native.copy(held, at, mem, b.iov[t + 1], n);
+        held.set(new Uint8Array(mem, b.iov[t + 1], n), at);
         at += n;
       }
       this.heldLen[slot] = at - slot * LOOP_SLOT_BYTES;
@@ -115,7 +106,7 @@ class NullQueue implements DriverQueue {
   }
 
   /** loop mode: the oldest held frames into the guest's buffers, one per packet */
-  private unhold(b: PacketBatch, mem: SharedArrayBuffer): number {
+  private unhold(b: PacketBatch, mem: ArrayBufferLike): number {
     const held = this.held!;
     const u8 = this.bytes(mem);
     let p = 0;
@@ -126,8 +117,9 @@ class NullQueue implements DriverQueue {
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
         const off = b.iov[t + 1];
         const n = Math.min(left, b.iov[t + 2]);
-        if (u8 !== undefined && n <= SHORT_COPY) u8.set(held.subarray(at, at + n), off);
-        else native.copy(mem, off, held, at, n);
+        const src = held.subarray(at, at + n);
+        if (u8 !== undefined) u8.set(src, off);
+        else new Uint8Array(mem, off, n).set(src);
         at += n;
         left -= n;
       }
@@ -139,10 +131,10 @@ class NullQueue implements DriverQueue {
     return p;
   }
 
-  /** guest memory as one byte array, where it is small enough to be one (else copies use native.copy) */
+  /** guest memory as one byte array, where it is small enough to be one (else a view per segment) */
   private memU8: Uint8Array | undefined;
-  private memOf: SharedArrayBuffer | undefined;
-  private bytes(mem: SharedArrayBuffer): Uint8Array | undefined {
+  private memOf: ArrayBufferLike | undefined;
+  private bytes(mem: ArrayBufferLike): Uint8Array | undefined {
     if (mem !== this.memOf) {
       this.memOf = mem;
       this.memU8 = mem.byteLength <= MAX_BYTE_ARRAY ? new Uint8Array(mem) : undefined;
@@ -155,7 +147,7 @@ class NullQueue implements DriverQueue {
     return this.init.rx ? this.init.size : 0;
   }
 
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  receive(b: PacketBatch, mem: ArrayBufferLike): number {
     if (this.held) return this.unhold(b, mem);
     if (!this.init.rx) return 0;
     const f = this.frame;
@@ -170,9 +162,10 @@ class NullQueue implements DriverQueue {
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
         const n = Math.min(left, b.iov[t + 2]);
-        // (a short frame whole into one segment, the common case: a typed-array copy, no view made)
-        if (u8 !== undefined && n === f.length && n <= SHORT_COPY) u8.set(f, b.iov[t + 1]);
-        else native.copy(mem, b.iov[t + 1], f, at, n);
+        // (the frame whole into one segment, the common case: no view made)
+        if (u8 !== undefined && n === f.length) u8.set(f, b.iov[t + 1]);
+        else if (u8 !== undefined) u8.set(f.subarray(at, at + n), b.iov[t + 1]);
+        else new Uint8Array(mem, b.iov[t + 1], n).set(f.subarray(at, at + n));
         at += n;
         left -= n;
       }

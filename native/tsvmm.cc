@@ -554,6 +554,35 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// copyv(list: Float64Array of [dst buffer, dst offset, src buffer, src offset, length] quintuples, count,
+// buf0[, buf1]): `count` memmoves in one call (buffer index 0 = buf0, 1 = buf1), each range checked
+// inside its buffer; throws at the first entry that is not (the entries before it were copied). A batch
+// of packet copies for the price of one addon call: per copy, a typed-array copy costs the making of a
+// view and TypedArray.prototype.set's checks (30-40 ns for 64 bytes), this a memmove.
+Napi::Value Copyv(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* lp;
+  size_t ll;
+  if (!BufferOf(info[0], &lp, &ll)) THROW_TYPE(env, "copyv: list must be a Float64Array", env.Null());
+  int count = ArgInt(info, 1);
+  if (count < 0 || static_cast<size_t>(count) * 5 * sizeof(double) > ll) THROW_TYPE(env, "copyv: count beyond the list", env.Null());
+  void* base[2] = {nullptr, nullptr};
+  size_t blen[2] = {0, 0};
+  if (!BufferOf(info[2], &base[0], &blen[0])) THROW_TYPE(env, "copyv: buffers expected", env.Null());
+  if (info.Length() > 3 && !info[3].IsUndefined() && !BufferOf(info[3], &base[1], &blen[1])) THROW_TYPE(env, "copyv: buffers expected", env.Null());
+  const double* e = static_cast<const double*>(lp);
+  for (int i = 0; i < count; i++, e += 5) {
+    double db = e[0], doff = e[1], sb = e[2], soff = e[3], len = e[4];
+    if (!((db == 0 || db == 1) && (sb == 0 || sb == 1))) THROW_TYPE(env, "copyv: buffer index not 0 or 1", env.Null());
+    int d = static_cast<int>(db), s = static_cast<int>(sb);
+    if (!base[d] || !base[s] || !(doff >= 0 && soff >= 0 && len >= 0 && doff + len <= static_cast<double>(blen[d]) && soff + len <= static_cast<double>(blen[s])))
+      THROW_TYPE(env, "copyv: range outside a buffer", env.Null());
+    // SAFETY: both ranges were just checked to lie inside their buffers, which the caller's arguments keep alive.
+    memmove(static_cast<uint8_t*>(base[d]) + static_cast<size_t>(doff), static_cast<uint8_t*>(base[s]) + static_cast<size_t>(soff), static_cast<size_t>(len));
+  }
+  return env.Undefined();
+}
+
 // ---- AF_XDP and BPF: the attribute and option structs are built in TypeScript (src/drivers/af-xdp/abi.ts)
 
 // bpf(cmd, attr): the bpf() system call over a caller-built union bpf_attr. Result (an fd or 0) or -errno.
@@ -763,6 +792,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fillIovecs", Napi::Function::New(env, FillIovecs));
   exports.Set("sigRtMin", Napi::Function::New(env, SigRtMin));
   exports.Set("copy", Napi::Function::New(env, Copy));
+  exports.Set("copyv", Napi::Function::New(env, Copyv));
   exports.Set("bpf", Napi::Function::New(env, Bpf));
   exports.Set("setsockopt", Napi::Function::New(env, Setsockopt));
   exports.Set("getsockopt", Napi::Function::New(env, Getsockopt));

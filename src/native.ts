@@ -68,6 +68,11 @@ export interface Native {
   unblockSignal(signo: number): void;
   /** memmove between two buffers (any kind, shared ones included), bounds-checked */
   copy(dst: ArrayBufferView | ArrayBufferLike, dstOffset: number, src: ArrayBufferView | ArrayBufferLike, srcOffset: number, length: number): void;
+  /**
+   * `count` memmoves in one call: list holds [dst buffer, dst offset, src buffer, src offset, length]
+   * quintuples, buffer 0 being buf0 and 1 buf1; throws at the first range outside its buffer.
+   */
+  copyv(list: Float64Array, count: number, buf0: ArrayBufferView | ArrayBufferLike, buf1?: ArrayBufferView | ArrayBufferLike): void;
   /** the bpf() system call over a caller-built bpf_attr: result (fd or 0) or -errno */
   bpf(cmd: number, attr: ArrayBufferView): number;
   /** 0 or -errno */

@@ -233,4 +233,22 @@ describe('native copy', () => {
     mem.release();
     expect(new Uint8Array(plain)[100]).toBe(0); // anonymous pages now, through either view
   });
+
+  it('copies a list of ranges between two buffers in one call, each range checked inside its buffer', () => {
+    const a = new Uint8Array(new SharedArrayBuffer(64)).map((_, i) => i);
+    const b = new Uint8Array(32);
+    // a[8..12) → b[0..4), b[0..2) → a[60..62), a[0..4) → a[2..6) (overlapping: a memmove)
+    native.copyv(Float64Array.of(1, 0, 0, 8, 4, 0, 60, 1, 0, 2, 0, 2, 0, 0, 4), 3, a.buffer, b);
+    expect([...b.subarray(0, 4)]).toEqual([8, 9, 10, 11]);
+    expect([...a.subarray(60, 62)]).toEqual([8, 9]);
+    expect([...a.subarray(0, 6)]).toEqual([0, 1, 0, 1, 2, 3]);
+    // the entries before a bad one are made, nothing after it
+    const list = Float64Array.of(1, 4, 0, 5, 1, 1, 31, 0, 0, 2, 1, 8, 0, 5, 1);
+    expect(() => native.copyv(list, 3, a.buffer, b)).toThrow(/copyv: range outside a buffer/);
+    expect(b[4]).toBe(3);
+    expect(b[8]).toBe(0);
+    expect(() => native.copyv(Float64Array.of(2, 0, 0, 0, 1), 1, a, b)).toThrow(/buffer index not 0 or 1/);
+    expect(() => native.copyv(Float64Array.of(1, 0, 0, 0, 1), 1, a)).toThrow(/range outside a buffer/);
+    expect(() => native.copyv(Float64Array.of(0, 0, 0, 0, 1), 2, a)).toThrow(/count beyond the list/);
+  });
 });

@@ -45,6 +45,7 @@ export class NetQueuePair {
   private readonly txBatch: PacketBatch;
   private readonly txHeads: Uint16Array;
   private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly bytes: GuestBytes;
   /** the receive side */
   private readonly rx: NetRx | SteeredRx;
@@ -267,10 +268,10 @@ export class NetQueuePair {
   private parseHeader(offsets: Float64Array, lens: Uint32Array, count: number, len: number, slot: number): boolean {
     if (lens[0] >= NET_HDR_LEN) {
       const w = this.bytes.window(offsets[0]);
-      return parseTxHeader(w.u8, offsets[0] - w.base, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
+      return parseTxHeader(w.dv, offsets[0] - w.base, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
     }
     this.gather(offsets, lens, count);
-    return parseTxHeader(this.hdr, 0, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
+    return parseTxHeader(this.hdrView, 0, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
   }
 
   /** Copy the first NET_HDR_LEN readable bytes (the header may straddle buffers) into this.hdr. */

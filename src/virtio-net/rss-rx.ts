@@ -50,6 +50,7 @@ export class SteeredRx {
   private readonly batch: PacketBatch;
   private readonly hdrLen: number;
   private readonly hdr: Uint8Array;
+  private readonly hdrView: DataView;
   /** the chains one frame takes (mergeable: several), their heads and room */
   private readonly heads: Uint16Array;
   private readonly caps: Float64Array;
@@ -79,6 +80,7 @@ export class SteeredRx {
     this.rss = new RssWords(s.rss);
     this.hdrLen = s.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
     this.hdr = new Uint8Array(this.hdrLen);
+    this.hdrView = new DataView(this.hdr.buffer);
     // one byte more than the largest frame: a frame that fills its slot may have been cut
     this.slot = (o.maxRxFrame + 1 + 7) & ~7;
     this.staging = new SharedArrayBuffer(RX_BATCH * this.slot);
@@ -293,7 +295,7 @@ export class SteeredRx {
       used++;
     }
     q.rewind(chains - used);
-    writeRxHeader(this.hdr, 0, rec.meta, 0, used);
+    writeRxHeader(this.hdrView, 0, rec.meta, 0, used);
     if (this.hdrLen === NET_HDR_HASH_LEN) {
       const h = this.hdr;
       const v = rec.report === HASH_REPORT.NONE ? 0 : rec.hash;

@@ -54,6 +54,7 @@ export class RxSlots {
   private readonly hdrAt = new Float64Array(RX_BATCH * NET_HDR_LEN);
   private readonly hdrLen = new Uint8Array(RX_BATCH * NET_HDR_LEN);
   private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  private readonly hdrView = new DataView(this.hdr.buffer);
   /** segments the batch holds in all */
   private readonly segments: number;
   count = 0;
@@ -116,11 +117,11 @@ export class RxSlots {
       // the common layout: the header whole in the first buffer
       const dst = this.hdrAt[h0];
       const w = bytes.window(dst);
-      writeRxHeader(w.u8, dst - w.base, this.batch.meta, i * META_WORDS, 1);
+      writeRxHeader(w.dv, dst - w.base, this.batch.meta, i * META_WORDS, 1);
       log?.markOffset(dst, NET_HDR_LEN);
       return;
     }
-    writeRxHeader(this.hdr, 0, this.batch.meta, i * META_WORDS, 1);
+    writeRxHeader(this.hdrView, 0, this.batch.meta, i * META_WORDS, 1);
     for (let k = h0, at = 0; k < h1; k++) {
       const dst = this.hdrAt[k];
       const w = bytes.window(dst);

@@ -27,6 +27,7 @@ export class MergeSlots {
   /** bytes slot i takes, header included */
   readonly cap = new Float64Array(RX_BATCH);
   private readonly hdr = new Uint8Array(NET_HDR_LEN);
+  private readonly hdrView = new DataView(this.hdr.buffer);
   /** closed slots */
   count = 0;
   /** chains popped in all (the open slot's included) */
@@ -198,12 +199,12 @@ export class MergeSlots {
       // the common layout: the header whole in the first buffer
       const dst = this.pOff[p];
       const w = bytes.window(dst);
-      writeRxHeader(w.u8, dst - w.base, meta, i * META_WORDS, numBuffers);
+      writeRxHeader(w.dv, dst - w.base, meta, i * META_WORDS, numBuffers);
       log?.markOffset(dst, NET_HDR_LEN);
       return;
     }
     // any layout is legal: the header spread over the chain's first buffers (the chain holds it whole)
-    writeRxHeader(this.hdr, 0, meta, i * META_WORDS, numBuffers);
+    writeRxHeader(this.hdrView, 0, meta, i * META_WORDS, numBuffers);
     for (let at = 0; at < NET_HDR_LEN; p++) {
       const dst = this.pOff[p];
       const n = Math.min(NET_HDR_LEN - at, this.pLen[p]);

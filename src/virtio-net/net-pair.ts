@@ -4,6 +4,7 @@
 import type { GuestView } from '../virtio/dma.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
+import { ChainBatch } from '../virtio/chain-batch.js';
 import { MAX_GSO_FRAME, NET_HDR_LEN, parseTxHeader, type TxPolicy } from './net-header.js';
 import { META_WORDS, newPacketBatch, type DriverQueue, type PacketBatch } from '../drivers/api.js';
 import { STAT } from '../dataplane/stats.js';
@@ -44,6 +45,8 @@ export interface PairOptions {
 export class NetQueuePair {
   private readonly txBatch: PacketBatch;
   private readonly txHeads: Uint16Array;
+  /** the chains a TX pass took from the ring */
+  private readonly txChains: ChainBatch;
   private readonly hdr = new Uint8Array(NET_HDR_LEN);
   private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly bytes: GuestBytes;
@@ -69,6 +72,7 @@ export class NetQueuePair {
     // room for a whole batch of typical packets, and for one packet of the longest chain
     this.txBatch = newPacketBatch(TX_BATCH, Math.max(TX_BATCH * 8, maxChain + 1));
     this.txHeads = new Uint16Array(TX_BATCH);
+    this.txChains = new ChainBatch(TX_BATCH, Math.max(TX_BATCH * 4, maxChain));
     this.rx = o.steer ? new SteeredRx(mem, this.driverMem, rxq, this, o, o.steer) : new NetRx(mem, this.driverMem, rxq, this, o);
     this.txHdrLen = o.steer?.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
   }
@@ -153,44 +157,40 @@ export class NetQueuePair {
       lim.refill(now);
     }
     const segments = b.iov.length / 3;
+    const cb = this.txChains;
+    const hdrLen = this.txHdrLen;
     let done = 0;
     while (done < budget && !q.broken && this.txUntil === 0) {
       b.count = 0;
+      cb.reset();
+      const popped = q.popBatch(cb, Math.min(TX_BATCH, budget - done));
+      if (popped === 0) break;
       let iovUsed = 0;
-      /** the batch ended early: the next chain did not fit in the segment array, or is to be dropped */
-      let cut = false;
-      while (b.count < TX_BATCH && done < budget && q.pop()) {
-        const c = q.chain;
-        if (b.count > 0 && iovUsed + c.count > segments) {
-          q.rewind(1);
-          cut = true;
-          break;
-        }
-        const len = c.readableBytes - this.txHdrLen;
+      let i = 0;
+      for (; i < popped; i++) {
+        const p0 = cb.first[i];
+        const pieces = cb.first[i + 1] - p0;
+        const readable = cb.readable[i];
+        if (b.count > 0 && iovUsed + pieces > segments) break;
+        const len = cb.readableBytes[i] - hdrLen;
         // a TX chain is device-readable only and holds a header and a frame of sane size (alone it
         // always fits: the array holds the longest chain)
-        const bad = c.writable > 0 || len < 14 || len > MAX_TX_FRAME || c.count > segments;
+        const bad = readable < pieces || len < 14 || len > MAX_TX_FRAME || pieces > segments;
         const slot = b.count;
-        if (bad || !this.parseHeader(c.offsets, c.lens, c.count, len, slot)) {
+        if (bad || !this.parseHeader(cb.offsets, cb.lens, p0, pieces, len, slot)) {
           // a chain to drop ends the batch before it: the chains a batch took from the ring are then
           // exactly its packets, so those the driver leaves can go back in order
-          if (b.count > 0) {
-            q.rewind(1);
-            cut = true;
-            break;
-          }
+          if (b.count > 0) break;
           done++;
-          this.dropTx(c.head);
+          this.dropTx(cb.heads[i]);
           continue;
         }
         // over the rate limit: the chain goes back and waits in the ring until tokens return
         if (lim !== undefined) {
           if (!lim.allows(len)) {
-            q.rewind(1);
             this.txSince = now;
             this.txUntil = now + Math.max(lim.msUntil(len), 0.001);
             st[STAT.RATE_LIMITED]++;
-            cut = true;
             break;
           }
           lim.take(1, len);
@@ -198,10 +198,10 @@ export class NetQueuePair {
         done++;
         // the frame: the readable buffers after the header
         b.iovStart[slot] = iovUsed;
-        let skip = this.txHdrLen;
-        for (let i = 0; i < c.readable; i++) {
-          let off = c.offsets[i];
-          let l = c.lens[i];
+        let skip = hdrLen;
+        for (let p = p0; p < p0 + readable; p++) {
+          let off = cb.offsets[p];
+          let l = cb.lens[p];
           if (skip) {
             const s = Math.min(skip, l);
             off += s;
@@ -216,10 +216,13 @@ export class NetQueuePair {
         }
         b.iovStart[slot + 1] = iovUsed;
         b.len[slot] = len;
-        this.txHeads[slot] = c.head;
+        this.txHeads[slot] = cb.heads[i];
         b.count++;
       }
-      if (b.count === 0) break;
+      // (the chains after a cut go back, in order)
+      if (i < popped) q.rewind(popped - i);
+      // (every chain taken was dropped: take the next ones)
+      if (b.count === 0) continue;
       const before = this.driver.drops;
       const sent = this.driver.transmit(b, this.driverMem);
       // the wire is full for now: what it did not take stays the guest's, in the ring, in order, and
@@ -248,7 +251,7 @@ export class NetQueuePair {
       st[STAT.BATCHES]++;
       q.flush();
       signal(q, this.o.txCallFd, st, this.o.txCoalesce, taken);
-      if (blocked || this.txUntil !== 0 || (b.count < TX_BATCH && !cut)) break;
+      if (blocked || this.txUntil !== 0) break;
     }
     q.flush();
     return done;
@@ -261,24 +264,25 @@ export class NetQueuePair {
   }
 
   /**
-   * Parse the chain's header (its first NET_HDR_LEN readable bytes) into slot's metadata: where the
-   * first buffer holds it whole (every driver's layout), read in place in guest memory (each byte
-   * once: parseTxHeader reads its fields into locals); else gathered first. False: drop the packet.
+   * Parse the header of the chain whose buffers are pieces [p0, p0 + count) (its first NET_HDR_LEN
+   * readable bytes) into slot's metadata: where the first buffer holds it whole (every driver's
+   * layout), read in place in guest memory (each byte once: parseTxHeader reads its fields into
+   * locals); else gathered first. False: drop the packet.
    */
-  private parseHeader(offsets: Float64Array, lens: Uint32Array, count: number, len: number, slot: number): boolean {
-    if (lens[0] >= NET_HDR_LEN) {
-      const w = this.bytes.window(offsets[0]);
-      return parseTxHeader(w.dv, offsets[0] - w.base, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
+  private parseHeader(offsets: Float64Array, lens: Uint32Array, p0: number, count: number, len: number, slot: number): boolean {
+    if (lens[p0] >= NET_HDR_LEN) {
+      const w = this.bytes.window(offsets[p0]);
+      return parseTxHeader(w.dv, offsets[p0] - w.base, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
     }
-    this.gather(offsets, lens, count);
+    this.gather(offsets, lens, p0, count);
     return parseTxHeader(this.hdrView, 0, len, this.o.txPolicy, this.txBatch.meta, slot * META_WORDS);
   }
 
-  /** Copy the first NET_HDR_LEN readable bytes (the header may straddle buffers) into this.hdr. */
-  private gather(offsets: Float64Array, lens: Uint32Array, count: number): void {
+  /** Copy the first NET_HDR_LEN readable bytes of pieces [p0, p0 + count) (the header may straddle buffers) into this.hdr. */
+  private gather(offsets: Float64Array, lens: Uint32Array, p0: number, count: number): void {
     const hdr = this.hdr;
     let at = 0;
-    for (let i = 0; i < count && at < NET_HDR_LEN; i++) {
+    for (let i = p0; i < p0 + count && at < NET_HDR_LEN; i++) {
       const w = this.bytes.window(offsets[i]);
       const off = offsets[i] - w.base;
       const n = Math.min(NET_HDR_LEN - at, lens[i]);

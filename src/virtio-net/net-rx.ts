@@ -4,6 +4,7 @@
 import type { GuestView } from '../virtio/dma.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
+import { ChainBatch } from '../virtio/chain-batch.js';
 import { NET_HDR_LEN } from './net-header.js';
 import type { DriverQueue } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
@@ -30,6 +31,11 @@ export function signal(q: Virtqueue, fd: number, st: Float64Array, coal?: Coales
   }
 }
 
+/** Chains [taken, popped) of a batch were not used: they go back to the ring, in order. */
+function giveBack(q: Virtqueue, popped: number, taken: number): void {
+  if (taken < popped) q.rewind(popped - taken);
+}
+
 export class NetRx {
   /** with MRG_RXBUF: a batch of frames, each over as many chains as it takes */
   private readonly merge: MergeSlots;
@@ -38,6 +44,8 @@ export class NetRx {
   private readonly bytes: GuestBytes;
   /** without MRG_RXBUF: a batch of chains, one frame each */
   private readonly slots: RxSlots;
+  /** the chains taken from the ring for a batch */
+  private readonly chains: ChainBatch;
 
   constructor(
     mem: GuestView,
@@ -58,6 +66,7 @@ export class NetRx {
     const slotPieces = Math.min(this.chainsPerFrame * chainPieces, o.maxRxFrame + NET_HDR_LEN + chainPieces);
     this.merge = new MergeSlots(o.mergeable ? rxq.size : 1, o.mergeable ? slotPieces + RX_BATCH * 4 : 1);
     this.slots = new RxSlots(o.mergeable ? 1 : chainPieces);
+    this.chains = new ChainBatch(RX_BATCH, Math.max(RX_BATCH * 4, chainPieces));
   }
 
   /** Does the frame whose first `len` bytes (its destination MAC at least) are at buffer offset `off` pass the RX filter? */
@@ -151,23 +160,30 @@ export class NetRx {
         if (want === 0) break;
       }
       s.reset();
-      while (s.count < want && q.pop()) {
-        const c = q.chain;
-        if (c.readable > 0) q.markBroken('device-readable receive buffer');
-        else if (c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
-        // one chain takes one whole frame: one that holds no Ethernet header never can
-        else if (c.writableBytes < NET_HDR_LEN + ETH_HLEN) q.markBroken('receive buffer too small for any frame');
-        if (q.broken) break;
-        // the driver is promised room for the largest frame in each packet of a batch of several: a
-        // smaller chain (legal: frames that do not fit drop) goes alone, where a cut frame is detected
-        const small = c.writableBytes < largest;
-        if (s.count > 0 && (small || !s.fits(c))) {
-          q.rewind(1);
+      const cb = this.chains;
+      cb.reset();
+      const popped = q.popBatch(cb, want);
+      let i = 0;
+      for (; i < popped; i++) {
+        const room = cb.writableBytes[i];
+        // (one chain takes one whole frame: one that holds no Ethernet header never can)
+        const bad = cb.readable[i] > 0 ? 'device-readable receive buffer' : room < NET_HDR_LEN ? 'receive buffer too small for the header' : room < NET_HDR_LEN + ETH_HLEN ? 'receive buffer too small for any frame' : undefined;
+        if (bad !== undefined) {
+          q.markBroken(bad);
+          i++;
           break;
         }
-        s.add(c);
-        if (small) break;
+        // the driver is promised room for the largest frame in each packet of a batch of several: a
+        // smaller chain (legal: frames that do not fit drop) goes alone, where a cut frame is detected
+        const small = room < largest;
+        if (s.count > 0 && (small || !s.fits(cb.piecesOf(i)))) break;
+        s.add(cb, i);
+        if (small) {
+          i++;
+          break;
+        }
       }
+      giveBack(q, popped, i);
       const count = s.count;
       if (count === 0) {
         this.starved = true;
@@ -256,21 +272,38 @@ export class NetRx {
       }
       m.reset();
       let need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
-      while (m.count < want && q.pop()) {
-        const c = q.chain;
-        if (c.readable > 0) q.markBroken('device-readable receive buffer');
-        // (virtio 1.x 5.1.6.3.1: with MRG_RXBUF each buffer holds at least the header; any chain may
-        // become the first of a frame here)
-        else if (c.writableBytes < NET_HDR_LEN) q.markBroken('receive buffer too small for the header');
-        if (q.broken) break;
-        if (!m.add(c)) {
-          q.rewind(1);
-          break;
+      // (chains are taken a batch at a time: as many as the frames want if each takes one, the
+      // common case; a frame that takes several takes the next batch's too)
+      const cb = this.chains;
+      for (let more = true; more && m.count < want && !q.broken; ) {
+        cb.reset();
+        const popped = q.popBatch(cb, Math.min(cb.chains, want - m.count));
+        if (popped === 0) break;
+        let i = 0;
+        for (; i < popped; i++) {
+          // (virtio 1.x 5.1.6.3.1: with MRG_RXBUF each buffer holds at least the header; any chain may
+          // become the first of a frame here)
+          const bad = cb.readable[i] > 0 ? 'device-readable receive buffer' : cb.writableBytes[i] < NET_HDR_LEN ? 'receive buffer too small for the header' : undefined;
+          if (bad !== undefined) {
+            q.markBroken(bad);
+            i++;
+            break;
+          }
+          if (!m.add(cb, i)) break;
+          if (m.open >= need) {
+            m.close();
+            need = largest;
+            if (m.count >= want) {
+              i++;
+              break;
+            }
+          } else if (m.openChains >= this.chainsPerFrame) {
+            i++;
+            break;
+          }
         }
-        if (m.open >= need) {
-          m.close();
-          need = largest;
-        } else if (m.openChains >= this.chainsPerFrame) break;
+        more = i === popped && m.openChains < this.chainsPerFrame;
+        giveBack(q, popped, i);
       }
       const partial = m.openChains;
       // a broken ring takes no more frames; the slots before the bad chain are still offered

@@ -1,7 +1,7 @@
 // Storage for one batch of receive chains without MRG_RXBUF: one chain per frame, each slot a packet
 // of the driver batch. The first NET_HDR_LEN bytes of each chain are header space (kept as pieces,
 // written once the frame is in), the rest the packet's segments. Preallocated: nothing per frame.
-import type { Chain } from '../virtio/virtqueue.js';
+import type { ChainBatch } from '../virtio/chain-batch.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { META_WORDS, copyPacket, newPacketBatch, type PacketBatch } from '../drivers/api.js';
@@ -15,15 +15,15 @@ export const RX_BATCH = 32;
 const laidOut = { hdr: 0, iov: 0 };
 
 /**
- * Lay receive chain `c` out: its first `skip` bytes are header space, recorded as pieces (guest offset,
- * length) in hdrAt/hdrLen from index `hdr` (any buffer layout is legal, so the header may be spread);
- * the rest are the frame's segments, iov triples into guest memory from index `iov`. Returns where
- * both lists end.
+ * Lay a receive chain out, its buffers being pieces [p0, p1) of `offsets`/`lens`: its first `skip`
+ * bytes are header space, recorded as pieces (guest offset, length) in hdrAt/hdrLen from index `hdr`
+ * (any buffer layout is legal, so the header may be spread); the rest are the frame's segments, iov
+ * triples into guest memory from index `at`. Returns where both lists end.
  */
-export function layOutChain(c: Chain, skip: number, hdrAt: Float64Array, hdrLen: Uint8Array, hdr: number, iov: Float64Array, at: number): typeof laidOut {
-  for (let i = 0; i < c.count; i++) {
-    let off = c.offsets[i];
-    let l = c.lens[i];
+export function layOutChain(offsets: Float64Array, lens: Uint32Array, p0: number, p1: number, skip: number, hdrAt: Float64Array, hdrLen: Uint8Array, hdr: number, iov: Float64Array, at: number): typeof laidOut {
+  for (let i = p0; i < p1; i++) {
+    let off = offsets[i];
+    let l = lens[i];
     // (an empty buffer takes no header piece: there are NET_HDR_LEN slots, one per byte at most)
     if (skip > 0 && l > 0) {
       const n = Math.min(skip, l);
@@ -71,18 +71,18 @@ export class RxSlots {
     this.hdrStart[0] = 0;
   }
 
-  /** Does chain `c` still fit in the segment storage? */
-  fits(c: Chain): boolean {
-    return this.batch.iovStart[this.count] + c.count <= this.segments;
+  /** Does a chain of `pieces` buffers still fit in the segment storage? */
+  fits(pieces: number): boolean {
+    return this.batch.iovStart[this.count] + pieces <= this.segments;
   }
 
-  /** Add chain `c` (validated by the caller, fits()) as the next slot. */
-  add(c: Chain): void {
+  /** Add chain i of `cb` (validated by the caller, fits()) as the next slot. */
+  add(cb: ChainBatch, i: number): void {
     const b = this.batch;
     const slot = this.count;
-    const at = layOutChain(c, NET_HDR_LEN, this.hdrAt, this.hdrLen, this.hdrStart[slot], b.iov, b.iovStart[slot]);
-    this.heads[slot] = c.head;
-    this.cap[slot] = c.writableBytes;
+    const at = layOutChain(cb.offsets, cb.lens, cb.first[i], cb.first[i + 1], NET_HDR_LEN, this.hdrAt, this.hdrLen, this.hdrStart[slot], b.iov, b.iovStart[slot]);
+    this.heads[slot] = cb.heads[i];
+    this.cap[slot] = cb.writableBytes[i];
     b.iovStart[slot + 1] = at.iov;
     this.hdrStart[slot + 1] = at.hdr;
     this.count = slot + 1;

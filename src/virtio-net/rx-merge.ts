@@ -5,7 +5,7 @@
 // (a copy inside guest memory; none in the common case of one chain per frame and no drop), so the
 // chains used are always the first popped, in order, and the rest go back to the ring (rewind).
 // Preallocated: nothing per frame.
-import type { Chain } from '../virtio/virtqueue.js';
+import type { ChainBatch } from '../virtio/chain-batch.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { META_WORDS, newPacketBatch, type PacketBatch } from '../drivers/api.js';
@@ -61,22 +61,25 @@ export class MergeSlots {
     return this.chains - this.first[this.count];
   }
 
-  /** Add chain `c` (validated by the caller) to the open slot; false when the storage cannot hold it. */
-  add(c: Chain): boolean {
+  /** Add chain i of `cb` (validated by the caller) to the open slot; false when the storage cannot hold it. */
+  add(cb: ChainBatch, i: number): boolean {
     const n = this.chains;
     let p = this.pStart[n];
-    if (n >= this.heads.length || p + c.count > this.pieces) return false;
-    for (let i = 0; i < c.count; i++) {
-      const l = c.lens[i];
+    const c0 = cb.first[i];
+    const c1 = cb.first[i + 1];
+    if (n >= this.heads.length || p + (c1 - c0) > this.pieces) return false;
+    for (let k = c0; k < c1; k++) {
+      const l = cb.lens[k];
       if (l === 0) continue;
-      this.pOff[p] = c.offsets[i];
+      this.pOff[p] = cb.offsets[k];
       this.pLen[p++] = l;
     }
-    this.heads[n] = c.head;
-    this.caps[n] = c.writableBytes;
+    const bytes = cb.writableBytes[i];
+    this.heads[n] = cb.heads[i];
+    this.caps[n] = bytes;
     this.pStart[n + 1] = p;
     this.chains = n + 1;
-    this.open += c.writableBytes;
+    this.open += bytes;
     return true;
   }
 

@@ -20,6 +20,7 @@ import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
 import { Chain, IOMMU_EXTRA_PIECES, le32, type BrokenReason, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from './virtqueue.js';
 import type { Window } from './guest-bytes.js';
+import type { ChainBatch } from './chain-batch.js';
 
 export const PACKED_DESC_F_NEXT = 1;
 export const PACKED_DESC_F_WRITE = 2;
@@ -267,15 +268,60 @@ export class PackedQueue implements Virtqueue {
       if (!PackedQueue.isAvail(flags, wrap)) return this.fail('chain continues into an unavailable descriptor');
     }
     c.head = id;
+    this.taken(this.popStart, this.popStartWrap, id, pos, wrap);
+    return true;
+  }
+
+  /** A chain from `start` (under wrap counter `startWrap`), buffer `id`, was taken; the next is at `pos`, `wrap`. */
+  private taken(start: number, startWrap: boolean, id: number, pos: number, wrap: boolean): void {
     this.nextAvail = pos;
     this.availWrap = wrap;
     const h = this.histTop;
-    this.histPos[h] = this.popStart;
-    this.histWrap[h] = this.popStartWrap ? 1 : 0;
+    this.histPos[h] = start;
+    this.histWrap[h] = startWrap ? 1 : 0;
     this.histId[h] = id;
-    this.histTop = h + 1 === size ? 0 : h + 1;
-    if (this.histLen < size) this.histLen++;
-    return true;
+    this.histTop = h + 1 === this.size ? 0 : h + 1;
+    if (this.histLen < this.size) this.histLen++;
+  }
+
+  popBatch(out: ChainBatch, max: number): number {
+    if (this.broken || this.stalled) return 0;
+    // (a one-descriptor chain is read in place, in pop()'s order of checks; any other through pop())
+    const fast = this.mem.iommu === undefined && this.descOff % 4 === 0;
+    const table = this.mem.table;
+    const u32 = this.descW.u32;
+    const u16 = this.descW.u16;
+    const d0 = this.descOff / 4;
+    const size = this.size;
+    let k = 0;
+    while (k < max && out.roomForOne) {
+      const pos = this.nextAvail;
+      const wrap = this.availWrap;
+      const flags = this.flagsAt(pos);
+      if (!PackedQueue.isAvail(flags, wrap)) break;
+      if (fast && (flags & (PACKED_DESC_F_NEXT | PACKED_DESC_F_INDIRECT)) === 0) {
+        const d = d0 + 4 * pos;
+        const len = u32[d + 2];
+        const off = table.translate(u32[d] + u32[d + 1] * 4294967296, len);
+        const id = u16[2 * d + 6];
+        if (off < 0) this.broken = 'buffer outside guest memory';
+        else if (id >= size) this.broken = 'buffer id out of range';
+        else if (this.inUse[id]) this.broken = 'buffer id already in use';
+        if (this.broken) break;
+        this.inUse[id] = 1;
+        this.slots[id] = 1;
+        this.taken(pos, wrap, id, pos + 1 === size ? 0 : pos + 1, pos + 1 === size ? !wrap : wrap);
+        out.addOne(id, off, len, (flags & PACKED_DESC_F_WRITE) !== 0);
+      } else {
+        if (!this.pop(this.chain)) break;
+        if (!out.add(this.chain)) {
+          this.rewind(1);
+          break;
+        }
+      }
+      k++;
+    }
+    return k;
   }
 
   /** An indirect table's descriptors, in order (NEXT is not used in a packed table, §2.8.7). */

@@ -2,7 +2,7 @@
 // ring pass works on instead of one Chain object per pop, as DPDK's vhost takes descriptors in bursts.
 // Chain i's buffers are the pieces [first[i], first[i + 1]) (guest-memory offsets and lengths, each
 // already checked to lie in guest RAM), readable ones first; heads[i] is what addUsed() takes back.
-import type { Chain } from './virtqueue.js';
+import type { Chain, Virtqueue } from './virtqueue.js';
 
 export class ChainBatch {
   /** chains in the batch */
@@ -85,4 +85,15 @@ export class ChainBatch {
   get roomForOne(): boolean {
     return this.count < this.chains && this.first[this.count] < this.pieces;
   }
+}
+
+/**
+ * Take the next chain of `q` through pop() into `out`: false when there is none, the queue broke on
+ * it, or `out` has no room for it (it goes back). popBatch's way for chains it does not read in place.
+ */
+export function popInto(q: Virtqueue, out: ChainBatch): boolean {
+  if (!q.pop(q.chain)) return false;
+  if (out.add(q.chain)) return true;
+  q.rewind(1);
+  return false;
 }

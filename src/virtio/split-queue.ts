@@ -11,7 +11,7 @@ import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
 import { Chain, IOMMU_EXTRA_PIECES, le32, type BrokenReason, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from './virtqueue.js';
 import type { Window } from './guest-bytes.js';
-import type { ChainBatch } from './chain-batch.js';
+import { popInto, type ChainBatch } from './chain-batch.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -259,13 +259,7 @@ export class SplitQueue implements Virtqueue {
         }
         out.addOne(head, off, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
         this.lastAvail = (this.lastAvail + 1) & 0xffff;
-      } else {
-        if (!this.pop(this.chain)) break;
-        if (!out.add(this.chain)) {
-          this.rewind(1);
-          break;
-        }
-      }
+      } else if (!popInto(this, out)) break;
       k++;
     }
     return k;

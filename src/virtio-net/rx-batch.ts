@@ -80,11 +80,26 @@ export class RxSlots {
   add(cb: ChainBatch, i: number): void {
     const b = this.batch;
     const slot = this.count;
-    const at = layOutChain(cb.offsets, cb.lens, cb.first[i], cb.first[i + 1], NET_HDR_LEN, this.hdrAt, this.hdrLen, this.hdrStart[slot], b.iov, b.iovStart[slot]);
+    const p0 = cb.first[i];
+    if (cb.first[i + 1] === p0 + 1 && cb.lens[p0] > NET_HDR_LEN) {
+      // (the common chain, one buffer: its header space, then one segment)
+      const off = cb.offsets[p0];
+      const h = this.hdrStart[slot];
+      const at = b.iovStart[slot];
+      this.hdrAt[h] = off;
+      this.hdrLen[h] = NET_HDR_LEN;
+      b.iov[3 * at] = 0;
+      b.iov[3 * at + 1] = off + NET_HDR_LEN;
+      b.iov[3 * at + 2] = cb.lens[p0] - NET_HDR_LEN;
+      b.iovStart[slot + 1] = at + 1;
+      this.hdrStart[slot + 1] = h + 1;
+    } else {
+      const at = layOutChain(cb.offsets, cb.lens, p0, cb.first[i + 1], NET_HDR_LEN, this.hdrAt, this.hdrLen, this.hdrStart[slot], b.iov, b.iovStart[slot]);
+      b.iovStart[slot + 1] = at.iov;
+      this.hdrStart[slot + 1] = at.hdr;
+    }
     this.heads[slot] = cb.heads[i];
     this.cap[slot] = cb.writableBytes[i];
-    b.iovStart[slot + 1] = at.iov;
-    this.hdrStart[slot + 1] = at.hdr;
     this.count = slot + 1;
   }
 

@@ -165,6 +165,7 @@ export class NetQueuePair {
       cb.reset();
       const popped = q.popBatch(cb, Math.min(TX_BATCH, budget - done));
       if (popped === 0) break;
+      this.touch(cb, popped);
       let iovUsed = 0;
       let i = 0;
       for (; i < popped; i++) {
@@ -255,6 +256,20 @@ export class NetQueuePair {
     }
     q.flush();
     return done;
+  }
+
+  /** bytes read by touch() (kept, so the reads are not optimised away) */
+  private touched = 0;
+
+  /**
+   * Read the first byte of each chain's first buffer, all of a batch in one short loop: the guest's
+   * CPU wrote them, so each read misses the cache, and misses in a loop this short overlap, where
+   * met one per packet in the full pass each would wait alone (DPDK's vhost prefetches them).
+   */
+  private touch(cb: ChainBatch, n: number): void {
+    let t = this.touched;
+    for (let i = 0; i < n; i++) t ^= this.bytes.u8(cb.offsets[cb.first[i]]);
+    this.touched = t;
   }
 
   private dropTx(head: number): void {

@@ -121,6 +121,14 @@ export interface DriverQueue {
    * dataplane then takes only the guest buffers that frame needs instead of room for the largest one.
    */
   nextLength?(): number;
+  /**
+   * Optional: the lengths of the frames receive() would deliver next, in order, as many as it knows up
+   * to `max`, into lengths[0..]; returns how many (0: nothing waiting, -1: unknown). With it the
+   * dataplane gives each frame of a batch just the guest buffers it needs (MRG_RXBUF), where with
+   * nextLength() only the first; the others get room for the largest frame, and those that need
+   * less leave the rest to be filled by moving the next frames down (a copy each).
+   */
+  nextLengths?(lengths: Uint32Array, max: number): number;
   /** packets the wire refused */
   readonly drops: number;
   /**

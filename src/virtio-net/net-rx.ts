@@ -108,6 +108,21 @@ export class NetRx {
     return n;
   }
 
+  /** the lengths of the frames waiting in the driver, as far as it knows them (waiting()) */
+  private readonly lengths = new Uint32Array(RX_BATCH);
+
+  /**
+   * How many frames the driver has waiting whose lengths it knows (into this.lengths): 0 when nothing
+   * waits, -1 when it cannot tell (nextLengths, else nextLength for the first).
+   */
+  private waiting(driver: DriverQueue): number {
+    if (driver.nextLengths) return driver.nextLengths(this.lengths, RX_BATCH);
+    if (!driver.nextLength) return -1;
+    const next = driver.nextLength();
+    if (next > 0) this.lengths[0] = next;
+    return next > 0 ? 1 : next;
+  }
+
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   process(budget: number): number {
     this.starved = false;
@@ -244,7 +259,7 @@ export class NetRx {
 
   /**
    * With MRG_RXBUF: up to RX_BATCH frames per driver call, each offered as many chains as the largest
-   * frame takes (the first: as many as the frame the driver announced), published once per batch. A
+   * frame takes (those whose length the driver announced: as many as they take), published once per batch. A
    * slot the ring cannot fill is not offered (its chains go back): a frame is never read into less room
    * than it may need, so none is ever published in part. Frames that took fewer chains than offered, or
    * were dropped, leave their chains to the next frames (MergeSlots.move); the chains left over go back
@@ -260,20 +275,22 @@ export class NetRx {
     const log = this.o.log;
     const lim = this.limit;
     let delivered = 0;
+    const lengths = this.lengths;
     for (let attempts = 0; attempts < budget && !q.broken; ) {
-      // room for the frame that is waiting when the driver can tell its length, else for the largest
-      const next = driver.nextLength ? driver.nextLength() : -1;
-      if (next === 0) {
+      // room for each frame that is waiting as long as the driver can tell its length, else for the largest
+      const known = this.waiting(driver);
+      if (known === 0) {
         this.dry = true;
         break;
       }
+      const next = known > 0 ? lengths[0] : -1;
       let want = Math.min(RX_BATCH, budget - attempts);
       if (lim !== undefined) {
         want = this.allowance(lim, next, want);
         if (want === 0) break;
       }
       m.reset();
-      let need = next > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
+      let need = known > 0 ? Math.min(largest, next + NET_HDR_LEN) : largest;
       // (chains are taken a batch at a time: as many as the frames want if each takes one, the
       // common case; a frame that takes several takes the next batch's too)
       const cb = this.chains;
@@ -294,7 +311,7 @@ export class NetRx {
           if (!m.add(cb, i)) break;
           if (m.open >= need) {
             m.close();
-            need = largest;
+            need = m.count < known ? Math.min(largest, lengths[m.count] + NET_HDR_LEN) : largest;
             if (m.count >= want) {
               i++;
               break;
@@ -330,7 +347,7 @@ export class NetRx {
       attempts += got;
       // the driver wrote into guest memory whatever happens to the frames next: log it all
       if (log !== undefined) m.markAll(log);
-      const placed = this.place(got, next);
+      const placed = this.place(got, known);
       q.rewind(m.chains - placed.chains);
       q.flush();
       delivered += placed.frames;
@@ -342,11 +359,12 @@ export class NetRx {
   }
 
   /**
-   * Complete the `got` frames of a merge batch, in order, into the first chains popped: drop those to
+   * Complete the `got` frames of a merge batch (the first `known` of them announced: this.lengths), in
+   * order, into the first chains popped: drop those to
    * drop, move the others down over chains left free, record their chains used and write their headers.
    * Returns frames kept, their bytes, and the chains they took (one object, reused).
    */
-  private place(got: number, next: number): typeof this.placed {
+  private place(got: number, known: number): typeof this.placed {
     const m = this.merge;
     const b = m.batch;
     const st = this.o.rxStats;
@@ -360,7 +378,7 @@ export class NetRx {
       // (the destination MAC is checked where it lies whole in the first segment, which is every
       // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
       // A frame shorter than the length announced was cut: dropped, never delivered cut.
-      const cut = i === 0 && next > 0 && len < next;
+      const cut = i < known && len < this.lengths[i];
       const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > m.cap[i] ? STAT.DROPS_TOO_BIG : !all && m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i), Math.min(m.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
       if (drop !== 0) {
         st[STAT.DROPS]++;

@@ -276,6 +276,14 @@ export class XskQueue implements DriverQueue {
     return rx.u32[(this.rxCons & (RING - 1)) * 4 + 2];
   }
 
+  nextLengths(lengths: Uint32Array, max: number): number {
+    if (this.nextLength() === 0) return 0;
+    const rx = this.rx;
+    const n = Math.min(max, (Atomics.load(rx.producer, 0) - this.rxCons) >>> 0);
+    for (let k = 0; k < n; k++) lengths[k] = rx.u32[((this.rxCons + k) & (RING - 1)) * 4 + 2];
+    return n;
+  }
+
   /**
    * Frames waiting in the RX ring into packets [0, count), each chunk straight back to the fill ring;
    * both indices are published once per call. A frame the packet's buffers cannot hold whole is

@@ -138,6 +138,17 @@ class NullQueue implements DriverQueue {
     return this.init.rx ? this.init.size : 0;
   }
 
+  nextLengths(lengths: Uint32Array, max: number): number {
+    if (this.held) {
+      const n = Math.min(max, this.heldCount);
+      for (let k = 0; k < n; k++) lengths[k] = this.heldLen[(this.heldHead + k) % LOOP_SLOTS];
+      return n;
+    }
+    if (!this.init.rx) return 0;
+    lengths.fill(this.init.size, 0, max);
+    return max;
+  }
+
   receive(b: PacketBatch, mem: ArrayBufferLike): number {
     if (this.held) return this.unhold(b, mem);
     if (!this.init.rx) return 0;

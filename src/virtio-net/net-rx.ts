@@ -9,14 +9,12 @@ import { NET_HDR_LEN } from './net-header.js';
 import type { DriverQueue } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
-import { RX_BATCH, RxSlots } from './rx-batch.js';
+import { RX_BATCH, RxSlots, giveBack, ETH_HLEN } from './rx-batch.js';
 import { MergeSlots } from './rx-merge.js';
 import type { PairOptions } from './net-pair.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
 import type { Coalescer } from './coalesce.js';
 
-/** the smallest frame there is: an Ethernet header */
-const ETH_HLEN = 14;
 
 /**
  * Interrupt the guest through `fd` if the queue says it wants one for what was published. With
@@ -31,10 +29,6 @@ export function signal(q: Virtqueue, fd: number, st: Float64Array, coal?: Coales
   }
 }
 
-/** Chains [taken, popped) of a batch were not used: they go back to the ring, in order. */
-function giveBack(q: Virtqueue, popped: number, taken: number): void {
-  if (taken < popped) q.rewind(popped - taken);
-}
 
 export class NetRx {
   /** with MRG_RXBUF: a batch of frames, each over as many chains as it takes */
@@ -158,7 +152,6 @@ export class NetRx {
     const s = this.slots;
     const b = s.batch;
     const st = this.o.rxStats;
-    const largest = this.o.maxRxFrame + NET_HDR_LEN;
     const driver = this.pair.driver;
     const log = this.o.log;
     const lim = this.limit;
@@ -174,32 +167,7 @@ export class NetRx {
         want = this.allowance(lim, next, want);
         if (want === 0) break;
       }
-      s.reset();
-      const cb = this.chains;
-      cb.reset();
-      const popped = q.popBatch(cb, want);
-      let i = 0;
-      for (; i < popped; i++) {
-        const room = cb.writableBytes[i];
-        // (one chain takes one whole frame: one that holds no Ethernet header never can)
-        const bad = cb.readable[i] > 0 ? 'device-readable receive buffer' : room < NET_HDR_LEN ? 'receive buffer too small for the header' : room < NET_HDR_LEN + ETH_HLEN ? 'receive buffer too small for any frame' : undefined;
-        if (bad !== undefined) {
-          q.markBroken(bad);
-          i++;
-          break;
-        }
-        // the driver is promised room for the largest frame in each packet of a batch of several: a
-        // smaller chain (legal: frames that do not fit drop) goes alone, where a cut frame is detected
-        const small = room < largest;
-        if (s.count > 0 && (small || !s.fits(cb.piecesOf(i)))) break;
-        s.add(cb, i);
-        if (small) {
-          i++;
-          break;
-        }
-      }
-      giveBack(q, popped, i);
-      const count = s.count;
+      const count = s.take(q, this.chains, want, this.o.maxRxFrame + NET_HDR_LEN);
       if (count === 0) {
         this.starved = true;
         this.starvedPending = 0;
@@ -216,35 +184,8 @@ export class NetRx {
       attempts += got;
       // the driver wrote into guest memory whatever happens to the frames next: log it all
       if (log !== undefined) s.markAll(log);
-      // (the filter is read once per batch: a frame seeing a change one frame late is harmless)
-      const all = this.o.filter.passesAll();
-      let k = 0;
-      for (let i = 0; i < got; i++) {
-        const len = b.len[i];
-        const cap = s.cap[i];
-        // (the destination MAC and a VLAN tag are checked where they lie whole in the first segment,
-        // which is every layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
-        // A chain smaller than the largest frame may take a frame cut to fit (the driver reports what
-        // it copied): one shorter than the length announced was cut, and one that fills the chain
-        // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
-        // cannot hold, never delivered cut.
-        const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + NET_HDR_LEN >= cap);
-        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : !all && s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
-        if (drop !== 0) {
-          st[STAT.DROPS]++;
-          st[drop]++;
-          continue;
-        }
-        // (into a slot's segments markAll logged)
-        if (i !== k) s.move(this.memBuffer, i, k, len);
-        k++;
-      }
-      let bytes = 0;
-      for (let i = 0; i < k; i++) {
-        q.addUsed(s.heads[i], b.len[i] + NET_HDR_LEN);
-        s.writeHeader(this.bytes, i, log);
-        bytes += b.len[i];
-      }
+      const k = this.keep(got, next);
+      const bytes = s.complete(q, k, this.bytes, log);
       q.rewind(count - k);
       q.flush();
       delivered += k;
@@ -256,6 +197,45 @@ export class NetRx {
     }
     return delivered;
   }
+
+  /**
+   * Without MRG_RXBUF: of the `got` frames the driver delivered (the first announced `next` bytes long
+   * if next > 0), drop those to drop and move the others down over the slots left free. Returns frames
+   * kept: slots [0, k).
+   */
+  private keep(got: number, next: number): number {
+    const s = this.slots;
+    const b = s.batch;
+    const st = this.o.rxStats;
+    const largest = this.o.maxRxFrame + NET_HDR_LEN;
+    // (the filter is read once per batch: a frame seeing a change one frame late is harmless)
+    const all = this.o.filter.passesAll();
+    let k = 0;
+    for (let i = 0; i < got; i++) {
+      const len = b.len[i];
+      const cap = s.cap[i];
+      // (the destination MAC and a VLAN tag are checked where they lie whole in the first segment,
+      // which is every layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
+      // A chain smaller than the largest frame may take a frame cut to fit (the driver reports what
+      // it copied): one shorter than the length announced was cut, and one that fills the chain
+      // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
+      // cannot hold, never delivered cut.
+      const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + NET_HDR_LEN >= cap);
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + NET_HDR_LEN > cap ? STAT.DROPS_TOO_BIG : !all && s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
+      if (drop !== 0) {
+        st[STAT.DROPS]++;
+        st[drop]++;
+        continue;
+      }
+      // (into a slot's segments markAll logged)
+      if (i !== k) s.move(this.memBuffer, i, k, len);
+      k++;
+    }
+    return k;
+  }
+
+
+
 
   /**
    * With MRG_RXBUF: up to RX_BATCH frames per driver call, each offered as many chains as the largest

@@ -1,7 +1,9 @@
-// Storage for one batch of receive chains without MRG_RXBUF: one chain per frame, each slot a packet
-// of the driver batch. The first NET_HDR_LEN bytes of each chain are header space (kept as pieces,
-// written once the frame is in), the rest the packet's segments. Preallocated: nothing per frame.
+// One batch of receive chains without MRG_RXBUF: taken from the ring (take), one chain per frame, each
+// slot a packet of the driver batch; completed once the frames are in (complete). The first
+// NET_HDR_LEN bytes of each chain are header space (kept as pieces, written once the frame is in), the
+// rest the packet's segments. Preallocated: nothing per frame.
 import type { ChainBatch } from '../virtio/chain-batch.js';
+import type { Virtqueue } from '../virtio/virtqueue.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { META_WORDS, copyPacket, newPacketBatch, type PacketBatch } from '../drivers/api.js';
@@ -10,6 +12,13 @@ import { NET_HDR_LEN, writeRxHeader } from './net-header.js';
 
 /** Frames per driver call on receive (DPDK's vhost burst is 32). */
 export const RX_BATCH = 32;
+/** the smallest frame there is: an Ethernet header */
+export const ETH_HLEN = 14;
+
+/** Chains [taken, popped) of a batch were not used: they go back to the ring, in order. */
+export function giveBack(q: Virtqueue, popped: number, taken: number): void {
+  if (taken < popped) q.rewind(popped - taken);
+}
 
 /** Where layOutChain left off: the next header piece and the next iov segment (one object, reused). */
 const laidOut = { hdr: 0, iov: 0 };
@@ -69,6 +78,50 @@ export class RxSlots {
     this.count = 0;
     this.batch.iovStart[0] = 0;
     this.hdrStart[0] = 0;
+  }
+
+  /**
+   * Take up to `want` chains of `q` (through `cb`) as the batch's slots, one frame each; returns how
+   * many. A chain the ring must not offer breaks it (the chains before it are still taken). The
+   * driver is promised room for `largest` bytes in each packet of a batch of several: a smaller chain
+   * (legal: frames that do not fit drop) goes alone, where a cut frame is detected.
+   */
+  take(q: Virtqueue, cb: ChainBatch, want: number, largest: number): number {
+    this.reset();
+    cb.reset();
+    const popped = q.popBatch(cb, want);
+    let i = 0;
+    for (; i < popped; i++) {
+      const room = cb.writableBytes[i];
+      // (one chain takes one whole frame: one that holds no Ethernet header never can)
+      const bad = cb.readable[i] > 0 ? 'device-readable receive buffer' : room < NET_HDR_LEN ? 'receive buffer too small for the header' : room < NET_HDR_LEN + ETH_HLEN ? 'receive buffer too small for any frame' : undefined;
+      if (bad !== undefined) {
+        q.markBroken(bad);
+        i++;
+        break;
+      }
+      const small = room < largest;
+      if (this.count > 0 && (small || !this.fits(cb.piecesOf(i)))) break;
+      this.add(cb, i);
+      if (small) {
+        i++;
+        break;
+      }
+    }
+    giveBack(q, popped, i);
+    return this.count;
+  }
+
+  /** Slots [0, k) used, each with its header written (logged when `log` is set). Returns their frames' bytes. */
+  complete(q: Virtqueue, k: number, bytes: GuestBytes, log: DirtyLog | undefined): number {
+    const len = this.batch.len;
+    let total = 0;
+    for (let i = 0; i < k; i++) {
+      q.addUsed(this.heads[i], len[i] + NET_HDR_LEN);
+      this.writeHeader(bytes, i, log);
+      total += len[i];
+    }
+    return total;
   }
 
   /** Does a chain of `pieces` buffers still fit in the segment storage? */

@@ -268,7 +268,11 @@ export class NetQueuePair {
    */
   private touch(cb: ChainBatch, n: number): void {
     let t = this.touched;
-    for (let i = 0; i < n; i++) t ^= this.bytes.u8(cb.offsets[cb.first[i]]);
+    for (let i = 0; i < n; i++) {
+      const p = cb.first[i];
+      // (an empty buffer may lie at the very end of guest memory: nothing of it is read)
+      if (cb.lens[p] > 0) t ^= this.bytes.u8(cb.offsets[p]);
+    }
     this.touched = t;
   }
 
@@ -298,6 +302,7 @@ export class NetQueuePair {
     const hdr = this.hdr;
     let at = 0;
     for (let i = p0; i < p0 + count && at < NET_HDR_LEN; i++) {
+      if (lens[i] === 0) continue;
       const w = this.bytes.window(offsets[i]);
       const off = offsets[i] - w.base;
       const n = Math.min(NET_HDR_LEN - at, lens[i]);

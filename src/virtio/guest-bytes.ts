@@ -32,6 +32,8 @@ export interface Window {
 export class GuestBytes {
   readonly size: number;
   private readonly windows: Window[] = [];
+  /** the last window's index */
+  private readonly last: number;
   /** 1 / span: a power of two, so off * inv is exact (a multiplication where a division would do) */
   private readonly inv: number;
 
@@ -54,6 +56,7 @@ export class GuestBytes {
         dv: new DataView(buffer, base, len),
       });
     }
+    this.last = this.windows.length - 1;
   }
 
   private plainBuffer: ArrayBuffer | undefined;
@@ -73,13 +76,15 @@ export class GuestBytes {
   }
 
   /**
-   * The window holding [off, off + overlap) (or up to the buffer's end). `off` must lie in the buffer:
-   * callers pass offsets the memory table gave them.
+   * The window holding [off, off + overlap) (or up to the buffer's end). `off` must lie in the buffer
+   * or at its end: callers pass offsets the memory table gave them, and an empty range may end RAM (its
+   * offset is then the buffer's size: it gets the last window, in which it indexes nothing).
    */
   window(off: number): Window {
     // (off * inv < 2^23 for any offset below 2^53, and exact: `| 0` truncates it, which for a
     // non-negative number is its floor, without Math.floor's checks)
-    return this.windows[(off * this.inv) | 0];
+    const k = (off * this.inv) | 0;
+    return this.windows[k < this.last ? k : this.last];
   }
 
   u8(off: number): number {

@@ -199,22 +199,13 @@ export class NetQueuePair {
         done++;
         // the frame: the readable buffers after the header
         b.iovStart[slot] = iovUsed;
-        let skip = hdrLen;
-        for (let p = p0; p < p0 + readable; p++) {
-          let off = cb.offsets[p];
-          let l = cb.lens[p];
-          if (skip) {
-            const s = Math.min(skip, l);
-            off += s;
-            l -= s;
-            skip -= s;
-          }
-          if (l === 0) continue;
+        if (pieces === 1) {
+          // (the common chain, one buffer: the frame is the rest of it, at least 14 bytes)
           b.iov[3 * iovUsed] = 0;
-          b.iov[3 * iovUsed + 1] = off;
-          b.iov[3 * iovUsed + 2] = l;
+          b.iov[3 * iovUsed + 1] = cb.offsets[p0] + hdrLen;
+          b.iov[3 * iovUsed + 2] = len;
           iovUsed++;
-        }
+        } else iovUsed = this.frameSegments(cb, p0, readable, iovUsed);
         b.iovStart[slot + 1] = iovUsed;
         b.len[slot] = len;
         this.txHeads[slot] = cb.heads[i];
@@ -274,6 +265,28 @@ export class NetQueuePair {
       if (cb.lens[p] > 0) t ^= this.bytes.u8(cb.offsets[p]);
     }
     this.touched = t;
+  }
+
+  /** Lay the frame of a chain of several buffers (`readable` of them from piece p0) out as the batch's segments from `at`, the header skipped; returns where they end. */
+  private frameSegments(cb: ChainBatch, p0: number, readable: number, at: number): number {
+    const b = this.txBatch;
+    let skip = this.txHdrLen;
+    for (let p = p0; p < p0 + readable; p++) {
+      let off = cb.offsets[p];
+      let l = cb.lens[p];
+      if (skip) {
+        const s = Math.min(skip, l);
+        off += s;
+        l -= s;
+        skip -= s;
+      }
+      if (l === 0) continue;
+      b.iov[3 * at] = 0;
+      b.iov[3 * at + 1] = off;
+      b.iov[3 * at + 2] = l;
+      at++;
+    }
+    return at;
   }
 
   private dropTx(head: number): void {

@@ -1,6 +1,7 @@
 // The queue-pair engine without a thread or a backend: a scripted guest ring on one side, a recording
 // driver on the other.
 import { describe, it, expect } from 'vitest';
+import { GuestBytes } from '../src/virtio/guest-bytes.js';
 import { STAT } from '../src/dataplane/stats.js';
 import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { RX_BATCH } from '../src/virtio-net/rx-batch.js';
@@ -38,8 +39,10 @@ class RecordingDriver implements DriverQueue {
   close(): void {}
 }
 
-function setup(o: { size?: number; mergeable?: boolean; maxRxFrame?: number; rxCallFd?: number; rateLimits?: RateLimitWords } = {}) {
+function setup(o: { size?: number; mergeable?: boolean; maxRxFrame?: number; rxCallFd?: number; rateLimits?: RateLimitWords; smallWindows?: boolean } = {}) {
   const mem = new TestMemory(4 << 20);
+  // (windows of 256 bytes: an offset at the end of memory has no window at all)
+  if (o.smallWindows) mem.view.bytes = new GuestBytes(mem.buffer, 0x100, 0x80);
   const size = o.size ?? 256;
   const rx = new TestDriver(mem, size);
   const tx = new TestDriver(mem, size);
@@ -56,6 +59,19 @@ function frame(len: number): Uint8Array {
 }
 
 describe('NetQueuePair transmit', () => {
+  it('drops a chain of one empty buffer at the very end of guest memory, reading nothing there', () => {
+    for (const smallWindows of [false, true]) {
+      const { mem, tx, pair, txStats } = setup({ smallWindows, size: 8 });
+      tx.add([{ addr: mem.size, len: 0 }]);
+      tx.add([{ addr: mem.size - NET_HDR_LEN - 60, len: NET_HDR_LEN + 60 }]);
+      // (and an empty buffer there first in a chain whose header then has to be gathered)
+      tx.add([{ addr: mem.size, len: 0 }, { addr: mem.size - NET_HDR_LEN - 60, len: NET_HDR_LEN + 60 }]);
+      expect(pair.processTx(256)).toBe(3);
+      expect([txStats[STAT.DROPS_MALFORMED], txStats[STAT.PACKETS]]).toEqual([1, 2]);
+      expect(pair.txq.broken).toBeUndefined();
+    }
+  });
+
   it('ends a batch whose segment array is nearly full and sends the next chain in a new one, dropping nothing', () => {
     const { mem, tx, driver, pair, txStats } = setup();
     // chains of 100 descriptors (a header and 99 fragments, as a many-fragment TSO frame), indirect:

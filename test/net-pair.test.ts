@@ -10,6 +10,7 @@ import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT, receiveFrame } fro
 import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
 import type { NetRateLimits } from '../src/dataplane/rate-limit.js';
 import { newPair } from './helpers/net-pair-rig.js';
+import { GuestBytes } from '../src/virtio/guest-bytes.js';
 
 /** Records what it is given to send; receives `frame` each time it is asked. */
 class RecordingDriver implements DriverQueue {
@@ -56,6 +57,24 @@ function frame(len: number): Uint8Array {
 }
 
 describe('NetQueuePair transmit', () => {
+  it('drops chains whose empty buffer lies at the very end of guest memory, reading nothing there (RAM a multiple of the window span)', () => {
+    const mem = new TestMemory(4 << 20);
+    // (256-byte windows: the end of memory is then an offset no window starts at, as the end of a
+    // --mem 2G guest is with 1 GiB windows)
+    mem.view.bytes = new GuestBytes(mem.buffer, 0x100, 0x80);
+    const tx = new TestDriver(mem, 8);
+    const driver = new RecordingDriver();
+    const { pair, txStats } = newPair(mem, new TestDriver(mem, 8), tx, driver);
+    const good = mem.size - NET_HDR_LEN - 60;
+    tx.add([{ addr: mem.size, len: 0 }]);
+    // (and first in a chain whose header then has to be gathered from the buffers after it)
+    tx.add([{ addr: mem.size, len: 0 }, { addr: good, len: NET_HDR_LEN + 60 }]);
+    tx.add([{ addr: good, len: NET_HDR_LEN + 60 }]);
+    expect(() => pair.processTx(256)).not.toThrow();
+    expect(txStats[STAT.PACKETS] + txStats[STAT.DROPS]).toBe(3);
+    expect(tx.takeUsed().length).toBe(3);
+  });
+
   it('ends a batch whose segment array is nearly full and sends the next chain in a new one, dropping nothing', () => {
     const { mem, tx, driver, pair, txStats } = setup();
     // chains of 100 descriptors (a header and 99 fragments, as a many-fragment TSO frame), indirect:

@@ -26,6 +26,8 @@ export interface Window {
 export class GuestBytes {
   readonly size: number;
   private readonly windows: Window[] = [];
+  /** the last window's index */
+  private readonly last: number;
   /** 1 / span: a power of two, so off * inv is exact (a multiplication where a division would do) */
   private readonly inv: number;
 
@@ -48,14 +50,18 @@ export class GuestBytes {
         dv: new DataView(buffer, base, len),
       });
     }
+    this.last = this.windows.length - 1;
   }
 
   /**
-   * The window holding [off, off + overlap) (or up to the buffer's end). `off` must lie in the buffer:
-   * callers pass offsets the memory table gave them.
+   * The window holding [off, off + overlap) (or up to the buffer's end). `off` must lie in the buffer
+   * or at its end: callers pass offsets the memory table gave them, and an empty range may end RAM (its
+   * offset is then the buffer's size, which with RAM a multiple of the span has no window of its own:
+   * it gets the last one, in which it indexes nothing).
    */
   window(off: number): Window {
-    return this.windows[Math.floor(off * this.inv)];
+    const k = Math.floor(off * this.inv);
+    return this.windows[k < this.last ? k : this.last];
   }
 
   u8(off: number): number {

@@ -1,7 +1,6 @@
 // The queue-pair engine without a thread or a backend: a scripted guest ring on one side, a recording
 // driver on the other.
 import { describe, it, expect } from 'vitest';
-import { GuestBytes } from '../src/virtio/guest-bytes.js';
 import { STAT } from '../src/dataplane/stats.js';
 import { NET_HDR_LEN } from '../src/virtio-net/net-header.js';
 import { RX_BATCH } from '../src/virtio-net/rx-batch.js';
@@ -11,6 +10,7 @@ import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT, receiveFrame } fro
 import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
 import type { NetRateLimits } from '../src/dataplane/rate-limit.js';
 import { newPair } from './helpers/net-pair-rig.js';
+import { GuestBytes } from '../src/virtio/guest-bytes.js';
 
 /** Records what it is given to send; receives `frame` each time it is asked. */
 class RecordingDriver implements DriverQueue {
@@ -69,6 +69,7 @@ describe('NetQueuePair transmit', () => {
       expect(pair.processTx(256)).toBe(3);
       expect([txStats[STAT.DROPS_MALFORMED], txStats[STAT.PACKETS]]).toEqual([1, 2]);
       expect(pair.txq.broken).toBeUndefined();
+      expect(tx.takeUsed().length).toBe(3);
     }
   });
 

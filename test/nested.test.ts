@@ -230,7 +230,8 @@ function buildImages(): Error | undefined {
 
 /**
  * The longest a working L1 stays silent: every scenario's tsvmm has a time limit of at most 300 s and
- * says when it stops one, so a console quiet for longer is an L1 that no longer runs.
+ * says when it stops one, so a console quiet for longer (soft-lockup reports aside) is an L1 that no
+ * longer runs.
  */
 const SILENCE_S = Number(process.env.TSVMM_NESTED_SILENCE_S ?? 420);
 
@@ -241,9 +242,15 @@ const SILENCE_S = Number(process.env.TSVMM_NESTED_SILENCE_S ?? 420);
 async function collect(p: ChildProcess, started: Promise<unknown> = Promise.resolve()): Promise<{ out: string; seconds: number; silent: boolean }> {
   let out = '';
   let last = Date.now();
+  // (a kernel's soft-lockup reports, which repeat every half minute for as long as a CPU is stuck, and
+  // the lines that follow each within seconds, are not signs of a working L1)
+  let lockupAt = 0;
   const take = (d: Buffer) => {
-    out += d.toString('latin1');
-    last = Date.now();
+    const text = d.toString('latin1');
+    out += text;
+    const now = Date.now();
+    if (text.includes('soft lockup')) lockupAt = now;
+    else if (now - lockupAt > 5000) last = now;
   };
   p.stdout!.on('data', take);
   p.stderr!.on('data', take);

@@ -102,7 +102,7 @@ const ALL_EXPECTED: Array<[string, string]> = [
   ...['carrier-down-seen', 'carrier-up-seen', 'ping-after-link-up', 'key-power-seen'].map((c): [string, string] => ['L2', `api/${c}`]),
   // snapshotted midway through a download (tsvmm ctl snapshot DIR stop), restored in a new tsvmm on another
   // tap to the same peer (run --restore DIR --net tap,ifname=tap1; L1's address on a bridge over both
-  // taps): no second boot, uptime goes on, the guest announces itself (a gratuitous ARP seen on tap1),
+  // taps): no second boot, uptime goes on, the guest announces itself (its gratuitous ARP reaches the bridge),
   // the download ends with the right md5
   ...['peer-on-bridge', 'taken', 'first-vm-stopped', 'moved-mid-download', 'memory-file-sparse', 'moved-without-reboot', 'uptime-continues', 'gratuitous-arp-from-guest', 'download-finished-after-restore', 'no-tsvmm-left'].map((c): [string, string] => ['L1', `snapshot/${c}`]),
   ...['link-up', 'feature-guest-announce', 'download-across-restore', 'md5-across-restore', 'ping-after-restore'].map((c): [string, string] => ['L2', `snapshot/${c}`]),

@@ -130,8 +130,8 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('snapshot in one ts
     try {
       // (idle=: the guest gives up after that many million TSC cycles without a frame, 30 000 by
       // default. Its TSC runs from the last frame on tap0 through two `tsvmm ctl` processes and, once
-      // restored, until the frames on tap1 come: under load in an emulated L1 that has taken longer than
-      // 30 000 M cycles, and the guest ended with 200 frames while the restored device filled its buffers.)
+      // restored, until the frames on tap1 come, which in a loaded emulated L1 can exceed the default;
+      // 150 000 M cycles is about a minute there, well inside this test's limit.)
       one = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--cpus', '2', '--api-socket', sock, '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-rx count=${n} idle=150000`]);
       await one.waitFor('NET-RX-READY', 120_000);
       const rxFrames = async (s: string) => {

@@ -163,7 +163,7 @@ snapshot_scenario() {
 
 # The migrate scenarios: a `tsvmm run --incoming` waits on tap1; once the download is midway the host
 # moves L2 there live (tsvmm ctl migrate) while L2 also pings L1. The source exits 3 ("migrated").
-# The download is slow enough (80 KB/s) to outlast a migration in a loaded L1 (10-30 s seen); once the
+# The download is slow enough (80 KB/s) to outlast a migration in a loaded L1 (10-30 s); once the
 # guest runs on the destination the host lifts that limit there (tsvmm ctl net 0 limit), and the rest
 # comes at once.
 # Each tsvmm's stderr (progress lines while L2 prints) and the destination's console are shown once

@@ -158,6 +158,8 @@ interface Run {
 
 let run: Run | undefined;
 let setupError: Error | undefined;
+/** how each L1 QEMU ended ("exit status 0", "killed by SIGKILL"), in order */
+const l1Ends: string[] = [];
 
 function failureContext(r: Run | undefined): string {
   if (!r) return `harness did not run: ${setupError?.message}`;
@@ -165,7 +167,7 @@ function failureContext(r: Run | undefined): string {
   const lines = r.console.split('\n');
   // a kernel's oops or panic says what happened in its first lines, which the last 25 often miss
   const trouble = troubleReport(lines.slice(0, -25));
-  return `after ${r.seconds.toFixed(0)} s, last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${tripleReport(r)}${[...r.stoppedAt].map(([scn, where]) => `${scn} stopped at its time limit in ${where}\n`).join('')}${trouble ? `first kernel trouble report:\n${trouble}\n` : ''}last console lines:\n${lines.slice(-25).join('\n')}`;
+  return `after ${r.seconds.toFixed(0)} s (L1's QEMU: ${l1Ends.join(', then ') || 'n/a'}), last stage ${lastStage ? `${lastStage[0]} at L1 uptime ${lastStage[1]} s` : 'none'}; ${tripleReport(r)}${[...r.stoppedAt].map(([scn, where]) => `${scn} stopped at its time limit in ${where}\n`).join('')}${trouble ? `first kernel trouble report:\n${trouble}\n` : ''}last console lines:\n${lines.slice(-25).join('\n')}`;
 }
 
 /** Where each L2 that ended in a triple fault was (the `triple` scenario's on purpose excepted); or ''. */
@@ -239,7 +241,7 @@ const SILENCE_S = Number(process.env.TSVMM_NESTED_SILENCE_S ?? 420);
  * Collect a process's console until it ends (or the limit, counted once `started`, kills it; or it is
  * silent for SILENCE_S: killed, `silent` set).
  */
-async function collect(p: ChildProcess, started: Promise<unknown> = Promise.resolve()): Promise<{ out: string; seconds: number; silent: boolean }> {
+async function collect(p: ChildProcess, started: Promise<unknown> = Promise.resolve()): Promise<{ out: string; seconds: number; silent: boolean; ended: string }> {
   let out = '';
   let last = Date.now();
   // (a kernel's soft-lockup reports, which repeat every half minute for as long as a CPU is stuck, and
@@ -264,10 +266,10 @@ async function collect(p: ChildProcess, started: Promise<unknown> = Promise.reso
     silent = true;
     p.kill('SIGKILL');
   }, 1000);
-  await new Promise((r) => p.on('close', r));
+  const ended = await new Promise<string>((r) => p.on('close', (code, signal) => r(signal ? `killed by ${signal}` : `exit status ${code}`)));
   clearTimeout(timer);
   clearInterval(watch);
-  return { out, seconds: (Date.now() - t0) / 1000, silent };
+  return { out, seconds: (Date.now() - t0) / 1000, silent, ended };
 }
 
 function report(r: Run): void {
@@ -387,7 +389,7 @@ function scenarioTests(get: () => Run | undefined): void {
 
 /** Boot L1 (QEMU software emulation, emulated AMD SVM) running `scenarios`; its console when it ends. */
 // (under the host-wide L1 lock: the L1 of the KVM test files, test/in-l1.test.ts, may be running)
-function bootL1(scenarios: string[]): Promise<{ out: string; seconds: number; silent: boolean }> {
+function bootL1(scenarios: string[]): Promise<{ out: string; seconds: number; silent: boolean; ended: string }> {
   const { proc, started } = spawnQemuLocked([
     '-accel', 'tcg,thread=multi', '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', '2048',
     '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
@@ -403,7 +405,8 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
   beforeAll(async () => {
     setupError = buildImages();
     if (setupError) return;
-    let { out, seconds, silent } = await bootL1(SCENARIOS);
+    let { out, seconds, silent, ended } = await bootL1(SCENARIOS);
+    l1Ends.push(ended);
     run = parse(out, seconds);
     // L1's own kernel panicked in CI and in loaded runs here: "Oops: int3" at static-branch sites, a
     // CPU running the int3 of a finished code patch under QEMU 7.2's multi-threaded TCG (tsvmm, a
@@ -411,12 +414,16 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
     // static keys (test/nested/pin-kvm-keys.mjs). Should L1 still panic, it is said loudly, with the
     // panic, and the scenarios it did not finish run once more in a fresh L1; a second panic fails them.
     // An L1 gone silent (no console line for SILENCE_S, while every tsvmm in it has a shorter time limit
-    // that it reports) has stopped running, and is taken the same way.
-    const died = L1_PANIC.test(out) ? "L1's kernel panicked" : silent ? `L1 went silent for ${SILENCE_S} s` : '';
+    // that it reports) has stopped running, and is taken the same way; so is a QEMU that ended before
+    // L1's end without a word (CI, 2026-12-03: after 55 s, mid-scenario, no panic on the console; with
+    // -no-reboot an L1 that resets, a triple fault of its own included, ends QEMU that way).
+    const early = !run.stages.some(([n]) => n === 'l1-done') && seconds < LIMIT_S - 5;
+    const died = L1_PANIC.test(out) ? "L1's kernel panicked" : silent ? `L1 went silent for ${SILENCE_S} s` : early ? `L1's QEMU ended early (${ended})` : '';
     if (died && !run.stages.some(([n]) => n === 'l1-done')) {
       const left = SCENARIOS.filter((s) => !run!.exits.has(s));
       process.stdout.write(`nested: WARNING: ${died} (${run.stages.at(-1)?.join(' at uptime ')} s); booting a fresh L1 for ${left.join(',')}. What it said last:\n${troubleReport(out.split('\n')) || out.split('\n').slice(-15).join('\n')}\n`);
       const again = await bootL1(left);
+      l1Ends.push(again.ended);
       out += `\n${again.out}`;
       seconds += again.seconds;
       run = parse(out, seconds);

@@ -29,6 +29,12 @@ mount -t devpts devpts $R/dev/pts
 mount -t tmpfs shm $R/dev/shm
 mount -t bpf bpf $R/sys/fs/bpf 2>/dev/null
 mount -t tracefs nodev $R/sys/kernel/tracing 2>/dev/null
+# a VM ending in a triple fault: AMD's KVM resets the vCPU before it reports the shutdown, so the VMM
+# cannot say where the guest was; KVM's trace of that exit keeps the rip, after the exceptions KVM
+# injected before it (test/helpers/l1-trace.ts adds it to the failure)
+T=$R/sys/kernel/tracing
+{ echo 'exit_reason == 127' > $T/events/kvm/kvm_exit/filter && echo 1 > $T/events/kvm/kvm_exit/enable &&
+  echo 1 > $T/events/kvm/kvm_inj_exception/enable && echo 1 > $T/options/record-tgid; } 2>/dev/null || echo "L1: KVM's trace could not be enabled"
 [ -c $R/dev/net/tun ] || mknod $R/dev/net/tun c 10 200
 # the checkout last: it may live under /tmp, /run or /var (a CI clone), which the mounts above replace
 mkdir -p "$R$project" && mount -t ext4 $R/dev/vdb "$R$project" || fail "mount the project image"

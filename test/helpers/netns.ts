@@ -3,6 +3,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { CLI, ROOT } from './env.js';
+import { l1TripleReport } from './l1-trace.js';
 
 export const PKT = join(ROOT, 'test', 'helpers', 'pkt.py');
 
@@ -51,7 +52,7 @@ export interface Running {
   done: Promise<{ code: number | null; stdout: string; stderr: string }>;
 }
 
-function track(proc: ChildProcess): Running {
+function track(proc: ChildProcess, elf?: string): Running {
   let out = '';
   let err = '';
   const waiters: Array<{ text: string; resolve: () => void }> = [];
@@ -60,7 +61,11 @@ function track(proc: ChildProcess): Running {
     for (const w of waiters.splice(0)) (out.includes(w.text) ? w.resolve : () => waiters.push(w))();
   });
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => proc.on('close', (code) => resolve({ code, stdout: out, stderr: err })));
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => proc.on('close', (code) => {
+    // (a triple fault inside the emulated L1: where the guest was, from KVM's trace there)
+    if (err.includes('triple fault')) err += l1TripleReport(proc.pid, elf);
+    resolve({ code, stdout: out, stderr: err });
+  }));
   return {
     proc,
     stdout: () => out,
@@ -79,7 +84,8 @@ function track(proc: ChildProcess): Running {
 
 /** tsvmm run inside the namespace. */
 export function runVm(ns: NetNs, args: string[]): Running {
-  return track(ns.spawn([process.execPath, CLI, 'run', ...args]));
+  const kernel = args[args.indexOf('--kernel') + 1];
+  return track(ns.spawn([process.execPath, CLI, 'run', ...args]), args.includes('--kernel') ? kernel : undefined);
 }
 
 /** Any command inside the namespace. */

@@ -479,6 +479,7 @@ int guest_main(const struct hvm_start_info *si) {
       }
       *(volatile uint32_t *)0xfee000f0 = 0x1ff; /* local APIC on */
       __asm__ volatile("sti");
+      net_rx_wait_irq(1);
     }
     /* iommu=static|strict: the net device sits behind the virtio-iommu (tsvmm --viommu) */
     int iommu = 0;

@@ -241,6 +241,7 @@ uint16_t net_pairs(void) { return num_pairs; }
  * VMM must back with RAM: that GiB is identity-mapped with 2 MiB pages through one more page
  * directory (start.S maps only the first GiB; its tables are user-writable, so this runs at CPL3).
  */
+extern volatile uint32_t irq_count; /* start.S: interrupts taken on vector 0x40 */
 extern uint64_t pdpt[512];
 static uint64_t pd_high[512] __attribute__((aligned(4096)));
 int net_set_high_buffers(uint32_t gib) {
@@ -590,6 +591,10 @@ static uint32_t rx_one(uint64_t cycles, uint8_t **frame) {
   return n ? n : rx_one(cycles, frame);
 }
 
+static int rx_wait_irq;
+
+void net_rx_wait_irq(int on) { rx_wait_irq = on; }
+
 void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
   res->received = res->bad = res->other = res->out_of_order = 0;
   res->bytes = 0;
@@ -655,8 +660,18 @@ void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res) {
       }
     }
     /* EVENT_IDX: interrupt me when the next entry is used */
+    uint32_t irqs_before = irq_count;
     rxr.used_event = rxr.last_used;
     post_rx();
-    __asm__ volatile("pause");
+    if (rx_wait_irq && res->received < count) {
+      /* taking interrupts: a ring found empty once used_event was set is not looked at again until an
+         interrupt comes (the device reads used_event after it publishes: either we see its entries
+         here or it sees used_event and interrupts), so frames after a wait come through the interrupt */
+      __asm__ volatile("mfence" ::: "memory");
+      if (rxr.last_used == rxr.used.idx)
+        while (irq_count == irqs_before && rdtsc_() - last < idle_cycles) __asm__ volatile("pause");
+    } else {
+      __asm__ volatile("pause");
+    }
   }
 }

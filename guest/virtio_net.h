@@ -34,4 +34,6 @@ const uint8_t *net_mac(void);
 int net_status(void);
 uint64_t net_tx(uint32_t count, uint32_t len, const uint8_t *dst);
 void net_rx(uint32_t count, uint64_t idle_cycles, struct rx_result *res);
+/* net_rx waits for the RX interrupt (net_use_msix) whenever the ring is empty, rather than polling it */
+void net_rx_wait_irq(int on);
 int net_check_frame(const uint8_t *f, uint32_t len, uint32_t *seq);

@@ -99,7 +99,9 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
     expect(g, r.stdout + r.stderr).toMatchObject({ received: 1000, bad: 0, ok: true });
     const signalled = stats(r.stderr).net[0].pairs[0].rx.interrupts;
     // every interrupt the dataplane raised reached the guest's handler, and EVENT_IDX kept them fewer
-    // than the frames
+    // than the frames. (With irq=1 the guest waits for an interrupt whenever its ring is empty, so the
+    // first frames at least come through one; a guest that polled could take every batch before the
+    // dataplane looked at used_event, and then none is owed.)
     expect(signalled).toBeGreaterThan(0);
     // (the last one may land after the guest printed its count)
     expect(g!.irqs as number).toBeLessThanOrEqual(signalled);

@@ -236,6 +236,25 @@ Napi::Object SharedMapping(Napi::Env env, void* addr, size_t len) {
   return out;
 }
 
+// plainView(sab) -> ArrayBuffer: a non-shared ArrayBuffer over the same bytes as the SharedArrayBuffer
+// sab (this thread's own object). V8 copies into or out of a shared buffer byte by byte (relaxed
+// atomics); over a plain one, TypedArray.prototype.set is a memcpy. The new buffer holds a reference to
+// sab's backing store, so the memory it points at stays mapped as long as either lives (and if the
+// buffer is detached, the reference goes with its backing store and is dropped with it).
+Napi::Value PlainView(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  v8::Local<v8::Value> v = ToV8(info[0]);
+  if (!v->IsSharedArrayBuffer()) THROW_TYPE(env, "plainView: SharedArrayBuffer expected", env.Null());
+  auto* keep = new std::shared_ptr<v8::BackingStore>(v.As<v8::SharedArrayBuffer>()->GetBackingStore());
+  // SAFETY: [Data(), Data() + ByteLength()) is the shared buffer's memory, kept alive by `keep` until
+  // V8 frees this backing store (the deleter).
+  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(
+      (*keep)->Data(), (*keep)->ByteLength(),
+      [](void*, size_t, void* k) { delete static_cast<std::shared_ptr<v8::BackingStore>*>(k); }, keep);
+  v8::Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(v8::Isolate::GetCurrent(), std::move(store));
+  return Napi::Value(env, reinterpret_cast<napi_value>(*v8::Local<v8::Value>(ab)));
+}
+
 bool UnixAddr(const std::string& path, sockaddr_un* sa) {
   if (path.size() >= sizeof(sa->sun_path)) return false;
   memset(sa, 0, sizeof *sa);
@@ -535,6 +554,35 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// copyv(list: Float64Array of [dst buffer, dst offset, src buffer, src offset, length] quintuples, count,
+// buf0[, buf1]): `count` memmoves in one call (buffer index 0 = buf0, 1 = buf1), each range checked
+// inside its buffer; throws at the first entry that is not (the entries before it were copied). A batch
+// of packet copies for the price of one addon call: per copy, a typed-array copy costs the making of a
+// view and TypedArray.prototype.set's checks (30-40 ns for 64 bytes), this a memmove.
+Napi::Value Copyv(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  void* lp;
+  size_t ll;
+  if (!BufferOf(info[0], &lp, &ll)) THROW_TYPE(env, "copyv: list must be a Float64Array", env.Null());
+  int count = ArgInt(info, 1);
+  if (count < 0 || static_cast<size_t>(count) * 5 * sizeof(double) > ll) THROW_TYPE(env, "copyv: count beyond the list", env.Null());
+  void* base[2] = {nullptr, nullptr};
+  size_t blen[2] = {0, 0};
+  if (!BufferOf(info[2], &base[0], &blen[0])) THROW_TYPE(env, "copyv: buffers expected", env.Null());
+  if (info.Length() > 3 && !info[3].IsUndefined() && !BufferOf(info[3], &base[1], &blen[1])) THROW_TYPE(env, "copyv: buffers expected", env.Null());
+  const double* e = static_cast<const double*>(lp);
+  for (int i = 0; i < count; i++, e += 5) {
+    double db = e[0], doff = e[1], sb = e[2], soff = e[3], len = e[4];
+    if (!((db == 0 || db == 1) && (sb == 0 || sb == 1))) THROW_TYPE(env, "copyv: buffer index not 0 or 1", env.Null());
+    int d = static_cast<int>(db), s = static_cast<int>(sb);
+    if (!base[d] || !base[s] || !(doff >= 0 && soff >= 0 && len >= 0 && doff + len <= static_cast<double>(blen[d]) && soff + len <= static_cast<double>(blen[s])))
+      THROW_TYPE(env, "copyv: range outside a buffer", env.Null());
+    // SAFETY: both ranges were just checked to lie inside their buffers, which the caller's arguments keep alive.
+    memmove(static_cast<uint8_t*>(base[d]) + static_cast<size_t>(doff), static_cast<uint8_t*>(base[s]) + static_cast<size_t>(soff), static_cast<size_t>(len));
+  }
+  return env.Undefined();
+}
+
 // ---- AF_XDP and BPF: the attribute and option structs are built in TypeScript (src/drivers/af-xdp/abi.ts)
 
 // bpf(cmd, attr): the bpf() system call over a caller-built union bpf_attr. Result (an fd or 0) or -errno.
@@ -726,6 +774,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("mmapShared", Napi::Function::New(env, MmapShared));
+  exports.Set("plainView", Napi::Function::New(env, PlainView));
   exports.Set("mmap", Napi::Function::New(env, Mmap));
   exports.Set("remapAnonymous", Napi::Function::New(env, RemapAnonymous));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf));
@@ -743,6 +792,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fillIovecs", Napi::Function::New(env, FillIovecs));
   exports.Set("sigRtMin", Napi::Function::New(env, SigRtMin));
   exports.Set("copy", Napi::Function::New(env, Copy));
+  exports.Set("copyv", Napi::Function::New(env, Copyv));
   exports.Set("bpf", Napi::Function::New(env, Bpf));
   exports.Set("setsockopt", Napi::Function::New(env, Setsockopt));
   exports.Set("getsockopt", Napi::Function::New(env, Getsockopt));

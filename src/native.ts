@@ -46,6 +46,11 @@ export interface Native {
   ftruncate(fd: number, size: number | bigint): void;
   /** MAP_SHARED, or with `priv` MAP_PRIVATE (copy-on-write: writes stay in this process, whose threads all see them) */
   mmapShared(fd: number, length: number, offset?: number, priv?: boolean): { buffer: SharedArrayBuffer; address: bigint };
+  /**
+   * A non-shared ArrayBuffer over the bytes of `sab` (this thread's object; it keeps sab's memory alive):
+   * TypedArray copies over it are memcpy, where over a SharedArrayBuffer V8 copies byte by byte.
+   */
+  plainView(sab: SharedArrayBuffer): ArrayBuffer;
   /** the new offset, or -errno (SEEK_DATA or SEEK_HOLE past the last data: -ENXIO) */
   lseek(fd: number, offset: number, whence: number): number;
   mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer;
@@ -63,6 +68,11 @@ export interface Native {
   unblockSignal(signo: number): void;
   /** memmove between two buffers (any kind, shared ones included), bounds-checked */
   copy(dst: ArrayBufferView | ArrayBufferLike, dstOffset: number, src: ArrayBufferView | ArrayBufferLike, srcOffset: number, length: number): void;
+  /**
+   * `count` memmoves in one call: list holds [dst buffer, dst offset, src buffer, src offset, length]
+   * quintuples, buffer 0 being buf0 and 1 buf1; throws at the first range outside its buffer.
+   */
+  copyv(list: Float64Array, count: number, buf0: ArrayBufferView | ArrayBufferLike, buf1?: ArrayBufferView | ArrayBufferLike): void;
   /** the bpf() system call over a caller-built bpf_attr: result (fd or 0) or -errno */
   bpf(cmd: number, attr: ArrayBufferView): number;
   /** 0 or -errno */

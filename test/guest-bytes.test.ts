@@ -21,6 +21,9 @@ describe('guest bytes', () => {
       const w = g.window(off);
       expect(off - w.base + 4096 <= w.u8.length || off + 4096 > buf.byteLength).toBe(true);
     }
+    // the end of the buffer (where an empty range ending RAM lies) has the last window, indexing nothing there
+    expect(g.window(256 * 1024)).toBe(g.window(256 * 1024 - 1));
+    expect(g.u8(256 * 1024)).toBeUndefined();
     g.setU16(65535, 0xabcd);
     expect(plain.getUint16(65535, true)).toBe(0xabcd);
     plain.setBigUint64(65532, 0x1234_5678_9abcn, true);

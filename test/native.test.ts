@@ -3,7 +3,8 @@ import { describe, it, expect } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { native, EFD_NONBLOCK, EPOLLIN, EPOLL_CTL_ADD, AF_UNIX, SOCK_STREAM } from '../src/native.js';
 import { GuestMemory, MemoryTable } from '../src/vmm/memory.js';
 
@@ -193,5 +194,61 @@ describe('native copy', () => {
     expect(() => native.copy(dst, 10, src, 0, 8)).toThrow(/outside a buffer/);
     expect(() => native.copy(dst, 0, src, 12, 8)).toThrow(/outside a buffer/);
     expect(() => native.copy(dst, -1, src, 0, 1)).toThrow(/outside a buffer/);
+  });
+
+  it('gives a thread a non-shared view of guest memory: the same bytes, mapped as long as the view lives', async () => {
+    const mem = new GuestMemory([{ gpa: 0, size: 1 << 20, offset: 0 }]);
+    const plain = native.plainView(mem.buffer);
+    expect(plain).toBeInstanceOf(ArrayBuffer);
+    expect(plain.byteLength).toBe(1 << 20);
+    new Uint8Array(plain).set([7, 8, 9], 100);
+    expect([...new Uint8Array(mem.buffer, 100, 3)]).toEqual([7, 8, 9]);
+    expect(() => native.plainView(plain as unknown as SharedArrayBuffer)).toThrow(/SharedArrayBuffer expected/);
+    // a worker maps memory of its own, keeps only the plain view and collects the shared buffer: the
+    // mapping stays (an unmapped one would crash the process here), the bytes still there
+    const addon = join(dirname(fileURLToPath(import.meta.url)), '..', 'build', 'Release', 'tsvmm_native.node');
+    const worker = new Worker(
+      `const { parentPort } = require('node:worker_threads');
+       require('node:v8').setFlagsFromString('--expose-gc');
+       const gc = require('node:vm').runInNewContext('gc');
+       const native = require(${JSON.stringify(addon)});
+       const fd = native.memfdCreate('plain-view-test', 0);
+       native.ftruncate(fd, 1 << 20);
+       let p;
+       (() => {
+         const shared = native.mmapShared(fd, 1 << 20).buffer;
+         new Uint8Array(shared)[5000] = 42;
+         p = new Uint8Array(native.plainView(shared));
+       })();
+       (async () => {
+         // (array buffers are swept after the collection: give the sweeper its turns)
+         for (let i = 0; i < 3; i++) { gc(); await new Promise((r) => setTimeout(r, 10)); }
+         p.fill(1, 0, 4096);
+         parentPort.postMessage(p[5000] + p[4095]);
+       })();`,
+      { eval: true },
+    );
+    expect(await new Promise((r) => worker.once('message', r))).toBe(43);
+    await worker.terminate();
+    mem.release();
+    expect(new Uint8Array(plain)[100]).toBe(0); // anonymous pages now, through either view
+  });
+
+  it('copies a list of ranges between two buffers in one call, each range checked inside its buffer', () => {
+    const a = new Uint8Array(new SharedArrayBuffer(64)).map((_, i) => i);
+    const b = new Uint8Array(32);
+    // a[8..12) → b[0..4), b[0..2) → a[60..62), a[0..4) → a[2..6) (overlapping: a memmove)
+    native.copyv(Float64Array.of(1, 0, 0, 8, 4, 0, 60, 1, 0, 2, 0, 2, 0, 0, 4), 3, a.buffer, b);
+    expect([...b.subarray(0, 4)]).toEqual([8, 9, 10, 11]);
+    expect([...a.subarray(60, 62)]).toEqual([8, 9]);
+    expect([...a.subarray(0, 6)]).toEqual([0, 1, 0, 1, 2, 3]);
+    // the entries before a bad one are made, nothing after it
+    const list = Float64Array.of(1, 4, 0, 5, 1, 1, 31, 0, 0, 2, 1, 8, 0, 5, 1);
+    expect(() => native.copyv(list, 3, a.buffer, b)).toThrow(/copyv: range outside a buffer/);
+    expect(b[4]).toBe(3);
+    expect(b[8]).toBe(0);
+    expect(() => native.copyv(Float64Array.of(2, 0, 0, 0, 1), 1, a, b)).toThrow(/buffer index not 0 or 1/);
+    expect(() => native.copyv(Float64Array.of(1, 0, 0, 0, 1), 1, a)).toThrow(/range outside a buffer/);
+    expect(() => native.copyv(Float64Array.of(0, 0, 0, 0, 1), 2, a)).toThrow(/count beyond the list/);
   });
 });

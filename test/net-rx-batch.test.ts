@@ -23,8 +23,17 @@ class BatchDriver implements DriverQueue {
   /** frames one call fills at most (1: a driver that cannot batch) */
   perCall = Infinity;
   nextLength?: () => number;
-  constructor(knowsLength: boolean) {
-    if (knowsLength) this.nextLength = () => this.frames[0]?.length ?? 0;
+  nextLengths?: (lengths: Uint32Array, max: number) => number;
+  /** lengths nextLengths() announces instead of the frames' own (a driver that gets it wrong) */
+  announce?: number[];
+  constructor(knowsLength: boolean | 'all') {
+    if (knowsLength === true) this.nextLength = () => this.frames[0]?.length ?? 0;
+    if (knowsLength === 'all')
+      this.nextLengths = (lengths, max) => {
+        const n = Math.min(max, this.frames.length);
+        for (let k = 0; k < n; k++) lengths[k] = this.announce?.[k] ?? this.frames[k].length;
+        return n;
+      };
   }
   transmit(b: PacketBatch): number {
     return b.count;
@@ -62,7 +71,7 @@ function frame(len: number, tag: number, dst: number[] = [0xff, 0xff, 0xff, 0xff
 }
 
 for (const L of RING_LAYOUTS) {
-  function setup(o: { mergeable?: boolean; knowsLength?: boolean; size?: number; log?: boolean } = {}) {
+  function setup(o: { mergeable?: boolean; knowsLength?: boolean | 'all'; size?: number; log?: boolean } = {}) {
     const mem = new TestMemory(4 << 20);
     const rx = L.driver(mem, o.size ?? 64);
     const tx = L.driver(mem, o.size ?? 64);
@@ -276,6 +285,35 @@ for (const L of RING_LAYOUTS) {
       expect(s.driver.offered).toEqual([2, 1]);
       const ids = chains.map(([id]) => id);
       expect(s.rx.takeUsed()).toEqual([...spread([ids[0]], 100), ...spread(ids.slice(1, 3), 1500), ...spread([ids[3]], 60)]);
+      s.close();
+    });
+
+    it('with MRG_RXBUF and a driver that knows the lengths of every waiting frame, gives each only the chains it needs, in one call', () => {
+      const s = setup({ mergeable: true, knowsLength: 'all' });
+      const chains = [0, 1, 2, 3, 4].map(() => s.chain(1024));
+      s.driver.frames.push(frame(100, 0), frame(1500, 1), frame(60, 2));
+      expect(s.pair.processRx(64)).toBe(3);
+      expect(s.driver.offered).toEqual([3]);
+      const ids = chains.map(([id]) => id);
+      expect(s.rx.takeUsed()).toEqual([...spread([ids[0]], 100), ...spread(ids.slice(1, 3), 1500), ...spread([ids[3]], 60)]);
+      expect(joined(s, [chains[1][1], chains[2][1]], 1500)).toEqual([...frame(1500, 1)]);
+      // the chain no frame took went back, and takes the next
+      s.driver.frames.push(frame(70, 3));
+      expect(s.pair.processRx(64)).toBe(1);
+      expect(s.rx.takeUsed()).toEqual(spread([ids[4]], 70));
+      s.close();
+    });
+
+    it('with MRG_RXBUF drops a frame shorter than the driver announced (it may have been cut), and the next takes its chains', () => {
+      const s = setup({ mergeable: true, knowsLength: 'all' });
+      const chains = [0, 1, 2, 3].map(() => s.chain(1024));
+      s.driver.frames.push(frame(100, 0), frame(1000, 1), frame(60, 2));
+      s.driver.announce = [100, 1500, 60];
+      expect(s.pair.processRx(64)).toBe(2);
+      expect(dropsByCause(s.rxStats).tooBig).toBe(1);
+      const ids = chains.map(([id]) => id);
+      expect(s.rx.takeUsed()).toEqual([...spread([ids[0]], 100), ...spread([ids[1]], 60)]);
+      expect(s.body(chains[1][1], 60)).toEqual([...frame(60, 2)]);
       s.close();
     });
 

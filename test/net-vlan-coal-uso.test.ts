@@ -456,7 +456,7 @@ describe('UDP segmentation offload (HOST_USO, GUEST_USO4/6)', () => {
     h.set(le16(gsoSize), 4);
     h.set(le16(34), 6);
     h.set(le16(6), 8);
-    return h;
+    return new DataView(h.buffer);
   };
 
   it('is offered only over a driver that segments and delivers UDP GSO packets, with checksums', () => {
@@ -490,7 +490,7 @@ describe('UDP segmentation offload (HOST_USO, GUEST_USO4/6)', () => {
     meta[META.CSUM_START] = 34;
     meta[META.CSUM_OFFSET] = 6;
     const h = new Uint8Array(12);
-    writeRxHeader(h, 0, meta, 0, 1);
+    writeRxHeader(new DataView(h.buffer), 0, meta, 0, 1);
     expect(Array.from(h)).toEqual([1, GSO_UDP_L4, 42, 0, 0xe8, 3, 34, 0, 6, 0, 1, 0]);
   });
 

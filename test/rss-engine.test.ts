@@ -15,13 +15,16 @@ import { RateLimitWords } from '../src/dataplane/rate-limit-shared.js';
 import { FrameQueue } from './helpers/fake-drivers.js';
 import { newPair } from './helpers/net-pair-rig.js';
 
-/** Receives the frames queued for it, one per call; remembers where it wrote each (its first segment). */
+/**
+ * Receives the frames queued for it, one per call; remembers where it wrote each (its first segment).
+ * `guest`: guest memory as drivers get it (GuestBytes.plain).
+ */
 class FrameDriver extends FrameQueue {
   readonly wroteAt: Array<{ intoGuest: boolean; offset: number }> = [];
-  constructor(private readonly guest: SharedArrayBuffer) {
+  constructor(private readonly guest: ArrayBufferLike) {
     super();
   }
-  override receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  override receive(b: PacketBatch, mem: ArrayBufferLike): number {
     const seg = 3 * b.iovStart[0];
     if (this.frames.length > 0) this.wroteAt.push({ intoGuest: b.iov[seg] === 0 && mem === this.guest, offset: b.iov[seg + 1] });
     return super.receive(b, mem);
@@ -44,7 +47,7 @@ for (const L of RING_LAYOUTS) {
         const made = Array.from({ length: pairs }, (_, p) => {
           const rx: RingDriver = L.driver(mem, 64);
           const tx: RingDriver = L.driver(mem, 64);
-          const driver = new FrameDriver(mem.buffer);
+          const driver = new FrameDriver(mem.view.bytes.plain);
           const { rxq, pair, rxStats } = newPair(mem, rx, tx, driver, L, { mergeable, maxRxFrame, filter, rateLimits, steer: { pair: p, pairs, rings, wakeFds, rss: rss.buffer, hashReport } });
           pair.updateLimits();
           // receive buffers, remembered by id

@@ -14,7 +14,7 @@ import { parseNetArg } from '../src/vmm/config.js';
 import { parseMac, formatMac, VirtioNet } from '../src/virtio-net/device.js';
 import { capsOnlyDriver } from './helpers/fake-drivers.js';
 
-function hdr(o: { flags?: number; gso?: number; hdrLen?: number; gsoSize?: number; start?: number; offset?: number }): Uint8Array {
+function hdr(o: { flags?: number; gso?: number; hdrLen?: number; gsoSize?: number; start?: number; offset?: number }): DataView {
   const h = new Uint8Array(12);
   const v = new DataView(h.buffer);
   h[0] = o.flags ?? 0;
@@ -23,7 +23,7 @@ function hdr(o: { flags?: number; gso?: number; hdrLen?: number; gsoSize?: numbe
   v.setUint16(4, o.gsoSize ?? 0, true);
   v.setUint16(6, o.start ?? 0, true);
   v.setUint16(8, o.offset ?? 0, true);
-  return h;
+  return v;
 }
 
 describe('virtio_net_hdr on transmit', () => {
@@ -52,9 +52,9 @@ describe('virtio_net_hdr on receive', () => {
   it('describes partial checksums, verified ones, GSO frames and the buffer count', () => {
     const h = new Uint8Array(12);
     const m = new Int32Array([META_NEEDS_CSUM, 34, 16, GSO_TCPV4, 1448, 66]);
-    writeRxHeader(h, 0, m, 0, 3);
+    writeRxHeader(new DataView(h.buffer), 0, m, 0, 3);
     expect([...h]).toEqual([1, 1, 66, 0, 0xa8, 5, 34, 0, 16, 0, 3, 0]);
-    writeRxHeader(h, 0, new Int32Array([META_CSUM_VALID, 0, 0, 0, 0, 0]), 0, 1);
+    writeRxHeader(new DataView(h.buffer), 0, new Int32Array([META_CSUM_VALID, 0, 0, 0, 0, 0]), 0, 1);
     expect([...h]).toEqual([2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
   });
 });

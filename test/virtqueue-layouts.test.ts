@@ -5,6 +5,7 @@ import { describe, it, expect } from 'vitest';
 import { createQueue } from '../src/virtio/queues.js';
 import { GuestBytes } from '../src/virtio/guest-bytes.js';
 import type { Virtqueue } from '../src/virtio/virtqueue.js';
+import { ChainBatch } from '../src/virtio/chain-batch.js';
 import { TestMemory, TestDriver, F_NEXT, F_WRITE, F_INDIRECT } from './helpers/virtq-driver.js';
 import { PackedTestDriver, P_NEXT, P_WRITE, P_INDIRECT } from './helpers/packed-driver.js';
 
@@ -69,6 +70,50 @@ for (const L of layouts) for (const W of windowings) {
       const [ca, cb] = [q.newChain(), q.newChain()];
       expect(q.pop(ca) && q.pop(cb)).toBe(true);
       expect([ca.head, ca.offsets[0], ca.readableBytes, cb.head, cb.offsets[0], cb.writableBytes]).toEqual([ida, a, 32, idb, b, 64]);
+    });
+
+    it('takes chains in batches as pop() takes them one by one: one-buffer, indirect and chained alike', () => {
+      const { mem, drv, q } = setup();
+      const one = mem.alloc(64);
+      const [a, b] = [mem.alloc(16), mem.alloc(32)];
+      const t = [mem.alloc(24), mem.alloc(40)];
+      const ids = [drv.add([{ addr: one, len: 64, write: true }]), drv.add([{ addr: a, len: 16 }, { addr: b, len: 32, write: true }]), drv.addIndirect([{ addr: t[0], len: 24 }, { addr: t[1], len: 40 }]), drv.add([{ addr: one, len: 12 }])];
+      const cb = new ChainBatch(8, 64);
+      expect(q.popBatch(cb, 8)).toBe(4);
+      expect(cb.count).toBe(4);
+      expect([...cb.heads.subarray(0, 4)]).toEqual(ids);
+      expect([...cb.first.subarray(0, 5)]).toEqual([0, 1, 3, 5, 6]);
+      expect([...cb.offsets.subarray(0, 6)]).toEqual([one, a, b, t[0], t[1], one]);
+      expect([...cb.lens.subarray(0, 6)]).toEqual([64, 16, 32, 24, 40, 12]);
+      expect([...cb.readable.subarray(0, 4)]).toEqual([0, 1, 2, 1]);
+      expect([...cb.readableBytes.subarray(0, 4)]).toEqual([0, 16, 64, 12]);
+      expect([...cb.writableBytes.subarray(0, 4)]).toEqual([64, 32, 0, 0]);
+      expect(q.popBatch(cb, 8)).toBe(0);
+      // given back, they come again in order; then used, in any order
+      q.rewind(4);
+      cb.reset();
+      expect(q.popBatch(cb, 2)).toBe(2);
+      expect(q.popBatch(cb, 8)).toBe(2);
+      expect([...cb.heads.subarray(0, 4)]).toEqual(ids);
+      for (const k of [2, 0, 3, 1]) q.addUsed(ids[k], 0);
+      q.flush();
+      expect(drv.takeUsed().map((u) => u.id)).toEqual([2, 0, 3, 1].map((k) => ids[k]));
+      expect(q.broken).toBeUndefined();
+    });
+
+    it('leaves a chain that the batch has no room for in the ring', () => {
+      const { mem, drv, q } = setup();
+      const ids = [drv.add([{ addr: mem.alloc(16), len: 16 }]), drv.add([{ addr: mem.alloc(16), len: 16 }, { addr: mem.alloc(16), len: 16 }]), drv.add([{ addr: mem.alloc(16), len: 16 }])];
+      const cb = new ChainBatch(8, 2);
+      expect(q.popBatch(cb, 8)).toBe(1);
+      cb.reset();
+      expect(q.popBatch(cb, 8)).toBe(1);
+      expect(cb.heads[0]).toBe(ids[1]);
+      cb.reset();
+      const small = new ChainBatch(1, 8);
+      expect(q.popBatch(small, 8)).toBe(1);
+      expect(small.heads[0]).toBe(ids[2]);
+      expect(q.broken).toBeUndefined();
     });
 
     it('follows an indirect table', () => {
@@ -159,6 +204,7 @@ for (const L of layouts) for (const W of windowings) {
   });
 
   describe(`${L.name} virtqueue against a hostile driver${W.name}`, () => {
+    /** why the queue broke on what `write` put in the ring: through pop(), and the same through popBatch() */
     function hostile(write: (drv: RingDriver, mem: TestMemory) => void, opts: { indirect?: boolean; size?: number } = {}) {
       const { mem, drv, q } = setup(opts);
       write(drv, mem);
@@ -166,8 +212,24 @@ for (const L of layouts) for (const W of windowings) {
       // a broken queue takes nothing more
       expect(q.pending()).toBe(0);
       expect(q.pop()).toBe(false);
+      const again = setup(opts);
+      write(again.drv, again.mem);
+      const cb = new ChainBatch(8, 64);
+      expect(again.q.popBatch(cb, 8)).toBe(0);
+      expect(again.q.broken).toBe(q.broken);
+      expect(again.q.popBatch(cb, 8)).toBe(0);
       return q.broken;
     }
+
+    it('takes what a batch holds and stops at the chain that breaks the ring, the chains before it taken', () => {
+      const { mem, drv, q } = setup();
+      const ok = [drv.add([{ addr: mem.alloc(16), len: 16 }]), drv.add([{ addr: mem.alloc(16), len: 16, write: true }])];
+      drv.raw([{ addr: 2 ** 40, len: 16, flags: 0 }]);
+      const cb = new ChainBatch(8, 64);
+      expect(q.popBatch(cb, 8)).toBe(2);
+      expect([...cb.heads.subarray(0, 2)]).toEqual(ok);
+      expect(q.broken).toBe('buffer outside guest memory');
+    });
 
     it('refuses rings outside guest memory, misaligned or of a bad size', () => {
       const mem = new TestMemory();
@@ -236,6 +298,14 @@ for (const L of layouts) for (const W of windowings) {
       } else {
         expect(hostile((d, m) => (d as PackedTestDriver).raw([{ addr: m.alloc(16), len: 16, flags: 0 }], 8))).toBe('buffer id out of range');
         expect(hostile((d, m) => (d as PackedTestDriver).raw([{ addr: m.alloc(16), len: 16, flags: 0 }], 0xffff))).toBe('buffer id out of range');
+        // a buffer id still in use (taken, not yet used) breaks the ring at its second chain, by pop() or in a batch
+        for (const batch of [false, true]) {
+          const { mem, drv, q } = setup();
+          for (let k = 0; k < 2; k++) (drv as PackedTestDriver).raw([{ addr: mem.alloc(16), len: 16, flags: 0 }], 3);
+          if (batch) expect(q.popBatch(new ChainBatch(8, 64), 8)).toBe(1);
+          else expect([q.pop(), q.pop()]).toEqual([true, false]);
+          expect(q.broken).toBe('buffer id already in use');
+        }
       }
     });
   });

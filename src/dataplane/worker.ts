@@ -227,15 +227,18 @@ function loop(ep: number, wakeOnly: number, sources: Source[], units: Unit[], io
   const remapAll = () => {
     for (const q of queues) q.remapRings();
   };
-  let lastWork = process.hrtime.bigint();
+  /** when work was last found (ms; performance.now), taken when a spin first finds none */
+  let lastWork = performance.now();
+  /** the last spin found work: still polling, no clock read */
+  let working = false;
   let spins = 0;
   const threadCounters = new Float64Array(d.counters);
-  const busyNs = BigInt(d.busyPollUs) * 1000n;
+  const busyMs = d.busyPollUs / 1000;
   for (;;) {
     pauseIfAsked();
     if (Atomics.load(d.control, CONTROL_STOP)) break;
     // while busy-polling, look without sleeping; afterwards the handlers ask for kicks and we sleep
-    const polling = busyNs > 0n && process.hrtime.bigint() - lastWork < busyNs;
+    const polling = busyMs > 0 && (working || performance.now() - lastWork < busyMs);
     if (polling) threadCounters[THREAD_COUNTER.BUSY_POLL_SPINS]++;
     let anyPending = false;
     /** the soonest a handler asked to be called again without an event (ms; -1: none) */
@@ -268,9 +271,14 @@ function loop(ep: number, wakeOnly: number, sources: Source[], units: Unit[], io
         s.stats[STAT.KICKS]++;
       } else s.unit.handler.onEvent(s.k, events[3 * k]);
     }
-    if (!polling && busyNs === 0n) for (const q of queues) q.setKicks(false);
+    if (!polling && busyMs === 0) for (const q of queues) q.setKicks(false);
     const work = passes(ep, units, iommu, remapAll);
-    if (work > 0) lastWork = process.hrtime.bigint();
+    // (the clock is read when work stops, not per spin: within a spin of when it was last found)
+    if (work > 0) working = true;
+    else if (working) {
+      working = false;
+      lastWork = performance.now();
+    }
   }
 }
 

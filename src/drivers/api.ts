@@ -75,6 +75,11 @@ export interface DriverCapabilities {
  * Packets in flight between the dataplane and a driver, in preallocated storage.
  * Packet i's segments are iov triples [buffer, offset, length] from iovStart[i] to iovStart[i + 1];
  * buffer 0 is guest memory, buffer 1 the batch's scratch buffer (headers a driver may build there).
+ *
+ * Guest memory reaches transmit() and receive() as a non-shared ArrayBuffer over its bytes, the
+ * dataplane thread's own: a typed-array copy to or from it (`set`) is a memcpy, where V8 copies
+ * into or out of a SharedArrayBuffer byte by byte. It may be larger than any one typed array: make
+ * views of the ranges segments cover, or copy with native.copy, which takes the buffer itself.
  */
 export interface PacketBatch {
   count: number;
@@ -98,7 +103,7 @@ export interface DriverQueue {
    * the guest's ring, in order, and are offered again once `pollFd` is writable; without `wouldBlock`
    * the dataplane drops and counts the rest.
    */
-  transmit(batch: PacketBatch, guestMemory: SharedArrayBuffer): number;
+  transmit(batch: PacketBatch, guestMemory: ArrayBufferLike): number;
   /**
    * Set by transmit: true when it stopped because the wire can take nothing more now (a tap's EAGAIN,
    * a full AF_XDP ring), false otherwise. The dataplane then waits until `pollFd` is writable
@@ -109,13 +114,21 @@ export interface DriverQueue {
    * Receive into the buffers of packets [0, batch.count), each large enough for one packet of the
    * negotiated size. Fills len[] and meta[]; returns how many packets arrived (0: nothing waiting).
    */
-  receive(batch: PacketBatch, guestMemory: SharedArrayBuffer): number;
+  receive(batch: PacketBatch, guestMemory: ArrayBufferLike): number;
   /**
    * Optional: the length of the frame receive() would deliver next, for a driver that knows it before
    * copying (a generated frame, an AF_XDP descriptor); 0 when nothing is waiting, -1 when unknown. The
    * dataplane then takes only the guest buffers that frame needs instead of room for the largest one.
    */
   nextLength?(): number;
+  /**
+   * Optional: the lengths of the frames receive() would deliver next, in order, as many as it knows up
+   * to `max`, into lengths[0..]; returns how many (0: nothing waiting, -1: unknown). With it the
+   * dataplane gives each frame of a batch just the guest buffers it needs (MRG_RXBUF), where with
+   * nextLength() only the first; the others get room for the largest frame, and those that need
+   * less leave the rest to be filled by moving the next frames down (a copy each).
+   */
+  nextLengths?(lengths: Uint32Array, max: number): number;
   /** packets the wire refused */
   readonly drops: number;
   /**
@@ -176,7 +189,7 @@ export type CopyBytes = (dst: ArrayBufferLike, dstOffset: number, src: ArrayBuff
  * buffer 0 (`mem`, guest memory) or 1 (`scratch`); at most `maxSegments` of each packet are used.
  * Returns len, or 0 when packet `to` cannot hold that many bytes.
  */
-export function copyPacket(b: PacketBatch, from: number, to: number, len: number, mem: SharedArrayBuffer, scratch: ArrayBufferLike, copy: CopyBytes, maxSegments = 0xffffffff): number {
+export function copyPacket(b: PacketBatch, from: number, to: number, len: number, mem: ArrayBufferLike, scratch: ArrayBufferLike, copy: CopyBytes, maxSegments = 0xffffffff): number {
   const iov = b.iov;
   let si = b.iovStart[from];
   const sEnd = Math.min(b.iovStart[from + 1], si + maxSegments);

@@ -25,15 +25,18 @@ export interface TxPolicy {
 
 /**
  * Parse a TX header (12 bytes in `h` at `o`) for a packet of `len` bytes (header excluded) into meta
- * at `m`. Returns false when the packet must be dropped.
+ * at `m`. Returns false when the packet must be dropped. (Read as three little-endian words: one
+ * DataView access each, where byte by byte would be ten typed-array accesses.)
  */
-export function parseTxHeader(h: Uint8Array, o: number, len: number, policy: TxPolicy, meta: Int32Array, m: number): boolean {
-  const flags = h[o];
-  const gsoRaw = h[o + 1];
-  const hdrLen = h[o + 2] | (h[o + 3] << 8);
-  const gsoSize = h[o + 4] | (h[o + 5] << 8);
-  const csumStart = h[o + 6] | (h[o + 7] << 8);
-  const csumOffset = h[o + 8] | (h[o + 9] << 8);
+export function parseTxHeader(h: DataView, o: number, len: number, policy: TxPolicy, meta: Int32Array, m: number): boolean {
+  const w0 = h.getUint32(o, true);
+  const w1 = h.getUint32(o + 4, true);
+  const flags = w0 & 0xff;
+  const gsoRaw = (w0 >>> 8) & 0xff;
+  const hdrLen = w0 >>> 16;
+  const gsoSize = w1 & 0xffff;
+  const csumStart = w1 >>> 16;
+  const csumOffset = h.getUint16(o + 8, true);
   if (flags & ~HDR_F_NEEDS_CSUM) return false; // DATA_VALID and RSC_INFO are receive-side only
   const needsCsum = (flags & HDR_F_NEEDS_CSUM) !== 0;
   if (needsCsum && (!policy.csum || csumStart + csumOffset + 2 > len)) return false;
@@ -53,33 +56,21 @@ export function parseTxHeader(h: Uint8Array, o: number, len: number, policy: TxP
   return true;
 }
 
-/** Write the RX header for a received packet described by meta at `m`. */
-export function writeRxHeader(h: Uint8Array, o: number, meta: Int32Array, m: number, numBuffers: number): void {
+/** Write the RX header for a received packet described by meta at `m` (12 bytes in `h` at `o`). */
+export function writeRxHeader(h: DataView, o: number, meta: Int32Array, m: number, numBuffers: number): void {
   const flags = meta[m + META.FLAGS];
   const needsCsum = (flags & META_NEEDS_CSUM) !== 0;
-  h[o] = (needsCsum ? HDR_F_NEEDS_CSUM : 0) | (!needsCsum && flags & META_CSUM_VALID ? HDR_F_DATA_VALID : 0);
-  const gso = meta[m + META.GSO_TYPE];
-  h[o + 1] = gso === GSO_TCPV4 || gso === GSO_TCPV6 || gso === GSO_UDP || gso === GSO_UDP_L4 || (gso & ~GSO_ECN) === GSO_TCPV4 || (gso & ~GSO_ECN) === GSO_TCPV6 ? gso : GSO_NONE;
-  put16(h, o + 2, meta[m + META.HDR_LEN]);
-  put16(h, o + 4, h[o + 1] === GSO_NONE ? 0 : meta[m + META.GSO_SIZE]);
-  put16(h, o + 6, needsCsum ? meta[m + META.CSUM_START] : 0);
-  put16(h, o + 8, needsCsum ? meta[m + META.CSUM_OFFSET] : 0);
-  put16(h, o + 10, numBuffers);
+  const hdrFlags = (needsCsum ? HDR_F_NEEDS_CSUM : 0) | (!needsCsum && flags & META_CSUM_VALID ? HDR_F_DATA_VALID : 0);
+  const gsoMeta = meta[m + META.GSO_TYPE];
+  const gso = gsoMeta === GSO_TCPV4 || gsoMeta === GSO_TCPV6 || gsoMeta === GSO_UDP || gsoMeta === GSO_UDP_L4 || (gsoMeta & ~GSO_ECN) === GSO_TCPV4 || (gsoMeta & ~GSO_ECN) === GSO_TCPV6 ? gsoMeta : GSO_NONE;
+  // flags, gso_type, hdr_len | gso_size, csum_start | csum_offset, num_buffers
+  h.setUint32(o, (hdrFlags | (gso << 8) | ((meta[m + META.HDR_LEN] & 0xffff) << 16)) >>> 0, true);
+  h.setUint32(o + 4, ((gso === GSO_NONE ? 0 : meta[m + META.GSO_SIZE] & 0xffff) | ((needsCsum ? meta[m + META.CSUM_START] & 0xffff : 0) << 16)) >>> 0, true);
+  h.setUint32(o + 8, ((needsCsum ? meta[m + META.CSUM_OFFSET] & 0xffff : 0) | ((numBuffers & 0xffff) << 16)) >>> 0, true);
 }
 
 /** Write virtio_net_hdr_v1_hash's hash fields (the 8 bytes after the header at `o`): hash_value, hash_report, padding. */
-export function writeHashFields(h: Uint8Array, o: number, hash: number, report: number): void {
-  h[o] = hash & 0xff;
-  h[o + 1] = (hash >>> 8) & 0xff;
-  h[o + 2] = (hash >>> 16) & 0xff;
-  h[o + 3] = hash >>> 24;
-  put16(h, o + 4, report);
-  h[o + 6] = 0;
-  h[o + 7] = 0;
-}
-
-/** a little-endian 16-bit field at any alignment (a module function: nothing allocated per packet) */
-function put16(h: Uint8Array, at: number, v: number): void {
-  h[at] = v & 0xff;
-  h[at + 1] = (v >> 8) & 0xff;
+export function writeHashFields(h: DataView, o: number, hash: number, report: number): void {
+  h.setUint32(o, hash >>> 0, true);
+  h.setUint32(o + 4, report & 0xffff, true);
 }

@@ -6,19 +6,17 @@
 import type { GuestView } from '../virtio/dma.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { Virtqueue } from '../virtio/virtqueue.js';
+import { ChainBatch } from '../virtio/chain-batch.js';
 import { NET_HDR_HASH_LEN, NET_HDR_LEN } from './net-header.js';
 import type { DriverQueue } from '../drivers/api.js';
 import { native, ONE } from '../native.js';
 import { STAT } from '../dataplane/stats.js';
-import { RX_BATCH, RxSlots } from './rx-batch.js';
+import { RX_BATCH, RxSlots, giveBack, ETH_HLEN } from './rx-batch.js';
 import { MergeSlots } from './rx-merge.js';
 import type { PairOptions } from './net-pair.js';
 import { RateGate } from '../dataplane/rate-gate.js';
 import type { Coalescer } from './coalesce.js';
 import { RssHasher } from './rss-hash.js';
-
-/** the smallest frame there is: an Ethernet header */
-const ETH_HLEN = 14;
 
 /**
  * Interrupt the guest through `fd` if the queue says it wants one for what was published. With
@@ -33,6 +31,7 @@ export function signal(q: Virtqueue, fd: number, st: Float64Array, coal?: Coales
   }
 }
 
+
 export class NetRx {
   /** with MRG_RXBUF: a batch of frames, each over as many chains as it takes */
   private readonly merge: MergeSlots;
@@ -41,6 +40,8 @@ export class NetRx {
   private readonly bytes: GuestBytes;
   /** without MRG_RXBUF: a batch of chains, one frame each */
   private readonly slots: RxSlots;
+  /** the chains taken from the ring for a batch */
+  private readonly chains: ChainBatch;
   /** the virtio-net header's length: NET_HDR_LEN, or NET_HDR_HASH_LEN with hash reports */
   private readonly hdrLen: number;
   /** with hash reports: each frame's hash and report type, for its header */
@@ -48,7 +49,8 @@ export class NetRx {
 
   constructor(
     mem: GuestView,
-    private readonly memBuffer: SharedArrayBuffer,
+    /** guest memory as drivers get it (GuestBytes.plain) */
+    private readonly memBuffer: ArrayBuffer,
     private readonly rxq: Virtqueue,
     /** the pair: its driver queue, read at each call */
     private readonly pair: { readonly driver: DriverQueue },
@@ -67,6 +69,7 @@ export class NetRx {
     const slotPieces = Math.min(this.chainsPerFrame * chainPieces, o.maxRxFrame + this.hdrLen + chainPieces);
     this.merge = new MergeSlots(o.mergeable ? rxq.size : 1, o.mergeable ? slotPieces + RX_BATCH * 4 : 1, this.hdrLen);
     this.slots = new RxSlots(o.mergeable ? 1 : chainPieces, this.hdrLen);
+    this.chains = new ChainBatch(RX_BATCH, Math.max(RX_BATCH * 4, chainPieces));
     this.gate = new RateGate(o.rxStats);
   }
 
@@ -85,6 +88,21 @@ export class NetRx {
 
   /** the rate limit (its buckets undefined without one: one branch per driver call then) */
   readonly gate: RateGate;
+
+  /** the lengths of the frames waiting in the driver, as far as it knows them (waiting()) */
+  private readonly lengths = new Uint32Array(RX_BATCH);
+
+  /**
+   * How many frames the driver has waiting whose lengths it knows (into this.lengths): 0 when nothing
+   * waits, -1 when it cannot tell (nextLengths, else nextLength for the first).
+   */
+  private waiting(driver: DriverQueue): number {
+    if (driver.nextLengths) return driver.nextLengths(this.lengths, RX_BATCH);
+    if (!driver.nextLength) return -1;
+    const next = driver.nextLength();
+    if (next > 0) this.lengths[0] = next;
+    return next > 0 ? 1 : next;
+  }
 
   /** Receive up to `budget` frames into the RX ring. Returns frames delivered. */
   process(budget: number): number {
@@ -113,8 +131,6 @@ export class NetRx {
     const s = this.slots;
     const b = s.batch;
     const st = this.o.rxStats;
-    const hdrLen = this.hdrLen;
-    const largest = this.o.maxRxFrame + hdrLen;
     const driver = this.pair.driver;
     const log = this.o.log;
     const lim = this.gate.limit;
@@ -130,25 +146,7 @@ export class NetRx {
         want = this.gate.framesAllowed(next, want);
         if (want === 0) break;
       }
-      s.reset();
-      while (s.count < want && q.pop()) {
-        const c = q.chain;
-        if (c.readable > 0) q.markBroken('device-readable receive buffer');
-        else if (c.writableBytes < hdrLen) q.markBroken('receive buffer too small for the header');
-        // one chain takes one whole frame: one that holds no Ethernet header never can
-        else if (c.writableBytes < hdrLen + ETH_HLEN) q.markBroken('receive buffer too small for any frame');
-        if (q.broken) break;
-        // the driver is promised room for the largest frame in each packet of a batch of several: a
-        // smaller chain (legal: frames that do not fit drop) goes alone, where a cut frame is detected
-        const small = c.writableBytes < largest;
-        if (s.count > 0 && (small || !s.fits(c))) {
-          q.rewind(1);
-          break;
-        }
-        s.add(c);
-        if (small) break;
-      }
-      const count = s.count;
+      const count = s.take(q, this.chains, want, this.o.maxRxFrame + this.hdrLen);
       if (count === 0) {
         this.starved = true;
         this.starvedPending = 0;
@@ -165,38 +163,8 @@ export class NetRx {
       attempts += got;
       // the driver wrote into guest memory whatever happens to the frames next: log it all
       if (log !== undefined) s.markAll(log);
-      let k = 0;
-      for (let i = 0; i < got; i++) {
-        const len = b.len[i];
-        const cap = s.cap[i];
-        // (the destination MAC and a VLAN tag are checked where they lie whole in the first segment,
-        // which is every layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
-        // A chain smaller than the largest frame may take a frame cut to fit (the driver reports what
-        // it copied): one shorter than the length announced was cut, and one that fills the chain
-        // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
-        // cannot hold, never delivered cut.
-        const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + hdrLen >= cap);
-        const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + hdrLen > cap ? STAT.DROPS_TOO_BIG : s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
-        if (drop !== 0) {
-          st[STAT.DROPS]++;
-          st[drop]++;
-          continue;
-        }
-        // (into a slot's segments markAll logged)
-        if (i !== k) s.move(this.memBuffer, i, k, len);
-        k++;
-      }
-      let bytes = 0;
-      const hasher = this.hasher;
-      for (let i = 0; i < k; i++) {
-        q.addUsed(s.heads[i], b.len[i] + hdrLen);
-        if (hasher === undefined) s.writeHeader(this.bytes, i, log);
-        else {
-          const report = hasher.classifyPacket(this.bytes, b, i, b.len[i]);
-          s.writeHeader(this.bytes, i, log, hasher.value, report);
-        }
-        bytes += b.len[i];
-      }
+      const k = this.keep(got, next);
+      const bytes = s.complete(q, k, this.bytes, log, this.hasher);
       q.rewind(count - k);
       q.flush();
       delivered += k;
@@ -210,8 +178,48 @@ export class NetRx {
   }
 
   /**
+   * Without MRG_RXBUF: of the `got` frames the driver delivered (the first announced `next` bytes long
+   * if next > 0), drop those to drop and move the others down over the slots left free. Returns frames
+   * kept: slots [0, k).
+   */
+  private keep(got: number, next: number): number {
+    const s = this.slots;
+    const b = s.batch;
+    const st = this.o.rxStats;
+    const hdrLen = this.hdrLen;
+    const largest = this.o.maxRxFrame + hdrLen;
+    // (the filter is read once per batch: a frame seeing a change one frame late is harmless)
+    const all = this.o.filter.passesAll();
+    let k = 0;
+    for (let i = 0; i < got; i++) {
+      const len = b.len[i];
+      const cap = s.cap[i];
+      // (the destination MAC and a VLAN tag are checked where they lie whole in the first segment,
+      // which is every layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
+      // A chain smaller than the largest frame may take a frame cut to fit (the driver reports what
+      // it copied): one shorter than the length announced was cut, and one that fills the chain
+      // exactly, its length unknown, may have been. Dropped, as vhost-net drops a frame its buffers
+      // cannot hold, never delivered cut.
+      const cut = cap < largest && (next > 0 && i === 0 ? len < next : len + hdrLen >= cap);
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + hdrLen > cap ? STAT.DROPS_TOO_BIG : !all && s.firstLength(i) >= 6 && !this.accepts(s.firstOffset(i), Math.min(s.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
+      if (drop !== 0) {
+        st[STAT.DROPS]++;
+        st[drop]++;
+        continue;
+      }
+      // (into a slot's segments markAll logged)
+      if (i !== k) s.move(this.memBuffer, i, k, len);
+      k++;
+    }
+    return k;
+  }
+
+
+
+
+  /**
    * With MRG_RXBUF: up to RX_BATCH frames per driver call, each offered as many chains as the largest
-   * frame takes (the first: as many as the frame the driver announced), published once per batch. A
+   * frame takes (those whose length the driver announced: as many as they take), published once per batch. A
    * slot the ring cannot fill is not offered (its chains go back): a frame is never read into less room
    * than it may need, so none is ever published in part. Frames that took fewer chains than offered, or
    * were dropped, leave their chains to the next frames (MergeSlots.move); the chains left over go back
@@ -228,35 +236,54 @@ export class NetRx {
     const log = this.o.log;
     const lim = this.gate.limit;
     let delivered = 0;
+    const lengths = this.lengths;
     for (let attempts = 0; attempts < budget && !q.broken; ) {
-      // room for the frame that is waiting when the driver can tell its length, else for the largest
-      const next = driver.nextLength ? driver.nextLength() : -1;
-      if (next === 0) {
+      // room for each frame that is waiting as long as the driver can tell its length, else for the largest
+      const known = this.waiting(driver);
+      if (known === 0) {
         this.dry = true;
         break;
       }
+      const next = known > 0 ? lengths[0] : -1;
       let want = Math.min(RX_BATCH, budget - attempts);
       if (lim !== undefined) {
         want = this.gate.framesAllowed(next, want);
         if (want === 0) break;
       }
       m.reset();
-      let need = next > 0 ? Math.min(largest, next + hdrLen) : largest;
-      while (m.count < want && q.pop()) {
-        const c = q.chain;
-        if (c.readable > 0) q.markBroken('device-readable receive buffer');
-        // (virtio 1.x 5.1.6.3.1: with MRG_RXBUF each buffer holds at least the header; any chain may
-        // become the first of a frame here)
-        else if (c.writableBytes < hdrLen) q.markBroken('receive buffer too small for the header');
-        if (q.broken) break;
-        if (!m.add(c)) {
-          q.rewind(1);
-          break;
+      let need = known > 0 ? Math.min(largest, next + hdrLen) : largest;
+      // (chains are taken a batch at a time: as many as the frames want if each takes one, the
+      // common case; a frame that takes several takes the next batch's too)
+      const cb = this.chains;
+      for (let more = true; more && m.count < want && !q.broken; ) {
+        cb.reset();
+        const popped = q.popBatch(cb, Math.min(cb.chains, want - m.count));
+        if (popped === 0) break;
+        let i = 0;
+        for (; i < popped; i++) {
+          // (virtio 1.x 5.1.6.3.1: with MRG_RXBUF each buffer holds at least the header; any chain may
+          // become the first of a frame here)
+          const bad = cb.readable[i] > 0 ? 'device-readable receive buffer' : cb.writableBytes[i] < hdrLen ? 'receive buffer too small for the header' : undefined;
+          if (bad !== undefined) {
+            q.markBroken(bad);
+            i++;
+            break;
+          }
+          if (!m.add(cb, i)) break;
+          if (m.open >= need) {
+            m.close();
+            need = m.count < known ? Math.min(largest, lengths[m.count] + hdrLen) : largest;
+            if (m.count >= want) {
+              i++;
+              break;
+            }
+          } else if (m.openChains >= this.chainsPerFrame) {
+            i++;
+            break;
+          }
         }
-        if (m.open >= need) {
-          m.close();
-          need = largest;
-        } else if (m.openChains >= this.chainsPerFrame) break;
+        more = i === popped && m.openChains < this.chainsPerFrame;
+        giveBack(q, popped, i);
       }
       const partial = m.openChains;
       // a broken ring takes no more frames; the slots before the bad chain are still offered
@@ -281,7 +308,7 @@ export class NetRx {
       attempts += got;
       // the driver wrote into guest memory whatever happens to the frames next: log it all
       if (log !== undefined) m.markAll(log);
-      const placed = this.place(got, next);
+      const placed = this.place(got, known);
       q.rewind(m.chains - placed.chains);
       q.flush();
       delivered += placed.frames;
@@ -293,11 +320,12 @@ export class NetRx {
   }
 
   /**
-   * Complete the `got` frames of a merge batch, in order, into the first chains popped: drop those to
+   * Complete the `got` frames of a merge batch (the first `known` of them announced: this.lengths), in
+   * order, into the first chains popped: drop those to
    * drop, move the others down over chains left free, record their chains used and write their headers.
    * Returns frames kept, their bytes, and the chains they took (one object, reused).
    */
-  private place(got: number, next: number): typeof this.placed {
+  private place(got: number, known: number): typeof this.placed {
     const m = this.merge;
     const b = m.batch;
     const st = this.o.rxStats;
@@ -307,13 +335,14 @@ export class NetRx {
     let d = 0;
     let frames = 0;
     let bytes = 0;
+    const all = this.o.filter.passesAll();
     for (let i = 0; i < got; i++) {
       const len = b.len[i];
       // (the destination MAC is checked where it lies whole in the first segment, which is every
       // layout drivers use; a first segment under 6 bytes skips the filter rather than gather)
       // A frame shorter than the length announced was cut: dropped, never delivered cut.
-      const cut = i === 0 && next > 0 && len < next;
-      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + hdrLen > m.cap[i] ? STAT.DROPS_TOO_BIG : m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i), Math.min(m.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
+      const cut = i < known && len < this.lengths[i];
+      const drop = len < ETH_HLEN ? STAT.DROPS_MALFORMED : cut || len + hdrLen > m.cap[i] ? STAT.DROPS_TOO_BIG : !all && m.firstLength(i) >= 6 && !this.accepts(m.firstOffset(i), Math.min(m.firstLength(i), len)) ? STAT.DROPS_FILTERED : 0;
       if (drop !== 0) {
         st[STAT.DROPS]++;
         st[drop]++;

@@ -46,6 +46,7 @@ export class SteeredRx {
   private readonly batch: PacketBatch;
   private readonly hdrLen: number;
   private readonly hdr: Uint8Array;
+  private readonly hdrView: DataView;
   /** the chains one frame takes (mergeable: several), their heads and room */
   private readonly heads: Uint16Array;
   private readonly caps: Float64Array;
@@ -60,7 +61,8 @@ export class SteeredRx {
 
   constructor(
     mem: GuestView,
-    private readonly memBuffer: SharedArrayBuffer,
+    /** guest memory as drivers get it (GuestBytes.plain) */
+    private readonly memBuffer: ArrayBuffer,
     private readonly rxq: Virtqueue,
     private readonly pair: { readonly driver: DriverQueue },
     private readonly o: PairOptions,
@@ -74,6 +76,7 @@ export class SteeredRx {
     this.hasher = new RssHasher(s.rss);
     this.hdrLen = s.hashReport ? NET_HDR_HASH_LEN : NET_HDR_LEN;
     this.hdr = new Uint8Array(this.hdrLen);
+    this.hdrView = new DataView(this.hdr.buffer);
     // one byte more than the largest frame: a frame that fills its slot may have been cut
     this.slot = (o.maxRxFrame + 1 + 7) & ~7;
     this.staging = new SharedArrayBuffer(RX_BATCH * this.slot);
@@ -254,8 +257,8 @@ export class SteeredRx {
       used++;
     }
     q.rewind(chains - used);
-    writeRxHeader(this.hdr, 0, rec.meta, 0, used);
-    if (this.hdrLen === NET_HDR_HASH_LEN) writeHashFields(this.hdr, NET_HDR_LEN, rec.report === HASH_REPORT.NONE ? 0 : rec.hash, rec.report);
+    writeRxHeader(this.hdrView, 0, rec.meta, 0, used);
+    if (this.hdrLen === NET_HDR_HASH_LEN) writeHashFields(this.hdrView, NET_HDR_LEN, rec.report === HASH_REPORT.NONE ? 0 : rec.hash, rec.report);
     this.scatter(rec, segs, need);
     return 1;
   }

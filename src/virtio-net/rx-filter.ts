@@ -142,6 +142,12 @@ export class RxFilter {
     return false;
   }
 
+  /** Does every frame reach the guest now (link up, promiscuous)? Read once per batch: accepts() is then not asked. */
+  passesAll(): boolean {
+    const w = this.words;
+    return w[W_LINK_DOWN] === 0 && w[W_PROMISC] !== 0;
+  }
+
   /**
    * Does a frame whose first `len` bytes are at p[o..o+len) (at least its destination MAC: 6) reach the
    * guest? Promiscuous mode takes everything, VLANs not added included (as QEMU does). A tag is looked

@@ -5,7 +5,7 @@
 // (a copy inside guest memory; none in the common case of one chain per frame and no drop), so the
 // chains used are always the first popped, in order, and the rest go back to the ring (rewind).
 // Preallocated: nothing per frame.
-import type { Chain } from '../virtio/virtqueue.js';
+import type { ChainBatch } from '../virtio/chain-batch.js';
 import type { GuestBytes } from '../virtio/guest-bytes.js';
 import type { DirtyLog } from '../virtio/dirty-log.js';
 import { META_WORDS, newPacketBatch, type PacketBatch } from '../drivers/api.js';
@@ -27,6 +27,7 @@ export class MergeSlots {
   /** bytes slot i takes, header included */
   readonly cap = new Float64Array(RX_BATCH);
   private readonly hdr: Uint8Array;
+  private readonly hdrView: DataView;
   /** closed slots */
   count = 0;
   /** chains popped in all (the open slot's included) */
@@ -45,6 +46,7 @@ export class MergeSlots {
     private readonly headerLen = NET_HDR_LEN,
   ) {
     this.hdr = new Uint8Array(headerLen);
+    this.hdrView = new DataView(this.hdr.buffer);
     this.heads = new Uint16Array(maxChains);
     this.caps = new Float64Array(maxChains);
     this.pStart = new Uint32Array(maxChains + 1);
@@ -66,22 +68,25 @@ export class MergeSlots {
     return this.chains - this.first[this.count];
   }
 
-  /** Add chain `c` (validated by the caller) to the open slot; false when the storage cannot hold it. */
-  add(c: Chain): boolean {
+  /** Add chain i of `cb` (validated by the caller) to the open slot; false when the storage cannot hold it. */
+  add(cb: ChainBatch, i: number): boolean {
     const n = this.chains;
     let p = this.pStart[n];
-    if (n >= this.heads.length || p + c.count > this.pieces) return false;
-    for (let i = 0; i < c.count; i++) {
-      const l = c.lens[i];
+    const c0 = cb.first[i];
+    const c1 = cb.first[i + 1];
+    if (n >= this.heads.length || p + (c1 - c0) > this.pieces) return false;
+    for (let k = c0; k < c1; k++) {
+      const l = cb.lens[k];
       if (l === 0) continue;
-      this.pOff[p] = c.offsets[i];
+      this.pOff[p] = cb.offsets[k];
       this.pLen[p++] = l;
     }
-    this.heads[n] = c.head;
-    this.caps[n] = c.writableBytes;
+    const bytes = cb.writableBytes[i];
+    this.heads[n] = cb.heads[i];
+    this.caps[n] = bytes;
     this.pStart[n + 1] = p;
     this.chains = n + 1;
-    this.open += c.writableBytes;
+    this.open += bytes;
     return true;
   }
 
@@ -139,7 +144,7 @@ export class MergeSlots {
    * alone, so the frame fits there; it moves towards the start of the chains, so copying its pieces
    * in order never overwrites bytes still to be copied (each piece copy is a memmove).
    */
-  move(mem: SharedArrayBuffer, i: number, d: number, len: number, log: DirtyLog | undefined): void {
+  move(mem: ArrayBufferLike, i: number, d: number, len: number, log: DirtyLog | undefined): void {
     const b = this.batch;
     const iov = b.iov;
     let si = b.iovStart[i];
@@ -206,14 +211,14 @@ export class MergeSlots {
       // the common layout: the header whole in the first buffer
       const dst = this.pOff[p];
       const w = bytes.window(dst);
-      writeRxHeader(w.u8, dst - w.base, meta, i * META_WORDS, numBuffers);
-      if (hashed) writeHashFields(w.u8, dst - w.base + NET_HDR_LEN, hash, report);
+      writeRxHeader(w.dv, dst - w.base, meta, i * META_WORDS, numBuffers);
+      if (hashed) writeHashFields(w.dv, dst - w.base + NET_HDR_LEN, hash, report);
       log?.markOffset(dst, len);
       return;
     }
     // any layout is legal: the header spread over the chain's first buffers (the chain holds it whole)
-    writeRxHeader(this.hdr, 0, meta, i * META_WORDS, numBuffers);
-    if (hashed) writeHashFields(this.hdr, NET_HDR_LEN, hash, report);
+    writeRxHeader(this.hdrView, 0, meta, i * META_WORDS, numBuffers);
+    if (hashed) writeHashFields(this.hdrView, NET_HDR_LEN, hash, report);
     for (let at = 0; at < len; p++) {
       const dst = this.pOff[p];
       const n = Math.min(len - at, this.pLen[p]);

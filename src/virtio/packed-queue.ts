@@ -20,6 +20,8 @@ import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
 import { Chain, IOMMU_EXTRA_PIECES, le32, type BrokenReason, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from './virtqueue.js';
 import type { Window } from './guest-bytes.js';
+import { popInto, type ChainBatch } from './chain-batch.js';
+import { TakenChains } from './packed-taken.js';
 
 export const PACKED_DESC_F_NEXT = 1;
 export const PACKED_DESC_F_WRITE = 2;
@@ -53,12 +55,8 @@ export class PackedQueue implements Virtqueue {
   /** ring slots each buffer id's chain took (the used position moves on by this), while in use */
   private readonly slots: Uint16Array;
   private readonly inUse: Uint8Array;
-  /** chains popped, newest last (start slot, wrap counter, id): what rewind() gives back */
-  private readonly histPos: Uint16Array;
-  private readonly histWrap: Uint8Array;
-  private readonly histId: Uint16Array;
-  private histTop = 0;
-  private histLen = 0;
+  /** chains popped, newest last: what rewind() gives back */
+  private readonly taken: TakenChains;
   /** the first used descriptor of the batch flush() publishes: its flags are written last (-1: none) */
   private batchSlot = -1;
   private batchFlags = 0;
@@ -112,9 +110,7 @@ export class PackedQueue implements Virtqueue {
     this.placeRings(offs);
     this.slots = new Uint16Array(size);
     this.inUse = new Uint8Array(size);
-    this.histPos = new Uint16Array(size);
-    this.histWrap = new Uint8Array(size);
-    this.histId = new Uint16Array(size);
+    this.taken = new TakenChains(size);
     this.chain = this.newChain();
   }
 
@@ -154,7 +150,7 @@ export class PackedQueue implements Virtqueue {
     this.nextUsed = this.publishedUsed = this.signalledUsed = s.nextUsed % this.size;
     this.usedWrap = this.publishedWrap = s.usedWrap;
     this.inUse.fill(0);
-    this.histLen = 0;
+    this.taken.clear();
     this.batchSlot = -1;
     this.unsignalled = false;
   }
@@ -267,15 +263,49 @@ export class PackedQueue implements Virtqueue {
       if (!PackedQueue.isAvail(flags, wrap)) return this.fail('chain continues into an unavailable descriptor');
     }
     c.head = id;
+    this.took(this.popStart, this.popStartWrap, id, pos, wrap);
+    return true;
+  }
+
+  /** A chain from `start` (under wrap counter `startWrap`), buffer `id`, was taken; the next is at `pos`, `wrap`. */
+  private took(start: number, startWrap: boolean, id: number, pos: number, wrap: boolean): void {
     this.nextAvail = pos;
     this.availWrap = wrap;
-    const h = this.histTop;
-    this.histPos[h] = this.popStart;
-    this.histWrap[h] = this.popStartWrap ? 1 : 0;
-    this.histId[h] = id;
-    this.histTop = h + 1 === size ? 0 : h + 1;
-    if (this.histLen < size) this.histLen++;
-    return true;
+    this.taken.push(start, startWrap, id);
+  }
+
+  popBatch(out: ChainBatch, max: number): number {
+    if (this.broken || this.stalled) return 0;
+    // (a one-descriptor chain is read in place, in pop()'s order of checks; any other through pop())
+    const fast = this.mem.iommu === undefined && this.descOff % 4 === 0;
+    const table = this.mem.table;
+    const u32 = this.descW.u32;
+    const u16 = this.descW.u16;
+    const d0 = this.descOff / 4;
+    const size = this.size;
+    let k = 0;
+    while (k < max && out.roomForOne) {
+      const pos = this.nextAvail;
+      const wrap = this.availWrap;
+      const flags = this.flagsAt(pos);
+      if (!PackedQueue.isAvail(flags, wrap)) break;
+      if (fast && (flags & (PACKED_DESC_F_NEXT | PACKED_DESC_F_INDIRECT)) === 0) {
+        const d = d0 + 4 * pos;
+        const len = u32[d + 2];
+        const off = table.translate(u32[d] + u32[d + 1] * 4294967296, len);
+        const id = u16[2 * d + 6];
+        if (off < 0) this.broken = 'buffer outside guest memory';
+        else if (id >= size) this.broken = 'buffer id out of range';
+        else if (this.inUse[id]) this.broken = 'buffer id already in use';
+        if (this.broken) break;
+        this.inUse[id] = 1;
+        this.slots[id] = 1;
+        this.took(pos, wrap, id, pos + 1 === size ? 0 : pos + 1, pos + 1 === size ? !wrap : wrap);
+        out.addOne(id, off, len, (flags & PACKED_DESC_F_WRITE) !== 0);
+      } else if (!popInto(this, out)) break;
+      k++;
+    }
+    return k;
   }
 
   /** An indirect table's descriptors, in order (NEXT is not used in a packed table, §2.8.7). */
@@ -303,13 +333,11 @@ export class PackedQueue implements Virtqueue {
   }
 
   rewind(n: number): void {
-    for (let k = 0; k < n && this.histLen > 0; k++) {
-      this.histTop = this.histTop === 0 ? this.size - 1 : this.histTop - 1;
-      this.histLen--;
-      const h = this.histTop;
-      this.inUse[this.histId[h]] = 0;
-      this.nextAvail = this.histPos[h];
-      this.availWrap = this.histWrap[h] === 1;
+    const t = this.taken;
+    for (let k = 0; k < n && t.dropNewest(); k++) {
+      this.inUse[t.lastId] = 0;
+      this.nextAvail = t.lastPos;
+      this.availWrap = t.lastWrap;
     }
   }
 

@@ -11,6 +11,7 @@ import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, dmaContiguous, type GuestView } from './dma.js';
 import { Chain, IOMMU_EXTRA_PIECES, le32, type BrokenReason, type QueueConfig, type QueueFeatures, type RingState, type Virtqueue } from './virtqueue.js';
 import type { Window } from './guest-bytes.js';
+import { popInto, type ChainBatch } from './chain-batch.js';
 
 export const VIRTQ_DESC_F_NEXT = 1;
 export const VIRTQ_DESC_F_WRITE = 2;
@@ -222,6 +223,46 @@ export class SplitQueue implements Virtqueue {
       i = next;
       if (i >= tableLen) return this.fail('descriptor index out of range');
     }
+  }
+
+  /**
+   * Take up to `max` available chains into `out` (appended), with no more reads of the available index
+   * than pop() would make for the first: a one-buffer chain (neither NEXT nor INDIRECT; no IOMMU) is
+   * read and checked in place, any other through pop(). Stops when the entries seen are taken, the
+   * queue breaks (the chains before stay in `out`), or `out` is full (that chain goes back). Returns
+   * chains taken.
+   */
+  popBatch(out: ChainBatch, max: number): number {
+    if (this.broken || this.stalled) return 0;
+    if (this.lastAvail === this.availSeen && this.pending() === 0) return 0;
+    // (the descriptor table is 16-byte aligned in guest-physical memory; its window offset is 4-byte
+    // aligned whenever guest memory's regions are, which readDesc checks and this requires)
+    const fast = this.mem.iommu === undefined && this.descOff % 4 === 0;
+    const table = this.mem.table;
+    const ring = this.availW.u16;
+    const at = this.availOff / 2 + 2;
+    const u32 = this.descW.u32;
+    const u16 = this.descW.u16;
+    const d0 = this.descOff / 4;
+    const size = this.size;
+    let k = 0;
+    while (k < max && this.lastAvail !== this.availSeen && out.roomForOne) {
+      const head = ring[at + (this.lastAvail & (size - 1))];
+      const d = d0 + 4 * head;
+      const flags = head < size ? u16[2 * d + 6] : VIRTQ_DESC_F_INDIRECT;
+      if (fast && (flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) === 0) {
+        const len = u32[d + 2];
+        const off = table.translate(u32[d] + u32[d + 1] * 4294967296, len);
+        if (off < 0) {
+          this.broken = 'buffer outside guest memory';
+          break;
+        }
+        out.addOne(head, off, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+        this.lastAvail = (this.lastAvail + 1) & 0xffff;
+      } else if (!popInto(this, out)) break;
+      k++;
+    }
+    return k;
   }
 
   /** the fields of the descriptor readDesc() read last (each read from guest memory once) */

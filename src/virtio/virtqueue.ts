@@ -11,6 +11,7 @@
 // reads or writes outside guest RAM.
 import type { DirtyLog } from './dirty-log.js';
 import { DMA_READ, DMA_WRITE, type GuestView } from './dma.js';
+import type { ChainBatch } from './chain-batch.js';
 
 /** the largest queue either layout allows (virtio 1.x: split sizes are powers of two up to 32768) */
 export const MAX_QUEUE_SIZE = 32768;
@@ -187,6 +188,13 @@ export interface Virtqueue {
    * when there is none or the queue broke on it.
    */
   pop(into?: Chain): boolean;
+  /**
+   * Take up to `max` available chains into `out` (appended; `out` must have room for at least one of
+   * the queue's longest chains). The common chain (one buffer, no IOMMU) is read in place, others as
+   * pop() reads them; every check is pop()'s. Stops early when none is left, the queue breaks (the
+   * chains before stay in `out`) or `out` is full. Returns chains taken: rewind() gives them back.
+   */
+  popBatch(out: ChainBatch, max: number): number;
   /** storage for a chain of this queue (room for the longest chain it accepts) */
   newChain(): Chain;
   /**

@@ -9,6 +9,7 @@
 // UMEM: FRAMES chunks of CHUNK bytes; the first half circulates through the fill and RX rings (receive),
 // the second half is a free list for transmit, returned through the completion ring.
 import { native, PROT_READ, PROT_WRITE, MAP_SHARED } from '../../native.js';
+import { CopyList } from '../copy-list.js';
 import { META_WORDS, type DriverQueue, type PacketBatch } from '../api.js';
 import * as A from './abi.js';
 import { setQueueSocket, errnoName } from './xdp-program.js';
@@ -163,6 +164,8 @@ export class XskQueue implements DriverQueue {
   /** 'copy' or 'zerocopy': what the kernel gave us */
   readonly mode: 'copy' | 'zerocopy';
   private readonly umem: Uint8Array;
+  /** a call's frame copies, made at once (native.copyv) */
+  private readonly copies = new CopyList();
   private readonly fill: Ring;
   private readonly comp: Ring;
   private readonly rx: Ring;
@@ -217,8 +220,7 @@ export class XskQueue implements DriverQueue {
 
   wouldBlock = false;
 
-  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
-    // (guest memory goes to native.copy as the buffer itself: it may be larger than a typed array)
+  transmit(b: PacketBatch, mem: ArrayBufferLike): number {
     this.reclaim();
     const tx = this.tx;
     // room in the TX ring: the kernel's consumer index says what it took
@@ -235,9 +237,8 @@ export class XskQueue implements DriverQueue {
       const addr = this.txFree[--this.txFreeCount];
       let at = addr;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
-        const off = b.iov[t + 1];
         const n = b.iov[t + 2];
-        native.copy(this.umem, at, mem, off, n);
+        this.copies.add(1, at, 0, b.iov[t + 1], n);
         at += n;
       }
       const d = (this.txProd & (RING - 1)) * 4;
@@ -248,6 +249,8 @@ export class XskQueue implements DriverQueue {
       this.txProd = (this.txProd + 1) >>> 0;
       sent++;
     }
+    // the frames into their chunks, all at once, before the kernel may look at them
+    this.copies.run(mem, this.umem);
     Atomics.store(tx.producer, 0, this.txProd);
     this.state[1] = this.txFreeCount;
     // the TX ring is full, or every transmit chunk is still the kernel's: the rest wait in the guest's
@@ -273,12 +276,20 @@ export class XskQueue implements DriverQueue {
     return rx.u32[(this.rxCons & (RING - 1)) * 4 + 2];
   }
 
+  nextLengths(lengths: Uint32Array, max: number): number {
+    if (this.nextLength() === 0) return 0;
+    const rx = this.rx;
+    const n = Math.min(max, (Atomics.load(rx.producer, 0) - this.rxCons) >>> 0);
+    for (let k = 0; k < n; k++) lengths[k] = rx.u32[((this.rxCons + k) & (RING - 1)) * 4 + 2];
+    return n;
+  }
+
   /**
    * Frames waiting in the RX ring into packets [0, count), each chunk straight back to the fill ring;
    * both indices are published once per call. A frame the packet's buffers cannot hold whole is
    * consumed and reported empty (the dataplane drops it and keeps the buffers).
    */
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  receive(b: PacketBatch, mem: ArrayBufferLike): number {
     if (this.nextLength() === 0) return 0;
     const rx = this.rx;
     const avail = (Atomics.load(rx.producer, 0) - this.rxCons) >>> 0;
@@ -291,7 +302,7 @@ export class XskQueue implements DriverQueue {
       let left = len;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
         const k = Math.min(left, b.iov[t + 2]);
-        native.copy(mem, b.iov[t + 1], this.umem, from, k);
+        this.copies.add(0, b.iov[t + 1], 1, from, k);
         from += k;
         left -= k;
       }
@@ -301,6 +312,8 @@ export class XskQueue implements DriverQueue {
       b.len[p] = left > 0 ? 0 : len;
       b.meta.fill(0, p * META_WORDS, (p + 1) * META_WORDS);
     }
+    // the frames out of their chunks, all at once, before the chunks go back to the kernel
+    this.copies.run(mem, this.umem);
     Atomics.store(rx.consumer, 0, this.rxCons);
     Atomics.store(this.fill.producer, 0, this.fillProd);
     return n;

@@ -6,8 +6,8 @@
 // Generated frames are broadcasts with a pattern, and a frame counter in bytes 14..17 (so successive
 // frames differ, as real traffic does: what lands in a buffer is never what was there).
 import { fileURLToPath } from 'node:url';
-import { native } from '../../native.js';
 import { UserError } from '../../errors.js';
+import { CopyList } from '../copy-list.js';
 import { META_WORDS, NO_OFFLOADS, type DriverQueue, type NetDriver, type PacketBatch } from '../api.js';
 
 interface NullInit {
@@ -19,15 +19,8 @@ interface NullInit {
 /** loop mode: frames held between transmit and receive (more wait in the guest's ring: wouldBlock) */
 const LOOP_SLOTS = 512;
 const LOOP_SLOT_BYTES = 9018;
-/** the longest byte array made over guest memory (larger memory: copies through native.copy) */
-const MAX_BYTE_ARRAY = 2 ** 31;
-/**
- * Copies up to this many bytes are typed-array copies; longer ones go through native.copy (memmove).
- * V8 copies into or out of a SharedArrayBuffer byte by byte (relaxed atomics), which beats the addon
- * call's fixed cost only for short copies: measured with bench/engine-micro.mjs, 64-byte frames gain,
- * 1514-byte frames lose 3x.
- */
-const SHORT_COPY = 256;
+/** generated frames staged per batch (a batch of more runs its copies every GEN_SLOTS frames) */
+const GEN_SLOTS = 64;
 
 /** the option keys create() reads (the registry refuses others) */
 export const options = ['size', 'rx', 'loop'];
@@ -57,7 +50,9 @@ class NullQueue implements DriverQueue {
   private readonly mbuf = new Uint8Array(LOOP_SLOT_BYTES);
   /** keeps a byte of each copy, so the copies have an observable result */
   sink = 0;
-  private readonly frame: Uint8Array;
+  /** generated frames: GEN_SLOTS copies of the frame, each with its own counter (a batch's sources) */
+  private readonly frames: Uint8Array;
+  private readonly copies = new CopyList();
   /** loop mode: a ring of held frames */
   private readonly held?: Uint8Array;
   private readonly heldLen = new Uint32Array(LOOP_SLOTS);
@@ -65,37 +60,38 @@ class NullQueue implements DriverQueue {
   private heldCount = 0;
 
   constructor(private readonly init: NullInit) {
-    this.frame = new Uint8Array(init.size);
-    this.frame.fill(0xff, 0, 6); // broadcast
-    this.frame.set([0x02, 0, 0, 0, 0, 1], 6);
-    this.frame[12] = 0x88;
-    this.frame[13] = 0xb5;
-    for (let i = 14; i < init.size; i++) this.frame[i] = i & 0xff;
+    const frame = new Uint8Array(init.size);
+    frame.fill(0xff, 0, 6); // broadcast
+    frame.set([0x02, 0, 0, 0, 0, 1], 6);
+    frame[12] = 0x88;
+    frame[13] = 0xb5;
+    for (let i = 14; i < init.size; i++) frame[i] = i & 0xff;
+    this.frames = new Uint8Array(GEN_SLOTS * init.size);
+    for (let s = 0; s < GEN_SLOTS; s++) this.frames.set(frame, s * init.size);
     if (init.loop) this.held = new Uint8Array(LOOP_SLOTS * LOOP_SLOT_BYTES);
   }
 
-  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
-    // (a short copy is a typed-array copy through a view of the segment, as guest memory may be
-    // larger than one typed array can be: SHORT_COPY)
+  // Every frame is copied out of guest memory (transmit) or into it (receive), as DPDK's vhost copies
+  // into and out of mbufs (a memcpy each): a batch's copies in one native call (CopyList).
+  transmit(b: PacketBatch, mem: ArrayBufferLike): number {
     if (this.held) return this.hold(b, mem);
-    // every frame is copied out of guest memory, as DPDK's vhost copies into an mbuf (a memcpy)
     const mbuf = this.mbuf;
+    const copies = this.copies;
     for (let p = 0; p < b.count; p++) {
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const n = Math.min(b.iov[t + 2], mbuf.length - at);
-        if (n <= SHORT_COPY) mbuf.set(new Uint8Array(mem, b.iov[t + 1], n), at);
-        else native.copy(mbuf, at, mem, b.iov[t + 1], n);
+        copies.add(1, at, 0, b.iov[t + 1], n);
         at += n;
       }
-      this.sink = (this.sink + mbuf[0]) | 0;
     }
+    copies.run(mem, mbuf);
+    this.sink = (this.sink + mbuf[0]) | 0;
     return b.count;
   }
 
   /** loop mode: copy frames into the held ring, as many as fit */
-  private hold(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const held = this.held!;
+  private hold(b: PacketBatch, mem: ArrayBufferLike): number {
     this.wouldBlock = this.heldCount + b.count > LOOP_SLOTS;
     let p = 0;
     for (; p < b.count && this.heldCount < LOOP_SLOTS; p++) {
@@ -104,30 +100,26 @@ class NullQueue implements DriverQueue {
       const end = at + LOOP_SLOT_BYTES;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1]; t += 3) {
         const n = Math.min(b.iov[t + 2], end - at);
-        if (n <= SHORT_COPY) held.set(new Uint8Array(mem, b.iov[t + 1], n), at);
-        else native.copy(held, at, mem, b.iov[t + 1], n);
+        this.copies.add(1, at, 0, b.iov[t + 1], n);
         at += n;
       }
       this.heldLen[slot] = at - slot * LOOP_SLOT_BYTES;
       this.heldCount++;
     }
+    this.copies.run(mem, this.held!);
     return p;
   }
 
   /** loop mode: the oldest held frames into the guest's buffers, one per packet */
-  private unhold(b: PacketBatch, mem: SharedArrayBuffer): number {
-    const held = this.held!;
-    const u8 = this.bytes(mem);
+  private unhold(b: PacketBatch, mem: ArrayBufferLike): number {
     let p = 0;
     for (; p < b.count && this.heldCount > 0; p++) {
       const slot = this.heldHead;
       let at = slot * LOOP_SLOT_BYTES;
       let left = this.heldLen[slot];
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
-        const off = b.iov[t + 1];
         const n = Math.min(left, b.iov[t + 2]);
-        if (u8 !== undefined && n <= SHORT_COPY) u8.set(held.subarray(at, at + n), off);
-        else native.copy(mem, off, held, at, n);
+        this.copies.add(0, b.iov[t + 1], 1, at, n);
         at += n;
         left -= n;
       }
@@ -136,18 +128,9 @@ class NullQueue implements DriverQueue {
       this.heldHead = (this.heldHead + 1) % LOOP_SLOTS;
       this.heldCount--;
     }
+    // (the held slots just given up are not written before this runs)
+    this.copies.run(mem, this.held!);
     return p;
-  }
-
-  /** guest memory as one byte array, where it is small enough to be one (else copies use native.copy) */
-  private memU8: Uint8Array | undefined;
-  private memOf: SharedArrayBuffer | undefined;
-  private bytes(mem: SharedArrayBuffer): Uint8Array | undefined {
-    if (mem !== this.memOf) {
-      this.memOf = mem;
-      this.memU8 = mem.byteLength <= MAX_BYTE_ARRAY ? new Uint8Array(mem) : undefined;
-    }
-    return this.memU8;
   }
 
   nextLength(): number {
@@ -155,30 +138,44 @@ class NullQueue implements DriverQueue {
     return this.init.rx ? this.init.size : 0;
   }
 
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  nextLengths(lengths: Uint32Array, max: number): number {
+    if (this.held) {
+      const n = Math.min(max, this.heldCount);
+      for (let k = 0; k < n; k++) lengths[k] = this.heldLen[(this.heldHead + k) % LOOP_SLOTS];
+      return n;
+    }
+    if (!this.init.rx) return 0;
+    lengths.fill(this.init.size, 0, max);
+    return max;
+  }
+
+  receive(b: PacketBatch, mem: ArrayBufferLike): number {
     if (this.held) return this.unhold(b, mem);
     if (!this.init.rx) return 0;
-    const f = this.frame;
-    const u8 = this.bytes(mem);
+    const size = this.init.size;
+    const frames = this.frames;
     for (let p = 0; p < b.count; p++) {
+      // each frame of a batch from a staging slot of its own, its counter written there
+      const slot = p % GEN_SLOTS;
+      if (slot === 0 && p > 0) this.copies.run(mem, frames);
+      const f = slot * size;
       const n = ++this.generated;
-      f[14] = n;
-      f[15] = n >>> 8;
-      f[16] = n >>> 16;
-      f[17] = n >>> 24;
-      let left = this.init.size;
+      frames[f + 14] = n;
+      frames[f + 15] = n >>> 8;
+      frames[f + 16] = n >>> 16;
+      frames[f + 17] = n >>> 24;
+      let left = size;
       let at = 0;
       for (let t = 3 * b.iovStart[p]; t < 3 * b.iovStart[p + 1] && left > 0; t += 3) {
-        const n = Math.min(left, b.iov[t + 2]);
-        // (a short frame whole into one segment, the common case: a typed-array copy, no view made)
-        if (u8 !== undefined && n === f.length && n <= SHORT_COPY) u8.set(f, b.iov[t + 1]);
-        else native.copy(mem, b.iov[t + 1], f, at, n);
-        at += n;
-        left -= n;
+        const k = Math.min(left, b.iov[t + 2]);
+        this.copies.add(0, b.iov[t + 1], 1, f + at, k);
+        at += k;
+        left -= k;
       }
       b.len[p] = at;
       noMeta(b.meta, p);
     }
+    this.copies.run(mem, frames);
     return b.count;
   }
 

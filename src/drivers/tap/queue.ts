@@ -60,7 +60,7 @@ export class TapQueue implements DriverQueue {
     return (to - from) / 3 + 1;
   }
 
-  transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
+  transmit(b: PacketBatch, mem: ArrayBufferLike): number {
     this.wouldBlock = false;
     for (let i = 0; i < b.count; i++) {
       writeTapHeader(this.hdrView, 0, b, i);
@@ -123,7 +123,7 @@ export class TapQueue implements DriverQueue {
     return (to - from) / 3 + 1;
   }
 
-  receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  receive(b: PacketBatch, mem: ArrayBufferLike): number {
     for (let i = 0; i < b.count; i++) {
       const n = this.receiveSegments(b, i);
       const r = native.readv(this.pollFd, this.iov, n, mem, this.hdr);

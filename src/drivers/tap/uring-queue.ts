@@ -97,7 +97,7 @@ export class UringTapQueue extends TapQueue {
     this.ring.close();
   }
 
-  override transmit(b: PacketBatch, mem: SharedArrayBuffer): number {
+  override transmit(b: PacketBatch, mem: ArrayBufferLike): number {
     if (b.count < 2) return super.transmit(b, mem);
     this.wouldBlock = false;
     const ring = this.ring;
@@ -134,7 +134,7 @@ export class UringTapQueue extends TapQueue {
    * Prepare linked writes for frames i, i+1, ... while the ring and the iovec table have room; a
    * frame that cannot go ends the chain before it. Returns how many were prepared.
    */
-  private prepWrites(b: PacketBatch, i: number, mem: SharedArrayBuffer): number {
+  private prepWrites(b: PacketBatch, i: number, mem: ArrayBufferLike): number {
     const ring = this.ring;
     const iov = this.iov;
     let n = 0;
@@ -153,7 +153,7 @@ export class UringTapQueue extends TapQueue {
     return n;
   }
 
-  override receive(b: PacketBatch, mem: SharedArrayBuffer): number {
+  override receive(b: PacketBatch, mem: ArrayBufferLike): number {
     if (b.count < 2) return super.receive(b, mem);
     const n = this.prepReads(b, mem);
     if (n === 0) return 0;
@@ -165,7 +165,7 @@ export class UringTapQueue extends TapQueue {
   }
 
   /** Prepare a read for packets 0, 1, ... while the ring and the iovec table have room. Returns how many. */
-  private prepReads(b: PacketBatch, mem: SharedArrayBuffer): number {
+  private prepReads(b: PacketBatch, mem: ArrayBufferLike): number {
     const ring = this.ring;
     const iov = this.iov;
     const limit = Math.min(b.count, this.slots);
@@ -192,7 +192,7 @@ export class UringTapQueue extends TapQueue {
  * (EAGAIN) may be followed by one that found a frame that arrived meanwhile: that frame moves down
  * into the first packet left empty, so that packets [0, got) are the frames in the order they came.
  */
-export function collectReads(b: PacketBatch, mem: SharedArrayBuffer, n: number, res: Int32Array, rooms: Float64Array, view: DataView): number {
+export function collectReads(b: PacketBatch, mem: ArrayBufferLike, n: number, res: Int32Array, rooms: Float64Array, view: DataView): number {
   const hdrs = view.buffer as ArrayBuffer;
   let got = 0;
   for (let s = 0; s < n; s++) {

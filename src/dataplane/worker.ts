@@ -231,6 +231,9 @@ function loop(ep: number, wakeOnly: number, sources: Source[], units: Unit[], io
   let lastWork = performance.now();
   /** the last spin found work: still polling, no clock read */
   let working = false;
+  /** busy-polling now: while idle, the clock is read every 32nd spin (polling ends up to 31 spins late) */
+  let polling = d.busyPollUs > 0;
+  let idleSpins = 0;
   let spins = 0;
   const threadCounters = new Float64Array(d.counters);
   const busyMs = d.busyPollUs / 1000;
@@ -238,7 +241,7 @@ function loop(ep: number, wakeOnly: number, sources: Source[], units: Unit[], io
     pauseIfAsked();
     if (Atomics.load(d.control, CONTROL_STOP)) break;
     // while busy-polling, look without sleeping; afterwards the handlers ask for kicks and we sleep
-    const polling = busyMs > 0 && (working || performance.now() - lastWork < busyMs);
+    if (busyMs > 0 && !working && (++idleSpins & 31) === 0) polling = performance.now() - lastWork < busyMs;
     if (polling) threadCounters[THREAD_COUNTER.BUSY_POLL_SPINS]++;
     let anyPending = false;
     /** the soonest a handler asked to be called again without an event (ms; -1: none) */
@@ -274,8 +277,11 @@ function loop(ep: number, wakeOnly: number, sources: Source[], units: Unit[], io
     if (!polling && busyMs === 0) for (const q of queues) q.setKicks(false);
     const work = passes(ep, units, iommu, remapAll);
     // (the clock is read when work stops, not per spin: within a spin of when it was last found)
-    if (work > 0) working = true;
-    else if (working) {
+    if (work > 0) {
+      working = true;
+      polling = busyMs > 0;
+      idleSpins = 0;
+    } else if (working) {
       working = false;
       lastWork = performance.now();
     }

@@ -166,7 +166,6 @@ export class NetQueuePair {
       cb.reset();
       const popped = q.popBatch(cb, Math.min(TX_BATCH, budget - done));
       if (popped === 0) break;
-      this.touch(cb, popped);
       let iovUsed = 0;
       let i = 0;
       for (; i < popped; i++) {
@@ -248,24 +247,6 @@ export class NetQueuePair {
     }
     q.flush();
     return done;
-  }
-
-  /** bytes read by touch() (kept, so the reads are not optimised away) */
-  private touched = 0;
-
-  /**
-   * Read the first byte of each chain's first buffer, all of a batch in one short loop: the guest's
-   * CPU wrote them, so each read misses the cache, and misses in a loop this short overlap, where
-   * met one per packet in the full pass each would wait alone (DPDK's vhost prefetches them).
-   */
-  private touch(cb: ChainBatch, n: number): void {
-    let t = this.touched;
-    for (let i = 0; i < n; i++) {
-      const p = cb.first[i];
-      // (an empty buffer may lie at the very end of guest memory: nothing of it is read)
-      if (cb.lens[p] > 0) t ^= this.bytes.u8(cb.offsets[p]);
-    }
-    this.touched = t;
   }
 
   /** Lay the frame of a chain of several buffers (`readable` of them from piece p0) out as the batch's segments from `at`, the header skipped; returns where they end. */

@@ -2,7 +2,9 @@
 // an L1 with emulated AMD SVM (scripts/l1/boot.mjs), and each of their tests comes back here under its
 // own name, below a suite named after its file: passed, failed with its own message, or skipped. If L1
 // ends early (a panic, the time limit), the tests that were running then fail with what L1 said, and
-// those of files that never finished fail as not run. vitest.config.ts sends the files here.
+// those of files that never finished fail as not run. A file with a failed test runs once more in a
+// fresh L1 and its second result stands; what failed the first time is listed (run-tests.ts says why).
+// vitest.config.ts sends the files here.
 import { describe, it } from 'vitest';
 import { ROOT } from './helpers/env.js';
 import { kvmTestFiles } from './l1/files.js';
@@ -15,6 +17,7 @@ const files = kvmTestFiles(ROOT).filter((f) => !only || only.some((w) => f.inclu
 process.stdout.write(`in L1: ${files.length} test files need KVM and this host has none (or TSVMM_TEST_IN_L1=1): running them inside an L1 (QEMU software emulation with AMD SVM); their tests follow as they end\n`);
 const outcome = await runTestsInL1(files, (line) => process.stdout.write(`${line}\n`));
 process.stdout.write(`in L1: ran ${outcome.seconds.toFixed(0)} s; whole console: ${CONSOLE_LOG}\n`);
+if (outcome.firstFailures.length) process.stdout.write(`in L1: WARNING: these failed in a first L1 and their files ran again (the results below are the second try's):\n${outcome.firstFailures.map((l) => `  ${l}`).join('\n')}\n`);
 
 function asError(errors: L1Error[], note = ''): Error {
   const first = errors[0] ?? { message: 'failed in L1 (no error reported)' };

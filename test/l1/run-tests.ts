@@ -30,6 +30,8 @@ export interface L1Outcome {
   cutShort: string;
   unhandled: L1Error[];
   seconds: number;
+  /** the tests that failed in a first L1 that ran to its end, whose files then ran once more */
+  firstFailures: string[];
 }
 
 const key = (path: string[]) => path.join('\u0000');
@@ -40,10 +42,11 @@ export const CONSOLE_LOG = join(ROOT, '.cache', 'l1', 'last-console.log');
 /** Lines a kernel writes when it dies, and where its report begins. */
 const KERNEL_TROUBLE = /\] (BUG:|Oops|Kernel panic|general protection|watchdog:)/;
 
-function jobScript(files: string[]): string {
+/** (`boot`: which L1 of this run it is, 1 for the first; TSVMM_L1_BOOT in the tests' environment) */
+function jobScript(files: string[], boot: number): string {
   return [
     'set -u',
-    `export CI=${process.env.CI ?? ''} TSVMM_L1_RESULTS=/dev/ttyS1`,
+    `export CI=${process.env.CI ?? ''} TSVMM_L1_RESULTS=/dev/ttyS1 TSVMM_L1_BOOT=${boot}`,
     'stty -F /dev/ttyS1 raw -echo 2>/dev/null',
     `exec node node_modules/vitest/vitest.mjs run --reporter=default --reporter=./test/l1/reporter.ts ${files.join(' ')}`,
     '',
@@ -66,7 +69,7 @@ const MAX_L1_BOOTS = 3;
 export async function runTestsInL1(files: string[], say: (line: string) => void): Promise<L1Outcome> {
   const t0 = Date.now();
   const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(0)} s`;
-  const out: L1Outcome = { files: new Map(), cutShort: '', unhandled: [], seconds: 0 };
+  const out: L1Outcome = { files: new Map(), cutShort: '', unhandled: [], seconds: 0, firstFailures: [] };
   for (const f of files) out.files.set(f, freshFile());
   const consoles: string[] = [];
   try {
@@ -85,6 +88,7 @@ export async function runTestsInL1(files: string[], say: (line: string) => void)
       ran = left;
       pass = await runPass(ran, out, (l) => say(`in L1 [${elapsed()}] (L1 ${boot}): ${l}`), consoles);
     }
+    await retryFailed(files, out, (l) => say(`in L1 [${elapsed()}]${l}`), consoles);
   } finally {
     mkdirSync(join(ROOT, '.cache', 'l1'), { recursive: true });
     writeFileSync(CONSOLE_LOG, consoles.join('\n======== the next L1 ========\n'));
@@ -93,8 +97,30 @@ export async function runTestsInL1(files: string[], say: (line: string) => void)
   return out;
 }
 
+/**
+ * The files with a failed test, after an L1 that ran them to their end, run once more in a fresh L1,
+ * said loudly with what failed; their result there stands. In the emulated L1 guests fail now and then
+ * for no reason of tsvmm's: the test guest under QEMU in L1 hung before its first output in CI
+ * (2026-12-04) and ended early in a run here, and Linux under tsvmm once hung before its console came
+ * up. A failure that comes back fails; one that does not is still listed (firstFailures).
+ */
+async function retryFailed(files: string[], out: L1Outcome, say: (line: string) => void, consoles: string[]): Promise<void> {
+  if (out.cutShort) return;
+  const failed = files.filter((f) => out.files.get(f)!.ended && failedIn(out.files.get(f)!));
+  if (failed.length === 0) return;
+  for (const f of failed) {
+    const file = out.files.get(f)!;
+    for (const t of file.tests.values()) if (t.state === 'failed') out.firstFailures.push(`${f} > ${t.path.join(' > ')}: ${t.errors[0]?.message.split('\n')[0] ?? ''}`);
+    for (const e of file.errors) out.firstFailures.push(`${f} > ${e.path.join(' > ') || 'the file'}: ${e.errors[0]?.message.split('\n')[0] ?? ''}`);
+    out.files.set(f, freshFile());
+  }
+  say(`: WARNING: ${failed.join(', ')} failed in L1; running ${failed.length === 1 ? 'it' : 'them'} once more in a fresh L1, whose result stands. What failed:\n${out.firstFailures.map((l) => `  ${l}`).join('\n')}`);
+  await runPass(failed, out, (l) => say(` (second try): ${l}`), consoles);
+}
+
 /** One L1 running `files`: their events go into `out`; what L1's kernel said if it died. */
 async function runPass(files: string[], out: L1Outcome, say: (line: string) => void, consoles: string[]): Promise<{ kernelDied: boolean; kernelReport: string }> {
+  const boot = consoles.length + 1;
   const t0 = Date.now();
   const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(0)} s`;
   let ended = false;
@@ -125,7 +151,7 @@ async function runPass(files: string[], out: L1Outcome, say: (line: string) => v
     }
   };
   try {
-    const r = await runInL1(jobScript(files), { onStep: say, onResult, limitS: 3000 });
+    const r = await runInL1(jobScript(files, boot), { onStep: say, onResult, limitS: 3000 });
     consoles.push(r.console);
     if (ended) return { kernelDied: false, kernelReport: '' };
     const lines = (r.console as string).split('\n');

@@ -248,6 +248,9 @@ function buildImages(): Error | undefined {
  */
 const SILENCE_S = Number(process.env.TSVMM_NESTED_SILENCE_S ?? 420);
 
+/** a kernel reporting a CPU it cannot get to run: a soft lockup, an RCU stall */
+const STALL_REPORT = /soft lockup|rcu: /;
+
 /**
  * Collect a process's console until it ends (or the limit, counted once `started`, kills it; or it is
  * silent for SILENCE_S: killed, `silent` set).
@@ -255,14 +258,16 @@ const SILENCE_S = Number(process.env.TSVMM_NESTED_SILENCE_S ?? 420);
 async function collect(p: ChildProcess, started: Promise<unknown> = Promise.resolve()): Promise<{ out: string; seconds: number; silent: boolean; ended: string }> {
   let out = '';
   let last = Date.now();
-  // (a kernel's soft-lockup reports, which repeat every half minute for as long as a CPU is stuck, and
-  // the lines that follow each within seconds, are not signs of a working L1)
+  // (a kernel's soft-lockup and RCU-stall reports, which repeat every half minute or so for as long as
+  // a CPU is stuck, and the lines that follow each within seconds, are not signs of a working L1: CI,
+  // 2026-12-04, an L1 with one CPU stuck in tsvmm's KVM_RUN and the other idle and unresponsive said
+  // nothing else from nomsi's start until the run's time limit, 900 s later)
   let lockupAt = 0;
   const take = (d: Buffer) => {
     const text = d.toString('latin1');
     out += text;
     const now = Date.now();
-    if (text.includes('soft lockup')) lockupAt = now;
+    if (STALL_REPORT.test(text)) lockupAt = now;
     else if (now - lockupAt > 5000) last = now;
   };
   p.stdout!.on('data', take);

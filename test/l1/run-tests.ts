@@ -99,10 +99,10 @@ export async function runTestsInL1(files: string[], say: (line: string) => void)
 
 /**
  * The files with a failed test, after an L1 that ran them to their end, run once more in a fresh L1,
- * said loudly with what failed; their result there stands. In the emulated L1 guests fail now and then
- * for no reason of tsvmm's: the test guest under QEMU in L1 hung before its first output in CI
- * (2026-12-04) and ended early in a run here, and Linux under tsvmm once hung before its console came
- * up. A failure that comes back fails; one that does not is still listed (firstFailures).
+ * said loudly with what failed; their result there stands. Guests in the emulated L1 fail now and then
+ * whatever runs them (the test guest under QEMU hangs before its first output or ends early, as Linux
+ * under tsvmm may before its console comes up). A failure that comes back fails; one that does not is
+ * still listed (firstFailures).
  */
 async function retryFailed(files: string[], out: L1Outcome, say: (line: string) => void, consoles: string[]): Promise<void> {
   if (out.cutShort) return;

@@ -15,6 +15,7 @@ import { DIR, type RateLimitWords } from '../dataplane/rate-limit-shared.js';
 import type { DirectionLimiter } from '../dataplane/token-bucket.js';
 import type { Coalescer } from './coalesce.js';
 import { SteeredRx, type SteerOptions } from './rss-rx.js';
+import { segmentsAfter } from './segments.js';
 
 /** Packets per driver call on transmit (Linux vhost-net's batch). */
 export const TX_BATCH = 64;
@@ -205,7 +206,7 @@ export class NetQueuePair {
           b.iov[3 * iovUsed + 1] = cb.offsets[p0] + hdrLen;
           b.iov[3 * iovUsed + 2] = len;
           iovUsed++;
-        } else iovUsed = this.frameSegments(cb, p0, readable, iovUsed);
+        } else iovUsed = segmentsAfter(cb.offsets, cb.lens, p0, p0 + readable, hdrLen, b.iov, iovUsed);
         b.iovStart[slot + 1] = iovUsed;
         b.len[slot] = len;
         this.txHeads[slot] = cb.heads[i];
@@ -247,28 +248,6 @@ export class NetQueuePair {
     }
     q.flush();
     return done;
-  }
-
-  /** Lay the frame of a chain of several buffers (`readable` of them from piece p0) out as the batch's segments from `at`, the header skipped; returns where they end. */
-  private frameSegments(cb: ChainBatch, p0: number, readable: number, at: number): number {
-    const b = this.txBatch;
-    let skip = this.txHdrLen;
-    for (let p = p0; p < p0 + readable; p++) {
-      let off = cb.offsets[p];
-      let l = cb.lens[p];
-      if (skip) {
-        const s = Math.min(skip, l);
-        off += s;
-        l -= s;
-        skip -= s;
-      }
-      if (l === 0) continue;
-      b.iov[3 * at] = 0;
-      b.iov[3 * at + 1] = off;
-      b.iov[3 * at + 2] = l;
-      at++;
-    }
-    return at;
   }
 
   private dropTx(head: number): void {

@@ -12,6 +12,7 @@ import { META_WORDS, newPacketBatch, type PacketBatch } from '../drivers/api.js'
 import { native } from '../native.js';
 import { NET_HDR_LEN, writeHashFields, writeRxHeader } from './net-header.js';
 import { RX_BATCH } from './rx-batch.js';
+import { segmentsAfter } from './segments.js';
 
 export class MergeSlots {
   readonly batch: PacketBatch;
@@ -21,7 +22,7 @@ export class MergeSlots {
   /** chain c's non-empty buffers (guest offset, length) are [pStart[c], pStart[c + 1]) */
   private readonly pStart: Uint32Array;
   private readonly pOff: Float64Array;
-  private readonly pLen: Float64Array;
+  private readonly pLen: Uint32Array;
   /** slot i's chains are [first[i], first[i + 1]); slot `count` is the one being filled */
   private readonly first = new Uint32Array(RX_BATCH + 1);
   /** bytes slot i takes, header included */
@@ -51,7 +52,7 @@ export class MergeSlots {
     this.caps = new Float64Array(maxChains);
     this.pStart = new Uint32Array(maxChains + 1);
     this.pOff = new Float64Array(pieces);
-    this.pLen = new Float64Array(pieces);
+    this.pLen = new Uint32Array(pieces);
     this.batch = newPacketBatch(RX_BATCH, pieces);
   }
 
@@ -94,23 +95,7 @@ export class MergeSlots {
   close(): void {
     const b = this.batch;
     const slot = this.count;
-    let at = b.iovStart[slot];
-    let skip = this.headerLen;
-    for (let p = this.pStart[this.first[slot]]; p < this.pStart[this.chains]; p++) {
-      let off = this.pOff[p];
-      let l = this.pLen[p];
-      if (skip > 0) {
-        const k = Math.min(skip, l);
-        off += k;
-        l -= k;
-        skip -= k;
-        if (l === 0) continue;
-      }
-      b.iov[3 * at] = 0;
-      b.iov[3 * at + 1] = off;
-      b.iov[3 * at + 2] = l;
-      at++;
-    }
+    const at = segmentsAfter(this.pOff, this.pLen, this.pStart[this.first[slot]], this.pStart[this.chains], this.headerLen, b.iov, b.iovStart[slot]);
     b.iovStart[slot + 1] = at;
     this.cap[slot] = this.open;
     this.count = slot + 1;

@@ -149,9 +149,11 @@ export class NetNs {
   }
 
   /** A multi-queue tap with a vnet header (the kind tsvmm's tap driver takes), up, without IPv6 chatter. */
-  addTap(name) {
+  /** A multi-queue vnet_hdr tap, up; `txqueuelen`: frames its queues hold for their reader (kernel default 1000). */
+  addTap(name, txqueuelen) {
     this.exec('ip', 'tuntap', 'add', name, 'mode', 'tap', 'multi_queue', 'vnet_hdr');
     this.exec('sysctl', '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`);
+    if (txqueuelen) this.exec('ip', 'link', 'set', name, 'txqueuelen', String(txqueuelen));
     this.exec('ip', 'link', 'set', name, 'up');
   }
 

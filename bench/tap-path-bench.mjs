@@ -8,6 +8,8 @@
 //   node bench/tap-path-bench.mjs [--json] [--rounds N] [--seconds S] [--sizes 64,1514]
 //                                 [--directions guest→tap,tap→guest] [--only tsvmm|tsvmm-writev|dpdk]
 //                                 [--gen-cpus 0] (taskset list for the generator)
+//                                 [--txqueuelen N] (frames the tap holds for its reader; kernel default 1000)
+//                                 [--queue-size N] (virtio-user's ring size; default 256)
 //
 // DPDK's net_tap receives only after a SIGIO (the kernel raises one per frame queued on the tap; see
 // pmd_rx_burst's tap_trigger): where `perf` exists, the signals delivered to the DPDK side and its
@@ -24,6 +26,10 @@
 //              at the receiving testpmd's port; what the tap dropped for want of a reader (tx_dropped)
 //              is reported beside it. The generator alone (into the tap with a queue nobody reads) is
 //              measured first, so that a rate near it is seen as the generator's limit.
+//              The generator and virtio-user's rxonly lcore take turns on CPU 0, each for a scheduler
+//              time slice: while one runs, the frames the other would make or take wait in the tap's
+//              queue and the virtio ring, so this direction's rate depends on what those two hold
+//              (--txqueuelen, --queue-size); BENCHMARKS.md shows how much.
 import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { CLI, cliArgs, requireTools, start, stop, testpmd, quitTestpmd, portCounters, socketPath, sleep, median, spread, alternate, NetNs, buildC } from './lib.mjs';
@@ -37,6 +43,8 @@ const directions = list('--directions', DIRECTIONS);
 if (directions.some((d) => !DIRECTIONS.includes(d))) throw new Error(`--directions takes ${DIRECTIONS.join(', ')}`);
 const SIDES = ['dpdk', 'tsvmm', 'tsvmm-writev'];
 const only = str('--only');
+const txqueuelen = num('--txqueuelen', 0);
+const queueSize = num('--queue-size', 0);
 if (only && !SIDES.includes(only)) throw new Error(`--only takes one of ${SIDES.join(', ')}`);
 const WARMUP_MS = 1000;
 requireTools('tap-path-bench', ['dpdk-testpmd', 'taskset', 'stdbuf', 'gcc', 'ip']);
@@ -70,9 +78,9 @@ async function backend(side, sock) {
 /** Frames/s counted where the direction says, with what was lost on the way. */
 async function measure(side, direction, size) {
   const sock = socketPath('tp');
-  ns.addTap(TAP);
+  ns.addTap(TAP, txqueuelen);
   const be = await backend(side, sock);
-  const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1`, 1, 0);
+  const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1${queueSize ? `,queue_size=${queueSize}` : ''}`, 1, 0);
   let generator;
   try {
     await virtio.until(/Port 0: [0-9A-F:]{17}/);
@@ -164,7 +172,7 @@ for (let r = 0; r < rounds; r++) {
   }
 }
 
-const report = { rounds, seconds, cpus: 'virtio-user (and the generator) on CPU 0, vhost side on CPU 1', generatorAlone: generator, results: {} };
+const report = { rounds, seconds, txqueuelen: txqueuelen || 1000, queueSize: queueSize || 256, cpus: 'virtio-user (and the generator) on CPU 0, vhost side on CPU 1', generatorAlone: generator, results: {} };
 const ratio = (a, b) => (a.length && b.length ? median(a) / median(b) : undefined);
 const fmt = (x) => (x === undefined ? '' : x.toFixed(2));
 log('');

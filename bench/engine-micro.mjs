@@ -14,6 +14,7 @@
 // floor/C what JavaScript costs for the same work.
 //
 //   node bench/engine-micro.mjs [--json] [--rounds N] [--ms MS] [--sizes 64,1514] [--ring 256] [--base DIR] [--js-only]
+//                               [--layouts split,packed] [--kinds tx,rx,rx-mrg] (the rows to time)
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Bench } from 'tinybench';
@@ -25,6 +26,8 @@ const rounds = num('--rounds', 3);
 const ms = num('--ms', 1000);
 const sizes = list('--sizes', ['64', '1514']).map(Number);
 const RING = num('--ring', 256);
+const layouts = list('--layouts', ['split', 'packed']);
+const kinds = list('--kinds', ['tx', 'rx', 'rx-mrg']);
 
 /** The engine's modules of the build at `root` (this one, or --base). */
 async function engineOf(root) {
@@ -129,10 +132,10 @@ function turn(s, ring, process) {
 }
 
 const results = {};
-for (const layout of ['split', 'packed']) {
+for (const layout of layouts) {
   for (const size of sizes) {
     // rx-mrg: receive with MRG_RXBUF negotiated (as virtio-user and Linux guests do), same buffers
-    for (const kind of ['tx', 'rx', 'rx-mrg']) {
+    for (const kind of kinds) {
       const dir = kind === 'tx' ? 'tx' : 'rx';
       const mrg = kind === 'rx-mrg';
       const key = `${kind} ${size}B ${layout}`;

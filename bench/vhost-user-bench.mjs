@@ -5,7 +5,8 @@
 // testpmd's main lcores, which only wait for commands, on the other CPU.
 //
 //   node bench/vhost-user-bench.mjs [--json] [--rounds N] [--quick] [--seconds S] [--only tsvmm|dpdk]
-//                                   [--layouts split,packed] [--sizes 64,1518]
+//                                   [--layouts split,packed] [--sizes 64,1518] [--modes virtio→vhost,vhost→virtio,io loop]
+//                                   [--cpu-prof DIR] (tsvmm under node --cpu-prof: each row's top functions, by thread)
 //
 // Every mode and size runs on split rings and on packed ones (virtio-user packed_vq=1; DPDK's vhost
 // library and tsvmm both take them), the two sides alternating within each layout.
@@ -18,8 +19,10 @@
 //   io loop       both sides io-forward; 32 bursts injected with start tx_first (null loop=1)
 // This host's CPUs are paused by their own host for 3-68 % of the time: only same-run ratios count,
 // and each figure is the median of the rounds with the spread.
-import { existsSync } from 'node:fs';
-import { CLI, cliArgs, requireTools, start, stop, testpmd, quitTestpmd, portCounters, socketPath, sleep, median, spread, alternate } from './lib.mjs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { ROOT, CLI, cliArgs, requireTools, start, stop, testpmd, quitTestpmd, portCounters, socketPath, sleep, median, spread, alternate } from './lib.mjs';
 
 const { json, has, str, num, list, log } = cliArgs();
 const quick = has('--quick');
@@ -30,6 +33,9 @@ if (only && only !== 'tsvmm' && only !== 'dpdk') throw new Error('--only takes t
 const layouts = list('--layouts', ['split', 'packed']);
 if (layouts.some((l) => l !== 'split' && l !== 'packed')) throw new Error('--layouts takes split and/or packed');
 const sizes = list('--sizes', ['64', '1518']).map(Number);
+const modes = list('--modes', ['virtio→vhost', 'vhost→virtio', 'io loop']);
+/** --cpu-prof DIR: tsvmm runs under node --cpu-prof; each row's profiles go to DIR/<row>, summarised after it */
+const profDir = str('--cpu-prof');
 requireTools('vhost-user-bench', ['dpdk-testpmd', 'taskset', 'stdbuf']);
 
 const MODES = {
@@ -51,7 +57,8 @@ async function measure(side, modeName, size, layout) {
     backend.send('start');
   } else {
     // every tsvmm thread on CPU 1; the dataplane busy-polls as DPDK's lcore does
-    backend = start('taskset', ['-c', '1', process.execPath, CLI, 'vhost-user', '--socket', sock, '--net', `${mode.tsvmm(size)},busy-poll=1000000`]);
+    const prof = profDir ? ['--cpu-prof', `--cpu-prof-dir=${rowDir(modeName, size, layout)}`] : [];
+    backend = start('taskset', ['-c', '1', process.execPath, ...prof, CLI, 'vhost-user', '--socket', sock, '--net', `${mode.tsvmm(size)},busy-poll=1000000`]);
   }
   for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(25);
   const virtio = testpmd(`net_virtio_user0,path=${sock},queues=1${layout === 'packed' ? ',packed_vq=1' : ''}`, 1, 0);
@@ -76,9 +83,17 @@ async function measure(side, modeName, size, layout) {
   }
 }
 
+/** where a row's profiles go (emptied first) */
+function rowDir(modeName, size, layout) {
+  const dir = join(profDir, `${modeName.replace(/[^a-z]+/g, '-')}-${size}-${layout}`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
 const results = {};
 for (let r = 0; r < rounds; r++) {
-  for (const modeName of Object.keys(MODES)) {
+  for (const modeName of modes.filter((m) => MODES[m])) {
     for (const size of sizes) {
       for (const layout of layouts) {
         const key = `${modeName} ${size}B ${layout}`;
@@ -89,6 +104,14 @@ for (let r = 0; r < rounds; r++) {
           const mpps = await measure(side, modeName, size, layout);
           results[key][side].push(mpps);
           log(`round ${r + 1} ${key} ${side}: ${mpps.toFixed(3)} Mpps`);
+          if (profDir && side === 'tsvmm') {
+            // (a profile per thread: the main thread's time is mostly its wait for vhost-user messages,
+            // the dataplane thread's is the engine's)
+            const dir = join(profDir, `${modeName.replace(/[^a-z]+/g, '-')}-${size}-${layout}`);
+            for (const f of readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'))) {
+              log(`${f}:\n${execFileSync(process.execPath, [join(ROOT, 'bench', 'profile-summary.mjs'), join(dir, f), '--top', '15'], { encoding: 'utf8' })}`);
+            }
+          }
         }
       }
     }

@@ -10,6 +10,7 @@ import { META_WORDS, copyPacket, newPacketBatch, type PacketBatch } from '../dri
 import { native } from '../native.js';
 import { NET_HDR_LEN, writeHashFields, writeRxHeader } from './net-header.js';
 import type { RssHasher } from './rss-hash.js';
+import { segmentsAfter } from './segments.js';
 
 /** Frames per driver call on receive (DPDK's vhost burst is 32). */
 export const RX_BATCH = 32;
@@ -28,29 +29,19 @@ const laidOut = { hdr: 0, iov: 0 };
  * Lay a receive chain out, its buffers being pieces [p0, p1) of `offsets`/`lens`: its first `skip`
  * bytes are header space, recorded as pieces (guest offset, length) in hdrAt/hdrLen from index `hdr`
  * (any buffer layout is legal, so the header may be spread); the rest are the frame's segments, iov
- * triples into guest memory from index `at`. Returns where both lists end.
+ * triples into guest memory from index `at` (segmentsAfter). Returns where both lists end.
  */
 export function layOutChain(offsets: Float64Array, lens: Uint32Array, p0: number, p1: number, skip: number, hdrAt: Float64Array, hdrLen: Uint8Array, hdr: number, iov: Float64Array, at: number): typeof laidOut {
-  for (let i = p0; i < p1; i++) {
-    let off = offsets[i];
-    let l = lens[i];
-    // (an empty buffer takes no header piece: there is a slot per header byte, one piece per byte at most)
-    if (skip > 0 && l > 0) {
-      const n = Math.min(skip, l);
-      hdrAt[hdr] = off;
-      hdrLen[hdr++] = n;
-      off += n;
-      l -= n;
-      skip -= n;
-    }
-    if (l === 0) continue;
-    iov[3 * at] = 0;
-    iov[3 * at + 1] = off;
-    iov[3 * at + 2] = l;
-    at++;
+  // (an empty buffer takes no header piece: there is a slot per header byte, one piece per byte at most)
+  for (let i = p0, left = skip; i < p1 && left > 0; i++) {
+    if (lens[i] === 0) continue;
+    const n = Math.min(left, lens[i]);
+    hdrAt[hdr] = offsets[i];
+    hdrLen[hdr++] = n;
+    left -= n;
   }
   laidOut.hdr = hdr;
-  laidOut.iov = at;
+  laidOut.iov = segmentsAfter(offsets, lens, p0, p1, skip, iov, at);
   return laidOut;
 }
 

@@ -1,6 +1,6 @@
 // A frame's place in guest memory as the driver API takes it: the buffers of a chain after the
-// virtio-net header, as iov segments. Shared by transmit (net-pair.ts) and mergeable receive
-// (rx-merge.ts), so both leave out the header and empty buffers the same way.
+// virtio-net header, as iov segments. Shared by transmit (net-pair.ts) and receive (rx-batch.ts,
+// rx-merge.ts), so all of them leave out the header and empty buffers the same way.
 
 /**
  * Lay pieces [p0, p1) of offsets/lens (guest-memory offsets and lengths) out as iov triples (buffer 0,

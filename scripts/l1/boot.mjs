@@ -43,8 +43,9 @@ export function spawnQemuLocked(args, opts = {}) {
 /**
  * Boot L1 and run `job` (bash script text) in the checkout there. Calls onConsole(text) with L1's
  * console as it comes and onResult(line) with each line of the results channel; resolves with the
- * whole console, the job's exit status (undefined if L1 ended without reporting one) and the seconds
- * L1 ran. limitS bounds L1's run (not the wait for the lock).
+ * whole console, the job's exit status (undefined if L1 ended without reporting one), the seconds
+ * L1 ran, how QEMU ended ("exit status N", "killed by SIGNAL") and whether limitS ended it. limitS
+ * bounds L1's run (not the wait for the lock).
  */
 export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, onStep = () => {}, limitS = 3600, memMiB = 4096 } = {}) {
   const work = mkdtempSync(join(tmpdir(), 'tsvmm-l1-'));
@@ -84,12 +85,16 @@ export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, 
       onConsole(s);
     });
     const tail = followLines(results, onResult);
-    const timer = setTimeout(() => proc.kill('SIGKILL'), limitS * 1000);
-    await new Promise((r) => proc.on('close', r));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      proc.kill('SIGKILL');
+    }, limitS * 1000);
+    const qemu = await new Promise((r) => proc.on('close', (code, signal) => r(signal ? `killed by ${signal}` : `exit status ${code}`)));
     clearTimeout(timer);
     tail.stop();
     const m = /L1-JOB-EXIT (\d+)/.exec(out);
-    return { console: out, status: m ? Number(m[1]) : undefined, seconds: (Date.now() - t0) / 1000 };
+    return { console: out, status: m ? Number(m[1]) : undefined, seconds: (Date.now() - t0) / 1000, qemu, timedOut };
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -60,11 +60,13 @@ const failedIn = (f: L1File): boolean => f.errors.length > 0 || [...f.tests.valu
 const MAX_L1_BOOTS = 3;
 
 /**
- * Runs `files` in L1. Should L1's kernel die before they end (seen only as QEMU 7.2's multi-threaded
- * software emulation going wrong: "Oops: int3" at static-branch sites, test/nested/pin-kvm-keys.mjs, and
- * "corrupted stack end detected inside scheduler" in KVM_RUN), that
- * is said loudly, with the kernel's report, and the files that did not finish run again in a fresh L1,
- * up to MAX_L1_BOOTS L1s in all, with the files that failed in the L1 that died; a death of the last fails them.
+ * Runs `files` in L1. Should L1 end before they do, on its own (its kernel dies, seen only as QEMU 7.2's
+ * multi-threaded software emulation going wrong: "Oops: int3" at static-branch sites,
+ * test/nested/pin-kvm-keys.mjs, "corrupted stack end detected inside scheduler" in KVM_RUN, soft lockups
+ * of tsvmm's process in KVM_RUN; or QEMU ends with no word from L1), that is said loudly, with what L1
+ * said, and the files that did not finish run again in a fresh L1, up to MAX_L1_BOOTS L1s in all, with
+ * the files that failed in the L1 that died; a death of the last fails them. L1's time limit is not
+ * such an end: a run that long is not retried.
  */
 export async function runTestsInL1(files: string[], say: (line: string) => void): Promise<L1Outcome> {
   const t0 = Date.now();
@@ -76,13 +78,13 @@ export async function runTestsInL1(files: string[], say: (line: string) => void)
     let ran = files;
     let pass = await runPass(ran, out, (l) => say(`in L1 [${elapsed()}]: ${l}`), consoles);
     for (let boot = 2; boot <= MAX_L1_BOOTS; boot++) {
-      if (!pass.kernelDied) break;
+      if (!pass.died) break;
       // (a file that failed in an L1 whose kernel then died is run again too: a kernel that dies of
       // corrupted memory may have handed corrupted memory to the guests it ran before it said so)
       const failed = ran.filter((f) => out.files.get(f)!.ended && failedIn(out.files.get(f)!));
       const left = ran.filter((f) => !out.files.get(f)!.ended || failed.includes(f));
       if (left.length === 0) break;
-      say(`in L1 [${elapsed()}]: WARNING: L1's kernel died before ${left.length - failed.length} test file(s) finished${failed.length ? ` (and after ${failed.join(', ')} failed)` : ''}; running them again in a fresh L1 (L1 ${boot} of at most ${MAX_L1_BOOTS}). What it reported:\n${pass.kernelReport}`);
+      say(`in L1 [${elapsed()}]: WARNING: ${pass.died} before ${left.length - failed.length} test file(s) finished${failed.length ? ` (and after ${failed.join(', ')} failed)` : ''}; running them again in a fresh L1 (L1 ${boot} of at most ${MAX_L1_BOOTS}). What it reported:\n${pass.report}`);
       for (const f of left) out.files.set(f, freshFile());
       out.cutShort = '';
       ran = left;
@@ -118,8 +120,12 @@ async function retryFailed(files: string[], out: L1Outcome, say: (line: string) 
   await runPass(failed, out, (l) => say(` (second try): ${l}`), consoles);
 }
 
-/** One L1 running `files`: their events go into `out`; what L1's kernel said if it died. */
-async function runPass(files: string[], out: L1Outcome, say: (line: string) => void, consoles: string[]): Promise<{ kernelDied: boolean; kernelReport: string }> {
+/**
+ * One L1 running `files`: their events go into `out`. `died` says how L1 ended before their end, when it
+ * did so on its own: its kernel died (`report`: what it said), or QEMU ended with no word from it
+ * (`report`: its last console lines); '' when the run ended, L1 reached its time limit, or never started.
+ */
+async function runPass(files: string[], out: L1Outcome, say: (line: string) => void, consoles: string[]): Promise<{ died: string; report: string }> {
   const boot = consoles.length + 1;
   const t0 = Date.now();
   const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(0)} s`;
@@ -153,16 +159,20 @@ async function runPass(files: string[], out: L1Outcome, say: (line: string) => v
   try {
     const r = await runInL1(jobScript(files, boot), { onStep: say, onResult, limitS: 3000 });
     consoles.push(r.console);
-    if (ended) return { kernelDied: false, kernelReport: '' };
+    if (ended) return { died: '', report: '' };
     const lines = (r.console as string).split('\n');
     const first = lines.findIndex((l) => KERNEL_TROUBLE.test(l));
     const kernelReport = first >= 0 ? lines.slice(first, first + 30).join('\n') : '';
-    out.cutShort = `L1 ended before the test run did (job exit status ${r.status ?? 'none'}, after ${elapsed()})` +
+    out.cutShort = `L1 ended before the test run did (job exit status ${r.status ?? 'none'}, QEMU ${r.qemu}, after ${elapsed()})` +
       (kernelReport ? `; L1's kernel reported:\n${kernelReport}` : '') +
       `\nlast console lines:\n${lines.slice(-30).join('\n')}`;
-    return { kernelDied: first >= 0, kernelReport };
+    if (r.timedOut) return { died: '', report: '' };
+    // (QEMU 7.2's multi-threaded emulation has also ended L1 with no word on its console: with
+    // -no-reboot an L1 that resets, a triple fault of its own included, ends QEMU that way)
+    if (first >= 0) return { died: "L1's kernel died", report: kernelReport };
+    return { died: `L1's QEMU ended early (${r.qemu}) with no kernel report`, report: lines.slice(-15).join('\n') };
   } catch (err) {
     out.cutShort = `L1 could not be started: ${(err as { stderr?: Buffer }).stderr?.toString().slice(-2000) ?? err}`;
-    return { kernelDied: false, kernelReport: '' };
+    return { died: '', report: '' };
   }
 }

@@ -186,13 +186,16 @@ function troubleReport(lines: string[]): string {
 
 /**
  * The scenarios of `scenarios` that failed in `r`: an exit other than expected (124 for wedge, stopped
- * on purpose; 0 for the others), a stop at the time limit, or a failed L1/L2 check of theirs.
+ * on purpose; 0 for the others), a stop at the time limit, a triple fault (but in `triple`, which
+ * makes one), or an L1/L2 check of theirs that failed or, of those `expected`, never came.
  */
-function failedScenarios(r: Pick<Run, 'exits' | 'stoppedAt' | 'checks'>, scenarios: string[]): string[] {
+function failedScenarios(r: Pick<Run, 'exits' | 'stoppedAt' | 'checks' | 'triples'>, scenarios: string[], expected: ReadonlyArray<[string, string]> = EXPECTED): string[] {
   return scenarios.filter((scn) =>
     r.exits.get(scn) !== (scn === 'wedge' ? 124 : 0) ||
     (scn !== 'wedge' && r.stoppedAt.has(scn)) ||
-    [...r.checks].some(([k, c]) => !c.pass && k.slice(3).startsWith(`${scn}/`)));
+    (scn !== 'triple' && r.triples.has(scn)) ||
+    [...r.checks].some(([k, c]) => !c.pass && k.slice(3).startsWith(`${scn}/`)) ||
+    expected.some(([level, name]) => name.startsWith(`${scn}/`) && !r.checks.has(`${level} ${name}`)));
 }
 
 /** L1's kernel panicked: its panic ends with its KASLR offset (L2 boots with nokaslr: "disabled"). */
@@ -440,15 +443,17 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
       seconds += again.seconds;
       run = parse(out, seconds);
     }
-    // A scenario that failed in an L1 that ran to its end runs once more in a fresh L1, said loudly with
-    // what failed, and its second result stands. Emulated L1s stall (a soft lockup of tsvmm's process
+    // A scenario that failed, in an L1 that ran to its end or in one that died before the fresh L1 above
+    // finished the rest, runs once more in a fresh L1, said loudly with what failed, and its second
+    // result stands. Emulated L1s stall (a soft lockup of tsvmm's process
     // in L1's kernel, which a user-space process cannot cause, then an L2 that passes no frame), and
     // guests in L1 fail now and then whatever VMM runs them (test/l1/run-tests.ts).
     const failed = run.stages.some(([n]) => n === 'l1-done') ? failedScenarios(run, SCENARIOS) : [];
     if (failed.length) {
       const trouble = troubleReport(out.split('\n'));
       const stops = [...run.stoppedAt].filter(([s]) => failed.includes(s)).map(([s, w]) => `${s} stopped at its time limit in ${w}. `).join('');
-      const checks = [...run.checks].filter(([, c]) => !c.pass).map(([k]) => k).join(', ') || 'none';
+      const missing = EXPECTED.filter(([level, name]) => failed.some((f) => name.startsWith(`${f}/`)) && !run!.checks.has(`${level} ${name}`)).map(([level, name]) => `${level} ${name} (never came)`);
+      const checks = [...[...run.checks].filter(([, c]) => !c.pass).map(([k]) => k), ...missing].join(', ') || 'none';
       process.stdout.write(`nested: WARNING: ${failed.join(',')} failed; booting a fresh L1 to run ${failed.length === 1 ? 'it' : 'them'} once more (the second result stands). ${stops}Failed checks: ${checks}. ${trouble ? `A kernel's report:\n${trouble}` : ''}\n`);
       const again = await bootL1(failed);
       l1Ends.push(again.ended);
@@ -502,12 +507,23 @@ if (hardwareKvm) describe('stock Linux (L2) under tsvmm directly on hardware KVM
 describe('nested harness: what it reruns', () => {
   const checks = (...ks: Array<[string, boolean]>) => new Map(ks.map(([k, pass]) => [k, { pass, detail: '' }]));
   const exits = new Map([['basic', 0], ['rss', 124], ['wedge', 124], ['link', 0], ['mq', 0]]);
+  const none = new Map<string, { trace: string[]; where: string }>();
   it('a scenario stopped at its time limit, one with a failed check, one that did not end, not wedge stopped on purpose', () => {
-    const r = { exits, stoppedAt: new Map([['rss', 'native_halt'], ['wedge', '0x52bc47']]), checks: checks(['L2 basic/ping-56', true], ['L2 link/carrier-down', false], ['L1 kvm-device', true]) };
-    expect(failedScenarios(r, ['basic', 'rss', 'wedge', 'link', 'mq', 'nomsi'])).toEqual(['rss', 'link', 'nomsi']);
+    const r = { exits, stoppedAt: new Map([['rss', 'native_halt'], ['wedge', '0x52bc47']]), checks: checks(['L2 basic/ping-56', true], ['L2 link/carrier-down', false], ['L1 kvm-device', true]), triples: none };
+    expect(failedScenarios(r, ['basic', 'rss', 'wedge', 'link', 'mq', 'nomsi'], [])).toEqual(['rss', 'link', 'nomsi']);
+  });
+  it('a scenario whose expected checks did not all come, one that ended in a triple fault (but triple, which is made to)', () => {
+    const r = {
+      exits: new Map([['basic', 0], ['mq', 0], ['migrate', 0], ['triple', 0]]),
+      stoppedAt: new Map(),
+      checks: checks(['L2 basic/ping-56', true], ['L2 migrate/ping', true]),
+      triples: new Map([['mq', { trace: [], where: '' }], ['triple', { trace: [], where: '' }]]),
+    };
+    const expected: Array<[string, string]> = [['L2', 'basic/ping-56'], ['L2', 'basic/iperf3-l2-to-l1'], ['L2', 'migrate/ping'], ['L1', 'kvm-device']];
+    expect(failedScenarios(r, ['basic', 'mq', 'migrate', 'triple'], expected)).toEqual(['basic', 'mq']);
   });
   it('none when every scenario ended as it should', () => {
-    const r = { exits: new Map([['basic', 0], ['wedge', 124]]), stoppedAt: new Map([['wedge', '0x52bc47']]), checks: checks(['L2 basic/ping-56', true], ['L1 basic/no-tsvmm-left', true]) };
-    expect(failedScenarios(r, ['basic', 'wedge'])).toEqual([]);
+    const r = { exits: new Map([['basic', 0], ['wedge', 124]]), stoppedAt: new Map([['wedge', '0x52bc47']]), checks: checks(['L2 basic/ping-56', true], ['L1 basic/no-tsvmm-left', true]), triples: none };
+    expect(failedScenarios(r, ['basic', 'wedge'], [['L2', 'basic/ping-56'], ['L1', 'basic/no-tsvmm-left']])).toEqual([]);
   });
 });

@@ -147,7 +147,7 @@ for (const layout of layouts) {
       const fl = !jsOnly && layout === 'split' && kind !== 'rx-mrg' ? setup(false, size) : undefined;
       // (a module instance of its own per row: closures of one function literal share their feedback and
       // optimized code, which then cannot take the ring's constants as constants, as one dataplane
-      // thread's code for its one ring can; measured: 19 ns a packet at RX 64 B alone, 37 beside a TX one)
+      // thread's code for its one ring can; that costs about 2x, BENCHMARKS.md)
       const floor = fl && (await import(`./ring-floor.mjs?${key}`)).floorDevice(fl.buffer, native.plainView(fl.buffer), fl.rings[dir].cfg, native.copyv);
       const engine = (x) => (dir === 'tx' ? (n) => x.pair.processTx(n) : (n) => x.pair.processRx(n));
       const ring = c.rings[dir];

@@ -148,8 +148,10 @@ export class NetNs {
     return execFileSync('ip', ['netns', 'exec', this.name, ...cmd], { encoding: 'utf8' });
   }
 
-  /** A multi-queue tap with a vnet header (the kind tsvmm's tap driver takes), up, without IPv6 chatter. */
-  /** A multi-queue vnet_hdr tap, up; `txqueuelen`: frames its queues hold for their reader (kernel default 1000). */
+  /**
+   * A multi-queue tap with a vnet header (the kind tsvmm's tap driver takes), up, without IPv6 chatter;
+   * `txqueuelen`: the frames its queues hold for their reader (the kernel's default, 1000, if not given).
+   */
   addTap(name, txqueuelen) {
     this.exec('ip', 'tuntap', 'add', name, 'mode', 'tap', 'multi_queue', 'vnet_hdr');
     this.exec('sysctl', '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`);

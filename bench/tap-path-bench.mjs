@@ -43,9 +43,9 @@ const directions = list('--directions', DIRECTIONS);
 if (directions.some((d) => !DIRECTIONS.includes(d))) throw new Error(`--directions takes ${DIRECTIONS.join(', ')}`);
 const SIDES = ['dpdk', 'tsvmm', 'tsvmm-writev'];
 const only = str('--only');
+if (only && !SIDES.includes(only)) throw new Error(`--only takes one of ${SIDES.join(', ')}`);
 const txqueuelen = num('--txqueuelen', 0);
 const queueSize = num('--queue-size', 0);
-if (only && !SIDES.includes(only)) throw new Error(`--only takes one of ${SIDES.join(', ')}`);
 const WARMUP_MS = 1000;
 requireTools('tap-path-bench', ['dpdk-testpmd', 'taskset', 'stdbuf', 'gcc', 'ip']);
 

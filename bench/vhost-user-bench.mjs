@@ -83,9 +83,12 @@ async function measure(side, modeName, size, layout) {
   }
 }
 
-/** where a row's profiles go (emptied first) */
+/** where a row's profiles go */
+const profilesOf = (modeName, size, layout) => join(profDir, `${modeName.replace(/[^a-z]+/g, '-')}-${size}-${layout}`);
+
+/** a row's profile directory, emptied */
 function rowDir(modeName, size, layout) {
-  const dir = join(profDir, `${modeName.replace(/[^a-z]+/g, '-')}-${size}-${layout}`);
+  const dir = profilesOf(modeName, size, layout);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   return dir;
@@ -107,7 +110,7 @@ for (let r = 0; r < rounds; r++) {
           if (profDir && side === 'tsvmm') {
             // (a profile per thread: the main thread's time is mostly its wait for vhost-user messages,
             // the dataplane thread's is the engine's)
-            const dir = join(profDir, `${modeName.replace(/[^a-z]+/g, '-')}-${size}-${layout}`);
+            const dir = profilesOf(modeName, size, layout);
             for (const f of readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'))) {
               log(`${f}:\n${execFileSync(process.execPath, [join(ROOT, 'bench', 'profile-summary.mjs'), join(dir, f), '--top', '15'], { encoding: 'utf8' })}`);
             }

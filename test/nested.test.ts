@@ -195,7 +195,12 @@ function failedScenarios(r: Pick<Run, 'exits' | 'stoppedAt' | 'checks' | 'triple
     (scn !== 'wedge' && r.stoppedAt.has(scn)) ||
     (scn !== 'triple' && r.triples.has(scn)) ||
     [...r.checks].some(([k, c]) => !c.pass && k.slice(3).startsWith(`${scn}/`)) ||
-    expected.some(([level, name]) => name.startsWith(`${scn}/`) && !r.checks.has(`${level} ${name}`)));
+    missingChecks(r, [scn], expected).length > 0);
+}
+
+/** The checks of `expected` that belong to one of `scenarios` and never came in `r` ("L2 basic/ping-56"). */
+function missingChecks(r: Pick<Run, 'checks'>, scenarios: string[], expected: ReadonlyArray<[string, string]> = EXPECTED): string[] {
+  return expected.filter(([level, name]) => scenarios.some((s) => name.startsWith(`${s}/`)) && !r.checks.has(`${level} ${name}`)).map(([level, name]) => `${level} ${name}`);
 }
 
 /** L1's kernel panicked: its panic ends with its KASLR offset (L2 boots with nokaslr: "disabled"). */
@@ -445,14 +450,14 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
     }
     // A scenario that failed, in an L1 that ran to its end or in one that died before the fresh L1 above
     // finished the rest, runs once more in a fresh L1, said loudly with what failed, and its second
-    // result stands. Emulated L1s stall (a soft lockup of tsvmm's process
-    // in L1's kernel, which a user-space process cannot cause, then an L2 that passes no frame), and
-    // guests in L1 fail now and then whatever VMM runs them (test/l1/run-tests.ts).
+    // result stands. Emulated L1s stall (a soft lockup of tsvmm's process in L1's kernel, which a
+    // user-space process cannot cause, then an L2 that passes no frame), and guests in L1 fail now and
+    // then whatever VMM runs them (test/l1/run-tests.ts).
     const failed = run.stages.some(([n]) => n === 'l1-done') ? failedScenarios(run, SCENARIOS) : [];
     if (failed.length) {
       const trouble = troubleReport(out.split('\n'));
       const stops = [...run.stoppedAt].filter(([s]) => failed.includes(s)).map(([s, w]) => `${s} stopped at its time limit in ${w}. `).join('');
-      const missing = EXPECTED.filter(([level, name]) => failed.some((f) => name.startsWith(`${f}/`)) && !run!.checks.has(`${level} ${name}`)).map(([level, name]) => `${level} ${name} (never came)`);
+      const missing = missingChecks(run, failed).map((k) => `${k} (never came)`);
       const checks = [...[...run.checks].filter(([, c]) => !c.pass).map(([k]) => k), ...missing].join(', ') || 'none';
       process.stdout.write(`nested: WARNING: ${failed.join(',')} failed; booting a fresh L1 to run ${failed.length === 1 ? 'it' : 'them'} once more (the second result stands). ${stops}Failed checks: ${checks}. ${trouble ? `A kernel's report:\n${trouble}` : ''}\n`);
       const again = await bootL1(failed);

@@ -167,8 +167,8 @@ async function runPass(files: string[], out: L1Outcome, say: (line: string) => v
       (kernelReport ? `; L1's kernel reported:\n${kernelReport}` : '') +
       `\nlast console lines:\n${lines.slice(-30).join('\n')}`;
     if (r.timedOut) return { died: '', report: '' };
-    // (QEMU 7.2's multi-threaded emulation has also ended L1 with no word on its console: with
-    // -no-reboot an L1 that resets, a triple fault of its own included, ends QEMU that way)
+    // (an L1 that resets, a triple fault of its own included, ends QEMU without a word on its console:
+    // QEMU runs with -no-reboot)
     if (first >= 0) return { died: "L1's kernel died", report: kernelReport };
     return { died: `L1's QEMU ended early (${r.qemu}) with no kernel report`, report: lines.slice(-15).join('\n') };
   } catch (err) {

@@ -45,9 +45,9 @@ export function spawnQemuLocked(args, opts = {}) {
  * console as it comes and onResult(line) with each line of the results channel; resolves with the
  * whole console, the job's exit status (undefined if L1 ended without reporting one), the seconds
  * L1 ran, how QEMU ended ("exit status N", "killed by SIGNAL") and whether limitS ended it. limitS
- * bounds L1's run (not the wait for the lock).
+ * bounds L1's run (not the wait for the lock); `signal` (an AbortSignal) ends L1 at once.
  */
-export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, onStep = () => {}, limitS = 3600, memMiB = 4096 } = {}) {
+export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, onStep = () => {}, limitS = 3600, memMiB = 4096, signal } = {}) {
   const work = mkdtempSync(join(tmpdir(), 'tsvmm-l1-'));
   try {
     const jobFile = join(work, 'job.sh');
@@ -66,8 +66,9 @@ export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, 
       '-kernel', join(CACHE, 'linux', 'vmlinuz'), '-initrd', img('init.cpio.gz'),
       '-drive', `file=${img('system.img')},if=virtio,format=raw,snapshot=on`,
       '-drive', `file=${img('project.img')},if=virtio,format=raw,snapshot=on`,
-      // (maxcpus=1: the second CPU comes online once L1 has pinned KVM's static keys, see init.sh)
-      '-append', `console=ttyS0 quiet panic=-1 maxcpus=1 tsvmm.project=${ROOT}`,
+      // (maxcpus=1: the second CPU comes online once L1 has pinned KVM's static keys, see init.sh;
+      // loglevel=5 rather than quiet: a soft lockup's backtrace is printed at the default level, 4)
+      '-append', `console=ttyS0 loglevel=5 panic=-1 maxcpus=1 tsvmm.project=${ROOT}`,
     ]);
     onStep('waiting for any other L1 on this host to end');
     await started;
@@ -90,8 +91,12 @@ export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, 
       timedOut = true;
       proc.kill('SIGKILL');
     }, limitS * 1000);
+    const kill = () => proc.kill('SIGKILL');
+    if (signal?.aborted) kill();
+    signal?.addEventListener('abort', kill);
     const qemu = await new Promise((r) => proc.on('close', (code, signal) => r(signal ? `killed by ${signal}` : `exit status ${code}`)));
     clearTimeout(timer);
+    signal?.removeEventListener('abort', kill);
     tail.stop();
     const m = /L1-JOB-EXIT (\d+)/.exec(out);
     return { console: out, status: m ? Number(m[1]) : undefined, seconds: (Date.now() - t0) / 1000, qemu, timedOut };

@@ -41,6 +41,20 @@ export const CONSOLE_LOG = join(ROOT, '.cache', 'l1', 'last-console.log');
 
 /** Lines a kernel writes when it dies, and where its report begins. */
 const KERNEL_TROUBLE = /\] (BUG:|Oops|Kernel panic|general protection|watchdog:)/;
+/**
+ * A CPU of L1 that has run one task without scheduling for this long is not coming back: such a soft
+ * lockup (tsvmm's process in KVM_RUN) has never ended in the emulated L1, and the rest of the run would
+ * wait for L1's time limit. L1 is ended then, as if its kernel had died.
+ */
+const LOCKUP_GIVE_UP_S = 90;
+const SOFT_LOCKUP = /soft lockup - CPU#\d+ stuck for (\d+)s!/g;
+
+/** The longest soft lockup `text` reports, in seconds (0 if none). */
+export function longestSoftLockup(text: string): number {
+  let most = 0;
+  for (const m of text.matchAll(SOFT_LOCKUP)) most = Math.max(most, Number(m[1]));
+  return most;
+}
 
 /** (`boot`: which L1 of this run it is, 1 for the first; TSVMM_L1_BOOT in the tests' environment) */
 function jobScript(files: string[], boot: number): string {
@@ -63,9 +77,10 @@ const MAX_L1_BOOTS = 3;
  * Runs `files` in L1. Should L1 end before they do, on its own (its kernel dies, seen only as QEMU 7.2's
  * multi-threaded software emulation going wrong: "Oops: int3" at static-branch sites,
  * test/nested/pin-kvm-keys.mjs, "corrupted stack end detected inside scheduler" in KVM_RUN, soft lockups
- * of tsvmm's process in KVM_RUN; or QEMU ends with no word from L1), that is said loudly, with what L1
- * said, and the files that did not finish run again in a fresh L1, up to MAX_L1_BOOTS L1s in all, with
- * the files that failed in the L1 that died; a death of the last fails them. L1's time limit is not
+ * of tsvmm's process in KVM_RUN, which end L1 (LOCKUP_GIVE_UP_S); or QEMU ends with no word from L1),
+ * that is said loudly, with what L1 said, and the files that did not finish run again in a fresh L1, up
+ * to MAX_L1_BOOTS L1s in all, with the files that failed in the L1 that died; a death of the last fails
+ * them. L1's time limit is not
  * such an end: a run that long is not retried.
  */
 export async function runTestsInL1(files: string[], say: (line: string) => void): Promise<L1Outcome> {
@@ -122,8 +137,9 @@ async function retryFailed(files: string[], out: L1Outcome, say: (line: string) 
 
 /**
  * One L1 running `files`: their events go into `out`. `died` says how L1 ended before their end, when it
- * did so on its own: its kernel died (`report`: what it said), or QEMU ended with no word from it
- * (`report`: its last console lines); '' when the run ended, L1 reached its time limit, or never started.
+ * did so on its own: its kernel died or reported a soft lockup of LOCKUP_GIVE_UP_S (`report`: what it
+ * said), or QEMU ended with no word from it (`report`: its last console lines); '' when the run ended,
+ * L1 reached its time limit, or never started.
  */
 async function runPass(files: string[], out: L1Outcome, say: (line: string) => void, consoles: string[]): Promise<{ died: string; report: string }> {
   const boot = consoles.length + 1;
@@ -156,8 +172,21 @@ async function runPass(files: string[], out: L1Outcome, say: (line: string) => v
       if (e.errors.length) f.errors.push({ path: [], errors: e.errors });
     }
   };
+  // (console lines come in pieces: the watch looks at the tail, which holds a whole report line)
+  const stop = new AbortController();
+  let tail = '';
+  let lockedUp = 0;
+  const onConsole = (text: string) => {
+    tail = (tail + text).slice(-4096);
+    const s = longestSoftLockup(tail);
+    if (s >= LOCKUP_GIVE_UP_S && !lockedUp) {
+      lockedUp = s;
+      say(`L1 reports a soft lockup of ${s} s: ending it`);
+      stop.abort();
+    }
+  };
   try {
-    const r = await runInL1(jobScript(files, boot), { onStep: say, onResult, limitS: 3000 });
+    const r = await runInL1(jobScript(files, boot), { onStep: say, onResult, onConsole, signal: stop.signal, limitS: 3000 });
     consoles.push(r.console);
     if (ended) return { died: '', report: '' };
     const lines = (r.console as string).split('\n');
@@ -167,6 +196,7 @@ async function runPass(files: string[], out: L1Outcome, say: (line: string) => v
       (kernelReport ? `; L1's kernel reported:\n${kernelReport}` : '') +
       `\nlast console lines:\n${lines.slice(-30).join('\n')}`;
     if (r.timedOut) return { died: '', report: '' };
+    if (lockedUp) return { died: `L1's kernel reported a CPU stuck for ${lockedUp} s (a soft lockup), and L1 was ended`, report: kernelReport };
     // (an L1 that resets, a triple fault of its own included, ends QEMU without a word on its console:
     // QEMU runs with -no-reboot)
     if (first >= 0) return { died: "L1's kernel died", report: kernelReport };

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetNs, runVm, runInNs, pkt, lastJson, stats, patternFrame, PKT, type Running } from './helpers/netns.js';
+import { NetNs, runVm, runInNs, pkt, captured, lastJson, stats, patternFrame, PKT, type Running } from './helpers/netns.js';
 import { CLI, TEST_GUEST, guestResult, haveKvm, which } from './helpers/env.js';
 
 const GUEST_MAC = '52:54:00:75:76:00';
@@ -41,13 +41,13 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('AF_XDP driver on a
   it('delivers guest frames to the wire byte-identical, in copy mode with the program attached', async () => {
     const count = 2000;
     const size = 1000;
-    const cap = pkt(ns, ['capture', 'vx1', String(count), '30']);
+    const cap = pkt(ns, ['capture', 'vx1', String(count), '300']);
     await cap.waitFor('READY');
     const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', net(), '--cmdline', `mode=net-tx count=${count} size=${size} dst=${HOST_MAC}`]).done;
     expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ mode: 'net-tx', sent: count, ok: true });
     // veth has no zero-copy AF_XDP: auto falls back to copy mode, and says so
     expect(r.stderr).toMatch(/af-xdp vx0: 1 AF_XDP socket, copy mode, XDP (native|generic)/);
-    const c = lastJson((await cap.done).stdout);
+    const c = await captured(cap);
     const h = createHash('sha256');
     for (let s = 0; s < count; s++) h.update(patternFrame(s, size, GUEST_MAC, HOST_MAC));
     expect(c).toMatchObject({ frames: count, bad: 0, in_order: true, sizes: [size], sha256: h.digest('hex') });
@@ -71,13 +71,13 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('AF_XDP driver on a
 
   it('runs two queue pairs: a socket per interface queue, traffic on both (with socket busy polling)', async () => {
     const count = 2000;
-    const cap = pkt(ns, ['capture', 'mq1', String(count), '30']);
+    const cap = pkt(ns, ['capture', 'mq1', String(count), '300']);
     await cap.waitFor('READY');
     const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'af-xdp,ifname=mq0,queues=2,busy-poll=50', '--cmdline', `mode=net-tx count=${count} size=400 pairs=2 dst=${HOST_MAC}`]).done;
     expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ pairs: 2, sent: count, ok: true });
     expect(r.stderr).toMatch(/2 AF_XDP sockets/);
     expect(stats(r.stderr).net[0].pairs.map((p) => p.tx.packets)).toEqual([count / 2, count / 2]);
-    expect(lastJson((await cap.done).stdout)).toMatchObject({ frames: count, bad: 0, sizes: [400] });
+    expect(await captured(cap)).toMatchObject({ frames: count, bad: 0, sizes: [400] });
   });
 
   it('leaves no XDP program behind when the VMM is killed', async () => {

@@ -4,7 +4,7 @@
 // byte for byte on the host and verified in the guest.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createHash } from 'node:crypto';
-import { NetNs, runVm, pkt, lastJson, stats, patternFrame } from './helpers/netns.js';
+import { NetNs, runVm, pkt, captured, lastJson, stats, patternFrame } from './helpers/netns.js';
 import { TEST_GUEST, guestResult, haveKvm, which } from './helpers/env.js';
 
 const GUEST_MAC = '52:54:00:75:76:00';
@@ -23,14 +23,14 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('guest memory over 
     it(`--mem ${mem}: frames from buffers at ${gib} GiB reach the host byte-identical`, async () => {
       const count = 500;
       const size = 1000;
-      const cap = pkt(ns, ['capture', 'tap0', String(count), '60']);
+      const cap = pkt(ns, ['capture', 'tap0', String(count), '300']);
       await cap.waitFor('READY');
       const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', mem, '--stats', '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-tx count=${count} size=${size} dst=${HOST_MAC} highbufs=${gib}`]);
       const r = await vm.done;
       expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ mode: 'net-tx', sent: count, highbufs: gib, ok: true });
       const h = createHash('sha256');
       for (let s = 0; s < count; s++) h.update(patternFrame(s, size, GUEST_MAC, HOST_MAC));
-      expect(lastJson((await cap.done).stdout)).toMatchObject({ frames: count, bad: 0, in_order: true, sizes: [size], sha256: h.digest('hex') });
+      expect(await captured(cap)).toMatchObject({ frames: count, bad: 0, in_order: true, sizes: [size], sha256: h.digest('hex') });
       expect(stats(r.stderr).net[0].pairs[0].tx).toMatchObject({ packets: count, bytes: count * size, drops: 0 });
       expect(r.code).toBe(0);
     });

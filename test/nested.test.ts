@@ -414,8 +414,10 @@ function bootL1(scenarios: string[]): Promise<{ out: string; seconds: number; si
     '-accel', 'tcg,thread=multi', '-machine', 'q35', '-cpu', 'max', '-smp', '2', '-m', '2048',
     '-nographic', '-no-reboot', '-monitor', 'none', '-serial', 'stdio',
     '-kernel', join(NESTED, 'vmlinuz'), '-initrd', join(NESTED, 'l1.cpio.gz'),
-    // (maxcpus=1: the second CPU comes online once L1 has pinned KVM's static keys, see l1-init.sh)
-    '-append', `console=ttyS0 quiet panic=-1 maxcpus=1 tsvmm.run=${scenarios.join(',')}`,
+    // (maxcpus=1: the second CPU comes online once L1 has pinned KVM's static keys, see l1-init.sh;
+    // loglevel=5 rather than quiet: a soft lockup's backtrace is printed at the default level, 4;
+    // tsc=reliable: L1 stays on the TSC when host pauses make it skew from the HPET, scripts/l1/boot.mjs)
+    '-append', `console=ttyS0 loglevel=5 tsc=reliable panic=-1 maxcpus=1 tsvmm.run=${scenarios.join(',')}`,
   ]);
   return collect(proc, started);
 }

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NetNs, runVm, runInNs, pkt, lastJson, stats, patternFrame } from './helpers/netns.js';
+import { NetNs, runVm, runInNs, pkt, captured, lastJson, stats, patternFrame } from './helpers/netns.js';
 import { ROOT, TEST_GUEST, guestResult, haveKvm, which } from './helpers/env.js';
 
 const GUEST_MAC = '52:54:00:75:76:00';
@@ -28,12 +28,12 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
   it(`delivers guest frames to the host byte-identical (the tap queue ${URING ? 'through io_uring' : 'through writev'})`, async () => {
     const count = 2000;
     const size = 1000;
-    const cap = pkt(ns, ['capture', 'tap0', String(count), '30']);
+    const cap = pkt(ns, ['capture', 'tap0', String(count), '300']);
     await cap.waitFor('READY');
     const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-tx count=${count} size=${size} dst=${HOST_MAC}`]);
     const r = await vm.done;
     expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ mode: 'net-tx', sent: count, ok: true, mac: GUEST_MAC });
-    const c = lastJson((await cap.done).stdout);
+    const c = await captured(cap);
     const h = createHash('sha256');
     for (let s = 0; s < count; s++) h.update(patternFrame(s, size, GUEST_MAC, HOST_MAC));
     expect(c).toMatchObject({ frames: count, bad: 0, in_order: true, first: 0, last: count - 1, sizes: [size], sha256: h.digest('hex') });
@@ -59,12 +59,12 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
       return { out: () => out, done: new Promise<number | null>((r) => p.on('close', r)) };
     };
     // guest → host
-    const cap = pkt(ns, ['capture', 'tapq', '300', '60']);
+    const cap = pkt(ns, ['capture', 'tapq', '300', '300']);
     await cap.waitFor('READY');
     const tx = collect(qemu(`mode=net-tx count=300 size=600 dst=${HOST_MAC}`));
     expect(await tx.done).toBe(1);
     expect(guestResult(tx.out()), tx.out()).toMatchObject({ mode: 'net-tx', sent: 300, ok: true, mac: GUEST_MAC });
-    expect(lastJson((await cap.done).stdout)).toMatchObject({ frames: 300, bad: 0, in_order: true, sizes: [600] });
+    expect(await captured(cap)).toMatchObject({ frames: 300, bad: 0, in_order: true, sizes: [600] });
     // host → guest
     const rxp = qemu('mode=net-rx count=300');
     const rx = collect(rxp);
@@ -110,7 +110,7 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
   });
 
   it('forwards frames back with swapped MACs (macswap mode)', async () => {
-    const cap = pkt(ns, ['capture', 'tap0', '500', '30']);
+    const cap = pkt(ns, ['capture', 'tap0', '500', '300']);
     await cap.waitFor('READY');
     const vm = runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--net', 'tap,ifname=tap0', '--cmdline', 'mode=net-macswap count=500']);
     await vm.waitFor('NET-RX-READY');
@@ -119,7 +119,7 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
     expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ forwarded: 500, ok: true });
     const h = createHash('sha256');
     for (let s = 0; s < 500; s++) h.update(patternFrame(s, 300, GUEST_MAC, HOST_MAC));
-    expect(lastJson((await cap.done).stdout)).toMatchObject({ frames: 500, bad: 0, in_order: true, dsts: [HOST_MAC], sha256: h.digest('hex') });
+    expect(await captured(cap)).toMatchObject({ frames: 500, bad: 0, in_order: true, dsts: [HOST_MAC], sha256: h.digest('hex') });
   });
 
   it('answers every ping-pong round trip through a host reflector', async () => {
@@ -165,14 +165,14 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-net with th
 
   it('runs two queue pairs on two dataplane threads at once', async () => {
     const count = 4000;
-    const cap = pkt(ns, ['capture', 'tap0', String(count), '30']);
+    const cap = pkt(ns, ['capture', 'tap0', String(count), '300']);
     await cap.waitFor('READY');
     const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--stats', '--net', 'tap,ifname=tap0,queues=2', '--cmdline', `mode=net-tx count=${count} size=400 pairs=2 dst=${HOST_MAC}`]).done;
     expect(guestResult(r.stdout), r.stdout + r.stderr).toMatchObject({ pairs: 2, acks: 1, nacks: 0, sent: count, ok: true });
     const st = stats(r.stderr).net[0];
     expect(st.threads).toBe(2);
     expect(st.pairs.map((p) => p.tx.packets)).toEqual([count / 2, count / 2]);
-    const c = lastJson((await cap.done).stdout);
+    const c = await captured(cap);
     // each pair keeps its own order; together every frame arrives intact
     expect(c).toMatchObject({ frames: count, bad: 0, sizes: [400] });
   });

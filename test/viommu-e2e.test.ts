@@ -5,7 +5,7 @@
 // forgot to map is refused (a fault, the device needs a reset), never read.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createHash } from 'node:crypto';
-import { NetNs, runVm, pkt, lastJson, stats, patternFrame } from './helpers/netns.js';
+import { NetNs, runVm, pkt, captured, stats, patternFrame } from './helpers/netns.js';
 import { TEST_GUEST, guestResult, haveKvm, which } from './helpers/env.js';
 
 const GUEST_MAC = '52:54:00:75:76:00';
@@ -28,7 +28,7 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-iommu with 
     ['strict', 2000],
   ])('delivers guest frames through %s mappings byte-identical', async (policy, count) => {
     const size = 1000;
-    const cap = pkt(ns, ['capture', 'tap0', String(count), '30']);
+    const cap = pkt(ns, ['capture', 'tap0', String(count), '300']);
     await cap.waitFor('READY');
     const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--viommu', '--stats', '--net', 'tap,ifname=tap0', '--cmdline', `mode=net-tx count=${count} size=${size} dst=${HOST_MAC} iommu=${policy}`]).done;
     const g = guestResult(r.stdout);
@@ -44,7 +44,7 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-iommu with 
       expect(st.iommu.requests['3']).toBeGreaterThanOrEqual(count);
       expect(st.iommu.requests['4']).toBe(count);
     }
-    const c = lastJson((await cap.done).stdout);
+    const c = await captured(cap);
     const h = createHash('sha256');
     for (let s = 0; s < count; s++) h.update(patternFrame(s, size, GUEST_MAC, HOST_MAC));
     expect(c).toMatchObject({ frames: count, bad: 0, in_order: true, sha256: h.digest('hex') });
@@ -63,7 +63,7 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-iommu with 
   });
 
   it('refuses a buffer the guest never mapped: a fault, DEVICE_NEEDS_RESET, nothing sent', async () => {
-    const cap = pkt(ns, ['capture', 'tap0', '1', '3']);
+    const cap = pkt(ns, ['capture', 'tap0', '1', '300']);
     await cap.waitFor('READY');
     const r = await runVm(ns, ['--kernel', TEST_GUEST, '--mem', '64M', '--viommu', '--stats', '--net', 'tap,ifname=tap0', '--timeout', '30', '--cmdline', `mode=net-tx count=50 size=200 dst=${HOST_MAC} iommu=strict iommu_forget=1`]).done;
     const g = guestResult(r.stdout)!;
@@ -73,7 +73,7 @@ describe.runIf(haveKvm() && which('ip') && which('python3'))('virtio-iommu with 
     expect(st.net[0].broken).toBe('IOMMU fault');
     expect(st.iommu.faults).toBe(1);
     expect(st.net[0].pairs[0].tx.packets).toBe(0);
-    expect(lastJson((await cap.done).stdout)).toMatchObject({ frames: 0 });
+    expect(await captured(cap)).toMatchObject({ frames: 0 });
   });
 
   it('without --viommu the guest finds no IOMMU and says so', async () => {

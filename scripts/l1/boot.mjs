@@ -67,8 +67,11 @@ export async function runInL1(job, { onConsole = () => {}, onResult = () => {}, 
       '-drive', `file=${img('system.img')},if=virtio,format=raw,snapshot=on`,
       '-drive', `file=${img('project.img')},if=virtio,format=raw,snapshot=on`,
       // (maxcpus=1: the second CPU comes online once L1 has pinned KVM's static keys, see init.sh;
-      // loglevel=5 rather than quiet: a soft lockup's backtrace is printed at the default level, 4)
-      '-append', `console=ttyS0 loglevel=5 panic=-1 maxcpus=1 tsvmm.project=${ROOT}`,
+      // loglevel=5 rather than quiet: a soft lockup's backtrace is printed at the default level, 4;
+      // tsc=reliable: while the host pauses QEMU, the clocksource watchdog sees the emulated TSC skew
+      // from the HPET and moves L1's clock onto the HPET, an emulated device that every clock read,
+      // node's too, must then go through)
+      '-append', `console=ttyS0 loglevel=5 tsc=reliable panic=-1 maxcpus=1 tsvmm.project=${ROOT}`,
     ]);
     onStep('waiting for any other L1 on this host to end');
     await started;

@@ -6,6 +6,8 @@ import { CLI, ROOT } from './env.js';
 import { l1TripleReport } from './l1-trace.js';
 
 export const PKT = join(ROOT, 'test', 'helpers', 'pkt.py');
+/** frames a test tap queues toward the VMM (NetNs.addTap) */
+const TAP_QUEUE = 10_000;
 
 export class NetNs {
   readonly name: string;
@@ -23,11 +25,16 @@ export class NetNs {
     return execFileSync('ip', ['netns', 'exec', this.name, ...cmd], { encoding: 'utf8' });
   }
 
-  /** A multi-queue tap with a vnet header, up, without IPv6 chatter. */
+  /**
+   * A multi-queue tap with a vnet header, up, without IPv6 chatter. Its queue toward the VMM holds
+   * TAP_QUEUE frames: a test's burst from the host (thousands of frames, sent as fast as the host
+   * can) waits there for a VMM that reads slower than that (in the emulated L1, always) rather than
+   * being dropped by the tap, which would fail a test that counts every frame.
+   */
   addTap(name: string): void {
     this.exec('ip', 'tuntap', 'add', name, 'mode', 'tap', 'multi_queue', 'vnet_hdr');
     this.exec('sysctl', '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`);
-    this.exec('ip', 'link', 'set', name, 'up');
+    this.exec('ip', 'link', 'set', name, 'txqueuelen', String(TAP_QUEUE), 'up');
   }
 
   spawn(cmd: string[]): ChildProcess {
@@ -96,6 +103,16 @@ export function runInNs(ns: NetNs, cmd: string[]): Running {
 /** The packet tool inside the namespace. */
 export function pkt(ns: NetNs, args: string[]): Running {
   return track(ns.spawn(['python3', PKT, ...args]));
+}
+
+/**
+ * What a `pkt capture` saw, once its sender is done: the capture reads what is queued and ends after a
+ * second without frames, so that its TIMEOUT_S is only a bound (a slow host, the emulated L1, may take
+ * longer than it to send everything).
+ */
+export async function captured(cap: Running): Promise<Record<string, unknown>> {
+  cap.proc.stdin!.end();
+  return lastJson((await cap.done).stdout);
 }
 
 /** Last JSON object printed on a line. */

@@ -2,6 +2,9 @@
 """Host-side frames for the network tests, on an interface inside the test's namespace (AF_PACKET).
 
   pkt.py capture IFACE COUNT TIMEOUT_S   print one JSON object: the test-pattern frames seen on IFACE
+                                         until COUNT came, TIMEOUT_S passed, or standard input (a pipe)
+                                         ended and a second passed without frames (the sender is done:
+                                         what it sent is queued by then)
   pkt.py send IFACE COUNT SIZE SRC DST [FIRST [GAP_MS]]  send COUNT test-pattern frames of SIZE bytes
                                          (sequence numbers from FIRST, default 0; GAP_MS apart, default
                                          as fast as the interface takes them), then print JSON
@@ -12,7 +15,7 @@
 
 Pattern (the test guest's): dst src 0x88b5 | "TSVS" | seq u32 | length u32 | byte i = (seq + i) & 0xff
 """
-import json, socket, struct, sys, time, hashlib
+import json, os, select, socket, stat, struct, sys, time, hashlib
 
 ETH_P_ALL = 0x0003
 ETHERTYPE = 0x88B5
@@ -46,15 +49,25 @@ def main():
     s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 256 << 20)
     if cmd == 'capture':
         count, timeout = int(sys.argv[3]), float(sys.argv[4])
-        s.settimeout(0.5)
         frames = []
-        end = time.time() + timeout
+        deadline = time.time() + timeout
+        quiet_end = None  # once the sender is done: when a second without frames ends the capture
+        # (standard input is watched only as a pipe or socket, as Node makes it: a capture started with
+        # /dev/null there runs on)
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+        watch = [s, sys.stdin] if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else [s]
         print('READY', flush=True)
-        while len(frames) < count and time.time() < end:
-            try:
-                f, addr = s.recvfrom(70000)
-            except socket.timeout:
+        while len(frames) < count and time.time() < deadline and (quiet_end is None or time.time() < quiet_end):
+            ready = select.select(watch, [], [], 0.5)[0]
+            if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
+                # the sender is done: what it sent is queued in this socket by now
+                watch = [s]
+                quiet_end = time.time() + 1
+            if s not in ready:
                 continue
+            f, addr = s.recvfrom(70000)
+            if quiet_end is not None:
+                quiet_end = time.time() + 1
             if addr[2] == socket.PACKET_OUTGOING or len(f) < 14 or struct.unpack('!H', f[12:14])[0] != ETHERTYPE:
                 continue
             frames.append(f)

@@ -178,9 +178,20 @@ function tripleReport(r: Run): string {
 
 const KERNEL_TROUBLE = /\] (BUG:|Oops|WARNING:|Kernel panic|general protection|watchdog:|rcu: INFO|INFO: task .* blocked)/;
 
-/** The first oops/panic/warning in `lines` and the 30 lines from it, or '' if there is none. */
+/** Scenarios whose L2 kernel dies on purpose: what it reports there is no trouble (a failed one shows it in its checks). */
+const TROUBLE_ON_PURPOSE = new Set(['panic', 'triple']);
+
+/**
+ * The first oops/panic/warning in `lines` and the 30 lines from it, or '' if there is none; the lines
+ * between a TROUBLE_ON_PURPOSE scenario's start and end stages are passed over.
+ */
 function troubleReport(lines: string[]): string {
-  const first = lines.findIndex((l) => KERNEL_TROUBLE.test(l));
+  let scenario = '';
+  const first = lines.findIndex((l) => {
+    const stage = /STAGE tsvmm-(start|end)-(\S+)/.exec(l);
+    if (stage) scenario = stage[1] === 'start' ? stage[2] : '';
+    return !TROUBLE_ON_PURPOSE.has(scenario) && KERNEL_TROUBLE.test(l);
+  });
   return first < 0 ? '' : lines.slice(first, first + 30).join('\n');
 }
 
@@ -528,6 +539,20 @@ describe('nested harness: what it reruns', () => {
     };
     const expected: Array<[string, string]> = [['L2', 'basic/ping-56'], ['L2', 'basic/iperf3-l2-to-l1'], ['L2', 'migrate/ping'], ['L1', 'kvm-device']];
     expect(failedScenarios(r, ['basic', 'mq', 'migrate', 'triple'], expected)).toEqual(['basic', 'mq']);
+  });
+  it("a kernel's report to show: the first outside the scenarios that die on purpose", () => {
+    const lines = [
+      'STAGE tsvmm-start-panic 300.1',
+      '[    8.05] Kernel panic - not syncing: sysrq triggered crash',
+      'STAGE tsvmm-end-panic 320.4',
+      'STAGE tsvmm-start-mq 321.0',
+      '[  400.10] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:1862]',
+      '[  400.11] RIP: 0010:kvm_vcpu_block',
+    ];
+    expect(troubleReport(lines)).toBe(lines.slice(4).join('\n'));
+    expect(troubleReport(lines.slice(0, 4))).toBe('');
+    // (outside any scenario's stages: L1's own kernel)
+    expect(troubleReport(lines.slice(1))).toBe(lines.slice(1).join('\n'));
   });
   it('none when every scenario ended as it should', () => {
     const r = { exits: new Map([['basic', 0], ['wedge', 124]]), stoppedAt: new Map([['wedge', '0x52bc47']]), checks: checks(['L2 basic/ping-56', true], ['L1 basic/no-tsvmm-left', true]), triples: none };

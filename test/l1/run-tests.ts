@@ -42,9 +42,9 @@ export const CONSOLE_LOG = join(ROOT, '.cache', 'l1', 'last-console.log');
 /** Lines a kernel writes when it dies, and where its report begins. */
 const KERNEL_TROUBLE = /\] (BUG:|Oops|Kernel panic|general protection|watchdog:)/;
 /**
- * A CPU of L1 that has run one task without scheduling for this long is not coming back: such a soft
- * lockup (tsvmm's process in KVM_RUN) has never ended in the emulated L1, and the rest of the run would
- * wait for L1's time limit. L1 is ended then, as if its kernel had died.
+ * A CPU of L1 that has run one task without scheduling for this long does not recover (tsvmm's process
+ * in KVM_RUN, in the emulated L1): waiting would hold the run until L1's time limit, so L1 is ended
+ * then, as if its kernel had died.
  */
 const LOCKUP_GIVE_UP_S = 90;
 const SOFT_LOCKUP = /soft lockup - CPU#\d+ stuck for (\d+)s!/g;
@@ -80,8 +80,7 @@ const MAX_L1_BOOTS = 3;
  * of tsvmm's process in KVM_RUN, which end L1 (LOCKUP_GIVE_UP_S); or QEMU ends with no word from L1),
  * that is said loudly, with what L1 said, and the files that did not finish run again in a fresh L1, up
  * to MAX_L1_BOOTS L1s in all, with the files that failed in the L1 that died; a death of the last fails
- * them. L1's time limit is not
- * such an end: a run that long is not retried.
+ * them. L1's time limit is not such an end: a run that long is not retried.
  */
 export async function runTestsInL1(files: string[], say: (line: string) => void): Promise<L1Outcome> {
   const t0 = Date.now();

@@ -60,11 +60,13 @@ export class PackedQueue implements Virtqueue {
   /** the first used descriptor of the batch flush() publishes: its flags are written last (-1: none) */
   private batchSlot = -1;
   private batchFlags = 0;
-  /** used position as last published and as of the last interrupt decision */
+  /** descriptors written used since the last flush */
+  private unflushed = 0;
+  /** used position as last published */
   private publishedUsed = 0;
   private publishedWrap = true;
-  private signalledUsed = 0;
-  private unsignalled = false;
+  /** a flush since the last needsInterrupt() passed the driver's event (or it asked for every one) */
+  private owed = false;
   broken: BrokenReason | undefined;
   readonly chain: Chain;
   missesWait = false;
@@ -147,12 +149,13 @@ export class PackedQueue implements Virtqueue {
   setState(s: RingState): void {
     this.nextAvail = s.nextAvail % this.size;
     this.availWrap = s.availWrap;
-    this.nextUsed = this.publishedUsed = this.signalledUsed = s.nextUsed % this.size;
+    this.nextUsed = this.publishedUsed = s.nextUsed % this.size;
     this.usedWrap = this.publishedWrap = s.usedWrap;
     this.inUse.fill(0);
     this.taken.clear();
     this.batchSlot = -1;
-    this.unsignalled = false;
+    this.unflushed = 0;
+    this.owed = false;
   }
 
   getState(): RingState {
@@ -365,31 +368,43 @@ export class PackedQueue implements Virtqueue {
       this.nextUsed -= this.size;
       this.usedWrap = !this.usedWrap;
     }
+    // (a flush's interrupt decision needs its range under a lap: a ring's worth goes out at once)
+    this.unflushed += this.slots[head];
+    if (this.unflushed >= this.size) this.flush();
   }
 
   flush(): void {
     if (this.batchSlot < 0) return;
     Atomics.store(this.descW.u16, (this.descOff / 2) + 8 * this.batchSlot + 7, this.batchFlags);
     this.batchSlot = -1;
+    this.unflushed = 0;
+    const old = this.publishedUsed;
     this.publishedUsed = this.nextUsed;
     this.publishedWrap = this.usedWrap;
-    this.unsignalled = true;
+    // Decided per flush, against the driver's event as it is now (after the flags above: a driver that
+    // sets its event later sees them when it looks again). A flush publishes at most a ring's worth,
+    // so its range of positions is exact; the range since the last interrupt decision is not: a
+    // thread's pass may publish more than a lap while the driver recycles buffers, and a wrap counter
+    // of one bit cannot tell one lap from the next (Linux then waited for an RX interrupt forever).
+    this.owed ||= this.passesEvent(old);
   }
 
   /**
    * Interrupt unless the driver disabled interrupts; with EVENT_IDX and its DESC mode only if the used
-   * position it named was passed by what was published since the last interrupt (§2.8.10; the wrap
-   * arithmetic as DPDK's vhost_vring_call_packed).
+   * position it named was passed by what was published since the last interrupt (§2.8.10).
    */
   needsInterrupt(): boolean {
-    if (!this.unsignalled) return false;
-    this.unsignalled = false;
-    const neu = this.publishedUsed;
-    let old = this.signalledUsed;
-    this.signalledUsed = neu;
+    const owed = this.owed;
+    this.owed = false;
+    return owed;
+  }
+
+  /** Did publishing from used position `old` to publishedUsed pass the driver's event (the wrap arithmetic as DPDK's vhost_vring_call_packed)? */
+  private passesEvent(old: number): boolean {
     const flags = Atomics.load(this.driverW.u16, (this.driverOff / 2) + 1);
     if (flags === RING_EVENT_FLAGS_DISABLE) return false;
     if (flags !== RING_EVENT_FLAGS_DESC || !this.features.eventIdx) return true;
+    const neu = this.publishedUsed;
     const offWrap = Atomics.load(this.driverW.u16, this.driverOff / 2);
     let off = offWrap & 0x7fff;
     if (neu <= old) old -= this.size;

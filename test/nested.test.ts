@@ -50,6 +50,8 @@ const SCENARIOS = ALL_SCENARIOS.filter((s) => !ONLY || ONLY.includes(s));
 const runs = (s: string) => SCENARIOS.includes(s);
 // (the whole run, every scenario in one L1: about 12 min on a quiet machine; a kill switch, not a target)
 const LIMIT_S = 1500;
+/** fresh L1s a failed scenario may run in after the one it failed in */
+const RERUNS = 2;
 
 const L2_COMMON = ['cpus', 'acpi-madt', 'ioapic', 'acpi-pci-root', 'virtio-net-bound', 'feature-version1', 'feature-event-idx', 'feature-mrg-rxbuf', 'feature-csum-tso', 'feature-ctrl-vq', 'msix-vectors', 'link-up', 'ping-56', 'ping-1400', 'ping-8000', 'file-l1-to-l2'];
 const JUMBO_CHECKS = ['feature-mtu', 'mtu-above-offer-refused', 'mtu-set', 'ping-jumbo-unfragmented'];
@@ -462,17 +464,19 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
       run = parse(out, seconds);
     }
     // A scenario that failed, in an L1 that ran to its end or in one that died before the fresh L1 above
-    // finished the rest, runs once more in a fresh L1, said loudly with what failed, and its second
-    // result stands. Emulated L1s stall (a soft lockup of tsvmm's process in L1's kernel, which a
+    // finished the rest, runs again in a fresh L1, said loudly with what failed, up to RERUNS times; its
+    // last result stands. Emulated L1s stall (a soft lockup of tsvmm's process in L1's kernel, which a
     // user-space process cannot cause, then an L2 that passes no frame), and guests in L1 fail now and
-    // then whatever VMM runs them (test/l1/run-tests.ts).
-    const failed = run.stages.some(([n]) => n === 'l1-done') ? failedScenarios(run, SCENARIOS) : [];
-    if (failed.length) {
+    // then whatever VMM runs them (test/l1/run-tests.ts): an L2 triple fault on the first instruction
+    // after KVM in L1 resumed it from a HLT or WRMSR exit, twice in one 100 s L1 in CI.
+    for (let rerun = 1; rerun <= RERUNS; rerun++) {
+      const failed = run.stages.some(([n]) => n === 'l1-done') ? failedScenarios(run, SCENARIOS) : [];
+      if (!failed.length) break;
       const trouble = troubleReport(out.split('\n'));
       const stops = [...run.stoppedAt].filter(([s]) => failed.includes(s)).map(([s, w]) => `${s} stopped at its time limit in ${w}. `).join('');
       const missing = missingChecks(run, failed).map((k) => `${k} (never came)`);
       const checks = [...[...run.checks].filter(([, c]) => !c.pass).map(([k]) => k), ...missing].join(', ') || 'none';
-      process.stdout.write(`nested: WARNING: ${failed.join(',')} failed; booting a fresh L1 to run ${failed.length === 1 ? 'it' : 'them'} once more (the second result stands). ${stops}Failed checks: ${checks}. ${trouble ? `A kernel's report:\n${trouble}` : ''}\n`);
+      process.stdout.write(`nested: WARNING: ${failed.join(',')} failed; booting a fresh L1 to run ${failed.length === 1 ? 'it' : 'them'} again (rerun ${rerun} of at most ${RERUNS}; the last result stands). ${stops}Failed checks: ${checks}. ${tripleReport(run)}${trouble ? `A kernel's report:\n${trouble}` : ''}\n`);
       const again = await bootL1(failed);
       l1Ends.push(again.ended);
       out += `\n${again.out}`;
@@ -480,7 +484,7 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
       run = parse(out, seconds);
     }
     report(run);
-  }, (2 * LIMIT_S + 660) * 1000);
+  }, ((2 + RERUNS) * LIMIT_S + 660) * 1000);
 
   scenarioTests(() => run);
 });

@@ -37,9 +37,9 @@ in_ns ip link set tap0 up
 in_ns iperf3 -s -D
 SECS=${DEMO_IPERF_SECS:-5}
 # (DEMO_IPERF_BYTES: move that many bytes each way instead of running SECS; DEMO_NET_OPTS: more
-# --net options, e.g. ",packed=off")
+# --net options, e.g. ",packed=off"; DEMO_TIMEOUT: tsvmm's time limit in seconds)
 BYTES=${DEMO_IPERF_BYTES:+ demo.bytes=$DEMO_IPERF_BYTES}
-in_ns node bin/tsvmm.js run --kernel "$LIN/vmlinuz" --initrd "$OUT/initrd.gz" --mem 512M --cpus 2 --timeout 600 \
+in_ns node bin/tsvmm.js run --kernel "$LIN/vmlinuz" --initrd "$OUT/initrd.gz" --mem 512M --cpus 2 --timeout "${DEMO_TIMEOUT:-600}" \
   --net "tap,ifname=tap0${DEMO_NET_OPTS:-}" --cmdline "console=ttyS0 quiet panic=-1 demo.ip=10.77.0.2 demo.peer=10.77.0.1 demo.secs=$SECS$BYTES" | tee "$OUT/console.log"
 for step in PING IPERF-TX IPERF-RX; do
   grep -q "^DEMO-$step 0" "$OUT/console.log" || { echo "demo: the guest's $step step failed (console: $OUT/console.log)" >&2; exit 1; }

@@ -113,6 +113,9 @@ export async function runTestsInL1(files: string[], say: (line: string) => void)
   return out;
 }
 
+/** lines of a first-try failure's message the retry warning shows */
+const DETAIL_LINES = 40;
+
 /**
  * The files with a failed test, after an L1 that ran them to their end, run once more in a fresh L1,
  * said loudly with what failed; their result there stands. Guests in the emulated L1 fail now and then
@@ -124,13 +127,20 @@ async function retryFailed(files: string[], out: L1Outcome, say: (line: string) 
   if (out.cutShort) return;
   const failed = files.filter((f) => out.files.get(f)!.ended && failedIn(out.files.get(f)!));
   if (failed.length === 0) return;
+  // (the warning shows each failure's message up to DETAIL_LINES lines: what the first try saw is gone
+  // once the second passes; the closing list keeps one line each)
+  const detail: string[] = [];
+  const note = (what: string, message = '') => {
+    out.firstFailures.push(`${what}: ${message.split('\n')[0]}`);
+    detail.push(`  ${what}: ${message.split('\n').slice(0, DETAIL_LINES).join('\n    ')}`);
+  };
   for (const f of failed) {
     const file = out.files.get(f)!;
-    for (const t of file.tests.values()) if (t.state === 'failed') out.firstFailures.push(`${f} > ${t.path.join(' > ')}: ${t.errors[0]?.message.split('\n')[0] ?? ''}`);
-    for (const e of file.errors) out.firstFailures.push(`${f} > ${e.path.join(' > ') || 'the file'}: ${e.errors[0]?.message.split('\n')[0] ?? ''}`);
+    for (const t of file.tests.values()) if (t.state === 'failed') note(`${f} > ${t.path.join(' > ')}`, t.errors[0]?.message);
+    for (const e of file.errors) note(`${f} > ${e.path.join(' > ') || 'the file'}`, e.errors[0]?.message);
     out.files.set(f, freshFile());
   }
-  say(`: WARNING: ${failed.join(', ')} failed in L1; running ${failed.length === 1 ? 'it' : 'them'} once more in a fresh L1, whose result stands. What failed:\n${out.firstFailures.map((l) => `  ${l}`).join('\n')}`);
+  say(`: WARNING: ${failed.join(', ')} failed in L1; running ${failed.length === 1 ? 'it' : 'them'} once more in a fresh L1, whose result stands. What failed:\n${detail.join('\n')}`);
   await runPass(failed, out, (l) => say(` (second try): ${l}`), consoles);
 }
 

@@ -202,7 +202,7 @@ export interface Virtqueue {
    * fit): the next pop() returns the first of them again.
    */
   rewind(n: number): void;
-  /** Record a used chain (`head` as pop() gave it, `len` bytes written); published by flush(). */
+  /** Record a used chain (`head` as pop() gave it, `len` bytes written); published by flush() (a packed ring publishes a ring's worth at once). */
   addUsed(head: number, len: number): void;
   /** Publish what addUsed() recorded since the last flush, at once. */
   flush(): void;

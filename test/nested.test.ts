@@ -467,8 +467,8 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
     // finished the rest, runs again in a fresh L1, said loudly with what failed, up to RERUNS times; its
     // last result stands. Emulated L1s stall (a soft lockup of tsvmm's process in L1's kernel, which a
     // user-space process cannot cause, then an L2 that passes no frame), and guests in L1 fail now and
-    // then whatever VMM runs them (test/l1/run-tests.ts): an L2 triple fault on the first instruction
-    // after KVM in L1 resumed it from a HLT or WRMSR exit, twice in one 100 s L1 in CI.
+    // then whatever VMM runs them (test/l1/run-tests.ts), L2 among them: a triple fault on the first
+    // instruction after L1's KVM resumes it from a HLT or WRMSR exit, in a fresh L1 as well.
     for (let rerun = 1; rerun <= RERUNS; rerun++) {
       const failed = run.stages.some(([n]) => n === 'l1-done') ? failedScenarios(run, SCENARIOS) : [];
       if (!failed.length) break;

@@ -130,9 +130,9 @@ describe('packed virtqueue', () => {
   });
 
   it('interrupts for an event passed early in a pass that published more than a lap before it decided', () => {
-    // (a dataplane pass publishes batch after batch while the driver recycles buffers, and decides
-    // once at its end: Linux waited for an RX interrupt forever when the range since the last
-    // decision was a lap and more, which the positions and one wrap bit cannot tell apart)
+    // (a dataplane pass publishes batch after batch while the driver recycles buffers, and asks once at
+    // its end: more than a lap since the last decision, which positions and one wrap bit cannot tell
+    // from less; the event passed in the first batch must still be owed)
     const { mem, drv, q } = setup({ size: 8, eventIdx: true });
     drv.setDriverEvent(RING_EVENT_FLAGS_DESC, 0x8000 | 2);
     const batch = (n: number) => {

@@ -385,7 +385,8 @@ export class PackedQueue implements Virtqueue {
     // sets its event later sees them when it looks again). A flush publishes at most a ring's worth,
     // so its range of positions is exact; the range since the last interrupt decision is not: a
     // thread's pass may publish more than a lap while the driver recycles buffers, and a wrap counter
-    // of one bit cannot tell one lap from the next (Linux then waited for an RX interrupt forever).
+    // of one bit cannot tell one lap from the next (a crossing missed there is an interrupt the
+    // driver waits for forever).
     this.owed ||= this.passesEvent(old);
   }
 

@@ -469,16 +469,19 @@ describe.runIf(!hardwareKvm && !!which('qemu-system-x86_64'))('stock Linux (L2) 
     // user-space process cannot cause, then an L2 that passes no frame), and guests in L1 fail now and
     // then whatever VMM runs them (test/l1/run-tests.ts), L2 among them: a triple fault on the first
     // instruction after L1's KVM resumes it from a HLT or WRMSR exit, in a fresh L1 as well.
+    // (each rerun's kernel report comes from what the L1s since the last warning printed)
+    let unreported = out;
     for (let rerun = 1; rerun <= RERUNS; rerun++) {
       const failed = run.stages.some(([n]) => n === 'l1-done') ? failedScenarios(run, SCENARIOS) : [];
       if (!failed.length) break;
-      const trouble = troubleReport(out.split('\n'));
+      const trouble = troubleReport(unreported.split('\n'));
       const stops = [...run.stoppedAt].filter(([s]) => failed.includes(s)).map(([s, w]) => `${s} stopped at its time limit in ${w}. `).join('');
       const missing = missingChecks(run, failed).map((k) => `${k} (never came)`);
       const checks = [...[...run.checks].filter(([, c]) => !c.pass).map(([k]) => k), ...missing].join(', ') || 'none';
       process.stdout.write(`nested: WARNING: ${failed.join(',')} failed; booting a fresh L1 to run ${failed.length === 1 ? 'it' : 'them'} again (rerun ${rerun} of at most ${RERUNS}; the last result stands). ${stops}Failed checks: ${checks}. ${tripleReport(run)}${trouble ? `A kernel's report:\n${trouble}` : ''}\n`);
       const again = await bootL1(failed);
       l1Ends.push(again.ended);
+      unreported = again.out;
       out += `\n${again.out}`;
       seconds += again.seconds;
       run = parse(out, seconds);

@@ -392,7 +392,7 @@ export class PackedQueue implements Virtqueue {
 
   /**
    * Interrupt unless the driver disabled interrupts; with EVENT_IDX and its DESC mode only if the used
-   * position it named was passed by what was published since the last interrupt (§2.8.10).
+   * position it named was passed by a flush since the last call (§2.8.10).
    */
   needsInterrupt(): boolean {
     const owed = this.owed;
